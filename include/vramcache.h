@@ -1,0 +1,464 @@
+/*
+ * libvramcache — GPU/CPU weight offloading for inference engines.
+ *
+ * This header is the contract between the library and the engine that links it.
+ *
+ * The model in one paragraph: an engine creates a cache over a backend (a GPU, or the host backend
+ * that simulates one), registers its models and their layers, and calls vc_layer_acquire() just
+ * before a layer runs. The cache makes the layer resident in device memory ("VRAM"), evicting layers
+ * nobody holds when room is needed, and returns a device pointer valid until vc_layer_release().
+ * Layers whose weights come from a loader callback are kept in a bounded RAM pool between uses.
+ * Working memory (VRAM the cache must leave free for activations) is a standing amount plus
+ * temporary reservations (vc_reserve_working_mem) for large operations such as a VAE decode.
+ *
+ * Conventions used by every function below:
+ *  - Status: functions returning int return VC_OK (0) or a negative vc_status. vc_strerror() names a
+ *    status; vc_cache_last_error() / vc_last_error() give the message of the last failure, which says
+ *    what failed, on which model/layer, and what was expected.
+ *  - A failed call changes nothing observable unless its documentation says otherwise (for example,
+ *    layers evicted while trying to make room stay evicted; their weights are never lost).
+ *  - Ownership: strings passed in are copied; pointers returned by the library stay owned by it.
+ *  - Threads: every vc_cache function may be called from any thread at the same time as any other;
+ *    a cache serialises its bookkeeping with one mutex and never holds it while a loader callback runs.
+ *    vc_cache_destroy() must not race with other calls on the same cache.
+ *  - Sizes are in bytes. "GB" in documentation means 2^30 bytes, as in invokeai.yaml.
+ */
+#ifndef VRAMCACHE_H
+#define VRAMCACHE_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Export macro and version                                                                        */
+/* ---------------------------------------------------------------------------------------------- */
+
+#if defined(VC_STATIC)
+#define VC_API
+#elif defined(_WIN32)
+#if defined(VC_BUILDING_LIBRARY)
+#define VC_API __declspec(dllexport)
+#else
+#define VC_API __declspec(dllimport)
+#endif
+#elif defined(__GNUC__) && __GNUC__ >= 4
+#define VC_API __attribute__((visibility("default")))
+#else
+#define VC_API
+#endif
+
+#define VC_VERSION_MAJOR 0
+#define VC_VERSION_MINOR 1
+#define VC_VERSION_PATCH 0
+/** The version as one number, major * 10000 + minor * 100 + patch, for compile-time checks. */
+#define VC_VERSION_NUMBER (VC_VERSION_MAJOR * 10000 + VC_VERSION_MINOR * 100 + VC_VERSION_PATCH)
+
+/** Returns the version of the library actually linked (same encoding as VC_VERSION_NUMBER).
+ *  Thread-safe; never fails. */
+VC_API unsigned vc_version(void);
+/** Returns the linked version as "MAJOR.MINOR.PATCH"; a static string. Thread-safe; never fails. */
+VC_API const char *vc_version_string(void);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Status codes                                                                                    */
+/* ---------------------------------------------------------------------------------------------- */
+
+/* One list, expanded into the enum here and into the strings in src/status.c (libuv's pattern). */
+#define VC_STATUS_MAP(X)                                                                           \
+    X(OK, 0, "success")                                                                            \
+    X(ERR_INVALID_ARG, -1, "invalid argument")                                                     \
+    X(ERR_NO_MEMORY, -2, "out of host memory")                                                     \
+    X(ERR_OUT_OF_VRAM, -3, "not enough device memory within the budget")                           \
+    X(ERR_OUT_OF_RAM, -4, "not enough RAM within the RAM cache budget")                            \
+    X(ERR_TOO_LARGE, -5, "size too large")                                                         \
+    X(ERR_NOT_FOUND, -6, "no such model, layer or reservation")                                    \
+    X(ERR_BUSY, -7, "object is in use (held or loading)")                                          \
+    X(ERR_NOT_HELD, -8, "layer is not held")                                                       \
+    X(ERR_LOADER, -9, "layer loader callback failed")                                              \
+    X(ERR_BACKEND, -10, "backend operation failed")                                                \
+    X(ERR_EXISTS, -11, "name already registered")                                                  \
+    X(ERR_CONFIG, -12, "invalid configuration")                                                    \
+    X(ERR_UNSUPPORTED, -13, "operation not supported by this backend or build")                    \
+    X(ERR_NO_DEVICE, -14, "requested device is not available")                                     \
+    X(ERR_IO, -15, "input/output error")
+
+/** Status codes. VC_OK is 0; every error is negative. */
+typedef enum vc_status {
+#define VC_STATUS_ENUM_(name, code, text) VC_##name = code,
+    VC_STATUS_MAP(VC_STATUS_ENUM_)
+#undef VC_STATUS_ENUM_
+} vc_status;
+
+/** Returns a static, human-readable description of a status ("invalid argument"), or
+ *  "unknown status" for a value not in the list. Thread-safe; never fails. */
+VC_API const char *vc_strerror(int status);
+/** Returns the status' symbolic name without prefix ("ERR_INVALID_ARG"), or "UNKNOWN". */
+VC_API const char *vc_status_name(int status);
+/** Returns the message of the last failed call made by the calling thread, on any handle or none
+ *  (vc_cache_create failing, for instance); "" if none failed yet. The pointer is thread-local and
+ *  valid until the thread's next failing call. */
+VC_API const char *vc_last_error(void);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Logging                                                                                         */
+/* ---------------------------------------------------------------------------------------------- */
+
+typedef enum vc_log_level {
+    VC_LOG_ERROR = 0,
+    VC_LOG_WARN = 1,
+    VC_LOG_INFO = 2,
+    VC_LOG_DEBUG = 3
+} vc_log_level;
+
+/** Receives one log line (no trailing newline). `message` is valid only during the call. Called
+ *  from whichever thread produced the line, possibly with the cache's lock held: it must not call
+ *  back into the cache. */
+typedef void (*vc_log_fn)(void *user, vc_log_level level, const char *message);
+
+/** Sets the process-wide default log sink used by caches created without their own, and by
+ *  functions that have no cache. NULL restores the default (stderr, levels up to WARN). Not
+ *  thread-safe with respect to itself: set it once at start-up. */
+VC_API void vc_set_log_callback(vc_log_fn fn, void *user, vc_log_level max_level);
+
+/** Text output sink used by the printers (vc_cache_print_stats). NULL means stdout. */
+typedef void (*vc_print_fn)(void *user, const char *text);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Handles                                                                                         */
+/* ---------------------------------------------------------------------------------------------- */
+
+typedef struct vc_cache vc_cache;             /**< A residency cache over one device. */
+typedef struct vc_backend vc_backend;         /**< A device backend (host, CUDA, HIP, custom). */
+typedef struct vc_reservation vc_reservation; /**< An active working-memory reservation. */
+
+/** Identifies a model in a cache. 0 is never a valid id. Ids are not reused while the cache lives
+ *  (a generation counter makes a stale id fail with VC_ERR_NOT_FOUND instead of aliasing). */
+typedef uint64_t vc_model_id;
+/** Identifies a layer in a cache; same rules as vc_model_id. */
+typedef uint64_t vc_layer_id;
+
+/** An engine stream: a cudaStream_t or hipStream_t cast to void*, or NULL for the device's default
+ *  stream. The host backend ignores streams (its work is complete when a call returns). */
+typedef void *vc_stream;
+
+/** "Compute this for me" marker for budgets in vc_cache_options. */
+#define VC_SIZE_AUTO SIZE_MAX
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Backends                                                                                        */
+/* ---------------------------------------------------------------------------------------------- */
+
+/** Creates the host backend: "device memory" is host memory limited to `capacity` bytes (0 means
+ *  the machine's RAM), copies are memcpy and complete when issued. It is always available and is
+ *  the fallback when no GPU is usable. On success *out owns the backend; free it with
+ *  vc_backend_destroy() after every cache using it is destroyed.
+ *  Errors: VC_ERR_INVALID_ARG (out is NULL), VC_ERR_NO_MEMORY. Thread-safe. */
+VC_API int vc_backend_host_create(size_t capacity, vc_backend **out);
+
+/** Host backend only: pretends that `bytes` of the device are used by another process, so free
+ *  memory shrinks as it would on a shared GPU. Errors: VC_ERR_INVALID_ARG when `backend` is NULL or
+ *  not a host backend. Thread-safe. */
+VC_API int vc_backend_host_set_external_usage(vc_backend *backend, size_t bytes);
+
+/** Returns the backend's name ("host", "cuda", ...), or "" for NULL. Static or backend-owned. */
+VC_API const char *vc_backend_name(const vc_backend *backend);
+
+/** Reads the device's free and total memory, as the dynamic VRAM budget sees them. Either output
+ *  may be NULL. Errors: VC_ERR_INVALID_ARG, VC_ERR_BACKEND. Thread-safe. */
+VC_API int vc_backend_mem_info(vc_backend *backend, size_t *free_bytes, size_t *total_bytes);
+
+/** Destroys a backend created by this library. NULL is a no-op. The caller must have destroyed
+ *  every cache that uses it first. */
+VC_API void vc_backend_destroy(vc_backend *backend);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Cache creation                                                                                  */
+/* ---------------------------------------------------------------------------------------------- */
+
+/** Options for vc_cache_create(). Always initialise with vc_cache_options_init(), then set fields:
+ *  that keeps programs source- and binary-compatible when fields are added. */
+typedef struct vc_cache_options {
+    size_t struct_size; /**< Set by vc_cache_options_init(); do not change. */
+
+    /** Device backend, borrowed (must outlive the cache). NULL: the cache creates and owns a host
+     *  backend whose capacity is the machine's RAM. */
+    vc_backend *backend;
+
+    /** RAM pool budget (max_cache_ram_gb). VC_SIZE_AUTO (default): computed as InvokeAI does —
+     *  0.5 x system RAM (or the cgroup limit, when lower) - 2 GB; capped at 32 GB, or with a GPU at
+     *  total VRAM - working memory (at vram_budget when that is explicit); at least 4 GB. The
+     *  result and the rules applied are logged at INFO when the cache is created. */
+    size_t ram_budget;
+
+    /** VRAM budget for weights (max_cache_vram_gb). VC_SIZE_AUTO (default): dynamic, re-read at every
+     *  load decision as free device memory + device memory this cache holds - working memory.
+     *  An explicit value takes precedence over working_mem, as in InvokeAI, but is still capped by
+     *  what the device can give. 0 means "cache nothing beyond held layers". */
+    size_t vram_budget;
+
+    /** Standing working memory (device_working_mem_gb); default 3 GB. Used by the dynamic budget. */
+    size_t working_mem;
+
+    /** keep_ram_copy_of_weights (default 1): keep a layer's RAM copy while it is in VRAM, so leaving
+     *  VRAM costs no copy. 0: drop it after upload; leaving VRAM copies the weights back (or drops
+     *  them if the RAM pool has no room, since a loader can read them again). */
+    int keep_ram_copy;
+
+    /** log_memory_usage (default 0): log a memory snapshot at INFO at every load and unload. */
+    int log_memory_usage;
+
+    /** Granularity in which device memory is taken from the backend (default 256 MB; a larger
+     *  layer gets a segment of its own size). Smaller wastes less, larger fragments less. */
+    size_t arena_segment_bytes;
+
+    /** Log sink for this cache; NULL uses the process-wide sink (vc_set_log_callback). */
+    vc_log_fn log_fn;
+    void *log_user;
+    vc_log_level log_level; /**< Most verbose level delivered; default VC_LOG_WARN. */
+} vc_cache_options;
+
+/** Fills `opts` with the defaults documented above. NULL is a no-op. */
+VC_API void vc_cache_options_init(vc_cache_options *opts);
+
+/** Creates a cache. `opts` may be NULL for all defaults. On success *out owns the cache.
+ *  Errors: VC_ERR_INVALID_ARG (out NULL, struct_size unset or too small), VC_ERR_NO_MEMORY,
+ *  VC_ERR_BACKEND (the backend failed to create its streams). On failure *out is NULL.
+ *  Thread-safe (creates independent objects). */
+VC_API int vc_cache_create(const vc_cache_options *opts, vc_cache **out);
+
+/** Destroys a cache and everything it holds (models, layers, RAM copies, device memory).
+ *  Refuses with VC_ERR_BUSY, destroying nothing, while any layer is held or loading or any
+ *  working-memory reservation is active: release them first. NULL returns VC_ERR_INVALID_ARG.
+ *  Must not race with other calls on the same cache. */
+VC_API int vc_cache_destroy(vc_cache *cache);
+
+/** Copies the message of the last failed call on this cache (from any thread) into buf
+ *  (always NUL-terminated when size > 0) and returns the status of that failure, or VC_OK if
+ *  none failed yet. Thread-safe. */
+VC_API int vc_cache_last_error(vc_cache *cache, char *buf, size_t size);
+
+/** Returns the backend the cache runs on (borrowed). */
+VC_API vc_backend *vc_cache_backend(vc_cache *cache);
+
+/** Computes the default RAM budget exactly as vc_cache_create() does for VC_SIZE_AUTO, for display
+ *  (vramcache config show) and tests. `system_ram`: usable RAM (cgroup limit applied);
+ *  `total_vram`: the GPU's memory, 0 when there is no GPU; `vram_budget`: explicit VRAM budget or
+ *  VC_SIZE_AUTO; `working_mem`: standing working memory. `why` (may be NULL) receives the rules
+ *  applied, e.g. "0.5 x 24.00 GB RAM - 2 GB = 10.00 GB; floor 4 GB not needed". Never fails. */
+VC_API size_t vc_default_ram_budget(size_t system_ram, size_t total_vram, size_t vram_budget,
+                                    size_t working_mem, char *why, size_t why_size);
+
+/** Returns the RAM this process may use: the machine's physical RAM, or the cgroup (v2
+ *  memory.max, v1 memory.limit_in_bytes) limit when lower. `why` (may be NULL) says which. */
+VC_API size_t vc_system_ram(char *why, size_t why_size);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Models and layers                                                                               */
+/* ---------------------------------------------------------------------------------------------- */
+
+/** Fills `dst` (`bytes` long, pinned host memory when the backend provides it) with a layer's
+ *  weights. Return 0 on success, any negative value on failure (the cache reports VC_ERR_LOADER
+ *  and keeps the layer unloaded; a later acquire tries again). Called without any cache lock held,
+ *  possibly from several threads at once for different layers; it may be called again for the
+ *  same layer after its RAM copy was evicted, so it must be repeatable. */
+typedef int (*vc_loader_fn)(void *user, vc_layer_id layer, void *dst, size_t bytes);
+
+/** Describes a layer at registration. Exactly one source must be given. */
+typedef struct vc_layer_desc {
+    const char *name; /**< Layer name for messages and stats; copied. Required, non-empty. */
+    size_t bytes;     /**< Size of the weights; > 0. */
+    size_t alignment; /**< Required device alignment: a power of two ≤ 2 MB, or 0 for 256. */
+    /** Borrowed source: the engine's host copy, read-only, valid until the layer is unregistered.
+     *  It is not counted in the RAM pool (the engine owns it). */
+    const void *host_ptr;
+    /** Loader source: called to fill a RAM-pool buffer when the layer is needed and not in RAM. */
+    vc_loader_fn loader;
+    void *loader_user; /**< Passed to `loader`; borrowed. */
+} vc_layer_desc;
+
+/** Registers a model. `name` is copied and must be unique in the cache. On success *out is set.
+ *  Errors: VC_ERR_INVALID_ARG (NULL/empty name, NULL out), VC_ERR_EXISTS, VC_ERR_NO_MEMORY. */
+VC_API int vc_model_register(vc_cache *cache, const char *name, vc_model_id *out);
+
+/** Unregisters a model and all its layers, freeing their RAM and device memory.
+ *  Errors: VC_ERR_NOT_FOUND, VC_ERR_BUSY (a layer is held or loading: nothing is removed). */
+VC_API int vc_model_unregister(vc_cache *cache, vc_model_id model);
+
+/** Finds a model by name. Errors: VC_ERR_INVALID_ARG, VC_ERR_NOT_FOUND. */
+VC_API int vc_model_find(vc_cache *cache, const char *name, vc_model_id *out);
+
+/** Registers a layer of `model`; it starts not loaded. On success *out is set.
+ *  Errors: VC_ERR_INVALID_ARG (no name, zero size, no source or two sources, alignment not a power
+ *  of two or above 2 MB), VC_ERR_TOO_LARGE (size plus alignment overflows), VC_ERR_NOT_FOUND (model),
+ *  VC_ERR_NO_MEMORY. A layer larger than the current VRAM budget is accepted (budgets are dynamic);
+ *  acquiring it fails with VC_ERR_OUT_OF_VRAM while it does not fit. */
+VC_API int vc_layer_register(vc_cache *cache, vc_model_id model, const vc_layer_desc *desc,
+                             vc_layer_id *out);
+
+/** Unregisters a layer, freeing its RAM copy and device memory.
+ *  Errors: VC_ERR_NOT_FOUND, VC_ERR_BUSY (held or loading: nothing changes). */
+VC_API int vc_layer_unregister(vc_cache *cache, vc_layer_id layer);
+
+/** Makes `layer` resident in device memory and holds it: it will not be evicted until a matching
+ *  vc_layer_release(). Holds nest (acquire twice, release twice). `stream` is the engine stream that
+ *  will read the weights; when the call returns, work queued on `stream` after it sees the weights
+ *  (the stream waits on the upload's event; the host does not). *device_ptr receives the address,
+ *  valid until the last release. A miss may call the layer's loader (without the lock), evict unheld
+ *  layers (least recently used first) and copy host→device.
+ *  Errors: VC_ERR_INVALID_ARG, VC_ERR_NOT_FOUND, VC_ERR_OUT_OF_VRAM (held layers and working memory
+ *  leave no room: message gives the numbers), VC_ERR_OUT_OF_RAM (a loaded layer needs more RAM than
+ *  unheld RAM copies can free), VC_ERR_LOADER, VC_ERR_BACKEND. On error the layer is not held and
+ *  *device_ptr is untouched; layers evicted to make room stay evicted (their weights are kept). */
+VC_API int vc_layer_acquire(vc_cache *cache, vc_layer_id layer, vc_stream stream, void **device_ptr);
+
+/** Releases one hold. `stream` is the stream on which the engine last used the weights: device
+ *  memory is reused only after work already queued there completes.
+ *  Errors: VC_ERR_NOT_FOUND, VC_ERR_NOT_HELD (no hold to release: nothing changes). */
+VC_API int vc_layer_release(vc_cache *cache, vc_layer_id layer, vc_stream stream);
+
+/** Where a layer's weights are. */
+typedef enum vc_residency {
+    VC_RES_NONE = 0,      /**< Not loaded: only the loader can produce the weights. */
+    VC_RES_RAM = 1,       /**< A host copy exists (RAM pool or the engine's borrowed pointer). */
+    VC_RES_VRAM = 2,      /**< On the device only (keep_ram_copy off, or RAM copy evicted). */
+    VC_RES_VRAM_RAM = 3,  /**< On the device and in host memory. */
+    VC_RES_LOADING = 4    /**< The loader is running for it. */
+} vc_residency;
+
+/** A snapshot of one layer. `name` is owned by the cache and valid until the layer is
+ *  unregistered. */
+typedef struct vc_layer_info {
+    const char *name;
+    vc_model_id model;
+    size_t bytes;
+    size_t alignment;
+    vc_residency residency;
+    unsigned holds;
+    int borrowed_source; /**< 1 when the source is the engine's host pointer. */
+} vc_layer_info;
+
+/** Fills *info. Errors: VC_ERR_INVALID_ARG, VC_ERR_NOT_FOUND. */
+VC_API int vc_layer_get_info(vc_cache *cache, vc_layer_id layer, vc_layer_info *info);
+
+/** Copies the layer's current weights into `dst` (`size` must equal the layer's size), from
+ *  whichever copy is authoritative: RAM, device (synchronously), or the loader. Changes no
+ *  residency. For verification and for engines that save weights.
+ *  Errors: VC_ERR_INVALID_ARG, VC_ERR_NOT_FOUND, VC_ERR_LOADER, VC_ERR_BACKEND, VC_ERR_BUSY
+ *  (loading). */
+VC_API int vc_layer_read(vc_cache *cache, vc_layer_id layer, void *dst, size_t size);
+
+/** Where vc_layer_offload() and vc_model_offload() move weights out of. */
+typedef enum vc_offload_target {
+    VC_OFFLOAD_VRAM = 1, /**< Leave device memory (keeping or writing back a RAM copy). */
+    VC_OFFLOAD_ALL = 3   /**< Leave device memory and the RAM pool (loader layers only reload). */
+} vc_offload_target;
+
+/** Manual offload ("move base model to CPU"): moves an unheld layer out of VRAM (and out of the RAM
+ *  pool with VC_OFFLOAD_ALL). Weights are never lost: with keep_ram_copy off they are copied back
+ *  first. A layer already out is a success. Errors: VC_ERR_INVALID_ARG, VC_ERR_NOT_FOUND,
+ *  VC_ERR_BUSY (held or loading), VC_ERR_BACKEND. */
+VC_API int vc_layer_offload(vc_cache *cache, vc_layer_id layer, vc_offload_target target);
+
+/** Whole-model lock for engines that do not work per layer (InvokeAI's model lock): acquires every
+ *  layer of the model, all or nothing — on failure the holds taken so far are released.
+ *  Errors: as vc_layer_acquire, plus VC_ERR_NOT_FOUND for the model. */
+VC_API int vc_model_acquire(vc_cache *cache, vc_model_id model, vc_stream stream);
+/** Releases one hold on every layer of the model. All or nothing: VC_ERR_NOT_HELD if any layer is
+ *  not held (nothing is released then). */
+VC_API int vc_model_release(vc_cache *cache, vc_model_id model, vc_stream stream);
+/** vc_layer_offload() for every unheld layer of the model; held layers are skipped and counted:
+ *  returns VC_ERR_BUSY when any was skipped, after offloading the rest. */
+VC_API int vc_model_offload(vc_cache *cache, vc_model_id model, vc_offload_target target);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Working memory                                                                                  */
+/* ---------------------------------------------------------------------------------------------- */
+
+/** Flags for vc_reserve_working_mem(). */
+#define VC_RESERVE_BUFFER 1u /**< Also allocate a device buffer of that size (vc_reservation_ptr). */
+
+/** Guarantees `bytes` of device memory for an operation (e.g. a VAE decode) until the matching
+ *  vc_release_working_mem(). The standing working memory counts toward it (an operation may ask for
+ *  more than the standing amount, never less): the cache evicts unheld layers for the shortfall only
+ *  and returns the device memory they occupied. With VC_RESERVE_BUFFER the cache also allocates a
+ *  device buffer of `bytes` for the caller (vc_reservation_ptr).
+ *  Errors: VC_ERR_INVALID_ARG, VC_ERR_OUT_OF_VRAM (held layers leave too little room: the cache is
+ *  left exactly as it was), VC_ERR_BACKEND (the buffer could not be allocated: evicted layers stay
+ *  evicted, nothing is reserved), VC_ERR_NO_MEMORY. */
+VC_API int vc_reserve_working_mem(vc_cache *cache, size_t bytes, unsigned flags,
+                                  vc_reservation **out);
+
+/** Returns the device buffer of a reservation made with VC_RESERVE_BUFFER, else NULL. */
+VC_API void *vc_reservation_ptr(const vc_reservation *reservation);
+
+/** Ends a reservation, freeing its buffer; the room returns to the cache. The caller must have
+ *  finished using the buffer on the device. Errors: VC_ERR_INVALID_ARG, VC_ERR_NOT_FOUND (not an
+ *  active reservation of this cache: nothing happens). */
+VC_API int vc_release_working_mem(vc_cache *cache, vc_reservation *reservation);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Statistics                                                                                      */
+/* ---------------------------------------------------------------------------------------------- */
+
+/** Why a layer left a pool. */
+typedef enum vc_evict_reason {
+    VC_EVICT_FOR_LOAD = 0,        /**< Room for another layer. */
+    VC_EVICT_FOR_RESERVATION = 1, /**< Working memory reservation. */
+    VC_EVICT_BUDGET_SHRANK = 2,   /**< Dynamic budget fell (another process took device memory). */
+    VC_EVICT_FRAGMENTATION = 3,   /**< Chosen to open a contiguous hole. */
+    VC_EVICT_MANUAL = 4,          /**< vc_layer_offload / vc_model_offload. */
+    VC_EVICT_RAM_BUDGET = 5,      /**< RAM pool full (RAM copies only). */
+    VC_EVICT_REASON_COUNT = 6
+} vc_evict_reason;
+
+/** Returns a static name for an eviction reason ("for_load"), or "unknown". */
+VC_API const char *vc_evict_reason_name(int reason);
+
+/** Counters and gauges of one cache. Gauges are exact at the moment of the call. */
+typedef struct vc_stats {
+    /* RAM pool */
+    size_t ram_bytes;        /**< Bytes of RAM copies held in the pool now. */
+    size_t ram_peak_bytes;   /**< Highest ram_bytes seen. */
+    size_t ram_budget;       /**< The pool's budget. */
+    /* device */
+    size_t vram_bytes;       /**< Bytes of device memory occupied by layer weights now. */
+    size_t vram_peak_bytes;  /**< Highest vram_bytes seen. */
+    size_t arena_bytes;      /**< Device memory the cache holds for weights (used + free holes). */
+    size_t arena_peak_bytes; /**< Highest arena_bytes seen; never above the budget in force. */
+    size_t vram_limit;       /**< The weight budget at the last load decision. */
+    size_t reserved_bytes;   /**< Working memory reserved now by active reservations. */
+    size_t working_mem;      /**< Standing working memory. */
+    /* traffic */
+    uint64_t bytes_h2d;      /**< Bytes copied host→device. */
+    uint64_t bytes_d2h;      /**< Bytes copied device→host (write-backs with keep_ram_copy off). */
+    uint64_t bytes_loaded;   /**< Bytes produced by loader callbacks. */
+    /* events */
+    uint64_t hits;           /**< Acquires that found the layer in VRAM. */
+    uint64_t misses;         /**< Acquires that had to upload it. */
+    uint64_t ram_hits;       /**< Misses served from a RAM copy (or a borrowed pointer). */
+    uint64_t loads;          /**< Loader calls that succeeded. */
+    uint64_t load_failures;  /**< Loader calls that failed. */
+    uint64_t vram_evictions[VC_EVICT_REASON_COUNT]; /**< Layers leaving VRAM, by reason. */
+    uint64_t ram_evictions;  /**< RAM copies dropped to respect the RAM budget. */
+    uint64_t reservations;   /**< Working-memory reservations granted. */
+    /* population */
+    uint64_t models, layers, layers_in_vram, layers_in_ram, layers_held;
+} vc_stats;
+
+/** Fills *out with a consistent snapshot. Errors: VC_ERR_INVALID_ARG. Thread-safe. */
+VC_API int vc_cache_get_stats(vc_cache *cache, vc_stats *out);
+
+/** Prints the stats in a human-readable block through `print` (NULL: stdout).
+ *  Errors: VC_ERR_INVALID_ARG. Thread-safe. */
+VC_API int vc_cache_print_stats(vc_cache *cache, vc_print_fn print, void *user);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* VRAMCACHE_H */

@@ -1,0 +1,99 @@
+/*
+ * libvramcache backend interface — for authors of device backends, not for engines.
+ *
+ * A backend is a table of operations (vc_backend_ops) plus a context pointer. The cache calls them
+ * with its lock held, so every operation must be quick and non-blocking except where noted
+ * (event_synchronize and the synchronous paths of copies on the host backend). Operations that
+ * return int return VC_OK or a negative vc_status (normally VC_ERR_BACKEND or VC_ERR_OUT_OF_VRAM);
+ * a backend may call vc_backend_set_error() first to explain.
+ *
+ * Streams and events are opaque void* owned by the backend. The cache creates its own copy streams
+ * (uploads, downloads) and events; engine streams are passed through untouched.
+ *
+ * Thread safety: a backend may be shared by several caches and used from several threads at once;
+ * each operation must be safe to call concurrently with any other.
+ */
+#ifndef VRAMCACHE_BACKEND_H
+#define VRAMCACHE_BACKEND_H
+
+#include "vramcache.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** Bumped whenever vc_backend_ops changes incompatibly. A backend module built against another
+ *  version is refused by vc_backend_create(). */
+#define VC_BACKEND_ABI_VERSION 1u
+
+/** What a backend's memory is. */
+typedef enum vc_backend_kind {
+    VC_BACKEND_KIND_HOST = 0, /**< Device memory is host memory (no GPU). */
+    VC_BACKEND_KIND_GPU = 1   /**< A real accelerator with its own memory. */
+} vc_backend_kind;
+
+typedef struct vc_backend_ops {
+    unsigned abi_version; /**< VC_BACKEND_ABI_VERSION. */
+    const char *name;     /**< "host", "cuda", "hip", ...; static. */
+    vc_backend_kind kind;
+
+    /** Device memory. Called rarely (arena segments, reservation buffers): may synchronise. */
+    int (*device_alloc)(void *ctx, size_t bytes, void **dptr);
+    void (*device_free)(void *ctx, void *dptr);
+
+    /** Host memory for the RAM pool; pinned (page-locked) where the backend can, so copies are
+     *  asynchronous. *pinned reports whether it is. May fall back to pageable memory. */
+    int (*host_alloc)(void *ctx, size_t bytes, void **hptr, int *pinned);
+    void (*host_free)(void *ctx, void *hptr, int pinned);
+
+    int (*stream_create)(void *ctx, vc_stream *stream);
+    void (*stream_destroy)(void *ctx, vc_stream stream);
+
+    /** Asynchronous copies ordered on `stream`. The source must stay valid until the copy
+     *  completes (the cache tracks that with an event recorded after it). */
+    int (*copy_h2d)(void *ctx, void *dst, const void *src, size_t bytes, vc_stream stream);
+    int (*copy_d2h)(void *ctx, void *dst, const void *src, size_t bytes, vc_stream stream);
+
+    int (*event_create)(void *ctx, void **event);
+    void (*event_destroy)(void *ctx, void *event);
+    /** Captures the work queued on `stream` so far. */
+    int (*event_record)(void *ctx, void *event, vc_stream stream);
+    /** Returns 1 when the captured work is complete (or the event was never recorded), 0 when
+     *  pending, a negative status on error. Never blocks. */
+    int (*event_query)(void *ctx, void *event);
+    /** Blocks the host until the event completes. Used only off the hot path. */
+    int (*event_synchronize)(void *ctx, void *event);
+    /** Makes later work on `stream` wait for `event`, without blocking the host. */
+    int (*stream_wait_event)(void *ctx, vc_stream stream, void *event);
+
+    /** Free and total device memory, as other processes see it. */
+    int (*mem_info)(void *ctx, size_t *free_bytes, size_t *total_bytes);
+
+    /** Frees the context; called by vc_backend_destroy(). May be NULL. */
+    void (*destroy)(void *ctx);
+} vc_backend_ops;
+
+/** Wraps an operation table and its context in a vc_backend handle. `ops` is borrowed and must
+ *  outlive the handle (normally a static table); `ctx` is owned by the handle and passed to
+ *  ops->destroy by vc_backend_destroy(). Every function pointer except destroy is required.
+ *  Errors: VC_ERR_INVALID_ARG (NULL, missing operations), VC_ERR_UNSUPPORTED (ABI version
+ *  mismatch), VC_ERR_NO_MEMORY. On failure the context is not destroyed. */
+VC_API int vc_backend_create(const vc_backend_ops *ops, void *ctx, vc_backend **out);
+
+/** The table and context of a backend (for wrappers such as fault injection). */
+VC_API const vc_backend_ops *vc_backend_get_ops(const vc_backend *backend);
+VC_API void *vc_backend_get_ctx(const vc_backend *backend);
+
+/** Lets a backend operation explain its failure: the message becomes the detail of the error the
+ *  cache reports for the failing call on this thread. printf-style. */
+VC_API void vc_backend_set_error(const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 1, 2)))
+#endif
+    ;
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* VRAMCACHE_BACKEND_H */

@@ -1,0 +1,404 @@
+/* Cache lifetime and the registry of models and layers. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cache_internal.h"
+
+#define DEFAULT_SEGMENT_BYTES ((size_t)256 << 20)
+#define MAX_ALIGN ((size_t)2 << 20)
+
+void vc_cache_options_init(vc_cache_options *o) {
+    if (!o) return;
+    memset(o, 0, sizeof(*o));
+    o->struct_size = sizeof(*o);
+    o->ram_budget = VC_SIZE_AUTO;
+    o->vram_budget = VC_SIZE_AUTO;
+    o->working_mem = 3 * VC_GB;
+    o->keep_ram_copy = 1;
+    o->arena_segment_bytes = DEFAULT_SEGMENT_BYTES;
+    o->log_level = VC_LOG_WARN;
+}
+
+static char *dup_str(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *d = malloc(n);
+    if (d) memcpy(d, s, n);
+    return d;
+}
+
+int vc_cache_create(const vc_cache_options *opts, vc_cache **out) {
+    if (!out) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_cache_create: out is NULL");
+    *out = NULL;
+    vc_cache_options o;
+    vc_cache_options_init(&o);
+    if (opts) {
+        if (opts->struct_size < sizeof(o) || opts->struct_size > sizeof(o))
+            return vc__fail(NULL, VC_ERR_INVALID_ARG,
+                            "vc_cache_create: options.struct_size is %zu, expected %zu (initialise "
+                            "options with vc_cache_options_init)",
+                            opts->struct_size, sizeof(o));
+        o = *opts;
+    }
+    if (o.log_level > VC_LOG_DEBUG || o.log_level < VC_LOG_ERROR)
+        return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_cache_create: log_level %d is not a vc_log_level",
+                        (int)o.log_level);
+    if (o.arena_segment_bytes == 0) o.arena_segment_bytes = DEFAULT_SEGMENT_BYTES;
+
+    vc_cache *c = calloc(1, sizeof(*c));
+    if (!c) return vc__fail(NULL, VC_ERR_NO_MEMORY, "vc_cache_create: out of host memory");
+    c->log_fn = o.log_fn;
+    c->log_user = o.log_user;
+    c->log_level = o.log_level;
+    c->working_mem = o.working_mem;
+    c->vram_budget = o.vram_budget;
+    c->keep_ram_copy = o.keep_ram_copy ? 1 : 0;
+    c->log_memory_usage = o.log_memory_usage ? 1 : 0;
+    c->segment_bytes = arena_round(o.arena_segment_bytes);
+
+    int st;
+    if (o.backend) {
+        c->backend = o.backend;
+    } else {
+        st = vc_backend_host_create(0, &c->backend);
+        if (st != VC_OK) {
+            free(c);
+            return st;
+        }
+        c->owns_backend = 1;
+    }
+    c->ops = c->backend->ops;
+    c->bctx = c->backend->ctx;
+
+    if ((st = c->ops->stream_create(c->bctx, &c->upload_stream)) != VC_OK ||
+        (st = c->ops->stream_create(c->bctx, &c->download_stream)) != VC_OK) {
+        const char *detail = vc__take_backend_error();
+        if (c->upload_stream) c->ops->stream_destroy(c->bctx, c->upload_stream);
+        if (c->owns_backend) vc_backend_destroy(c->backend);
+        free(c);
+        return vc__fail(NULL, VC_ERR_BACKEND, "vc_cache_create: backend could not create its copy "
+                        "streams: %s", detail);
+    }
+    pthread_mutex_init(&c->lock, NULL);
+    pthread_cond_init(&c->loaded, NULL);
+    slot_table_init(&c->models);
+    slot_table_init(&c->layers);
+    arena_init(&c->arena);
+
+    /* RAM budget: explicit, or InvokeAI's heuristics on this machine (logged with the reasons). */
+    char why[384], ram_why[96], a[32];
+    if (o.ram_budget != VC_SIZE_AUTO) {
+        c->ram_budget = o.ram_budget;
+        vc__log(c, VC_LOG_INFO, "RAM cache budget %s (explicit)",
+                vc__fmt_bytes(c->ram_budget, a, sizeof a));
+    } else {
+        size_t free_b = 0, total = 0;
+        if (c->ops->kind == VC_BACKEND_KIND_GPU) c->ops->mem_info(c->bctx, &free_b, &total);
+        size_t sys = vc_system_ram(ram_why, sizeof ram_why);
+        c->ram_budget = vc_default_ram_budget(sys, total, c->vram_budget, c->working_mem, why,
+                                              sizeof why);
+        vc__log(c, VC_LOG_INFO, "RAM cache budget computed: system RAM %s; %s", ram_why, why);
+    }
+    c->stats.ram_budget = c->ram_budget;
+    c->stats.working_mem = c->working_mem;
+    c->stats.vram_limit = vc__weight_limit(c);
+    vc__log(c, VC_LOG_INFO, "cache created on backend '%s': VRAM budget %s, working memory %s, "
+            "keep_ram_copy %s", c->ops->name,
+            c->vram_budget == VC_SIZE_AUTO ? "dynamic" : vc__fmt_bytes(c->vram_budget, a, sizeof a),
+            vc__fmt_bytes(c->working_mem, why, sizeof why), c->keep_ram_copy ? "on" : "off");
+    *out = c;
+    return VC_OK;
+}
+
+/* Something keeps the cache from being torn down: a hold, a loader, a reservation. */
+static int cache_busy(vc_cache *c, char *what, size_t size) {
+    if (c->reservations) {
+        snprintf(what, size, "a working-memory reservation of %zu bytes is active",
+                 c->reservations->bytes);
+        return 1;
+    }
+    for (uint32_t i = 0; i < c->layers.count; i++) {
+        layer_t *l = c->layers.slots[i].ptr;
+        if (l && (l->holds || l->loading)) {
+            snprintf(what, size, "layer '%s' of model '%s' is %s", l->name, l->model->name,
+                     l->loading ? "loading" : "held");
+            return 1;
+        }
+    }
+    return 0;
+}
+
+int vc_cache_destroy(vc_cache *c) {
+    if (!c) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_cache_destroy: cache is NULL");
+    pthread_mutex_lock(&c->lock);
+    char what[256];
+    if (cache_busy(c, what, sizeof what)) {
+        int st = vc__fail(c, VC_ERR_BUSY, "vc_cache_destroy: %s; release it first", what);
+        pthread_mutex_unlock(&c->lock);
+        return st;
+    }
+    for (uint32_t i = 0; i < c->layers.count; i++) {
+        layer_t *l = c->layers.slots[i].ptr;
+        if (l) vc__layer_destroy(c, l);
+    }
+    for (uint32_t i = 0; i < c->models.count; i++) {
+        model_t *m = c->models.slots[i].ptr;
+        if (!m) continue;
+        free(m->layers);
+        free(m->name);
+        free(m);
+    }
+    while (c->arena.segments) c->ops->device_free(c->bctx, arena_remove_segment(&c->arena, c->arena.segments));
+    c->ops->stream_destroy(c->bctx, c->upload_stream);
+    c->ops->stream_destroy(c->bctx, c->download_stream);
+    slot_table_fini(&c->layers);
+    slot_table_fini(&c->models);
+    pthread_mutex_unlock(&c->lock);
+    pthread_mutex_destroy(&c->lock);
+    pthread_cond_destroy(&c->loaded);
+    if (c->owns_backend) vc_backend_destroy(c->backend);
+    free(c);
+    return VC_OK;
+}
+
+vc_backend *vc_cache_backend(vc_cache *c) { return c ? c->backend : NULL; }
+
+/* ---- models ---------------------------------------------------------------------------------- */
+
+static model_t *find_model_by_name(vc_cache *c, const char *name) {
+    for (uint32_t i = 0; i < c->models.count; i++) {
+        model_t *m = c->models.slots[i].ptr;
+        if (m && strcmp(m->name, name) == 0) return m;
+    }
+    return NULL;
+}
+
+int vc_model_register(vc_cache *c, const char *name, vc_model_id *out) {
+    if (!c) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_model_register: cache is NULL");
+    if (!out || !name || !name[0])
+        return vc__fail_unlocked(c, VC_ERR_INVALID_ARG, "vc_model_register: %s",
+                        !out ? "out is NULL" : "name must be a non-empty string");
+    pthread_mutex_lock(&c->lock);
+    int st = VC_OK;
+    model_t *m = NULL;
+    if (find_model_by_name(c, name)) {
+        st = vc__fail(c, VC_ERR_EXISTS, "vc_model_register: a model named '%s' is already registered", name);
+        goto done;
+    }
+    m = calloc(1, sizeof(*m));
+    if (!m || !(m->name = dup_str(name)) || !(m->id = slot_table_insert(&c->models, m))) {
+        if (m) free(m->name);
+        free(m);
+        st = vc__fail(c, VC_ERR_NO_MEMORY, "vc_model_register: out of host memory for model '%s'", name);
+        goto done;
+    }
+    c->stats.models++;
+    *out = m->id;
+done:
+    pthread_mutex_unlock(&c->lock);
+    return st;
+}
+
+int vc_model_find(vc_cache *c, const char *name, vc_model_id *out) {
+    if (!c || !name || !out) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_model_find: NULL argument");
+    pthread_mutex_lock(&c->lock);
+    model_t *m = find_model_by_name(c, name);
+    int st = VC_OK;
+    if (m)
+        *out = m->id;
+    else
+        st = vc__fail(c, VC_ERR_NOT_FOUND, "vc_model_find: no model named '%s'", name);
+    pthread_mutex_unlock(&c->lock);
+    return st;
+}
+
+int vc_model_unregister(vc_cache *c, vc_model_id id) {
+    if (!c) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_model_unregister: cache is NULL");
+    pthread_mutex_lock(&c->lock);
+    int st = VC_OK;
+    model_t *m = slot_table_get(&c->models, id);
+    if (!m) {
+        st = vc__fail(c, VC_ERR_NOT_FOUND, "vc_model_unregister: model id %#llx is not registered",
+                      (unsigned long long)id);
+        goto done;
+    }
+    for (size_t i = 0; i < m->nlayers; i++) {
+        layer_t *l = m->layers[i];
+        if (l->holds || l->loading) {
+            st = vc__fail(c, VC_ERR_BUSY, "vc_model_unregister: layer '%s' of model '%s' is %s; "
+                          "nothing was unregistered", l->name, m->name, l->loading ? "loading" : "held");
+            goto done;
+        }
+    }
+    while (m->nlayers) vc__layer_destroy(c, m->layers[m->nlayers - 1]);
+    slot_table_remove(&c->models, id);
+    c->stats.models--;
+    free(m->layers);
+    free(m->name);
+    free(m);
+done:
+    pthread_mutex_unlock(&c->lock);
+    return st;
+}
+
+/* ---- layers ---------------------------------------------------------------------------------- */
+
+int vc_layer_register(vc_cache *c, vc_model_id model, const vc_layer_desc *d, vc_layer_id *out) {
+    if (!c) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_layer_register: cache is NULL");
+    if (!d || !out) return vc__fail_unlocked(c, VC_ERR_INVALID_ARG, "vc_layer_register: %s is NULL", !d ? "desc" : "out");
+    const char *nm = d->name && d->name[0] ? d->name : "(unnamed)";
+    if (!d->name || !d->name[0])
+        return vc__fail_unlocked(c, VC_ERR_INVALID_ARG, "vc_layer_register: layer name must be a non-empty string");
+    if (d->bytes == 0)
+        return vc__fail_unlocked(c, VC_ERR_INVALID_ARG, "vc_layer_register: layer '%s' has size 0; expected > 0", nm);
+    if ((d->host_ptr != NULL) == (d->loader != NULL))
+        return vc__fail_unlocked(c, VC_ERR_INVALID_ARG, "vc_layer_register: layer '%s' must have exactly one "
+                        "source (host_ptr or loader), it has %s", nm, d->host_ptr ? "both" : "none");
+    size_t align = d->alignment ? d->alignment : ARENA_GRAIN;
+    if ((align & (align - 1)) || align > MAX_ALIGN)
+        return vc__fail_unlocked(c, VC_ERR_INVALID_ARG, "vc_layer_register: layer '%s' alignment %zu is not a "
+                        "power of two between 1 and %zu", nm, d->alignment, MAX_ALIGN);
+    if (align < ARENA_GRAIN) align = ARENA_GRAIN;
+    if (d->bytes > SIZE_MAX / 2 - align)
+        return vc__fail_unlocked(c, VC_ERR_TOO_LARGE, "vc_layer_register: layer '%s' size %zu bytes overflows "
+                        "device address arithmetic (at most %zu)", nm, d->bytes, SIZE_MAX / 2 - align);
+
+    pthread_mutex_lock(&c->lock);
+    int st = VC_OK;
+    model_t *m = slot_table_get(&c->models, model);
+    layer_t *l = NULL;
+    if (!m) {
+        st = vc__fail(c, VC_ERR_NOT_FOUND, "vc_layer_register: layer '%s': model id %#llx is not registered",
+                      nm, (unsigned long long)model);
+        goto done;
+    }
+    if (m->nlayers == m->cap) {
+        size_t cap = m->cap ? m->cap * 2 : 16;
+        layer_t **arr = realloc(m->layers, cap * sizeof(*arr));
+        if (!arr) goto oom;
+        m->layers = arr;
+        m->cap = cap;
+    }
+    l = calloc(1, sizeof(*l));
+    if (!l || !(l->name = dup_str(d->name))) goto oom;
+    if (!(l->id = slot_table_insert(&c->layers, l))) goto oom;
+    l->model = m;
+    l->bytes = d->bytes;
+    l->align = align;
+    l->host_src = d->host_ptr;
+    l->loader = d->loader;
+    l->loader_user = d->loader_user;
+    l->model_pos = m->nlayers;
+    m->layers[m->nlayers++] = l;
+    c->stats.layers++;
+    *out = l->id;
+    goto done;
+oom:
+    if (l) free(l->name);
+    free(l);
+    st = vc__fail(c, VC_ERR_NO_MEMORY, "vc_layer_register: out of host memory registering layer '%s' of "
+                  "model '%s'", nm, m->name);
+done:
+    pthread_mutex_unlock(&c->lock);
+    return st;
+}
+
+int vc_layer_unregister(vc_cache *c, vc_layer_id id) {
+    if (!c) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_layer_unregister: cache is NULL");
+    pthread_mutex_lock(&c->lock);
+    int st = VC_OK;
+    layer_t *l = slot_table_get(&c->layers, id);
+    if (!l)
+        st = vc__fail(c, VC_ERR_NOT_FOUND, "vc_layer_unregister: layer id %#llx is not registered",
+                      (unsigned long long)id);
+    else if (l->holds || l->loading)
+        st = vc__fail(c, VC_ERR_BUSY, "vc_layer_unregister: layer '%s' of model '%s' is %s (%u holds)",
+                      l->name, l->model->name, l->loading ? "loading" : "held", l->holds);
+    else
+        vc__layer_destroy(c, l);
+    pthread_mutex_unlock(&c->lock);
+    return st;
+}
+
+vc_residency vc__residency(const layer_t *l);
+vc_residency vc__residency(const layer_t *l) {
+    if (l->loading) return VC_RES_LOADING;
+    int ram = l->ram || l->host_src;
+    if (l->vblock) return ram ? VC_RES_VRAM_RAM : VC_RES_VRAM;
+    return ram ? VC_RES_RAM : VC_RES_NONE;
+}
+
+int vc_layer_get_info(vc_cache *c, vc_layer_id id, vc_layer_info *info) {
+    if (!c || !info) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_layer_get_info: NULL argument");
+    pthread_mutex_lock(&c->lock);
+    int st = VC_OK;
+    layer_t *l = slot_table_get(&c->layers, id);
+    if (!l) {
+        st = vc__fail(c, VC_ERR_NOT_FOUND, "vc_layer_get_info: layer id %#llx is not registered",
+                      (unsigned long long)id);
+    } else {
+        info->name = l->name;
+        info->model = l->model->id;
+        info->bytes = l->bytes;
+        info->alignment = l->align;
+        info->residency = vc__residency(l);
+        info->holds = l->holds;
+        info->borrowed_source = l->host_src != NULL;
+    }
+    pthread_mutex_unlock(&c->lock);
+    return st;
+}
+
+/* ---- stats ----------------------------------------------------------------------------------- */
+
+int vc_cache_get_stats(vc_cache *c, vc_stats *out) {
+    if (!c || !out) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_cache_get_stats: NULL argument");
+    pthread_mutex_lock(&c->lock);
+    *out = c->stats;
+    out->ram_bytes = c->ram_bytes;
+    out->vram_bytes = c->arena.used;
+    out->arena_bytes = c->arena.total;
+    out->reserved_bytes = c->reserved_sum;
+    pthread_mutex_unlock(&c->lock);
+    return VC_OK;
+}
+
+static void print_stdout(void *user, const char *text) {
+    (void)user;
+    fputs(text, stdout);
+}
+
+int vc_cache_print_stats(vc_cache *c, vc_print_fn print, void *user) {
+    vc_stats s;
+    int st = vc_cache_get_stats(c, &s);
+    if (st != VC_OK) return st;
+    if (!print) print = print_stdout;
+    char buf[2048], a[32], b[32], d[32];
+    size_t n = 0;
+#define P(...) n += (size_t)snprintf(buf + n, n < sizeof buf ? sizeof buf - n : 0, __VA_ARGS__)
+    P("libvramcache stats (backend %s)\n", c->ops->name);
+    P("  RAM pool : %s used, peak %s, budget %s\n", vc__fmt_bytes(s.ram_bytes, a, sizeof a),
+      vc__fmt_bytes(s.ram_peak_bytes, b, sizeof b), vc__fmt_bytes(s.ram_budget, d, sizeof d));
+    P("  VRAM     : %s weights, peak %s; arena %s", vc__fmt_bytes(s.vram_bytes, a, sizeof a),
+      vc__fmt_bytes(s.vram_peak_bytes, b, sizeof b), vc__fmt_bytes(s.arena_bytes, d, sizeof d));
+    P(", peak %s; limit %s\n", vc__fmt_bytes(s.arena_peak_bytes, a, sizeof a),
+      vc__fmt_bytes(s.vram_limit, b, sizeof b));
+    P("  working  : standing %s, reserved now %s, %llu reservations\n",
+      vc__fmt_bytes(s.working_mem, a, sizeof a), vc__fmt_bytes(s.reserved_bytes, b, sizeof b),
+      (unsigned long long)s.reservations);
+    P("  traffic  : h2d %s, d2h %s, loaded %s\n", vc__fmt_bytes((size_t)s.bytes_h2d, a, sizeof a),
+      vc__fmt_bytes((size_t)s.bytes_d2h, b, sizeof b), vc__fmt_bytes((size_t)s.bytes_loaded, d, sizeof d));
+    P("  acquires : %llu hits, %llu misses (%llu from RAM), %llu loads, %llu load failures\n",
+      (unsigned long long)s.hits, (unsigned long long)s.misses, (unsigned long long)s.ram_hits,
+      (unsigned long long)s.loads, (unsigned long long)s.load_failures);
+    P("  evictions:");
+    for (int r = 0; r < VC_EVICT_REASON_COUNT; r++)
+        if (r != VC_EVICT_RAM_BUDGET) P(" %s=%llu", vc_evict_reason_name(r), (unsigned long long)s.vram_evictions[r]);
+    P("; RAM copies dropped=%llu\n", (unsigned long long)s.ram_evictions);
+    P("  layers   : %llu in %llu models; %llu in VRAM, %llu in RAM, %llu held\n",
+      (unsigned long long)s.layers, (unsigned long long)s.models, (unsigned long long)s.layers_in_vram,
+      (unsigned long long)s.layers_in_ram, (unsigned long long)s.layers_held);
+#undef P
+    print(user, buf);
+    return VC_OK;
+}

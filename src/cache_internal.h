@@ -1,0 +1,194 @@
+/*
+ * The cache's private structures, shared by the src/ files that implement it. See
+ * docs/architecture.md for the residency states and the locking rules.
+ */
+#ifndef VC_CACHE_INTERNAL_H
+#define VC_CACHE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdarg.h>
+
+#include "arena.h"
+#include "slot_table.h"
+#include "vramcache.h"
+#include "vramcache_backend.h"
+
+struct vc_backend {
+    const vc_backend_ops *ops;
+    void *ctx;
+};
+
+typedef struct vc_model_rec model_t;
+typedef struct vc_layer_rec layer_t;
+
+/* Intrusive doubly linked list with a sentinel-free head/tail pair. */
+typedef struct layer_list {
+    layer_t *head, *tail;
+} layer_list;
+
+struct vc_layer_rec {
+    vc_layer_id id;
+    model_t *model;
+    size_t model_pos; /* index in model->layers, for O(1) removal */
+    char *name;
+    size_t bytes;
+    size_t align;
+
+    /* source */
+    const void *host_src; /* borrowed engine copy, or NULL */
+    vc_loader_fn loader;
+    void *loader_user;
+
+    /* RAM pool copy */
+    void *ram;
+    int ram_pinned;
+    int ram_pending;      /* a device→host write-back into `ram` is in flight (ram_ev) */
+    layer_t *rprev, *rnext; /* RAM LRU (every layer with a RAM-pool copy) */
+
+    /* device copy */
+    arena_block *vblock;
+    layer_t *vprev, *vnext; /* VRAM LRU (unheld layers with a device copy) */
+    unsigned holds;
+    uint64_t last_use; /* c->use_clock at the latest acquire */
+    int loading;   /* loader running without the lock */
+    int uploading; /* an upload from its RAM copy is being set up: the copy must stay */
+
+    /* events, created on first use */
+    void *upload_ev;   /* recorded after the latest upload on the upload stream */
+    int upload_pending;
+    void *release_ev;  /* recorded on the engine stream at release */
+    vc_stream release_stream;
+    int release_recorded;
+    void *ram_ev;      /* recorded after a write-back on the download stream */
+};
+
+struct vc_model_rec {
+    vc_model_id id;
+    char *name;
+    layer_t **layers;
+    size_t nlayers, cap;
+};
+
+/* A RAM buffer that can be freed only once a copy reading it has completed. */
+typedef struct deferred_free {
+    void *ptr;
+    size_t bytes;
+    int pinned;
+    layer_t *layer; /* whose upload_ev guards it */
+    struct deferred_free *next;
+} deferred_free;
+
+struct vc_reservation {
+    vc_cache *cache;
+    size_t bytes;
+    void *buffer;
+    vc_reservation *prev, *next;
+};
+
+struct vc_cache {
+    pthread_mutex_t lock;
+    pthread_cond_t loaded; /* broadcast when a layer's loading ends */
+
+    vc_backend *backend;
+    int owns_backend;
+    const vc_backend_ops *ops;
+    void *bctx;
+    vc_stream upload_stream;
+    vc_stream download_stream;
+
+    /* settings */
+    size_t ram_budget;
+    size_t vram_budget; /* VC_SIZE_AUTO = dynamic */
+    size_t working_mem;
+    int keep_ram_copy;
+    int log_memory_usage;
+    size_t segment_bytes;
+    vc_log_fn log_fn;
+    void *log_user;
+    vc_log_level log_level;
+
+    /* state */
+    slot_table models;
+    slot_table layers;
+    arena arena;
+    layer_list vram_lru;
+    layer_list ram_lru;
+    deferred_free *deferred;
+    vc_reservation *reservations;
+    size_t reserved_sum;  /* bytes of active reservations */
+    size_t buffer_bytes;  /* device bytes of reservation buffers the cache allocated */
+    size_t ram_bytes;     /* RAM-pool bytes, including deferred frees */
+    uint64_t use_clock;   /* ticks once per acquire */
+    vc_stats stats;
+
+    /* last error, for vc_cache_last_error */
+    int last_status;
+    char last_error[512];
+};
+
+/* ---- errors and logging (src/status.c, src/log.c) ------------------------------------------ */
+
+/** Records a failure: formats the message, stores it for vc_last_error() and, when c is not NULL,
+ *  for vc_cache_last_error() (the caller holds c->lock or c is not shared yet). Returns status. */
+int vc__fail(vc_cache *c, int status, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+/** vc__fail for callers that do not hold c->lock (it takes the lock to store the message). */
+int vc__fail_unlocked(vc_cache *c, int status, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+/** Takes and clears the detail a backend left with vc_backend_set_error() on this thread. */
+const char *vc__take_backend_error(void);
+
+void vc__log(const vc_cache *c, vc_log_level level, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
+/* ---- shared helpers ------------------------------------------------------------------------- */
+
+#define VC_GB ((size_t)1 << 30)
+#define VC_MB ((size_t)1 << 20)
+
+static inline size_t sat_add(size_t a, size_t b) { return a > SIZE_MAX - b ? SIZE_MAX : a + b; }
+static inline size_t sat_sub(size_t a, size_t b) { return a > b ? a - b : 0; }
+static inline size_t min_sz(size_t a, size_t b) { return a < b ? a : b; }
+static inline size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
+
+/** Formats bytes as "12.34 GB"/"5.00 MB" into buf. */
+const char *vc__fmt_bytes(size_t bytes, char *buf, size_t size);
+
+void list_push_tail(layer_list *l, layer_t *x, int vram);
+void list_unlink(layer_list *l, layer_t *x, int vram);
+
+/* ---- residency (src/residency.c), used by cache.c and working_mem.c ------------------------- */
+
+/** Device memory the cache could use if it alone used the device: free + its own. */
+size_t vc__device_avail(vc_cache *c);
+/** Current weight limit: the most device bytes the arena may hold for weights. */
+size_t vc__weight_limit(vc_cache *c);
+/** Evicts and frees whole segments until the arena holds at most `target` bytes. With dry_run,
+ *  only reports whether it could. Returns VC_OK or VC_ERR_OUT_OF_VRAM. */
+int vc__shrink_arena(vc_cache *c, size_t target, vc_evict_reason reason, int dry_run);
+/** Moves a layer out of VRAM (write-back if needed unless drop_ok). Caller checked holds == 0. */
+void vc__evict_vram(vc_cache *c, layer_t *l, vc_evict_reason reason, int drop_ok);
+/** Drops a layer's RAM-pool copy (waiting for copies that read it). */
+void vc__drop_ram(vc_cache *c, layer_t *l);
+/** Frees a layer's record after its memory is gone. */
+void vc__layer_destroy(vc_cache *c, layer_t *l);
+void vc__log_memory(vc_cache *c, const char *what, const layer_t *l);
+
+static inline void vc__note_ram(vc_cache *c) {
+    if (c->ram_bytes > c->stats.ram_peak_bytes) c->stats.ram_peak_bytes = c->ram_bytes;
+}
+static inline void vc__note_vram(vc_cache *c) {
+    if (c->arena.used > c->stats.vram_peak_bytes) c->stats.vram_peak_bytes = c->arena.used;
+    if (c->arena.total > c->stats.arena_peak_bytes) c->stats.arena_peak_bytes = c->arena.total;
+}
+
+#endif /* VC_CACHE_INTERNAL_H */

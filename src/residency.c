@@ -1,0 +1,789 @@
+/*
+ * Residency: moving layers between not-loaded, RAM and VRAM, and the budgets that bound both pools.
+ *
+ * Every function here runs with c->lock held, except that a loader callback runs with it released
+ * while its layer is marked `loading` (which pins the layer: nothing evicts, unregisters or loads
+ * it concurrently; other acquirers wait on c->loaded).
+ *
+ * Device memory is reused in stream order rather than by blocking the host: before a freed range
+ * can be overwritten, the upload stream waits on the evicted layer's release event (recorded on the
+ * engine's stream), and on the write-back event when its weights are being copied back to RAM.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cache_internal.h"
+
+/* ---- intrusive lists ------------------------------------------------------------------------- */
+
+#define LINKS(x, vram) ((vram) ? &(x)->vprev : &(x)->rprev)
+#define NEXT(x, vram) ((vram) ? &(x)->vnext : &(x)->rnext)
+
+void list_push_tail(layer_list *l, layer_t *x, int vram) {
+    *LINKS(x, vram) = l->tail;
+    *NEXT(x, vram) = NULL;
+    if (l->tail)
+        *NEXT(l->tail, vram) = x;
+    else
+        l->head = x;
+    l->tail = x;
+}
+
+void list_unlink(layer_list *l, layer_t *x, int vram) {
+    layer_t *p = *LINKS(x, vram), *n = *NEXT(x, vram);
+    if (p)
+        *NEXT(p, vram) = n;
+    else if (l->head == x)
+        l->head = n;
+    else
+        return; /* not in the list */
+    if (n)
+        *LINKS(n, vram) = p;
+    else
+        l->tail = p;
+    *LINKS(x, vram) = *NEXT(x, vram) = NULL;
+}
+
+/* ---- logging --------------------------------------------------------------------------------- */
+
+void vc__log_memory(vc_cache *c, const char *what, const layer_t *l) {
+    if (!c->log_memory_usage) return;
+    char a[32], b[32], d[32], e[32], f[32], g[32];
+    vc__log(c, VC_LOG_INFO,
+            "%s layer '%s' of model '%s' (%s): VRAM weights %s of limit %s (arena %s), RAM pool %s "
+            "of %s, working memory reserved %s",
+            what, l->name, l->model->name, vc__fmt_bytes(l->bytes, a, sizeof a),
+            vc__fmt_bytes(c->arena.used, b, sizeof b), vc__fmt_bytes(c->stats.vram_limit, d, sizeof d),
+            vc__fmt_bytes(c->arena.total, e, sizeof e), vc__fmt_bytes(c->ram_bytes, f, sizeof f),
+            vc__fmt_bytes(c->ram_budget, g, sizeof g), vc__fmt_bytes(c->reserved_sum, a, sizeof a));
+}
+
+/* ---- events ---------------------------------------------------------------------------------- */
+
+static int ensure_event(vc_cache *c, void **ev) {
+    return *ev ? VC_OK : c->ops->event_create(c->bctx, ev);
+}
+
+/* 1 when the latest upload of l completed (and forgets it), 0 while in flight. */
+static int upload_done(vc_cache *c, layer_t *l) {
+    if (!l->upload_pending) return 1;
+    if (c->ops->event_query(c->bctx, l->upload_ev) == 0) return 0;
+    l->upload_pending = 0;
+    return 1;
+}
+
+static int writeback_done(vc_cache *c, layer_t *l) {
+    if (!l->ram_pending) return 1;
+    if (c->ops->event_query(c->bctx, l->ram_ev) == 0) return 0;
+    l->ram_pending = 0;
+    return 1;
+}
+
+static void wait_upload(vc_cache *c, layer_t *l) {
+    if (l->upload_pending) c->ops->event_synchronize(c->bctx, l->upload_ev);
+    l->upload_pending = 0;
+}
+
+static void wait_writeback(vc_cache *c, layer_t *l) {
+    if (l->ram_pending) c->ops->event_synchronize(c->bctx, l->ram_ev);
+    l->ram_pending = 0;
+}
+
+/* ---- budgets --------------------------------------------------------------------------------- */
+
+size_t vc__device_avail(vc_cache *c) {
+    size_t free_b = 0, total = 0;
+    if (c->ops->mem_info(c->bctx, &free_b, &total) != VC_OK) {
+        vc__take_backend_error();
+        free_b = 0;
+    }
+    return sat_add(sat_add(free_b, c->arena.total), c->buffer_bytes);
+}
+
+size_t vc__weight_limit(vc_cache *c) {
+    size_t free_b = 0, total = 0;
+    if (c->ops->mem_info(c->bctx, &free_b, &total) != VC_OK) {
+        /* Without a reading, assume nothing beyond what the cache already holds. */
+        vc__log(c, VC_LOG_WARN, "backend '%s' could not report free memory: %s", c->ops->name,
+                vc__take_backend_error());
+        free_b = 0;
+    }
+    /* What the cache could hold if it alone used the device: free memory plus its own. */
+    size_t avail = sat_add(sat_add(free_b, c->arena.total), c->buffer_bytes);
+    size_t limit;
+    if (c->vram_budget == VC_SIZE_AUTO)
+        limit = sat_sub(avail, max_sz(c->working_mem, c->reserved_sum));
+    else /* an explicit budget replaces the standing working memory (seed 000), not reservations */
+        limit = min_sz(c->vram_budget, sat_sub(avail, c->reserved_sum));
+    c->stats.vram_limit = limit;
+    return limit;
+}
+
+/* ---- RAM pool -------------------------------------------------------------------------------- */
+
+static void free_ram_buffer(vc_cache *c, void *p, size_t bytes, int pinned) {
+    c->ops->host_free(c->bctx, p, pinned);
+    c->ram_bytes -= bytes;
+}
+
+void vc__drop_ram(vc_cache *c, layer_t *l) {
+    if (!l->ram) return;
+    wait_upload(c, l);
+    wait_writeback(c, l);
+    list_unlink(&c->ram_lru, l, 0);
+    free_ram_buffer(c, l->ram, l->bytes, l->ram_pinned);
+    l->ram = NULL;
+    c->stats.layers_in_ram--;
+}
+
+/* Frees deferred RAM buffers whose uploads completed; with `wait`, all of them. `only` limits the
+ * pass to one layer's buffers. */
+static void drain_deferred(vc_cache *c, int wait, const layer_t *only) {
+    deferred_free **pp = &c->deferred;
+    while (*pp) {
+        deferred_free *d = *pp;
+        if (only && d->layer != only) {
+            pp = &d->next;
+            continue;
+        }
+        if (wait)
+            wait_upload(c, d->layer);
+        else if (!upload_done(c, d->layer)) {
+            pp = &d->next;
+            continue;
+        }
+        *pp = d->next;
+        free_ram_buffer(c, d->ptr, d->bytes, d->pinned);
+        free(d);
+    }
+}
+
+/* keep_ram_copy off: the RAM copy goes once the upload reading it completes. */
+static void drop_ram_after_upload(vc_cache *c, layer_t *l) {
+    if (upload_done(c, l)) {
+        vc__drop_ram(c, l);
+        return;
+    }
+    deferred_free *d = malloc(sizeof(*d));
+    if (!d) return; /* keep the copy: costs RAM within budget, loses nothing */
+    d->ptr = l->ram;
+    d->bytes = l->bytes;
+    d->pinned = l->ram_pinned;
+    d->layer = l;
+    d->next = c->deferred;
+    c->deferred = d;
+    list_unlink(&c->ram_lru, l, 0);
+    l->ram = NULL;
+    c->stats.layers_in_ram--;
+}
+
+static int ram_droppable(vc_cache *c, layer_t *l) {
+    return !l->loading && !l->uploading && upload_done(c, l) && writeback_done(c, l);
+}
+
+/* Makes room for `bytes` in the RAM pool by dropping least recently used RAM copies (all of which a
+ * loader can produce again). `quiet` skips recording an error (used on best-effort paths). */
+static int ram_reserve(vc_cache *c, size_t bytes, const layer_t *exclude, const char *fn, int quiet) {
+    char a[32], b[32], d[32];
+    if (bytes > c->ram_budget) {
+        if (quiet) return VC_ERR_OUT_OF_RAM;
+        return vc__fail(c, VC_ERR_OUT_OF_RAM, "%s: layer '%s' of model '%s' needs %s of RAM, more than "
+                        "the whole RAM cache budget of %s (raise max_cache_ram_gb)", fn, exclude->name,
+                        exclude->model->name, vc__fmt_bytes(bytes, a, sizeof a),
+                        vc__fmt_bytes(c->ram_budget, b, sizeof b));
+    }
+    drain_deferred(c, 0, NULL);
+    layer_t *x = c->ram_lru.head;
+    while (c->ram_bytes > c->ram_budget - bytes) {
+        while (x && (x == exclude || !ram_droppable(c, x))) x = x->rnext;
+        if (!x) {
+            if (c->deferred) {
+                drain_deferred(c, 1, NULL);
+                x = c->ram_lru.head;
+                continue;
+            }
+            if (quiet) return VC_ERR_OUT_OF_RAM;
+            return vc__fail(c, VC_ERR_OUT_OF_RAM, "%s: layer '%s' of model '%s' needs %s of RAM; the "
+                            "RAM cache holds %s of its %s budget in copies that cannot be dropped now "
+                            "(loading or being copied)", fn, exclude->name, exclude->model->name,
+                            vc__fmt_bytes(bytes, a, sizeof a), vc__fmt_bytes(c->ram_bytes, b, sizeof b),
+                            vc__fmt_bytes(c->ram_budget, d, sizeof d));
+        }
+        layer_t *next = x->rnext;
+        vc__drop_ram(c, x);
+        c->stats.ram_evictions++;
+        x = next;
+    }
+    return VC_OK;
+}
+
+/* ---- VRAM pool ------------------------------------------------------------------------------- */
+
+void vc__evict_vram(vc_cache *c, layer_t *l, vc_evict_reason reason, int drop_ok) {
+    void *dptr = arena_block_ptr(l->vblock);
+    /* No later upload may overwrite this range before the engine's last use of it completes. */
+    if (l->release_recorded) c->ops->stream_wait_event(c->bctx, c->upload_stream, l->release_ev);
+    if (!l->host_src && !l->ram && !drop_ok) {
+        /* The device holds the only copy (keep_ram_copy off): copy it back when the RAM pool has
+         * room, else drop it, since the loader can produce it again. */
+        void *buf = NULL;
+        int pinned = 0;
+        int st = ram_reserve(c, l->bytes, l, "evict", 1);
+        if (st == VC_OK) st = c->ops->host_alloc(c->bctx, l->bytes, &buf, &pinned);
+        if (st == VC_OK) st = ensure_event(c, &l->ram_ev);
+        if (st == VC_OK && l->release_recorded)
+            st = c->ops->stream_wait_event(c->bctx, c->download_stream, l->release_ev);
+        if (st == VC_OK) st = c->ops->copy_d2h(c->bctx, buf, dptr, l->bytes, c->download_stream);
+        if (st == VC_OK) st = c->ops->event_record(c->bctx, l->ram_ev, c->download_stream);
+        if (st == VC_OK) st = c->ops->stream_wait_event(c->bctx, c->upload_stream, l->ram_ev);
+        if (st == VC_OK) {
+            l->ram = buf;
+            l->ram_pinned = pinned;
+            l->ram_pending = 1;
+            c->ram_bytes += l->bytes;
+            vc__note_ram(c);
+            list_push_tail(&c->ram_lru, l, 0);
+            c->stats.layers_in_ram++;
+            c->stats.bytes_d2h += l->bytes;
+        } else {
+            if (buf) {
+                /* the copy may have been queued: let it finish before the buffer goes */
+                c->ops->event_synchronize(c->bctx, l->ram_ev);
+                c->ops->host_free(c->bctx, buf, pinned);
+            }
+            vc__log(c, VC_LOG_DEBUG, "layer '%s' of model '%s' leaves VRAM without a write-back (%s); "
+                    "its loader will produce it again", l->name, l->model->name, vc__take_backend_error());
+        }
+    }
+    list_unlink(&c->vram_lru, l, 1);
+    arena_free(&c->arena, l->vblock);
+    l->vblock = NULL;
+    c->stats.layers_in_vram--;
+    c->stats.vram_evictions[reason]++;
+    vc__log(c, VC_LOG_DEBUG, "evicted layer '%s' of model '%s' from VRAM (%s)", l->name, l->model->name,
+            vc_evict_reason_name((int)reason));
+    vc__log_memory(c, "unloaded", l);
+}
+
+static int owner_evictable(void *owner, void *ud) {
+    (void)ud;
+    const layer_t *l = owner;
+    return l->holds == 0 && !l->loading;
+}
+
+static int segment_pinned(const arena_segment *s) {
+    for (const arena_block *b = s->first; b; b = b->next)
+        if (b->owner && !owner_evictable(b->owner, NULL)) return 1;
+    return 0;
+}
+
+/* Evicts every owner of the blocks from `first` to `last` (inclusive). Owners are collected first
+ * because freeing merges blocks. */
+static int evict_run(vc_cache *c, arena_block *first, arena_block *last, vc_evict_reason reason) {
+    size_t n = 0;
+    for (arena_block *b = first;; b = b->next) {
+        n += b->owner != NULL;
+        if (b == last) break;
+    }
+    if (n == 0) return VC_OK;
+    layer_t **owners = malloc(n * sizeof(*owners));
+    if (!owners) return VC_ERR_NO_MEMORY;
+    size_t i = 0;
+    for (arena_block *b = first;; b = b->next) {
+        if (b->owner) owners[i++] = b->owner;
+        if (b == last) break;
+    }
+    for (i = 0; i < n; i++) vc__evict_vram(c, owners[i], reason, 0);
+    free(owners);
+    return VC_OK;
+}
+
+static void release_empty_segments(vc_cache *c) {
+    arena_segment *s = c->arena.segments;
+    while (s) {
+        arena_segment *next = s->next;
+        if (s->used == 0) c->ops->device_free(c->bctx, arena_remove_segment(&c->arena, s));
+        s = next;
+    }
+}
+
+int vc__shrink_arena(vc_cache *c, size_t target, vc_evict_reason reason, int dry_run) {
+    size_t freeable = 0;
+    for (arena_segment *s = c->arena.segments; s; s = s->next)
+        if (!segment_pinned(s)) freeable += s->size;
+    if (c->arena.total - freeable > target) return VC_ERR_OUT_OF_VRAM;
+    if (dry_run) return VC_OK;
+    while (c->arena.total > target) {
+        /* Free the unpinned segment holding the fewest weight bytes first; among equals, the one
+         * whose layers were used longest ago. */
+        arena_segment *best = NULL;
+        uint64_t best_recent = 0;
+        for (arena_segment *s = c->arena.segments; s; s = s->next) {
+            if (segment_pinned(s)) continue;
+            uint64_t recent = 0;
+            for (const arena_block *b = s->first; b; b = b->next)
+                if (b->owner && ((const layer_t *)b->owner)->last_use > recent)
+                    recent = ((const layer_t *)b->owner)->last_use;
+            if (!best || s->used < best->used || (s->used == best->used && recent < best_recent)) {
+                best = s;
+                best_recent = recent;
+            }
+        }
+        if (!best) return VC_ERR_OUT_OF_VRAM; /* unreachable after the check above */
+        arena_block *last = best->first;
+        while (last->next) last = last->next;
+        if (evict_run(c, best->first, last, reason) != VC_OK) return VC_ERR_NO_MEMORY;
+        c->ops->device_free(c->bctx, arena_remove_segment(&c->arena, best));
+    }
+    return VC_OK;
+}
+
+/* Adds a segment that can hold `need` bytes at `align`, within the weight limit. */
+static int grow_arena(vc_cache *c, size_t need, size_t align, size_t limit) {
+    size_t want = sat_add(need, align > ARENA_GRAIN ? align - ARENA_GRAIN : 0);
+    size_t room = sat_sub(limit, c->arena.total) & ~(ARENA_GRAIN - 1);
+    if (room < want) return VC_ERR_OUT_OF_VRAM;
+    /* Whole segments of 2 MB granules where the budget allows, as drivers hand them out. */
+    size_t seg = max_sz(want, c->segment_bytes);
+    if (seg >= 2 * VC_MB) seg = seg > SIZE_MAX - 2 * VC_MB ? want : (seg + 2 * VC_MB - 1) & ~(2 * VC_MB - 1);
+    if (seg > room) seg = want; /* the smallest segment that serves: keeps the rest for others */
+    void *base = NULL;
+    int st = c->ops->device_alloc(c->bctx, seg, &base);
+    if (st != VC_OK) {
+        vc__log(c, VC_LOG_DEBUG, "device allocation of a %zu-byte arena segment failed: %s", seg,
+                vc__take_backend_error());
+        return VC_ERR_BACKEND;
+    }
+    if (arena_add_segment(&c->arena, base, seg) != VC_OK) {
+        c->ops->device_free(c->bctx, base);
+        return VC_ERR_NO_MEMORY;
+    }
+    vc__note_vram(c);
+    return VC_OK;
+}
+
+static size_t held_vram_bytes(const vc_cache *c) {
+    size_t held = 0;
+    for (const arena_segment *s = c->arena.segments; s; s = s->next)
+        for (const arena_block *b = s->first; b; b = b->next)
+            if (b->owner && !owner_evictable(b->owner, NULL)) held += b->size;
+    return held;
+}
+
+/* Finds device memory for l, evicting unheld layers as needed. On success *out is l's block. */
+static int vram_place(vc_cache *c, layer_t *l, const char *fn, arena_block **out) {
+    size_t need = arena_round(l->bytes);
+    size_t slack = l->align > ARENA_GRAIN ? l->align - ARENA_GRAIN : 0;
+    size_t limit = vc__weight_limit(c);
+    if (c->arena.total > limit) vc__shrink_arena(c, limit, VC_EVICT_BUDGET_SHRANK, 0); /* best effort */
+    int grow_failed = 0;
+    for (;;) {
+        int st = arena_alloc(&c->arena, need, l->align, l, out);
+        if (st == VC_OK) return VC_OK;
+        if (st == VC_ERR_NO_MEMORY) break;
+        if (!grow_failed) {
+            st = grow_arena(c, need, l->align, limit);
+            if (st == VC_OK) continue;
+            if (st == VC_ERR_NO_MEMORY) break;
+            if (st == VC_ERR_BACKEND) { /* the device refused: re-read what it has */
+                grow_failed = 1;
+                limit = vc__weight_limit(c);
+            }
+        }
+        /* Empty segments too small for l: give them back if that makes room for one that fits. */
+        size_t empty = 0;
+        for (arena_segment *s = c->arena.segments; s; s = s->next)
+            if (s->used == 0) empty += s->size;
+        if (empty && sat_sub(limit, c->arena.total - empty) >= sat_add(need, slack)) {
+            release_empty_segments(c);
+            grow_failed = 0;
+            continue;
+        }
+        /* Enough free bytes but no hole: evict the cheapest run of neighbours that makes one. */
+        arena_block *first, *last;
+        if (arena_free_bytes(&c->arena) >= need &&
+            arena_find_window(&c->arena, need, l->align, owner_evictable, NULL, &first, &last)) {
+            if (evict_run(c, first, last, VC_EVICT_FRAGMENTATION) != VC_OK) break;
+            grow_failed = 0;
+            continue;
+        }
+        layer_t *victim = c->vram_lru.head;
+        if (!victim) break;
+        vc__evict_vram(c, victim, VC_EVICT_FOR_LOAD, 0);
+        grow_failed = 0;
+    }
+    char a[32], b[32], d[32], e[32];
+    return vc__fail(c, VC_ERR_OUT_OF_VRAM,
+                    "%s: layer '%s' of model '%s' needs %s of device memory; the weight budget is %s "
+                    "(%s, working memory %s, reserved %s) and held layers occupy %s", fn, l->name,
+                    l->model->name, vc__fmt_bytes(need, a, sizeof a), vc__fmt_bytes(limit, b, sizeof b),
+                    c->vram_budget == VC_SIZE_AUTO ? "dynamic: free device memory + cache - working memory"
+                                                   : "explicit max_cache_vram",
+                    vc__fmt_bytes(c->working_mem, d, sizeof d), vc__fmt_bytes(c->reserved_sum, e, sizeof e),
+                    vc__fmt_bytes(held_vram_bytes(c), a, sizeof a));
+}
+
+/* ---- acquire / release ----------------------------------------------------------------------- */
+
+/* Produces a host copy to upload from: the borrowed pointer, the RAM copy, or a fresh load. May
+ * release the lock while the loader runs. */
+static int host_source(vc_cache *c, layer_t *l, const char *fn, const void **src) {
+    if (l->host_src) {
+        *src = l->host_src;
+        c->stats.ram_hits++;
+        return VC_OK;
+    }
+    if (l->ram) {
+        list_unlink(&c->ram_lru, l, 0);
+        list_push_tail(&c->ram_lru, l, 0);
+        *src = l->ram;
+        c->stats.ram_hits++;
+        return VC_OK;
+    }
+    int st = ram_reserve(c, l->bytes, l, fn, 0);
+    if (st != VC_OK) return st;
+    void *buf = NULL;
+    int pinned = 0;
+    if (c->ops->host_alloc(c->bctx, l->bytes, &buf, &pinned) != VC_OK) {
+        char a[32];
+        return vc__fail(c, VC_ERR_NO_MEMORY, "%s: could not allocate %s of host memory for the RAM copy "
+                        "of layer '%s' of model '%s': %s", fn, vc__fmt_bytes(l->bytes, a, sizeof a),
+                        l->name, l->model->name, vc__take_backend_error());
+    }
+    c->ram_bytes += l->bytes; /* counted now, so concurrent loads respect the budget */
+    vc__note_ram(c);
+    l->loading = 1;
+    pthread_mutex_unlock(&c->lock);
+    int rc = l->loader(l->loader_user, l->id, buf, l->bytes);
+    pthread_mutex_lock(&c->lock);
+    l->loading = 0;
+    pthread_cond_broadcast(&c->loaded);
+    if (rc != 0) {
+        free_ram_buffer(c, buf, l->bytes, pinned);
+        c->stats.load_failures++;
+        return vc__fail(c, VC_ERR_LOADER, "%s: the loader of layer '%s' of model '%s' returned %d; the "
+                        "layer stays unloaded and a later acquire calls the loader again", fn, l->name,
+                        l->model->name, rc);
+    }
+    l->ram = buf;
+    l->ram_pinned = pinned;
+    list_push_tail(&c->ram_lru, l, 0);
+    c->stats.layers_in_ram++;
+    c->stats.loads++;
+    c->stats.bytes_loaded += l->bytes;
+    *src = buf;
+    return VC_OK;
+}
+
+static int upload(vc_cache *c, layer_t *l, vc_stream stream, const char *fn) {
+    const void *src;
+    int st = host_source(c, l, fn, &src);
+    if (st != VC_OK) return st;
+    arena_block *blk;
+    /* Making room may write evicted layers back into the RAM pool: keep our source out of reach. */
+    l->uploading = 1;
+    st = vram_place(c, l, fn, &blk);
+    l->uploading = 0;
+    if (st != VC_OK) return st;
+    void *dst = arena_block_ptr(blk);
+    if (l->ram_pending) st = c->ops->stream_wait_event(c->bctx, c->upload_stream, l->ram_ev);
+    if (st == VC_OK) st = c->ops->copy_h2d(c->bctx, dst, src, l->bytes, c->upload_stream);
+    if (st == VC_OK) st = ensure_event(c, &l->upload_ev);
+    if (st == VC_OK) st = c->ops->event_record(c->bctx, l->upload_ev, c->upload_stream);
+    if (st == VC_OK) l->upload_pending = 1;
+    if (st == VC_OK) st = c->ops->stream_wait_event(c->bctx, stream, l->upload_ev);
+    if (st != VC_OK) {
+        /* Later uploads into this range are ordered after the failed one on the same stream. */
+        arena_free(&c->arena, blk);
+        char a[32];
+        return vc__fail(c, VC_ERR_BACKEND, "%s: upload of layer '%s' of model '%s' (%s) failed: %s", fn,
+                        l->name, l->model->name, vc__fmt_bytes(l->bytes, a, sizeof a),
+                        vc__take_backend_error());
+    }
+    l->vblock = blk;
+    c->stats.layers_in_vram++;
+    c->stats.misses++;
+    c->stats.bytes_h2d += l->bytes;
+    vc__note_vram(c);
+    if (!c->keep_ram_copy && l->ram) drop_ram_after_upload(c, l);
+    vc__log_memory(c, "loaded", l);
+    return VC_OK;
+}
+
+static void hold(vc_cache *c, layer_t *l) {
+    if (l->holds++ == 0) {
+        list_unlink(&c->vram_lru, l, 1);
+        c->stats.layers_held++;
+    }
+}
+
+int vc_layer_acquire(vc_cache *c, vc_layer_id id, vc_stream stream, void **device_ptr) {
+    static const char fn[] = "vc_layer_acquire";
+    if (!c || !device_ptr)
+        return vc__fail(NULL, VC_ERR_INVALID_ARG, "%s: %s is NULL", fn, !c ? "cache" : "device_ptr");
+    pthread_mutex_lock(&c->lock);
+    int st = VC_OK;
+    layer_t *l = slot_table_get(&c->layers, id);
+    while (l && l->loading) { /* another thread is loading it: wait, then take its result */
+        pthread_cond_wait(&c->loaded, &c->lock);
+        l = slot_table_get(&c->layers, id);
+    }
+    if (!l) {
+        st = vc__fail(c, VC_ERR_NOT_FOUND, "%s: layer id %#llx is not registered", fn, (unsigned long long)id);
+    } else if (l->vblock) {
+        c->stats.hits++;
+        /* The upload may still be in flight: the engine stream waits for it, the host does not. */
+        if (l->upload_pending && !upload_done(c, l) &&
+            c->ops->stream_wait_event(c->bctx, stream, l->upload_ev) != VC_OK)
+            st = vc__fail(c, VC_ERR_BACKEND, "%s: layer '%s': stream could not wait on the upload: %s",
+                          fn, l->name, vc__take_backend_error());
+    } else {
+        st = upload(c, l, stream, fn);
+    }
+    if (st == VC_OK) {
+        hold(c, l);
+        l->last_use = ++c->use_clock;
+        *device_ptr = arena_block_ptr(l->vblock);
+    }
+    pthread_mutex_unlock(&c->lock);
+    return st;
+}
+
+static int release_locked(vc_cache *c, layer_t *l, vc_stream stream) {
+    /* Record where the engine last used the weights; with holds from several streams, chain them so
+     * the event covers every stream's work. */
+    if (ensure_event(c, &l->release_ev) == VC_OK) {
+        if (l->release_recorded && l->release_stream != stream &&
+            c->ops->event_query(c->bctx, l->release_ev) == 0)
+            c->ops->stream_wait_event(c->bctx, stream, l->release_ev);
+        if (c->ops->event_record(c->bctx, l->release_ev, stream) == VC_OK) {
+            l->release_recorded = 1;
+            l->release_stream = stream;
+        } else {
+            /* Without an event the only safe order is the host's: wait for the stream's work. */
+            vc__log(c, VC_LOG_WARN, "layer '%s': release event failed (%s); the next eviction of it "
+                    "may reuse memory early", l->name, vc__take_backend_error());
+        }
+    }
+    if (--l->holds == 0) {
+        list_push_tail(&c->vram_lru, l, 1);
+        c->stats.layers_held--;
+    }
+    return VC_OK;
+}
+
+int vc_layer_release(vc_cache *c, vc_layer_id id, vc_stream stream) {
+    static const char fn[] = "vc_layer_release";
+    if (!c) return vc__fail(NULL, VC_ERR_INVALID_ARG, "%s: cache is NULL", fn);
+    pthread_mutex_lock(&c->lock);
+    int st;
+    layer_t *l = slot_table_get(&c->layers, id);
+    if (!l)
+        st = vc__fail(c, VC_ERR_NOT_FOUND, "%s: layer id %#llx is not registered", fn, (unsigned long long)id);
+    else if (l->holds == 0)
+        st = vc__fail(c, VC_ERR_NOT_HELD, "%s: layer '%s' of model '%s' is not held (release without "
+                      "acquire, or released twice)", fn, l->name, l->model->name);
+    else
+        st = release_locked(c, l, stream);
+    pthread_mutex_unlock(&c->lock);
+    return st;
+}
+
+/* ---- offload, read, teardown ----------------------------------------------------------------- */
+
+static int offload_locked(vc_cache *c, layer_t *l, vc_offload_target target, const char *fn) {
+    if (l->holds || l->loading)
+        return vc__fail(c, VC_ERR_BUSY, "%s: layer '%s' of model '%s' is %s and cannot be offloaded", fn,
+                        l->name, l->model->name, l->loading ? "loading" : "held");
+    int all = target == VC_OFFLOAD_ALL;
+    if (l->vblock) vc__evict_vram(c, l, VC_EVICT_MANUAL, all && l->loader != NULL);
+    if (all && l->ram) {
+        vc__drop_ram(c, l);
+        c->stats.ram_evictions++;
+    }
+    return VC_OK;
+}
+
+int vc_layer_offload(vc_cache *c, vc_layer_id id, vc_offload_target target) {
+    static const char fn[] = "vc_layer_offload";
+    if (!c) return vc__fail(NULL, VC_ERR_INVALID_ARG, "%s: cache is NULL", fn);
+    if (target != VC_OFFLOAD_VRAM && target != VC_OFFLOAD_ALL)
+        return vc__fail_unlocked(c, VC_ERR_INVALID_ARG, "%s: target %d is not VC_OFFLOAD_VRAM or VC_OFFLOAD_ALL",
+                        fn, (int)target);
+    pthread_mutex_lock(&c->lock);
+    int st;
+    layer_t *l = slot_table_get(&c->layers, id);
+    if (!l)
+        st = vc__fail(c, VC_ERR_NOT_FOUND, "%s: layer id %#llx is not registered", fn, (unsigned long long)id);
+    else
+        st = offload_locked(c, l, target, fn);
+    pthread_mutex_unlock(&c->lock);
+    return st;
+}
+
+int vc_layer_read(vc_cache *c, vc_layer_id id, void *dst, size_t size) {
+    static const char fn[] = "vc_layer_read";
+    if (!c || !dst) return vc__fail(NULL, VC_ERR_INVALID_ARG, "%s: %s is NULL", fn, !c ? "cache" : "dst");
+    pthread_mutex_lock(&c->lock);
+    int st = VC_OK;
+    layer_t *l = slot_table_get(&c->layers, id);
+    if (!l) {
+        st = vc__fail(c, VC_ERR_NOT_FOUND, "%s: layer id %#llx is not registered", fn, (unsigned long long)id);
+    } else if (size != l->bytes) {
+        st = vc__fail(c, VC_ERR_INVALID_ARG, "%s: layer '%s' has %zu bytes, buffer has %zu", fn, l->name,
+                      l->bytes, size);
+    } else if (l->loading) {
+        st = vc__fail(c, VC_ERR_BUSY, "%s: layer '%s' is loading", fn, l->name);
+    } else if (l->host_src) {
+        memcpy(dst, l->host_src, size);
+    } else if (l->ram) {
+        wait_writeback(c, l);
+        memcpy(dst, l->ram, size);
+    } else if (l->vblock) {
+        /* Off the hot path: a synchronous download of the only copy. */
+        st = ensure_event(c, &l->ram_ev);
+        if (st == VC_OK && l->upload_pending)
+            st = c->ops->stream_wait_event(c->bctx, c->download_stream, l->upload_ev);
+        if (st == VC_OK) st = c->ops->copy_d2h(c->bctx, dst, arena_block_ptr(l->vblock), size, c->download_stream);
+        if (st == VC_OK) st = c->ops->event_record(c->bctx, l->ram_ev, c->download_stream);
+        if (st == VC_OK) st = c->ops->event_synchronize(c->bctx, l->ram_ev);
+        if (st != VC_OK)
+            st = vc__fail(c, VC_ERR_BACKEND, "%s: download of layer '%s' failed: %s", fn, l->name,
+                          vc__take_backend_error());
+    } else {
+        l->loading = 1;
+        pthread_mutex_unlock(&c->lock);
+        int rc = l->loader(l->loader_user, id, dst, size);
+        pthread_mutex_lock(&c->lock);
+        l->loading = 0;
+        pthread_cond_broadcast(&c->loaded);
+        if (rc != 0)
+            st = vc__fail(c, VC_ERR_LOADER, "%s: the loader of layer '%s' of model '%s' returned %d", fn,
+                          l->name, l->model->name, rc);
+    }
+    pthread_mutex_unlock(&c->lock);
+    return st;
+}
+
+void vc__layer_destroy(vc_cache *c, layer_t *l) {
+    if (l->vblock) {
+        if (l->release_recorded) c->ops->stream_wait_event(c->bctx, c->upload_stream, l->release_ev);
+        list_unlink(&c->vram_lru, l, 1);
+        arena_free(&c->arena, l->vblock);
+        l->vblock = NULL;
+        c->stats.layers_in_vram--;
+    }
+    drain_deferred(c, 1, l);
+    vc__drop_ram(c, l);
+    wait_upload(c, l);
+    wait_writeback(c, l);
+    if (l->upload_ev) c->ops->event_destroy(c->bctx, l->upload_ev);
+    if (l->release_ev) c->ops->event_destroy(c->bctx, l->release_ev);
+    if (l->ram_ev) c->ops->event_destroy(c->bctx, l->ram_ev);
+    model_t *m = l->model;
+    m->layers[l->model_pos] = m->layers[--m->nlayers];
+    m->layers[l->model_pos]->model_pos = l->model_pos;
+    slot_table_remove(&c->layers, l->id);
+    c->stats.layers--;
+    free(l->name);
+    free(l);
+}
+
+/* ---- whole models ---------------------------------------------------------------------------- */
+
+/* Copies the model's layer ids under the lock, so the caller can work on them without it. */
+static int snapshot_layers(vc_cache *c, vc_model_id id, const char *fn, vc_layer_id **ids, size_t *n) {
+    pthread_mutex_lock(&c->lock);
+    int st = VC_OK;
+    model_t *m = slot_table_get(&c->models, id);
+    if (!m) {
+        st = vc__fail(c, VC_ERR_NOT_FOUND, "%s: model id %#llx is not registered", fn, (unsigned long long)id);
+    } else {
+        *n = m->nlayers;
+        *ids = malloc((m->nlayers ? m->nlayers : 1) * sizeof(**ids));
+        if (!*ids)
+            st = vc__fail(c, VC_ERR_NO_MEMORY, "%s: out of host memory", fn);
+        else
+            for (size_t i = 0; i < m->nlayers; i++) (*ids)[i] = m->layers[i]->id;
+    }
+    pthread_mutex_unlock(&c->lock);
+    return st;
+}
+
+int vc_model_acquire(vc_cache *c, vc_model_id model, vc_stream stream) {
+    static const char fn[] = "vc_model_acquire";
+    if (!c) return vc__fail(NULL, VC_ERR_INVALID_ARG, "%s: cache is NULL", fn);
+    vc_layer_id *ids;
+    size_t n;
+    int st = snapshot_layers(c, model, fn, &ids, &n);
+    if (st != VC_OK) return st;
+    size_t i;
+    void *p;
+    for (i = 0; i < n; i++)
+        if ((st = vc_layer_acquire(c, ids[i], stream, &p)) != VC_OK) break;
+    if (st != VC_OK) {
+        /* All or nothing: give back what was taken, keeping the first error's message. */
+        pthread_mutex_lock(&c->lock);
+        char msg[sizeof c->last_error];
+        memcpy(msg, c->last_error, sizeof msg);
+        for (size_t j = 0; j < i; j++) {
+            layer_t *l = slot_table_get(&c->layers, ids[j]);
+            if (l && l->holds) release_locked(c, l, stream);
+        }
+        vc__fail(c, st, "vc_model_acquire: %s", msg);
+        pthread_mutex_unlock(&c->lock);
+    }
+    free(ids);
+    return st;
+}
+
+int vc_model_release(vc_cache *c, vc_model_id model, vc_stream stream) {
+    static const char fn[] = "vc_model_release";
+    if (!c) return vc__fail(NULL, VC_ERR_INVALID_ARG, "%s: cache is NULL", fn);
+    pthread_mutex_lock(&c->lock);
+    int st = VC_OK;
+    model_t *m = slot_table_get(&c->models, model);
+    if (!m) {
+        st = vc__fail(c, VC_ERR_NOT_FOUND, "%s: model id %#llx is not registered", fn, (unsigned long long)model);
+        goto done;
+    }
+    for (size_t i = 0; i < m->nlayers; i++)
+        if (m->layers[i]->holds == 0) {
+            st = vc__fail(c, VC_ERR_NOT_HELD, "%s: layer '%s' of model '%s' is not held; nothing was "
+                          "released", fn, m->layers[i]->name, m->name);
+            goto done;
+        }
+    for (size_t i = 0; i < m->nlayers; i++) release_locked(c, m->layers[i], stream);
+done:
+    pthread_mutex_unlock(&c->lock);
+    return st;
+}
+
+int vc_model_offload(vc_cache *c, vc_model_id model, vc_offload_target target) {
+    static const char fn[] = "vc_model_offload";
+    if (!c) return vc__fail(NULL, VC_ERR_INVALID_ARG, "%s: cache is NULL", fn);
+    if (target != VC_OFFLOAD_VRAM && target != VC_OFFLOAD_ALL)
+        return vc__fail_unlocked(c, VC_ERR_INVALID_ARG, "%s: target %d is not VC_OFFLOAD_VRAM or VC_OFFLOAD_ALL",
+                        fn, (int)target);
+    pthread_mutex_lock(&c->lock);
+    int st = VC_OK;
+    model_t *m = slot_table_get(&c->models, model);
+    if (!m) {
+        st = vc__fail(c, VC_ERR_NOT_FOUND, "%s: model id %#llx is not registered", fn, (unsigned long long)model);
+        goto done;
+    }
+    size_t busy = 0;
+    for (size_t i = 0; i < m->nlayers; i++) {
+        layer_t *l = m->layers[i];
+        if (l->holds || l->loading)
+            busy++;
+        else
+            offload_locked(c, l, target, fn);
+    }
+    if (busy)
+        st = vc__fail(c, VC_ERR_BUSY, "%s: %zu layer(s) of model '%s' are held or loading and stayed; "
+                      "the others were offloaded", fn, busy, m->name);
+done:
+    pthread_mutex_unlock(&c->lock);
+    return st;
+}

@@ -1,0 +1,121 @@
+/*
+ * Working-memory reservations: device memory the cache leaves free for an operation's activations.
+ *
+ * The weight limit (residency.c) subtracts max(standing working memory, sum of reservations) from
+ * what the device could give the cache. A new reservation lowers that limit; the cache then frees
+ * whole arena segments (evicting their unheld layers) until the arena fits under it, so the device
+ * really has the memory free. Whether that is possible is checked before anything is evicted, so a
+ * reservation that cannot be met leaves the cache exactly as it was.
+ */
+#include <stdlib.h>
+
+#include "cache_internal.h"
+
+int vc_reserve_working_mem(vc_cache *c, size_t bytes, unsigned flags, vc_reservation **out) {
+    static const char fn[] = "vc_reserve_working_mem";
+    if (!c || !out)
+        return vc__fail(NULL, VC_ERR_INVALID_ARG, "%s: %s is NULL", fn, !c ? "cache" : "out");
+    if (flags & ~VC_RESERVE_BUFFER)
+        return vc__fail_unlocked(c, VC_ERR_INVALID_ARG, "%s: unknown flags %#x (only VC_RESERVE_BUFFER)",
+                                 fn, flags);
+    if (bytes == 0 && (flags & VC_RESERVE_BUFFER))
+        return vc__fail_unlocked(c, VC_ERR_INVALID_ARG, "%s: a buffer of 0 bytes was requested", fn);
+    vc_reservation *r = calloc(1, sizeof(*r));
+    if (!r) return vc__fail_unlocked(c, VC_ERR_NO_MEMORY, "%s: out of host memory", fn);
+    r->cache = c;
+    r->bytes = bytes;
+
+    pthread_mutex_lock(&c->lock);
+    char a[32], b[32], d[32];
+    int st = VC_OK;
+    size_t before = c->reserved_sum;
+    if (bytes > SIZE_MAX - before) {
+        st = vc__fail(c, VC_ERR_TOO_LARGE, "%s: %zu bytes on top of %zu already reserved overflows", fn,
+                      bytes, before);
+        goto fail;
+    }
+    size_t avail = vc__device_avail(c);
+    if (before + bytes > avail) {
+        st = vc__fail(c, VC_ERR_OUT_OF_VRAM, "%s: cannot reserve %s of working memory: the device can "
+                      "give this cache at most %s (free memory plus what the cache holds), of which %s "
+                      "is already reserved; nothing was evicted", fn, vc__fmt_bytes(bytes, a, sizeof a),
+                      vc__fmt_bytes(avail, b, sizeof b), vc__fmt_bytes(before, d, sizeof d));
+        goto fail;
+    }
+    c->reserved_sum = before + bytes;
+    size_t limit = vc__weight_limit(c);
+    if (c->arena.total > limit) {
+        if (vc__shrink_arena(c, limit, VC_EVICT_FOR_RESERVATION, 1) != VC_OK) {
+            c->reserved_sum = before;
+            vc__weight_limit(c);
+            st = vc__fail(c, VC_ERR_OUT_OF_VRAM, "%s: cannot reserve %s of working memory: held layers "
+                          "keep %s of device memory in use and the device can give the cache at most %s "
+                          "beside the reservations; nothing was evicted", fn,
+                          vc__fmt_bytes(bytes, a, sizeof a), vc__fmt_bytes(c->arena.used, b, sizeof b),
+                          vc__fmt_bytes(sat_add(limit, c->reserved_sum), d, sizeof d));
+            goto fail;
+        }
+        vc__shrink_arena(c, limit, VC_EVICT_FOR_RESERVATION, 0);
+    }
+    if (flags & VC_RESERVE_BUFFER) {
+        st = c->ops->device_alloc(c->bctx, bytes, &r->buffer);
+        if (st != VC_OK) {
+            c->reserved_sum = before;
+            vc__weight_limit(c);
+            st = vc__fail(c, VC_ERR_BACKEND, "%s: device allocation of the %s working-memory buffer "
+                          "failed: %s (layers evicted for it stay evicted; their weights are kept)", fn,
+                          vc__fmt_bytes(bytes, a, sizeof a), vc__take_backend_error());
+            goto fail;
+        }
+        c->buffer_bytes += bytes;
+    }
+    r->next = c->reservations;
+    if (r->next) r->next->prev = r;
+    c->reservations = r;
+    c->stats.reservations++;
+    vc__log(c, c->log_memory_usage ? VC_LOG_INFO : VC_LOG_DEBUG,
+            "reserved %s of working memory (%s reserved in all; weight limit now %s)",
+            vc__fmt_bytes(bytes, a, sizeof a), vc__fmt_bytes(c->reserved_sum, b, sizeof b),
+            vc__fmt_bytes(c->stats.vram_limit, d, sizeof d));
+    pthread_mutex_unlock(&c->lock);
+    *out = r;
+    return VC_OK;
+fail:
+    pthread_mutex_unlock(&c->lock);
+    free(r);
+    return st;
+}
+
+void *vc_reservation_ptr(const vc_reservation *r) { return r ? r->buffer : NULL; }
+
+int vc_release_working_mem(vc_cache *c, vc_reservation *r) {
+    static const char fn[] = "vc_release_working_mem";
+    if (!c || !r) return vc__fail(NULL, VC_ERR_INVALID_ARG, "%s: %s is NULL", fn, !c ? "cache" : "reservation");
+    pthread_mutex_lock(&c->lock);
+    /* Compare pointers only: a stale or foreign pointer is rejected without being read. */
+    vc_reservation *x = c->reservations;
+    while (x && x != r) x = x->next;
+    if (!x) {
+        int st = vc__fail(c, VC_ERR_NOT_FOUND, "%s: %p is not an active reservation of this cache "
+                          "(released twice?)", fn, (void *)r);
+        pthread_mutex_unlock(&c->lock);
+        return st;
+    }
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        c->reservations = r->next;
+    if (r->next) r->next->prev = r->prev;
+    c->reserved_sum -= r->bytes;
+    if (r->buffer) {
+        c->ops->device_free(c->bctx, r->buffer);
+        c->buffer_bytes -= r->bytes;
+    }
+    vc__weight_limit(c);
+    char a[32];
+    vc__log(c, c->log_memory_usage ? VC_LOG_INFO : VC_LOG_DEBUG, "released %s of working memory",
+            vc__fmt_bytes(r->bytes, a, sizeof a));
+    pthread_mutex_unlock(&c->lock);
+    free(r);
+    return VC_OK;
+}

@@ -1,0 +1,169 @@
+/* The offset allocator: placement, alignment, coalescing, windows, and a randomized comparison
+ * against a byte map of what is owned. */
+#include "arena.h"
+#include "test_util.h"
+
+static char base_mem[1 << 20] __attribute__((aligned(4096)));
+
+static void test_alloc_free_coalesce(void **state) {
+    (void)state;
+    arena a;
+    arena_init(&a);
+    assert_int_equal(arena_add_segment(&a, base_mem, 64 * KB), VC_OK);
+    arena_block *b1, *b2, *b3;
+    int o1, o2, o3;
+    assert_int_equal(arena_alloc(&a, 1000, 256, &o1, &b1), VC_OK);
+    assert_int_equal(b1->size, 1024); /* rounded to the grain */
+    assert_int_equal(arena_alloc(&a, 16 * KB, 256, &o2, &b2), VC_OK);
+    assert_int_equal(arena_alloc(&a, 47 * KB, 256, &o3, &b3), VC_OK);
+    assert_int_equal(a.used, 1024 + 16 * KB + 47 * KB);
+    arena_block *none;
+    assert_int_equal(arena_alloc(&a, 1 * KB, 256, &o1, &none), VC_ERR_OUT_OF_VRAM);
+    arena_free(&a, b2);
+    arena_free(&a, b1);
+    /* b1 and b2 merged: a 17 KB hole at the start */
+    arena_block *b4;
+    assert_int_equal(arena_alloc(&a, 17 * KB, 256, &o2, &b4), VC_OK);
+    assert_ptr_equal(arena_block_ptr(b4), base_mem);
+    arena_free(&a, b4);
+    arena_free(&a, b3);
+    assert_int_equal(a.used, 0);
+    assert_non_null(a.segments);
+    assert_null(a.segments->first->next); /* one free block again */
+    assert_ptr_equal(arena_remove_segment(&a, a.segments), base_mem);
+    assert_int_equal(a.total, 0);
+}
+
+static void test_alignment(void **state) {
+    (void)state;
+    arena a;
+    arena_init(&a);
+    assert_int_equal(arena_add_segment(&a, base_mem + 256, 256 * KB), VC_OK);
+    arena_block *b1, *b2;
+    int o;
+    assert_int_equal(arena_alloc(&a, 512, 256, &o, &b1), VC_OK);
+    assert_int_equal(arena_alloc(&a, 4 * KB, 64 * KB, &o, &b2), VC_OK);
+    assert_int_equal((uintptr_t)arena_block_ptr(b2) % (64 * KB), 0);
+    arena_free(&a, b1);
+    arena_free(&a, b2);
+    assert_int_equal(a.used, 0);
+    assert_null(a.segments->first->next);
+    arena_remove_segment(&a, a.segments);
+}
+
+static void test_exact_fit_never_missed(void **state) {
+    (void)state;
+    /* A hole whose size class is the request's own class must be found. */
+    arena a;
+    arena_init(&a);
+    assert_int_equal(arena_add_segment(&a, base_mem, 100 * KB), VC_OK);
+    arena_block *x, *y, *z;
+    int o;
+    assert_int_equal(arena_alloc(&a, 40 * KB, 256, &o, &x), VC_OK);
+    assert_int_equal(arena_alloc(&a, 37 * KB + 256, 256, &o, &y), VC_OK);
+    assert_int_equal(arena_alloc(&a, 100 * KB - 77 * KB - 256, 256, &o, &z), VC_OK);
+    arena_free(&a, y); /* hole of 37.25 KB */
+    arena_block *w;
+    assert_int_equal(arena_alloc(&a, 37 * KB + 256, 256, &o, &w), VC_OK);
+    assert_ptr_equal(w, y == w ? w : w); /* found */
+    assert_int_equal(w->offset, 40 * KB);
+    arena_free(&a, w);
+    arena_free(&a, x);
+    arena_free(&a, z);
+    arena_remove_segment(&a, a.segments);
+}
+
+static int evictable_if_odd(void *owner, void *ud) {
+    (void)ud;
+    return (int)(intptr_t)owner & 1;
+}
+
+static void test_find_window(void **state) {
+    (void)state;
+    arena a;
+    arena_init(&a);
+    assert_int_equal(arena_add_segment(&a, base_mem, 8 * KB), VC_OK);
+    /* blocks of 1 KB owned by 1..8: odd owners evictable */
+    arena_block *b[8];
+    for (intptr_t i = 0; i < 8; i++) assert_int_equal(arena_alloc(&a, KB, 256, (void *)(i + 1), &b[i]), VC_OK);
+    arena_block *f, *l;
+    /* need 1 KB: any single odd block qualifies */
+    assert_true(arena_find_window(&a, KB, 256, evictable_if_odd, NULL, &f, &l));
+    assert_ptr_equal(f, l);
+    assert_true((intptr_t)f->owner & 1);
+    /* need 2 KB: no two neighbours are both odd */
+    assert_false(arena_find_window(&a, 2 * KB, 256, evictable_if_odd, NULL, &f, &l));
+    /* free block 2 (owner 2, even): now blocks 1,2,3 form a 3 KB run costing 2 KB */
+    arena_free(&a, b[1]);
+    assert_true(arena_find_window(&a, 2 * KB, 256, evictable_if_odd, NULL, &f, &l));
+    assert_int_equal(f->offset + 0, 0);
+    assert_true(l->offset + l->size - f->offset >= 2 * KB);
+    for (int i = 0; i < 8; i++)
+        if (i != 1) arena_free(&a, b[i]);
+    arena_remove_segment(&a, a.segments);
+}
+
+/* Random allocations and frees over three segments, checked against an ownership map. */
+static void test_random_against_map(void **state) {
+    (void)state;
+    enum { SEG = 64 * 1024, NSEG = 3, N = 64 };
+    arena a;
+    arena_init(&a);
+    for (int s = 0; s < NSEG; s++) assert_int_equal(arena_add_segment(&a, base_mem + s * SEG, SEG), VC_OK);
+    static unsigned char owner_map[NSEG * SEG];
+    memset(owner_map, 0, sizeof owner_map);
+    arena_block *live[N] = {0};
+    unsigned seed = 12345;
+    for (int step = 0; step < 20000; step++) {
+        seed = seed * 1103515245u + 12345u;
+        int i = (int)((seed >> 8) % N);
+        if (live[i]) {
+            char *p = arena_block_ptr(live[i]);
+            size_t off = (size_t)(p - base_mem);
+            for (size_t k = 0; k < live[i]->size; k++) {
+                assert_int_equal(owner_map[off + k], i + 1);
+                owner_map[off + k] = 0;
+            }
+            arena_free(&a, live[i]);
+            live[i] = NULL;
+        } else {
+            size_t size = 1 + (seed >> 12) % (12 * 1024);
+            size_t align = (size_t)256 << ((seed >> 4) % 4);
+            int st = arena_alloc(&a, size, align, (void *)(intptr_t)(i + 1), &live[i]);
+            if (st == VC_ERR_OUT_OF_VRAM) {
+                live[i] = NULL;
+                continue;
+            }
+            assert_int_equal(st, VC_OK);
+            char *p = arena_block_ptr(live[i]);
+            assert_int_equal((uintptr_t)p % align, 0);
+            assert_true(live[i]->size >= size);
+            size_t off = (size_t)(p - base_mem);
+            for (size_t k = 0; k < live[i]->size; k++) {
+                assert_int_equal(owner_map[off + k], 0);
+                owner_map[off + k] = (unsigned char)(i + 1);
+            }
+        }
+        size_t used = 0;
+        for (int k = 0; k < N; k++) used += live[k] ? live[k]->size : 0;
+        assert_int_equal(a.used, used);
+    }
+    for (int k = 0; k < N; k++)
+        if (live[k]) arena_free(&a, live[k]);
+    assert_int_equal(a.used, 0);
+    while (a.segments) {
+        assert_null(a.segments->first->next);
+        arena_remove_segment(&a, a.segments);
+    }
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_alloc_free_coalesce),
+        cmocka_unit_test(test_alignment),
+        cmocka_unit_test(test_exact_fit_never_missed),
+        cmocka_unit_test(test_find_window),
+        cmocka_unit_test(test_random_against_map),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,237 @@
+/*
+ * Randomized model-based test: thousands of random register / acquire / release / reserve /
+ * unreserve / offload / unregister operations on random layer sizes, checking after every step
+ * that no pool exceeds its budget, that held layers were never evicted or overwritten, that the
+ * cache's counts match a simple model, and that every layer's bytes still equal its source.
+ * Runs with keep_ram_copy on and off, and with explicit and dynamic VRAM budgets.
+ */
+#include <stdio.h>
+
+#include "test_util.h"
+
+enum { MAX_LAYERS = 48, STEPS = 4000 };
+
+typedef struct model_layer {
+    int live;
+    vc_layer_id id;
+    size_t bytes;
+    unsigned holds;
+    void *dptr;             /* device pointer while held */
+    void *borrowed;         /* engine copy, for borrowed layers */
+    test_loader loader;
+} model_layer;
+
+typedef struct world {
+    test_cache t;
+    vc_model_id model;
+    model_layer layers[MAX_LAYERS];
+    vc_reservation *res[4];
+    size_t res_bytes[4];
+    size_t device, ram_budget, vram_budget;
+    unsigned rng;
+    uint64_t next_seed;
+} world;
+
+static unsigned rnd(world *w) {
+    w->rng = w->rng * 1103515245u + 12345u;
+    return (w->rng >> 4) & 0x7ffffff;
+}
+
+static void check_invariants(world *w, int full) {
+    vc_stats s = get_stats(w->t.cache);
+    assert_true(s.ram_bytes <= w->ram_budget);
+    assert_true(s.ram_peak_bytes <= w->ram_budget);
+    if (w->vram_budget != VC_SIZE_AUTO) assert_true(s.arena_peak_bytes <= w->vram_budget);
+    assert_true(s.arena_bytes + s.reserved_bytes <= w->device);
+    assert_true(s.vram_bytes <= s.arena_bytes);
+    unsigned held = 0, live = 0;
+    for (int i = 0; i < MAX_LAYERS; i++) {
+        model_layer *m = &w->layers[i];
+        if (!m->live) continue;
+        live++;
+        vc_layer_info info;
+        assert_int_equal(vc_layer_get_info(w->t.cache, m->id, &info), VC_OK);
+        assert_int_equal(info.holds, m->holds);
+        if (m->holds) {
+            held++;
+            /* held: resident, same pointer, bytes intact */
+            assert_true(info.residency == VC_RES_VRAM || info.residency == VC_RES_VRAM_RAM);
+            assert_true(check_pattern(m->dptr, m->bytes, m->loader.seed));
+        }
+        if (full) {
+            unsigned char *buf = malloc(m->bytes);
+            assert_int_equal(vc_layer_read(w->t.cache, m->id, buf, m->bytes), VC_OK);
+            assert_true(check_pattern(buf, m->bytes, m->loader.seed));
+            free(buf);
+        }
+    }
+    assert_int_equal(s.layers_held, held);
+    assert_int_equal(s.layers, live);
+}
+
+static size_t held_bytes(world *w) {
+    size_t b = 0;
+    for (int i = 0; i < MAX_LAYERS; i++)
+        if (w->layers[i].live && w->layers[i].holds) b += (w->layers[i].bytes + 255) & ~(size_t)255;
+    return b;
+}
+
+static void op_register(world *w, int i) {
+    model_layer *m = &w->layers[i];
+    if (m->live) return;
+    memset(m, 0, sizeof *m);
+    m->bytes = 1 + rnd(w) % (24 * KB);
+    m->loader.seed = w->next_seed++;
+    vc_layer_desc d = {.name = "layer", .bytes = m->bytes};
+    if (rnd(w) % 3 == 0) {
+        m->borrowed = malloc(m->bytes);
+        fill_pattern(m->borrowed, m->bytes, m->loader.seed);
+        d.host_ptr = m->borrowed;
+    } else {
+        d.loader = test_loader_fn;
+        d.loader_user = &m->loader;
+    }
+    assert_int_equal(vc_layer_register(w->t.cache, w->model, &d, &m->id), VC_OK);
+    m->live = 1;
+}
+
+static void op_acquire(world *w, int i) {
+    model_layer *m = &w->layers[i];
+    if (!m->live) return;
+    int no_reservations = 1;
+    for (int r = 0; r < 4; r++) no_reservations &= w->res[r] == NULL;
+    size_t before_held = held_bytes(w);
+    void *p = NULL;
+    int st = vc_layer_acquire(w->t.cache, m->id, NULL, &p);
+    if (st == VC_OK) {
+        if (m->holds) assert_ptr_equal(p, m->dptr);
+        m->holds++;
+        m->dptr = p;
+        assert_true(check_pattern(p, m->bytes, m->loader.seed));
+    } else {
+        assert_int_equal(st, VC_ERR_OUT_OF_VRAM);
+        /* with nothing else held and nothing reserved, a layer within budget always fits */
+        size_t limit = w->vram_budget != VC_SIZE_AUTO ? w->vram_budget : w->device;
+        if (before_held == 0 && no_reservations) assert_true(m->bytes + 256 > limit);
+    }
+}
+
+static void op_release(world *w, int i) {
+    model_layer *m = &w->layers[i];
+    if (!m->live) return;
+    int st = vc_layer_release(w->t.cache, m->id, NULL);
+    if (m->holds) {
+        assert_int_equal(st, VC_OK);
+        m->holds--;
+    } else {
+        assert_int_equal(st, VC_ERR_NOT_HELD);
+    }
+}
+
+static void op_unregister(world *w, int i) {
+    model_layer *m = &w->layers[i];
+    if (!m->live) return;
+    int st = vc_layer_unregister(w->t.cache, m->id);
+    if (m->holds) {
+        assert_int_equal(st, VC_ERR_BUSY);
+        return;
+    }
+    assert_int_equal(st, VC_OK);
+    free(m->borrowed);
+    memset(m, 0, sizeof *m);
+}
+
+static void op_offload(world *w, int i) {
+    model_layer *m = &w->layers[i];
+    if (!m->live) return;
+    int st = vc_layer_offload(w->t.cache, m->id, rnd(w) % 2 ? VC_OFFLOAD_ALL : VC_OFFLOAD_VRAM);
+    assert_int_equal(st, m->holds ? VC_ERR_BUSY : VC_OK);
+}
+
+static void op_reserve(world *w) {
+    int r = (int)(rnd(w) % 4);
+    if (w->res[r]) {
+        assert_int_equal(vc_release_working_mem(w->t.cache, w->res[r]), VC_OK);
+        w->res[r] = NULL;
+        return;
+    }
+    size_t bytes = 1 + rnd(w) % (64 * KB);
+    unsigned flags = rnd(w) % 2 ? VC_RESERVE_BUFFER : 0;
+    vc_stats before = get_stats(w->t.cache);
+    int st = vc_reserve_working_mem(w->t.cache, bytes, flags, &w->res[r]);
+    if (st == VC_OK) {
+        w->res_bytes[r] = bytes;
+        if (flags) memset(vc_reservation_ptr(w->res[r]), 0x5a, bytes);
+    } else {
+        assert_int_equal(st, VC_ERR_OUT_OF_VRAM);
+        w->res[r] = NULL;
+        vc_stats after = get_stats(w->t.cache);
+        assert_int_equal(after.layers_in_vram, before.layers_in_vram); /* failed: nothing evicted */
+        assert_int_equal(after.reserved_bytes, before.reserved_bytes);
+    }
+}
+
+static void run_world(int keep_ram_copy, size_t vram_budget, unsigned seed) {
+    world *w = calloc(1, sizeof *w);
+    w->device = 256 * KB;
+    w->ram_budget = 128 * KB;
+    w->vram_budget = vram_budget;
+    w->rng = seed;
+    w->next_seed = 1000;
+    vc_cache_options o;
+    vc_cache_options_init(&o);
+    o.ram_budget = w->ram_budget;
+    o.vram_budget = vram_budget;
+    o.working_mem = 16 * KB;
+    o.keep_ram_copy = keep_ram_copy;
+    o.arena_segment_bytes = 32 * KB;
+    w->t = make_cache_opts(w->device, &o);
+    w->model = add_model(w->t.cache, "random");
+    for (int step = 0; step < STEPS; step++) {
+        int i = (int)(rnd(w) % MAX_LAYERS);
+        switch (rnd(w) % 10) {
+        case 0: op_register(w, i); break;
+        case 1: case 2: case 3: op_acquire(w, i); break;
+        case 4: case 5: case 6: op_release(w, i); break;
+        case 7: op_offload(w, i); break;
+        case 8: op_reserve(w); break;
+        case 9: if (rnd(w) % 4 == 0) op_unregister(w, i); else op_register(w, i); break;
+        }
+        check_invariants(w, step % 97 == 0);
+    }
+    for (int r = 0; r < 4; r++)
+        if (w->res[r]) assert_int_equal(vc_release_working_mem(w->t.cache, w->res[r]), VC_OK);
+    for (int i = 0; i < MAX_LAYERS; i++)
+        while (w->layers[i].live && w->layers[i].holds) op_release(w, i);
+    check_invariants(w, 1);
+    for (int i = 0; i < MAX_LAYERS; i++) free(w->layers[i].borrowed);
+    free_cache(&w->t);
+    free(w);
+}
+
+static void test_keep_copy_explicit_budget(void **state) {
+    (void)state;
+    run_world(1, 160 * KB, 1);
+}
+static void test_no_copy_explicit_budget(void **state) {
+    (void)state;
+    run_world(0, 160 * KB, 2);
+}
+static void test_keep_copy_dynamic_budget(void **state) {
+    (void)state;
+    run_world(1, VC_SIZE_AUTO, 3);
+}
+static void test_no_copy_dynamic_budget(void **state) {
+    (void)state;
+    run_world(0, VC_SIZE_AUTO, 4);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_keep_copy_explicit_budget),
+        cmocka_unit_test(test_no_copy_explicit_budget),
+        cmocka_unit_test(test_keep_copy_dynamic_budget),
+        cmocka_unit_test(test_no_copy_dynamic_budget),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,120 @@
+/* Statistics getter, printer, and the log_memory_usage snapshots. */
+#include <stdio.h>
+
+#include "test_util.h"
+
+typedef struct sink {
+    char text[8192];
+    int info_lines;
+    int load_lines, unload_lines;
+} sink;
+
+static void print_sink(void *user, const char *text) {
+    sink *s = user;
+    strncat(s->text, text, sizeof s->text - strlen(s->text) - 1);
+}
+
+static void log_sink(void *user, vc_log_level level, const char *msg) {
+    sink *s = user;
+    if (level == VC_LOG_INFO) s->info_lines++;
+    if (strncmp(msg, "loaded layer", 12) == 0) s->load_lines++;
+    if (strncmp(msg, "unloaded layer", 14) == 0) s->unload_lines++;
+}
+
+static void test_counters_and_peaks(void **state) {
+    (void)state;
+    test_cache t = make_cache(64 * KB, 1 * MB, 1);
+    vc_model_id m = add_model(t.cache, "m");
+    test_loader ld[3] = {{.seed = 1}, {.seed = 2}, {.seed = 3}};
+    vc_layer_id l[3];
+    for (int i = 0; i < 3; i++) l[i] = add_loader_layer(t.cache, m, "l", 30 * KB, &ld[i]);
+    void *p;
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(vc_layer_acquire(t.cache, l[i], NULL, &p), VC_OK);
+        assert_int_equal(vc_layer_release(t.cache, l[i], NULL), VC_OK);
+    }
+    vc_stats s = get_stats(t.cache);
+    assert_int_equal(s.misses, 3);
+    assert_int_equal(s.hits, 0);
+    assert_int_equal(s.loads, 3);
+    assert_int_equal(s.bytes_loaded, 90 * KB);
+    assert_int_equal(s.bytes_h2d, 90 * KB);
+    assert_int_equal(s.ram_bytes, 90 * KB);
+    assert_int_equal(s.ram_peak_bytes, 90 * KB);
+    assert_int_equal(s.vram_bytes, 60 * KB);          /* two fit in 64 KB */
+    assert_int_equal(s.vram_peak_bytes, 60 * KB);
+    assert_int_equal(s.vram_evictions[VC_EVICT_FOR_LOAD], 1);
+    assert_int_equal(s.layers_in_vram, 2);
+    assert_int_equal(s.layers_in_ram, 3);
+    assert_int_equal(s.layers_held, 0);
+    assert_true(s.arena_peak_bytes <= 64 * KB);
+    assert_int_equal(vc_layer_offload(t.cache, l[2], VC_OFFLOAD_ALL), VC_OK);
+    s = get_stats(t.cache);
+    assert_int_equal(s.ram_bytes, 60 * KB);
+    assert_int_equal(s.ram_peak_bytes, 90 * KB); /* peaks stay */
+    free_cache(&t);
+}
+
+static void test_printer(void **state) {
+    (void)state;
+    test_cache t = make_cache(64 * KB, 1 * MB, 1);
+    static char w[1000];
+    vc_layer_id l = add_host_layer(t.cache, add_model(t.cache, "m"), "l", w, sizeof w);
+    void *p;
+    vc_layer_acquire(t.cache, l, NULL, &p);
+    vc_layer_release(t.cache, l, NULL);
+    sink s;
+    memset(&s, 0, sizeof s);
+    assert_int_equal(vc_cache_print_stats(t.cache, print_sink, &s), VC_OK);
+    assert_non_null(strstr(s.text, "RAM pool"));
+    assert_non_null(strstr(s.text, "1 misses"));
+    assert_non_null(strstr(s.text, "for_load=0"));
+    assert_non_null(strstr(s.text, "backend host"));
+    free_cache(&t);
+}
+
+static void test_log_memory_usage(void **state) {
+    (void)state;
+    sink s;
+    memset(&s, 0, sizeof s);
+    vc_cache_options o;
+    vc_cache_options_init(&o);
+    o.ram_budget = 1 * MB;
+    o.working_mem = 0;
+    o.log_memory_usage = 1;
+    o.log_fn = log_sink;
+    o.log_user = &s;
+    o.log_level = VC_LOG_INFO;
+    o.arena_segment_bytes = 32 * KB;
+    test_cache t = make_cache_opts(64 * KB, &o);
+    vc_model_id m = add_model(t.cache, "m");
+    static char w[3][30 * KB];
+    void *p;
+    for (int i = 0; i < 3; i++) {
+        vc_layer_id l = add_host_layer(t.cache, m, "l", w[i], sizeof w[i]);
+        vc_layer_acquire(t.cache, l, NULL, &p);
+        vc_layer_release(t.cache, l, NULL);
+    }
+    assert_int_equal(s.load_lines, 3);
+    assert_int_equal(s.unload_lines, 1);
+    free_cache(&t);
+
+    /* off: no snapshots */
+    memset(&s, 0, sizeof s);
+    o.log_memory_usage = 0;
+    t = make_cache_opts(64 * KB, &o);
+    vc_layer_id l = add_host_layer(t.cache, add_model(t.cache, "m"), "l", w[0], sizeof w[0]);
+    vc_layer_acquire(t.cache, l, NULL, &p);
+    vc_layer_release(t.cache, l, NULL);
+    assert_int_equal(s.load_lines, 0);
+    free_cache(&t);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_counters_and_peaks),
+        cmocka_unit_test(test_printer),
+        cmocka_unit_test(test_log_memory_usage),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

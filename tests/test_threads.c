@@ -1,0 +1,158 @@
+/* Several threads on one cache: acquires, releases, reservations and offloads race; afterwards the
+ * pools are within budget, nothing is held, and every layer's weights are intact. Iteration counts,
+ * not time, bound the test, and no sleeps order anything. */
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "test_util.h"
+
+enum { NTHREADS = 4, NLAYERS = 24, ITERS = 3000 };
+
+typedef struct shared {
+    vc_cache *cache;
+    vc_layer_id layers[NLAYERS];
+    test_loader loaders[NLAYERS];
+    size_t sizes[NLAYERS];
+    atomic_int failures;
+} shared;
+
+typedef struct worker {
+    shared *sh;
+    unsigned seed;
+} worker;
+
+static unsigned next(unsigned *s) {
+    *s = *s * 1664525u + 1013904223u;
+    return *s >> 8;
+}
+
+static void *run(void *arg) {
+    worker *w = arg;
+    shared *sh = w->sh;
+    for (int it = 0; it < ITERS; it++) {
+        unsigned r = next(&w->seed);
+        int i = (int)(r % NLAYERS);
+        switch ((r >> 8) % 8) {
+        case 0: { /* reservation around nothing */
+            vc_reservation *res;
+            if (vc_reserve_working_mem(sh->cache, 16 * KB, VC_RESERVE_BUFFER, &res) == VC_OK)
+                vc_release_working_mem(sh->cache, res);
+            break;
+        }
+        case 1:
+            vc_layer_offload(sh->cache, sh->layers[i], (r >> 12) & 1 ? VC_OFFLOAD_ALL : VC_OFFLOAD_VRAM);
+            break;
+        default: {
+            void *p;
+            int st = vc_layer_acquire(sh->cache, sh->layers[i], NULL, &p);
+            if (st == VC_OK) {
+                /* while held, the bytes stay put whatever the other threads do */
+                if (!check_pattern(p, sh->sizes[i], sh->loaders[i].seed)) atomic_fetch_add(&sh->failures, 1);
+                if (vc_layer_release(sh->cache, sh->layers[i], NULL) != VC_OK) atomic_fetch_add(&sh->failures, 1);
+            } else if (st != VC_ERR_OUT_OF_VRAM) {
+                atomic_fetch_add(&sh->failures, 1);
+            }
+        }
+        }
+    }
+    return NULL;
+}
+
+static int loader_calls;
+static pthread_mutex_t calls_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int counting_loader(void *user, vc_layer_id layer, void *dst, size_t bytes) {
+    pthread_mutex_lock(&calls_lock);
+    loader_calls++;
+    pthread_mutex_unlock(&calls_lock);
+    return test_loader_fn(user, layer, dst, bytes);
+}
+
+static void stress(int keep_ram_copy) {
+    vc_cache_options o;
+    vc_cache_options_init(&o);
+    o.ram_budget = 256 * KB;
+    o.working_mem = 32 * KB;
+    o.keep_ram_copy = keep_ram_copy;
+    o.arena_segment_bytes = 64 * KB;
+    test_cache t = make_cache_opts(384 * KB, &o);
+    shared sh = {.cache = t.cache};
+    vc_model_id m = add_model(t.cache, "m");
+    for (int i = 0; i < NLAYERS; i++) {
+        sh.loaders[i] = (test_loader){.seed = (uint64_t)i * 7 + 1};
+        sh.sizes[i] = (size_t)(4 + (i * 5) % 28) * KB;
+        vc_layer_desc d = {.name = "l", .bytes = sh.sizes[i], .loader = counting_loader,
+                           .loader_user = &sh.loaders[i]};
+        assert_int_equal(vc_layer_register(t.cache, m, &d, &sh.layers[i]), VC_OK);
+    }
+    pthread_t th[NTHREADS];
+    worker w[NTHREADS];
+    for (int k = 0; k < NTHREADS; k++) {
+        w[k] = (worker){.sh = &sh, .seed = (unsigned)k * 977u + 13u};
+        assert_int_equal(pthread_create(&th[k], NULL, run, &w[k]), 0);
+    }
+    for (int k = 0; k < NTHREADS; k++) pthread_join(th[k], NULL);
+    assert_int_equal(atomic_load(&sh.failures), 0);
+    vc_stats s = get_stats(t.cache);
+    assert_int_equal(s.layers_held, 0);
+    assert_true(s.ram_peak_bytes <= 256 * KB);
+    assert_true(s.arena_peak_bytes <= 384 * KB - 32 * KB);
+    assert_int_equal(s.reserved_bytes, 0);
+    for (int i = 0; i < NLAYERS; i++) {
+        unsigned char buf[32 * KB];
+        assert_int_equal(vc_layer_read(t.cache, sh.layers[i], buf, sh.sizes[i]), VC_OK);
+        assert_true(check_pattern(buf, sh.sizes[i], sh.loaders[i].seed));
+    }
+    free_cache(&t);
+}
+
+static void test_stress_keep_ram_copy(void **state) {
+    (void)state;
+    stress(1);
+}
+
+static void test_stress_no_ram_copy(void **state) {
+    (void)state;
+    stress(0);
+}
+
+/* Every thread acquires the same unloaded layer: the loader runs once, the others wait for it. */
+static void *acquire_once(void *arg) {
+    shared *sh = arg;
+    void *p;
+    if (vc_layer_acquire(sh->cache, sh->layers[0], NULL, &p) != VC_OK ||
+        !check_pattern(p, sh->sizes[0], sh->loaders[0].seed))
+        atomic_fetch_add(&sh->failures, 1);
+    return NULL;
+}
+
+static void test_concurrent_first_load_calls_loader_once(void **state) {
+    (void)state;
+    test_cache t = make_cache(1 * MB, 1 * MB, 1);
+    shared sh = {.cache = t.cache};
+    sh.loaders[0] = (test_loader){.seed = 77};
+    sh.sizes[0] = 100 * KB;
+    vc_layer_desc d = {.name = "shared", .bytes = sh.sizes[0], .loader = counting_loader,
+                       .loader_user = &sh.loaders[0]};
+    assert_int_equal(vc_layer_register(t.cache, add_model(t.cache, "m"), &d, &sh.layers[0]), VC_OK);
+    loader_calls = 0;
+    pthread_t th[8];
+    for (int k = 0; k < 8; k++) pthread_create(&th[k], NULL, acquire_once, &sh);
+    for (int k = 0; k < 8; k++) pthread_join(th[k], NULL);
+    assert_int_equal(atomic_load(&sh.failures), 0);
+    assert_int_equal(loader_calls, 1);
+    vc_layer_info info;
+    vc_layer_get_info(t.cache, sh.layers[0], &info);
+    assert_int_equal(info.holds, 8);
+    for (int k = 0; k < 8; k++) assert_int_equal(vc_layer_release(t.cache, sh.layers[0], NULL), VC_OK);
+    free_cache(&t);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_stress_keep_ram_copy),
+        cmocka_unit_test(test_stress_no_ram_copy),
+        cmocka_unit_test(test_concurrent_first_load_calls_loader_once),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,198 @@
+/* Working memory: the standing amount and reservations for large operations. */
+#include "test_util.h"
+
+/* 512 KB device, 64 KB standing working memory, 32 KB segments, eight 48 KB layers... */
+static test_cache setup(vc_layer_id *l, int n, size_t layer_bytes, char (*w)[48 * KB]) {
+    vc_cache_options o;
+    vc_cache_options_init(&o);
+    o.ram_budget = 4 * MB;
+    o.working_mem = 64 * KB;
+    o.arena_segment_bytes = 48 * KB;
+    test_cache t = make_cache_opts(512 * KB, &o);
+    vc_model_id m = add_model(t.cache, "unet");
+    for (int i = 0; i < n; i++) {
+        fill_pattern(w[i], layer_bytes, (uint64_t)i);
+        l[i] = add_host_layer(t.cache, m, "block", w[i], layer_bytes);
+    }
+    return t;
+}
+
+static void fill_device(test_cache *t, vc_layer_id *l, int n) {
+    void *p;
+    for (int i = 0; i < n; i++) {
+        int st = vc_layer_acquire(t->cache, l[i], NULL, &p);
+        if (st != VC_OK) break;
+        vc_layer_release(t->cache, l[i], NULL);
+    }
+}
+
+static void test_standing_working_mem_never_filled(void **state) {
+    (void)state;
+    static char w[16][48 * KB];
+    vc_layer_id l[16];
+    test_cache t = setup(l, 16, 48 * KB, w);
+    fill_device(&t, l, 16);
+    vc_stats s = get_stats(t.cache);
+    assert_true(s.arena_peak_bytes <= 512 * KB - 64 * KB);
+    size_t free_b;
+    vc_backend_mem_info(t.backend, &free_b, NULL);
+    assert_true(free_b >= 64 * KB);
+    free_cache(&t);
+}
+
+static void test_reservation_evicts_shortfall_only(void **state) {
+    (void)state;
+    static char w[16][48 * KB];
+    vc_layer_id l[16];
+    test_cache t = setup(l, 16, 48 * KB, w);
+    fill_device(&t, l, 16);
+    vc_stats before = get_stats(t.cache);
+    /* Asking for no more than the standing amount evicts nothing. */
+    vc_reservation *r = NULL;
+    assert_int_equal(vc_reserve_working_mem(t.cache, 64 * KB, 0, &r), VC_OK);
+    assert_int_equal(get_stats(t.cache).layers_in_vram, before.layers_in_vram);
+    assert_int_equal(vc_release_working_mem(t.cache, r), VC_OK);
+    /* 160 KB: 96 KB beyond standing -> two 48 KB segments go, not more */
+    assert_int_equal(vc_reserve_working_mem(t.cache, 160 * KB, VC_RESERVE_BUFFER, &r), VC_OK);
+    assert_non_null(vc_reservation_ptr(r));
+    memset(vc_reservation_ptr(r), 0xab, 160 * KB); /* the buffer is really there */
+    vc_stats s = get_stats(t.cache);
+    assert_int_equal(s.vram_evictions[VC_EVICT_FOR_RESERVATION], 2);
+    assert_int_equal(s.layers_in_vram, before.layers_in_vram - 2);
+    assert_int_equal(s.reserved_bytes, 160 * KB);
+    size_t free_b;
+    vc_backend_mem_info(t.backend, &free_b, NULL);
+    assert_true(s.arena_bytes + 160 * KB <= 512 * KB);
+    /* While reserved, new loads stay inside the smaller limit. */
+    fill_device(&t, l, 16);
+    s = get_stats(t.cache);
+    assert_true(s.arena_bytes <= 512 * KB - 160 * KB);
+    assert_int_equal(vc_release_working_mem(t.cache, r), VC_OK);
+    assert_int_equal(get_stats(t.cache).reserved_bytes, 0);
+    assert_int_equal(vc_release_working_mem(t.cache, r), VC_ERR_NOT_FOUND); /* double release */
+    assert_true(last_error_has(t.cache, "not an active reservation"));
+    /* room returns to the cache */
+    fill_device(&t, l, 16);
+    assert_true(get_stats(t.cache).arena_bytes > 512 * KB - 160 * KB);
+    free_cache(&t);
+}
+
+static void test_unmeetable_reservation_changes_nothing(void **state) {
+    (void)state;
+    static char w[16][48 * KB];
+    vc_layer_id l[16];
+    test_cache t = setup(l, 16, 48 * KB, w);
+    void *p;
+    /* hold six layers (288 KB) */
+    for (int i = 0; i < 6; i++) assert_int_equal(vc_layer_acquire(t.cache, l[i], NULL, &p), VC_OK);
+    fill_device(&t, l + 6, 2); /* and two unheld */
+    vc_stats before = get_stats(t.cache);
+    vc_reservation *r = (vc_reservation *)0x1;
+    assert_int_equal(vc_reserve_working_mem(t.cache, 300 * KB, 0, &r), VC_ERR_OUT_OF_VRAM);
+    assert_ptr_equal(r, (vc_reservation *)0x1);
+    assert_true(last_error_has(t.cache, "nothing was evicted"));
+    vc_stats after = get_stats(t.cache);
+    assert_int_equal(after.layers_in_vram, before.layers_in_vram);
+    assert_int_equal(after.arena_bytes, before.arena_bytes);
+    assert_int_equal(after.reserved_bytes, 0);
+    assert_int_equal(after.vram_limit, before.vram_limit);
+    /* held layers intact */
+    for (int i = 0; i < 6; i++) {
+        assert_int_equal(vc_layer_acquire(t.cache, l[i], NULL, &p), VC_OK);
+        assert_true(check_pattern(p, 48 * KB, (uint64_t)i));
+        vc_layer_release(t.cache, l[i], NULL);
+        vc_layer_release(t.cache, l[i], NULL);
+    }
+    /* with the holds gone the same reservation succeeds */
+    assert_int_equal(vc_reserve_working_mem(t.cache, 300 * KB, 0, &r), VC_OK);
+    assert_int_equal(vc_cache_destroy(t.cache), VC_ERR_BUSY); /* reservation still active */
+    assert_int_equal(vc_release_working_mem(t.cache, r), VC_OK);
+    free_cache(&t);
+}
+
+static void test_reservation_bad_input(void **state) {
+    (void)state;
+    test_cache t = make_cache(1 * MB, 1 * MB, 1);
+    vc_reservation *r;
+    assert_int_equal(vc_reserve_working_mem(t.cache, 10, 0x80, &r), VC_ERR_INVALID_ARG);
+    assert_int_equal(vc_reserve_working_mem(t.cache, 0, VC_RESERVE_BUFFER, &r), VC_ERR_INVALID_ARG);
+    assert_int_equal(vc_reserve_working_mem(t.cache, 10, 0, NULL), VC_ERR_INVALID_ARG);
+    assert_int_equal(vc_reserve_working_mem(t.cache, SIZE_MAX, 0, &r), VC_ERR_OUT_OF_VRAM);
+    vc_reservation *a, *b;
+    assert_int_equal(vc_reserve_working_mem(t.cache, 100 * KB, 0, &a), VC_OK);
+    assert_int_equal(vc_reserve_working_mem(t.cache, SIZE_MAX, 0, &b), VC_ERR_TOO_LARGE);
+    assert_int_equal(vc_reserve_working_mem(t.cache, 1 * MB, 0, &b), VC_ERR_OUT_OF_VRAM);
+    assert_true(last_error_has(t.cache, "at most"));
+    assert_int_equal(get_stats(t.cache).reserved_bytes, 100 * KB);
+    /* a reservation of another cache is refused without being read */
+    test_cache u = make_cache(1 * MB, 1 * MB, 1);
+    assert_int_equal(vc_release_working_mem(u.cache, a), VC_ERR_NOT_FOUND);
+    free_cache(&u);
+    assert_int_equal(vc_release_working_mem(t.cache, a), VC_OK);
+    free_cache(&t);
+}
+
+/* A host backend whose device_alloc can be made to fail, as a driver under pressure would. */
+static const vc_backend_ops *host_ops;
+static int fail_device_alloc;
+static int flaky_device_alloc(void *ctx, size_t bytes, void **p) {
+    if (fail_device_alloc) {
+        vc_backend_set_error("injected device_alloc failure");
+        return VC_ERR_OUT_OF_VRAM;
+    }
+    return host_ops->device_alloc(ctx, bytes, p);
+}
+
+static void test_buffer_allocation_failure(void **state) {
+    (void)state;
+    /* Other processes took nearly everything: the reservation cannot be met at all. */
+    test_cache t = make_cache(256 * KB, 1 * MB, 1);
+    vc_reservation *r;
+    assert_int_equal(vc_backend_host_set_external_usage(t.backend, 200 * KB), VC_OK);
+    assert_int_equal(vc_reserve_working_mem(t.cache, 100 * KB, VC_RESERVE_BUFFER, &r), VC_ERR_OUT_OF_VRAM);
+    assert_int_equal(get_stats(t.cache).reserved_bytes, 0);
+    assert_int_equal(vc_backend_host_set_external_usage(t.backend, 0), VC_OK);
+    assert_int_equal(vc_reserve_working_mem(t.cache, 100 * KB, VC_RESERVE_BUFFER, &r), VC_OK);
+    assert_int_equal(vc_release_working_mem(t.cache, r), VC_OK);
+    free_cache(&t);
+
+    /* The device refuses the buffer although the numbers allowed it. */
+    vc_backend *host;
+    assert_int_equal(vc_backend_host_create(256 * KB, &host), VC_OK);
+    host_ops = vc_backend_get_ops(host);
+    vc_backend_ops ops = *host_ops;
+    ops.device_alloc = flaky_device_alloc;
+    ops.destroy = NULL; /* the context stays owned by `host` */
+    vc_backend *flaky;
+    assert_int_equal(vc_backend_create(&ops, vc_backend_get_ctx(host), &flaky), VC_OK);
+    vc_cache_options o;
+    vc_cache_options_init(&o);
+    o.backend = flaky;
+    o.ram_budget = 1 * MB;
+    o.working_mem = 0;
+    vc_cache *c;
+    assert_int_equal(vc_cache_create(&o, &c), VC_OK);
+    fail_device_alloc = 1;
+    assert_int_equal(vc_reserve_working_mem(c, 100 * KB, VC_RESERVE_BUFFER, &r), VC_ERR_BACKEND);
+    assert_true(last_error_has(c, "injected device_alloc failure"));
+    vc_stats s = get_stats(c);
+    assert_int_equal(s.reserved_bytes, 0);
+    assert_int_equal(s.reservations, 0);
+    fail_device_alloc = 0;
+    assert_int_equal(vc_reserve_working_mem(c, 100 * KB, VC_RESERVE_BUFFER, &r), VC_OK);
+    assert_int_equal(vc_release_working_mem(c, r), VC_OK);
+    assert_int_equal(vc_cache_destroy(c), VC_OK);
+    vc_backend_destroy(flaky);
+    vc_backend_destroy(host);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_standing_working_mem_never_filled),
+        cmocka_unit_test(test_reservation_evicts_shortfall_only),
+        cmocka_unit_test(test_unmeetable_reservation_changes_nothing),
+        cmocka_unit_test(test_reservation_bad_input),
+        cmocka_unit_test(test_buffer_allocation_failure),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

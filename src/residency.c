@@ -346,7 +346,7 @@ static int grow_arena(vc_cache *c, size_t need, size_t align, size_t limit) {
     /* Whole segments of 2 MB granules where the budget allows, as drivers hand them out. */
     size_t seg = max_sz(want, c->segment_bytes);
     if (seg >= 2 * VC_MB) seg = seg > SIZE_MAX - 2 * VC_MB ? want : (seg + 2 * VC_MB - 1) & ~(2 * VC_MB - 1);
-    if (seg > room) seg = want; /* the smallest segment that serves: keeps the rest for others */
+    if (seg > room) seg = room; /* at most one segment's worth: room >= want */
     void *base = NULL;
     int st = c->ops->device_alloc(c->bctx, seg, &base);
     if (st != VC_OK) {
@@ -476,7 +476,7 @@ static int host_source(vc_cache *c, layer_t *l, const char *fn, const void **src
 }
 
 static int upload(vc_cache *c, layer_t *l, vc_stream stream, const char *fn) {
-    const void *src;
+    const void *src = NULL;
     int st = host_source(c, l, fn, &src);
     if (st != VC_OK) return st;
     arena_block *blk;
@@ -713,8 +713,8 @@ static int snapshot_layers(vc_cache *c, vc_model_id id, const char *fn, vc_layer
 int vc_model_acquire(vc_cache *c, vc_model_id model, vc_stream stream) {
     static const char fn[] = "vc_model_acquire";
     if (!c) return vc__fail(NULL, VC_ERR_INVALID_ARG, "%s: cache is NULL", fn);
-    vc_layer_id *ids;
-    size_t n;
+    vc_layer_id *ids = NULL;
+    size_t n = 0;
     int st = snapshot_layers(c, model, fn, &ids, &n);
     if (st != VC_OK) return st;
     size_t i;

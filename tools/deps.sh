@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs the Debian packages libvramcache's build, tests and tools need, when they are missing.
+# Sourced by tools/demo.sh and tools/test.sh; safe to run again.
+set -euo pipefail
+need=()
+for p in cmake make gcc clang libc6-dev libcmocka-dev libyaml-dev pkg-config; do
+  dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
+# The sanitizers' runtimes for clang (LeakSanitizer, ThreadSanitizer) come with clang's compiler-rt.
+if [ "${VC_DEPS_SANITIZERS:-0}" = 1 ]; then
+  v=$(clang --version 2>/dev/null | sed -n 's/.*clang version \([0-9]*\).*/\1/p' | head -1)
+  if [ -n "$v" ] && ! dpkg -s "libclang-rt-$v-dev" >/dev/null 2>&1 && apt-cache show "libclang-rt-$v-dev" >/dev/null 2>&1; then
+    need+=("libclang-rt-$v-dev")
+  fi
+fi
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO=sudo
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi

@@ -591,6 +591,14 @@ int vc_layer_release(vc_cache *c, vc_layer_id id, vc_stream stream) {
 
 /* ---- offload, read, teardown ----------------------------------------------------------------- */
 
+static int check_offload_args(vc_cache *c, vc_offload_target target, const char *fn) {
+    if (!c) return vc__fail(NULL, VC_ERR_INVALID_ARG, "%s: cache is NULL", fn);
+    if (target != VC_OFFLOAD_VRAM && target != VC_OFFLOAD_ALL)
+        return vc__fail_unlocked(c, VC_ERR_INVALID_ARG, "%s: target %d is not VC_OFFLOAD_VRAM or "
+                                 "VC_OFFLOAD_ALL", fn, (int)target);
+    return VC_OK;
+}
+
 static int offload_locked(vc_cache *c, layer_t *l, vc_offload_target target, const char *fn) {
     if (l->holds || l->loading)
         return vc__fail(c, VC_ERR_BUSY, "%s: layer '%s' of model '%s' is %s and cannot be offloaded", fn,
@@ -606,12 +614,9 @@ static int offload_locked(vc_cache *c, layer_t *l, vc_offload_target target, con
 
 int vc_layer_offload(vc_cache *c, vc_layer_id id, vc_offload_target target) {
     static const char fn[] = "vc_layer_offload";
-    if (!c) return vc__fail(NULL, VC_ERR_INVALID_ARG, "%s: cache is NULL", fn);
-    if (target != VC_OFFLOAD_VRAM && target != VC_OFFLOAD_ALL)
-        return vc__fail_unlocked(c, VC_ERR_INVALID_ARG, "%s: target %d is not VC_OFFLOAD_VRAM or VC_OFFLOAD_ALL",
-                        fn, (int)target);
+    int st = check_offload_args(c, target, fn);
+    if (st != VC_OK) return st;
     pthread_mutex_lock(&c->lock);
-    int st;
     layer_t *l = slot_table_get(&c->layers, id);
     if (!l)
         st = vc__fail(c, VC_ERR_NOT_FOUND, "%s: layer id %#llx is not registered", fn, (unsigned long long)id);
@@ -761,12 +766,9 @@ done:
 
 int vc_model_offload(vc_cache *c, vc_model_id model, vc_offload_target target) {
     static const char fn[] = "vc_model_offload";
-    if (!c) return vc__fail(NULL, VC_ERR_INVALID_ARG, "%s: cache is NULL", fn);
-    if (target != VC_OFFLOAD_VRAM && target != VC_OFFLOAD_ALL)
-        return vc__fail_unlocked(c, VC_ERR_INVALID_ARG, "%s: target %d is not VC_OFFLOAD_VRAM or VC_OFFLOAD_ALL",
-                        fn, (int)target);
+    int st = check_offload_args(c, target, fn);
+    if (st != VC_OK) return st;
     pthread_mutex_lock(&c->lock);
-    int st = VC_OK;
     model_t *m = slot_table_get(&c->models, model);
     if (!m) {
         st = vc__fail(c, VC_ERR_NOT_FOUND, "%s: model id %#llx is not registered", fn, (unsigned long long)model);

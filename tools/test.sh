@@ -6,15 +6,32 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VC_DEPS_SANITIZERS=1 bash tools/deps.sh
 jobs=$(nproc)
+mkdir -p build-test
+summary=build-test/summary.log
+: > "$summary"
 run_suite() { # name, ctest filter, cmake args...
   local name=$1 filter=$2
   shift 2
   echo "=== $name ==="
   cmake -S . -B "build-test/$name" -DVC_WERROR=ON -DCMAKE_BUILD_TYPE=Debug "$@" >/dev/null
   cmake --build "build-test/$name" -j"$jobs" >/dev/null
-  (cd "build-test/$name" && ctest --output-on-failure -j"$jobs" ${filter:+-R "$filter"})
+  (cd "build-test/$name" && ctest --output-on-failure -j"$jobs" ${filter:+-R "$filter"}) | tee -a "$summary"
 }
 run_suite gcc "" -DCMAKE_C_COMPILER=gcc -DCMAKE_BUILD_TYPE=RelWithDebInfo
 run_suite clang-asan-ubsan "" -DCMAKE_C_COMPILER=clang -DVC_SANITIZE=address,undefined
 TSAN_OPTIONS=halt_on_error=1 run_suite clang-tsan "test_threads" -DCMAKE_C_COMPILER=clang -DVC_SANITIZE=thread
+echo "=== fuzzers (bounded time each, ASan + UBSan) ==="
+cmake -S . -B build-test/fuzz -DCMAKE_C_COMPILER=clang -DVC_SANITIZE=address,undefined -DVC_BUILD_FUZZERS=ON \
+  -DVC_BUILD_TESTS=OFF -DVC_BUILD_EXAMPLES=OFF -DVC_BUILD_BENCH=OFF -DVC_BUILD_TOOLS=OFF -DVC_WERROR=ON >/dev/null
+cmake --build build-test/fuzz -j"$jobs" >/dev/null
+fuzz_seconds=${VC_FUZZ_SECONDS:-30}
+for f in config; do
+  work=$(mktemp -d)
+  cp tests/fuzz/corpus_$f/* "$work"/
+  ./build-test/fuzz/tests/fuzz/fuzz_$f -max_total_time="$fuzz_seconds" -max_len=4096 -print_final_stats=0 \
+    "$work" 2>&1 | tail -n 3
+  rm -rf "$work"
+done
 echo "=== all suites passed ==="
+# One closing line for every suite together: ctest's "N% tests passed, F tests failed out of T".
+awk '/tests passed, .* tests failed out of/ {t += $NF; f += $4} END {printf "tests: %d passed, %d failed\n", t - f, f}' "$summary"

@@ -1,0 +1,302 @@
+/*
+ * The configuration keys libvramcache understands, the InvokeAI keys it accepts without using, and
+ * the parsing of one scalar value for a key (shared by files, the environment and the API).
+ */
+#include <ctype.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "config_internal.h"
+
+/* Sizes above this many GB (1 PB) are absurd for any machine this library will meet. */
+#define MAX_GB 1048576.0
+
+static const char *const PRECISIONS[] = {"auto", "float16", "bfloat16", "float32", NULL};
+static const char *const OFFLOAD_MODES[] = {"none", "model", "sequential", "balanced", NULL};
+
+const cfg_key_def vc__cfg_keys[VC_CFG_KEY_COUNT] = {
+    [VC_CFG_ENABLE_PARTIAL_LOADING] = {"enable_partial_loading", CFG_BOOL, 0, 0, 0, 0, NULL, "true",
+        "stream layers between RAM and VRAM as they are needed; false: whole models move"},
+    [VC_CFG_MAX_CACHE_RAM_GB] = {"max_cache_ram_gb", CFG_GB, 1, 0, MAX_GB, 1, NULL, "null",
+        "RAM cache budget in GB; unset: computed from this machine's RAM"},
+    [VC_CFG_MAX_CACHE_VRAM_GB] = {"max_cache_vram_gb", CFG_GB, 1, 0, MAX_GB, 0, NULL, "null",
+        "VRAM for cached weights in GB; unset: dynamic (free device memory - working memory)"},
+    [VC_CFG_DEVICE_WORKING_MEM_GB] = {"device_working_mem_gb", CFG_GB, 0, 0, MAX_GB, 0, NULL, "3",
+        "VRAM kept free for activations, in GB"},
+    [VC_CFG_KEEP_RAM_COPY_OF_WEIGHTS] = {"keep_ram_copy_of_weights", CFG_BOOL, 0, 0, 0, 0, NULL, "true",
+        "keep a RAM copy while a layer is in VRAM (faster switching, more RAM)"},
+    [VC_CFG_LOG_MEMORY_USAGE] = {"log_memory_usage", CFG_BOOL, 0, 0, 0, 0, NULL, "false",
+        "log a memory snapshot at every load and unload"},
+    [VC_CFG_DEVICE] = {"device", CFG_DEVICE, 0, 0, 0, 0, NULL, "auto",
+        "auto, cpu, cuda, cuda:N, hip or hip:N"},
+    [VC_CFG_PYTORCH_CUDA_ALLOC_CONF] = {"pytorch_cuda_alloc_conf", CFG_STRING, 1, 0, 0, 0, NULL, "null",
+        "backend:cudaMallocAsync serves working memory from a stream-ordered pool on CUDA"},
+    [VC_CFG_PRECISION] = {"precision", CFG_ENUM, 0, 0, 0, 0, PRECISIONS, "auto",
+        "auto, float16, bfloat16 or float32 (read and exposed)"},
+    [VC_CFG_OFFLOAD_MODE] = {"offload_mode", CFG_ENUM, 1, 0, 0, 0, OFFLOAD_MODES, "null",
+        "none, model, sequential or balanced; unset: balanced with partial loading, else model"},
+    [VC_CFG_OFFLOAD_MAX_GPU_MEMORY] = {"offload_max_gpu_memory", CFG_GB_OR_FRACTION, 0, 0, MAX_GB, 1, NULL,
+        "0.75", "balanced threshold: <= 1 is a fraction of device memory, > 1 is GB"},
+    [VC_CFG_SCHEMA_VERSION] = {"schema_version", CFG_VERSION, 0, 0, 0, 0, NULL, "4.0.2",
+        "4.0.x; absent means current"},
+};
+
+/* SD.Next spellings. */
+static const struct {
+    const char *alias;
+    vc_config_key key;
+} ALIASES[] = {
+    {"diffusers_offload_mode", VC_CFG_OFFLOAD_MODE},
+    {"diffusers_offload_max_gpu_memory", VC_CFG_OFFLOAD_MAX_GPU_MEMORY},
+};
+
+/* InvokeAI settings (4.x, 5.x and 3.x) that belong to InvokeAI, not to us. */
+static const char *const INVOKEAI_KEYS[] = {
+    "host", "port", "allow_origins", "allow_credentials", "allow_methods", "allow_headers",
+    "ssl_certfile", "ssl_keyfile", "log_tokenization", "patchmatch", "models_dir",
+    "convert_cache_dir", "download_cache_dir", "legacy_conf_dir", "db_dir", "outputs_dir",
+    "custom_nodes_dir", "style_presets_dir", "workflow_thumbnails_dir", "log_handlers", "log_format",
+    "log_level", "log_sql", "log_level_network", "use_memory_db", "dev_reload", "profile_graphs",
+    "profile_prefix", "profiles_dir", "sequential_guidance", "attention_type", "attention_slice_size",
+    "force_tiled_decode", "pil_compress_level", "max_queue_size", "clear_queue_on_startup",
+    "max_queue_history", "allow_nodes", "deny_nodes", "node_cache_size", "hashing_algorithm",
+    "remote_api_tokens", "scan_models_on_startup", "unsafe_disable_picklescan", "allow_unknown_models",
+    "legacy_models_yaml_path", "multiuser", "external_gemini_api_key", "external_openai_api_key",
+    /* 3.x names that migration drops or renames silently */
+    "outdir", "conf_path", "root", "esrgan", "internet_available", "ignore_missing_core_models",
+    "autoimport_dir", "lora_dir", "embedding_dir", "controlnet_dir", "skip_model_hash",
+    "convert_cache", "always_use_cpu", "free_gpu_mem", "xformers_enabled", "tiled_decode",
+    "png_compress_level", "nsfw_checker", "precision_autocast", "max_loaded_models", "restore",
+    "sequential_guidance", "infile", "web", "model", "version", NULL};
+
+int vc__cfg_is_invokeai_key(const char *name) {
+    for (size_t i = 0; INVOKEAI_KEYS[i]; i++)
+        if (strcmp(INVOKEAI_KEYS[i], name) == 0) return 1;
+    return 0;
+}
+
+const char *vc__cfg_deprecated(const char *name) {
+    if (!strcmp(name, "ram") || !strcmp(name, "max_cache_size")) return "max_cache_ram_gb";
+    if (!strcmp(name, "vram") || !strcmp(name, "max_vram_cache_size")) return "max_cache_vram_gb";
+    if (!strcmp(name, "lazy_offload"))
+        return "the dynamic VRAM cache (enable_partial_loading, max_cache_vram_gb); lazy offloading is always on";
+    return NULL;
+}
+
+int vc__cfg_lookup(const char *name) {
+    for (int k = 0; k < VC_CFG_KEY_COUNT; k++)
+        if (strcmp(vc__cfg_keys[k].name, name) == 0) return k;
+    for (size_t i = 0; i < sizeof ALIASES / sizeof ALIASES[0]; i++)
+        if (strcmp(ALIASES[i].alias, name) == 0) return (int)ALIASES[i].key;
+    return -1;
+}
+
+static size_t edit_distance(const char *a, const char *b) {
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > 64 || lb > 64) return 99;
+    size_t row[65];
+    for (size_t j = 0; j <= lb; j++) row[j] = j;
+    for (size_t i = 1; i <= la; i++) {
+        size_t diag = row[0];
+        row[0] = i;
+        for (size_t j = 1; j <= lb; j++) {
+            size_t up = row[j];
+            size_t cost = tolower((unsigned char)a[i - 1]) == tolower((unsigned char)b[j - 1]) ? 0 : 1;
+            size_t best = diag + cost;
+            if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
+            if (up + 1 < best) best = up + 1;
+            row[j] = best;
+            diag = up;
+        }
+    }
+    return row[lb];
+}
+
+const char *vc__cfg_suggest(const char *name) {
+    const char *best = NULL;
+    size_t best_d = (size_t)-1;
+    size_t limit = strlen(name) / 4 + 1;
+    if (limit > 3) limit = 3;
+    for (int k = 0; k < VC_CFG_KEY_COUNT; k++) {
+        size_t d = edit_distance(name, vc__cfg_keys[k].name);
+        if (d < best_d) best_d = d, best = vc__cfg_keys[k].name;
+    }
+    for (size_t i = 0; INVOKEAI_KEYS[i]; i++) {
+        size_t d = edit_distance(name, INVOKEAI_KEYS[i]);
+        if (d < best_d) best_d = d, best = INVOKEAI_KEYS[i];
+    }
+    return best_d <= limit ? best : NULL;
+}
+
+/* ---- parsing one value ---------------------------------------------------------------------- */
+
+static int is_null_text(const char *t, int quoted) {
+    return !quoted && (!t[0] || !strcmp(t, "~") || !strcasecmp(t, "null"));
+}
+
+static int parse_bool(const char *t, int *out) {
+    static const char *const yes[] = {"true", "yes", "on", "y", "1", NULL};
+    static const char *const no[] = {"false", "no", "off", "n", "0", NULL};
+    for (int i = 0; yes[i]; i++)
+        if (!strcasecmp(t, yes[i])) return *out = 1, 0;
+    for (int i = 0; no[i]; i++)
+        if (!strcasecmp(t, no[i])) return *out = 0, 0;
+    return -1;
+}
+
+/* A finite decimal number, nothing else (no hex, no inf/nan, no trailing text). */
+static int parse_number(const char *t, double *out) {
+    while (isspace((unsigned char)*t)) t++;
+    if (!*t || strpbrk(t, "xXnN_") || strpbrk(t, "iI")) return -1;
+    char *end;
+    double v = strtod(t, &end);
+    while (isspace((unsigned char)*end)) end++;
+    if (*end || !isfinite(v)) return -1;
+    *out = v;
+    return 0;
+}
+
+static void format_number(double v, char *buf, size_t size) {
+    if (v == floor(v) && fabs(v) < 1e15)
+        snprintf(buf, size, "%.0f", v);
+    else
+        snprintf(buf, size, "%.6g", v);
+}
+
+int vc__cfg_parse(const cfg_key_def *def, const char *text, int quoted, cfg_value *out, char *err,
+                  size_t err_size, char *warn, size_t warn_size) {
+    memset(out, 0, sizeof *out);
+    warn[0] = '\0';
+    out->set = 1;
+    char shown[64];
+    snprintf(shown, sizeof shown, "%s%s", text, strlen(text) >= sizeof shown ? "..." : "");
+    if (is_null_text(text, quoted)) {
+        if (def->optional) {
+            out->is_null = 1;
+            snprintf(out->text, sizeof out->text, "null");
+            return 0;
+        }
+        snprintf(err, err_size, "%s needs a value (%s)", def->name, def->doc);
+        return -1;
+    }
+    switch (def->type) {
+    case CFG_BOOL:
+        if (parse_bool(text, &out->b) != 0) {
+            snprintf(err, err_size, "%s must be true or false, got '%s'", def->name, shown);
+            return -1;
+        }
+        snprintf(out->text, sizeof out->text, "%s", out->b ? "true" : "false");
+        return 0;
+    case CFG_GB:
+    case CFG_GB_OR_FRACTION: {
+        double v;
+        int bad = parse_number(text, &v) != 0;
+        if (!bad) bad = def->min_exclusive ? !(v > def->min) : !(v >= def->min);
+        if (!bad) bad = v > def->max;
+        if (bad) {
+            if (def->type == CFG_GB_OR_FRACTION)
+                snprintf(err, err_size, "%s must be a number > 0: a fraction of device memory (<= 1) or "
+                         "GB (> 1, at most %.0f), got '%s'", def->name, def->max, shown);
+            else
+                snprintf(err, err_size, "%s must be a number of GB %s %g and <= %.0f, got '%s'", def->name,
+                         def->min_exclusive ? ">" : ">=", def->min, def->max, shown);
+            return -1;
+        }
+        out->num = v;
+        format_number(v, out->text, sizeof out->text);
+        return 0;
+    }
+    case CFG_ENUM:
+        for (int i = 0; def->enum_values[i]; i++)
+            if (!strcasecmp(text, def->enum_values[i])) {
+                snprintf(out->text, sizeof out->text, "%s", def->enum_values[i]);
+                out->dev_kind = i; /* index of the value */
+                return 0;
+            }
+        if (def == &vc__cfg_keys[VC_CFG_PRECISION] && !strcasecmp(text, "autocast")) {
+            snprintf(out->text, sizeof out->text, "auto"); /* as InvokeAI 4.0.1 migrates it */
+            snprintf(warn, warn_size, "precision 'autocast' was removed in InvokeAI 4.0.1; read as 'auto'");
+            return 0;
+        }
+        {
+            size_t n = (size_t)snprintf(err, err_size, "%s must be one of", def->name);
+            for (int i = 0; def->enum_values[i] && n < err_size; i++)
+                n += (size_t)snprintf(err + n, err_size - n, "%s %s", i ? "," : "", def->enum_values[i]);
+            if (n < err_size) snprintf(err + n, err_size - n, "; got '%s'", shown);
+        }
+        return -1;
+    case CFG_DEVICE: {
+        static const char *const kinds[] = {"auto", "cpu", "cuda", "hip"};
+        out->dev_index = -1;
+        if (!strcasecmp(text, "mps")) { /* valid for InvokeAI on macOS; nothing here drives it */
+            out->dev_kind = VC_DEVICE_AUTO;
+            snprintf(out->text, sizeof out->text, "auto");
+            snprintf(warn, warn_size, "device 'mps' (Apple Metal) has no libvramcache backend; using 'auto'");
+            return 0;
+        }
+        for (int k = 0; k < 4; k++) {
+            size_t n = strlen(kinds[k]);
+            if (strncasecmp(text, kinds[k], n) != 0) continue;
+            if (text[n] == '\0') {
+                out->dev_kind = k;
+                snprintf(out->text, sizeof out->text, "%s", kinds[k]);
+                return 0;
+            }
+            if (text[n] == ':' && (k == VC_DEVICE_CUDA || k == VC_DEVICE_HIP) && isdigit((unsigned char)text[n + 1])) {
+                char *end;
+                long idx = strtol(text + n + 1, &end, 10);
+                if (*end == '\0' && idx >= 0 && idx < 1024) {
+                    out->dev_kind = k;
+                    out->dev_index = (int)idx;
+                    snprintf(out->text, sizeof out->text, "%s:%ld", kinds[k], idx);
+                    return 0;
+                }
+            }
+        }
+        snprintf(err, err_size, "device must be auto, cpu, cuda, cuda:N, hip or hip:N (N a device number), "
+                 "got '%s'", shown);
+        return -1;
+    }
+    case CFG_STRING:
+        if (strlen(text) >= sizeof out->text) {
+            snprintf(err, err_size, "%s is too long (at most %zu characters)", def->name, sizeof out->text - 1);
+            return -1;
+        }
+        snprintf(out->text, sizeof out->text, "%s", text);
+        if (def == &vc__cfg_keys[VC_CFG_PYTORCH_CUDA_ALLOC_CONF] && !strstr(text, "backend:cudaMallocAsync"))
+            snprintf(warn, warn_size, "pytorch_cuda_alloc_conf '%s' does not apply to libvramcache (only "
+                     "backend:cudaMallocAsync does); it is kept for the engine and otherwise ignored", shown);
+        return 0;
+    case CFG_VERSION: {
+        unsigned major = 0, minor = 0, patch = 0;
+        int fields = sscanf(text, "%u.%u.%u", &major, &minor, &patch);
+        char tail[8] = "";
+        if (fields >= 2) {
+            char rebuilt[32];
+            if (fields == 3)
+                snprintf(rebuilt, sizeof rebuilt, "%u.%u.%u", major, minor, patch);
+            else
+                snprintf(rebuilt, sizeof rebuilt, "%u.%u", major, minor);
+            if (strcmp(rebuilt, text) != 0) snprintf(tail, sizeof tail, "?");
+        }
+        if (fields < 2 || tail[0]) {
+            snprintf(err, err_size, "schema_version must look like 4.0.2, got '%s'", shown);
+            return -1;
+        }
+        if (major != 4) {
+            snprintf(err, err_size, "schema_version %s is not supported: libvramcache reads 4.0.x files "
+                     "(InvokeAI 4 and 5) and migrates InvokeAI 3.x files (top-level 'InvokeAI:')", shown);
+            return -1;
+        }
+        if (minor != 0)
+            snprintf(warn, warn_size, "schema_version %s is newer than 4.0.x; reading it as 4.0", shown);
+        snprintf(out->text, sizeof out->text, "%s", text);
+        return 0;
+    }
+    }
+    snprintf(err, err_size, "internal: unknown key type");
+    return -1;
+}

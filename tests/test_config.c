@@ -1,0 +1,559 @@
+/* invokeai.yaml loading: every key, every kind of bad file (written as files in tests/config/),
+ * the environment, precedence, and the bridge to caches. */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "test_util.h"
+#include "vramcache_config.h"
+
+#ifndef VC_TEST_DATA_DIR
+#error "VC_TEST_DATA_DIR must point at tests/config"
+#endif
+
+static const char *path_of(const char *name) {
+    static char buf[1024];
+    snprintf(buf, sizeof buf, "%s/%s", VC_TEST_DATA_DIR, name);
+    return buf;
+}
+
+static void clear_env(void) {
+    for (int k = 0; k < VC_CFG_KEY_COUNT; k++) {
+        char var[96] = "INVOKEAI_";
+        const char *n = vc_config_key_name((vc_config_key)k);
+        size_t i = strlen(var);
+        for (; *n; n++) var[i++] = (char)(*n >= 'a' && *n <= 'z' ? *n - 32 : *n);
+        var[i] = '\0';
+        unsetenv(var);
+    }
+    unsetenv("INVOKEAI_RAM");
+}
+
+static int setup(void **state) {
+    (void)state;
+    clear_env();
+    return 0;
+}
+
+/* Loads a test file (without the environment) into a fresh config. */
+static int load(const char *name, vc_config **cfg, vc_diagnostics **d) {
+    assert_int_equal(vc_config_create(cfg), VC_OK);
+    return vc_config_load_file(*cfg, path_of(name), VC_CONFIG_NO_ENV, d);
+}
+
+static double num(vc_config *cfg, vc_config_key k) {
+    double v = -1;
+    assert_int_equal(vc_config_get_number(cfg, k, &v), VC_OK);
+    return v;
+}
+
+static int boolean(vc_config *cfg, vc_config_key k) {
+    int v = -1;
+    assert_int_equal(vc_config_get_bool(cfg, k, &v), VC_OK);
+    return v;
+}
+
+/* The first diagnostic whose message contains `needle`, or NULL. */
+static const vc_diagnostic *find_diag(vc_diagnostics *d, const char *needle) {
+    for (size_t i = 0; i < vc_diagnostics_count(d); i++)
+        if (strstr(vc_diagnostics_get(d, i)->message, needle)) return vc_diagnostics_get(d, i);
+    return NULL;
+}
+
+static void test_defaults(void **state) {
+    (void)state;
+    vc_config *cfg;
+    assert_int_equal(vc_config_create(&cfg), VC_OK);
+    assert_int_equal(boolean(cfg, VC_CFG_ENABLE_PARTIAL_LOADING), 1);
+    assert_int_equal(boolean(cfg, VC_CFG_KEEP_RAM_COPY_OF_WEIGHTS), 1);
+    assert_int_equal(boolean(cfg, VC_CFG_LOG_MEMORY_USAGE), 0);
+    assert_true(num(cfg, VC_CFG_DEVICE_WORKING_MEM_GB) == 3.0);
+    assert_true(num(cfg, VC_CFG_OFFLOAD_MAX_GPU_MEMORY) == 0.75);
+    double v;
+    assert_int_equal(vc_config_get_number(cfg, VC_CFG_MAX_CACHE_RAM_GB, &v), VC_ERR_NOT_FOUND);
+    assert_int_equal(vc_config_get_number(cfg, VC_CFG_MAX_CACHE_VRAM_GB, &v), VC_ERR_NOT_FOUND);
+    assert_int_equal(vc_config_get_source(cfg, VC_CFG_MAX_CACHE_RAM_GB), VC_CFG_SOURCE_COMPUTED);
+    assert_int_equal(vc_config_get_source(cfg, VC_CFG_DEVICE), VC_CFG_SOURCE_DEFAULT);
+    assert_string_equal(vc_config_get_text(cfg, VC_CFG_DEVICE), "auto");
+    assert_string_equal(vc_config_get_text(cfg, VC_CFG_PRECISION), "auto");
+    assert_int_equal(vc_config_get_offload_mode(cfg), VC_OFFLOAD_MODE_BALANCED);
+    assert_int_equal(vc_config_cuda_malloc_async(cfg), 0);
+    /* partial loading off: model mode */
+    assert_int_equal(vc_config_set(cfg, VC_CFG_ENABLE_PARTIAL_LOADING, "false"), VC_OK);
+    assert_int_equal(vc_config_get_offload_mode(cfg), VC_OFFLOAD_MODE_MODEL);
+    vc_config_destroy(cfg);
+}
+
+static void test_valid_v4_every_key(void **state) {
+    (void)state;
+    vc_config *cfg;
+    vc_diagnostics *d;
+    assert_int_equal(load("valid_v4.yaml", &cfg, &d), VC_OK);
+    assert_int_equal(vc_diagnostics_count(d), 0); /* InvokeAI's keys raise nothing */
+    assert_int_equal(boolean(cfg, VC_CFG_ENABLE_PARTIAL_LOADING), 1);
+    assert_true(num(cfg, VC_CFG_MAX_CACHE_RAM_GB) == 28.0);
+    assert_true(num(cfg, VC_CFG_MAX_CACHE_VRAM_GB) == 18.0);
+    assert_true(num(cfg, VC_CFG_DEVICE_WORKING_MEM_GB) == 4.0);
+    assert_int_equal(boolean(cfg, VC_CFG_KEEP_RAM_COPY_OF_WEIGHTS), 0);
+    assert_int_equal(boolean(cfg, VC_CFG_LOG_MEMORY_USAGE), 1);
+    vc_device_kind kind;
+    int index;
+    vc_config_get_device(cfg, &kind, &index);
+    assert_int_equal(kind, VC_DEVICE_CUDA);
+    assert_int_equal(index, 1);
+    assert_int_equal(vc_config_cuda_malloc_async(cfg), 1);
+    assert_string_equal(vc_config_get_text(cfg, VC_CFG_PRECISION), "bfloat16");
+    assert_int_equal(vc_config_get_offload_mode(cfg), VC_OFFLOAD_MODE_SEQUENTIAL);
+    assert_true(num(cfg, VC_CFG_OFFLOAD_MAX_GPU_MEMORY) == 10.5);
+    assert_int_equal(vc_config_get_source(cfg, VC_CFG_MAX_CACHE_VRAM_GB), VC_CFG_SOURCE_FILE);
+    vc_cache_options o;
+    vc_cache_options_init(&o);
+    assert_int_equal(vc_config_apply(cfg, &o), VC_OK);
+    assert_int_equal(o.ram_budget, 28 * GB);
+    assert_int_equal(o.vram_budget, 18 * GB);
+    assert_int_equal(o.working_mem, 4 * GB);
+    assert_int_equal(o.keep_ram_copy, 0);
+    assert_int_equal(o.log_memory_usage, 1);
+    vc_diagnostics_destroy(d);
+    vc_config_destroy(cfg);
+}
+
+static void test_v3_nested_migrated(void **state) {
+    (void)state;
+    vc_config *cfg;
+    vc_diagnostics *d;
+    assert_int_equal(load("v3_nested.yaml", &cfg, &d), VC_OK);
+    assert_int_equal(vc_diagnostics_errors(d), 0);
+    const vc_diagnostic *g = find_diag(d, "'max_cache_size'");
+    assert_non_null(g);
+    assert_int_equal(g->line, 12);
+    assert_non_null(strstr(g->message, "max_cache_ram_gb"));
+    g = find_diag(d, "'max_vram_cache_size'");
+    assert_non_null(g);
+    assert_non_null(strstr(g->message, "max_cache_vram_gb"));
+    assert_non_null(find_diag(d, "'lazy_offload'"));
+    g = find_diag(d, "autocast");
+    assert_non_null(g);
+    assert_int_equal(g->severity, VC_DIAG_WARNING);
+    assert_string_equal(vc_config_get_text(cfg, VC_CFG_PRECISION), "auto");
+    assert_int_equal(boolean(cfg, VC_CFG_LOG_MEMORY_USAGE), 1); /* read from 'Model Cache' */
+    assert_null(find_diag(d, "unknown key"));                  /* 3.x keys are InvokeAI's */
+    assert_int_equal(vc_diagnostics_count(d), 4);
+    vc_diagnostics_destroy(d);
+    vc_config_destroy(cfg);
+}
+
+static void test_bom_crlf_comments(void **state) {
+    (void)state;
+    vc_config *cfg;
+    vc_diagnostics *d;
+    assert_int_equal(load("bom_crlf.yaml", &cfg, &d), VC_OK);
+    assert_int_equal(vc_diagnostics_count(d), 0);
+    assert_true(num(cfg, VC_CFG_MAX_CACHE_VRAM_GB) == 6.0);
+    assert_int_equal(boolean(cfg, VC_CFG_KEEP_RAM_COPY_OF_WEIGHTS), 0);
+    vc_diagnostics_destroy(d);
+    vc_config_destroy(cfg);
+}
+
+static void test_tabs_are_a_clear_error(void **state) {
+    (void)state;
+    vc_config *cfg;
+    vc_diagnostics *d;
+    assert_int_equal(load("tabs.yaml", &cfg, &d), VC_ERR_CONFIG);
+    assert_int_equal(vc_diagnostics_errors(d), 1);
+    const vc_diagnostic *g = vc_diagnostics_get(d, 0);
+    assert_int_equal(g->severity, VC_DIAG_ERROR);
+    assert_int_equal(g->line, 3);
+    assert_true(g->column >= 1);
+    assert_non_null(strstr(g->message, "tabs cannot indent YAML"));
+    /* nothing applied, even the valid first line */
+    double v;
+    assert_int_equal(vc_config_get_number(cfg, VC_CFG_MAX_CACHE_RAM_GB, &v), VC_ERR_NOT_FOUND);
+    vc_diagnostics_destroy(d);
+    vc_config_destroy(cfg);
+}
+
+static void test_empty_files_warn_and_use_defaults(void **state) {
+    (void)state;
+    const char *files[] = {"empty.yaml", "comments_only.yaml"};
+    for (int i = 0; i < 2; i++) {
+        vc_config *cfg;
+        vc_diagnostics *d;
+        assert_int_equal(load(files[i], &cfg, &d), VC_OK);
+        assert_int_equal(vc_diagnostics_count(d), 1);
+        assert_int_equal(vc_diagnostics_get(d, 0)->severity, VC_DIAG_WARNING);
+        assert_non_null(strstr(vc_diagnostics_get(d, 0)->message, "empty"));
+        assert_true(num(cfg, VC_CFG_DEVICE_WORKING_MEM_GB) == 3.0);
+        vc_diagnostics_destroy(d);
+        vc_config_destroy(cfg);
+    }
+}
+
+static void test_not_a_mapping(void **state) {
+    (void)state;
+    vc_config *cfg;
+    vc_diagnostics *d;
+    assert_int_equal(load("not_mapping.yaml", &cfg, &d), VC_ERR_CONFIG);
+    assert_non_null(find_diag(d, "must be a mapping"));
+    assert_non_null(find_diag(d, "a list"));
+    vc_diagnostics_destroy(d);
+    vc_config_destroy(cfg);
+}
+
+static void test_duplicates_warn_later_wins(void **state) {
+    (void)state;
+    vc_config *cfg;
+    vc_diagnostics *d;
+    assert_int_equal(load("duplicates.yaml", &cfg, &d), VC_OK);
+    const vc_diagnostic *g = find_diag(d, "duplicate key 'max_cache_vram_gb'");
+    assert_non_null(g);
+    assert_int_equal(g->line, 3);
+    assert_non_null(strstr(g->message, "line 1"));
+    assert_true(num(cfg, VC_CFG_MAX_CACHE_VRAM_GB) == 10.0);
+    vc_diagnostics_destroy(d);
+    vc_config_destroy(cfg);
+}
+
+static void test_quoted_numbers_and_booleans(void **state) {
+    (void)state;
+    vc_config *cfg;
+    vc_diagnostics *d;
+    assert_int_equal(load("quoted_numbers.yaml", &cfg, &d), VC_OK);
+    assert_int_equal(vc_diagnostics_count(d), 0);
+    assert_true(num(cfg, VC_CFG_MAX_CACHE_RAM_GB) == 12.0);
+    assert_true(num(cfg, VC_CFG_MAX_CACHE_VRAM_GB) == 7.5);
+    assert_true(num(cfg, VC_CFG_DEVICE_WORKING_MEM_GB) == 0.0);
+    vc_diagnostics_destroy(d);
+    vc_config_destroy(cfg);
+    assert_int_equal(load("booleans.yaml", &cfg, &d), VC_OK);
+    assert_int_equal(boolean(cfg, VC_CFG_ENABLE_PARTIAL_LOADING), 1);
+    assert_int_equal(boolean(cfg, VC_CFG_KEEP_RAM_COPY_OF_WEIGHTS), 0);
+    assert_int_equal(boolean(cfg, VC_CFG_LOG_MEMORY_USAGE), 1);
+    vc_diagnostics_destroy(d);
+    vc_config_destroy(cfg);
+}
+
+static void test_bad_values_each_named(void **state) {
+    (void)state;
+    vc_config *cfg;
+    vc_diagnostics *d;
+    assert_int_equal(load("bad_values.yaml", &cfg, &d), VC_ERR_CONFIG);
+    struct {
+        const char *needle;
+        unsigned line;
+    } expect[] = {
+        {"max_cache_vram_gb must be a number of GB >= 0 and <= 1048576, got 'lots'", 1},
+        {"max_cache_ram_gb must be a number of GB > 0 and <= 1048576, got '-4'", 2},
+        {"device_working_mem_gb must be a number of GB >= 0", 3},
+        {"offload_max_gpu_memory must be a number > 0", 4},
+        {"got '1e30'", 5},
+        {"keep_ram_copy_of_weights must be true or false, got 'maybe'", 6},
+        {"device must be auto, cpu, cuda, cuda:N, hip or hip:N", 7},
+        {"precision must be one of auto, float16, bfloat16, float32; got 'float8'", 8},
+        {"offload_mode must be one of none, model, sequential, balanced; got 'partial'", 9},
+        {"schema_version must look like 4.0.2, got 'banana'", 10},
+    };
+    for (size_t i = 0; i < sizeof expect / sizeof expect[0]; i++) {
+        const vc_diagnostic *g = find_diag(d, expect[i].needle);
+        if (!g) fail_msg("no diagnostic containing \"%s\"", expect[i].needle);
+        assert_int_equal(g->severity, VC_DIAG_ERROR);
+        assert_int_equal(g->line, expect[i].line);
+        assert_true(g->column > 1);
+        assert_true(g->key[0] != '\0');
+    }
+    assert_int_equal(vc_diagnostics_errors(d), 10);
+    assert_non_null(strstr(vc_last_error(), "10 error(s)"));
+    vc_diagnostics_destroy(d);
+    vc_config_destroy(cfg);
+}
+
+static void test_syntax_error_reports_position(void **state) {
+    (void)state;
+    vc_config *cfg;
+    vc_diagnostics *d;
+    assert_int_equal(load("syntax_error.yaml", &cfg, &d), VC_ERR_CONFIG);
+    const vc_diagnostic *g = find_diag(d, "YAML syntax error");
+    assert_non_null(g);
+    assert_true(g->line >= 1);
+    vc_diagnostics_destroy(d);
+    vc_config_destroy(cfg);
+}
+
+static void test_schema_versions(void **state) {
+    (void)state;
+    vc_config *cfg;
+    vc_diagnostics *d;
+    assert_int_equal(load("unknown_major.yaml", &cfg, &d), VC_ERR_CONFIG);
+    assert_non_null(find_diag(d, "schema_version 5.0.0 is not supported"));
+    vc_diagnostics_destroy(d);
+    vc_config_destroy(cfg);
+    assert_int_equal(load("newer_minor.yaml", &cfg, &d), VC_OK);
+    assert_non_null(find_diag(d, "newer than 4.0.x"));
+    assert_true(num(cfg, VC_CFG_MAX_CACHE_VRAM_GB) == 8.0);
+    vc_diagnostics_destroy(d);
+    vc_config_destroy(cfg);
+}
+
+static void test_deprecated_keys(void **state) {
+    (void)state;
+    vc_config *cfg;
+    vc_diagnostics *d;
+    assert_int_equal(load("deprecated.yaml", &cfg, &d), VC_OK);
+    assert_int_equal(vc_diagnostics_count(d), 3);
+    assert_non_null(strstr(find_diag(d, "'ram'")->message, "replaced by max_cache_ram_gb"));
+    assert_non_null(strstr(find_diag(d, "'vram'")->message, "replaced by max_cache_vram_gb"));
+    assert_non_null(find_diag(d, "'lazy_offload'"));
+    double v; /* and ignored */
+    assert_int_equal(vc_config_get_number(cfg, VC_CFG_MAX_CACHE_RAM_GB, &v), VC_ERR_NOT_FOUND);
+    vc_diagnostics_destroy(d);
+    vc_config_destroy(cfg);
+}
+
+static void test_sdnext_aliases_and_alloc_conf(void **state) {
+    (void)state;
+    vc_config *cfg;
+    vc_diagnostics *d;
+    assert_int_equal(load("sdnext_aliases.yaml", &cfg, &d), VC_OK);
+    assert_int_equal(vc_diagnostics_count(d), 0);
+    assert_int_equal(vc_config_get_offload_mode(cfg), VC_OFFLOAD_MODE_SEQUENTIAL);
+    assert_true(num(cfg, VC_CFG_OFFLOAD_MAX_GPU_MEMORY) == 0.5);
+    vc_diagnostics_destroy(d);
+    vc_config_destroy(cfg);
+    assert_int_equal(load("alloc_conf_other.yaml", &cfg, &d), VC_OK);
+    assert_non_null(find_diag(d, "does not apply"));
+    assert_int_equal(vc_config_cuda_malloc_async(cfg), 0);
+    assert_string_equal(vc_config_get_text(cfg, VC_CFG_PYTORCH_CUDA_ALLOC_CONF), "expandable_segments:True");
+    vc_diagnostics_destroy(d);
+    vc_config_destroy(cfg);
+}
+
+static void test_nested_value_typo_nulls_mps(void **state) {
+    (void)state;
+    vc_config *cfg;
+    vc_diagnostics *d;
+    assert_int_equal(load("nested_value.yaml", &cfg, &d), VC_ERR_CONFIG);
+    assert_non_null(find_diag(d, "must be a single value"));
+    vc_diagnostics_destroy(d);
+    vc_config_destroy(cfg);
+
+    assert_int_equal(load("typo.yaml", &cfg, &d), VC_OK);
+    assert_non_null(find_diag(d, "did you mean 'max_cache_vram_gb'"));
+    assert_non_null(find_diag(d, "did you mean 'device'"));
+    assert_non_null(find_diag(d, "'completely_unrelated_setting' is ignored: neither"));
+    vc_diagnostics_destroy(d);
+    vc_config_destroy(cfg);
+
+    assert_int_equal(load("null_optional.yaml", &cfg, &d), VC_OK);
+    assert_int_equal(vc_diagnostics_count(d), 0);
+    assert_int_equal(vc_config_get_source(cfg, VC_CFG_MAX_CACHE_VRAM_GB), VC_CFG_SOURCE_COMPUTED);
+    vc_diagnostics_destroy(d);
+    vc_config_destroy(cfg);
+
+    assert_int_equal(load("null_required.yaml", &cfg, &d), VC_ERR_CONFIG);
+    assert_non_null(find_diag(d, "device_working_mem_gb needs a value"));
+    vc_diagnostics_destroy(d);
+    vc_config_destroy(cfg);
+
+    assert_int_equal(load("mps_device.yaml", &cfg, &d), VC_OK);
+    assert_non_null(find_diag(d, "mps"));
+    assert_string_equal(vc_config_get_text(cfg, VC_CFG_DEVICE), "auto");
+    vc_diagnostics_destroy(d);
+    vc_config_destroy(cfg);
+}
+
+static void test_failed_load_leaves_settings_untouched(void **state) {
+    (void)state;
+    vc_config *cfg;
+    vc_diagnostics *d;
+    assert_int_equal(load("valid_v4.yaml", &cfg, &d), VC_OK);
+    vc_diagnostics_destroy(d);
+    assert_int_equal(vc_config_load_file(cfg, path_of("bad_values.yaml"), VC_CONFIG_NO_ENV, &d), VC_ERR_CONFIG);
+    vc_diagnostics_destroy(d);
+    assert_true(num(cfg, VC_CFG_MAX_CACHE_VRAM_GB) == 18.0);
+    assert_true(num(cfg, VC_CFG_MAX_CACHE_RAM_GB) == 28.0);
+    /* missing file: VC_ERR_IO, a diagnostic, nothing changed */
+    assert_int_equal(vc_config_load_file(cfg, path_of("no_such_file.yaml"), 0, &d), VC_ERR_IO);
+    assert_int_equal(vc_diagnostics_errors(d), 1);
+    assert_non_null(find_diag(d, "cannot read"));
+    vc_diagnostics_destroy(d);
+    assert_true(num(cfg, VC_CFG_MAX_CACHE_VRAM_GB) == 18.0);
+    /* a new file replaces the old file's values */
+    assert_int_equal(vc_config_load_file(cfg, path_of("quoted_numbers.yaml"), VC_CONFIG_NO_ENV, NULL), VC_OK);
+    assert_true(num(cfg, VC_CFG_MAX_CACHE_VRAM_GB) == 7.5);
+    assert_int_equal(boolean(cfg, VC_CFG_KEEP_RAM_COPY_OF_WEIGHTS), 1); /* back to default */
+    vc_config_destroy(cfg);
+}
+
+static void test_environment_and_precedence(void **state) {
+    (void)state;
+    vc_config *cfg;
+    vc_diagnostics *d;
+    assert_int_equal(vc_config_create(&cfg), VC_OK);
+    setenv("INVOKEAI_MAX_CACHE_VRAM_GB", "6", 1);
+    setenv("INVOKEAI_DEVICE", "cpu", 1);
+    setenv("INVOKEAI_RAM", "4", 1);
+    /* env > file */
+    assert_int_equal(vc_config_load_file(cfg, path_of("duplicates.yaml"), 0, &d), VC_OK);
+    assert_true(num(cfg, VC_CFG_MAX_CACHE_VRAM_GB) == 6.0);
+    assert_int_equal(vc_config_get_source(cfg, VC_CFG_MAX_CACHE_VRAM_GB), VC_CFG_SOURCE_ENV);
+    assert_true(num(cfg, VC_CFG_DEVICE_WORKING_MEM_GB) == 2.0); /* the file's, env does not set it */
+    const vc_diagnostic *g = find_diag(d, "INVOKEAI_RAM");
+    assert_non_null(g);
+    assert_string_equal(g->file, "environment");
+    vc_diagnostics_destroy(d);
+    /* API > env */
+    assert_int_equal(vc_config_set(cfg, VC_CFG_MAX_CACHE_VRAM_GB, "5"), VC_OK);
+    assert_true(num(cfg, VC_CFG_MAX_CACHE_VRAM_GB) == 5.0);
+    assert_int_equal(vc_config_get_source(cfg, VC_CFG_MAX_CACHE_VRAM_GB), VC_CFG_SOURCE_API);
+    /* API values survive a reload */
+    assert_int_equal(vc_config_load_file(cfg, path_of("valid_v4.yaml"), 0, NULL), VC_OK);
+    assert_true(num(cfg, VC_CFG_MAX_CACHE_VRAM_GB) == 5.0);
+    assert_int_equal(vc_config_unset(cfg, VC_CFG_MAX_CACHE_VRAM_GB), VC_OK);
+    assert_true(num(cfg, VC_CFG_MAX_CACHE_VRAM_GB) == 6.0);
+    /* VC_CONFIG_NO_ENV: the file alone */
+    assert_int_equal(vc_config_load_file(cfg, path_of("valid_v4.yaml"), VC_CONFIG_NO_ENV, NULL), VC_OK);
+    assert_true(num(cfg, VC_CFG_MAX_CACHE_VRAM_GB) == 18.0);
+    /* a bad environment value is an error like a bad file value */
+    setenv("INVOKEAI_MAX_CACHE_VRAM_GB", "plenty", 1);
+    assert_int_equal(vc_config_load_file(cfg, path_of("valid_v4.yaml"), 0, &d), VC_ERR_CONFIG);
+    g = find_diag(d, "INVOKEAI_MAX_CACHE_VRAM_GB");
+    assert_non_null(g);
+    assert_int_equal(g->severity, VC_DIAG_ERROR);
+    vc_diagnostics_destroy(d);
+    assert_true(num(cfg, VC_CFG_MAX_CACHE_VRAM_GB) == 18.0);
+    clear_env();
+    vc_config_destroy(cfg);
+}
+
+static void test_api_setter_validation(void **state) {
+    (void)state;
+    vc_config *cfg;
+    assert_int_equal(vc_config_create(&cfg), VC_OK);
+    assert_int_equal(vc_config_set(cfg, VC_CFG_MAX_CACHE_RAM_GB, "0"), VC_ERR_CONFIG);
+    assert_non_null(strstr(vc_last_error(), "> 0"));
+    assert_int_equal(vc_config_set(cfg, VC_CFG_DEVICE, "hip:2"), VC_OK);
+    vc_device_kind kind;
+    int index;
+    vc_config_get_device(cfg, &kind, &index);
+    assert_int_equal(kind, VC_DEVICE_HIP);
+    assert_int_equal(index, 2);
+    assert_int_equal(vc_config_set(cfg, (vc_config_key)99, "1"), VC_ERR_INVALID_ARG);
+    assert_int_equal(vc_config_set(cfg, VC_CFG_DEVICE, NULL), VC_ERR_INVALID_ARG);
+    vc_config_key k;
+    assert_int_equal(vc_config_key_from_name("diffusers_offload_mode", &k), VC_OK);
+    assert_int_equal(k, VC_CFG_OFFLOAD_MODE);
+    assert_int_equal(vc_config_key_from_name("nope", &k), VC_ERR_NOT_FOUND);
+    assert_null(vc_config_key_name((vc_config_key)-1));
+    double v;
+    assert_int_equal(vc_config_get_number(cfg, VC_CFG_DEVICE, &v), VC_ERR_INVALID_ARG);
+    int b;
+    assert_int_equal(vc_config_get_bool(cfg, VC_CFG_DEVICE, &b), VC_ERR_INVALID_ARG);
+    assert_int_equal(vc_config_load_string(cfg, "max_cache_vram_gb: 3\n", 21, NULL, 0x10, NULL), VC_ERR_INVALID_ARG);
+    assert_int_equal(vc_config_load_string(NULL, "", 0, NULL, 0, NULL), VC_ERR_INVALID_ARG);
+    assert_int_equal(vc_config_load_string(cfg, "max_cache_vram_gb: 3\n", 21, NULL, VC_CONFIG_NO_ENV, NULL), VC_OK);
+    assert_true(num(cfg, VC_CFG_MAX_CACHE_VRAM_GB) == 3.0);
+    /* text with an embedded NUL is rejected by the YAML reader, not read past */
+    assert_int_equal(vc_config_load_string(cfg, "device: cpu\0device: cuda\n", 25, NULL, VC_CONFIG_NO_ENV, NULL),
+                     VC_ERR_CONFIG);
+    vc_config_destroy(cfg);
+}
+
+static void test_backend_and_cache_from_config(void **state) {
+    (void)state;
+    vc_config *cfg;
+    assert_int_equal(vc_config_create(&cfg), VC_OK);
+    vc_backend *b = NULL;
+    char why[256];
+    assert_int_equal(vc_config_create_backend(cfg, &b, why, sizeof why), VC_OK);
+    assert_string_equal(vc_backend_name(b), "host");
+    assert_non_null(strstr(why, "auto"));
+    vc_backend_destroy(b);
+    assert_int_equal(vc_config_set(cfg, VC_CFG_DEVICE, "cuda:0"), VC_OK);
+    b = (vc_backend *)0x1;
+    assert_int_equal(vc_config_create_backend(cfg, &b, why, sizeof why), VC_ERR_NO_DEVICE);
+    assert_null(b);
+    assert_non_null(strstr(vc_last_error(), "cuda:0"));
+    vc_cache *c = NULL;
+    assert_int_equal(vc_cache_create_from_config(cfg, &c), VC_ERR_NO_DEVICE);
+    assert_null(c);
+    vc_config_destroy(cfg);
+
+    /* one call from a file to a cache */
+    vc_diagnostics *d;
+    assert_int_equal(vc_cache_create_from_file(path_of("quoted_numbers.yaml"), &c, &d), VC_OK);
+    vc_stats s = get_stats(c);
+    assert_int_equal(s.ram_budget, 12 * GB);
+    assert_int_equal(s.working_mem, 0);
+    assert_string_equal(vc_backend_name(vc_cache_backend(c)), "host");
+    assert_int_equal(vc_cache_destroy(c), VC_OK); /* the cache owns its backend */
+    vc_diagnostics_destroy(d);
+    assert_int_equal(vc_cache_create_from_file(path_of("bad_values.yaml"), &c, &d), VC_ERR_CONFIG);
+    assert_null(c);
+    assert_int_equal(vc_diagnostics_errors(d), 10);
+    vc_diagnostics_destroy(d);
+}
+
+typedef struct text_sink {
+    char buf[8192];
+} text_sink;
+
+static void sink(void *user, const char *text) {
+    text_sink *s = user;
+    strncat(s->buf, text, sizeof s->buf - strlen(s->buf) - 1);
+}
+
+static void test_show_names_sources(void **state) {
+    (void)state;
+    vc_config *cfg;
+    assert_int_equal(vc_config_create(&cfg), VC_OK);
+    setenv("INVOKEAI_LOG_MEMORY_USAGE", "true", 1);
+    assert_int_equal(vc_config_load_file(cfg, path_of("quoted_numbers.yaml"), 0, NULL), VC_OK);
+    assert_int_equal(vc_config_set(cfg, VC_CFG_PRECISION, "float16"), VC_OK);
+    text_sink *s = calloc(1, sizeof *s);
+    assert_int_equal(vc_config_show(cfg, sink, s), VC_OK);
+    assert_non_null(strstr(s->buf, "max_cache_ram_gb: 12  # file\n"));
+    assert_non_null(strstr(s->buf, "max_cache_vram_gb: 7.5  # file"));
+    assert_non_null(strstr(s->buf, "log_memory_usage: true  # env\n"));
+    assert_non_null(strstr(s->buf, "precision: float16  # api\n"));
+    assert_non_null(strstr(s->buf, "keep_ram_copy_of_weights: true  # default\n"));
+    assert_non_null(strstr(s->buf, "device: auto  # default; resolves to backend 'host'"));
+    assert_non_null(strstr(s->buf, "offload_mode: null  # computed: balanced"));
+    /* every line but the header is key: value # source */
+    int lines = 0;
+    for (char *p = s->buf; (p = strchr(p, '\n')); p++) lines++;
+    assert_int_equal(lines, VC_CFG_KEY_COUNT + 1);
+    memset(s, 0, sizeof *s);
+    assert_int_equal(vc_config_unset(cfg, VC_CFG_PRECISION), VC_OK);
+    assert_int_equal(vc_config_load_string(cfg, "", 0, NULL, VC_CONFIG_NO_ENV, NULL), VC_OK);
+    assert_int_equal(vc_config_show(cfg, sink, s), VC_OK);
+    assert_non_null(strstr(s->buf, "max_cache_ram_gb: null  # computed: "));
+    assert_non_null(strstr(s->buf, "rule 1"));
+    free(s);
+    clear_env();
+    vc_config_destroy(cfg);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup(test_defaults, setup),
+        cmocka_unit_test_setup(test_valid_v4_every_key, setup),
+        cmocka_unit_test_setup(test_v3_nested_migrated, setup),
+        cmocka_unit_test_setup(test_bom_crlf_comments, setup),
+        cmocka_unit_test_setup(test_tabs_are_a_clear_error, setup),
+        cmocka_unit_test_setup(test_empty_files_warn_and_use_defaults, setup),
+        cmocka_unit_test_setup(test_not_a_mapping, setup),
+        cmocka_unit_test_setup(test_duplicates_warn_later_wins, setup),
+        cmocka_unit_test_setup(test_quoted_numbers_and_booleans, setup),
+        cmocka_unit_test_setup(test_bad_values_each_named, setup),
+        cmocka_unit_test_setup(test_syntax_error_reports_position, setup),
+        cmocka_unit_test_setup(test_schema_versions, setup),
+        cmocka_unit_test_setup(test_deprecated_keys, setup),
+        cmocka_unit_test_setup(test_sdnext_aliases_and_alloc_conf, setup),
+        cmocka_unit_test_setup(test_nested_value_typo_nulls_mps, setup),
+        cmocka_unit_test_setup(test_failed_load_leaves_settings_untouched, setup),
+        cmocka_unit_test_setup(test_environment_and_precedence, setup),
+        cmocka_unit_test_setup(test_api_setter_validation, setup),
+        cmocka_unit_test_setup(test_backend_and_cache_from_config, setup),
+        cmocka_unit_test_setup(test_show_names_sources, setup),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -180,6 +180,24 @@ VC_API void vc_backend_destroy(vc_backend *backend);
 /* Cache creation                                                                                  */
 /* ---------------------------------------------------------------------------------------------- */
 
+/** SD.Next's offload modes (seed 001): how much of the device the cache uses. */
+typedef enum vc_offload_mode {
+    VC_OFFLOAD_MODE_NONE = 0,       /**< everything resident; nothing is evicted; a model that does
+                                         not fit fails with VC_ERR_OUT_OF_VRAM */
+    VC_OFFLOAD_MODE_MODEL = 1,      /**< whole models move: a miss loads its whole model, evicting
+                                         whole other models (partial loading off) */
+    VC_OFFLOAD_MODE_SEQUENTIAL = 2, /**< minimum VRAM: a layer leaves VRAM at its last release;
+                                         only held and prefetched layers are resident */
+    VC_OFFLOAD_MODE_BALANCED = 3    /**< layer-level, within the budget and offload_max_gpu_memory */
+} vc_offload_mode;
+
+/** Eviction and prefetch policy. */
+typedef enum vc_policy {
+    VC_POLICY_PLANNED = 0, /**< order-aware (default): prefetch the next layers, keep a planned
+                                resident set, evict the layer needed furthest in the future */
+    VC_POLICY_LRU = 1      /**< least recently used, no prefetch (what engines do today) */
+} vc_policy;
+
 /** Options for vc_cache_create(). Always initialise with vc_cache_options_init(), then set fields:
  *  that keeps programs source- and binary-compatible when fields are added. */
 typedef struct vc_cache_options {
@@ -215,6 +233,18 @@ typedef struct vc_cache_options {
     /** Granularity in which device memory is taken from the backend (default 256 MB; a larger
      *  layer gets a segment of its own size). Smaller wastes less, larger fragments less. */
     size_t arena_segment_bytes;
+
+    /** Offload mode (default VC_OFFLOAD_MODE_BALANCED). */
+    vc_offload_mode offload_mode;
+    /** Balanced mode's threshold (offload_max_gpu_memory): <= 1 is a fraction of the device's total
+     *  memory, > 1 is GB; 0 (default here; the config's default is 0.75) means no threshold. */
+    double offload_max_gpu_memory;
+    /** Eviction/prefetch policy (default VC_POLICY_PLANNED). */
+    vc_policy policy;
+    /** Most layers uploaded ahead of use at once (default 8; 0 disables prefetch). Within that
+     *  bound the depth adapts: a layer is prefetched only when room can be made without evicting
+     *  anything needed sooner. */
+    unsigned prefetch_depth;
 
     /** Log sink for this cache; NULL uses the process-wide sink (vc_set_log_callback). */
     vc_log_fn log_fn;
@@ -279,6 +309,10 @@ typedef struct vc_layer_desc {
     /** Loader source: called to fill a RAM-pool buffer when the layer is needed and not in RAM. */
     vc_loader_fn loader;
     void *loader_user; /**< Passed to `loader`; borrowed. */
+    /** Optional: the layer's compute per use, in any unit common to the model's layers (FLOPs is
+     *  natural). The planner spreads streamed layers by it, so copies hide behind compute; 0 (all
+     *  unknown) spreads them by bytes. Must be finite and >= 0. */
+    double cost;
 } vc_layer_desc;
 
 /** Registers a model. `name` is copied and must be unique in the cache. On success *out is set.
@@ -375,6 +409,37 @@ VC_API int vc_model_release(vc_cache *cache, vc_model_id model, vc_stream stream
  *  returns VC_ERR_BUSY when any was skipped, after offloading the rest. */
 VC_API int vc_model_offload(vc_cache *cache, vc_model_id model, vc_offload_target target);
 
+/** Declares the order in which the model's layers run in one pass (a denoising step): `n` layer
+ *  ids of this model, each at most once. With an order known, the planned policy prefetches the next
+ *  layers and keeps a resident set chosen so that streamed layers are spread between resident ones.
+ *  A declared order is kept through mismatches (branches only cost prefetch accuracy); n == 0 clears
+ *  it, and the cache learns the order from the next pass instead (the default: it records the first
+ *  pass, checks later passes, and drops a learned order after repeated mismatches).
+ *  Errors: VC_ERR_INVALID_ARG (a layer twice, of another model, or order NULL with n > 0),
+ *  VC_ERR_NOT_FOUND, VC_ERR_NO_MEMORY. Nothing changes on error. */
+VC_API int vc_model_set_order(vc_cache *cache, vc_model_id model, const vc_layer_id *order, size_t n);
+
+/** Reports the model's execution order state: *known is 1 when an order is in use, *declared 1
+ *  when it was declared rather than learned, *length its number of layers. Any output may be NULL. */
+VC_API int vc_model_get_order(vc_cache *cache, vc_model_id model, int *known, int *declared, size_t *length);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Tracing                                                                                         */
+/* ---------------------------------------------------------------------------------------------- */
+
+/** Starts writing a Chrome trace-event JSON timeline (opens in Perfetto and chrome://tracing) to
+ *  `path`: uploads and write-backs as they run on the copy engines (exactly on the simulated
+ *  backend, at issue time elsewhere), evictions with their reasons, holds and reservations per
+ *  layer. Errors: VC_ERR_INVALID_ARG, VC_ERR_IO (cannot create the file), VC_ERR_BUSY (already
+ *  tracing). */
+VC_API int vc_cache_trace_start(vc_cache *cache, const char *path);
+/** Adds an engine span (a kernel, a pipeline stage) to the trace: `start_s` and `duration_s` on the
+ *  backend's clock (vc_sim_now for the simulator). No-op when not tracing. */
+VC_API int vc_cache_trace_span(vc_cache *cache, const char *track, const char *name, double start_s,
+                               double duration_s);
+/** Finishes and closes the trace file. Also done by vc_cache_destroy. */
+VC_API int vc_cache_trace_stop(vc_cache *cache);
+
 /* ---------------------------------------------------------------------------------------------- */
 /* Working memory                                                                                  */
 /* ---------------------------------------------------------------------------------------------- */
@@ -407,13 +472,16 @@ VC_API int vc_release_working_mem(vc_cache *cache, vc_reservation *reservation);
 
 /** Why a layer left a pool. */
 typedef enum vc_evict_reason {
-    VC_EVICT_FOR_LOAD = 0,        /**< Room for another layer. */
+    VC_EVICT_FOR_LOAD = 0,        /**< Room for a layer being acquired. */
     VC_EVICT_FOR_RESERVATION = 1, /**< Working memory reservation. */
     VC_EVICT_BUDGET_SHRANK = 2,   /**< Dynamic budget fell (another process took device memory). */
     VC_EVICT_FRAGMENTATION = 3,   /**< Chosen to open a contiguous hole. */
     VC_EVICT_MANUAL = 4,          /**< vc_layer_offload / vc_model_offload. */
     VC_EVICT_RAM_BUDGET = 5,      /**< RAM pool full (RAM copies only). */
-    VC_EVICT_REASON_COUNT = 6
+    VC_EVICT_FOR_PREFETCH = 6,    /**< Room for a layer needed sooner than the victim. */
+    VC_EVICT_SEQUENTIAL = 7,      /**< Sequential mode: released, so it leaves. */
+    VC_EVICT_MODEL_SWAP = 8,      /**< Model mode: another whole model needed the room. */
+    VC_EVICT_REASON_COUNT = 9
 } vc_evict_reason;
 
 /** Returns a static name for an eviction reason ("for_load"), or "unknown". */
@@ -446,6 +514,12 @@ typedef struct vc_stats {
     uint64_t vram_evictions[VC_EVICT_REASON_COUNT]; /**< Layers leaving VRAM, by reason. */
     uint64_t ram_evictions;  /**< RAM copies dropped to respect the RAM budget. */
     uint64_t reservations;   /**< Working-memory reservations granted. */
+    /* scheduling */
+    uint64_t prefetches;     /**< Uploads started ahead of use. */
+    uint64_t prefetch_hits;  /**< Acquires that found their layer prefetched. */
+    uint64_t orders_learned; /**< Execution orders learned from a first pass. */
+    uint64_t order_mismatches; /**< Acquires out of the known order (branches, skips). */
+    uint64_t order_resets;   /**< Learned orders dropped after too many mismatches. */
     /* population */
     uint64_t models, layers, layers_in_vram, layers_in_ram, layers_held;
 } vc_stats;

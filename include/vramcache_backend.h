@@ -37,7 +37,9 @@ typedef struct vc_backend_ops {
     const char *name;     /**< "host", "cuda", "hip", ...; static. */
     vc_backend_kind kind;
 
-    /** Device memory. Called rarely (arena segments, reservation buffers): may synchronise. */
+    /** Device memory. Called rarely (arena segments, reservation buffers): may synchronise.
+     *  device_free may be called while work that used the memory is still queued: the backend
+     *  must make that safe (cudaFree synchronises; a pool would defer the free). */
     int (*device_alloc)(void *ctx, size_t bytes, void **dptr);
     void (*device_free)(void *ctx, void *dptr);
 
@@ -71,11 +73,19 @@ typedef struct vc_backend_ops {
 
     /** Frees the context; called by vc_backend_destroy(). May be NULL. */
     void (*destroy)(void *ctx);
+
+    /** Optional (may be NULL): the backend's clock in seconds (virtual for the simulator), used to
+     *  time-stamp traces. NULL: the cache uses CLOCK_MONOTONIC. */
+    double (*now)(void *ctx);
+    /** Optional (may be NULL): when a recorded event completes(d), in now()'s seconds, or a
+     *  negative value when unknown. Lets traces show copies as they run on the device. */
+    double (*event_time)(void *ctx, void *event);
 } vc_backend_ops;
 
 /** Wraps an operation table and its context in a vc_backend handle. `ops` is borrowed and must
  *  outlive the handle (normally a static table); `ctx` is owned by the handle and passed to
- *  ops->destroy by vc_backend_destroy(). Every function pointer except destroy is required.
+ *  ops->destroy by vc_backend_destroy(). Every function pointer except destroy, now and
+ *  event_time is required.
  *  Errors: VC_ERR_INVALID_ARG (NULL, missing operations), VC_ERR_UNSUPPORTED (ABI version
  *  mismatch), VC_ERR_NO_MEMORY. On failure the context is not destroyed. */
 VC_API int vc_backend_create(const vc_backend_ops *ops, void *ctx, vc_backend **out);

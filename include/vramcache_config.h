@@ -68,13 +68,6 @@ typedef enum vc_device_kind {
     VC_DEVICE_HIP = 3
 } vc_device_kind;
 
-typedef enum vc_offload_mode {
-    VC_OFFLOAD_MODE_NONE = 0,       /**< everything resident; a model that does not fit fails */
-    VC_OFFLOAD_MODE_MODEL = 1,      /**< whole models move (partial loading off) */
-    VC_OFFLOAD_MODE_SEQUENTIAL = 2, /**< minimum VRAM: only held and prefetched layers resident */
-    VC_OFFLOAD_MODE_BALANCED = 3    /**< layer-level, up to offload_max_gpu_memory */
-} vc_offload_mode;
-
 /** Flags for the load functions. */
 #define VC_CONFIG_NO_ENV 1u /**< do not read INVOKEAI_<KEY> environment variables */
 
@@ -123,8 +116,8 @@ VC_API vc_offload_mode vc_config_get_offload_mode(const vc_config *cfg);
 /** Whether pytorch_cuda_alloc_conf selects stream-ordered allocation (backend:cudaMallocAsync). */
 VC_API int vc_config_cuda_malloc_async(const vc_config *cfg);
 
-/** Fills cache options from the config (budgets in bytes, keep_ram_copy, log_memory_usage); other
- *  fields of `opts` are left as they are. opts must be initialised. Errors: VC_ERR_INVALID_ARG. */
+/** Fills cache options from the config (budgets in bytes, keep_ram_copy, log_memory_usage,
+ *  offload_mode, offload_max_gpu_memory); other fields of `opts` are left as they are. opts must be initialised. Errors: VC_ERR_INVALID_ARG. */
 VC_API int vc_config_apply(const vc_config *cfg, vc_cache_options *opts);
 
 /** Creates the backend that `device` asks for: auto tries the GPU backends this build has, then

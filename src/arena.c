@@ -225,6 +225,12 @@ void arena_free(arena *a, arena_block *b) {
 int arena_find_window(const arena *a, size_t size, size_t align,
                       int (*evictable)(void *owner, void *ud), void *ud,
                       arena_block **first, arena_block **last) {
+    return arena_find_window_cost(a, size, align, evictable, NULL, ud, first, last);
+}
+
+int arena_find_window_cost(const arena *a, size_t size, size_t align,
+                           int (*evictable)(void *owner, void *ud), size_t (*costf)(void *owner, void *ud),
+                           void *ud, arena_block **first, arena_block **last) {
     size = arena_round(size);
     if (align < ARENA_GRAIN) align = ARENA_GRAIN;
     size_t best_cost = SIZE_MAX;
@@ -239,7 +245,7 @@ int arena_find_window(const arena *a, size_t size, size_t align,
                 cost = 0;
                 continue;
             }
-            if (hi->owner) cost += hi->size;
+            if (hi->owner) cost += costf ? costf(hi->owner, ud) : hi->size;
             for (;;) {
                 uintptr_t start = (uintptr_t)s->base + lo->offset;
                 size_t pad = (size_t)((align - (start & (align - 1))) & (align - 1));
@@ -253,7 +259,7 @@ int arena_find_window(const arena *a, size_t size, size_t align,
                 }
                 /* shrink from the left while the window still holds the request */
                 if (lo == hi) break;
-                if (lo->owner) cost -= lo->size;
+                if (lo->owner) cost -= costf ? costf(lo->owner, ud) : lo->size;
                 lo = lo->next;
             }
         }

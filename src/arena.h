@@ -82,6 +82,12 @@ int arena_find_window(const arena *a, size_t size, size_t align,
                       int (*evictable)(void *owner, void *ud), void *ud,
                       arena_block **first, arena_block **last);
 
+/** As arena_find_window, with the cost of evicting each owner given by `cost` (owned bytes when
+ *  NULL). */
+int arena_find_window_cost(const arena *a, size_t size, size_t align,
+                           int (*evictable)(void *owner, void *ud), size_t (*cost)(void *owner, void *ud),
+                           void *ud, arena_block **first, arena_block **last);
+
 /** Total size of free blocks (all segments). */
 static inline size_t arena_free_bytes(const arena *a) { return a->total - a->used; }
 

@@ -17,6 +17,9 @@ void vc_cache_options_init(vc_cache_options *o) {
     o->working_mem = 3 * VC_GB;
     o->keep_ram_copy = 1;
     o->arena_segment_bytes = DEFAULT_SEGMENT_BYTES;
+    o->offload_mode = VC_OFFLOAD_MODE_BALANCED;
+    o->policy = VC_POLICY_PLANNED;
+    o->prefetch_depth = 8;
     o->log_level = VC_LOG_WARN;
 }
 
@@ -44,6 +47,14 @@ int vc_cache_create(const vc_cache_options *opts, vc_cache **out) {
         return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_cache_create: log_level %d is not a vc_log_level",
                         (int)o.log_level);
     if (o.arena_segment_bytes == 0) o.arena_segment_bytes = DEFAULT_SEGMENT_BYTES;
+    if ((int)o.offload_mode < VC_OFFLOAD_MODE_NONE || o.offload_mode > VC_OFFLOAD_MODE_BALANCED)
+        return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_cache_create: offload_mode %d is not a vc_offload_mode",
+                        (int)o.offload_mode);
+    if (o.policy != VC_POLICY_PLANNED && o.policy != VC_POLICY_LRU)
+        return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_cache_create: policy %d is not a vc_policy", (int)o.policy);
+    if (!(o.offload_max_gpu_memory >= 0) || o.offload_max_gpu_memory > 1048576.0)
+        return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_cache_create: offload_max_gpu_memory %g must be 0 (none), "
+                        "a fraction <= 1, or GB <= 1048576", o.offload_max_gpu_memory);
 
     vc_cache *c = calloc(1, sizeof(*c));
     if (!c) return vc__fail(NULL, VC_ERR_NO_MEMORY, "vc_cache_create: out of host memory");
@@ -55,6 +66,10 @@ int vc_cache_create(const vc_cache_options *opts, vc_cache **out) {
     c->keep_ram_copy = o.keep_ram_copy ? 1 : 0;
     c->log_memory_usage = o.log_memory_usage ? 1 : 0;
     c->segment_bytes = arena_round(o.arena_segment_bytes);
+    c->mode = o.offload_mode;
+    c->policy = o.policy;
+    c->max_gpu_memory = o.offload_max_gpu_memory;
+    c->prefetch_depth = o.prefetch_depth;
 
     int st;
     if (o.backend) {
@@ -137,13 +152,16 @@ int vc_cache_destroy(vc_cache *c) {
         pthread_mutex_unlock(&c->lock);
         return st;
     }
+    vc__trace_close(c);
     for (uint32_t i = 0; i < c->layers.count; i++) {
         layer_t *l = c->layers.slots[i].ptr;
         if (l) vc__layer_destroy(c, l);
     }
+    if (c->trace_ev) c->ops->event_destroy(c->bctx, c->trace_ev);
     for (uint32_t i = 0; i < c->models.count; i++) {
         model_t *m = c->models.slots[i].ptr;
         if (!m) continue;
+        vc__sched_model_free(m);
         free(m->layers);
         free(m->name);
         free(m);
@@ -233,6 +251,7 @@ int vc_model_unregister(vc_cache *c, vc_model_id id) {
     while (m->nlayers) vc__layer_destroy(c, m->layers[m->nlayers - 1]);
     slot_table_remove(&c->models, id);
     c->stats.models--;
+    vc__sched_model_free(m);
     free(m->layers);
     free(m->name);
     free(m);
@@ -259,6 +278,9 @@ int vc_layer_register(vc_cache *c, vc_model_id model, const vc_layer_desc *d, vc
         return vc__fail_unlocked(c, VC_ERR_INVALID_ARG, "vc_layer_register: layer '%s' alignment %zu is not a "
                         "power of two between 1 and %zu", nm, d->alignment, MAX_ALIGN);
     if (align < ARENA_GRAIN) align = ARENA_GRAIN;
+    if (!(d->cost >= 0) || d->cost > 1e30)
+        return vc__fail_unlocked(c, VC_ERR_INVALID_ARG, "vc_layer_register: layer '%s' cost %g must be a finite "
+                                 "number >= 0", nm, d->cost);
     if (d->bytes > SIZE_MAX / 2 - align)
         return vc__fail_unlocked(c, VC_ERR_TOO_LARGE, "vc_layer_register: layer '%s' size %zu bytes overflows "
                         "device address arithmetic (at most %zu)", nm, d->bytes, SIZE_MAX / 2 - align);
@@ -285,6 +307,7 @@ int vc_layer_register(vc_cache *c, vc_model_id model, const vc_layer_desc *d, vc
     l->model = m;
     l->bytes = d->bytes;
     l->align = align;
+    l->cost = d->cost;
     l->host_src = d->host_ptr;
     l->loader = d->loader;
     l->loader_user = d->loader_user;
@@ -373,7 +396,7 @@ int vc_cache_print_stats(vc_cache *c, vc_print_fn print, void *user) {
     int st = vc_cache_get_stats(c, &s);
     if (st != VC_OK) return st;
     if (!print) print = print_stdout;
-    char buf[2048], a[32], b[32], d[32];
+    char buf[4096], a[32], b[32], d[32];
     size_t n = 0;
 #define P(...) n += (size_t)snprintf(buf + n, n < sizeof buf ? sizeof buf - n : 0, __VA_ARGS__)
     P("libvramcache stats (backend %s)\n", c->ops->name);
@@ -395,6 +418,9 @@ int vc_cache_print_stats(vc_cache *c, vc_print_fn print, void *user) {
     for (int r = 0; r < VC_EVICT_REASON_COUNT; r++)
         if (r != VC_EVICT_RAM_BUDGET) P(" %s=%llu", vc_evict_reason_name(r), (unsigned long long)s.vram_evictions[r]);
     P("; RAM copies dropped=%llu\n", (unsigned long long)s.ram_evictions);
+    P("  schedule : %llu prefetches, %llu prefetch hits; orders learned %llu, mismatches %llu, resets %llu\n",
+      (unsigned long long)s.prefetches, (unsigned long long)s.prefetch_hits, (unsigned long long)s.orders_learned,
+      (unsigned long long)s.order_mismatches, (unsigned long long)s.order_resets);
     P("  layers   : %llu in %llu models; %llu in VRAM, %llu in RAM, %llu held\n",
       (unsigned long long)s.layers, (unsigned long long)s.models, (unsigned long long)s.layers_in_vram,
       (unsigned long long)s.layers_in_ram, (unsigned long long)s.layers_held);

@@ -33,6 +33,7 @@ struct vc_layer_rec {
     char *name;
     size_t bytes;
     size_t align;
+    double cost; /* compute per use (vc_layer_desc.cost); 0: unknown */
 
     /* source */
     const void *host_src; /* borrowed engine copy, or NULL */
@@ -53,6 +54,12 @@ struct vc_layer_rec {
     int loading;   /* loader running without the lock */
     int uploading; /* an upload from its RAM copy is being set up: the copy must stay */
 
+    /* scheduling (src/schedule.c) */
+    size_t order_pos;  /* index in model->order when in_order */
+    int in_order;
+    int keep;          /* the plan keeps it resident across passes */
+    int prefetched;    /* uploaded ahead of use, not acquired since */
+
     /* events, created on first use */
     void *upload_ev;   /* recorded after the latest upload on the upload stream */
     int upload_pending;
@@ -67,6 +74,20 @@ struct vc_model_rec {
     char *name;
     layer_t **layers;
     size_t nlayers, cap;
+
+    /* execution order (src/schedule.c) */
+    layer_t **order;   /* the pass, when order_valid */
+    size_t order_n;
+    int order_valid;
+    int order_declared;
+    size_t pos;        /* order index of the latest acquire */
+    unsigned pass_mismatches;
+    layer_t **rec;     /* the pass being recorded while learning */
+    size_t rec_n, rec_cap;
+    int recording;
+    uint64_t last_tick; /* c->use_clock at its latest acquire */
+    size_t vram_layers; /* its layers resident now */
+    size_t plan_capacity; /* the weight limit its plan was made for; 0: no plan */
 };
 
 /* A RAM buffer that can be freed only once a copy reading it has completed. */
@@ -120,6 +141,14 @@ struct vc_cache {
     size_t ram_bytes;     /* RAM-pool bytes, including deferred frees */
     uint64_t use_clock;   /* ticks once per acquire */
     vc_stats stats;
+
+    vc_offload_mode mode;
+    double max_gpu_memory; /* balanced threshold; 0: none */
+    vc_policy policy;
+    unsigned prefetch_depth;
+    size_t prefetch_inflight; /* layers prefetched and not acquired yet */
+    void *trace;              /* struct trace_writer, when tracing */
+    void *trace_ev;           /* scratch event marking where an upload starts */
 
     /* last error, for vc_cache_last_error */
     int last_status;
@@ -182,6 +211,40 @@ void vc__drop_ram(vc_cache *c, layer_t *l);
 /** Frees a layer's record after its memory is gone. */
 void vc__layer_destroy(vc_cache *c, layer_t *l);
 void vc__log_memory(vc_cache *c, const char *what, const layer_t *l);
+
+/* ---- scheduling (src/schedule.c) ------------------------------------------------------------ */
+
+#define VC_ANY_DISTANCE SIZE_MAX
+
+/** A layer nobody holds, not loading, and not a prefetch still in flight. */
+int vc__evictable(vc_cache *c, layer_t *l);
+/** Chooses what to evict to make room for `for_layer`: only victims needed later than
+ *  `max_distance` steps ahead (VC_ANY_DISTANCE: any). NULL when nothing may go. */
+layer_t *vc__sched_victim(vc_cache *c, const layer_t *for_layer, size_t max_distance, vc_evict_reason *reason);
+/** Whether x may go to make room for `asking` without touching the plan's kept layers: it is of an
+ *  idle model or one with no order, or a streamed layer needed later than max_distance. */
+int vc__sched_streamable(vc_cache *c, const layer_t *asking, size_t max_distance, layer_t *x);
+/** After an acquire: follow or learn the order, then prefetch. */
+void vc__sched_on_acquire(vc_cache *c, layer_t *l);
+/** After the last release of a layer (sequential mode evicts it). */
+void vc__sched_on_release(vc_cache *c, layer_t *l);
+/** Before a layer goes away: drop it from its model's order. */
+void vc__sched_forget(vc_cache *c, layer_t *l);
+void vc__sched_model_free(model_t *m);
+/** Uploads a layer whose host copy is available, without making any engine stream wait, evicting
+ *  only layers needed later than `distance`. Quiet on failure. */
+int vc__prefetch_upload(vc_cache *c, layer_t *l, size_t distance);
+/** Loads the rest of l's model (model mode). May release the lock for loaders. */
+int vc__load_whole_model(vc_cache *c, layer_t *l, vc_stream stream, const char *fn);
+void vc__note_vram_layer(vc_cache *c, layer_t *l, int delta);
+
+/* ---- tracing (src/trace.c) ------------------------------------------------------------------ */
+
+double vc__trace_now(vc_cache *c);
+void vc__trace_copy(vc_cache *c, const char *what, const layer_t *l, double start, double end);
+void vc__trace_instant(vc_cache *c, const char *what, const layer_t *l, const char *reason);
+void vc__trace_async(vc_cache *c, const char *cat, const char *name, uint64_t id, int begin, double ts);
+void vc__trace_close(vc_cache *c);
 
 static inline void vc__note_ram(vc_cache *c) {
     if (c->ram_bytes > c->stats.ram_peak_bytes) c->stats.ram_peak_bytes = c->ram_bytes;

@@ -115,6 +115,11 @@ size_t vc__weight_limit(vc_cache *c) {
         limit = sat_sub(avail, max_sz(c->working_mem, c->reserved_sum));
     else /* an explicit budget replaces the standing working memory (seed 000), not reservations */
         limit = min_sz(c->vram_budget, sat_sub(avail, c->reserved_sum));
+    if (c->mode == VC_OFFLOAD_MODE_BALANCED && c->max_gpu_memory > 0) { /* seed 001's threshold */
+        double thr = c->max_gpu_memory <= 1.0 ? c->max_gpu_memory * (double)total
+                                              : c->max_gpu_memory * (double)VC_GB;
+        if (thr < (double)limit) limit = (size_t)thr;
+    }
     c->stats.vram_limit = limit;
     return limit;
 }
@@ -258,22 +263,25 @@ void vc__evict_vram(vc_cache *c, layer_t *l, vc_evict_reason reason, int drop_ok
     list_unlink(&c->vram_lru, l, 1);
     arena_free(&c->arena, l->vblock);
     l->vblock = NULL;
-    c->stats.layers_in_vram--;
+    if (l->prefetched) { /* a prefetch that was never used */
+        l->prefetched = 0;
+        c->prefetch_inflight--;
+    }
+    vc__note_vram_layer(c, l, -1);
     c->stats.vram_evictions[reason]++;
+    vc__trace_instant(c, "evict", l, vc_evict_reason_name((int)reason));
     vc__log(c, VC_LOG_DEBUG, "evicted layer '%s' of model '%s' from VRAM (%s)", l->name, l->model->name,
             vc_evict_reason_name((int)reason));
     vc__log_memory(c, "unloaded", l);
 }
 
 static int owner_evictable(void *owner, void *ud) {
-    (void)ud;
-    const layer_t *l = owner;
-    return l->holds == 0 && !l->loading;
+    return vc__evictable(ud, owner);
 }
 
-static int segment_pinned(const arena_segment *s) {
+static int segment_pinned(vc_cache *c, const arena_segment *s) {
     for (const arena_block *b = s->first; b; b = b->next)
-        if (b->owner && !owner_evictable(b->owner, NULL)) return 1;
+        if (b->owner && !owner_evictable(b->owner, c)) return 1;
     return 0;
 }
 
@@ -308,9 +316,19 @@ static void release_empty_segments(vc_cache *c) {
 }
 
 int vc__shrink_arena(vc_cache *c, size_t target, vc_evict_reason reason, int dry_run) {
+    if (c->mode == VC_OFFLOAD_MODE_NONE) { /* everything stays resident: only empty segments go */
+        for (arena_segment *s = c->arena.segments, *n; s; s = n) {
+            n = s->next;
+            if (s->used == 0 && c->arena.total > target && !dry_run)
+                c->ops->device_free(c->bctx, arena_remove_segment(&c->arena, s));
+        }
+        size_t empty = 0;
+        for (arena_segment *s = c->arena.segments; s; s = s->next) empty += s->used ? 0 : s->size;
+        return c->arena.total - empty > target ? VC_ERR_OUT_OF_VRAM : VC_OK;
+    }
     size_t freeable = 0;
     for (arena_segment *s = c->arena.segments; s; s = s->next)
-        if (!segment_pinned(s)) freeable += s->size;
+        if (!segment_pinned(c, s)) freeable += s->size;
     if (c->arena.total - freeable > target) return VC_ERR_OUT_OF_VRAM;
     if (dry_run) return VC_OK;
     while (c->arena.total > target) {
@@ -319,7 +337,7 @@ int vc__shrink_arena(vc_cache *c, size_t target, vc_evict_reason reason, int dry
         arena_segment *best = NULL;
         uint64_t best_recent = 0;
         for (arena_segment *s = c->arena.segments; s; s = s->next) {
-            if (segment_pinned(s)) continue;
+            if (segment_pinned(c, s)) continue;
             uint64_t recent = 0;
             for (const arena_block *b = s->first; b; b = b->next)
                 if (b->owner && ((const layer_t *)b->owner)->last_use > recent)
@@ -362,16 +380,46 @@ static int grow_arena(vc_cache *c, size_t need, size_t align, size_t limit) {
     return VC_OK;
 }
 
-static size_t held_vram_bytes(const vc_cache *c) {
+static size_t held_vram_bytes(vc_cache *c) {
     size_t held = 0;
     for (const arena_segment *s = c->arena.segments; s; s = s->next)
         for (const arena_block *b = s->first; b; b = b->next)
-            if (b->owner && !owner_evictable(b->owner, NULL)) held += b->size;
+            if (b->owner && !owner_evictable(b->owner, c)) held += b->size;
     return held;
 }
 
+typedef struct streamable_ctx {
+    vc_cache *c;
+    const layer_t *asking;
+    size_t max_distance;
+} streamable_ctx;
+
+static int streamable_owner(void *owner, void *ud) {
+    streamable_ctx *sc = ud;
+    return vc__sched_streamable(sc->c, sc->asking, sc->max_distance, owner);
+}
+
+/* Evicting a layer whose last kernel has not finished makes the copy into its room wait for it:
+ * count that as far dearer than bytes. */
+static size_t streamable_cost(void *owner, void *ud) {
+    streamable_ctx *sc = ud;
+    layer_t *x = owner;
+    size_t cost = arena_round(x->bytes);
+    if (x->release_recorded && sc->c->ops->event_query(sc->c->bctx, x->release_ev) == 0) cost += (size_t)1 << 40;
+    return cost;
+}
+
+/* What a placement may do: evict only victims needed later than max_distance (prefetch), and stay
+ * quiet on failure. */
+typedef struct place_req {
+    size_t max_distance;
+    int quiet;
+} place_req;
+
+static const place_req ACQUIRE_REQ = {VC_ANY_DISTANCE, 0};
+
 /* Finds device memory for l, evicting unheld layers as needed. On success *out is l's block. */
-static int vram_place(vc_cache *c, layer_t *l, const char *fn, arena_block **out) {
+static int vram_place(vc_cache *c, layer_t *l, const char *fn, const place_req *rq, arena_block **out) {
     size_t need = arena_round(l->bytes);
     size_t slack = l->align > ARENA_GRAIN ? l->align - ARENA_GRAIN : 0;
     size_t limit = vc__weight_limit(c);
@@ -399,18 +447,42 @@ static int vram_place(vc_cache *c, layer_t *l, const char *fn, arena_block **out
             grow_failed = 0;
             continue;
         }
-        /* Enough free bytes but no hole: evict the cheapest run of neighbours that makes one. */
         arena_block *first, *last;
-        if (arena_free_bytes(&c->arena) >= need &&
-            arena_find_window(&c->arena, need, l->align, owner_evictable, NULL, &first, &last)) {
+        /* Planned: open a hole from free room and layers the plan streams anyway (needed later than
+         * this one), so layers of different sizes never push out the kept set. */
+        if (c->policy == VC_POLICY_PLANNED && c->mode != VC_OFFLOAD_MODE_NONE && c->mode != VC_OFFLOAD_MODE_MODEL) {
+            streamable_ctx sc = {c, l, rq->max_distance};
+            if (arena_find_window_cost(&c->arena, need, l->align, streamable_owner, streamable_cost, &sc, &first,
+                                       &last)) {
+                if (evict_run(c, first, last,
+                              rq->max_distance == VC_ANY_DISTANCE ? VC_EVICT_FOR_LOAD : VC_EVICT_FOR_PREFETCH) != VC_OK)
+                    break;
+                grow_failed = 0;
+                continue;
+            }
+        }
+        /* Enough free bytes but no hole: evict the cheapest run of neighbours that makes one. */
+        if (rq->max_distance == VC_ANY_DISTANCE && c->mode != VC_OFFLOAD_MODE_NONE &&
+            arena_free_bytes(&c->arena) >= need &&
+            arena_find_window(&c->arena, need, l->align, owner_evictable, c, &first, &last)) {
             if (evict_run(c, first, last, VC_EVICT_FRAGMENTATION) != VC_OK) break;
             grow_failed = 0;
             continue;
         }
-        layer_t *victim = c->vram_lru.head;
+        vc_evict_reason reason;
+        layer_t *victim = vc__sched_victim(c, l, rq->max_distance, &reason);
         if (!victim) break;
-        vc__evict_vram(c, victim, VC_EVICT_FOR_LOAD, 0);
+        vc__evict_vram(c, victim, reason, 0);
         grow_failed = 0;
+    }
+    if (rq->quiet) return VC_ERR_OUT_OF_VRAM;
+    if (c->mode == VC_OFFLOAD_MODE_NONE) {
+        char a[32], b[32];
+        return vc__fail(c, VC_ERR_OUT_OF_VRAM, "%s: layer '%s' of model '%s' needs %s of device memory, but "
+                        "offload_mode none keeps everything resident and the weight budget of %s is full: "
+                        "the models do not fit (use offload_mode balanced or sequential to stream layers)",
+                        fn, l->name, l->model->name, vc__fmt_bytes(need, a, sizeof a),
+                        vc__fmt_bytes(limit, b, sizeof b));
     }
     char a[32], b[32], d[32], e[32];
     return vc__fail(c, VC_ERR_OUT_OF_VRAM,
@@ -475,23 +547,34 @@ static int host_source(vc_cache *c, layer_t *l, const char *fn, const void **src
     return VC_OK;
 }
 
-static int upload(vc_cache *c, layer_t *l, vc_stream stream, const char *fn) {
+/* Uploads l (its host copy produced first, with the loader if need be). With `wait`, `stream` waits
+ * for the upload; a prefetch passes wait = 0 and the acquire that follows does the waiting. */
+static int upload(vc_cache *c, layer_t *l, vc_stream stream, int wait, const char *fn, const place_req *rq) {
     const void *src = NULL;
     int st = host_source(c, l, fn, &src);
     if (st != VC_OK) return st;
     arena_block *blk;
     /* Making room may write evicted layers back into the RAM pool: keep our source out of reach. */
     l->uploading = 1;
-    st = vram_place(c, l, fn, &blk);
+    st = vram_place(c, l, fn, rq, &blk);
     l->uploading = 0;
     if (st != VC_OK) return st;
     void *dst = arena_block_ptr(blk);
+    double t0 = 0;
+    if (c->trace && c->ops->event_time && ensure_event(c, &c->trace_ev) == VC_OK &&
+        c->ops->event_record(c->bctx, c->trace_ev, c->upload_stream) == VC_OK)
+        t0 = c->ops->event_time(c->bctx, c->trace_ev);
     if (l->ram_pending) st = c->ops->stream_wait_event(c->bctx, c->upload_stream, l->ram_ev);
     if (st == VC_OK) st = c->ops->copy_h2d(c->bctx, dst, src, l->bytes, c->upload_stream);
     if (st == VC_OK) st = ensure_event(c, &l->upload_ev);
     if (st == VC_OK) st = c->ops->event_record(c->bctx, l->upload_ev, c->upload_stream);
     if (st == VC_OK) l->upload_pending = 1;
-    if (st == VC_OK) st = c->ops->stream_wait_event(c->bctx, stream, l->upload_ev);
+    if (st == VC_OK && wait) st = c->ops->stream_wait_event(c->bctx, stream, l->upload_ev);
+    if (st == VC_OK && c->trace) {
+        double t1 = c->ops->event_time ? c->ops->event_time(c->bctx, l->upload_ev) : -1;
+        if (t0 <= 0 || t1 < t0) t0 = t1 = vc__trace_now(c);
+        vc__trace_copy(c, wait ? "upload" : "prefetch", l, t0, t1);
+    }
     if (st != VC_OK) {
         /* Later uploads into this range are ordered after the failed one on the same stream. */
         arena_free(&c->arena, blk);
@@ -501,8 +584,8 @@ static int upload(vc_cache *c, layer_t *l, vc_stream stream, const char *fn) {
                         vc__take_backend_error());
     }
     l->vblock = blk;
-    c->stats.layers_in_vram++;
-    c->stats.misses++;
+    vc__note_vram_layer(c, l, +1);
+    list_push_tail(&c->vram_lru, l, 1);
     c->stats.bytes_h2d += l->bytes;
     vc__note_vram(c);
     if (!c->keep_ram_copy && l->ram) drop_ram_after_upload(c, l);
@@ -515,6 +598,40 @@ static void hold(vc_cache *c, layer_t *l) {
         list_unlink(&c->vram_lru, l, 1);
         c->stats.layers_held++;
     }
+}
+
+int vc__prefetch_upload(vc_cache *c, layer_t *l, size_t distance) {
+    place_req rq = {distance, 1};
+    return upload(c, l, NULL, 0, "prefetch", &rq);
+}
+
+int vc__load_whole_model(vc_cache *c, layer_t *l, vc_stream stream, const char *fn) {
+    model_t *m = l->model;
+    size_t need = 0, limit = vc__weight_limit(c);
+    for (size_t i = 0; i < m->nlayers; i++) need = sat_add(need, arena_round(m->layers[i]->bytes));
+    if (need > limit) {
+        char a[32], b[32];
+        return vc__fail(c, VC_ERR_OUT_OF_VRAM, "%s: model '%s' needs %s of device memory and offload_mode model "
+                        "moves whole models, but the weight budget is %s (enable partial loading, or use "
+                        "offload_mode balanced or sequential, to stream layers)", fn, m->name,
+                        vc__fmt_bytes(need, a, sizeof a), vc__fmt_bytes(limit, b, sizeof b));
+    }
+    /* Snapshot the ids: a loader may release the lock. */
+    size_t n = m->nlayers;
+    vc_layer_id *ids = malloc((n ? n : 1) * sizeof(*ids));
+    if (!ids) return vc__fail(c, VC_ERR_NO_MEMORY, "%s: out of host memory", fn);
+    for (size_t i = 0; i < n; i++) ids[i] = m->layers[i]->id;
+    int st = VC_OK;
+    l->holds++; /* keep the acquired layer in place while the rest arrive */
+    for (size_t i = 0; i < n && st == VC_OK; i++) {
+        layer_t *x = slot_table_get(&c->layers, ids[i]);
+        if (!x || x == l || x->vblock || x->loading) continue;
+        st = upload(c, x, stream, 1, fn, &ACQUIRE_REQ);
+        if (st == VC_OK) c->stats.misses++;
+    }
+    l->holds--;
+    free(ids);
+    return st;
 }
 
 int vc_layer_acquire(vc_cache *c, vc_layer_id id, vc_stream stream, void **device_ptr) {
@@ -538,11 +655,15 @@ int vc_layer_acquire(vc_cache *c, vc_layer_id id, vc_stream stream, void **devic
             st = vc__fail(c, VC_ERR_BACKEND, "%s: layer '%s': stream could not wait on the upload: %s",
                           fn, l->name, vc__take_backend_error());
     } else {
-        st = upload(c, l, stream, fn);
+        st = upload(c, l, stream, 1, fn, &ACQUIRE_REQ);
+        if (st == VC_OK) c->stats.misses++;
+        if (st == VC_OK && c->mode == VC_OFFLOAD_MODE_MODEL) st = vc__load_whole_model(c, l, stream, fn);
     }
     if (st == VC_OK) {
         hold(c, l);
         l->last_use = ++c->use_clock;
+        vc__sched_on_acquire(c, l);
+        if (c->trace) vc__trace_async(c, "hold", l->name, l->id, 1, vc__trace_now(c));
         *device_ptr = arena_block_ptr(l->vblock);
     }
     pthread_mutex_unlock(&c->lock);
@@ -568,7 +689,9 @@ static int release_locked(vc_cache *c, layer_t *l, vc_stream stream) {
     if (--l->holds == 0) {
         list_push_tail(&c->vram_lru, l, 1);
         c->stats.layers_held--;
+        vc__sched_on_release(c, l);
     }
+    if (c->trace) vc__trace_async(c, "hold", l->name, l->id, 0, vc__trace_now(c));
     return VC_OK;
 }
 
@@ -671,12 +794,13 @@ int vc_layer_read(vc_cache *c, vc_layer_id id, void *dst, size_t size) {
 }
 
 void vc__layer_destroy(vc_cache *c, layer_t *l) {
+    vc__sched_forget(c, l);
     if (l->vblock) {
         if (l->release_recorded) c->ops->stream_wait_event(c->bctx, c->upload_stream, l->release_ev);
         list_unlink(&c->vram_lru, l, 1);
         arena_free(&c->arena, l->vblock);
         l->vblock = NULL;
-        c->stats.layers_in_vram--;
+        vc__note_vram_layer(c, l, -1);
     }
     drain_deferred(c, 1, l);
     vc__drop_ram(c, l);

@@ -60,6 +60,7 @@ static void test_lru_eviction(void **state) {
     o.ram_budget = 1 * MB;
     o.working_mem = 0;
     o.arena_segment_bytes = 128 * KB;
+    o.policy = VC_POLICY_LRU;
     test_cache t = make_cache_opts(128 * KB, &o);
     vc_model_id m = add_model(t.cache, "m");
     static char w[4][40 * KB];

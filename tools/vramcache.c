@@ -4,13 +4,20 @@
  *   vramcache config check FILE     exit 0 without errors (warnings allowed), 1 with errors;
  *                                   diagnostics on stderr as FILE:LINE:COL: error|warning: ...
  *   vramcache config show [FILE]    effective settings as YAML with where each value came from
+ *   vramcache simulate --workload FILE --vram-gb X --bandwidth-gbps B [--tflops T] [--steps N]
+ *                      [--policy lru|planned] [--mode none|model|sequential|balanced]
+ *                      [--config invokeai.yaml] [--json] [--trace FILE]
+ *   vramcache plan --workload FILE --vram-gb X --bandwidth-gbps B [--tflops T] [--steps N] [--json]
  *   vramcache version
  */
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "vramcache.h"
 #include "vramcache_config.h"
+#include "vramcache_sim.h"
 
 static void to_stderr(void *user, const char *text) {
     (void)user;
@@ -20,7 +27,12 @@ static void to_stderr(void *user, const char *text) {
 static int usage(FILE *f) {
     fprintf(f, "usage: vramcache config check FILE\n"
                "       vramcache config show [FILE]\n"
-               "       vramcache version\n");
+               "       vramcache simulate --workload FILE --vram-gb X --bandwidth-gbps B [--tflops T] [--steps N]\n"
+               "                          [--policy lru|planned] [--mode none|model|sequential|balanced]\n"
+               "                          [--config invokeai.yaml] [--json] [--trace FILE]\n"
+               "       vramcache plan --workload FILE --vram-gb X --bandwidth-gbps B [--tflops T] [--steps N] [--json]\n"
+               "       vramcache version\n"
+               "GB of memory are 2^30 bytes (as in invokeai.yaml); link speeds are GB/s of 10^9 bytes.\n");
     return f == stderr ? 2 : 0;
 }
 
@@ -57,6 +69,251 @@ static int config_show(const char *path) {
     return st == VC_OK ? 0 : 1;
 }
 
+/* ---- simulate and plan ---- */
+
+static const char *const MODES[] = {"none", "model", "sequential", "balanced"};
+#define GIB 1073741824.0
+
+typedef struct sim_args {
+    const char *workload, *config, *trace;
+    double vram_gb, bandwidth_gbps, tflops;
+    int steps, json, mode;
+    vc_policy policy;
+} sim_args;
+
+static int parse_number_arg(const char *flag, const char *v, double lo, double hi, double *out) {
+    char *end;
+    double x = v ? strtod(v, &end) : NAN;
+    if (!v || *end || !isfinite(x) || x < lo || x > hi) {
+        fprintf(stderr, "vramcache: %s needs a number between %g and %g, got '%s'\n", flag, lo, hi, v ? v : "");
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+static int parse_sim_args(int argc, char **argv, int first, sim_args *a, int allow_run_opts) {
+    memset(a, 0, sizeof *a);
+    a->tflops = 60;
+    a->mode = -1;
+    a->policy = VC_POLICY_PLANNED;
+    for (int i = first; i < argc; i++) {
+        const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        double x;
+        if (!strcmp(f, "--json")) {
+            a->json = 1;
+            continue;
+        }
+        if (!v) {
+            fprintf(stderr, "vramcache: %s needs a value\n", f);
+            return -1;
+        }
+        i++;
+        if (!strcmp(f, "--workload"))
+            a->workload = v;
+        else if (!strcmp(f, "--vram-gb")) {
+            if (parse_number_arg(f, v, 0.001, 1048576, &a->vram_gb)) return -1;
+        } else if (!strcmp(f, "--bandwidth-gbps")) {
+            if (parse_number_arg(f, v, 0.001, 100000, &a->bandwidth_gbps)) return -1;
+        } else if (!strcmp(f, "--tflops")) {
+            if (parse_number_arg(f, v, 0.001, 1e6, &a->tflops)) return -1;
+        } else if (!strcmp(f, "--steps")) {
+            if (parse_number_arg(f, v, 1, 100000, &x) || x != floor(x)) return -1;
+            a->steps = (int)x;
+        } else if (allow_run_opts && !strcmp(f, "--policy")) {
+            if (!strcmp(v, "lru"))
+                a->policy = VC_POLICY_LRU;
+            else if (!strcmp(v, "planned"))
+                a->policy = VC_POLICY_PLANNED;
+            else {
+                fprintf(stderr, "vramcache: --policy must be lru or planned, got '%s'\n", v);
+                return -1;
+            }
+        } else if (allow_run_opts && !strcmp(f, "--mode")) {
+            a->mode = -2;
+            for (int m = 0; m < 4; m++)
+                if (!strcmp(v, MODES[m])) a->mode = m;
+            if (a->mode == -2) {
+                fprintf(stderr, "vramcache: --mode must be none, model, sequential or balanced, got '%s'\n", v);
+                return -1;
+            }
+        } else if (!strcmp(f, "--config"))
+            a->config = v;
+        else if (allow_run_opts && !strcmp(f, "--trace"))
+            a->trace = v;
+        else {
+            fprintf(stderr, "vramcache: unknown option '%s'\n", f);
+            return -1;
+        }
+    }
+    if (!a->workload || !a->vram_gb || !a->bandwidth_gbps) {
+        fprintf(stderr, "vramcache: --workload, --vram-gb and --bandwidth-gbps are required\n");
+        return -1;
+    }
+    return 0;
+}
+
+/* Loads the workload and the optional config; prints diagnostics. */
+static int load_inputs(const sim_args *a, vc_workload **wl, vc_config **cfg) {
+    vc_diagnostics *d = NULL;
+    int st = vc_workload_load(a->workload, wl, &d);
+    if (d) vc_diagnostics_print(d, to_stderr, NULL);
+    vc_diagnostics_destroy(d);
+    if (st != VC_OK) {
+        fprintf(stderr, "vramcache: %s\n", vc_last_error());
+        return -1;
+    }
+    *cfg = NULL;
+    if (vc_config_create(cfg) != VC_OK) return -1;
+    if (a->config) {
+        st = vc_config_load_file(*cfg, a->config, 0, &d);
+        vc_diagnostics_print(d, to_stderr, NULL);
+        vc_diagnostics_destroy(d);
+        if (st != VC_OK) return -1;
+    }
+    return 0;
+}
+
+static void run_init_from(const sim_args *a, const vc_config *cfg, vc_sim_run *r) {
+    vc_sim_run_init(r);
+    r->vram_bytes = a->vram_gb * GIB;
+    r->bandwidth = a->bandwidth_gbps * 1e9;
+    r->flops = a->tflops * 1e12;
+    r->steps = a->steps;
+    r->policy = a->policy;
+    r->mode = a->mode;
+    r->config = cfg;
+    r->trace_path = a->trace;
+}
+
+static int cmd_simulate(int argc, char **argv) {
+    sim_args a;
+    if (parse_sim_args(argc, argv, 2, &a, 1)) return 2;
+    vc_workload *wl = NULL;
+    vc_config *cfg = NULL;
+    if (load_inputs(&a, &wl, &cfg)) {
+        vc_workload_destroy(wl);
+        vc_config_destroy(cfg);
+        return 1;
+    }
+    vc_sim_run r;
+    run_init_from(&a, cfg, &r);
+    vc_sim_result res;
+    int st = vc_sim_run_workload(wl, &r, &res);
+    int mode = a.mode >= 0 ? a.mode : (int)vc_config_get_offload_mode(cfg);
+    if (st != VC_OK) {
+        if (a.json)
+            printf("{\"workload\":\"%s\",\"error\":\"%s\"}\n", vc_workload_name(wl), vc_strerror(st));
+        fprintf(stderr, "vramcache: simulation failed: %s\n", res.error[0] ? res.error : vc_last_error());
+    } else if (a.json) {
+        printf("{\"workload\":\"%s\",\"vram_gb\":%g,\"bandwidth_gbps\":%g,\"tflops\":%g,\"steps\":%d,"
+               "\"policy\":\"%s\",\"mode\":\"%s\",\"usable_vram_bytes\":%zu,\"step_bytes\":%zu,"
+               "\"bytes_per_step\":%.0f,\"lower_bound_bytes_per_step\":%.0f,\"step_time_s\":%.6f,"
+               "\"lower_bound_step_time_s\":%.6f,\"compute_time_s\":%.6f,\"hits_per_step\":%.1f,"
+               "\"misses_per_step\":%.1f,\"total_time_s\":%.6f,\"peak_vram_bytes\":%zu,\"peak_ram_bytes\":%zu}\n",
+               vc_workload_name(wl), a.vram_gb, a.bandwidth_gbps, a.tflops, res.steps,
+               a.policy == VC_POLICY_LRU ? "lru" : "planned", MODES[mode], res.usable_vram_bytes,
+               vc_workload_step_bytes(wl), res.bytes_per_step, res.lower_bound_bytes_per_step, res.step_time_s,
+               res.lower_bound_step_time_s, res.compute_time_s, res.hits_per_step, res.misses_per_step,
+               res.total_time_s, res.peak_vram_bytes, res.peak_ram_bytes);
+    } else {
+        double lbb = res.lower_bound_bytes_per_step;
+        printf("workload %s: denoiser %.2f GB per step, %d steps\n", vc_workload_name(wl),
+               (double)vc_workload_step_bytes(wl) / GIB, res.steps);
+        printf("device %.2f GB (usable for weights %.2f GB), link %.1f GB/s, %.1f TFLOP/s, policy %s, mode %s\n",
+               a.vram_gb, (double)res.usable_vram_bytes / GIB, a.bandwidth_gbps, a.tflops,
+               a.policy == VC_POLICY_LRU ? "lru" : "planned", MODES[mode]);
+        printf("per denoising step, steady state:\n");
+        char ratio[32] = "n/a (fits)";
+        if (lbb > 0) snprintf(ratio, sizeof ratio, "%.3f", res.bytes_per_step / lbb);
+        printf("  bytes moved host->device  %9.3f GB   lower bound %9.3f GB   ratio %s\n", res.bytes_per_step / GIB,
+               lbb / GIB, ratio);
+        printf("  step time                 %9.3f s    lower bound %9.3f s    ratio %.3f\n", res.step_time_s,
+               res.lower_bound_step_time_s, res.step_time_s / res.lower_bound_step_time_s);
+        printf("  compute alone (resident)  %9.3f s    speed vs resident %.1f%%\n", res.compute_time_s,
+               100.0 * res.compute_time_s / res.step_time_s);
+        printf("  hits %.1f, misses %.1f per step; peak VRAM %.2f GB, peak RAM pool %.2f GB; pipeline %.2f s\n",
+               res.hits_per_step, res.misses_per_step, (double)res.peak_vram_bytes / GIB,
+               (double)res.peak_ram_bytes / GIB, res.total_time_s);
+        if (a.trace) printf("trace written to %s\n", a.trace);
+    }
+    vc_workload_destroy(wl);
+    vc_config_destroy(cfg);
+    return st == VC_OK ? 0 : 1;
+}
+
+static int cmd_plan(int argc, char **argv) {
+    sim_args a;
+    if (parse_sim_args(argc, argv, 2, &a, 0)) return 2;
+    vc_workload *wl = NULL;
+    vc_config *cfg = NULL;
+    if (load_inputs(&a, &wl, &cfg)) {
+        vc_workload_destroy(wl);
+        vc_config_destroy(cfg);
+        return 1;
+    }
+    /* Working memory: what the denoiser's activations need (the VAE decode reserves its own). */
+    double work_gb = vc_workload_denoiser_working_mem(wl) / GIB;
+    work_gb = work_gb > 0 ? ceil(work_gb * 2) / 2 : 3.0;
+    char text[32];
+    snprintf(text, sizeof text, "%g", work_gb);
+    vc_config_set(cfg, VC_CFG_DEVICE_WORKING_MEM_GB, text);
+    vc_config_set(cfg, VC_CFG_MAX_CACHE_VRAM_GB, "null");
+    vc_sim_result res[4];
+    int st[4], best = -1;
+    for (int m = 0; m < 4; m++) {
+        vc_sim_run r;
+        a.mode = m;
+        run_init_from(&a, cfg, &r);
+        r.policy = VC_POLICY_PLANNED;
+        st[m] = vc_sim_run_workload(wl, &r, &res[m]);
+        /* prefer the faster; among equals (within 1%), the mode that uses less VRAM comes later */
+        if (st[m] == VC_OK && (best < 0 || res[m].step_time_s < res[best].step_time_s * 0.99)) best = m;
+    }
+    double safe = a.vram_gb - work_gb;
+    if (a.json) {
+        printf("{\"workload\":\"%s\",\"vram_gb\":%g,\"bandwidth_gbps\":%g,\"tflops\":%g,\"modes\":{",
+               vc_workload_name(wl), a.vram_gb, a.bandwidth_gbps, a.tflops);
+        for (int m = 0; m < 4; m++) {
+            printf("%s\"%s\":", m ? "," : "", MODES[m]);
+            if (st[m] == VC_OK)
+                printf("{\"step_time_s\":%.6f,\"bytes_per_step\":%.0f}", res[m].step_time_s, res[m].bytes_per_step);
+            else
+                printf("{\"error\":\"%s\"}", vc_strerror(st[m]));
+        }
+        printf("},\"recommended\":{\"offload_mode\":\"%s\",\"device_working_mem_gb\":%g,"
+               "\"max_cache_vram_gb\":null,\"max_cache_vram_gb_largest_safe\":%.2f,\"enable_partial_loading\":%s}}\n",
+               best >= 0 ? MODES[best] : "none", work_gb, safe > 0 ? safe : 0,
+               best == VC_OFFLOAD_MODE_BALANCED || best == VC_OFFLOAD_MODE_SEQUENTIAL ? "true" : "false");
+    } else {
+        double resident = best >= 0 ? res[best].compute_time_s : 0;
+        printf("plan for %s on a %.1f GB GPU, %.1f GB/s link, %.1f TFLOP/s (working memory %.1f GB)\n",
+               vc_workload_name(wl), a.vram_gb, a.bandwidth_gbps, a.tflops, work_gb);
+        printf("  %-11s %12s %14s %16s\n", "mode", "step time", "vs resident", "moved per step");
+        for (int m = 0; m < 4; m++) {
+            if (st[m] == VC_OK)
+                printf("  %-11s %10.3f s %13.1f%% %13.2f GB%s\n", MODES[m], res[m].step_time_s,
+                       100.0 * resident / res[m].step_time_s, res[m].bytes_per_step / GIB, m == best ? "  <= best" : "");
+            else
+                printf("  %-11s %12s   %s\n", MODES[m], "-", res[m].error[0] ? res[m].error : vc_strerror(st[m]));
+        }
+        if (best < 0) {
+            printf("no mode runs this workload on this GPU\n");
+        } else {
+            printf("recommended invokeai.yaml settings:\n");
+            printf("  enable_partial_loading: %s\n",
+                   best == VC_OFFLOAD_MODE_BALANCED || best == VC_OFFLOAD_MODE_SEQUENTIAL ? "true" : "false");
+            printf("  offload_mode: %s\n", MODES[best]);
+            printf("  device_working_mem_gb: %g\n", work_gb);
+            printf("  # max_cache_vram_gb: leave unset (dynamic); if you set it, at most %.1f (GPU - working memory)\n",
+                   safe > 0 ? safe : 0);
+        }
+    }
+    vc_workload_destroy(wl);
+    vc_config_destroy(cfg);
+    return best >= 0 ? 0 : 1;
+}
+
 int main(int argc, char **argv) {
     if (argc >= 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")))
         return usage(stdout);
@@ -64,6 +321,8 @@ int main(int argc, char **argv) {
         printf("vramcache %s\n", vc_version_string());
         return 0;
     }
+    if (argc >= 2 && !strcmp(argv[1], "simulate")) return cmd_simulate(argc, argv);
+    if (argc >= 2 && !strcmp(argv[1], "plan")) return cmd_plan(argc, argv);
     if (argc >= 3 && !strcmp(argv[1], "config")) {
         if (!strcmp(argv[2], "check") && argc == 4) return config_check(argv[3]);
         if (!strcmp(argv[2], "show") && argc <= 4) return config_show(argc == 4 ? argv[3] : NULL);

@@ -1,0 +1,327 @@
+/*
+ * Simulated device on a virtual clock. Work is scheduled when it is issued: each stream has the
+ * time at which its queued work ends, each engine (h2d copy, d2h copy, compute) the time at which
+ * it is free, and an operation starts at the latest of the host's clock, its stream's and its
+ * engine's. Events carry the end time of the work they capture. The host's clock moves only when
+ * it waits (event_synchronize, vc_sim_stream_synchronize, vc_sim_wait_until), as a real host that
+ * runs ahead of the device would.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../src/cache_internal.h"
+#include "vramcache_sim.h"
+
+typedef struct sim_stream {
+    double ready; /* when its queued work ends */
+    struct sim_stream *next;
+} sim_stream;
+
+typedef struct sim_event {
+    double time;
+    int recorded;
+} sim_event;
+
+typedef struct sim_alloc {
+    void *ptr;
+    void *raw; /* what to free when backed */
+    size_t bytes;
+    struct sim_alloc *next;
+} sim_alloc;
+
+typedef struct sim_ctx {
+    vc_sim_params p;
+    double now;
+    double h2d_free, d2h_free, compute_free;
+    double busy_h2d, busy_d2h, busy_compute;
+    size_t used;
+    sim_stream default_stream;
+    sim_stream *streams; /* all created streams, freed with the context */
+    sim_alloc *allocs;   /* device allocations (few: arena segments and buffers) */
+    uintptr_t next_fake_device, next_fake_host;
+} sim_ctx;
+
+static const vc_backend_ops sim_ops;
+
+static sim_ctx *ctx_of(vc_backend *b) { return b && b->ops == &sim_ops ? b->ctx : NULL; }
+
+static sim_stream *stream_of(sim_ctx *s, vc_stream st) { return st ? (sim_stream *)st : &s->default_stream; }
+
+static double max3(double a, double b, double c) {
+    double m = a > b ? a : b;
+    return m > c ? m : c;
+}
+
+/* ---- memory ---- */
+
+#define SIM_ALIGN ((size_t)2 << 20)
+
+static int sim_device_alloc(void *ctx, size_t bytes, void **dptr) {
+    sim_ctx *s = ctx;
+    if (bytes > s->p.device_bytes - s->used) {
+        vc_backend_set_error("sim device: %zu bytes requested, %zu free of %zu", bytes,
+                             s->p.device_bytes - s->used, s->p.device_bytes);
+        return VC_ERR_OUT_OF_VRAM;
+    }
+    sim_alloc *a = calloc(1, sizeof(*a));
+    if (!a) return VC_ERR_NO_MEMORY;
+    if (s->p.backed) {
+        a->raw = aligned_alloc(4096, (bytes + 4095) / 4096 * 4096);
+        if (!a->raw) {
+            free(a);
+            vc_backend_set_error("sim device: host memory for %zu backed bytes unavailable", bytes);
+            return VC_ERR_OUT_OF_VRAM;
+        }
+        a->ptr = a->raw;
+    } else {
+        /* Addresses only: a private range nothing ever dereferences. */
+        a->ptr = (void *)s->next_fake_device;
+        s->next_fake_device += (bytes + SIM_ALIGN - 1) / SIM_ALIGN * SIM_ALIGN + SIM_ALIGN;
+    }
+    a->bytes = bytes;
+    a->next = s->allocs;
+    s->allocs = a;
+    s->used += bytes;
+    *dptr = a->ptr;
+    return VC_OK;
+}
+
+static void sim_device_free(void *ctx, void *dptr) {
+    sim_ctx *s = ctx;
+    for (sim_alloc **pp = &s->allocs; *pp; pp = &(*pp)->next)
+        if ((*pp)->ptr == dptr) {
+            sim_alloc *a = *pp;
+            *pp = a->next;
+            s->used -= a->bytes;
+            free(a->raw);
+            free(a);
+            return;
+        }
+}
+
+static int sim_host_alloc(void *ctx, size_t bytes, void **hptr, int *pinned) {
+    sim_ctx *s = ctx;
+    *pinned = 1; /* the simulated host memory behaves as pinned */
+    if (s->p.backed) {
+        *hptr = malloc(bytes ? bytes : 1);
+        return *hptr ? VC_OK : VC_ERR_NO_MEMORY;
+    }
+    *hptr = (void *)s->next_fake_host;
+    s->next_fake_host += (bytes + 4095) / 4096 * 4096 + 4096;
+    return VC_OK;
+}
+
+static void sim_host_free(void *ctx, void *hptr, int pinned) {
+    (void)pinned;
+    sim_ctx *s = ctx;
+    if (s->p.backed) free(hptr);
+}
+
+/* ---- streams, copies, events ---- */
+
+static int sim_stream_create(void *ctx, vc_stream *out) {
+    sim_ctx *s = ctx;
+    sim_stream *st = calloc(1, sizeof(*st));
+    if (!st) return VC_ERR_NO_MEMORY;
+    st->ready = s->now;
+    st->next = s->streams;
+    s->streams = st;
+    *out = st;
+    return VC_OK;
+}
+
+static void sim_stream_destroy(void *ctx, vc_stream st) {
+    (void)ctx;
+    (void)st; /* freed with the context: engine streams may outlive a cache */
+}
+
+static void schedule_copy(sim_ctx *s, sim_stream *st, double *engine_free, double *busy, double bw, size_t bytes) {
+    double start = max3(s->now, st->ready, *engine_free);
+    double end = start + s->p.copy_latency_s + (double)bytes / bw;
+    st->ready = end;
+    *engine_free = end;
+    *busy += end - start;
+}
+
+static int sim_copy_h2d(void *ctx, void *dst, const void *src, size_t bytes, vc_stream stream) {
+    sim_ctx *s = ctx;
+    schedule_copy(s, stream_of(s, stream), &s->h2d_free, &s->busy_h2d, s->p.h2d_bytes_per_s, bytes);
+    if (s->p.backed) memcpy(dst, src, bytes);
+    return VC_OK;
+}
+
+static int sim_copy_d2h(void *ctx, void *dst, const void *src, size_t bytes, vc_stream stream) {
+    sim_ctx *s = ctx;
+    schedule_copy(s, stream_of(s, stream), &s->d2h_free, &s->busy_d2h, s->p.d2h_bytes_per_s, bytes);
+    if (s->p.backed) memcpy(dst, src, bytes);
+    return VC_OK;
+}
+
+static int sim_event_create(void *ctx, void **ev) {
+    (void)ctx;
+    *ev = calloc(1, sizeof(sim_event));
+    return *ev ? VC_OK : VC_ERR_NO_MEMORY;
+}
+
+static void sim_event_destroy(void *ctx, void *ev) {
+    (void)ctx;
+    free(ev);
+}
+
+static int sim_event_record(void *ctx, void *ev, vc_stream stream) {
+    sim_ctx *s = ctx;
+    sim_event *e = ev;
+    sim_stream *st = stream_of(s, stream);
+    e->time = st->ready > s->now ? st->ready : s->now;
+    e->recorded = 1;
+    return VC_OK;
+}
+
+static int sim_event_query(void *ctx, void *ev) {
+    sim_ctx *s = ctx;
+    sim_event *e = ev;
+    return !e->recorded || e->time <= s->now;
+}
+
+static int sim_event_synchronize(void *ctx, void *ev) {
+    sim_ctx *s = ctx;
+    sim_event *e = ev;
+    if (e->recorded && e->time > s->now) s->now = e->time;
+    return VC_OK;
+}
+
+static int sim_stream_wait_event(void *ctx, vc_stream stream, void *ev) {
+    sim_ctx *s = ctx;
+    sim_event *e = ev;
+    sim_stream *st = stream_of(s, stream);
+    if (e->recorded && e->time > st->ready) st->ready = e->time;
+    return VC_OK;
+}
+
+static int sim_mem_info(void *ctx, size_t *free_bytes, size_t *total) {
+    sim_ctx *s = ctx;
+    *free_bytes = s->p.device_bytes - s->used;
+    *total = s->p.device_bytes;
+    return VC_OK;
+}
+
+static double sim_now(void *ctx) { return ((sim_ctx *)ctx)->now; }
+
+static double sim_event_time(void *ctx, void *ev) {
+    (void)ctx;
+    sim_event *e = ev;
+    return e->recorded ? e->time : -1.0;
+}
+
+static void sim_destroy(void *ctx) {
+    sim_ctx *s = ctx;
+    while (s->allocs) sim_device_free(s, s->allocs->ptr);
+    while (s->streams) {
+        sim_stream *n = s->streams->next;
+        free(s->streams);
+        s->streams = n;
+    }
+    free(s);
+}
+
+static const vc_backend_ops sim_ops = {
+    .abi_version = VC_BACKEND_ABI_VERSION,
+    .name = "sim",
+    .kind = VC_BACKEND_KIND_GPU, /* it models a GPU: budgets behave as on one */
+    .device_alloc = sim_device_alloc,
+    .device_free = sim_device_free,
+    .host_alloc = sim_host_alloc,
+    .host_free = sim_host_free,
+    .stream_create = sim_stream_create,
+    .stream_destroy = sim_stream_destroy,
+    .copy_h2d = sim_copy_h2d,
+    .copy_d2h = sim_copy_d2h,
+    .event_create = sim_event_create,
+    .event_destroy = sim_event_destroy,
+    .event_record = sim_event_record,
+    .event_query = sim_event_query,
+    .event_synchronize = sim_event_synchronize,
+    .stream_wait_event = sim_stream_wait_event,
+    .mem_info = sim_mem_info,
+    .destroy = sim_destroy,
+    .now = sim_now,
+    .event_time = sim_event_time,
+};
+
+void vc_sim_params_init(vc_sim_params *p) {
+    if (!p) return;
+    memset(p, 0, sizeof(*p));
+    p->struct_size = sizeof(*p);
+    p->device_bytes = (size_t)8 << 30;
+    p->h2d_bytes_per_s = 25e9;
+    p->d2h_bytes_per_s = 25e9;
+    p->copy_latency_s = 10e-6;
+    p->backed = 1;
+}
+
+int vc_backend_sim_create(const vc_sim_params *params, vc_backend **out) {
+    if (!out) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_backend_sim_create: out is NULL");
+    *out = NULL;
+    if (!params || params->struct_size != sizeof(*params))
+        return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_backend_sim_create: params not initialised with "
+                        "vc_sim_params_init");
+    if (!(params->h2d_bytes_per_s > 0) || !(params->d2h_bytes_per_s > 0) || !(params->copy_latency_s >= 0))
+        return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_backend_sim_create: bandwidths must be > 0 and latency >= 0");
+    sim_ctx *s = calloc(1, sizeof(*s));
+    if (!s) return vc__fail(NULL, VC_ERR_NO_MEMORY, "vc_backend_sim_create: out of host memory");
+    s->p = *params;
+    s->next_fake_device = (uintptr_t)1 << 44;
+    s->next_fake_host = (uintptr_t)1 << 45;
+    int st = vc_backend_create(&sim_ops, s, out);
+    if (st != VC_OK) free(s);
+    return st;
+}
+
+int vc_sim_stream_create(vc_backend *b, vc_stream *out) {
+    sim_ctx *s = ctx_of(b);
+    if (!s || !out) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_sim_stream_create: not a sim backend");
+    return sim_stream_create(s, out);
+}
+
+int vc_sim_compute(vc_backend *b, vc_stream stream, double seconds, double *start, double *end) {
+    sim_ctx *s = ctx_of(b);
+    if (!s || !(seconds >= 0)) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_sim_compute: bad argument");
+    sim_stream *st = stream_of(s, stream);
+    double t0 = max3(s->now, st->ready, s->compute_free);
+    double t1 = t0 + seconds;
+    st->ready = t1;
+    s->compute_free = t1;
+    s->busy_compute += seconds;
+    if (start) *start = t0;
+    if (end) *end = t1;
+    return VC_OK;
+}
+
+int vc_sim_stream_synchronize(vc_backend *b, vc_stream stream) {
+    sim_ctx *s = ctx_of(b);
+    if (!s) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_sim_stream_synchronize: not a sim backend");
+    sim_stream *st = stream_of(s, stream);
+    if (st->ready > s->now) s->now = st->ready;
+    return VC_OK;
+}
+
+int vc_sim_wait_until(vc_backend *b, double t) {
+    sim_ctx *s = ctx_of(b);
+    if (!s) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_sim_wait_until: not a sim backend");
+    if (t > s->now) s->now = t;
+    return VC_OK;
+}
+
+double vc_sim_now(vc_backend *b) {
+    sim_ctx *s = ctx_of(b);
+    return s ? s->now : 0.0;
+}
+
+int vc_sim_busy(vc_backend *b, double *h2d, double *d2h, double *compute) {
+    sim_ctx *s = ctx_of(b);
+    if (!s) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_sim_busy: not a sim backend");
+    if (h2d) *h2d = s->busy_h2d;
+    if (d2h) *d2h = s->busy_d2h;
+    if (compute) *compute = s->busy_compute;
+    return VC_OK;
+}

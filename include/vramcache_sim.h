@@ -1,0 +1,108 @@
+/*
+ * libvramcache simulation: a device backend on a virtual clock, and a runner for model workloads.
+ *
+ * The simulated backend has device memory with a capacity, one host→device and one device→host
+ * copy engine with a bandwidth and a latency, one compute engine, and streams and events — all on
+ * a virtual clock, so runs are deterministic and the same cache and scheduler code that drives a
+ * GPU can be measured without one. Memory may be backed (real bytes, for correctness tests) or
+ * virtual (addresses only, for simulating models larger than this machine's RAM).
+ *
+ * Threads: a simulated backend is not synchronised beyond what the cache does; drive it from one
+ * thread.
+ */
+#ifndef VRAMCACHE_SIM_H
+#define VRAMCACHE_SIM_H
+
+#include "vramcache.h"
+#include "vramcache_config.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct vc_sim_params {
+    size_t struct_size;        /**< set by vc_sim_params_init */
+    size_t device_bytes;       /**< device memory capacity */
+    double h2d_bytes_per_s;    /**< host→device bandwidth (default 25e9) */
+    double d2h_bytes_per_s;    /**< device→host bandwidth (default: same as h2d) */
+    double copy_latency_s;     /**< fixed cost per copy (default 10e-6) */
+    int backed;                /**< 1: real memory and copies (default); 0: addresses only */
+} vc_sim_params;
+
+VC_API void vc_sim_params_init(vc_sim_params *p);
+
+/** Creates a simulated backend. Errors: VC_ERR_INVALID_ARG (NULL, zero bandwidth), VC_ERR_NO_MEMORY. */
+VC_API int vc_backend_sim_create(const vc_sim_params *params, vc_backend **out);
+
+/** Creates an engine stream on the simulated device (the NULL stream also works: the default
+ *  stream). Owned by the backend; valid until it is destroyed. */
+VC_API int vc_sim_stream_create(vc_backend *sim, vc_stream *out);
+/** Queues `seconds` of compute on `stream` (one compute engine: kernels of all streams run one
+ *  after another). *start and *end (may be NULL) receive when it will run. */
+VC_API int vc_sim_compute(vc_backend *sim, vc_stream stream, double seconds, double *start, double *end);
+/** Lets the virtual host wait until time `t` (a host that runs ahead of the device by a bounded
+ *  amount waits like this). */
+VC_API int vc_sim_wait_until(vc_backend *sim, double t);
+/** Blocks the (virtual) host until `stream`'s work is done: the clock advances. */
+VC_API int vc_sim_stream_synchronize(vc_backend *sim, vc_stream stream);
+/** The virtual clock, in seconds. */
+VC_API double vc_sim_now(vc_backend *sim);
+/** Seconds each engine was busy so far (copy engines and compute). Any pointer may be NULL. */
+VC_API int vc_sim_busy(vc_backend *sim, double *h2d, double *d2h, double *compute);
+
+/* ---- workloads ---------------------------------------------------------------------------- */
+
+typedef struct vc_workload vc_workload;
+
+/** Loads a workload file (docs/workloads.md): models with per-layer `name`, `bytes`, `flops`, and
+ *  an optional pipeline of stages. Diagnostics as for configs. Errors: VC_ERR_IO, VC_ERR_CONFIG. */
+VC_API int vc_workload_load(const char *path, vc_workload **out, vc_diagnostics **diags);
+VC_API int vc_workload_load_string(const char *text, size_t len, const char *name, vc_workload **out,
+                                   vc_diagnostics **diags);
+VC_API void vc_workload_destroy(vc_workload *wl);
+VC_API const char *vc_workload_name(const vc_workload *wl);
+/** Bytes of all layers of all models; of the denoiser (the stage repeated per step). */
+VC_API size_t vc_workload_total_bytes(const vc_workload *wl);
+VC_API size_t vc_workload_step_bytes(const vc_workload *wl);
+/** Working memory the denoiser stage declares (working_mem_bytes), 0 when none. */
+VC_API size_t vc_workload_denoiser_working_mem(const vc_workload *wl);
+
+/** How to run a workload on the simulated device. */
+typedef struct vc_sim_run {
+    size_t struct_size;  /**< set by vc_sim_run_init */
+    double vram_bytes;   /**< the device's whole memory */
+    double bandwidth;    /**< host→device bytes per second (device→host the same) */
+    double flops;        /**< compute speed, FLOP/s (default 60e12) */
+    int steps;           /**< denoising steps; 0: the workload's own (default 0) */
+    vc_policy policy;
+    int mode;            /**< vc_offload_mode; -1: from the config (default balanced) */
+    const vc_config *config; /**< budgets and working memory; NULL: defaults */
+    const char *trace_path;  /**< write a Chrome trace here; NULL: none */
+} vc_sim_run;
+
+VC_API void vc_sim_run_init(vc_sim_run *run);
+
+/** Steady-state figures of one run, per denoising step (averaged over the steps after the first). */
+typedef struct vc_sim_result {
+    double bytes_per_step;             /**< host→device bytes per step */
+    double lower_bound_bytes_per_step; /**< max(0, step bytes - usable VRAM) */
+    double step_time_s;
+    double lower_bound_step_time_s;    /**< max(compute, lower-bound bytes / bandwidth) */
+    double compute_time_s;             /**< the step's compute alone (resident speed) */
+    double hits_per_step, misses_per_step;
+    double total_time_s;               /**< whole pipeline */
+    size_t usable_vram_bytes;          /**< the weight limit the cache had */
+    size_t peak_vram_bytes, peak_ram_bytes;
+    int steps;
+    char error[256];                   /**< empty on success; else why the run failed */
+} vc_sim_result;
+
+/** Runs the workload. Returns VC_OK with *result filled, or an error with result->error set
+ *  (e.g. VC_ERR_OUT_OF_VRAM when offload_mode none and the model does not fit). */
+VC_API int vc_sim_run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_result *result);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* VRAMCACHE_SIM_H */

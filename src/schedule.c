@@ -1,0 +1,425 @@
+/*
+ * Order-aware scheduling: what to evict, what to upload ahead of use, and which layers to keep.
+ *
+ * A denoising loop runs the same layers in the same order every step. Each model's order is either
+ * declared by the engine or learned: the first pass is recorded until its first layer comes round
+ * again; later passes are checked against it, and a learned order is dropped after too many
+ * mismatches in one pass (as DeepSpeed's parameter trace is). With an order known (planned policy):
+ *
+ *  - a plan marks which layers stay resident: when the pass does not fit, streamed layers are
+ *    spread between kept ones (Bresenham over bytes), so each streamed layer's copy can hide behind
+ *    the compute of the kept layers before it, and room for two of the largest streamed layers is
+ *    left free for the copies in flight;
+ *  - victims are, in order: layers of models not in use (least recently used first); layers of
+ *    models without an order (LRU); then, Belady-style, the layer of an active model whose next use
+ *    is furthest ahead (a prefetch may displace only streamed layers needed later than itself);
+ *  - after each acquire the next layers of the pass are uploaded ahead of use, as far as room can
+ *    be made without evicting anything needed sooner, and at most prefetch_depth at a time.
+ *
+ * Branches and skipped layers only cost accuracy: an acquire out of order moves the position to
+ * the acquired layer. Everything here runs under the cache lock.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cache_internal.h"
+
+#define PREFETCH_WINDOW 256 /* layers looked ahead per acquire at most */
+
+void vc__note_vram_layer(vc_cache *c, layer_t *l, int delta) {
+    if (delta > 0) {
+        c->stats.layers_in_vram++;
+        l->model->vram_layers++;
+    } else {
+        c->stats.layers_in_vram--;
+        l->model->vram_layers--;
+    }
+}
+
+int vc__evictable(vc_cache *c, layer_t *l) {
+    if (l->holds || l->loading) return 0;
+    if (l->prefetched && l->upload_pending) {
+        if (c->ops->event_query(c->bctx, l->upload_ev) == 0) return 0; /* still arriving */
+        l->upload_pending = 0;
+    }
+    return 1;
+}
+
+static int order_known(const model_t *m) { return m->order_valid && m->order_n > 0; }
+
+/* Steps until l is needed again in its model's pass; the current layer counts as a full pass. */
+static size_t distance_of(const layer_t *l) {
+    const model_t *m = l->model;
+    if (!order_known(m) || !l->in_order) return VC_ANY_DISTANCE - 1;
+    size_t d = (l->order_pos + m->order_n - m->pos) % m->order_n;
+    return d ? d : m->order_n;
+}
+
+/* A model is in use when it ran within the last two passes' worth of acquires of the model
+ * asking for room (so interleaved models, such as a ControlNet beside a UNet, count as active). */
+static int model_active(const vc_cache *c, const model_t *m, const model_t *asking) {
+    if (m == asking) return 1;
+    uint64_t window = 2 * (uint64_t)(asking->nlayers ? asking->nlayers : 1);
+    return m->last_tick + window >= c->use_clock;
+}
+
+layer_t *vc__sched_victim(vc_cache *c, const layer_t *for_layer, size_t max_distance, vc_evict_reason *reason) {
+    const model_t *asking = for_layer->model;
+    int prefetch = max_distance != VC_ANY_DISTANCE;
+    *reason = prefetch ? VC_EVICT_FOR_PREFETCH : VC_EVICT_FOR_LOAD;
+    if (c->mode == VC_OFFLOAD_MODE_NONE) return NULL;
+    if (c->mode == VC_OFFLOAD_MODE_MODEL) {
+        *reason = VC_EVICT_MODEL_SWAP;
+        for (layer_t *x = c->vram_lru.head; x; x = x->vnext)
+            if (x->model != asking && vc__evictable(c, x)) return x;
+        return NULL;
+    }
+    if (c->policy == VC_POLICY_LRU) {
+        for (layer_t *x = c->vram_lru.head; x; x = x->vnext)
+            if (vc__evictable(c, x)) return x;
+        return NULL;
+    }
+    /* 1. layers of models not in use, and of models with no order yet: least recently used first.
+     *    Such layers gather at the LRU head, so the walk is short in the steady state. */
+    for (layer_t *x = c->vram_lru.head; x; x = x->vnext) {
+        if (!vc__evictable(c, x)) continue;
+        if (!model_active(c, x->model, asking)) return x;
+        if (!order_known(x->model) || !x->in_order) {
+            if (!prefetch || x->model != asking) return x;
+        }
+        if (order_known(x->model) && x->in_order) break; /* the rest are active and ordered */
+    }
+    /* 2. Belady among active ordered models: the resident layer needed furthest ahead. A prefetch
+     *    may only displace streamed layers needed later than itself; an acquire takes the furthest
+     *    of any (a tie goes to the streamed layer, to keep the plan). */
+    layer_t *best = NULL;
+    size_t best_d = 0;
+    for (uint32_t i = 0; i < c->models.count; i++) {
+        model_t *m = c->models.slots[i].ptr;
+        if (!m || !order_known(m) || !m->vram_layers || !model_active(c, m, asking)) continue;
+        for (int kept = 0; kept < (prefetch ? 1 : 2); kept++) {
+            /* Among streamed layers, prefer one whose last use has finished on the device, so the
+             * copy into its room need not wait for a kernel; else the furthest. */
+            layer_t *first = NULL, *done = NULL;
+            size_t first_d = 0, done_d = 0;
+            for (size_t k = m->order_n - 1; k >= 1 && (!prefetch || k > max_distance); k--) {
+                layer_t *x = m->order[(m->pos + k) % m->order_n];
+                if (!x->vblock || x->keep != kept || !vc__evictable(c, x)) continue;
+                if (!first) first = x, first_d = k;
+                if (kept || !x->release_recorded || c->ops->event_query(c->bctx, x->release_ev) != 0) {
+                    done = x, done_d = k;
+                    break;
+                }
+            }
+            if (done) first = done, first_d = done_d;
+            if (first && first_d > best_d) best = first, best_d = first_d;
+            if (best) break; /* a streamed victim is enough: keep the plan's resident set */
+        }
+    }
+    if (best || prefetch) return best;
+    /* 3. anything else evictable (e.g. the current model's own layers, held elsewhere) */
+    for (layer_t *x = c->vram_lru.head; x; x = x->vnext)
+        if (vc__evictable(c, x) && (!prefetch || distance_of(x) > max_distance)) return x;
+    return NULL;
+}
+
+int vc__sched_streamable(vc_cache *c, const layer_t *asking, size_t max_distance, layer_t *x) {
+    if (!vc__evictable(c, x)) return 0;
+    if (!model_active(c, x->model, asking->model) || !order_known(x->model) || !x->in_order) return 1;
+    size_t limit = max_distance == VC_ANY_DISTANCE ? 0 : max_distance;
+    return !x->keep && distance_of(x) > limit;
+}
+
+/* ---- the plan ---------------------------------------------------------------------------------- */
+
+static void make_plan(vc_cache *c, model_t *m) {
+    size_t cap = vc__weight_limit(c);
+    size_t total = 0, largest = 0;
+    for (size_t i = 0; i < m->order_n; i++) {
+        size_t b = arena_round(m->order[i]->bytes);
+        total = sat_add(total, b);
+        if (b > largest) largest = b;
+        m->order[i]->keep = 1;
+    }
+    m->plan_capacity = cap ? cap : 1;
+    if (total <= cap) return; /* the whole pass fits: keep everything */
+    /* Room for the copies in flight: two of the largest layers that will stream. Streaming only
+     * layers no larger than needed keeps that room small; start from the global largest and shrink
+     * below when the streamed set allows. */
+    size_t slots = 2 * largest;
+    size_t keep_budget = sat_sub(cap, slots);
+    /* Spread: the bytes to stream are earned by compute, so that each streamed layer's copy can run
+     * while the layers before it compute. With no costs known, bytes stand in for compute. */
+    double total_cost = 0;
+    for (size_t i = 0; i < m->order_n; i++) total_cost += m->order[i]->cost;
+    int by_cost = total_cost > 0;
+    if (!by_cost) total_cost = (double)total;
+    double need = (double)(total - keep_budget);
+    double credit = 0;
+    size_t kept = 0, streamed_largest = 0;
+    for (size_t i = 0; i < m->order_n; i++) {
+        layer_t *x = m->order[i];
+        double b = (double)arena_round(x->bytes);
+        credit += (by_cost ? x->cost : b) * need / total_cost;
+        if (credit >= b * 0.5) {
+            x->keep = 0;
+            credit -= b;
+            if (arena_round(x->bytes) > streamed_largest) streamed_largest = arena_round(x->bytes);
+        } else {
+            kept += arena_round(x->bytes);
+        }
+    }
+    /* The copies in flight need only two of the largest *streamed* layers. */
+    keep_budget = sat_sub(cap, 2 * streamed_largest);
+    /* Too much kept (rounding): stream the largest kept layers until it fits. */
+    while (kept > keep_budget) {
+        layer_t *big = NULL;
+        for (size_t i = 0; i < m->order_n; i++)
+            if (m->order[i]->keep && (!big || m->order[i]->bytes > big->bytes)) big = m->order[i];
+        if (!big) break;
+        big->keep = 0;
+        kept -= arena_round(big->bytes);
+        if (arena_round(big->bytes) > streamed_largest) {
+            streamed_largest = arena_round(big->bytes);
+            keep_budget = sat_sub(cap, 2 * streamed_largest);
+        }
+    }
+    /* Room left over: keep streamed layers (spread, smallest first) while they fit. */
+    for (int pass = 0; pass < 2; pass++)
+        for (size_t i = 0; i < m->order_n; i++) {
+            layer_t *x = m->order[i];
+            size_t b = arena_round(x->bytes);
+            if (x->keep || b > keep_budget - kept || (pass == 0 && b * 2 > streamed_largest)) continue;
+            x->keep = 1;
+            kept += b;
+        }
+}
+
+/* ---- order tracking ---------------------------------------------------------------------------- */
+
+static void drop_order(vc_cache *c, model_t *m) {
+    (void)c;
+    for (size_t i = 0; i < m->order_n; i++) {
+        m->order[i]->in_order = 0;
+        m->order[i]->keep = 0;
+    }
+    free(m->order);
+    m->order = NULL;
+    m->order_n = 0;
+    m->order_valid = 0;
+    m->order_declared = 0;
+    m->plan_capacity = 0;
+    m->pos = 0;
+}
+
+static int install_order(vc_cache *c, model_t *m, layer_t **order, size_t n, int declared) {
+    drop_order(c, m);
+    m->order = order;
+    m->order_n = n;
+    m->order_valid = 1;
+    m->order_declared = declared;
+    m->pass_mismatches = 0;
+    for (size_t i = 0; i < n; i++) {
+        order[i]->in_order = 1;
+        order[i]->order_pos = i;
+    }
+    m->pos = n - 1; /* the next expected layer is order[0] */
+    if (c->policy == VC_POLICY_PLANNED) make_plan(c, m);
+    return VC_OK;
+}
+
+static void start_recording(model_t *m, layer_t *l) {
+    m->recording = 1;
+    m->rec_n = 0;
+    if (!m->rec_cap) {
+        m->rec = malloc(16 * sizeof(*m->rec));
+        m->rec_cap = m->rec ? 16 : 0;
+    }
+    if (m->rec_cap) m->rec[m->rec_n++] = l;
+}
+
+/* Learning: record the pass until its first layer comes round again. */
+static void record(vc_cache *c, model_t *m, layer_t *l) {
+    if (!m->recording) {
+        start_recording(m, l);
+        return;
+    }
+    if (m->rec_n && l == m->rec[0]) { /* one whole pass */
+        layer_t **order = malloc(m->rec_n * sizeof(*order));
+        if (order) {
+            memcpy(order, m->rec, m->rec_n * sizeof(*order));
+            install_order(c, m, order, m->rec_n, 0);
+            m->pos = 0;
+            c->stats.orders_learned++;
+            vc__log(c, VC_LOG_INFO, "learned the execution order of model '%s': %zu layers per pass", m->name,
+                    m->order_n);
+        }
+        m->recording = 0;
+        return;
+    }
+    for (size_t i = 1; i < m->rec_n; i++)
+        if (m->rec[i] == l) { /* a layer used twice per pass: not a simple loop; start again here */
+            start_recording(m, l);
+            return;
+        }
+    if (m->rec_n == m->rec_cap) {
+        size_t cap = m->rec_cap * 2;
+        layer_t **r = realloc(m->rec, cap * sizeof(*r));
+        if (!r) {
+            m->recording = 0;
+            return;
+        }
+        m->rec = r;
+        m->rec_cap = cap;
+    }
+    m->rec[m->rec_n++] = l;
+}
+
+static void follow(vc_cache *c, model_t *m, layer_t *l) {
+    size_t expected = (m->pos + 1) % m->order_n;
+    if (l->in_order && l->order_pos == expected) {
+        m->pos = expected;
+        if (expected == 0) { /* a new pass */
+            m->pass_mismatches = 0;
+            /* The budget moved since the plan was made (reservation ended, another process): re-plan. */
+            size_t limit = c->stats.vram_limit;
+            size_t diff = limit > m->plan_capacity ? limit - m->plan_capacity : m->plan_capacity - limit;
+            if (c->policy == VC_POLICY_PLANNED && diff > m->plan_capacity / 16) make_plan(c, m);
+        }
+        return;
+    }
+    c->stats.order_mismatches++;
+    m->pass_mismatches++;
+    if (!m->order_declared && (!l->in_order || m->pass_mismatches > 2 + m->order_n / 8)) {
+        vc__log(c, VC_LOG_INFO, "model '%s' left its learned order at layer '%s'; learning again", m->name,
+                l->name);
+        c->stats.order_resets++;
+        drop_order(c, m);
+        start_recording(m, l);
+        return;
+    }
+    if (l->in_order) m->pos = l->order_pos; /* resynchronise: a branch or a skipped layer */
+}
+
+void vc__sched_on_acquire(vc_cache *c, layer_t *l) {
+    model_t *m = l->model;
+    m->last_tick = c->use_clock;
+    if (l->prefetched) {
+        l->prefetched = 0;
+        c->prefetch_inflight--;
+        c->stats.prefetch_hits++;
+    }
+    if (order_known(m))
+        follow(c, m, l);
+    else
+        record(c, m, l);
+    if (c->policy != VC_POLICY_PLANNED || !order_known(m) || !c->prefetch_depth ||
+        c->mode == VC_OFFLOAD_MODE_NONE || c->mode == VC_OFFLOAD_MODE_MODEL)
+        return;
+    /* Upload what comes next, in order, while room can be made without hurting sooner needs. */
+    size_t depth = c->mode == VC_OFFLOAD_MODE_SEQUENTIAL ? 2 : c->prefetch_depth;
+    size_t window = m->order_n - 1 < PREFETCH_WINDOW ? m->order_n - 1 : PREFETCH_WINDOW;
+    for (size_t k = 1; k <= window && c->prefetch_inflight < depth; k++) {
+        layer_t *x = m->order[(m->pos + k) % m->order_n];
+        if (x->vblock || x->loading) continue;
+        if (!x->host_src && !x->ram) break; /* only a loader can produce it: left to its acquire */
+        if (vc__prefetch_upload(c, x, k) != VC_OK) break;
+        x->prefetched = 1;
+        c->prefetch_inflight++;
+        c->stats.prefetches++;
+    }
+}
+
+void vc__sched_on_release(vc_cache *c, layer_t *l) {
+    if (c->mode == VC_OFFLOAD_MODE_SEQUENTIAL && l->holds == 0 && l->vblock)
+        vc__evict_vram(c, l, VC_EVICT_SEQUENTIAL, 0);
+}
+
+void vc__sched_forget(vc_cache *c, layer_t *l) {
+    model_t *m = l->model;
+    if (l->prefetched) {
+        l->prefetched = 0;
+        c->prefetch_inflight--;
+    }
+    if (l->in_order) drop_order(c, m); /* the pass changed shape: learn it again */
+    if (m->recording) m->recording = 0;
+}
+
+void vc__sched_model_free(model_t *m) {
+    free(m->order);
+    free(m->rec);
+    m->order = m->rec = NULL;
+}
+
+/* ---- public: declared orders ------------------------------------------------------------------ */
+
+int vc_model_set_order(vc_cache *c, vc_model_id model, const vc_layer_id *ids, size_t n) {
+    static const char fn[] = "vc_model_set_order";
+    if (!c) return vc__fail(NULL, VC_ERR_INVALID_ARG, "%s: cache is NULL", fn);
+    if (n && !ids) return vc__fail_unlocked(c, VC_ERR_INVALID_ARG, "%s: order is NULL with n = %zu", fn, n);
+    pthread_mutex_lock(&c->lock);
+    int st = VC_OK;
+    layer_t **order = NULL;
+    model_t *m = slot_table_get(&c->models, model);
+    if (!m) {
+        st = vc__fail(c, VC_ERR_NOT_FOUND, "%s: model id %#llx is not registered", fn, (unsigned long long)model);
+        goto done;
+    }
+    if (n == 0) {
+        drop_order(c, m);
+        m->recording = 0;
+        goto done;
+    }
+    order = malloc(n * sizeof(*order));
+    if (!order) {
+        st = vc__fail(c, VC_ERR_NO_MEMORY, "%s: out of host memory for %zu layers", fn, n);
+        goto done;
+    }
+    for (size_t i = 0; i < n; i++) {
+        layer_t *l = slot_table_get(&c->layers, ids[i]);
+        if (!l || l->model != m) {
+            st = vc__fail(c, l ? VC_ERR_INVALID_ARG : VC_ERR_NOT_FOUND, "%s: entry %zu (%#llx) is %s", fn, i,
+                          (unsigned long long)ids[i], l ? "a layer of another model" : "not a registered layer");
+            goto done;
+        }
+        order[i] = l;
+    }
+    for (size_t i = 0; i < n; i++) /* each layer once: mark, check, unmark */
+        if (order[i]->in_order == 2) {
+            st = vc__fail(c, VC_ERR_INVALID_ARG, "%s: layer '%s' appears twice in the order", fn, order[i]->name);
+            for (size_t j = 0; j < i; j++) order[j]->in_order = 1;
+            goto restore;
+        } else {
+            order[i]->in_order = 2;
+        }
+    for (size_t i = 0; i < n; i++) order[i]->in_order = 1;
+    m->recording = 0;
+    install_order(c, m, order, n, 1);
+    order = NULL;
+    goto done;
+restore:
+    /* in_order marks of the old order must be exact again */
+    for (size_t i = 0; i < n; i++) order[i]->in_order = 0;
+    for (size_t i = 0; i < m->order_n; i++) m->order[i]->in_order = 1;
+done:
+    free(order);
+    pthread_mutex_unlock(&c->lock);
+    return st;
+}
+
+int vc_model_get_order(vc_cache *c, vc_model_id model, int *known, int *declared, size_t *length) {
+    if (!c) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_model_get_order: cache is NULL");
+    pthread_mutex_lock(&c->lock);
+    int st = VC_OK;
+    model_t *m = slot_table_get(&c->models, model);
+    if (!m) {
+        st = vc__fail(c, VC_ERR_NOT_FOUND, "vc_model_get_order: model id %#llx is not registered",
+                      (unsigned long long)model);
+    } else {
+        if (known) *known = order_known(m);
+        if (declared) *declared = m->order_declared;
+        if (length) *length = m->order_valid ? m->order_n : 0;
+    }
+    pthread_mutex_unlock(&c->lock);
+    return st;
+}

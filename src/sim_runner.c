@@ -1,0 +1,183 @@
+/*
+ * Runs a workload on the simulated device: the same cache and scheduler as on a GPU, an engine
+ * loop that acquires each layer, queues its compute and releases it, and a host that runs at most
+ * HOST_LAG layers ahead of the device (as a real engine's host does). Per-step figures are taken
+ * over the denoiser's steps after the first (the first pass loads and learns).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cache_internal.h"
+#include "config_internal.h"
+#include "vramcache_sim.h"
+#include "workload_internal.h"
+
+#define HOST_LAG 2
+
+void vc_sim_run_init(vc_sim_run *r) {
+    if (!r) return;
+    memset(r, 0, sizeof(*r));
+    r->struct_size = sizeof(*r);
+    r->vram_bytes = 12.0 * (double)VC_GB;
+    r->bandwidth = 25e9;
+    r->flops = 60e12;
+    r->policy = VC_POLICY_PLANNED;
+    r->mode = -1;
+}
+
+/* A loader for simulated layers: the bytes are virtual, so there is nothing to read. */
+static int no_bytes(void *user, vc_layer_id layer, void *dst, size_t bytes) {
+    (void)user, (void)layer, (void)dst, (void)bytes;
+    return 0;
+}
+
+typedef struct engine {
+    vc_backend *sim;
+    vc_cache *cache;
+    vc_stream stream;
+    double lag[HOST_LAG];
+    unsigned lag_i;
+    double flops;
+    int trace;
+} engine;
+
+static int run_model(engine *e, const wl_model *m, const vc_layer_id *ids, char *err, size_t err_size) {
+    for (size_t i = 0; i < m->n; i++) {
+        void *p;
+        int st = vc_layer_acquire(e->cache, ids[i], e->stream, &p);
+        if (st != VC_OK) {
+            vc_cache_last_error(e->cache, err, err_size);
+            return st;
+        }
+        double t0, t1;
+        vc_sim_compute(e->sim, e->stream, m->layers[i].flops / e->flops, &t0, &t1);
+        if (e->trace) vc_cache_trace_span(e->cache, m->name, m->layers[i].name, t0, t1 - t0);
+        vc_layer_release(e->cache, ids[i], e->stream);
+        /* The host runs ahead by HOST_LAG layers at most. */
+        vc_sim_wait_until(e->sim, e->lag[e->lag_i]);
+        e->lag[e->lag_i] = t1;
+        e->lag_i = (e->lag_i + 1) % HOST_LAG;
+    }
+    return VC_OK;
+}
+
+int vc_sim_run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_result *res) {
+    if (!res) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_sim_run_workload: result is NULL");
+    memset(res, 0, sizeof(*res));
+    if (!wl || !run || run->struct_size != sizeof(*run) || !(run->vram_bytes > 0) || !(run->bandwidth > 0) ||
+        !(run->flops > 0) || run->steps < 0 || run->mode > VC_OFFLOAD_MODE_BALANCED) {
+        snprintf(res->error, sizeof res->error, "invalid run parameters");
+        return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_sim_run_workload: %s", res->error);
+    }
+    int steps = run->steps ? run->steps : wl->steps;
+    vc_sim_params sp;
+    vc_sim_params_init(&sp);
+    sp.device_bytes = (size_t)run->vram_bytes;
+    sp.h2d_bytes_per_s = sp.d2h_bytes_per_s = run->bandwidth;
+    sp.backed = 0;
+    engine e = {.flops = run->flops};
+    int st = vc_backend_sim_create(&sp, &e.sim);
+    if (st != VC_OK) return st;
+    vc_cache_options o;
+    vc_cache_options_init(&o);
+    if (run->config) vc_config_apply(run->config, &o);
+    if (run->mode >= 0) o.offload_mode = (vc_offload_mode)run->mode;
+    o.policy = run->policy;
+    o.backend = e.sim;
+    /* The host side is virtual too: without an explicit budget, RAM never limits the simulation. */
+    if (!run->config || vc__cfg_effective(run->config, VC_CFG_MAX_CACHE_RAM_GB, NULL)->is_null)
+        o.ram_budget = sat_add(vc_workload_total_bytes(wl), VC_GB);
+    vc_layer_id **ids = calloc(wl->nmodels, sizeof(*ids));
+    if (!ids || (st = vc_cache_create(&o, &e.cache)) != VC_OK) {
+        snprintf(res->error, sizeof res->error, "%s", vc_last_error());
+        free(ids);
+        vc_backend_destroy(e.sim);
+        return st ? st : VC_ERR_NO_MEMORY;
+    }
+    vc_sim_stream_create(e.sim, &e.stream);
+    e.trace = run->trace_path && vc_cache_trace_start(e.cache, run->trace_path) == VC_OK;
+    for (size_t i = 0; i < wl->nmodels && st == VC_OK; i++) {
+        const wl_model *m = &wl->models[i];
+        vc_model_id mid;
+        ids[i] = calloc(m->n, sizeof(**ids));
+        if (!ids[i]) st = VC_ERR_NO_MEMORY;
+        if (st == VC_OK) st = vc_model_register(e.cache, m->name, &mid);
+        for (size_t j = 0; j < m->n && st == VC_OK; j++) {
+            vc_layer_desc d = {.name = m->layers[j].name, .bytes = m->layers[j].bytes, .loader = no_bytes,
+                               .cost = m->layers[j].flops};
+            st = vc_layer_register(e.cache, mid, &d, &ids[i][j]);
+        }
+    }
+    if (st != VC_OK) vc_cache_last_error(e.cache, res->error, sizeof res->error);
+
+    const wl_stage *den = &wl->stages[wl->denoiser];
+    const wl_model *dm = &wl->models[den->model];
+    double compute = 0;
+    size_t step_bytes = 0;
+    for (size_t j = 0; j < dm->n; j++) {
+        compute += dm->layers[j].flops / run->flops;
+        step_bytes += dm->layers[j].bytes;
+    }
+    /* Step figures: stats and times at the denoiser's step boundaries (when its last kernel of the
+     * step ends). `first` is the boundary after step 1 (or the stage's start with one step). */
+    vc_stats first = {0}, last = {0};
+    double t_first = 0, t_last = 0;
+    size_t limit_sum = 0;
+    int measured = 0;
+    for (size_t si = 0; si < wl->nstages && st == VC_OK; si++) {
+        const wl_stage *stg = &wl->stages[si];
+        unsigned reps = stg->per_step ? (unsigned)steps : stg->repeat;
+        vc_reservation *r = NULL;
+        if (stg->working_mem && (st = vc_reserve_working_mem(e.cache, stg->working_mem, 0, &r)) != VC_OK) {
+            vc_cache_last_error(e.cache, res->error, sizeof res->error);
+            break;
+        }
+        if (stg->per_step && reps == 1) {
+            vc_sim_stream_synchronize(e.sim, e.stream);
+            vc_cache_get_stats(e.cache, &first);
+            t_first = vc_sim_now(e.sim);
+        }
+        for (unsigned k = 0; k < reps && st == VC_OK; k++) {
+            st = run_model(&e, &wl->models[stg->model], ids[stg->model], res->error, sizeof res->error);
+            if (!stg->per_step || st != VC_OK) continue;
+            vc_sim_stream_synchronize(e.sim, e.stream);
+            vc_stats now;
+            vc_cache_get_stats(e.cache, &now);
+            if (k == 0 && reps > 1) {
+                first = now;
+                t_first = vc_sim_now(e.sim);
+                continue;
+            }
+            last = now;
+            t_last = vc_sim_now(e.sim);
+            limit_sum += now.vram_limit;
+            measured++;
+        }
+        if (r) vc_release_working_mem(e.cache, r);
+    }
+    vc_sim_stream_synchronize(e.sim, e.stream);
+    if (st == VC_OK && measured) {
+        vc_stats end;
+        vc_cache_get_stats(e.cache, &end);
+        double n = measured;
+        res->steps = steps;
+        res->step_time_s = (t_last - t_first) / n;
+        res->bytes_per_step = (double)(last.bytes_h2d - first.bytes_h2d) / n;
+        res->hits_per_step = (double)(last.hits - first.hits) / n;
+        res->misses_per_step = (double)(last.misses - first.misses) / n;
+        res->compute_time_s = compute;
+        res->usable_vram_bytes = limit_sum / (size_t)measured;
+        res->lower_bound_bytes_per_step = (double)sat_sub(step_bytes, res->usable_vram_bytes);
+        double lb_copy = res->lower_bound_bytes_per_step / run->bandwidth;
+        res->lower_bound_step_time_s = compute > lb_copy ? compute : lb_copy;
+        res->total_time_s = vc_sim_now(e.sim);
+        res->peak_vram_bytes = end.arena_peak_bytes;
+        res->peak_ram_bytes = end.ram_peak_bytes;
+    }
+    for (size_t i = 0; i < wl->nmodels; i++) free(ids[i]);
+    free(ids);
+    vc_cache_destroy(e.cache);
+    vc_backend_destroy(e.sim);
+    return st;
+}

@@ -1,0 +1,322 @@
+/*
+ * Workload files (docs/workloads.md): models as lists of layers with bytes and FLOPs, and a
+ * pipeline of stages. Parsed with libyaml's document loader so every error names its line.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <yaml.h>
+
+#include "cache_internal.h"
+#include "config_internal.h"
+#include "vramcache_sim.h"
+#include "workload_internal.h"
+
+static char *dup_str(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *d = malloc(n);
+    if (d) memcpy(d, s, n);
+    return d;
+}
+
+void vc_workload_destroy(vc_workload *wl) {
+    if (!wl) return;
+    for (size_t i = 0; i < wl->nmodels; i++) {
+        for (size_t j = 0; j < wl->models[i].n; j++) free(wl->models[i].layers[j].name);
+        free(wl->models[i].layers);
+        free(wl->models[i].name);
+    }
+    free(wl->models);
+    free(wl->stages);
+    free(wl->name);
+    free(wl);
+}
+
+typedef struct wparser {
+    yaml_document_t *doc;
+    const char *file;
+    vc_diagnostics *d;
+} wparser;
+
+static unsigned ln(const yaml_node_t *n) { return (unsigned)n->start_mark.line + 1; }
+static unsigned cl(const yaml_node_t *n) { return (unsigned)n->start_mark.column + 1; }
+
+static yaml_node_t *get(wparser *P, yaml_node_t *map, const char *key) {
+    if (!map || map->type != YAML_MAPPING_NODE) return NULL;
+    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
+        yaml_node_t *k = yaml_document_get_node(P->doc, p->key);
+        if (k && k->type == YAML_SCALAR_NODE && !strcmp((const char *)k->data.scalar.value, key))
+            return yaml_document_get_node(P->doc, p->value);
+    }
+    return NULL;
+}
+
+static const char *scalar(yaml_node_t *n) {
+    return n && n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
+}
+
+/* A finite number >= 0 (bytes must also be a whole number >= 1). */
+static int number(wparser *P, yaml_node_t *n, const char *what, double *out) {
+    const char *s = scalar(n);
+    char *end = NULL;
+    double v = s ? strtod(s, &end) : NAN;
+    while (end && isspace((unsigned char)*end)) end++;
+    if (!s || !*s || !end || *end || !isfinite(v) || v < 0 || strpbrk(s, "xXnN")) {
+        vc__diag_add(P->d, VC_DIAG_ERROR, P->file, n ? ln(n) : 0, n ? cl(n) : 0, what,
+                     "%s must be a finite number >= 0, got '%s'", what, s ? s : "(not a scalar)");
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int parse_layers(wparser *P, yaml_node_t *seq, wl_model *m) {
+    if (!seq || seq->type != YAML_SEQUENCE_NODE) {
+        vc__diag_add(P->d, VC_DIAG_ERROR, P->file, seq ? ln(seq) : 0, seq ? cl(seq) : 0, "layers",
+                     "model '%s' needs 'layers:', a list of {name, bytes, flops}", m->name);
+        return -1;
+    }
+    size_t n = (size_t)(seq->data.sequence.items.top - seq->data.sequence.items.start);
+    m->layers = calloc(n ? n : 1, sizeof(*m->layers));
+    if (!m->layers) return -1;
+    int bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        yaml_node_t *it = yaml_document_get_node(P->doc, seq->data.sequence.items.start[i]);
+        const char *name = scalar(get(P, it, "name"));
+        double bytes = 0, flops = 0;
+        if (!it || it->type != YAML_MAPPING_NODE || !name || !*name) {
+            vc__diag_add(P->d, VC_DIAG_ERROR, P->file, it ? ln(it) : 0, it ? cl(it) : 0, "layers",
+                         "each layer needs a name, bytes and flops");
+            bad = 1;
+            continue;
+        }
+        if (number(P, get(P, it, "bytes"), "bytes", &bytes) || number(P, get(P, it, "flops") ? get(P, it, "flops") : it, "flops", &flops)) {
+            bad = 1;
+            continue;
+        }
+        if (bytes < 1 || bytes != floor(bytes) || bytes > 1e15) {
+            vc__diag_add(P->d, VC_DIAG_ERROR, P->file, ln(it), cl(it), "bytes",
+                         "layer '%s': bytes must be a whole number between 1 and 1e15", name);
+            bad = 1;
+            continue;
+        }
+        wl_layer *L = &m->layers[m->n++];
+        L->name = dup_str(name);
+        L->bytes = (size_t)bytes;
+        L->flops = flops;
+        if (!L->name) return -1;
+    }
+    if (!bad && m->n == 0) {
+        vc__diag_add(P->d, VC_DIAG_ERROR, P->file, ln(seq), cl(seq), "layers", "model '%s' has no layers", m->name);
+        bad = 1;
+    }
+    return bad ? -1 : 0;
+}
+
+static int parse(wparser *P, yaml_node_t *root, vc_workload *wl) {
+    if (!root || root->type != YAML_MAPPING_NODE) {
+        vc__diag_add(P->d, VC_DIAG_ERROR, P->file, root ? ln(root) : 0, 0, "", "a workload is a mapping with "
+                     "'name' and 'layers' (or 'models' and 'pipeline')");
+        return -1;
+    }
+    const char *name = scalar(get(P, root, "name"));
+    if (!name || !*name) {
+        vc__diag_add(P->d, VC_DIAG_ERROR, P->file, ln(root), cl(root), "name", "the workload needs a 'name'");
+        return -1;
+    }
+    if (!(wl->name = dup_str(name))) return -1;
+    wl->steps = 20;
+    yaml_node_t *steps = get(P, root, "steps");
+    if (steps) {
+        double v;
+        if (number(P, steps, "steps", &v) || v < 1 || v > 100000 || v != floor(v)) {
+            vc__diag_add(P->d, VC_DIAG_ERROR, P->file, ln(steps), cl(steps), "steps", "steps must be a whole number from 1");
+            return -1;
+        }
+        wl->steps = (int)v;
+    }
+    yaml_node_t *layers = get(P, root, "layers"), *models = get(P, root, "models");
+    if (layers && !models) { /* the minimal form: one model, run for `steps` steps */
+        wl->models = calloc(1, sizeof(*wl->models));
+        wl->stages = calloc(1, sizeof(*wl->stages));
+        if (!wl->models || !wl->stages || !(wl->models[0].name = dup_str(name))) return -1;
+        wl->nmodels = wl->nstages = 1;
+        wl->stages[0] = (wl_stage){0, 1, 1, 0};
+        return parse_layers(P, layers, &wl->models[0]);
+    }
+    if (!models || models->type != YAML_SEQUENCE_NODE) {
+        vc__diag_add(P->d, VC_DIAG_ERROR, P->file, ln(root), cl(root), "models",
+                     "the workload needs 'layers:' (one model) or 'models:' (a list)");
+        return -1;
+    }
+    size_t nm = (size_t)(models->data.sequence.items.top - models->data.sequence.items.start);
+    wl->models = calloc(nm ? nm : 1, sizeof(*wl->models));
+    if (!wl->models) return -1;
+    int bad = 0;
+    for (size_t i = 0; i < nm; i++) {
+        yaml_node_t *mn = yaml_document_get_node(P->doc, models->data.sequence.items.start[i]);
+        const char *mname = scalar(get(P, mn, "name"));
+        if (!mname || !*mname) {
+            vc__diag_add(P->d, VC_DIAG_ERROR, P->file, mn ? ln(mn) : 0, 0, "models", "each model needs a 'name'");
+            bad = 1;
+            continue;
+        }
+        wl_model *m = &wl->models[wl->nmodels++];
+        if (!(m->name = dup_str(mname))) return -1;
+        if (parse_layers(P, get(P, mn, "layers"), m)) bad = 1;
+    }
+    if (bad) return -1;
+    yaml_node_t *pipe = get(P, root, "pipeline");
+    if (!pipe) { /* no pipeline: every model once, the last one for `steps` steps */
+        wl->stages = calloc(wl->nmodels, sizeof(*wl->stages));
+        if (!wl->stages) return -1;
+        for (size_t i = 0; i < wl->nmodels; i++) wl->stages[wl->nstages++] = (wl_stage){i, i + 1 == wl->nmodels, 1, 0};
+        return 0;
+    }
+    if (pipe->type != YAML_SEQUENCE_NODE) {
+        vc__diag_add(P->d, VC_DIAG_ERROR, P->file, ln(pipe), cl(pipe), "pipeline", "pipeline must be a list of stages");
+        return -1;
+    }
+    size_t ns = (size_t)(pipe->data.sequence.items.top - pipe->data.sequence.items.start);
+    wl->stages = calloc(ns ? ns : 1, sizeof(*wl->stages));
+    if (!wl->stages) return -1;
+    int denoisers = 0;
+    for (size_t i = 0; i < ns; i++) {
+        yaml_node_t *sn = yaml_document_get_node(P->doc, pipe->data.sequence.items.start[i]);
+        const char *mname = scalar(get(P, sn, "model"));
+        size_t mi = wl->nmodels;
+        for (size_t k = 0; mname && k < wl->nmodels; k++)
+            if (!strcmp(wl->models[k].name, mname)) mi = k;
+        if (mi == wl->nmodels) {
+            vc__diag_add(P->d, VC_DIAG_ERROR, P->file, sn ? ln(sn) : 0, sn ? cl(sn) : 0, "model",
+                         "stage %zu names model '%s', which the workload does not define", i + 1, mname ? mname : "");
+            return -1;
+        }
+        wl_stage st = {mi, 0, 1, 0};
+        yaml_node_t *rep = get(P, sn, "repeat");
+        if (rep && scalar(rep) && !strcmp(scalar(rep), "steps")) {
+            st.per_step = 1;
+            denoisers++;
+        } else if (rep) {
+            double v;
+            if (number(P, rep, "repeat", &v) || v < 1 || v != floor(v) || v > 100000) return -1;
+            st.repeat = (unsigned)v;
+        }
+        yaml_node_t *wm = get(P, sn, "working_mem_bytes");
+        if (wm) {
+            double v;
+            if (number(P, wm, "working_mem_bytes", &v) || v > 1e15) return -1;
+            st.working_mem = (size_t)v;
+        }
+        wl->stages[wl->nstages++] = st;
+    }
+    if (denoisers != 1) {
+        vc__diag_add(P->d, VC_DIAG_ERROR, P->file, ln(pipe), cl(pipe), "pipeline",
+                     "exactly one stage must have 'repeat: steps' (the denoiser); found %d", denoisers);
+        return -1;
+    }
+    return 0;
+}
+
+int vc_workload_load_string(const char *text, size_t len, const char *name, vc_workload **out, vc_diagnostics **diags) {
+    if (diags) *diags = NULL;
+    if (!out || (!text && len)) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_workload_load_string: NULL argument");
+    *out = NULL;
+    if (!name) name = "<string>";
+    vc_diagnostics *d = vc__diag_new();
+    vc_workload *wl = calloc(1, sizeof(*wl));
+    yaml_parser_t parser;
+    yaml_document_t doc;
+    int st = VC_OK;
+    if (!d || !wl || !yaml_parser_initialize(&parser)) {
+        vc_diagnostics_destroy(d);
+        free(wl);
+        return vc__fail(NULL, VC_ERR_NO_MEMORY, "vc_workload_load_string: out of host memory");
+    }
+    yaml_parser_set_input_string(&parser, (const unsigned char *)(text ? text : ""), len);
+    if (!yaml_parser_load(&parser, &doc)) {
+        vc__diag_add(d, VC_DIAG_ERROR, name, (unsigned)parser.problem_mark.line + 1,
+                     (unsigned)parser.problem_mark.column + 1, "", "YAML syntax error: %s",
+                     parser.problem ? parser.problem : "malformed YAML");
+    } else {
+        wparser P = {&doc, name, d};
+        if (parse(&P, yaml_document_get_root_node(&doc), wl) && !vc_diagnostics_errors(d))
+            vc__diag_add(d, VC_DIAG_ERROR, name, 0, 0, "", "out of host memory reading the workload");
+        yaml_document_delete(&doc);
+    }
+    yaml_parser_delete(&parser);
+    if (vc_diagnostics_errors(d)) {
+        const vc_diagnostic *g = vc_diagnostics_get(d, 0);
+        st = vc__fail(NULL, VC_ERR_CONFIG, "%s: invalid workload: %s:%u: %s", name, name, g ? g->line : 0,
+                      g ? g->message : "?");
+        vc_workload_destroy(wl);
+        wl = NULL;
+    }
+    for (size_t i = 0; wl && i < wl->nstages; i++)
+        if (wl->stages[i].per_step) wl->denoiser = i;
+    *out = wl;
+    if (diags)
+        *diags = d;
+    else
+        vc_diagnostics_destroy(d);
+    return st;
+}
+
+int vc_workload_load(const char *path, vc_workload **out, vc_diagnostics **diags) {
+    if (diags) *diags = NULL;
+    if (!path || !out) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_workload_load: NULL argument");
+    *out = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f) return vc__fail(NULL, VC_ERR_IO, "vc_workload_load: cannot open '%s': %s", path, strerror(errno));
+    char *buf = NULL;
+    size_t len = 0, cap = 0, got;
+    char chunk[65536];
+    while ((got = fread(chunk, 1, sizeof chunk, f)) > 0) {
+        if (len + got > ((size_t)64 << 20)) {
+            free(buf);
+            fclose(f);
+            return vc__fail(NULL, VC_ERR_IO, "vc_workload_load: '%s' is larger than 64 MB", path);
+        }
+        if (len + got > cap) {
+            cap = (len + got) * 2;
+            char *nb = realloc(buf, cap);
+            if (!nb) {
+                free(buf);
+                fclose(f);
+                return vc__fail(NULL, VC_ERR_NO_MEMORY, "vc_workload_load: out of host memory");
+            }
+            buf = nb;
+        }
+        memcpy(buf + len, chunk, got);
+        len += got;
+    }
+    fclose(f);
+    int st = vc_workload_load_string(buf, len, path, out, diags);
+    free(buf);
+    return st;
+}
+
+const char *vc_workload_name(const vc_workload *wl) { return wl ? wl->name : ""; }
+
+size_t vc_workload_total_bytes(const vc_workload *wl) {
+    size_t t = 0;
+    for (size_t i = 0; wl && i < wl->nmodels; i++)
+        for (size_t j = 0; j < wl->models[i].n; j++) t += wl->models[i].layers[j].bytes;
+    return t;
+}
+
+size_t vc_workload_step_bytes(const vc_workload *wl) {
+    if (!wl) return 0;
+    const wl_model *m = &wl->models[wl->stages[wl->denoiser].model];
+    size_t t = 0;
+    for (size_t j = 0; j < m->n; j++) t += m->layers[j].bytes;
+    return t;
+}
+
+size_t vc_workload_denoiser_working_mem(const vc_workload *wl) {
+    return wl ? wl->stages[wl->denoiser].working_mem : 0;
+}

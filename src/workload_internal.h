@@ -1,0 +1,36 @@
+/* The parsed form of a workload file, shared by the loader and the simulation runner. */
+#ifndef VC_WORKLOAD_INTERNAL_H
+#define VC_WORKLOAD_INTERNAL_H
+
+#include <stddef.h>
+
+typedef struct wl_layer {
+    char *name;
+    size_t bytes;
+    double flops;
+} wl_layer;
+
+typedef struct wl_model {
+    char *name;
+    wl_layer *layers;
+    size_t n;
+} wl_model;
+
+typedef struct wl_stage {
+    size_t model;
+    int per_step;       /* repeated `steps` times: the denoiser */
+    unsigned repeat;    /* otherwise this many times */
+    size_t working_mem; /* activations the stage needs (reserved while it runs) */
+} wl_stage;
+
+struct vc_workload {
+    char *name;
+    int steps;
+    wl_model *models;
+    size_t nmodels;
+    wl_stage *stages;
+    size_t nstages;
+    size_t denoiser; /* index of the per-step stage */
+};
+
+#endif

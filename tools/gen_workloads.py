@@ -1,0 +1,283 @@
+#!/usr/bin/env python3
+"""Generates workloads/*.yaml: per-layer bytes and FLOPs of SD 1.5, SDXL and FLUX.1-dev, computed
+from the models' public architecture configs (diffusers / BFL configs: channel widths, depths,
+heads, token counts). A "layer" is a module the size engines offload: a ResNet block, an attention
+or feed-forward sub-block, a Linear of a transformer block.
+
+FLOPs are per denoising step (per run for encoders and the VAE) at the stated resolution: 2 FLOPs
+per multiply-add for every weight use, plus attention's QK^T and AV (4 * N_q * N_kv * C). SD 1.5 and
+SDXL run classifier-free guidance as batch 2; FLUX.1-dev is guidance-distilled (batch 1).
+
+    python3 tools/gen_workloads.py            # rewrites workloads/*.yaml
+    python3 tools/gen_workloads.py --check    # exits 1 if the checked-in files differ
+"""
+import os
+import sys
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "workloads")
+
+
+class Model:
+    def __init__(self, name, dtype_bytes):
+        self.name, self.b, self.layers = name, dtype_bytes, []
+        self._pending = 0  # params of small tensors (norms) folded into the next layer
+
+    def add(self, name, params, flops):
+        self.layers.append([name, (params + self._pending) * self.b, flops])
+        self._pending = 0
+
+    def small(self, params):
+        self._pending += params
+
+    def flush(self):
+        if self._pending and self.layers:
+            self.layers[-1][1] += self._pending * self.b
+            self._pending = 0
+
+    def linear(self, name, cin, cout, tokens, bias=True, extra_flops=0):
+        self.add(name, cin * cout + (cout if bias else 0), 2 * cin * cout * tokens + extra_flops)
+
+    def params(self):
+        return sum(l[1] for l in self.layers) // self.b
+
+
+def attn_flops(nq, nkv, c):
+    return 4 * nq * nkv * c
+
+
+# ---------------------------------------------------------------- UNet (SD 1.5 / SDXL) ------------
+
+def resnet(m, name, cin, cout, hw, batch, temb=1280):
+    p = 2 * cin + 9 * cin * cout + cout + temb * cout + cout + 2 * cout + 9 * cout * cout + cout
+    f = 2 * batch * hw * (9 * cin * cout + 9 * cout * cout)
+    if cin != cout:
+        p += cin * cout + cout
+        f += 2 * batch * hw * cin * cout
+    m.add(name, p, f)
+
+
+def transformer(m, name, c, depth, hw, ctx_dim, ctx_tokens, batch, linear_proj):
+    n = hw
+    m.small(2 * c)  # group norm
+    m.add(f"{name}.proj_in", c * c + c, 2 * batch * n * c * c)
+    for d in range(depth):
+        b = f"{name}.transformer_blocks.{d}"
+        m.small(2 * c)
+        m.add(f"{b}.attn1", 4 * c * c + c, 2 * batch * n * 4 * c * c + batch * attn_flops(n, n, c))
+        m.small(2 * c)
+        m.add(f"{b}.attn2", 2 * c * c + 2 * ctx_dim * c + c,
+              2 * batch * (n * 2 * c * c + ctx_tokens * 2 * ctx_dim * c) + batch * attn_flops(n, ctx_tokens, c))
+        m.small(2 * c)
+        m.add(f"{b}.ff", c * 8 * c + 8 * c + 4 * c * c + c, 2 * batch * n * (8 * c * c + 4 * c * c))
+    m.add(f"{name}.proj_out", c * c + c, 2 * batch * n * c * c)
+
+
+def unet(name, blocks, depths, layers_per_block, ctx_dim, latent, batch, linear_proj, add_embed_in):
+    m = Model(name, 2)
+    ch0 = blocks[0]
+    m.add("time_embedding", 320 * 1280 + 1280 + 1280 * 1280 + 1280, 2 * batch * (320 * 1280 + 1280 * 1280))
+    if add_embed_in:
+        m.add("add_embedding", add_embed_in * 1280 + 1280 + 1280 * 1280 + 1280,
+              2 * batch * (add_embed_in * 1280 + 1280 * 1280))
+    hw = latent * latent
+    m.add("conv_in", 4 * 9 * ch0 + ch0, 2 * batch * hw * 4 * 9 * ch0)
+    res = latent
+    skips = [ch0]
+    cin = ch0
+    for i, (c, depth) in enumerate(zip(blocks, depths)):
+        for j in range(layers_per_block):
+            resnet(m, f"down_blocks.{i}.resnets.{j}", cin, c, res * res, batch)
+            cin = c
+            if depth:
+                transformer(m, f"down_blocks.{i}.attentions.{j}", c, depth, res * res, ctx_dim, 77, batch, linear_proj)
+            skips.append(c)
+        if i < len(blocks) - 1:
+            res //= 2
+            m.add(f"down_blocks.{i}.downsamplers.0", 9 * c * c + c, 2 * batch * res * res * 9 * c * c)
+            skips.append(c)
+    c = blocks[-1]
+    resnet(m, "mid_block.resnets.0", c, c, res * res, batch)
+    transformer(m, "mid_block.attentions.0", c, depths[-1] or 1, res * res, ctx_dim, 77, batch, linear_proj)
+    resnet(m, "mid_block.resnets.1", c, c, res * res, batch)
+    rev = list(reversed(blocks))
+    rdepth = list(reversed(depths))
+    prev = rev[0]
+    for i, (c, depth) in enumerate(zip(rev, rdepth)):
+        for j in range(layers_per_block + 1):
+            skip = skips.pop()
+            resnet(m, f"up_blocks.{i}.resnets.{j}", prev + skip, c, res * res, batch)
+            prev = c
+            if depth:
+                transformer(m, f"up_blocks.{i}.attentions.{j}", c, depth, res * res, ctx_dim, 77, batch, linear_proj)
+        if i < len(rev) - 1:
+            res *= 2
+            m.add(f"up_blocks.{i}.upsamplers.0", 9 * c * c + c, 2 * batch * res * res * 9 * c * c)
+    m.small(2 * ch0)
+    m.add("conv_out", 9 * ch0 * 4 + 4, 2 * batch * latent * latent * 9 * ch0 * 4)
+    return m
+
+
+# ---------------------------------------------------------------- VAE decoder ----------------------
+
+def vae_decoder(latent_ch, latent, batch=1):
+    m = Model("vae_decoder", 2)
+    res = latent
+    m.add("post_quant_conv", latent_ch * latent_ch + latent_ch, 2 * batch * res * res * latent_ch * latent_ch)
+    m.add("decoder.conv_in", 9 * latent_ch * 512 + 512, 2 * batch * res * res * 9 * latent_ch * 512)
+    resnet_v = lambda n, a, b, r: resnet(m, n, a, b, r * r, batch, temb=0)
+    resnet_v("decoder.mid_block.resnets.0", 512, 512, res)
+    n = res * res
+    m.small(2 * 512)
+    m.add("decoder.mid_block.attentions.0", 4 * 512 * 512 + 4 * 512,
+          2 * batch * n * 4 * 512 * 512 + batch * attn_flops(n, n, 512))
+    resnet_v("decoder.mid_block.resnets.1", 512, 512, res)
+    cin = 512
+    for i, c in enumerate([512, 512, 256, 128]):
+        for j in range(3):
+            resnet_v(f"decoder.up_blocks.{i}.resnets.{j}", cin, c, res)
+            cin = c
+        if i < 3:
+            res *= 2
+            m.add(f"decoder.up_blocks.{i}.upsamplers.0", 9 * c * c + c, 2 * batch * res * res * 9 * c * c)
+    m.small(2 * 128)
+    m.add("decoder.conv_out", 9 * 128 * 3 + 3, 2 * batch * res * res * 9 * 128 * 3)
+    return m
+
+
+# ---------------------------------------------------------------- text encoders --------------------
+
+def clip_text(name, d, mlp, layers, tokens, batch, vocab=49408, proj=0):
+    m = Model(name, 2)
+    m.add("embeddings", vocab * d + 77 * d, 0)
+    for i in range(layers):
+        m.small(2 * d)
+        m.add(f"encoder.layers.{i}.self_attn", 4 * (d * d + d),
+              2 * batch * tokens * 4 * d * d + batch * attn_flops(tokens, tokens, d))
+        m.small(2 * d)
+        m.add(f"encoder.layers.{i}.mlp", d * mlp + mlp + mlp * d + d, 2 * batch * tokens * 2 * d * mlp)
+    m.small(2 * d)
+    if proj:
+        m.add("text_projection", d * proj, 2 * batch * d * proj)
+    m.flush()
+    return m
+
+
+def t5_encoder(layers=24, d=4096, ff=10240, tokens=512, batch=1, vocab=32128):
+    m = Model("t5_xxl", 2)
+    m.add("shared", vocab * d, 0)
+    for i in range(layers):
+        m.small(d)
+        m.add(f"encoder.block.{i}.layer.0.SelfAttention", 4 * d * d,
+              2 * batch * tokens * 4 * d * d + batch * attn_flops(tokens, tokens, d))
+        m.small(d)
+        m.add(f"encoder.block.{i}.layer.1.DenseReluDense", 3 * d * ff, 2 * batch * tokens * 3 * d * ff)
+    m.small(d)
+    m.flush()
+    return m
+
+
+# ---------------------------------------------------------------- FLUX.1-dev transformer -----------
+
+def flux_transformer(img_tokens=4096, txt_tokens=512, h=3072, mlp=12288, double=19, single=38):
+    m = Model("transformer", 2)
+    t = img_tokens + txt_tokens
+    m.linear("img_in", 64, h, img_tokens)
+    m.linear("time_in.in_layer", 256, h, 1)
+    m.linear("time_in.out_layer", h, h, 1)
+    m.linear("guidance_in.in_layer", 256, h, 1)
+    m.linear("guidance_in.out_layer", h, h, 1)
+    m.linear("vector_in.in_layer", 768, h, 1)
+    m.linear("vector_in.out_layer", h, h, 1)
+    m.linear("txt_in", 4096, h, txt_tokens)
+    for i in range(double):
+        b = f"double_blocks.{i}"
+        for s, n in (("img", img_tokens), ("txt", txt_tokens)):
+            m.linear(f"{b}.{s}_mod.lin", h, 6 * h, 1)
+            m.small(2 * 128)  # q/k RMS norms
+            m.linear(f"{b}.{s}_attn.qkv", h, 3 * h, n)
+            # the joint attention over all t tokens runs between qkv and proj: counted with img proj
+            m.linear(f"{b}.{s}_attn.proj", h, h, n, extra_flops=attn_flops(t, t, h) if s == "img" else 0)
+            m.linear(f"{b}.{s}_mlp.0", h, mlp, n)
+            m.linear(f"{b}.{s}_mlp.2", mlp, h, n)
+    for i in range(single):
+        b = f"single_blocks.{i}"
+        m.linear(f"{b}.modulation.lin", h, 3 * h, 1)
+        m.small(2 * 128)
+        m.linear(f"{b}.linear1", h, 3 * h + mlp, t)
+        m.linear(f"{b}.linear2", h + mlp, h, t, extra_flops=attn_flops(t, t, h))
+    m.linear("final_layer.adaLN_modulation", h, 2 * h, 1)
+    m.linear("final_layer.linear", h, 64, img_tokens)
+    return m
+
+
+# ---------------------------------------------------------------- output ---------------------------
+
+def vae_working_mem(width, height, dtype_bytes):
+    """InvokeAI's estimate for a VAE decode: H * W * bytes * 960 * 1.2 (see docs/workloads.md)."""
+    return int(width * height * dtype_bytes * 960 * 1.2)
+
+
+def emit(path, name, desc, res, dtype, steps, models, pipeline):
+    lines = [f"# Generated by tools/gen_workloads.py -- do not edit by hand.", f"name: {name}",
+             f"description: \"{desc}\"", f"resolution: {res}x{res}", f"dtype: {dtype}", f"steps: {steps}", "models:"]
+    for m in models:
+        m.flush()
+        total = sum(l[1] for l in m.layers)
+        lines.append(f"  # {m.name}: {len(m.layers)} layers, {m.params() / 1e6:.1f}M parameters, "
+                     f"{total / 2**30:.3f} GB")
+        lines.append(f"  - name: {m.name}")
+        lines.append("    layers:")
+        for ln, b, f in m.layers:
+            lines.append(f"      - {{name: {ln}, bytes: {b}, flops: {f:.6g}}}")
+    lines.append("pipeline:")
+    for stage in pipeline:
+        lines.append("  - {" + ", ".join(f"{k}: {v}" for k, v in stage.items()) + "}")
+    return path, "\n".join(lines) + "\n"
+
+
+def build():
+    out = []
+    # SD 1.5 at 512x512, fp16, CFG batch 2. Config: runwayml/stable-diffusion-v1-5 unet/config.json.
+    sd15 = unet("unet", [320, 640, 1280, 1280], [1, 1, 1, 0], 2, 768, 64, 2, False, 0)
+    out.append(emit("sd15.yaml", "sd-1.5", "Stable Diffusion 1.5, 512x512, fp16, CFG (batch 2)", 512, "float16", 30,
+                    [clip_text("text_encoder", 768, 3072, 12, 77, 2), sd15, vae_decoder(4, 64)],
+                    [{"model": "text_encoder"}, {"model": "unet", "repeat": "steps", "working_mem_bytes": 1 << 30},
+                     {"model": "vae_decoder", "working_mem_bytes": vae_working_mem(512, 512, 2)}]))
+    # SDXL base at 1024x1024, fp16, CFG. Config: stabilityai/stable-diffusion-xl-base-1.0 unet/config.json.
+    sdxl = unet("unet", [320, 640, 1280], [0, 2, 10], 2, 2048, 128, 2, True, 2816)
+    out.append(emit("sdxl.yaml", "sdxl-base-1.0", "SDXL base 1.0, 1024x1024, fp16, CFG (batch 2)", 1024, "float16", 30,
+                    [clip_text("text_encoder", 768, 3072, 12, 77, 2),
+                     clip_text("text_encoder_2", 1280, 5120, 32, 77, 2, proj=1280), sdxl, vae_decoder(4, 128)],
+                    [{"model": "text_encoder"}, {"model": "text_encoder_2"},
+                     {"model": "unet", "repeat": "steps", "working_mem_bytes": 2 << 30},
+                     {"model": "vae_decoder", "working_mem_bytes": vae_working_mem(1024, 1024, 2)}]))
+    # FLUX.1-dev at 1024x1024, bf16: 4096 image tokens (128x128 latent, 2x2 patches), 512 T5 tokens.
+    out.append(emit("flux1-dev.yaml", "flux.1-dev", "FLUX.1-dev, 1024x1024, bf16, guidance-distilled (batch 1)", 1024,
+                    "bfloat16", 28,
+                    [clip_text("clip_l", 768, 3072, 12, 77, 1), t5_encoder(), flux_transformer(),
+                     vae_decoder(16, 128)],
+                    [{"model": "clip_l"}, {"model": "t5_xxl"},
+                     {"model": "transformer", "repeat": "steps", "working_mem_bytes": 3 << 30},
+                     {"model": "vae_decoder", "working_mem_bytes": vae_working_mem(1024, 1024, 2)}]))
+    return out
+
+
+def main():
+    check = "--check" in sys.argv
+    bad = 0
+    for name, text in build():
+        path = os.path.join(ROOT, name)
+        if check:
+            old = open(path).read() if os.path.exists(path) else ""
+            if old != text:
+                print(f"{path} is out of date: run tools/gen_workloads.py", file=sys.stderr)
+                bad = 1
+        else:
+            with open(path, "w") as f:
+                f.write(text)
+            print(f"wrote {path}")
+    sys.exit(bad)
+
+
+if __name__ == "__main__":
+    main()

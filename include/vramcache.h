@@ -481,7 +481,8 @@ typedef enum vc_evict_reason {
     VC_EVICT_FOR_PREFETCH = 6,    /**< Room for a layer needed sooner than the victim. */
     VC_EVICT_SEQUENTIAL = 7,      /**< Sequential mode: released, so it leaves. */
     VC_EVICT_MODEL_SWAP = 8,      /**< Model mode: another whole model needed the room. */
-    VC_EVICT_REASON_COUNT = 9
+    VC_EVICT_PLAN = 9,            /**< A new residency plan laid the device out afresh. */
+    VC_EVICT_REASON_COUNT = 10
 } vc_evict_reason;
 
 /** Returns a static name for an eviction reason ("for_load"), or "unknown". */

@@ -99,6 +99,7 @@ int vc_cache_create(const vc_cache_options *opts, vc_cache **out) {
     slot_table_init(&c->models);
     slot_table_init(&c->layers);
     arena_init(&c->arena);
+    arena_init(&c->sarena);
 
     /* RAM budget: explicit, or InvokeAI's heuristics on this machine (logged with the reasons). */
     char why[384], ram_why[96], a[32];
@@ -167,6 +168,7 @@ int vc_cache_destroy(vc_cache *c) {
         free(m);
     }
     while (c->arena.segments) c->ops->device_free(c->bctx, arena_remove_segment(&c->arena, c->arena.segments));
+    while (c->sarena.segments) c->ops->device_free(c->bctx, arena_remove_segment(&c->sarena, c->sarena.segments));
     c->ops->stream_destroy(c->bctx, c->upload_stream);
     c->ops->stream_destroy(c->bctx, c->download_stream);
     slot_table_fini(&c->layers);
@@ -379,8 +381,8 @@ int vc_cache_get_stats(vc_cache *c, vc_stats *out) {
     pthread_mutex_lock(&c->lock);
     *out = c->stats;
     out->ram_bytes = c->ram_bytes;
-    out->vram_bytes = c->arena.used;
-    out->arena_bytes = c->arena.total;
+    out->vram_bytes = vc__vram_used(c);
+    out->arena_bytes = vc__vram_total(c);
     out->reserved_bytes = c->reserved_sum;
     pthread_mutex_unlock(&c->lock);
     return VC_OK;

@@ -48,6 +48,7 @@ struct vc_layer_rec {
 
     /* device copy */
     arena_block *vblock;
+    int in_stream; /* vblock lies in the streaming region (c->sarena) */
     layer_t *vprev, *vnext; /* VRAM LRU (unheld layers with a device copy) */
     unsigned holds;
     uint64_t last_use; /* c->use_clock at the latest acquire */
@@ -131,7 +132,10 @@ struct vc_cache {
     /* state */
     slot_table models;
     slot_table layers;
-    arena arena;
+    arena arena;          /* kept layers, and every layer when no plan streams */
+    arena sarena;         /* the streaming region: layers the plan streams pass through it */
+    size_t stream_budget; /* its planned size; 0: no streaming region */
+    model_t *stream_model; /* the model whose plan owns it */
     layer_list vram_lru;
     layer_list ram_lru;
     deferred_free *deferred;
@@ -249,9 +253,17 @@ void vc__trace_close(vc_cache *c);
 static inline void vc__note_ram(vc_cache *c) {
     if (c->ram_bytes > c->stats.ram_peak_bytes) c->stats.ram_peak_bytes = c->ram_bytes;
 }
+static inline size_t vc__vram_total(const vc_cache *c) { return c->arena.total + c->sarena.total; }
+static inline size_t vc__vram_used(const vc_cache *c) { return c->arena.used + c->sarena.used; }
+
 static inline void vc__note_vram(vc_cache *c) {
-    if (c->arena.used > c->stats.vram_peak_bytes) c->stats.vram_peak_bytes = c->arena.used;
-    if (c->arena.total > c->stats.arena_peak_bytes) c->stats.arena_peak_bytes = c->arena.total;
+    if (vc__vram_used(c) > c->stats.vram_peak_bytes) c->stats.vram_peak_bytes = vc__vram_used(c);
+    if (vc__vram_total(c) > c->stats.arena_peak_bytes) c->stats.arena_peak_bytes = vc__vram_total(c);
 }
+
+/** Frees the streaming region (evicting its unheld layers); used when a plan changes. */
+void vc__release_stream_region(vc_cache *c, vc_evict_reason reason);
+/** Evicts every unheld layer of m from the kept arena and gives back empty segments. */
+void vc__clear_model_layout(vc_cache *c, model_t *m, vc_evict_reason reason);
 
 #endif /* VC_CACHE_INTERNAL_H */

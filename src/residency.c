@@ -53,8 +53,8 @@ void vc__log_memory(vc_cache *c, const char *what, const layer_t *l) {
             "%s layer '%s' of model '%s' (%s): VRAM weights %s of limit %s (arena %s), RAM pool %s "
             "of %s, working memory reserved %s",
             what, l->name, l->model->name, vc__fmt_bytes(l->bytes, a, sizeof a),
-            vc__fmt_bytes(c->arena.used, b, sizeof b), vc__fmt_bytes(c->stats.vram_limit, d, sizeof d),
-            vc__fmt_bytes(c->arena.total, e, sizeof e), vc__fmt_bytes(c->ram_bytes, f, sizeof f),
+            vc__fmt_bytes(vc__vram_used(c), b, sizeof b), vc__fmt_bytes(c->stats.vram_limit, d, sizeof d),
+            vc__fmt_bytes(vc__vram_total(c), e, sizeof e), vc__fmt_bytes(c->ram_bytes, f, sizeof f),
             vc__fmt_bytes(c->ram_budget, g, sizeof g), vc__fmt_bytes(c->reserved_sum, a, sizeof a));
 }
 
@@ -97,7 +97,7 @@ size_t vc__device_avail(vc_cache *c) {
         vc__take_backend_error();
         free_b = 0;
     }
-    return sat_add(sat_add(free_b, c->arena.total), c->buffer_bytes);
+    return sat_add(sat_add(free_b, vc__vram_total(c)), c->buffer_bytes);
 }
 
 size_t vc__weight_limit(vc_cache *c) {
@@ -109,7 +109,7 @@ size_t vc__weight_limit(vc_cache *c) {
         free_b = 0;
     }
     /* What the cache could hold if it alone used the device: free memory plus its own. */
-    size_t avail = sat_add(sat_add(free_b, c->arena.total), c->buffer_bytes);
+    size_t avail = sat_add(sat_add(free_b, vc__vram_total(c)), c->buffer_bytes);
     size_t limit;
     if (c->vram_budget == VC_SIZE_AUTO)
         limit = sat_sub(avail, max_sz(c->working_mem, c->reserved_sum));
@@ -261,8 +261,9 @@ void vc__evict_vram(vc_cache *c, layer_t *l, vc_evict_reason reason, int drop_ok
         }
     }
     list_unlink(&c->vram_lru, l, 1);
-    arena_free(&c->arena, l->vblock);
+    arena_free(l->in_stream ? &c->sarena : &c->arena, l->vblock);
     l->vblock = NULL;
+    l->in_stream = 0;
     if (l->prefetched) { /* a prefetch that was never used */
         l->prefetched = 0;
         c->prefetch_inflight--;
@@ -306,65 +307,99 @@ static int evict_run(vc_cache *c, arena_block *first, arena_block *last, vc_evic
     return VC_OK;
 }
 
-static void release_empty_segments(vc_cache *c) {
-    arena_segment *s = c->arena.segments;
+static void release_empty_segments(vc_cache *c, arena *a) {
+    arena_segment *s = a->segments;
     while (s) {
         arena_segment *next = s->next;
-        if (s->used == 0) c->ops->device_free(c->bctx, arena_remove_segment(&c->arena, s));
+        if (s->used == 0) c->ops->device_free(c->bctx, arena_remove_segment(a, s));
         s = next;
     }
 }
 
+/* Evicts the owners of a whole segment and gives the segment back. */
+static int free_segment(vc_cache *c, arena *a, arena_segment *seg, vc_evict_reason reason) {
+    arena_block *last = seg->first;
+    while (last->next) last = last->next;
+    if (evict_run(c, seg->first, last, reason) != VC_OK) return VC_ERR_NO_MEMORY;
+    c->ops->device_free(c->bctx, arena_remove_segment(a, seg));
+    return VC_OK;
+}
+
+void vc__release_stream_region(vc_cache *c, vc_evict_reason reason) {
+    for (arena_segment *s = c->sarena.segments, *n; s; s = n) {
+        n = s->next;
+        if (!segment_pinned(c, s)) free_segment(c, &c->sarena, s, reason);
+    }
+    c->stream_budget = 0;
+    c->stream_model = NULL;
+}
+
+void vc__clear_model_layout(vc_cache *c, model_t *m, vc_evict_reason reason) {
+    for (size_t i = 0; i < m->nlayers; i++) {
+        layer_t *x = m->layers[i];
+        if (x->vblock && !x->in_stream && vc__evictable(c, x)) vc__evict_vram(c, x, reason, 0);
+    }
+    release_empty_segments(c, &c->arena);
+}
+
 int vc__shrink_arena(vc_cache *c, size_t target, vc_evict_reason reason, int dry_run) {
+    arena *arenas[2] = {&c->sarena, &c->arena}; /* the streaming region goes first: it holds no kept layer */
     if (c->mode == VC_OFFLOAD_MODE_NONE) { /* everything stays resident: only empty segments go */
-        for (arena_segment *s = c->arena.segments, *n; s; s = n) {
-            n = s->next;
-            if (s->used == 0 && c->arena.total > target && !dry_run)
-                c->ops->device_free(c->bctx, arena_remove_segment(&c->arena, s));
-        }
         size_t empty = 0;
-        for (arena_segment *s = c->arena.segments; s; s = s->next) empty += s->used ? 0 : s->size;
-        return c->arena.total - empty > target ? VC_ERR_OUT_OF_VRAM : VC_OK;
+        for (int i = 0; i < 2; i++)
+            for (arena_segment *s = arenas[i]->segments, *n; s; s = n) {
+                n = s->next;
+                if (s->used) continue;
+                if (!dry_run && vc__vram_total(c) > target)
+                    c->ops->device_free(c->bctx, arena_remove_segment(arenas[i], s));
+                else
+                    empty += s->size;
+            }
+        return vc__vram_total(c) - empty > target ? VC_ERR_OUT_OF_VRAM : VC_OK;
     }
     size_t freeable = 0;
-    for (arena_segment *s = c->arena.segments; s; s = s->next)
-        if (!segment_pinned(c, s)) freeable += s->size;
-    if (c->arena.total - freeable > target) return VC_ERR_OUT_OF_VRAM;
+    for (int i = 0; i < 2; i++)
+        for (arena_segment *s = arenas[i]->segments; s; s = s->next)
+            if (!segment_pinned(c, s)) freeable += s->size;
+    if (vc__vram_total(c) - freeable > target) return VC_ERR_OUT_OF_VRAM;
     if (dry_run) return VC_OK;
-    while (c->arena.total > target) {
-        /* Free the unpinned segment holding the fewest weight bytes first; among equals, the one
-         * whose layers were used longest ago. */
+    while (vc__vram_total(c) > target) {
+        /* The streaming region first; then the unpinned segment holding the fewest weight bytes,
+         * and among equals the one whose layers were used longest ago. */
+        arena *in = NULL;
         arena_segment *best = NULL;
         uint64_t best_recent = 0;
-        for (arena_segment *s = c->arena.segments; s; s = s->next) {
-            if (segment_pinned(c, s)) continue;
-            uint64_t recent = 0;
-            for (const arena_block *b = s->first; b; b = b->next)
-                if (b->owner && ((const layer_t *)b->owner)->last_use > recent)
-                    recent = ((const layer_t *)b->owner)->last_use;
-            if (!best || s->used < best->used || (s->used == best->used && recent < best_recent)) {
-                best = s;
-                best_recent = recent;
+        for (int i = 0; i < 2 && !best; i++)
+            for (arena_segment *s = arenas[i]->segments; s; s = s->next) {
+                if (segment_pinned(c, s)) continue;
+                uint64_t recent = 0;
+                for (const arena_block *b = s->first; b; b = b->next)
+                    if (b->owner && ((const layer_t *)b->owner)->last_use > recent)
+                        recent = ((const layer_t *)b->owner)->last_use;
+                if (!best || s->used < best->used || (s->used == best->used && recent < best_recent)) {
+                    best = s;
+                    best_recent = recent;
+                    in = arenas[i];
+                }
             }
-        }
         if (!best) return VC_ERR_OUT_OF_VRAM; /* unreachable after the check above */
-        arena_block *last = best->first;
-        while (last->next) last = last->next;
-        if (evict_run(c, best->first, last, reason) != VC_OK) return VC_ERR_NO_MEMORY;
-        c->ops->device_free(c->bctx, arena_remove_segment(&c->arena, best));
+        if (free_segment(c, in, best, reason) != VC_OK) return VC_ERR_NO_MEMORY;
     }
     return VC_OK;
 }
 
-/* Adds a segment that can hold `need` bytes at `align`, within the weight limit. */
-static int grow_arena(vc_cache *c, size_t need, size_t align, size_t limit) {
+/* Adds a segment to `a` that can hold `need` bytes at `align`, within the weight limit, of at most
+ * `max_seg` bytes (0: the usual segment size). */
+static int grow_arena(vc_cache *c, arena *a, size_t need, size_t align, size_t limit, size_t max_seg) {
     size_t want = sat_add(need, align > ARENA_GRAIN ? align - ARENA_GRAIN : 0);
-    size_t room = sat_sub(limit, c->arena.total) & ~(ARENA_GRAIN - 1);
+    size_t room = sat_sub(limit, vc__vram_total(c)) & ~(ARENA_GRAIN - 1);
     if (room < want) return VC_ERR_OUT_OF_VRAM;
     /* Whole segments of 2 MB granules where the budget allows, as drivers hand them out. */
-    size_t seg = max_sz(want, c->segment_bytes);
-    if (seg >= 2 * VC_MB) seg = seg > SIZE_MAX - 2 * VC_MB ? want : (seg + 2 * VC_MB - 1) & ~(2 * VC_MB - 1);
+    size_t seg = max_seg ? max_sz(want, max_seg) : max_sz(want, c->segment_bytes);
+    if (!max_seg && seg >= 2 * VC_MB)
+        seg = seg > SIZE_MAX - 2 * VC_MB ? want : (seg + 2 * VC_MB - 1) & ~(2 * VC_MB - 1);
     if (seg > room) seg = room; /* at most one segment's worth: room >= want */
+    seg &= ~(ARENA_GRAIN - 1);
     void *base = NULL;
     int st = c->ops->device_alloc(c->bctx, seg, &base);
     if (st != VC_OK) {
@@ -372,7 +407,7 @@ static int grow_arena(vc_cache *c, size_t need, size_t align, size_t limit) {
                 vc__take_backend_error());
         return VC_ERR_BACKEND;
     }
-    if (arena_add_segment(&c->arena, base, seg) != VC_OK) {
+    if (arena_add_segment(a, base, seg) != VC_OK) {
         c->ops->device_free(c->bctx, base);
         return VC_ERR_NO_MEMORY;
     }
@@ -382,9 +417,11 @@ static int grow_arena(vc_cache *c, size_t need, size_t align, size_t limit) {
 
 static size_t held_vram_bytes(vc_cache *c) {
     size_t held = 0;
-    for (const arena_segment *s = c->arena.segments; s; s = s->next)
-        for (const arena_block *b = s->first; b; b = b->next)
-            if (b->owner && !owner_evictable(b->owner, c)) held += b->size;
+    const arena *arenas[2] = {&c->arena, &c->sarena};
+    for (int i = 0; i < 2; i++)
+        for (const arena_segment *s = arenas[i]->segments; s; s = s->next)
+            for (const arena_block *b = s->first; b; b = b->next)
+                if (b->owner && !owner_evictable(b->owner, c)) held += b->size;
     return held;
 }
 
@@ -418,19 +455,55 @@ typedef struct place_req {
 
 static const place_req ACQUIRE_REQ = {VC_ANY_DISTANCE, 0};
 
+/* Layers the plan streams go through the streaming region, a separate range of segments where only
+ * streamed layers live, so their varied sizes never fragment the kept set. Returns VC_ERR_NOT_FOUND
+ * when l does not belong there (or the region cannot take it: the caller places it normally). */
+static int place_streamed(vc_cache *c, layer_t *l, const place_req *rq, size_t limit, arena_block **out) {
+    if (!c->stream_budget || c->stream_model != l->model || l->keep || !l->in_order) return VC_ERR_NOT_FOUND;
+    size_t need = arena_round(l->bytes);
+    streamable_ctx sc = {c, l, rq->max_distance};
+    for (int tries = 0; tries < 1024; tries++) {
+        int st = arena_alloc(&c->sarena, need, l->align, l, out);
+        if (st == VC_OK) {
+            l->in_stream = 1;
+            return VC_OK;
+        }
+        if (st == VC_ERR_NO_MEMORY) return st;
+        if (c->sarena.total < c->stream_budget &&
+            grow_arena(c, &c->sarena, need, l->align, limit, c->stream_budget - c->sarena.total) == VC_OK)
+            continue;
+        arena_block *first, *last;
+        if (arena_find_window_cost(&c->sarena, need, l->align, streamable_owner, streamable_cost, &sc, &first, &last)) {
+            if (evict_run(c, first, last,
+                          rq->max_distance == VC_ANY_DISTANCE ? VC_EVICT_FOR_LOAD : VC_EVICT_FOR_PREFETCH) != VC_OK)
+                return VC_ERR_NO_MEMORY;
+            continue;
+        }
+        if (rq->max_distance != VC_ANY_DISTANCE) return VC_ERR_OUT_OF_VRAM; /* a prefetch waits its turn */
+        if (arena_find_window(&c->sarena, need, l->align, owner_evictable, c, &first, &last)) {
+            if (evict_run(c, first, last, VC_EVICT_FOR_LOAD) != VC_OK) return VC_ERR_NO_MEMORY;
+            continue;
+        }
+        break;
+    }
+    return VC_ERR_NOT_FOUND;
+}
+
 /* Finds device memory for l, evicting unheld layers as needed. On success *out is l's block. */
 static int vram_place(vc_cache *c, layer_t *l, const char *fn, const place_req *rq, arena_block **out) {
     size_t need = arena_round(l->bytes);
     size_t slack = l->align > ARENA_GRAIN ? l->align - ARENA_GRAIN : 0;
     size_t limit = vc__weight_limit(c);
-    if (c->arena.total > limit) vc__shrink_arena(c, limit, VC_EVICT_BUDGET_SHRANK, 0); /* best effort */
+    if (vc__vram_total(c) > limit) vc__shrink_arena(c, limit, VC_EVICT_BUDGET_SHRANK, 0); /* best effort */
+    int st = place_streamed(c, l, rq, limit, out);
+    if (st == VC_OK || st == VC_ERR_NO_MEMORY || (st != VC_ERR_NOT_FOUND && rq->quiet)) return st;
     int grow_failed = 0;
     for (;;) {
-        int st = arena_alloc(&c->arena, need, l->align, l, out);
+        st = arena_alloc(&c->arena, need, l->align, l, out);
         if (st == VC_OK) return VC_OK;
         if (st == VC_ERR_NO_MEMORY) break;
         if (!grow_failed) {
-            st = grow_arena(c, need, l->align, limit);
+            st = grow_arena(c, &c->arena, need, l->align, limit, 0);
             if (st == VC_OK) continue;
             if (st == VC_ERR_NO_MEMORY) break;
             if (st == VC_ERR_BACKEND) { /* the device refused: re-read what it has */
@@ -442,15 +515,16 @@ static int vram_place(vc_cache *c, layer_t *l, const char *fn, const place_req *
         size_t empty = 0;
         for (arena_segment *s = c->arena.segments; s; s = s->next)
             if (s->used == 0) empty += s->size;
-        if (empty && sat_sub(limit, c->arena.total - empty) >= sat_add(need, slack)) {
-            release_empty_segments(c);
+        if (empty && sat_sub(limit, vc__vram_total(c) - empty) >= sat_add(need, slack)) {
+            release_empty_segments(c, &c->arena);
             grow_failed = 0;
             continue;
         }
         arena_block *first, *last;
         /* Planned: open a hole from free room and layers the plan streams anyway (needed later than
          * this one), so layers of different sizes never push out the kept set. */
-        if (c->policy == VC_POLICY_PLANNED && c->mode != VC_OFFLOAD_MODE_NONE && c->mode != VC_OFFLOAD_MODE_MODEL) {
+        if (c->policy == VC_POLICY_PLANNED && l->model->order_valid && c->mode != VC_OFFLOAD_MODE_NONE &&
+            c->mode != VC_OFFLOAD_MODE_MODEL) {
             streamable_ctx sc = {c, l, rq->max_distance};
             if (arena_find_window_cost(&c->arena, need, l->align, streamable_owner, streamable_cost, &sc, &first,
                                        &last)) {
@@ -471,6 +545,13 @@ static int vram_place(vc_cache *c, layer_t *l, const char *fn, const place_req *
         }
         vc_evict_reason reason;
         layer_t *victim = vc__sched_victim(c, l, rq->max_distance, &reason);
+        if (victim && victim->in_stream) { /* room in the streaming region does not help here */
+            victim = NULL;
+            if (c->sarena.used && rq->max_distance == VC_ANY_DISTANCE) { /* give the region back */
+                vc__release_stream_region(c, VC_EVICT_FOR_LOAD);
+                continue;
+            }
+        }
         if (!victim) break;
         vc__evict_vram(c, victim, reason, 0);
         grow_failed = 0;
@@ -577,7 +658,8 @@ static int upload(vc_cache *c, layer_t *l, vc_stream stream, int wait, const cha
     }
     if (st != VC_OK) {
         /* Later uploads into this range are ordered after the failed one on the same stream. */
-        arena_free(&c->arena, blk);
+        arena_free(l->in_stream ? &c->sarena : &c->arena, blk);
+        l->in_stream = 0;
         char a[32];
         return vc__fail(c, VC_ERR_BACKEND, "%s: upload of layer '%s' of model '%s' (%s) failed: %s", fn,
                         l->name, l->model->name, vc__fmt_bytes(l->bytes, a, sizeof a),
@@ -798,8 +880,9 @@ void vc__layer_destroy(vc_cache *c, layer_t *l) {
     if (l->vblock) {
         if (l->release_recorded) c->ops->stream_wait_event(c->bctx, c->upload_stream, l->release_ev);
         list_unlink(&c->vram_lru, l, 1);
-        arena_free(&c->arena, l->vblock);
+        arena_free(l->in_stream ? &c->sarena : &c->arena, l->vblock);
         l->vblock = NULL;
+        l->in_stream = 0;
         vc__note_vram_layer(c, l, -1);
     }
     drain_deferred(c, 1, l);

@@ -132,6 +132,18 @@ int vc__sched_streamable(vc_cache *c, const layer_t *asking, size_t max_distance
 
 /* ---- the plan ---------------------------------------------------------------------------------- */
 
+/* Lays the device out for a new plan: streamed layers move to a fresh streaming region, and the
+ * model's other unheld layers leave so that kept layers are packed again as the next pass loads
+ * them (an old layout would be fragmented by the layers that used to stream through it). */
+static void apply_plan_layout(vc_cache *c, model_t *m, size_t stream_budget) {
+    if (c->stream_model && (c->stream_model != m || c->stream_budget != stream_budget))
+        vc__release_stream_region(c, VC_EVICT_PLAN);
+    if (!stream_budget) return;
+    vc__clear_model_layout(c, m, VC_EVICT_PLAN);
+    c->stream_model = m;
+    c->stream_budget = stream_budget;
+}
+
 static void make_plan(vc_cache *c, model_t *m) {
     size_t cap = vc__weight_limit(c);
     size_t total = 0, largest = 0;
@@ -142,7 +154,10 @@ static void make_plan(vc_cache *c, model_t *m) {
         m->order[i]->keep = 1;
     }
     m->plan_capacity = cap ? cap : 1;
-    if (total <= cap) return; /* the whole pass fits: keep everything */
+    if (total <= cap || c->mode != VC_OFFLOAD_MODE_BALANCED) { /* it fits (or nothing is kept): no streaming */
+        if (c->stream_model == m) vc__release_stream_region(c, VC_EVICT_PLAN);
+        return;
+    }
     /* Room for the copies in flight: two of the largest layers that will stream. Streaming only
      * layers no larger than needed keeps that room small; start from the global largest and shrink
      * below when the streamed set allows. */
@@ -193,12 +208,18 @@ static void make_plan(vc_cache *c, model_t *m) {
             x->keep = 1;
             kept += b;
         }
+    /* Kept layers live in segments of up to segment_bytes; count the last one's slack as kept. */
+    size_t stream_budget = sat_sub(cap, kept) & ~(ARENA_GRAIN - 1);
+    if (stream_budget < 2 * streamed_largest) stream_budget = 0; /* no room to overlap: plain placement */
+    vc__log(c, VC_LOG_INFO, "plan for model '%s': keep %zu of %zu bytes resident, stream the rest through %zu "
+            "bytes", m->name, kept, total, stream_budget);
+    apply_plan_layout(c, m, stream_budget);
 }
 
 /* ---- order tracking ---------------------------------------------------------------------------- */
 
 static void drop_order(vc_cache *c, model_t *m) {
-    (void)c;
+    if (c->stream_model == m) vc__release_stream_region(c, VC_EVICT_PLAN);
     for (size_t i = 0; i < m->order_n; i++) {
         m->order[i]->in_order = 0;
         m->order[i]->keep = 0;

@@ -100,7 +100,7 @@ int vc_cache_last_error(vc_cache *c, char *buf, size_t size) {
 const char *vc_evict_reason_name(int reason) {
     static const char *const names[VC_EVICT_REASON_COUNT] = {
         "for_load", "for_reservation", "budget_shrank", "fragmentation", "manual",
-        "ram_budget", "for_prefetch", "sequential", "model_swap"};
+        "ram_budget", "for_prefetch", "sequential", "model_swap", "plan"};
     return reason >= 0 && reason < VC_EVICT_REASON_COUNT ? names[reason] : "unknown";
 }
 

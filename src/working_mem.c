@@ -44,14 +44,14 @@ int vc_reserve_working_mem(vc_cache *c, size_t bytes, unsigned flags, vc_reserva
     }
     c->reserved_sum = before + bytes;
     size_t limit = vc__weight_limit(c);
-    if (c->arena.total > limit) {
+    if (vc__vram_total(c) > limit) {
         if (vc__shrink_arena(c, limit, VC_EVICT_FOR_RESERVATION, 1) != VC_OK) {
             c->reserved_sum = before;
             vc__weight_limit(c);
             st = vc__fail(c, VC_ERR_OUT_OF_VRAM, "%s: cannot reserve %s of working memory: held layers "
                           "keep %s of device memory in use and the device can give the cache at most %s "
                           "beside the reservations; nothing was evicted", fn,
-                          vc__fmt_bytes(bytes, a, sizeof a), vc__fmt_bytes(c->arena.used, b, sizeof b),
+                          vc__fmt_bytes(bytes, a, sizeof a), vc__fmt_bytes(vc__vram_used(c), b, sizeof b),
                           vc__fmt_bytes(sat_add(limit, c->reserved_sum), d, sizeof d));
             goto fail;
         }

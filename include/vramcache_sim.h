@@ -78,11 +78,13 @@ typedef struct vc_sim_run {
     int mode;            /**< vc_offload_mode; -1: from the config (default balanced) */
     const vc_config *config; /**< budgets and working memory; NULL: defaults */
     const char *trace_path;  /**< write a Chrome trace here; NULL: none */
+    int denoiser_only;       /**< 1: run only the denoiser stage (sweeps of the step alone) */
 } vc_sim_run;
 
 VC_API void vc_sim_run_init(vc_sim_run *run);
 
-/** Steady-state figures of one run, per denoising step (averaged over the steps after the first). */
+/** Steady-state figures of one run, per denoising step (averaged over the second half of the steps,
+ *  after the first passes have learned the order and laid the device out). */
 typedef struct vc_sim_result {
     double bytes_per_step;             /**< host→device bytes per step */
     double lower_bound_bytes_per_step; /**< max(0, step bytes - usable VRAM) */

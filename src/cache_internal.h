@@ -263,7 +263,10 @@ static inline void vc__note_vram(vc_cache *c) {
 
 /** Frees the streaming region (evicting its unheld layers); used when a plan changes. */
 void vc__release_stream_region(vc_cache *c, vc_evict_reason reason);
-/** Evicts every unheld layer of m from the kept arena and gives back empty segments. */
+/** Evicts every unheld layer from the kept arena and gives back empty segments (a fresh layout). */
 void vc__clear_model_layout(vc_cache *c, model_t *m, vc_evict_reason reason);
+/** Takes the device memory of a plan at once: kept arena up to `kept` bytes, streaming region of
+ *  `stream_budget` bytes (within the weight limit; best effort). */
+void vc__reserve_layout(vc_cache *c, size_t kept, size_t stream_budget);
 
 #endif /* VC_CACHE_INTERNAL_H */

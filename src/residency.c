@@ -9,6 +9,7 @@
  * can be overwritten, the upload stream waits on the evicted layer's release event (recorded on the
  * engine's stream), and on the write-back event when its weights are being copied back to RAM.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -316,6 +317,8 @@ static void release_empty_segments(vc_cache *c, arena *a) {
     }
 }
 
+static int grow_arena(vc_cache *c, arena *a, size_t need, size_t align, size_t limit, size_t max_seg);
+
 /* Evicts the owners of a whole segment and gives the segment back. */
 static int free_segment(vc_cache *c, arena *a, arena_segment *seg, vc_evict_reason reason) {
     arena_block *last = seg->first;
@@ -335,11 +338,19 @@ void vc__release_stream_region(vc_cache *c, vc_evict_reason reason) {
 }
 
 void vc__clear_model_layout(vc_cache *c, model_t *m, vc_evict_reason reason) {
-    for (size_t i = 0; i < m->nlayers; i++) {
-        layer_t *x = m->layers[i];
-        if (x->vblock && !x->in_stream && vc__evictable(c, x)) vc__evict_vram(c, x, reason, 0);
+    (void)m; /* every model's: the others are idle while this one's plan is laid out */
+    for (arena_segment *s = c->arena.segments, *n; s; s = n) {
+        n = s->next;
+        if (!segment_pinned(c, s)) free_segment(c, &c->arena, s, reason);
     }
-    release_empty_segments(c, &c->arena);
+}
+
+void vc__reserve_layout(vc_cache *c, size_t kept, size_t stream_budget) {
+    size_t limit = vc__weight_limit(c);
+    size_t want = sat_sub(kept, c->arena.total) & ~(ARENA_GRAIN - 1);
+    if (want >= ARENA_GRAIN) grow_arena(c, &c->arena, want, ARENA_GRAIN, limit, want);
+    want = sat_sub(stream_budget, c->sarena.total) & ~(ARENA_GRAIN - 1);
+    if (want >= ARENA_GRAIN) grow_arena(c, &c->sarena, want, ARENA_GRAIN, limit, want);
 }
 
 int vc__shrink_arena(vc_cache *c, size_t target, vc_evict_reason reason, int dry_run) {
@@ -392,7 +403,9 @@ int vc__shrink_arena(vc_cache *c, size_t target, vc_evict_reason reason, int dry
  * `max_seg` bytes (0: the usual segment size). */
 static int grow_arena(vc_cache *c, arena *a, size_t need, size_t align, size_t limit, size_t max_seg) {
     size_t want = sat_add(need, align > ARENA_GRAIN ? align - ARENA_GRAIN : 0);
-    size_t room = sat_sub(limit, vc__vram_total(c)) & ~(ARENA_GRAIN - 1);
+    size_t room = sat_sub(limit, vc__vram_total(c));
+    if (a == &c->arena) room = sat_sub(room, sat_sub(c->stream_budget, c->sarena.total)); /* the region's share */
+    room &= ~(ARENA_GRAIN - 1);
     if (room < want) return VC_ERR_OUT_OF_VRAM;
     /* Whole segments of 2 MB granules where the budget allows, as drivers hand them out. */
     size_t seg = max_seg ? max_sz(want, max_seg) : max_sz(want, c->segment_bytes);
@@ -443,6 +456,7 @@ static size_t streamable_cost(void *owner, void *ud) {
     layer_t *x = owner;
     size_t cost = arena_round(x->bytes);
     if (x->release_recorded && sc->c->ops->event_query(sc->c->bctx, x->release_ev) == 0) cost += (size_t)1 << 40;
+    if (x->prefetched) cost += (size_t)1 << 41; /* already paid for and needed soon */
     return cost;
 }
 
@@ -454,6 +468,18 @@ typedef struct place_req {
 } place_req;
 
 static const place_req ACQUIRE_REQ = {VC_ANY_DISTANCE, 0};
+
+/* The kept arena gives whole segments back until the streaming region's share is free: empty ones
+ * first, then those holding the fewest bytes (their layers load again where they belong). */
+static void make_region_room(vc_cache *c, size_t limit, size_t want) {
+    release_empty_segments(c, &c->arena);
+    while (sat_sub(limit, vc__vram_total(c)) < want) {
+        arena_segment *best = NULL;
+        for (arena_segment *s = c->arena.segments; s; s = s->next)
+            if (!segment_pinned(c, s) && (!best || s->used < best->used)) best = s;
+        if (!best || free_segment(c, &c->arena, best, VC_EVICT_PLAN) != VC_OK) return;
+    }
+}
 
 /* Layers the plan streams go through the streaming region, a separate range of segments where only
  * streamed layers live, so their varied sizes never fragment the kept set. Returns VC_ERR_NOT_FOUND
@@ -469,9 +495,11 @@ static int place_streamed(vc_cache *c, layer_t *l, const place_req *rq, size_t l
             return VC_OK;
         }
         if (st == VC_ERR_NO_MEMORY) return st;
-        if (c->sarena.total < c->stream_budget &&
-            grow_arena(c, &c->sarena, need, l->align, limit, c->stream_budget - c->sarena.total) == VC_OK)
-            continue;
+        if (c->sarena.total < c->stream_budget) {
+            size_t want = c->stream_budget - c->sarena.total;
+            if (sat_sub(limit, vc__vram_total(c)) < want) make_region_room(c, limit, want);
+            if (grow_arena(c, &c->sarena, need, l->align, limit, want) == VC_OK) continue;
+        }
         arena_block *first, *last;
         if (arena_find_window_cost(&c->sarena, need, l->align, streamable_owner, streamable_cost, &sc, &first, &last)) {
             if (evict_run(c, first, last,

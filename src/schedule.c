@@ -127,6 +127,7 @@ int vc__sched_streamable(vc_cache *c, const layer_t *asking, size_t max_distance
     if (!vc__evictable(c, x)) return 0;
     if (!model_active(c, x->model, asking->model) || !order_known(x->model) || !x->in_order) return 1;
     size_t limit = max_distance == VC_ANY_DISTANCE ? 0 : max_distance;
+    if (x->prefetched && max_distance != VC_ANY_DISTANCE) return 0; /* one prefetch never undoes another */
     return !x->keep && distance_of(x) > limit;
 }
 
@@ -135,13 +136,15 @@ int vc__sched_streamable(vc_cache *c, const layer_t *asking, size_t max_distance
 /* Lays the device out for a new plan: streamed layers move to a fresh streaming region, and the
  * model's other unheld layers leave so that kept layers are packed again as the next pass loads
  * them (an old layout would be fragmented by the layers that used to stream through it). */
-static void apply_plan_layout(vc_cache *c, model_t *m, size_t stream_budget) {
+static void apply_plan_layout(vc_cache *c, model_t *m, size_t kept, size_t stream_budget) {
     if (c->stream_model && (c->stream_model != m || c->stream_budget != stream_budget))
         vc__release_stream_region(c, VC_EVICT_PLAN);
     if (!stream_budget) return;
     vc__clear_model_layout(c, m, VC_EVICT_PLAN);
     c->stream_model = m;
     c->stream_budget = stream_budget;
+    /* One segment for the kept set and one for the region: packed, nothing lost to segment ends. */
+    vc__reserve_layout(c, kept, stream_budget);
 }
 
 static void make_plan(vc_cache *c, model_t *m) {
@@ -161,8 +164,14 @@ static void make_plan(vc_cache *c, model_t *m) {
     /* Room for the copies in flight: two of the largest layers that will stream. Streaming only
      * layers no larger than needed keeps that room small; start from the global largest and shrink
      * below when the streamed set allows. */
-    size_t slots = 2 * largest;
-    size_t keep_budget = sat_sub(cap, slots);
+    /* The streaming region: room for the copies in flight. Three of the largest streamed layers let a
+     * copy run while one layer computes and the next waits; but the region is paid in bytes moved
+     * every step, so it stays within 4% of what must stream anyway, and never below two. */
+    size_t lower_bound = total - cap;
+    size_t slack = m->order_n * ARENA_GRAIN + VC_MB; /* alignment in the packed kept segment */
+#define REGION_FOR(big) max_sz(2 * (big), min_sz(3 * (big), lower_bound / 25))
+    size_t slots = REGION_FOR(largest);
+    size_t keep_budget = sat_sub(cap, slots + slack);
     /* Spread: the bytes to stream are earned by compute, so that each streamed layer's copy can run
      * while the layers before it compute. With no costs known, bytes stand in for compute. */
     double total_cost = 0;
@@ -184,8 +193,8 @@ static void make_plan(vc_cache *c, model_t *m) {
             kept += arena_round(x->bytes);
         }
     }
-    /* The copies in flight need only two of the largest *streamed* layers. */
-    keep_budget = sat_sub(cap, 2 * streamed_largest);
+    /* The copies in flight need only room for the largest *streamed* layers. */
+    keep_budget = sat_sub(cap, REGION_FOR(streamed_largest) + slack);
     /* Too much kept (rounding): stream the largest kept layers until it fits. */
     while (kept > keep_budget) {
         layer_t *big = NULL;
@@ -196,7 +205,7 @@ static void make_plan(vc_cache *c, model_t *m) {
         kept -= arena_round(big->bytes);
         if (arena_round(big->bytes) > streamed_largest) {
             streamed_largest = arena_round(big->bytes);
-            keep_budget = sat_sub(cap, 2 * streamed_largest);
+            keep_budget = sat_sub(cap, REGION_FOR(streamed_largest) + slack);
         }
     }
     /* Room left over: keep streamed layers (spread, smallest first) while they fit. */
@@ -209,11 +218,12 @@ static void make_plan(vc_cache *c, model_t *m) {
             kept += b;
         }
     /* Kept layers live in segments of up to segment_bytes; count the last one's slack as kept. */
-    size_t stream_budget = sat_sub(cap, kept) & ~(ARENA_GRAIN - 1);
+    size_t stream_budget = sat_sub(cap, kept + slack) & ~(ARENA_GRAIN - 1);
     if (stream_budget < 2 * streamed_largest) stream_budget = 0; /* no room to overlap: plain placement */
+#undef REGION_FOR
     vc__log(c, VC_LOG_INFO, "plan for model '%s': keep %zu of %zu bytes resident, stream the rest through %zu "
             "bytes", m->name, kept, total, stream_budget);
-    apply_plan_layout(c, m, stream_budget);
+    apply_plan_layout(c, m, kept + slack, stream_budget);
 }
 
 /* ---- order tracking ---------------------------------------------------------------------------- */

@@ -2,7 +2,8 @@
  * Runs a workload on the simulated device: the same cache and scheduler as on a GPU, an engine
  * loop that acquires each layer, queues its compute and releases it, and a host that runs at most
  * HOST_LAG layers ahead of the device (as a real engine's host does). Per-step figures are taken
- * over the denoiser's steps after the first (the first pass loads and learns).
+ * over the second half of the denoiser's steps: the steady state, after the first passes have
+ * loaded, learned the order and laid the device out.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -127,6 +128,7 @@ int vc_sim_run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_res
     int measured = 0;
     for (size_t si = 0; si < wl->nstages && st == VC_OK; si++) {
         const wl_stage *stg = &wl->stages[si];
+        if (run->denoiser_only && !stg->per_step) continue;
         unsigned reps = stg->per_step ? (unsigned)steps : stg->repeat;
         vc_reservation *r = NULL;
         if (stg->working_mem && (st = vc_reserve_working_mem(e.cache, stg->working_mem, 0, &r)) != VC_OK) {
@@ -144,7 +146,10 @@ int vc_sim_run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_res
             vc_sim_stream_synchronize(e.sim, e.stream);
             vc_stats now;
             vc_cache_get_stats(e.cache, &now);
-            if (k == 0 && reps > 1) {
+            /* Steady state: the second half of the steps (the first passes learn the order and lay
+             * the device out for the plan). */
+            unsigned warm = reps > 1 ? (reps / 2 > 2 ? reps / 2 : (reps > 2 ? 2 : 1)) : 0;
+            if (k + 1 <= warm) {
                 first = now;
                 t_first = vc_sim_now(e.sim);
                 continue;

@@ -48,12 +48,16 @@ def attn_flops(nq, nkv, c):
 # ---------------------------------------------------------------- UNet (SD 1.5 / SDXL) ------------
 
 def resnet(m, name, cin, cout, hw, batch, temb=1280):
-    p = 2 * cin + 9 * cin * cout + cout + temb * cout + cout + 2 * cout + 9 * cout * cout + cout
-    f = 2 * batch * hw * (9 * cin * cout + 9 * cout * cout)
+    # Two layers, as module-level offloading sees a ResNet block: its two convolutions (the norms,
+    # the time projection and the 1x1 shortcut ride with the nearest one).
+    p1 = 2 * cin + 9 * cin * cout + cout + (temb * cout + cout if temb else 0)
+    m.add(f"{name}.conv1", p1, 2 * batch * hw * 9 * cin * cout)
+    p2 = 2 * cout + 9 * cout * cout + cout
+    f2 = 2 * batch * hw * 9 * cout * cout
     if cin != cout:
-        p += cin * cout + cout
-        f += 2 * batch * hw * cin * cout
-    m.add(name, p, f)
+        p2 += cin * cout + cout
+        f2 += 2 * batch * hw * cin * cout
+    m.add(f"{name}.conv2", p2, f2)
 
 
 def transformer(m, name, c, depth, hw, ctx_dim, ctx_tokens, batch, linear_proj):
@@ -68,7 +72,8 @@ def transformer(m, name, c, depth, hw, ctx_dim, ctx_tokens, batch, linear_proj):
         m.add(f"{b}.attn2", 2 * c * c + 2 * ctx_dim * c + c,
               2 * batch * (n * 2 * c * c + ctx_tokens * 2 * ctx_dim * c) + batch * attn_flops(n, ctx_tokens, c))
         m.small(2 * c)
-        m.add(f"{b}.ff", c * 8 * c + 8 * c + 4 * c * c + c, 2 * batch * n * (8 * c * c + 4 * c * c))
+        m.add(f"{b}.ff.net.0", c * 8 * c + 8 * c, 2 * batch * n * 8 * c * c)
+        m.add(f"{b}.ff.net.2", 4 * c * c + c, 2 * batch * n * 4 * c * c)
     m.add(f"{name}.proj_out", c * c + c, 2 * batch * n * c * c)
 
 

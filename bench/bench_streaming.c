@@ -1,0 +1,133 @@
+/*
+ * Streaming quality on the simulated device: for SD 1.5, SDXL and FLUX.1-dev (workloads/), usable
+ * VRAM at 25%, 50% and 75% of the denoiser and links of 25 and 55 GB/s, the planned policy's bytes
+ * moved per step over the lower bound (goal <= 1.05, LRU's ratio beside it) and its step time over
+ * the lower bound max(compute, lower-bound bytes / bandwidth) (goal <= 1.10), all in one run.
+ * Plus the headline: FLUX.1-dev on a 12 GB GPU (3 GB working memory) at 25 GB/s and 60 TFLOP/s,
+ * as a fraction of the speed of a GPU that holds it whole.
+ *
+ *   bench_streaming [--json] [--workloads DIR] [--tflops T]
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vramcache.h"
+#include "vramcache_config.h"
+#include "vramcache_sim.h"
+
+#define GIB 1073741824.0
+
+static int run(const vc_workload *wl, double vram, double bw, double tflops, vc_policy pol, double work_gb,
+               vc_sim_result *r) {
+    vc_config *cfg;
+    if (vc_config_create(&cfg) != VC_OK) return -1;
+    char t[32];
+    snprintf(t, sizeof t, "%g", work_gb);
+    vc_config_set(cfg, VC_CFG_DEVICE_WORKING_MEM_GB, t);
+    vc_config_set(cfg, VC_CFG_OFFLOAD_MAX_GPU_MEMORY, "1"); /* the budget alone decides */
+    vc_sim_run run;
+    vc_sim_run_init(&run);
+    run.vram_bytes = vram;
+    run.bandwidth = bw;
+    run.flops = tflops * 1e12;
+    run.policy = pol;
+    run.mode = VC_OFFLOAD_MODE_BALANCED;
+    run.config = cfg;
+    run.steps = 8;
+    run.denoiser_only = 1;
+    int st = vc_sim_run_workload(wl, &run, r);
+    vc_config_destroy(cfg);
+    return st;
+}
+
+int main(int argc, char **argv) {
+    int json = 0;
+    const char *dir = VC_WORKLOAD_DIR;
+    double tflops = 60;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--json"))
+            json = 1;
+        else if (!strcmp(argv[i], "--workloads") && i + 1 < argc)
+            dir = argv[++i];
+        else if (!strcmp(argv[i], "--tflops") && i + 1 < argc)
+            tflops = atof(argv[++i]);
+        else {
+            fprintf(stderr, "usage: %s [--json] [--workloads DIR] [--tflops T]\n", argv[0]);
+            return 2;
+        }
+    }
+    const char *files[] = {"sd15.yaml", "sdxl.yaml", "flux1-dev.yaml"};
+    const double fractions[] = {0.25, 0.50, 0.75};
+    const double links[] = {25e9, 55e9};
+    int worst_fail = 0;
+    if (json) printf("{\"benchmark\":\"streaming\",\"tflops\":%g,\"rows\":[", tflops);
+    else
+        printf("%-14s %6s %6s | %11s %9s | %10s %10s %9s | %s\n", "workload", "usable", "GB/s", "bytes/LB", "LRU b/LB",
+               "step s", "bound s", "time/LB", "speed vs resident");
+    int first = 1;
+    for (int f = 0; f < 3; f++) {
+        char path[1024];
+        snprintf(path, sizeof path, "%s/%s", dir, files[f]);
+        vc_workload *wl;
+        if (vc_workload_load(path, &wl, NULL) != VC_OK) {
+            fprintf(stderr, "bench_streaming: %s\n", vc_last_error());
+            return 1;
+        }
+        double step = (double)vc_workload_step_bytes(wl);
+        for (int u = 0; u < 3; u++)
+            for (int b = 0; b < 2; b++) {
+                /* usable VRAM = fraction of the denoiser: device = usable + 1 GB working memory */
+                double usable = fractions[u] * step;
+                double work = (double)vc_workload_denoiser_working_mem(wl);
+                double vram = usable + (work > GIB ? work : GIB);
+                vc_sim_result p, l;
+                if (run(wl, vram, links[b], tflops, VC_POLICY_PLANNED, 1.0, &p) ||
+                    run(wl, vram, links[b], tflops, VC_POLICY_LRU, 1.0, &l)) {
+                    fprintf(stderr, "bench_streaming: %s: %s\n", files[f], p.error[0] ? p.error : l.error);
+                    return 1;
+                }
+                double br = p.bytes_per_step / p.lower_bound_bytes_per_step;
+                double lr = l.bytes_per_step / l.lower_bound_bytes_per_step;
+                double tr = p.step_time_s / p.lower_bound_step_time_s;
+                if (br > 1.05 || tr > 1.10) worst_fail++;
+                if (json)
+                    printf("%s{\"workload\":\"%s\",\"usable_fraction\":%.2f,\"bandwidth_gbps\":%.0f,"
+                           "\"bytes_over_bound\":%.4f,\"lru_bytes_over_bound\":%.4f,\"step_time_s\":%.6f,"
+                           "\"lower_bound_step_time_s\":%.6f,\"time_over_bound\":%.4f,\"speed_vs_resident\":%.4f}",
+                           first ? "" : ",", vc_workload_name(wl), fractions[u], links[b] / 1e9, br, lr, p.step_time_s,
+                           p.lower_bound_step_time_s, tr, p.compute_time_s / p.step_time_s);
+                else
+                    printf("%-14s %5.0f%% %6.0f | %11.3f %9.3f | %10.4f %10.4f %9.3f | %5.1f%%\n", vc_workload_name(wl),
+                           fractions[u] * 100, links[b] / 1e9, br, lr, p.step_time_s, p.lower_bound_step_time_s, tr,
+                           100 * p.compute_time_s / p.step_time_s);
+                first = 0;
+            }
+        vc_workload_destroy(wl);
+    }
+    /* The headline: FLUX.1-dev, 12 GB GPU with 3 GB working memory, 25 GB/s, the given TFLOP/s. */
+    char path[1024];
+    snprintf(path, sizeof path, "%s/flux1-dev.yaml", dir);
+    vc_workload *wl;
+    if (vc_workload_load(path, &wl, NULL) != VC_OK) return 1;
+    vc_sim_result h;
+    if (run(wl, 12 * GIB, 25e9, tflops, VC_POLICY_PLANNED, 3.0, &h)) {
+        fprintf(stderr, "bench_streaming: headline: %s\n", h.error);
+        return 1;
+    }
+    vc_sim_result hl;
+    if (run(wl, 12 * GIB, 25e9, tflops, VC_POLICY_LRU, 3.0, &hl)) return 1;
+    vc_workload_destroy(wl);
+    if (json)
+        printf("],\"headline\":{\"workload\":\"flux.1-dev\",\"vram_gb\":12,\"working_mem_gb\":3,\"bandwidth_gbps\":25,"
+               "\"step_time_s\":%.6f,\"resident_step_time_s\":%.6f,\"speed_vs_resident\":%.4f,"
+               "\"lru_speed_vs_resident\":%.4f},\"cells_missing_goal\":%d}\n",
+               h.step_time_s, h.compute_time_s, h.compute_time_s / h.step_time_s,
+               hl.compute_time_s / hl.step_time_s, worst_fail);
+    else
+        printf("\nheadline: FLUX.1-dev on a 12 GB GPU (3 GB working memory), 25 GB/s, %.0f TFLOP/s: %.3f s/step vs "
+               "%.3f s resident = %.1f%% of full speed (LRU: %.1f%%); cells missing a goal: %d of 18\n",
+               tflops, h.step_time_s, h.compute_time_s, 100 * h.compute_time_s / h.step_time_s,
+               100 * hl.compute_time_s / hl.step_time_s, worst_fail);
+    return 0;
+}

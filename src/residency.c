@@ -581,7 +581,14 @@ static int vram_place(vc_cache *c, layer_t *l, const char *fn, const place_req *
             }
         }
         if (!victim) break;
-        vc__evict_vram(c, victim, reason, 0);
+        if (reason == VC_EVICT_MODEL_SWAP) { /* model mode: the whole model leaves, not just a layer */
+            model_t *vm = victim->model;
+            for (size_t i = 0; i < vm->nlayers; i++)
+                if (vm->layers[i]->vblock && vc__evictable(c, vm->layers[i]))
+                    vc__evict_vram(c, vm->layers[i], reason, 0);
+        } else {
+            vc__evict_vram(c, victim, reason, 0);
+        }
         grow_failed = 0;
     }
     if (rq->quiet) return VC_ERR_OUT_OF_VRAM;

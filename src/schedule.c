@@ -168,7 +168,7 @@ static void make_plan(vc_cache *c, model_t *m) {
      * copy run while one layer computes and the next waits; but the region is paid in bytes moved
      * every step, so it stays within 4% of what must stream anyway, and never below two. */
     size_t lower_bound = total - cap;
-    size_t slack = m->order_n * ARENA_GRAIN + VC_MB; /* alignment in the packed kept segment */
+    size_t slack = m->order_n * ARENA_GRAIN; /* alignment in the packed kept segment */
 #define REGION_FOR(big) max_sz(2 * (big), min_sz(3 * (big), lower_bound / 25))
     size_t slots = REGION_FOR(largest);
     size_t keep_budget = sat_sub(cap, slots + slack);

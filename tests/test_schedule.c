@@ -1,0 +1,374 @@
+/* The order-aware scheduler on the simulated device: prefetch without stalls, eviction that never
+ * takes a held or in-flight layer, order learning and change detection, and the offload modes'
+ * memory promises. */
+#include "test_util.h"
+#include "vramcache_sim.h"
+
+#define MS 1e-3
+
+typedef struct sim_world {
+    vc_backend *sim;
+    vc_cache *cache;
+    vc_stream stream;
+    vc_model_id model;
+    vc_layer_id layer[32];
+    char *weights[32];
+    size_t bytes[32];
+    int n;
+} sim_world;
+
+/* n layers of `bytes` each on a simulated device of `device` bytes, h2d at `bw` bytes/s. */
+static sim_world make_world(int n, size_t bytes, size_t device, double bw, double latency, vc_offload_mode mode,
+                            vc_policy policy) {
+    sim_world w;
+    memset(&w, 0, sizeof w);
+    vc_sim_params p;
+    vc_sim_params_init(&p);
+    p.device_bytes = device;
+    p.h2d_bytes_per_s = p.d2h_bytes_per_s = bw;
+    p.copy_latency_s = latency;
+    assert_int_equal(vc_backend_sim_create(&p, &w.sim), VC_OK);
+    vc_cache_options o;
+    vc_cache_options_init(&o);
+    o.backend = w.sim;
+    o.ram_budget = 64 * MB;
+    o.working_mem = 0;
+    o.arena_segment_bytes = 64 * KB;
+    o.offload_mode = mode;
+    o.policy = policy;
+    assert_int_equal(vc_cache_create(&o, &w.cache), VC_OK);
+    assert_int_equal(vc_sim_stream_create(w.sim, &w.stream), VC_OK);
+    w.model = add_model(w.cache, "denoiser");
+    w.n = n;
+    for (int i = 0; i < n; i++) {
+        w.bytes[i] = bytes;
+        w.weights[i] = malloc(bytes);
+        fill_pattern(w.weights[i], bytes, (uint64_t)i + 1);
+        w.layer[i] = add_host_layer(w.cache, w.model, "layer", w.weights[i], bytes);
+    }
+    return w;
+}
+
+static void free_world(sim_world *w) {
+    assert_int_equal(vc_cache_destroy(w->cache), VC_OK);
+    vc_backend_destroy(w->sim);
+    for (int i = 0; i < w->n; i++) free(w->weights[i]);
+}
+
+/* One pass: acquire, compute `compute` seconds, release, each layer in order. Returns the largest
+ * gap between one layer's compute ending and the next one's starting (a stall). */
+static double pass(sim_world *w, double compute) {
+    double prev_end = -1, worst = 0;
+    for (int i = 0; i < w->n; i++) {
+        void *p;
+        assert_int_equal(vc_layer_acquire(w->cache, w->layer[i], w->stream, &p), VC_OK);
+        assert_true(check_pattern(p, w->bytes[i], (uint64_t)i + 1));
+        double s, e;
+        vc_sim_compute(w->sim, w->stream, compute, &s, &e);
+        if (prev_end >= 0 && s - prev_end > worst) worst = s - prev_end;
+        prev_end = e;
+        assert_int_equal(vc_layer_release(w->cache, w->layer[i], w->stream), VC_OK);
+        vc_sim_wait_until(w->sim, s); /* the host stays about a layer ahead of the device */
+    }
+    vc_sim_stream_synchronize(w->sim, w->stream);
+    return worst;
+}
+
+static void test_order_learned_and_prefetch_does_not_stall(void **state) {
+    (void)state;
+    /* 8 layers of 64 KB, room for 4; a copy takes ~0.66 ms, a layer computes 2 ms. */
+    sim_world w = make_world(8, 64 * KB, 4 * 64 * KB, 100e6, 10e-6, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
+    pass(&w, 2 * MS);
+    int known = 0, declared = 1;
+    size_t len = 0;
+    pass(&w, 2 * MS); /* the first layer coming round again completes the pass */
+    assert_int_equal(vc_model_get_order(w.cache, w.model, &known, &declared, &len), VC_OK);
+    assert_int_equal(known, 1);
+    assert_int_equal(declared, 0);
+    assert_int_equal(len, 8);
+    vc_stats s0 = get_stats(w.cache);
+    assert_int_equal(s0.orders_learned, 1);
+    pass(&w, 2 * MS);
+    double stall = pass(&w, 2 * MS);
+    vc_stats s1 = get_stats(w.cache);
+    assert_true(stall < 1e-9);              /* every layer's weights were there in time */
+    assert_true(s1.prefetches > s0.prefetches);
+    assert_true(s1.prefetch_hits > s0.prefetch_hits);
+    assert_int_equal(s1.misses, s0.misses + 0); /* steady state: all streamed layers prefetched */
+    free_world(&w);
+}
+
+static void test_lru_streams_everything_planned_keeps_a_set(void **state) {
+    (void)state;
+    /* Cyclic access over 10 layers with room for 6: LRU misses on every acquire; the planned policy
+     * keeps a fixed set and streams only the rest. */
+    double bytes_per_pass[2];
+    for (int pol = 0; pol < 2; pol++) {
+        sim_world w = make_world(10, 64 * KB, 6 * 64 * KB, 1e9, 10e-6, VC_OFFLOAD_MODE_BALANCED,
+                                 pol ? VC_POLICY_LRU : VC_POLICY_PLANNED);
+        for (int i = 0; i < 4; i++) pass(&w, 1 * MS);
+        vc_stats a = get_stats(w.cache);
+        for (int i = 0; i < 4; i++) pass(&w, 1 * MS);
+        vc_stats b = get_stats(w.cache);
+        bytes_per_pass[pol] = (double)(b.bytes_h2d - a.bytes_h2d) / 4;
+        assert_true(b.arena_peak_bytes <= 6 * 64 * KB);
+        free_world(&w);
+    }
+    assert_true(bytes_per_pass[1] >= 10 * 64 * KB);         /* LRU: the whole model each pass */
+    assert_true(bytes_per_pass[0] <= 7 * 64 * KB);          /* planned: about what does not fit */
+}
+
+static void test_changed_order_is_detected(void **state) {
+    (void)state;
+    sim_world w = make_world(6, 16 * KB, 1 * MB, 1e9, 0, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
+    pass(&w, 1 * MS);
+    pass(&w, 1 * MS);
+    assert_int_equal(get_stats(w.cache).orders_learned, 1);
+    /* A branch: one layer skipped is tolerated (resynchronised). */
+    void *p;
+    for (int i = 0; i < 6; i++) {
+        if (i == 3) continue;
+        assert_int_equal(vc_layer_acquire(w.cache, w.layer[i], w.stream, &p), VC_OK);
+        vc_layer_release(w.cache, w.layer[i], w.stream);
+    }
+    vc_stats s = get_stats(w.cache);
+    assert_int_equal(s.order_mismatches, 1);
+    assert_int_equal(s.order_resets, 0);
+    /* A different order altogether: dropped, then learned again. */
+    for (int r = 0; r < 3; r++)
+        for (int i = 5; i >= 0; i--) {
+            assert_int_equal(vc_layer_acquire(w.cache, w.layer[i], w.stream, &p), VC_OK);
+            vc_layer_release(w.cache, w.layer[i], w.stream);
+        }
+    s = get_stats(w.cache);
+    assert_true(s.order_resets >= 1);
+    assert_int_equal(s.orders_learned, 2);
+    int known;
+    vc_model_get_order(w.cache, w.model, &known, NULL, NULL);
+    assert_int_equal(known, 1);
+    free_world(&w);
+}
+
+static void test_declared_order(void **state) {
+    (void)state;
+    sim_world w = make_world(6, 16 * KB, 1 * MB, 1e9, 0, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
+    vc_layer_id order[6];
+    for (int i = 0; i < 6; i++) order[i] = w.layer[5 - i];
+    assert_int_equal(vc_model_set_order(w.cache, w.model, order, 6), VC_OK);
+    int known, declared;
+    size_t len;
+    vc_model_get_order(w.cache, w.model, &known, &declared, &len);
+    assert_int_equal(known, 1);
+    assert_int_equal(declared, 1);
+    assert_int_equal(len, 6);
+    /* running the other way is a mismatch each time, but a declared order is kept */
+    pass(&w, 1 * MS);
+    pass(&w, 1 * MS);
+    vc_model_get_order(w.cache, w.model, &known, &declared, NULL);
+    assert_int_equal(known, 1);
+    assert_int_equal(declared, 1);
+    assert_int_equal(get_stats(w.cache).order_resets, 0);
+    /* bad orders change nothing */
+    order[1] = order[0];
+    assert_int_equal(vc_model_set_order(w.cache, w.model, order, 6), VC_ERR_INVALID_ARG);
+    assert_true(last_error_has(w.cache, "twice"));
+    vc_model_id other = add_model(w.cache, "other");
+    static char x[64];
+    vc_layer_id foreign = add_host_layer(w.cache, other, "x", x, sizeof x);
+    order[1] = foreign;
+    assert_int_equal(vc_model_set_order(w.cache, w.model, order, 6), VC_ERR_INVALID_ARG);
+    order[1] = 12345;
+    assert_int_equal(vc_model_set_order(w.cache, w.model, order, 6), VC_ERR_NOT_FOUND);
+    assert_int_equal(vc_model_set_order(w.cache, w.model, NULL, 3), VC_ERR_INVALID_ARG);
+    assert_int_equal(vc_model_set_order(w.cache, 999, order, 1), VC_ERR_NOT_FOUND);
+    vc_model_get_order(w.cache, w.model, &known, &declared, &len);
+    assert_int_equal(known, 1);
+    assert_int_equal(len, 6);
+    /* clearing returns to learning */
+    assert_int_equal(vc_model_set_order(w.cache, w.model, NULL, 0), VC_OK);
+    vc_model_get_order(w.cache, w.model, &known, &declared, NULL);
+    assert_int_equal(known, 0);
+    free_world(&w);
+}
+
+static void test_never_evicts_held_or_in_flight(void **state) {
+    (void)state;
+    /* Room for 2 layers; slow copies (10 ms each) so a prefetch stays in flight. */
+    sim_world w = make_world(4, 64 * KB, 2 * 64 * KB, 64 * KB / 10e-3, 0, VC_OFFLOAD_MODE_BALANCED,
+                             VC_POLICY_PLANNED);
+    vc_layer_id order[4] = {w.layer[0], w.layer[1], w.layer[2], w.layer[3]};
+    assert_int_equal(vc_model_set_order(w.cache, w.model, order, 4), VC_OK);
+    void *p0, *p2;
+    /* acquire 0: layer 1 is prefetched and in flight (the host clock has not moved) */
+    assert_int_equal(vc_layer_acquire(w.cache, w.layer[0], w.stream, &p0), VC_OK);
+    vc_layer_info info;
+    vc_layer_get_info(w.cache, w.layer[1], &info);
+    assert_true(info.residency == VC_RES_VRAM_RAM);
+    /* layer 2 needs room: 0 is held, 1 is in flight: nothing may go */
+    assert_int_equal(vc_layer_acquire(w.cache, w.layer[2], w.stream, &p2), VC_ERR_OUT_OF_VRAM);
+    vc_layer_get_info(w.cache, w.layer[1], &info);
+    assert_true(info.residency == VC_RES_VRAM_RAM);
+    assert_true(check_pattern(p0, 64 * KB, 1));
+    /* once the copy has landed, the prefetched layer may make room */
+    vc_sim_wait_until(w.sim, 1.0);
+    assert_int_equal(vc_layer_acquire(w.cache, w.layer[2], w.stream, &p2), VC_OK);
+    assert_true(check_pattern(p2, 64 * KB, 3));
+    assert_true(check_pattern(p0, 64 * KB, 1));
+    vc_layer_release(w.cache, w.layer[0], w.stream);
+    vc_layer_release(w.cache, w.layer[2], w.stream);
+    free_world(&w);
+}
+
+static void test_sequential_mode_keeps_minimum(void **state) {
+    (void)state;
+    sim_world w = make_world(8, 16 * KB, 1 * MB, 1e9, 0, VC_OFFLOAD_MODE_SEQUENTIAL, VC_POLICY_PLANNED);
+    for (int r = 0; r < 4; r++)
+        for (int i = 0; i < 8; i++) {
+            void *p;
+            assert_int_equal(vc_layer_acquire(w.cache, w.layer[i], w.stream, &p), VC_OK);
+            /* held + prefetched (at most 2 ahead) */
+            assert_true(get_stats(w.cache).layers_in_vram <= 3);
+            vc_layer_release(w.cache, w.layer[i], w.stream);
+        }
+    vc_stats s = get_stats(w.cache);
+    assert_true(s.vram_evictions[VC_EVICT_SEQUENTIAL] > 0);
+    assert_true(s.vram_peak_bytes <= 3 * 16 * KB);
+    free_world(&w);
+}
+
+static void test_none_mode_never_evicts(void **state) {
+    (void)state;
+    sim_world w = make_world(6, 64 * KB, 4 * 64 * KB, 1e9, 0, VC_OFFLOAD_MODE_NONE, VC_POLICY_PLANNED);
+    void *p;
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(vc_layer_acquire(w.cache, w.layer[i], w.stream, &p), VC_OK);
+        vc_layer_release(w.cache, w.layer[i], w.stream);
+    }
+    assert_int_equal(vc_layer_acquire(w.cache, w.layer[4], w.stream, &p), VC_ERR_OUT_OF_VRAM);
+    assert_true(last_error_has(w.cache, "offload_mode none"));
+    vc_stats s = get_stats(w.cache);
+    for (int r = 0; r < VC_EVICT_REASON_COUNT; r++) assert_int_equal(s.vram_evictions[r], 0);
+    assert_int_equal(s.layers_in_vram, 4);
+    /* a reservation that would need an eviction fails too, changing nothing */
+    vc_reservation *res;
+    assert_int_equal(vc_reserve_working_mem(w.cache, 64 * KB, 0, &res), VC_ERR_OUT_OF_VRAM);
+    assert_int_equal(get_stats(w.cache).layers_in_vram, 4);
+    free_world(&w);
+}
+
+static void test_model_mode_moves_whole_models(void **state) {
+    (void)state;
+    sim_world w = make_world(3, 64 * KB, 4 * 64 * KB, 1e9, 0, VC_OFFLOAD_MODE_MODEL, VC_POLICY_PLANNED);
+    vc_model_id vae = add_model(w.cache, "vae");
+    static char vw[3][64 * KB];
+    vc_layer_id v[3];
+    for (int i = 0; i < 3; i++) {
+        fill_pattern(vw[i], sizeof vw[i], 100 + (uint64_t)i);
+        v[i] = add_host_layer(w.cache, vae, "v", vw[i], sizeof vw[i]);
+    }
+    void *p;
+    assert_int_equal(vc_layer_acquire(w.cache, w.layer[0], w.stream, &p), VC_OK);
+    vc_layer_release(w.cache, w.layer[0], w.stream);
+    assert_int_equal(get_stats(w.cache).layers_in_vram, 3); /* the whole denoiser came in */
+    assert_int_equal(vc_layer_acquire(w.cache, v[1], w.stream, &p), VC_OK);
+    assert_true(check_pattern(p, 64 * KB, 101));
+    vc_layer_release(w.cache, v[1], w.stream);
+    vc_stats s = get_stats(w.cache);
+    assert_int_equal(s.layers_in_vram, 3); /* and it left whole for the VAE */
+    assert_int_equal(s.vram_evictions[VC_EVICT_MODEL_SWAP], 3);
+    for (int i = 0; i < 3; i++) assert_int_equal(residency(w.cache, v[i]), VC_RES_VRAM_RAM);
+    /* a model larger than the device fails clearly */
+    vc_model_id big = add_model(w.cache, "big");
+    static char bw[5][64 * KB];
+    vc_layer_id b0 = 0;
+    for (int i = 0; i < 5; i++) {
+        vc_layer_id id = add_host_layer(w.cache, big, "b", bw[i], sizeof bw[i]);
+        if (i == 0) b0 = id;
+    }
+    assert_int_equal(vc_layer_acquire(w.cache, b0, w.stream, &p), VC_ERR_OUT_OF_VRAM);
+    assert_true(last_error_has(w.cache, "moves whole models"));
+    free_world(&w);
+}
+
+static void test_balanced_threshold(void **state) {
+    (void)state;
+    vc_sim_params sp;
+    vc_sim_params_init(&sp);
+    sp.device_bytes = 1 * MB;
+    vc_backend *sim;
+    assert_int_equal(vc_backend_sim_create(&sp, &sim), VC_OK);
+    vc_cache_options o;
+    vc_cache_options_init(&o);
+    o.backend = sim;
+    o.working_mem = 0;
+    o.ram_budget = 16 * MB;
+    o.arena_segment_bytes = 32 * KB;
+    o.offload_max_gpu_memory = 0.5; /* half of the device */
+    vc_cache *c;
+    assert_int_equal(vc_cache_create(&o, &c), VC_OK);
+    vc_model_id m = add_model(c, "m");
+    static char wts[24][32 * KB];
+    for (int r = 0; r < 2; r++)
+        for (int i = 0; i < 24; i++) {
+            static vc_layer_id ids[24];
+            if (r == 0) ids[i] = add_host_layer(c, m, "l", wts[i], sizeof wts[i]);
+            void *p;
+            assert_int_equal(vc_layer_acquire(c, ids[i], NULL, &p), VC_OK);
+            vc_layer_release(c, ids[i], NULL);
+        }
+    vc_stats s = get_stats(c);
+    assert_true(s.arena_peak_bytes <= 512 * KB);
+    assert_int_equal(s.vram_limit, 512 * KB);
+    assert_int_equal(vc_cache_destroy(c), VC_OK);
+    vc_backend_destroy(sim);
+    /* bad settings are refused */
+    o.offload_max_gpu_memory = -1;
+    assert_int_equal(vc_cache_create(&o, &c), VC_ERR_INVALID_ARG);
+    o.offload_max_gpu_memory = 0;
+    o.offload_mode = (vc_offload_mode)7;
+    assert_int_equal(vc_cache_create(&o, &c), VC_ERR_INVALID_ARG);
+    o.offload_mode = VC_OFFLOAD_MODE_BALANCED;
+    o.policy = (vc_policy)5;
+    assert_int_equal(vc_cache_create(&o, &c), VC_ERR_INVALID_ARG);
+}
+
+static void test_unregister_drops_order(void **state) {
+    (void)state;
+    sim_world w = make_world(5, 16 * KB, 1 * MB, 1e9, 0, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
+    pass(&w, 1 * MS);
+    pass(&w, 1 * MS);
+    int known;
+    vc_model_get_order(w.cache, w.model, &known, NULL, NULL);
+    assert_int_equal(known, 1);
+    assert_int_equal(vc_layer_unregister(w.cache, w.layer[2]), VC_OK);
+    vc_model_get_order(w.cache, w.model, &known, NULL, NULL);
+    assert_int_equal(known, 0);
+    /* the remaining layers still work, and a new order is learned */
+    void *p;
+    for (int r = 0; r < 3; r++)
+        for (int i = 0; i < 5; i++) {
+            if (i == 2) continue;
+            assert_int_equal(vc_layer_acquire(w.cache, w.layer[i], w.stream, &p), VC_OK);
+            vc_layer_release(w.cache, w.layer[i], w.stream);
+        }
+    vc_model_get_order(w.cache, w.model, &known, NULL, NULL);
+    assert_int_equal(known, 1);
+    w.n = 5;
+    free_world(&w);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_order_learned_and_prefetch_does_not_stall),
+        cmocka_unit_test(test_lru_streams_everything_planned_keeps_a_set),
+        cmocka_unit_test(test_changed_order_is_detected),
+        cmocka_unit_test(test_declared_order),
+        cmocka_unit_test(test_never_evicts_held_or_in_flight),
+        cmocka_unit_test(test_sequential_mode_keeps_minimum),
+        cmocka_unit_test(test_none_mode_never_evicts),
+        cmocka_unit_test(test_model_mode_moves_whole_models),
+        cmocka_unit_test(test_balanced_threshold),
+        cmocka_unit_test(test_unregister_drops_order),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

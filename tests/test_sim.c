@@ -1,0 +1,275 @@
+/* The simulated device (virtual clock, copy and compute engines), workload files, the simulation
+ * runner, and traces. */
+#include <stdio.h>
+
+#include "test_util.h"
+#include "vramcache_sim.h"
+
+#ifndef VC_WORKLOAD_DIR
+#error "VC_WORKLOAD_DIR must point at workloads/"
+#endif
+
+static vc_backend *sim_backend(size_t device, double bw, double latency, int backed) {
+    vc_sim_params p;
+    vc_sim_params_init(&p);
+    p.device_bytes = device;
+    p.h2d_bytes_per_s = p.d2h_bytes_per_s = bw;
+    p.copy_latency_s = latency;
+    p.backed = backed;
+    vc_backend *b;
+    assert_int_equal(vc_backend_sim_create(&p, &b), VC_OK);
+    return b;
+}
+
+static void test_clock_copies_and_events(void **state) {
+    (void)state;
+    vc_backend *b = sim_backend(1 * MB, 1e6, 1e-3, 1); /* 1 MB/s, 1 ms per copy */
+    const vc_backend_ops *ops = vc_backend_get_ops(b);
+    void *ctx = vc_backend_get_ctx(b);
+    vc_stream s1, s2;
+    assert_int_equal(ops->stream_create(ctx, &s1), VC_OK);
+    assert_int_equal(vc_sim_stream_create(b, &s2), VC_OK);
+    void *d;
+    assert_int_equal(ops->device_alloc(ctx, 1000, &d), VC_OK);
+    char src[1000];
+    fill_pattern(src, sizeof src, 5);
+    void *ev;
+    assert_int_equal(ops->event_create(ctx, &ev), VC_OK);
+    assert_int_equal(ops->event_query(ctx, ev), 1); /* never recorded: complete */
+    assert_int_equal(ops->copy_h2d(ctx, d, src, 1000, s1), VC_OK);
+    assert_true(check_pattern(d, 1000, 5)); /* backed: the bytes are there */
+    assert_int_equal(ops->event_record(ctx, ev, s1), VC_OK);
+    assert_true(ops->event_time(ctx, ev) > 0.0019 && ops->event_time(ctx, ev) < 0.0021); /* 1 ms + 1 ms */
+    assert_int_equal(ops->event_query(ctx, ev), 0); /* the host has not got there yet */
+    /* s2 waits for the copy, then computes 5 ms */
+    assert_int_equal(ops->stream_wait_event(ctx, s2, ev), VC_OK);
+    double start, end;
+    assert_int_equal(vc_sim_compute(b, s2, 5e-3, &start, &end), VC_OK);
+    assert_true(start > 0.0019 && end > 0.0069 && end < 0.0071);
+    assert_true(vc_sim_now(b) == 0.0);
+    assert_int_equal(vc_sim_stream_synchronize(b, s2), VC_OK);
+    assert_true(vc_sim_now(b) > 0.0069);
+    assert_int_equal(ops->event_query(ctx, ev), 1);
+    /* one copy engine: a second copy on another stream queues behind the first */
+    vc_stream s3;
+    vc_sim_stream_create(b, &s3);
+    assert_int_equal(ops->copy_h2d(ctx, d, src, 1000, s3), VC_OK);
+    assert_int_equal(ops->event_record(ctx, ev, s3), VC_OK);
+    assert_true(ops->event_time(ctx, ev) > vc_sim_now(b));
+    assert_int_equal(ops->event_synchronize(ctx, ev), VC_OK);
+    assert_true(vc_sim_now(b) == ops->event_time(ctx, ev));
+    double h2d, d2h, comp;
+    vc_sim_busy(b, &h2d, &d2h, &comp);
+    assert_true(h2d > 0.0039 && comp > 0.0049 && d2h == 0);
+    /* memory */
+    size_t fr, tot;
+    ops->mem_info(ctx, &fr, &tot);
+    assert_int_equal(tot, 1 * MB);
+    assert_int_equal(fr, 1 * MB - 1000);
+    void *big;
+    assert_int_equal(ops->device_alloc(ctx, 2 * MB, &big), VC_ERR_OUT_OF_VRAM);
+    ops->device_free(ctx, d);
+    ops->mem_info(ctx, &fr, &tot);
+    assert_int_equal(fr, 1 * MB);
+    ops->event_destroy(ctx, ev);
+    vc_backend_destroy(b);
+    /* bad parameters */
+    vc_sim_params p;
+    vc_sim_params_init(&p);
+    p.h2d_bytes_per_s = 0;
+    assert_int_equal(vc_backend_sim_create(&p, &b), VC_ERR_INVALID_ARG);
+    assert_int_equal(vc_sim_compute(NULL, NULL, 1, NULL, NULL), VC_ERR_INVALID_ARG);
+    assert_true(vc_sim_now(NULL) == 0.0);
+}
+
+static void test_virtual_memory_is_never_touched(void **state) {
+    (void)state;
+    /* 64 GB of "device" on a machine with far less: nothing is allocated or copied. */
+    vc_backend *b = sim_backend((size_t)64 << 30, 25e9, 0, 0);
+    vc_cache_options o;
+    vc_cache_options_init(&o);
+    o.backend = b;
+    o.ram_budget = (size_t)64 << 30;
+    vc_cache *c;
+    assert_int_equal(vc_cache_create(&o, &c), VC_OK);
+    vc_model_id m = add_model(c, "huge");
+    vc_layer_desc d = {.name = "l", .bytes = (size_t)8 << 30, .host_ptr = (void *)0x1000};
+    vc_layer_id id;
+    assert_int_equal(vc_layer_register(c, m, &d, &id), VC_OK);
+    void *p;
+    assert_int_equal(vc_layer_acquire(c, id, NULL, &p), VC_OK);
+    assert_int_equal(vc_layer_release(c, id, NULL), VC_OK);
+    assert_true(get_stats(c).vram_bytes >= (size_t)8 << 30);
+    assert_int_equal(vc_cache_destroy(c), VC_OK);
+    vc_backend_destroy(b);
+}
+
+static const char MINIMAL[] = "name: tiny\n"
+                              "layers:\n"
+                              "  - {name: a, bytes: 1000000, flops: 1e9}\n"
+                              "  - {name: b, bytes: 2000000, flops: 2e9}\n"
+                              "  - {name: c, bytes: 1000000, flops: 1e9}\n";
+
+static void test_workload_minimal_form(void **state) {
+    (void)state;
+    vc_workload *wl;
+    vc_diagnostics *d;
+    assert_int_equal(vc_workload_load_string(MINIMAL, sizeof MINIMAL - 1, "tiny.yaml", &wl, &d), VC_OK);
+    assert_int_equal(vc_diagnostics_count(d), 0);
+    vc_diagnostics_destroy(d);
+    assert_string_equal(vc_workload_name(wl), "tiny");
+    assert_int_equal(vc_workload_total_bytes(wl), 4000000);
+    assert_int_equal(vc_workload_step_bytes(wl), 4000000);
+    /* everything fits: no traffic after the first step, time = compute */
+    vc_sim_run run;
+    vc_sim_run_init(&run);
+    run.vram_bytes = 16.0 * MB + 3.0 * GB;
+    run.bandwidth = 1e9;
+    run.flops = 1e12;
+    run.steps = 6;
+    vc_sim_result r;
+    assert_int_equal(vc_sim_run_workload(wl, &run, &r), VC_OK);
+    assert_int_equal(r.steps, 6);
+    assert_true(r.bytes_per_step == 0);
+    assert_true(r.lower_bound_bytes_per_step == 0);
+    assert_true(r.compute_time_s > 0.0039 && r.compute_time_s < 0.0041);
+    assert_true(r.step_time_s >= r.compute_time_s - 1e-12 && r.step_time_s < r.compute_time_s * 1.001);
+    assert_true(r.lower_bound_step_time_s == r.compute_time_s);
+    /* half of it fits: about the lower bound moves each step */
+    run.vram_bytes = 2.2 * MB + 3.0 * GB;
+    assert_int_equal(vc_sim_run_workload(wl, &run, &r), VC_OK);
+    assert_true(r.lower_bound_bytes_per_step > 0);
+    assert_true(r.bytes_per_step >= r.lower_bound_bytes_per_step);
+    assert_true(r.step_time_s >= r.lower_bound_step_time_s - 1e-12);
+    /* offload_mode none: does not fit, clear error */
+    run.mode = VC_OFFLOAD_MODE_NONE;
+    assert_int_equal(vc_sim_run_workload(wl, &run, &r), VC_ERR_OUT_OF_VRAM);
+    assert_non_null(strstr(r.error, "offload_mode none"));
+    vc_workload_destroy(wl);
+}
+
+static void test_workload_errors(void **state) {
+    (void)state;
+    struct {
+        const char *text, *needle;
+    } bad[] = {
+        {"layers: []\n", "needs a 'name'"},
+        {"name: x\n", "needs 'layers:'"},
+        {"name: x\nlayers:\n  - {name: a, bytes: -5, flops: 1}\n", "bytes must be a finite number >= 0"},
+        {"name: x\nlayers:\n  - {name: a, bytes: 1.5, flops: 1}\n", "whole number"},
+        {"name: x\nlayers:\n  - {name: a, bytes: 10, flops: lots}\n", "flops must be"},
+        {"name: x\nlayers:\n  - {bytes: 10, flops: 1}\n", "needs a name"},
+        {"name: x\nlayers: []\n", "has no layers"},
+        {"name: x\nmodels:\n  - name: m\n    layers: [{name: a, bytes: 1, flops: 1}]\npipeline:\n  - {model: zz}\n",
+         "does not define"},
+        {"name: x\nmodels:\n  - name: m\n    layers: [{name: a, bytes: 1, flops: 1}]\npipeline:\n  - {model: m}\n",
+         "exactly one stage"},
+        {"name: x\nlayers: [\n", "YAML syntax error"},
+        {"- a\n- b\n", "a workload is a mapping"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        vc_workload *wl = (vc_workload *)0x1;
+        vc_diagnostics *d;
+        int st = vc_workload_load_string(bad[i].text, strlen(bad[i].text), "bad.yaml", &wl, &d);
+        assert_int_equal(st, VC_ERR_CONFIG);
+        assert_null(wl);
+        int found = 0;
+        for (size_t k = 0; k < vc_diagnostics_count(d); k++)
+            found |= strstr(vc_diagnostics_get(d, k)->message, bad[i].needle) != NULL;
+        if (!found) fail_msg("case %zu: no diagnostic containing \"%s\"", i, bad[i].needle);
+        vc_diagnostics_destroy(d);
+    }
+    vc_workload *wl;
+    assert_int_equal(vc_workload_load("/nonexistent/w.yaml", &wl, NULL), VC_ERR_IO);
+}
+
+static void test_shipped_workloads(void **state) {
+    (void)state;
+    const char *files[] = {"sd15.yaml", "sdxl.yaml", "flux1-dev.yaml"};
+    /* parameter counts from the public configs, in GB of fp16/bf16 weights (2^30 bytes) */
+    const double denoiser_gb[] = {1.601, 4.782, 22.168};
+    for (int i = 0; i < 3; i++) {
+        char path[1024];
+        snprintf(path, sizeof path, "%s/%s", VC_WORKLOAD_DIR, files[i]);
+        vc_workload *wl;
+        vc_diagnostics *d;
+        assert_int_equal(vc_workload_load(path, &wl, &d), VC_OK);
+        assert_int_equal(vc_diagnostics_count(d), 0);
+        vc_diagnostics_destroy(d);
+        double gb = (double)vc_workload_step_bytes(wl) / (double)GB;
+        assert_true(gb > denoiser_gb[i] - 0.001 && gb < denoiser_gb[i] + 0.001);
+        assert_true(vc_workload_denoiser_working_mem(wl) > 0);
+        vc_workload_destroy(wl);
+    }
+}
+
+static void test_trace_is_chrome_json(void **state) {
+    (void)state;
+    vc_workload *wl;
+    assert_int_equal(vc_workload_load_string(MINIMAL, sizeof MINIMAL - 1, NULL, &wl, NULL), VC_OK);
+    char path[] = "/tmp/vc_trace_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    vc_sim_run run;
+    vc_sim_run_init(&run);
+    run.vram_bytes = 2.2 * MB + 3.0 * GB;
+    run.bandwidth = 1e9;
+    run.flops = 1e12;
+    run.steps = 3;
+    run.trace_path = path;
+    vc_sim_result r;
+    assert_int_equal(vc_sim_run_workload(wl, &run, &r), VC_OK);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    static char text[1 << 20];
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    text[n] = '\0';
+    fclose(f);
+    remove(path);
+    assert_true(strncmp(text, "{\"displayTimeUnit\":\"ms\",\"traceEvents\":[", 39) == 0);
+    assert_non_null(strstr(text, "\"cat\":\"upload\""));
+    assert_non_null(strstr(text, "\"cat\":\"evict\""));
+    assert_non_null(strstr(text, "\"reason\":\""));
+    assert_non_null(strstr(text, "\"cat\":\"hold\""));
+    assert_non_null(strstr(text, "\"name\":\"h2d copy engine\""));
+    size_t len = strlen(text);
+    assert_true(len > 4 && strcmp(text + len - 4, "\n]}\n") == 0);
+    /* balanced braces and brackets outside strings: well-formed enough for the viewers */
+    int depth = 0, in_str = 0;
+    for (size_t i = 0; i < len; i++) {
+        char ch = text[i];
+        if (in_str) {
+            if (ch == '\\') i++;
+            else if (ch == '"') in_str = 0;
+            continue;
+        }
+        if (ch == '"') in_str = 1;
+        if (ch == '{' || ch == '[') depth++;
+        if (ch == '}' || ch == ']') depth--;
+        assert_true(depth >= 0);
+    }
+    assert_int_equal(depth, 0);
+    vc_workload_destroy(wl);
+    /* tracing errors */
+    vc_cache *c;
+    vc_cache_options o;
+    vc_cache_options_init(&o);
+    o.ram_budget = 1 * MB;
+    assert_int_equal(vc_cache_create(&o, &c), VC_OK);
+    assert_int_equal(vc_cache_trace_start(c, "/nonexistent/dir/t.json"), VC_ERR_IO);
+    assert_int_equal(vc_cache_trace_stop(c), VC_OK);
+    assert_int_equal(vc_cache_trace_span(c, "engine", "noop", 0, 1), VC_OK);
+    assert_int_equal(vc_cache_destroy(c), VC_OK);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_clock_copies_and_events),
+        cmocka_unit_test(test_virtual_memory_is_never_touched),
+        cmocka_unit_test(test_workload_minimal_form),
+        cmocka_unit_test(test_workload_errors),
+        cmocka_unit_test(test_shipped_workloads),
+        cmocka_unit_test(test_trace_is_chrome_json),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -172,8 +172,10 @@ static void make_plan(vc_cache *c, model_t *m) {
 #define REGION_FOR(big) max_sz(2 * (big), min_sz(3 * (big), lower_bound / 25))
     size_t slots = REGION_FOR(largest);
     size_t keep_budget = sat_sub(cap, slots + slack);
-    /* Spread: the bytes to stream are earned by compute, so that each streamed layer's copy can run
-     * while the layers before it compute. With no costs known, bytes stand in for compute. */
+    /* Spread: the bytes to stream are earned half by compute, so that each streamed layer's copy can
+     * run while the layers before it compute, and half by bytes, so that the copy engine sees a
+     * steady stream where compute is thin (measured best of the mixes tried: docs/performance.md).
+     * With no costs known, bytes alone. */
     double total_cost = 0;
     for (size_t i = 0; i < m->order_n; i++) total_cost += m->order[i]->cost;
     int by_cost = total_cost > 0;
@@ -184,7 +186,7 @@ static void make_plan(vc_cache *c, model_t *m) {
     for (size_t i = 0; i < m->order_n; i++) {
         layer_t *x = m->order[i];
         double b = (double)arena_round(x->bytes);
-        credit += (by_cost ? x->cost : b) * need / total_cost;
+        credit += by_cost ? (0.5 * x->cost / total_cost + 0.5 * b / (double)total) * need : b * need / total_cost;
         if (credit >= b * 0.5) {
             x->keep = 0;
             credit -= b;

@@ -47,5 +47,6 @@ int vc_backend_mem_info(vc_backend *b, size_t *free_bytes, size_t *total_bytes) 
 void vc_backend_destroy(vc_backend *b) {
     if (!b) return;
     if (b->ops->destroy) b->ops->destroy(b->ctx);
+    free(b->owned_ops);
     free(b);
 }

@@ -16,6 +16,7 @@
 struct vc_backend {
     const vc_backend_ops *ops;
     void *ctx;
+    void *owned_ops; /* an ops table made for this handle (wrappers), freed with it */
 };
 
 typedef struct vc_model_rec model_t;
@@ -153,6 +154,8 @@ struct vc_cache {
     size_t prefetch_inflight; /* layers prefetched and not acquired yet */
     void *trace;              /* struct trace_writer, when tracing */
     void *trace_ev;           /* scratch event marking where an upload starts */
+
+    char alloc_detail[200]; /* why the device last refused an arena segment */
 
     /* last error, for vc_cache_last_error */
     int last_status;

@@ -68,14 +68,14 @@ static int ensure_event(vc_cache *c, void **ev) {
 /* 1 when the latest upload of l completed (and forgets it), 0 while in flight. */
 static int upload_done(vc_cache *c, layer_t *l) {
     if (!l->upload_pending) return 1;
-    if (c->ops->event_query(c->bctx, l->upload_ev) == 0) return 0;
+    if (c->ops->event_query(c->bctx, l->upload_ev) != 1) return 0; /* pending, or unknown: assume pending */
     l->upload_pending = 0;
     return 1;
 }
 
 static int writeback_done(vc_cache *c, layer_t *l) {
     if (!l->ram_pending) return 1;
-    if (c->ops->event_query(c->bctx, l->ram_ev) == 0) return 0;
+    if (c->ops->event_query(c->bctx, l->ram_ev) != 1) return 0;
     l->ram_pending = 0;
     return 1;
 }
@@ -416,8 +416,9 @@ static int grow_arena(vc_cache *c, arena *a, size_t need, size_t align, size_t l
     void *base = NULL;
     int st = c->ops->device_alloc(c->bctx, seg, &base);
     if (st != VC_OK) {
-        vc__log(c, VC_LOG_DEBUG, "device allocation of a %zu-byte arena segment failed: %s", seg,
-                vc__take_backend_error());
+        snprintf(c->alloc_detail, sizeof c->alloc_detail, "allocating a %zu-byte segment: %s", seg,
+                 vc__take_backend_error());
+        vc__log(c, VC_LOG_DEBUG, "device refused memory (%s); evicting and retrying", c->alloc_detail);
         return VC_ERR_BACKEND;
     }
     if (arena_add_segment(a, base, seg) != VC_OK) {
@@ -455,7 +456,7 @@ static size_t streamable_cost(void *owner, void *ud) {
     streamable_ctx *sc = ud;
     layer_t *x = owner;
     size_t cost = arena_round(x->bytes);
-    if (x->release_recorded && sc->c->ops->event_query(sc->c->bctx, x->release_ev) == 0) cost += (size_t)1 << 40;
+    if (x->release_recorded && sc->c->ops->event_query(sc->c->bctx, x->release_ev) != 1) cost += (size_t)1 << 40;
     if (x->prefetched) cost += (size_t)1 << 41; /* already paid for and needed soon */
     return cost;
 }
@@ -603,12 +604,13 @@ static int vram_place(vc_cache *c, layer_t *l, const char *fn, const place_req *
     char a[32], b[32], d[32], e[32];
     return vc__fail(c, VC_ERR_OUT_OF_VRAM,
                     "%s: layer '%s' of model '%s' needs %s of device memory; the weight budget is %s "
-                    "(%s, working memory %s, reserved %s) and held layers occupy %s", fn, l->name,
+                    "(%s, working memory %s, reserved %s) and held layers occupy %s%s%s", fn, l->name,
                     l->model->name, vc__fmt_bytes(need, a, sizeof a), vc__fmt_bytes(limit, b, sizeof b),
                     c->vram_budget == VC_SIZE_AUTO ? "dynamic: free device memory + cache - working memory"
                                                    : "explicit max_cache_vram",
                     vc__fmt_bytes(c->working_mem, d, sizeof d), vc__fmt_bytes(c->reserved_sum, e, sizeof e),
-                    vc__fmt_bytes(held_vram_bytes(c), a, sizeof a));
+                    vc__fmt_bytes(held_vram_bytes(c), a, sizeof a), grow_failed ? "; the device refused " : "",
+                    grow_failed ? c->alloc_detail : "");
 }
 
 /* ---- acquire / release ----------------------------------------------------------------------- */
@@ -792,7 +794,7 @@ static int release_locked(vc_cache *c, layer_t *l, vc_stream stream) {
      * the event covers every stream's work. */
     if (ensure_event(c, &l->release_ev) == VC_OK) {
         if (l->release_recorded && l->release_stream != stream &&
-            c->ops->event_query(c->bctx, l->release_ev) == 0)
+            c->ops->event_query(c->bctx, l->release_ev) != 1)
             c->ops->stream_wait_event(c->bctx, stream, l->release_ev);
         if (c->ops->event_record(c->bctx, l->release_ev, stream) == VC_OK) {
             l->release_recorded = 1;

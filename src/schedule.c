@@ -39,7 +39,7 @@ void vc__note_vram_layer(vc_cache *c, layer_t *l, int delta) {
 int vc__evictable(vc_cache *c, layer_t *l) {
     if (l->holds || l->loading) return 0;
     if (l->prefetched && l->upload_pending) {
-        if (c->ops->event_query(c->bctx, l->upload_ev) == 0) return 0; /* still arriving */
+        if (c->ops->event_query(c->bctx, l->upload_ev) != 1) return 0; /* still arriving (or unknown) */
         l->upload_pending = 0;
     }
     return 1;
@@ -106,7 +106,7 @@ layer_t *vc__sched_victim(vc_cache *c, const layer_t *for_layer, size_t max_dist
                 layer_t *x = m->order[(m->pos + k) % m->order_n];
                 if (!x->vblock || x->keep != kept || !vc__evictable(c, x)) continue;
                 if (!first) first = x, first_d = k;
-                if (kept || !x->release_recorded || c->ops->event_query(c->bctx, x->release_ev) != 0) {
+                if (kept || !x->release_recorded || c->ops->event_query(c->bctx, x->release_ev) == 1) {
                     done = x, done_d = k;
                     break;
                 }

@@ -1,0 +1,256 @@
+/*
+ * Fault-injecting backend: forwards every operation to an inner backend unless a fault armed for
+ * that operation fires, in which case it fails the way a real device would (an allocation that
+ * finds no memory, a copy or event call that returns an error) and explains itself through
+ * vc_backend_set_error.
+ */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../src/cache_internal.h"
+#include "vramcache_fault.h"
+
+typedef struct fault_arm {
+    unsigned long nth;     /* fail when calls reaches this count (0: off) */
+    double p;              /* probability per call */
+    uint64_t rng;
+    int always;
+    unsigned long calls, failed;
+} fault_arm;
+
+typedef struct fault_ctx {
+    vc_backend *inner;
+    const vc_backend_ops *iops;
+    void *ictx;
+    pthread_mutex_t lock;
+    fault_arm arm[VC_FAULT_OP_COUNT];
+} fault_ctx;
+
+static const vc_backend_ops fault_ops;
+static const char *const OP_NAMES[VC_FAULT_OP_COUNT] = {"device_alloc", "host_alloc", "copy_h2d", "copy_d2h",
+                                                         "event", "stream_create", "mem_info"};
+
+static double next_uniform(uint64_t *s) {
+    /* xorshift64*: enough for reproducible fault schedules */
+    uint64_t x = *s ? *s : 0x9E3779B97F4A7C15ull;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *s = x;
+    return (double)((x * 0x2545F4914F6CDD1Dull) >> 11) / 9007199254740992.0;
+}
+
+/* Counts a call and says whether it fails. */
+static int fires(fault_ctx *f, vc_fault_op op) {
+    pthread_mutex_lock(&f->lock);
+    fault_arm *a = &f->arm[op];
+    a->calls++;
+    int fail = a->always;
+    if (a->nth && a->calls >= a->nth) {
+        fail = 1;
+        a->nth = 0;
+    }
+    if (!fail && a->p > 0 && next_uniform(&a->rng) < a->p) fail = 1;
+    if (fail) a->failed++;
+    unsigned long n = a->calls;
+    pthread_mutex_unlock(&f->lock);
+    if (fail) vc_backend_set_error("injected fault: %s call %lu failed", OP_NAMES[op], n);
+    return fail;
+}
+
+static int f_device_alloc(void *c, size_t b, void **p) {
+    fault_ctx *f = c;
+    return fires(f, VC_FAULT_DEVICE_ALLOC) ? VC_ERR_OUT_OF_VRAM : f->iops->device_alloc(f->ictx, b, p);
+}
+static void f_device_free(void *c, void *p) {
+    fault_ctx *f = c;
+    f->iops->device_free(f->ictx, p);
+}
+static int f_host_alloc(void *c, size_t b, void **p, int *pinned) {
+    fault_ctx *f = c;
+    return fires(f, VC_FAULT_HOST_ALLOC) ? VC_ERR_NO_MEMORY : f->iops->host_alloc(f->ictx, b, p, pinned);
+}
+static void f_host_free(void *c, void *p, int pinned) {
+    fault_ctx *f = c;
+    f->iops->host_free(f->ictx, p, pinned);
+}
+static int f_stream_create(void *c, vc_stream *s) {
+    fault_ctx *f = c;
+    return fires(f, VC_FAULT_STREAM_CREATE) ? VC_ERR_BACKEND : f->iops->stream_create(f->ictx, s);
+}
+static void f_stream_destroy(void *c, vc_stream s) {
+    fault_ctx *f = c;
+    f->iops->stream_destroy(f->ictx, s);
+}
+static int f_copy_h2d(void *c, void *d, const void *s, size_t n, vc_stream st) {
+    fault_ctx *f = c;
+    return fires(f, VC_FAULT_COPY_H2D) ? VC_ERR_BACKEND : f->iops->copy_h2d(f->ictx, d, s, n, st);
+}
+static int f_copy_d2h(void *c, void *d, const void *s, size_t n, vc_stream st) {
+    fault_ctx *f = c;
+    return fires(f, VC_FAULT_COPY_D2H) ? VC_ERR_BACKEND : f->iops->copy_d2h(f->ictx, d, s, n, st);
+}
+static int f_event_create(void *c, void **e) {
+    fault_ctx *f = c;
+    return fires(f, VC_FAULT_EVENT) ? VC_ERR_BACKEND : f->iops->event_create(f->ictx, e);
+}
+static void f_event_destroy(void *c, void *e) {
+    fault_ctx *f = c;
+    f->iops->event_destroy(f->ictx, e);
+}
+static int f_event_record(void *c, void *e, vc_stream s) {
+    fault_ctx *f = c;
+    return fires(f, VC_FAULT_EVENT) ? VC_ERR_BACKEND : f->iops->event_record(f->ictx, e, s);
+}
+static int f_event_query(void *c, void *e) {
+    fault_ctx *f = c;
+    return fires(f, VC_FAULT_EVENT) ? VC_ERR_BACKEND : f->iops->event_query(f->ictx, e);
+}
+static int f_event_sync(void *c, void *e) {
+    fault_ctx *f = c;
+    return fires(f, VC_FAULT_EVENT) ? VC_ERR_BACKEND : f->iops->event_synchronize(f->ictx, e);
+}
+static int f_stream_wait(void *c, vc_stream s, void *e) {
+    fault_ctx *f = c;
+    return fires(f, VC_FAULT_EVENT) ? VC_ERR_BACKEND : f->iops->stream_wait_event(f->ictx, s, e);
+}
+static int f_mem_info(void *c, size_t *fr, size_t *t) {
+    fault_ctx *f = c;
+    return fires(f, VC_FAULT_MEM_INFO) ? VC_ERR_BACKEND : f->iops->mem_info(f->ictx, fr, t);
+}
+static double f_now(void *c) {
+    fault_ctx *f = c;
+    return f->iops->now ? f->iops->now(f->ictx) : 0.0;
+}
+static double f_event_time(void *c, void *e) {
+    fault_ctx *f = c;
+    return f->iops->event_time ? f->iops->event_time(f->ictx, e) : -1.0;
+}
+static void f_destroy(void *c) {
+    fault_ctx *f = c;
+    pthread_mutex_destroy(&f->lock);
+    free(f);
+}
+
+static const vc_backend_ops fault_ops = {
+    .abi_version = VC_BACKEND_ABI_VERSION,
+    .name = "fault",
+    .kind = VC_BACKEND_KIND_HOST,
+    .device_alloc = f_device_alloc,
+    .device_free = f_device_free,
+    .host_alloc = f_host_alloc,
+    .host_free = f_host_free,
+    .stream_create = f_stream_create,
+    .stream_destroy = f_stream_destroy,
+    .copy_h2d = f_copy_h2d,
+    .copy_d2h = f_copy_d2h,
+    .event_create = f_event_create,
+    .event_destroy = f_event_destroy,
+    .event_record = f_event_record,
+    .event_query = f_event_query,
+    .event_synchronize = f_event_sync,
+    .stream_wait_event = f_stream_wait,
+    .mem_info = f_mem_info,
+    .destroy = f_destroy,
+    .now = f_now,
+    .event_time = f_event_time,
+};
+
+
+static fault_ctx *ctx_of(vc_backend *b) {
+    return b && b->ops->destroy == f_destroy ? b->ctx : NULL;
+}
+
+int vc_backend_fault_create(vc_backend *inner, vc_backend **out) {
+    if (!out || !inner) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_backend_fault_create: NULL argument");
+    *out = NULL;
+    fault_ctx *f = calloc(1, sizeof(*f));
+    vc_backend_ops *ops = malloc(sizeof(*ops));
+    if (!f || !ops) {
+        free(f);
+        free(ops);
+        return vc__fail(NULL, VC_ERR_NO_MEMORY, "vc_backend_fault_create: out of host memory");
+    }
+    f->inner = inner;
+    f->iops = inner->ops;
+    f->ictx = inner->ctx;
+    pthread_mutex_init(&f->lock, NULL);
+    *ops = fault_ops;
+    ops->kind = inner->ops->kind;
+    ops->name = inner->ops->name;
+    if (!inner->ops->now) ops->now = NULL;
+    if (!inner->ops->event_time) ops->event_time = NULL;
+    int st = vc_backend_create(ops, f, out);
+    if (st != VC_OK) {
+        f_destroy(f);
+        free(ops);
+        return st;
+    }
+    (*out)->owned_ops = ops; /* freed with the handle */
+    return VC_OK;
+}
+
+static int check(vc_backend *b, vc_fault_op op, fault_ctx **f) {
+    *f = ctx_of(b);
+    if (!*f || (int)op < 0 || op >= VC_FAULT_OP_COUNT)
+        return vc__fail(NULL, VC_ERR_INVALID_ARG, "fault injection: not a fault backend or not a vc_fault_op");
+    return VC_OK;
+}
+
+int vc_fault_fail_nth(vc_backend *b, vc_fault_op op, unsigned long n) {
+    fault_ctx *f;
+    int st = check(b, op, &f);
+    if (st) return st;
+    pthread_mutex_lock(&f->lock);
+    f->arm[op].nth = n ? f->arm[op].calls + n : 0;
+    pthread_mutex_unlock(&f->lock);
+    return VC_OK;
+}
+
+int vc_fault_fail_random(vc_backend *b, vc_fault_op op, double p, uint64_t seed) {
+    fault_ctx *f;
+    int st = check(b, op, &f);
+    if (st) return st;
+    if (!(p >= 0 && p <= 1)) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_fault_fail_random: p must be in [0, 1]");
+    pthread_mutex_lock(&f->lock);
+    f->arm[op].p = p;
+    f->arm[op].rng = seed;
+    pthread_mutex_unlock(&f->lock);
+    return VC_OK;
+}
+
+int vc_fault_fail_always(vc_backend *b, vc_fault_op op, int on) {
+    fault_ctx *f;
+    int st = check(b, op, &f);
+    if (st) return st;
+    pthread_mutex_lock(&f->lock);
+    f->arm[op].always = on != 0;
+    pthread_mutex_unlock(&f->lock);
+    return VC_OK;
+}
+
+int vc_fault_counts(vc_backend *b, vc_fault_op op, unsigned long *calls, unsigned long *failed) {
+    fault_ctx *f;
+    int st = check(b, op, &f);
+    if (st) return st;
+    pthread_mutex_lock(&f->lock);
+    if (calls) *calls = f->arm[op].calls;
+    if (failed) *failed = f->arm[op].failed;
+    pthread_mutex_unlock(&f->lock);
+    return VC_OK;
+}
+
+int vc_fault_clear(vc_backend *b) {
+    fault_ctx *f;
+    int st = check(b, VC_FAULT_DEVICE_ALLOC, &f);
+    if (st) return st;
+    pthread_mutex_lock(&f->lock);
+    for (int i = 0; i < VC_FAULT_OP_COUNT; i++) {
+        f->arm[i].nth = 0;
+        f->arm[i].p = 0;
+        f->arm[i].always = 0;
+    }
+    pthread_mutex_unlock(&f->lock);
+    return VC_OK;
+}

@@ -1,0 +1,57 @@
+/*
+ * libvramcache fault injection — a backend that wraps another and makes chosen operations fail, by
+ * count or at random with a seed, so engines and the library's own tests can check that every
+ * failure ends in a clear error and a consistent cache.
+ *
+ * Threads: the wrapper's counters are protected by a mutex; operations are forwarded as they come.
+ */
+#ifndef VRAMCACHE_FAULT_H
+#define VRAMCACHE_FAULT_H
+
+#include <stdint.h>
+
+#include "vramcache.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** Operations that can be made to fail. */
+typedef enum vc_fault_op {
+    VC_FAULT_DEVICE_ALLOC = 0, /**< device_alloc: reported as VC_ERR_OUT_OF_VRAM (device out of memory) */
+    VC_FAULT_HOST_ALLOC,       /**< host_alloc (pinned or not): VC_ERR_NO_MEMORY */
+    VC_FAULT_COPY_H2D,         /**< copy_h2d: VC_ERR_BACKEND */
+    VC_FAULT_COPY_D2H,         /**< copy_d2h: VC_ERR_BACKEND */
+    VC_FAULT_EVENT,            /**< event_create, event_record, stream_wait_event, event_synchronize;
+                                    event_query answers "unknown" (negative) */
+    VC_FAULT_STREAM_CREATE,    /**< stream_create: VC_ERR_BACKEND */
+    VC_FAULT_MEM_INFO,         /**< mem_info: VC_ERR_BACKEND */
+    VC_FAULT_OP_COUNT
+} vc_fault_op;
+
+/** Wraps `inner` (borrowed: it must outlive the wrapper). With no fault armed the wrapper forwards
+ *  everything unchanged. Errors: VC_ERR_INVALID_ARG, VC_ERR_NO_MEMORY. */
+VC_API int vc_backend_fault_create(vc_backend *inner, vc_backend **out);
+
+/** Makes the n-th call of `op` from now fail (n = 1: the next one); n = 0 disarms it. Each arming
+ *  fails exactly one call. Errors: VC_ERR_INVALID_ARG (not a fault backend, bad op). */
+VC_API int vc_fault_fail_nth(vc_backend *fault, vc_fault_op op, unsigned long n);
+
+/** Makes every call of `op` fail with probability p (0 disarms), drawn from a generator seeded
+ *  with `seed`, so a run can be replayed. */
+VC_API int vc_fault_fail_random(vc_backend *fault, vc_fault_op op, double p, uint64_t seed);
+
+/** Makes every call of `op` fail while `on` is non-zero (an outage). */
+VC_API int vc_fault_fail_always(vc_backend *fault, vc_fault_op op, int on);
+
+/** Calls of `op` so far and how many were failed on purpose. Either output may be NULL. */
+VC_API int vc_fault_counts(vc_backend *fault, vc_fault_op op, unsigned long *calls, unsigned long *failed);
+
+/** Disarms every fault (counters stay). */
+VC_API int vc_fault_clear(vc_backend *fault);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* VRAMCACHE_FAULT_H */

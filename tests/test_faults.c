@@ -1,0 +1,318 @@
+/* Injected faults: every failing backend operation and loader call ends in a specific status and a
+ * message, leaves the cache consistent with the weights intact, and a retry after the fault clears
+ * succeeds. Run under ASan/LSan in CI, which also proves nothing leaks. */
+#include "test_util.h"
+#include "vramcache_fault.h"
+
+typedef struct rig {
+    vc_backend *host, *fault;
+    vc_cache *cache;
+    vc_model_id model;
+    vc_layer_id layer[8];
+    test_loader loader[8];
+    int n;
+} rig;
+
+/* The rig is filled in place: the loaders' contexts live in it, so it must not move. */
+static void make_rig(rig *rp, int n, size_t device, size_t ram, int keep_ram_copy) {
+#define r (*rp)
+    memset(&r, 0, sizeof r);
+    assert_int_equal(vc_backend_host_create(device, &r.host), VC_OK);
+    assert_int_equal(vc_backend_fault_create(r.host, &r.fault), VC_OK);
+    vc_cache_options o;
+    vc_cache_options_init(&o);
+    o.backend = r.fault;
+    o.ram_budget = ram;
+    o.working_mem = 0;
+    o.keep_ram_copy = keep_ram_copy;
+    o.arena_segment_bytes = 32 * KB;
+    assert_int_equal(vc_cache_create(&o, &r.cache), VC_OK);
+    r.model = add_model(r.cache, "m");
+    r.n = n;
+    for (int i = 0; i < n; i++) {
+        r.loader[i] = (test_loader){.seed = (uint64_t)i + 40};
+        r.layer[i] = add_loader_layer(r.cache, r.model, "layer", 32 * KB, &r.loader[i]);
+    }
+#undef r
+}
+
+static void free_rig(rig *r) {
+    assert_int_equal(vc_cache_destroy(r->cache), VC_OK);
+    vc_backend_destroy(r->fault);
+    vc_backend_destroy(r->host);
+}
+
+/* No holds, pools within budget, every layer's bytes equal to its source. */
+static void assert_consistent(rig *r, size_t ram_budget, size_t device) {
+    vc_fault_clear(r->fault);
+    vc_stats s = get_stats(r->cache);
+    assert_int_equal(s.layers_held, 0);
+    assert_true(s.ram_bytes <= ram_budget);
+    assert_true(s.arena_bytes <= device);
+    assert_true(s.vram_bytes <= s.arena_bytes);
+    for (int i = 0; i < r->n; i++) {
+        unsigned char buf[32 * KB];
+        assert_int_equal(vc_layer_read(r->cache, r->layer[i], buf, sizeof buf), VC_OK);
+        assert_true(check_pattern(buf, sizeof buf, r->loader[i].seed));
+    }
+}
+
+static void acquire_ok(rig *r, int i) {
+    void *p;
+    assert_int_equal(vc_layer_acquire(r->cache, r->layer[i], NULL, &p), VC_OK);
+    assert_true(check_pattern(p, 32 * KB, r->loader[i].seed));
+    assert_int_equal(vc_layer_release(r->cache, r->layer[i], NULL), VC_OK);
+}
+
+static void test_device_alloc_fails_then_retry(void **state) {
+    (void)state;
+    rig r;
+    make_rig(&r, 4, 256 * KB, 1 * MB, 1);
+    assert_int_equal(vc_fault_fail_nth(r.fault, VC_FAULT_DEVICE_ALLOC, 1), VC_OK);
+    void *p = (void *)0x1;
+    assert_int_equal(vc_layer_acquire(r.cache, r.layer[0], NULL, &p), VC_ERR_OUT_OF_VRAM);
+    assert_ptr_equal(p, (void *)0x1);
+    assert_true(last_error_has(r.cache, "injected fault: device_alloc"));
+    assert_int_equal(get_stats(r.cache).vram_bytes, 0);
+    acquire_ok(&r, 0); /* the fault has cleared */
+    assert_consistent(&r, 1 * MB, 256 * KB);
+    free_rig(&r);
+}
+
+static void test_device_oom_evicts_and_retries(void **state) {
+    (void)state;
+    /* Four layers resident in four 32 KB segments; then the device refuses every allocation (another
+     * process took the rest): the next layer still loads, into the room of an evicted one. */
+    rig r;
+    make_rig(&r, 6, 1 * MB, 1 * MB, 1);
+    for (int i = 0; i < 4; i++) acquire_ok(&r, i);
+    assert_int_equal(vc_fault_fail_always(r.fault, VC_FAULT_DEVICE_ALLOC, 1), VC_OK);
+    acquire_ok(&r, 4);
+    vc_stats s = get_stats(r.cache);
+    assert_int_equal(s.layers_in_vram, 4);
+    unsigned long failed = 0;
+    vc_fault_counts(r.fault, VC_FAULT_DEVICE_ALLOC, NULL, &failed);
+    assert_true(failed >= 1);
+    /* with every other layer held there is nothing to evict: a clear error */
+    void *p[4];
+    for (int i = 1; i < 5; i++) assert_int_equal(vc_layer_acquire(r.cache, r.layer[i], NULL, &p[i - 1]), VC_OK);
+    void *q;
+    assert_int_equal(vc_layer_acquire(r.cache, r.layer[5], NULL, &q), VC_ERR_OUT_OF_VRAM);
+    assert_true(last_error_has(r.cache, "the device refused"));
+    for (int i = 1; i < 5; i++) vc_layer_release(r.cache, r.layer[i], NULL);
+    assert_consistent(&r, 1 * MB, 1 * MB);
+    acquire_ok(&r, 5);
+    free_rig(&r);
+}
+
+static void test_host_alloc_fails(void **state) {
+    (void)state;
+    rig r;
+    make_rig(&r, 2, 1 * MB, 1 * MB, 1);
+    assert_int_equal(vc_fault_fail_nth(r.fault, VC_FAULT_HOST_ALLOC, 1), VC_OK);
+    void *p;
+    assert_int_equal(vc_layer_acquire(r.cache, r.layer[0], NULL, &p), VC_ERR_NO_MEMORY);
+    assert_true(last_error_has(r.cache, "RAM copy of layer"));
+    vc_stats s = get_stats(r.cache);
+    assert_int_equal(s.ram_bytes, 0);
+    assert_int_equal(s.vram_bytes, 0);
+    assert_int_equal(r.loader[0].calls, 0);
+    acquire_ok(&r, 0);
+    assert_consistent(&r, 1 * MB, 1 * MB);
+    free_rig(&r);
+}
+
+static void test_upload_copy_fails(void **state) {
+    (void)state;
+    rig r;
+    make_rig(&r, 2, 1 * MB, 1 * MB, 1);
+    assert_int_equal(vc_fault_fail_nth(r.fault, VC_FAULT_COPY_H2D, 1), VC_OK);
+    void *p;
+    assert_int_equal(vc_layer_acquire(r.cache, r.layer[1], NULL, &p), VC_ERR_BACKEND);
+    assert_true(last_error_has(r.cache, "upload of layer"));
+    assert_true(last_error_has(r.cache, "injected fault: copy_h2d"));
+    vc_stats s = get_stats(r.cache);
+    assert_int_equal(s.vram_bytes, 0);
+    assert_int_equal(s.layers_held, 0);
+    assert_int_equal(residency(r.cache, r.layer[1]), VC_RES_RAM); /* the RAM copy stays */
+    acquire_ok(&r, 1);
+    assert_int_equal(r.loader[1].calls, 1); /* no reload was needed */
+    assert_consistent(&r, 1 * MB, 1 * MB);
+    free_rig(&r);
+}
+
+static void test_writeback_copy_fails(void **state) {
+    (void)state;
+    /* keep_ram_copy off: leaving VRAM copies back; when that copy fails the weights are dropped and
+     * the loader produces them again: nothing lost. */
+    rig r;
+    make_rig(&r, 2, 1 * MB, 1 * MB, 0);
+    acquire_ok(&r, 0);
+    assert_int_equal(residency(r.cache, r.layer[0]), VC_RES_VRAM);
+    assert_int_equal(vc_fault_fail_nth(r.fault, VC_FAULT_COPY_D2H, 1), VC_OK);
+    assert_int_equal(vc_layer_offload(r.cache, r.layer[0], VC_OFFLOAD_VRAM), VC_OK);
+    assert_int_equal(residency(r.cache, r.layer[0]), VC_RES_NONE);
+    assert_int_equal(get_stats(r.cache).ram_bytes, 0); /* the failed write-back's buffer is gone */
+    acquire_ok(&r, 0);
+    assert_int_equal(r.loader[0].calls, 2);
+    /* a read of a device-only layer whose download fails is an error, and can be retried */
+    assert_int_equal(residency(r.cache, r.layer[0]), VC_RES_VRAM);
+    assert_int_equal(vc_fault_fail_nth(r.fault, VC_FAULT_COPY_D2H, 1), VC_OK);
+    unsigned char buf[32 * KB];
+    assert_int_equal(vc_layer_read(r.cache, r.layer[0], buf, sizeof buf), VC_ERR_BACKEND);
+    assert_consistent(&r, 1 * MB, 1 * MB);
+    free_rig(&r);
+}
+
+static void test_event_faults(void **state) {
+    (void)state;
+    rig r;
+    make_rig(&r, 3, 1 * MB, 1 * MB, 1);
+    /* the first event operation of an acquire fails: the acquire fails and holds nothing */
+    assert_int_equal(vc_fault_fail_nth(r.fault, VC_FAULT_EVENT, 1), VC_OK);
+    void *p;
+    assert_int_equal(vc_layer_acquire(r.cache, r.layer[0], NULL, &p), VC_ERR_BACKEND);
+    assert_int_equal(get_stats(r.cache).layers_held, 0);
+    assert_int_equal(get_stats(r.cache).vram_bytes, 0);
+    acquire_ok(&r, 0);
+    /* an event failing at release still releases the hold */
+    assert_int_equal(vc_layer_acquire(r.cache, r.layer[1], NULL, &p), VC_OK);
+    assert_int_equal(vc_fault_fail_always(r.fault, VC_FAULT_EVENT, 1), VC_OK);
+    assert_int_equal(vc_layer_release(r.cache, r.layer[1], NULL), VC_OK);
+    assert_int_equal(get_stats(r.cache).layers_held, 0);
+    /* queries that cannot answer count as "not finished": nothing is freed early, nothing breaks */
+    assert_int_equal(vc_layer_offload(r.cache, r.layer[1], VC_OFFLOAD_ALL), VC_OK);
+    assert_int_equal(vc_fault_fail_always(r.fault, VC_FAULT_EVENT, 0), VC_OK);
+    assert_consistent(&r, 1 * MB, 1 * MB);
+    free_rig(&r);
+}
+
+static void test_stream_create_and_mem_info_faults(void **state) {
+    (void)state;
+    vc_backend *host, *fault;
+    assert_int_equal(vc_backend_host_create(1 * MB, &host), VC_OK);
+    assert_int_equal(vc_backend_fault_create(host, &fault), VC_OK);
+    vc_cache_options o;
+    vc_cache_options_init(&o);
+    o.backend = fault;
+    o.ram_budget = 1 * MB;
+    o.working_mem = 0;
+    vc_cache *c = (vc_cache *)0x1;
+    assert_int_equal(vc_fault_fail_nth(fault, VC_FAULT_STREAM_CREATE, 2), VC_OK); /* the second stream */
+    assert_int_equal(vc_cache_create(&o, &c), VC_ERR_BACKEND);
+    assert_null(c);
+    assert_non_null(strstr(vc_last_error(), "copy streams"));
+    assert_int_equal(vc_cache_create(&o, &c), VC_OK);
+    /* without a memory reading the budget is what the cache already holds: nothing new loads */
+    static char w[4 * KB];
+    vc_layer_id l = add_host_layer(c, add_model(c, "m"), "l", w, sizeof w);
+    assert_int_equal(vc_fault_fail_always(fault, VC_FAULT_MEM_INFO, 1), VC_OK);
+    void *p;
+    assert_int_equal(vc_layer_acquire(c, l, NULL, &p), VC_ERR_OUT_OF_VRAM);
+    assert_int_equal(vc_fault_fail_always(fault, VC_FAULT_MEM_INFO, 0), VC_OK);
+    assert_int_equal(vc_layer_acquire(c, l, NULL, &p), VC_OK);
+    assert_int_equal(vc_layer_release(c, l, NULL), VC_OK);
+    assert_int_equal(vc_cache_destroy(c), VC_OK);
+    /* bad use of the fault API */
+    assert_int_equal(vc_fault_fail_nth(host, VC_FAULT_COPY_H2D, 1), VC_ERR_INVALID_ARG);
+    assert_int_equal(vc_fault_fail_nth(fault, (vc_fault_op)99, 1), VC_ERR_INVALID_ARG);
+    assert_int_equal(vc_fault_fail_random(fault, VC_FAULT_COPY_H2D, 2.0, 1), VC_ERR_INVALID_ARG);
+    assert_int_equal(vc_backend_fault_create(NULL, &fault), VC_ERR_INVALID_ARG);
+    vc_backend_destroy(fault);
+    vc_backend_destroy(host);
+}
+
+static void test_loader_faults_at_random(void **state) {
+    (void)state;
+    /* Loaders that fail now and then: every failure is VC_ERR_LOADER, the next try works. */
+    rig r;
+    make_rig(&r, 8, 128 * KB, 96 * KB, 0);
+    unsigned seed = 7;
+    int failures = 0;
+    for (int it = 0; it < 400; it++) {
+        seed = seed * 1103515245u + 12345u;
+        int i = (int)((seed >> 8) % 8);
+        if ((seed >> 20) % 5 == 0) r.loader[i].fail_next = 1;
+        void *p;
+        int st = vc_layer_acquire(r.cache, r.layer[i], NULL, &p);
+        if (st == VC_ERR_LOADER) {
+            failures++;
+            assert_true(last_error_has(r.cache, "returned -5"));
+            continue;
+        }
+        assert_int_equal(st, VC_OK);
+        assert_true(check_pattern(p, 32 * KB, r.loader[i].seed));
+        assert_int_equal(vc_layer_release(r.cache, r.layer[i], NULL), VC_OK);
+    }
+    assert_true(failures > 10);
+    assert_consistent(&r, 96 * KB, 128 * KB);
+    free_rig(&r);
+}
+
+static void test_random_faults_everywhere(void **state) {
+    (void)state;
+    /* Every operation fails now and then (seeded); a random workload runs through it. Each call
+     * either succeeds or returns one of the documented statuses; afterwards the cache is consistent
+     * and every layer's weights are intact. */
+    for (uint64_t seed = 1; seed <= 6; seed++) {
+        rig r;
+    make_rig(&r, 8, 160 * KB, 128 * KB, (int)(seed & 1));
+        for (int op = 0; op < VC_FAULT_OP_COUNT; op++)
+            assert_int_equal(vc_fault_fail_random(r.fault, (vc_fault_op)op, 0.05, seed * 31 + (uint64_t)op), VC_OK);
+        unsigned rs = (unsigned)seed;
+        for (int it = 0; it < 1500; it++) {
+            rs = rs * 1664525u + 1013904223u;
+            int i = (int)((rs >> 8) % 8);
+            void *p;
+            switch ((rs >> 16) % 6) {
+            case 0: {
+                vc_reservation *res;
+                int st = vc_reserve_working_mem(r.cache, 40 * KB, (rs >> 24) & 1 ? VC_RESERVE_BUFFER : 0, &res);
+                assert_true(st == VC_OK || st == VC_ERR_OUT_OF_VRAM || st == VC_ERR_BACKEND);
+                if (st == VC_OK) assert_int_equal(vc_release_working_mem(r.cache, res), VC_OK);
+                break;
+            }
+            case 1: {
+                int st = vc_layer_offload(r.cache, r.layer[i], (rs >> 24) & 1 ? VC_OFFLOAD_ALL : VC_OFFLOAD_VRAM);
+                assert_int_equal(st, VC_OK);
+                break;
+            }
+            default: {
+                int st = vc_layer_acquire(r.cache, r.layer[i], NULL, &p);
+                assert_true(st == VC_OK || st == VC_ERR_OUT_OF_VRAM || st == VC_ERR_NO_MEMORY ||
+                            st == VC_ERR_BACKEND || st == VC_ERR_OUT_OF_RAM);
+                if (st == VC_OK) {
+                    assert_true(check_pattern(p, 32 * KB, r.loader[i].seed));
+                    assert_int_equal(vc_layer_release(r.cache, r.layer[i], NULL), VC_OK);
+                }
+            }
+            }
+        }
+        unsigned long failed = 0, total = 0;
+        for (int op = 0; op < VC_FAULT_OP_COUNT; op++) {
+            unsigned long f;
+            vc_fault_counts(r.fault, (vc_fault_op)op, NULL, &f);
+            failed += f;
+        }
+        total = failed;
+        assert_true(total > 20); /* the faults really fired */
+        assert_consistent(&r, 128 * KB, 160 * KB);
+        for (int i = 0; i < 8; i++) acquire_ok(&r, i); /* and everything works again */
+        free_rig(&r);
+    }
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_device_alloc_fails_then_retry),
+        cmocka_unit_test(test_device_oom_evicts_and_retries),
+        cmocka_unit_test(test_host_alloc_fails),
+        cmocka_unit_test(test_upload_copy_fails),
+        cmocka_unit_test(test_writeback_copy_fails),
+        cmocka_unit_test(test_event_faults),
+        cmocka_unit_test(test_stream_create_and_mem_info_faults),
+        cmocka_unit_test(test_loader_faults_at_random),
+        cmocka_unit_test(test_random_faults_everywhere),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -5,6 +5,13 @@
 
 #include "vramcache.h"
 
+#ifdef VC_ARENA_DEBUG
+void arena_validate(const arena *a);
+#define ARENA_VALIDATE(a) arena_validate(a)
+#else
+#define ARENA_VALIDATE(a) ((void)0)
+#endif
+
 static unsigned log2_floor(size_t v) {
     return (unsigned)(sizeof(size_t) * 8 - 1) - (unsigned)__builtin_clzl((unsigned long)v);
 }
@@ -196,6 +203,7 @@ int arena_alloc(arena *a, size_t size, size_t align, void *owner, arena_block **
     b->seg->used += b->size;
     a->used += b->size;
     *out = b;
+    ARENA_VALIDATE(a);
     return VC_OK;
 }
 
@@ -220,6 +228,7 @@ void arena_free(arena *a, arena_block *b) {
         free(n);
     }
     bin_insert(a, b);
+    ARENA_VALIDATE(a);
 }
 
 int arena_find_window(const arena *a, size_t size, size_t align,
@@ -266,3 +275,54 @@ int arena_find_window_cost(const arena *a, size_t size, size_t align,
     }
     return found;
 }
+
+#ifdef VC_ARENA_DEBUG
+#include <stdio.h>
+/* Checks every structural invariant; aborts with a message on the first violation. */
+void arena_validate(const arena *a);
+void arena_validate(const arena *a) {
+    size_t total = 0, used = 0, free_blocks = 0;
+    for (const arena_segment *s = a->segments; s; s = s->next) {
+        total += s->size;
+        size_t off = 0, sused = 0;
+        const arena_block *prev = NULL;
+        for (const arena_block *b = s->first; b; b = b->next) {
+            if (b->seg != s || b->prev != prev || b->offset != off || b->size == 0) {
+                fprintf(stderr, "arena: block chain broken\n");
+                abort();
+            }
+            if (!b->owner) {
+                free_blocks++;
+                if (prev && !prev->owner) {
+                    fprintf(stderr, "arena: adjacent free blocks not merged\n");
+                    abort();
+                }
+            } else
+                sused += b->size;
+            off += b->size;
+            prev = b;
+        }
+        if (off != s->size || sused != s->used) {
+            fprintf(stderr, "arena: segment sizes wrong\n");
+            abort();
+        }
+        used += sused;
+    }
+    size_t in_bins = 0;
+    for (unsigned f = 0; f < ARENA_FL; f++)
+        for (unsigned s = 0; s < ARENA_SL; s++)
+            for (const arena_block *b = a->bins[f][s]; b; b = b->free_next) {
+                unsigned bf, bs;
+                bin_of(b->size, &bf, &bs);
+                if (b->owner || bf != f || bs != s || ++in_bins > free_blocks) {
+                    fprintf(stderr, "arena: bin %u/%u holds a wrong or repeated block\n", f, s);
+                    abort();
+                }
+            }
+    if (total != a->total || used != a->used || in_bins != free_blocks) {
+        fprintf(stderr, "arena: totals wrong (%zu/%zu, %zu/%zu, %zu/%zu)\n", total, a->total, used, a->used,
+                in_bins, free_blocks);
+        abort();
+    }
+}
+#endif

@@ -196,6 +196,11 @@ static inline size_t sat_sub(size_t a, size_t b) { return a > b ? a - b : 0; }
 static inline size_t min_sz(size_t a, size_t b) { return a < b ? a : b; }
 static inline size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
 
+/** vc_system_ram with the cgroup filesystem at `cgroup_root` and the process's cgroup file at
+ *  `self_cgroup` (tests point them at fakes). */
+size_t vc__system_ram_at(const char *cgroup_root, const char *self_cgroup, size_t phys, char *why,
+                         size_t why_size);
+
 /** Formats bytes as "12.34 GB"/"5.00 MB" into buf. */
 const char *vc__fmt_bytes(size_t bytes, char *buf, size_t size);
 

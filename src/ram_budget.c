@@ -62,10 +62,10 @@ static size_t read_limit(const char *path) {
     return (size_t)v;
 }
 
-/* The cgroup v2 path of this process ("0::/some/path"), else "". */
-static void own_cgroup_path(char *out, size_t size) {
+/* The cgroup v2 path of this process ("0::/some/path" in `self_cgroup`), else "". */
+static void own_cgroup_path(const char *self_cgroup, char *out, size_t size) {
     out[0] = '\0';
-    FILE *f = fopen("/proc/self/cgroup", "r");
+    FILE *f = fopen(self_cgroup, "r");
     if (!f) return;
     char line[512];
     while (fgets(line, sizeof line, f)) {
@@ -78,25 +78,27 @@ static void own_cgroup_path(char *out, size_t size) {
     fclose(f);
 }
 
-size_t vc_system_ram(char *why, size_t why_size) {
-    long pages = sysconf(_SC_PHYS_PAGES);
-    long page = sysconf(_SC_PAGESIZE);
-    size_t phys = (pages > 0 && page > 0) ? (size_t)pages * (size_t)page : 8 * VC_GB;
+size_t vc__system_ram_at(const char *cgroup_root, const char *self_cgroup, size_t phys, char *why,
+                         size_t why_size) {
     size_t best = phys;
     const char *src = "physical RAM";
-    char path[768], cg[512];
-    own_cgroup_path(cg, sizeof cg);
+    char path[1024], cg[512];
+    own_cgroup_path(self_cgroup, cg, sizeof cg);
     size_t lim = 0;
-    if (cg[0] && strcmp(cg, "/") != 0) {
-        snprintf(path, sizeof path, "/sys/fs/cgroup%s/memory.max", cg);
+    if (cg[0] && strcmp(cg, "/") != 0) { /* the process's own cgroup, then the root of the mount */
+        snprintf(path, sizeof path, "%s%s/memory.max", cgroup_root, cg);
         lim = read_limit(path);
     }
-    if (!lim) lim = read_limit("/sys/fs/cgroup/memory.max");
+    if (!lim) {
+        snprintf(path, sizeof path, "%s/memory.max", cgroup_root);
+        lim = read_limit(path);
+    }
     if (lim && lim < best) {
         best = lim;
         src = "cgroup v2 memory.max";
     } else {
-        lim = read_limit("/sys/fs/cgroup/memory/memory.limit_in_bytes");
+        snprintf(path, sizeof path, "%s/memory/memory.limit_in_bytes", cgroup_root);
+        lim = read_limit(path);
         if (lim && lim < best) {
             best = lim;
             src = "cgroup v1 memory.limit_in_bytes";
@@ -107,4 +109,11 @@ size_t vc_system_ram(char *why, size_t why_size) {
         snprintf(why, why_size, "%s (%s)", vc__fmt_bytes(best, a, sizeof a), src);
     }
     return best;
+}
+
+size_t vc_system_ram(char *why, size_t why_size) {
+    long pages = sysconf(_SC_PHYS_PAGES);
+    long page = sysconf(_SC_PAGESIZE);
+    size_t phys = (pages > 0 && page > 0) ? (size_t)pages * (size_t)page : 8 * VC_GB;
+    return vc__system_ram_at("/sys/fs/cgroup", "/proc/self/cgroup", phys, why, why_size);
 }

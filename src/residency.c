@@ -288,14 +288,15 @@ static int segment_pinned(vc_cache *c, const arena_segment *s) {
 }
 
 /* Evicts every owner of the blocks from `first` to `last` (inclusive). Owners are collected first
- * because freeing merges blocks. */
+ * because freeing merges blocks. Returns VC_ERR_NOT_FOUND when the run owns nothing (no progress:
+ * the caller must try something else rather than loop). */
 static int evict_run(vc_cache *c, arena_block *first, arena_block *last, vc_evict_reason reason) {
     size_t n = 0;
     for (arena_block *b = first;; b = b->next) {
         n += b->owner != NULL;
         if (b == last) break;
     }
-    if (n == 0) return VC_OK;
+    if (n == 0) return VC_ERR_NOT_FOUND;
     layer_t **owners = malloc(n * sizeof(*owners));
     if (!owners) return VC_ERR_NO_MEMORY;
     size_t i = 0;
@@ -323,7 +324,7 @@ static int grow_arena(vc_cache *c, arena *a, size_t need, size_t align, size_t l
 static int free_segment(vc_cache *c, arena *a, arena_segment *seg, vc_evict_reason reason) {
     arena_block *last = seg->first;
     while (last->next) last = last->next;
-    if (evict_run(c, seg->first, last, reason) != VC_OK) return VC_ERR_NO_MEMORY;
+    if (evict_run(c, seg->first, last, reason) == VC_ERR_NO_MEMORY) return VC_ERR_NO_MEMORY;
     c->ops->device_free(c->bctx, arena_remove_segment(a, seg));
     return VC_OK;
 }
@@ -503,15 +504,16 @@ static int place_streamed(vc_cache *c, layer_t *l, const place_req *rq, size_t l
         }
         arena_block *first, *last;
         if (arena_find_window_cost(&c->sarena, need, l->align, streamable_owner, streamable_cost, &sc, &first, &last)) {
-            if (evict_run(c, first, last,
-                          rq->max_distance == VC_ANY_DISTANCE ? VC_EVICT_FOR_LOAD : VC_EVICT_FOR_PREFETCH) != VC_OK)
-                return VC_ERR_NO_MEMORY;
-            continue;
+            int er = evict_run(c, first, last,
+                               rq->max_distance == VC_ANY_DISTANCE ? VC_EVICT_FOR_LOAD : VC_EVICT_FOR_PREFETCH);
+            if (er == VC_ERR_NO_MEMORY) return er;
+            if (er == VC_OK) continue;
         }
         if (rq->max_distance != VC_ANY_DISTANCE) return VC_ERR_OUT_OF_VRAM; /* a prefetch waits its turn */
         if (arena_find_window(&c->sarena, need, l->align, owner_evictable, c, &first, &last)) {
-            if (evict_run(c, first, last, VC_EVICT_FOR_LOAD) != VC_OK) return VC_ERR_NO_MEMORY;
-            continue;
+            int er = evict_run(c, first, last, VC_EVICT_FOR_LOAD);
+            if (er == VC_ERR_NO_MEMORY) return er;
+            if (er == VC_OK) continue;
         }
         break;
     }
@@ -557,29 +559,38 @@ static int vram_place(vc_cache *c, layer_t *l, const char *fn, const place_req *
             streamable_ctx sc = {c, l, rq->max_distance};
             if (arena_find_window_cost(&c->arena, need, l->align, streamable_owner, streamable_cost, &sc, &first,
                                        &last)) {
-                if (evict_run(c, first, last,
-                              rq->max_distance == VC_ANY_DISTANCE ? VC_EVICT_FOR_LOAD : VC_EVICT_FOR_PREFETCH) != VC_OK)
-                    break;
-                grow_failed = 0;
-                continue;
+                int er = evict_run(c, first, last,
+                                   rq->max_distance == VC_ANY_DISTANCE ? VC_EVICT_FOR_LOAD : VC_EVICT_FOR_PREFETCH);
+                if (er == VC_ERR_NO_MEMORY) break;
+                if (er == VC_OK) {
+                    grow_failed = 0;
+                    continue;
+                }
             }
         }
         /* Enough free bytes but no hole: evict the cheapest run of neighbours that makes one. */
         if (rq->max_distance == VC_ANY_DISTANCE && c->mode != VC_OFFLOAD_MODE_NONE &&
             arena_free_bytes(&c->arena) >= need &&
             arena_find_window(&c->arena, need, l->align, owner_evictable, c, &first, &last)) {
-            if (evict_run(c, first, last, VC_EVICT_FRAGMENTATION) != VC_OK) break;
-            grow_failed = 0;
-            continue;
+            int er = evict_run(c, first, last, VC_EVICT_FRAGMENTATION);
+            if (er == VC_ERR_NO_MEMORY) break;
+            if (er == VC_OK) {
+                grow_failed = 0;
+                continue;
+            }
         }
         vc_evict_reason reason;
         layer_t *victim = vc__sched_victim(c, l, rq->max_distance, &reason);
-        if (victim && victim->in_stream) { /* room in the streaming region does not help here */
-            victim = NULL;
-            if (c->sarena.used && rq->max_distance == VC_ANY_DISTANCE) { /* give the region back */
-                vc__release_stream_region(c, VC_EVICT_FOR_LOAD);
-                continue;
-            }
+        if (victim && victim->in_stream) {
+            /* Room in the streaming region does not help here: shrink the region instead, one layer
+             * at a time (each pass evicts something, so this ends), giving its empty segments back. */
+            if (rq->max_distance != VC_ANY_DISTANCE) break;
+            vc__evict_vram(c, victim, reason, 0);
+            release_empty_segments(c, &c->sarena);
+            c->stream_budget = min_sz(c->stream_budget, c->sarena.total);
+            if (!c->stream_budget) c->stream_model = NULL;
+            grow_failed = 0;
+            continue;
         }
         if (!victim) break;
         if (reason == VC_EVICT_MODEL_SWAP) { /* model mode: the whole model leaves, not just a layer */

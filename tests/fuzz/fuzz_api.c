@@ -1,0 +1,214 @@
+/*
+ * API-sequence fuzzer: the input is a program of cache operations (register, acquire, release,
+ * offload, unregister, reserve, declare an order, arm a backend fault, read) run on a small cache
+ * over a fault-injecting host backend. After every operation the invariants are checked — held
+ * layers keep their bytes, hold counts match, the pools stay within budget, statuses are among the
+ * documented ones — and at the end every layer's bytes must equal its source. Any violation traps.
+ */
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vramcache.h"
+#include "vramcache_fault.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+#define NL 12
+#define DEVICE (96 * 1024)
+#define RAM (64 * 1024)
+
+typedef struct slot {
+    int live;
+    vc_layer_id id;
+    size_t bytes;
+    uint8_t seed;
+    unsigned holds;
+    void *dptr;
+    uint8_t *borrowed;
+    int loader_fail;
+} slot;
+
+static uint8_t byte_at(uint8_t seed, size_t i) { return (uint8_t)(seed * 31u + i * 7u + (i >> 8)); }
+
+static int loader(void *user, vc_layer_id id, void *dst, size_t bytes) {
+    (void)id;
+    slot *s = user;
+    if (s->loader_fail) {
+        s->loader_fail = 0;
+        return -1;
+    }
+    for (size_t i = 0; i < bytes; i++) ((uint8_t *)dst)[i] = byte_at(s->seed, i);
+    return 0;
+}
+
+static int intact(const uint8_t *p, const slot *s) {
+    for (size_t i = 0; i < s->bytes; i++)
+        if (p[i] != byte_at(s->seed, i)) return 0;
+    return 1;
+}
+
+/* The per-step check samples (a prime stride and the last byte); the final check reads it all. */
+static int intact_sampled(const uint8_t *p, const slot *s) {
+    for (size_t i = 0; i < s->bytes; i += 61)
+        if (p[i] != byte_at(s->seed, i)) return 0;
+    return p[s->bytes - 1] == byte_at(s->seed, s->bytes - 1);
+}
+
+#define CHECK(x)                                                                                   \
+    do {                                                                                           \
+        if (!(x)) __builtin_trap();                                                                \
+    } while (0)
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    if (size < 2) return 0;
+    vc_backend *host, *fault;
+    if (vc_backend_host_create(DEVICE, &host) != VC_OK) return 0;
+    if (vc_backend_fault_create(host, &fault) != VC_OK) {
+        vc_backend_destroy(host);
+        return 0;
+    }
+    vc_cache_options o;
+    vc_cache_options_init(&o);
+    o.backend = fault;
+    o.ram_budget = RAM;
+    o.working_mem = (data[0] & 3) * 4096;
+    o.keep_ram_copy = data[0] >> 7;
+    o.arena_segment_bytes = 16 * 1024;
+    o.policy = (data[0] >> 2) & 1 ? VC_POLICY_LRU : VC_POLICY_PLANNED;
+    o.offload_mode = (vc_offload_mode)((data[1] >> 6) & 3);
+    vc_cache *c;
+    if (vc_cache_create(&o, &c) != VC_OK) {
+        vc_backend_destroy(fault);
+        vc_backend_destroy(host);
+        return 0;
+    }
+    vc_model_id m;
+    CHECK(vc_model_register(c, "fuzz", &m) == VC_OK);
+    slot *s = calloc(NL, sizeof *s);
+    vc_reservation *res[2] = {NULL, NULL};
+    for (size_t pc = 2; pc + 1 < size; pc += 2) {
+        uint8_t op = data[pc], arg = data[pc + 1];
+        slot *x = &s[arg % NL];
+        void *p = NULL;
+        int st;
+        switch (op % 10) {
+        case 0: /* register */
+            if (x->live) break;
+            memset(x, 0, sizeof *x);
+            x->bytes = 1 + (size_t)arg * 97;
+            x->seed = op;
+            vc_layer_desc d = {.name = "l", .bytes = x->bytes};
+            if (op & 0x80) {
+                x->borrowed = malloc(x->bytes);
+                for (size_t i = 0; i < x->bytes; i++) x->borrowed[i] = byte_at(x->seed, i);
+                d.host_ptr = x->borrowed;
+            } else {
+                d.loader = loader;
+                d.loader_user = x;
+            }
+            CHECK(vc_layer_register(c, m, &d, &x->id) == VC_OK);
+            x->live = 1;
+            break;
+        case 1: case 2: case 3: /* acquire */
+            if (!x->live) break;
+            if (op & 0x40) x->loader_fail = 1;
+            st = vc_layer_acquire(c, x->id, NULL, &p);
+            x->loader_fail = 0;
+            CHECK(st == VC_OK || st == VC_ERR_OUT_OF_VRAM || st == VC_ERR_OUT_OF_RAM || st == VC_ERR_LOADER ||
+                  st == VC_ERR_BACKEND || st == VC_ERR_NO_MEMORY);
+            if (st == VC_OK) {
+                CHECK(intact(p, x));
+                if (x->holds) CHECK(p == x->dptr);
+                x->holds++;
+                x->dptr = p;
+            }
+            break;
+        case 4: case 5: /* release */
+            if (!x->live) break;
+            st = vc_layer_release(c, x->id, NULL);
+            CHECK(st == (x->holds ? VC_OK : VC_ERR_NOT_HELD));
+            if (x->holds) x->holds--;
+            break;
+        case 6: /* offload */
+            if (!x->live) break;
+            st = vc_layer_offload(c, x->id, arg & 1 ? VC_OFFLOAD_ALL : VC_OFFLOAD_VRAM);
+            CHECK(st == (x->holds ? VC_ERR_BUSY : VC_OK));
+            break;
+        case 7: /* unregister */
+            if (!x->live) break;
+            st = vc_layer_unregister(c, x->id);
+            CHECK(st == (x->holds ? VC_ERR_BUSY : VC_OK));
+            if (st == VC_OK) {
+                free(x->borrowed);
+                memset(x, 0, sizeof *x);
+            }
+            break;
+        case 8: { /* reserve or release working memory */
+            int r = arg & 1;
+            if (res[r]) {
+                CHECK(vc_release_working_mem(c, res[r]) == VC_OK);
+                res[r] = NULL;
+            } else {
+                st = vc_reserve_working_mem(c, (size_t)arg * 128, (arg & 2) ? VC_RESERVE_BUFFER : 0, &res[r]);
+                CHECK(st == VC_OK || st == VC_ERR_OUT_OF_VRAM || st == VC_ERR_BACKEND || st == VC_ERR_INVALID_ARG);
+                if (st != VC_OK) res[r] = NULL;
+            }
+            break;
+        }
+        case 9: /* faults and orders */
+            if (arg & 1) {
+                vc_fault_fail_nth(fault, (vc_fault_op)((arg >> 1) % VC_FAULT_OP_COUNT), 1 + (arg >> 5));
+            } else {
+                vc_layer_id order[NL];
+                size_t n = 0;
+                for (int i = 0; i < NL; i++)
+                    if (s[(i + arg) % NL].live) order[n++] = s[(i + arg) % NL].id;
+                st = vc_model_set_order(c, m, order, n);
+                CHECK(st == VC_OK || st == VC_ERR_NO_MEMORY);
+            }
+            break;
+        }
+        /* invariants after every step */
+        vc_stats stats;
+        CHECK(vc_cache_get_stats(c, &stats) == VC_OK);
+        unsigned held = 0, live = 0;
+        for (int i = 0; i < NL; i++) {
+            if (!s[i].live) continue;
+            live++;
+            if (s[i].holds) {
+                held++;
+                CHECK(intact_sampled(s[i].dptr, &s[i]));
+                vc_layer_info info;
+                CHECK(vc_layer_get_info(c, s[i].id, &info) == VC_OK);
+                CHECK(info.holds == s[i].holds);
+            }
+        }
+        CHECK(stats.layers_held == held);
+        CHECK(stats.layers == live);
+        CHECK(stats.ram_bytes <= RAM);
+        CHECK(stats.arena_bytes + stats.reserved_bytes <= DEVICE);
+    }
+    /* the end: faults off, everything released, every layer's bytes intact, teardown clean */
+    vc_fault_clear(fault);
+    for (int r = 0; r < 2; r++)
+        if (res[r]) CHECK(vc_release_working_mem(c, res[r]) == VC_OK);
+    for (int i = 0; i < NL; i++) {
+        while (s[i].live && s[i].holds) {
+            CHECK(vc_layer_release(c, s[i].id, NULL) == VC_OK);
+            s[i].holds--;
+        }
+        if (!s[i].live) continue;
+        uint8_t *buf = malloc(s[i].bytes);
+        CHECK(vc_layer_read(c, s[i].id, buf, s[i].bytes) == VC_OK);
+        CHECK(intact(buf, &s[i]));
+        free(buf);
+    }
+    CHECK(vc_cache_destroy(c) == VC_OK);
+    for (int i = 0; i < NL; i++) free(s[i].borrowed);
+    free(s);
+    vc_backend_destroy(fault);
+    vc_backend_destroy(host);
+    return 0;
+}

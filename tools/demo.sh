@@ -4,5 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/deps.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build build -j"$(nproc)" --target diffusion_demo
+cmake --build build -j"$(nproc)" --target diffusion_demo vramcache_cli
 ./build/examples/diffusion_demo "$@"

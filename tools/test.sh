@@ -20,6 +20,10 @@ run_suite() { # name, ctest filter, cmake args...
 run_suite gcc "" -DCMAKE_C_COMPILER=gcc -DCMAKE_BUILD_TYPE=RelWithDebInfo
 run_suite clang-asan-ubsan "" -DCMAKE_C_COMPILER=clang -DVC_SANITIZE=address,undefined
 TSAN_OPTIONS=halt_on_error=1 run_suite clang-tsan "test_threads" -DCMAKE_C_COMPILER=clang -DVC_SANITIZE=thread
+if command -v python3 >/dev/null; then
+  echo "=== workloads match their generator ==="
+  python3 tools/gen_workloads.py --check
+fi
 echo "=== fuzzers (bounded time each, ASan + UBSan) ==="
 cmake -S . -B build-test/fuzz -DCMAKE_C_COMPILER=clang -DVC_SANITIZE=address,undefined -DVC_BUILD_FUZZERS=ON \
   -DVC_BUILD_TESTS=OFF -DVC_BUILD_EXAMPLES=OFF -DVC_BUILD_BENCH=OFF -DVC_BUILD_TOOLS=OFF -DVC_WERROR=ON >/dev/null
@@ -28,7 +32,7 @@ fuzz_seconds=${VC_FUZZ_SECONDS:-30}
 for f in config api; do
   work=$(mktemp -d)
   cp tests/fuzz/corpus_$f/* "$work"/
-  ./build-test/fuzz/tests/fuzz/fuzz_$f -max_total_time="$fuzz_seconds" -max_len=4096 -print_final_stats=0 \
+  ./build-test/fuzz/tests/fuzz/fuzz_$f -max_total_time="$fuzz_seconds" -timeout=20 -max_len=4096 -print_final_stats=0 \
     "$work" 2>&1 | tail -n 3
   rm -rf "$work"
 done

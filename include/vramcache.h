@@ -246,6 +246,11 @@ typedef struct vc_cache_options {
      *  anything needed sooner. */
     unsigned prefetch_depth;
 
+    /** Serve VC_RESERVE_BUFFER reservations from the backend's stream-ordered pool
+     *  (cudaMallocAsync; set from pytorch_cuda_alloc_conf: backend:cudaMallocAsync). Default 0;
+     *  ignored by backends without one. */
+    int stream_ordered_working_mem;
+
     /** Log sink for this cache; NULL uses the process-wide sink (vc_set_log_callback). */
     vc_log_fn log_fn;
     void *log_user;

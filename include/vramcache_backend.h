@@ -80,12 +80,22 @@ typedef struct vc_backend_ops {
     /** Optional (may be NULL): when a recorded event completes(d), in now()'s seconds, or a
      *  negative value when unknown. Lets traces show copies as they run on the device. */
     double (*event_time)(void *ctx, void *event);
+
+    /** Optional: a named range for profilers (NVTX on CUDA), pushed and popped around uploads,
+     *  evictions and reservations. */
+    void (*range_push)(void *ctx, const char *name);
+    void (*range_pop)(void *ctx);
+
+    /** Optional: stream-ordered allocation (cudaMallocAsync) for working-memory buffers, used when
+     *  the cache is created with stream_ordered_working_mem. */
+    int (*device_alloc_async)(void *ctx, size_t bytes, vc_stream stream, void **dptr);
+    void (*device_free_async)(void *ctx, void *dptr, vc_stream stream);
 } vc_backend_ops;
 
 /** Wraps an operation table and its context in a vc_backend handle. `ops` is borrowed and must
  *  outlive the handle (normally a static table); `ctx` is owned by the handle and passed to
- *  ops->destroy by vc_backend_destroy(). Every function pointer except destroy, now and
- *  event_time is required.
+ *  ops->destroy by vc_backend_destroy(). Every function pointer is required except destroy, now,
+ *  event_time, range_push/range_pop and device_alloc_async/device_free_async.
  *  Errors: VC_ERR_INVALID_ARG (NULL, missing operations), VC_ERR_UNSUPPORTED (ABI version
  *  mismatch), VC_ERR_NO_MEMORY. On failure the context is not destroyed. */
 VC_API int vc_backend_create(const vc_backend_ops *ops, void *ctx, vc_backend **out);

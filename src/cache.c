@@ -67,6 +67,7 @@ int vc_cache_create(const vc_cache_options *opts, vc_cache **out) {
     c->log_memory_usage = o.log_memory_usage ? 1 : 0;
     c->segment_bytes = arena_round(o.arena_segment_bytes);
     c->mode = o.offload_mode;
+    c->stream_ordered = o.stream_ordered_working_mem ? 1 : 0;
     c->policy = o.policy;
     c->max_gpu_memory = o.offload_max_gpu_memory;
     c->prefetch_depth = o.prefetch_depth;

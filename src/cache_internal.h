@@ -7,6 +7,7 @@
 
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdio.h>
 
 #include "arena.h"
 #include "slot_table.h"
@@ -105,6 +106,7 @@ struct vc_reservation {
     vc_cache *cache;
     size_t bytes;
     void *buffer;
+    int async; /* buffer from device_alloc_async */
     vc_reservation *prev, *next;
 };
 
@@ -148,6 +150,7 @@ struct vc_cache {
     vc_stats stats;
 
     vc_offload_mode mode;
+    int stream_ordered; /* reservation buffers from device_alloc_async */
     double max_gpu_memory; /* balanced threshold; 0: none */
     vc_policy policy;
     unsigned prefetch_depth;
@@ -261,6 +264,17 @@ void vc__trace_close(vc_cache *c);
 static inline void vc__note_ram(vc_cache *c) {
     if (c->ram_bytes > c->stats.ram_peak_bytes) c->stats.ram_peak_bytes = c->ram_bytes;
 }
+/** Profiler ranges (NVTX on CUDA) when the backend has them. */
+static inline void vc__range_push(const vc_cache *c, const char *what, const char *name) {
+    if (!c->ops->range_push) return;
+    char text[160];
+    snprintf(text, sizeof text, "%s %s", what, name);
+    c->ops->range_push(c->bctx, text);
+}
+static inline void vc__range_pop(const vc_cache *c) {
+    if (c->ops->range_pop) c->ops->range_pop(c->bctx);
+}
+
 static inline size_t vc__vram_total(const vc_cache *c) { return c->arena.total + c->sarena.total; }
 static inline size_t vc__vram_used(const vc_cache *c) { return c->arena.used + c->sarena.used; }
 

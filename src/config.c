@@ -205,6 +205,7 @@ int vc_config_apply(const vc_config *cfg, vc_cache_options *opts) {
     vc_config_get_bool(cfg, VC_CFG_KEEP_RAM_COPY_OF_WEIGHTS, &opts->keep_ram_copy);
     vc_config_get_bool(cfg, VC_CFG_LOG_MEMORY_USAGE, &opts->log_memory_usage);
     opts->offload_mode = vc_config_get_offload_mode(cfg);
+    opts->stream_ordered_working_mem = vc_config_cuda_malloc_async(cfg);
     vc_config_get_number(cfg, VC_CFG_OFFLOAD_MAX_GPU_MEMORY, &opts->offload_max_gpu_memory);
     return VC_OK;
 }

@@ -227,6 +227,7 @@ static int ram_reserve(vc_cache *c, size_t bytes, const layer_t *exclude, const 
 
 void vc__evict_vram(vc_cache *c, layer_t *l, vc_evict_reason reason, int drop_ok) {
     void *dptr = arena_block_ptr(l->vblock);
+    vc__range_push(c, "evict", l->name);
     /* No later upload may overwrite this range before the engine's last use of it completes. */
     if (l->release_recorded) c->ops->stream_wait_event(c->bctx, c->upload_stream, l->release_ev);
     if (!l->host_src && !l->ram && !drop_ok) {
@@ -275,6 +276,7 @@ void vc__evict_vram(vc_cache *c, layer_t *l, vc_evict_reason reason, int drop_ok
     vc__log(c, VC_LOG_DEBUG, "evicted layer '%s' of model '%s' from VRAM (%s)", l->name, l->model->name,
             vc_evict_reason_name((int)reason));
     vc__log_memory(c, "unloaded", l);
+    vc__range_pop(c);
 }
 
 static int owner_evictable(void *owner, void *ud) {
@@ -689,6 +691,7 @@ static int upload(vc_cache *c, layer_t *l, vc_stream stream, int wait, const cha
     l->uploading = 0;
     if (st != VC_OK) return st;
     void *dst = arena_block_ptr(blk);
+    vc__range_push(c, wait ? "upload" : "prefetch", l->name);
     double t0 = 0;
     if (c->trace && c->ops->event_time && ensure_event(c, &c->trace_ev) == VC_OK &&
         c->ops->event_record(c->bctx, c->trace_ev, c->upload_stream) == VC_OK)
@@ -704,6 +707,7 @@ static int upload(vc_cache *c, layer_t *l, vc_stream stream, int wait, const cha
         if (t0 <= 0 || t1 < t0) t0 = t1 = vc__trace_now(c);
         vc__trace_copy(c, wait ? "upload" : "prefetch", l, t0, t1);
     }
+    vc__range_pop(c);
     if (st != VC_OK) {
         /* Later uploads into this range are ordered after the failed one on the same stream. */
         arena_free(l->in_stream ? &c->sarena : &c->arena, blk);

@@ -26,6 +26,7 @@ int vc_reserve_working_mem(vc_cache *c, size_t bytes, unsigned flags, vc_reserva
     r->bytes = bytes;
 
     pthread_mutex_lock(&c->lock);
+    vc__range_push(c, "reserve", "working memory");
     char a[32], b[32], d[32];
     int st = VC_OK;
     size_t before = c->reserved_sum;
@@ -58,7 +59,9 @@ int vc_reserve_working_mem(vc_cache *c, size_t bytes, unsigned flags, vc_reserva
         vc__shrink_arena(c, limit, VC_EVICT_FOR_RESERVATION, 0);
     }
     if (flags & VC_RESERVE_BUFFER) {
-        st = c->ops->device_alloc(c->bctx, bytes, &r->buffer);
+        r->async = c->stream_ordered && c->ops->device_alloc_async;
+        st = r->async ? c->ops->device_alloc_async(c->bctx, bytes, NULL, &r->buffer)
+                      : c->ops->device_alloc(c->bctx, bytes, &r->buffer);
         if (st != VC_OK) {
             c->reserved_sum = before;
             vc__weight_limit(c);
@@ -77,10 +80,12 @@ int vc_reserve_working_mem(vc_cache *c, size_t bytes, unsigned flags, vc_reserva
             "reserved %s of working memory (%s reserved in all; weight limit now %s)",
             vc__fmt_bytes(bytes, a, sizeof a), vc__fmt_bytes(c->reserved_sum, b, sizeof b),
             vc__fmt_bytes(c->stats.vram_limit, d, sizeof d));
+    vc__range_pop(c);
     pthread_mutex_unlock(&c->lock);
     *out = r;
     return VC_OK;
 fail:
+    vc__range_pop(c);
     pthread_mutex_unlock(&c->lock);
     free(r);
     return st;
@@ -108,7 +113,10 @@ int vc_release_working_mem(vc_cache *c, vc_reservation *r) {
     if (r->next) r->next->prev = r->prev;
     c->reserved_sum -= r->bytes;
     if (r->buffer) {
-        c->ops->device_free(c->bctx, r->buffer);
+        if (r->async)
+            c->ops->device_free_async(c->bctx, r->buffer, NULL);
+        else
+            c->ops->device_free(c->bctx, r->buffer);
         c->buffer_bytes -= r->bytes;
     }
     vc__weight_limit(c);

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs the Debian packages libvramcache's build, tests and tools need, when they are missing.
+# libamdhip64-dev lets the HIP backend compile; the CUDA backend uses the toolkit in /usr/local/cuda
+# when present (neither needs a GPU to build).
 # Sourced by tools/demo.sh and tools/test.sh; safe to run again.
 set -euo pipefail
 need=()
-for p in cmake make gcc clang libc6-dev libcmocka-dev libyaml-dev pkg-config; do
+for p in cmake make gcc clang libc6-dev libcmocka-dev libyaml-dev pkg-config libamdhip64-dev; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 # The sanitizers' runtimes for clang (LeakSanitizer, ThreadSanitizer) come with clang's compiler-rt.

@@ -18,6 +18,11 @@ run_suite() { # name, ctest filter, cmake args...
   (cd "build-test/$name" && ctest --output-on-failure -j"$jobs" ${filter:+-R "$filter"}) | tee -a "$summary"
 }
 run_suite gcc "" -DCMAKE_C_COMPILER=gcc -DCMAKE_BUILD_TYPE=RelWithDebInfo
+# Both GPU backends must compile wherever their toolkits are (no GPU needed to build them).
+test -f build-test/gcc/libvramcache-hip.so || { echo "the HIP backend was not built" >&2; exit 1; }
+if [ -d /usr/local/cuda ]; then
+  test -f build-test/gcc/libvramcache-cuda.so || { echo "the CUDA backend was not built" >&2; exit 1; }
+fi
 run_suite clang-asan-ubsan "" -DCMAKE_C_COMPILER=clang -DVC_SANITIZE=address,undefined
 TSAN_OPTIONS=halt_on_error=1 run_suite clang-tsan "test_threads" -DCMAKE_C_COMPILER=clang -DVC_SANITIZE=thread
 if command -v python3 >/dev/null; then

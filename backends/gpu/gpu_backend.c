@@ -1,0 +1,355 @@
+/*
+ * The GPU backend, compiled twice from this one source: with VC_GPU_CUDA against the CUDA runtime
+ * and with VC_GPU_HIP against HIP (gpu_vendor.h maps the names). Built as run-time modules
+ * (libvramcache-cuda.so, libvramcache-hip.so) that the core loads with dlopen, so the core has no
+ * hard dependency on cudart or amdhip64, and as static libraries for engines that link them in.
+ *
+ * Nothing here synchronises the device on the hot path: copies are cudaMemcpyAsync on the cache's
+ * non-blocking streams, ordering is by events, and the only host waits are event_synchronize (which
+ * the cache uses off the hot path) and the staging ring waiting for its own oldest slot.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gpu_vendor.h"
+#include "vramcache_backend.h"
+#include "vramcache_gpu.h"
+
+/* Only the public API is used here: as a module this file links against the shared core. */
+#define GPU_GB ((size_t)1 << 30)
+
+#if defined(VC_GPU_HIP)
+#define GPU_CREATE vc_backend_hip_create
+#else
+#define GPU_CREATE vc_backend_cuda_create
+#endif
+
+#define STAGING_SLOTS 4
+#define STAGING_BYTES ((size_t)32 << 20)
+
+typedef struct gpu_ctx {
+    int device;
+    pthread_mutex_t lock;
+    size_t pinned_budget, pinned_used;
+    void *staging[STAGING_SLOTS]; /* pinned bounce buffers for pageable sources */
+    gpuEvent_t staging_ev[STAGING_SLOTS];
+    int staging_next;
+    char name[256];
+} gpu_ctx;
+
+static int fail(gpuError_t e, const char *what) {
+    vc_backend_set_error("%s: %s (%d)", what, gpuGetErrorString(e), (int)e);
+    gpuGetLastError(); /* clear sticky-free errors so the next call starts clean */
+    return VC_ERR_BACKEND;
+}
+
+#define ON_DEVICE(g)                                                                               \
+    do {                                                                                           \
+        gpuError_t e_ = gpuSetDevice((g)->device);                                                 \
+        if (e_ != gpuSuccess) return fail(e_, GPU_NAME " set device");                             \
+    } while (0)
+
+static int g_device_alloc(void *ctx, size_t bytes, void **p) {
+    gpu_ctx *g = ctx;
+    ON_DEVICE(g);
+    gpuError_t e = gpuMalloc(p, bytes);
+    if (e != gpuSuccess) {
+        fail(e, GPU_NAME " device allocation");
+        return VC_ERR_OUT_OF_VRAM;
+    }
+    return VC_OK;
+}
+
+static void g_device_free(void *ctx, void *p) {
+    gpu_ctx *g = ctx;
+    gpuSetDevice(g->device);
+    gpuFree(p); /* synchronises: safe while work that used the memory is queued */
+}
+
+static int g_host_alloc(void *ctx, size_t bytes, void **p, int *pinned) {
+    gpu_ctx *g = ctx;
+    pthread_mutex_lock(&g->lock);
+    int pin = bytes <= g->pinned_budget - g->pinned_used;
+    if (pin) g->pinned_used += bytes;
+    pthread_mutex_unlock(&g->lock);
+    if (pin) {
+        gpuSetDevice(g->device);
+        if (gpuHostAlloc(p, bytes) == gpuSuccess) {
+            *pinned = 1;
+            return VC_OK;
+        }
+        gpuGetLastError();
+        pthread_mutex_lock(&g->lock);
+        g->pinned_used -= bytes;
+        pthread_mutex_unlock(&g->lock);
+    }
+    /* Beyond the pinned budget (or if pinning failed): pageable, uploaded through staging. */
+    *p = malloc(bytes ? bytes : 1);
+    *pinned = 0;
+    if (!*p) {
+        vc_backend_set_error(GPU_NAME ": host allocation of %zu bytes failed", bytes);
+        return VC_ERR_NO_MEMORY;
+    }
+    return VC_OK;
+}
+
+static void g_host_free(void *ctx, void *p, int pinned) {
+    gpu_ctx *g = ctx;
+    if (!pinned) {
+        free(p);
+        return;
+    }
+    gpuFreeHost(p);
+    (void)g; /* the pinned size is not tracked per pointer: the budget is conservative */
+}
+
+static int g_stream_create(void *ctx, vc_stream *s) {
+    gpu_ctx *g = ctx;
+    ON_DEVICE(g);
+    gpuStream_t st;
+    gpuError_t e = gpuStreamCreateNonBlocking(&st);
+    if (e != gpuSuccess) return fail(e, GPU_NAME " stream creation");
+    *s = (vc_stream)st;
+    return VC_OK;
+}
+
+static void g_stream_destroy(void *ctx, vc_stream s) {
+    gpu_ctx *g = ctx;
+    gpuSetDevice(g->device);
+    gpuStreamDestroy((gpuStream_t)s);
+}
+
+static int is_pinned(const void *p) {
+    gpuPointerAttributes a;
+    memset(&a, 0, sizeof a);
+    if (gpuPointerGetAttributes(&a, p) != gpuSuccess) {
+        gpuGetLastError(); /* plain malloc memory: not registered */
+        return 0;
+    }
+    return GPU_ATTR_IS_PINNED(a);
+}
+
+/* A pageable source would make cudaMemcpyAsync synchronous: bounce it through pinned slots. Each
+ * slot is reused once the copy that read it has finished (the only host wait in this file). */
+static int staged_h2d(gpu_ctx *g, char *dst, const char *src, size_t n, gpuStream_t st) {
+    pthread_mutex_lock(&g->lock);
+    int st_ok = VC_OK;
+    for (size_t off = 0; off < n && st_ok == VC_OK; off += STAGING_BYTES) {
+        size_t chunk = n - off < STAGING_BYTES ? n - off : STAGING_BYTES;
+        int k = g->staging_next;
+        g->staging_next = (k + 1) % STAGING_SLOTS;
+        gpuError_t e = gpuSuccess;
+        if (!g->staging[k]) {
+            e = gpuHostAlloc(&g->staging[k], STAGING_BYTES);
+            if (e == gpuSuccess) e = gpuEventCreateNoTiming(&g->staging_ev[k]);
+        } else {
+            e = gpuEventSynchronize(g->staging_ev[k]);
+        }
+        if (e == gpuSuccess) {
+            memcpy(g->staging[k], src + off, chunk);
+            e = gpuMemcpyAsync(dst + off, g->staging[k], chunk, gpuMemcpyHostToDevice, st);
+        }
+        if (e == gpuSuccess) e = gpuEventRecord(g->staging_ev[k], st);
+        if (e != gpuSuccess) st_ok = fail(e, GPU_NAME " staged host-to-device copy");
+    }
+    pthread_mutex_unlock(&g->lock);
+    return st_ok;
+}
+
+static int g_copy_h2d(void *ctx, void *dst, const void *src, size_t n, vc_stream s) {
+    gpu_ctx *g = ctx;
+    ON_DEVICE(g);
+    if (!is_pinned(src)) return staged_h2d(g, dst, src, n, (gpuStream_t)s);
+    gpuError_t e = gpuMemcpyAsync(dst, src, n, gpuMemcpyHostToDevice, (gpuStream_t)s);
+    return e == gpuSuccess ? VC_OK : fail(e, GPU_NAME " host-to-device copy");
+}
+
+static int g_copy_d2h(void *ctx, void *dst, const void *src, size_t n, vc_stream s) {
+    gpu_ctx *g = ctx;
+    ON_DEVICE(g);
+    gpuError_t e = gpuMemcpyAsync(dst, src, n, gpuMemcpyDeviceToHost, (gpuStream_t)s);
+    return e == gpuSuccess ? VC_OK : fail(e, GPU_NAME " device-to-host copy");
+}
+
+static int g_event_create(void *ctx, void **ev) {
+    gpu_ctx *g = ctx;
+    ON_DEVICE(g);
+    gpuEvent_t e;
+    gpuError_t r = gpuEventCreateNoTiming(&e);
+    if (r != gpuSuccess) return fail(r, GPU_NAME " event creation");
+    *ev = (void *)e;
+    return VC_OK;
+}
+
+static void g_event_destroy(void *ctx, void *ev) {
+    (void)ctx;
+    gpuEventDestroy((gpuEvent_t)ev);
+}
+
+static int g_event_record(void *ctx, void *ev, vc_stream s) {
+    (void)ctx;
+    gpuError_t e = gpuEventRecord((gpuEvent_t)ev, (gpuStream_t)s);
+    return e == gpuSuccess ? VC_OK : fail(e, GPU_NAME " event record");
+}
+
+static int g_event_query(void *ctx, void *ev) {
+    (void)ctx;
+    gpuError_t e = gpuEventQuery((gpuEvent_t)ev);
+    if (e == gpuSuccess) return 1;
+    if (e == gpuErrorNotReady) {
+        gpuGetLastError();
+        return 0;
+    }
+    return fail(e, GPU_NAME " event query");
+}
+
+static int g_event_sync(void *ctx, void *ev) {
+    (void)ctx;
+    gpuError_t e = gpuEventSynchronize((gpuEvent_t)ev);
+    return e == gpuSuccess ? VC_OK : fail(e, GPU_NAME " event synchronize");
+}
+
+static int g_stream_wait(void *ctx, vc_stream s, void *ev) {
+    (void)ctx;
+    gpuError_t e = gpuStreamWaitEvent((gpuStream_t)s, (gpuEvent_t)ev);
+    return e == gpuSuccess ? VC_OK : fail(e, GPU_NAME " stream wait");
+}
+
+static int g_mem_info(void *ctx, size_t *free_b, size_t *total) {
+    gpu_ctx *g = ctx;
+    ON_DEVICE(g);
+    gpuError_t e = gpuMemGetInfo(free_b, total);
+    return e == gpuSuccess ? VC_OK : fail(e, GPU_NAME " memory info");
+}
+
+static int g_alloc_async(void *ctx, size_t bytes, vc_stream s, void **p) {
+    gpu_ctx *g = ctx;
+    ON_DEVICE(g);
+    gpuError_t e = gpuMallocAsync(p, bytes, (gpuStream_t)s);
+    if (e != gpuSuccess) {
+        fail(e, GPU_NAME " stream-ordered allocation");
+        return VC_ERR_OUT_OF_VRAM;
+    }
+    return VC_OK;
+}
+
+static void g_free_async(void *ctx, void *p, vc_stream s) {
+    gpu_ctx *g = ctx;
+    gpuSetDevice(g->device);
+    gpuFreeAsync(p, (gpuStream_t)s);
+}
+
+#if defined(VC_WITH_NVTX) && !defined(VC_GPU_HIP)
+static void g_range_push(void *ctx, const char *name) {
+    (void)ctx;
+    nvtxRangePushA(name);
+}
+static void g_range_pop(void *ctx) {
+    (void)ctx;
+    nvtxRangePop();
+}
+#define RANGE_PUSH g_range_push
+#define RANGE_POP g_range_pop
+#else
+#define RANGE_PUSH NULL
+#define RANGE_POP NULL
+#endif
+
+static void g_destroy(void *ctx) {
+    gpu_ctx *g = ctx;
+    gpuSetDevice(g->device);
+    for (int k = 0; k < STAGING_SLOTS; k++)
+        if (g->staging[k]) {
+            gpuEventSynchronize(g->staging_ev[k]);
+            gpuEventDestroy(g->staging_ev[k]);
+            gpuFreeHost(g->staging[k]);
+        }
+    pthread_mutex_destroy(&g->lock);
+    free(g);
+}
+
+static const vc_backend_ops gpu_ops = {
+    .abi_version = VC_BACKEND_ABI_VERSION,
+    .name = GPU_NAME,
+    .kind = VC_BACKEND_KIND_GPU,
+    .device_alloc = g_device_alloc,
+    .device_free = g_device_free,
+    .host_alloc = g_host_alloc,
+    .host_free = g_host_free,
+    .stream_create = g_stream_create,
+    .stream_destroy = g_stream_destroy,
+    .copy_h2d = g_copy_h2d,
+    .copy_d2h = g_copy_d2h,
+    .event_create = g_event_create,
+    .event_destroy = g_event_destroy,
+    .event_record = g_event_record,
+    .event_query = g_event_query,
+    .event_synchronize = g_event_sync,
+    .stream_wait_event = g_stream_wait,
+    .mem_info = g_mem_info,
+    .destroy = g_destroy,
+    .range_push = RANGE_PUSH,
+    .range_pop = RANGE_POP,
+    .device_alloc_async = g_alloc_async,
+    .device_free_async = g_free_async,
+};
+
+int GPU_CREATE(int device, vc_backend **out, char *why, size_t why_size) {
+    char scratch[8];
+    if (!why || !why_size) why = scratch, why_size = sizeof scratch;
+    if (!out) {
+        vc_backend_set_error("vc_backend_" GPU_NAME "_create: out is NULL");
+        return VC_ERR_INVALID_ARG;
+    }
+    *out = NULL;
+    int count = 0;
+    gpuError_t e = gpuGetDeviceCount(&count);
+    if (e != gpuSuccess) {
+        snprintf(why, why_size, "no usable " GPU_VENDOR " runtime or device: %s", gpuGetErrorString(e));
+        gpuGetLastError();
+        vc_backend_set_error("%s", why);
+        return VC_ERR_NO_DEVICE;
+    }
+    if (device < 0) device = 0;
+    if (device >= count) {
+        snprintf(why, why_size, GPU_NAME ":%d requested but %d " GPU_VENDOR " device(s) are present", device, count);
+        vc_backend_set_error("%s", why);
+        return VC_ERR_NO_DEVICE;
+    }
+    gpuDeviceProp prop;
+    memset(&prop, 0, sizeof prop);
+    if ((e = gpuSetDevice(device)) != gpuSuccess || (e = gpuGetDeviceProperties(&prop, device)) != gpuSuccess) {
+        snprintf(why, why_size, GPU_NAME ":%d cannot be used: %s", device, gpuGetErrorString(e));
+        gpuGetLastError();
+        vc_backend_set_error("%s", why);
+        return VC_ERR_NO_DEVICE;
+    }
+    gpu_ctx *g = calloc(1, sizeof(*g));
+    if (!g) {
+        vc_backend_set_error("vc_backend_" GPU_NAME "_create: out of host memory");
+        return VC_ERR_NO_MEMORY;
+    }
+    g->device = device;
+    pthread_mutex_init(&g->lock, NULL);
+    const char *env = getenv("VRAMCACHE_PINNED_BUDGET_GB");
+    double gb = env ? atof(env) : -1;
+    g->pinned_budget = gb >= 0 ? (size_t)(gb * (double)GPU_GB) : vc_system_ram(NULL, 0) / 2;
+    snprintf(g->name, sizeof g->name, "%s", prop.name);
+    snprintf(why, why_size, GPU_NAME ":%d, %s, %.1f GB", device, prop.name, (double)prop.totalGlobalMem / (double)GPU_GB);
+    int st = vc_backend_create(&gpu_ops, g, out);
+    if (st != VC_OK) g_destroy(g);
+    return st;
+}
+
+/* The run-time module's entry point: checks the ABI, then creates the backend. */
+VC_API int vc_backend_module_create(unsigned abi, int device, vc_backend **out, char *why, size_t why_size);
+int vc_backend_module_create(unsigned abi, int device, vc_backend **out, char *why, size_t why_size) {
+    if (abi != VC_BACKEND_ABI_VERSION) {
+        if (why && why_size)
+            snprintf(why, why_size, "module built for backend ABI %u, the library has %u", VC_BACKEND_ABI_VERSION, abi);
+        return VC_ERR_UNSUPPORTED;
+    }
+    return GPU_CREATE(device, out, why, why_size);
+}

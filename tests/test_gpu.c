@@ -1,0 +1,174 @@
+/*
+ * GPU backends. Without a GPU (CI, most dev machines) this checks the no-device paths: `auto` falls
+ * back to the host backend and says why, an explicit device is a clear error. With a CUDA device it
+ * runs the cache's core behaviours on the CUDA backend, plus the GPU-specific guarantees: the
+ * engine's stream sees the uploaded weights, and eviction never overwrites memory that queued device
+ * work still reads. GPU-only cases are skipped with the reason printed.
+ */
+#include <stdio.h>
+
+#include <cuda_runtime_api.h>
+
+#include "test_util.h"
+#include "vramcache_config.h"
+#include "vramcache_gpu.h"
+
+static char no_gpu_reason[256];
+
+static vc_backend *cuda_or_skip(void) {
+    vc_backend *b = NULL;
+    if (vc_backend_cuda_create(0, &b, no_gpu_reason, sizeof no_gpu_reason) != VC_OK) {
+        print_message("SKIPPED (no CUDA device): %s\n", no_gpu_reason);
+        skip();
+    }
+    return b;
+}
+
+static void test_auto_falls_back_and_says_why(void **state) {
+    (void)state;
+    vc_config *cfg;
+    assert_int_equal(vc_config_create(&cfg), VC_OK);
+    vc_backend *b = NULL;
+    char why[512];
+    assert_int_equal(vc_config_create_backend(cfg, &b, why, sizeof why), VC_OK);
+    vc_backend *probe = NULL;
+    char pwhy[256];
+    if (vc_backend_cuda_create(0, &probe, pwhy, sizeof pwhy) == VC_OK) {
+        assert_string_equal(vc_backend_name(b), "cuda");
+        vc_backend_destroy(probe);
+    } else {
+        assert_string_equal(vc_backend_name(b), "host");
+        assert_non_null(strstr(why, "CUDA:"));
+        assert_non_null(strstr(why, "HIP:"));
+        print_message("auto without a GPU: %s\n", why);
+    }
+    vc_backend_destroy(b);
+    vc_config_destroy(cfg);
+}
+
+static void test_explicit_device_unavailable_is_clear(void **state) {
+    (void)state;
+    vc_config *cfg;
+    assert_int_equal(vc_config_create(&cfg), VC_OK);
+    /* an index no machine has */
+    assert_int_equal(vc_config_set(cfg, VC_CFG_DEVICE, "cuda:1023"), VC_OK);
+    vc_backend *b = (vc_backend *)0x1;
+    char why[256];
+    assert_int_equal(vc_config_create_backend(cfg, &b, why, sizeof why), VC_ERR_NO_DEVICE);
+    assert_null(b);
+    assert_non_null(strstr(vc_last_error(), "cuda:1023"));
+    assert_non_null(strstr(vc_last_error(), "use device: auto or cpu"));
+    vc_cache *c = (vc_cache *)0x1;
+    assert_int_equal(vc_cache_create_from_config(cfg, &c), VC_ERR_NO_DEVICE);
+    assert_null(c);
+    assert_int_equal(vc_config_set(cfg, VC_CFG_DEVICE, "hip:1023"), VC_OK);
+    assert_int_equal(vc_config_create_backend(cfg, &b, why, sizeof why), VC_ERR_NO_DEVICE);
+    assert_non_null(strstr(vc_last_error(), "hip:1023"));
+    vc_config_destroy(cfg);
+}
+
+/* ---- with a device ---------------------------------------------------------------------------- */
+
+static vc_cache *gpu_cache(vc_backend *b, size_t vram_budget, int keep) {
+    vc_cache_options o;
+    vc_cache_options_init(&o);
+    o.backend = b;
+    o.ram_budget = 256 * MB;
+    o.vram_budget = vram_budget;
+    o.keep_ram_copy = keep;
+    o.arena_segment_bytes = 8 * MB;
+    vc_cache *c;
+    assert_int_equal(vc_cache_create(&o, &c), VC_OK);
+    return c;
+}
+
+static void test_core_on_cuda(void **state) {
+    (void)state;
+    vc_backend *b = cuda_or_skip();
+    for (int keep = 0; keep < 2; keep++) {
+        vc_cache *c = gpu_cache(b, 16 * MB, keep);
+        vc_model_id m = add_model(c, "m");
+        test_loader ld[8];
+        vc_layer_id l[8];
+        for (int i = 0; i < 8; i++) {
+            ld[i] = (test_loader){.seed = (uint64_t)i + 1};
+            l[i] = add_loader_layer(c, m, "l", 3 * MB, &ld[i]);
+        }
+        cudaStream_t s;
+        assert_int_equal(cudaStreamCreate(&s), cudaSuccess);
+        unsigned char *host = malloc(3 * MB);
+        for (int r = 0; r < 4; r++)
+            for (int i = 0; i < 8; i++) {
+                void *p;
+                assert_int_equal(vc_layer_acquire(c, l[i], s, &p), VC_OK);
+                /* the engine's stream reads the weights after the upload */
+                assert_int_equal(cudaMemcpyAsync(host, p, 3 * MB, cudaMemcpyDeviceToHost, s), cudaSuccess);
+                assert_int_equal(vc_layer_release(c, l[i], s), VC_OK);
+                assert_int_equal(cudaStreamSynchronize(s), cudaSuccess);
+                assert_true(check_pattern(host, 3 * MB, ld[i].seed));
+            }
+        vc_stats st = get_stats(c);
+        assert_true(st.arena_peak_bytes <= 16 * MB);
+        assert_true(st.misses > 8);
+        vc_reservation *res;
+        assert_int_equal(vc_reserve_working_mem(c, 8 * MB, VC_RESERVE_BUFFER, &res), VC_OK);
+        assert_non_null(vc_reservation_ptr(res));
+        assert_int_equal(vc_release_working_mem(c, res), VC_OK);
+        for (int i = 0; i < 8; i++) {
+            assert_int_equal(vc_layer_read(c, l[i], host, 3 * MB), VC_OK);
+            assert_true(check_pattern(host, 3 * MB, ld[i].seed));
+        }
+        free(host);
+        cudaStreamDestroy(s);
+        assert_int_equal(vc_cache_destroy(c), VC_OK);
+    }
+    vc_backend_destroy(b);
+}
+
+static void test_eviction_waits_for_queued_reads(void **state) {
+    (void)state;
+    vc_backend *b = cuda_or_skip();
+    /* room for one 32 MB layer: acquiring B must evict A and upload into A's memory */
+    vc_cache *c = gpu_cache(b, 33 * MB, 1);
+    vc_model_id m = add_model(c, "m");
+    unsigned char *wa, *wb, *out;
+    assert_int_equal(cudaHostAlloc((void **)&wa, 32 * MB, 0), cudaSuccess);
+    assert_int_equal(cudaHostAlloc((void **)&wb, 32 * MB, 0), cudaSuccess);
+    assert_int_equal(cudaHostAlloc((void **)&out, 32 * MB, 0), cudaSuccess);
+    fill_pattern(wa, 32 * MB, 1);
+    fill_pattern(wb, 32 * MB, 2);
+    vc_layer_id a = add_host_layer(c, m, "a", wa, 32 * MB);
+    vc_layer_id bl = add_host_layer(c, m, "b", wb, 32 * MB);
+    cudaStream_t s;
+    assert_int_equal(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
+    void *busy;
+    assert_int_equal(cudaMalloc(&busy, 512 * MB), cudaSuccess);
+    void *pa, *pb;
+    assert_int_equal(vc_layer_acquire(c, a, s, &pa), VC_OK);
+    /* keep the engine stream busy, then read A: that read is still queued when A is released */
+    for (int i = 0; i < 20; i++) cudaMemsetAsync(busy, i, 512 * MB, s);
+    assert_int_equal(cudaMemcpyAsync(out, pa, 32 * MB, cudaMemcpyDeviceToHost, s), cudaSuccess);
+    assert_int_equal(vc_layer_release(c, a, s), VC_OK);
+    assert_int_equal(vc_layer_acquire(c, bl, s, &pb), VC_OK);
+    assert_ptr_equal(pa, pb); /* B landed in A's room... */
+    assert_int_equal(cudaStreamSynchronize(s), cudaSuccess);
+    assert_true(check_pattern(out, 32 * MB, 1)); /* ...only after the queued read of A finished */
+    assert_int_equal(vc_layer_release(c, bl, s), VC_OK);
+    cudaFree(busy);
+    cudaStreamDestroy(s);
+    assert_int_equal(vc_cache_destroy(c), VC_OK);
+    cudaFreeHost(wa);
+    cudaFreeHost(wb);
+    cudaFreeHost(out);
+    vc_backend_destroy(b);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_auto_falls_back_and_says_why),
+        cmocka_unit_test(test_explicit_device_unavailable_is_clear),
+        cmocka_unit_test(test_core_on_cuda),
+        cmocka_unit_test(test_eviction_waits_for_queued_reads),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

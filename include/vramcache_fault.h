@@ -26,6 +26,8 @@ typedef enum vc_fault_op {
                                     event_query answers "unknown" (negative) */
     VC_FAULT_STREAM_CREATE,    /**< stream_create: VC_ERR_BACKEND */
     VC_FAULT_MEM_INFO,         /**< mem_info: VC_ERR_BACKEND */
+    VC_FAULT_LOADER,           /**< loader calls made through vc_fault_loader (the cache reports
+                                    VC_ERR_LOADER) */
     VC_FAULT_OP_COUNT
 } vc_fault_op;
 
@@ -46,6 +48,17 @@ VC_API int vc_fault_fail_always(vc_backend *fault, vc_fault_op op, int on);
 
 /** Calls of `op` so far and how many were failed on purpose. Either output may be NULL. */
 VC_API int vc_fault_counts(vc_backend *fault, vc_fault_op op, unsigned long *calls, unsigned long *failed);
+
+/** Loader faults: register a layer with `loader = vc_fault_loader` and `loader_user` pointing at a
+ *  vc_fault_loader_ctx; each call counts as a VC_FAULT_LOADER operation of `fault` and, unless it
+ *  fires, calls `inner(inner_user, ...)`. The context is borrowed for the layer's lifetime. */
+typedef struct vc_fault_loader_ctx {
+    vc_backend *fault;
+    vc_loader_fn inner;
+    void *inner_user;
+} vc_fault_loader_ctx;
+
+VC_API int vc_fault_loader(void *user, vc_layer_id layer, void *dst, size_t bytes);
 
 /** Disarms every fault (counters stay). */
 VC_API int vc_fault_clear(vc_backend *fault);

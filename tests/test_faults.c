@@ -302,6 +302,60 @@ static void test_random_faults_everywhere(void **state) {
     }
 }
 
+static void test_loader_fault_wrapper(void **state) {
+    (void)state;
+    /* The wrapper fails the n-th loader call or calls at random, like the backend operations. */
+    vc_backend *host, *fault;
+    assert_int_equal(vc_backend_host_create(1 * MB, &host), VC_OK);
+    assert_int_equal(vc_backend_fault_create(host, &fault), VC_OK);
+    vc_cache_options o;
+    vc_cache_options_init(&o);
+    o.backend = fault;
+    o.ram_budget = 64 * KB;
+    o.working_mem = 0;
+    vc_cache *c;
+    assert_int_equal(vc_cache_create(&o, &c), VC_OK);
+    vc_model_id m = add_model(c, "m");
+    test_loader inner[4];
+    vc_fault_loader_ctx lc[4];
+    vc_layer_id l[4];
+    for (int i = 0; i < 4; i++) {
+        inner[i] = (test_loader){.seed = (uint64_t)i + 9};
+        lc[i] = (vc_fault_loader_ctx){fault, test_loader_fn, &inner[i]};
+        vc_layer_desc d = {.name = "l", .bytes = 32 * KB, .loader = vc_fault_loader, .loader_user = &lc[i]};
+        assert_int_equal(vc_layer_register(c, m, &d, &l[i]), VC_OK);
+    }
+    void *p;
+    assert_int_equal(vc_fault_fail_nth(fault, VC_FAULT_LOADER, 2), VC_OK);
+    assert_int_equal(vc_layer_acquire(c, l[0], NULL, &p), VC_OK);
+    vc_layer_release(c, l[0], NULL);
+    assert_int_equal(vc_layer_acquire(c, l[1], NULL, &p), VC_ERR_LOADER); /* the second call */
+    assert_int_equal(vc_layer_acquire(c, l[1], NULL, &p), VC_OK);
+    assert_true(check_pattern(p, 32 * KB, 10));
+    vc_layer_release(c, l[1], NULL);
+    assert_int_equal(vc_fault_fail_random(fault, VC_FAULT_LOADER, 0.3, 42), VC_OK);
+    int failed = 0;
+    for (int it = 0; it < 200; it++) {
+        int i = it % 4;
+        int st = vc_layer_acquire(c, l[i], NULL, &p);
+        if (st == VC_ERR_LOADER) {
+            failed++;
+            continue;
+        }
+        assert_int_equal(st, VC_OK);
+        assert_true(check_pattern(p, 32 * KB, inner[i].seed));
+        vc_layer_release(c, l[i], NULL);
+        assert_int_equal(vc_layer_offload(c, l[i], VC_OFFLOAD_ALL), VC_OK); /* the next use reloads */
+    }
+    assert_true(failed > 5);
+    unsigned long calls, fired;
+    vc_fault_counts(fault, VC_FAULT_LOADER, &calls, &fired);
+    assert_int_equal(fired, (unsigned long)failed + 1);
+    assert_int_equal(vc_cache_destroy(c), VC_OK);
+    vc_backend_destroy(fault);
+    vc_backend_destroy(host);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_device_alloc_fails_then_retry),
@@ -313,6 +367,7 @@ int main(void) {
         cmocka_unit_test(test_stream_create_and_mem_info_faults),
         cmocka_unit_test(test_loader_faults_at_random),
         cmocka_unit_test(test_random_faults_everywhere),
+        cmocka_unit_test(test_loader_fault_wrapper),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

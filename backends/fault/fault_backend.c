@@ -29,7 +29,7 @@ typedef struct fault_ctx {
 
 static const vc_backend_ops fault_ops;
 static const char *const OP_NAMES[VC_FAULT_OP_COUNT] = {"device_alloc", "host_alloc", "copy_h2d", "copy_d2h",
-                                                         "event", "stream_create", "mem_info"};
+                                                         "event", "stream_create", "mem_info", "loader"};
 
 static double next_uniform(uint64_t *s) {
     /* xorshift64*: enough for reproducible fault schedules */
@@ -253,4 +253,12 @@ int vc_fault_clear(vc_backend *b) {
     }
     pthread_mutex_unlock(&f->lock);
     return VC_OK;
+}
+
+int vc_fault_loader(void *user, vc_layer_id layer, void *dst, size_t bytes) {
+    vc_fault_loader_ctx *lc = user;
+    fault_ctx *f = lc ? ctx_of(lc->fault) : NULL;
+    if (!f || !lc->inner) return -1;
+    if (fires(f, VC_FAULT_LOADER)) return -2;
+    return lc->inner(lc->inner_user, layer, dst, bytes);
 }

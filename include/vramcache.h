@@ -379,6 +379,7 @@ typedef struct vc_layer_info {
     vc_residency residency;
     unsigned holds;
     int borrowed_source; /**< 1 when the source is the engine's host pointer. */
+    int patched;         /**< 1 while vc_layer_patch's changes are in force. */
 } vc_layer_info;
 
 /** Fills *info. Errors: VC_ERR_INVALID_ARG, VC_ERR_NOT_FOUND. */
@@ -413,6 +414,30 @@ VC_API int vc_model_release(vc_cache *cache, vc_model_id model, vc_stream stream
 /** vc_layer_offload() for every unheld layer of the model; held layers are skipped and counted:
  *  returns VC_ERR_BUSY when any was skipped, after offloading the rest. */
 VC_API int vc_model_offload(vc_cache *cache, vc_model_id model, vc_offload_target target);
+
+/** How vc_layer_patch keeps the original weights (seed 001's LoRA modes). */
+typedef enum vc_patch_mode {
+    VC_PATCH_BACKUP = 0, /**< keep a RAM copy of the original; vc_layer_unpatch restores it at once.
+                              Costs RAM: up to twice the patched layers' size. Patches may stack. */
+    VC_PATCH_FUSE = 1    /**< change the weights in place, no second copy; vc_layer_unpatch reads the
+                              original from the source again (loader or borrowed pointer) */
+} vc_patch_mode;
+
+/** Changes a layer's weights (a LoRA merge, a fine-tune delta): `fn(user, weights, bytes)` is called,
+ *  without the cache lock, with the layer's current weights in a RAM-pool buffer and changes them in
+ *  place, returning 0 (or a negative value to cancel). The patched weights become the layer's only
+ *  authoritative copy: they stay in the RAM pool (counted, never dropped, whatever keep_ram_copy says)
+ *  and reach the device at the next acquire. A borrowed source is never written: the layer gets a
+ *  private copy. FUSE on a layer that is already patched is refused (unpatch first).
+ *  Errors: VC_ERR_INVALID_ARG, VC_ERR_NOT_FOUND, VC_ERR_BUSY (held or loading), VC_ERR_OUT_OF_RAM,
+ *  VC_ERR_NO_MEMORY, VC_ERR_LOADER (producing the current weights, or `fn` failed: the weights are
+ *  left as they were), VC_ERR_BACKEND. */
+VC_API int vc_layer_patch(vc_cache *cache, vc_layer_id layer, vc_patch_mode mode,
+                          int (*fn)(void *user, void *weights, size_t bytes), void *user);
+
+/** Restores a patched layer's original weights (from the backup, or from the source after FUSE).
+ *  An unpatched layer is a success. Errors: VC_ERR_NOT_FOUND, VC_ERR_BUSY (held or loading). */
+VC_API int vc_layer_unpatch(vc_cache *cache, vc_layer_id layer);
 
 /** Declares the order in which the model's layers run in one pass (a denoising step): `n` layer
  *  ids of this model, each at most once. With an order known, the planned policy prefetches the next

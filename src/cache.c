@@ -370,6 +370,7 @@ int vc_layer_get_info(vc_cache *c, vc_layer_id id, vc_layer_info *info) {
         info->residency = vc__residency(l);
         info->holds = l->holds;
         info->borrowed_source = l->host_src != NULL;
+        info->patched = l->patched;
     }
     pthread_mutex_unlock(&c->lock);
     return st;

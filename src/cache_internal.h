@@ -46,6 +46,10 @@ struct vc_layer_rec {
     void *ram;
     int ram_pinned;
     int ram_pending;      /* a device→host write-back into `ram` is in flight (ram_ev) */
+    int patched;          /* `ram` holds patched weights: the only authoritative copy */
+    int patch_fused;      /* patched by FUSE (no backup) */
+    void *backup;         /* the original weights, for VC_PATCH_BACKUP */
+    int backup_pinned;
     layer_t *rprev, *rnext; /* RAM LRU (every layer with a RAM-pool copy) */
 
     /* device copy */

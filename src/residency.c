@@ -184,7 +184,7 @@ static void drop_ram_after_upload(vc_cache *c, layer_t *l) {
 }
 
 static int ram_droppable(vc_cache *c, layer_t *l) {
-    return !l->loading && !l->uploading && upload_done(c, l) && writeback_done(c, l);
+    return !l->loading && !l->uploading && !l->patched && upload_done(c, l) && writeback_done(c, l);
 }
 
 /* Makes room for `bytes` in the RAM pool by dropping least recently used RAM copies (all of which a
@@ -631,7 +631,7 @@ static int vram_place(vc_cache *c, layer_t *l, const char *fn, const place_req *
 /* Produces a host copy to upload from: the borrowed pointer, the RAM copy, or a fresh load. May
  * release the lock while the loader runs. */
 static int host_source(vc_cache *c, layer_t *l, const char *fn, const void **src) {
-    if (l->host_src) {
+    if (l->host_src && !l->patched) {
         *src = l->host_src;
         c->stats.ram_hits++;
         return VC_OK;
@@ -722,7 +722,7 @@ static int upload(vc_cache *c, layer_t *l, vc_stream stream, int wait, const cha
     list_push_tail(&c->vram_lru, l, 1);
     c->stats.bytes_h2d += l->bytes;
     vc__note_vram(c);
-    if (!c->keep_ram_copy && l->ram) drop_ram_after_upload(c, l);
+    if (!c->keep_ram_copy && l->ram && !l->patched) drop_ram_after_upload(c, l);
     vc__log_memory(c, "loaded", l);
     return VC_OK;
 }
@@ -861,8 +861,8 @@ static int offload_locked(vc_cache *c, layer_t *l, vc_offload_target target, con
         return vc__fail(c, VC_ERR_BUSY, "%s: layer '%s' of model '%s' is %s and cannot be offloaded", fn,
                         l->name, l->model->name, l->loading ? "loading" : "held");
     int all = target == VC_OFFLOAD_ALL;
-    if (l->vblock) vc__evict_vram(c, l, VC_EVICT_MANUAL, all && l->loader != NULL);
-    if (all && l->ram) {
+    if (l->vblock) vc__evict_vram(c, l, VC_EVICT_MANUAL, all && l->loader != NULL && !l->patched);
+    if (all && l->ram && !l->patched) {
         vc__drop_ram(c, l);
         c->stats.ram_evictions++;
     }
@@ -896,7 +896,7 @@ int vc_layer_read(vc_cache *c, vc_layer_id id, void *dst, size_t size) {
                       l->bytes, size);
     } else if (l->loading) {
         st = vc__fail(c, VC_ERR_BUSY, "%s: layer '%s' is loading", fn, l->name);
-    } else if (l->host_src) {
+    } else if (l->host_src && !l->patched) {
         memcpy(dst, l->host_src, size);
     } else if (l->ram) {
         wait_writeback(c, l);
@@ -938,7 +938,13 @@ void vc__layer_destroy(vc_cache *c, layer_t *l) {
         vc__note_vram_layer(c, l, -1);
     }
     drain_deferred(c, 1, l);
+    l->patched = 0; /* the layer goes: its RAM copy with it */
     vc__drop_ram(c, l);
+    if (l->backup) {
+        c->ops->host_free(c->bctx, l->backup, l->backup_pinned);
+        c->ram_bytes -= l->bytes;
+        l->backup = NULL;
+    }
     wait_upload(c, l);
     wait_writeback(c, l);
     if (l->upload_ev) c->ops->event_destroy(c->bctx, l->upload_ev);
@@ -1045,6 +1051,160 @@ int vc_model_offload(vc_cache *c, vc_model_id model, vc_offload_target target) {
         st = vc__fail(c, VC_ERR_BUSY, "%s: %zu layer(s) of model '%s' are held or loading and stayed; "
                       "the others were offloaded", fn, busy, m->name);
 done:
+    pthread_mutex_unlock(&c->lock);
+    return st;
+}
+
+/* ---- patching (LoRA backup / fuse) ------------------------------------------------------------ */
+
+/* Gives l a private, authoritative RAM copy of its current weights. */
+static int private_copy(vc_cache *c, layer_t *l, const char *fn) {
+    if (l->ram) {
+        wait_writeback(c, l);
+        wait_upload(c, l);
+        return VC_OK;
+    }
+    if (!l->host_src && !l->vblock) { /* only the loader has it: load into the pool */
+        const void *src;
+        return host_source(c, l, fn, &src);
+    }
+    int st = ram_reserve(c, l->bytes, l, fn, 0);
+    if (st != VC_OK) return st;
+    void *buf = NULL;
+    int pinned = 0;
+    if (c->ops->host_alloc(c->bctx, l->bytes, &buf, &pinned) != VC_OK)
+        return vc__fail(c, VC_ERR_NO_MEMORY, "%s: no host memory for a private copy of layer '%s': %s", fn, l->name,
+                        vc__take_backend_error());
+    if (l->host_src) {
+        memcpy(buf, l->host_src, l->bytes);
+    } else { /* the device holds the only copy (keep_ram_copy off): read it back */
+        st = ensure_event(c, &l->ram_ev);
+        if (st == VC_OK && l->upload_pending)
+            st = c->ops->stream_wait_event(c->bctx, c->download_stream, l->upload_ev);
+        if (st == VC_OK) st = c->ops->copy_d2h(c->bctx, buf, arena_block_ptr(l->vblock), l->bytes, c->download_stream);
+        if (st == VC_OK) st = c->ops->event_record(c->bctx, l->ram_ev, c->download_stream);
+        if (st == VC_OK) st = c->ops->event_synchronize(c->bctx, l->ram_ev);
+        if (st != VC_OK) {
+            c->ops->host_free(c->bctx, buf, pinned);
+            return vc__fail(c, VC_ERR_BACKEND, "%s: reading layer '%s' back from the device failed: %s", fn, l->name,
+                            vc__take_backend_error());
+        }
+        c->stats.bytes_d2h += l->bytes;
+    }
+    l->ram = buf;
+    l->ram_pinned = pinned;
+    c->ram_bytes += l->bytes;
+    vc__note_ram(c);
+    list_push_tail(&c->ram_lru, l, 0);
+    c->stats.layers_in_ram++;
+    return VC_OK;
+}
+
+int vc_layer_patch(vc_cache *c, vc_layer_id id, vc_patch_mode mode, int (*fn)(void *, void *, size_t), void *user) {
+    static const char name[] = "vc_layer_patch";
+    if (!c || !fn) return vc__fail(NULL, VC_ERR_INVALID_ARG, "%s: %s is NULL", name, !c ? "cache" : "fn");
+    if (mode != VC_PATCH_BACKUP && mode != VC_PATCH_FUSE)
+        return vc__fail_unlocked(c, VC_ERR_INVALID_ARG, "%s: mode %d is not VC_PATCH_BACKUP or VC_PATCH_FUSE", name,
+                                 (int)mode);
+    pthread_mutex_lock(&c->lock);
+    int st = VC_OK;
+    layer_t *l = slot_table_get(&c->layers, id);
+    void *backup = NULL;
+    int backup_pinned = 0, new_backup = 0;
+    if (!l) {
+        st = vc__fail(c, VC_ERR_NOT_FOUND, "%s: layer id %#llx is not registered", name, (unsigned long long)id);
+        goto done;
+    }
+    if (l->holds || l->loading) {
+        st = vc__fail(c, VC_ERR_BUSY, "%s: layer '%s' of model '%s' is %s; patch it between uses", name, l->name,
+                      l->model->name, l->loading ? "loading" : "held");
+        goto done;
+    }
+    if (mode == VC_PATCH_FUSE && l->patched) {
+        st = vc__fail(c, VC_ERR_INVALID_ARG, "%s: layer '%s' is already patched; FUSE would leave nothing to "
+                      "restore: unpatch it first, or stack patches with VC_PATCH_BACKUP", name, l->name);
+        goto done;
+    }
+    st = private_copy(c, l, name); /* may run the loader (which pins the layer meanwhile) */
+    if (st == VC_OK && mode == VC_PATCH_BACKUP && !l->backup) {
+        st = ram_reserve(c, l->bytes, l, name, 0);
+        if (st == VC_OK && c->ops->host_alloc(c->bctx, l->bytes, &backup, &backup_pinned) != VC_OK)
+            st = vc__fail(c, VC_ERR_NO_MEMORY, "%s: no host memory for the backup of layer '%s'", name, l->name);
+        if (st == VC_OK) {
+            memcpy(backup, l->ram, l->bytes);
+            c->ram_bytes += l->bytes;
+            vc__note_ram(c);
+            new_backup = 1;
+        }
+    }
+    if (st != VC_OK) goto done;
+    /* The patch runs without the lock; a copy of the weights before it lets a failed patch undo. */
+    void *scratch = NULL;
+    if (!new_backup) {
+        scratch = malloc(l->bytes);
+        if (!scratch) {
+            st = vc__fail(c, VC_ERR_NO_MEMORY, "%s: no host memory to stage the patch of layer '%s'", name, l->name);
+            goto done;
+        }
+        memcpy(scratch, l->ram, l->bytes);
+    }
+    void *weights = l->ram;
+    l->loading = 1; /* pinned while the patch runs: no eviction, acquire waits */
+    pthread_mutex_unlock(&c->lock);
+    int rc = fn(user, weights, l->bytes);
+    pthread_mutex_lock(&c->lock);
+    l->loading = 0;
+    pthread_cond_broadcast(&c->loaded);
+    if (rc != 0) {
+        memcpy(l->ram, new_backup ? backup : scratch, l->bytes);
+        if (new_backup) {
+            c->ops->host_free(c->bctx, backup, backup_pinned);
+            c->ram_bytes -= l->bytes;
+        }
+        free(scratch);
+        st = vc__fail(c, VC_ERR_LOADER, "%s: the patch function for layer '%s' returned %d; the weights are as "
+                      "they were", name, l->name, rc);
+        goto done;
+    }
+    free(scratch);
+    if (new_backup) {
+        l->backup = backup;
+        l->backup_pinned = backup_pinned;
+    }
+    l->patched = 1;
+    l->patch_fused = mode == VC_PATCH_FUSE;
+    if (l->vblock) vc__evict_vram(c, l, VC_EVICT_MANUAL, 0); /* the device has the old weights */
+done:
+    pthread_mutex_unlock(&c->lock);
+    return st;
+}
+
+int vc_layer_unpatch(vc_cache *c, vc_layer_id id) {
+    static const char name[] = "vc_layer_unpatch";
+    if (!c) return vc__fail(NULL, VC_ERR_INVALID_ARG, "%s: cache is NULL", name);
+    pthread_mutex_lock(&c->lock);
+    int st = VC_OK;
+    layer_t *l = slot_table_get(&c->layers, id);
+    if (!l) {
+        st = vc__fail(c, VC_ERR_NOT_FOUND, "%s: layer id %#llx is not registered", name, (unsigned long long)id);
+    } else if (l->holds || l->loading) {
+        st = vc__fail(c, VC_ERR_BUSY, "%s: layer '%s' is %s", name, l->name, l->loading ? "loading" : "held");
+    } else if (l->patched) {
+        if (l->vblock) vc__evict_vram(c, l, VC_EVICT_MANUAL, 1);
+        if (l->backup) {
+            wait_upload(c, l);
+            memcpy(l->ram, l->backup, l->bytes);
+            c->ops->host_free(c->bctx, l->backup, l->backup_pinned);
+            c->ram_bytes -= l->bytes;
+            l->backup = NULL;
+            l->patched = 0;
+            if (l->host_src) vc__drop_ram(c, l); /* the engine's copy is the original again */
+        } else { /* fused: the source has the original */
+            l->patched = 0;
+            vc__drop_ram(c, l);
+        }
+        l->patch_fused = 0;
+    }
     pthread_mutex_unlock(&c->lock);
     return st;
 }

@@ -1,4 +1,4 @@
-/* Several threads on one cache: acquires, releases, reservations and offloads race; afterwards the
+/* Several threads on one cache: acquires, releases, reservations, offloads and patches race; afterwards the
  * pools are within budget, nothing is held, and every layer's weights are intact. Iteration counts,
  * not time, bound the test, and no sleeps order anything. */
 #include <pthread.h>
@@ -21,6 +21,21 @@ typedef struct worker {
     unsigned seed;
 } worker;
 
+/* Patches are an involution (xor 0x5a), so a layer's bytes are its pattern or the xored pattern. */
+static int xor_5a(void *user, void *w, size_t n) {
+    (void)user;
+    for (size_t i = 0; i < n; i++) ((uint8_t *)w)[i] ^= 0x5a;
+    return 0;
+}
+
+static int intact(const void *p, size_t n, uint64_t seed) {
+    if (check_pattern(p, n, seed)) return 1;
+    const uint8_t *b = p;
+    for (size_t i = 0; i < n; i++)
+        if (b[i] != (uint8_t)(pattern_byte(seed, i) ^ 0x5a)) return 0;
+    return 1;
+}
+
 static unsigned next(unsigned *s) {
     *s = *s * 1664525u + 1013904223u;
     return *s >> 8;
@@ -36,9 +51,9 @@ static void *loop(void *arg) {
             void *p;
             int st = vc_layer_acquire(sh->cache, sh->layers[i], NULL, &p);
             if (st == VC_OK) {
-                if (!check_pattern(p, sh->sizes[i], sh->loaders[i].seed)) atomic_fetch_add(&sh->failures, 1);
+                if (!intact(p, sh->sizes[i], sh->loaders[i].seed)) atomic_fetch_add(&sh->failures, 1);
                 vc_layer_release(sh->cache, sh->layers[i], NULL);
-            } else if (st != VC_ERR_OUT_OF_VRAM) {
+            } else if (st != VC_ERR_OUT_OF_VRAM && st != VC_ERR_OUT_OF_RAM) {
                 atomic_fetch_add(&sh->failures, 1);
             }
         }
@@ -60,16 +75,23 @@ static void *run(void *arg) {
             break;
         }
         case 1:
-            vc_layer_offload(sh->cache, sh->layers[i], (r >> 12) & 1 ? VC_OFFLOAD_ALL : VC_OFFLOAD_VRAM);
+            if ((r >> 12) % 3 == 0) { /* patch or unpatch (LoRA backup mode) */
+                int st = (r >> 14) & 1 ? vc_layer_patch(sh->cache, sh->layers[i], VC_PATCH_BACKUP, xor_5a, NULL)
+                                       : vc_layer_unpatch(sh->cache, sh->layers[i]);
+                if (st != VC_OK && st != VC_ERR_BUSY && st != VC_ERR_OUT_OF_RAM) atomic_fetch_add(&sh->failures, 1);
+            } else {
+                vc_layer_offload(sh->cache, sh->layers[i], (r >> 12) & 1 ? VC_OFFLOAD_ALL : VC_OFFLOAD_VRAM);
+            }
             break;
         default: {
             void *p;
             int st = vc_layer_acquire(sh->cache, sh->layers[i], NULL, &p);
             if (st == VC_OK) {
                 /* while held, the bytes stay put whatever the other threads do */
-                if (!check_pattern(p, sh->sizes[i], sh->loaders[i].seed)) atomic_fetch_add(&sh->failures, 1);
+                if (!intact(p, sh->sizes[i], sh->loaders[i].seed)) atomic_fetch_add(&sh->failures, 1);
                 if (vc_layer_release(sh->cache, sh->layers[i], NULL) != VC_OK) atomic_fetch_add(&sh->failures, 1);
-            } else if (st != VC_ERR_OUT_OF_VRAM) {
+            } else if (st != VC_ERR_OUT_OF_VRAM && st != VC_ERR_OUT_OF_RAM) {
+                /* OUT_OF_RAM: patched weights (and their backups) cannot leave the RAM pool */
                 atomic_fetch_add(&sh->failures, 1);
             }
         }
@@ -120,6 +142,9 @@ static void stress(int keep_ram_copy) {
     assert_int_equal(s.reserved_bytes, 0);
     for (int i = 0; i < NLAYERS; i++) {
         unsigned char buf[32 * KB];
+        assert_int_equal(vc_layer_read(t.cache, sh.layers[i], buf, sh.sizes[i]), VC_OK);
+        assert_true(intact(buf, sh.sizes[i], sh.loaders[i].seed));
+        assert_int_equal(vc_layer_unpatch(t.cache, sh.layers[i]), VC_OK); /* and the original comes back */
         assert_int_equal(vc_layer_read(t.cache, sh.layers[i], buf, sh.sizes[i]), VC_OK);
         assert_true(check_pattern(buf, sh.sizes[i], sh.loaders[i].seed));
     }

@@ -28,6 +28,7 @@ typedef struct slot {
     void *dptr;
     uint8_t *borrowed;
     int loader_fail;
+    int xored; /* patched an odd number of times since the last unpatch */
 } slot;
 
 static uint8_t byte_at(uint8_t seed, size_t i) { return (uint8_t)(seed * 31u + i * 7u + (i >> 8)); }
@@ -43,17 +44,25 @@ static int loader(void *user, vc_layer_id id, void *dst, size_t bytes) {
     return 0;
 }
 
+static uint8_t want(const slot *s, size_t i) { return (uint8_t)(byte_at(s->seed, i) ^ (s->xored ? 0x5a : 0)); }
+
 static int intact(const uint8_t *p, const slot *s) {
     for (size_t i = 0; i < s->bytes; i++)
-        if (p[i] != byte_at(s->seed, i)) return 0;
+        if (p[i] != want(s, i)) return 0;
     return 1;
+}
+
+static int xor_5a(void *user, void *w, size_t n) {
+    (void)user;
+    for (size_t i = 0; i < n; i++) ((uint8_t *)w)[i] ^= 0x5a;
+    return 0;
 }
 
 /* The per-step check samples (a prime stride and the last byte); the final check reads it all. */
 static int intact_sampled(const uint8_t *p, const slot *s) {
     for (size_t i = 0; i < s->bytes; i += 61)
-        if (p[i] != byte_at(s->seed, i)) return 0;
-    return p[s->bytes - 1] == byte_at(s->seed, s->bytes - 1);
+        if (p[i] != want(s, i)) return 0;
+    return p[s->bytes - 1] == want(s, s->bytes - 1);
 }
 
 #define CHECK(x)                                                                                   \
@@ -131,10 +140,30 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             CHECK(st == (x->holds ? VC_OK : VC_ERR_NOT_HELD));
             if (x->holds) x->holds--;
             break;
-        case 6: /* offload */
+        case 6: /* offload, patch, unpatch */
             if (!x->live) break;
-            st = vc_layer_offload(c, x->id, arg & 1 ? VC_OFFLOAD_ALL : VC_OFFLOAD_VRAM);
-            CHECK(st == (x->holds ? VC_ERR_BUSY : VC_OK));
+            if ((op >> 4) % 3 == 0) {
+                st = vc_layer_offload(c, x->id, arg & 1 ? VC_OFFLOAD_ALL : VC_OFFLOAD_VRAM);
+                CHECK(st == (x->holds ? VC_ERR_BUSY : VC_OK));
+            } else if ((op >> 4) % 3 == 1) {
+                int patched_before = 0;
+                vc_layer_info info;
+                CHECK(vc_layer_get_info(c, x->id, &info) == VC_OK);
+                patched_before = info.patched;
+                vc_patch_mode mode = arg & 1 ? VC_PATCH_FUSE : VC_PATCH_BACKUP;
+                if (op & 0x40) x->loader_fail = 1;
+                st = vc_layer_patch(c, x->id, mode, xor_5a, NULL);
+                x->loader_fail = 0;
+                if (x->holds) CHECK(st == VC_ERR_BUSY);
+                else if (mode == VC_PATCH_FUSE && patched_before) CHECK(st == VC_ERR_INVALID_ARG);
+                else CHECK(st == VC_OK || st == VC_ERR_OUT_OF_RAM || st == VC_ERR_NO_MEMORY || st == VC_ERR_LOADER ||
+                           st == VC_ERR_BACKEND);
+                if (st == VC_OK) x->xored ^= 1;
+            } else {
+                st = vc_layer_unpatch(c, x->id);
+                CHECK(st == (x->holds ? VC_ERR_BUSY : VC_OK));
+                if (st == VC_OK) x->xored = 0;
+            }
             break;
         case 7: /* unregister */
             if (!x->live) break;

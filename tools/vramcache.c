@@ -267,9 +267,13 @@ static int cmd_plan(int argc, char **argv) {
         run_init_from(&a, cfg, &r);
         r.policy = VC_POLICY_PLANNED;
         st[m] = vc_sim_run_workload(wl, &r, &res[m]);
-        /* prefer the faster; among equals (within 1%), the mode that uses less VRAM comes later */
-        if (st[m] == VC_OK && (best < 0 || res[m].step_time_s < res[best].step_time_s * 0.99)) best = m;
+        if (st[m] == VC_OK && (best < 0 || res[m].step_time_s < res[best].step_time_s)) best = m;
     }
+    /* Within 1% of the fastest, prefer balanced: it also adapts when other programs take memory
+     * and when an operation reserves working memory. */
+    if (best >= 0 && st[VC_OFFLOAD_MODE_BALANCED] == VC_OK &&
+        res[VC_OFFLOAD_MODE_BALANCED].step_time_s <= res[best].step_time_s * 1.01)
+        best = VC_OFFLOAD_MODE_BALANCED;
     double safe = a.vram_gb - work_gb;
     if (a.json) {
         printf("{\"workload\":\"%s\",\"vram_gb\":%g,\"bandwidth_gbps\":%g,\"tflops\":%g,\"modes\":{",
@@ -295,7 +299,8 @@ static int cmd_plan(int argc, char **argv) {
                 printf("  %-11s %10.3f s %13.1f%% %13.2f GB%s\n", MODES[m], res[m].step_time_s,
                        100.0 * resident / res[m].step_time_s, res[m].bytes_per_step / GIB, m == best ? "  <= best" : "");
             else
-                printf("  %-11s %12s   %s\n", MODES[m], "-", res[m].error[0] ? res[m].error : vc_strerror(st[m]));
+                printf("  %-11s %12s   %s: %.90s%s\n", MODES[m], "-", vc_strerror(st[m]), res[m].error,
+                       strlen(res[m].error) > 90 ? "..." : "");
         }
         if (best < 0) {
             printf("no mode runs this workload on this GPU\n");

@@ -626,6 +626,13 @@ static int vram_place(vc_cache *c, layer_t *l, const char *fn, const place_req *
                     grow_failed ? c->alloc_detail : "");
 }
 
+/* The layer behind an id, or NULL with VC_ERR_NOT_FOUND recorded for `fn` (lock held). */
+static layer_t *find_layer(vc_cache *c, vc_layer_id id, const char *fn) {
+    layer_t *l = slot_table_get(&c->layers, id);
+    if (!l) vc__fail(c, VC_ERR_NOT_FOUND, "%s: layer id %#llx is not registered", fn, (unsigned long long)id);
+    return l;
+}
+
 /* ---- acquire / release ----------------------------------------------------------------------- */
 
 /* Produces a host copy to upload from: the borrowed pointer, the RAM copy, or a fresh load. May
@@ -834,9 +841,9 @@ int vc_layer_release(vc_cache *c, vc_layer_id id, vc_stream stream) {
     if (!c) return vc__fail(NULL, VC_ERR_INVALID_ARG, "%s: cache is NULL", fn);
     pthread_mutex_lock(&c->lock);
     int st;
-    layer_t *l = slot_table_get(&c->layers, id);
+    layer_t *l = find_layer(c, id, fn);
     if (!l)
-        st = vc__fail(c, VC_ERR_NOT_FOUND, "%s: layer id %#llx is not registered", fn, (unsigned long long)id);
+        st = VC_ERR_NOT_FOUND;
     else if (l->holds == 0)
         st = vc__fail(c, VC_ERR_NOT_HELD, "%s: layer '%s' of model '%s' is not held (release without "
                       "acquire, or released twice)", fn, l->name, l->model->name);
@@ -874,9 +881,9 @@ int vc_layer_offload(vc_cache *c, vc_layer_id id, vc_offload_target target) {
     int st = check_offload_args(c, target, fn);
     if (st != VC_OK) return st;
     pthread_mutex_lock(&c->lock);
-    layer_t *l = slot_table_get(&c->layers, id);
+    layer_t *l = find_layer(c, id, fn);
     if (!l)
-        st = vc__fail(c, VC_ERR_NOT_FOUND, "%s: layer id %#llx is not registered", fn, (unsigned long long)id);
+        st = VC_ERR_NOT_FOUND;
     else
         st = offload_locked(c, l, target, fn);
     pthread_mutex_unlock(&c->lock);

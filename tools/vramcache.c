@@ -186,16 +186,25 @@ static void run_init_from(const sim_args *a, const vc_config *cfg, vc_sim_run *r
     r->trace_path = a->trace;
 }
 
-static int cmd_simulate(int argc, char **argv) {
-    sim_args a;
-    if (parse_sim_args(argc, argv, 2, &a, 1)) return 2;
-    vc_workload *wl = NULL;
-    vc_config *cfg = NULL;
-    if (load_inputs(&a, &wl, &cfg)) {
-        vc_workload_destroy(wl);
-        vc_config_destroy(cfg);
+/* Parses the options and loads the workload and config: 0 when ready, else the exit code. */
+static int open_inputs(int argc, char **argv, int run_opts, sim_args *a, vc_workload **wl, vc_config **cfg) {
+    *wl = NULL;
+    *cfg = NULL;
+    if (parse_sim_args(argc, argv, 2, a, run_opts)) return 2;
+    if (load_inputs(a, wl, cfg)) {
+        vc_workload_destroy(*wl);
+        vc_config_destroy(*cfg);
         return 1;
     }
+    return 0;
+}
+
+static int cmd_simulate(int argc, char **argv) {
+    sim_args a;
+    vc_workload *wl;
+    vc_config *cfg;
+    int rc = open_inputs(argc, argv, 1, &a, &wl, &cfg);
+    if (rc) return rc;
     vc_sim_run r;
     run_init_from(&a, cfg, &r);
     vc_sim_result res;
@@ -244,14 +253,10 @@ static int cmd_simulate(int argc, char **argv) {
 
 static int cmd_plan(int argc, char **argv) {
     sim_args a;
-    if (parse_sim_args(argc, argv, 2, &a, 0)) return 2;
-    vc_workload *wl = NULL;
-    vc_config *cfg = NULL;
-    if (load_inputs(&a, &wl, &cfg)) {
-        vc_workload_destroy(wl);
-        vc_config_destroy(cfg);
-        return 1;
-    }
+    vc_workload *wl;
+    vc_config *cfg;
+    int rc = open_inputs(argc, argv, 0, &a, &wl, &cfg);
+    if (rc) return rc;
     /* Working memory: what the denoiser's activations need (the VAE decode reserves its own). */
     double work_gb = vc_workload_denoiser_working_mem(wl) / GIB;
     work_gb = work_gb > 0 ? ceil(work_gb * 2) / 2 : 3.0;

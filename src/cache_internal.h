@@ -88,6 +88,8 @@ struct vc_model_rec {
     int order_valid;
     int order_declared;
     size_t pos;        /* order index of the latest acquire */
+    size_t pf_next;    /* order index where the prefetch scan resumes: everything between pos and it
+                          is resident or on its way (kept O(1) per acquire in the steady state) */
     unsigned pass_mismatches;
     layer_t **rec;     /* the pass being recorded while learning */
     size_t rec_n, rec_cap;
@@ -247,6 +249,8 @@ int vc__sched_streamable(vc_cache *c, const layer_t *asking, size_t max_distance
 void vc__sched_on_acquire(vc_cache *c, layer_t *l);
 /** After the last release of a layer (sequential mode evicts it). */
 void vc__sched_on_release(vc_cache *c, layer_t *l);
+/** A layer left VRAM: the prefetch scan must look at it again. */
+void vc__sched_on_evict(vc_cache *c, layer_t *l);
 /** Before a layer goes away: drop it from its model's order. */
 void vc__sched_forget(vc_cache *c, layer_t *l);
 void vc__sched_model_free(model_t *m);

@@ -271,6 +271,7 @@ void vc__evict_vram(vc_cache *c, layer_t *l, vc_evict_reason reason, int drop_ok
         c->prefetch_inflight--;
     }
     vc__note_vram_layer(c, l, -1);
+    vc__sched_on_evict(c, l);
     c->stats.vram_evictions[reason]++;
     vc__trace_instant(c, "evict", l, vc_evict_reason_name((int)reason));
     vc__log(c, VC_LOG_DEBUG, "evicted layer '%s' of model '%s' from VRAM (%s)", l->name, l->model->name,

@@ -257,6 +257,7 @@ static int install_order(vc_cache *c, model_t *m, layer_t **order, size_t n, int
         order[i]->order_pos = i;
     }
     m->pos = n - 1; /* the next expected layer is order[0] */
+    m->pf_next = 0;
     if (c->policy == VC_POLICY_PLANNED) make_plan(c, m);
     return VC_OK;
 }
@@ -349,10 +350,14 @@ void vc__sched_on_acquire(vc_cache *c, layer_t *l) {
     if (c->policy != VC_POLICY_PLANNED || !order_known(m) || !c->prefetch_depth ||
         c->mode == VC_OFFLOAD_MODE_NONE || c->mode == VC_OFFLOAD_MODE_MODEL)
         return;
-    /* Upload what comes next, in order, while room can be made without hurting sooner needs. */
+    /* Upload what comes next, in order, while room can be made without hurting sooner needs. The
+     * scan resumes where it stopped last time (layers it passed are resident or arriving; an
+     * eviction pulls it back), so a hit costs O(1) however long the pass. */
     size_t depth = c->mode == VC_OFFLOAD_MODE_SEQUENTIAL ? 2 : c->prefetch_depth;
     size_t window = m->order_n - 1 < PREFETCH_WINDOW ? m->order_n - 1 : PREFETCH_WINDOW;
-    for (size_t k = 1; k <= window && c->prefetch_inflight < depth; k++) {
+    size_t k = (m->pf_next + m->order_n - m->pos) % m->order_n;
+    if (k == 0 || k > window) k = 1;
+    for (; k <= window && c->prefetch_inflight < depth; k++) {
         layer_t *x = m->order[(m->pos + k) % m->order_n];
         if (x->vblock || x->loading) continue;
         if (!x->host_src && !x->ram) break; /* only a loader can produce it: left to its acquire */
@@ -361,6 +366,16 @@ void vc__sched_on_acquire(vc_cache *c, layer_t *l) {
         c->prefetch_inflight++;
         c->stats.prefetches++;
     }
+    m->pf_next = (m->pos + k) % m->order_n;
+}
+
+void vc__sched_on_evict(vc_cache *c, layer_t *l) {
+    (void)c;
+    model_t *m = l->model;
+    if (!l->in_order || !order_known(m)) return;
+    size_t d = (l->order_pos + m->order_n - m->pos) % m->order_n;
+    size_t f = (m->pf_next + m->order_n - m->pos) % m->order_n;
+    if (d && d < f) m->pf_next = l->order_pos;
 }
 
 void vc__sched_on_release(vc_cache *c, layer_t *l) {

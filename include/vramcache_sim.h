@@ -64,6 +64,10 @@ VC_API const char *vc_workload_name(const vc_workload *wl);
 /** Bytes of all layers of all models; of the denoiser (the stage repeated per step). */
 VC_API size_t vc_workload_total_bytes(const vc_workload *wl);
 VC_API size_t vc_workload_step_bytes(const vc_workload *wl);
+/** The denoiser's layers: how many, and the i-th one's name (owned by wl), bytes and flops. */
+VC_API size_t vc_workload_denoiser_layer_count(const vc_workload *wl);
+VC_API int vc_workload_denoiser_layer(const vc_workload *wl, size_t i, const char **name, size_t *bytes,
+                                      double *flops);
 /** Working memory the denoiser stage declares (working_mem_bytes), 0 when none. */
 VC_API size_t vc_workload_denoiser_working_mem(const vc_workload *wl);
 

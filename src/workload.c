@@ -320,3 +320,17 @@ size_t vc_workload_step_bytes(const vc_workload *wl) {
 size_t vc_workload_denoiser_working_mem(const vc_workload *wl) {
     return wl ? wl->stages[wl->denoiser].working_mem : 0;
 }
+
+size_t vc_workload_denoiser_layer_count(const vc_workload *wl) {
+    return wl ? wl->models[wl->stages[wl->denoiser].model].n : 0;
+}
+
+int vc_workload_denoiser_layer(const vc_workload *wl, size_t i, const char **name, size_t *bytes, double *flops) {
+    if (!wl || i >= vc_workload_denoiser_layer_count(wl))
+        return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_workload_denoiser_layer: no layer %zu", i);
+    const wl_layer *l = &wl->models[wl->stages[wl->denoiser].model].layers[i];
+    if (name) *name = l->name;
+    if (bytes) *bytes = l->bytes;
+    if (flops) *flops = l->flops;
+    return VC_OK;
+}

@@ -18,5 +18,7 @@ cmake --build build-gpu -j"$(nproc)" > "$out/build.log" 2>&1 || { tail -50 "$out
 (cd build-gpu && VRAMCACHE_BACKEND_DIR=$PWD ./tests/test_gpu) > "$out/test_gpu.log" 2>&1
 ./build-gpu/bench/bench_gpu --budget-gb 8 > "$out/bench_gpu.txt" 2>&1
 ./build-gpu/bench/bench_gpu --budget-gb 8 --json > "$out/bench_gpu.json" 2>&1
+./build-gpu/bench/bench_gpu_denoiser --budget-gb 9 > "$out/bench_gpu_denoiser.txt" 2>&1
+./build-gpu/bench/bench_gpu_denoiser --budget-gb 9 --json > "$out/bench_gpu_denoiser.json" 2>&1
 ./build-gpu/bench/bench_hotpath > "$out/bench_hotpath.txt" 2>&1
-cat "$out/gpu.txt" "$out/bench_gpu.txt"; tail -5 "$out/ctest.log"; tail -12 "$out/test_gpu.log"
+cat "$out/gpu.txt" "$out/bench_gpu.txt" "$out/bench_gpu_denoiser.txt"; tail -5 "$out/ctest.log"; tail -12 "$out/test_gpu.log"

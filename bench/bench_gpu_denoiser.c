@@ -1,0 +1,220 @@
+/*
+ * A synthetic denoiser on a real GPU (issue 6): every layer of a workload's denoiser becomes a bf16
+ * weight matrix of its size and a cuBLAS matrix product of its FLOPs, run for several steps
+ *   (a) fully resident (the weights all in VRAM: the compute alone),
+ *   (b) streamed through libvramcache with the VRAM budget capped (default 9 GB: a 12 GB card
+ *       less 3 GB of working memory),
+ * and compared, in the same run, with the lower bound max(compute, (step bytes - budget) / link).
+ * Needs a CUDA device with room for the resident run; without one it says so and exits 0.
+ *
+ *   bench_gpu_denoiser [--workload FILE] [--budget-gb G] [--steps N] [--json]
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include "vramcache.h"
+#include "vramcache_gpu.h"
+#include "vramcache_sim.h"
+
+#define GIB 1073741824.0
+#define CK(x)                                                                                      \
+    do {                                                                                           \
+        cudaError_t e_ = (x);                                                                      \
+        if (e_ != cudaSuccess) {                                                                   \
+            fprintf(stderr, "bench_gpu_denoiser: %s: %s\n", #x, cudaGetErrorString(e_));          \
+            exit(1);                                                                               \
+        }                                                                                          \
+    } while (0)
+
+typedef struct layer {
+    size_t bytes;
+    int m, n, k; /* C(m x n) = A(m x k) * W(k x n); W is the layer's weights */
+} layer;
+
+static layer *shape(const vc_workload *wl, size_t *count, size_t *max_a, size_t *max_c) {
+    size_t n = vc_workload_denoiser_layer_count(wl);
+    layer *ls = calloc(n, sizeof *ls);
+    *max_a = *max_c = 1;
+    for (size_t i = 0; i < n; i++) {
+        double flops;
+        vc_workload_denoiser_layer(wl, i, NULL, &ls[i].bytes, &flops);
+        size_t elems = ls[i].bytes / 2;
+        int k = elems >= 3072 * 64 ? 3072 : 64;
+        ls[i].k = k;
+        ls[i].n = (int)(elems / (size_t)k);
+        double m = flops / (2.0 * k * (ls[i].n ? ls[i].n : 1));
+        ls[i].m = m < 1 ? 1 : (int)ceil(m);
+        if ((size_t)ls[i].m * k > *max_a) *max_a = (size_t)ls[i].m * k;
+        if ((size_t)ls[i].m * ls[i].n > *max_c) *max_c = (size_t)ls[i].m * ls[i].n;
+    }
+    *count = n;
+    return ls;
+}
+
+static void gemm(cublasHandle_t h, const layer *l, const void *a, const void *w, void *c) {
+    const float one = 1.0f, zero = 0.0f;
+    if (!l->n) return;
+    cublasStatus_t st = cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, l->n, l->m, l->k, &one, w, CUDA_R_16BF, l->n, a,
+                                     CUDA_R_16BF, l->k, &zero, c, CUDA_R_16BF, l->n, CUBLAS_COMPUTE_32F,
+                                     CUBLAS_GEMM_DEFAULT);
+    if (st != CUBLAS_STATUS_SUCCESS) {
+        fprintf(stderr, "bench_gpu_denoiser: cublasGemmEx failed (%d)\n", (int)st);
+        exit(1);
+    }
+}
+
+int main(int argc, char **argv) {
+    const char *path = VC_WORKLOAD_DIR "/flux1-dev.yaml";
+    double budget_gb = 9;
+    int steps = 6, json = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--workload") && i + 1 < argc)
+            path = argv[++i];
+        else if (!strcmp(argv[i], "--budget-gb") && i + 1 < argc)
+            budget_gb = atof(argv[++i]);
+        else if (!strcmp(argv[i], "--steps") && i + 1 < argc)
+            steps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--json"))
+            json = 1;
+        else {
+            fprintf(stderr, "usage: %s [--workload FILE] [--budget-gb G] [--steps N] [--json]\n", argv[0]);
+            return 2;
+        }
+    }
+    vc_backend *gpu;
+    char why[256];
+    if (vc_backend_cuda_create(0, &gpu, why, sizeof why) != VC_OK) {
+        printf(json ? "{\"benchmark\":\"gpu_denoiser\",\"skipped\":\"%s\"}\n" : "bench_gpu_denoiser: skipped: %s\n", why);
+        return 0;
+    }
+    vc_workload *wl;
+    if (vc_workload_load(path, &wl, NULL) != VC_OK) {
+        fprintf(stderr, "bench_gpu_denoiser: %s\n", vc_last_error());
+        return 1;
+    }
+    size_t n, max_a, max_c, total = 0;
+    layer *ls = shape(wl, &n, &max_a, &max_c);
+    for (size_t i = 0; i < n; i++) total += ls[i].bytes;
+    char *host;
+    CK(cudaHostAlloc((void **)&host, total, 0));
+    memset(host, 0, total); /* zeros are valid bf16 */
+    void *act, *outb;
+    CK(cudaMalloc(&act, max_a * 2));
+    CK(cudaMalloc(&outb, max_c * 2));
+    CK(cudaMemset(act, 0, max_a * 2));
+    cudaStream_t s;
+    CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    cublasHandle_t h;
+    if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) return 1;
+    cublasSetStream(h, s);
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+
+    /* (a) resident: one device copy of every layer */
+    double resident = -1;
+    char *dev = NULL;
+    if (cudaMalloc((void **)&dev, total) == cudaSuccess) {
+        CK(cudaMemcpy(dev, host, total, cudaMemcpyHostToDevice));
+        size_t off = 0;
+        for (size_t i = 0; i < n; i++) gemm(h, &ls[i], act, dev + (off += ls[i].bytes) - ls[i].bytes, outb);
+        CK(cudaEventRecord(e0, s));
+        for (int st = 0; st < steps; st++) {
+            off = 0;
+            for (size_t i = 0; i < n; i++) {
+                gemm(h, &ls[i], act, dev + off, outb);
+                off += ls[i].bytes;
+            }
+        }
+        CK(cudaEventRecord(e1, s));
+        CK(cudaEventSynchronize(e1));
+        float ms;
+        CK(cudaEventElapsedTime(&ms, e0, e1));
+        resident = ms * 1e-3 / steps;
+        cudaFree(dev);
+    } else {
+        cudaGetLastError();
+    }
+
+    /* (b) streamed through the cache, the VRAM budget capped */
+    vc_cache_options o;
+    vc_cache_options_init(&o);
+    o.backend = gpu;
+    o.vram_budget = (size_t)(budget_gb * GIB);
+    o.ram_budget = 1 << 20; /* borrowed pinned weights: the RAM pool is not used */
+    vc_cache *c;
+    if (vc_cache_create(&o, &c) != VC_OK) return 1;
+    vc_model_id m;
+    vc_model_register(c, "denoiser", &m);
+    vc_layer_id *ids = malloc(n * sizeof *ids);
+    size_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *name;
+        double flops;
+        vc_workload_denoiser_layer(wl, i, &name, NULL, &flops);
+        vc_layer_desc d = {.name = name, .bytes = ls[i].bytes, .host_ptr = host + off, .cost = flops};
+        off += ls[i].bytes;
+        vc_layer_register(c, m, &d, &ids[i]);
+    }
+    double streamed = 0;
+    for (int st = -2; st < steps; st++) { /* two passes to learn the order and lay the device out */
+        if (st == 0) CK(cudaEventRecord(e0, s));
+        for (size_t i = 0; i < n; i++) {
+            void *w;
+            if (vc_layer_acquire(c, ids[i], s, &w) != VC_OK) {
+                char msg[512];
+                vc_cache_last_error(c, msg, sizeof msg);
+                fprintf(stderr, "bench_gpu_denoiser: %s\n", msg);
+                return 1;
+            }
+            gemm(h, &ls[i], act, w, outb);
+            vc_layer_release(c, ids[i], s);
+        }
+    }
+    CK(cudaEventRecord(e1, s));
+    CK(cudaEventSynchronize(e1));
+    float ms;
+    CK(cudaEventElapsedTime(&ms, e0, e1));
+    streamed = ms * 1e-3 / steps;
+    vc_stats stats;
+    vc_cache_get_stats(c, &stats);
+
+    /* the link's limit, for the lower bound */
+    void *probe;
+    CK(cudaMalloc(&probe, 256 << 20));
+    CK(cudaEventRecord(e0, s));
+    for (int i = 0; i < 8; i++) CK(cudaMemcpyAsync(probe, host, 256 << 20, cudaMemcpyHostToDevice, s));
+    CK(cudaEventRecord(e1, s));
+    CK(cudaEventSynchronize(e1));
+    CK(cudaEventElapsedTime(&ms, e0, e1));
+    double link = 8.0 * (256 << 20) / (ms * 1e-3);
+    double lb_bytes = total > o.vram_budget ? (double)(total - o.vram_budget) : 0;
+    double bound = resident > 0 ? fmax(resident, lb_bytes / link) : lb_bytes / link;
+    if (json)
+        printf("{\"benchmark\":\"gpu_denoiser\",\"device\":\"%s\",\"workload\":\"%s\",\"budget_gb\":%.2f,"
+               "\"resident_step_s\":%.6f,\"streamed_step_s\":%.6f,\"lower_bound_step_s\":%.6f,\"link_gbps\":%.2f,"
+               "\"speed_vs_resident\":%.4f,\"time_over_bound\":%.4f}\n",
+               why, vc_workload_name(wl), budget_gb, resident, streamed, bound, link / 1e9,
+               resident > 0 ? resident / streamed : 0, streamed / bound);
+    else
+        printf("%s\n%s denoiser, %.2f GB per step, budget %.2f GB, link %.2f GB/s\n"
+               "  resident %.4f s/step, streamed %.4f s/step (%.1f%% of resident), lower bound %.4f s (x%.3f)\n"
+               "  prefetches %llu, prefetch hits %llu, misses %llu\n",
+               why, vc_workload_name(wl), (double)total / GIB, budget_gb, link / 1e9, resident, streamed,
+               resident > 0 ? 100 * resident / streamed : 0, bound, streamed / bound,
+               (unsigned long long)stats.prefetches, (unsigned long long)stats.prefetch_hits,
+               (unsigned long long)stats.misses);
+    vc_cache_destroy(c);
+    vc_backend_destroy(gpu);
+    cublasDestroy(h);
+    cudaFreeHost(host);
+    vc_workload_destroy(wl);
+    free(ls);
+    free(ids);
+    return 0;
+}

@@ -502,7 +502,10 @@ static int place_streamed(vc_cache *c, layer_t *l, const place_req *rq, size_t l
         if (st == VC_ERR_NO_MEMORY) return st;
         if (c->sarena.total < c->stream_budget) {
             size_t want = c->stream_budget - c->sarena.total;
-            if (sat_sub(limit, vc__vram_total(c)) < want) make_region_room(c, limit, want);
+            /* Take room from the kept arena only while the plan's budget holds; under a smaller limit
+             * (a reservation, another process) the region waits for the next plan instead. */
+            if (sat_sub(limit, vc__vram_total(c)) < want && limit >= l->model->plan_capacity)
+                make_region_room(c, limit, want);
             if (grow_arena(c, &c->sarena, need, l->align, limit, want) == VC_OK) continue;
         }
         arena_block *first, *last;
@@ -528,6 +531,7 @@ static int vram_place(vc_cache *c, layer_t *l, const char *fn, const place_req *
     size_t need = arena_round(l->bytes);
     size_t slack = l->align > ARENA_GRAIN ? l->align - ARENA_GRAIN : 0;
     size_t limit = vc__weight_limit(c);
+    if (!c->stream_budget && c->sarena.total) release_empty_segments(c, &c->sarena); /* a dropped region */
     if (vc__vram_total(c) > limit) vc__shrink_arena(c, limit, VC_EVICT_BUDGET_SHRANK, 0); /* best effort */
     int st = place_streamed(c, l, rq, limit, out);
     if (st == VC_OK || st == VC_ERR_NO_MEMORY || (st != VC_ERR_NOT_FOUND && rq->quiet)) return st;

@@ -357,6 +357,28 @@ static void test_unregister_drops_order(void **state) {
     free_world(&w);
 }
 
+static void test_reservation_during_streaming(void **state) {
+    (void)state;
+    /* 12 layers streaming through room for 8; a working-memory reservation of 3 layers' worth comes
+     * and goes mid-loop: the plan yields, the device never holds more than it has, bytes stay right. */
+    sim_world w = make_world(12, 64 * KB, 8 * 64 * KB, 1e9, 10e-6, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
+    for (int i = 0; i < 3; i++) pass(&w, 1 * MS);
+    vc_reservation *r;
+    assert_int_equal(vc_reserve_working_mem(w.cache, 3 * 64 * KB, VC_RESERVE_BUFFER, &r), VC_OK);
+    for (int i = 0; i < 3; i++) {
+        pass(&w, 1 * MS);
+        vc_stats s = get_stats(w.cache);
+        assert_true(s.arena_bytes + 3 * 64 * KB <= 8 * 64 * KB);
+    }
+    assert_int_equal(vc_release_working_mem(w.cache, r), VC_OK);
+    for (int i = 0; i < 3; i++) pass(&w, 1 * MS);
+    vc_stats s = get_stats(w.cache);
+    assert_true(s.arena_peak_bytes <= 8 * 64 * KB);
+    assert_true(s.vram_evictions[VC_EVICT_FOR_RESERVATION] > 0);
+    assert_int_equal(s.layers_held, 0);
+    free_world(&w);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_order_learned_and_prefetch_does_not_stall),
@@ -369,6 +391,7 @@ int main(void) {
         cmocka_unit_test(test_model_mode_moves_whole_models),
         cmocka_unit_test(test_balanced_threshold),
         cmocka_unit_test(test_unregister_drops_order),
+        cmocka_unit_test(test_reservation_during_streaming),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

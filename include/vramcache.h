@@ -339,6 +339,18 @@ VC_API int vc_model_find(vc_cache *cache, const char *name, vc_model_id *out);
 VC_API int vc_layer_register(vc_cache *cache, vc_model_id model, const vc_layer_desc *desc,
                              vc_layer_id *out);
 
+/** Registers a layer of `model` whose weights come from layer `source` of another cache, `owner` —
+ *  for several GPUs serving one model: each GPU's cache registers the layer as shared from one owning
+ *  cache, and the weights are held in RAM once, in the owner's RAM pool (loaded there by its loader
+ *  when needed), however many devices upload from them. Name, size and alignment are the source's.
+ *  While a shared layer exists, `owner` cannot be destroyed (VC_ERR_BUSY); if the source layer is
+ *  unregistered, acquiring the shared one fails with VC_ERR_NOT_FOUND. Shared layers cannot be
+ *  patched (patch the source). Locks: the cache's own lock, then the owner's (never the reverse), so
+ *  two caches must not share from each other.
+ *  Errors: VC_ERR_INVALID_ARG (NULL, owner == cache), VC_ERR_NOT_FOUND, VC_ERR_NO_MEMORY. */
+VC_API int vc_layer_register_shared(vc_cache *cache, vc_model_id model, vc_cache *owner, vc_layer_id source,
+                                    vc_layer_id *out);
+
 /** Unregisters a layer, freeing its RAM copy and device memory.
  *  Errors: VC_ERR_NOT_FOUND, VC_ERR_BUSY (held or loading: nothing changes). */
 VC_API int vc_layer_unregister(vc_cache *cache, vc_layer_id layer);

@@ -129,6 +129,11 @@ int vc_cache_create(const vc_cache_options *opts, vc_cache **out) {
 
 /* Something keeps the cache from being torn down: a hold, a loader, a reservation. */
 static int cache_busy(vc_cache *c, char *what, size_t size) {
+    if (c->dependents) {
+        snprintf(what, size, "%u layer(s) of other caches are shared from this one; unregister them first",
+                 c->dependents);
+        return 1;
+    }
     if (c->reservations) {
         snprintf(what, size, "a working-memory reservation of %zu bytes is active",
                  c->reservations->bytes);
@@ -265,6 +270,11 @@ done:
 
 /* ---- layers ---------------------------------------------------------------------------------- */
 
+static int shared_never_loads(void *user, vc_layer_id layer, void *dst, size_t bytes) {
+    (void)user, (void)layer, (void)dst, (void)bytes;
+    return -1;
+}
+
 int vc_layer_register(vc_cache *c, vc_model_id model, const vc_layer_desc *d, vc_layer_id *out) {
     if (!c) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_layer_register: cache is NULL");
     if (!d || !out) return vc__fail_unlocked(c, VC_ERR_INVALID_ARG, "vc_layer_register: %s is NULL", !d ? "desc" : "out");
@@ -329,6 +339,46 @@ done:
     return st;
 }
 
+int vc_layer_register_shared(vc_cache *c, vc_model_id model, vc_cache *owner, vc_layer_id source, vc_layer_id *out) {
+    static const char fn[] = "vc_layer_register_shared";
+    if (!c || !owner || !out || owner == c)
+        return vc__fail(NULL, VC_ERR_INVALID_ARG, "%s: %s", fn, owner == c && c ? "a cache cannot share from itself"
+                                                               : "NULL argument");
+    /* Read the source and count ourselves as its reader (owner's lock alone). */
+    pthread_mutex_lock(&owner->lock);
+    layer_t *src = slot_table_get(&owner->layers, source);
+    char name[256];
+    size_t bytes = 0, align = 0;
+    double cost = 0;
+    if (src) {
+        snprintf(name, sizeof name, "%s", src->name);
+        bytes = src->bytes;
+        align = src->align;
+        cost = src->cost;
+        owner->dependents++;
+    }
+    pthread_mutex_unlock(&owner->lock);
+    if (!src)
+        return vc__fail_unlocked(c, VC_ERR_NOT_FOUND, "%s: layer id %#llx is not registered in the owning cache", fn,
+                                 (unsigned long long)source);
+    /* Register like any layer; a placeholder loader is never called (the owner produces the bytes). */
+    vc_layer_desc d = {.name = name, .bytes = bytes, .alignment = align, .cost = cost, .loader = shared_never_loads};
+    int st = vc_layer_register(c, model, &d, out);
+    if (st == VC_OK) {
+        pthread_mutex_lock(&c->lock);
+        layer_t *l = slot_table_get(&c->layers, *out);
+        l->owner = owner;
+        l->owner_layer = source;
+        l->loader = NULL;
+        pthread_mutex_unlock(&c->lock);
+    } else {
+        pthread_mutex_lock(&owner->lock);
+        owner->dependents--;
+        pthread_mutex_unlock(&owner->lock);
+    }
+    return st;
+}
+
 int vc_layer_unregister(vc_cache *c, vc_layer_id id) {
     if (!c) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_layer_unregister: cache is NULL");
     pthread_mutex_lock(&c->lock);
@@ -337,9 +387,10 @@ int vc_layer_unregister(vc_cache *c, vc_layer_id id) {
     if (!l)
         st = vc__fail(c, VC_ERR_NOT_FOUND, "vc_layer_unregister: layer id %#llx is not registered",
                       (unsigned long long)id);
-    else if (l->holds || l->loading)
+    else if (l->holds || l->loading || l->host_pins)
         st = vc__fail(c, VC_ERR_BUSY, "vc_layer_unregister: layer '%s' of model '%s' is %s (%u holds)",
-                      l->name, l->model->name, l->loading ? "loading" : "held", l->holds);
+                      l->name, l->model->name,
+                      l->loading ? "loading" : l->holds ? "held" : "being read by another cache", l->holds);
     else
         vc__layer_destroy(c, l);
     pthread_mutex_unlock(&c->lock);

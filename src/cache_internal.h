@@ -38,6 +38,9 @@ struct vc_layer_rec {
     double cost; /* compute per use (vc_layer_desc.cost); 0: unknown */
 
     /* source */
+    vc_cache *owner;      /* shared: the weights come from layer owner_layer of this cache */
+    vc_layer_id owner_layer;
+    unsigned host_pins;   /* uploads of other caches reading our host copy (it must stay) */
     const void *host_src; /* borrowed engine copy, or NULL */
     vc_loader_fn loader;
     void *loader_user;
@@ -108,6 +111,14 @@ typedef struct deferred_free {
     struct deferred_free *next;
 } deferred_free;
 
+/* A host copy in another cache that an upload of ours reads: released when the upload completes. */
+typedef struct remote_pin {
+    vc_cache *owner;
+    vc_layer_id source;
+    layer_t *layer; /* ours, whose upload_ev guards the pin */
+    struct remote_pin *next;
+} remote_pin;
+
 struct vc_reservation {
     vc_cache *cache;
     size_t bytes;
@@ -148,6 +159,8 @@ struct vc_cache {
     layer_list vram_lru;
     layer_list ram_lru;
     deferred_free *deferred;
+    remote_pin *remote_pins; /* host copies of owner caches our uploads still read */
+    unsigned dependents;     /* shared layers in other caches reading ours */
     vc_reservation *reservations;
     size_t reserved_sum;  /* bytes of active reservations */
     size_t buffer_bytes;  /* device bytes of reservation buffers the cache allocated */

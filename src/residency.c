@@ -166,6 +166,7 @@ static void drain_deferred(vc_cache *c, int wait, const layer_t *only) {
 
 /* keep_ram_copy off: the RAM copy goes once the upload reading it completes. */
 static void drop_ram_after_upload(vc_cache *c, layer_t *l) {
+    if (l->host_pins) return; /* another cache's upload reads it */
     if (upload_done(c, l)) {
         vc__drop_ram(c, l);
         return;
@@ -184,7 +185,7 @@ static void drop_ram_after_upload(vc_cache *c, layer_t *l) {
 }
 
 static int ram_droppable(vc_cache *c, layer_t *l) {
-    return !l->loading && !l->uploading && !l->patched && upload_done(c, l) && writeback_done(c, l);
+    return !l->loading && !l->uploading && !l->patched && !l->host_pins && upload_done(c, l) && writeback_done(c, l);
 }
 
 /* Makes room for `bytes` in the RAM pool by dropping least recently used RAM copies (all of which a
@@ -230,7 +231,7 @@ void vc__evict_vram(vc_cache *c, layer_t *l, vc_evict_reason reason, int drop_ok
     vc__range_push(c, "evict", l->name);
     /* No later upload may overwrite this range before the engine's last use of it completes. */
     if (l->release_recorded) c->ops->stream_wait_event(c->bctx, c->upload_stream, l->release_ev);
-    if (!l->host_src && !l->ram && !drop_ok) {
+    if (!l->host_src && !l->ram && !l->owner && !drop_ok) {
         /* The device holds the only copy (keep_ram_copy off): copy it back when the RAM pool has
          * room, else drop it, since the loader can produce it again. */
         void *buf = NULL;
@@ -642,7 +643,59 @@ static layer_t *find_layer(vc_cache *c, vc_layer_id id, const char *fn) {
 
 /* Produces a host copy to upload from: the borrowed pointer, the RAM copy, or a fresh load. May
  * release the lock while the loader runs. */
+static int host_source(vc_cache *c, layer_t *l, const char *fn, const void **src);
+
+/* Releases pins on owner caches' host copies once our uploads from them have completed (all of them
+ * with `wait`, or only those of `only`). Lock order: ours, then the owner's. */
+static void drain_remote_pins(vc_cache *c, int wait, const layer_t *only) {
+    remote_pin **pp = &c->remote_pins;
+    while (*pp) {
+        remote_pin *r = *pp;
+        if ((only && r->layer != only) || (!wait && !upload_done(c, r->layer))) {
+            pp = &r->next;
+            continue;
+        }
+        if (wait) wait_upload(c, r->layer);
+        pthread_mutex_lock(&r->owner->lock);
+        layer_t *ol = slot_table_get(&r->owner->layers, r->source);
+        if (ol && ol->host_pins) ol->host_pins--;
+        pthread_mutex_unlock(&r->owner->lock);
+        *pp = r->next;
+        free(r);
+    }
+}
+
+/* A shared layer's host copy lives in its owner cache: produce it there (the owner's loader may run)
+ * and pin it until our upload from it completes. */
+static int shared_source(vc_cache *c, layer_t *l, const char *fn, const void **src) {
+    vc_cache *o = l->owner;
+    remote_pin *pin = malloc(sizeof(*pin));
+    if (!pin) return vc__fail(c, VC_ERR_NO_MEMORY, "%s: out of host memory", fn);
+    pthread_mutex_lock(&o->lock);
+    layer_t *ol = slot_table_get(&o->layers, l->owner_layer);
+    while (ol && ol->loading) {
+        pthread_cond_wait(&o->loaded, &o->lock);
+        ol = slot_table_get(&o->layers, l->owner_layer);
+    }
+    int st = ol ? host_source(o, ol, fn, src) : VC_ERR_NOT_FOUND;
+    if (st == VC_OK) ol->host_pins++;
+    char msg[sizeof o->last_error];
+    memcpy(msg, o->last_error, sizeof msg);
+    pthread_mutex_unlock(&o->lock);
+    if (st != VC_OK) {
+        free(pin);
+        if (st == VC_ERR_NOT_FOUND)
+            return vc__fail(c, st, "%s: shared layer '%s': its source layer in the owning cache was unregistered",
+                            fn, l->name);
+        return vc__fail(c, st, "%s: shared layer '%s': in the owning cache: %s", fn, l->name, msg);
+    }
+    *pin = (remote_pin){o, l->owner_layer, l, c->remote_pins};
+    c->remote_pins = pin;
+    return VC_OK;
+}
+
 static int host_source(vc_cache *c, layer_t *l, const char *fn, const void **src) {
+    if (l->owner) return shared_source(c, l, fn, src);
     if (l->host_src && !l->patched) {
         *src = l->host_src;
         c->stats.ram_hits++;
@@ -694,6 +747,7 @@ static int host_source(vc_cache *c, layer_t *l, const char *fn, const void **src
  * for the upload; a prefetch passes wait = 0 and the acquire that follows does the waiting. */
 static int upload(vc_cache *c, layer_t *l, vc_stream stream, int wait, const char *fn, const place_req *rq) {
     const void *src = NULL;
+    if (c->remote_pins) drain_remote_pins(c, 0, NULL);
     int st = host_source(c, l, fn, &src);
     if (st != VC_OK) return st;
     arena_block *blk;
@@ -701,7 +755,10 @@ static int upload(vc_cache *c, layer_t *l, vc_stream stream, int wait, const cha
     l->uploading = 1;
     st = vram_place(c, l, fn, rq, &blk);
     l->uploading = 0;
-    if (st != VC_OK) return st;
+    if (st != VC_OK) {
+        if (l->owner) drain_remote_pins(c, 1, l); /* nothing was copied: let go of the source */
+        return st;
+    }
     void *dst = arena_block_ptr(blk);
     vc__range_push(c, wait ? "upload" : "prefetch", l->name);
     double t0 = 0;
@@ -724,6 +781,7 @@ static int upload(vc_cache *c, layer_t *l, vc_stream stream, int wait, const cha
         /* Later uploads into this range are ordered after the failed one on the same stream. */
         arena_free(l->in_stream ? &c->sarena : &c->arena, blk);
         l->in_stream = 0;
+        if (l->owner) drain_remote_pins(c, 1, l);
         char a[32];
         return vc__fail(c, VC_ERR_BACKEND, "%s: upload of layer '%s' of model '%s' (%s) failed: %s", fn,
                         l->name, l->model->name, vc__fmt_bytes(l->bytes, a, sizeof a),
@@ -795,6 +853,7 @@ int vc_layer_acquire(vc_cache *c, vc_layer_id id, vc_stream stream, void **devic
         st = vc__fail(c, VC_ERR_NOT_FOUND, "%s: layer id %#llx is not registered", fn, (unsigned long long)id);
     } else if (l->vblock) {
         c->stats.hits++;
+        if (c->remote_pins) drain_remote_pins(c, 0, NULL);
         /* The upload may still be in flight: the engine stream waits for it, the host does not. */
         if (l->upload_pending && !upload_done(c, l) &&
             c->ops->stream_wait_event(c->bctx, stream, l->upload_ev) != VC_OK)
@@ -874,7 +933,7 @@ static int offload_locked(vc_cache *c, layer_t *l, vc_offload_target target, con
                         l->name, l->model->name, l->loading ? "loading" : "held");
     int all = target == VC_OFFLOAD_ALL;
     if (l->vblock) vc__evict_vram(c, l, VC_EVICT_MANUAL, all && l->loader != NULL && !l->patched);
-    if (all && l->ram && !l->patched) {
+    if (all && l->ram && !l->patched && !l->host_pins) {
         vc__drop_ram(c, l);
         c->stats.ram_evictions++;
     }
@@ -924,6 +983,9 @@ int vc_layer_read(vc_cache *c, vc_layer_id id, void *dst, size_t size) {
         if (st != VC_OK)
             st = vc__fail(c, VC_ERR_BACKEND, "%s: download of layer '%s' failed: %s", fn, l->name,
                           vc__take_backend_error());
+    } else if (l->owner) { /* from the owner (its lock after ours) */
+        st = vc_layer_read(l->owner, l->owner_layer, dst, size);
+        if (st != VC_OK) st = vc__fail(c, st, "%s: shared layer '%s': %s", fn, l->name, vc_last_error());
     } else {
         l->loading = 1;
         pthread_mutex_unlock(&c->lock);
@@ -941,6 +1003,12 @@ int vc_layer_read(vc_cache *c, vc_layer_id id, void *dst, size_t size) {
 
 void vc__layer_destroy(vc_cache *c, layer_t *l) {
     vc__sched_forget(c, l);
+    drain_remote_pins(c, 1, l);
+    if (l->owner) { /* one reader fewer for the owner */
+        pthread_mutex_lock(&l->owner->lock);
+        l->owner->dependents--;
+        pthread_mutex_unlock(&l->owner->lock);
+    }
     if (l->vblock) {
         if (l->release_recorded) c->ops->stream_wait_event(c->bctx, c->upload_stream, l->release_ev);
         list_unlink(&c->vram_lru, l, 1);
@@ -1130,6 +1198,11 @@ int vc_layer_patch(vc_cache *c, vc_layer_id id, vc_patch_mode mode, int (*fn)(vo
     if (l->holds || l->loading) {
         st = vc__fail(c, VC_ERR_BUSY, "%s: layer '%s' of model '%s' is %s; patch it between uses", name, l->name,
                       l->model->name, l->loading ? "loading" : "held");
+        goto done;
+    }
+    if (l->owner) {
+        st = vc__fail(c, VC_ERR_UNSUPPORTED, "%s: layer '%s' is shared from another cache: patch its source there",
+                      name, l->name);
         goto done;
     }
     if (mode == VC_PATCH_FUSE && l->patched) {

@@ -360,7 +360,7 @@ void vc__sched_on_acquire(vc_cache *c, layer_t *l) {
     for (; k <= window && c->prefetch_inflight < depth; k++) {
         layer_t *x = m->order[(m->pos + k) % m->order_n];
         if (x->vblock || x->loading) continue;
-        if (!x->host_src && !x->ram) break; /* only a loader can produce it: left to its acquire */
+        if (!x->host_src && !x->ram && !x->owner) break; /* only a loader can produce it: left to its acquire */
         if (vc__prefetch_upload(c, x, k) != VC_OK) break;
         x->prefetched = 1;
         c->prefetch_inflight++;

@@ -1,0 +1,176 @@
+/* One RAM pool serving caches on several devices: layers shared from an owning cache are held in
+ * RAM once, loaded once, and uploaded to every device that uses them. */
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "test_util.h"
+
+typedef struct gpus {
+    vc_backend *dev[2];
+    vc_cache *cache[2]; /* cache[0] owns the RAM copies; cache[1] shares from it */
+    vc_model_id model[2];
+    vc_layer_id layer[2][8];
+    test_loader loader[8];
+} gpus;
+
+static void make_gpus(gpus *g, size_t device, size_t ram, int keep) {
+    memset(g, 0, sizeof *g);
+    for (int d = 0; d < 2; d++) {
+        assert_int_equal(vc_backend_host_create(device, &g->dev[d]), VC_OK);
+        vc_cache_options o;
+        vc_cache_options_init(&o);
+        o.backend = g->dev[d];
+        o.ram_budget = d == 0 ? ram : 0; /* the second device's cache needs no RAM of its own */
+        o.working_mem = 0;
+        o.keep_ram_copy = keep;
+        o.arena_segment_bytes = 32 * KB;
+        assert_int_equal(vc_cache_create(&o, &g->cache[d]), VC_OK);
+        g->model[d] = add_model(g->cache[d], "unet");
+    }
+    for (int i = 0; i < 8; i++) {
+        g->loader[i] = (test_loader){.seed = (uint64_t)i + 60};
+        g->layer[0][i] = add_loader_layer(g->cache[0], g->model[0], "block", 32 * KB, &g->loader[i]);
+        assert_int_equal(vc_layer_register_shared(g->cache[1], g->model[1], g->cache[0], g->layer[0][i],
+                                                  &g->layer[1][i]), VC_OK);
+    }
+}
+
+static void free_gpus(gpus *g) {
+    assert_int_equal(vc_cache_destroy(g->cache[0]), VC_ERR_BUSY); /* the other cache still reads it */
+    assert_int_equal(vc_cache_destroy(g->cache[1]), VC_OK);
+    assert_int_equal(vc_cache_destroy(g->cache[0]), VC_OK);
+    for (int d = 0; d < 2; d++) vc_backend_destroy(g->dev[d]);
+}
+
+static void use(gpus *g, int d, int i) {
+    void *p;
+    assert_int_equal(vc_layer_acquire(g->cache[d], g->layer[d][i], NULL, &p), VC_OK);
+    assert_true(check_pattern(p, 32 * KB, g->loader[i].seed));
+    assert_int_equal(vc_layer_release(g->cache[d], g->layer[d][i], NULL), VC_OK);
+}
+
+static void test_held_in_ram_once(void **state) {
+    (void)state;
+    gpus g;
+    make_gpus(&g, 1 * MB, 1 * MB, 1);
+    vc_layer_info info;
+    assert_int_equal(vc_layer_get_info(g.cache[1], g.layer[1][3], &info), VC_OK);
+    assert_int_equal(info.bytes, 32 * KB);
+    for (int r = 0; r < 3; r++)
+        for (int i = 0; i < 8; i++) {
+            use(&g, 1, i); /* the second GPU first: the owner loads on its behalf */
+            use(&g, 0, i);
+        }
+    for (int i = 0; i < 8; i++) assert_int_equal(g.loader[i].calls, 1);
+    vc_stats a = get_stats(g.cache[0]), b = get_stats(g.cache[1]);
+    assert_int_equal(a.ram_bytes, 8 * 32 * KB); /* once... */
+    assert_int_equal(b.ram_bytes, 0);           /* ...not twice */
+    assert_int_equal(a.layers_in_vram, 8);
+    assert_int_equal(b.layers_in_vram, 8);
+    /* reads through the shared layer come from the owner */
+    assert_int_equal(vc_layer_offload(g.cache[1], g.layer[1][2], VC_OFFLOAD_ALL), VC_OK);
+    unsigned char buf[32 * KB];
+    assert_int_equal(vc_layer_read(g.cache[1], g.layer[1][2], buf, sizeof buf), VC_OK);
+    assert_true(check_pattern(buf, sizeof buf, g.loader[2].seed));
+    free_gpus(&g);
+}
+
+static void test_owner_ram_pressure_and_keep_copy_off(void **state) {
+    (void)state;
+    /* The owner's RAM pool holds three copies; its devices stream. Nothing is lost, and the second
+     * device never needs RAM of its own. */
+    gpus g;
+    make_gpus(&g, 96 * KB, 96 * KB, 0);
+    for (int r = 0; r < 4; r++)
+        for (int i = 0; i < 8; i++) {
+            use(&g, r & 1, i);
+            use(&g, !(r & 1), 7 - i);
+        }
+    vc_stats a = get_stats(g.cache[0]), b = get_stats(g.cache[1]);
+    assert_true(a.ram_peak_bytes <= 96 * KB);
+    assert_int_equal(b.ram_peak_bytes, 0);
+    assert_int_equal(a.layers_held + b.layers_held, 0);
+    free_gpus(&g);
+}
+
+static int noop_patch(void *user, void *w, size_t n) {
+    (void)user, (void)w, (void)n;
+    return 0;
+}
+
+static void test_errors(void **state) {
+    (void)state;
+    gpus g;
+    make_gpus(&g, 1 * MB, 1 * MB, 1);
+    vc_layer_id x;
+    assert_int_equal(vc_layer_register_shared(g.cache[0], g.model[0], g.cache[0], g.layer[0][0], &x),
+                     VC_ERR_INVALID_ARG);
+    assert_int_equal(vc_layer_register_shared(g.cache[1], g.model[1], g.cache[0], 0xabcdefull, &x),
+                     VC_ERR_NOT_FOUND);
+    assert_int_equal(vc_layer_register_shared(g.cache[1], 999, g.cache[0], g.layer[0][0], &x), VC_ERR_NOT_FOUND);
+    assert_int_equal(vc_layer_register_shared(NULL, g.model[1], g.cache[0], g.layer[0][0], &x), VC_ERR_INVALID_ARG);
+    /* shared layers are patched at their source */
+    assert_int_equal(vc_layer_patch(g.cache[1], g.layer[1][0], VC_PATCH_BACKUP, noop_patch, NULL), VC_ERR_UNSUPPORTED);
+    assert_true(last_error_has(g.cache[1], "patch its source there"));
+    /* the source goes away: a clear error on the next use */
+    assert_int_equal(vc_layer_unregister(g.cache[0], g.layer[0][5]), VC_OK);
+    void *p;
+    assert_int_equal(vc_layer_acquire(g.cache[1], g.layer[1][5], NULL, &p), VC_ERR_NOT_FOUND);
+    assert_true(last_error_has(g.cache[1], "source layer in the owning cache was unregistered"));
+    /* a loader failure in the owner surfaces in the reader, and a retry works */
+    g.loader[6].fail_next = 1;
+    assert_int_equal(vc_layer_acquire(g.cache[1], g.layer[1][6], NULL, &p), VC_ERR_LOADER);
+    assert_true(last_error_has(g.cache[1], "in the owning cache"));
+    use(&g, 1, 6);
+    free_gpus(&g);
+}
+
+typedef struct runner {
+    gpus *g;
+    int d;
+    atomic_int *failures;
+} runner;
+
+static void *hammer(void *arg) {
+    runner *r = arg;
+    unsigned seed = 11u + (unsigned)r->d * 7u;
+    for (int it = 0; it < 3000; it++) {
+        seed = seed * 1664525u + 1013904223u;
+        int i = (int)((seed >> 8) % 8);
+        void *p;
+        int st = vc_layer_acquire(r->g->cache[r->d], r->g->layer[r->d][i], NULL, &p);
+        if (st == VC_OK) {
+            if (!check_pattern(p, 32 * KB, r->g->loader[i].seed)) atomic_fetch_add(r->failures, 1);
+            vc_layer_release(r->g->cache[r->d], r->g->layer[r->d][i], NULL);
+        } else if (st != VC_ERR_OUT_OF_RAM && st != VC_ERR_OUT_OF_VRAM) {
+            atomic_fetch_add(r->failures, 1);
+        }
+        if ((seed >> 20) % 7 == 0) vc_layer_offload(r->g->cache[r->d], r->g->layer[r->d][i], VC_OFFLOAD_ALL);
+    }
+    return NULL;
+}
+
+static void test_two_devices_concurrently(void **state) {
+    (void)state;
+    gpus g;
+    make_gpus(&g, 128 * KB, 128 * KB, 1);
+    atomic_int failures = 0;
+    runner r[4] = {{&g, 0, &failures}, {&g, 1, &failures}, {&g, 0, &failures}, {&g, 1, &failures}};
+    pthread_t th[4];
+    for (int k = 0; k < 4; k++) pthread_create(&th[k], NULL, hammer, &r[k]);
+    for (int k = 0; k < 4; k++) pthread_join(th[k], NULL);
+    assert_int_equal(atomic_load(&failures), 0);
+    vc_stats a = get_stats(g.cache[0]);
+    assert_true(a.ram_peak_bytes <= 128 * KB);
+    free_gpus(&g);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_held_in_ram_once),
+        cmocka_unit_test(test_owner_ram_pressure_and_keep_copy_off),
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_two_devices_concurrently),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -46,7 +46,7 @@ typedef struct vc_backend_ops {
     /** Host memory for the RAM pool; pinned (page-locked) where the backend can, so copies are
      *  asynchronous. *pinned reports whether it is. May fall back to pageable memory. */
     int (*host_alloc)(void *ctx, size_t bytes, void **hptr, int *pinned);
-    void (*host_free)(void *ctx, void *hptr, int pinned);
+    void (*host_free)(void *ctx, void *hptr, size_t bytes, int pinned); /* bytes as allocated */
 
     int (*stream_create)(void *ctx, vc_stream *stream);
     void (*stream_destroy)(void *ctx, vc_stream stream);

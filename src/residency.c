@@ -128,7 +128,7 @@ size_t vc__weight_limit(vc_cache *c) {
 /* ---- RAM pool -------------------------------------------------------------------------------- */
 
 static void free_ram_buffer(vc_cache *c, void *p, size_t bytes, int pinned) {
-    c->ops->host_free(c->bctx, p, pinned);
+    c->ops->host_free(c->bctx, p, bytes, pinned);
     c->ram_bytes -= bytes;
 }
 
@@ -257,7 +257,7 @@ void vc__evict_vram(vc_cache *c, layer_t *l, vc_evict_reason reason, int drop_ok
             if (buf) {
                 /* the copy may have been queued: let it finish before the buffer goes */
                 c->ops->event_synchronize(c->bctx, l->ram_ev);
-                c->ops->host_free(c->bctx, buf, pinned);
+                c->ops->host_free(c->bctx, buf, l->bytes, pinned);
             }
             vc__log(c, VC_LOG_DEBUG, "layer '%s' of model '%s' leaves VRAM without a write-back (%s); "
                     "its loader will produce it again", l->name, l->model->name, vc__take_backend_error());
@@ -1021,7 +1021,7 @@ void vc__layer_destroy(vc_cache *c, layer_t *l) {
     l->patched = 0; /* the layer goes: its RAM copy with it */
     vc__drop_ram(c, l);
     if (l->backup) {
-        c->ops->host_free(c->bctx, l->backup, l->backup_pinned);
+        c->ops->host_free(c->bctx, l->backup, l->bytes, l->backup_pinned);
         c->ram_bytes -= l->bytes;
         l->backup = NULL;
     }
@@ -1165,7 +1165,7 @@ static int private_copy(vc_cache *c, layer_t *l, const char *fn) {
         if (st == VC_OK) st = c->ops->event_record(c->bctx, l->ram_ev, c->download_stream);
         if (st == VC_OK) st = c->ops->event_synchronize(c->bctx, l->ram_ev);
         if (st != VC_OK) {
-            c->ops->host_free(c->bctx, buf, pinned);
+            c->ops->host_free(c->bctx, buf, l->bytes, pinned);
             return vc__fail(c, VC_ERR_BACKEND, "%s: reading layer '%s' back from the device failed: %s", fn, l->name,
                             vc__take_backend_error());
         }
@@ -1243,7 +1243,7 @@ int vc_layer_patch(vc_cache *c, vc_layer_id id, vc_patch_mode mode, int (*fn)(vo
     if (rc != 0) {
         memcpy(l->ram, new_backup ? backup : scratch, l->bytes);
         if (new_backup) {
-            c->ops->host_free(c->bctx, backup, backup_pinned);
+            c->ops->host_free(c->bctx, backup, l->bytes, backup_pinned);
             c->ram_bytes -= l->bytes;
         }
         free(scratch);
@@ -1279,7 +1279,7 @@ int vc_layer_unpatch(vc_cache *c, vc_layer_id id) {
         if (l->backup) {
             wait_upload(c, l);
             memcpy(l->ram, l->backup, l->bytes);
-            c->ops->host_free(c->bctx, l->backup, l->backup_pinned);
+            c->ops->host_free(c->bctx, l->backup, l->bytes, l->backup_pinned);
             c->ram_bytes -= l->bytes;
             l->backup = NULL;
             l->patched = 0;

@@ -71,9 +71,9 @@ static int f_host_alloc(void *c, size_t b, void **p, int *pinned) {
     fault_ctx *f = c;
     return fires(f, VC_FAULT_HOST_ALLOC) ? VC_ERR_NO_MEMORY : f->iops->host_alloc(f->ictx, b, p, pinned);
 }
-static void f_host_free(void *c, void *p, int pinned) {
+static void f_host_free(void *c, void *p, size_t bytes, int pinned) {
     fault_ctx *f = c;
-    f->iops->host_free(f->ictx, p, pinned);
+    f->iops->host_free(f->ictx, p, bytes, pinned);
 }
 static int f_stream_create(void *c, vc_stream *s) {
     fault_ctx *f = c;

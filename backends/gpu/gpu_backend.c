@@ -95,14 +95,16 @@ static int g_host_alloc(void *ctx, size_t bytes, void **p, int *pinned) {
     return VC_OK;
 }
 
-static void g_host_free(void *ctx, void *p, int pinned) {
+static void g_host_free(void *ctx, void *p, size_t bytes, int pinned) {
     gpu_ctx *g = ctx;
     if (!pinned) {
         free(p);
         return;
     }
     gpuFreeHost(p);
-    (void)g; /* the pinned size is not tracked per pointer: the budget is conservative */
+    pthread_mutex_lock(&g->lock);
+    g->pinned_used -= bytes <= g->pinned_used ? bytes : g->pinned_used;
+    pthread_mutex_unlock(&g->lock);
 }
 
 static int g_stream_create(void *ctx, vc_stream *s) {

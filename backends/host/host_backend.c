@@ -70,9 +70,10 @@ static int host_host_alloc(void *ctx, size_t bytes, void **hptr, int *pinned) {
     return VC_OK;
 }
 
-static void host_host_free(void *ctx, void *hptr, int pinned) {
+static void host_host_free(void *ctx, void *hptr, size_t bytes, int pinned) {
     (void)ctx;
     (void)pinned;
+    (void)bytes;
     free(hptr);
 }
 

@@ -111,8 +111,8 @@ static int sim_host_alloc(void *ctx, size_t bytes, void **hptr, int *pinned) {
     return VC_OK;
 }
 
-static void sim_host_free(void *ctx, void *hptr, int pinned) {
-    (void)pinned;
+static void sim_host_free(void *ctx, void *hptr, size_t bytes, int pinned) {
+    (void)pinned, (void)bytes;
     sim_ctx *s = ctx;
     if (s->p.backed) free(hptr);
 }

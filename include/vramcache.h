@@ -500,6 +500,20 @@ VC_API int vc_cache_trace_stop(vc_cache *cache);
 VC_API int vc_reserve_working_mem(vc_cache *cache, size_t bytes, unsigned flags,
                                   vc_reservation **out);
 
+/** How to estimate a VAE decode's working memory. */
+typedef enum vc_vae_estimate {
+    VC_VAE_ESTIMATE_INVOKEAI = 0, /**< H * W * element bytes * 960 * 1.2 (InvokeAI's SD/SDXL rule) */
+    VC_VAE_ESTIMATE_COMFYUI = 1   /**< 2178 * (H/8) * (W/8) * 64 * element bytes (ComfyUI's SD/SDXL rule) */
+} vc_vae_estimate;
+
+/** Estimates the device memory a VAE decode of a `width` x `height` image needs, with elements of
+ *  `bytes_per_element` (2 for fp16/bf16, 4 for fp32), to pass to vc_reserve_working_mem. The two
+ *  engines' rules differ by about 2x (ComfyUI's is the more cautious); both are for the SD/SDXL VAE
+ *  family (FLUX's 16-channel VAE decodes through the same upsampling stack). Saturates at SIZE_MAX;
+ *  0 for a zero dimension or an unknown method. Thread-safe; never fails. */
+VC_API size_t vc_estimate_vae_decode_bytes(unsigned width, unsigned height, unsigned bytes_per_element,
+                                           vc_vae_estimate method);
+
 /** Returns the device buffer of a reservation made with VC_RESERVE_BUFFER, else NULL. */
 VC_API void *vc_reservation_ptr(const vc_reservation *reservation);
 

@@ -127,3 +127,15 @@ int vc_release_working_mem(vc_cache *c, vc_reservation *r) {
     free(r);
     return VC_OK;
 }
+
+size_t vc_estimate_vae_decode_bytes(unsigned width, unsigned height, unsigned bytes_per_element,
+                                    vc_vae_estimate method) {
+    /* In double, then saturated: 65535^2 * 4 * 2178 still fits a double exactly enough. */
+    double px = (double)width * (double)height * (double)bytes_per_element, b;
+    switch (method) {
+    case VC_VAE_ESTIMATE_INVOKEAI: b = px * 960.0 * 1.2; break;
+    case VC_VAE_ESTIMATE_COMFYUI: b = 2178.0 * ((double)width / 8.0) * ((double)height / 8.0) * 64.0 * bytes_per_element; break;
+    default: return 0;
+    }
+    return b >= (double)SIZE_MAX ? SIZE_MAX : (size_t)b;
+}

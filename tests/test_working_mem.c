@@ -186,6 +186,21 @@ static void test_buffer_allocation_failure(void **state) {
     vc_backend_destroy(host);
 }
 
+static void test_vae_estimates(void **state) {
+    (void)state;
+    /* 1024x1024 fp16: InvokeAI 2.25 GB, ComfyUI 4.25 GB */
+    size_t inv = vc_estimate_vae_decode_bytes(1024, 1024, 2, VC_VAE_ESTIMATE_INVOKEAI);
+    size_t com = vc_estimate_vae_decode_bytes(1024, 1024, 2, VC_VAE_ESTIMATE_COMFYUI);
+    assert_int_equal(inv, (size_t)(1024.0 * 1024 * 2 * 960 * 1.2));
+    assert_int_equal(com, (size_t)2178 * 128 * 128 * 64 * 2);
+    assert_true(com > inv && com < 3 * inv);
+    assert_int_equal(vc_estimate_vae_decode_bytes(512, 512, 4, VC_VAE_ESTIMATE_INVOKEAI),
+                     vc_estimate_vae_decode_bytes(1024, 512, 2, VC_VAE_ESTIMATE_INVOKEAI));
+    assert_int_equal(vc_estimate_vae_decode_bytes(0, 1024, 2, VC_VAE_ESTIMATE_INVOKEAI), 0);
+    assert_int_equal(vc_estimate_vae_decode_bytes(1024, 1024, 2, (vc_vae_estimate)7), 0);
+    assert_true(vc_estimate_vae_decode_bytes(4000000000u, 4000000000u, 4, VC_VAE_ESTIMATE_COMFYUI) == SIZE_MAX);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_standing_working_mem_never_filled),
@@ -193,6 +208,7 @@ int main(void) {
         cmocka_unit_test(test_unmeetable_reservation_changes_nothing),
         cmocka_unit_test(test_reservation_bad_input),
         cmocka_unit_test(test_buffer_allocation_failure),
+        cmocka_unit_test(test_vae_estimates),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -147,6 +147,11 @@ static void apply_plan_layout(vc_cache *c, model_t *m, size_t kept, size_t strea
     vc__reserve_layout(c, kept, stream_budget);
 }
 
+static int cmp_size(const void *a, const void *b) {
+    size_t x = *(const size_t *)a, y = *(const size_t *)b;
+    return x < y ? -1 : x > y;
+}
+
 static void make_plan(vc_cache *c, model_t *m) {
     size_t cap = vc__weight_limit(c);
     size_t total = 0, largest = 0;
@@ -166,10 +171,10 @@ static void make_plan(vc_cache *c, model_t *m) {
      * below when the streamed set allows. */
     /* The streaming region: room for the copies in flight. Three of the largest streamed layers let a
      * copy run while one layer computes and the next waits; but the region is paid in bytes moved
-     * every step, so it stays within 4% of what must stream anyway, and never below two. */
+     * every step, so it stays within 3% of what must stream anyway, and never below two. */
     size_t lower_bound = total - cap;
     size_t slack = m->order_n * ARENA_GRAIN; /* alignment in the packed kept segment */
-#define REGION_FOR(big) max_sz(2 * (big), min_sz(3 * (big), lower_bound / 25))
+#define REGION_FOR(big) max_sz(2 * (big), min_sz(3 * (big), lower_bound / 33))
     size_t slots = REGION_FOR(largest);
     size_t keep_budget = sat_sub(cap, slots + slack);
     /* Spread: the bytes to stream are earned half by compute, so that each streamed layer's copy can
@@ -181,13 +186,31 @@ static void make_plan(vc_cache *c, model_t *m) {
     int by_cost = total_cost > 0;
     if (!by_cost) total_cost = (double)total;
     double need = (double)(total - keep_budget);
+    /* Stream only layers up to a size cap, the smallest cap whose layers hold the bytes that must
+     * stream (with a margin): the region is sized by the largest streamed layer, and it is paid in
+     * bytes every step. */
+    size_t size_cap = SIZE_MAX;
+    size_t *sizes = malloc(m->order_n * sizeof(*sizes));
+    if (sizes) {
+        for (size_t i = 0; i < m->order_n; i++) sizes[i] = arena_round(m->order[i]->bytes);
+        qsort(sizes, m->order_n, sizeof(*sizes), cmp_size);
+        double sum = 0;
+        for (size_t i = 0; i < m->order_n; i++) {
+            sum += (double)sizes[i];
+            if (sum >= need * 2.0) {
+                size_cap = sizes[i];
+                break;
+            }
+        }
+        free(sizes);
+    }
     double credit = 0;
     size_t kept = 0, streamed_largest = 0;
     for (size_t i = 0; i < m->order_n; i++) {
         layer_t *x = m->order[i];
         double b = (double)arena_round(x->bytes);
         credit += by_cost ? (0.5 * x->cost / total_cost + 0.5 * b / (double)total) * need : b * need / total_cost;
-        if (credit >= b * 0.5) {
+        if (arena_round(x->bytes) <= size_cap && credit >= b * 0.5) {
             x->keep = 0;
             credit -= b;
             if (arena_round(x->bytes) > streamed_largest) streamed_largest = arena_round(x->bytes);

@@ -427,6 +427,25 @@ VC_API int vc_model_release(vc_cache *cache, vc_model_id model, vc_stream stream
  *  returns VC_ERR_BUSY when any was skipped, after offloading the rest. */
 VC_API int vc_model_offload(vc_cache *cache, vc_model_id model, vc_offload_target target);
 
+/** Stages a layer's weights into the RAM pool ahead of use (InvokeAI's "load into the RAM cache"):
+ *  runs its loader when the weights are neither borrowed, nor in the RAM pool, nor on the device,
+ *  so that a later acquire or prefetch copies from RAM instead of calling the loader. Prefetching
+ *  never calls a loader (it would stall the acquire that triggers it), so an engine that loads
+ *  from files calls this, e.g. from a worker thread while another model runs, to let the scheduler
+ *  stream those layers ahead. A shared layer is staged in its owning cache. The copy is an ordinary
+ *  RAM-pool entry: later loads may evict it under the RAM budget. Already staged is a success
+ *  without a loader call. Thread-safe: the loader runs without the cache lock, and an acquire of
+ *  the same layer meanwhile waits for it instead of loading twice.
+ *  Errors: VC_ERR_INVALID_ARG (cache NULL), VC_ERR_NOT_FOUND, VC_ERR_OUT_OF_RAM (the RAM copies that
+ *  could be dropped do not make room), VC_ERR_LOADER, VC_ERR_NO_MEMORY. On error no copy of the
+ *  layer was added. */
+VC_API int vc_layer_load_ram(vc_cache *cache, vc_layer_id layer);
+/** vc_layer_load_ram() for every layer of a model, in registration order. Refuses with
+ *  VC_ERR_OUT_OF_RAM, loading nothing, when the model's weights that live in the RAM pool exceed
+ *  the pool's budget. A loader error stops the walk: the layers staged before it stay staged (they
+ *  are valid copies), the rest are not loaded. Errors: as vc_layer_load_ram. Thread-safe. */
+VC_API int vc_model_load_ram(vc_cache *cache, vc_model_id model);
+
 /** How vc_layer_patch keeps the original weights (seed 001's LoRA modes). */
 typedef enum vc_patch_mode {
     VC_PATCH_BACKUP = 0, /**< keep a RAM copy of the original; vc_layer_unpatch restores it at once.

@@ -1135,6 +1135,105 @@ done:
     return st;
 }
 
+/* ---- staging into the RAM pool ---------------------------------------------------------------- */
+
+/* Whether l's weights can only come from its loader now: not borrowed, not in the RAM pool, not on
+ * the device (a patched layer always has its private RAM copy or a device copy). */
+static int needs_loader(const layer_t *l) {
+    return !l->owner && !l->host_src && !l->ram && !l->vblock;
+}
+
+/* Puts a shared layer's weights into its owner's RAM pool. Lock order: ours, then the owner's. */
+static int stage_shared(vc_cache *c, layer_t *l, const char *fn) {
+    vc_cache *o = l->owner;
+    pthread_mutex_lock(&o->lock);
+    layer_t *ol = slot_table_get(&o->layers, l->owner_layer);
+    while (ol && ol->loading) {
+        pthread_cond_wait(&o->loaded, &o->lock);
+        ol = slot_table_get(&o->layers, l->owner_layer);
+    }
+    const void *src;
+    int st = !ol ? VC_ERR_NOT_FOUND : (ol->host_src || ol->ram) ? VC_OK : host_source(o, ol, fn, &src);
+    char msg[sizeof o->last_error];
+    memcpy(msg, o->last_error, sizeof msg);
+    pthread_mutex_unlock(&o->lock);
+    if (st == VC_ERR_NOT_FOUND)
+        return vc__fail(c, st, "%s: shared layer '%s': its source layer in the owning cache was unregistered",
+                        fn, l->name);
+    if (st != VC_OK) return vc__fail(c, st, "%s: shared layer '%s': in the owning cache: %s", fn, l->name, msg);
+    return VC_OK;
+}
+
+/* Stages one layer (lock held; released while a loader runs). */
+static int stage_locked(vc_cache *c, layer_t *l, const char *fn) {
+    if (l->owner) return stage_shared(c, l, fn);
+    if (!needs_loader(l)) return VC_OK;
+    const void *src;
+    return host_source(c, l, fn, &src);
+}
+
+int vc_layer_load_ram(vc_cache *c, vc_layer_id id) {
+    static const char fn[] = "vc_layer_load_ram";
+    if (!c) return vc__fail(NULL, VC_ERR_INVALID_ARG, "%s: cache is NULL", fn);
+    pthread_mutex_lock(&c->lock);
+    layer_t *l = slot_table_get(&c->layers, id);
+    while (l && l->loading) { /* another thread is loading it: its result is ours */
+        pthread_cond_wait(&c->loaded, &c->lock);
+        l = slot_table_get(&c->layers, id);
+    }
+    int st = l ? stage_locked(c, l, fn)
+               : vc__fail(c, VC_ERR_NOT_FOUND, "%s: layer id %#llx is not registered", fn, (unsigned long long)id);
+    pthread_mutex_unlock(&c->lock);
+    return st;
+}
+
+int vc_model_load_ram(vc_cache *c, vc_model_id model) {
+    static const char fn[] = "vc_model_load_ram";
+    if (!c) return vc__fail(NULL, VC_ERR_INVALID_ARG, "%s: cache is NULL", fn);
+    pthread_mutex_lock(&c->lock);
+    int st = VC_OK;
+    vc_layer_id *ids = NULL;
+    model_t *m = slot_table_get(&c->models, model);
+    if (!m) {
+        st = vc__fail(c, VC_ERR_NOT_FOUND, "%s: model id %#llx is not registered", fn, (unsigned long long)model);
+        goto done;
+    }
+    /* A model whose pooled weights exceed the budget would evict its own first layers to load its
+     * last ones: refuse before loading anything. */
+    size_t need = 0;
+    for (size_t i = 0; i < m->nlayers; i++) {
+        const layer_t *x = m->layers[i];
+        if (x->ram || needs_loader(x)) need = sat_add(need, x->bytes);
+    }
+    if (need > c->ram_budget) {
+        char a[32], b[32];
+        st = vc__fail(c, VC_ERR_OUT_OF_RAM, "%s: model '%s' needs %s in the RAM pool, more than its budget of "
+                      "%s (raise max_cache_ram_gb, or stage layers one at a time as they are needed); "
+                      "nothing was loaded", fn, m->name, vc__fmt_bytes(need, a, sizeof a),
+                      vc__fmt_bytes(c->ram_budget, b, sizeof b));
+        goto done;
+    }
+    size_t n = m->nlayers; /* snapshot: a loader releases the lock */
+    ids = malloc((n ? n : 1) * sizeof(*ids));
+    if (!ids) {
+        st = vc__fail(c, VC_ERR_NO_MEMORY, "%s: out of host memory", fn);
+        goto done;
+    }
+    for (size_t i = 0; i < n; i++) ids[i] = m->layers[i]->id;
+    for (size_t i = 0; i < n && st == VC_OK; i++) {
+        layer_t *x = slot_table_get(&c->layers, ids[i]);
+        while (x && x->loading) {
+            pthread_cond_wait(&c->loaded, &c->lock);
+            x = slot_table_get(&c->layers, ids[i]);
+        }
+        if (x) st = stage_locked(c, x, fn);
+    }
+done:
+    free(ids);
+    pthread_mutex_unlock(&c->lock);
+    return st;
+}
+
 /* ---- patching (LoRA backup / fuse) ------------------------------------------------------------ */
 
 /* Gives l a private, authoritative RAM copy of its current weights. */

@@ -391,6 +391,87 @@ static void test_several_models_share_one_cache(void **state) {
     free_cache(&t);
 }
 
+/* vc_layer_load_ram: the loader runs once, ahead of the acquire; bad ids and loader failures leave
+ * nothing behind. */
+static void test_load_ram_stages_a_layer(void **state) {
+    (void)state;
+    test_cache t = make_cache(1 * MB, 1 * MB, 1);
+    vc_model_id m = add_model(t.cache, "m");
+    test_loader ld = {.seed = 9, .fail_next = 1};
+    vc_layer_id l = add_loader_layer(t.cache, m, "l", 10000, &ld);
+    static char w[1000];
+    vc_layer_id h = add_host_layer(t.cache, m, "h", w, sizeof w);
+    assert_int_equal(vc_layer_load_ram(NULL, l), VC_ERR_INVALID_ARG);
+    assert_int_equal(vc_layer_load_ram(t.cache, (vc_layer_id)0x7777777700000099ULL), VC_ERR_NOT_FOUND);
+    assert_true(last_error_has(t.cache, "not registered"));
+    /* a failing loader: nothing staged, the pool is as it was */
+    assert_int_equal(vc_layer_load_ram(t.cache, l), VC_ERR_LOADER);
+    assert_true(last_error_has(t.cache, "returned -5"));
+    assert_int_equal(residency(t.cache, l), VC_RES_NONE);
+    assert_int_equal(get_stats(t.cache).ram_bytes, 0);
+    /* the retry stages it */
+    assert_int_equal(vc_layer_load_ram(t.cache, l), VC_OK);
+    assert_int_equal(ld.calls, 2);
+    assert_int_equal(residency(t.cache, l), VC_RES_RAM);
+    vc_stats s = get_stats(t.cache);
+    assert_int_equal(s.ram_bytes, 10000);
+    assert_int_equal(s.loads, 1);
+    assert_int_equal(s.bytes_h2d, 0); /* nothing went to the device */
+    /* staged twice, or borrowed: no loader call, no RAM taken */
+    assert_int_equal(vc_layer_load_ram(t.cache, l), VC_OK);
+    assert_int_equal(vc_layer_load_ram(t.cache, h), VC_OK);
+    assert_int_equal(ld.calls, 2);
+    assert_int_equal(get_stats(t.cache).ram_bytes, 10000);
+    /* the acquire copies from RAM */
+    void *p;
+    assert_int_equal(vc_layer_acquire(t.cache, l, NULL, &p), VC_OK);
+    assert_true(check_pattern(p, 10000, 9));
+    assert_int_equal(ld.calls, 2);
+    assert_int_equal(get_stats(t.cache).ram_hits, 1);
+    assert_int_equal(vc_layer_release(t.cache, l, NULL), VC_OK);
+    free_cache(&t);
+}
+
+/* vc_model_load_ram: all layers, or a clear refusal before any loader runs when the model cannot fit
+ * the RAM budget; a loader error stops the walk and keeps what was staged. */
+static void test_load_ram_model(void **state) {
+    (void)state;
+    test_cache t = make_cache(1 * MB, 100 * KB, 0);
+    vc_model_id big = add_model(t.cache, "big");
+    test_loader lb[3] = {{.seed = 1}, {.seed = 2}, {.seed = 3}};
+    for (int i = 0; i < 3; i++) add_loader_layer(t.cache, big, "b", 40 * KB, &lb[i]);
+    assert_int_equal(vc_model_load_ram(t.cache, big), VC_ERR_OUT_OF_RAM);
+    assert_true(last_error_has(t.cache, "nothing was loaded"));
+    for (int i = 0; i < 3; i++) assert_int_equal(lb[i].calls, 0);
+    assert_int_equal(get_stats(t.cache).ram_bytes, 0);
+    assert_int_equal(vc_model_load_ram(t.cache, (vc_model_id)12345), VC_ERR_NOT_FOUND);
+    assert_int_equal(vc_model_load_ram(NULL, big), VC_ERR_INVALID_ARG);
+
+    vc_model_id m = add_model(t.cache, "m");
+    test_loader ld[3] = {{.seed = 4}, {.seed = 5, .fail_next = 1}, {.seed = 6}};
+    vc_layer_id l[3];
+    for (int i = 0; i < 3; i++) l[i] = add_loader_layer(t.cache, m, "l", 20 * KB, &ld[i]);
+    assert_int_equal(vc_model_load_ram(t.cache, m), VC_ERR_LOADER);
+    assert_int_equal(residency(t.cache, l[0]), VC_RES_RAM); /* staged before the failure: kept */
+    assert_int_equal(residency(t.cache, l[1]), VC_RES_NONE);
+    assert_int_equal(residency(t.cache, l[2]), VC_RES_NONE);
+    assert_int_equal(ld[2].calls, 0);
+    assert_int_equal(get_stats(t.cache).ram_bytes, 20 * KB);
+    assert_int_equal(vc_model_load_ram(t.cache, m), VC_OK);
+    assert_int_equal(ld[0].calls, 1); /* not loaded again */
+    for (int i = 0; i < 3; i++) assert_int_equal(residency(t.cache, l[i]), VC_RES_RAM);
+    assert_int_equal(get_stats(t.cache).ram_bytes, 60 * KB);
+    /* on the device without a RAM copy (keep_ram_copy off): nothing to stage, no RAM taken */
+    void *p;
+    assert_int_equal(vc_layer_acquire(t.cache, l[0], NULL, &p), VC_OK);
+    assert_int_equal(vc_layer_release(t.cache, l[0], NULL), VC_OK);
+    assert_int_equal(residency(t.cache, l[0]), VC_RES_VRAM);
+    assert_int_equal(vc_model_load_ram(t.cache, m), VC_OK);
+    assert_int_equal(ld[0].calls, 1);
+    assert_int_equal(get_stats(t.cache).ram_bytes, 40 * KB);
+    free_cache(&t);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_hit_miss_and_pointer),
@@ -407,6 +488,8 @@ int main(void) {
         cmocka_unit_test(test_model_lock_all_or_nothing),
         cmocka_unit_test(test_offload_all_and_busy),
         cmocka_unit_test(test_several_models_share_one_cache),
+        cmocka_unit_test(test_load_ram_stages_a_layer),
+        cmocka_unit_test(test_load_ram_model),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -379,6 +379,43 @@ static void test_reservation_during_streaming(void **state) {
     free_world(&w);
 }
 
+/* Prefetch never calls a loader, so file-backed layers are not streamed ahead until they are in
+ * RAM; vc_model_load_ram stages them and the very first pass prefetches. */
+static void test_staged_loader_layers_are_prefetched(void **state) {
+    (void)state;
+    size_t hits[2];
+    for (int staged = 0; staged < 2; staged++) {
+        sim_world w = make_world(0, 0, 4 * 64 * KB, 100e6, 10e-6, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
+        test_loader ld[8];
+        vc_layer_id order[8];
+        for (int i = 0; i < 8; i++) {
+            ld[i] = (test_loader){.seed = (uint64_t)i + 1};
+            order[i] = add_loader_layer(w.cache, w.model, "layer", 64 * KB, &ld[i]);
+        }
+        assert_int_equal(vc_model_set_order(w.cache, w.model, order, 8), VC_OK);
+        if (staged) {
+            assert_int_equal(vc_model_load_ram(w.cache, w.model), VC_OK);
+            assert_int_equal(get_stats(w.cache).ram_bytes, 8 * 64 * KB);
+        }
+        for (int i = 0; i < 8; i++) {
+            void *p;
+            assert_int_equal(vc_layer_acquire(w.cache, order[i], w.stream, &p), VC_OK);
+            assert_true(check_pattern(p, 64 * KB, (uint64_t)i + 1));
+            vc_sim_compute(w.sim, w.stream, 2 * MS, NULL, NULL);
+            assert_int_equal(vc_layer_release(w.cache, order[i], w.stream), VC_OK);
+        }
+        vc_sim_stream_synchronize(w.sim, w.stream);
+        for (int i = 0; i < 8; i++) assert_int_equal(ld[i].calls, 1); /* each loader ran once */
+        vc_stats s = get_stats(w.cache);
+        hits[staged] = s.prefetch_hits;
+        free_world(&w);
+    }
+    /* Unstaged, only the wrap-around to layer 0 (whose RAM copy now exists) can be prefetched, and
+     * it is not used in this pass; staged, every layer after the first arrives ahead of use. */
+    assert_int_equal(hits[0], 0);
+    assert_int_equal(hits[1], 7);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_order_learned_and_prefetch_does_not_stall),
@@ -392,6 +429,7 @@ int main(void) {
         cmocka_unit_test(test_balanced_threshold),
         cmocka_unit_test(test_unregister_drops_order),
         cmocka_unit_test(test_reservation_during_streaming),
+        cmocka_unit_test(test_staged_loader_layers_are_prefetched),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

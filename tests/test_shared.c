@@ -165,12 +165,32 @@ static void test_two_devices_concurrently(void **state) {
     free_gpus(&g);
 }
 
+/* Staging a shared model from the device's cache fills the owner's RAM pool once. */
+static void test_stage_shared(void **state) {
+    (void)state;
+    gpus g;
+    make_gpus(&g, 1 * MB, 1 * MB, 1);
+    assert_int_equal(vc_model_load_ram(g.cache[1], g.model[1]), VC_OK);
+    assert_int_equal(vc_model_load_ram(g.cache[1], g.model[1]), VC_OK);
+    for (int i = 0; i < 8; i++) assert_int_equal(g.loader[i].calls, 1);
+    assert_int_equal(get_stats(g.cache[0]).ram_bytes, 8 * 32 * KB);
+    assert_int_equal(get_stats(g.cache[1]).ram_bytes, 0);
+    for (int i = 0; i < 8; i++) use(&g, 1, i);
+    for (int i = 0; i < 8; i++) assert_int_equal(g.loader[i].calls, 1);
+    /* the owner's layer gone: a clear error on the sharing cache */
+    assert_int_equal(vc_layer_unregister(g.cache[0], g.layer[0][5]), VC_OK);
+    assert_int_equal(vc_layer_load_ram(g.cache[1], g.layer[1][5]), VC_ERR_NOT_FOUND);
+    assert_true(last_error_has(g.cache[1], "unregistered"));
+    free_gpus(&g);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_held_in_ram_once),
         cmocka_unit_test(test_owner_ram_pressure_and_keep_copy_off),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_two_devices_concurrently),
+        cmocka_unit_test(test_stage_shared),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -10,6 +10,7 @@ enum { NTHREADS = 4, NLAYERS = 24, ITERS = 3000 };
 
 typedef struct shared {
     vc_cache *cache;
+    vc_model_id model;
     vc_layer_id layers[NLAYERS];
     test_loader loaders[NLAYERS];
     size_t sizes[NLAYERS];
@@ -79,6 +80,10 @@ static void *run(void *arg) {
                 int st = (r >> 14) & 1 ? vc_layer_patch(sh->cache, sh->layers[i], VC_PATCH_BACKUP, xor_5a, NULL)
                                        : vc_layer_unpatch(sh->cache, sh->layers[i]);
                 if (st != VC_OK && st != VC_ERR_BUSY && st != VC_ERR_OUT_OF_RAM) atomic_fetch_add(&sh->failures, 1);
+            } else if ((r >> 12) % 3 == 1) { /* stage into RAM: races the acquires' own loads */
+                int st = (r >> 14) % 8 == 0 ? vc_model_load_ram(sh->cache, sh->model)
+                                            : vc_layer_load_ram(sh->cache, sh->layers[i]);
+                if (st != VC_OK && st != VC_ERR_OUT_OF_RAM) atomic_fetch_add(&sh->failures, 1);
             } else {
                 vc_layer_offload(sh->cache, sh->layers[i], (r >> 12) & 1 ? VC_OFFLOAD_ALL : VC_OFFLOAD_VRAM);
             }
@@ -120,6 +125,7 @@ static void stress(int keep_ram_copy) {
     test_cache t = make_cache_opts(384 * KB, &o);
     shared sh = {.cache = t.cache};
     vc_model_id m = add_model(t.cache, "m");
+    sh.model = m;
     for (int i = 0; i < NLAYERS; i++) {
         sh.loaders[i] = (test_loader){.seed = (uint64_t)i * 7 + 1};
         sh.sizes[i] = (size_t)(4 + (i * 5) % 28) * KB;
@@ -196,6 +202,7 @@ static void test_two_caches_one_device(void **state) {
         o.arena_segment_bytes = 32 * KB;
         assert_int_equal(vc_cache_create(&o, &sh[k].cache), VC_OK);
         vc_model_id m = add_model(sh[k].cache, "m");
+        sh[k].model = m;
         for (int i = 0; i < NLAYERS; i++) {
             sh[k].loaders[i] = (test_loader){.seed = (uint64_t)(k * 100 + i)};
             sh[k].sizes[i] = 16 * KB;
@@ -221,13 +228,20 @@ static void test_two_caches_one_device(void **state) {
     vc_backend_destroy(dev);
 }
 
-/* Every thread acquires the same unloaded layer: the loader runs once, the others wait for it. */
+/* Every thread acquires (or stages) the same unloaded layer: the loader runs once, the others wait for it. */
 static void *acquire_once(void *arg) {
     shared *sh = arg;
     void *p;
     if (vc_layer_acquire(sh->cache, sh->layers[0], NULL, &p) != VC_OK ||
         !check_pattern(p, sh->sizes[0], sh->loaders[0].seed))
         atomic_fetch_add(&sh->failures, 1);
+    return NULL;
+}
+
+/* Stages the same layer into RAM (the engine's worker thread racing its acquires). */
+static void *stage_once(void *arg) {
+    shared *sh = arg;
+    if (vc_layer_load_ram(sh->cache, sh->layers[0]) != VC_OK) atomic_fetch_add(&sh->failures, 1);
     return NULL;
 }
 
@@ -241,9 +255,9 @@ static void test_concurrent_first_load_calls_loader_once(void **state) {
                        .loader_user = &sh.loaders[0]};
     assert_int_equal(vc_layer_register(t.cache, add_model(t.cache, "m"), &d, &sh.layers[0]), VC_OK);
     loader_calls = 0;
-    pthread_t th[8];
-    for (int k = 0; k < 8; k++) pthread_create(&th[k], NULL, acquire_once, &sh);
-    for (int k = 0; k < 8; k++) pthread_join(th[k], NULL);
+    pthread_t th[12];
+    for (int k = 0; k < 12; k++) pthread_create(&th[k], NULL, k % 3 == 1 ? stage_once : acquire_once, &sh);
+    for (int k = 0; k < 12; k++) pthread_join(th[k], NULL);
     assert_int_equal(atomic_load(&sh.failures), 0);
     assert_int_equal(loader_calls, 1);
     vc_layer_info info;

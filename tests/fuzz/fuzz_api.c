@@ -140,12 +140,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             CHECK(st == (x->holds ? VC_OK : VC_ERR_NOT_HELD));
             if (x->holds) x->holds--;
             break;
-        case 6: /* offload, patch, unpatch */
+        case 6: /* offload, patch, unpatch, stage into RAM */
             if (!x->live) break;
-            if ((op >> 4) % 3 == 0) {
+            if ((op >> 4) % 4 == 3) {
+                if (op & 0x40) x->loader_fail = 1;
+                st = vc_layer_load_ram(c, x->id);
+                x->loader_fail = 0;
+                CHECK(st == VC_OK || st == VC_ERR_OUT_OF_RAM || st == VC_ERR_NO_MEMORY || st == VC_ERR_LOADER);
+            } else if ((op >> 4) % 4 == 0) {
                 st = vc_layer_offload(c, x->id, arg & 1 ? VC_OFFLOAD_ALL : VC_OFFLOAD_VRAM);
                 CHECK(st == (x->holds ? VC_ERR_BUSY : VC_OK));
-            } else if ((op >> 4) % 3 == 1) {
+            } else if ((op >> 4) % 4 == 1) {
                 int patched_before = 0;
                 vc_layer_info info;
                 CHECK(vc_layer_get_info(c, x->id, &info) == VC_OK);

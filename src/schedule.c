@@ -187,19 +187,23 @@ static void make_plan(vc_cache *c, model_t *m) {
     if (!by_cost) total_cost = (double)total;
     double need = (double)(total - keep_budget);
     /* Stream only layers up to a size cap, the smallest cap whose layers hold the bytes that must
-     * stream (with a margin): the region is sized by the largest streamed layer, and it is paid in
-     * bytes every step. */
+     * stream with a margin (twice them, so the spread has layers to choose from; 1.5 times when the
+     * whole model does not hold twice): the region is sized by the largest streamed layer, and it is
+     * paid in bytes every step. Margins measured on the workload sweep: docs/performance.md. */
     size_t size_cap = SIZE_MAX;
     size_t *sizes = malloc(m->order_n * sizeof(*sizes));
     if (sizes) {
         for (size_t i = 0; i < m->order_n; i++) sizes[i] = arena_round(m->order[i]->bytes);
         qsort(sizes, m->order_n, sizeof(*sizes), cmp_size);
-        double sum = 0;
-        for (size_t i = 0; i < m->order_n; i++) {
-            sum += (double)sizes[i];
-            if (sum >= need * 2.0) {
-                size_cap = sizes[i];
-                break;
+        static const double margins[] = {2.0, 1.5};
+        for (size_t k = 0; k < sizeof margins / sizeof margins[0] && size_cap == SIZE_MAX; k++) {
+            double sum = 0;
+            for (size_t i = 0; i < m->order_n; i++) {
+                sum += (double)sizes[i];
+                if (sum >= need * margins[k]) {
+                    size_cap = sizes[i];
+                    break;
+                }
             }
         }
         free(sizes);
@@ -220,11 +224,18 @@ static void make_plan(vc_cache *c, model_t *m) {
     }
     /* The copies in flight need only room for the largest *streamed* layers. */
     keep_budget = sat_sub(cap, REGION_FOR(streamed_largest) + slack);
-    /* Too much kept (rounding): stream the largest kept layers until it fits. */
+    /* Too much kept (rounding, or credit left unspent for want of layers under the cap): stream the
+     * largest kept layers under the size cap until it fits, and only then larger ones, since those
+     * would grow the region. */
     while (kept > keep_budget) {
-        layer_t *big = NULL;
-        for (size_t i = 0; i < m->order_n; i++)
-            if (m->order[i]->keep && (!big || m->order[i]->bytes > big->bytes)) big = m->order[i];
+        layer_t *big = NULL, *under = NULL;
+        for (size_t i = 0; i < m->order_n; i++) {
+            layer_t *x = m->order[i];
+            if (!x->keep) continue;
+            if (!big || x->bytes > big->bytes) big = x;
+            if (arena_round(x->bytes) <= size_cap && (!under || x->bytes > under->bytes)) under = x;
+        }
+        if (under) big = under;
         if (!big) break;
         big->keep = 0;
         kept -= arena_round(big->bytes);

@@ -255,6 +255,16 @@ typedef struct vc_cache_options {
     vc_log_fn log_fn;
     void *log_user;
     vc_log_level log_level; /**< Most verbose level delivered; default VC_LOG_WARN. */
+
+    /** Stage ahead (default 0): the cache runs one worker thread of its own that calls the loaders
+     *  of layers coming up in a known execution order (vc_layer_load_ram in the background), so
+     *  that file-backed layers reach the RAM pool, and then the device, before their acquire.
+     *  Prefetch never calls a loader itself; without this, engines that register loader layers
+     *  stage them with vc_model_load_ram. Loaders then run on that thread, concurrently with the
+     *  engine's own calls (never twice for one layer at a time). Its failures are logged at WARN and
+     *  leave the layer to its acquire, which loads it and reports any error; they never change
+     *  vc_cache_last_error. The thread ends in vc_cache_destroy. */
+    int stage_ahead;
 } vc_cache_options;
 
 /** Fills `opts` with the defaults documented above. NULL is a no-op. */

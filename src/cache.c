@@ -116,6 +116,12 @@ int vc_cache_create(const vc_cache_options *opts, vc_cache **out) {
                                               sizeof why);
         vc__log(c, VC_LOG_INFO, "RAM cache budget computed: system RAM %s; %s", ram_why, why);
     }
+    if (o.stage_ahead && (st = vc__stager_start(c)) != VC_OK) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", vc_last_error());
+        vc_cache_destroy(c);
+        return vc__fail(NULL, st, "%s", msg);
+    }
     c->stats.ram_budget = c->ram_budget;
     c->stats.working_mem = c->working_mem;
     c->stats.vram_limit = vc__weight_limit(c);
@@ -152,11 +158,16 @@ static int cache_busy(vc_cache *c, char *what, size_t size) {
 
 int vc_cache_destroy(vc_cache *c) {
     if (!c) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_cache_destroy: cache is NULL");
+    /* The stager first: its loader call would read as "loading" below. Restarted if we refuse. */
+    int stager_was_on = c->stager_on;
+    vc__stager_stop(c);
     pthread_mutex_lock(&c->lock);
     char what[256];
     if (cache_busy(c, what, sizeof what)) {
         int st = vc__fail(c, VC_ERR_BUSY, "vc_cache_destroy: %s; release it first", what);
         pthread_mutex_unlock(&c->lock);
+        if (stager_was_on && vc__stager_start(c) != VC_OK)
+            vc__log(c, VC_LOG_WARN, "vc_cache_destroy: stage ahead could not restart: %s", vc_last_error());
         return st;
     }
     vc__trace_close(c);

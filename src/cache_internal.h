@@ -69,6 +69,7 @@ struct vc_layer_rec {
     int in_order;
     int keep;          /* the plan keeps it resident across passes */
     int prefetched;    /* uploaded ahead of use, not acquired since */
+    int stage_queued;  /* waiting in the stager's queue (src/stager.c) */
 
     /* events, created on first use */
     void *upload_ev;   /* recorded after the latest upload on the upload stream */
@@ -179,6 +180,13 @@ struct vc_cache {
 
     char alloc_detail[200]; /* why the device last refused an arena segment */
 
+    /* the stager (src/stager.c): a worker thread running loaders ahead of the prefetch window */
+    int stager_on, stager_stop;
+    pthread_t stager;
+    pthread_cond_t stage_cv;
+    vc_layer_id stage_q[16];
+    size_t stage_head, stage_len;
+
     /* last error, for vc_cache_last_error */
     int last_status;
     char last_error[512];
@@ -199,6 +207,9 @@ int vc__fail_unlocked(vc_cache *c, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)))
 #endif
     ;
+/** Set on a thread of the cache's own (the stager): its failures are logged by the caller and not
+ *  stored as the handle's last error, which belongs to the engine's calls. */
+extern _Thread_local int vc__tls_internal_thread;
 /** Takes and clears the detail a backend left with vc_backend_set_error() on this thread. */
 const char *vc__take_backend_error(void);
 
@@ -273,6 +284,20 @@ int vc__prefetch_upload(vc_cache *c, layer_t *l, size_t distance);
 /** Loads the rest of l's model (model mode). May release the lock for loaders. */
 int vc__load_whole_model(vc_cache *c, layer_t *l, vc_stream stream, const char *fn);
 void vc__note_vram_layer(vc_cache *c, layer_t *l, int delta);
+/** Whether only l's loader can produce its weights now (not borrowed, shared, in RAM or on device). */
+int vc__needs_loader(const layer_t *l);
+/** vc_layer_load_ram's work on a found layer (lock held; released while a loader runs). */
+int vc__stage_layer(vc_cache *c, layer_t *l, const char *fn);
+
+/* ---- the stager (src/stager.c) -------------------------------------------------------------- */
+
+/** Starts the worker thread (cache created, lock not held). Errors: VC_ERR_NO_MEMORY. */
+int vc__stager_start(vc_cache *c);
+/** Ends the worker thread and waits for it (lock not held); its current loader call completes. */
+void vc__stager_stop(vc_cache *c);
+/** Queues a layer for loading into the RAM pool (lock held); a no-op when the stager is off, the
+ *  layer is already queued, or the queue is full. */
+void vc__stager_enqueue(vc_cache *c, layer_t *l);
 
 /* ---- tracing (src/trace.c) ------------------------------------------------------------------ */
 

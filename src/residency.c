@@ -1139,7 +1139,7 @@ done:
 
 /* Whether l's weights can only come from its loader now: not borrowed, not in the RAM pool, not on
  * the device (a patched layer always has its private RAM copy or a device copy). */
-static int needs_loader(const layer_t *l) {
+int vc__needs_loader(const layer_t *l) {
     return !l->owner && !l->host_src && !l->ram && !l->vblock;
 }
 
@@ -1164,10 +1164,9 @@ static int stage_shared(vc_cache *c, layer_t *l, const char *fn) {
     return VC_OK;
 }
 
-/* Stages one layer (lock held; released while a loader runs). */
-static int stage_locked(vc_cache *c, layer_t *l, const char *fn) {
+int vc__stage_layer(vc_cache *c, layer_t *l, const char *fn) {
     if (l->owner) return stage_shared(c, l, fn);
-    if (!needs_loader(l)) return VC_OK;
+    if (!vc__needs_loader(l)) return VC_OK;
     const void *src;
     return host_source(c, l, fn, &src);
 }
@@ -1181,7 +1180,7 @@ int vc_layer_load_ram(vc_cache *c, vc_layer_id id) {
         pthread_cond_wait(&c->loaded, &c->lock);
         l = slot_table_get(&c->layers, id);
     }
-    int st = l ? stage_locked(c, l, fn)
+    int st = l ? vc__stage_layer(c, l, fn)
                : vc__fail(c, VC_ERR_NOT_FOUND, "%s: layer id %#llx is not registered", fn, (unsigned long long)id);
     pthread_mutex_unlock(&c->lock);
     return st;
@@ -1203,7 +1202,7 @@ int vc_model_load_ram(vc_cache *c, vc_model_id model) {
     size_t need = 0;
     for (size_t i = 0; i < m->nlayers; i++) {
         const layer_t *x = m->layers[i];
-        if (x->ram || needs_loader(x)) need = sat_add(need, x->bytes);
+        if (x->ram || vc__needs_loader(x)) need = sat_add(need, x->bytes);
     }
     if (need > c->ram_budget) {
         char a[32], b[32];
@@ -1226,7 +1225,7 @@ int vc_model_load_ram(vc_cache *c, vc_model_id model) {
             pthread_cond_wait(&c->loaded, &c->lock);
             x = slot_table_get(&c->layers, ids[i]);
         }
-        if (x) st = stage_locked(c, x, fn);
+        if (x) st = vc__stage_layer(c, x, fn);
     }
 done:
     free(ids);

@@ -369,6 +369,16 @@ static void follow(vc_cache *c, model_t *m, layer_t *l) {
     if (l->in_order) m->pos = l->order_pos; /* resynchronise: a branch or a skipped layer */
 }
 
+/* Hands the loader-only layers from distance k on to the stager, nearest first, as many as its
+ * queue takes (bounded scan: this runs inside an acquire). */
+static void stage_ahead(vc_cache *c, model_t *m, size_t k, size_t window) {
+    size_t limit = k + 2 * sizeof c->stage_q / sizeof c->stage_q[0];
+    for (; k <= window && k < limit; k++) {
+        layer_t *x = m->order[(m->pos + k) % m->order_n];
+        if (!x->loading && vc__needs_loader(x)) vc__stager_enqueue(c, x);
+    }
+}
+
 void vc__sched_on_acquire(vc_cache *c, layer_t *l) {
     model_t *m = l->model;
     m->last_tick = c->use_clock;
@@ -394,7 +404,10 @@ void vc__sched_on_acquire(vc_cache *c, layer_t *l) {
     for (; k <= window && c->prefetch_inflight < depth; k++) {
         layer_t *x = m->order[(m->pos + k) % m->order_n];
         if (x->vblock || x->loading) continue;
-        if (!x->host_src && !x->ram && !x->owner) break; /* only a loader can produce it: left to its acquire */
+        if (vc__needs_loader(x)) { /* a loader call here would stall this acquire */
+            if (c->stager_on) stage_ahead(c, m, k, window);
+            break;
+        }
         if (vc__prefetch_upload(c, x, k) != VC_OK) break;
         x->prefetched = 1;
         c->prefetch_inflight++;

@@ -37,6 +37,7 @@ const char *vc_status_name(int status) {
 
 static _Thread_local char tls_error[512];
 static _Thread_local char tls_backend_error[256];
+_Thread_local int vc__tls_internal_thread;
 
 const char *vc_last_error(void) { return tls_error; }
 
@@ -59,7 +60,7 @@ __attribute__((format(printf, 3, 0)))
 #endif
 static int vfail(vc_cache *c, int status, const char *fmt, va_list ap) {
     vsnprintf(tls_error, sizeof tls_error, fmt, ap);
-    if (c) {
+    if (c && !vc__tls_internal_thread) {
         c->last_status = status;
         memcpy(c->last_error, tls_error, sizeof c->last_error);
         vc__log(c, VC_LOG_DEBUG, "error %s: %s", vc_status_name(status), tls_error);

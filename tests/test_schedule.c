@@ -1,6 +1,8 @@
 /* The order-aware scheduler on the simulated device: prefetch without stalls, eviction that never
  * takes a held or in-flight layer, order learning and change detection, and the offload modes'
  * memory promises. */
+#include <pthread.h>
+
 #include "test_util.h"
 #include "vramcache_sim.h"
 
@@ -416,6 +418,89 @@ static void test_staged_loader_layers_are_prefetched(void **state) {
     assert_int_equal(hits[1], 7);
 }
 
+/* stage_ahead: the cache's own thread runs the loaders of the layers coming up, so they are
+ * prefetched without the engine staging anything. The test waits on a condition variable that the
+ * loaders signal (no sleeps), then checks the pass. */
+typedef struct counted_loads {
+    pthread_mutex_t lock;
+    pthread_cond_t cv;
+    int calls;
+    pthread_t main_thread;
+    int off_main; /* loader calls made on another thread than the test's */
+    test_loader ld[8];
+} counted_loads;
+
+static counted_loads *g_loads;
+
+static int counted_loader(void *user, vc_layer_id layer, void *dst, size_t bytes) {
+    int rc = test_loader_fn(user, layer, dst, bytes);
+    pthread_mutex_lock(&g_loads->lock);
+    g_loads->calls++;
+    if (!pthread_equal(pthread_self(), g_loads->main_thread)) g_loads->off_main++;
+    pthread_cond_broadcast(&g_loads->cv);
+    pthread_mutex_unlock(&g_loads->lock);
+    return rc;
+}
+
+static void test_stage_ahead_thread(void **state) {
+    (void)state;
+    counted_loads cl = {.main_thread = pthread_self()};
+    pthread_mutex_init(&cl.lock, NULL);
+    pthread_cond_init(&cl.cv, NULL);
+    g_loads = &cl;
+    vc_sim_params p;
+    vc_sim_params_init(&p);
+    p.device_bytes = 4 * 64 * KB;
+    p.h2d_bytes_per_s = p.d2h_bytes_per_s = 100e6;
+    vc_backend *sim;
+    assert_int_equal(vc_backend_sim_create(&p, &sim), VC_OK);
+    vc_cache_options o;
+    vc_cache_options_init(&o);
+    o.backend = sim;
+    o.ram_budget = 64 * MB;
+    o.working_mem = 0;
+    o.arena_segment_bytes = 64 * KB;
+    o.stage_ahead = 1;
+    vc_cache *c;
+    assert_int_equal(vc_cache_create(&o, &c), VC_OK);
+    vc_stream stream;
+    assert_int_equal(vc_sim_stream_create(sim, &stream), VC_OK);
+    vc_model_id m = add_model(c, "denoiser");
+    vc_layer_id order[8];
+    for (int i = 0; i < 8; i++) {
+        cl.ld[i] = (test_loader){.seed = (uint64_t)i + 1};
+        vc_layer_desc d = {.name = "layer", .bytes = 64 * KB, .loader = counted_loader, .loader_user = &cl.ld[i]};
+        assert_int_equal(vc_layer_register(c, m, &d, &order[i]), VC_OK);
+    }
+    assert_int_equal(vc_model_set_order(c, m, order, 8), VC_OK);
+    /* The first acquire loads layer 0 itself and hands layers 1..7 to the stager. */
+    void *ptr;
+    assert_int_equal(vc_layer_acquire(c, order[0], stream, &ptr), VC_OK);
+    pthread_mutex_lock(&cl.lock);
+    while (cl.calls < 8) pthread_cond_wait(&cl.cv, &cl.lock);
+    pthread_mutex_unlock(&cl.lock);
+    /* The last loader has returned but its layer may still read as loading: vc_layer_load_ram
+     * waits for that and, with the copy in place, calls no loader (checked below). */
+    for (int i = 1; i < 8; i++) assert_int_equal(vc_layer_load_ram(c, order[i]), VC_OK);
+    assert_int_equal(cl.off_main, 7);
+    assert_int_equal(get_stats(c).ram_bytes, 8 * 64 * KB);
+    assert_int_equal(vc_layer_release(c, order[0], stream), VC_OK);
+    for (int i = 1; i < 8; i++) {
+        assert_int_equal(vc_layer_acquire(c, order[i], stream, &ptr), VC_OK);
+        assert_true(check_pattern(ptr, 64 * KB, (uint64_t)i + 1));
+        vc_sim_compute(sim, stream, 2 * MS, NULL, NULL);
+        assert_int_equal(vc_layer_release(c, order[i], stream), VC_OK);
+    }
+    vc_sim_stream_synchronize(sim, stream);
+    for (int i = 0; i < 8; i++) assert_int_equal(cl.ld[i].calls, 1); /* each loader ran once */
+    vc_stats s = get_stats(c);
+    assert_int_equal(s.prefetch_hits, 6); /* layer 1 was staged too late for the first acquire's scan */
+    assert_int_equal(vc_cache_destroy(c), VC_OK);
+    vc_backend_destroy(sim);
+    pthread_cond_destroy(&cl.cv);
+    pthread_mutex_destroy(&cl.lock);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_order_learned_and_prefetch_does_not_stall),
@@ -430,6 +515,7 @@ int main(void) {
         cmocka_unit_test(test_unregister_drops_order),
         cmocka_unit_test(test_reservation_during_streaming),
         cmocka_unit_test(test_staged_loader_layers_are_prefetched),
+        cmocka_unit_test(test_stage_ahead_thread),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -122,6 +122,7 @@ static void stress(int keep_ram_copy) {
     o.working_mem = 32 * KB;
     o.keep_ram_copy = keep_ram_copy;
     o.arena_segment_bytes = 64 * KB;
+    o.stage_ahead = 1; /* the cache's own loader thread joins the race */
     test_cache t = make_cache_opts(384 * KB, &o);
     shared sh = {.cache = t.cache};
     vc_model_id m = add_model(t.cache, "m");

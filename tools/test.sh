@@ -24,7 +24,7 @@ if [ -d /usr/local/cuda ]; then
   test -f build-test/gcc/libvramcache-cuda.so || { echo "the CUDA backend was not built" >&2; exit 1; }
 fi
 run_suite clang-asan-ubsan "" -DCMAKE_C_COMPILER=clang -DVC_SANITIZE=address,undefined
-TSAN_OPTIONS=halt_on_error=1 run_suite clang-tsan "test_threads|test_shared" -DCMAKE_C_COMPILER=clang -DVC_SANITIZE=thread
+TSAN_OPTIONS=halt_on_error=1 run_suite clang-tsan "test_threads|test_shared|test_schedule" -DCMAKE_C_COMPILER=clang -DVC_SANITIZE=thread
 if command -v python3 >/dev/null; then
   echo "=== workloads match their generator ==="
   python3 tools/gen_workloads.py --check

@@ -639,6 +639,17 @@ static layer_t *find_layer(vc_cache *c, vc_layer_id id, const char *fn) {
     return l;
 }
 
+/* The layer behind an id once no other thread is loading it (NULL if not registered or unregistered
+ * meanwhile). Lock held; waits on `loaded`, which releases it. */
+static layer_t *settled_layer(vc_cache *c, vc_layer_id id) {
+    layer_t *l = slot_table_get(&c->layers, id);
+    while (l && l->loading) {
+        pthread_cond_wait(&c->loaded, &c->lock);
+        l = slot_table_get(&c->layers, id);
+    }
+    return l;
+}
+
 /* ---- acquire / release ----------------------------------------------------------------------- */
 
 /* Produces a host copy to upload from: the borrowed pointer, the RAM copy, or a fresh load. May
@@ -665,31 +676,38 @@ static void drain_remote_pins(vc_cache *c, int wait, const layer_t *only) {
     }
 }
 
-/* A shared layer's host copy lives in its owner cache: produce it there (the owner's loader may run)
- * and pin it until our upload from it completes. */
-static int shared_source(vc_cache *c, layer_t *l, const char *fn, const void **src) {
+/* A shared layer's host copy lives in its owner cache: produces it there (the owner's loader may
+ * run). With `pin`, *src points at it and it is pinned until our upload from it completes; without,
+ * it is only staged into the owner's RAM pool. Lock order: ours, then the owner's. */
+static int owner_copy(vc_cache *c, layer_t *l, const char *fn, const void **src, int pin) {
     vc_cache *o = l->owner;
-    remote_pin *pin = malloc(sizeof(*pin));
-    if (!pin) return vc__fail(c, VC_ERR_NO_MEMORY, "%s: out of host memory", fn);
     pthread_mutex_lock(&o->lock);
     layer_t *ol = slot_table_get(&o->layers, l->owner_layer);
     while (ol && ol->loading) {
         pthread_cond_wait(&o->loaded, &o->lock);
         ol = slot_table_get(&o->layers, l->owner_layer);
     }
-    int st = ol ? host_source(o, ol, fn, src) : VC_ERR_NOT_FOUND;
-    if (st == VC_OK) ol->host_pins++;
+    int st = !ol ? VC_ERR_NOT_FOUND : !pin && (ol->host_src || ol->ram) ? VC_OK : host_source(o, ol, fn, src);
+    if (st == VC_OK && pin) ol->host_pins++;
     char msg[sizeof o->last_error];
     memcpy(msg, o->last_error, sizeof msg);
     pthread_mutex_unlock(&o->lock);
+    if (st == VC_ERR_NOT_FOUND)
+        return vc__fail(c, st, "%s: shared layer '%s': its source layer in the owning cache was unregistered",
+                        fn, l->name);
+    if (st != VC_OK) return vc__fail(c, st, "%s: shared layer '%s': in the owning cache: %s", fn, l->name, msg);
+    return VC_OK;
+}
+
+static int shared_source(vc_cache *c, layer_t *l, const char *fn, const void **src) {
+    remote_pin *pin = malloc(sizeof(*pin)); /* first: a failure after pinning would leak the pin */
+    if (!pin) return vc__fail(c, VC_ERR_NO_MEMORY, "%s: out of host memory", fn);
+    int st = owner_copy(c, l, fn, src, 1);
     if (st != VC_OK) {
         free(pin);
-        if (st == VC_ERR_NOT_FOUND)
-            return vc__fail(c, st, "%s: shared layer '%s': its source layer in the owning cache was unregistered",
-                            fn, l->name);
-        return vc__fail(c, st, "%s: shared layer '%s': in the owning cache: %s", fn, l->name, msg);
+        return st;
     }
-    *pin = (remote_pin){o, l->owner_layer, l, c->remote_pins};
+    *pin = (remote_pin){l->owner, l->owner_layer, l, c->remote_pins};
     c->remote_pins = pin;
     return VC_OK;
 }
@@ -844,11 +862,7 @@ int vc_layer_acquire(vc_cache *c, vc_layer_id id, vc_stream stream, void **devic
         return vc__fail(NULL, VC_ERR_INVALID_ARG, "%s: %s is NULL", fn, !c ? "cache" : "device_ptr");
     pthread_mutex_lock(&c->lock);
     int st = VC_OK;
-    layer_t *l = slot_table_get(&c->layers, id);
-    while (l && l->loading) { /* another thread is loading it: wait, then take its result */
-        pthread_cond_wait(&c->loaded, &c->lock);
-        l = slot_table_get(&c->layers, id);
-    }
+    layer_t *l = settled_layer(c, id); /* another thread loading it: wait, then take its result */
     if (!l) {
         st = vc__fail(c, VC_ERR_NOT_FOUND, "%s: layer id %#llx is not registered", fn, (unsigned long long)id);
     } else if (l->vblock) {
@@ -1143,31 +1157,10 @@ int vc__needs_loader(const layer_t *l) {
     return !l->owner && !l->host_src && !l->ram && !l->vblock;
 }
 
-/* Puts a shared layer's weights into its owner's RAM pool. Lock order: ours, then the owner's. */
-static int stage_shared(vc_cache *c, layer_t *l, const char *fn) {
-    vc_cache *o = l->owner;
-    pthread_mutex_lock(&o->lock);
-    layer_t *ol = slot_table_get(&o->layers, l->owner_layer);
-    while (ol && ol->loading) {
-        pthread_cond_wait(&o->loaded, &o->lock);
-        ol = slot_table_get(&o->layers, l->owner_layer);
-    }
-    const void *src;
-    int st = !ol ? VC_ERR_NOT_FOUND : (ol->host_src || ol->ram) ? VC_OK : host_source(o, ol, fn, &src);
-    char msg[sizeof o->last_error];
-    memcpy(msg, o->last_error, sizeof msg);
-    pthread_mutex_unlock(&o->lock);
-    if (st == VC_ERR_NOT_FOUND)
-        return vc__fail(c, st, "%s: shared layer '%s': its source layer in the owning cache was unregistered",
-                        fn, l->name);
-    if (st != VC_OK) return vc__fail(c, st, "%s: shared layer '%s': in the owning cache: %s", fn, l->name, msg);
-    return VC_OK;
-}
-
 int vc__stage_layer(vc_cache *c, layer_t *l, const char *fn) {
-    if (l->owner) return stage_shared(c, l, fn);
-    if (!vc__needs_loader(l)) return VC_OK;
     const void *src;
+    if (l->owner) return owner_copy(c, l, fn, &src, 0);
+    if (!vc__needs_loader(l)) return VC_OK;
     return host_source(c, l, fn, &src);
 }
 
@@ -1175,11 +1168,7 @@ int vc_layer_load_ram(vc_cache *c, vc_layer_id id) {
     static const char fn[] = "vc_layer_load_ram";
     if (!c) return vc__fail(NULL, VC_ERR_INVALID_ARG, "%s: cache is NULL", fn);
     pthread_mutex_lock(&c->lock);
-    layer_t *l = slot_table_get(&c->layers, id);
-    while (l && l->loading) { /* another thread is loading it: its result is ours */
-        pthread_cond_wait(&c->loaded, &c->lock);
-        l = slot_table_get(&c->layers, id);
-    }
+    layer_t *l = settled_layer(c, id); /* another thread loading it: its result is ours */
     int st = l ? vc__stage_layer(c, l, fn)
                : vc__fail(c, VC_ERR_NOT_FOUND, "%s: layer id %#llx is not registered", fn, (unsigned long long)id);
     pthread_mutex_unlock(&c->lock);
@@ -1220,11 +1209,7 @@ int vc_model_load_ram(vc_cache *c, vc_model_id model) {
     }
     for (size_t i = 0; i < n; i++) ids[i] = m->layers[i]->id;
     for (size_t i = 0; i < n && st == VC_OK; i++) {
-        layer_t *x = slot_table_get(&c->layers, ids[i]);
-        while (x && x->loading) {
-            pthread_cond_wait(&c->loaded, &c->lock);
-            x = slot_table_get(&c->layers, ids[i]);
-        }
+        layer_t *x = settled_layer(c, ids[i]);
         if (x) st = vc__stage_layer(c, x, fn);
     }
 done:

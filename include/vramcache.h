@@ -267,11 +267,22 @@ typedef struct vc_cache_options {
     int stage_ahead;
 } vc_cache_options;
 
-/** Fills `opts` with the defaults documented above. NULL is a no-op. */
-VC_API void vc_cache_options_init(vc_cache_options *opts);
+/** Fills the first `struct_size` bytes of `opts` with the defaults documented above and stores
+ *  `struct_size` in it. Programs reach it through vc_cache_options_init(), which passes the size of
+ *  the structure they were compiled with: a newer library then never writes past an older
+ *  program's structure, and vc_cache_create gives the fields that program does not know their
+ *  defaults. NULL is a no-op. Thread-safe. */
+VC_API void vc_cache_options_init_sized(vc_cache_options *opts, size_t struct_size);
+/** Fills `opts` with the defaults documented above. NULL is a no-op. A macro over
+ *  vc_cache_options_init_sized() so the caller's structure size is compiled in; the function of
+ *  the same name (call it as `(vc_cache_options_init)(opts)`, or from other languages) uses the
+ *  library's size. */
+VC_API void(vc_cache_options_init)(vc_cache_options *opts);
+#define vc_cache_options_init(opts) vc_cache_options_init_sized((opts), sizeof(vc_cache_options))
 
 /** Creates a cache. `opts` may be NULL for all defaults. On success *out owns the cache.
- *  Errors: VC_ERR_INVALID_ARG (out NULL, struct_size unset or too small), VC_ERR_NO_MEMORY,
+ *  Errors: VC_ERR_INVALID_ARG (out NULL, struct_size unset, smaller than the first release's
+ *  structure, or larger than this library's), VC_ERR_NO_MEMORY,
  *  VC_ERR_BACKEND (the backend failed to create its streams). On failure *out is NULL.
  *  Thread-safe (creates independent objects). */
 VC_API int vc_cache_create(const vc_cache_options *opts, vc_cache **out);

@@ -8,20 +8,31 @@
 #define DEFAULT_SEGMENT_BYTES ((size_t)256 << 20)
 #define MAX_ALIGN ((size_t)2 << 20)
 
-void vc_cache_options_init(vc_cache_options *o) {
+/* The layout of the first release: programs built against it pass this struct_size. Fields added
+ * later go at the end and get their defaults when an older program leaves them out. */
+#define OPTIONS_FIRST_SIZE sizeof(vc_cache_options)
+
+void vc_cache_options_init_sized(vc_cache_options *o, size_t size) {
     if (!o) return;
-    memset(o, 0, sizeof(*o));
-    o->struct_size = sizeof(*o);
-    o->ram_budget = VC_SIZE_AUTO;
-    o->vram_budget = VC_SIZE_AUTO;
-    o->working_mem = 3 * VC_GB;
-    o->keep_ram_copy = 1;
-    o->arena_segment_bytes = DEFAULT_SEGMENT_BYTES;
-    o->offload_mode = VC_OFFLOAD_MODE_BALANCED;
-    o->policy = VC_POLICY_PLANNED;
-    o->prefetch_depth = 8;
-    o->log_level = VC_LOG_WARN;
+    vc_cache_options d;
+    memset(&d, 0, sizeof d);
+    d.ram_budget = VC_SIZE_AUTO;
+    d.vram_budget = VC_SIZE_AUTO;
+    d.working_mem = 3 * VC_GB;
+    d.keep_ram_copy = 1;
+    d.arena_segment_bytes = DEFAULT_SEGMENT_BYTES;
+    d.offload_mode = VC_OFFLOAD_MODE_BALANCED;
+    d.policy = VC_POLICY_PLANNED;
+    d.prefetch_depth = 8;
+    d.log_level = VC_LOG_WARN;
+    /* Only the caller's bytes are written; a newer caller's unknown tail is zeroed, and
+     * vc_cache_create refuses a size it does not know. */
+    memset(o, 0, size);
+    memcpy(o, &d, size < sizeof d ? size : sizeof d);
+    if (size >= sizeof o->struct_size) o->struct_size = size;
 }
+
+void(vc_cache_options_init)(vc_cache_options *o) { vc_cache_options_init_sized(o, sizeof *o); }
 
 static char *dup_str(const char *s) {
     size_t n = strlen(s) + 1;
@@ -36,12 +47,13 @@ int vc_cache_create(const vc_cache_options *opts, vc_cache **out) {
     vc_cache_options o;
     vc_cache_options_init(&o);
     if (opts) {
-        if (opts->struct_size < sizeof(o) || opts->struct_size > sizeof(o))
+        if (opts->struct_size < OPTIONS_FIRST_SIZE || opts->struct_size > sizeof(o))
             return vc__fail(NULL, VC_ERR_INVALID_ARG,
-                            "vc_cache_create: options.struct_size is %zu, expected %zu (initialise "
-                            "options with vc_cache_options_init)",
-                            opts->struct_size, sizeof(o));
-        o = *opts;
+                            "vc_cache_create: options.struct_size is %zu, expected %zu to %zu (initialise "
+                            "options with vc_cache_options_init; a larger size comes from a newer header "
+                            "than this library)",
+                            opts->struct_size, (size_t)OPTIONS_FIRST_SIZE, sizeof(o));
+        memcpy(&o, opts, opts->struct_size); /* fields beyond the caller's keep their defaults */
     }
     if (o.log_level > VC_LOG_DEBUG || o.log_level < VC_LOG_ERROR)
         return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_cache_create: log_level %d is not a vc_log_level",

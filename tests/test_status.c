@@ -47,6 +47,29 @@ static void test_thread_error_without_handle(void **state) {
     assert_int_equal(vc_cache_create(&o, &c), VC_ERR_INVALID_ARG);
     assert_null(c);
     assert_non_null(strstr(vc_last_error(), "struct_size"));
+    /* from a newer header than this library: refused, not half-read */
+    vc_cache_options_init(&o);
+    o.struct_size = sizeof o + 8;
+    assert_int_equal(vc_cache_create(&o, &c), VC_ERR_INVALID_ARG);
+    assert_non_null(strstr(vc_last_error(), "newer header"));
+}
+
+/* The init writes only the caller's bytes (an older program's structure is smaller than ours), and
+ * the function form matches the macro. */
+static void test_options_init_sized(void **state) {
+    (void)state;
+    unsigned char buf[sizeof(vc_cache_options) + 32];
+    memset(buf, 0xAB, sizeof buf);
+    vc_cache_options_init_sized((vc_cache_options *)(void *)buf, sizeof(vc_cache_options) - 8);
+    for (size_t i = sizeof(vc_cache_options) - 8; i < sizeof buf; i++) assert_int_equal(buf[i], 0xAB);
+    vc_cache_options a, b;
+    vc_cache_options_init(&a);
+    (vc_cache_options_init)(&b);
+    assert_int_equal(a.struct_size, sizeof a);
+    assert_memory_equal(&a, &b, sizeof a);
+    assert_int_equal(a.working_mem, (size_t)3 << 30);
+    assert_int_equal(a.prefetch_depth, 8);
+    vc_cache_options_init_sized(NULL, sizeof a); /* no-op */
 }
 
 static void test_cache_error_is_per_handle(void **state) {
@@ -110,6 +133,7 @@ int main(void) {
         cmocka_unit_test(test_version),
         cmocka_unit_test(test_evict_reason_names),
         cmocka_unit_test(test_thread_error_without_handle),
+        cmocka_unit_test(test_options_init_sized),
         cmocka_unit_test(test_cache_error_is_per_handle),
         cmocka_unit_test(test_log_levels_filter),
     };

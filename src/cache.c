@@ -1,6 +1,7 @@
 /* Cache lifetime and the registry of models and layers. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <stddef.h>
 #include <string.h>
 
 #include "cache_internal.h"
@@ -8,9 +9,10 @@
 #define DEFAULT_SEGMENT_BYTES ((size_t)256 << 20)
 #define MAX_ALIGN ((size_t)2 << 20)
 
-/* The layout of the first release: programs built against it pass this struct_size. Fields added
- * later go at the end and get their defaults when an older program leaves them out. */
-#define OPTIONS_FIRST_SIZE sizeof(vc_cache_options)
+/* The layout of the first release ends with stage_ahead: programs built against it pass at least
+ * this struct_size. Fields added later go at the end and get their defaults when an older program
+ * leaves them out. Never move this mark to a later field. */
+#define OPTIONS_FIRST_SIZE (offsetof(vc_cache_options, stage_ahead) + sizeof(int))
 
 void vc_cache_options_init_sized(vc_cache_options *o, size_t size) {
     if (!o) return;

@@ -60,6 +60,16 @@ typedef struct vc_fault_loader_ctx {
 
 VC_API int vc_fault_loader(void *user, vc_layer_id layer, void *dst, size_t bytes);
 
+/** Makes the device look `capacity` bytes large, `external` of them taken by other processes:
+ *  device allocations beyond capacity - external fail with VC_ERR_OUT_OF_VRAM, and mem_info reports
+ *  total = capacity and free = the lesser of what the cap leaves and what the real device has. This
+ *  runs a cache on a large GPU as if it were a small one (the library's core tests use it to run on
+ *  CUDA), and `external` simulates other programs' usage. Call it before the first device
+ *  allocation; later calls may change both figures. capacity = 0 changes nothing (a cap, once set,
+ *  stays). Errors: VC_ERR_INVALID_ARG (not a fault backend), VC_ERR_BUSY (memory was allocated before
+ *  the first cap, so the wrapper cannot account it). Thread-safe. */
+VC_API int vc_fault_set_device_capacity(vc_backend *fault, size_t capacity, size_t external);
+
 /** Disarms every fault (counters stay). */
 VC_API int vc_fault_clear(vc_backend *fault);
 

@@ -6,7 +6,7 @@ static void cycle(test_cache *t, vc_layer_id *l, int n, int rounds, test_loader 
         for (int i = 0; i < n; i++) {
             void *p;
             assert_int_equal(vc_layer_acquire(t->cache, l[i], NULL, &p), VC_OK);
-            assert_true(check_pattern(p, 32 * KB, ld[i].seed));
+            assert_true(check_device(t->cache, p, 32 * KB, ld[i].seed));
             assert_int_equal(vc_layer_release(t->cache, l[i], NULL), VC_OK);
         }
 }
@@ -93,7 +93,7 @@ static void test_off_with_borrowed_source(void **state) {
         for (int i = 0; i < 3; i++) {
             void *p;
             assert_int_equal(vc_layer_acquire(t.cache, l[i], NULL, &p), VC_OK);
-            assert_true(check_pattern(p, 32 * KB, (uint64_t)i));
+            assert_true(check_device(t.cache, p, 32 * KB, (uint64_t)i));
             assert_int_equal(vc_layer_release(t.cache, l[i], NULL), VC_OK);
         }
     vc_stats s = get_stats(t.cache);

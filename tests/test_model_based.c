@@ -56,7 +56,7 @@ static void check_invariants(world *w, int full) {
             held++;
             /* held: resident, same pointer, bytes intact */
             assert_true(info.residency == VC_RES_VRAM || info.residency == VC_RES_VRAM_RAM);
-            assert_true(check_pattern(m->dptr, m->bytes, m->loader.seed));
+            assert_true(check_device(w->t.cache, m->dptr, m->bytes, m->loader.seed));
         }
         if (full) {
             unsigned char *buf = malloc(m->bytes);
@@ -107,7 +107,7 @@ static void op_acquire(world *w, int i) {
         if (m->holds) assert_ptr_equal(p, m->dptr);
         m->holds++;
         m->dptr = p;
-        assert_true(check_pattern(p, m->bytes, m->loader.seed));
+        assert_true(check_device(w->t.cache, p, m->bytes, m->loader.seed));
     } else {
         assert_int_equal(st, VC_ERR_OUT_OF_VRAM);
         /* with nothing else held and nothing reserved, a layer within budget always fits */
@@ -161,7 +161,7 @@ static void op_reserve(world *w) {
     int st = vc_reserve_working_mem(w->t.cache, bytes, flags, &w->res[r]);
     if (st == VC_OK) {
         w->res_bytes[r] = bytes;
-        if (flags) memset(vc_reservation_ptr(w->res[r]), 0x5a, bytes);
+        if (flags) fill_device(w->t.cache, vc_reservation_ptr(w->res[r]), 0x5a, bytes);
     } else {
         assert_int_equal(st, VC_ERR_OUT_OF_VRAM);
         w->res[r] = NULL;

@@ -11,7 +11,7 @@ static void test_hit_miss_and_pointer(void **state) {
     assert_int_equal(vc_layer_acquire(t.cache, l, NULL, &p), VC_OK);
     assert_non_null(p);
     assert_int_equal((uintptr_t)p % 256, 0);
-    assert_true(check_pattern(p, 10000, 3)); /* the device copy holds the weights */
+    assert_true(check_device(t.cache, p, 10000, 3)); /* the device copy holds the weights */
     assert_int_equal(residency(t.cache, l), VC_RES_VRAM_RAM);
     assert_int_equal(ld.calls, 1);
     /* nested hold: same pointer, a hit */
@@ -79,7 +79,7 @@ static void test_lru_eviction(void **state) {
     assert_int_equal(vc_layer_acquire(t.cache, l[0], NULL, &p), VC_OK);
     assert_int_equal(vc_layer_release(t.cache, l[0], NULL), VC_OK);
     assert_int_equal(vc_layer_acquire(t.cache, l[3], NULL, &p), VC_OK);
-    assert_true(check_pattern(p, 40 * KB, 3));
+    assert_true(check_device(t.cache, p, 40 * KB, 3));
     assert_int_equal(residency(t.cache, l[1]), VC_RES_RAM);
     assert_int_equal(residency(t.cache, l[0]), VC_RES_VRAM_RAM);
     assert_int_equal(residency(t.cache, l[2]), VC_RES_VRAM_RAM);
@@ -107,8 +107,8 @@ static void test_held_layers_never_evicted(void **state) {
     /* no room for a third while both are held */
     assert_int_equal(vc_layer_acquire(t.cache, l[2], NULL, &p2), VC_ERR_OUT_OF_VRAM);
     assert_true(last_error_has(t.cache, "held layers occupy"));
-    assert_true(check_pattern(p0, 60 * KB, 10));
-    assert_true(check_pattern(p1, 60 * KB, 11));
+    assert_true(check_device(t.cache, p0, 60 * KB, 10));
+    assert_true(check_device(t.cache, p1, 60 * KB, 11));
     vc_layer_info info;
     vc_layer_get_info(t.cache, l[2], &info);
     assert_int_equal(info.holds, 0);
@@ -116,8 +116,8 @@ static void test_held_layers_never_evicted(void **state) {
     /* release one: the third fits by evicting exactly that one */
     assert_int_equal(vc_layer_release(t.cache, l[0], NULL), VC_OK);
     assert_int_equal(vc_layer_acquire(t.cache, l[2], NULL, &p2), VC_OK);
-    assert_true(check_pattern(p2, 60 * KB, 12));
-    assert_true(check_pattern(p1, 60 * KB, 11));
+    assert_true(check_device(t.cache, p2, 60 * KB, 12));
+    assert_true(check_device(t.cache, p1, 60 * KB, 11));
     assert_int_equal(residency(t.cache, l[0]), VC_RES_RAM);
     assert_int_equal(vc_layer_release(t.cache, l[1], NULL), VC_OK);
     assert_int_equal(vc_layer_release(t.cache, l[2], NULL), VC_OK);
@@ -140,7 +140,7 @@ static void test_loader_failure_and_retry(void **state) {
     assert_int_equal(s.load_failures, 1);
     assert_int_equal(residency(t.cache, l), VC_RES_NONE);
     assert_int_equal(vc_layer_acquire(t.cache, l, NULL, &p), VC_OK);
-    assert_true(check_pattern(p, 5000, 9));
+    assert_true(check_device(t.cache, p, 5000, 9));
     assert_int_equal(vc_layer_release(t.cache, l, NULL), VC_OK);
     free_cache(&t);
 }
@@ -210,9 +210,9 @@ static void test_dynamic_budget_follows_other_processes(void **state) {
     assert_true(s.arena_bytes <= 256 * KB - 32 * KB); /* working memory never filled */
     assert_int_equal(s.layers_in_vram, 7);
     /* another process takes the 32 KB left free: the next load decision gives room back */
-    assert_int_equal(vc_backend_host_set_external_usage(t.backend, 32 * KB), VC_OK);
+    test_set_external_usage(t.backend, 256 * KB, 32 * KB);
     assert_int_equal(vc_layer_acquire(t.cache, l[7], NULL, &p), VC_OK);
-    assert_true(check_pattern(p, 32 * KB, 7));
+    assert_true(check_device(t.cache, p, 32 * KB, 7));
     s = get_stats(t.cache);
     size_t free_b, total;
     vc_backend_mem_info(t.backend, &free_b, &total);
@@ -287,7 +287,7 @@ static void test_fragmentation_makes_a_hole(void **state) {
     assert_int_equal(vc_layer_offload(t.cache, l[2], VC_OFFLOAD_VRAM), VC_OK);
     vc_layer_id lb = add_host_layer(t.cache, m, "big", big, sizeof big);
     assert_int_equal(vc_layer_acquire(t.cache, lb, NULL, &p), VC_OK);
-    assert_true(check_pattern(p, sizeof big, 99));
+    assert_true(check_device(t.cache, p, sizeof big, 99));
     vc_stats s = get_stats(t.cache);
     assert_int_equal(s.vram_evictions[VC_EVICT_FRAGMENTATION], 1); /* only D had to go */
     assert_int_equal(residency(t.cache, l[3]), VC_RES_RAM);
@@ -358,7 +358,7 @@ static void test_offload_all_and_busy(void **state) {
     assert_int_equal(s.vram_evictions[VC_EVICT_MANUAL], 1);
     assert_int_equal(vc_layer_offload(t.cache, l, VC_OFFLOAD_ALL), VC_OK); /* already out */
     assert_int_equal(vc_layer_acquire(t.cache, l, NULL, &p), VC_OK);      /* reloads */
-    assert_true(check_pattern(p, 4000, 4));
+    assert_true(check_device(t.cache, p, 4000, 4));
     assert_int_equal(ld.calls, 2);
     assert_int_equal(vc_layer_release(t.cache, l, NULL), VC_OK);
     free_cache(&t);
@@ -382,7 +382,7 @@ static void test_several_models_share_one_cache(void **state) {
         for (int i = 0; i < 9; i++) {
             void *p;
             assert_int_equal(vc_layer_acquire(t.cache, l[i], NULL, &p), VC_OK);
-            assert_true(check_pattern(p, 30 * KB, (uint64_t)i + 100));
+            assert_true(check_device(t.cache, p, 30 * KB, (uint64_t)i + 100));
             assert_int_equal(vc_layer_release(t.cache, l[i], NULL), VC_OK);
         }
     vc_stats s = get_stats(t.cache);
@@ -425,7 +425,7 @@ static void test_load_ram_stages_a_layer(void **state) {
     /* the acquire copies from RAM */
     void *p;
     assert_int_equal(vc_layer_acquire(t.cache, l, NULL, &p), VC_OK);
-    assert_true(check_pattern(p, 10000, 9));
+    assert_true(check_device(t.cache, p, 10000, 9));
     assert_int_equal(ld.calls, 2);
     assert_int_equal(get_stats(t.cache).ram_hits, 1);
     assert_int_equal(vc_layer_release(t.cache, l, NULL), VC_OK);

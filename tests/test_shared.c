@@ -16,7 +16,7 @@ typedef struct gpus {
 static void make_gpus(gpus *g, size_t device, size_t ram, int keep) {
     memset(g, 0, sizeof *g);
     for (int d = 0; d < 2; d++) {
-        assert_int_equal(vc_backend_host_create(device, &g->dev[d]), VC_OK);
+        g->dev[d] = test_backend_create(device);
         vc_cache_options o;
         vc_cache_options_init(&o);
         o.backend = g->dev[d];
@@ -39,13 +39,13 @@ static void free_gpus(gpus *g) {
     assert_int_equal(vc_cache_destroy(g->cache[0]), VC_ERR_BUSY); /* the other cache still reads it */
     assert_int_equal(vc_cache_destroy(g->cache[1]), VC_OK);
     assert_int_equal(vc_cache_destroy(g->cache[0]), VC_OK);
-    for (int d = 0; d < 2; d++) vc_backend_destroy(g->dev[d]);
+    for (int d = 0; d < 2; d++) test_backend_destroy(g->dev[d]);
 }
 
 static void use(gpus *g, int d, int i) {
     void *p;
     assert_int_equal(vc_layer_acquire(g->cache[d], g->layer[d][i], NULL, &p), VC_OK);
-    assert_true(check_pattern(p, 32 * KB, g->loader[i].seed));
+    assert_true(check_device(g->cache[d], p, 32 * KB, g->loader[i].seed));
     assert_int_equal(vc_layer_release(g->cache[d], g->layer[d][i], NULL), VC_OK);
 }
 
@@ -140,7 +140,7 @@ static void *hammer(void *arg) {
         void *p;
         int st = vc_layer_acquire(r->g->cache[r->d], r->g->layer[r->d][i], NULL, &p);
         if (st == VC_OK) {
-            if (!check_pattern(p, 32 * KB, r->g->loader[i].seed)) atomic_fetch_add(r->failures, 1);
+            if (!check_device(r->g->cache[r->d], p, 32 * KB, r->g->loader[i].seed)) atomic_fetch_add(r->failures, 1);
             vc_layer_release(r->g->cache[r->d], r->g->layer[r->d][i], NULL);
         } else if (st != VC_ERR_OUT_OF_RAM && st != VC_ERR_OUT_OF_VRAM) {
             atomic_fetch_add(r->failures, 1);

@@ -37,6 +37,17 @@ static int intact(const void *p, size_t n, uint64_t seed) {
     return 1;
 }
 
+/* intact() for device memory of cache `c`: read through the backend when it is a real device. */
+static int intact_on_device(vc_cache *c, const void *p, size_t n, uint64_t seed) {
+    if (!test_on_cuda()) return intact(p, n, seed);
+    uint8_t *b = malloc(n);
+    assert_non_null(b);
+    test_device_read(vc_cache_backend(c), b, p, n);
+    int ok = intact(b, n, seed);
+    free(b);
+    return ok;
+}
+
 static unsigned next(unsigned *s) {
     *s = *s * 1664525u + 1013904223u;
     return *s >> 8;
@@ -52,7 +63,7 @@ static void *loop(void *arg) {
             void *p;
             int st = vc_layer_acquire(sh->cache, sh->layers[i], NULL, &p);
             if (st == VC_OK) {
-                if (!intact(p, sh->sizes[i], sh->loaders[i].seed)) atomic_fetch_add(&sh->failures, 1);
+                if (!intact_on_device(sh->cache, p, sh->sizes[i], sh->loaders[i].seed)) atomic_fetch_add(&sh->failures, 1);
                 vc_layer_release(sh->cache, sh->layers[i], NULL);
             } else if (st != VC_ERR_OUT_OF_VRAM && st != VC_ERR_OUT_OF_RAM) {
                 atomic_fetch_add(&sh->failures, 1);
@@ -93,7 +104,7 @@ static void *run(void *arg) {
             int st = vc_layer_acquire(sh->cache, sh->layers[i], NULL, &p);
             if (st == VC_OK) {
                 /* while held, the bytes stay put whatever the other threads do */
-                if (!intact(p, sh->sizes[i], sh->loaders[i].seed)) atomic_fetch_add(&sh->failures, 1);
+                if (!intact_on_device(sh->cache, p, sh->sizes[i], sh->loaders[i].seed)) atomic_fetch_add(&sh->failures, 1);
                 if (vc_layer_release(sh->cache, sh->layers[i], NULL) != VC_OK) atomic_fetch_add(&sh->failures, 1);
             } else if (st != VC_ERR_OUT_OF_VRAM && st != VC_ERR_OUT_OF_RAM) {
                 /* OUT_OF_RAM: patched weights (and their backups) cannot leave the RAM pool */
@@ -179,7 +190,7 @@ static void *hammer(void *arg) {
         void *p;
         int st = vc_layer_acquire(sh->cache, sh->layers[i], NULL, &p);
         if (st == VC_OK) {
-            if (!check_pattern(p, sh->sizes[i], sh->loaders[i].seed)) atomic_fetch_add(&sh->failures, 1);
+            if (!check_device(sh->cache, p, sh->sizes[i], sh->loaders[i].seed)) atomic_fetch_add(&sh->failures, 1);
             vc_layer_release(sh->cache, sh->layers[i], NULL);
         } else if (st != VC_ERR_OUT_OF_VRAM) {
             atomic_fetch_add(&sh->failures, 1);
@@ -190,8 +201,7 @@ static void *hammer(void *arg) {
 
 static void test_two_caches_one_device(void **state) {
     (void)state;
-    vc_backend *dev;
-    assert_int_equal(vc_backend_host_create(512 * KB, &dev), VC_OK);
+    vc_backend *dev = test_backend_create(512 * KB);
     shared sh[2];
     memset(sh, 0, sizeof sh);
     for (int k = 0; k < 2; k++) {
@@ -226,7 +236,7 @@ static void test_two_caches_one_device(void **state) {
     size_t fr;
     vc_backend_mem_info(dev, &fr, NULL);
     assert_int_equal(fr, 512 * KB); /* everything given back */
-    vc_backend_destroy(dev);
+    test_backend_destroy(dev);
 }
 
 /* Every thread acquires (or stages) the same unloaded layer: the loader runs once, the others wait for it. */
@@ -234,7 +244,7 @@ static void *acquire_once(void *arg) {
     shared *sh = arg;
     void *p;
     if (vc_layer_acquire(sh->cache, sh->layers[0], NULL, &p) != VC_OK ||
-        !check_pattern(p, sh->sizes[0], sh->loaders[0].seed))
+        !check_device(sh->cache, p, sh->sizes[0], sh->loaders[0].seed))
         atomic_fetch_add(&sh->failures, 1);
     return NULL;
 }

@@ -1,5 +1,10 @@
-/* Helpers shared by the test executables: caches over a host backend of a given size, layers whose
- * bytes follow a known pattern, and loaders that can be told to fail. */
+/* Helpers shared by the test executables: caches over a backend of a given size, layers whose
+ * bytes follow a known pattern, and loaders that can be told to fail.
+ *
+ * The backend under test: the host backend, unless VC_TEST_BACKEND=cuda, in which case the same
+ * tests run on CUDA device 0 seen through a capacity cap of the fault wrapper (so a test's "device of
+ * 256 KB" is 256 KB of real VRAM). Device memory is then read and written only through the
+ * backend's copies (check_device / fill_device), never dereferenced. */
 #ifndef VC_TEST_UTIL_H
 #define VC_TEST_UTIL_H
 
@@ -14,6 +19,8 @@
 
 #include "vramcache.h"
 #include "vramcache_backend.h"
+#include "vramcache_fault.h"
+#include "vramcache_config.h"
 
 #define KB ((size_t)1024)
 #define MB ((size_t)1 << 20)
@@ -57,7 +64,113 @@ static inline int test_loader_fn(void *user, vc_layer_id layer, void *dst, size_
     return 0;
 }
 
-/* A cache over its own host backend with `device` bytes of "VRAM". Explicit budgets unless AUTO. */
+/* ---- the backend under test ------------------------------------------------------------------ */
+
+static inline int test_on_cuda(void) {
+    const char *b = getenv("VC_TEST_BACKEND");
+    return b && strcmp(b, "cuda") == 0;
+}
+
+/* A GPU backend the way an engine gets one: through the `device` setting (the run-time module, or a
+ * backend linked in statically). */
+static inline int test_gpu_backend(const char *device, vc_backend **out, char *why, size_t why_size) {
+    vc_config *cfg;
+    assert_int_equal(vc_config_create(&cfg), VC_OK);
+    assert_int_equal(vc_config_set(cfg, VC_CFG_DEVICE, device), VC_OK);
+    int st = vc_config_create_backend(cfg, out, why, why_size);
+    vc_config_destroy(cfg);
+    return st;
+}
+
+/* The CUDA backends behind capped wrappers, so test_backend_destroy can free both. */
+static struct {
+    vc_backend *wrapper, *inner;
+} test_wrapped[64];
+
+/* A device of `capacity` bytes: the host backend, or a capped CUDA device (see the top). A test run
+ * that asks for CUDA and cannot have it fails rather than skips: it was asked for explicitly. */
+static inline vc_backend *test_backend_create(size_t capacity) {
+    vc_backend *b = NULL;
+    if (!test_on_cuda()) {
+        assert_int_equal(vc_backend_host_create(capacity, &b), VC_OK);
+        return b;
+    }
+    static int said;
+    vc_backend *cuda = NULL;
+    char why[256];
+    if (test_gpu_backend("cuda:0", &cuda, why, sizeof why) != VC_OK) fail_msg("VC_TEST_BACKEND=cuda: %s", why);
+    if (!said++) print_message("backend under test: %s (capped per test)\n", why);
+    assert_int_equal(vc_backend_fault_create(cuda, &b), VC_OK);
+    assert_int_equal(vc_fault_set_device_capacity(b, capacity, 0), VC_OK);
+    size_t i = 0;
+    while (i < 64 && test_wrapped[i].wrapper) i++;
+    assert_true(i < 64);
+    test_wrapped[i].wrapper = b;
+    test_wrapped[i].inner = cuda;
+    return b;
+}
+
+static inline void test_backend_destroy(vc_backend *b) {
+    vc_backend_destroy(b);
+    for (size_t i = 0; i < 64; i++)
+        if (b && test_wrapped[i].wrapper == b) {
+            vc_backend_destroy(test_wrapped[i].inner);
+            test_wrapped[i].wrapper = test_wrapped[i].inner = NULL;
+        }
+}
+
+/* Other processes' use of the device, as the host backend's external usage or the cap's. */
+static inline void test_set_external_usage(vc_backend *b, size_t capacity, size_t bytes) {
+    if (test_on_cuda())
+        assert_int_equal(vc_fault_set_device_capacity(b, capacity, bytes), VC_OK);
+    else
+        assert_int_equal(vc_backend_host_set_external_usage(b, bytes), VC_OK);
+}
+
+/* Copies `n` device bytes at `dptr` into `dst` on the legacy default stream (ordered after the
+ * upload the engine's NULL stream waited for) and waits for them. */
+static inline void test_device_read(vc_backend *b, void *dst, const void *dptr, size_t n) {
+    const vc_backend_ops *ops = vc_backend_get_ops(b);
+    void *ctx = vc_backend_get_ctx(b), *ev = NULL;
+    assert_int_equal(ops->copy_d2h(ctx, dst, dptr, n, NULL), VC_OK);
+    assert_int_equal(ops->event_create(ctx, &ev), VC_OK);
+    assert_int_equal(ops->event_record(ctx, ev, NULL), VC_OK);
+    assert_int_equal(ops->event_synchronize(ctx, ev), VC_OK);
+    ops->event_destroy(ctx, ev);
+}
+
+/* check_pattern for device memory of cache `c` (the pointer an acquire returned). */
+static inline int check_device(vc_cache *c, const void *dptr, size_t n, uint64_t seed) {
+    if (!test_on_cuda()) return check_pattern(dptr, n, seed);
+    void *buf = malloc(n ? n : 1);
+    assert_non_null(buf);
+    test_device_read(vc_cache_backend(c), buf, dptr, n);
+    int ok = check_pattern(buf, n, seed);
+    free(buf);
+    return ok;
+}
+
+/* memset for device memory of cache `c` (a reservation's buffer). */
+static inline void fill_device(vc_cache *c, void *dptr, int byte, size_t n) {
+    if (!test_on_cuda()) {
+        memset(dptr, byte, n);
+        return;
+    }
+    vc_backend *b = vc_cache_backend(c);
+    const vc_backend_ops *ops = vc_backend_get_ops(b);
+    void *buf = malloc(n ? n : 1), *ev = NULL;
+    assert_non_null(buf);
+    memset(buf, byte, n);
+    void *ctx = vc_backend_get_ctx(b);
+    assert_int_equal(ops->copy_h2d(ctx, dptr, buf, n, NULL), VC_OK);
+    assert_int_equal(ops->event_create(ctx, &ev), VC_OK);
+    assert_int_equal(ops->event_record(ctx, ev, NULL), VC_OK);
+    assert_int_equal(ops->event_synchronize(ctx, ev), VC_OK);
+    ops->event_destroy(ctx, ev);
+    free(buf);
+}
+
+/* A cache over its own backend with `device` bytes of "VRAM". Explicit budgets unless AUTO. */
 typedef struct test_cache {
     vc_backend *backend;
     vc_cache *cache;
@@ -65,7 +178,7 @@ typedef struct test_cache {
 
 static inline test_cache make_cache_opts(size_t device, vc_cache_options *o) {
     test_cache t = {0};
-    assert_int_equal(vc_backend_host_create(device, &t.backend), VC_OK);
+    t.backend = test_backend_create(device);
     o->backend = t.backend;
     assert_int_equal(vc_cache_create(o, &t.cache), VC_OK);
     return t;
@@ -85,7 +198,7 @@ static inline test_cache make_cache(size_t device, size_t ram, int keep_ram_copy
 
 static inline void free_cache(test_cache *t) {
     assert_int_equal(vc_cache_destroy(t->cache), VC_OK);
-    vc_backend_destroy(t->backend);
+    test_backend_destroy(t->backend);
 }
 
 static inline vc_layer_id add_loader_layer(vc_cache *c, vc_model_id m, const char *name, size_t bytes,

@@ -17,7 +17,7 @@ static test_cache setup(vc_layer_id *l, int n, size_t layer_bytes, char (*w)[48 
     return t;
 }
 
-static void fill_device(test_cache *t, vc_layer_id *l, int n) {
+static void fill_layers(test_cache *t, vc_layer_id *l, int n) {
     void *p;
     for (int i = 0; i < n; i++) {
         int st = vc_layer_acquire(t->cache, l[i], NULL, &p);
@@ -31,7 +31,7 @@ static void test_standing_working_mem_never_filled(void **state) {
     static char w[16][48 * KB];
     vc_layer_id l[16];
     test_cache t = setup(l, 16, 48 * KB, w);
-    fill_device(&t, l, 16);
+    fill_layers(&t, l, 16);
     vc_stats s = get_stats(t.cache);
     assert_true(s.arena_peak_bytes <= 512 * KB - 64 * KB);
     size_t free_b;
@@ -45,7 +45,7 @@ static void test_reservation_evicts_shortfall_only(void **state) {
     static char w[16][48 * KB];
     vc_layer_id l[16];
     test_cache t = setup(l, 16, 48 * KB, w);
-    fill_device(&t, l, 16);
+    fill_layers(&t, l, 16);
     vc_stats before = get_stats(t.cache);
     /* Asking for no more than the standing amount evicts nothing. */
     vc_reservation *r = NULL;
@@ -55,7 +55,7 @@ static void test_reservation_evicts_shortfall_only(void **state) {
     /* 160 KB: 96 KB beyond standing -> two 48 KB segments go, not more */
     assert_int_equal(vc_reserve_working_mem(t.cache, 160 * KB, VC_RESERVE_BUFFER, &r), VC_OK);
     assert_non_null(vc_reservation_ptr(r));
-    memset(vc_reservation_ptr(r), 0xab, 160 * KB); /* the buffer is really there */
+    fill_device(t.cache, vc_reservation_ptr(r), 0xab, 160 * KB); /* the buffer is really there */
     vc_stats s = get_stats(t.cache);
     assert_int_equal(s.vram_evictions[VC_EVICT_FOR_RESERVATION], 2);
     assert_int_equal(s.layers_in_vram, before.layers_in_vram - 2);
@@ -64,7 +64,7 @@ static void test_reservation_evicts_shortfall_only(void **state) {
     vc_backend_mem_info(t.backend, &free_b, NULL);
     assert_true(s.arena_bytes + 160 * KB <= 512 * KB);
     /* While reserved, new loads stay inside the smaller limit. */
-    fill_device(&t, l, 16);
+    fill_layers(&t, l, 16);
     s = get_stats(t.cache);
     assert_true(s.arena_bytes <= 512 * KB - 160 * KB);
     assert_int_equal(vc_release_working_mem(t.cache, r), VC_OK);
@@ -72,7 +72,7 @@ static void test_reservation_evicts_shortfall_only(void **state) {
     assert_int_equal(vc_release_working_mem(t.cache, r), VC_ERR_NOT_FOUND); /* double release */
     assert_true(last_error_has(t.cache, "not an active reservation"));
     /* room returns to the cache */
-    fill_device(&t, l, 16);
+    fill_layers(&t, l, 16);
     assert_true(get_stats(t.cache).arena_bytes > 512 * KB - 160 * KB);
     free_cache(&t);
 }
@@ -85,7 +85,7 @@ static void test_unmeetable_reservation_changes_nothing(void **state) {
     void *p;
     /* hold six layers (288 KB) */
     for (int i = 0; i < 6; i++) assert_int_equal(vc_layer_acquire(t.cache, l[i], NULL, &p), VC_OK);
-    fill_device(&t, l + 6, 2); /* and two unheld */
+    fill_layers(&t, l + 6, 2); /* and two unheld */
     vc_stats before = get_stats(t.cache);
     vc_reservation *r = (vc_reservation *)0x1;
     assert_int_equal(vc_reserve_working_mem(t.cache, 300 * KB, 0, &r), VC_ERR_OUT_OF_VRAM);
@@ -99,7 +99,7 @@ static void test_unmeetable_reservation_changes_nothing(void **state) {
     /* held layers intact */
     for (int i = 0; i < 6; i++) {
         assert_int_equal(vc_layer_acquire(t.cache, l[i], NULL, &p), VC_OK);
-        assert_true(check_pattern(p, 48 * KB, (uint64_t)i));
+        assert_true(check_device(t.cache, p, 48 * KB, (uint64_t)i));
         vc_layer_release(t.cache, l[i], NULL);
         vc_layer_release(t.cache, l[i], NULL);
     }
@@ -148,10 +148,10 @@ static void test_buffer_allocation_failure(void **state) {
     /* Other processes took nearly everything: the reservation cannot be met at all. */
     test_cache t = make_cache(256 * KB, 1 * MB, 1);
     vc_reservation *r;
-    assert_int_equal(vc_backend_host_set_external_usage(t.backend, 200 * KB), VC_OK);
+    test_set_external_usage(t.backend, 256 * KB, 200 * KB);
     assert_int_equal(vc_reserve_working_mem(t.cache, 100 * KB, VC_RESERVE_BUFFER, &r), VC_ERR_OUT_OF_VRAM);
     assert_int_equal(get_stats(t.cache).reserved_bytes, 0);
-    assert_int_equal(vc_backend_host_set_external_usage(t.backend, 0), VC_OK);
+    test_set_external_usage(t.backend, 256 * KB, 0);
     assert_int_equal(vc_reserve_working_mem(t.cache, 100 * KB, VC_RESERVE_BUFFER, &r), VC_OK);
     assert_int_equal(vc_release_working_mem(t.cache, r), VC_OK);
     free_cache(&t);

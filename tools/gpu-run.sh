@@ -1,24 +1,45 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one command for the GPU machine (see the device tool's notes):
-# configure and build with the unpacked .devdeps, run the whole test suite (test_gpu runs its GPU
-# cases there), the GPU benchmark and the CPU-side benchmarks, and copy the results into $OUT.
-#   usage (on the GPU machine, from the project root):  bash tools/gpu-run.sh
+# configure and build with the unpacked .devdeps, run the whole test suite on the host backend and
+# again with VC_TEST_BACKEND=cuda (the core tests over the CUDA backend), test_gpu under
+# compute-sanitizer, the GPU benchmarks and the CPU-side benchmark, and leave the logs in
+# /tmp/vc-gpu-logs, packed into $OUT/gpu-logs.tgz (the device tool brings back at most 8 files).
+#   usage (on the GPU machine, from the project root):  bash tools/gpu-run.sh [quick]
+# Every step has its own time limit, so one hang cannot eat the whole lease.
 set -uo pipefail
 out=${OUT:-gpu-results}
-mkdir -p "$out"
+logs=/tmp/vc-gpu-logs
+rm -rf "$logs"; mkdir -p "$logs" "$out"
+quick=${1:-}
 if [ -d .devdeps/root/usr ]; then
   P=$PWD/.devdeps/root/usr
   export CMAKE_PREFIX_PATH=$P PKG_CONFIG_PATH=$P/lib/x86_64-linux-gnu/pkgconfig
   export LD_LIBRARY_PATH=$P/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
 fi
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true; } > "$out/gpu.txt" 2>&1
-cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DVC_BUILD_HIP=OFF > "$out/configure.log" 2>&1
-cmake --build build-gpu -j"$(nproc)" > "$out/build.log" 2>&1 || { tail -50 "$out/build.log"; exit 1; }
-(cd build-gpu && VRAMCACHE_BACKEND_DIR=$PWD ctest --output-on-failure -j4) > "$out/ctest.log" 2>&1
-(cd build-gpu && VRAMCACHE_BACKEND_DIR=$PWD ./tests/test_gpu) > "$out/test_gpu.log" 2>&1
-./build-gpu/bench/bench_gpu --budget-gb 8 > "$out/bench_gpu.txt" 2>&1
-./build-gpu/bench/bench_gpu --budget-gb 8 --json > "$out/bench_gpu.json" 2>&1
-./build-gpu/bench/bench_gpu_denoiser --budget-gb 9 > "$out/bench_gpu_denoiser.txt" 2>&1
-./build-gpu/bench/bench_gpu_denoiser --budget-gb 9 --json > "$out/bench_gpu_denoiser.json" 2>&1
-./build-gpu/bench/bench_hotpath > "$out/bench_hotpath.txt" 2>&1
-cat "$out/gpu.txt" "$out/bench_gpu.txt" "$out/bench_gpu_denoiser.txt"; tail -5 "$out/ctest.log"; tail -12 "$out/test_gpu.log"
+step() { # step NAME SECONDS COMMAND...: run with a limit, log to $logs/NAME.txt, note the status
+  local name=$1 limit=$2; shift 2
+  local t0=$SECONDS
+  timeout -k 5 "$limit" "$@" > "$logs/$name.txt" 2>&1
+  local rc=$?
+  echo "$name rc=$rc ${SECONDS}s-total $((SECONDS - t0))s" | tee -a "$logs/steps.txt"
+  return $rc
+}
+{ nvidia-smi --query-gpu=name,driver_version,memory.total,pcie.link.gen.current,pcie.link.width.current \
+    --format=csv,noheader; nvcc --version | tail -2; nproc; date -u; } > "$logs/gpu.txt" 2>&1
+step configure 120 cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DVC_BUILD_HIP=OFF
+step build 300 cmake --build build-gpu -j"$(nproc)" || { tail -40 "$logs/build.txt"; }
+export VRAMCACHE_BACKEND_DIR=$PWD/build-gpu
+step test_gpu 120 ./build-gpu/tests/test_gpu
+if [ -z "$quick" ]; then
+  step ctest_host 300 ctest --test-dir build-gpu --output-on-failure -j8
+  VC_TEST_BACKEND=cuda step ctest_cuda 300 ctest --test-dir build-gpu --output-on-failure -j4 -L core
+  if command -v compute-sanitizer > /dev/null; then
+    step sanitizer_test_gpu 300 compute-sanitizer --tool memcheck ./build-gpu/tests/test_gpu
+  fi
+fi
+step bench_gpu 300 ./build-gpu/bench/bench_gpu --budget-gb 8 --uvm
+step bench_gpu_denoiser 240 ./build-gpu/bench/bench_gpu_denoiser --budget-gb 9 --json
+[ -n "${VC_GPU_HOTPATH:-}" ] && step bench_hotpath 120 ./build-gpu/bench/bench_hotpath
+tar -czf "$out/gpu-logs.tgz" -C /tmp vc-gpu-logs; cp "$logs/steps.txt" "$logs/gpu.txt" "$out/"
+cat "$logs/gpu.txt" "$logs/steps.txt"
+for f in test_gpu bench_gpu bench_gpu_denoiser; do echo "== $f"; tail -25 "$logs/$f.txt"; done

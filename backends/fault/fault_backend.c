@@ -25,6 +25,14 @@ typedef struct fault_ctx {
     void *ictx;
     pthread_mutex_t lock;
     fault_arm arm[VC_FAULT_OP_COUNT];
+    /* Device capacity cap (vc_fault_set_device_capacity); 0: none. `used` counts the live device
+     * allocations listed in `live`, whose sizes device_free needs. */
+    size_t capacity, used, external;
+    struct live_alloc {
+        void *p;
+        size_t bytes;
+    } *live;
+    size_t nlive, cap_live;
 } fault_ctx;
 
 static const vc_backend_ops fault_ops;
@@ -59,13 +67,69 @@ static int fires(fault_ctx *f, vc_fault_op op) {
     return fail;
 }
 
+/* Takes `b` bytes of the capacity cap and makes room to remember the allocation; VC_OK when no cap. */
+static int cap_take(fault_ctx *f, size_t b) {
+    int st = VC_OK;
+    pthread_mutex_lock(&f->lock);
+    if (f->capacity) {
+        size_t avail = sat_sub(f->capacity, sat_add(f->used, f->external));
+        if (b > avail) {
+            vc_backend_set_error("capped device: %zu bytes requested, %zu free of the %zu-byte cap", b, avail,
+                                 f->capacity);
+            st = VC_ERR_OUT_OF_VRAM;
+        } else if (f->nlive == f->cap_live) {
+            size_t n = f->cap_live ? 2 * f->cap_live : 64;
+            struct live_alloc *g = realloc(f->live, n * sizeof *g);
+            if (!g) {
+                vc_backend_set_error("capped device: out of host memory for bookkeeping");
+                st = VC_ERR_NO_MEMORY;
+            } else {
+                f->live = g;
+                f->cap_live = n;
+            }
+        }
+        if (st == VC_OK) f->used += b;
+    }
+    pthread_mutex_unlock(&f->lock);
+    return st;
+}
+
+/* Records a successful allocation under the cap, or gives the bytes back after a failed one. */
+static void cap_settle(fault_ctx *f, size_t b, void *p, int ok) {
+    pthread_mutex_lock(&f->lock);
+    if (f->capacity) {
+        if (ok)
+            f->live[f->nlive++] = (struct live_alloc){p, b};
+        else
+            f->used -= b;
+    }
+    pthread_mutex_unlock(&f->lock);
+}
+
+static void cap_release(fault_ctx *f, void *p) {
+    pthread_mutex_lock(&f->lock);
+    for (size_t i = 0; i < f->nlive; i++)
+        if (f->live[i].p == p) {
+            f->used -= f->live[i].bytes;
+            f->live[i] = f->live[--f->nlive];
+            break;
+        }
+    pthread_mutex_unlock(&f->lock);
+}
+
 static int f_device_alloc(void *c, size_t b, void **p) {
     fault_ctx *f = c;
-    return fires(f, VC_FAULT_DEVICE_ALLOC) ? VC_ERR_OUT_OF_VRAM : f->iops->device_alloc(f->ictx, b, p);
+    if (fires(f, VC_FAULT_DEVICE_ALLOC)) return VC_ERR_OUT_OF_VRAM;
+    int st = cap_take(f, b);
+    if (st != VC_OK) return st;
+    st = f->iops->device_alloc(f->ictx, b, p);
+    cap_settle(f, b, st == VC_OK ? *p : NULL, st == VC_OK);
+    return st;
 }
 static void f_device_free(void *c, void *p) {
     fault_ctx *f = c;
     f->iops->device_free(f->ictx, p);
+    if (p) cap_release(f, p);
 }
 static int f_host_alloc(void *c, size_t b, void **p, int *pinned) {
     fault_ctx *f = c;
@@ -117,7 +181,17 @@ static int f_stream_wait(void *c, vc_stream s, void *e) {
 }
 static int f_mem_info(void *c, size_t *fr, size_t *t) {
     fault_ctx *f = c;
-    return fires(f, VC_FAULT_MEM_INFO) ? VC_ERR_BACKEND : f->iops->mem_info(f->ictx, fr, t);
+    if (fires(f, VC_FAULT_MEM_INFO)) return VC_ERR_BACKEND;
+    int st = f->iops->mem_info(f->ictx, fr, t);
+    if (st != VC_OK) return st;
+    pthread_mutex_lock(&f->lock);
+    if (f->capacity) { /* the cap, as a smaller device would report it; never more than the real device has */
+        size_t avail = sat_sub(f->capacity, sat_add(f->used, f->external));
+        if (avail < *fr) *fr = avail;
+        *t = f->capacity;
+    }
+    pthread_mutex_unlock(&f->lock);
+    return VC_OK;
 }
 static double f_now(void *c) {
     fault_ctx *f = c;
@@ -130,6 +204,7 @@ static double f_event_time(void *c, void *e) {
 static void f_destroy(void *c) {
     fault_ctx *f = c;
     pthread_mutex_destroy(&f->lock);
+    free(f->live);
     free(f);
 }
 
@@ -251,6 +326,25 @@ int vc_fault_clear(vc_backend *b) {
         f->arm[i].p = 0;
         f->arm[i].always = 0;
     }
+    pthread_mutex_unlock(&f->lock);
+    return VC_OK;
+}
+
+int vc_fault_set_device_capacity(vc_backend *b, size_t capacity, size_t external) {
+    fault_ctx *f;
+    int st = check(b, VC_FAULT_DEVICE_ALLOC, &f);
+    if (st) return st;
+    pthread_mutex_lock(&f->lock);
+    if (capacity && !f->capacity && f->nlive == 0 && f->used == 0) {
+        f->capacity = capacity; /* a cap starts before the first allocation, so every byte is counted */
+    } else if (capacity && f->capacity) {
+        f->capacity = capacity;
+    } else if (capacity) {
+        pthread_mutex_unlock(&f->lock);
+        return vc__fail(NULL, VC_ERR_BUSY, "vc_fault_set_device_capacity: the wrapper has already allocated "
+                                           "device memory without a cap; set the cap first");
+    }
+    if (capacity) f->external = external;
     pthread_mutex_unlock(&f->lock);
     return VC_OK;
 }

@@ -457,6 +457,7 @@ int vc_layer_get_info(vc_cache *c, vc_layer_id id, vc_layer_info *info) {
 int vc_cache_get_stats(vc_cache *c, vc_stats *out) {
     if (!c || !out) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_cache_get_stats: NULL argument");
     pthread_mutex_lock(&c->lock);
+    vc__reap_deferred(c); /* so ram_bytes counts only copies still needed */
     *out = c->stats;
     out->ram_bytes = c->ram_bytes;
     out->vram_bytes = vc__vram_used(c);

@@ -253,6 +253,8 @@ int vc__shrink_arena(vc_cache *c, size_t target, vc_evict_reason reason, int dry
 void vc__evict_vram(vc_cache *c, layer_t *l, vc_evict_reason reason, int drop_ok);
 /** Drops a layer's RAM-pool copy (waiting for copies that read it). */
 void vc__drop_ram(vc_cache *c, layer_t *l);
+/* keep_ram_copy off: frees the RAM copies whose uploads have completed (asks, never waits). Locked. */
+void vc__reap_deferred(vc_cache *c);
 /** Frees a layer's record after its memory is gone. */
 void vc__layer_destroy(vc_cache *c, layer_t *l);
 void vc__log_memory(vc_cache *c, const char *what, const layer_t *l);

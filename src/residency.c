@@ -164,6 +164,10 @@ static void drain_deferred(vc_cache *c, int wait, const layer_t *only) {
     }
 }
 
+void vc__reap_deferred(vc_cache *c) {
+    if (c->deferred) drain_deferred(c, 0, NULL);
+}
+
 /* keep_ram_copy off: the RAM copy goes once the upload reading it completes. */
 static void drop_ram_after_upload(vc_cache *c, layer_t *l) {
     if (l->host_pins) return; /* another cache's upload reads it */
@@ -927,6 +931,7 @@ int vc_layer_release(vc_cache *c, vc_layer_id id, vc_stream stream) {
                       "acquire, or released twice)", fn, l->name, l->model->name);
     else
         st = release_locked(c, l, stream);
+    vc__reap_deferred(c); /* RAM copies whose uploads finished go now, not at the next RAM need */
     pthread_mutex_unlock(&c->lock);
     return st;
 }

@@ -43,6 +43,7 @@ static void test_off_drops_copy_and_writes_back(void **state) {
     void *p;
     assert_int_equal(vc_layer_acquire(t.cache, l[0], NULL, &p), VC_OK);
     assert_int_equal(residency(t.cache, l[0]), VC_RES_VRAM); /* RAM copy dropped after upload */
+    assert_true(check_device(t.cache, p, 32 * KB, ld[0].seed)); /* waits for the upload on a GPU */
     assert_int_equal(get_stats(t.cache).ram_bytes, 0);
     assert_int_equal(vc_layer_release(t.cache, l[0], NULL), VC_OK);
     cycle(&t, l, 5, 3, ld);

@@ -464,6 +464,7 @@ static void test_load_ram_model(void **state) {
     /* on the device without a RAM copy (keep_ram_copy off): nothing to stage, no RAM taken */
     void *p;
     assert_int_equal(vc_layer_acquire(t.cache, l[0], NULL, &p), VC_OK);
+    assert_true(check_device(t.cache, p, 20 * KB, ld[0].seed)); /* waits for the upload on a GPU */
     assert_int_equal(vc_layer_release(t.cache, l[0], NULL), VC_OK);
     assert_int_equal(residency(t.cache, l[0]), VC_RES_VRAM);
     assert_int_equal(vc_model_load_ram(t.cache, m), VC_OK);

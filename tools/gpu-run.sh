@@ -4,13 +4,13 @@
 # again with VC_TEST_BACKEND=cuda (the core tests over the CUDA backend), test_gpu under
 # compute-sanitizer, the GPU benchmarks and the CPU-side benchmark, and leave the logs in
 # /tmp/vc-gpu-logs, packed into $OUT/gpu-logs.tgz (the device tool brings back at most 8 files).
-#   usage (on the GPU machine, from the project root):  bash tools/gpu-run.sh [quick]
+#   usage (on the GPU machine, from the project root):  bash tools/gpu-run.sh [all|tests|bench]
 # Every step has its own time limit, so one hang cannot eat the whole lease.
 set -uo pipefail
 out=${OUT:-gpu-results}
 logs=/tmp/vc-gpu-logs
 rm -rf "$logs"; mkdir -p "$logs" "$out"
-quick=${1:-}
+what=${1:-all}
 if [ -d .devdeps/root/usr ]; then
   P=$PWD/.devdeps/root/usr
   export CMAKE_PREFIX_PATH=$P PKG_CONFIG_PATH=$P/lib/x86_64-linux-gnu/pkgconfig
@@ -30,16 +30,21 @@ step configure 120 cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DVC_BUILD
 step build 300 cmake --build build-gpu -j"$(nproc)" || { tail -40 "$logs/build.txt"; }
 export VRAMCACHE_BACKEND_DIR=$PWD/build-gpu
 step test_gpu 120 ./build-gpu/tests/test_gpu
-if [ -z "$quick" ]; then
+if [ "$what" != bench ]; then
   step ctest_host 300 ctest --test-dir build-gpu --output-on-failure -j8
   VC_TEST_BACKEND=cuda step ctest_cuda 300 ctest --test-dir build-gpu --output-on-failure -j4 -L core
   if command -v compute-sanitizer > /dev/null; then
     step sanitizer_test_gpu 300 compute-sanitizer --tool memcheck ./build-gpu/tests/test_gpu
+    VC_TEST_BACKEND=cuda step sanitizer_model_based 300 compute-sanitizer --tool memcheck \
+      ./build-gpu/tests/test_model_based
   fi
 fi
-step bench_gpu 300 ./build-gpu/bench/bench_gpu --budget-gb 8 --uvm
-step bench_gpu_denoiser 240 ./build-gpu/bench/bench_gpu_denoiser --budget-gb 9 --json
+if [ "$what" != tests ]; then
+  step bench_gpu 300 ./build-gpu/bench/bench_gpu --budget-gb 8 --uvm
+  step bench_gpu_denoiser 240 ./build-gpu/bench/bench_gpu_denoiser --budget-gb 9 --json
+fi
 [ -n "${VC_GPU_HOTPATH:-}" ] && step bench_hotpath 120 ./build-gpu/bench/bench_hotpath
 tar -czf "$out/gpu-logs.tgz" -C /tmp vc-gpu-logs; cp "$logs/steps.txt" "$logs/gpu.txt" "$out/"
 cat "$logs/gpu.txt" "$logs/steps.txt"
-for f in test_gpu bench_gpu bench_gpu_denoiser; do echo "== $f"; tail -25 "$logs/$f.txt"; done
+for f in test_gpu bench_gpu bench_gpu_denoiser; do [ -f "$logs/$f.txt" ] && { echo "== $f"; tail -25 "$logs/$f.txt"; }; done
+grep -h -E "FAILED|ERROR SUMMARY|tests passed" "$logs"/ctest_*.txt "$logs"/sanitizer_*.txt 2>/dev/null | sort | uniq -c

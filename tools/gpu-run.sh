@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one command for the GPU machine (see the device tool's notes):
-# configure and build with the unpacked .devdeps, run the whole test suite on the host backend and
-# again with VC_TEST_BACKEND=cuda (the core tests over the CUDA backend), test_gpu under
+# configure and build with the unpacked .devdeps, run the whole test suite (its core_on_cuda runs
+# the core tests again over the CUDA backend), test_gpu and test_model_based under
 # compute-sanitizer, the GPU benchmarks and the CPU-side benchmark, and leave the logs in
 # /tmp/vc-gpu-logs, packed into $OUT/gpu-logs.tgz (the device tool brings back at most 8 files).
 #   usage (on the GPU machine, from the project root):  bash tools/gpu-run.sh [all|tests|bench]
@@ -31,8 +31,9 @@ step build 300 cmake --build build-gpu -j"$(nproc)" || { tail -40 "$logs/build.t
 export VRAMCACHE_BACKEND_DIR=$PWD/build-gpu
 step test_gpu 120 ./build-gpu/tests/test_gpu
 if [ "$what" != bench ]; then
-  step ctest_host 300 ctest --test-dir build-gpu --output-on-failure -j8
-  VC_TEST_BACKEND=cuda step ctest_cuda 300 ctest --test-dir build-gpu --output-on-failure -j4 -L core
+  # the whole suite; its core_on_cuda runs the core tests again on the GPU
+  step ctest 300 ctest --test-dir build-gpu --output-on-failure -j8 -E core_on_cuda
+  step core_on_cuda 300 ctest --test-dir build-gpu --output-on-failure -R core_on_cuda -V
   if command -v compute-sanitizer > /dev/null; then
     step sanitizer_test_gpu 300 compute-sanitizer --tool memcheck ./build-gpu/tests/test_gpu
     VC_TEST_BACKEND=cuda step sanitizer_model_based 300 compute-sanitizer --tool memcheck \
@@ -42,9 +43,12 @@ fi
 if [ "$what" != tests ]; then
   step bench_gpu 300 ./build-gpu/bench/bench_gpu --budget-gb 8 --uvm
   step bench_gpu_denoiser 240 ./build-gpu/bench/bench_gpu_denoiser --budget-gb 9 --json
+  # the smaller denoisers at half their bytes (SDXL's UNet 4.8 GiB, SD 1.5's 1.6 GiB)
+  step denoiser_sdxl 120 ./build-gpu/bench/bench_gpu_denoiser --workload workloads/sdxl.yaml --budget-gb 2.4 --json
+  step denoiser_sd15 120 ./build-gpu/bench/bench_gpu_denoiser --workload workloads/sd15.yaml --budget-gb 0.8 --json
 fi
 [ -n "${VC_GPU_HOTPATH:-}" ] && step bench_hotpath 120 ./build-gpu/bench/bench_hotpath
 tar -czf "$out/gpu-logs.tgz" -C /tmp vc-gpu-logs; cp "$logs/steps.txt" "$logs/gpu.txt" "$out/"
 cat "$logs/gpu.txt" "$logs/steps.txt"
-for f in test_gpu bench_gpu bench_gpu_denoiser; do [ -f "$logs/$f.txt" ] && { echo "== $f"; tail -25 "$logs/$f.txt"; }; done
+for f in test_gpu core_on_cuda bench_gpu bench_gpu_denoiser denoiser_sdxl denoiser_sd15; do [ -f "$logs/$f.txt" ] && { echo "== $f"; tail -25 "$logs/$f.txt"; }; done
 grep -h -E "FAILED|ERROR SUMMARY|tests passed" "$logs"/ctest_*.txt "$logs"/sanitizer_*.txt 2>/dev/null | sort | uniq -c

@@ -18,6 +18,8 @@ run_suite() { # name, ctest filter, cmake args...
   (cd "build-test/$name" && ctest --output-on-failure -j"$jobs" ${filter:+-R "$filter"}) | tee -a "$summary"
 }
 run_suite gcc "" -DCMAKE_C_COMPILER=gcc -DCMAKE_BUILD_TYPE=RelWithDebInfo
+# What was skipped and why (GPU-only cases on a machine without a GPU).
+grep -h "^SKIPPED" build-test/gcc/Testing/Temporary/LastTest.log | sort -u || true
 # Both GPU backends must compile wherever their toolkits are (no GPU needed to build them).
 test -f build-test/gcc/libvramcache-hip.so || { echo "the HIP backend was not built" >&2; exit 1; }
 if [ -d /usr/local/cuda ]; then
@@ -43,4 +45,5 @@ for f in config api; do
 done
 echo "=== all suites passed ==="
 # One closing line for every suite together: ctest's "N% tests passed, F tests failed out of T".
-awk '/tests passed, .* tests failed out of/ {t += $NF; f += $4} END {printf "tests: %d passed, %d failed\n", t - f, f}' "$summary"
+awk '/tests passed, .* tests failed out of/ {t += $NF; f += $4} / \(Skipped\)$/ {s++}
+     END {printf "tests: %d passed, %d skipped, %d failed\n", t - f - s, s, f}' "$summary"

@@ -51,4 +51,4 @@ fi
 tar -czf "$out/gpu-logs.tgz" -C /tmp vc-gpu-logs; cp "$logs/steps.txt" "$logs/gpu.txt" "$out/"
 cat "$logs/gpu.txt" "$logs/steps.txt"
 for f in test_gpu core_on_cuda bench_gpu bench_gpu_denoiser denoiser_sdxl denoiser_sd15; do [ -f "$logs/$f.txt" ] && { echo "== $f"; tail -25 "$logs/$f.txt"; }; done
-grep -h -E "FAILED|ERROR SUMMARY|tests passed" "$logs"/ctest_*.txt "$logs"/sanitizer_*.txt 2>/dev/null | sort | uniq -c
+grep -h -E "FAILED|ERROR SUMMARY|tests passed" "$logs"/ctest.txt "$logs"/core_on_cuda.txt "$logs"/sanitizer_*.txt 2>/dev/null | sort | uniq -c || true

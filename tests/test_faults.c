@@ -356,6 +356,68 @@ static void test_loader_fault_wrapper(void **state) {
     vc_backend_destroy(host);
 }
 
+/* The capacity cap: a large device seen as a small one, other processes' usage, and its errors. */
+static void test_device_capacity_cap(void **state) {
+    (void)state;
+    vc_backend *host, *f;
+    assert_int_equal(vc_backend_host_create(4 * MB, &host), VC_OK);
+    assert_int_equal(vc_backend_fault_create(host, &f), VC_OK);
+    assert_int_equal(vc_fault_set_device_capacity(host, 1 * MB, 0), VC_ERR_INVALID_ARG); /* not a wrapper */
+    assert_int_equal(vc_fault_set_device_capacity(f, 256 * KB, 0), VC_OK);
+    size_t fr = 0, total = 0;
+    assert_int_equal(vc_backend_mem_info(f, &fr, &total), VC_OK);
+    assert_int_equal(total, 256 * KB);
+    assert_int_equal(fr, 256 * KB);
+    const vc_backend_ops *ops = vc_backend_get_ops(f);
+    void *ctx = vc_backend_get_ctx(f), *a = NULL, *b = NULL;
+    assert_int_equal(ops->device_alloc(ctx, 200 * KB, &a), VC_OK);
+    assert_int_equal(ops->device_alloc(ctx, 100 * KB, &b), VC_ERR_OUT_OF_VRAM); /* the real device has room */
+    assert_int_equal(vc_backend_mem_info(f, &fr, NULL), VC_OK);
+    assert_int_equal(fr, 56 * KB);
+    /* other processes take 40 KB of what is left */
+    assert_int_equal(vc_fault_set_device_capacity(f, 256 * KB, 40 * KB), VC_OK);
+    assert_int_equal(vc_backend_mem_info(f, &fr, NULL), VC_OK);
+    assert_int_equal(fr, 16 * KB);
+    ops->device_free(ctx, a);
+    assert_int_equal(vc_backend_mem_info(f, &fr, NULL), VC_OK);
+    assert_int_equal(fr, 216 * KB);
+    /* a cache over the capped device keeps to the cap with a dynamic budget */
+    vc_cache_options o;
+    vc_cache_options_init(&o);
+    o.backend = f;
+    o.ram_budget = 1 * MB;
+    o.working_mem = 0;
+    o.arena_segment_bytes = 32 * KB;
+    vc_cache *c;
+    assert_int_equal(vc_cache_create(&o, &c), VC_OK);
+    vc_model_id m = add_model(c, "m");
+    test_loader ld[10];
+    vc_layer_id l[10];
+    for (int i = 0; i < 10; i++) {
+        ld[i] = (test_loader){.seed = (uint64_t)i};
+        l[i] = add_loader_layer(c, m, "l", 32 * KB, &ld[i]);
+    }
+    for (int r = 0; r < 2; r++)
+        for (int i = 0; i < 10; i++) {
+            void *p;
+            assert_int_equal(vc_layer_acquire(c, l[i], NULL, &p), VC_OK);
+            assert_true(check_pattern(p, 32 * KB, ld[i].seed));
+            assert_int_equal(vc_layer_release(c, l[i], NULL), VC_OK);
+        }
+    assert_true(get_stats(c).arena_peak_bytes <= 216 * KB);
+    assert_int_equal(vc_cache_destroy(c), VC_OK);
+    vc_backend_destroy(f);
+    /* a cap cannot start after memory was taken without one: those bytes would go uncounted */
+    assert_int_equal(vc_backend_fault_create(host, &f), VC_OK);
+    ctx = vc_backend_get_ctx(f);
+    assert_int_equal(ops->device_alloc(ctx, 8 * KB, &a), VC_OK);
+    assert_int_equal(vc_fault_set_device_capacity(f, 256 * KB, 0), VC_ERR_BUSY);
+    assert_int_equal(vc_fault_set_device_capacity(f, 0, 0), VC_OK); /* no cap: changes nothing */
+    ops->device_free(ctx, a);
+    vc_backend_destroy(f);
+    vc_backend_destroy(host);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_device_alloc_fails_then_retry),
@@ -368,6 +430,7 @@ int main(void) {
         cmocka_unit_test(test_loader_faults_at_random),
         cmocka_unit_test(test_random_faults_everywhere),
         cmocka_unit_test(test_loader_fault_wrapper),
+        cmocka_unit_test(test_device_capacity_cap),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -33,6 +33,7 @@ typedef struct fault_ctx {
         size_t bytes;
     } *live;
     size_t nlive, cap_live;
+    size_t uncapped; /* live allocations made before any cap: a cap cannot start while there are some */
 } fault_ctx;
 
 static const vc_backend_ops fault_ops;
@@ -102,18 +103,22 @@ static void cap_settle(fault_ctx *f, size_t b, void *p, int ok) {
             f->live[f->nlive++] = (struct live_alloc){p, b};
         else
             f->used -= b;
+    } else if (ok) {
+        f->uncapped++;
     }
     pthread_mutex_unlock(&f->lock);
 }
 
 static void cap_release(fault_ctx *f, void *p) {
     pthread_mutex_lock(&f->lock);
-    for (size_t i = 0; i < f->nlive; i++)
-        if (f->live[i].p == p) {
-            f->used -= f->live[i].bytes;
-            f->live[i] = f->live[--f->nlive];
-            break;
-        }
+    size_t i = 0;
+    while (i < f->nlive && f->live[i].p != p) i++;
+    if (i < f->nlive) {
+        f->used -= f->live[i].bytes;
+        f->live[i] = f->live[--f->nlive];
+    } else if (f->uncapped) {
+        f->uncapped--;
+    }
     pthread_mutex_unlock(&f->lock);
 }
 
@@ -335,7 +340,7 @@ int vc_fault_set_device_capacity(vc_backend *b, size_t capacity, size_t external
     int st = check(b, VC_FAULT_DEVICE_ALLOC, &f);
     if (st) return st;
     pthread_mutex_lock(&f->lock);
-    if (capacity && !f->capacity && f->nlive == 0 && f->used == 0) {
+    if (capacity && !f->capacity && f->uncapped == 0) {
         f->capacity = capacity; /* a cap starts before the first allocation, so every byte is counted */
     } else if (capacity && f->capacity) {
         f->capacity = capacity;

@@ -163,12 +163,57 @@ static void test_eviction_waits_for_queued_reads(void **state) {
     vc_backend_destroy(b);
 }
 
+/* backend:cudaMallocAsync: reservation buffers come from the stream-ordered pool and are usable
+ * on the engine's own non-blocking stream as soon as the pointer is returned. */
+static void test_stream_ordered_reservations(void **state) {
+    (void)state;
+    vc_backend *b = cuda_or_skip();
+    vc_cache_options o;
+    vc_cache_options_init(&o);
+    o.backend = b;
+    o.ram_budget = 64 * MB;
+    o.vram_budget = 64 * MB;
+    o.stream_ordered_working_mem = 1;
+    vc_cache *c;
+    assert_int_equal(vc_cache_create(&o, &c), VC_OK);
+    cudaMemPool_t pool;
+    assert_int_equal(cudaDeviceGetDefaultMemPool(&pool, 0), cudaSuccess);
+    cudaStream_t s;
+    assert_int_equal(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
+    unsigned char *out = malloc(32 * MB);
+    for (int round = 0; round < 3; round++) {
+        vc_reservation *r;
+        assert_int_equal(vc_reserve_working_mem(c, 32 * MB, VC_RESERVE_BUFFER, &r), VC_OK);
+        void *p = vc_reservation_ptr(r);
+        assert_non_null(p);
+        struct cudaPointerAttributes attr;
+        assert_int_equal(cudaPointerGetAttributes(&attr, p), cudaSuccess);
+        assert_int_equal(attr.type, cudaMemoryTypeDevice);
+        uint64_t used = 0;
+        assert_int_equal(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemCurrent, &used), cudaSuccess);
+        assert_true(used >= 32 * MB); /* from the pool, not cudaMalloc */
+        assert_int_equal(cudaMemsetAsync(p, 0x40 + round, 32 * MB, s), cudaSuccess);
+        assert_int_equal(cudaMemcpyAsync(out, p, 32 * MB, cudaMemcpyDeviceToHost, s), cudaSuccess);
+        assert_int_equal(cudaStreamSynchronize(s), cudaSuccess);
+        assert_int_equal(out[0], 0x40 + round);
+        assert_int_equal(out[32 * MB - 1], 0x40 + round);
+        assert_int_equal(get_stats(c).reserved_bytes, 32 * MB);
+        assert_int_equal(vc_release_working_mem(c, r), VC_OK);
+        assert_int_equal(get_stats(c).reserved_bytes, 0);
+    }
+    free(out);
+    cudaStreamDestroy(s);
+    assert_int_equal(vc_cache_destroy(c), VC_OK);
+    vc_backend_destroy(b);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_auto_falls_back_and_says_why),
         cmocka_unit_test(test_explicit_device_unavailable_is_clear),
         cmocka_unit_test(test_core_on_cuda),
         cmocka_unit_test(test_eviction_waits_for_queued_reads),
+        cmocka_unit_test(test_stream_ordered_reservations),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -36,6 +36,7 @@ typedef struct gpu_ctx {
     void *staging[STAGING_SLOTS]; /* pinned bounce buffers for pageable sources */
     gpuEvent_t staging_ev[STAGING_SLOTS];
     int staging_next;
+    gpuStream_t pool_stream; /* stream-ordered working-memory buffers: created on first use */
     char name[256];
 } gpu_ctx;
 
@@ -226,10 +227,28 @@ static int g_mem_info(void *ctx, size_t *free_b, size_t *total) {
     return e == gpuSuccess ? VC_OK : fail(e, GPU_NAME " memory info");
 }
 
+/* With no stream (the cache's working-memory buffers, which the engine may use on any stream), the
+ * buffer is taken on a private non-blocking stream that carries nothing else, and waited for there,
+ * so it is ready for every stream when the pointer is returned. That wait covers one pool
+ * allocation, never the engine's work: the legacy default stream would also wait for every
+ * blocking stream. A free needs no wait: the caller has finished with the buffer (the contract of
+ * vc_release_working_mem). */
 static int g_alloc_async(void *ctx, size_t bytes, vc_stream s, void **p) {
     gpu_ctx *g = ctx;
     ON_DEVICE(g);
-    gpuError_t e = gpuMallocAsync(p, bytes, (gpuStream_t)s);
+    gpuStream_t st = (gpuStream_t)s;
+    gpuError_t e = gpuSuccess;
+    if (!st) {
+        pthread_mutex_lock(&g->lock);
+        if (!g->pool_stream) e = gpuStreamCreateNonBlocking(&g->pool_stream);
+        st = g->pool_stream;
+        pthread_mutex_unlock(&g->lock);
+    }
+    if (e == gpuSuccess) e = gpuMallocAsync(p, bytes, st);
+    if (e == gpuSuccess && !s) {
+        e = gpuStreamSynchronize(st);
+        if (e != gpuSuccess) gpuFreeAsync(*p, st);
+    }
     if (e != gpuSuccess) {
         fail(e, GPU_NAME " stream-ordered allocation");
         return VC_ERR_OUT_OF_VRAM;
@@ -240,7 +259,7 @@ static int g_alloc_async(void *ctx, size_t bytes, vc_stream s, void **p) {
 static void g_free_async(void *ctx, void *p, vc_stream s) {
     gpu_ctx *g = ctx;
     gpuSetDevice(g->device);
-    gpuFreeAsync(p, (gpuStream_t)s);
+    gpuFreeAsync(p, s ? (gpuStream_t)s : g->pool_stream);
 }
 
 #if defined(VC_WITH_NVTX) && !defined(VC_GPU_HIP)
@@ -268,6 +287,7 @@ static void g_destroy(void *ctx) {
             gpuEventDestroy(g->staging_ev[k]);
             gpuFreeHost(g->staging[k]);
         }
+    if (g->pool_stream) gpuStreamDestroy(g->pool_stream);
     pthread_mutex_destroy(&g->lock);
     free(g);
 }

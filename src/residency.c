@@ -683,24 +683,36 @@ static void drain_remote_pins(vc_cache *c, int wait, const layer_t *only) {
 /* A shared layer's host copy lives in its owner cache: produces it there (the owner's loader may
  * run). With `pin`, *src points at it and it is pinned until our upload from it completes; without,
  * it is only staged into the owner's RAM pool. Lock order: ours, then the owner's. */
-static int owner_copy(vc_cache *c, layer_t *l, const char *fn, const void **src, int pin) {
-    vc_cache *o = l->owner;
+/* The owner's side of a shared layer's source: its RAM copy (loaded if need be) or engine pointer;
+ * with `pin`, pinned until our upload from it completes. Takes only the owner's lock; on failure
+ * `msg` gets the owner's message. */
+static int owner_fetch(vc_cache *o, vc_layer_id oid, const char *fn, const void **src, int pin, char *msg,
+                       size_t msg_size) {
     pthread_mutex_lock(&o->lock);
-    layer_t *ol = slot_table_get(&o->layers, l->owner_layer);
+    layer_t *ol = slot_table_get(&o->layers, oid);
     while (ol && ol->loading) {
         pthread_cond_wait(&o->loaded, &o->lock);
-        ol = slot_table_get(&o->layers, l->owner_layer);
+        ol = slot_table_get(&o->layers, oid);
     }
     int st = !ol ? VC_ERR_NOT_FOUND : !pin && (ol->host_src || ol->ram) ? VC_OK : host_source(o, ol, fn, src);
     if (st == VC_OK && pin) ol->host_pins++;
-    char msg[sizeof o->last_error];
-    memcpy(msg, o->last_error, sizeof msg);
+    snprintf(msg, msg_size, "%s", o->last_error);
     pthread_mutex_unlock(&o->lock);
+    return st;
+}
+
+static int owner_status(vc_cache *c, const layer_t *l, const char *fn, int st, const char *msg) {
     if (st == VC_ERR_NOT_FOUND)
         return vc__fail(c, st, "%s: shared layer '%s': its source layer in the owning cache was unregistered",
                         fn, l->name);
     if (st != VC_OK) return vc__fail(c, st, "%s: shared layer '%s': in the owning cache: %s", fn, l->name, msg);
     return VC_OK;
+}
+
+static int owner_copy(vc_cache *c, layer_t *l, const char *fn, const void **src, int pin) {
+    char msg[sizeof c->last_error];
+    int st = owner_fetch(l->owner, l->owner_layer, fn, src, pin, msg, sizeof msg);
+    return owner_status(c, l, fn, st, msg);
 }
 
 static int shared_source(vc_cache *c, layer_t *l, const char *fn, const void **src) {
@@ -1162,9 +1174,36 @@ int vc__needs_loader(const layer_t *l) {
     return !l->owner && !l->host_src && !l->ram && !l->vblock;
 }
 
+int vc__needs_load(vc_cache *c, layer_t *l) {
+    (void)c;
+    if (!l->owner) return vc__needs_loader(l);
+    if (l->vblock) return 0;
+    /* Shared: the bytes come from the owner's RAM copy (or engine pointer); without one, the
+     * owner's loader must run first, or is running now (either would stall the caller). */
+    vc_cache *o = l->owner;
+    pthread_mutex_lock(&o->lock);
+    layer_t *ol = slot_table_get(&o->layers, l->owner_layer);
+    int need = ol && (ol->loading || (!ol->host_src && !ol->ram));
+    pthread_mutex_unlock(&o->lock);
+    return need;
+}
+
 int vc__stage_layer(vc_cache *c, layer_t *l, const char *fn) {
     const void *src;
-    if (l->owner) return owner_copy(c, l, fn, &src, 0);
+    if (l->owner) {
+        /* The owner's loader may take a while: like our own loads, it runs without our lock, the
+         * layer marked loading so that its acquire waits for the result. */
+        char msg[sizeof c->last_error];
+        vc_cache *o = l->owner;
+        vc_layer_id oid = l->owner_layer;
+        l->loading = 1;
+        pthread_mutex_unlock(&c->lock);
+        int st = owner_fetch(o, oid, fn, &src, 0, msg, sizeof msg);
+        pthread_mutex_lock(&c->lock);
+        l->loading = 0;
+        pthread_cond_broadcast(&c->loaded);
+        return owner_status(c, l, fn, st, msg);
+    }
     if (!vc__needs_loader(l)) return VC_OK;
     return host_source(c, l, fn, &src);
 }

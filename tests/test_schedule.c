@@ -501,6 +501,78 @@ static void test_stage_ahead_thread(void **state) {
     pthread_mutex_destroy(&cl.lock);
 }
 
+/* stage_ahead on a cache that shares its layers from another (one RAM copy for two GPUs): the owner's
+ * loaders run on the sharing cache's stager too, never inside the acquire whose prefetch scan
+ * reached them, and the copies land in the owner's RAM pool only. */
+static void test_stage_ahead_shared_layers(void **state) {
+    (void)state;
+    counted_loads cl = {.main_thread = pthread_self()};
+    pthread_mutex_init(&cl.lock, NULL);
+    pthread_cond_init(&cl.cv, NULL);
+    g_loads = &cl;
+    vc_backend *host;
+    assert_int_equal(vc_backend_host_create(1 * MB, &host), VC_OK);
+    vc_cache_options o;
+    vc_cache_options_init(&o);
+    o.backend = host;
+    o.ram_budget = 64 * MB;
+    o.working_mem = 0;
+    vc_cache *owner;
+    assert_int_equal(vc_cache_create(&o, &owner), VC_OK);
+    vc_model_id om = add_model(owner, "denoiser");
+    vc_sim_params p;
+    vc_sim_params_init(&p);
+    p.device_bytes = 4 * 64 * KB;
+    p.h2d_bytes_per_s = p.d2h_bytes_per_s = 100e6;
+    vc_backend *sim;
+    assert_int_equal(vc_backend_sim_create(&p, &sim), VC_OK);
+    vc_cache_options_init(&o);
+    o.backend = sim;
+    o.ram_budget = 0; /* everything it streams comes from the owner's RAM */
+    o.working_mem = 0;
+    o.arena_segment_bytes = 64 * KB;
+    o.stage_ahead = 1;
+    vc_cache *c;
+    assert_int_equal(vc_cache_create(&o, &c), VC_OK);
+    vc_model_id m = add_model(c, "denoiser");
+    vc_layer_id order[8];
+    for (int i = 0; i < 8; i++) {
+        cl.ld[i] = (test_loader){.seed = (uint64_t)i + 1};
+        vc_layer_desc d = {.name = "layer", .bytes = 64 * KB, .loader = counted_loader, .loader_user = &cl.ld[i]};
+        vc_layer_id ol;
+        assert_int_equal(vc_layer_register(owner, om, &d, &ol), VC_OK);
+        assert_int_equal(vc_layer_register_shared(c, m, owner, ol, &order[i]), VC_OK);
+    }
+    assert_int_equal(vc_model_set_order(c, m, order, 8), VC_OK);
+    vc_stream stream;
+    assert_int_equal(vc_sim_stream_create(sim, &stream), VC_OK);
+    void *ptr;
+    assert_int_equal(vc_layer_acquire(c, order[0], stream, &ptr), VC_OK);
+    pthread_mutex_lock(&cl.lock);
+    while (cl.calls < 8) pthread_cond_wait(&cl.cv, &cl.lock);
+    pthread_mutex_unlock(&cl.lock);
+    for (int i = 1; i < 8; i++) assert_int_equal(vc_layer_load_ram(c, order[i]), VC_OK); /* settles them */
+    assert_int_equal(cl.off_main, 7); /* layer 0 by its acquire; 1..7 by the stager */
+    assert_int_equal(get_stats(owner).ram_bytes, 8 * 64 * KB);
+    assert_int_equal(get_stats(c).ram_bytes, 0);
+    assert_int_equal(vc_layer_release(c, order[0], stream), VC_OK);
+    for (int i = 1; i < 8; i++) {
+        assert_int_equal(vc_layer_acquire(c, order[i], stream, &ptr), VC_OK);
+        assert_true(check_pattern(ptr, 64 * KB, (uint64_t)i + 1));
+        vc_sim_compute(sim, stream, 2 * MS, NULL, NULL);
+        assert_int_equal(vc_layer_release(c, order[i], stream), VC_OK);
+    }
+    vc_sim_stream_synchronize(sim, stream);
+    for (int i = 0; i < 8; i++) assert_int_equal(cl.ld[i].calls, 1);
+    assert_true(get_stats(c).prefetch_hits >= 6);
+    assert_int_equal(vc_cache_destroy(c), VC_OK);
+    assert_int_equal(vc_cache_destroy(owner), VC_OK);
+    vc_backend_destroy(sim);
+    vc_backend_destroy(host);
+    pthread_cond_destroy(&cl.cv);
+    pthread_mutex_destroy(&cl.lock);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_order_learned_and_prefetch_does_not_stall),
@@ -516,6 +588,7 @@ int main(void) {
         cmocka_unit_test(test_reservation_during_streaming),
         cmocka_unit_test(test_staged_loader_layers_are_prefetched),
         cmocka_unit_test(test_stage_ahead_thread),
+        cmocka_unit_test(test_stage_ahead_shared_layers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -22,17 +22,6 @@ static int is_xored(const void *p, size_t n, uint64_t seed) {
     return 1;
 }
 
-/* is_xored() for device memory of cache `c`. */
-static int is_xored_on_device(vc_cache *c, const void *p, size_t n, uint64_t seed) {
-    if (!test_on_cuda()) return is_xored(p, n, seed);
-    uint8_t *b = malloc(n);
-    assert_non_null(b);
-    test_device_read(vc_cache_backend(c), b, p, n);
-    int ok = is_xored(b, n, seed);
-    free(b);
-    return ok;
-}
-
 static void read_back(vc_cache *c, vc_layer_id l, void *buf, size_t n) {
     assert_int_equal(vc_layer_read(c, l, buf, n), VC_OK);
 }
@@ -54,7 +43,7 @@ static void test_backup_mode(void **state) {
     assert_int_equal(info.patched, 1);
     assert_int_equal(get_stats(t.cache).ram_bytes, 64 * KB); /* weights + backup: "up to 2x" */
     assert_int_equal(vc_layer_acquire(t.cache, l, NULL, &p), VC_OK);
-    assert_true(is_xored_on_device(t.cache, p, 32 * KB, 3)); /* the device got the patched weights */
+    assert_true(check_device_by(t.cache, p, 32 * KB, 3, is_xored)); /* the device got the patched weights */
     assert_int_equal(vc_layer_release(t.cache, l, NULL), VC_OK);
     /* patched weights are never dropped, even when asked to leave everything */
     assert_int_equal(vc_layer_offload(t.cache, l, VC_OFFLOAD_ALL), VC_OK);
@@ -107,7 +96,7 @@ static void test_borrowed_source_is_never_written(void **state) {
         assert_true(check_pattern(w, sizeof w, 5)); /* the engine's memory is untouched */
         void *p;
         assert_int_equal(vc_layer_acquire(t.cache, l, NULL, &p), VC_OK);
-        assert_true(is_xored_on_device(t.cache, p, sizeof w, 5));
+        assert_true(check_device_by(t.cache, p, sizeof w, 5, is_xored));
         assert_int_equal(vc_layer_release(t.cache, l, NULL), VC_OK);
         assert_int_equal(vc_layer_unpatch(t.cache, l), VC_OK);
         assert_int_equal(vc_layer_acquire(t.cache, l, NULL, &p), VC_OK);
@@ -131,7 +120,7 @@ static void test_keep_ram_copy_off_and_device_only(void **state) {
     assert_int_equal(ld.calls, 1); /* read back from the device, not reloaded */
     /* with keep_ram_copy off the patched copy still stays in RAM: it is the only one */
     assert_int_equal(vc_layer_acquire(t.cache, l, NULL, &p), VC_OK);
-    assert_true(is_xored_on_device(t.cache, p, 16 * KB, 6));
+    assert_true(check_device_by(t.cache, p, 16 * KB, 6, is_xored));
     assert_int_equal(vc_layer_release(t.cache, l, NULL), VC_OK);
     assert_int_equal(residency(t.cache, l), VC_RES_VRAM_RAM);
     assert_int_equal(vc_layer_unpatch(t.cache, l), VC_OK);

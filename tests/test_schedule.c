@@ -442,27 +442,59 @@ static int counted_loader(void *user, vc_layer_id layer, void *dst, size_t bytes
     return rc;
 }
 
+/* A simulated device of four 64 KB layers with a slow link, and a cache on it that stages ahead. */
+static vc_cache *staging_cache(vc_backend **sim, size_t ram_budget) {
+    vc_sim_params p;
+    vc_sim_params_init(&p);
+    p.device_bytes = 4 * 64 * KB;
+    p.h2d_bytes_per_s = p.d2h_bytes_per_s = 100e6;
+    assert_int_equal(vc_backend_sim_create(&p, sim), VC_OK);
+    vc_cache_options o;
+    vc_cache_options_init(&o);
+    o.backend = *sim;
+    o.ram_budget = ram_budget;
+    o.working_mem = 0;
+    o.arena_segment_bytes = 64 * KB;
+    o.stage_ahead = 1;
+    vc_cache *c;
+    assert_int_equal(vc_cache_create(&o, &c), VC_OK);
+    return c;
+}
+
+/* Acquires order[0], which hands the rest to the stager, and waits until all `n` loaders ran. */
+static void first_acquire_then_wait(vc_cache *c, counted_loads *cl, const vc_layer_id *order, int n,
+                                    vc_stream stream) {
+    void *ptr;
+    assert_int_equal(vc_layer_acquire(c, order[0], stream, &ptr), VC_OK);
+    pthread_mutex_lock(&cl->lock);
+    while (cl->calls < n) pthread_cond_wait(&cl->cv, &cl->lock);
+    pthread_mutex_unlock(&cl->lock);
+    /* The last loader has returned but its layer may still read as loading: vc_layer_load_ram
+     * waits for that and, with the copy in place, calls no loader (checked by the callers). */
+    for (int i = 1; i < n; i++) assert_int_equal(vc_layer_load_ram(c, order[i]), VC_OK);
+}
+
+/* Releases order[0] and runs the rest of the pass with 2 ms of compute per layer. */
+static void finish_pass(vc_cache *c, vc_backend *sim, const vc_layer_id *order, int n, vc_stream stream) {
+    assert_int_equal(vc_layer_release(c, order[0], stream), VC_OK);
+    for (int i = 1; i < n; i++) {
+        void *ptr;
+        assert_int_equal(vc_layer_acquire(c, order[i], stream, &ptr), VC_OK);
+        assert_true(check_pattern(ptr, 64 * KB, (uint64_t)i + 1));
+        vc_sim_compute(sim, stream, 2 * MS, NULL, NULL);
+        assert_int_equal(vc_layer_release(c, order[i], stream), VC_OK);
+    }
+    vc_sim_stream_synchronize(sim, stream);
+}
+
 static void test_stage_ahead_thread(void **state) {
     (void)state;
     counted_loads cl = {.main_thread = pthread_self()};
     pthread_mutex_init(&cl.lock, NULL);
     pthread_cond_init(&cl.cv, NULL);
     g_loads = &cl;
-    vc_sim_params p;
-    vc_sim_params_init(&p);
-    p.device_bytes = 4 * 64 * KB;
-    p.h2d_bytes_per_s = p.d2h_bytes_per_s = 100e6;
     vc_backend *sim;
-    assert_int_equal(vc_backend_sim_create(&p, &sim), VC_OK);
-    vc_cache_options o;
-    vc_cache_options_init(&o);
-    o.backend = sim;
-    o.ram_budget = 64 * MB;
-    o.working_mem = 0;
-    o.arena_segment_bytes = 64 * KB;
-    o.stage_ahead = 1;
-    vc_cache *c;
-    assert_int_equal(vc_cache_create(&o, &c), VC_OK);
+    vc_cache *c = staging_cache(&sim, 64 * MB);
     vc_stream stream;
     assert_int_equal(vc_sim_stream_create(sim, &stream), VC_OK);
     vc_model_id m = add_model(c, "denoiser");
@@ -474,24 +506,10 @@ static void test_stage_ahead_thread(void **state) {
     }
     assert_int_equal(vc_model_set_order(c, m, order, 8), VC_OK);
     /* The first acquire loads layer 0 itself and hands layers 1..7 to the stager. */
-    void *ptr;
-    assert_int_equal(vc_layer_acquire(c, order[0], stream, &ptr), VC_OK);
-    pthread_mutex_lock(&cl.lock);
-    while (cl.calls < 8) pthread_cond_wait(&cl.cv, &cl.lock);
-    pthread_mutex_unlock(&cl.lock);
-    /* The last loader has returned but its layer may still read as loading: vc_layer_load_ram
-     * waits for that and, with the copy in place, calls no loader (checked below). */
-    for (int i = 1; i < 8; i++) assert_int_equal(vc_layer_load_ram(c, order[i]), VC_OK);
+    first_acquire_then_wait(c, &cl, order, 8, stream);
     assert_int_equal(cl.off_main, 7);
     assert_int_equal(get_stats(c).ram_bytes, 8 * 64 * KB);
-    assert_int_equal(vc_layer_release(c, order[0], stream), VC_OK);
-    for (int i = 1; i < 8; i++) {
-        assert_int_equal(vc_layer_acquire(c, order[i], stream, &ptr), VC_OK);
-        assert_true(check_pattern(ptr, 64 * KB, (uint64_t)i + 1));
-        vc_sim_compute(sim, stream, 2 * MS, NULL, NULL);
-        assert_int_equal(vc_layer_release(c, order[i], stream), VC_OK);
-    }
-    vc_sim_stream_synchronize(sim, stream);
+    finish_pass(c, sim, order, 8, stream);
     for (int i = 0; i < 8; i++) assert_int_equal(cl.ld[i].calls, 1); /* each loader ran once */
     vc_stats s = get_stats(c);
     assert_int_equal(s.prefetch_hits, 6); /* layer 1 was staged too late for the first acquire's scan */
@@ -520,20 +538,8 @@ static void test_stage_ahead_shared_layers(void **state) {
     vc_cache *owner;
     assert_int_equal(vc_cache_create(&o, &owner), VC_OK);
     vc_model_id om = add_model(owner, "denoiser");
-    vc_sim_params p;
-    vc_sim_params_init(&p);
-    p.device_bytes = 4 * 64 * KB;
-    p.h2d_bytes_per_s = p.d2h_bytes_per_s = 100e6;
     vc_backend *sim;
-    assert_int_equal(vc_backend_sim_create(&p, &sim), VC_OK);
-    vc_cache_options_init(&o);
-    o.backend = sim;
-    o.ram_budget = 0; /* everything it streams comes from the owner's RAM */
-    o.working_mem = 0;
-    o.arena_segment_bytes = 64 * KB;
-    o.stage_ahead = 1;
-    vc_cache *c;
-    assert_int_equal(vc_cache_create(&o, &c), VC_OK);
+    vc_cache *c = staging_cache(&sim, 0); /* everything it streams comes from the owner's RAM */
     vc_model_id m = add_model(c, "denoiser");
     vc_layer_id order[8];
     for (int i = 0; i < 8; i++) {
@@ -546,23 +552,11 @@ static void test_stage_ahead_shared_layers(void **state) {
     assert_int_equal(vc_model_set_order(c, m, order, 8), VC_OK);
     vc_stream stream;
     assert_int_equal(vc_sim_stream_create(sim, &stream), VC_OK);
-    void *ptr;
-    assert_int_equal(vc_layer_acquire(c, order[0], stream, &ptr), VC_OK);
-    pthread_mutex_lock(&cl.lock);
-    while (cl.calls < 8) pthread_cond_wait(&cl.cv, &cl.lock);
-    pthread_mutex_unlock(&cl.lock);
-    for (int i = 1; i < 8; i++) assert_int_equal(vc_layer_load_ram(c, order[i]), VC_OK); /* settles them */
+    first_acquire_then_wait(c, &cl, order, 8, stream);
     assert_int_equal(cl.off_main, 7); /* layer 0 by its acquire; 1..7 by the stager */
     assert_int_equal(get_stats(owner).ram_bytes, 8 * 64 * KB);
     assert_int_equal(get_stats(c).ram_bytes, 0);
-    assert_int_equal(vc_layer_release(c, order[0], stream), VC_OK);
-    for (int i = 1; i < 8; i++) {
-        assert_int_equal(vc_layer_acquire(c, order[i], stream, &ptr), VC_OK);
-        assert_true(check_pattern(ptr, 64 * KB, (uint64_t)i + 1));
-        vc_sim_compute(sim, stream, 2 * MS, NULL, NULL);
-        assert_int_equal(vc_layer_release(c, order[i], stream), VC_OK);
-    }
-    vc_sim_stream_synchronize(sim, stream);
+    finish_pass(c, sim, order, 8, stream);
     for (int i = 0; i < 8; i++) assert_int_equal(cl.ld[i].calls, 1);
     assert_true(get_stats(c).prefetch_hits >= 6);
     assert_int_equal(vc_cache_destroy(c), VC_OK);

@@ -37,16 +37,6 @@ static int intact(const void *p, size_t n, uint64_t seed) {
     return 1;
 }
 
-/* intact() for device memory of cache `c`: read through the backend when it is a real device. */
-static int intact_on_device(vc_cache *c, const void *p, size_t n, uint64_t seed) {
-    if (!test_on_cuda()) return intact(p, n, seed);
-    uint8_t *b = malloc(n);
-    assert_non_null(b);
-    test_device_read(vc_cache_backend(c), b, p, n);
-    int ok = intact(b, n, seed);
-    free(b);
-    return ok;
-}
 
 static unsigned next(unsigned *s) {
     *s = *s * 1664525u + 1013904223u;
@@ -63,7 +53,8 @@ static void *loop(void *arg) {
             void *p;
             int st = vc_layer_acquire(sh->cache, sh->layers[i], NULL, &p);
             if (st == VC_OK) {
-                if (!intact_on_device(sh->cache, p, sh->sizes[i], sh->loaders[i].seed)) atomic_fetch_add(&sh->failures, 1);
+                if (!check_device_by(sh->cache, p, sh->sizes[i], sh->loaders[i].seed, intact))
+                    atomic_fetch_add(&sh->failures, 1);
                 vc_layer_release(sh->cache, sh->layers[i], NULL);
             } else if (st != VC_ERR_OUT_OF_VRAM && st != VC_ERR_OUT_OF_RAM) {
                 atomic_fetch_add(&sh->failures, 1);
@@ -104,7 +95,8 @@ static void *run(void *arg) {
             int st = vc_layer_acquire(sh->cache, sh->layers[i], NULL, &p);
             if (st == VC_OK) {
                 /* while held, the bytes stay put whatever the other threads do */
-                if (!intact_on_device(sh->cache, p, sh->sizes[i], sh->loaders[i].seed)) atomic_fetch_add(&sh->failures, 1);
+                if (!check_device_by(sh->cache, p, sh->sizes[i], sh->loaders[i].seed, intact))
+                    atomic_fetch_add(&sh->failures, 1);
                 if (vc_layer_release(sh->cache, sh->layers[i], NULL) != VC_OK) atomic_fetch_add(&sh->failures, 1);
             } else if (st != VC_ERR_OUT_OF_VRAM && st != VC_ERR_OUT_OF_RAM) {
                 /* OUT_OF_RAM: patched weights (and their backups) cannot leave the RAM pool */

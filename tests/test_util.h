@@ -139,15 +139,22 @@ static inline void test_device_read(vc_backend *b, void *dst, const void *dptr, 
     ops->event_destroy(ctx, ev);
 }
 
-/* check_pattern for device memory of cache `c` (the pointer an acquire returned). */
-static inline int check_device(vc_cache *c, const void *dptr, size_t n, uint64_t seed) {
-    if (!test_on_cuda()) return check_pattern(dptr, n, seed);
+/* Applies a host-side check (check_pattern or the like) to device memory of cache `c` (the pointer
+ * an acquire returned), reading it through the backend when the device is real. */
+typedef int (*test_check_fn)(const void *p, size_t n, uint64_t seed);
+
+static inline int check_device_by(vc_cache *c, const void *dptr, size_t n, uint64_t seed, test_check_fn check) {
+    if (!test_on_cuda()) return check(dptr, n, seed);
     void *buf = malloc(n ? n : 1);
     assert_non_null(buf);
     test_device_read(vc_cache_backend(c), buf, dptr, n);
-    int ok = check_pattern(buf, n, seed);
+    int ok = check(buf, n, seed);
     free(buf);
     return ok;
+}
+
+static inline int check_device(vc_cache *c, const void *dptr, size_t n, uint64_t seed) {
+    return check_device_by(c, dptr, n, seed, check_pattern);
 }
 
 /* memset for device memory of cache `c` (a reservation's buffer). */

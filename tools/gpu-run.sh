@@ -4,13 +4,14 @@
 # the core tests again over the CUDA backend), test_gpu and test_model_based under
 # compute-sanitizer, the GPU benchmarks and the CPU-side benchmark, and leave the logs in
 # /tmp/vc-gpu-logs, packed into $OUT/gpu-logs.tgz (the device tool brings back at most 8 files).
-#   usage (on the GPU machine, from the project root):  bash tools/gpu-run.sh [all|tests|bench]
+#   usage (on the GPU machine, from the project root):  bash tools/gpu-run.sh [all | tests bench nsys ...]
 # Every step has its own time limit, so one hang cannot eat the whole lease.
 set -uo pipefail
 out=${OUT:-gpu-results}
 logs=/tmp/vc-gpu-logs
 rm -rf "$logs"; mkdir -p "$logs" "$out"
-what=${1:-all}
+what=" ${*:-all} "
+want() { [[ $what == *" all "* || $what == *" $1 "* ]]; }
 if [ -d .devdeps/root/usr ]; then
   P=$PWD/.devdeps/root/usr
   export CMAKE_PREFIX_PATH=$P PKG_CONFIG_PATH=$P/lib/x86_64-linux-gnu/pkgconfig
@@ -30,7 +31,7 @@ step configure 120 cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DVC_BUILD
 step build 300 cmake --build build-gpu -j"$(nproc)" || { tail -40 "$logs/build.txt"; }
 export VRAMCACHE_BACKEND_DIR=$PWD/build-gpu
 step test_gpu 120 ./build-gpu/tests/test_gpu
-if [ "$what" != bench ]; then
+if want tests; then
   # the whole suite; its core_on_cuda runs the core tests again on the GPU
   step ctest 300 ctest --test-dir build-gpu --output-on-failure -j8 -E core_on_cuda
   step core_on_cuda 300 ctest --test-dir build-gpu --output-on-failure -R core_on_cuda -V
@@ -40,15 +41,26 @@ if [ "$what" != bench ]; then
       ./build-gpu/tests/test_model_based
   fi
 fi
-if [ "$what" != tests ]; then
+if want bench; then
   step bench_gpu 300 ./build-gpu/bench/bench_gpu --budget-gb 8 --uvm
   step bench_gpu_denoiser 240 ./build-gpu/bench/bench_gpu_denoiser --budget-gb 9 --json
   # the smaller denoisers at half their bytes (SDXL's UNet 4.8 GiB, SD 1.5's 1.6 GiB)
   step denoiser_sdxl 120 ./build-gpu/bench/bench_gpu_denoiser --workload workloads/sdxl.yaml --budget-gb 2.4 --json
   step denoiser_sd15 120 ./build-gpu/bench/bench_gpu_denoiser --workload workloads/sd15.yaml --budget-gb 0.8 --json
 fi
+if want nsys; then
+  # Nsight Systems, where the image has it: the NVTX ranges (uploads, evictions, reservations) and
+  # which CUDA calls the streamed denoiser makes (no device- or stream-wide synchronisation)
+  if command -v nsys > /dev/null; then
+    step nsys_profile 240 nsys profile -o /tmp/vc-nsys --force-overwrite true --trace cuda,nvtx \
+      ./build-gpu/bench/bench_gpu_denoiser --workload workloads/sdxl.yaml --budget-gb 2.4 --steps 4
+    step nsys_stats 120 nsys stats --report nvtx_sum,cuda_api_sum --format csv /tmp/vc-nsys.nsys-rep
+  else
+    echo "nsys not installed" > "$logs/nsys_stats.txt"
+  fi
+fi
 [ -n "${VC_GPU_HOTPATH:-}" ] && step bench_hotpath 120 ./build-gpu/bench/bench_hotpath
 tar -czf "$out/gpu-logs.tgz" -C /tmp vc-gpu-logs; cp "$logs/steps.txt" "$logs/gpu.txt" "$out/"
 cat "$logs/gpu.txt" "$logs/steps.txt"
-for f in test_gpu core_on_cuda bench_gpu bench_gpu_denoiser denoiser_sdxl denoiser_sd15; do [ -f "$logs/$f.txt" ] && { echo "== $f"; tail -25 "$logs/$f.txt"; }; done
+for f in test_gpu core_on_cuda bench_gpu bench_gpu_denoiser denoiser_sdxl denoiser_sd15 nsys_stats; do [ -f "$logs/$f.txt" ] && { echo "== $f"; tail -25 "$logs/$f.txt"; }; done
 grep -h -E "FAILED|ERROR SUMMARY|tests passed" "$logs"/ctest.txt "$logs"/core_on_cuda.txt "$logs"/sanitizer_*.txt 2>/dev/null | sort | uniq -c || true

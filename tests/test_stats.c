@@ -112,10 +112,83 @@ static void test_log_memory_usage(void **state) {
     free_cache(&t);
 }
 
+/* Profiler ranges (NVTX on CUDA, so Nsight Systems shows them): a backend with range_push/range_pop
+ * gets one balanced range per upload, prefetch, eviction and reservation, named after the layer. */
+typedef struct ranges {
+    void *host_ctx;
+    const vc_backend_ops *host;
+    int depth, max_depth, pushes;
+    char names[64][160];
+} ranges;
+
+static ranges g_ranges;
+
+static void r_push(void *ctx, const char *name) {
+    (void)ctx;
+    if (g_ranges.pushes < 64) snprintf(g_ranges.names[g_ranges.pushes], 160, "%s", name);
+    g_ranges.pushes++;
+    if (++g_ranges.depth > g_ranges.max_depth) g_ranges.max_depth = g_ranges.depth;
+}
+static void r_pop(void *ctx) {
+    (void)ctx;
+    g_ranges.depth--;
+}
+static int seen(const char *name) {
+    for (int i = 0; i < g_ranges.pushes && i < 64; i++)
+        if (strcmp(g_ranges.names[i], name) == 0) return 1;
+    return 0;
+}
+
+static void test_profiler_ranges(void **state) {
+    (void)state;
+    memset(&g_ranges, 0, sizeof g_ranges);
+    vc_backend *host;
+    assert_int_equal(vc_backend_host_create(64 * KB, &host), VC_OK);
+    vc_backend_ops ops = *vc_backend_get_ops(host);
+    ops.range_push = r_push;
+    ops.range_pop = r_pop;
+    ops.destroy = NULL; /* the host backend below is destroyed on its own */
+    vc_backend *b;
+    assert_int_equal(vc_backend_create(&ops, vc_backend_get_ctx(host), &b), VC_OK);
+    vc_cache_options o;
+    vc_cache_options_init(&o);
+    o.backend = b;
+    o.ram_budget = 1 * MB;
+    o.working_mem = 0;
+    o.arena_segment_bytes = 32 * KB;
+    vc_cache *c;
+    assert_int_equal(vc_cache_create(&o, &c), VC_OK);
+    vc_model_id m = add_model(c, "unet");
+    test_loader ld[3] = {{.seed = 1}, {.seed = 2}, {.seed = 3}};
+    vc_layer_id l[3];
+    l[0] = add_loader_layer(c, m, "conv_in", 32 * KB, &ld[0]);
+    l[1] = add_loader_layer(c, m, "mid", 32 * KB, &ld[1]);
+    l[2] = add_loader_layer(c, m, "conv_out", 32 * KB, &ld[2]);
+    for (int i = 0; i < 3; i++) {
+        void *p;
+        assert_int_equal(vc_layer_acquire(c, l[i], NULL, &p), VC_OK);
+        assert_int_equal(vc_layer_release(c, l[i], NULL), VC_OK);
+    }
+    vc_reservation *r;
+    assert_int_equal(vc_reserve_working_mem(c, 16 * KB, 0, &r), VC_OK);
+    assert_int_equal(vc_release_working_mem(c, r), VC_OK);
+    assert_int_equal(vc_reserve_working_mem(c, 1 * MB, 0, &r), VC_ERR_OUT_OF_VRAM); /* a failure pops too */
+    assert_true(seen("upload conv_in"));
+    assert_true(seen("upload conv_out"));
+    assert_true(seen("evict conv_in")); /* room for conv_out in a 64 KB device */
+    assert_true(seen("reserve working memory"));
+    assert_int_equal(g_ranges.depth, 0); /* every range closed */
+    assert_true(g_ranges.max_depth <= 2); /* an eviction may nest inside an upload */
+    assert_int_equal(vc_cache_destroy(c), VC_OK);
+    vc_backend_destroy(b);
+    vc_backend_destroy(host);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_counters_and_peaks),
         cmocka_unit_test(test_printer),
+        cmocka_unit_test(test_profiler_ranges),
         cmocka_unit_test(test_log_memory_usage),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

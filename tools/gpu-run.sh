@@ -55,12 +55,16 @@ if want nsys; then
     step nsys_profile 240 nsys profile -o /tmp/vc-nsys --force-overwrite true --trace cuda,nvtx \
       ./build-gpu/bench/bench_gpu_denoiser --workload workloads/sdxl.yaml --budget-gb 2.4 --steps 4
     step nsys_stats 120 nsys stats --report nvtx_sum,cuda_api_sum --format csv /tmp/vc-nsys.nsys-rep
-  else
-    echo "nsys not installed" > "$logs/nsys_stats.txt"
   fi
+  # Without nsys too: the NVTX counter tool receives the ranges as a profiler would
+  export NVTX_INJECTION64_PATH=$PWD/build-gpu/tools/libvc_nvtx_counter.so
+  step nvtx_denoiser 120 ./build-gpu/bench/bench_gpu_denoiser --workload workloads/sdxl.yaml --budget-gb 2.4 --steps 4
+  step nvtx_test_gpu 120 ./build-gpu/tests/test_gpu
+  unset NVTX_INJECTION64_PATH
 fi
 [ -n "${VC_GPU_HOTPATH:-}" ] && step bench_hotpath 120 ./build-gpu/bench/bench_hotpath
 tar -czf "$out/gpu-logs.tgz" -C /tmp vc-gpu-logs; cp "$logs/steps.txt" "$logs/gpu.txt" "$out/"
 cat "$logs/gpu.txt" "$logs/steps.txt"
 for f in test_gpu core_on_cuda bench_gpu bench_gpu_denoiser denoiser_sdxl denoiser_sd15 nsys_stats; do [ -f "$logs/$f.txt" ] && { echo "== $f"; tail -25 "$logs/$f.txt"; }; done
+grep -h "^nvtx:" "$logs"/nvtx_*.txt 2>/dev/null || true
 grep -h -E "FAILED|ERROR SUMMARY|tests passed" "$logs"/ctest.txt "$logs"/core_on_cuda.txt "$logs"/sanitizer_*.txt 2>/dev/null | sort | uniq -c || true

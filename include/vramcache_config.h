@@ -111,8 +111,17 @@ VC_API int vc_config_get_number(const vc_config *cfg, vc_config_key key, double 
 VC_API const char *vc_config_get_text(const vc_config *cfg, vc_config_key key);
 /** The device: kind and index (-1 when none was given). */
 VC_API int vc_config_get_device(const vc_config *cfg, vc_device_kind *kind, int *index);
-/** The effective offload mode, derived from enable_partial_loading when unset. */
+/** The effective offload mode, derived from enable_partial_loading when unset (balanced when it is
+ *  true, model when false). Without knowing the device: see vc_config_get_offload_mode_for. */
 VC_API vc_offload_mode vc_config_get_offload_mode(const vc_config *cfg);
+
+/** The effective offload mode on a device of `device_bytes` total memory (`is_gpu` 0 for the host
+ *  backend): as vc_config_get_offload_mode, except that an unset offload_mode with partial loading
+ *  on is sequential on a GPU of 4 GB or less (its size rounded to whole GB, as SD.Next decides its
+ *  default), balanced above. `why` (may be NULL) gets the reason in a few words.
+ *  vc_cache_create_from_config and `vramcache simulate` use it. Never fails. */
+VC_API vc_offload_mode vc_config_get_offload_mode_for(const vc_config *cfg, int is_gpu, size_t device_bytes,
+                                                      char *why, size_t why_size);
 /** Whether pytorch_cuda_alloc_conf selects stream-ordered allocation (backend:cudaMallocAsync). */
 VC_API int vc_config_cuda_malloc_async(const vc_config *cfg);
 
@@ -127,7 +136,8 @@ VC_API int vc_config_apply(const vc_config *cfg, vc_cache_options *opts);
 VC_API int vc_config_create_backend(const vc_config *cfg, vc_backend **out, char *why, size_t why_size);
 
 /** One call from a config file to a cache: load (with the environment), resolve the backend, and
- *  create the cache, which owns the backend. On failure nothing is left allocated except *diags.
+ *  create the cache, which owns the backend; an unset offload_mode is resolved for that device
+ *  (vc_config_get_offload_mode_for) and the choice logged at INFO. On failure nothing is left allocated except *diags.
  *  Errors: those of vc_config_load_file, vc_config_create_backend and vc_cache_create. */
 VC_API int vc_cache_create_from_file(const char *path, vc_cache **out, vc_diagnostics **diags);
 /** As above from a loaded config. */

@@ -185,6 +185,27 @@ vc_offload_mode vc_config_get_offload_mode(const vc_config *cfg) {
                                                                          : VC_OFFLOAD_MODE_MODEL;
 }
 
+vc_offload_mode vc_config_get_offload_mode_for(const vc_config *cfg, int is_gpu, size_t device_bytes,
+                                               char *why, size_t why_size) {
+    char dummy[8];
+    if (!why || !why_size) why = dummy, why_size = sizeof dummy;
+    vc_offload_mode m = vc_config_get_offload_mode(cfg);
+    const cfg_value *v = cfg ? vc__cfg_effective(cfg, VC_CFG_OFFLOAD_MODE, NULL) : NULL;
+    if (v && !v->is_null) {
+        snprintf(why, why_size, "set in the configuration");
+    } else if (m == VC_OFFLOAD_MODE_MODEL) {
+        snprintf(why, why_size, "since enable_partial_loading is false");
+    } else if (is_gpu && device_bytes > 0 && (double)device_bytes / (double)VC_GB < 4.5) {
+        /* SD.Next: sequential for GPUs of 4 GB or less (whole GB, rounded), balanced above */
+        m = VC_OFFLOAD_MODE_SEQUENTIAL;
+        snprintf(why, why_size, "since the GPU has %.1f GB (4 GB or less: minimum VRAM)",
+                 (double)device_bytes / (double)VC_GB);
+    } else {
+        snprintf(why, why_size, "since enable_partial_loading is true%s", is_gpu ? " and the GPU has more than 4 GB" : "");
+    }
+    return m;
+}
+
 int vc_config_cuda_malloc_async(const vc_config *cfg) {
     if (!cfg) return 0;
     const cfg_value *v = vc__cfg_effective(cfg, VC_CFG_PYTORCH_CUDA_ALLOC_CONF, NULL);
@@ -227,6 +248,11 @@ int vc_cache_create_from_config(const vc_config *cfg, vc_cache **out) {
     char why[256];
     int st = vc_config_create_backend(cfg, &o.backend, why, sizeof why);
     if (st != VC_OK) return st;
+    const vc_backend_ops *ops = vc_backend_get_ops(o.backend);
+    size_t free_b = 0, total = 0;
+    int gpu = ops->kind == VC_BACKEND_KIND_GPU && ops->mem_info(vc_backend_get_ctx(o.backend), &free_b, &total) == VC_OK;
+    char mode_why[128];
+    o.offload_mode = vc_config_get_offload_mode_for(cfg, gpu, total, mode_why, sizeof mode_why);
     st = vc_cache_create(&o, out);
     if (st != VC_OK) {
         vc_backend_destroy(o.backend);
@@ -234,6 +260,8 @@ int vc_cache_create_from_config(const vc_config *cfg, vc_cache **out) {
     }
     (*out)->owns_backend = 1;
     vc__log(*out, VC_LOG_INFO, "device '%s': %s", vc_config_get_text(cfg, VC_CFG_DEVICE), why);
+    static const char *const modes[] = {"none", "model", "sequential", "balanced"};
+    vc__log(*out, VC_LOG_INFO, "offload_mode %s, %s", modes[o.offload_mode], mode_why);
     return VC_OK;
 }
 
@@ -311,9 +339,9 @@ int vc_config_show(const vc_config *cfg, vc_print_fn print, void *user) {
         case VC_CFG_OFFLOAD_MODE:
             if (src == VC_CFG_SOURCE_COMPUTED) {
                 static const char *const modes[] = {"none", "model", "sequential", "balanced"};
-                snprintf(detail, sizeof detail, ": %s, since enable_partial_loading is %s",
-                         modes[vc_config_get_offload_mode(cfg)],
-                         vc__cfg_effective(cfg, VC_CFG_ENABLE_PARTIAL_LOADING, NULL)->b ? "true" : "false");
+                char mode_why[128];
+                vc_offload_mode m = vc_config_get_offload_mode_for(cfg, gpu, total, mode_why, sizeof mode_why);
+                snprintf(detail, sizeof detail, ": %s, %s", modes[m], mode_why);
             }
             break;
         default:

@@ -83,6 +83,8 @@ int vc_sim_run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_res
     vc_cache_options o;
     vc_cache_options_init(&o);
     if (run->config) vc_config_apply(run->config, &o);
+    /* the simulated GPU decides an unset mode as a real one of its size would */
+    o.offload_mode = vc_config_get_offload_mode_for(run->config, 1, (size_t)run->vram_bytes, NULL, 0);
     if (run->mode >= 0) o.offload_mode = (vc_offload_mode)run->mode;
     o.policy = run->policy;
     o.backend = e.sim;

@@ -424,6 +424,30 @@ static void test_environment_and_precedence(void **state) {
     vc_config_destroy(cfg);
 }
 
+/* An unset offload_mode: model without partial loading; with it, sequential on GPUs of 4 GB or less
+ * (SD.Next's default, whole GB rounded) and balanced otherwise; an explicit mode always wins. */
+static void test_offload_mode_for_device(void **state) {
+    (void)state;
+    vc_config *cfg;
+    assert_int_equal(vc_config_create(&cfg), VC_OK);
+    char why[128];
+    assert_int_equal(vc_config_get_offload_mode_for(cfg, 1, 4 * GB, why, sizeof why), VC_OFFLOAD_MODE_SEQUENTIAL);
+    assert_non_null(strstr(why, "4 GB or less"));
+    assert_int_equal(vc_config_get_offload_mode_for(cfg, 1, 4 * GB + 400 * MB, NULL, 0), VC_OFFLOAD_MODE_SEQUENTIAL);
+    assert_int_equal(vc_config_get_offload_mode_for(cfg, 1, 4 * GB + 600 * MB, why, sizeof why),
+                     VC_OFFLOAD_MODE_BALANCED);
+    assert_int_equal(vc_config_get_offload_mode_for(cfg, 1, 80 * GB, why, sizeof why), VC_OFFLOAD_MODE_BALANCED);
+    assert_int_equal(vc_config_get_offload_mode_for(cfg, 0, 1 * GB, why, sizeof why), VC_OFFLOAD_MODE_BALANCED);
+    assert_int_equal(vc_config_get_offload_mode_for(NULL, 1, 2 * GB, NULL, 0), VC_OFFLOAD_MODE_SEQUENTIAL);
+    assert_int_equal(vc_config_set(cfg, VC_CFG_ENABLE_PARTIAL_LOADING, "false"), VC_OK);
+    assert_int_equal(vc_config_get_offload_mode_for(cfg, 1, 2 * GB, why, sizeof why), VC_OFFLOAD_MODE_MODEL);
+    assert_non_null(strstr(why, "enable_partial_loading is false"));
+    assert_int_equal(vc_config_set(cfg, VC_CFG_OFFLOAD_MODE, "balanced"), VC_OK);
+    assert_int_equal(vc_config_get_offload_mode_for(cfg, 1, 2 * GB, why, sizeof why), VC_OFFLOAD_MODE_BALANCED);
+    assert_non_null(strstr(why, "set in the configuration"));
+    vc_config_destroy(cfg);
+}
+
 static void test_api_setter_validation(void **state) {
     (void)state;
     vc_config *cfg;
@@ -570,6 +594,7 @@ int main(void) {
         cmocka_unit_test_setup(test_failed_load_leaves_settings_untouched, setup),
         cmocka_unit_test_setup(test_environment_and_precedence, setup),
         cmocka_unit_test_setup(test_api_setter_validation, setup),
+        cmocka_unit_test_setup(test_offload_mode_for_device, setup),
         cmocka_unit_test_setup(test_backend_and_cache_from_config, setup),
         cmocka_unit_test_setup(test_show_names_sources, setup),
     };

@@ -123,6 +123,7 @@ static void test_workload_minimal_form(void **state) {
     /* everything fits: no traffic after the first step, time = compute */
     vc_sim_run run;
     vc_sim_run_init(&run);
+    run.mode = VC_OFFLOAD_MODE_BALANCED; /* a 3 GB GPU would default to sequential */
     run.vram_bytes = 16.0 * MB + 3.0 * GB;
     run.bandwidth = 1e9;
     run.flops = 1e12;
@@ -145,6 +146,15 @@ static void test_workload_minimal_form(void **state) {
     run.mode = VC_OFFLOAD_MODE_NONE;
     assert_int_equal(vc_sim_run_workload(wl, &run, &r), VC_ERR_OUT_OF_VRAM);
     assert_non_null(strstr(r.error, "offload_mode none"));
+    /* no mode anywhere: a GPU of 4 GB or less runs sequential (SD.Next's default) and streams
+     * every layer every step though the model fits; a larger one runs balanced and keeps it all */
+    run.mode = -1;
+    run.vram_bytes = 16.0 * MB + 3.5 * GB;
+    assert_int_equal(vc_sim_run_workload(wl, &run, &r), VC_OK);
+    assert_true(r.bytes_per_step == 4000000);
+    run.vram_bytes = 16.0 * MB + 4.5 * GB;
+    assert_int_equal(vc_sim_run_workload(wl, &run, &r), VC_OK);
+    assert_true(r.bytes_per_step == 0);
     vc_workload_destroy(wl);
 }
 

@@ -49,6 +49,12 @@ typedef enum vc_config_key {
     VC_CFG_OFFLOAD_MODE,
     VC_CFG_OFFLOAD_MAX_GPU_MEMORY,
     VC_CFG_SCHEMA_VERSION,
+    /* SD.Next's manual offload switches (seed 001), read and exposed for the engine, which acts on
+     * them with vc_model_offload at the moments they name; the cache itself does not know which
+     * model is the base, the refiner or the VAE. */
+    VC_CFG_DIFFUSERS_MOVE_BASE,    /**< move the base model to CPU when the refiner runs */
+    VC_CFG_DIFFUSERS_MOVE_UNET,    /**< move the base model to CPU when the VAE runs */
+    VC_CFG_DIFFUSERS_MOVE_REFINER, /**< move the refiner to CPU when not in use */
     VC_CFG_KEY_COUNT
 } vc_config_key;
 

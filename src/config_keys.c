@@ -42,6 +42,12 @@ const cfg_key_def vc__cfg_keys[VC_CFG_KEY_COUNT] = {
         "0.75", "balanced threshold: <= 1 is a fraction of device memory, > 1 is GB"},
     [VC_CFG_SCHEMA_VERSION] = {"schema_version", CFG_VERSION, 0, 0, 0, 0, NULL, "4.0.2",
         "4.0.x; absent means current"},
+    [VC_CFG_DIFFUSERS_MOVE_BASE] = {"diffusers_move_base", CFG_BOOL, 0, 0, 0, 0, NULL, "false",
+        "SD.Next: move the base model to CPU when using the refiner (the engine calls vc_model_offload)"},
+    [VC_CFG_DIFFUSERS_MOVE_UNET] = {"diffusers_move_unet", CFG_BOOL, 0, 0, 0, 0, NULL, "false",
+        "SD.Next: move the base model to CPU when using the VAE (the engine calls vc_model_offload)"},
+    [VC_CFG_DIFFUSERS_MOVE_REFINER] = {"diffusers_move_refiner", CFG_BOOL, 0, 0, 0, 0, NULL, "false",
+        "SD.Next: move the refiner to CPU when not in use (the engine calls vc_model_offload)"},
 };
 
 /* SD.Next spellings. */

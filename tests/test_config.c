@@ -316,6 +316,13 @@ static void test_sdnext_aliases_and_alloc_conf(void **state) {
     assert_int_equal(vc_diagnostics_count(d), 0);
     assert_int_equal(vc_config_get_offload_mode(cfg), VC_OFFLOAD_MODE_SEQUENTIAL);
     assert_true(num(cfg, VC_CFG_OFFLOAD_MAX_GPU_MEMORY) == 0.5);
+    int on = 0;
+    assert_int_equal(vc_config_get_bool(cfg, VC_CFG_DIFFUSERS_MOVE_BASE, &on), VC_OK);
+    assert_true(on);
+    assert_int_equal(vc_config_get_bool(cfg, VC_CFG_DIFFUSERS_MOVE_UNET, &on), VC_OK);
+    assert_false(on); /* default */
+    assert_int_equal(vc_config_get_bool(cfg, VC_CFG_DIFFUSERS_MOVE_REFINER, &on), VC_OK);
+    assert_true(on);
     vc_diagnostics_destroy(d);
     vc_config_destroy(cfg);
     assert_int_equal(load("alloc_conf_other.yaml", &cfg, &d), VC_OK);

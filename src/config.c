@@ -309,6 +309,10 @@ int vc_config_show(const vc_config *cfg, vc_print_fn print, void *user) {
         const char *text = vc_config_get_text(cfg, (vc_config_key)k);
         char detail[640] = "";
         switch (k) {
+        case VC_CFG_ENABLE_PARTIAL_LOADING:
+            if (src == VC_CFG_SOURCE_DEFAULT)
+                snprintf(detail, sizeof detail, "; InvokeAI's own default is false (whole models move)");
+            break;
         case VC_CFG_MAX_CACHE_RAM_GB:
             if (src == VC_CFG_SOURCE_COMPUTED)
                 snprintf(detail, sizeof detail, ": %.2f GB on this machine; system RAM %s; %s",

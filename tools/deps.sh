@@ -5,7 +5,7 @@
 # Sourced by tools/demo.sh and tools/test.sh; safe to run again.
 set -euo pipefail
 need=()
-for p in cmake make gcc clang libc6-dev libcmocka-dev libyaml-dev pkg-config libamdhip64-dev; do
+for p in cmake make gcc g++ clang libc6-dev libcmocka-dev libyaml-dev pkg-config libamdhip64-dev; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 # The sanitizers' runtimes for clang (LeakSanitizer, ThreadSanitizer) come with clang's compiler-rt.

@@ -25,6 +25,19 @@ test -f build-test/gcc/libvramcache-hip.so || { echo "the HIP backend was not bu
 if [ -d /usr/local/cuda ]; then
   test -f build-test/gcc/libvramcache-cuda.so || { echo "the CUDA backend was not built" >&2; exit 1; }
 fi
+echo "=== install, then use it from outside: find_package (shared, static, C++), pkg-config ==="
+pfx=$PWD/build-test/prefix
+rm -rf "$pfx" build-test/consumer
+cmake --install build-test/gcc --prefix "$pfx" >/dev/null
+cmake -S tests/consumer -B build-test/consumer -DCMAKE_PREFIX_PATH="$pfx" >/dev/null
+cmake --build build-test/consumer -j"$jobs" >/dev/null
+for exe in consumer_shared consumer_static consumer_cxx; do ./build-test/consumer/$exe; done
+export PKG_CONFIG_PATH=$(dirname "$(ls "$pfx"/lib*/pkgconfig/vramcache.pc "$pfx"/lib/*/pkgconfig/vramcache.pc 2>/dev/null | head -1)")
+gcc -Wall -Werror tests/consumer/consumer.c $(pkg-config --cflags --libs vramcache) -o build-test/consumer/pc_shared
+LD_LIBRARY_PATH=$(pkg-config --variable=libdir vramcache) ./build-test/consumer/pc_shared
+gcc -Wall -Werror -static tests/consumer/consumer.c $(pkg-config --static --cflags --libs vramcache) -o build-test/consumer/pc_static
+./build-test/consumer/pc_static
+unset PKG_CONFIG_PATH
 run_suite clang-asan-ubsan "" -DCMAKE_C_COMPILER=clang -DVC_SANITIZE=address,undefined
 TSAN_OPTIONS=halt_on_error=1 run_suite clang-tsan "test_threads|test_shared|test_schedule" -DCMAKE_C_COMPILER=clang -DVC_SANITIZE=thread
 if command -v python3 >/dev/null; then

@@ -207,6 +207,50 @@ static void test_stream_ordered_reservations(void **state) {
     vc_backend_destroy(b);
 }
 
+/* Pageable sources larger than the pinned staging ring (4 x 32 MB): an engine's malloc'ed weights,
+ * and a RAM pool left unpinned by a zero pinned budget. Every byte must arrive, in order. */
+static void check_on_device(void *dptr, size_t n, uint64_t seed, cudaStream_t s) {
+    unsigned char *back = malloc(n);
+    assert_non_null(back);
+    assert_int_equal(cudaMemcpyAsync(back, dptr, n, cudaMemcpyDeviceToHost, s), cudaSuccess);
+    assert_int_equal(cudaStreamSynchronize(s), cudaSuccess);
+    assert_true(check_pattern(back, n, seed));
+    free(back);
+}
+
+static void test_pageable_sources_beyond_the_staging_ring(void **state) {
+    (void)state;
+    setenv("VRAMCACHE_PINNED_BUDGET_GB", "0", 1); /* nothing pinned: every copy is staged */
+    vc_backend *b = cuda_or_skip();
+    unsetenv("VRAMCACHE_PINNED_BUDGET_GB");
+    vc_cache *c = gpu_cache(b, 300 * MB, 1);
+    vc_model_id m = add_model(c, "m");
+    const size_t big = 150 * MB + 12345; /* odd size: the last staged chunk is partial */
+    unsigned char *engine = malloc(big);
+    assert_non_null(engine);
+    fill_pattern(engine, big, 11);
+    vc_layer_id host_layer = add_host_layer(c, m, "pageable", engine, big);
+    test_loader ld = {.seed = 12};
+    vc_layer_id loaded = add_loader_layer(c, m, "loaded", big, &ld);
+    cudaStream_t s;
+    assert_int_equal(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
+    for (int round = 0; round < 3; round++) { /* two 150 MB layers through 300 MB: each evicts the other */
+        void *p;
+        assert_int_equal(vc_layer_acquire(c, host_layer, s, &p), VC_OK);
+        check_on_device(p, big, 11, s);
+        assert_int_equal(vc_layer_release(c, host_layer, s), VC_OK);
+        assert_int_equal(vc_layer_acquire(c, loaded, s, &p), VC_OK);
+        check_on_device(p, big, 12, s);
+        assert_int_equal(vc_layer_release(c, loaded, s), VC_OK);
+    }
+    assert_int_equal(ld.calls, 1); /* the RAM copy (pageable here) served the later rounds */
+    assert_true(get_stats(c).misses >= 5);
+    cudaStreamDestroy(s);
+    assert_int_equal(vc_cache_destroy(c), VC_OK);
+    free(engine);
+    vc_backend_destroy(b);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_auto_falls_back_and_says_why),
@@ -214,6 +258,7 @@ int main(void) {
         cmocka_unit_test(test_core_on_cuda),
         cmocka_unit_test(test_eviction_waits_for_queued_reads),
         cmocka_unit_test(test_stream_ordered_reservations),
+        cmocka_unit_test(test_pageable_sources_beyond_the_staging_ring),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

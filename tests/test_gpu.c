@@ -149,11 +149,22 @@ static void test_eviction_waits_for_queued_reads(void **state) {
     for (int i = 0; i < 20; i++) cudaMemsetAsync(busy, i, 512 * MB, s);
     assert_int_equal(cudaMemcpyAsync(out, pa, 32 * MB, cudaMemcpyDeviceToHost, s), cudaSuccess);
     assert_int_equal(vc_layer_release(c, a, s), VC_OK);
-    assert_int_equal(vc_layer_acquire(c, bl, s, &pb), VC_OK);
+    /* B is wanted on another engine stream, which knows nothing of s's queue */
+    cudaStream_t s2;
+    assert_int_equal(cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking), cudaSuccess);
+    assert_int_equal(vc_layer_acquire(c, bl, s2, &pb), VC_OK);
     assert_ptr_equal(pa, pb); /* B landed in A's room... */
+    unsigned char *outb;
+    assert_int_equal(cudaHostAlloc((void **)&outb, 32 * MB, 0), cudaSuccess);
+    assert_int_equal(cudaMemcpyAsync(outb, pb, 32 * MB, cudaMemcpyDeviceToHost, s2), cudaSuccess);
+    assert_int_equal(cudaStreamSynchronize(s2), cudaSuccess);
+    assert_true(check_pattern(outb, 32 * MB, 2)); /* s2 saw B's bytes once its upload was done */
     assert_int_equal(cudaStreamSynchronize(s), cudaSuccess);
     assert_true(check_pattern(out, 32 * MB, 1)); /* ...only after the queued read of A finished */
-    assert_int_equal(vc_layer_release(c, bl, s), VC_OK);
+    assert_int_equal(vc_layer_release(c, bl, s2), VC_OK);
+    cudaStreamSynchronize(s2);
+    cudaStreamDestroy(s2);
+    cudaFreeHost(outb);
     cudaFree(busy);
     cudaStreamDestroy(s);
     assert_int_equal(vc_cache_destroy(c), VC_OK);

@@ -3,11 +3,13 @@
  * weight matrix of its size and a cuBLAS matrix product of its FLOPs, run for several steps
  *   (a) fully resident (the weights all in VRAM: the compute alone),
  *   (b) streamed through libvramcache with the VRAM budget capped (default 9 GB: a 12 GB card
- *       less 3 GB of working memory),
+ *       less 3 GB of working memory), or with --card-gb as on a smaller card: the device capped to
+ *       that size by the fault wrapper (the bench's own buffers counted as used), the weight budget
+ *       left dynamic (free memory - working memory, --working-gb, default 3), as an engine would run,
  * and compared, in the same run, with the lower bound max(compute, (step bytes - budget) / link).
  * Needs a CUDA device with room for the resident run; without one it says so and exits 0.
  *
- *   bench_gpu_denoiser [--workload FILE] [--budget-gb G] [--steps N] [--json]
+ *   bench_gpu_denoiser [--workload FILE] [--budget-gb G | --card-gb G [--working-gb W]] [--steps N] [--json]
  */
 #include <math.h>
 #include <stdio.h>
@@ -18,6 +20,7 @@
 #include <cuda_runtime_api.h>
 
 #include "vramcache.h"
+#include "vramcache_fault.h"
 #include "vramcache_gpu.h"
 #include "vramcache_sim.h"
 
@@ -70,19 +73,24 @@ static void gemm(cublasHandle_t h, const layer *l, const void *a, const void *w,
 
 int main(int argc, char **argv) {
     const char *path = VC_WORKLOAD_DIR "/flux1-dev.yaml";
-    double budget_gb = 9;
+    double budget_gb = 9, card_gb = 0, working_gb = 3;
     int steps = 6, json = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--workload") && i + 1 < argc)
             path = argv[++i];
         else if (!strcmp(argv[i], "--budget-gb") && i + 1 < argc)
             budget_gb = atof(argv[++i]);
+        else if (!strcmp(argv[i], "--card-gb") && i + 1 < argc)
+            card_gb = atof(argv[++i]);
+        else if (!strcmp(argv[i], "--working-gb") && i + 1 < argc)
+            working_gb = atof(argv[++i]);
         else if (!strcmp(argv[i], "--steps") && i + 1 < argc)
             steps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--json"))
             json = 1;
         else {
-            fprintf(stderr, "usage: %s [--workload FILE] [--budget-gb G] [--steps N] [--json]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--workload FILE] [--budget-gb G | --card-gb G [--working-gb W]] [--steps N] "
+                    "[--json]\n", argv[0]);
             return 2;
         }
     }
@@ -146,6 +154,15 @@ int main(int argc, char **argv) {
     vc_cache_options_init(&o);
     o.backend = gpu;
     o.vram_budget = (size_t)(budget_gb * GIB);
+    vc_backend *card = NULL;
+    if (card_gb > 0) { /* a smaller card: what the engine's buffers take counts as used */
+        if (vc_backend_fault_create(gpu, &card) != VC_OK ||
+            vc_fault_set_device_capacity(card, (size_t)(card_gb * GIB), (max_a + max_c) * 2) != VC_OK)
+            return 1;
+        o.backend = card;
+        o.vram_budget = VC_SIZE_AUTO;
+        o.working_mem = (size_t)(working_gb * GIB);
+    }
     o.ram_budget = 1 << 20; /* borrowed pinned weights: the RAM pool is not used */
     vc_cache *c;
     if (vc_cache_create(&o, &c) != VC_OK) return 1;
@@ -193,23 +210,26 @@ int main(int argc, char **argv) {
     CK(cudaEventSynchronize(e1));
     CK(cudaEventElapsedTime(&ms, e0, e1));
     double link = 8.0 * (256 << 20) / (ms * 1e-3);
-    double lb_bytes = total > o.vram_budget ? (double)(total - o.vram_budget) : 0;
+    double weight_gb = (double)stats.vram_limit / GIB; /* the budget the cache had (dynamic with --card-gb) */
+    double lb_bytes = total > stats.vram_limit ? (double)(total - stats.vram_limit) : 0;
     double bound = resident > 0 ? fmax(resident, lb_bytes / link) : lb_bytes / link;
     if (json)
-        printf("{\"benchmark\":\"gpu_denoiser\",\"device\":\"%s\",\"workload\":\"%s\",\"budget_gb\":%.2f,"
+        printf("{\"benchmark\":\"gpu_denoiser\",\"device\":\"%s\",\"workload\":\"%s\",\"card_gb\":%.2f,"
+               "\"working_gb\":%.2f,\"budget_gb\":%.2f,"
                "\"resident_step_s\":%.6f,\"streamed_step_s\":%.6f,\"lower_bound_step_s\":%.6f,\"link_gbps\":%.2f,"
                "\"speed_vs_resident\":%.4f,\"time_over_bound\":%.4f}\n",
-               why, vc_workload_name(wl), budget_gb, resident, streamed, bound, link / 1e9,
-               resident > 0 ? resident / streamed : 0, streamed / bound);
+               why, vc_workload_name(wl), card_gb, card_gb > 0 ? working_gb : 0.0, weight_gb, resident, streamed,
+               bound, link / 1e9, resident > 0 ? resident / streamed : 0, streamed / bound);
     else
         printf("%s\n%s denoiser, %.2f GB per step, budget %.2f GB, link %.2f GB/s\n"
                "  resident %.4f s/step, streamed %.4f s/step (%.1f%% of resident), lower bound %.4f s (x%.3f)\n"
                "  prefetches %llu, prefetch hits %llu, misses %llu\n",
-               why, vc_workload_name(wl), (double)total / GIB, budget_gb, link / 1e9, resident, streamed,
+               why, vc_workload_name(wl), (double)total / GIB, weight_gb, link / 1e9, resident, streamed,
                resident > 0 ? 100 * resident / streamed : 0, bound, streamed / bound,
                (unsigned long long)stats.prefetches, (unsigned long long)stats.prefetch_hits,
                (unsigned long long)stats.misses);
     vc_cache_destroy(c);
+    if (card) vc_backend_destroy(card);
     vc_backend_destroy(gpu);
     cublasDestroy(h);
     cudaFreeHost(host);

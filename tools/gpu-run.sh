@@ -4,7 +4,7 @@
 # the core tests again over the CUDA backend), test_gpu and test_model_based under
 # compute-sanitizer, the GPU benchmarks and the CPU-side benchmark, and leave the logs in
 # /tmp/vc-gpu-logs, packed into $OUT/gpu-logs.tgz (the device tool brings back at most 8 files).
-#   usage (on the GPU machine, from the project root):  bash tools/gpu-run.sh [all | tests bench nsys ...]
+#   usage (on the GPU machine, from the project root):  bash tools/gpu-run.sh [all | tests bench headline nsys ...]
 # Every step has its own time limit, so one hang cannot eat the whole lease.
 set -uo pipefail
 out=${OUT:-gpu-results}
@@ -43,10 +43,13 @@ if want tests; then
 fi
 if want bench; then
   step bench_gpu 300 ./build-gpu/bench/bench_gpu --budget-gb 8 --uvm
-  step bench_gpu_denoiser 240 ./build-gpu/bench/bench_gpu_denoiser --budget-gb 9 --json
   # the smaller denoisers at half their bytes (SDXL's UNet 4.8 GiB, SD 1.5's 1.6 GiB)
   step denoiser_sdxl 120 ./build-gpu/bench/bench_gpu_denoiser --workload workloads/sdxl.yaml --budget-gb 2.4 --json
   step denoiser_sd15 120 ./build-gpu/bench/bench_gpu_denoiser --workload workloads/sd15.yaml --budget-gb 0.8 --json
+fi
+if want bench || want headline; then
+  # the headline: FLUX.1-dev on a 12 GB card (the device capped, 3 GB working memory, dynamic budget)
+  step bench_gpu_denoiser 240 ./build-gpu/bench/bench_gpu_denoiser --card-gb 12 --working-gb 3 --json
 fi
 if want nsys; then
   # Nsight Systems, where the image has it: the NVTX ranges (uploads, evictions, reservations) and

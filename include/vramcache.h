@@ -160,6 +160,16 @@ typedef void *vc_stream;
  *  Errors: VC_ERR_INVALID_ARG (out is NULL), VC_ERR_NO_MEMORY. Thread-safe. */
 VC_API int vc_backend_host_create(size_t capacity, vc_backend **out);
 
+/** Opens the backend for a device named as invokeai.yaml's `device` setting does: "auto" (CUDA,
+ *  then HIP, then the host backend, with the reason for the choice in `why`), "cpu", "cuda",
+ *  "cuda:N", "hip", "hip:N". GPU backends are the run-time modules (libvramcache-cuda.so,
+ *  libvramcache-hip.so) or ones linked in statically. `why` (may be NULL) receives a line saying what
+ *  was chosen and why. On success *out owns the backend (vc_backend_destroy after its caches).
+ *  Errors: VC_ERR_INVALID_ARG (NULL out, or a name that is none of the above: the message lists the
+ *  accepted forms), VC_ERR_NO_DEVICE (an explicit GPU that cannot be had, with the reason),
+ *  VC_ERR_NO_MEMORY. Thread-safe. */
+VC_API int vc_backend_open(const char *device, vc_backend **out, char *why, size_t why_size);
+
 /** Host backend only: pretends that `bytes` of the device are used by another process, so free
  *  memory shrinks as it would on a shared GPU. Errors: VC_ERR_INVALID_ARG when `backend` is NULL or
  *  not a host backend. Thread-safe. */

@@ -239,6 +239,24 @@ int vc_config_create_backend(const vc_config *cfg, vc_backend **out, char *why, 
     return vc__select_backend(kind, index, out, why, why_size);
 }
 
+int vc_backend_open(const char *device, vc_backend **out, char *why, size_t why_size) {
+    if (out) *out = NULL;
+    if (!device || !out) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_backend_open: %s is NULL", !out ? "out" : "device");
+    vc_config *cfg;
+    int st = vc_config_create(&cfg);
+    if (st != VC_OK) return st;
+    st = vc_config_set(cfg, VC_CFG_DEVICE, device); /* the same parser as the file's key */
+    if (st == VC_ERR_CONFIG) {
+        const char *msg = vc_last_error(), *colon = strstr(msg, ": ");
+        char text[512];
+        snprintf(text, sizeof text, "%s", colon ? colon + 2 : msg);
+        st = vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_backend_open: %s", text);
+    }
+    if (st == VC_OK) st = vc_config_create_backend(cfg, out, why, why_size);
+    vc_config_destroy(cfg);
+    return st;
+}
+
 int vc_cache_create_from_config(const vc_config *cfg, vc_cache **out) {
     if (!cfg || !out) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_cache_create_from_config: NULL argument");
     *out = NULL;

@@ -67,6 +67,32 @@ static void test_explicit_device_unavailable_is_clear(void **state) {
     vc_config_destroy(cfg);
 }
 
+/* vc_backend_open: the `device` names of invokeai.yaml, without a config object. */
+static void test_backend_open_by_name(void **state) {
+    (void)state;
+    vc_backend *b = (vc_backend *)0x1;
+    char why[512];
+    assert_int_equal(vc_backend_open("tpu:0", &b, why, sizeof why), VC_ERR_INVALID_ARG);
+    assert_null(b);
+    assert_non_null(strstr(vc_last_error(), "vc_backend_open: device must be auto, cpu, cuda"));
+    assert_int_equal(vc_backend_open(NULL, &b, why, sizeof why), VC_ERR_INVALID_ARG);
+    assert_int_equal(vc_backend_open("auto", NULL, why, sizeof why), VC_ERR_INVALID_ARG);
+    assert_int_equal(vc_backend_open("cuda:1023", &b, why, sizeof why), VC_ERR_NO_DEVICE);
+    assert_null(b);
+    assert_non_null(strstr(vc_last_error(), "cuda:1023"));
+    assert_int_equal(vc_backend_open("cpu", &b, NULL, 0), VC_OK);
+    assert_string_equal(vc_backend_name(b), "host");
+    vc_backend_destroy(b);
+    assert_int_equal(vc_backend_open("auto", &b, why, sizeof why), VC_OK);
+    vc_backend *probe = NULL;
+    char pwhy[256];
+    int have_cuda = vc_backend_cuda_create(0, &probe, pwhy, sizeof pwhy) == VC_OK;
+    if (probe) vc_backend_destroy(probe);
+    if (have_cuda) assert_string_equal(vc_backend_name(b), "cuda");
+    assert_non_null(strstr(why, "auto"));
+    vc_backend_destroy(b);
+}
+
 /* ---- with a device ---------------------------------------------------------------------------- */
 
 static vc_cache *gpu_cache(vc_backend *b, size_t vram_budget, int keep) {
@@ -266,6 +292,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_auto_falls_back_and_says_why),
         cmocka_unit_test(test_explicit_device_unavailable_is_clear),
+        cmocka_unit_test(test_backend_open_by_name),
         cmocka_unit_test(test_core_on_cuda),
         cmocka_unit_test(test_eviction_waits_for_queued_reads),
         cmocka_unit_test(test_stream_ordered_reservations),

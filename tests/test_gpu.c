@@ -288,6 +288,67 @@ static void test_pageable_sources_beyond_the_staging_ring(void **state) {
     vc_backend_destroy(b);
 }
 
+/* The dynamic budget on real hardware: memory taken outside the cache (here a plain cudaMalloc, as
+ * another process would) shrinks what the cache uses, re-read at its load decisions; given back, the
+ * cache grows again. */
+static void test_dynamic_budget_sees_other_allocations(void **state) {
+    (void)state;
+    vc_backend *b = cuda_or_skip();
+    size_t free_b = 0, total = 0;
+    assert_int_equal(vc_backend_mem_info(b, &free_b, &total), VC_OK);
+    const size_t room = 512 * MB, working = 256 * MB;
+    void *blocker = NULL;
+    assert_true(free_b > room + working + 256 * MB);
+    assert_int_equal(cudaMalloc(&blocker, free_b - room - working), cudaSuccess);
+    vc_cache_options o;
+    vc_cache_options_init(&o);
+    o.backend = b;
+    o.ram_budget = 64 * MB;
+    o.working_mem = working;
+    o.arena_segment_bytes = 64 * MB;
+    vc_cache *c;
+    assert_int_equal(vc_cache_create(&o, &c), VC_OK);
+    vc_model_id m = add_model(c, "m");
+    unsigned char *w;
+    assert_int_equal(cudaHostAlloc((void **)&w, 8 * 128 * MB, 0), cudaSuccess);
+    vc_layer_id l[8];
+    for (int i = 0; i < 8; i++) {
+        fill_pattern(w + (size_t)i * 128 * MB, 4096, (uint64_t)i);
+        l[i] = add_host_layer(c, m, "l", w + (size_t)i * 128 * MB, 128 * MB);
+    }
+    cudaStream_t s;
+    assert_int_equal(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
+    unsigned char head[4096];
+    for (int pass = 0; pass < 2; pass++)
+        for (int i = 0; i < 8; i++) {
+            void *p;
+            assert_int_equal(vc_layer_acquire(c, l[i], s, &p), VC_OK);
+            assert_int_equal(cudaMemcpyAsync(head, p, sizeof head, cudaMemcpyDeviceToHost, s), cudaSuccess);
+            assert_int_equal(cudaStreamSynchronize(s), cudaSuccess);
+            assert_true(check_pattern(head, sizeof head, (uint64_t)i));
+            assert_int_equal(vc_layer_release(c, l[i], s), VC_OK);
+        }
+    vc_stats st = get_stats(c);
+    assert_true(st.arena_peak_bytes <= room); /* what the other allocation left, less working memory */
+    assert_true(st.vram_limit <= room);
+    assert_int_equal(cudaStreamSynchronize(s), cudaSuccess);
+    cudaFree(blocker); /* the other program exits */
+    for (int pass = 0; pass < 3; pass++) /* the budget is re-read at loads; the plan follows a pass later */
+        for (int i = 0; i < 8; i++) {
+            void *p;
+            assert_int_equal(vc_layer_acquire(c, l[i], s, &p), VC_OK);
+            assert_int_equal(vc_layer_release(c, l[i], s), VC_OK);
+        }
+    st = get_stats(c);
+    assert_true(st.vram_limit > 8 * 128 * MB); /* re-read: now the whole set fits */
+    assert_int_equal(st.layers_in_vram, 8);
+    cudaStreamSynchronize(s);
+    cudaStreamDestroy(s);
+    assert_int_equal(vc_cache_destroy(c), VC_OK);
+    cudaFreeHost(w);
+    vc_backend_destroy(b);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_auto_falls_back_and_says_why),
@@ -297,6 +358,7 @@ int main(void) {
         cmocka_unit_test(test_eviction_waits_for_queued_reads),
         cmocka_unit_test(test_stream_ordered_reservations),
         cmocka_unit_test(test_pageable_sources_beyond_the_staging_ring),
+        cmocka_unit_test(test_dynamic_budget_sees_other_allocations),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -22,7 +22,7 @@
 #define gpuFree hipFree
 #define gpuMallocAsync hipMallocAsync
 #define gpuFreeAsync hipFreeAsync
-#define gpuHostAlloc(p, n) hipHostMalloc((p), (n), hipHostMallocDefault)
+#define gpuHostAlloc(p, n) hipHostMalloc((p), (n), hipHostMallocPortable)
 #define gpuFreeHost hipHostFree
 #define gpuStream_t hipStream_t
 #define gpuStreamCreateNonBlocking(s) hipStreamCreateWithFlags((s), hipStreamNonBlocking)
@@ -59,7 +59,9 @@
 #define gpuFree cudaFree
 #define gpuMallocAsync cudaMallocAsync
 #define gpuFreeAsync cudaFreeAsync
-#define gpuHostAlloc(p, n) cudaHostAlloc((p), (n), cudaHostAllocDefault)
+/* Portable: a RAM pool may serve caches on several GPUs (shared layers), and memory pinned for one
+ * context alone would be pageable, i.e. synchronous copies, for the others. */
+#define gpuHostAlloc(p, n) cudaHostAlloc((p), (n), cudaHostAllocPortable)
 #define gpuFreeHost cudaFreeHost
 #define gpuStream_t cudaStream_t
 #define gpuStreamCreateNonBlocking(s) cudaStreamCreateWithFlags((s), cudaStreamNonBlocking)

@@ -46,11 +46,37 @@ static int fail(gpuError_t e, const char *what) {
     return VC_ERR_BACKEND;
 }
 
+/* The calling thread's current device belongs to the engine (it may drive several GPUs from one
+ * thread): each operation switches to this backend's device only if needed and switches back before
+ * it returns. With one GPU the switch never happens. */
+typedef struct dev_guard {
+    int prev, switched;
+} dev_guard;
+
+static gpuError_t enter(const gpu_ctx *g, dev_guard *d) {
+    d->switched = 0;
+    if (gpuGetDevice(&d->prev) != gpuSuccess) {
+        gpuGetLastError();
+        d->prev = -1;
+    }
+    if (d->prev == g->device) return gpuSuccess;
+    gpuError_t e = gpuSetDevice(g->device);
+    d->switched = e == gpuSuccess && d->prev >= 0;
+    return e;
+}
+
+static void leave(const dev_guard *d) {
+    if (d->switched) gpuSetDevice(d->prev);
+}
+
+/* Opens a function body on the backend's device; every return after it goes through LEAVE. */
 #define ON_DEVICE(g)                                                                               \
+    dev_guard guard_;                                                                              \
     do {                                                                                           \
-        gpuError_t e_ = gpuSetDevice((g)->device);                                                 \
+        gpuError_t e_ = enter((g), &guard_);                                                       \
         if (e_ != gpuSuccess) return fail(e_, GPU_NAME " set device");                             \
     } while (0)
+#define LEAVE(value) (leave(&guard_), (value))
 
 static int g_device_alloc(void *ctx, size_t bytes, void **p) {
     gpu_ctx *g = ctx;
@@ -58,15 +84,17 @@ static int g_device_alloc(void *ctx, size_t bytes, void **p) {
     gpuError_t e = gpuMalloc(p, bytes);
     if (e != gpuSuccess) {
         fail(e, GPU_NAME " device allocation");
-        return VC_ERR_OUT_OF_VRAM;
+        return LEAVE(VC_ERR_OUT_OF_VRAM);
     }
-    return VC_OK;
+    return LEAVE(VC_OK);
 }
 
 static void g_device_free(void *ctx, void *p) {
     gpu_ctx *g = ctx;
-    gpuSetDevice(g->device);
+    dev_guard d;
+    enter(g, &d);
     gpuFree(p); /* synchronises: safe while work that used the memory is queued */
+    leave(&d);
 }
 
 static int g_host_alloc(void *ctx, size_t bytes, void **p, int *pinned) {
@@ -76,8 +104,11 @@ static int g_host_alloc(void *ctx, size_t bytes, void **p, int *pinned) {
     if (pin) g->pinned_used += bytes;
     pthread_mutex_unlock(&g->lock);
     if (pin) {
-        gpuSetDevice(g->device);
-        if (gpuHostAlloc(p, bytes) == gpuSuccess) {
+        dev_guard d;
+        enter(g, &d);
+        gpuError_t e = gpuHostAlloc(p, bytes);
+        leave(&d);
+        if (e == gpuSuccess) {
             *pinned = 1;
             return VC_OK;
         }
@@ -113,15 +144,17 @@ static int g_stream_create(void *ctx, vc_stream *s) {
     ON_DEVICE(g);
     gpuStream_t st;
     gpuError_t e = gpuStreamCreateNonBlocking(&st);
-    if (e != gpuSuccess) return fail(e, GPU_NAME " stream creation");
+    if (e != gpuSuccess) return LEAVE(fail(e, GPU_NAME " stream creation"));
     *s = (vc_stream)st;
-    return VC_OK;
+    return LEAVE(VC_OK);
 }
 
 static void g_stream_destroy(void *ctx, vc_stream s) {
     gpu_ctx *g = ctx;
-    gpuSetDevice(g->device);
+    dev_guard d;
+    enter(g, &d);
     gpuStreamDestroy((gpuStream_t)s);
+    leave(&d);
 }
 
 static int is_pinned(const void *p) {
@@ -164,16 +197,16 @@ static int staged_h2d(gpu_ctx *g, char *dst, const char *src, size_t n, gpuStrea
 static int g_copy_h2d(void *ctx, void *dst, const void *src, size_t n, vc_stream s) {
     gpu_ctx *g = ctx;
     ON_DEVICE(g);
-    if (!is_pinned(src)) return staged_h2d(g, dst, src, n, (gpuStream_t)s);
+    if (!is_pinned(src)) return LEAVE(staged_h2d(g, dst, src, n, (gpuStream_t)s));
     gpuError_t e = gpuMemcpyAsync(dst, src, n, gpuMemcpyHostToDevice, (gpuStream_t)s);
-    return e == gpuSuccess ? VC_OK : fail(e, GPU_NAME " host-to-device copy");
+    return LEAVE(e == gpuSuccess ? VC_OK : fail(e, GPU_NAME " host-to-device copy"));
 }
 
 static int g_copy_d2h(void *ctx, void *dst, const void *src, size_t n, vc_stream s) {
     gpu_ctx *g = ctx;
     ON_DEVICE(g);
     gpuError_t e = gpuMemcpyAsync(dst, src, n, gpuMemcpyDeviceToHost, (gpuStream_t)s);
-    return e == gpuSuccess ? VC_OK : fail(e, GPU_NAME " device-to-host copy");
+    return LEAVE(e == gpuSuccess ? VC_OK : fail(e, GPU_NAME " device-to-host copy"));
 }
 
 static int g_event_create(void *ctx, void **ev) {
@@ -181,9 +214,9 @@ static int g_event_create(void *ctx, void **ev) {
     ON_DEVICE(g);
     gpuEvent_t e;
     gpuError_t r = gpuEventCreateNoTiming(&e);
-    if (r != gpuSuccess) return fail(r, GPU_NAME " event creation");
+    if (r != gpuSuccess) return LEAVE(fail(r, GPU_NAME " event creation"));
     *ev = (void *)e;
-    return VC_OK;
+    return LEAVE(VC_OK);
 }
 
 static void g_event_destroy(void *ctx, void *ev) {
@@ -224,7 +257,7 @@ static int g_mem_info(void *ctx, size_t *free_b, size_t *total) {
     gpu_ctx *g = ctx;
     ON_DEVICE(g);
     gpuError_t e = gpuMemGetInfo(free_b, total);
-    return e == gpuSuccess ? VC_OK : fail(e, GPU_NAME " memory info");
+    return LEAVE(e == gpuSuccess ? VC_OK : fail(e, GPU_NAME " memory info"));
 }
 
 /* With no stream (the cache's working-memory buffers, which the engine may use on any stream), the
@@ -251,15 +284,17 @@ static int g_alloc_async(void *ctx, size_t bytes, vc_stream s, void **p) {
     }
     if (e != gpuSuccess) {
         fail(e, GPU_NAME " stream-ordered allocation");
-        return VC_ERR_OUT_OF_VRAM;
+        return LEAVE(VC_ERR_OUT_OF_VRAM);
     }
-    return VC_OK;
+    return LEAVE(VC_OK);
 }
 
 static void g_free_async(void *ctx, void *p, vc_stream s) {
     gpu_ctx *g = ctx;
-    gpuSetDevice(g->device);
+    dev_guard d;
+    enter(g, &d);
     gpuFreeAsync(p, s ? (gpuStream_t)s : g->pool_stream);
+    leave(&d);
 }
 
 #if defined(VC_WITH_NVTX) && !defined(VC_GPU_HIP)
@@ -280,7 +315,8 @@ static void g_range_pop(void *ctx) {
 
 static void g_destroy(void *ctx) {
     gpu_ctx *g = ctx;
-    gpuSetDevice(g->device);
+    dev_guard d;
+    enter(g, &d);
     for (int k = 0; k < STAGING_SLOTS; k++)
         if (g->staging[k]) {
             gpuEventSynchronize(g->staging_ev[k]);
@@ -288,6 +324,7 @@ static void g_destroy(void *ctx) {
             gpuFreeHost(g->staging[k]);
         }
     if (g->pool_stream) gpuStreamDestroy(g->pool_stream);
+    leave(&d);
     pthread_mutex_destroy(&g->lock);
     free(g);
 }
@@ -342,7 +379,15 @@ int GPU_CREATE(int device, vc_backend **out, char *why, size_t why_size) {
     }
     gpuDeviceProp prop;
     memset(&prop, 0, sizeof prop);
-    if ((e = gpuSetDevice(device)) != gpuSuccess || (e = gpuGetDeviceProperties(&prop, device)) != gpuSuccess) {
+    /* Make the device's context now, so a device that cannot be used fails here and not at the first
+     * allocation; then give the caller's thread its current device back. */
+    int prev = -1;
+    if (gpuGetDevice(&prev) != gpuSuccess) gpuGetLastError();
+    e = gpuSetDevice(device);
+    if (e == gpuSuccess) e = gpuFree(NULL);
+    if (e == gpuSuccess) e = gpuGetDeviceProperties(&prop, device);
+    if (prev >= 0 && prev != device) gpuSetDevice(prev);
+    if (e != gpuSuccess) {
         snprintf(why, why_size, GPU_NAME ":%d cannot be used: %s", device, gpuGetErrorString(e));
         gpuGetLastError();
         vc_backend_set_error("%s", why);

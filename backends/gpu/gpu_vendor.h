@@ -17,6 +17,7 @@
 #define gpuErrorNotReady hipErrorNotReady
 #define gpuGetErrorString hipGetErrorString
 #define gpuGetDeviceCount hipGetDeviceCount
+#define gpuGetDevice hipGetDevice
 #define gpuSetDevice hipSetDevice
 #define gpuMalloc hipMalloc
 #define gpuFree hipFree
@@ -54,6 +55,7 @@
 #define gpuErrorNotReady cudaErrorNotReady
 #define gpuGetErrorString cudaGetErrorString
 #define gpuGetDeviceCount cudaGetDeviceCount
+#define gpuGetDevice cudaGetDevice
 #define gpuSetDevice cudaSetDevice
 #define gpuMalloc cudaMalloc
 #define gpuFree cudaFree

@@ -1,7 +1,8 @@
 /*
  * API-sequence fuzzer: the input is a program of cache operations (register, acquire, release,
- * offload, unregister, reserve, declare an order, arm a backend fault, read) run on a small cache
- * over a fault-injecting host backend. After every operation the invariants are checked — held
+ * offload a layer or the model, patch, stage a layer or the model into RAM, unregister, reserve,
+ * declare an order, arm a backend fault, let "another process" take device memory, read) run on a
+ * small cache over a fault-injecting, capacity-capped host backend. After every operation the invariants are checked — held
  * layers keep their bytes, hold counts match, the pools stay within budget, statuses are among the
  * documented ones — and at the end every layer's bytes must equal its source. Any violation traps.
  */
@@ -78,6 +79,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         vc_backend_destroy(host);
         return 0;
     }
+    CHECK(vc_fault_set_device_capacity(fault, DEVICE, 0) == VC_OK); /* so other processes can be simulated */
     vc_cache_options o;
     vc_cache_options_init(&o);
     o.backend = fault;
@@ -140,17 +142,27 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             CHECK(st == (x->holds ? VC_OK : VC_ERR_NOT_HELD));
             if (x->holds) x->holds--;
             break;
-        case 6: /* offload, patch, unpatch, stage into RAM */
+        case 6: /* offload, patch, unpatch, stage into RAM; the same for the whole model */
             if (!x->live) break;
-            if ((op >> 4) % 4 == 3) {
+            if ((op >> 4) % 6 == 4) {
+                unsigned any_held = 0;
+                for (int i = 0; i < NL; i++) any_held |= s[i].live && s[i].holds;
+                st = vc_model_offload(c, m, arg & 1 ? VC_OFFLOAD_ALL : VC_OFFLOAD_VRAM);
+                CHECK(st == (any_held ? VC_ERR_BUSY : VC_OK));
+            } else if ((op >> 4) % 6 == 5) {
+                if (op & 0x40) x->loader_fail = 1;
+                st = vc_model_load_ram(c, m);
+                x->loader_fail = 0;
+                CHECK(st == VC_OK || st == VC_ERR_OUT_OF_RAM || st == VC_ERR_NO_MEMORY || st == VC_ERR_LOADER);
+            } else if ((op >> 4) % 6 == 3) {
                 if (op & 0x40) x->loader_fail = 1;
                 st = vc_layer_load_ram(c, x->id);
                 x->loader_fail = 0;
                 CHECK(st == VC_OK || st == VC_ERR_OUT_OF_RAM || st == VC_ERR_NO_MEMORY || st == VC_ERR_LOADER);
-            } else if ((op >> 4) % 4 == 0) {
+            } else if ((op >> 4) % 6 == 0) {
                 st = vc_layer_offload(c, x->id, arg & 1 ? VC_OFFLOAD_ALL : VC_OFFLOAD_VRAM);
                 CHECK(st == (x->holds ? VC_ERR_BUSY : VC_OK));
-            } else if ((op >> 4) % 4 == 1) {
+            } else if ((op >> 4) % 6 == 1) {
                 int patched_before = 0;
                 vc_layer_info info;
                 CHECK(vc_layer_get_info(c, x->id, &info) == VC_OK);
@@ -191,8 +203,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             }
             break;
         }
-        case 9: /* faults and orders */
-            if (arg & 1) {
+        case 9: /* faults, other processes' device memory, orders */
+            if ((arg & 7) == 7) {
+                CHECK(vc_fault_set_device_capacity(fault, DEVICE, (size_t)(arg >> 3) * 3072) == VC_OK);
+            } else if (arg & 1) {
                 vc_fault_fail_nth(fault, (vc_fault_op)((arg >> 1) % VC_FAULT_OP_COUNT), 1 + (arg >> 5));
             } else {
                 vc_layer_id order[NL];
@@ -224,8 +238,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         CHECK(stats.ram_bytes <= RAM);
         CHECK(stats.arena_bytes + stats.reserved_bytes <= DEVICE);
     }
-    /* the end: faults off, everything released, every layer's bytes intact, teardown clean */
+    /* the end: faults off, the device free again, everything released, every layer's bytes intact,
+     * teardown clean */
     vc_fault_clear(fault);
+    CHECK(vc_fault_set_device_capacity(fault, DEVICE, 0) == VC_OK);
     for (int r = 0; r < 2; r++)
         if (res[r]) CHECK(vc_release_working_mem(c, res[r]) == VC_OK);
     for (int i = 0; i < NL; i++) {

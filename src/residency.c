@@ -680,12 +680,11 @@ static void drain_remote_pins(vc_cache *c, int wait, const layer_t *only) {
     }
 }
 
-/* A shared layer's host copy lives in its owner cache: produces it there (the owner's loader may
- * run). With `pin`, *src points at it and it is pinned until our upload from it completes; without,
- * it is only staged into the owner's RAM pool. Lock order: ours, then the owner's. */
-/* The owner's side of a shared layer's source: its RAM copy (loaded if need be) or engine pointer;
- * with `pin`, pinned until our upload from it completes. Takes only the owner's lock; on failure
- * `msg` gets the owner's message. */
+/* A shared layer's host copy lives in its owner cache: owner_fetch produces it there (the owner's
+ * loader may run) taking only the owner's lock. With `pin`, *src points at it and it is pinned until
+ * our upload from it completes; without, it is only staged into the owner's RAM pool. On failure
+ * `msg` gets the owner's message. Callers holding our lock take the owner's after it (lock order:
+ * ours, then the owner's). */
 static int owner_fetch(vc_cache *o, vc_layer_id oid, const char *fn, const void **src, int pin, char *msg,
                        size_t msg_size) {
     pthread_mutex_lock(&o->lock);

@@ -218,7 +218,7 @@ int vc_config_apply(const vc_config *cfg, vc_cache_options *opts) {
     if (!cfg || !opts || opts->struct_size != sizeof(*opts))
         return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_config_apply: %s", !cfg ? "cfg is NULL"
                         : !opts ? "opts is NULL" : "opts not initialised with vc_cache_options_init");
-    double gb;
+    double gb = 0;
     opts->ram_budget = vc_config_get_number(cfg, VC_CFG_MAX_CACHE_RAM_GB, &gb) == VC_OK ? gb_to_bytes(gb) : VC_SIZE_AUTO;
     opts->vram_budget = vc_config_get_number(cfg, VC_CFG_MAX_CACHE_VRAM_GB, &gb) == VC_OK ? gb_to_bytes(gb) : VC_SIZE_AUTO;
     vc_config_get_number(cfg, VC_CFG_DEVICE_WORKING_MEM_GB, &gb);

@@ -340,9 +340,9 @@ int vc_fault_set_device_capacity(vc_backend *b, size_t capacity, size_t external
     int st = check(b, VC_FAULT_DEVICE_ALLOC, &f);
     if (st) return st;
     pthread_mutex_lock(&f->lock);
-    if (capacity && !f->capacity && f->uncapped == 0) {
-        f->capacity = capacity; /* a cap starts before the first allocation, so every byte is counted */
-    } else if (capacity && f->capacity) {
+    /* A first cap must come before any allocation, so that every byte is counted; a cap in place may
+     * change. */
+    if (capacity && (f->capacity || f->uncapped == 0)) {
         f->capacity = capacity;
     } else if (capacity) {
         pthread_mutex_unlock(&f->lock);

@@ -289,8 +289,8 @@ void vc__note_vram_layer(vc_cache *c, layer_t *l, int delta);
 /** Whether only l's loader can produce its weights now (not borrowed, shared, in RAM or on device). */
 int vc__needs_loader(const layer_t *l);
 /* vc__needs_loader, and for a shared layer whether its owner's copy is missing or being loaded
- * (takes the owner's lock: call with c's lock held, as owner_copy does). */
-int vc__needs_load(vc_cache *c, layer_t *l);
+ * (takes the owner's lock: call with the layer's cache locked, as owner_copy does). */
+int vc__needs_load(layer_t *l);
 /** vc_layer_load_ram's work on a found layer (lock held; released while a loader runs). */
 int vc__stage_layer(vc_cache *c, layer_t *l, const char *fn);
 

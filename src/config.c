@@ -185,6 +185,9 @@ vc_offload_mode vc_config_get_offload_mode(const vc_config *cfg) {
                                                                          : VC_OFFLOAD_MODE_MODEL;
 }
 
+/* "none", "model", "sequential" or "balanced": the names the offload_mode key accepts. */
+static const char *mode_name(vc_offload_mode m) { return vc__cfg_keys[VC_CFG_OFFLOAD_MODE].enum_values[m]; }
+
 vc_offload_mode vc_config_get_offload_mode_for(const vc_config *cfg, int is_gpu, size_t device_bytes,
                                                char *why, size_t why_size) {
     char dummy[8];
@@ -242,19 +245,12 @@ int vc_config_create_backend(const vc_config *cfg, vc_backend **out, char *why, 
 int vc_backend_open(const char *device, vc_backend **out, char *why, size_t why_size) {
     if (out) *out = NULL;
     if (!device || !out) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_backend_open: %s is NULL", !out ? "out" : "device");
-    vc_config *cfg;
-    int st = vc_config_create(&cfg);
-    if (st != VC_OK) return st;
-    st = vc_config_set(cfg, VC_CFG_DEVICE, device); /* the same parser as the file's key */
-    if (st == VC_ERR_CONFIG) {
-        const char *msg = vc_last_error(), *colon = strstr(msg, ": ");
-        char text[512];
-        snprintf(text, sizeof text, "%s", colon ? colon + 2 : msg);
-        st = vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_backend_open: %s", text);
-    }
-    if (st == VC_OK) st = vc_config_create_backend(cfg, out, why, why_size);
-    vc_config_destroy(cfg);
-    return st;
+    /* the parser and the selection the `device` key goes through */
+    cfg_value v;
+    char err[256], warn[160];
+    if (vc__cfg_parse(&vc__cfg_keys[VC_CFG_DEVICE], device, 0, &v, err, sizeof err, warn, sizeof warn) != 0)
+        return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_backend_open: %s", err);
+    return vc__select_backend((vc_device_kind)v.dev_kind, v.dev_index, out, why, why_size);
 }
 
 int vc_cache_create_from_config(const vc_config *cfg, vc_cache **out) {
@@ -266,9 +262,9 @@ int vc_cache_create_from_config(const vc_config *cfg, vc_cache **out) {
     char why[256];
     int st = vc_config_create_backend(cfg, &o.backend, why, sizeof why);
     if (st != VC_OK) return st;
-    const vc_backend_ops *ops = vc_backend_get_ops(o.backend);
-    size_t free_b = 0, total = 0;
-    int gpu = ops->kind == VC_BACKEND_KIND_GPU && ops->mem_info(vc_backend_get_ctx(o.backend), &free_b, &total) == VC_OK;
+    size_t total = 0;
+    int gpu = vc_backend_get_ops(o.backend)->kind == VC_BACKEND_KIND_GPU &&
+              vc_backend_mem_info(o.backend, NULL, &total) == VC_OK;
     char mode_why[128];
     o.offload_mode = vc_config_get_offload_mode_for(cfg, gpu, total, mode_why, sizeof mode_why);
     st = vc_cache_create(&o, out);
@@ -278,8 +274,7 @@ int vc_cache_create_from_config(const vc_config *cfg, vc_cache **out) {
     }
     (*out)->owns_backend = 1;
     vc__log(*out, VC_LOG_INFO, "device '%s': %s", vc_config_get_text(cfg, VC_CFG_DEVICE), why);
-    static const char *const modes[] = {"none", "model", "sequential", "balanced"};
-    vc__log(*out, VC_LOG_INFO, "offload_mode %s, %s", modes[o.offload_mode], mode_why);
+    vc__log(*out, VC_LOG_INFO, "offload_mode %s, %s", mode_name(o.offload_mode), mode_why);
     return VC_OK;
 }
 
@@ -360,10 +355,9 @@ int vc_config_show(const vc_config *cfg, vc_print_fn print, void *user) {
             break;
         case VC_CFG_OFFLOAD_MODE:
             if (src == VC_CFG_SOURCE_COMPUTED) {
-                static const char *const modes[] = {"none", "model", "sequential", "balanced"};
                 char mode_why[128];
                 vc_offload_mode m = vc_config_get_offload_mode_for(cfg, gpu, total, mode_why, sizeof mode_why);
-                snprintf(detail, sizeof detail, ": %s, %s", modes[m], mode_why);
+                snprintf(detail, sizeof detail, ": %s, %s", mode_name(m), mode_why);
             }
             break;
         default:

@@ -1173,8 +1173,7 @@ int vc__needs_loader(const layer_t *l) {
     return !l->owner && !l->host_src && !l->ram && !l->vblock;
 }
 
-int vc__needs_load(vc_cache *c, layer_t *l) {
-    (void)c;
+int vc__needs_load(layer_t *l) {
     if (!l->owner) return vc__needs_loader(l);
     if (l->vblock) return 0;
     /* Shared: the bytes come from the owner's RAM copy (or engine pointer); without one, the

@@ -375,7 +375,7 @@ static void stage_ahead(vc_cache *c, model_t *m, size_t k, size_t window) {
     size_t limit = k + 2 * sizeof c->stage_q / sizeof c->stage_q[0];
     for (; k <= window && k < limit; k++) {
         layer_t *x = m->order[(m->pos + k) % m->order_n];
-        if (!x->loading && vc__needs_load(c, x)) vc__stager_enqueue(c, x);
+        if (!x->loading && vc__needs_load(x)) vc__stager_enqueue(c, x);
     }
 }
 
@@ -404,7 +404,7 @@ void vc__sched_on_acquire(vc_cache *c, layer_t *l) {
     for (; k <= window && c->prefetch_inflight < depth; k++) {
         layer_t *x = m->order[(m->pos + k) % m->order_n];
         if (x->vblock || x->loading) continue;
-        if (vc__needs_load(c, x)) { /* a loader call here (ours or a sharing owner's) would stall this acquire */
+        if (vc__needs_load(x)) { /* a loader call here (ours or a sharing owner's) would stall this acquire */
             if (c->stager_on) stage_ahead(c, m, k, window);
             break;
         }

@@ -30,7 +30,7 @@ static void *stager_main(void *arg) {
         layer_t *l = slot_table_get(&c->layers, id);
         if (!l) continue; /* unregistered while queued */
         l->stage_queued = 0;
-        if (l->loading || !vc__needs_load(c, l)) continue;
+        if (l->loading || !vc__needs_load(l)) continue;
         int st = vc__stage_layer(c, l, "stage ahead");
         if (st != VC_OK)
             vc__log(c, VC_LOG_WARN, "stage ahead: %s (its acquire will load it)", vc_last_error());

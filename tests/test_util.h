@@ -129,14 +129,19 @@ static inline void test_set_external_usage(vc_backend *b, size_t capacity, size_
 
 /* Copies `n` device bytes at `dptr` into `dst` on the legacy default stream (ordered after the
  * upload the engine's NULL stream waited for) and waits for them. */
-static inline void test_device_read(vc_backend *b, void *dst, const void *dptr, size_t n) {
+/* Waits until the work queued on the legacy default stream has finished. */
+static inline void test_default_stream_sync(vc_backend *b) {
     const vc_backend_ops *ops = vc_backend_get_ops(b);
     void *ctx = vc_backend_get_ctx(b), *ev = NULL;
-    assert_int_equal(ops->copy_d2h(ctx, dst, dptr, n, NULL), VC_OK);
     assert_int_equal(ops->event_create(ctx, &ev), VC_OK);
     assert_int_equal(ops->event_record(ctx, ev, NULL), VC_OK);
     assert_int_equal(ops->event_synchronize(ctx, ev), VC_OK);
     ops->event_destroy(ctx, ev);
+}
+
+static inline void test_device_read(vc_backend *b, void *dst, const void *dptr, size_t n) {
+    assert_int_equal(vc_backend_get_ops(b)->copy_d2h(vc_backend_get_ctx(b), dst, dptr, n, NULL), VC_OK);
+    test_default_stream_sync(b);
 }
 
 /* Applies a host-side check (check_pattern or the like) to device memory of cache `c` (the pointer
@@ -164,16 +169,11 @@ static inline void fill_device(vc_cache *c, void *dptr, int byte, size_t n) {
         return;
     }
     vc_backend *b = vc_cache_backend(c);
-    const vc_backend_ops *ops = vc_backend_get_ops(b);
-    void *buf = malloc(n ? n : 1), *ev = NULL;
+    void *buf = malloc(n ? n : 1);
     assert_non_null(buf);
     memset(buf, byte, n);
-    void *ctx = vc_backend_get_ctx(b);
-    assert_int_equal(ops->copy_h2d(ctx, dptr, buf, n, NULL), VC_OK);
-    assert_int_equal(ops->event_create(ctx, &ev), VC_OK);
-    assert_int_equal(ops->event_record(ctx, ev, NULL), VC_OK);
-    assert_int_equal(ops->event_synchronize(ctx, ev), VC_OK);
-    ops->event_destroy(ctx, ev);
+    assert_int_equal(vc_backend_get_ops(b)->copy_h2d(vc_backend_get_ctx(b), dptr, buf, n, NULL), VC_OK);
+    test_default_stream_sync(b);
     free(buf);
 }
 

@@ -95,6 +95,13 @@ typedef struct vc_sim_result {
     double step_time_s;
     double lower_bound_step_time_s;    /**< max(compute, lower-bound bytes / bandwidth) */
     double compute_time_s;             /**< the step's compute alone (resident speed) */
+    /** The segment bound: a lower bound on the step time that also counts where in the pass the
+     *  bytes and the compute sit. For any cut of the pass into runs of consecutive layers, each run
+     *  lasts at least max(its compute, (its bytes - usable VRAM) / bandwidth); this is the largest
+     *  sum over all cuts. No schedule, of whole or partial layers, is faster; it is never below
+     *  lower_bound_step_time_s, and above it where a byte-heavy stretch of the pass has too little
+     *  compute to hide its copies (SD 1.5 at low usable VRAM). */
+    double segment_bound_step_time_s;
     double hits_per_step, misses_per_step;
     double total_time_s;               /**< whole pipeline */
     size_t usable_vram_bytes;          /**< the weight limit the cache had */

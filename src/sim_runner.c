@@ -11,6 +11,7 @@
 
 #include "cache_internal.h"
 #include "config_internal.h"
+#include "step_bound.h"
 #include "vramcache_sim.h"
 #include "workload_internal.h"
 
@@ -61,6 +62,22 @@ static int run_model(engine *e, const wl_model *m, const vc_layer_id *ids, char 
         e->lag_i = (e->lag_i + 1) % HOST_LAG;
     }
     return VC_OK;
+}
+
+/* The denoiser's segment bound (step_bound.h) with the usable VRAM the cache had; -1 without memory. */
+static double segment_bound(const wl_model *dm, const vc_sim_run *run, double usable) {
+    double *bytes = malloc(dm->n * sizeof(*bytes)), *secs = malloc(dm->n * sizeof(*secs));
+    double bound = -1;
+    if (bytes && secs) {
+        for (size_t j = 0; j < dm->n; j++) {
+            bytes[j] = (double)dm->layers[j].bytes;
+            secs[j] = dm->layers[j].flops / run->flops;
+        }
+        bound = vc__segment_time_bound(bytes, secs, dm->n, usable, run->bandwidth);
+    }
+    free(bytes);
+    free(secs);
+    return bound;
 }
 
 int vc_sim_run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_result *res) {
@@ -178,6 +195,9 @@ int vc_sim_run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_res
         res->lower_bound_bytes_per_step = (double)sat_sub(step_bytes, res->usable_vram_bytes);
         double lb_copy = res->lower_bound_bytes_per_step / run->bandwidth;
         res->lower_bound_step_time_s = compute > lb_copy ? compute : lb_copy;
+        res->segment_bound_step_time_s = segment_bound(dm, run, (double)res->usable_vram_bytes);
+        if (res->segment_bound_step_time_s < res->lower_bound_step_time_s) /* no memory for it, or rounding */
+            res->segment_bound_step_time_s = res->lower_bound_step_time_s;
         res->total_time_s = vc_sim_now(e.sim);
         res->peak_vram_bytes = end.arena_peak_bytes;
         res->peak_ram_bytes = end.ram_peak_bytes;

@@ -1,8 +1,11 @@
 /* The simulated device (virtual clock, copy and compute engines), workload files, the simulation
  * runner, and traces. */
+#include <math.h>
 #include <stdio.h>
 
+#include "step_bound.h"
 #include "test_util.h"
+#include "vramcache_config.h"
 #include "vramcache_sim.h"
 
 #ifndef VC_WORKLOAD_DIR
@@ -193,6 +196,72 @@ static void test_workload_errors(void **state) {
     assert_int_equal(vc_workload_load("/nonexistent/w.yaml", &wl, NULL), VC_ERR_IO);
 }
 
+
+/* The segment bound: hand-worked cases, and never below the simple bound on random passes. */
+static void test_segment_bound(void **state) {
+    (void)state;
+    /* Layer 0 holds all the bytes and no compute, layer 1 all the compute: the copy of what does not
+     * fit cannot hide behind compute that comes after it; with the cut {0},{1}: the first
+     * run needs (10 - 5) / 1 = 5 s, the second 1 s of compute: 6 s, where max(1, 5) = 5. */
+    const double b2[] = {10, 0}, t2[] = {0, 1};
+    assert_true(fabs(vc__segment_time_bound(b2, t2, 2, 5, 1) - 6) < 1e-12);
+    /* Everything fits: the bound is the compute. */
+    assert_true(fabs(vc__segment_time_bound(b2, t2, 2, 100, 1) - 1) < 1e-12);
+    /* Uniform layers: no cut beats the whole pass, so it equals max(compute, (bytes - usable) / bw). */
+    double bu[40], tu[40];
+    for (int i = 0; i < 40; i++) bu[i] = 3, tu[i] = 1;
+    assert_true(fabs(vc__segment_time_bound(bu, tu, 40, 30, 1) - 90) < 1e-9); /* (120 - 30) / 1 */
+    assert_true(fabs(vc__segment_time_bound(bu, tu, 40, 30, 10) - 40) < 1e-9); /* compute */
+    /* Random passes: between the simple bound and fully serial copies. */
+    unsigned seed = 12345;
+    for (int round = 0; round < 50; round++) {
+        double b[24], t[24], sb = 0, st = 0;
+        for (int i = 0; i < 24; i++) {
+            seed = seed * 1103515245u + 12345u;
+            b[i] = (double)(seed >> 16 & 1023);
+            seed = seed * 1103515245u + 12345u;
+            t[i] = (double)(seed >> 16 & 255) / 64.0;
+            sb += b[i], st += t[i];
+        }
+        double usable = sb * (round % 4 + 1) / 5, bw = 50 + round * 10;
+        double simple = st > (sb - usable) / bw ? st : (sb - usable) / bw;
+        double seg = vc__segment_time_bound(b, t, 24, usable, bw);
+        assert_true(seg >= simple - 1e-9);
+        assert_true(seg <= st + sb / bw + 1e-9);
+    }
+    assert_true(vc__segment_time_bound(b2, t2, 0, 5, 1) == 0);
+}
+
+/* A run reports the segment bound, never below the simple bound; SD 1.5 at a quarter of its bytes
+ * on a 55 GB/s link has a byte-heavy middle (its low-resolution blocks) that no schedule can hide. */
+static void test_run_reports_segment_bound(void **state) {
+    (void)state;
+    char path[1024];
+    snprintf(path, sizeof path, "%s/sd15.yaml", VC_WORKLOAD_DIR);
+    vc_workload *wl;
+    assert_int_equal(vc_workload_load(path, &wl, NULL), VC_OK);
+    vc_sim_run run;
+    vc_sim_run_init(&run);
+    run.denoiser_only = 1;
+    run.steps = 4;
+    run.bandwidth = 55e9;
+    /* as bench_streaming lays the device out: a quarter of the UNet's bytes beside 1 GB of working memory */
+    vc_config *cfg;
+    assert_int_equal(vc_config_create(&cfg), VC_OK);
+    assert_int_equal(vc_config_set(cfg, VC_CFG_DEVICE_WORKING_MEM_GB, "1"), VC_OK);
+    assert_int_equal(vc_config_set(cfg, VC_CFG_OFFLOAD_MAX_GPU_MEMORY, "1"), VC_OK);
+    run.config = cfg;
+    run.mode = VC_OFFLOAD_MODE_BALANCED;
+    run.vram_bytes = 0.25 * (double)vc_workload_step_bytes(wl) + (double)GB;
+    vc_sim_result r;
+    assert_int_equal(vc_sim_run_workload(wl, &run, &r), VC_OK);
+    vc_config_destroy(cfg);
+    assert_true(r.segment_bound_step_time_s >= r.lower_bound_step_time_s);
+    assert_true(r.segment_bound_step_time_s > 1.2 * r.lower_bound_step_time_s);
+    assert_true(r.step_time_s >= r.segment_bound_step_time_s);
+    vc_workload_destroy(wl);
+}
+
 static void test_shipped_workloads(void **state) {
     (void)state;
     const char *files[] = {"sd15.yaml", "sdxl.yaml", "flux1-dev.yaml"};
@@ -279,6 +348,8 @@ int main(void) {
         cmocka_unit_test(test_workload_minimal_form),
         cmocka_unit_test(test_workload_errors),
         cmocka_unit_test(test_shipped_workloads),
+        cmocka_unit_test(test_segment_bound),
+        cmocka_unit_test(test_run_reports_segment_bound),
         cmocka_unit_test(test_trace_is_chrome_json),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

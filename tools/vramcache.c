@@ -218,13 +218,14 @@ static int cmd_simulate(int argc, char **argv) {
         printf("{\"workload\":\"%s\",\"vram_gb\":%g,\"bandwidth_gbps\":%g,\"tflops\":%g,\"steps\":%d,"
                "\"policy\":\"%s\",\"mode\":\"%s\",\"usable_vram_bytes\":%zu,\"step_bytes\":%zu,"
                "\"bytes_per_step\":%.0f,\"lower_bound_bytes_per_step\":%.0f,\"step_time_s\":%.6f,"
-               "\"lower_bound_step_time_s\":%.6f,\"compute_time_s\":%.6f,\"hits_per_step\":%.1f,"
+               "\"lower_bound_step_time_s\":%.6f,\"segment_bound_step_time_s\":%.6f,\"compute_time_s\":%.6f,"
+               "\"hits_per_step\":%.1f,"
                "\"misses_per_step\":%.1f,\"total_time_s\":%.6f,\"peak_vram_bytes\":%zu,\"peak_ram_bytes\":%zu}\n",
                vc_workload_name(wl), a.vram_gb, a.bandwidth_gbps, a.tflops, res.steps,
                a.policy == VC_POLICY_LRU ? "lru" : "planned", MODES[mode], res.usable_vram_bytes,
                vc_workload_step_bytes(wl), res.bytes_per_step, res.lower_bound_bytes_per_step, res.step_time_s,
-               res.lower_bound_step_time_s, res.compute_time_s, res.hits_per_step, res.misses_per_step,
-               res.total_time_s, res.peak_vram_bytes, res.peak_ram_bytes);
+               res.lower_bound_step_time_s, res.segment_bound_step_time_s, res.compute_time_s, res.hits_per_step,
+               res.misses_per_step, res.total_time_s, res.peak_vram_bytes, res.peak_ram_bytes);
     } else {
         double lbb = res.lower_bound_bytes_per_step;
         printf("workload %s: denoiser %.2f GB per step, %d steps\n", vc_workload_name(wl),
@@ -239,6 +240,10 @@ static int cmd_simulate(int argc, char **argv) {
                lbb / GIB, ratio);
         printf("  step time                 %9.3f s    lower bound %9.3f s    ratio %.3f\n", res.step_time_s,
                res.lower_bound_step_time_s, res.step_time_s / res.lower_bound_step_time_s);
+        if (res.segment_bound_step_time_s > res.lower_bound_step_time_s * 1.001)
+            printf("  (no schedule can beat %.3f s here: the segment bound, where the pass's bytes sit apart from its "
+                   "compute; ratio to it %.3f)\n",
+                   res.segment_bound_step_time_s, res.step_time_s / res.segment_bound_step_time_s);
         printf("  compute alone (resident)  %9.3f s    speed vs resident %.1f%%\n", res.compute_time_s,
                100.0 * res.compute_time_s / res.step_time_s);
         printf("  hits %.1f, misses %.1f per step; peak VRAM %.2f GB, peak RAM pool %.2f GB; pipeline %.2f s\n",

@@ -1,0 +1,53 @@
+/*
+ * The segment bound (see step_bound.h). The issue's bound, max(compute, (bytes - usable) /
+ * bandwidth), treats the pass as one run; a model whose bytes and compute sit in different places
+ * (SD 1.5: the low-resolution blocks hold most bytes, the high-resolution ones most compute) cannot
+ * hide the copies of a byte-heavy stretch behind compute elsewhere without memory to hold them, so
+ * cutting the pass at the right places gives a higher bound. Benchmarks print both, so that a cell
+ * that misses a goal set against the simple bound shows whether any schedule could meet it.
+ */
+#include "step_bound.h"
+
+#include <stdlib.h>
+
+static double run_time(const double *pb, const double *pt, size_t a, size_t b, double usable, double bandwidth) {
+    double compute = pt[b] - pt[a];
+    double copy = (pb[b] - pb[a] - usable) / bandwidth;
+    return compute > copy ? compute : copy;
+}
+
+double vc__segment_time_bound(const double *bytes, const double *secs, size_t n, double usable, double bandwidth) {
+    if (!n || bandwidth <= 0) return 0;
+    /* prefix sums over the pass written twice, so every rotation is a window of it */
+    double *pb = malloc((2 * n + 1) * sizeof(*pb));
+    double *pt = malloc((2 * n + 1) * sizeof(*pt));
+    double *best = malloc((n + 1) * sizeof(*best));
+    if (!pb || !pt || !best) {
+        free(pb);
+        free(pt);
+        free(best);
+        return -1;
+    }
+    pb[0] = pt[0] = 0;
+    for (size_t i = 0; i < 2 * n; i++) {
+        pb[i + 1] = pb[i] + bytes[i % n];
+        pt[i + 1] = pt[i] + secs[i % n];
+    }
+    double bound = 0;
+    for (size_t r = 0; r < n; r++) { /* the pass cut first before layer r */
+        best[0] = 0;
+        for (size_t b = 1; b <= n; b++) {
+            double v = 0;
+            for (size_t a = 0; a < b; a++) {
+                double t = best[a] + run_time(pb, pt, r + a, r + b, usable, bandwidth);
+                if (t > v) v = t;
+            }
+            best[b] = v;
+        }
+        if (best[n] > bound) bound = best[n];
+    }
+    free(pb);
+    free(pt);
+    free(best);
+    return bound;
+}

@@ -1,0 +1,19 @@
+/*
+ * Lower bounds on the time of one pass of a model streamed through limited device memory.
+ */
+#ifndef VC_STEP_BOUND_H
+#define VC_STEP_BOUND_H
+
+#include <stddef.h>
+
+/* The segment bound on one pass of a repeating loop of n layers (bytes[i] of weights, secs[i] of
+ * compute each, in execution order) with `usable` bytes of device memory for weights and a link of
+ * `bandwidth` bytes/s. Any run of consecutive layers lasts at least its compute, and at least the
+ * time to copy the part of its bytes that was not resident when it began (at most `usable` was):
+ * max(compute, (bytes - usable) / bandwidth). Cutting the pass into runs and summing gives a bound
+ * for every cut; this returns the largest over all cuts of the cyclic pass, which no schedule of
+ * whole or partial layers can beat. It is never below max(total compute, (total bytes - usable) /
+ * bandwidth). O(n^3) time, O(n) memory; returns -1 when memory for the prefix sums is short. */
+double vc__segment_time_bound(const double *bytes, const double *secs, size_t n, double usable, double bandwidth);
+
+#endif

@@ -26,10 +26,13 @@ same program are far slower and not part of this tool.
 import argparse
 import sys
 
-import numpy as np
-import scipy.sparse as sp
-import yaml
-from scipy.optimize import linprog
+try:
+    import numpy as np
+    import scipy.sparse as sp
+    import yaml
+    from scipy.optimize import linprog
+except ImportError as e:  # not part of the build: say what to install
+    sys.exit(f"stream_bound.py: {e.name} is missing: apt-get install -y python3-scipy python3-yaml")
 
 
 def denoiser_layers(path):

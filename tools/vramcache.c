@@ -296,9 +296,11 @@ static int cmd_plan(int argc, char **argv) {
                 printf("{\"error\":\"%s\"}", vc_strerror(st[m]));
         }
         printf("},\"recommended\":{\"offload_mode\":\"%s\",\"device_working_mem_gb\":%g,"
-               "\"max_cache_vram_gb\":null,\"max_cache_vram_gb_largest_safe\":%.2f,\"enable_partial_loading\":%s}}\n",
+               "\"max_cache_vram_gb\":null,\"max_cache_vram_gb_largest_safe\":%.2f,\"enable_partial_loading\":%s},"
+               "\"best_possible_step_time_s\":%.6f}\n",
                best >= 0 ? MODES[best] : "none", work_gb, safe > 0 ? safe : 0,
-               best == VC_OFFLOAD_MODE_BALANCED || best == VC_OFFLOAD_MODE_SEQUENTIAL ? "true" : "false");
+               best == VC_OFFLOAD_MODE_BALANCED || best == VC_OFFLOAD_MODE_SEQUENTIAL ? "true" : "false",
+               best >= 0 ? res[best].segment_bound_step_time_s : 0.0);
     } else {
         double resident = best >= 0 ? res[best].compute_time_s : 0;
         printf("plan for %s on a %.1f GB GPU, %.1f GB/s link, %.1f TFLOP/s (working memory %.1f GB)\n",
@@ -322,6 +324,12 @@ static int cmd_plan(int argc, char **argv) {
             printf("  device_working_mem_gb: %g\n", work_gb);
             printf("  # max_cache_vram_gb: leave unset (dynamic); if you set it, at most %.1f (GPU - working memory)\n",
                    safe > 0 ? safe : 0);
+            /* What no schedule can beat with this much VRAM and this link: tells a user whether the
+             * remaining gap is the scheduler's or the hardware's. */
+            printf("no offloading scheme can beat %.3f s per step on this GPU and link (%.1f%% of resident speed); "
+                   "the recommendation is %.1f%% slower than that\n",
+                   res[best].segment_bound_step_time_s, 100.0 * resident / res[best].segment_bound_step_time_s,
+                   100.0 * (res[best].step_time_s / res[best].segment_bound_step_time_s - 1));
         }
     }
     vc_workload_destroy(wl);

@@ -13,7 +13,8 @@
  * max(compute, (bytes - usable) / bandwidth). Cutting the pass into runs and summing gives a bound
  * for every cut; this returns the largest over all cuts of the cyclic pass, which no schedule of
  * whole or partial layers can beat. It is never below max(total compute, (total bytes - usable) /
- * bandwidth). O(n^3) time, O(n) memory; returns -1 when memory for the prefix sums is short. */
+ * bandwidth). O(n^3) time up to 256 layers; longer passes try 256 evenly spread first cuts (still a
+ * bound, at most a little less tight), O(256 n^2). O(n) memory; returns -1 when that memory is short. */
 double vc__segment_time_bound(const double *bytes, const double *secs, size_t n, double usable, double bandwidth);
 
 #endif

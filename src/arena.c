@@ -74,6 +74,7 @@ int arena_add_segment(arena *a, void *base, size_t size) {
     }
     s->base = base;
     s->size = size;
+    s->gen = ++a->next_gen;
     s->first = b;
     b->size = size;
     b->seg = s;
@@ -158,12 +159,9 @@ static arena_block *find_block(const arena *a, size_t size, size_t align) {
     return NULL;
 }
 
-int arena_alloc(arena *a, size_t size, size_t align, void *owner, arena_block **out) {
-    size = arena_round(size);
-    if (align < ARENA_GRAIN) align = ARENA_GRAIN;
-    arena_block *b = find_block(a, size, align);
-    if (!b) return VC_ERR_OUT_OF_VRAM;
-    size_t pad = pad_for(b, align);
+/* Takes [b->offset + pad, + size) of the free block b for owner; what is left on either side stays
+ * free. */
+static int carve(arena *a, arena_block *b, size_t pad, size_t size, void *owner, arena_block **out) {
     size_t tail = b->size - pad - size;
     /* Reserve the bookkeeping first so a host OOM leaves the arena untouched. */
     arena_block *head_blk = NULL, *tail_blk = NULL;
@@ -205,6 +203,29 @@ int arena_alloc(arena *a, size_t size, size_t align, void *owner, arena_block **
     *out = b;
     ARENA_VALIDATE(a);
     return VC_OK;
+}
+
+int arena_alloc(arena *a, size_t size, size_t align, void *owner, arena_block **out) {
+    size = arena_round(size);
+    if (align < ARENA_GRAIN) align = ARENA_GRAIN;
+    arena_block *b = find_block(a, size, align);
+    if (!b) return VC_ERR_OUT_OF_VRAM;
+    return carve(a, b, pad_for(b, align), size, owner, out);
+}
+
+arena_segment *arena_segment_by_gen(const arena *a, uint64_t gen) {
+    for (arena_segment *s = a->segments; s; s = s->next)
+        if (s->gen == gen) return s;
+    return NULL;
+}
+
+int arena_alloc_at(arena *a, arena_segment *seg, size_t offset, size_t size, void *owner, arena_block **out) {
+    size = arena_round(size);
+    if (offset & (ARENA_GRAIN - 1) || offset > seg->size || seg->size - offset < size) return VC_ERR_OUT_OF_VRAM;
+    arena_block *b = seg->first;
+    while (b && b->offset + b->size <= offset) b = b->next;
+    if (!b || b->owner || b->offset + b->size - offset < size) return VC_ERR_OUT_OF_VRAM;
+    return carve(a, b, offset - b->offset, size, owner, out);
 }
 
 void arena_free(arena *a, arena_block *b) {

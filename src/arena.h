@@ -35,6 +35,7 @@ struct arena_segment {
     size_t size;
     size_t used;         /* bytes in owned blocks */
     arena_block *first;  /* lowest block */
+    uint64_t gen;        /* unique within its arena: names it safely after others come and go */
     arena_segment *prev, *next;
 };
 
@@ -46,6 +47,7 @@ typedef struct arena {
     size_t nsegments;
     size_t total; /* bytes of all segments */
     size_t used;  /* bytes in owned blocks */
+    uint64_t next_gen; /* the gen of the next segment added (from 1) */
     uint64_t fl_bitmap;
     uint8_t sl_bitmap[ARENA_FL];
     arena_block *bins[ARENA_FL][ARENA_SL];
@@ -64,6 +66,14 @@ void *arena_remove_segment(arena *a, arena_segment *seg);
  *  absolute address. Returns 0 and *out, VC_ERR_OUT_OF_VRAM when no hole fits, or
  *  VC_ERR_NO_MEMORY when host bookkeeping fails. `owner` must be non-NULL. */
 int arena_alloc(arena *a, size_t size, size_t align, void *owner, arena_block **out);
+
+/** Allocates `size` bytes (rounded up to ARENA_GRAIN) at exactly `offset` (a multiple of
+ *  ARENA_GRAIN) of segment `seg` of `a`. Returns 0 and *out, VC_ERR_OUT_OF_VRAM when that range is
+ *  not wholly inside one free block, or VC_ERR_NO_MEMORY when host bookkeeping fails. */
+int arena_alloc_at(arena *a, arena_segment *seg, size_t offset, size_t size, void *owner, arena_block **out);
+
+/** The segment of `a` whose gen is `gen`, or NULL when it is gone. O(segments). */
+arena_segment *arena_segment_by_gen(const arena *a, uint64_t gen);
 
 /** Returns a block to its segment, merging with free neighbours. */
 void arena_free(arena *a, arena_block *b);

@@ -103,6 +103,66 @@ static void test_find_window(void **state) {
     arena_remove_segment(&a, a.segments);
 }
 
+/* Placement at a given offset: inside one free block only; the rest of the block stays free on
+ * both sides. */
+static void test_alloc_at(void **state) {
+    (void)state;
+    arena a;
+    arena_init(&a);
+    assert_int_equal(arena_add_segment(&a, base_mem, 64 * KB), VC_OK);
+    arena_segment *seg = a.segments;
+    arena_block *x, *y, *none;
+    int o;
+    assert_int_equal(arena_alloc_at(&a, seg, 8 * KB, 4 * KB, &o, &x), VC_OK);
+    assert_ptr_equal(arena_block_ptr(x), base_mem + 8 * KB);
+    assert_int_equal(x->size, 4 * KB);
+    assert_non_null(x->prev); /* [0, 8 KB) stays free before it */
+    assert_null(x->prev->owner);
+    assert_int_equal(x->prev->size, 8 * KB);
+    /* overlapping an owned block, past the end, or off the grain: refused, nothing changes */
+    assert_int_equal(arena_alloc_at(&a, seg, 10 * KB, 4 * KB, &o, &none), VC_ERR_OUT_OF_VRAM);
+    assert_int_equal(arena_alloc_at(&a, seg, 6 * KB, 4 * KB, &o, &none), VC_ERR_OUT_OF_VRAM);
+    assert_int_equal(arena_alloc_at(&a, seg, 62 * KB, 4 * KB, &o, &none), VC_ERR_OUT_OF_VRAM);
+    assert_int_equal(arena_alloc_at(&a, seg, 65 * KB, KB, &o, &none), VC_ERR_OUT_OF_VRAM);
+    assert_int_equal(arena_alloc_at(&a, seg, 100, KB, &o, &none), VC_ERR_OUT_OF_VRAM);
+    assert_int_equal(a.used, 4 * KB);
+    /* right against it, and at the very end */
+    assert_int_equal(arena_alloc_at(&a, seg, 12 * KB, 1000, &o, &y), VC_OK);
+    assert_ptr_equal(y->prev, x);
+    assert_int_equal(y->size, 1024);
+    arena_block *z;
+    assert_int_equal(arena_alloc_at(&a, seg, 60 * KB, 4 * KB, &o, &z), VC_OK);
+    assert_null(z->next);
+    /* ordinary allocation still finds the holes left around them */
+    arena_block *w;
+    assert_int_equal(arena_alloc(&a, 8 * KB, 256, &o, &w), VC_OK);
+    arena_free(&a, w);
+    arena_free(&a, x);
+    arena_free(&a, z);
+    arena_free(&a, y);
+    assert_int_equal(a.used, 0);
+    assert_null(seg->first->next);
+    arena_remove_segment(&a, seg);
+}
+
+/* Segments are named by a gen that is never reused, so a name kept across a segment's removal
+ * finds nothing rather than a newcomer at the same address. */
+static void test_segment_gen(void **state) {
+    (void)state;
+    arena a;
+    arena_init(&a);
+    assert_int_equal(arena_add_segment(&a, base_mem, 64 * KB), VC_OK);
+    uint64_t g1 = a.segments->gen;
+    assert_ptr_equal(arena_segment_by_gen(&a, g1), a.segments);
+    arena_remove_segment(&a, a.segments);
+    assert_int_equal(arena_add_segment(&a, base_mem, 64 * KB), VC_OK);
+    assert_int_not_equal(a.segments->gen, g1);
+    assert_null(arena_segment_by_gen(&a, g1));
+    assert_null(arena_segment_by_gen(&a, 0));
+    assert_ptr_equal(arena_segment_by_gen(&a, a.segments->gen), a.segments);
+    arena_remove_segment(&a, a.segments);
+}
+
 /* Random allocations and frees over three segments, checked against an ownership map. */
 static void test_random_against_map(void **state) {
     (void)state;
@@ -113,6 +173,7 @@ static void test_random_against_map(void **state) {
     static unsigned char owner_map[NSEG * SEG];
     memset(owner_map, 0, sizeof owner_map);
     arena_block *live[N] = {0};
+    int placed_at = 0, refused_at = 0;
     unsigned seed = 12345;
     for (int step = 0; step < 20000; step++) {
         seed = seed * 1103515245u + 12345u;
@@ -126,6 +187,28 @@ static void test_random_against_map(void **state) {
             }
             arena_free(&a, live[i]);
             live[i] = NULL;
+        } else if ((seed >> 20) % 4 == 0) {
+            /* at a chosen offset: succeeds exactly when the range is free (free blocks coalesce,
+             * so a free range lies in one block) */
+            size_t size = arena_round(1 + (seed >> 12) % (12 * 1024));
+            int sidx = (int)((seed >> 24) % NSEG);
+            size_t off = ((seed >> 3) % (SEG / 256)) * 256;
+            arena_segment *sg = a.segments;
+            while (sg && sg->base != base_mem + sidx * SEG) sg = sg->next;
+            assert_non_null(sg);
+            int is_free = off + size <= SEG;
+            for (size_t k = 0; is_free && k < size; k++) is_free = owner_map[sidx * SEG + off + k] == 0;
+            int st = arena_alloc_at(&a, sg, off, size, (void *)(intptr_t)(i + 1), &live[i]);
+            assert_int_equal(st, is_free ? VC_OK : VC_ERR_OUT_OF_VRAM);
+            placed_at += st == VC_OK;
+            refused_at += st != VC_OK;
+            if (st != VC_OK) {
+                live[i] = NULL;
+                continue;
+            }
+            assert_ptr_equal(arena_block_ptr(live[i]), base_mem + sidx * SEG + off);
+            assert_int_equal(live[i]->size, size);
+            for (size_t k = 0; k < size; k++) owner_map[sidx * SEG + off + k] = (unsigned char)(i + 1);
         } else {
             size_t size = 1 + (seed >> 12) % (12 * 1024);
             size_t align = (size_t)256 << ((seed >> 4) % 4);
@@ -148,6 +231,7 @@ static void test_random_against_map(void **state) {
         for (int k = 0; k < N; k++) used += live[k] ? live[k]->size : 0;
         assert_int_equal(a.used, used);
     }
+    assert_true(placed_at > 100 && refused_at > 100); /* both outcomes were exercised */
     for (int k = 0; k < N; k++)
         if (live[k]) arena_free(&a, live[k]);
     assert_int_equal(a.used, 0);
@@ -163,6 +247,8 @@ int main(void) {
         cmocka_unit_test(test_alignment),
         cmocka_unit_test(test_exact_fit_never_missed),
         cmocka_unit_test(test_find_window),
+        cmocka_unit_test(test_alloc_at),
+        cmocka_unit_test(test_segment_gen),
         cmocka_unit_test(test_random_against_map),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -68,6 +68,8 @@ struct vc_layer_rec {
     size_t order_pos;  /* index in model->order when in_order */
     int in_order;
     int keep;          /* the plan keeps it resident across passes */
+    uint64_t home_gen; /* kept: the kept-arena segment (gen) of its planned place; 0: none */
+    size_t home_off;   /* ... and the offset there */
     int prefetched;    /* uploaded ahead of use, not acquired since */
     int stage_queued;  /* waiting in the stager's queue (src/stager.c) */
 
@@ -101,6 +103,8 @@ struct vc_model_rec {
     uint64_t last_tick; /* c->use_clock at its latest acquire */
     size_t vram_layers; /* its layers resident now */
     size_t plan_capacity; /* the weight limit its plan was made for; 0: no plan */
+    int layout_pending;   /* a plan waits to lay the device out until nothing there is pinned */
+    size_t pending_kept, pending_stream; /* ... its kept bytes and streaming region */
 };
 
 /* A RAM buffer that can be freed only once a copy reading it has completed. */
@@ -157,6 +161,8 @@ struct vc_cache {
     arena sarena;         /* the streaming region: layers the plan streams pass through it */
     size_t stream_budget; /* its planned size; 0: no streaming region */
     model_t *stream_model; /* the model whose plan owns it */
+    arena_segment *ring_seg; /* where the streaming region places its next layer (a ring: see */
+    size_t ring_off;         /* place_streamed); ring_seg NULL or stale: from the region's start */
     layer_list vram_lru;
     layer_list ram_lru;
     deferred_free *deferred;
@@ -333,6 +339,12 @@ static inline void vc__note_vram(vc_cache *c) {
     if (vc__vram_used(c) > c->stats.vram_peak_bytes) c->stats.vram_peak_bytes = vc__vram_used(c);
     if (vc__vram_total(c) > c->stats.arena_peak_bytes) c->stats.arena_peak_bytes = vc__vram_total(c);
 }
+
+/** 1 when a layer in the kept arena or the streaming region is held, loading or arriving. */
+int vc__layout_pinned(vc_cache *c);
+
+/** Gives each kept layer of m's plan a home in the kept arena (residency.c: homes). */
+void vc__assign_homes(vc_cache *c, model_t *m);
 
 /** Frees the streaming region (evicting its unheld layers); used when a plan changes. */
 void vc__release_stream_region(vc_cache *c, vc_evict_reason reason);

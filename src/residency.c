@@ -337,6 +337,14 @@ static int free_segment(vc_cache *c, arena *a, arena_segment *seg, vc_evict_reas
     return VC_OK;
 }
 
+int vc__layout_pinned(vc_cache *c) {
+    const arena *arenas[2] = {&c->arena, &c->sarena};
+    for (int i = 0; i < 2; i++)
+        for (const arena_segment *s = arenas[i]->segments; s; s = s->next)
+            if (segment_pinned(c, s)) return 1;
+    return 0;
+}
+
 void vc__release_stream_region(vc_cache *c, vc_evict_reason reason) {
     for (arena_segment *s = c->sarena.segments, *n; s; s = n) {
         n = s->next;
@@ -491,6 +499,158 @@ static void make_region_room(vc_cache *c, size_t limit, size_t want) {
     }
 }
 
+/* ---- homes: planned places for kept layers ------------------------------------------------------
+ *
+ * A plan gives each kept layer a home, an offset in the kept arena (packed, largest first). A kept
+ * layer always loads into its home, evicting whatever took the room meanwhile (a layer placed there
+ * while its owner was out). Without homes, kept layers of nearly equal sizes land in each other's
+ * holes after any disturbance, and each pass a few of them evict their neighbours for want of a hole
+ * (a fragmentation chain that never settles, since every eviction leaves the next hole a little too
+ * small); with homes every kept layer has its room and the set settles after one pass. */
+
+/* A block that stays where it is while homes are laid out: a layer held, loading or arriving that
+ * is kept, or of another model. Others there are evicted when the home's owner arrives. */
+static int home_obstacle(vc_cache *c, const model_t *m, const arena_block *b) {
+    const layer_t *o = b->owner;
+    return o && !vc__evictable(c, (layer_t *)o) && (o->keep || o->model != m);
+}
+
+typedef struct home_gap {
+    arena_segment *seg;
+    size_t start, end;
+} home_gap;
+
+static int cmp_layer_size_desc(const void *a, const void *b) {
+    const layer_t *x = *(layer_t *const *)a, *y = *(layer_t *const *)b;
+    return x->bytes < y->bytes ? 1 : x->bytes > y->bytes ? -1 : 0;
+}
+
+void vc__assign_homes(vc_cache *c, model_t *m) {
+    for (size_t i = 0; i < m->nlayers; i++) m->layers[i]->home_gen = 0;
+    /* Kept layers pinned where they are keep that place; the rest are packed first-fit, largest
+     * first, into the gaps between the blocks that stay. */
+    size_t ngaps = 0, nobst = 0, nkept = 0;
+    for (arena_segment *s = c->arena.segments; s; s = s->next)
+        for (const arena_block *b = s->first; b; b = b->next) nobst += home_obstacle(c, m, b);
+    for (size_t i = 0; i < m->order_n; i++) nkept += m->order[i]->keep;
+    home_gap *gaps = malloc((c->arena.nsegments + nobst) * sizeof(*gaps));
+    layer_t **todo = malloc((nkept ? nkept : 1) * sizeof(*todo));
+    if (!gaps || !todo) { /* no homes: kept layers are placed as any other */
+        free(gaps);
+        free(todo);
+        return;
+    }
+    for (arena_segment *s = c->arena.segments; s; s = s->next) {
+        size_t start = 0;
+        for (arena_block *b = s->first; b; b = b->next) {
+            if (!home_obstacle(c, m, b)) continue;
+            if (b->offset > start) gaps[ngaps++] = (home_gap){s, start, b->offset};
+            start = b->offset + b->size;
+            layer_t *o = b->owner;
+            if (o->model == m && o->keep) {
+                o->home_gen = s->gen;
+                o->home_off = b->offset;
+            }
+        }
+        if (s->size > start) gaps[ngaps++] = (home_gap){s, start, s->size};
+    }
+    size_t n = 0;
+    for (size_t i = 0; i < m->order_n; i++)
+        if (m->order[i]->keep && !m->order[i]->home_gen) todo[n++] = m->order[i];
+    qsort(todo, n, sizeof(*todo), cmp_layer_size_desc);
+    for (size_t i = 0; i < n; i++) {
+        layer_t *x = todo[i];
+        size_t need = arena_round(x->bytes);
+        size_t align = x->align > ARENA_GRAIN ? x->align : ARENA_GRAIN;
+        for (size_t g = 0; g < ngaps; g++) {
+            uintptr_t base = (uintptr_t)gaps[g].seg->base;
+            size_t at = gaps[g].start + (size_t)((align - ((base + gaps[g].start) & (align - 1))) & (align - 1));
+            if (at > gaps[g].end || gaps[g].end - at < need) continue;
+            x->home_gen = gaps[g].seg->gen;
+            x->home_off = at;
+            gaps[g].start = at + need;
+            break;
+        }
+        /* No gap takes it (the packing lost a little around what stays): a layer the streaming
+         * region can carry streams instead, one copy per pass, rather than evict a kept neighbour
+         * for room every pass; a larger one is placed as any other. */
+        if (!x->home_gen && 2 * need <= c->stream_budget) x->keep = 0;
+    }
+    free(gaps);
+    free(todo);
+}
+
+/* Loads kept layer l into its home. VC_ERR_NOT_FOUND: it has none (or the home cannot be had now:
+ * the caller places it as any other layer); VC_ERR_OUT_OF_VRAM: a prefetch that must wait. */
+static int place_home(vc_cache *c, layer_t *l, const place_req *rq, arena_block **out) {
+    arena_segment *seg = l->home_gen ? arena_segment_by_gen(&c->arena, l->home_gen) : NULL;
+    size_t need = arena_round(l->bytes);
+    if (!seg || l->home_off > seg->size || seg->size - l->home_off < need) {
+        l->home_gen = 0; /* the segment went back, or the layer grew: no home until the next plan */
+        return VC_ERR_NOT_FOUND;
+    }
+    size_t start = l->home_off;
+    arena_block *first = seg->first, *last = NULL;
+    while (first->offset + first->size <= start) first = first->next;
+    streamable_ctx sc = {c, l, rq->max_distance};
+    for (arena_block *b = first;; b = b->next) {
+        if (b->owner) {
+            /* A prefetch displaces only what the plan streams and needs later; a load, anything
+             * evictable. */
+            int ok = rq->max_distance == VC_ANY_DISTANCE ? vc__evictable(c, b->owner) : streamable_owner(b->owner, &sc);
+            if (!ok) return rq->max_distance == VC_ANY_DISTANCE ? VC_ERR_NOT_FOUND : VC_ERR_OUT_OF_VRAM;
+        }
+        last = b;
+        if (b->offset + b->size >= start + need) break;
+    }
+    int er = evict_run(c, first, last, rq->max_distance == VC_ANY_DISTANCE ? VC_EVICT_FOR_LOAD : VC_EVICT_FOR_PREFETCH);
+    if (er == VC_ERR_NO_MEMORY) return er;
+    return arena_alloc_at(&c->arena, seg, start, need, l, out) == VC_OK ? VC_OK : VC_ERR_NOT_FOUND;
+}
+
+/* The streaming region is a ring: streamed layers are placed one after another in the order they
+ * are asked for (pass order, prefetches included), wrapping to the start when the next one does not
+ * fit before the end. What lies at the head is then always what was placed longest ago, already used
+ * this pass, so room is made by evicting it, and layers of mixed sizes never split the region into
+ * holes too small for the next one (which would push it out into the kept arena). Returns VC_OK,
+ * VC_ERR_OUT_OF_VRAM when the layers at the head cannot go yet (held, arriving, or needed before l),
+ * or VC_ERR_NO_MEMORY. */
+static int ring_place(vc_cache *c, layer_t *l, const place_req *rq, arena_block **out) {
+    arena *a = &c->sarena;
+    arena_segment *seg = a->segments;
+    size_t off = 0;
+    for (arena_segment *s = a->segments; s; s = s->next)
+        if (s == c->ring_seg) seg = s, off = c->ring_off;
+    if (!seg) return VC_ERR_OUT_OF_VRAM;
+    size_t need = arena_round(l->bytes);
+    size_t align = l->align > ARENA_GRAIN ? l->align : ARENA_GRAIN;
+    streamable_ctx sc = {c, l, rq->max_distance};
+    for (size_t hop = 0; hop <= a->nsegments; hop++) {
+        uintptr_t base = (uintptr_t)seg->base;
+        size_t start = off + (size_t)((align - ((base + off) & (align - 1))) & (align - 1));
+        if (start <= seg->size && seg->size - start >= need) {
+            arena_block *first = seg->first, *last = NULL;
+            while (first->offset + first->size <= start) first = first->next;
+            for (arena_block *b = first;; b = b->next) {
+                if (b->owner && !streamable_owner(b->owner, &sc)) return VC_ERR_OUT_OF_VRAM;
+                last = b;
+                if (b->offset + b->size >= start + need) break;
+            }
+            int er = evict_run(c, first, last,
+                               rq->max_distance == VC_ANY_DISTANCE ? VC_EVICT_FOR_LOAD : VC_EVICT_FOR_PREFETCH);
+            if (er == VC_ERR_NO_MEMORY) return er;
+            int st = arena_alloc_at(a, seg, start, need, l, out);
+            if (st != VC_OK) return st;
+            c->ring_seg = seg;
+            c->ring_off = start + need;
+            return VC_OK;
+        }
+        seg = seg->next ? seg->next : a->segments; /* wrap: the rest of this segment is too short */
+        off = 0;
+    }
+    return VC_ERR_OUT_OF_VRAM; /* l is larger than any segment of the region */
+}
+
 /* Layers the plan streams go through the streaming region, a separate range of segments where only
  * streamed layers live, so their varied sizes never fragment the kept set. Returns VC_ERR_NOT_FOUND
  * when l does not belong there (or the region cannot take it: the caller places it normally). */
@@ -499,6 +659,12 @@ static int place_streamed(vc_cache *c, layer_t *l, const place_req *rq, size_t l
     size_t need = arena_round(l->bytes);
     streamable_ctx sc = {c, l, rq->max_distance};
     for (int tries = 0; tries < 1024; tries++) {
+        if (c->sarena.total >= c->stream_budget) {
+            int st = ring_place(c, l, rq, out);
+            if (st == VC_OK) l->in_stream = 1;
+            if (st != VC_ERR_OUT_OF_VRAM) return st;
+            if (rq->max_distance != VC_ANY_DISTANCE) return st; /* a prefetch waits its turn */
+        }
         int st = arena_alloc(&c->sarena, need, l->align, l, out);
         if (st == VC_OK) {
             l->in_stream = 1;
@@ -538,7 +704,9 @@ static int vram_place(vc_cache *c, layer_t *l, const char *fn, const place_req *
     size_t limit = vc__weight_limit(c);
     if (!c->stream_budget && c->sarena.total) release_empty_segments(c, &c->sarena); /* a dropped region */
     if (vc__vram_total(c) > limit) vc__shrink_arena(c, limit, VC_EVICT_BUDGET_SHRANK, 0); /* best effort */
-    int st = place_streamed(c, l, rq, limit, out);
+    int st = l->keep && l->home_gen ? place_home(c, l, rq, out) : VC_ERR_NOT_FOUND;
+    if (st == VC_OK || st == VC_ERR_NO_MEMORY || (st == VC_ERR_OUT_OF_VRAM && rq->quiet)) return st;
+    st = place_streamed(c, l, rq, limit, out);
     if (st == VC_OK || st == VC_ERR_NO_MEMORY || (st != VC_ERR_NOT_FOUND && rq->quiet)) return st;
     int grow_failed = 0;
     for (;;) {

@@ -145,6 +145,16 @@ static void apply_plan_layout(vc_cache *c, model_t *m, size_t kept, size_t strea
     c->stream_budget = stream_budget;
     /* One segment for the kept set and one for the region: packed, nothing lost to segment ends. */
     vc__reserve_layout(c, kept, stream_budget);
+    vc__assign_homes(c, m);
+}
+
+/* Lays out m's pending plan: at once when forced, else only while nothing in the arenas is held
+ * or arriving, so that every old segment can go and the kept set is packed in one piece, each
+ * layer with its home (a held layer would stay where it is and split the room around it). */
+static void try_layout(vc_cache *c, model_t *m, int force) {
+    if (!m->layout_pending || (!force && vc__layout_pinned(c))) return;
+    m->layout_pending = 0;
+    apply_plan_layout(c, m, m->pending_kept, m->pending_stream);
 }
 
 static int cmp_size(const void *a, const void *b) {
@@ -152,31 +162,49 @@ static int cmp_size(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-static void make_plan(vc_cache *c, model_t *m) {
-    size_t cap = vc__weight_limit(c);
-    size_t total = 0, largest = 0;
+/* Three quarters of the pairs of consecutive streamed layers (in pass order, round the loop) fit in
+ * this many bytes; 0 with fewer than two streamed layers. */
+static size_t streamed_pair_quantile(const model_t *m) {
+    size_t n = 0, first = SIZE_MAX, prev = SIZE_MAX;
+    for (size_t i = 0; i < m->order_n; i++) n += !m->order[i]->keep;
+    if (n < 2) return 0;
+    size_t *pairs = malloc(n * sizeof(*pairs));
+    if (!pairs) return 0;
+    size_t k = 0;
     for (size_t i = 0; i < m->order_n; i++) {
+        if (m->order[i]->keep) continue;
         size_t b = arena_round(m->order[i]->bytes);
-        total = sat_add(total, b);
-        if (b > largest) largest = b;
-        m->order[i]->keep = 1;
+        if (prev != SIZE_MAX) pairs[k++] = prev + b;
+        if (first == SIZE_MAX) first = b;
+        prev = b;
     }
-    m->plan_capacity = cap ? cap : 1;
-    if (total <= cap || c->mode != VC_OFFLOAD_MODE_BALANCED) { /* it fits (or nothing is kept): no streaming */
-        if (c->stream_model == m) vc__release_stream_region(c, VC_EVICT_PLAN);
-        return;
-    }
-    /* Room for the copies in flight: two of the largest layers that will stream. Streaming only
-     * layers no larger than needed keeps that room small; start from the global largest and shrink
-     * below when the streamed set allows. */
+    pairs[k++] = prev + first;
+    qsort(pairs, k, sizeof(*pairs), cmp_size);
+    size_t q = pairs[(k * 3) / 4 < k ? (k * 3) / 4 : k - 1];
+    free(pairs);
+    return q;
+}
+
+/* The two shapes a plan may take (see make_plan). */
+typedef struct plan_shape {
+    double margin;    /* stream layers up to the smallest size whose layers hold margin x the bytes to stream */
+    double region_of; /* the region holds this many of the largest streamed layer */
+} plan_shape;
+
+/* Marks which layers of m stay resident for a weight limit of cap and returns the streaming
+ * region's size (0: no streaming region); *kept_out: the kept bytes. */
+static size_t plan_keep_set(model_t *m, size_t cap, size_t total, size_t largest, plan_shape shape,
+                            size_t *kept_out) {
+    for (size_t i = 0; i < m->order_n; i++) m->order[i]->keep = 1;
     /* The streaming region: room for the copies in flight. Three of the largest streamed layers let a
      * copy run while one layer computes and the next waits; but the region is paid in bytes moved
-     * every step, so it stays within 3% of what must stream anyway, and never below two. */
+     * every step, so it stays within 3% of what must stream anyway, and never below the shape's
+     * share (two in the usual shape: one computing, one arriving). */
     size_t lower_bound = total - cap;
-    size_t slack = m->order_n * ARENA_GRAIN; /* alignment in the packed kept segment */
-#define REGION_FOR(big) max_sz(2 * (big), min_sz(3 * (big), lower_bound / 33))
-    size_t slots = REGION_FOR(largest);
-    size_t keep_budget = sat_sub(cap, slots + slack);
+    size_t slack = 0; /* alignment in the packed kept segment: sizes are whole grains already */
+    for (size_t i = 0; i < m->order_n; i++) slack += m->order[i]->align - ARENA_GRAIN;
+#define REGION_FOR(big) max_sz((size_t)(shape.region_of * (double)(big)), min_sz(3 * (big), lower_bound / 33))
+    size_t keep_budget = sat_sub(cap, REGION_FOR(largest) + slack);
     /* Spread: the bytes to stream are earned half by compute, so that each streamed layer's copy can
      * run while the layers before it compute, and half by bytes, so that the copy engine sees a
      * steady stream where compute is thin (measured best of the mixes tried: docs/performance.md).
@@ -187,21 +215,26 @@ static void make_plan(vc_cache *c, model_t *m) {
     if (!by_cost) total_cost = (double)total;
     double need = (double)(total - keep_budget);
     /* Stream only layers up to a size cap, the smallest cap whose layers hold the bytes that must
-     * stream with a margin (twice them, so the spread has layers to choose from; 1.5 times when the
-     * whole model does not hold twice): the region is sized by the largest streamed layer, and it is
-     * paid in bytes every step. Margins measured on the workload sweep: docs/performance.md. */
+     * stream with the shape's margin (twice them in the usual shape, so the spread has layers to
+     * choose from; at most 1.5 times when the whole model does not hold that): the region is sized
+     * by the largest streamed layer, and it is paid in bytes every step. The cap sets the region and
+     * the region adds to what must stream: take the smallest cap that holds what it implies.
+     * Margins measured on the workload sweep: docs/performance.md. */
     size_t size_cap = SIZE_MAX;
     size_t *sizes = malloc(m->order_n * sizeof(*sizes));
     if (sizes) {
         for (size_t i = 0; i < m->order_n; i++) sizes[i] = arena_round(m->order[i]->bytes);
         qsort(sizes, m->order_n, sizeof(*sizes), cmp_size);
-        static const double margins[] = {2.0, 1.5};
+        const double margins[] = {shape.margin, shape.margin < 1.5 ? shape.margin : 1.5};
         for (size_t k = 0; k < sizeof margins / sizeof margins[0] && size_cap == SIZE_MAX; k++) {
             double sum = 0;
             for (size_t i = 0; i < m->order_n; i++) {
                 sum += (double)sizes[i];
-                if (sum >= need * margins[k]) {
+                if (i + 1 < m->order_n && sizes[i + 1] == sizes[i]) continue; /* a cap takes all of a size */
+                double need_i = (double)(total - sat_sub(cap, REGION_FOR(sizes[i]) + slack));
+                if (sum >= need_i * margins[k]) {
                     size_cap = sizes[i];
+                    need = need_i;
                     break;
                 }
             }
@@ -222,8 +255,12 @@ static void make_plan(vc_cache *c, model_t *m) {
             kept += arena_round(x->bytes);
         }
     }
-    /* The copies in flight need only room for the largest *streamed* layers. */
-    keep_budget = sat_sub(cap, REGION_FOR(streamed_largest) + slack);
+    /* The copies in flight need only room for the largest *streamed* layers, and for most pairs of
+     * streamed layers that follow each other (one computing while the next arrives): the shape's
+     * share of the largest may be less than two of them only where most pairs are smaller. */
+    size_t pair_room = streamed_pair_quantile(m);
+#define REGION_OF(big) max_sz(REGION_FOR(big), pair_room)
+    keep_budget = sat_sub(cap, REGION_OF(streamed_largest) + slack);
     /* Too much kept (rounding, or credit left unspent for want of layers under the cap): stream the
      * largest kept layers under the size cap until it fits, and only then larger ones, since those
      * would grow the region. */
@@ -241,7 +278,7 @@ static void make_plan(vc_cache *c, model_t *m) {
         kept -= arena_round(big->bytes);
         if (arena_round(big->bytes) > streamed_largest) {
             streamed_largest = arena_round(big->bytes);
-            keep_budget = sat_sub(cap, REGION_FOR(streamed_largest) + slack);
+            keep_budget = sat_sub(cap, REGION_OF(streamed_largest) + slack);
         }
     }
     /* Room left over: keep streamed layers (spread, smallest first) while they fit. */
@@ -255,11 +292,55 @@ static void make_plan(vc_cache *c, model_t *m) {
         }
     /* Kept layers live in segments of up to segment_bytes; count the last one's slack as kept. */
     size_t stream_budget = sat_sub(cap, kept + slack) & ~(ARENA_GRAIN - 1);
-    if (stream_budget < 2 * streamed_largest) stream_budget = 0; /* no room to overlap: plain placement */
+    if (stream_budget < (size_t)(shape.region_of * (double)streamed_largest))
+        stream_budget = 0; /* no room to overlap: plain placement */
+#undef REGION_OF
 #undef REGION_FOR
+    *kept_out = kept + slack;
+    return stream_budget;
+}
+
+static void make_plan(vc_cache *c, model_t *m) {
+    size_t cap = vc__weight_limit(c);
+    size_t total = 0, largest = 0;
+    for (size_t i = 0; i < m->order_n; i++) {
+        size_t b = arena_round(m->order[i]->bytes);
+        total = sat_add(total, b);
+        if (b > largest) largest = b;
+        m->order[i]->keep = 1;
+    }
+    m->plan_capacity = cap ? cap : 1;
+    m->layout_pending = 0;
+    if (total <= cap || c->mode != VC_OFFLOAD_MODE_BALANCED) { /* it fits (or nothing is kept): no streaming */
+        if (c->stream_model == m) vc__release_stream_region(c, VC_EVICT_PLAN);
+        return;
+    }
+    /* The usual shape streams layers of up to a generous size, spread by compute, through room for
+     * two of them. Its region is paid in bytes every step: where it would cost more than 5% of what
+     * must stream anyway (the bytes goal of docs/performance.md; it happens when a model's largest
+     * layers are large beside the bytes that must stream, as SD 1.5's), take the lean shape instead
+     * when it moves fewer bytes: only the smallest layers stream, and the ring (residency.c) holds
+     * one and a half of the largest of them. Measured on the workload sweep (docs/performance.md). */
+    static const plan_shape usual = {2.0, 2.0}, lean = {1.0, 1.5};
+    size_t lower_bound = total - cap, kept;
+    size_t stream_budget = plan_keep_set(m, cap, total, largest, usual, &kept);
+    if (sat_sub(cap, kept) > lower_bound / 20) {
+        size_t lean_kept, lean_budget = plan_keep_set(m, cap, total, largest, lean, &lean_kept);
+        if (lean_budget && sat_sub(cap, lean_kept) < sat_sub(cap, kept)) {
+            stream_budget = lean_budget;
+            kept = lean_kept;
+        } else {
+            stream_budget = plan_keep_set(m, cap, total, largest, usual, &kept);
+        }
+    }
     vc__log(c, VC_LOG_INFO, "plan for model '%s': keep %zu of %zu bytes resident, stream the rest through %zu "
             "bytes", m->name, kept, total, stream_budget);
-    apply_plan_layout(c, m, kept + slack, stream_budget);
+    /* The plan is made as a pass starts, while its first layer is held: lay the device out at the
+     * first release after it (prefetch waits till then), or at the next pass at the latest. */
+    m->pending_kept = kept;
+    m->pending_stream = stream_budget;
+    m->layout_pending = 1;
+    try_layout(c, m, 0);
 }
 
 /* ---- order tracking ---------------------------------------------------------------------------- */
@@ -274,6 +355,7 @@ static void drop_order(vc_cache *c, model_t *m) {
     m->order = NULL;
     m->order_n = 0;
     m->order_valid = 0;
+    m->layout_pending = 0;
     m->order_declared = 0;
     m->plan_capacity = 0;
     m->pos = 0;
@@ -348,6 +430,7 @@ static void follow(vc_cache *c, model_t *m, layer_t *l) {
     if (l->in_order && l->order_pos == expected) {
         m->pos = expected;
         if (expected == 0) { /* a new pass */
+            try_layout(c, m, 1);
             m->pass_mismatches = 0;
             /* The budget moved since the plan was made (reservation ended, another process): re-plan. */
             size_t limit = c->stats.vram_limit;
@@ -394,6 +477,10 @@ void vc__sched_on_acquire(vc_cache *c, layer_t *l) {
     if (c->policy != VC_POLICY_PLANNED || !order_known(m) || !c->prefetch_depth ||
         c->mode == VC_OFFLOAD_MODE_NONE || c->mode == VC_OFFLOAD_MODE_MODEL)
         return;
+    if (m->layout_pending) { /* nothing ahead is known to be resident: scan afresh afterwards */
+        m->pf_next = (m->pos + 1) % m->order_n;
+        return;
+    }
     /* Upload what comes next, in order, while room can be made without hurting sooner needs. The
      * scan resumes where it stopped last time (layers it passed are resident or arriving; an
      * eviction pulls it back), so a hit costs O(1) however long the pass. */
@@ -413,7 +500,9 @@ void vc__sched_on_acquire(vc_cache *c, layer_t *l) {
         c->prefetch_inflight++;
         c->stats.prefetches++;
     }
-    m->pf_next = (m->pos + k) % m->order_n;
+    /* Past the window the next scan starts at its last layer (pos + window + 1 could wrap round
+     * to pos itself and read as "everything ahead is resident" for ever). */
+    m->pf_next = (m->pos + (k > window ? window : k)) % m->order_n;
 }
 
 void vc__sched_on_evict(vc_cache *c, layer_t *l) {
@@ -426,6 +515,7 @@ void vc__sched_on_evict(vc_cache *c, layer_t *l) {
 }
 
 void vc__sched_on_release(vc_cache *c, layer_t *l) {
+    if (l->model->layout_pending) try_layout(c, l->model, 0);
     if (c->mode == VC_OFFLOAD_MODE_SEQUENTIAL && l->holds == 0 && l->vblock)
         vc__evict_vram(c, l, VC_EVICT_SEQUENTIAL, 0);
 }

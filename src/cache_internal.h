@@ -161,6 +161,7 @@ struct vc_cache {
     arena sarena;         /* the streaming region: layers the plan streams pass through it */
     size_t stream_budget; /* its planned size; 0: no streaming region */
     model_t *stream_model; /* the model whose plan owns it */
+    unsigned layout_pending_count; /* models whose plan waits to be laid out (schedule.c) */
     arena_segment *ring_seg; /* where the streaming region places its next layer (a ring: see */
     size_t ring_off;         /* place_streamed); ring_seg NULL or stale: from the region's start */
     layer_list vram_lru;
@@ -339,6 +340,10 @@ static inline void vc__note_vram(vc_cache *c) {
     if (vc__vram_used(c) > c->stats.vram_peak_bytes) c->stats.vram_peak_bytes = vc__vram_used(c);
     if (vc__vram_total(c) > c->stats.arena_peak_bytes) c->stats.arena_peak_bytes = vc__vram_total(c);
 }
+
+/** Device bytes that layers of models other than m hold (held, loading or arriving): room a plan
+ *  for m cannot count on. */
+size_t vc__held_by_others(vc_cache *c, const model_t *m);
 
 /** 1 when a layer in the kept arena or the streaming region is held, loading or arriving. */
 int vc__layout_pinned(vc_cache *c);

@@ -446,15 +446,21 @@ static int grow_arena(vc_cache *c, arena *a, size_t need, size_t align, size_t l
     return VC_OK;
 }
 
-static size_t held_vram_bytes(vc_cache *c) {
+/* Device bytes of layers held, loading or arriving; of every model but `except` (NULL: all). */
+static size_t held_vram_bytes_except(vc_cache *c, const model_t *except) {
     size_t held = 0;
     const arena *arenas[2] = {&c->arena, &c->sarena};
     for (int i = 0; i < 2; i++)
         for (const arena_segment *s = arenas[i]->segments; s; s = s->next)
             for (const arena_block *b = s->first; b; b = b->next)
-                if (b->owner && !owner_evictable(b->owner, c)) held += b->size;
+                if (b->owner && ((const layer_t *)b->owner)->model != except && !owner_evictable(b->owner, c))
+                    held += b->size;
     return held;
 }
+
+static size_t held_vram_bytes(vc_cache *c) { return held_vram_bytes_except(c, NULL); }
+
+size_t vc__held_by_others(vc_cache *c, const model_t *m) { return held_vram_bytes_except(c, m); }
 
 typedef struct streamable_ctx {
     vc_cache *c;
@@ -508,11 +514,15 @@ static void make_region_room(vc_cache *c, size_t limit, size_t want) {
  * (a fragmentation chain that never settles, since every eviction leaves the next hole a little too
  * small); with homes every kept layer has its room and the set settles after one pass. */
 
-/* A block that stays where it is while homes are laid out: a layer held, loading or arriving that
- * is kept, or of another model. Others there are evicted when the home's owner arrives. */
+/* A block that stays where it is while homes are laid out: a kept layer of m still resident (in a
+ * segment the layout could not free: it keeps that place as its home), a kept layer of another
+ * model's plan, or a layer of another model that is held, loading or arriving. Other blocks are
+ * evicted when a home's owner arrives. */
 static int home_obstacle(vc_cache *c, const model_t *m, const arena_block *b) {
     const layer_t *o = b->owner;
-    return o && !vc__evictable(c, (layer_t *)o) && (o->keep || o->model != m);
+    if (!o) return 0;
+    if (o->model == m) return o->keep && !o->in_stream;
+    return o->keep || !vc__evictable(c, (layer_t *)o);
 }
 
 typedef struct home_gap {
@@ -527,8 +537,8 @@ static int cmp_layer_size_desc(const void *a, const void *b) {
 
 void vc__assign_homes(vc_cache *c, model_t *m) {
     for (size_t i = 0; i < m->nlayers; i++) m->layers[i]->home_gen = 0;
-    /* Kept layers pinned where they are keep that place; the rest are packed first-fit, largest
-     * first, into the gaps between the blocks that stay. */
+    /* Kept layers still resident keep their places; the rest are packed first-fit, largest first,
+     * into the gaps between the blocks that stay. */
     size_t ngaps = 0, nobst = 0, nkept = 0;
     for (arena_segment *s = c->arena.segments; s; s = s->next)
         for (const arena_block *b = s->first; b; b = b->next) nobst += home_obstacle(c, m, b);

@@ -148,12 +148,21 @@ static void apply_plan_layout(vc_cache *c, model_t *m, size_t kept, size_t strea
     vc__assign_homes(c, m);
 }
 
+static void set_layout_pending(vc_cache *c, model_t *m, int pending) {
+    if (m->layout_pending == pending) return;
+    m->layout_pending = pending;
+    if (pending)
+        c->layout_pending_count++;
+    else
+        c->layout_pending_count--;
+}
+
 /* Lays out m's pending plan: at once when forced, else only while nothing in the arenas is held
  * or arriving, so that every old segment can go and the kept set is packed in one piece, each
  * layer with its home (a held layer would stay where it is and split the room around it). */
 static void try_layout(vc_cache *c, model_t *m, int force) {
     if (!m->layout_pending || (!force && vc__layout_pinned(c))) return;
-    m->layout_pending = 0;
+    set_layout_pending(c, m, 0);
     apply_plan_layout(c, m, m->pending_kept, m->pending_stream);
 }
 
@@ -301,7 +310,9 @@ static size_t plan_keep_set(model_t *m, size_t cap, size_t total, size_t largest
 }
 
 static void make_plan(vc_cache *c, model_t *m) {
-    size_t cap = vc__weight_limit(c);
+    /* What other models hold now stays where it is: plan around it. */
+    size_t limit = vc__weight_limit(c);
+    size_t cap = sat_sub(limit, vc__held_by_others(c, m));
     size_t total = 0, largest = 0;
     for (size_t i = 0; i < m->order_n; i++) {
         size_t b = arena_round(m->order[i]->bytes);
@@ -309,8 +320,8 @@ static void make_plan(vc_cache *c, model_t *m) {
         if (b > largest) largest = b;
         m->order[i]->keep = 1;
     }
-    m->plan_capacity = cap ? cap : 1;
-    m->layout_pending = 0;
+    m->plan_capacity = limit ? limit : 1; /* re-planned when the limit moves away from this */
+    set_layout_pending(c, m, 0);
     if (total <= cap || c->mode != VC_OFFLOAD_MODE_BALANCED) { /* it fits (or nothing is kept): no streaming */
         if (c->stream_model == m) vc__release_stream_region(c, VC_EVICT_PLAN);
         return;
@@ -339,7 +350,7 @@ static void make_plan(vc_cache *c, model_t *m) {
      * first release after it (prefetch waits till then), or at the next pass at the latest. */
     m->pending_kept = kept;
     m->pending_stream = stream_budget;
-    m->layout_pending = 1;
+    set_layout_pending(c, m, 1);
     try_layout(c, m, 0);
 }
 
@@ -355,7 +366,7 @@ static void drop_order(vc_cache *c, model_t *m) {
     m->order = NULL;
     m->order_n = 0;
     m->order_valid = 0;
-    m->layout_pending = 0;
+    set_layout_pending(c, m, 0);
     m->order_declared = 0;
     m->plan_capacity = 0;
     m->pos = 0;
@@ -515,7 +526,11 @@ void vc__sched_on_evict(vc_cache *c, layer_t *l) {
 }
 
 void vc__sched_on_release(vc_cache *c, layer_t *l) {
-    if (l->model->layout_pending) try_layout(c, l->model, 0);
+    if (c->layout_pending_count) /* any model's: another model's release may be the moment */
+        for (uint32_t i = 0; i < c->models.count; i++) {
+            model_t *pm = c->models.slots[i].ptr;
+            if (pm && pm->layout_pending) try_layout(c, pm, 0);
+        }
     if (c->mode == VC_OFFLOAD_MODE_SEQUENTIAL && l->holds == 0 && l->vblock)
         vc__evict_vram(c, l, VC_EVICT_SEQUENTIAL, 0);
 }

@@ -324,6 +324,7 @@ static void make_plan(vc_cache *c, model_t *m) {
     set_layout_pending(c, m, 0);
     if (total <= cap || c->mode != VC_OFFLOAD_MODE_BALANCED) { /* it fits (or nothing is kept): no streaming */
         if (c->stream_model == m) vc__release_stream_region(c, VC_EVICT_PLAN);
+        for (size_t i = 0; i < m->nlayers; i++) m->layers[i]->home_gen = 0; /* placed as any other */
         return;
     }
     /* The usual shape streams layers of up to a generous size, spread by compute, through room for

@@ -336,17 +336,19 @@ static void make_plan(vc_cache *c, model_t *m) {
     static const plan_shape usual = {2.0, 2.0}, lean = {1.0, 1.5};
     size_t lower_bound = total - cap, kept;
     size_t stream_budget = plan_keep_set(m, cap, total, largest, usual, &kept);
+    const char *shape = "usual";
     if (sat_sub(cap, kept) > lower_bound / 20) {
         size_t lean_kept, lean_budget = plan_keep_set(m, cap, total, largest, lean, &lean_kept);
         if (lean_budget && sat_sub(cap, lean_kept) < sat_sub(cap, kept)) {
             stream_budget = lean_budget;
             kept = lean_kept;
+            shape = "lean";
         } else {
             stream_budget = plan_keep_set(m, cap, total, largest, usual, &kept);
         }
     }
-    vc__log(c, VC_LOG_INFO, "plan for model '%s': keep %zu of %zu bytes resident, stream the rest through %zu "
-            "bytes", m->name, kept, total, stream_budget);
+    vc__log(c, VC_LOG_INFO, "plan for model '%s' (%s shape): keep %zu of %zu bytes resident, stream the rest "
+            "through %zu bytes", m->name, shape, kept, total, stream_budget);
     /* The plan is made as a pass starts, while its first layer is held: lay the device out at the
      * first release after it (prefetch waits till then), or at the next pass at the latest. */
     m->pending_kept = kept;

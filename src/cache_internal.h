@@ -162,6 +162,16 @@ struct vc_cache {
     size_t stream_budget; /* its planned size; 0: no streaming region */
     model_t *stream_model; /* the model whose plan owns it */
     unsigned layout_pending_count; /* models whose plan waits to be laid out (schedule.c) */
+    /* Fences of the ring placement being made (residency.c, ring_place): the release events of the
+     * layers it evicted, by where their room starts, so the upload can copy each part as soon as
+     * its own occupant is done rather than all of it after the last. */
+    struct vc_fence {
+        size_t at;
+        void *ev;
+    } fence[16];
+    unsigned nfence;
+    int collect_fences;
+    const arena_segment *fence_seg;
     arena_segment *ring_seg; /* where the streaming region places its next layer (a ring: see */
     size_t ring_off;         /* place_streamed); ring_seg NULL or stale: from the region's start */
     layer_list vram_lru;

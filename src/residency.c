@@ -233,8 +233,20 @@ static int ram_reserve(vc_cache *c, size_t bytes, const layer_t *exclude, const 
 void vc__evict_vram(vc_cache *c, layer_t *l, vc_evict_reason reason, int drop_ok) {
     void *dptr = arena_block_ptr(l->vblock);
     vc__range_push(c, "evict", l->name);
-    /* No later upload may overwrite this range before the engine's last use of it completes. */
-    if (l->release_recorded) c->ops->stream_wait_event(c->bctx, c->upload_stream, l->release_ev);
+    /* No later upload may overwrite this range before the engine's last use of it completes. A ring
+     * placement defers that wait to the copy into the range (nothing reads the range again here:
+     * the layer has another copy); see upload(). */
+    if (l->release_recorded) {
+        int deferred = 0;
+        if (c->collect_fences && c->nfence < sizeof c->fence / sizeof c->fence[0] && l->vblock->seg == c->fence_seg &&
+            (l->host_src || l->ram || l->owner || drop_ok)) {
+            c->fence[c->nfence].at = l->vblock->offset;
+            c->fence[c->nfence].ev = l->release_ev;
+            c->nfence++;
+            deferred = 1;
+        }
+        if (!deferred) c->ops->stream_wait_event(c->bctx, c->upload_stream, l->release_ev);
+    }
     if (!l->host_src && !l->ram && !l->owner && !drop_ok) {
         /* The device holds the only copy (keep_ram_copy off): copy it back when the RAM pool has
          * room, else drop it, since the loader can produce it again. */
@@ -618,6 +630,42 @@ static int place_home(vc_cache *c, layer_t *l, const place_req *rq, arena_block 
     return arena_alloc_at(&c->arena, seg, start, need, l, out) == VC_OK ? VC_OK : VC_ERR_NOT_FOUND;
 }
 
+/* Makes the upload stream wait for every deferred fence (the placement will not copy into them). */
+static void flush_fences(vc_cache *c) {
+    for (unsigned i = 0; i < c->nfence; i++) c->ops->stream_wait_event(c->bctx, c->upload_stream, c->fence[i].ev);
+    c->nfence = 0;
+}
+
+/* Copies l's bytes into blk on the upload stream, each part after the release of the layer that
+ * occupied it (the fences of its ring placement, in address order): the copy engine fills the room
+ * already free while the last occupants still compute, as a fluid copy would. */
+static int copy_fenced(vc_cache *c, const layer_t *l, const arena_block *blk, const void *src) {
+    char *dst = arena_block_ptr(blk);
+    size_t done = 0;
+    int st = VC_OK;
+    for (unsigned i = 1; i < c->nfence; i++) /* insertion sort: at most 16 */
+        for (unsigned j = i; j > 0 && c->fence[j - 1].at > c->fence[j].at; j--) {
+            struct vc_fence t = c->fence[j];
+            c->fence[j] = c->fence[j - 1];
+            c->fence[j - 1] = t;
+        }
+    unsigned k = 0;
+    for (; k < c->nfence && st == VC_OK; k++) {
+        size_t rel = c->fence[k].at > blk->offset ? c->fence[k].at - blk->offset : 0;
+        if (rel >= l->bytes) break; /* past the bytes: waited for after the copy */
+        if (rel > done) {
+            st = c->ops->copy_h2d(c->bctx, dst + done, (const char *)src + done, rel - done, c->upload_stream);
+            done = rel;
+        }
+        if (st == VC_OK) st = c->ops->stream_wait_event(c->bctx, c->upload_stream, c->fence[k].ev);
+    }
+    if (st == VC_OK && done < l->bytes)
+        st = c->ops->copy_h2d(c->bctx, dst + done, (const char *)src + done, l->bytes - done, c->upload_stream);
+    for (; k < c->nfence; k++) c->ops->stream_wait_event(c->bctx, c->upload_stream, c->fence[k].ev);
+    c->nfence = 0;
+    return st;
+}
+
 /* The streaming region is a ring: streamed layers are placed one after another in the order they
  * are asked for (pass order, prefetches included), wrapping to the start when the next one does not
  * fit before the end. What lies at the head is then always what was placed longest ago, already used
@@ -646,11 +694,17 @@ static int ring_place(vc_cache *c, layer_t *l, const place_req *rq, arena_block 
                 last = b;
                 if (b->offset + b->size >= start + need) break;
             }
+            c->nfence = 0;
+            c->collect_fences = 1;
+            c->fence_seg = seg;
             int er = evict_run(c, first, last,
                                rq->max_distance == VC_ANY_DISTANCE ? VC_EVICT_FOR_LOAD : VC_EVICT_FOR_PREFETCH);
-            if (er == VC_ERR_NO_MEMORY) return er;
-            int st = arena_alloc_at(a, seg, start, need, l, out);
-            if (st != VC_OK) return st;
+            c->collect_fences = 0;
+            int st = er == VC_ERR_NO_MEMORY ? er : arena_alloc_at(a, seg, start, need, l, out);
+            if (st != VC_OK) {
+                flush_fences(c);
+                return st;
+            }
             c->ring_seg = seg;
             c->ring_off = start + need;
             return VC_OK;
@@ -966,6 +1020,7 @@ static int upload(vc_cache *c, layer_t *l, vc_stream stream, int wait, const cha
     l->uploading = 1;
     st = vram_place(c, l, fn, rq, &blk);
     l->uploading = 0;
+    if (st != VC_OK) flush_fences(c); /* nothing to copy: every deferred wait stands */
     if (st != VC_OK) {
         if (l->owner) drain_remote_pins(c, 1, l); /* nothing was copied: let go of the source */
         return st;
@@ -977,7 +1032,8 @@ static int upload(vc_cache *c, layer_t *l, vc_stream stream, int wait, const cha
         c->ops->event_record(c->bctx, c->trace_ev, c->upload_stream) == VC_OK)
         t0 = c->ops->event_time(c->bctx, c->trace_ev);
     if (l->ram_pending) st = c->ops->stream_wait_event(c->bctx, c->upload_stream, l->ram_ev);
-    if (st == VC_OK) st = c->ops->copy_h2d(c->bctx, dst, src, l->bytes, c->upload_stream);
+    if (st == VC_OK) st = c->nfence ? copy_fenced(c, l, blk, src) : c->ops->copy_h2d(c->bctx, dst, src, l->bytes, c->upload_stream);
+    if (c->nfence) flush_fences(c); /* a failed wait above: never copy over a running layer later */
     if (st == VC_OK) st = ensure_event(c, &l->upload_ev);
     if (st == VC_OK) st = c->ops->event_record(c->bctx, l->upload_ev, c->upload_stream);
     if (st == VC_OK) l->upload_pending = 1;

@@ -332,8 +332,8 @@ static void make_plan(vc_cache *c, model_t *m) {
      * must stream anyway (the bytes goal of docs/performance.md; it happens when a model's largest
      * layers are large beside the bytes that must stream, as SD 1.5's), take the lean shape instead
      * when it moves fewer bytes: only the smallest layers stream, and the ring (residency.c) holds
-     * one and a half of the largest of them. Measured on the workload sweep (docs/performance.md). */
-    static const plan_shape usual = {2.0, 2.0}, lean = {1.0, 1.5};
+     * 1.4 of the largest of them. Measured on the workload sweep (docs/performance.md). */
+    static const plan_shape usual = {2.0, 2.0}, lean = {1.0, 1.4};
     size_t lower_bound = total - cap, kept;
     size_t stream_budget = plan_keep_set(m, cap, total, largest, usual, &kept);
     const char *shape = "usual";

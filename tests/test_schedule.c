@@ -5,6 +5,7 @@
 
 #include "cache_internal.h" /* white-box checks of the layout: homes and the ring */
 #include "test_util.h"
+#include "vramcache_backend.h"
 #include "vramcache_sim.h"
 
 #define MS 1e-3
@@ -217,6 +218,159 @@ static void test_layout_forced_while_another_model_holds(void **state) {
     assert_non_null(held->vblock); /* never evicted while held */
     assert_int_equal(vc_layer_release(w.cache, ol, w.stream), VC_OK);
     free_world(&w);
+}
+
+/* ---- hazards: no copy may overwrite memory a layer's compute is using ------------------------- */
+
+/* A backend that forwards to the simulator and logs each host-to-device copy with the virtual
+ * interval it occupies (its end from an event recorded after it; its start from the link's speed). */
+typedef struct hz_copy {
+    uintptr_t dst;
+    size_t bytes;
+    double start, end;
+} hz_copy;
+
+typedef struct hazard_ctx {
+    const vc_backend_ops *in;
+    void *ictx;
+    double bw, latency;
+    void *ev;
+    hz_copy log[8192];
+    size_t n;
+} hazard_ctx;
+
+#define HZ(c) ((hazard_ctx *)(c))
+static int hz_device_alloc(void *c, size_t b, void **p) { return HZ(c)->in->device_alloc(HZ(c)->ictx, b, p); }
+static void hz_device_free(void *c, void *p) { HZ(c)->in->device_free(HZ(c)->ictx, p); }
+static int hz_host_alloc(void *c, size_t b, void **p, int *pinned) {
+    return HZ(c)->in->host_alloc(HZ(c)->ictx, b, p, pinned);
+}
+static void hz_host_free(void *c, void *p, size_t b, int pinned) { HZ(c)->in->host_free(HZ(c)->ictx, p, b, pinned); }
+static int hz_stream_create(void *c, vc_stream *s) { return HZ(c)->in->stream_create(HZ(c)->ictx, s); }
+static void hz_stream_destroy(void *c, vc_stream s) { HZ(c)->in->stream_destroy(HZ(c)->ictx, s); }
+static int hz_copy_d2h(void *c, void *d, const void *s, size_t b, vc_stream st) {
+    return HZ(c)->in->copy_d2h(HZ(c)->ictx, d, s, b, st);
+}
+static int hz_event_create(void *c, void **e) { return HZ(c)->in->event_create(HZ(c)->ictx, e); }
+static void hz_event_destroy(void *c, void *e) { HZ(c)->in->event_destroy(HZ(c)->ictx, e); }
+static int hz_event_record(void *c, void *e, vc_stream s) { return HZ(c)->in->event_record(HZ(c)->ictx, e, s); }
+static int hz_event_query(void *c, void *e) { return HZ(c)->in->event_query(HZ(c)->ictx, e); }
+static int hz_event_synchronize(void *c, void *e) { return HZ(c)->in->event_synchronize(HZ(c)->ictx, e); }
+static int hz_stream_wait_event(void *c, vc_stream s, void *e) {
+    return HZ(c)->in->stream_wait_event(HZ(c)->ictx, s, e);
+}
+static int hz_mem_info(void *c, size_t *f, size_t *t) { return HZ(c)->in->mem_info(HZ(c)->ictx, f, t); }
+static double hz_now(void *c) { return HZ(c)->in->now(HZ(c)->ictx); }
+static double hz_event_time(void *c, void *e) { return HZ(c)->in->event_time(HZ(c)->ictx, e); }
+static int hz_copy_h2d(void *c, void *d, const void *s, size_t b, vc_stream st) {
+    hazard_ctx *h = c;
+    int rc = h->in->copy_h2d(h->ictx, d, s, b, st);
+    if (rc == VC_OK && h->n < sizeof h->log / sizeof h->log[0]) {
+        h->in->event_record(h->ictx, h->ev, st);
+        double end = h->in->event_time(h->ictx, h->ev);
+        h->log[h->n++] = (hz_copy){(uintptr_t)d, b, end - h->latency - (double)b / h->bw, end};
+    }
+    return rc;
+}
+#undef HZ
+
+static const vc_backend_ops hazard_ops = {
+    .abi_version = VC_BACKEND_ABI_VERSION, .name = "hazard", .kind = VC_BACKEND_KIND_GPU,
+    .device_alloc = hz_device_alloc, .device_free = hz_device_free, .host_alloc = hz_host_alloc,
+    .host_free = hz_host_free, .stream_create = hz_stream_create, .stream_destroy = hz_stream_destroy,
+    .copy_h2d = hz_copy_h2d, .copy_d2h = hz_copy_d2h, .event_create = hz_event_create,
+    .event_destroy = hz_event_destroy, .event_record = hz_event_record, .event_query = hz_event_query,
+    .event_synchronize = hz_event_synchronize, .stream_wait_event = hz_stream_wait_event,
+    .mem_info = hz_mem_info, .now = hz_now, .event_time = hz_event_time,
+};
+
+typedef struct hz_use {
+    uintptr_t ptr;
+    size_t bytes;
+    double start, end;
+} hz_use;
+
+/* Mixed sizes streamed through a small ring with compute shorter than the copies, so copies into
+ * the ring start while the layers they replace still compute (the fenced, part-by-part copies of
+ * ring placements). Every copy's interval must miss every compute interval on the bytes it writes:
+ * a compute that started before the copy ended before it began, and one that starts after waited
+ * for it. */
+static void test_copies_never_overwrite_layers_in_use(void **state) {
+    (void)state;
+    enum { N = 48, PASSES = 10 };
+    size_t sizes[N], total = 0;
+    char *weights[N];
+    for (int i = 0; i < N; i++) {
+        sizes[i] = i % 6 == 5 ? 48 * KB + (size_t)(i % 4) * 4 * KB : 3 * KB + (size_t)((i * 7) % 23) * 256;
+        total += sizes[i];
+        weights[i] = malloc(sizes[i]);
+        fill_pattern(weights[i], sizes[i], (uint64_t)i + 1);
+    }
+    vc_sim_params p;
+    vc_sim_params_init(&p);
+    p.device_bytes = total * 3 / 4;
+    p.h2d_bytes_per_s = p.d2h_bytes_per_s = 1e9;
+    p.copy_latency_s = 1e-6;
+    vc_backend *sim, *hz;
+    assert_int_equal(vc_backend_sim_create(&p, &sim), VC_OK);
+    hazard_ctx *h = calloc(1, sizeof *h);
+    h->in = vc_backend_get_ops(sim);
+    h->ictx = vc_backend_get_ctx(sim);
+    h->bw = p.h2d_bytes_per_s;
+    h->latency = p.copy_latency_s;
+    assert_int_equal(h->in->event_create(h->ictx, &h->ev), VC_OK);
+    assert_int_equal(vc_backend_create(&hazard_ops, h, &hz), VC_OK);
+    vc_cache_options o;
+    vc_cache_options_init(&o);
+    o.backend = hz;
+    o.ram_budget = 64 * MB;
+    o.working_mem = 0;
+    o.arena_segment_bytes = 64 * KB;
+    o.offload_mode = VC_OFFLOAD_MODE_BALANCED;
+    o.policy = VC_POLICY_PLANNED;
+    vc_cache *c;
+    assert_int_equal(vc_cache_create(&o, &c), VC_OK);
+    vc_stream stream;
+    assert_int_equal(vc_sim_stream_create(sim, &stream), VC_OK);
+    vc_model_id m = add_model(c, "denoiser");
+    vc_layer_id ids[N];
+    for (int i = 0; i < N; i++) ids[i] = add_host_layer(c, m, "layer", weights[i], sizes[i]);
+    static hz_use uses[N * PASSES];
+    size_t nu = 0;
+    for (int pass_i = 0; pass_i < PASSES; pass_i++)
+        for (int i = 0; i < N; i++) {
+            void *d;
+            assert_int_equal(vc_layer_acquire(c, ids[i], stream, &d), VC_OK);
+            assert_true(check_pattern(d, sizes[i], (uint64_t)i + 1));
+            double s, e;
+            vc_sim_compute(sim, stream, 4e-6, &s, &e); /* a 48 KB copy takes 49 us */
+            uses[nu++] = (hz_use){(uintptr_t)d, sizes[i], s, e};
+            assert_int_equal(vc_layer_release(c, ids[i], stream), VC_OK);
+            vc_sim_wait_until(sim, s);
+        }
+    vc_sim_stream_synchronize(sim, stream);
+    size_t partial = 0; /* copies of part of a layer: the fences were used */
+    for (size_t k = 0; k < h->n; k++) {
+        int whole = 0;
+        for (int i = 0; i < N; i++) whole |= h->log[k].bytes == sizes[i];
+        partial += !whole;
+        for (size_t u = 0; u < nu; u++) {
+            const hz_copy *cp = &h->log[k];
+            int overlap = cp->dst < uses[u].ptr + uses[u].bytes && uses[u].ptr < cp->dst + cp->bytes;
+            if (!overlap) continue;
+            int apart = uses[u].end <= cp->start + 1e-12 || uses[u].start >= cp->end - 1e-12;
+            if (!apart)
+                fail_msg("copy of %zu bytes at %#lx during [%g, %g] overlaps a compute on it during [%g, %g]",
+                         cp->bytes, (unsigned long)cp->dst, cp->start, cp->end, uses[u].start, uses[u].end);
+        }
+    }
+    assert_true(partial > 0);
+    assert_int_equal(vc_cache_destroy(c), VC_OK);
+    vc_backend_destroy(hz);
+    h->in->event_destroy(h->ictx, h->ev);
+    free(h);
+    vc_backend_destroy(sim);
+    for (int i = 0; i < N; i++) free(weights[i]);
 }
 
 static void test_changed_order_is_detected(void **state) {
@@ -672,6 +826,7 @@ int main(void) {
         cmocka_unit_test(test_lru_streams_everything_planned_keeps_a_set),
         cmocka_unit_test(test_mixed_sizes_settle),
         cmocka_unit_test(test_layout_forced_while_another_model_holds),
+        cmocka_unit_test(test_copies_never_overwrite_layers_in_use),
         cmocka_unit_test(test_changed_order_is_detected),
         cmocka_unit_test(test_declared_order),
         cmocka_unit_test(test_never_evicts_held_or_in_flight),

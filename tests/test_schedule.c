@@ -290,25 +290,20 @@ typedef struct hz_use {
     double start, end;
 } hz_use;
 
-/* Mixed sizes streamed through a small ring with compute shorter than the copies, so copies into
- * the ring start while the layers they replace still compute (the fenced, part-by-part copies of
- * ring placements). Every copy's interval must miss every compute interval on the bytes it writes:
- * a compute that started before the copy ended before it began, and one that starts after waited
- * for it. */
-static void test_copies_never_overwrite_layers_in_use(void **state) {
-    (void)state;
-    enum { N = 48, PASSES = 10 };
-    size_t sizes[N], total = 0;
-    char *weights[N];
-    for (int i = 0; i < N; i++) {
-        sizes[i] = i % 6 == 5 ? 48 * KB + (size_t)(i % 4) * 4 * KB : 3 * KB + (size_t)((i * 7) % 23) * 256;
-        total += sizes[i];
+/* One run for the hazard check: n layers of the given sizes and alignments on a device of
+ * `device` bytes, each computing `compute` seconds, for `passes` passes. Checks every layer's bytes
+ * at every acquire, and that no copy's interval overlaps a compute on the bytes it writes (a
+ * compute that started before the copy ended before it began; one that starts after waited for
+ * it). Returns how many copies were of part of a layer (fenced copies). */
+static size_t hazard_run(int n, const size_t *sizes, const size_t *aligns, size_t device, double compute, int passes) {
+    char **weights = calloc((size_t)n, sizeof *weights);
+    for (int i = 0; i < n; i++) {
         weights[i] = malloc(sizes[i]);
         fill_pattern(weights[i], sizes[i], (uint64_t)i + 1);
     }
     vc_sim_params p;
     vc_sim_params_init(&p);
-    p.device_bytes = total * 3 / 4;
+    p.device_bytes = device;
     p.h2d_bytes_per_s = p.d2h_bytes_per_s = 1e9;
     p.copy_latency_s = 1e-6;
     vc_backend *sim, *hz;
@@ -333,29 +328,33 @@ static void test_copies_never_overwrite_layers_in_use(void **state) {
     vc_stream stream;
     assert_int_equal(vc_sim_stream_create(sim, &stream), VC_OK);
     vc_model_id m = add_model(c, "denoiser");
-    vc_layer_id ids[N];
-    for (int i = 0; i < N; i++) ids[i] = add_host_layer(c, m, "layer", weights[i], sizes[i]);
-    static hz_use uses[N * PASSES];
+    vc_layer_id *ids = calloc((size_t)n, sizeof *ids);
+    for (int i = 0; i < n; i++) {
+        vc_layer_desc d = {.name = "layer", .bytes = sizes[i], .host_ptr = weights[i], .alignment = aligns[i]};
+        assert_int_equal(vc_layer_register(c, m, &d, &ids[i]), VC_OK);
+    }
+    hz_use *uses = calloc((size_t)(n * passes), sizeof *uses);
     size_t nu = 0;
-    for (int pass_i = 0; pass_i < PASSES; pass_i++)
-        for (int i = 0; i < N; i++) {
+    for (int pass_i = 0; pass_i < passes; pass_i++)
+        for (int i = 0; i < n; i++) {
             void *d;
             assert_int_equal(vc_layer_acquire(c, ids[i], stream, &d), VC_OK);
             assert_true(check_pattern(d, sizes[i], (uint64_t)i + 1));
+            assert_int_equal((uintptr_t)d % aligns[i], 0);
             double s, e;
-            vc_sim_compute(sim, stream, 4e-6, &s, &e); /* a 48 KB copy takes 49 us */
+            vc_sim_compute(sim, stream, compute, &s, &e);
             uses[nu++] = (hz_use){(uintptr_t)d, sizes[i], s, e};
             assert_int_equal(vc_layer_release(c, ids[i], stream), VC_OK);
             vc_sim_wait_until(sim, s);
         }
     vc_sim_stream_synchronize(sim, stream);
-    size_t partial = 0; /* copies of part of a layer: the fences were used */
+    size_t partial = 0;
     for (size_t k = 0; k < h->n; k++) {
+        const hz_copy *cp = &h->log[k];
         int whole = 0;
-        for (int i = 0; i < N; i++) whole |= h->log[k].bytes == sizes[i];
+        for (int i = 0; i < n; i++) whole |= cp->bytes == sizes[i];
         partial += !whole;
         for (size_t u = 0; u < nu; u++) {
-            const hz_copy *cp = &h->log[k];
             int overlap = cp->dst < uses[u].ptr + uses[u].bytes && uses[u].ptr < cp->dst + cp->bytes;
             if (!overlap) continue;
             int apart = uses[u].end <= cp->start + 1e-12 || uses[u].start >= cp->end - 1e-12;
@@ -364,13 +363,56 @@ static void test_copies_never_overwrite_layers_in_use(void **state) {
                          cp->bytes, (unsigned long)cp->dst, cp->start, cp->end, uses[u].start, uses[u].end);
         }
     }
-    assert_true(partial > 0);
+    assert_true(h->n < sizeof h->log / sizeof h->log[0]); /* every copy was checked */
     assert_int_equal(vc_cache_destroy(c), VC_OK);
     vc_backend_destroy(hz);
     h->in->event_destroy(h->ictx, h->ev);
     free(h);
     vc_backend_destroy(sim);
-    for (int i = 0; i < N; i++) free(weights[i]);
+    for (int i = 0; i < n; i++) free(weights[i]);
+    free(weights);
+    free(ids);
+    free(uses);
+    return partial;
+}
+
+/* Mixed sizes streamed through a small ring with compute shorter than the copies, so copies into
+ * the ring start while the layers they replace still compute: the fenced, part-by-part copies of
+ * ring placements must still never overwrite a layer in use. */
+static void test_copies_never_overwrite_layers_in_use(void **state) {
+    (void)state;
+    enum { N = 48 };
+    size_t sizes[N], aligns[N], total = 0;
+    for (int i = 0; i < N; i++) {
+        sizes[i] = i % 6 == 5 ? 48 * KB + (size_t)(i % 4) * 4 * KB : 3 * KB + (size_t)((i * 7) % 23) * 256;
+        aligns[i] = 256;
+        total += sizes[i];
+    }
+    assert_true(hazard_run(N, sizes, aligns, total * 3 / 4, 4e-6, 10) > 0); /* a 48 KB copy takes 49 us */
+}
+
+/* The same check over random models: sizes from 256 B to 64 KB, alignments up to 4 KB, budgets from
+ * a third of the model to nearly all of it, compute from much shorter to longer than the copies. */
+static void test_copies_never_overwrite_random(void **state) {
+    (void)state;
+    enum { N = 40 };
+    uint64_t seed = 0x9e3779b97f4a7c15ull;
+    size_t partial = 0;
+    for (int run = 0; run < 12; run++) {
+        size_t sizes[N], aligns[N], total = 0;
+        for (int i = 0; i < N; i++) {
+            seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+            unsigned r = (unsigned)(seed >> 33);
+            sizes[i] = r % 8 == 0 ? 16 * KB + r % (48 * KB) : 256 + r % (8 * KB);
+            aligns[i] = (size_t)256 << ((r >> 20) % 5);
+            total += sizes[i];
+        }
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        double frac = 0.35 + (double)((seed >> 40) % 60) / 100.0;
+        double compute = 1e-6 * (double)(1 + (seed >> 20) % 40);
+        partial += hazard_run(N, sizes, aligns, (size_t)((double)total * frac), compute, 8);
+    }
+    assert_true(partial > 0);
 }
 
 static void test_changed_order_is_detected(void **state) {
@@ -827,6 +869,7 @@ int main(void) {
         cmocka_unit_test(test_mixed_sizes_settle),
         cmocka_unit_test(test_layout_forced_while_another_model_holds),
         cmocka_unit_test(test_copies_never_overwrite_layers_in_use),
+        cmocka_unit_test(test_copies_never_overwrite_random),
         cmocka_unit_test(test_changed_order_is_detected),
         cmocka_unit_test(test_declared_order),
         cmocka_unit_test(test_never_evicts_held_or_in_flight),

@@ -103,6 +103,7 @@ struct vc_model_rec {
     uint64_t last_tick; /* c->use_clock at its latest acquire */
     size_t vram_layers; /* its layers resident now */
     size_t plan_capacity; /* the weight limit its plan was made for; 0: no plan */
+    int plan_shared;      /* its plan was made beside another model in use (schedule.c) */
     int layout_pending;   /* a plan waits to lay the device out until nothing there is pinned */
     size_t pending_kept, pending_stream; /* ... its kept bytes and streaming region */
 };
@@ -161,6 +162,7 @@ struct vc_cache {
     arena sarena;         /* the streaming region: layers the plan streams pass through it */
     size_t stream_budget; /* its planned size; 0: no streaming region */
     model_t *stream_model; /* the model whose plan owns it */
+    int stream_alone;      /* no other model was in use when it was laid out: ring and homes apply */
     unsigned layout_pending_count; /* models whose plan waits to be laid out (schedule.c) */
     /* Fences of the ring placement being made (residency.c, ring_place): the release events of the
      * layers it evicted, by where their room starts, so the upload can copy each part as soon as

@@ -133,19 +133,37 @@ int vc__sched_streamable(vc_cache *c, const layer_t *asking, size_t max_distance
 
 /* ---- the plan ---------------------------------------------------------------------------------- */
 
+/* Another model ran within the last two passes of m: the device is
+ * shared (a ControlNet beside a UNet), and m's plan does not own the kept arena. */
+static int others_in_use(vc_cache *c, const model_t *m) {
+    for (uint32_t i = 0; i < c->models.count; i++) {
+        const model_t *o = c->models.slots[i].ptr;
+        if (o && o != m && o->last_tick && model_active(c, o, m)) return 1;
+    }
+    return 0;
+}
+
 /* Lays the device out for a new plan: streamed layers move to a fresh streaming region, and the
  * model's other unheld layers leave so that kept layers are packed again as the next pass loads
- * them (an old layout would be fragmented by the layers that used to stream through it). */
+ * them (an old layout would be fragmented by the layers that used to stream through it). Kept
+ * layers get homes, and the region works as a ring, only while m has the device to itself: beside
+ * another model in use both assume an order of placement the other model's layers break, and two
+ * interleaved models moved 1.2-1.6x the bytes with them (tests/test_schedule.c, interleaved). */
 static void apply_plan_layout(vc_cache *c, model_t *m, size_t kept, size_t stream_budget) {
     if (c->stream_model && (c->stream_model != m || c->stream_budget != stream_budget))
         vc__release_stream_region(c, VC_EVICT_PLAN);
     if (!stream_budget) return;
+    int alone = !others_in_use(c, m);
     vc__clear_model_layout(c, m, VC_EVICT_PLAN);
     c->stream_model = m;
     c->stream_budget = stream_budget;
+    c->stream_alone = alone;
     /* One segment for the kept set and one for the region: packed, nothing lost to segment ends. */
     vc__reserve_layout(c, kept, stream_budget);
-    vc__assign_homes(c, m);
+    if (alone)
+        vc__assign_homes(c, m);
+    else
+        for (size_t i = 0; i < m->nlayers; i++) m->layers[i]->home_gen = 0;
 }
 
 static void set_layout_pending(vc_cache *c, model_t *m, int pending) {
@@ -198,6 +216,7 @@ static size_t streamed_pair_quantile(const model_t *m) {
 typedef struct plan_shape {
     double margin;    /* stream layers up to the smallest size whose layers hold margin x the bytes to stream */
     double region_of; /* the region holds this many of the largest streamed layer */
+    int shared;       /* another model is in use: the rules as they were before the ring (below) */
 } plan_shape;
 
 /* Marks which layers of m stay resident for a weight limit of cap and returns the streaming
@@ -211,7 +230,7 @@ static size_t plan_keep_set(model_t *m, size_t cap, size_t total, size_t largest
      * share (two in the usual shape: one computing, one arriving). */
     size_t lower_bound = total - cap;
     size_t slack = 0; /* alignment in the packed kept segment: sizes are whole grains already */
-    for (size_t i = 0; i < m->order_n; i++) slack += m->order[i]->align - ARENA_GRAIN;
+    for (size_t i = 0; i < m->order_n; i++) slack += shape.shared ? ARENA_GRAIN : m->order[i]->align - ARENA_GRAIN;
 #define REGION_FOR(big) max_sz((size_t)(shape.region_of * (double)(big)), min_sz(3 * (big), lower_bound / 33))
     size_t keep_budget = sat_sub(cap, REGION_FOR(largest) + slack);
     /* Spread: the bytes to stream are earned half by compute, so that each streamed layer's copy can
@@ -240,7 +259,7 @@ static size_t plan_keep_set(model_t *m, size_t cap, size_t total, size_t largest
             for (size_t i = 0; i < m->order_n; i++) {
                 sum += (double)sizes[i];
                 if (i + 1 < m->order_n && sizes[i + 1] == sizes[i]) continue; /* a cap takes all of a size */
-                double need_i = (double)(total - sat_sub(cap, REGION_FOR(sizes[i]) + slack));
+                double need_i = (double)(total - sat_sub(cap, REGION_FOR(shape.shared ? largest : sizes[i]) + slack));
                 if (sum >= need_i * margins[k]) {
                     size_cap = sizes[i];
                     need = need_i;
@@ -310,9 +329,15 @@ static size_t plan_keep_set(model_t *m, size_t cap, size_t total, size_t largest
 }
 
 static void make_plan(vc_cache *c, model_t *m) {
-    /* What other models hold now stays where it is: plan around it. */
+    /* The ring, homes, the deferred layout and the lean shape assume the plan has the device to
+     * itself. Beside another model in use (a ControlNet beside a UNet) each model's plan ignores the
+     * other's needs, and those rules then moved 1.2-1.7x the bytes of the rules before them (two
+     * interleaved models at 40-60% of their size: tests/test_schedule.c, interleaved): the plan
+     * keeps those rules there until a plan over all models in use replaces them. */
+    int shared = others_in_use(c, m);
+    /* What other models hold now stays where it is: plan around it (alone; shared, they move). */
     size_t limit = vc__weight_limit(c);
-    size_t cap = sat_sub(limit, vc__held_by_others(c, m));
+    size_t cap = shared ? limit : sat_sub(limit, vc__held_by_others(c, m));
     size_t total = 0, largest = 0;
     for (size_t i = 0; i < m->order_n; i++) {
         size_t b = arena_round(m->order[i]->bytes);
@@ -321,6 +346,7 @@ static void make_plan(vc_cache *c, model_t *m) {
         m->order[i]->keep = 1;
     }
     m->plan_capacity = limit ? limit : 1; /* re-planned when the limit moves away from this */
+    m->plan_shared = shared;
     set_layout_pending(c, m, 0);
     if (total <= cap || c->mode != VC_OFFLOAD_MODE_BALANCED) { /* it fits (or nothing is kept): no streaming */
         if (c->stream_model == m) vc__release_stream_region(c, VC_EVICT_PLAN);
@@ -332,12 +358,13 @@ static void make_plan(vc_cache *c, model_t *m) {
      * must stream anyway (the bytes goal of docs/performance.md; it happens when a model's largest
      * layers are large beside the bytes that must stream, as SD 1.5's), take the lean shape instead
      * when it moves fewer bytes: only the smallest layers stream, and the ring (residency.c) holds
-     * 1.4 of the largest of them. Measured on the workload sweep (docs/performance.md). */
-    static const plan_shape usual = {2.0, 2.0}, lean = {1.0, 1.4};
+     * 1.4 of the largest of them. Measured on the workload sweep (docs/performance.md). Only while
+     * the model has the device to itself, as the ring. */
+    const plan_shape usual = {2.0, 2.0, shared}, lean = {1.0, 1.4, 0};
     size_t lower_bound = total - cap, kept;
     size_t stream_budget = plan_keep_set(m, cap, total, largest, usual, &kept);
-    const char *shape = "usual";
-    if (sat_sub(cap, kept) > lower_bound / 20) {
+    const char *shape = shared ? "shared" : "usual";
+    if (sat_sub(cap, kept) > lower_bound / 20 && !shared) {
         size_t lean_kept, lean_budget = plan_keep_set(m, cap, total, largest, lean, &lean_kept);
         if (lean_budget && sat_sub(cap, lean_kept) < sat_sub(cap, kept)) {
             stream_budget = lean_budget;
@@ -350,11 +377,12 @@ static void make_plan(vc_cache *c, model_t *m) {
     vc__log(c, VC_LOG_INFO, "plan for model '%s' (%s shape): keep %zu of %zu bytes resident, stream the rest "
             "through %zu bytes", m->name, shape, kept, total, stream_budget);
     /* The plan is made as a pass starts, while its first layer is held: lay the device out at the
-     * first release after it (prefetch waits till then), or at the next pass at the latest. */
+     * first release after it (prefetch waits till then), or at the next pass at the latest. Beside
+     * another model in use there are no homes to pack, so there is nothing to wait for. */
     m->pending_kept = kept;
     m->pending_stream = stream_budget;
     set_layout_pending(c, m, 1);
-    try_layout(c, m, 0);
+    try_layout(c, m, shared);
 }
 
 /* ---- order tracking ---------------------------------------------------------------------------- */
@@ -445,11 +473,13 @@ static void follow(vc_cache *c, model_t *m, layer_t *l) {
         m->pos = expected;
         if (expected == 0) { /* a new pass */
             try_layout(c, m, 1);
+            /* Another model came into use beside this one's plan, or left it: lay it out again. */
+            int replan = m->plan_capacity && m->plan_shared != others_in_use(c, m);
             m->pass_mismatches = 0;
             /* The budget moved since the plan was made (reservation ended, another process): re-plan. */
             size_t limit = c->stats.vram_limit;
             size_t diff = limit > m->plan_capacity ? limit - m->plan_capacity : m->plan_capacity - limit;
-            if (c->policy == VC_POLICY_PLANNED && diff > m->plan_capacity / 16) make_plan(c, m);
+            if (c->policy == VC_POLICY_PLANNED && (diff > m->plan_capacity / 16 || replan)) make_plan(c, m);
         }
         return;
     }

@@ -209,7 +209,8 @@ static int cmd_simulate(int argc, char **argv) {
     run_init_from(&a, cfg, &r);
     vc_sim_result res;
     int st = vc_sim_run_workload(wl, &r, &res);
-    int mode = a.mode >= 0 ? a.mode : (int)vc_config_get_offload_mode(cfg);
+    /* the mode the run used: unset, the simulated GPU's size decides it (4 GB or less: sequential) */
+    int mode = a.mode >= 0 ? a.mode : (int)vc_config_get_offload_mode_for(cfg, 1, (size_t)r.vram_bytes, NULL, 0);
     if (st != VC_OK) {
         if (a.json)
             printf("{\"workload\":\"%s\",\"error\":\"%s\"}\n", vc_workload_name(wl), vc_strerror(st));

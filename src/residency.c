@@ -772,7 +772,7 @@ static int vram_place(vc_cache *c, layer_t *l, const char *fn, const place_req *
     if (st == VC_OK || st == VC_ERR_NO_MEMORY || (st == VC_ERR_OUT_OF_VRAM && rq->quiet)) return st;
     st = place_streamed(c, l, rq, limit, out);
     if (st == VC_OK || st == VC_ERR_NO_MEMORY || (st != VC_ERR_NOT_FOUND && rq->quiet)) return st;
-    int grow_failed = 0;
+    int grow_failed = 0, waited_prefetches = 0;
     for (;;) {
         st = arena_alloc(&c->arena, need, l->align, l, out);
         if (st == VC_OK) return VC_OK;
@@ -835,6 +835,25 @@ static int vram_place(vc_cache *c, layer_t *l, const char *fn, const place_req *
             if (!c->stream_budget) c->stream_model = NULL;
             grow_failed = 0;
             continue;
+        }
+        if (!victim && rq->max_distance == VC_ANY_DISTANCE && !waited_prefetches) {
+            /* Prefetches still arriving are the only thing in the way: an acquire waits for them
+             * (they finish on their own; failing would leave the engine nothing to retry with). */
+            waited_prefetches = 1;
+            int any = 0;
+            for (uint32_t i = 0; i < c->layers.count; i++) {
+                layer_t *x = c->layers.slots[i].ptr;
+                if (x && x != l && x->vblock && x->prefetched && x->upload_pending && !x->holds) {
+                    c->ops->event_synchronize(c->bctx, x->upload_ev);
+                    any = 1;
+                }
+            }
+            if (any) {
+                grow_failed = 0;
+                st = place_streamed(c, l, rq, limit, out); /* the region may have room now */
+                if (st == VC_OK || st == VC_ERR_NO_MEMORY) return st;
+                continue;
+            }
         }
         if (!victim) break;
         if (reason == VC_EVICT_MODEL_SWAP) { /* model mode: the whole model leaves, not just a layer */

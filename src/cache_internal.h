@@ -162,7 +162,6 @@ struct vc_cache {
     arena sarena;         /* the streaming region: layers the plan streams pass through it */
     size_t stream_budget; /* its planned size; 0: no streaming region */
     model_t *stream_model; /* the model whose plan owns it */
-    int stream_alone;      /* no other model was in use when it was laid out: ring and homes apply */
     unsigned layout_pending_count; /* models whose plan waits to be laid out (schedule.c) */
     /* Fences of the ring placement being made (residency.c, ring_place): the release events of the
      * layers it evicted, by where their room starts, so the upload can copy each part as soon as

@@ -723,7 +723,7 @@ static int place_streamed(vc_cache *c, layer_t *l, const place_req *rq, size_t l
     size_t need = arena_round(l->bytes);
     streamable_ctx sc = {c, l, rq->max_distance};
     for (int tries = 0; tries < 1024; tries++) {
-        if (c->sarena.total >= c->stream_budget && c->stream_alone) {
+        if (c->sarena.total >= c->stream_budget && !c->stream_model->plan_shared) { /* ring: alone only */
             int st = ring_place(c, l, rq, out);
             if (st == VC_OK) l->in_stream = 1;
             if (st != VC_ERR_OUT_OF_VRAM) return st;

@@ -153,14 +153,12 @@ static void apply_plan_layout(vc_cache *c, model_t *m, size_t kept, size_t strea
     if (c->stream_model && (c->stream_model != m || c->stream_budget != stream_budget))
         vc__release_stream_region(c, VC_EVICT_PLAN);
     if (!stream_budget) return;
-    int alone = !others_in_use(c, m);
     vc__clear_model_layout(c, m, VC_EVICT_PLAN);
     c->stream_model = m;
     c->stream_budget = stream_budget;
-    c->stream_alone = alone;
     /* One segment for the kept set and one for the region: packed, nothing lost to segment ends. */
     vc__reserve_layout(c, kept, stream_budget);
-    if (alone)
+    if (!m->plan_shared)
         vc__assign_homes(c, m);
     else
         for (size_t i = 0; i < m->nlayers; i++) m->layers[i]->home_gen = 0;

@@ -292,6 +292,65 @@ typedef struct hz_use {
     double start, end;
 } hz_use;
 
+/* A cache (balanced, planned) on the simulator of `device` bytes, seen through the logging backend. */
+typedef struct hazard_world {
+    vc_backend *sim, *hz;
+    hazard_ctx *h;
+    vc_cache *c;
+    vc_stream stream;
+} hazard_world;
+
+static hazard_world hazard_open(size_t device) {
+    hazard_world w;
+    vc_sim_params p;
+    vc_sim_params_init(&p);
+    p.device_bytes = device;
+    p.h2d_bytes_per_s = p.d2h_bytes_per_s = 1e9;
+    p.copy_latency_s = 1e-6;
+    assert_int_equal(vc_backend_sim_create(&p, &w.sim), VC_OK);
+    w.h = calloc(1, sizeof *w.h);
+    w.h->in = vc_backend_get_ops(w.sim);
+    w.h->ictx = vc_backend_get_ctx(w.sim);
+    w.h->bw = p.h2d_bytes_per_s;
+    w.h->latency = p.copy_latency_s;
+    assert_int_equal(w.h->in->event_create(w.h->ictx, &w.h->ev), VC_OK);
+    assert_int_equal(vc_backend_create(&hazard_ops, w.h, &w.hz), VC_OK);
+    vc_cache_options o;
+    vc_cache_options_init(&o);
+    o.backend = w.hz;
+    o.ram_budget = 64 * MB;
+    o.working_mem = 0;
+    o.arena_segment_bytes = 64 * KB;
+    o.offload_mode = VC_OFFLOAD_MODE_BALANCED;
+    o.policy = VC_POLICY_PLANNED;
+    assert_int_equal(vc_cache_create(&o, &w.c), VC_OK);
+    assert_int_equal(vc_sim_stream_create(w.sim, &w.stream), VC_OK);
+    return w;
+}
+
+/* Fails the test if any logged copy's interval overlaps a compute on the bytes it writes: a compute
+ * that started before the copy must have ended before it began, one that starts after waited. */
+static void hazard_check(const hazard_world *w, const hz_use *uses, size_t nu) {
+    const hazard_ctx *h = w->h;
+    assert_true(h->n < sizeof h->log / sizeof h->log[0]); /* every copy was logged */
+    for (size_t k = 0; k < h->n; k++)
+        for (size_t u = 0; u < nu; u++) {
+            const hz_copy *cp = &h->log[k];
+            int overlap = cp->dst < uses[u].ptr + uses[u].bytes && uses[u].ptr < cp->dst + cp->bytes;
+            if (overlap && !(uses[u].end <= cp->start + 1e-12 || uses[u].start >= cp->end - 1e-12))
+                fail_msg("copy of %zu bytes at %#lx during [%g, %g] overlaps a compute on it during [%g, %g]",
+                         cp->bytes, (unsigned long)cp->dst, cp->start, cp->end, uses[u].start, uses[u].end);
+        }
+}
+
+static void hazard_close(hazard_world *w) {
+    assert_int_equal(vc_cache_destroy(w->c), VC_OK);
+    vc_backend_destroy(w->hz);
+    w->h->in->event_destroy(w->h->ictx, w->h->ev);
+    free(w->h);
+    vc_backend_destroy(w->sim);
+}
+
 /* One run for the hazard check: n layers of the given sizes and alignments on a device of
  * `device` bytes, each computing `compute` seconds, for `passes` passes. Checks every layer's bytes
  * at every acquire, and that no copy's interval overlaps a compute on the bytes it writes (a
@@ -303,32 +362,10 @@ static size_t hazard_run(int n, const size_t *sizes, const size_t *aligns, size_
         weights[i] = malloc(sizes[i]);
         fill_pattern(weights[i], sizes[i], (uint64_t)i + 1);
     }
-    vc_sim_params p;
-    vc_sim_params_init(&p);
-    p.device_bytes = device;
-    p.h2d_bytes_per_s = p.d2h_bytes_per_s = 1e9;
-    p.copy_latency_s = 1e-6;
-    vc_backend *sim, *hz;
-    assert_int_equal(vc_backend_sim_create(&p, &sim), VC_OK);
-    hazard_ctx *h = calloc(1, sizeof *h);
-    h->in = vc_backend_get_ops(sim);
-    h->ictx = vc_backend_get_ctx(sim);
-    h->bw = p.h2d_bytes_per_s;
-    h->latency = p.copy_latency_s;
-    assert_int_equal(h->in->event_create(h->ictx, &h->ev), VC_OK);
-    assert_int_equal(vc_backend_create(&hazard_ops, h, &hz), VC_OK);
-    vc_cache_options o;
-    vc_cache_options_init(&o);
-    o.backend = hz;
-    o.ram_budget = 64 * MB;
-    o.working_mem = 0;
-    o.arena_segment_bytes = 64 * KB;
-    o.offload_mode = VC_OFFLOAD_MODE_BALANCED;
-    o.policy = VC_POLICY_PLANNED;
-    vc_cache *c;
-    assert_int_equal(vc_cache_create(&o, &c), VC_OK);
-    vc_stream stream;
-    assert_int_equal(vc_sim_stream_create(sim, &stream), VC_OK);
+    hazard_world w = hazard_open(device);
+    vc_cache *c = w.c;
+    vc_stream stream = w.stream;
+    vc_backend *sim = w.sim;
     vc_model_id m = add_model(c, "denoiser");
     vc_layer_id *ids = calloc((size_t)n, sizeof *ids);
     for (int i = 0; i < n; i++) {
@@ -350,27 +387,14 @@ static size_t hazard_run(int n, const size_t *sizes, const size_t *aligns, size_
             vc_sim_wait_until(sim, s);
         }
     vc_sim_stream_synchronize(sim, stream);
-    size_t partial = 0;
-    for (size_t k = 0; k < h->n; k++) {
-        const hz_copy *cp = &h->log[k];
+    hazard_check(&w, uses, nu);
+    size_t partial = 0; /* copies of part of a layer: the fences were used */
+    for (size_t k = 0; k < w.h->n; k++) {
         int whole = 0;
-        for (int i = 0; i < n; i++) whole |= cp->bytes == sizes[i];
+        for (int i = 0; i < n; i++) whole |= w.h->log[k].bytes == sizes[i];
         partial += !whole;
-        for (size_t u = 0; u < nu; u++) {
-            int overlap = cp->dst < uses[u].ptr + uses[u].bytes && uses[u].ptr < cp->dst + cp->bytes;
-            if (!overlap) continue;
-            int apart = uses[u].end <= cp->start + 1e-12 || uses[u].start >= cp->end - 1e-12;
-            if (!apart)
-                fail_msg("copy of %zu bytes at %#lx during [%g, %g] overlaps a compute on it during [%g, %g]",
-                         cp->bytes, (unsigned long)cp->dst, cp->start, cp->end, uses[u].start, uses[u].end);
-        }
     }
-    assert_true(h->n < sizeof h->log / sizeof h->log[0]); /* every copy was checked */
-    assert_int_equal(vc_cache_destroy(c), VC_OK);
-    vc_backend_destroy(hz);
-    h->in->event_destroy(h->ictx, h->ev);
-    free(h);
-    vc_backend_destroy(sim);
+    hazard_close(&w);
     for (int i = 0; i < n; i++) free(weights[i]);
     free(weights);
     free(ids);
@@ -436,30 +460,10 @@ static void interleaved_run(double frac, int check_settles) {
         wb[i] = malloc(sb[i]);
         fill_pattern(wb[i], sb[i], (uint64_t)i + 101);
     }
-    vc_sim_params p;
-    vc_sim_params_init(&p);
-    p.device_bytes = (size_t)((double)total * frac);
-    p.h2d_bytes_per_s = p.d2h_bytes_per_s = 1e9;
-    p.copy_latency_s = 1e-6;
-    vc_backend *sim, *hz;
-    assert_int_equal(vc_backend_sim_create(&p, &sim), VC_OK);
-    hazard_ctx *h = calloc(1, sizeof *h);
-    h->in = vc_backend_get_ops(sim);
-    h->ictx = vc_backend_get_ctx(sim);
-    h->bw = p.h2d_bytes_per_s;
-    h->latency = p.copy_latency_s;
-    assert_int_equal(h->in->event_create(h->ictx, &h->ev), VC_OK);
-    assert_int_equal(vc_backend_create(&hazard_ops, h, &hz), VC_OK);
-    vc_cache_options o;
-    vc_cache_options_init(&o);
-    o.backend = hz;
-    o.ram_budget = 64 * MB;
-    o.working_mem = 0;
-    o.arena_segment_bytes = 64 * KB;
-    vc_cache *c;
-    assert_int_equal(vc_cache_create(&o, &c), VC_OK);
-    vc_stream stream;
-    assert_int_equal(vc_sim_stream_create(sim, &stream), VC_OK);
+    hazard_world w = hazard_open((size_t)((double)total * frac));
+    vc_cache *c = w.c;
+    vc_stream stream = w.stream;
+    vc_backend *sim = w.sim;
     vc_model_id ma = add_model(c, "unet"), mb = add_model(c, "controlnet");
     vc_layer_id ia[NA], ib[NB];
     for (int i = 0; i < NA; i++) ia[i] = add_host_layer(c, ma, "a", wa[i], sa[i]);
@@ -489,23 +493,12 @@ static void interleaved_run(double frac, int check_settles) {
         per_pass[pass_i] = get_stats(c).bytes_h2d - before;
     }
     vc_sim_stream_synchronize(sim, stream);
-    for (size_t k = 0; k < h->n; k++)
-        for (size_t u = 0; u < nu; u++) {
-            const hz_copy *cp = &h->log[k];
-            int overlap = cp->dst < uses[u].ptr + uses[u].bytes && uses[u].ptr < cp->dst + cp->bytes;
-            if (overlap && !(uses[u].end <= cp->start + 1e-12 || uses[u].start >= cp->end - 1e-12))
-                fail_msg("copy at %#lx during [%g, %g] overlaps a compute on it during [%g, %g]",
-                         (unsigned long)cp->dst, cp->start, cp->end, uses[u].start, uses[u].end);
-        }
+    hazard_check(&w, uses, nu);
     if (check_settles) {
         for (int i = PASSES - 3; i < PASSES; i++) assert_int_equal(per_pass[i], per_pass[PASSES - 4]);
         assert_true(per_pass[PASSES - 1] < total * 3 / 5); /* LRU moves both models whole every pass */
     }
-    assert_int_equal(vc_cache_destroy(c), VC_OK);
-    vc_backend_destroy(hz);
-    h->in->event_destroy(h->ictx, h->ev);
-    free(h);
-    vc_backend_destroy(sim);
+    hazard_close(&w);
     for (int i = 0; i < NA; i++) free(wa[i]);
     for (int i = 0; i < NB; i++) free(wb[i]);
 }

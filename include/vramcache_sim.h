@@ -61,10 +61,12 @@ VC_API int vc_workload_load_string(const char *text, size_t len, const char *nam
                                    vc_diagnostics **diags);
 VC_API void vc_workload_destroy(vc_workload *wl);
 VC_API const char *vc_workload_name(const vc_workload *wl);
-/** Bytes of all layers of all models; of the denoiser (the stage repeated per step). */
+/** Bytes of all layers of all models; of the denoiser (the stage repeated per step: all the models
+ *  it runs, e.g. a ControlNet and the UNet). */
 VC_API size_t vc_workload_total_bytes(const vc_workload *wl);
 VC_API size_t vc_workload_step_bytes(const vc_workload *wl);
-/** The denoiser's layers: how many, and the i-th one's name (owned by wl), bytes and flops. */
+/** The denoiser's layers, its models' layers in the order they run each step: how many, and the
+ *  i-th one's name (owned by wl), bytes and flops. */
 VC_API size_t vc_workload_denoiser_layer_count(const vc_workload *wl);
 VC_API int vc_workload_denoiser_layer(const vc_workload *wl, size_t i, const char **name, size_t *bytes,
                                       double *flops);

@@ -65,15 +65,19 @@ static int run_model(engine *e, const wl_model *m, const vc_layer_id *ids, char 
 }
 
 /* The denoiser's segment bound (step_bound.h) with the usable VRAM the cache had; -1 without memory. */
-static double segment_bound(const wl_model *dm, const vc_sim_run *run, double usable) {
-    double *bytes = malloc(dm->n * sizeof(*bytes)), *secs = malloc(dm->n * sizeof(*secs));
+static double segment_bound(const vc_workload *wl, const vc_sim_run *run, double usable) {
+    size_t n = vc_workload_denoiser_layer_count(wl);
+    double *bytes = malloc(n * sizeof(*bytes)), *secs = malloc(n * sizeof(*secs));
     double bound = -1;
     if (bytes && secs) {
-        for (size_t j = 0; j < dm->n; j++) {
-            bytes[j] = (double)dm->layers[j].bytes;
-            secs[j] = dm->layers[j].flops / run->flops;
+        for (size_t j = 0; j < n; j++) {
+            size_t b;
+            double f;
+            vc_workload_denoiser_layer(wl, j, NULL, &b, &f);
+            bytes[j] = (double)b;
+            secs[j] = f / run->flops;
         }
-        bound = vc__segment_time_bound(bytes, secs, dm->n, usable, run->bandwidth);
+        bound = vc__segment_time_bound(bytes, secs, n, usable, run->bandwidth);
     }
     free(bytes);
     free(secs);
@@ -131,13 +135,13 @@ int vc_sim_run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_res
     }
     if (st != VC_OK) vc_cache_last_error(e.cache, res->error, sizeof res->error);
 
-    const wl_stage *den = &wl->stages[wl->denoiser];
-    const wl_model *dm = &wl->models[den->model];
+    /* The step: every model the denoiser stage runs (a ControlNet and the UNet), in turn. */
     double compute = 0;
-    size_t step_bytes = 0;
-    for (size_t j = 0; j < dm->n; j++) {
-        compute += dm->layers[j].flops / run->flops;
-        step_bytes += dm->layers[j].bytes;
+    size_t step_bytes = vc_workload_step_bytes(wl);
+    for (size_t j = 0; j < vc_workload_denoiser_layer_count(wl); j++) {
+        double f;
+        vc_workload_denoiser_layer(wl, j, NULL, NULL, &f);
+        compute += f / run->flops;
     }
     /* Step figures: stats and times at the denoiser's step boundaries (when its last kernel of the
      * step ends). `first` is the boundary after step 1 (or the stage's start with one step). */
@@ -160,7 +164,8 @@ int vc_sim_run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_res
             t_first = vc_sim_now(e.sim);
         }
         for (unsigned k = 0; k < reps && st == VC_OK; k++) {
-            st = run_model(&e, &wl->models[stg->model], ids[stg->model], res->error, sizeof res->error);
+            for (size_t mi = 0; mi < stg->nmodels && st == VC_OK; mi++)
+                st = run_model(&e, &wl->models[stg->model[mi]], ids[stg->model[mi]], res->error, sizeof res->error);
             if (!stg->per_step || st != VC_OK) continue;
             vc_sim_stream_synchronize(e.sim, e.stream);
             vc_stats now;
@@ -195,7 +200,7 @@ int vc_sim_run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_res
         res->lower_bound_bytes_per_step = (double)sat_sub(step_bytes, res->usable_vram_bytes);
         double lb_copy = res->lower_bound_bytes_per_step / run->bandwidth;
         res->lower_bound_step_time_s = compute > lb_copy ? compute : lb_copy;
-        res->segment_bound_step_time_s = segment_bound(dm, run, (double)res->usable_vram_bytes);
+        res->segment_bound_step_time_s = segment_bound(wl, run, (double)res->usable_vram_bytes);
         if (res->segment_bound_step_time_s < res->lower_bound_step_time_s) /* no memory for it, or rounding */
             res->segment_bound_step_time_s = res->lower_bound_step_time_s;
         res->total_time_s = vc_sim_now(e.sim);

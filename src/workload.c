@@ -117,6 +117,55 @@ static int parse_layers(wparser *P, yaml_node_t *seq, wl_model *m) {
     return bad ? -1 : 0;
 }
 
+/* Index of the model named `name`, or wl->nmodels. */
+static size_t model_index(const vc_workload *wl, const char *name) {
+    for (size_t k = 0; name && k < wl->nmodels; k++)
+        if (!strcmp(wl->models[k].name, name)) return k;
+    return wl->nmodels;
+}
+
+/* A stage runs `model: X`, or `models: [X, Y, ...]` in turn each repetition (a ControlNet and then
+ * the UNet it conditions, every denoising step). */
+static int parse_stage_models(wparser *P, yaml_node_t *sn, size_t i, const vc_workload *wl, wl_stage *st) {
+    yaml_node_t *one = get(P, sn, "model"), *list = get(P, sn, "models");
+    unsigned line = sn ? ln(sn) : 0, col = sn ? cl(sn) : 0;
+    if (!sn || sn->type != YAML_MAPPING_NODE || (!one == !list)) {
+        vc__diag_add(P->d, VC_DIAG_ERROR, P->file, line, col, "model",
+                     "stage %zu needs either 'model: NAME' or 'models: [NAME, ...]'", i + 1);
+        return -1;
+    }
+    yaml_node_item_t *items = NULL;
+    size_t n = 1;
+    if (list) {
+        if (list->type != YAML_SEQUENCE_NODE || list->data.sequence.items.top == list->data.sequence.items.start ||
+            list->data.sequence.items.top - list->data.sequence.items.start > WL_STAGE_MODELS) {
+            vc__diag_add(P->d, VC_DIAG_ERROR, P->file, ln(list), cl(list), "models",
+                         "stage %zu: 'models' must list 1 to %d model names", i + 1, WL_STAGE_MODELS);
+            return -1;
+        }
+        items = list->data.sequence.items.start;
+        n = (size_t)(list->data.sequence.items.top - items);
+    }
+    for (size_t k = 0; k < n; k++) {
+        yaml_node_t *nn = items ? yaml_document_get_node(P->doc, items[k]) : one;
+        const char *mname = scalar(nn);
+        size_t mi = model_index(wl, mname);
+        if (mi == wl->nmodels) {
+            vc__diag_add(P->d, VC_DIAG_ERROR, P->file, nn ? ln(nn) : line, nn ? cl(nn) : col, "model",
+                         "stage %zu names model '%s', which the workload does not define", i + 1, mname ? mname : "");
+            return -1;
+        }
+        for (size_t j = 0; j < st->nmodels; j++)
+            if (st->model[j] == mi) {
+                vc__diag_add(P->d, VC_DIAG_ERROR, P->file, ln(nn), cl(nn), "models",
+                             "stage %zu runs model '%s' twice", i + 1, mname);
+                return -1;
+            }
+        st->model[st->nmodels++] = mi;
+    }
+    return 0;
+}
+
 static int parse(wparser *P, yaml_node_t *root, vc_workload *wl) {
     if (!root || root->type != YAML_MAPPING_NODE) {
         vc__diag_add(P->d, VC_DIAG_ERROR, P->file, root ? ln(root) : 0, 0, "", "a workload is a mapping with "
@@ -145,7 +194,7 @@ static int parse(wparser *P, yaml_node_t *root, vc_workload *wl) {
         wl->stages = calloc(1, sizeof(*wl->stages));
         if (!wl->models || !wl->stages || !(wl->models[0].name = dup_str(name))) return -1;
         wl->nmodels = wl->nstages = 1;
-        wl->stages[0] = (wl_stage){0, 1, 1, 0};
+        wl->stages[0] = (wl_stage){.model = {0}, .nmodels = 1, .per_step = 1, .repeat = 1};
         return parse_layers(P, layers, &wl->models[0]);
     }
     if (!models || models->type != YAML_SEQUENCE_NODE) {
@@ -174,7 +223,8 @@ static int parse(wparser *P, yaml_node_t *root, vc_workload *wl) {
     if (!pipe) { /* no pipeline: every model once, the last one for `steps` steps */
         wl->stages = calloc(wl->nmodels, sizeof(*wl->stages));
         if (!wl->stages) return -1;
-        for (size_t i = 0; i < wl->nmodels; i++) wl->stages[wl->nstages++] = (wl_stage){i, i + 1 == wl->nmodels, 1, 0};
+        for (size_t i = 0; i < wl->nmodels; i++)
+            wl->stages[wl->nstages++] = (wl_stage){.model = {i}, .nmodels = 1, .per_step = i + 1 == wl->nmodels, .repeat = 1};
         return 0;
     }
     if (pipe->type != YAML_SEQUENCE_NODE) {
@@ -187,16 +237,8 @@ static int parse(wparser *P, yaml_node_t *root, vc_workload *wl) {
     int denoisers = 0;
     for (size_t i = 0; i < ns; i++) {
         yaml_node_t *sn = yaml_document_get_node(P->doc, pipe->data.sequence.items.start[i]);
-        const char *mname = scalar(get(P, sn, "model"));
-        size_t mi = wl->nmodels;
-        for (size_t k = 0; mname && k < wl->nmodels; k++)
-            if (!strcmp(wl->models[k].name, mname)) mi = k;
-        if (mi == wl->nmodels) {
-            vc__diag_add(P->d, VC_DIAG_ERROR, P->file, sn ? ln(sn) : 0, sn ? cl(sn) : 0, "model",
-                         "stage %zu names model '%s', which the workload does not define", i + 1, mname ? mname : "");
-            return -1;
-        }
-        wl_stage st = {mi, 0, 1, 0};
+        wl_stage st = {.repeat = 1};
+        if (parse_stage_models(P, sn, i, wl, &st)) return -1;
         yaml_node_t *rep = get(P, sn, "repeat");
         if (rep && scalar(rep) && !strcmp(scalar(rep), "steps")) {
             st.per_step = 1;
@@ -309,11 +351,20 @@ size_t vc_workload_total_bytes(const vc_workload *wl) {
     return t;
 }
 
+/* The denoiser stage's layers as one pass: its models' layers in the order they run. */
+static const wl_layer *denoiser_layer(const vc_workload *wl, size_t i) {
+    const wl_stage *st = &wl->stages[wl->denoiser];
+    for (size_t k = 0; k < st->nmodels; k++) {
+        const wl_model *m = &wl->models[st->model[k]];
+        if (i < m->n) return &m->layers[i];
+        i -= m->n;
+    }
+    return NULL;
+}
+
 size_t vc_workload_step_bytes(const vc_workload *wl) {
-    if (!wl) return 0;
-    const wl_model *m = &wl->models[wl->stages[wl->denoiser].model];
     size_t t = 0;
-    for (size_t j = 0; j < m->n; j++) t += m->layers[j].bytes;
+    for (size_t i = 0; wl && i < vc_workload_denoiser_layer_count(wl); i++) t += denoiser_layer(wl, i)->bytes;
     return t;
 }
 
@@ -322,13 +373,17 @@ size_t vc_workload_denoiser_working_mem(const vc_workload *wl) {
 }
 
 size_t vc_workload_denoiser_layer_count(const vc_workload *wl) {
-    return wl ? wl->models[wl->stages[wl->denoiser].model].n : 0;
+    if (!wl) return 0;
+    const wl_stage *st = &wl->stages[wl->denoiser];
+    size_t n = 0;
+    for (size_t k = 0; k < st->nmodels; k++) n += wl->models[st->model[k]].n;
+    return n;
 }
 
 int vc_workload_denoiser_layer(const vc_workload *wl, size_t i, const char **name, size_t *bytes, double *flops) {
     if (!wl || i >= vc_workload_denoiser_layer_count(wl))
         return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_workload_denoiser_layer: no layer %zu", i);
-    const wl_layer *l = &wl->models[wl->stages[wl->denoiser].model].layers[i];
+    const wl_layer *l = denoiser_layer(wl, i);
     if (name) *name = l->name;
     if (bytes) *bytes = l->bytes;
     if (flops) *flops = l->flops;

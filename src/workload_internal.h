@@ -16,8 +16,11 @@ typedef struct wl_model {
     size_t n;
 } wl_model;
 
+#define WL_STAGE_MODELS 8 /* models one stage may run in turn (a ControlNet, then the UNet) */
+
 typedef struct wl_stage {
-    size_t model;
+    size_t model[WL_STAGE_MODELS]; /* run in this order, each repetition */
+    size_t nmodels;
     int per_step;       /* repeated `steps` times: the denoiser */
     unsigned repeat;    /* otherwise this many times */
     size_t working_mem; /* activations the stage needs (reserved while it runs) */

@@ -178,6 +178,20 @@ static void test_workload_errors(void **state) {
         {"name: x\nmodels:\n  - name: m\n    layers: [{name: a, bytes: 1, flops: 1}]\npipeline:\n  - {model: m}\n",
          "exactly one stage"},
         {"name: x\nlayers: [\n", "YAML syntax error"},
+        {"name: x\nmodels:\n  - name: m\n    layers: [{name: a, bytes: 1, flops: 1}]\npipeline:\n"
+         "  - {model: m, models: [m], repeat: steps}\n", "either 'model: NAME' or 'models:"},
+        {"name: x\nmodels:\n  - name: m\n    layers: [{name: a, bytes: 1, flops: 1}]\npipeline:\n"
+         "  - {repeat: steps}\n", "either 'model: NAME' or 'models:"},
+        {"name: x\nmodels:\n  - name: m\n    layers: [{name: a, bytes: 1, flops: 1}]\npipeline:\n"
+         "  - {models: [], repeat: steps}\n", "must list 1 to 8"},
+        {"name: x\nmodels:\n  - name: m\n    layers: [{name: a, bytes: 1, flops: 1}]\npipeline:\n"
+         "  - {models: m, repeat: steps}\n", "must list 1 to 8"},
+        {"name: x\nmodels:\n  - name: m\n    layers: [{name: a, bytes: 1, flops: 1}]\npipeline:\n"
+         "  - {models: [m, m, m, m, m, m, m, m, m], repeat: steps}\n", "must list 1 to 8"},
+        {"name: x\nmodels:\n  - name: m\n    layers: [{name: a, bytes: 1, flops: 1}]\npipeline:\n"
+         "  - {models: [m, zz], repeat: steps}\n", "'zz', which the workload does not define"},
+        {"name: x\nmodels:\n  - name: m\n    layers: [{name: a, bytes: 1, flops: 1}]\npipeline:\n"
+         "  - {models: [m, m], repeat: steps}\n", "runs model 'm' twice"},
         {"- a\n- b\n", "a workload is a mapping"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -262,12 +276,54 @@ static void test_run_reports_segment_bound(void **state) {
     vc_workload_destroy(wl);
 }
 
+/* A stage may run several models in turn each repetition (a ControlNet, then the UNet): the step
+ * is all of them, in that order, and the run counts both models' bytes and compute per step. */
+static void test_workload_stage_of_several_models(void **state) {
+    (void)state;
+    static const char text[] = "name: pair\nsteps: 6\nmodels:\n"
+                               "  - name: cn\n    layers: [{name: c0, bytes: 1000000, flops: 1e9}, {name: c1, bytes: 500000, flops: 2e9}]\n"
+                               "  - name: unet\n    layers: [{name: u0, bytes: 3000000, flops: 3e9}]\n"
+                               "  - name: vae\n    layers: [{name: v0, bytes: 7, flops: 1}]\n"
+                               "pipeline:\n  - {models: [cn, unet], repeat: steps}\n  - {model: vae}\n";
+    vc_workload *wl;
+    assert_int_equal(vc_workload_load_string(text, sizeof text - 1, "pair.yaml", &wl, NULL), VC_OK);
+    assert_int_equal(vc_workload_step_bytes(wl), 4500000);
+    assert_int_equal(vc_workload_denoiser_layer_count(wl), 3);
+    const char *name;
+    size_t bytes;
+    double flops;
+    assert_int_equal(vc_workload_denoiser_layer(wl, 2, &name, &bytes, &flops), VC_OK);
+    assert_string_equal(name, "u0");
+    assert_int_equal(bytes, 3000000);
+    assert_true(flops == 3e9);
+    assert_int_equal(vc_workload_denoiser_layer(wl, 3, &name, &bytes, &flops), VC_ERR_INVALID_ARG);
+    vc_sim_run run;
+    vc_sim_run_init(&run);
+    run.vram_bytes = 64.0 * 1e6;
+    run.flops = 1e12;
+    run.mode = VC_OFFLOAD_MODE_BALANCED; /* a GPU this small would default to sequential */
+    vc_config *cfg;
+    assert_int_equal(vc_config_create(&cfg), VC_OK);
+    assert_int_equal(vc_config_set(cfg, VC_CFG_DEVICE_WORKING_MEM_GB, "0"), VC_OK);
+    run.config = cfg;
+    vc_sim_result r;
+    assert_int_equal(vc_sim_run_workload(wl, &run, &r), VC_OK);
+    assert_true(fabs(r.compute_time_s - 6e-3) < 1e-12); /* both models' compute, per step */
+    /* everything fits: each step hits all three layers and runs at the speed of compute */
+    assert_true(fabs(r.step_time_s - r.compute_time_s) < 1e-9);
+    assert_true(r.hits_per_step == 3);
+    assert_true(r.bytes_per_step == 0);
+    vc_config_destroy(cfg);
+    vc_workload_destroy(wl);
+}
+
 static void test_shipped_workloads(void **state) {
     (void)state;
-    const char *files[] = {"sd15.yaml", "sdxl.yaml", "flux1-dev.yaml"};
-    /* parameter counts from the public configs, in GB of fp16/bf16 weights (2^30 bytes) */
-    const double denoiser_gb[] = {1.601, 4.782, 22.168};
-    for (int i = 0; i < 3; i++) {
+    const char *files[] = {"sd15.yaml", "sdxl.yaml", "flux1-dev.yaml", "sd15-controlnet.yaml"};
+    /* parameter counts from the public configs, in GB of fp16/bf16 weights (2^30 bytes); the last
+     * is SD 1.5's UNet and its ControlNet (361.3M parameters), run in turn every step */
+    const double denoiser_gb[] = {1.601, 4.782, 22.168, 2.274};
+    for (int i = 0; i < 4; i++) {
         char path[1024];
         snprintf(path, sizeof path, "%s/%s", VC_WORKLOAD_DIR, files[i]);
         vc_workload *wl;
@@ -347,6 +403,7 @@ int main(void) {
         cmocka_unit_test(test_virtual_memory_is_never_touched),
         cmocka_unit_test(test_workload_minimal_form),
         cmocka_unit_test(test_workload_errors),
+        cmocka_unit_test(test_workload_stage_of_several_models),
         cmocka_unit_test(test_shipped_workloads),
         cmocka_unit_test(test_segment_bound),
         cmocka_unit_test(test_run_reports_segment_bound),

@@ -77,7 +77,9 @@ def transformer(m, name, c, depth, hw, ctx_dim, ctx_tokens, batch, linear_proj):
     m.add(f"{name}.proj_out", c * c + c, 2 * batch * n * c * c)
 
 
-def unet(name, blocks, depths, layers_per_block, ctx_dim, latent, batch, linear_proj, add_embed_in):
+def unet(name, blocks, depths, layers_per_block, ctx_dim, latent, batch, linear_proj, add_embed_in, controlnet=False):
+    # controlnet: the ControlNet of this UNet (diffusers ControlNetModel): the hint encoder, a copy of
+    # the down and mid blocks, and a zero 1x1 convolution on each skip output and on the mid block.
     m = Model(name, 2)
     ch0 = blocks[0]
     m.add("time_embedding", 320 * 1280 + 1280 + 1280 * 1280 + 1280, 2 * batch * (320 * 1280 + 1280 * 1280))
@@ -86,6 +88,19 @@ def unet(name, blocks, depths, layers_per_block, ctx_dim, latent, batch, linear_
               2 * batch * (add_embed_in * 1280 + 1280 * 1280))
     hw = latent * latent
     m.add("conv_in", 4 * 9 * ch0 + ch0, 2 * batch * hw * 4 * 9 * ch0)
+    if controlnet:
+        # controlnet_cond_embedding: 3x3 convolutions on the image-sized hint (conditioning channels
+        # 16, 32, 96, 256; three of them stride 2, down to the latent), then conv_out to ch0.
+        chans, res_c, cin_c = [16, 32, 96, 256], latent * 8, 3
+        m.add("controlnet_cond_embedding.conv_in", 9 * cin_c * chans[0] + chans[0],
+              2 * batch * res_c * res_c * 9 * cin_c * chans[0])
+        for k in range(len(chans) - 1):
+            a, b = chans[k], chans[k + 1]
+            m.add(f"controlnet_cond_embedding.blocks.{2 * k}", 9 * a * a + a, 2 * batch * res_c * res_c * 9 * a * a)
+            res_c //= 2
+            m.add(f"controlnet_cond_embedding.blocks.{2 * k + 1}", 9 * a * b + b, 2 * batch * res_c * res_c * 9 * a * b)
+        m.add("controlnet_cond_embedding.conv_out", 9 * chans[-1] * ch0 + ch0,
+              2 * batch * hw * 9 * chans[-1] * ch0)
     res = latent
     skips = [ch0]
     cin = ch0
@@ -104,6 +119,18 @@ def unet(name, blocks, depths, layers_per_block, ctx_dim, latent, batch, linear_
     resnet(m, "mid_block.resnets.0", c, c, res * res, batch)
     transformer(m, "mid_block.attentions.0", c, depths[-1] or 1, res * res, ctx_dim, 77, batch, linear_proj)
     resnet(m, "mid_block.resnets.1", c, c, res * res, batch)
+    if controlnet:
+        # zero convolutions, applied to each skip output (at its resolution) and to the mid block
+        r, outs = latent, [(ch0, latent)]  # conv_in's output first, then each resnet's and downsampler's
+        for i, ch in enumerate(blocks):
+            outs += [(ch, r)] * layers_per_block
+            if i < len(blocks) - 1:
+                r //= 2
+                outs.append((ch, r))
+        for k, (ch, r) in enumerate(outs):
+            m.add(f"controlnet_down_blocks.{k}", ch * ch + ch, 2 * batch * r * r * ch * ch)
+        m.add("controlnet_mid_block", c * c + c, 2 * batch * res * res * c * c)
+        return m
     rev = list(reversed(blocks))
     rdepth = list(reversed(depths))
     prev = rev[0]
@@ -247,6 +274,16 @@ def build():
     out.append(emit("sd15.yaml", "sd-1.5", "Stable Diffusion 1.5, 512x512, fp16, CFG (batch 2)", 512, "float16", 30,
                     [clip_text("text_encoder", 768, 3072, 12, 77, 2), sd15, vae_decoder(4, 64)],
                     [{"model": "text_encoder"}, {"model": "unet", "repeat": "steps", "working_mem_bytes": 1 << 30},
+                     {"model": "vae_decoder", "working_mem_bytes": vae_working_mem(512, 512, 2)}]))
+    # SD 1.5 with a ControlNet (lllyasviel/control_v11p_sd15_canny, diffusers ControlNetModel): every
+    # denoising step runs the ControlNet, then the UNet it conditions.
+    cn = unet("controlnet", [320, 640, 1280, 1280], [1, 1, 1, 0], 2, 768, 64, 2, False, 0, controlnet=True)
+    sd15b = unet("unet", [320, 640, 1280, 1280], [1, 1, 1, 0], 2, 768, 64, 2, False, 0)
+    out.append(emit("sd15-controlnet.yaml", "sd-1.5+controlnet",
+                    "Stable Diffusion 1.5 with a ControlNet, 512x512, fp16, CFG (batch 2)", 512, "float16", 30,
+                    [clip_text("text_encoder", 768, 3072, 12, 77, 2), cn, sd15b, vae_decoder(4, 64)],
+                    [{"model": "text_encoder"},
+                     {"models": "[controlnet, unet]", "repeat": "steps", "working_mem_bytes": 1 << 30},
                      {"model": "vae_decoder", "working_mem_bytes": vae_working_mem(512, 512, 2)}]))
     # SDXL base at 1024x1024, fp16, CFG. Config: stabilityai/stable-diffusion-xl-base-1.0 unet/config.json.
     sdxl = unet("unet", [320, 640, 1280], [0, 2, 10], 2, 2048, 128, 2, True, 2816)

@@ -330,7 +330,8 @@ static int cmd_plan(int argc, char **argv) {
             printf("no offloading scheme can beat %.3f s per step on this GPU and link (%.1f%% of resident speed); "
                    "the recommendation is %.1f%% slower than that\n",
                    res[best].segment_bound_step_time_s, 100.0 * resident / res[best].segment_bound_step_time_s,
-                   100.0 * (res[best].step_time_s / res[best].segment_bound_step_time_s - 1));
+                   /* at the bound to within rounding: print 0.0, not -0.0 */
+                   fmax(0.0, 100.0 * (res[best].step_time_s / res[best].segment_bound_step_time_s - 1)));
         }
     }
     vc_workload_destroy(wl);

@@ -190,10 +190,11 @@ int vc_cache_destroy(vc_cache *c) {
         if (l) vc__layer_destroy(c, l);
     }
     if (c->trace_ev) c->ops->event_destroy(c->bctx, c->trace_ev);
+    for (uint32_t i = 0; i < c->models.count; i++) /* first, while every model is still there */
+        if (c->models.slots[i].ptr) vc__sched_model_free(c, c->models.slots[i].ptr);
     for (uint32_t i = 0; i < c->models.count; i++) {
         model_t *m = c->models.slots[i].ptr;
         if (!m) continue;
-        vc__sched_model_free(m);
         free(m->layers);
         free(m->name);
         free(m);
@@ -284,7 +285,7 @@ int vc_model_unregister(vc_cache *c, vc_model_id id) {
     while (m->nlayers) vc__layer_destroy(c, m->layers[m->nlayers - 1]);
     slot_table_remove(&c->models, id);
     c->stats.models--;
-    vc__sched_model_free(m);
+    vc__sched_model_free(c, m);
     free(m->layers);
     free(m->name);
     free(m);

@@ -106,7 +106,21 @@ struct vc_model_rec {
     int plan_shared;      /* its plan was made beside another model in use (schedule.c) */
     int layout_pending;   /* a plan waits to lay the device out until nothing there is pinned */
     size_t pending_kept, pending_stream; /* ... its kept bytes and streaming region */
+
+    /* Step groups (schedule.c): models that run in turn, whole pass after whole pass, every step (a
+     * ControlNet, then the UNet it conditions) are planned as one, through a hidden group model
+     * whose order is their orders joined in the order they run. */
+    model_t *joined;      /* a member: the group that plans its layers; NULL when planned alone */
+    model_t **members;    /* the group: its models, in the order they run (owned) */
+    size_t nmembers;
+    model_t *step_prev;   /* the model whose pass ended just before this one's pass began */
+    unsigned step_prev_seen; /* passes in a row that began right after step_prev's */
 };
+
+/* The model whose order and plan cover l: its group's while it runs in one, else its own. */
+static inline model_t *vc__plan_model(const layer_t *l) {
+    return l->model->joined ? l->model->joined : l->model;
+}
 
 /* A RAM buffer that can be freed only once a copy reading it has completed. */
 typedef struct deferred_free {
@@ -161,7 +175,10 @@ struct vc_cache {
     arena arena;          /* kept layers, and every layer when no plan streams */
     arena sarena;         /* the streaming region: layers the plan streams pass through it */
     size_t stream_budget; /* its planned size; 0: no streaming region */
-    model_t *stream_model; /* the model whose plan owns it */
+    model_t *stream_model; /* the model (or step group) whose plan owns it */
+    model_t *group;        /* the step group, NULL when none (schedule.c; one at a time) */
+    model_t *last_model;   /* the model of the latest acquire ... */
+    int last_ended_pass;   /* ... and whether that acquire was the last layer of its pass */
     unsigned layout_pending_count; /* models whose plan waits to be laid out (schedule.c) */
     /* Fences of the ring placement being made (residency.c, ring_place): the release events of the
      * layers it evicted, by where their room starts, so the upload can copy each part as soon as
@@ -297,7 +314,7 @@ void vc__sched_on_release(vc_cache *c, layer_t *l);
 void vc__sched_on_evict(vc_cache *c, layer_t *l);
 /** Before a layer goes away: drop it from its model's order. */
 void vc__sched_forget(vc_cache *c, layer_t *l);
-void vc__sched_model_free(model_t *m);
+void vc__sched_model_free(vc_cache *c, model_t *m);
 /** Uploads a layer whose host copy is available, without making any engine stream wait, evicting
  *  only layers needed later than `distance`. Quiet on failure. */
 int vc__prefetch_upload(vc_cache *c, layer_t *l, size_t distance);

@@ -465,7 +465,7 @@ static size_t held_vram_bytes_except(vc_cache *c, const model_t *except) {
     for (int i = 0; i < 2; i++)
         for (const arena_segment *s = arenas[i]->segments; s; s = s->next)
             for (const arena_block *b = s->first; b; b = b->next)
-                if (b->owner && ((const layer_t *)b->owner)->model != except && !owner_evictable(b->owner, c))
+                if (b->owner && vc__plan_model(b->owner) != except && !owner_evictable(b->owner, c))
                     held += b->size;
     return held;
 }
@@ -533,7 +533,7 @@ static void make_region_room(vc_cache *c, size_t limit, size_t want) {
 static int home_obstacle(vc_cache *c, const model_t *m, const arena_block *b) {
     const layer_t *o = b->owner;
     if (!o) return 0;
-    if (o->model == m) return o->keep && !o->in_stream;
+    if (vc__plan_model(o) == m) return o->keep && !o->in_stream;
     return o->keep || !vc__evictable(c, (layer_t *)o);
 }
 
@@ -569,7 +569,7 @@ void vc__assign_homes(vc_cache *c, model_t *m) {
             if (b->offset > start) gaps[ngaps++] = (home_gap){s, start, b->offset};
             start = b->offset + b->size;
             layer_t *o = b->owner;
-            if (o->model == m && o->keep) {
+            if (vc__plan_model(o) == m && o->keep) {
                 o->home_gen = s->gen;
                 o->home_off = b->offset;
             }
@@ -719,7 +719,7 @@ static int ring_place(vc_cache *c, layer_t *l, const place_req *rq, arena_block 
  * streamed layers live, so their varied sizes never fragment the kept set. Returns VC_ERR_NOT_FOUND
  * when l does not belong there (or the region cannot take it: the caller places it normally). */
 static int place_streamed(vc_cache *c, layer_t *l, const place_req *rq, size_t limit, arena_block **out) {
-    if (!c->stream_budget || c->stream_model != l->model || l->keep || !l->in_order) return VC_ERR_NOT_FOUND;
+    if (!c->stream_budget || c->stream_model != vc__plan_model(l) || l->keep || !l->in_order) return VC_ERR_NOT_FOUND;
     size_t need = arena_round(l->bytes);
     streamable_ctx sc = {c, l, rq->max_distance};
     for (int tries = 0; tries < 1024; tries++) {
@@ -739,7 +739,7 @@ static int place_streamed(vc_cache *c, layer_t *l, const place_req *rq, size_t l
             size_t want = c->stream_budget - c->sarena.total;
             /* Take room from the kept arena only while the plan's budget holds; under a smaller limit
              * (a reservation, another process) the region waits for the next plan instead. */
-            if (sat_sub(limit, vc__vram_total(c)) < want && limit >= l->model->plan_capacity)
+            if (sat_sub(limit, vc__vram_total(c)) < want && limit >= vc__plan_model(l)->plan_capacity)
                 make_region_room(c, limit, want);
             if (grow_arena(c, &c->sarena, need, l->align, limit, want) == VC_OK) continue;
         }
@@ -798,7 +798,7 @@ static int vram_place(vc_cache *c, layer_t *l, const char *fn, const place_req *
         arena_block *first, *last;
         /* Planned: open a hole from free room and layers the plan streams anyway (needed later than
          * this one), so layers of different sizes never push out the kept set. */
-        if (c->policy == VC_POLICY_PLANNED && l->model->order_valid && c->mode != VC_OFFLOAD_MODE_NONE &&
+        if (c->policy == VC_POLICY_PLANNED && vc__plan_model(l)->order_valid && c->mode != VC_OFFLOAD_MODE_NONE &&
             c->mode != VC_OFFLOAD_MODE_MODEL) {
             streamable_ctx sc = {c, l, rq->max_distance};
             if (arena_find_window_cost(&c->arena, need, l->align, streamable_owner, streamable_cost, &sc, &first,

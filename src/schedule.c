@@ -27,13 +27,23 @@
 #define PREFETCH_WINDOW 256 /* layers looked ahead per acquire at most */
 
 void vc__note_vram_layer(vc_cache *c, layer_t *l, int delta) {
+    model_t *g = l->model->joined;
     if (delta > 0) {
         c->stats.layers_in_vram++;
         l->model->vram_layers++;
+        if (g) g->vram_layers++;
     } else {
         c->stats.layers_in_vram--;
         l->model->vram_layers--;
+        if (g) g->vram_layers--;
     }
+}
+
+/* The models plans are made for, by index 0..c->models.count: each model outside the step group,
+ * then the group (NULL for the others). */
+static model_t *plan_model_at(vc_cache *c, uint32_t i) {
+    model_t *m = i < c->models.count ? c->models.slots[i].ptr : c->group;
+    return m && !m->joined ? m : NULL;
 }
 
 int vc__evictable(vc_cache *c, layer_t *l) {
@@ -49,7 +59,7 @@ static int order_known(const model_t *m) { return m->order_valid && m->order_n >
 
 /* Steps until l is needed again in its model's pass; the current layer counts as a full pass. */
 static size_t distance_of(const layer_t *l) {
-    const model_t *m = l->model;
+    const model_t *m = vc__plan_model(l);
     if (!order_known(m) || !l->in_order) return VC_ANY_DISTANCE - 1;
     size_t d = (l->order_pos + m->order_n - m->pos) % m->order_n;
     return d ? d : m->order_n;
@@ -64,14 +74,14 @@ static int model_active(const vc_cache *c, const model_t *m, const model_t *aski
 }
 
 layer_t *vc__sched_victim(vc_cache *c, const layer_t *for_layer, size_t max_distance, vc_evict_reason *reason) {
-    const model_t *asking = for_layer->model;
+    const model_t *asking = vc__plan_model(for_layer);
     int prefetch = max_distance != VC_ANY_DISTANCE;
     *reason = prefetch ? VC_EVICT_FOR_PREFETCH : VC_EVICT_FOR_LOAD;
     if (c->mode == VC_OFFLOAD_MODE_NONE) return NULL;
     if (c->mode == VC_OFFLOAD_MODE_MODEL) {
         *reason = VC_EVICT_MODEL_SWAP;
         for (layer_t *x = c->vram_lru.head; x; x = x->vnext)
-            if (x->model != asking && vc__evictable(c, x)) return x;
+            if (x->model != for_layer->model && vc__evictable(c, x)) return x;
         return NULL;
     }
     if (c->policy == VC_POLICY_LRU) {
@@ -83,19 +93,20 @@ layer_t *vc__sched_victim(vc_cache *c, const layer_t *for_layer, size_t max_dist
      *    Such layers gather at the LRU head, so the walk is short in the steady state. */
     for (layer_t *x = c->vram_lru.head; x; x = x->vnext) {
         if (!vc__evictable(c, x)) continue;
-        if (!model_active(c, x->model, asking)) return x;
-        if (!order_known(x->model) || !x->in_order) {
-            if (!prefetch || x->model != asking) return x;
+        const model_t *xm = vc__plan_model(x);
+        if (!model_active(c, xm, asking)) return x;
+        if (!order_known(xm) || !x->in_order) {
+            if (!prefetch || xm != asking) return x;
         }
-        if (order_known(x->model) && x->in_order) break; /* the rest are active and ordered */
+        if (order_known(xm) && x->in_order) break; /* the rest are active and ordered */
     }
     /* 2. Belady among active ordered models: the resident layer needed furthest ahead. A prefetch
      *    may only displace streamed layers needed later than itself; an acquire takes the furthest
      *    of any (a tie goes to the streamed layer, to keep the plan). */
     layer_t *best = NULL;
     size_t best_d = 0;
-    for (uint32_t i = 0; i < c->models.count; i++) {
-        model_t *m = c->models.slots[i].ptr;
+    for (uint32_t i = 0; i <= c->models.count; i++) {
+        model_t *m = plan_model_at(c, i);
         if (!m || !order_known(m) || !m->vram_layers || !model_active(c, m, asking)) continue;
         for (int kept = 0; kept < (prefetch ? 1 : 2); kept++) {
             /* Among streamed layers, prefer one whose last use has finished on the device, so the
@@ -125,7 +136,8 @@ layer_t *vc__sched_victim(vc_cache *c, const layer_t *for_layer, size_t max_dist
 
 int vc__sched_streamable(vc_cache *c, const layer_t *asking, size_t max_distance, layer_t *x) {
     if (!vc__evictable(c, x)) return 0;
-    if (!model_active(c, x->model, asking->model) || !order_known(x->model) || !x->in_order) return 1;
+    const model_t *xm = vc__plan_model(x);
+    if (!model_active(c, xm, vc__plan_model(asking)) || !order_known(xm) || !x->in_order) return 1;
     size_t limit = max_distance == VC_ANY_DISTANCE ? 0 : max_distance;
     if (x->prefetched && max_distance != VC_ANY_DISTANCE) return 0; /* one prefetch never undoes another */
     return !x->keep && distance_of(x) > limit;
@@ -136,8 +148,8 @@ int vc__sched_streamable(vc_cache *c, const layer_t *asking, size_t max_distance
 /* Another model ran within the last two passes of m: the device is
  * shared (a ControlNet beside a UNet), and m's plan does not own the kept arena. */
 static int others_in_use(vc_cache *c, const model_t *m) {
-    for (uint32_t i = 0; i < c->models.count; i++) {
-        const model_t *o = c->models.slots[i].ptr;
+    for (uint32_t i = 0; i <= c->models.count; i++) {
+        const model_t *o = plan_model_at(c, i);
         if (o && o != m && o->last_tick && model_active(c, o, m)) return 1;
     }
     return 0;
@@ -150,7 +162,8 @@ static int others_in_use(vc_cache *c, const model_t *m) {
  * another model in use both assume an order of placement the other model's layers break, and two
  * interleaved models moved 1.2-1.6x the bytes with them (tests/test_schedule.c, interleaved). */
 static void apply_plan_layout(vc_cache *c, model_t *m, size_t kept, size_t stream_budget) {
-    if (c->stream_model && (c->stream_model != m || c->stream_budget != stream_budget))
+    /* (also what an earlier release left because it was pinned then) */
+    if ((c->stream_model || c->sarena.total) && (c->stream_model != m || c->stream_budget != stream_budget))
         vc__release_stream_region(c, VC_EVICT_PLAN);
     if (!stream_budget) return;
     vc__clear_model_layout(c, m, VC_EVICT_PLAN);
@@ -383,9 +396,125 @@ static void make_plan(vc_cache *c, model_t *m) {
     try_layout(c, m, shared);
 }
 
+/* ---- step groups ------------------------------------------------------------------------------- */
+
+/* Models that run in turn, whole pass after whole pass, every step (a ControlNet and then the UNet
+ * it conditions, each step) are one pass to the device. Planned apart, each plan would assume the
+ * whole device, the kept sets would push each other out and no prefetch would look past the end
+ * of its own model (into the next model's first layers). So once each of them has begun its pass
+ * right after the same other model's pass ended, two steps in a row, round a cycle, they are joined:
+ * a hidden group model whose order is their orders in the order they run gets the plan, the ring,
+ * the homes and the prefetch scan, exactly as one model would. A layer of another model than the
+ * one due (a ControlNet that stops before the last steps) parts them again. One group at a time. */
+
+#define GROUP_MAX 8 /* models in a group */
+
+/* The group no longer holds: members plan alone again (each re-plans as its next pass begins). */
+static void unjoin(vc_cache *c, const char *why) {
+    model_t *g = c->group;
+    if (!g) return;
+    vc__log(c, VC_LOG_INFO, "models of group '%s' planned apart again: %s", g->name, why);
+    if (c->stream_model == g) vc__release_stream_region(c, VC_EVICT_PLAN);
+    set_layout_pending(c, g, 0);
+    const layer_t *cur = g->order_n ? g->order[g->pos] : NULL;
+    for (size_t k = 0; k < g->nmembers; k++) {
+        model_t *m = g->members[k];
+        m->joined = NULL;
+        m->step_prev_seen = 0;
+        m->plan_capacity = 0; /* re-planned at its next pass */
+        for (size_t i = 0; i < m->order_n; i++) {
+            m->order[i]->order_pos = i;
+            m->order[i]->keep = 0;
+            m->order[i]->home_gen = 0;
+        }
+        m->pos = cur && cur->model == m ? cur->order_pos : m->order_n - 1;
+        m->pf_next = (m->pos + 1) % m->order_n;
+        m->pass_mismatches = 0;
+    }
+    c->group = NULL;
+    free(g->members);
+    free(g->order);
+    free(g->name);
+    free(g);
+}
+
+/* Notes which model's pass ended right before m's pass begins now. */
+static void note_step_prev(vc_cache *c, model_t *m) {
+    model_t *p = c->last_ended_pass && c->last_model != m ? c->last_model : NULL;
+    if (p && p == m->step_prev) {
+        if (m->step_prev_seen < 2) m->step_prev_seen++;
+    } else {
+        m->step_prev = p;
+        m->step_prev_seen = p != NULL;
+    }
+}
+
+/* As a's pass begins: when a and the models before it have followed each other round a cycle twice,
+ * join them, a first; returns 1 when joined (the group's plan is made). */
+static int try_join(vc_cache *c, model_t *a) {
+    if (c->group || c->policy != VC_POLICY_PLANNED ||
+        (c->mode != VC_OFFLOAD_MODE_BALANCED && c->mode != VC_OFFLOAD_MODE_SEQUENTIAL))
+        return 0;
+    model_t *mem[GROUP_MAX];
+    size_t k = 0, n = 0, name_len = 0;
+    model_t *x = a;
+    do {
+        if (!x || x->step_prev_seen < 2 || !order_known(x) || x->joined || k == GROUP_MAX) return 0;
+        for (size_t j = 0; j < k; j++)
+            if (mem[j] == x) return 0; /* a cycle that does not come back to a */
+        mem[k++] = x;
+        n += x->order_n;
+        name_len += strlen(x->name) + 1;
+        x = x->step_prev;
+    } while (x != a);
+    if (k < 2) return 0;
+    model_t *g = calloc(1, sizeof(*g));
+    layer_t **order = malloc(n * sizeof(*order));
+    model_t **members = malloc(k * sizeof(*members));
+    char *name = malloc(name_len);
+    if (!g || !order || !members || !name) { /* no group: each plans alone, as before */
+        free(g), free(order), free(members), free(name);
+        return 0;
+    }
+    /* Run order: a, then the model whose pass follows a's (the last one found), and so on. */
+    members[0] = a;
+    for (size_t j = 1; j < k; j++) members[j] = mem[k - j];
+    size_t at = 0;
+    name[0] = 0;
+    for (size_t j = 0; j < k; j++) {
+        model_t *m = members[j];
+        if (j) strcat(name, "+");
+        strcat(name, m->name);
+        for (size_t i = 0; i < m->order_n; i++) {
+            order[at] = m->order[i];
+            order[at]->order_pos = at;
+            at++;
+        }
+        m->joined = g;
+        set_layout_pending(c, m, 0); /* the group's layout replaces the member's region and homes */
+        g->vram_layers += m->vram_layers;
+    }
+    g->name = name;
+    g->members = members;
+    g->nmembers = k;
+    g->order = order;
+    g->order_n = n;
+    g->order_valid = 1;
+    g->layers = order; /* the plan walks a model's layers: the group's are its order */
+    g->nlayers = n;
+    g->pos = 0; /* a's first layer is being acquired */
+    g->pf_next = 0;
+    g->last_tick = c->use_clock;
+    c->group = g;
+    vc__log(c, VC_LOG_INFO, "models %s run in turn every step: planned as one pass of %zu layers", name, n);
+    make_plan(c, g);
+    return 1;
+}
+
 /* ---- order tracking ---------------------------------------------------------------------------- */
 
 static void drop_order(vc_cache *c, model_t *m) {
+    if (m->joined) unjoin(c, "a member's order changed");
     if (c->stream_model == m) vc__release_stream_region(c, VC_EVICT_PLAN);
     for (size_t i = 0; i < m->order_n; i++) {
         m->order[i]->in_order = 0;
@@ -470,6 +599,10 @@ static void follow(vc_cache *c, model_t *m, layer_t *l) {
     if (l->in_order && l->order_pos == expected) {
         m->pos = expected;
         if (expected == 0) { /* a new pass */
+            if (!m->members) {
+                note_step_prev(c, m);
+                if (try_join(c, m)) return;
+            }
             try_layout(c, m, 1);
             /* Another model came into use beside this one's plan, or left it: lay it out again. */
             int replan = m->plan_capacity && m->plan_shared != others_in_use(c, m);
@@ -483,6 +616,14 @@ static void follow(vc_cache *c, model_t *m, layer_t *l) {
     }
     c->stats.order_mismatches++;
     m->pass_mismatches++;
+    if (m->members && (!l->in_order || l->model != m->order[expected]->model || m->pass_mismatches > 2 + m->order_n / 8)) {
+        /* Another model than the one due (or a layer outside the orders): they no longer run in turn. */
+        unjoin(c, l->in_order && l->model != m->order[expected]->model ? "another model ran than the one due"
+                                                                          : "the pass changed");
+        if (order_known(l->model)) follow(c, l->model, l);
+        else record(c, l->model, l);
+        return;
+    }
     if (!m->order_declared && (!l->in_order || m->pass_mismatches > 2 + m->order_n / 8)) {
         vc__log(c, VC_LOG_INFO, "model '%s' left its learned order at layer '%s'; learning again", m->name,
                 l->name);
@@ -505,17 +646,23 @@ static void stage_ahead(vc_cache *c, model_t *m, size_t k, size_t window) {
 }
 
 void vc__sched_on_acquire(vc_cache *c, layer_t *l) {
-    model_t *m = l->model;
-    m->last_tick = c->use_clock;
+    model_t *own = l->model;
+    own->last_tick = c->use_clock;
     if (l->prefetched) {
         l->prefetched = 0;
         c->prefetch_inflight--;
         c->stats.prefetch_hits++;
     }
-    if (order_known(m))
-        follow(c, m, l);
+    if (own->joined)
+        follow(c, own->joined, l);
+    else if (order_known(own))
+        follow(c, own, l);
     else
-        record(c, m, l);
+        record(c, own, l);
+    model_t *m = vc__plan_model(l); /* after follow: it may have joined or parted a group */
+    m->last_tick = c->use_clock;
+    c->last_model = own;
+    c->last_ended_pass = !own->joined && order_known(own) && l->in_order && own->pos == own->order_n - 1;
     if (c->policy != VC_POLICY_PLANNED || !order_known(m) || !c->prefetch_depth ||
         c->mode == VC_OFFLOAD_MODE_NONE || c->mode == VC_OFFLOAD_MODE_MODEL)
         return;
@@ -549,7 +696,7 @@ void vc__sched_on_acquire(vc_cache *c, layer_t *l) {
 
 void vc__sched_on_evict(vc_cache *c, layer_t *l) {
     (void)c;
-    model_t *m = l->model;
+    model_t *m = vc__plan_model(l);
     if (!l->in_order || !order_known(m)) return;
     size_t d = (l->order_pos + m->order_n - m->pos) % m->order_n;
     size_t f = (m->pf_next + m->order_n - m->pos) % m->order_n;
@@ -558,8 +705,8 @@ void vc__sched_on_evict(vc_cache *c, layer_t *l) {
 
 void vc__sched_on_release(vc_cache *c, layer_t *l) {
     if (c->layout_pending_count) /* any model's: another model's release may be the moment */
-        for (uint32_t i = 0; i < c->models.count; i++) {
-            model_t *pm = c->models.slots[i].ptr;
+        for (uint32_t i = 0; i <= c->models.count; i++) {
+            model_t *pm = plan_model_at(c, i);
             if (pm && pm->layout_pending) try_layout(c, pm, 0);
         }
     if (c->mode == VC_OFFLOAD_MODE_SEQUENTIAL && l->holds == 0 && l->vblock)
@@ -576,7 +723,13 @@ void vc__sched_forget(vc_cache *c, layer_t *l) {
     if (m->recording) m->recording = 0;
 }
 
-void vc__sched_model_free(model_t *m) {
+void vc__sched_model_free(vc_cache *c, model_t *m) {
+    if (m->joined) unjoin(c, "a member was unregistered");
+    if (c->last_model == m) c->last_model = NULL;
+    for (uint32_t i = 0; i < c->models.count; i++) {
+        model_t *o = c->models.slots[i].ptr;
+        if (o && o->step_prev == m) o->step_prev = NULL, o->step_prev_seen = 0;
+    }
     free(m->order);
     free(m->rec);
     m->order = m->rec = NULL;

@@ -239,6 +239,7 @@ typedef struct hazard_ctx {
     void *ev;
     hz_copy log[8192];
     size_t n;
+    unsigned joined, parted; /* step groups formed and parted (from the cache's log) */
 } hazard_ctx;
 
 #define HZ(c) ((hazard_ctx *)(c))
@@ -300,6 +301,13 @@ typedef struct hazard_world {
     vc_stream stream;
 } hazard_world;
 
+static void hz_log(void *user, vc_log_level level, const char *msg) {
+    (void)level;
+    hazard_ctx *h = user;
+    h->joined += strstr(msg, "run in turn every step") != NULL;
+    h->parted += strstr(msg, "planned apart again") != NULL;
+}
+
 static hazard_world hazard_open(size_t device) {
     hazard_world w;
     vc_sim_params p;
@@ -323,6 +331,9 @@ static hazard_world hazard_open(size_t device) {
     o.arena_segment_bytes = 64 * KB;
     o.offload_mode = VC_OFFLOAD_MODE_BALANCED;
     o.policy = VC_POLICY_PLANNED;
+    o.log_fn = hz_log;
+    o.log_user = w.h;
+    o.log_level = VC_LOG_INFO;
     assert_int_equal(vc_cache_create(&o, &w.c), VC_OK);
     assert_int_equal(vc_sim_stream_create(w.sim, &w.stream), VC_OK);
     return w;
@@ -510,6 +521,130 @@ static void test_interleaved_models(void **state) {
      * acquire waits for them instead of failing with VC_ERR_OUT_OF_VRAM (it used to). */
     interleaved_run(0.3, 0);
     interleaved_run(0.25, 0);
+}
+
+/* Models that run in turn, whole pass after whole pass (a ControlNet, then the UNet it conditions,
+ * every step), together too large for the device. Runs `steps` steps; the first model runs only in
+ * the steps before `first_stops` (a ControlNet that ends early) and is unregistered after step
+ * `unregister_after` (-1: never). Checks every layer's bytes at every acquire and that no copy
+ * overlaps a compute on its bytes; returns the bytes moved in each step through per_step. */
+enum { TURN_NA = 14, TURN_NB = 30, TURN_STEPS = 16 };
+typedef struct turn_world {
+    hazard_world w;
+    size_t sa[TURN_NA], sb[TURN_NB], total_a, total_b;
+    char *wa[TURN_NA], *wb[TURN_NB];
+    vc_layer_id ia[TURN_NA], ib[TURN_NB];
+    vc_model_id ma, mb;
+    uint64_t per_step[TURN_STEPS];
+} turn_world;
+
+static void turn_open(turn_world *t, double frac_of_both) {
+    memset(t, 0, sizeof *t);
+    for (int i = 0; i < TURN_NA; i++) {
+        t->sa[i] = i % 5 == 2 ? 24 * KB : 2 * KB + (size_t)(i % 4) * 768;
+        t->total_a += t->sa[i];
+        t->wa[i] = malloc(t->sa[i]);
+        fill_pattern(t->wa[i], t->sa[i], (uint64_t)i + 1);
+    }
+    for (int i = 0; i < TURN_NB; i++) {
+        t->sb[i] = i % 6 == 3 ? 40 * KB : 3 * KB + (size_t)(i % 5) * 1024;
+        t->total_b += t->sb[i];
+        t->wb[i] = malloc(t->sb[i]);
+        fill_pattern(t->wb[i], t->sb[i], (uint64_t)i + 201);
+    }
+    t->w = hazard_open((size_t)((double)(t->total_a + t->total_b) * frac_of_both));
+    t->ma = add_model(t->w.c, "controlnet");
+    t->mb = add_model(t->w.c, "unet");
+    for (int i = 0; i < TURN_NA; i++) t->ia[i] = add_host_layer(t->w.c, t->ma, "cn", t->wa[i], t->sa[i]);
+    for (int i = 0; i < TURN_NB; i++) t->ib[i] = add_host_layer(t->w.c, t->mb, "unet", t->wb[i], t->sb[i]);
+}
+
+static void turn_run(turn_world *t, int first_stops, int unregister_after) {
+    static hz_use uses[(TURN_NA + TURN_NB) * TURN_STEPS];
+    size_t nu = 0;
+    vc_cache *c = t->w.c;
+    for (int step = 0; step < TURN_STEPS; step++) {
+        uint64_t before = get_stats(c).bytes_h2d;
+        for (int k = 0; k < TURN_NA + TURN_NB; k++) {
+            int isb = k >= TURN_NA, i = isb ? k - TURN_NA : k;
+            if (!isb && (step >= first_stops || (unregister_after >= 0 && step > unregister_after))) continue;
+            vc_layer_id id = isb ? t->ib[i] : t->ia[i];
+            size_t bytes = isb ? t->sb[i] : t->sa[i];
+            void *d;
+            assert_int_equal(vc_layer_acquire(c, id, t->w.stream, &d), VC_OK);
+            assert_true(check_pattern(d, bytes, isb ? (uint64_t)i + 201 : (uint64_t)i + 1));
+            double st, en;
+            vc_sim_compute(t->w.sim, t->w.stream, isb ? 6e-6 : 3e-6, &st, &en);
+            uses[nu++] = (hz_use){(uintptr_t)d, bytes, st, en};
+            assert_int_equal(vc_layer_release(c, id, t->w.stream), VC_OK);
+            vc_sim_wait_until(t->w.sim, st);
+        }
+        if (step == unregister_after) assert_int_equal(vc_model_unregister(c, t->ma), VC_OK);
+        t->per_step[step] = get_stats(c).bytes_h2d - before;
+    }
+    vc_sim_stream_synchronize(t->w.sim, t->w.stream);
+    hazard_check(&t->w, uses, nu);
+}
+
+static void turn_close(turn_world *t) {
+    hazard_close(&t->w);
+    for (int i = 0; i < TURN_NA; i++) free(t->wa[i]);
+    for (int i = 0; i < TURN_NB; i++) free(t->wb[i]);
+}
+
+/* The last steps move the same bytes: what does not fit (lb) plus the plan's streaming region, no
+ * more (1% for the rounding of sizes), with a region of at most two of the largest layers; and
+ * every layer the plan keeps is resident. */
+static void assert_settled(const turn_world *t, uint64_t lb, int from) {
+    const vc_cache *c = t->w.c;
+    assert_true(c->stream_budget <= 2 * 40 * KB);
+    for (int s = from; s < TURN_STEPS; s++) {
+        assert_int_equal(t->per_step[s], t->per_step[from]);
+        assert_true((double)t->per_step[s] <= 1.01 * (double)(lb + c->stream_budget));
+    }
+    for (uint32_t i = 0; i < c->layers.count; i++) {
+        const layer_t *l = c->layers.slots[i].ptr;
+        if (l && l->keep) assert_non_null(l->vblock);
+    }
+}
+
+static void test_models_in_turn_are_planned_as_one(void **state) {
+    (void)state;
+    const double fracs[] = {0.75, 0.5, 0.3};
+    for (size_t f = 0; f < sizeof fracs / sizeof fracs[0]; f++) {
+        turn_world t;
+        turn_open(&t, fracs[f]);
+        turn_run(&t, TURN_STEPS, -1);
+        assert_int_equal(t.w.h->joined, 1);
+        assert_int_equal(t.w.h->parted, 0);
+        /* One plan over both: it settles to the bytes that cannot fit plus its streaming region
+         * (planned apart, each plan assumed the whole device and the kept sets pushed each other
+         * out: 1.56x those bytes at 75%, and no steady state at 50%). */
+        uint64_t limit = get_stats(t.w.c).vram_limit;
+        assert_settled(&t, t.total_a + t.total_b - limit, TURN_STEPS - 5);
+        turn_close(&t);
+    }
+}
+
+/* A ControlNet that stops before the last steps parts the group at once; the UNet then plans
+ * alone and settles to its own bytes. Unregistering a member parts it too. */
+static void test_step_group_parts(void **state) {
+    (void)state;
+    turn_world t;
+    turn_open(&t, 0.5);
+    turn_run(&t, 8, -1);
+    assert_int_equal(t.w.h->joined, 1);
+    assert_int_equal(t.w.h->parted, 1);
+    uint64_t limit = get_stats(t.w.c).vram_limit;
+    assert_true(t.total_b > limit);
+    assert_settled(&t, t.total_b - limit, TURN_STEPS - 4);
+    turn_close(&t);
+
+    turn_open(&t, 0.5);
+    turn_run(&t, TURN_STEPS, 7);
+    assert_int_equal(t.w.h->joined, 1);
+    assert_int_equal(t.w.h->parted, 1);
+    turn_close(&t);
 }
 
 static void test_changed_order_is_detected(void **state) {
@@ -965,6 +1100,8 @@ int main(void) {
         cmocka_unit_test(test_copies_never_overwrite_layers_in_use),
         cmocka_unit_test(test_copies_never_overwrite_random),
         cmocka_unit_test(test_interleaved_models),
+        cmocka_unit_test(test_models_in_turn_are_planned_as_one),
+        cmocka_unit_test(test_step_group_parts),
         cmocka_unit_test(test_changed_order_is_detected),
         cmocka_unit_test(test_declared_order),
         cmocka_unit_test(test_never_evicts_held_or_in_flight),

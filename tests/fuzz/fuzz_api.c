@@ -95,16 +95,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         vc_backend_destroy(host);
         return 0;
     }
-    vc_model_id m;
-    CHECK(vc_model_register(c, "fuzz", &m) == VC_OK);
+    /* Two models: slots 0..NL/2-1 belong to the first, the rest to the second (a ControlNet and a
+     * UNet: op 10 runs their passes in turn, which makes them a step group). */
+    vc_model_id models[2];
+    CHECK(vc_model_register(c, "fuzz", &models[0]) == VC_OK);
+    CHECK(vc_model_register(c, "fuzz2", &models[1]) == VC_OK);
     slot *s = calloc(NL, sizeof *s);
     vc_reservation *res[2] = {NULL, NULL};
     for (size_t pc = 2; pc + 1 < size; pc += 2) {
         uint8_t op = data[pc], arg = data[pc + 1];
         slot *x = &s[arg % NL];
+        vc_model_id m = models[arg % NL >= NL / 2];
         void *p = NULL;
         int st;
-        switch (op % 10) {
+        switch (op % 11) {
         case 0: /* register */
             if (x->live) break;
             memset(x, 0, sizeof *x);
@@ -146,7 +150,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             if (!x->live) break;
             if ((op >> 4) % 6 == 4) {
                 unsigned any_held = 0;
-                for (int i = 0; i < NL; i++) any_held |= s[i].live && s[i].holds;
+                for (int i = 0; i < NL; i++) /* of this model */
+                    any_held |= s[i].live && s[i].holds && (i >= NL / 2) == (arg % NL >= NL / 2);
                 st = vc_model_offload(c, m, arg & 1 ? VC_OFFLOAD_ALL : VC_OFFLOAD_VRAM);
                 CHECK(st == (any_held ? VC_ERR_BUSY : VC_OK));
             } else if ((op >> 4) % 6 == 5) {
@@ -211,11 +216,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             } else {
                 vc_layer_id order[NL];
                 size_t n = 0;
-                for (int i = 0; i < NL; i++)
-                    if (s[(i + arg) % NL].live) order[n++] = s[(i + arg) % NL].id;
+                int half = (arg % NL >= NL / 2) * (NL / 2);
+                for (int i = 0; i < NL / 2; i++)
+                    if (s[half + (i + arg) % (NL / 2)].live) order[n++] = s[half + (i + arg) % (NL / 2)].id;
                 st = vc_model_set_order(c, m, order, n);
                 CHECK(st == VC_OK || st == VC_ERR_NO_MEMORY);
             }
+            break;
+        case 10: /* steps: each model's live layers in slot order, the first model's pass, then the second's */
+            for (int rep = 0; rep < 1 + (arg & 3); rep++)
+                for (int i = 0; i < NL; i++) {
+                    slot *y = &s[(arg & 4) && i < NL / 2 ? NL / 2 - 1 - i : i]; /* sometimes the first model backwards */
+                    if (!y->live || ((arg & 8) && i < NL / 2 && rep == 2)) continue; /* sometimes it sits a step out */
+                    st = vc_layer_acquire(c, y->id, NULL, &p);
+                    CHECK(st == VC_OK || st == VC_ERR_OUT_OF_VRAM || st == VC_ERR_OUT_OF_RAM || st == VC_ERR_LOADER ||
+                          st == VC_ERR_BACKEND || st == VC_ERR_NO_MEMORY);
+                    if (st != VC_OK) continue;
+                    CHECK(intact(p, y));
+                    if (y->holds) CHECK(p == y->dptr);
+                    CHECK(vc_layer_release(c, y->id, NULL) == VC_OK);
+                }
             break;
         }
         /* invariants after every step */

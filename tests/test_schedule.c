@@ -626,6 +626,50 @@ static void test_models_in_turn_are_planned_as_one(void **state) {
     }
 }
 
+/* Three models in turn (two ControlNets, then the UNet), each step; the group's order must be their
+ * order of running, or it would part at the first step after forming. A text encoder that runs
+ * once before the steps never joins. */
+static void test_three_models_in_turn(void **state) {
+    (void)state;
+    enum { NM = 3, NPER = 10, STEPS = 12 };
+    static char w[NM][NPER][6 * KB];
+    size_t total = 0;
+    hazard_world hw = hazard_open(NM * NPER * 6 * KB / 2);
+    vc_model_id te = add_model(hw.c, "text_encoder"), m[NM];
+    vc_layer_id te_layer = add_host_layer(hw.c, te, "te", w[0][0], 6 * KB);
+    vc_layer_id id[NM][NPER];
+    for (int k = 0; k < NM; k++) {
+        m[k] = add_model(hw.c, k == 0 ? "cn1" : k == 1 ? "cn2" : "unet");
+        for (int i = 0; i < NPER; i++) {
+            size_t b = 2 * KB + (size_t)((i * 5 + k) % 4) * KB;
+            fill_pattern(w[k][i], b, (uint64_t)(k * 100 + i));
+            id[k][i] = add_host_layer(hw.c, m[k], "l", w[k][i], b);
+            total += b;
+        }
+    }
+    void *d;
+    assert_int_equal(vc_layer_acquire(hw.c, te_layer, hw.stream, &d), VC_OK);
+    assert_int_equal(vc_layer_release(hw.c, te_layer, hw.stream), VC_OK);
+    uint64_t last = 0, prev = 0;
+    for (int step = 0; step < STEPS; step++) {
+        uint64_t before = get_stats(hw.c).bytes_h2d;
+        for (int k = 0; k < NM; k++)
+            for (int i = 0; i < NPER; i++) {
+                assert_int_equal(vc_layer_acquire(hw.c, id[k][i], hw.stream, &d), VC_OK);
+                assert_true(check_pattern(d, 2 * KB + (size_t)((i * 5 + k) % 4) * KB, (uint64_t)(k * 100 + i)));
+                vc_sim_compute(hw.sim, hw.stream, 4e-6, NULL, NULL);
+                assert_int_equal(vc_layer_release(hw.c, id[k][i], hw.stream), VC_OK);
+            }
+        prev = last;
+        last = get_stats(hw.c).bytes_h2d - before;
+    }
+    assert_int_equal(hw.h->joined, 1);
+    assert_int_equal(hw.h->parted, 0);
+    assert_int_equal(last, prev); /* settled */
+    assert_true(last < total);    /* something stays resident across the three models */
+    hazard_close(&hw);
+}
+
 /* A ControlNet that stops before the last steps parts the group at once; the UNet then plans
  * alone and settles to its own bytes. Unregistering a member parts it too. */
 static void test_step_group_parts(void **state) {
@@ -1102,6 +1146,7 @@ int main(void) {
         cmocka_unit_test(test_interleaved_models),
         cmocka_unit_test(test_models_in_turn_are_planned_as_one),
         cmocka_unit_test(test_step_group_parts),
+        cmocka_unit_test(test_three_models_in_turn),
         cmocka_unit_test(test_changed_order_is_detected),
         cmocka_unit_test(test_declared_order),
         cmocka_unit_test(test_never_evicts_held_or_in_flight),

@@ -85,6 +85,10 @@ typedef struct vc_sim_run {
     const vc_config *config; /**< budgets and working memory; NULL: defaults */
     const char *trace_path;  /**< write a Chrome trace here; NULL: none */
     int denoiser_only;       /**< 1: run only the denoiser stage (sweeps of the step alone) */
+    /** The engine acquires this many consecutive layers, runs their compute as one kernel and then
+     *  releases them (as an engine that runs a whole block at a time); 0 or 1: one layer at a time
+     *  (default). At most 64. */
+    unsigned block_layers;
 } vc_sim_run;
 
 VC_API void vc_sim_run_init(vc_sim_run *run);

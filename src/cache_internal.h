@@ -113,6 +113,10 @@ struct vc_model_rec {
     model_t *joined;      /* a member: the group that plans its layers; NULL when planned alone */
     model_t **members;    /* the group: its models, in the order they run (owned) */
     size_t nmembers;
+    unsigned held_now;       /* its layers held now */
+    unsigned held_peak_cur;  /* the most held at once in the pass under way ... */
+    unsigned held_peak;      /* ... and in the pass before (an engine holding a block of layers) */
+    unsigned plan_hold;      /* the layers held at once the plan was made for */
     model_t *step_prev;   /* the model whose pass ended just before this one's pass began */
     unsigned step_prev_seen; /* passes in a row that began right after step_prev's */
 };

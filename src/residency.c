@@ -1087,6 +1087,8 @@ static void hold(vc_cache *c, layer_t *l) {
     if (l->holds++ == 0) {
         list_unlink(&c->vram_lru, l, 1);
         c->stats.layers_held++;
+        model_t *m = l->model;
+        if (++m->held_now > m->held_peak_cur) m->held_peak_cur = m->held_now;
     }
 }
 
@@ -1176,6 +1178,7 @@ static int release_locked(vc_cache *c, layer_t *l, vc_stream stream) {
     if (--l->holds == 0) {
         list_push_tail(&c->vram_lru, l, 1);
         c->stats.layers_held--;
+        l->model->held_now--;
         vc__sched_on_release(c, l);
     }
     if (c->trace) vc__trace_async(c, "hold", l->name, l->id, 0, vc__trace_now(c));

@@ -38,6 +38,7 @@ typedef struct engine {
     vc_backend *sim;
     vc_cache *cache;
     vc_stream stream;
+    size_t block; /* layers per kernel (vc_sim_run.block_layers) */
     double lag[HOST_LAG];
     unsigned lag_i;
     double flops;
@@ -45,18 +46,24 @@ typedef struct engine {
 } engine;
 
 static int run_model(engine *e, const wl_model *m, const vc_layer_id *ids, char *err, size_t err_size) {
-    for (size_t i = 0; i < m->n; i++) {
-        void *p;
-        int st = vc_layer_acquire(e->cache, ids[i], e->stream, &p);
-        if (st != VC_OK) {
-            vc_cache_last_error(e->cache, err, err_size);
-            return st;
+    for (size_t i = 0; i < m->n; i += e->block) {
+        size_t end = i + e->block < m->n ? i + e->block : m->n;
+        double flops = 0;
+        for (size_t j = i; j < end; j++) {
+            void *p;
+            int st = vc_layer_acquire(e->cache, ids[j], e->stream, &p);
+            if (st != VC_OK) {
+                vc_cache_last_error(e->cache, err, err_size);
+                for (size_t k = i; k < j; k++) vc_layer_release(e->cache, ids[k], e->stream);
+                return st;
+            }
+            flops += m->layers[j].flops;
         }
         double t0, t1;
-        vc_sim_compute(e->sim, e->stream, m->layers[i].flops / e->flops, &t0, &t1);
+        vc_sim_compute(e->sim, e->stream, flops / e->flops, &t0, &t1);
         if (e->trace) vc_cache_trace_span(e->cache, m->name, m->layers[i].name, t0, t1 - t0);
-        vc_layer_release(e->cache, ids[i], e->stream);
-        /* The host runs ahead by HOST_LAG layers at most. */
+        for (size_t j = i; j < end; j++) vc_layer_release(e->cache, ids[j], e->stream);
+        /* The host runs ahead by HOST_LAG kernels at most. */
         vc_sim_wait_until(e->sim, e->lag[e->lag_i]);
         e->lag[e->lag_i] = t1;
         e->lag_i = (e->lag_i + 1) % HOST_LAG;
@@ -88,7 +95,7 @@ int vc_sim_run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_res
     if (!res) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_sim_run_workload: result is NULL");
     memset(res, 0, sizeof(*res));
     if (!wl || !run || run->struct_size != sizeof(*run) || !(run->vram_bytes > 0) || !(run->bandwidth > 0) ||
-        !(run->flops > 0) || run->steps < 0 || run->mode > VC_OFFLOAD_MODE_BALANCED) {
+        !(run->flops > 0) || run->steps < 0 || run->mode > VC_OFFLOAD_MODE_BALANCED || run->block_layers > 64) {
         snprintf(res->error, sizeof res->error, "invalid run parameters");
         return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_sim_run_workload: %s", res->error);
     }
@@ -98,7 +105,7 @@ int vc_sim_run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_res
     sp.device_bytes = (size_t)run->vram_bytes;
     sp.h2d_bytes_per_s = sp.d2h_bytes_per_s = run->bandwidth;
     sp.backed = 0;
-    engine e = {.flops = run->flops};
+    engine e = {.flops = run->flops, .block = run->block_layers > 1 ? run->block_layers : 1};
     int st = vc_backend_sim_create(&sp, &e.sim);
     if (st != VC_OK) return st;
     vc_cache_options o;

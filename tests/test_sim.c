@@ -313,6 +313,13 @@ static void test_workload_stage_of_several_models(void **state) {
     assert_true(fabs(r.step_time_s - r.compute_time_s) < 1e-9);
     assert_true(r.hits_per_step == 3);
     assert_true(r.bytes_per_step == 0);
+    /* an engine running two layers per kernel: the same compute and hits per step */
+    run.block_layers = 2;
+    assert_int_equal(vc_sim_run_workload(wl, &run, &r), VC_OK);
+    assert_true(fabs(r.compute_time_s - 6e-3) < 1e-12 && fabs(r.step_time_s - 6e-3) < 1e-9);
+    assert_true(r.hits_per_step == 3);
+    run.block_layers = 65;
+    assert_int_equal(vc_sim_run_workload(wl, &run, &r), VC_ERR_INVALID_ARG);
     vc_config_destroy(cfg);
     vc_workload_destroy(wl);
 }

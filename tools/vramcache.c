@@ -6,8 +6,9 @@
  *   vramcache config show [FILE]    effective settings as YAML with where each value came from
  *   vramcache simulate --workload FILE --vram-gb X --bandwidth-gbps B [--tflops T] [--steps N]
  *                      [--policy lru|planned] [--mode none|model|sequential|balanced]
- *                      [--config invokeai.yaml] [--json] [--trace FILE]
+ *                      [--config invokeai.yaml] [--json] [--trace FILE] [--block-layers K]
  *   vramcache plan --workload FILE --vram-gb X --bandwidth-gbps B [--tflops T] [--steps N] [--json]
+ *                  [--block-layers K]
  *   vramcache version
  */
 #include <math.h>
@@ -29,8 +30,10 @@ static int usage(FILE *f) {
                "       vramcache config show [FILE]\n"
                "       vramcache simulate --workload FILE --vram-gb X --bandwidth-gbps B [--tflops T] [--steps N]\n"
                "                          [--policy lru|planned] [--mode none|model|sequential|balanced]\n"
-               "                          [--config invokeai.yaml] [--json] [--trace FILE]\n"
+               "                          [--config invokeai.yaml] [--json] [--trace FILE] [--block-layers K]\n"
                "       vramcache plan --workload FILE --vram-gb X --bandwidth-gbps B [--tflops T] [--steps N] [--json]\n"
+               "                      [--block-layers K]\n"
+               "--block-layers K: the engine holds K consecutive layers at once and runs them as one kernel.\n"
                "       vramcache version\n"
                "GB of memory are 2^30 bytes (as in invokeai.yaml); link speeds are GB/s of 10^9 bytes.\n");
     return f == stderr ? 2 : 0;
@@ -78,6 +81,7 @@ typedef struct sim_args {
     const char *workload, *config, *trace;
     double vram_gb, bandwidth_gbps, tflops;
     int steps, json, mode;
+    unsigned block_layers;
     vc_policy policy;
 } sim_args;
 
@@ -120,6 +124,9 @@ static int parse_sim_args(int argc, char **argv, int first, sim_args *a, int all
         } else if (!strcmp(f, "--steps")) {
             if (parse_number_arg(f, v, 1, 100000, &x) || x != floor(x)) return -1;
             a->steps = (int)x;
+        } else if (!strcmp(f, "--block-layers")) {
+            if (parse_number_arg(f, v, 1, 64, &x) || x != floor(x)) return -1;
+            a->block_layers = (unsigned)x;
         } else if (allow_run_opts && !strcmp(f, "--policy")) {
             if (!strcmp(v, "lru"))
                 a->policy = VC_POLICY_LRU;
@@ -180,6 +187,7 @@ static void run_init_from(const sim_args *a, const vc_config *cfg, vc_sim_run *r
     r->bandwidth = a->bandwidth_gbps * 1e9;
     r->flops = a->tflops * 1e12;
     r->steps = a->steps;
+    r->block_layers = a->block_layers;
     r->policy = a->policy;
     r->mode = a->mode;
     r->config = cfg;
@@ -234,6 +242,7 @@ static int cmd_simulate(int argc, char **argv) {
         printf("device %.2f GB (usable for weights %.2f GB), link %.1f GB/s, %.1f TFLOP/s, policy %s, mode %s\n",
                a.vram_gb, (double)res.usable_vram_bytes / GIB, a.bandwidth_gbps, a.tflops,
                a.policy == VC_POLICY_LRU ? "lru" : "planned", MODES[mode]);
+        if (a.block_layers > 1) printf("engine: %u layers held at once, run as one kernel\n", a.block_layers);
         printf("per denoising step, steady state:\n");
         char ratio[32] = "n/a (fits)";
         if (lbb > 0) snprintf(ratio, sizeof ratio, "%.3f", res.bytes_per_step / lbb);

@@ -117,6 +117,8 @@ struct vc_model_rec {
     unsigned held_peak_cur;  /* the most held at once in the pass under way ... */
     unsigned held_peak;      /* ... and in the pass before (an engine holding a block of layers) */
     unsigned plan_hold;      /* the layers held at once the plan was made for */
+    int saw_others;       /* another model's layer ran in the midst of its pass under way */
+    size_t grec_seen;     /* its layers found so far in a recorded period (schedule.c, grec_finish) */
     model_t *step_prev;   /* the model whose pass ended just before this one's pass began */
     unsigned step_prev_seen; /* passes in a row that began right after step_prev's */
 };
@@ -183,6 +185,10 @@ struct vc_cache {
     model_t *group;        /* the step group, NULL when none (schedule.c; one at a time) */
     model_t *last_model;   /* the model of the latest acquire ... */
     int last_ended_pass;   /* ... and whether that acquire was the last layer of its pass */
+    layer_t **grec;        /* one period of interleaved models' acquires being recorded, or NULL */
+    size_t grec_n, grec_cap;
+    layer_t **grec_prev;   /* the period recorded before it (a group forms when two agree) */
+    size_t grec_prev_n;
     unsigned layout_pending_count; /* models whose plan waits to be laid out (schedule.c) */
     /* Fences of the ring placement being made (residency.c, ring_place): the release events of the
      * layers it evicted, by where their room starts, so the upload can copy each part as soon as

@@ -498,61 +498,40 @@ static void note_step_prev(vc_cache *c, model_t *m) {
     }
 }
 
-/* As a's pass begins: when a and the models before it have followed each other round a cycle twice,
- * join them, a first; returns 1 when joined (the group's plan is made). */
-static int try_join(vc_cache *c, model_t *a) {
-    if (c->group || c->policy != VC_POLICY_PLANNED ||
-        (c->mode != VC_OFFLOAD_MODE_BALANCED && c->mode != VC_OFFLOAD_MODE_SEQUENTIAL))
-        return 0;
-    model_t *mem[GROUP_MAX];
-    size_t k = 0, n = 0, name_len = 0;
-    model_t *x = a;
-    do {
-        if (!x || x->step_prev_seen < 2 || !order_known(x) || x->joined || k == GROUP_MAX) return 0;
-        for (size_t j = 0; j < k; j++)
-            if (mem[j] == x) return 0; /* a cycle that does not come back to a */
-        mem[k++] = x;
-        n += x->order_n;
-        name_len += strlen(x->name) + 1;
-        x = x->step_prev;
-    } while (x != a);
-    if (k < 2) return 0;
+/* Forms the group of the k models `members` (in the order their first layers run) with `order`
+ * (n layers, owned by the group from here; freed on failure): every member's order exactly once,
+ * each in its own order. `at` is the group position of the layer being acquired. Returns 1 when
+ * formed (the group's plan is made). */
+static int form_group(vc_cache *c, model_t **members, size_t k, layer_t **order, size_t n, size_t at) {
+    size_t name_len = 1;
+    for (size_t j = 0; j < k; j++) name_len += strlen(members[j]->name) + 1;
     model_t *g = calloc(1, sizeof(*g));
-    layer_t **order = malloc(n * sizeof(*order));
-    model_t **members = malloc(k * sizeof(*members));
+    model_t **mem = malloc(k * sizeof(*mem));
     char *name = malloc(name_len);
-    if (!g || !order || !members || !name) { /* no group: each plans alone, as before */
-        free(g), free(order), free(members), free(name);
+    if (!g || !mem || !name) { /* no group: each plans alone, as before */
+        free(g), free(mem), free(name), free(order);
         return 0;
     }
-    /* Run order: a, then the model whose pass follows a's (the last one found), and so on. */
-    members[0] = a;
-    for (size_t j = 1; j < k; j++) members[j] = mem[k - j];
-    size_t at = 0;
     name[0] = 0;
     for (size_t j = 0; j < k; j++) {
-        model_t *m = members[j];
+        model_t *m = mem[j] = members[j];
         if (j) strcat(name, "+");
         strcat(name, m->name);
-        for (size_t i = 0; i < m->order_n; i++) {
-            order[at] = m->order[i];
-            order[at]->order_pos = at;
-            at++;
-        }
         m->joined = g;
         set_layout_pending(c, m, 0); /* the group's layout replaces the member's region and homes */
         g->vram_layers += m->vram_layers;
     }
+    for (size_t i = 0; i < n; i++) order[i]->order_pos = i;
     g->name = name;
-    g->members = members;
+    g->members = mem;
     g->nmembers = k;
     g->order = order;
     g->order_n = n;
     g->order_valid = 1;
     g->layers = order; /* the plan walks a model's layers: the group's are its order */
     g->nlayers = n;
-    g->pos = 0; /* a's first layer is being acquired */
-    g->pf_next = 0;
+    g->pos = at;
+    g->pf_next = at;
     g->last_tick = c->use_clock;
     c->group = g;
     vc__log(c, VC_LOG_INFO, "models %s run in turn every step: planned as one pass of %zu layers", name, n);
@@ -560,10 +539,120 @@ static int try_join(vc_cache *c, model_t *a) {
     return 1;
 }
 
+static int may_group(const vc_cache *c) {
+    return !c->group && c->policy == VC_POLICY_PLANNED &&
+           (c->mode == VC_OFFLOAD_MODE_BALANCED || c->mode == VC_OFFLOAD_MODE_SEQUENTIAL);
+}
+
+/* As a's pass begins: when a and the models before it have followed each other round a cycle twice,
+ * join them, a first; returns 1 when joined (the group's plan is made). */
+static int try_join(vc_cache *c, model_t *a) {
+    if (!may_group(c)) return 0;
+    model_t *mem[GROUP_MAX];
+    size_t k = 0, n = 0;
+    model_t *x = a;
+    do {
+        if (!x || x->step_prev_seen < 2 || !order_known(x) || x->joined || k == GROUP_MAX) return 0;
+        for (size_t j = 0; j < k; j++)
+            if (mem[j] == x) return 0; /* a cycle that does not come back to a */
+        mem[k++] = x;
+        n += x->order_n;
+        x = x->step_prev;
+    } while (x != a);
+    if (k < 2) return 0;
+    /* Run order: a, then the model whose pass follows a's (the last one found), and so on. */
+    model_t *members[GROUP_MAX];
+    members[0] = a;
+    for (size_t j = 1; j < k; j++) members[j] = mem[k - j];
+    layer_t **order = malloc(n * sizeof(*order));
+    if (!order) return 0;
+    size_t at = 0;
+    for (size_t j = 0; j < k; j++)
+        for (size_t i = 0; i < members[j]->order_n; i++) order[at++] = members[j]->order[i];
+    return form_group(c, members, k, order, n, 0);
+}
+
+/* Models interleaved layer by layer (an adapter's layers used between the UNet's): once a model's
+ * pass has seen another model's layers in its midst, the acquires of all models are recorded from
+ * its next pass start until its first layer comes round again; if that period holds each model it
+ * names exactly once, in its own order, it becomes the group's order. */
+static void grec_stop(vc_cache *c) {
+    free(c->grec);
+    free(c->grec_prev);
+    c->grec = c->grec_prev = NULL;
+    c->grec_n = c->grec_cap = c->grec_prev_n = 0;
+}
+
+static void grec_start(vc_cache *c, layer_t *l) {
+    size_t cap = 16;
+    for (uint32_t i = 0; i < c->models.count; i++) {
+        const model_t *o = c->models.slots[i].ptr;
+        if (o && order_known(o)) cap += o->order_n;
+    }
+    free(c->grec); /* (a period before it, if any, stays in grec_prev) */
+    c->grec_n = c->grec_cap = 0;
+    c->grec = malloc(cap * sizeof(*c->grec));
+    if (!c->grec) return;
+    c->grec_cap = cap;
+    c->grec[c->grec_n++] = l;
+}
+
+static int grec_finish(vc_cache *c) {
+    model_t *members[GROUP_MAX];
+    size_t k = 0, n = c->grec_n;
+    int ok = 1;
+    for (size_t i = 0; i < n && ok; i++) {
+        model_t *m = c->grec[i]->model;
+        size_t j = 0;
+        while (j < k && members[j] != m) j++;
+        if (j == k) {
+            if (k == GROUP_MAX) ok = 0;
+            else members[k++] = m, m->grec_seen = 0;
+        }
+        if (!ok) break;
+        /* its next layer in its own order, or the period is not a clean interleaving */
+        if (!c->grec[i]->in_order || m->grec_seen >= m->order_n || m->order[m->grec_seen] != c->grec[i]) ok = 0;
+        else m->grec_seen++;
+    }
+    for (size_t j = 0; j < k && ok; j++) ok = members[j]->grec_seen == members[j]->order_n;
+    if (!ok || k < 2 || !may_group(c)) {
+        grec_stop(c);
+        return 0;
+    }
+    /* Formed once two periods in a row agree (an irregular interleaving would part the group at
+     * once and lay the device out again for nothing); else this one waits for the next. */
+    layer_t **order = c->grec, *first = order[0];
+    int same = c->grec_prev && c->grec_prev_n == n && !memcmp(c->grec_prev, order, n * sizeof(*order));
+    free(c->grec_prev);
+    c->grec_prev = order;
+    c->grec_prev_n = n;
+    c->grec = NULL;
+    if (!same) {
+        grec_start(c, first);
+        return 0;
+    }
+    c->grec_prev = NULL;
+    grec_stop(c);
+    return form_group(c, members, k, order, n, 0);
+}
+
+/* Each acquire while a period is recorded; 1 when it completed a period and formed the group
+ * (l is then the group's first layer, already followed). */
+static int grec_step(vc_cache *c, layer_t *l) {
+    if (l == c->grec[0]) /* the anchor's first layer again: one period */
+        return grec_finish(c);
+    if (l->model->joined || !order_known(l->model) || !l->in_order || c->grec_n == c->grec_cap)
+        grec_stop(c);
+    else
+        c->grec[c->grec_n++] = l;
+    return 0;
+}
+
 /* ---- order tracking ---------------------------------------------------------------------------- */
 
 static void drop_order(vc_cache *c, model_t *m) {
     if (m->joined) unjoin(c, "a member's order changed");
+    grec_stop(c); /* a recorded period may name its layers */
     if (c->stream_model == m) vc__release_stream_region(c, VC_EVICT_PLAN);
     for (size_t i = 0; i < m->order_n; i++) {
         m->order[i]->in_order = 0;
@@ -651,8 +740,11 @@ static void follow(vc_cache *c, model_t *m, layer_t *l) {
             if (!m->members) {
                 m->held_peak = m->held_peak_cur;
                 m->held_peak_cur = m->held_now;
+                int interleaved = m->saw_others;
+                m->saw_others = 0;
                 note_step_prev(c, m);
                 if (try_join(c, m)) return;
+                if (interleaved && may_group(c) && !c->grec) grec_start(c, l);
             } else {
                 for (size_t k = 0; k < m->nmembers; k++) {
                     m->members[k]->held_peak = m->members[k]->held_peak_cur;
@@ -713,7 +805,13 @@ void vc__sched_on_acquire(vc_cache *c, layer_t *l) {
         c->prefetch_inflight--;
         c->stats.prefetch_hits++;
     }
-    if (own->joined)
+    /* Another model's layer in the midst of the previous model's pass: they interleave. */
+    model_t *prev = c->last_model;
+    if (prev && prev != own && !prev->joined && order_known(prev) && prev->pos != prev->order_n - 1)
+        prev->saw_others = 1;
+    if (c->grec && grec_step(c, l))
+        ; /* l began the group formed from the recorded period */
+    else if (own->joined)
         follow(c, own->joined, l);
     else if (order_known(own))
         follow(c, own, l);
@@ -774,6 +872,7 @@ void vc__sched_on_release(vc_cache *c, layer_t *l) {
 }
 
 void vc__sched_forget(vc_cache *c, layer_t *l) {
+    grec_stop(c); /* the recorded period may hold l */
     model_t *m = l->model;
     if (l->prefetched) {
         l->prefetched = 0;
@@ -784,6 +883,7 @@ void vc__sched_forget(vc_cache *c, layer_t *l) {
 }
 
 void vc__sched_model_free(vc_cache *c, model_t *m) {
+    grec_stop(c);
     if (m->joined) unjoin(c, "a member was unregistered");
     if (c->last_model == m) c->last_model = NULL;
     for (uint32_t i = 0; i < c->models.count; i++) {

@@ -107,20 +107,22 @@ struct vc_model_rec {
     int layout_pending;   /* a plan waits to lay the device out until nothing there is pinned */
     size_t pending_kept, pending_stream; /* ... its kept bytes and streaming region */
 
-    /* Step groups (schedule.c): models that run in turn, whole pass after whole pass, every step (a
-     * ControlNet, then the UNet it conditions) are planned as one, through a hidden group model
-     * whose order is their orders joined in the order they run. */
-    model_t *joined;      /* a member: the group that plans its layers; NULL when planned alone */
-    model_t **members;    /* the group: its models, in the order they run (owned) */
-    size_t nmembers;
+    /* Blocks held at once (schedule.c, hold_window): the plan's region takes two of them. */
     unsigned held_now;       /* its layers held now */
     unsigned held_peak_cur;  /* the most held at once in the pass under way ... */
     unsigned held_peak;      /* ... and in the pass before (an engine holding a block of layers) */
     unsigned plan_hold;      /* the layers held at once the plan was made for */
-    int saw_others;       /* another model's layer ran in the midst of its pass under way */
-    size_t grec_seen;     /* its layers found so far in a recorded period (schedule.c, grec_finish) */
+
+    /* Step groups (schedule.c): models that run in turn every step (a ControlNet, then the UNet it
+     * conditions; or an adapter's layers between the UNet's) are planned as one, through a hidden
+     * group model whose order is their acquires over one step. */
+    model_t *joined;      /* a member: the group that plans its layers; NULL when planned alone */
+    model_t **members;    /* the group: its models, in the order they first run (owned) */
+    size_t nmembers;
     model_t *step_prev;   /* the model whose pass ended just before this one's pass began */
     unsigned step_prev_seen; /* passes in a row that began right after step_prev's */
+    int saw_others;       /* another model's layer ran in the midst of its pass under way */
+    size_t grec_seen;     /* its layers found so far in a recorded period (grec_finish) */
 };
 
 /* The model whose order and plan cover l: its group's while it runs in one, else its own. */

@@ -453,8 +453,10 @@ static void make_plan(vc_cache *c, model_t *m) {
  * of its own model (into the next model's first layers). So once each of them has begun its pass
  * right after the same other model's pass ended, two steps in a row, round a cycle, they are joined:
  * a hidden group model whose order is their orders in the order they run gets the plan, the ring,
- * the homes and the prefetch scan, exactly as one model would. A layer of another model than the
- * one due (a ControlNet that stops before the last steps) parts them again. One group at a time. */
+ * the homes and the prefetch scan, exactly as one model would. Models interleaved layer by layer
+ * join from a recorded period of their acquires instead (grec_*, below). A layer of another model
+ * than the one due (a ControlNet that stops before the last steps) parts them again. One group at
+ * a time. */
 
 #define GROUP_MAX 8 /* models in a group */
 

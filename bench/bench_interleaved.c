@@ -51,7 +51,7 @@ static int run(double frac, vc_policy policy, double *bytes_ratio, double *time_
     vc_stream s;
     vc_sim_stream_create(sim, &s);
     vc_model_id ma, mb;
-    vc_layer_id ia[NA], ib[NB];
+    vc_layer_id ia[NA] = {0}, ib[NB] = {0};
     int st = vc_model_register(c, "unet", &ma) | vc_model_register(c, "adapter", &mb);
     for (int i = 0; i < NA && !st; i++) {
         vc_layer_desc d = {.name = "a", .bytes = sa[i], .loader = no_bytes};

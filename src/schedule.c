@@ -550,7 +550,7 @@ static int may_group(const vc_cache *c) {
  * join them, a first; returns 1 when joined (the group's plan is made). */
 static int try_join(vc_cache *c, model_t *a) {
     if (!may_group(c)) return 0;
-    model_t *mem[GROUP_MAX];
+    model_t *mem[GROUP_MAX] = {0};
     size_t k = 0, n = 0;
     model_t *x = a;
     do {

@@ -166,20 +166,29 @@ int main(int argc, char **argv) {
     o.ram_budget = 1 << 20; /* borrowed pinned weights: the RAM pool is not used */
     vc_cache *c;
     if (vc_cache_create(&o, &c) != VC_OK) return 1;
-    vc_model_id m;
-    vc_model_register(c, "denoiser", &m);
+    /* one model per model of the denoiser stage (a ControlNet and its UNet: a step group) */
+    vc_model_id m = 0;
+    const char *model_name = NULL;
+    int nmodels = 0;
     vc_layer_id *ids = malloc(n * sizeof *ids);
     size_t off = 0;
     for (size_t i = 0; i < n; i++) {
-        const char *name;
+        const char *name, *mn = vc_workload_denoiser_layer_model(wl, i);
         double flops;
+        if (!model_name || strcmp(mn, model_name)) {
+            model_name = mn;
+            nmodels++;
+            if (vc_model_register(c, mn, &m) != VC_OK) return 1;
+        }
         vc_workload_denoiser_layer(wl, i, &name, NULL, &flops);
         vc_layer_desc d = {.name = name, .bytes = ls[i].bytes, .host_ptr = host + off, .cost = flops};
         off += ls[i].bytes;
         vc_layer_register(c, m, &d, &ids[i]);
     }
     double streamed = 0;
-    for (int st = -2; st < steps; st++) { /* two passes to learn the order and lay the device out */
+    /* Two passes to learn the order and lay the device out; several models form their group at the
+     * fourth step and lay it out in the fifth. */
+    for (int st = nmodels > 1 ? -6 : -2; st < steps; st++) {
         if (st == 0) CK(cudaEventRecord(e0, s));
         for (size_t i = 0; i < n; i++) {
             void *w;

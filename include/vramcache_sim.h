@@ -70,6 +70,9 @@ VC_API size_t vc_workload_step_bytes(const vc_workload *wl);
 VC_API size_t vc_workload_denoiser_layer_count(const vc_workload *wl);
 VC_API int vc_workload_denoiser_layer(const vc_workload *wl, size_t i, const char **name, size_t *bytes,
                                       double *flops);
+/** The name of the model (owned by wl) the denoiser's i-th layer belongs to; NULL when i is out of
+ *  range. A stage of several models (`models: [controlnet, unet]`) lists each model's layers in turn. */
+VC_API const char *vc_workload_denoiser_layer_model(const vc_workload *wl, size_t i);
 /** Working memory the denoiser stage declares (working_mem_bytes), 0 when none. */
 VC_API size_t vc_workload_denoiser_working_mem(const vc_workload *wl);
 

@@ -352,14 +352,24 @@ size_t vc_workload_total_bytes(const vc_workload *wl) {
 }
 
 /* The denoiser stage's layers as one pass: its models' layers in the order they run. */
-static const wl_layer *denoiser_layer(const vc_workload *wl, size_t i) {
+static const wl_layer *denoiser_layer_of(const vc_workload *wl, size_t i, const wl_model **model) {
     const wl_stage *st = &wl->stages[wl->denoiser];
     for (size_t k = 0; k < st->nmodels; k++) {
         const wl_model *m = &wl->models[st->model[k]];
-        if (i < m->n) return &m->layers[i];
+        if (i < m->n) {
+            if (model) *model = m;
+            return &m->layers[i];
+        }
         i -= m->n;
     }
     return NULL;
+}
+
+static const wl_layer *denoiser_layer(const vc_workload *wl, size_t i) { return denoiser_layer_of(wl, i, NULL); }
+
+const char *vc_workload_denoiser_layer_model(const vc_workload *wl, size_t i) {
+    const wl_model *m = NULL;
+    return wl && denoiser_layer_of(wl, i, &m) ? m->name : NULL;
 }
 
 size_t vc_workload_step_bytes(const vc_workload *wl) {

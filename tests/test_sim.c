@@ -297,6 +297,10 @@ static void test_workload_stage_of_several_models(void **state) {
     assert_int_equal(bytes, 3000000);
     assert_true(flops == 3e9);
     assert_int_equal(vc_workload_denoiser_layer(wl, 3, &name, &bytes, &flops), VC_ERR_INVALID_ARG);
+    assert_string_equal(vc_workload_denoiser_layer_model(wl, 1), "cn");
+    assert_string_equal(vc_workload_denoiser_layer_model(wl, 2), "unet");
+    assert_null(vc_workload_denoiser_layer_model(wl, 3));
+    assert_null(vc_workload_denoiser_layer_model(NULL, 0));
     vc_sim_run run;
     vc_sim_run_init(&run);
     run.vram_bytes = 64.0 * 1e6;

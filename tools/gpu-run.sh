@@ -46,6 +46,9 @@ if want bench; then
   # the smaller denoisers at half their bytes (SDXL's UNet 4.8 GiB, SD 1.5's 1.6 GiB)
   step denoiser_sdxl 120 ./build-gpu/bench/bench_gpu_denoiser --workload workloads/sdxl.yaml --budget-gb 2.4 --json
   step denoiser_sd15 120 ./build-gpu/bench/bench_gpu_denoiser --workload workloads/sd15.yaml --budget-gb 0.8 --json
+  # two models every step (a step group, session 5): SD 1.5's ControlNet and UNet at half their bytes
+  step denoiser_sd15_controlnet 120 ./build-gpu/bench/bench_gpu_denoiser --workload workloads/sd15-controlnet.yaml \
+    --budget-gb 1.14 --json
 fi
 if want bench || want headline; then
   # the headline: FLUX.1-dev on a 12 GB card (the device capped, 3 GB working memory, dynamic budget)

@@ -546,15 +546,17 @@ static int may_group(const vc_cache *c) {
            (c->mode == VC_OFFLOAD_MODE_BALANCED || c->mode == VC_OFFLOAD_MODE_SEQUENTIAL);
 }
 
-/* As a's pass begins: when a and the models before it have followed each other round a cycle twice,
- * join them, a first; returns 1 when joined (the group's plan is made). */
+/* As a's pass begins: when a has begun twice in a row right after the same model's pass, and the
+ * models before it close a cycle back to a (each seen at least once), join them, a first; returns 1
+ * when joined (the group's plan is made). A model that runs once per image (a text encoder before
+ * the steps, a VAE after) never reaches twice: the next step's predecessor is the model itself. */
 static int try_join(vc_cache *c, model_t *a) {
     if (!may_group(c)) return 0;
     model_t *mem[GROUP_MAX] = {0};
     size_t k = 0, n = 0;
     model_t *x = a;
     do {
-        if (!x || x->step_prev_seen < 2 || !order_known(x) || x->joined || k == GROUP_MAX) return 0;
+        if (!x || x->step_prev_seen < (x == a ? 2u : 1u) || !order_known(x) || x->joined || k == GROUP_MAX) return 0;
         for (size_t j = 0; j < k; j++)
             if (mem[j] == x) return 0; /* a cycle that does not come back to a */
         mem[k++] = x;
@@ -712,6 +714,7 @@ static void record(vc_cache *c, model_t *m, layer_t *l) {
             c->stats.orders_learned++;
             vc__log(c, VC_LOG_INFO, "learned the execution order of model '%s': %zu layers per pass", m->name,
                     m->order_n);
+            note_step_prev(c, m); /* this acquire begins its second pass: a step for step groups */
         }
         m->recording = 0;
         return;

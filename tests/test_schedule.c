@@ -679,6 +679,35 @@ static void test_three_models_in_turn(void **state) {
     hazard_close(&hw);
 }
 
+/* A pipeline run image after image (text encoder once, the UNet every step, the VAE once): the
+ * encoder and the VAE follow each other round a cycle through the UNet once per image, but the
+ * UNet's own steps follow the UNet, so no step group ever forms. */
+static void test_pipeline_per_image_never_joins(void **state) {
+    (void)state;
+    static char w[3][6][8 * KB];
+    hazard_world hw = hazard_open(3 * 6 * 8 * KB / 2);
+    vc_model_id m[3] = {add_model(hw.c, "text_encoder"), add_model(hw.c, "unet"), add_model(hw.c, "vae")};
+    vc_layer_id id[3][6];
+    for (int k = 0; k < 3; k++)
+        for (int i = 0; i < 6; i++) {
+            fill_pattern(w[k][i], sizeof w[k][i], (uint64_t)(k * 10 + i));
+            id[k][i] = add_host_layer(hw.c, m[k], "l", w[k][i], sizeof w[k][i]);
+        }
+    for (int image = 0; image < 4; image++)
+        for (int stage = 0; stage < 8; stage++) { /* te, unet x 6, vae */
+            int k = stage == 0 ? 0 : stage == 7 ? 2 : 1;
+            for (int i = 0; i < 6; i++) {
+                void *d;
+                assert_int_equal(vc_layer_acquire(hw.c, id[k][i], hw.stream, &d), VC_OK);
+                assert_true(check_pattern(d, sizeof w[k][i], (uint64_t)(k * 10 + i)));
+                vc_sim_compute(hw.sim, hw.stream, 4e-6, NULL, NULL);
+                assert_int_equal(vc_layer_release(hw.c, id[k][i], hw.stream), VC_OK);
+            }
+        }
+    assert_int_equal(hw.h->joined, 0);
+    hazard_close(&hw);
+}
+
 /* A ControlNet that stops before the last steps parts the group at once; the UNet then plans
  * alone and settles to its own bytes. Unregistering a member parts it too. */
 static void test_step_group_parts(void **state) {
@@ -1199,6 +1228,7 @@ int main(void) {
         cmocka_unit_test(test_models_in_turn_are_planned_as_one),
         cmocka_unit_test(test_step_group_parts),
         cmocka_unit_test(test_three_models_in_turn),
+        cmocka_unit_test(test_pipeline_per_image_never_joins),
         cmocka_unit_test(test_blocks_held_at_once),
         cmocka_unit_test(test_changed_order_is_detected),
         cmocka_unit_test(test_declared_order),

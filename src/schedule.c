@@ -223,6 +223,12 @@ static size_t streamed_pair_quantile(const model_t *m) {
     return q;
 }
 
+/* A pass begins: the most layers held at once in the pass that ended becomes the last pass's. */
+static void roll_hold_peak(model_t *m) {
+    m->held_peak = m->held_peak_cur;
+    m->held_peak_cur = m->held_now;
+}
+
 /* Layers an engine holds at once (a block of layers acquired before its kernels run, released
  * together): over this pass and the last, of each member for a group; at most 16, at least 1. */
 #define HOLD_MAX 16
@@ -244,27 +250,35 @@ static unsigned hold_window(const model_t *m) {
  * SD 1.5 2 more points of bytes at blocks of 2; docs/performance.md). */
 static size_t streamed_block_quantile(const model_t *m, unsigned w) {
     size_t n = m->order_n;
-    size_t *sums = malloc(n * sizeof(*sums));
-    if (!sums) return 0;
-    size_t k = 0;
+    size_t *sums = malloc(n * sizeof(*sums)), *ahead = malloc(n * sizeof(*ahead));
+    if (!sums || !ahead) {
+        free(sums);
+        free(ahead);
+        return 0;
+    }
+    /* ahead[p]: how far from p (round the loop) the first streamed layer at or after it lies, so the
+     * next streamed layer after each run is found in O(1); SIZE_MAX when none streams. */
+    size_t next = SIZE_MAX;
+    for (size_t r = 2 * n; r-- > 0;) {
+        size_t p = r % n;
+        if (!m->order[p]->keep) next = r;
+        if (r < n) ahead[p] = next == SIZE_MAX ? SIZE_MAX : next - r;
+    }
     for (size_t i = 0; i < n; i++) {
         size_t sum = 0, j = 0;
         for (; j < w && j < n; j++) {
             const layer_t *x = m->order[(i + j) % n];
             if (!x->keep) sum += arena_round(x->bytes);
         }
-        for (; j < n; j++) { /* the next streamed layer: arriving while the run is held */
-            const layer_t *x = m->order[(i + j) % n];
-            if (!x->keep) {
-                sum += arena_round(x->bytes);
-                break;
-            }
-        }
-        sums[k++] = sum;
+        /* the next streamed layer, arriving while the run is held (not the run's own again) */
+        size_t d = j < n ? ahead[(i + j) % n] : SIZE_MAX;
+        if (d != SIZE_MAX && j + d < n) sum += arena_round(m->order[(i + j + d) % n]->bytes);
+        sums[i] = sum;
     }
-    qsort(sums, k, sizeof(*sums), cmp_size);
-    size_t q = k ? sums[(k * 9) / 10 < k ? (k * 9) / 10 : k - 1] : 0;
+    qsort(sums, n, sizeof(*sums), cmp_size);
+    size_t q = n ? sums[(n * 9) / 10 < n ? (n * 9) / 10 : n - 1] : 0;
     free(sums);
+    free(ahead);
     return q;
 }
 
@@ -743,18 +757,14 @@ static void follow(vc_cache *c, model_t *m, layer_t *l) {
         m->pos = expected;
         if (expected == 0) { /* a new pass */
             if (!m->members) {
-                m->held_peak = m->held_peak_cur;
-                m->held_peak_cur = m->held_now;
+                roll_hold_peak(m);
                 int interleaved = m->saw_others;
                 m->saw_others = 0;
                 note_step_prev(c, m);
                 if (try_join(c, m)) return;
                 if (interleaved && may_group(c) && !c->grec) grec_start(c, l);
             } else {
-                for (size_t k = 0; k < m->nmembers; k++) {
-                    m->members[k]->held_peak = m->members[k]->held_peak_cur;
-                    m->members[k]->held_peak_cur = m->members[k]->held_now;
-                }
+                for (size_t k = 0; k < m->nmembers; k++) roll_hold_peak(m->members[k]);
             }
             try_layout(c, m, 1);
             /* Another model came into use beside this one's plan, or left it: lay it out again. */

@@ -373,8 +373,11 @@ const char *vc_workload_denoiser_layer_model(const vc_workload *wl, size_t i) {
 }
 
 size_t vc_workload_step_bytes(const vc_workload *wl) {
+    if (!wl) return 0;
+    const wl_stage *st = &wl->stages[wl->denoiser];
     size_t t = 0;
-    for (size_t i = 0; wl && i < vc_workload_denoiser_layer_count(wl); i++) t += denoiser_layer(wl, i)->bytes;
+    for (size_t k = 0; k < st->nmodels; k++)
+        for (size_t j = 0; j < wl->models[st->model[k]].n; j++) t += wl->models[st->model[k]].layers[j].bytes;
     return t;
 }
 

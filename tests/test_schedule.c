@@ -21,6 +21,19 @@ typedef struct sim_world {
     int n;
 } sim_world;
 
+/* The options every cache of these tests starts from: 64 MB of RAM, no working memory, 64 KB segments. */
+static vc_cache_options sched_options(vc_backend *backend, vc_offload_mode mode, vc_policy policy) {
+    vc_cache_options o;
+    vc_cache_options_init(&o);
+    o.backend = backend;
+    o.ram_budget = 64 * MB;
+    o.working_mem = 0;
+    o.arena_segment_bytes = 64 * KB;
+    o.offload_mode = mode;
+    o.policy = policy;
+    return o;
+}
+
 /* n layers of sizes[i] bytes (all `bytes` when sizes is NULL) on a simulated device of `device`
  * bytes, h2d at `bw` bytes/s. */
 static sim_world make_world_sized(int n, size_t bytes, const size_t *sizes, size_t device, double bw, double latency,
@@ -33,14 +46,7 @@ static sim_world make_world_sized(int n, size_t bytes, const size_t *sizes, size
     p.h2d_bytes_per_s = p.d2h_bytes_per_s = bw;
     p.copy_latency_s = latency;
     assert_int_equal(vc_backend_sim_create(&p, &w.sim), VC_OK);
-    vc_cache_options o;
-    vc_cache_options_init(&o);
-    o.backend = w.sim;
-    o.ram_budget = 64 * MB;
-    o.working_mem = 0;
-    o.arena_segment_bytes = 64 * KB;
-    o.offload_mode = mode;
-    o.policy = policy;
+    vc_cache_options o = sched_options(w.sim, mode, policy);
     assert_int_equal(vc_cache_create(&o, &w.cache), VC_OK);
     assert_int_equal(vc_sim_stream_create(w.sim, &w.stream), VC_OK);
     w.model = add_model(w.cache, "denoiser");
@@ -323,14 +329,7 @@ static hazard_world hazard_open(size_t device) {
     w.h->latency = p.copy_latency_s;
     assert_int_equal(w.h->in->event_create(w.h->ictx, &w.h->ev), VC_OK);
     assert_int_equal(vc_backend_create(&hazard_ops, w.h, &w.hz), VC_OK);
-    vc_cache_options o;
-    vc_cache_options_init(&o);
-    o.backend = w.hz;
-    o.ram_budget = 64 * MB;
-    o.working_mem = 0;
-    o.arena_segment_bytes = 64 * KB;
-    o.offload_mode = VC_OFFLOAD_MODE_BALANCED;
-    o.policy = VC_POLICY_PLANNED;
+    vc_cache_options o = sched_options(w.hz, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
     o.log_fn = hz_log;
     o.log_user = w.h;
     o.log_level = VC_LOG_INFO;

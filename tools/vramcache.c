@@ -33,8 +33,8 @@ static int usage(FILE *f) {
                "                          [--config invokeai.yaml] [--json] [--trace FILE] [--block-layers K]\n"
                "       vramcache plan --workload FILE --vram-gb X --bandwidth-gbps B [--tflops T] [--steps N] [--json]\n"
                "                      [--block-layers K]\n"
-               "--block-layers K: the engine holds K consecutive layers at once and runs them as one kernel.\n"
                "       vramcache version\n"
+               "--block-layers K: the engine holds K consecutive layers at once and runs them as one kernel.\n"
                "GB of memory are 2^30 bytes (as in invokeai.yaml); link speeds are GB/s of 10^9 bytes.\n");
     return f == stderr ? 2 : 0;
 }
@@ -274,7 +274,8 @@ static int cmd_plan(int argc, char **argv) {
     if (rc) return rc;
     /* Working memory: what the denoiser's activations need (the VAE decode reserves its own). */
     double work_gb = vc_workload_denoiser_working_mem(wl) / GIB;
-    work_gb = work_gb > 0 ? ceil(work_gb * 2) / 2 : 3.0;
+    int work_assumed = !(work_gb > 0); /* the workload does not say: InvokeAI's default */
+    work_gb = work_assumed ? 3.0 : ceil(work_gb * 2) / 2;
     char text[32];
     snprintf(text, sizeof text, "%g", work_gb);
     vc_config_set(cfg, VC_CFG_DEVICE_WORKING_MEM_GB, text);
@@ -313,17 +314,24 @@ static int cmd_plan(int argc, char **argv) {
                best >= 0 ? res[best].segment_bound_step_time_s : 0.0);
     } else {
         double resident = best >= 0 ? res[best].compute_time_s : 0;
-        printf("plan for %s on a %.1f GB GPU, %.1f GB/s link, %.1f TFLOP/s (working memory %.1f GB)\n",
-               vc_workload_name(wl), a.vram_gb, a.bandwidth_gbps, a.tflops, work_gb);
+        printf("plan for %s on a %.1f GB GPU, %.1f GB/s link, %.1f TFLOP/s (working memory %.1f GB%s)\n",
+               vc_workload_name(wl), a.vram_gb, a.bandwidth_gbps, a.tflops, work_gb,
+               work_assumed ? ", InvokeAI's default: the workload states none" : "");
         printf("  %-11s %12s %14s %16s\n", "mode", "step time", "vs resident", "moved per step");
         for (int m = 0; m < 4; m++) {
             if (st[m] == VC_OK)
                 printf("  %-11s %10.3f s %13.1f%% %13.2f GB%s\n", MODES[m], res[m].step_time_s,
                        100.0 * resident / res[m].step_time_s, res[m].bytes_per_step / GIB, m == best ? "  <= best" : "");
             else
-                printf("  %-11s %12s   %s: %.90s%s\n", MODES[m], "-", vc_strerror(st[m]), res[m].error,
-                       strlen(res[m].error) > 90 ? "..." : "");
+                printf("  %-11s %12s   %s (below)\n", MODES[m], "-", vc_strerror(st[m]));
         }
+        /* The reasons in full after the table: the part that says what to change comes last. */
+        for (int m = 0; m < 4; m++)
+            if (st[m] != VC_OK) printf("  %s: %s\n", MODES[m], res[m].error[0] ? res[m].error : vc_strerror(st[m]));
+        if (best < 0 && work_assumed && work_gb >= a.vram_gb)
+            printf("the assumed working memory (%g GB) does not leave this GPU room for weights: state the denoiser "
+                   "stage's working_mem_bytes in the workload (docs/workloads.md)\n",
+                   work_gb);
         if (best < 0) {
             printf("no mode runs this workload on this GPU\n");
         } else {

@@ -56,6 +56,8 @@ int vc__cfg_is_invokeai_key(const char *name);
 const char *vc__cfg_deprecated(const char *name);
 /** Canonical key for a name or alias, or -1. */
 int vc__cfg_lookup(const char *name);
+/* Levenshtein distance, case-insensitive; 99 for strings over 64 characters. */
+size_t vc__edit_distance(const char *a, const char *b);
 /** Closest known key within a small edit distance, or NULL. */
 const char *vc__cfg_suggest(const char *name);
 

@@ -100,7 +100,7 @@ int vc__cfg_lookup(const char *name) {
     return -1;
 }
 
-static size_t edit_distance(const char *a, const char *b) {
+size_t vc__edit_distance(const char *a, const char *b) {
     size_t la = strlen(a), lb = strlen(b);
     if (la > 64 || lb > 64) return 99;
     size_t row[65];
@@ -127,11 +127,11 @@ const char *vc__cfg_suggest(const char *name) {
     size_t limit = strlen(name) / 4 + 1;
     if (limit > 3) limit = 3;
     for (int k = 0; k < VC_CFG_KEY_COUNT; k++) {
-        size_t d = edit_distance(name, vc__cfg_keys[k].name);
+        size_t d = vc__edit_distance(name, vc__cfg_keys[k].name);
         if (d < best_d) best_d = d, best = vc__cfg_keys[k].name;
     }
     for (size_t i = 0; INVOKEAI_KEYS[i]; i++) {
-        size_t d = edit_distance(name, INVOKEAI_KEYS[i]);
+        size_t d = vc__edit_distance(name, INVOKEAI_KEYS[i]);
         if (d < best_d) best_d = d, best = INVOKEAI_KEYS[i];
     }
     return best_d <= limit ? best : NULL;

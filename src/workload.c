@@ -59,6 +59,35 @@ static const char *scalar(yaml_node_t *n) {
     return n && n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
 }
 
+/* Warns about each key of `map` not in `known` (NULL-terminated), with the closest known key when
+ * one is near: a misspelt optional field (working_mem_bytes) would otherwise be dropped silently. */
+static void warn_unknown_keys(wparser *P, yaml_node_t *map, const char *const *known, const char *where) {
+    if (!map || map->type != YAML_MAPPING_NODE) return;
+    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
+        yaml_node_t *k = yaml_document_get_node(P->doc, p->key);
+        const char *key = scalar(k);
+        if (!key) continue;
+        const char *best = NULL;
+        size_t best_d = (size_t)-1, limit = strlen(key) / 4 + 1, i;
+        for (i = 0; known[i] && strcmp(known[i], key); i++) {
+            /* a known key that begins with this one (working_mem for working_mem_bytes) is near */
+            size_t d = strlen(key) >= 4 && !strncmp(known[i], key, strlen(key)) ? 1 : vc__edit_distance(key, known[i]);
+            if (d < best_d) best_d = d, best = known[i];
+        }
+        if (known[i]) continue;
+        if (best && best_d <= (limit > 3 ? 3 : limit))
+            vc__diag_add(P->d, VC_DIAG_WARNING, P->file, ln(k), cl(k), key,
+                         "unknown %s key '%s' is ignored (did you mean '%s'?)", where, key, best);
+        else
+            vc__diag_add(P->d, VC_DIAG_WARNING, P->file, ln(k), cl(k), key, "unknown %s key '%s' is ignored", where, key);
+    }
+}
+
+static const char *const TOP_KEYS[] = {"name", "description", "resolution", "dtype", "steps", "layers", "models", "pipeline", NULL};
+static const char *const MODEL_KEYS[] = {"name", "layers", NULL};
+static const char *const LAYER_KEYS[] = {"name", "bytes", "flops", NULL};
+static const char *const STAGE_KEYS[] = {"model", "models", "repeat", "working_mem_bytes", NULL};
+
 /* A finite number >= 0 (bytes must also be a whole number >= 1). */
 static int number(wparser *P, yaml_node_t *n, const char *what, double *out) {
     const char *s = scalar(n);
@@ -94,10 +123,26 @@ static int parse_layers(wparser *P, yaml_node_t *seq, wl_model *m) {
             bad = 1;
             continue;
         }
-        if (number(P, get(P, it, "bytes"), "bytes", &bytes) || number(P, get(P, it, "flops") ? get(P, it, "flops") : it, "flops", &flops)) {
+        yaml_node_t *bn = get(P, it, "bytes"), *fn = get(P, it, "flops");
+        if (!bn || !fn) {
+            vc__diag_add(P->d, VC_DIAG_ERROR, P->file, ln(it), cl(it), bn ? "flops" : "bytes",
+                         "layer '%s' needs '%s'", name, bn ? "flops" : "bytes");
             bad = 1;
             continue;
         }
+        warn_unknown_keys(P, it, LAYER_KEYS, "layer");
+        if (number(P, bn, "bytes", &bytes) || number(P, fn, "flops", &flops)) {
+            bad = 1;
+            continue;
+        }
+        /* Names only label layers (ids identify them), but two alike make traces and messages
+         * ambiguous: most likely a copied line. */
+        for (size_t j = 0; j < m->n; j++)
+            if (!strcmp(m->layers[j].name, name)) {
+                vc__diag_add(P->d, VC_DIAG_WARNING, P->file, ln(it), cl(it), "name",
+                             "model '%s' has two layers named '%s' (layers %zu and %zu)", m->name, name, j + 1, i + 1);
+                break;
+            }
         if (bytes < 1 || bytes != floor(bytes) || bytes > 1e15) {
             vc__diag_add(P->d, VC_DIAG_ERROR, P->file, ln(it), cl(it), "bytes",
                          "layer '%s': bytes must be a whole number between 1 and 1e15", name);
@@ -178,12 +223,15 @@ static int parse(wparser *P, yaml_node_t *root, vc_workload *wl) {
         return -1;
     }
     if (!(wl->name = dup_str(name))) return -1;
+    warn_unknown_keys(P, root, TOP_KEYS, "workload");
     wl->steps = 20;
     yaml_node_t *steps = get(P, root, "steps");
     if (steps) {
         double v;
         if (number(P, steps, "steps", &v) || v < 1 || v > 100000 || v != floor(v)) {
-            vc__diag_add(P->d, VC_DIAG_ERROR, P->file, ln(steps), cl(steps), "steps", "steps must be a whole number from 1");
+            if (!vc_diagnostics_errors(P->d))
+                vc__diag_add(P->d, VC_DIAG_ERROR, P->file, ln(steps), cl(steps), "steps",
+                             "steps must be a whole number from 1 to 100000, got '%s'", scalar(steps));
             return -1;
         }
         wl->steps = (int)v;
@@ -214,6 +262,13 @@ static int parse(wparser *P, yaml_node_t *root, vc_workload *wl) {
             bad = 1;
             continue;
         }
+        if (model_index(wl, mname) < wl->nmodels) {
+            vc__diag_add(P->d, VC_DIAG_ERROR, P->file, ln(mn), cl(mn), "models",
+                         "two models are named '%s': stages name models, so names must differ", mname);
+            bad = 1;
+            continue;
+        }
+        warn_unknown_keys(P, mn, MODEL_KEYS, "model");
         wl_model *m = &wl->models[wl->nmodels++];
         if (!(m->name = dup_str(mname))) return -1;
         if (parse_layers(P, get(P, mn, "layers"), m)) bad = 1;
@@ -239,19 +294,32 @@ static int parse(wparser *P, yaml_node_t *root, vc_workload *wl) {
         yaml_node_t *sn = yaml_document_get_node(P->doc, pipe->data.sequence.items.start[i]);
         wl_stage st = {.repeat = 1};
         if (parse_stage_models(P, sn, i, wl, &st)) return -1;
+        warn_unknown_keys(P, sn, STAGE_KEYS, "stage");
         yaml_node_t *rep = get(P, sn, "repeat");
         if (rep && scalar(rep) && !strcmp(scalar(rep), "steps")) {
             st.per_step = 1;
             denoisers++;
         } else if (rep) {
             double v;
-            if (number(P, rep, "repeat", &v) || v < 1 || v != floor(v) || v > 100000) return -1;
+            if (number(P, rep, "repeat", &v)) return -1;
+            if (v < 1 || v != floor(v) || v > 100000) {
+                vc__diag_add(P->d, VC_DIAG_ERROR, P->file, ln(rep), cl(rep), "repeat",
+                             "stage %zu: repeat must be 'steps' or a whole number from 1 to 100000, got '%s'", i + 1,
+                             scalar(rep));
+                return -1;
+            }
             st.repeat = (unsigned)v;
         }
         yaml_node_t *wm = get(P, sn, "working_mem_bytes");
         if (wm) {
             double v;
-            if (number(P, wm, "working_mem_bytes", &v) || v > 1e15) return -1;
+            if (number(P, wm, "working_mem_bytes", &v)) return -1;
+            if (v > 1e15 || v != floor(v)) {
+                vc__diag_add(P->d, VC_DIAG_ERROR, P->file, ln(wm), cl(wm), "working_mem_bytes",
+                             "stage %zu: working_mem_bytes must be a whole number of bytes up to 1e15, got '%s'", i + 1,
+                             scalar(wm));
+                return -1;
+            }
             st.working_mem = (size_t)v;
         }
         wl->stages[wl->nstages++] = st;

@@ -193,6 +193,15 @@ static void test_workload_errors(void **state) {
         {"name: x\nmodels:\n  - name: m\n    layers: [{name: a, bytes: 1, flops: 1}]\npipeline:\n"
          "  - {models: [m, m], repeat: steps}\n", "runs model 'm' twice"},
         {"- a\n- b\n", "a workload is a mapping"},
+        {"name: x\nlayers:\n  - {name: a, bytes: 10}\n", "layer 'a' needs 'flops'"},
+        {"name: x\nlayers:\n  - {name: a, flops: 10}\n", "layer 'a' needs 'bytes'"},
+        {"name: x\nmodels:\n  - name: m\n    layers: [{name: a, bytes: 1, flops: 1}]\n  - name: m\n"
+         "    layers: [{name: b, bytes: 1, flops: 1}]\n", "two models are named 'm'"},
+        {"name: x\nmodels:\n  - name: m\n    layers: [{name: a, bytes: 1, flops: 1}]\npipeline:\n"
+         "  - {model: m, repeat: 0}\n  - {model: m, repeat: steps}\n", "repeat must be 'steps' or a whole number"},
+        {"name: x\nmodels:\n  - name: m\n    layers: [{name: a, bytes: 1, flops: 1}]\npipeline:\n"
+         "  - {model: m, repeat: steps, working_mem_bytes: 1.5}\n", "working_mem_bytes must be a whole number"},
+        {"name: x\nsteps: 0\nlayers:\n  - {name: a, bytes: 1, flops: 1}\n", "steps must be a whole number from 1"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         vc_workload *wl = (vc_workload *)0x1;
@@ -210,6 +219,53 @@ static void test_workload_errors(void **state) {
     assert_int_equal(vc_workload_load("/nonexistent/w.yaml", &wl, NULL), VC_ERR_IO);
 }
 
+
+/* Misspelt optional fields and copied lines load with a warning that names them, rather than
+ * being dropped silently; the shipped workloads draw none. */
+static void test_workload_warnings(void **state) {
+    (void)state;
+    static const char text[] = "name: x\n"
+                               "stpes: 30\n"
+                               "models:\n"
+                               "  - name: m\n"
+                               "    layer_count: 2\n"
+                               "    layers:\n"
+                               "      - {name: a, bytes: 10, flops: 1, flosp: 2}\n"
+                               "      - {name: a, bytes: 10, flops: 1}\n"
+                               "pipeline:\n"
+                               "  - {model: m, repeat: steps, working_mem: 100}\n";
+    static const char *const needles[] = {
+        "unknown workload key 'stpes' is ignored (did you mean 'steps'?)",
+        "unknown model key 'layer_count' is ignored",
+        "unknown layer key 'flosp' is ignored (did you mean 'flops'?)",
+        "model 'm' has two layers named 'a' (layers 1 and 2)",
+        "unknown stage key 'working_mem' is ignored (did you mean 'working_mem_bytes'?)",
+    };
+    vc_workload *wl;
+    vc_diagnostics *d;
+    assert_int_equal(vc_workload_load_string(text, sizeof text - 1, "warn.yaml", &wl, &d), VC_OK);
+    assert_non_null(wl);
+    assert_int_equal(vc_diagnostics_errors(d), 0);
+    assert_int_equal(vc_diagnostics_count(d), sizeof needles / sizeof needles[0]);
+    for (size_t i = 0; i < sizeof needles / sizeof needles[0]; i++) {
+        int found = 0;
+        for (size_t k = 0; k < vc_diagnostics_count(d); k++)
+            found |= strstr(vc_diagnostics_get(d, k)->message, needles[i]) != NULL;
+        if (!found) fail_msg("no warning containing \"%s\"", needles[i]);
+    }
+    assert_int_equal(vc_workload_step_bytes(wl), 20); /* the layer named twice still counts twice */
+    vc_diagnostics_destroy(d);
+    vc_workload_destroy(wl);
+    static const char *const shipped[] = {"sd15.yaml", "sdxl.yaml", "flux1-dev.yaml", "sd15-controlnet.yaml"};
+    for (size_t i = 0; i < sizeof shipped / sizeof shipped[0]; i++) {
+        char path[1024];
+        snprintf(path, sizeof path, "%s/%s", VC_WORKLOAD_DIR, shipped[i]);
+        assert_int_equal(vc_workload_load(path, &wl, &d), VC_OK);
+        if (vc_diagnostics_count(d)) fail_msg("%s: %s", shipped[i], vc_diagnostics_get(d, 0)->message);
+        vc_diagnostics_destroy(d);
+        vc_workload_destroy(wl);
+    }
+}
 
 /* The segment bound: hand-worked cases, and never below the simple bound on random passes. */
 static void test_segment_bound(void **state) {
@@ -414,6 +470,7 @@ int main(void) {
         cmocka_unit_test(test_virtual_memory_is_never_touched),
         cmocka_unit_test(test_workload_minimal_form),
         cmocka_unit_test(test_workload_errors),
+        cmocka_unit_test(test_workload_warnings),
         cmocka_unit_test(test_workload_stage_of_several_models),
         cmocka_unit_test(test_shipped_workloads),
         cmocka_unit_test(test_segment_bound),

@@ -8,7 +8,7 @@
  *                      [--policy lru|planned] [--mode none|model|sequential|balanced]
  *                      [--config invokeai.yaml] [--json] [--trace FILE] [--block-layers K]
  *   vramcache plan --workload FILE --vram-gb X --bandwidth-gbps B [--tflops T] [--steps N] [--json]
- *                  [--block-layers K]
+ *                  [--config invokeai.yaml] [--block-layers K]
  *   vramcache version
  */
 #include <math.h>
@@ -32,7 +32,7 @@ static int usage(FILE *f) {
                "                          [--policy lru|planned] [--mode none|model|sequential|balanced]\n"
                "                          [--config invokeai.yaml] [--json] [--trace FILE] [--block-layers K]\n"
                "       vramcache plan --workload FILE --vram-gb X --bandwidth-gbps B [--tflops T] [--steps N] [--json]\n"
-               "                      [--block-layers K]\n"
+               "                      [--config invokeai.yaml] [--block-layers K]\n"
                "       vramcache version\n"
                "--block-layers K: the engine holds K consecutive layers at once and runs them as one kernel.\n"
                "GB of memory are 2^30 bytes (as in invokeai.yaml); link speeds are GB/s of 10^9 bytes.\n");
@@ -107,6 +107,15 @@ static int parse_sim_args(int argc, char **argv, int first, sim_args *a, int all
         if (!strcmp(f, "--json")) {
             a->json = 1;
             continue;
+        }
+        static const char *const KNOWN[] = {"--workload", "--vram-gb", "--bandwidth-gbps", "--tflops", "--steps",
+                                            "--block-layers", "--policy", "--mode", "--config", "--trace"};
+        int known = 0;
+        for (size_t k = 0; k < sizeof KNOWN / sizeof KNOWN[0]; k++)
+            known |= !strcmp(f, KNOWN[k]) && (allow_run_opts || k < 6 || k == 8);
+        if (!known) {
+            fprintf(stderr, "vramcache: unknown option '%s' (vramcache --help lists them)\n", f);
+            return -1;
         }
         if (!v) {
             fprintf(stderr, "vramcache: %s needs a value\n", f);

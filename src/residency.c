@@ -1046,7 +1046,7 @@ static int upload(vc_cache *c, layer_t *l, vc_stream stream, int wait, const cha
     }
     void *dst = arena_block_ptr(blk);
     vc__range_push(c, wait ? "upload" : "prefetch", l->name);
-    double t0 = 0;
+    double t0 = -1; /* unknown (event_time's "negative: unknown"); 0 is a real time on the simulator */
     if (c->trace && c->ops->event_time && ensure_event(c, &c->trace_ev) == VC_OK &&
         c->ops->event_record(c->bctx, c->trace_ev, c->upload_stream) == VC_OK)
         t0 = c->ops->event_time(c->bctx, c->trace_ev);
@@ -1059,7 +1059,7 @@ static int upload(vc_cache *c, layer_t *l, vc_stream stream, int wait, const cha
     if (st == VC_OK && wait) st = c->ops->stream_wait_event(c->bctx, stream, l->upload_ev);
     if (st == VC_OK && c->trace) {
         double t1 = c->ops->event_time ? c->ops->event_time(c->bctx, l->upload_ev) : -1;
-        if (t0 <= 0 || t1 < t0) t0 = t1 = vc__trace_now(c);
+        if (t0 < 0 || t1 < t0) t0 = t1 = vc__trace_now(c);
         vc__trace_copy(c, wait ? "upload" : "prefetch", l, t0, t1);
     }
     vc__range_pop(c);

@@ -434,6 +434,15 @@ static void test_trace_is_chrome_json(void **state) {
     assert_non_null(strstr(text, "\"reason\":\""));
     assert_non_null(strstr(text, "\"cat\":\"hold\""));
     assert_non_null(strstr(text, "\"name\":\"h2d copy engine\""));
+    /* The first copy starts at virtual time 0 and lasts 1 MB / 1 GB/s plus the latency: shown as it ran (it read as
+     * unknown and was drawn with no duration). */
+    const char *first = strstr(text, "\"cat\":\"upload\"");
+    assert_non_null(first);
+    const char *ts = first;
+    while (ts > text && strncmp(ts, "\"ts\":", 5)) ts--;
+    double t0 = -1, dur = -1;
+    assert_int_equal(sscanf(ts, "\"ts\":%lf,\"dur\":%lf", &t0, &dur), 2);
+    assert_true(t0 == 0 && dur > 1009 && dur < 1011); /* microseconds, with the copy's 10 us latency */
     size_t len = strlen(text);
     assert_true(len > 4 && strcmp(text + len - 4, "\n]}\n") == 0);
     /* balanced braces and brackets outside strings: well-formed enough for the viewers */

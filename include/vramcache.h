@@ -275,6 +275,25 @@ typedef struct vc_cache_options {
      *  leave the layer to its acquire, which loads it and reports any error; they never change
      *  vc_cache_last_error. The thread ends in vc_cache_destroy. */
     int stage_ahead;
+
+    /** Keep-alive (model_cache_keep_alive_min, in seconds here; default 0: keep for ever). When the
+     *  cache has gone unused this long — no acquire, nothing held or loading, no reservation — it is
+     *  cleared as InvokeAI's "Clear Model Cache" does: every unheld layer leaves VRAM and, when its
+     *  loader can read it again, the RAM pool; device segments left empty go back to the device.
+     *  Weights are never lost (layers without a loader keep their RAM copy or engine pointer), and
+     *  the next use reloads and re-plans. Once per idle spell, at most an eighth of the period
+     *  late; logged at INFO; its evictions count as VC_EVICT_MANUAL. A value > 0 runs one thread
+     *  of the cache's own, which ends in vc_cache_destroy. Must be finite, >= 0 and at most 1e9. */
+    double keep_alive_s;
+
+    /** Working memory per operation (InvokeAI's smart_partial_loading; default 0). While at least
+     *  one vc_reserve_working_mem reservation is active, the dynamic budget holds back only what the
+     *  reservations ask for, even when that is less than working_mem: an operation that knows its
+     *  need (a denoise at a small resolution) gets the rest of the device for weights. Without a
+     *  reservation the standing working_mem applies as usual, and when the last reservation ends the
+     *  cache evicts unheld layers back under that budget (held ones leave at the next load decision).
+     *  No effect with an explicit vram_budget. */
+    int smart_working_mem;
 } vc_cache_options;
 
 /** Fills the first `struct_size` bytes of `opts` with the defaults documented above and stores
@@ -545,8 +564,9 @@ VC_API int vc_cache_trace_stop(vc_cache *cache);
 
 /** Guarantees `bytes` of device memory for an operation (e.g. a VAE decode) until the matching
  *  vc_release_working_mem(). The standing working memory counts toward it (an operation may ask for
- *  more than the standing amount, never less): the cache evicts unheld layers for the shortfall only
- *  and returns the device memory they occupied. With VC_RESERVE_BUFFER the cache also allocates a
+ *  more than the standing amount, never less; with smart_working_mem the reservations replace it
+ *  while any is active): the cache evicts unheld layers for the shortfall only and returns the
+ *  device memory they occupied. With VC_RESERVE_BUFFER the cache also allocates a
  *  device buffer of `bytes` for the caller (vc_reservation_ptr).
  *  Errors: VC_ERR_INVALID_ARG, VC_ERR_OUT_OF_VRAM (held layers leave too little room: the cache is
  *  left exactly as it was), VC_ERR_BACKEND (the buffer could not be allocated: evicted layers stay

@@ -55,6 +55,12 @@ typedef enum vc_config_key {
     VC_CFG_DIFFUSERS_MOVE_BASE,    /**< move the base model to CPU when the refiner runs */
     VC_CFG_DIFFUSERS_MOVE_UNET,    /**< move the base model to CPU when the VAE runs */
     VC_CFG_DIFFUSERS_MOVE_REFINER, /**< move the refiner to CPU when not in use */
+    /** InvokeAI's model_cache_keep_alive_min: minutes without use after which the cache is cleared
+     *  (0, the default: never); vc_config_apply sets vc_cache_options.keep_alive_s. */
+    VC_CFG_MODEL_CACHE_KEEP_ALIVE_MIN,
+    /** InvokeAI's smart_partial_loading (default false): working-memory reservations replace the
+     *  standing device_working_mem_gb while active; sets vc_cache_options.smart_working_mem. */
+    VC_CFG_SMART_PARTIAL_LOADING,
     VC_CFG_KEY_COUNT
 } vc_config_key;
 
@@ -110,7 +116,7 @@ VC_API vc_config_source vc_config_get_source(const vc_config *cfg, vc_config_key
 /** Typed getters of effective values. Each returns VC_ERR_INVALID_ARG when the key is not of
  *  that type. */
 VC_API int vc_config_get_bool(const vc_config *cfg, vc_config_key key, int *out);
-/** Numbers (GB, fractions). Optional keys that are unset give VC_ERR_NOT_FOUND. */
+/** Numbers (GB, fractions, minutes). Optional keys that are unset give VC_ERR_NOT_FOUND. */
 VC_API int vc_config_get_number(const vc_config *cfg, vc_config_key key, double *out);
 /** Text of any key as it would be written in the file ("auto", "cuda:1", "12", "null"); the
  *  pointer is owned by cfg and valid until cfg changes. NULL for an invalid key. */

@@ -70,6 +70,10 @@ int vc_cache_create(const vc_cache_options *opts, vc_cache **out) {
         return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_cache_create: offload_max_gpu_memory %g must be 0 (none), "
                         "a fraction <= 1, or GB <= 1048576", o.offload_max_gpu_memory);
 
+    if (!(o.keep_alive_s >= 0) || o.keep_alive_s > 1e9)
+        return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_cache_create: keep_alive_s %g must be 0 (keep for ever) or a "
+                        "number of seconds up to 1e9", o.keep_alive_s);
+
     vc_cache *c = calloc(1, sizeof(*c));
     if (!c) return vc__fail(NULL, VC_ERR_NO_MEMORY, "vc_cache_create: out of host memory");
     c->log_fn = o.log_fn;
@@ -85,6 +89,8 @@ int vc_cache_create(const vc_cache_options *opts, vc_cache **out) {
     c->policy = o.policy;
     c->max_gpu_memory = o.offload_max_gpu_memory;
     c->prefetch_depth = o.prefetch_depth;
+    c->keep_alive_s = o.keep_alive_s;
+    c->smart_working_mem = o.smart_working_mem ? 1 : 0;
 
     int st;
     if (o.backend) {
@@ -136,6 +142,12 @@ int vc_cache_create(const vc_cache_options *opts, vc_cache **out) {
         vc_cache_destroy(c);
         return vc__fail(NULL, st, "%s", msg);
     }
+    if (o.keep_alive_s > 0 && (st = vc__keep_alive_start(c)) != VC_OK) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", vc_last_error());
+        vc_cache_destroy(c);
+        return vc__fail(NULL, st, "%s", msg);
+    }
     c->stats.ram_budget = c->ram_budget;
     c->stats.working_mem = c->working_mem;
     c->stats.vram_limit = vc__weight_limit(c);
@@ -173,8 +185,9 @@ static int cache_busy(vc_cache *c, char *what, size_t size) {
 int vc_cache_destroy(vc_cache *c) {
     if (!c) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_cache_destroy: cache is NULL");
     /* The stager first: its loader call would read as "loading" below. Restarted if we refuse. */
-    int stager_was_on = c->stager_on;
+    int stager_was_on = c->stager_on, keep_alive_was_on = c->keep_alive_on;
     vc__stager_stop(c);
+    vc__keep_alive_stop(c);
     pthread_mutex_lock(&c->lock);
     char what[256];
     if (cache_busy(c, what, sizeof what)) {
@@ -182,6 +195,8 @@ int vc_cache_destroy(vc_cache *c) {
         pthread_mutex_unlock(&c->lock);
         if (stager_was_on && vc__stager_start(c) != VC_OK)
             vc__log(c, VC_LOG_WARN, "vc_cache_destroy: stage ahead could not restart: %s", vc_last_error());
+        if (keep_alive_was_on && vc__keep_alive_start(c) != VC_OK)
+            vc__log(c, VC_LOG_WARN, "vc_cache_destroy: keep-alive could not restart: %s", vc_last_error());
         return st;
     }
     vc__trace_close(c);

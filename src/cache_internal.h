@@ -172,6 +172,7 @@ struct vc_cache {
     size_t working_mem;
     int keep_ram_copy;
     int log_memory_usage;
+    int smart_working_mem; /* active reservations replace the standing working memory */
     size_t segment_bytes;
     vc_log_fn log_fn;
     void *log_user;
@@ -233,6 +234,13 @@ struct vc_cache {
     pthread_cond_t stage_cv;
     vc_layer_id stage_q[16];
     size_t stage_head, stage_len;
+
+    /* keep-alive (src/keep_alive.c): clears the cache after keep_alive_s without use */
+    double keep_alive_s;
+    int keep_alive_on, keep_alive_stop;
+    pthread_t keep_alive;
+    pthread_cond_t keep_alive_cv;
+    uint64_t keep_alive_clears;
 
     /* last error, for vc_cache_last_error */
     int last_status;
@@ -338,6 +346,10 @@ int vc__needs_loader(const layer_t *l);
 /* vc__needs_loader, and for a shared layer whether its owner's copy is missing or being loaded
  * (takes the owner's lock: call with the layer's cache locked, as owner_copy does). */
 int vc__needs_load(layer_t *l);
+/** vc_layer_offload's work on a found layer (lock held). */
+int vc__offload_layer(vc_cache *c, layer_t *l, vc_offload_target target, const char *fn);
+/** Gives back the device segments (kept arena and streaming region) that hold nothing. */
+void vc__release_empty_segments(vc_cache *c);
 /** vc_layer_load_ram's work on a found layer (lock held; released while a loader runs). */
 int vc__stage_layer(vc_cache *c, layer_t *l, const char *fn);
 
@@ -350,6 +362,18 @@ void vc__stager_stop(vc_cache *c);
 /** Queues a layer for loading into the RAM pool (lock held); a no-op when the stager is off, the
  *  layer is already queued, or the queue is full. */
 void vc__stager_enqueue(vc_cache *c, layer_t *l);
+
+/* ---- keep-alive (src/keep_alive.c) ---------------------------------------------------------- */
+
+/** Starts the thread that clears the cache after keep_alive_s without use (cache created, lock not
+ *  held; keep_alive_s > 0). Errors: VC_ERR_NO_MEMORY. */
+int vc__keep_alive_start(vc_cache *c);
+/** Ends it and waits for it (lock not held); a no-op when it is not running. */
+void vc__keep_alive_stop(vc_cache *c);
+/** The clear itself (lock held): every unheld layer leaves VRAM and, when its loader can read it
+ *  again, the RAM pool; empty device segments go back; plans are made afresh at the next pass.
+ *  Layers held or loading stay. Returns the number of layers that stayed. */
+size_t vc__clear_cache(vc_cache *c);
 
 /* ---- tracing (src/trace.c) ------------------------------------------------------------------ */
 

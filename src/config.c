@@ -156,7 +156,8 @@ int vc_config_get_bool(const vc_config *cfg, vc_config_key key, int *out) {
 
 int vc_config_get_number(const vc_config *cfg, vc_config_key key, double *out) {
     if (!cfg || !out || !valid_key(key) ||
-        (vc__cfg_keys[key].type != CFG_GB && vc__cfg_keys[key].type != CFG_GB_OR_FRACTION))
+        (vc__cfg_keys[key].type != CFG_GB && vc__cfg_keys[key].type != CFG_GB_OR_FRACTION &&
+         vc__cfg_keys[key].type != CFG_MINUTES))
         return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_config_get_number: not a numeric key");
     const cfg_value *v = vc__cfg_effective(cfg, key, NULL);
     if (v->is_null) return VC_ERR_NOT_FOUND;
@@ -231,6 +232,10 @@ int vc_config_apply(const vc_config *cfg, vc_cache_options *opts) {
     opts->offload_mode = vc_config_get_offload_mode(cfg);
     opts->stream_ordered_working_mem = vc_config_cuda_malloc_async(cfg);
     vc_config_get_number(cfg, VC_CFG_OFFLOAD_MAX_GPU_MEMORY, &opts->offload_max_gpu_memory);
+    double minutes = 0;
+    vc_config_get_number(cfg, VC_CFG_MODEL_CACHE_KEEP_ALIVE_MIN, &minutes);
+    opts->keep_alive_s = minutes * 60;
+    vc_config_get_bool(cfg, VC_CFG_SMART_PARTIAL_LOADING, &opts->smart_working_mem);
     return VC_OK;
 }
 

@@ -8,6 +8,7 @@ typedef enum cfg_type {
     CFG_BOOL,    /* true/false and YAML's other spellings */
     CFG_GB,      /* a number of GB within [min, max] */
     CFG_GB_OR_FRACTION,
+    CFG_MINUTES, /* a number of minutes within [min, max] */
     CFG_ENUM,    /* one of enum_values */
     CFG_DEVICE,  /* auto | cpu | cuda[:N] | hip[:N] */
     CFG_STRING,  /* free text */

@@ -48,6 +48,12 @@ const cfg_key_def vc__cfg_keys[VC_CFG_KEY_COUNT] = {
         "SD.Next: move the base model to CPU when using the VAE (the engine calls vc_model_offload)"},
     [VC_CFG_DIFFUSERS_MOVE_REFINER] = {"diffusers_move_refiner", CFG_BOOL, 0, 0, 0, 0, NULL, "false",
         "SD.Next: move the refiner to CPU when not in use (the engine calls vc_model_offload)"},
+    [VC_CFG_MODEL_CACHE_KEEP_ALIVE_MIN] = {"model_cache_keep_alive_min", CFG_MINUTES, 0, 0, 1e7, 0, NULL, "0",
+        "minutes without use after which the cache is cleared (VRAM, and RAM copies a loader can read "
+        "again); 0: never"},
+    [VC_CFG_SMART_PARTIAL_LOADING] = {"smart_partial_loading", CFG_BOOL, 0, 0, 0, 0, NULL, "false",
+        "while an operation reserves its own working memory, hold back that instead of "
+        "device_working_mem_gb"},
 };
 
 /* SD.Next spellings. */
@@ -71,6 +77,10 @@ static const char *const INVOKEAI_KEYS[] = {
     "max_queue_history", "allow_nodes", "deny_nodes", "node_cache_size", "hashing_algorithm",
     "remote_api_tokens", "scan_models_on_startup", "unsafe_disable_picklescan", "allow_unknown_models",
     "legacy_models_yaml_path", "multiuser", "external_gemini_api_key", "external_openai_api_key",
+    "image_subfolder_strategy", "session_queue_mode", "strict_password_checking", "base_url",
+    "forwarded_allow_ips", "external_alibabacloud_api_key", "external_alibabacloud_base_url",
+    "external_gemini_base_url", "external_openai_base_url", "external_seedream_api_key",
+    "external_seedream_base_url",
     /* 3.x names that migration drops or renames silently */
     "outdir", "conf_path", "root", "esrgan", "internet_available", "ignore_missing_core_models",
     "autoimport_dir", "lora_dir", "embedding_dir", "controlnet_dir", "skip_model_hash",
@@ -197,6 +207,7 @@ int vc__cfg_parse(const cfg_key_def *def, const char *text, int quoted, cfg_valu
         snprintf(out->text, sizeof out->text, "%s", out->b ? "true" : "false");
         return 0;
     case CFG_GB:
+    case CFG_MINUTES:
     case CFG_GB_OR_FRACTION: {
         double v;
         int bad = parse_number(text, &v) != 0;
@@ -206,6 +217,9 @@ int vc__cfg_parse(const cfg_key_def *def, const char *text, int quoted, cfg_valu
             if (def->type == CFG_GB_OR_FRACTION)
                 snprintf(err, err_size, "%s must be a number > 0: a fraction of device memory (<= 1) or "
                          "GB (> 1, at most %.0f), got '%s'", def->name, def->max, shown);
+            else if (def->type == CFG_MINUTES)
+                snprintf(err, err_size, "%s must be a number of minutes >= %g and <= %.0f (0: never), got '%s'",
+                         def->name, def->min, def->max, shown);
             else
                 snprintf(err, err_size, "%s must be a number of GB %s %g and <= %.0f, got '%s'", def->name,
                          def->min_exclusive ? ">" : ">=", def->min, def->max, shown);

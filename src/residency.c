@@ -112,7 +112,9 @@ size_t vc__weight_limit(vc_cache *c) {
     /* What the cache could hold if it alone used the device: free memory plus its own. */
     size_t avail = sat_add(sat_add(free_b, vc__vram_total(c)), c->buffer_bytes);
     size_t limit;
-    if (c->vram_budget == VC_SIZE_AUTO)
+    if (c->vram_budget == VC_SIZE_AUTO && c->smart_working_mem && c->reservations)
+        limit = sat_sub(avail, c->reserved_sum); /* the operations' own estimates replace the flat reserve */
+    else if (c->vram_budget == VC_SIZE_AUTO)
         limit = sat_sub(avail, max_sz(c->working_mem, c->reserved_sum));
     else /* an explicit budget replaces the standing working memory (seed 000), not reservations */
         limit = min_sz(c->vram_budget, sat_sub(avail, c->reserved_sum));
@@ -336,6 +338,11 @@ static void release_empty_segments(vc_cache *c, arena *a) {
         if (s->used == 0) c->ops->device_free(c->bctx, arena_remove_segment(a, s));
         s = next;
     }
+}
+
+void vc__release_empty_segments(vc_cache *c) {
+    release_empty_segments(c, &c->sarena);
+    release_empty_segments(c, &c->arena);
 }
 
 static int grow_arena(vc_cache *c, arena *a, size_t need, size_t align, size_t limit, size_t max_seg);
@@ -1213,7 +1220,7 @@ static int check_offload_args(vc_cache *c, vc_offload_target target, const char 
     return VC_OK;
 }
 
-static int offload_locked(vc_cache *c, layer_t *l, vc_offload_target target, const char *fn) {
+int vc__offload_layer(vc_cache *c, layer_t *l, vc_offload_target target, const char *fn) {
     if (l->holds || l->loading)
         return vc__fail(c, VC_ERR_BUSY, "%s: layer '%s' of model '%s' is %s and cannot be offloaded", fn,
                         l->name, l->model->name, l->loading ? "loading" : "held");
@@ -1235,7 +1242,7 @@ int vc_layer_offload(vc_cache *c, vc_layer_id id, vc_offload_target target) {
     if (!l)
         st = VC_ERR_NOT_FOUND;
     else
-        st = offload_locked(c, l, target, fn);
+        st = vc__offload_layer(c, l, target, fn);
     pthread_mutex_unlock(&c->lock);
     return st;
 }
@@ -1411,7 +1418,7 @@ int vc_model_offload(vc_cache *c, vc_model_id model, vc_offload_target target) {
         if (l->holds || l->loading)
             busy++;
         else
-            offload_locked(c, l, target, fn);
+            vc__offload_layer(c, l, target, fn);
     }
     if (busy)
         st = vc__fail(c, VC_ERR_BUSY, "%s: %zu layer(s) of model '%s' are held or loading and stayed; "

@@ -2,7 +2,8 @@
  * Working-memory reservations: device memory the cache leaves free for an operation's activations.
  *
  * The weight limit (residency.c) subtracts max(standing working memory, sum of reservations) from
- * what the device could give the cache. A new reservation lowers that limit; the cache then frees
+ * what the device could give the cache (with smart_working_mem, while reservations are active, just
+ * their sum). A new reservation lowers that limit; the cache then frees
  * whole arena segments (evicting their unheld layers) until the arena fits under it, so the device
  * really has the memory free. Whether that is possible is checked before anything is evicted, so a
  * reservation that cannot be met leaves the cache exactly as it was.
@@ -119,7 +120,11 @@ int vc_release_working_mem(vc_cache *c, vc_reservation *r) {
             c->ops->device_free(c->bctx, r->buffer);
         c->buffer_bytes -= r->bytes;
     }
-    vc__weight_limit(c);
+    size_t limit = vc__weight_limit(c);
+    /* With smart_working_mem the last reservation's end brings the standing reserve back, which may
+     * be larger: evict unheld layers back under it now (best effort: held ones leave at the next
+     * load decision, as when another process takes memory). */
+    if (vc__vram_total(c) > limit) vc__shrink_arena(c, limit, VC_EVICT_BUDGET_SHRANK, 0);
     char a[32];
     vc__log(c, c->log_memory_usage ? VC_LOG_INFO : VC_LOG_DEBUG, "released %s of working memory",
             vc__fmt_bytes(r->bytes, a, sizeof a));

@@ -186,6 +186,70 @@ static void test_buffer_allocation_failure(void **state) {
     vc_backend_destroy(host);
 }
 
+/* smart_working_mem (smart_partial_loading): an operation's reservation replaces the standing
+ * working memory while it lasts, so a small one leaves the weights more room; when it ends the
+ * cache goes back under the standing budget at once. Off, the standing amount is a floor. */
+static void test_smart_working_mem(void **state) {
+    (void)state;
+    static char w[16][48 * KB];
+    for (int smart = 0; smart <= 1; smart++) {
+        vc_cache_options o;
+        vc_cache_options_init(&o);
+        o.ram_budget = 4 * MB;
+        o.working_mem = 192 * KB;
+        o.arena_segment_bytes = 48 * KB;
+        o.smart_working_mem = smart;
+        test_cache t = make_cache_opts(512 * KB, &o);
+        vc_model_id m = add_model(t.cache, "unet");
+        vc_layer_id l[16];
+        for (int i = 0; i < 16; i++) {
+            fill_pattern(w[i], 48 * KB, (uint64_t)i);
+            l[i] = add_host_layer(t.cache, m, "block", w[i], 48 * KB);
+        }
+        fill_layers(&t, l, 16);
+        vc_stats before = get_stats(t.cache);
+        assert_int_equal(before.vram_limit, 320 * KB);
+        assert_true(before.arena_bytes <= 320 * KB);
+        vc_reservation *r = NULL;
+        assert_int_equal(vc_reserve_working_mem(t.cache, 32 * KB, 0, &r), VC_OK);
+        fill_layers(&t, l, 16);
+        vc_stats during = get_stats(t.cache);
+        size_t free_b;
+        vc_backend_mem_info(t.backend, &free_b, NULL);
+        assert_true(free_b >= 32 * KB); /* the reservation itself is always honoured */
+        if (smart) {
+            assert_int_equal(during.vram_limit, 480 * KB);
+            assert_true(during.layers_in_vram > before.layers_in_vram);
+            assert_true(during.arena_bytes > 320 * KB && during.arena_bytes <= 480 * KB);
+        } else {
+            assert_int_equal(during.vram_limit, 320 * KB);
+            assert_true(during.arena_bytes <= 320 * KB);
+        }
+        assert_int_equal(vc_release_working_mem(t.cache, r), VC_OK);
+        vc_stats after = get_stats(t.cache);
+        assert_int_equal(after.vram_limit, 320 * KB);
+        assert_true(after.arena_bytes <= 320 * KB); /* back under the standing budget at once */
+        if (smart) assert_true(after.vram_evictions[VC_EVICT_BUDGET_SHRANK] > 0);
+        void *p; /* and the evicted layers come back intact */
+        for (int i = 0; i < 16; i++) {
+            assert_int_equal(vc_layer_acquire(t.cache, l[i], NULL, &p), VC_OK);
+            assert_true(check_device(t.cache, p, 48 * KB, (uint64_t)i));
+            assert_int_equal(vc_layer_release(t.cache, l[i], NULL), VC_OK);
+        }
+        free_cache(&t);
+    }
+    /* invokeai.yaml's smart_partial_loading sets it */
+    vc_config *cfg;
+    assert_int_equal(vc_config_create(&cfg), VC_OK);
+    static const char text[] = "smart_partial_loading: true\n";
+    assert_int_equal(vc_config_load_string(cfg, text, sizeof text - 1, "s.yaml", VC_CONFIG_NO_ENV, NULL), VC_OK);
+    vc_cache_options o;
+    vc_cache_options_init(&o);
+    assert_int_equal(vc_config_apply(cfg, &o), VC_OK);
+    assert_int_equal(o.smart_working_mem, 1);
+    vc_config_destroy(cfg);
+}
+
 static void test_vae_estimates(void **state) {
     (void)state;
     /* 1024x1024 fp16: InvokeAI 2.25 GB, ComfyUI 4.25 GB */
@@ -208,6 +272,7 @@ int main(void) {
         cmocka_unit_test(test_unmeetable_reservation_changes_nothing),
         cmocka_unit_test(test_reservation_bad_input),
         cmocka_unit_test(test_buffer_allocation_failure),
+        cmocka_unit_test(test_smart_working_mem),
         cmocka_unit_test(test_vae_estimates),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

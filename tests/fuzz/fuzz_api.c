@@ -14,6 +14,8 @@
 #include "vramcache.h"
 #include "vramcache_fault.h"
 
+#include "cache_internal.h" /* vc__clear_cache: the keep-alive timer's action */
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define NL 12
@@ -89,6 +91,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     o.arena_segment_bytes = 16 * 1024;
     o.policy = (data[0] >> 2) & 1 ? VC_POLICY_LRU : VC_POLICY_PLANNED;
     o.offload_mode = (vc_offload_mode)((data[1] >> 6) & 3);
+    o.smart_working_mem = (data[1] >> 5) & 1;
     vc_cache *c;
     if (vc_cache_create(&o, &c) != VC_OK) {
         vc_backend_destroy(fault);
@@ -211,6 +214,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         case 9: /* faults, other processes' device memory, orders */
             if ((arg & 7) == 7) {
                 CHECK(vc_fault_set_device_capacity(fault, DEVICE, (size_t)(arg >> 3) * 3072) == VC_OK);
+            } else if ((arg & 15) == 13) { /* the keep-alive's clear, as its timer would run it */
+                pthread_mutex_lock(&c->lock);
+                vc__clear_cache(c);
+                pthread_mutex_unlock(&c->lock);
             } else if (arg & 1) {
                 vc_fault_fail_nth(fault, (vc_fault_op)((arg >> 1) % VC_FAULT_OP_COUNT), 1 + (arg >> 5));
             } else {

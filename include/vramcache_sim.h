@@ -62,17 +62,21 @@ VC_API int vc_workload_load_string(const char *text, size_t len, const char *nam
 VC_API void vc_workload_destroy(vc_workload *wl);
 VC_API const char *vc_workload_name(const vc_workload *wl);
 /** Bytes of all layers of all models; of the denoiser (the stage repeated per step: all the models
- *  it runs, e.g. a ControlNet and the UNet). */
+ *  it runs, e.g. a ControlNet and the UNet; a model the step runs twice counts once). */
 VC_API size_t vc_workload_total_bytes(const vc_workload *wl);
 VC_API size_t vc_workload_step_bytes(const vc_workload *wl);
-/** The denoiser's layers, its models' layers in the order they run each step: how many, and the
- *  i-th one's name (owned by wl), bytes and flops. */
+/** The denoiser's layers, its models' layers in the order they run each step (a model run twice
+ *  per step appears twice): how many, and the i-th one's name (owned by wl), bytes and flops. */
 VC_API size_t vc_workload_denoiser_layer_count(const vc_workload *wl);
 VC_API int vc_workload_denoiser_layer(const vc_workload *wl, size_t i, const char **name, size_t *bytes,
                                       double *flops);
 /** The name of the model (owned by wl) the denoiser's i-th layer belongs to; NULL when i is out of
  *  range. A stage of several models (`models: [controlnet, unet]`) lists each model's layers in turn. */
 VC_API const char *vc_workload_denoiser_layer_model(const vc_workload *wl, size_t i);
+/** How many positions before the denoiser's i-th layer (round the step) the same layer ran last:
+ *  for a model the step runs twice (`models: [controlnet, unet, unet]`), the distance to its other
+ *  run; vc_workload_denoiser_layer_count() for a layer run once per step; 0 when i is out of range. */
+VC_API size_t vc_workload_denoiser_layer_back(const vc_workload *wl, size_t i);
 /** Working memory the denoiser stage declares (working_mem_bytes), 0 when none. */
 VC_API size_t vc_workload_denoiser_working_mem(const vc_workload *wl);
 

@@ -75,19 +75,22 @@ static int run_model(engine *e, const wl_model *m, const vc_layer_id *ids, char 
 static double segment_bound(const vc_workload *wl, const vc_sim_run *run, double usable) {
     size_t n = vc_workload_denoiser_layer_count(wl);
     double *bytes = malloc(n * sizeof(*bytes)), *secs = malloc(n * sizeof(*secs));
+    size_t *back = malloc(n * sizeof(*back));
     double bound = -1;
-    if (bytes && secs) {
+    if (bytes && secs && back) {
         for (size_t j = 0; j < n; j++) {
             size_t b;
             double f;
             vc_workload_denoiser_layer(wl, j, NULL, &b, &f);
             bytes[j] = (double)b;
             secs[j] = f / run->flops;
+            back[j] = vc_workload_denoiser_layer_back(wl, j); /* a model run twice per step */
         }
-        bound = vc__segment_time_bound(bytes, secs, n, usable, run->bandwidth);
+        bound = vc__segment_time_bound(bytes, secs, n, usable, run->bandwidth, back);
     }
     free(bytes);
     free(secs);
+    free(back);
     return bound;
 }
 

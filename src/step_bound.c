@@ -12,22 +12,24 @@
 
 #define MAX_ROTATIONS 256
 
-static double run_time(const double *pb, const double *pt, size_t a, size_t b, double usable, double bandwidth) {
-    double compute = pt[b] - pt[a];
-    double copy = (pb[b] - pb[a] - usable) / bandwidth;
+static double run_time(double bytes, double compute, double usable, double bandwidth) {
+    double copy = (bytes - usable) / bandwidth;
     return compute > copy ? compute : copy;
 }
 
-double vc__segment_time_bound(const double *bytes, const double *secs, size_t n, double usable, double bandwidth) {
+double vc__segment_time_bound(const double *bytes, const double *secs, size_t n, double usable, double bandwidth,
+                              const size_t *back) {
     if (!n || bandwidth <= 0) return 0;
     /* prefix sums over the pass written twice, so every rotation is a window of it */
     double *pb = malloc((2 * n + 1) * sizeof(*pb));
     double *pt = malloc((2 * n + 1) * sizeof(*pt));
     double *best = malloc((n + 1) * sizeof(*best));
-    if (!pb || !pt || !best) {
+    double *ub = back ? malloc((n + 1) * sizeof(*ub)) : NULL; /* bytes of the runs [a, b) that end at b */
+    if (!pb || !pt || !best || (back && !ub)) {
         free(pb);
         free(pt);
         free(best);
+        free(ub);
         return -1;
     }
     pb[0] = pt[0] = 0;
@@ -42,9 +44,15 @@ double vc__segment_time_bound(const double *bytes, const double *secs, size_t n,
     for (size_t r = 0; r < n; r += stride) { /* the pass cut first before layer r */
         best[0] = 0;
         for (size_t b = 1; b <= n; b++) {
+            if (back) { /* extend every run [a, b-1) by layer b-1: its bytes count unless used since a */
+                size_t p = r + b - 1, d = back[p % n];
+                for (size_t a = 0; a + 1 < b; a++) ub[a] += d <= b - 1 - a && d < n ? 0 : bytes[p % n];
+                ub[b - 1] = bytes[p % n];
+            }
             double v = 0;
             for (size_t a = 0; a < b; a++) {
-                double t = best[a] + run_time(pb, pt, r + a, r + b, usable, bandwidth);
+                double run_bytes = back ? ub[a] : pb[r + b] - pb[r + a];
+                double t = best[a] + run_time(run_bytes, pt[r + b] - pt[r + a], usable, bandwidth);
                 if (t > v) v = t;
             }
             best[b] = v;
@@ -54,5 +62,6 @@ double vc__segment_time_bound(const double *bytes, const double *secs, size_t n,
     free(pb);
     free(pt);
     free(best);
+    free(ub);
     return bound;
 }

@@ -170,7 +170,9 @@ static size_t model_index(const vc_workload *wl, const char *name) {
 }
 
 /* A stage runs `model: X`, or `models: [X, Y, ...]` in turn each repetition (a ControlNet and then
- * the UNet it conditions, every denoising step). */
+ * the UNet it conditions, every denoising step). A model may be named more than once: an engine
+ * that runs classifier-free guidance as two passes (InvokeAI's sequential_guidance) runs the UNet
+ * twice per step, after a ControlNet run once for both. */
 static int parse_stage_models(wparser *P, yaml_node_t *sn, size_t i, const vc_workload *wl, wl_stage *st) {
     yaml_node_t *one = get(P, sn, "model"), *list = get(P, sn, "models");
     unsigned line = sn ? ln(sn) : 0, col = sn ? cl(sn) : 0;
@@ -200,13 +202,7 @@ static int parse_stage_models(wparser *P, yaml_node_t *sn, size_t i, const vc_wo
                          "stage %zu names model '%s', which the workload does not define", i + 1, mname ? mname : "");
             return -1;
         }
-        for (size_t j = 0; j < st->nmodels; j++)
-            if (st->model[j] == mi) {
-                vc__diag_add(P->d, VC_DIAG_ERROR, P->file, ln(nn), cl(nn), "models",
-                             "stage %zu runs model '%s' twice", i + 1, mname);
-                return -1;
-            }
-        st->model[st->nmodels++] = mi;
+        st->model[st->nmodels++] = mi; /* a model may run more than once per repetition (see above) */
     }
     return 0;
 }
@@ -444,9 +440,29 @@ size_t vc_workload_step_bytes(const vc_workload *wl) {
     if (!wl) return 0;
     const wl_stage *st = &wl->stages[wl->denoiser];
     size_t t = 0;
-    for (size_t k = 0; k < st->nmodels; k++)
-        for (size_t j = 0; j < wl->models[st->model[k]].n; j++) t += wl->models[st->model[k]].layers[j].bytes;
+    for (size_t k = 0; k < st->nmodels; k++) {
+        size_t j = 0;
+        while (j < k && st->model[j] != st->model[k]) j++;
+        if (j < k) continue; /* a model run twice per step holds its bytes once */
+        for (j = 0; j < wl->models[st->model[k]].n; j++) t += wl->models[st->model[k]].layers[j].bytes;
+    }
     return t;
+}
+
+size_t vc_workload_denoiser_layer_back(const vc_workload *wl, size_t i) {
+    size_t n = vc_workload_denoiser_layer_count(wl);
+    if (!wl || i >= n) return 0;
+    const wl_stage *st = &wl->stages[wl->denoiser];
+    size_t k = 0, start = 0;
+    while (i - start >= wl->models[st->model[k]].n) start += wl->models[st->model[k++]].n;
+    /* back round the step to the previous run of the same model */
+    size_t back = 0;
+    for (size_t s = 1; s <= st->nmodels; s++) {
+        size_t j = (k + st->nmodels - s) % st->nmodels;
+        back += wl->models[st->model[j]].n;
+        if (st->model[j] == st->model[k]) return s == st->nmodels ? n : back;
+    }
+    return n;
 }
 
 size_t vc_workload_denoiser_working_mem(const vc_workload *wl) {

@@ -190,8 +190,6 @@ static void test_workload_errors(void **state) {
          "  - {models: [m, m, m, m, m, m, m, m, m], repeat: steps}\n", "must list 1 to 8"},
         {"name: x\nmodels:\n  - name: m\n    layers: [{name: a, bytes: 1, flops: 1}]\npipeline:\n"
          "  - {models: [m, zz], repeat: steps}\n", "'zz', which the workload does not define"},
-        {"name: x\nmodels:\n  - name: m\n    layers: [{name: a, bytes: 1, flops: 1}]\npipeline:\n"
-         "  - {models: [m, m], repeat: steps}\n", "runs model 'm' twice"},
         {"- a\n- b\n", "a workload is a mapping"},
         {"name: x\nlayers:\n  - {name: a, bytes: 10}\n", "layer 'a' needs 'flops'"},
         {"name: x\nlayers:\n  - {name: a, flops: 10}\n", "layer 'a' needs 'bytes'"},
@@ -274,14 +272,14 @@ static void test_segment_bound(void **state) {
      * fit cannot hide behind compute that comes after it; with the cut {0},{1}: the first
      * run needs (10 - 5) / 1 = 5 s, the second 1 s of compute: 6 s, where max(1, 5) = 5. */
     const double b2[] = {10, 0}, t2[] = {0, 1};
-    assert_true(fabs(vc__segment_time_bound(b2, t2, 2, 5, 1) - 6) < 1e-12);
+    assert_true(fabs(vc__segment_time_bound(b2, t2, 2, 5, 1, NULL) - 6) < 1e-12);
     /* Everything fits: the bound is the compute. */
-    assert_true(fabs(vc__segment_time_bound(b2, t2, 2, 100, 1) - 1) < 1e-12);
+    assert_true(fabs(vc__segment_time_bound(b2, t2, 2, 100, 1, NULL) - 1) < 1e-12);
     /* Uniform layers: no cut beats the whole pass, so it equals max(compute, (bytes - usable) / bw). */
     double bu[40], tu[40];
     for (int i = 0; i < 40; i++) bu[i] = 3, tu[i] = 1;
-    assert_true(fabs(vc__segment_time_bound(bu, tu, 40, 30, 1) - 90) < 1e-9); /* (120 - 30) / 1 */
-    assert_true(fabs(vc__segment_time_bound(bu, tu, 40, 30, 10) - 40) < 1e-9); /* compute */
+    assert_true(fabs(vc__segment_time_bound(bu, tu, 40, 30, 1, NULL) - 90) < 1e-9); /* (120 - 30) / 1 */
+    assert_true(fabs(vc__segment_time_bound(bu, tu, 40, 30, 10, NULL) - 40) < 1e-9); /* compute */
     /* Random passes: between the simple bound and fully serial copies. */
     unsigned seed = 12345;
     for (int round = 0; round < 50; round++) {
@@ -295,11 +293,42 @@ static void test_segment_bound(void **state) {
         }
         double usable = sb * (round % 4 + 1) / 5, bw = 50 + round * 10;
         double simple = st > (sb - usable) / bw ? st : (sb - usable) / bw;
-        double seg = vc__segment_time_bound(b, t, 24, usable, bw);
+        double seg = vc__segment_time_bound(b, t, 24, usable, bw, NULL);
         assert_true(seg >= simple - 1e-9);
         assert_true(seg <= st + sb / bw + 1e-9);
     }
-    assert_true(vc__segment_time_bound(b2, t2, 0, 5, 1) == 0);
+    assert_true(vc__segment_time_bound(b2, t2, 0, 5, 1, NULL) == 0);
+    /* A layer used twice per pass (a UNet run for both halves of guidance) counts once in a run
+     * that holds both uses: pass [A, A], A 10 bytes, 15 usable: it fits, the bound is the compute
+     * (2 s); counted as two layers it would read (20 - 15) / 1 = 5 s. */
+    const double ba[] = {10, 10}, ta[] = {1, 1};
+    const size_t back_aa[] = {1, 1};
+    assert_true(fabs(vc__segment_time_bound(ba, ta, 2, 15, 1, back_aa) - 2) < 1e-12);
+    assert_true(fabs(vc__segment_time_bound(ba, ta, 2, 15, 1, NULL) - 5) < 1e-12);
+    /* Used once each (back = n) is the same as no back at all, on random passes; a pass of two
+     * models where the second runs twice ([C, U, U]) lies between the unique and the counted bound. */
+    for (int round = 0; round < 20; round++) {
+        double b[18], t[18];
+        size_t once[18], cuu[18];
+        for (int i = 0; i < 18; i++) {
+            seed = seed * 1103515245u + 12345u;
+            b[i] = (double)(seed >> 16 & 1023);
+            seed = seed * 1103515245u + 12345u;
+            t[i] = (double)(seed >> 16 & 255) / 64.0;
+            once[i] = 18;
+        }
+        for (int i = 0; i < 18; i++) /* layers 6..11 and 12..17 are the same six (U, U) */
+            cuu[i] = i < 6 ? 18 : 6;
+        for (int i = 12; i < 18; i++) b[i] = b[i - 6], t[i] = t[i - 6];
+        double usable = 2000 + round * 200, bw = 100;
+        double plain = vc__segment_time_bound(b, t, 18, usable, bw, NULL);
+        assert_true(fabs(vc__segment_time_bound(b, t, 18, usable, bw, once) - plain) < 1e-9);
+        double shared = vc__segment_time_bound(b, t, 18, usable, bw, cuu);
+        assert_true(shared <= plain + 1e-9);
+        double st = 0, ub = 0;
+        for (int i = 0; i < 18; i++) st += t[i], ub += i < 12 ? b[i] : 0;
+        assert_true(shared >= st - 1e-9 && shared >= (ub - usable) / bw - 1e-9);
+    }
 }
 
 /* A run reports the segment bound, never below the simple bound; SD 1.5 at a quarter of its bytes
@@ -380,6 +409,25 @@ static void test_workload_stage_of_several_models(void **state) {
     assert_true(r.hits_per_step == 3);
     run.block_layers = 65;
     assert_int_equal(vc_sim_run_workload(wl, &run, &r), VC_ERR_INVALID_ARG);
+    vc_workload_destroy(wl);
+    /* Guidance as two passes (InvokeAI's sequential_guidance): the ControlNet once, the UNet twice
+     * per step. The UNet's bytes count once in the step's bytes, its compute twice; each layer
+     * knows how far back its other use lies. */
+    static const char twice[] = "name: cfg\nsteps: 6\nmodels:\n"
+                                "  - name: cn\n    layers: [{name: c0, bytes: 1000000, flops: 1e9}, {name: c1, bytes: 500000, flops: 2e9}]\n"
+                                "  - name: unet\n    layers: [{name: u0, bytes: 3000000, flops: 3e9}, {name: u1, bytes: 1000, flops: 1e9}]\n"
+                                "pipeline:\n  - {models: [cn, unet, unet], repeat: steps}\n";
+    assert_int_equal(vc_workload_load_string(twice, sizeof twice - 1, "twice.yaml", &wl, NULL), VC_OK);
+    assert_int_equal(vc_workload_step_bytes(wl), 4501000);
+    assert_int_equal(vc_workload_denoiser_layer_count(wl), 6);
+    const size_t back[] = {6, 6, 4, 4, 2, 2}; /* c0 c1 | u0 u1 (last used 4 back, a step ago) | u0 u1 */
+    for (size_t i = 0; i < 6; i++) assert_int_equal(vc_workload_denoiser_layer_back(wl, i), back[i]);
+    assert_int_equal(vc_workload_denoiser_layer_back(wl, 6), 0);
+    assert_string_equal(vc_workload_denoiser_layer_model(wl, 4), "unet");
+    run.block_layers = 0;
+    assert_int_equal(vc_sim_run_workload(wl, &run, &r), VC_OK);
+    assert_true(fabs(r.compute_time_s - 11e-3) < 1e-12); /* 3 ms of ControlNet, 4 ms of UNet twice */
+    assert_true(r.hits_per_step == 6 && r.bytes_per_step == 0);
     vc_config_destroy(cfg);
     vc_workload_destroy(wl);
 }

@@ -68,6 +68,7 @@ struct vc_layer_rec {
     size_t order_pos;  /* index in model->order when in_order */
     int in_order;
     int keep;          /* the plan keeps it resident across passes */
+    unsigned uses;     /* uses per pass of its group's order when more than one (next_use), else 0 */
     uint64_t home_gen; /* kept: the kept-arena segment (gen) of its planned place; 0: none */
     size_t home_off;   /* ... and the offset there */
     int prefetched;    /* uploaded ahead of use, not acquired since */
@@ -91,6 +92,13 @@ struct vc_model_rec {
     /* execution order (src/schedule.c) */
     layer_t **order;   /* the pass, when order_valid */
     size_t order_n;
+    /* A step group that runs a member twice per step (a ControlNet, then the UNet for each half of
+     * guidance) has layers that occur twice in its order: next_use[i] is the order position of the
+     * next use of order[i]'s layer (round the pass), and uorder its distinct layers in the order
+     * they first run, which is what plans walk. Both NULL (owned when set) for every other model. */
+    size_t *next_use;
+    layer_t **uorder;
+    size_t uorder_n;
     int order_valid;
     int order_declared;
     size_t pos;        /* order index of the latest acquire */
@@ -129,6 +137,11 @@ struct vc_model_rec {
 static inline model_t *vc__plan_model(const layer_t *l) {
     return l->model->joined ? l->model->joined : l->model;
 }
+
+/* The distinct layers a plan decides on, in the order they first run: the order itself unless a
+ * layer occurs twice in it (see next_use). */
+static inline size_t vc__plan_n(const model_t *m) { return m->uorder ? m->uorder_n : m->order_n; }
+static inline layer_t *vc__plan_at(const model_t *m, size_t i) { return m->uorder ? m->uorder[i] : m->order[i]; }
 
 /* A RAM buffer that can be freed only once a copy reading it has completed. */
 typedef struct deferred_free {
@@ -193,6 +206,8 @@ struct vc_cache {
     layer_t **grec_prev;   /* the period recorded before it (a group forms when two agree) */
     size_t grec_prev_n;
     unsigned layout_pending_count; /* models whose plan waits to be laid out (schedule.c) */
+    model_t *phist[16];    /* the models whose whole passes began one after another, latest last ... */
+    unsigned phist_n;      /* ... (schedule.c: step groups that run a model twice per step) */
     /* Fences of the ring placement being made (residency.c, ring_place): the release events of the
      * layers it evicted, by where their room starts, so the upload can copy each part as soon as
      * its own occupant is done rather than all of it after the last. */

@@ -561,7 +561,7 @@ void vc__assign_homes(vc_cache *c, model_t *m) {
     size_t ngaps = 0, nobst = 0, nkept = 0;
     for (arena_segment *s = c->arena.segments; s; s = s->next)
         for (const arena_block *b = s->first; b; b = b->next) nobst += home_obstacle(c, m, b);
-    for (size_t i = 0; i < m->order_n; i++) nkept += m->order[i]->keep;
+    for (size_t i = 0; i < vc__plan_n(m); i++) nkept += vc__plan_at(m, i)->keep;
     home_gap *gaps = malloc((c->arena.nsegments + nobst) * sizeof(*gaps));
     layer_t **todo = malloc((nkept ? nkept : 1) * sizeof(*todo));
     if (!gaps || !todo) { /* no homes: kept layers are placed as any other */
@@ -584,8 +584,8 @@ void vc__assign_homes(vc_cache *c, model_t *m) {
         if (s->size > start) gaps[ngaps++] = (home_gap){s, start, s->size};
     }
     size_t n = 0;
-    for (size_t i = 0; i < m->order_n; i++)
-        if (m->order[i]->keep && !m->order[i]->home_gen) todo[n++] = m->order[i];
+    for (size_t i = 0; i < vc__plan_n(m); i++)
+        if (vc__plan_at(m, i)->keep && !vc__plan_at(m, i)->home_gen) todo[n++] = vc__plan_at(m, i);
     qsort(todo, n, sizeof(*todo), cmp_layer_size_desc);
     for (size_t i = 0; i < n; i++) {
         layer_t *x = todo[i];

@@ -57,12 +57,19 @@ int vc__evictable(vc_cache *c, layer_t *l) {
 
 static int order_known(const model_t *m) { return m->order_valid && m->order_n > 0; }
 
-/* Steps until l is needed again in its model's pass; the current layer counts as a full pass. */
+/* Steps until l is needed again in its model's pass; the current layer counts as a full pass. A
+ * layer used twice per pass (next_use) is needed at the nearer of its uses. */
 static size_t distance_of(const layer_t *l) {
     const model_t *m = vc__plan_model(l);
     if (!order_known(m) || !l->in_order) return VC_ANY_DISTANCE - 1;
     size_t d = (l->order_pos + m->order_n - m->pos) % m->order_n;
-    return d ? d : m->order_n;
+    d = d ? d : m->order_n;
+    if (m->next_use)
+        for (size_t p = m->next_use[l->order_pos]; p != l->order_pos; p = m->next_use[p]) {
+            size_t e = (p + m->order_n - m->pos) % m->order_n;
+            if (e && e < d) d = e;
+        }
+    return d;
 }
 
 /* A model is in use when it ran within the last two passes' worth of acquires of the model
@@ -116,6 +123,7 @@ layer_t *vc__sched_victim(vc_cache *c, const layer_t *for_layer, size_t max_dist
             for (size_t k = m->order_n - 1; k >= 1 && (!prefetch || k > max_distance); k--) {
                 layer_t *x = m->order[(m->pos + k) % m->order_n];
                 if (!x->vblock || x->keep != kept || !vc__evictable(c, x)) continue;
+                if (m->next_use && distance_of(x) != k) continue; /* needed sooner, at its other use */
                 if (!first) first = x, first_d = k;
                 if (kept || !x->release_recorded || c->ops->event_query(c->bctx, x->release_ev) == 1) {
                     done = x, done_d = k;
@@ -194,6 +202,12 @@ static void try_layout(vc_cache *c, model_t *m, int force) {
     set_layout_pending(c, m, 0);
     apply_plan_layout(c, m, m->pending_kept, m->pending_stream);
 }
+
+/* The order in which layers become candidates to stream: by size, except that a layer its group
+ * uses twice per pass (the UNet of guidance run as two passes) moves twice per pass when streamed,
+ * so every layer used once comes first. (Sizes stay far below 2^60.) */
+#define USED_TWICE ((size_t)1 << 60)
+static size_t stream_rank(const layer_t *x) { return arena_round(x->bytes) + (x->uses > 1 ? USED_TWICE : 0); }
 
 static int cmp_size(const void *a, const void *b) {
     size_t x = *(const size_t *)a, y = *(const size_t *)b;
@@ -293,14 +307,14 @@ typedef struct plan_shape {
  * region's size (0: no streaming region); *kept_out: the kept bytes. */
 static size_t plan_keep_set(model_t *m, size_t cap, size_t total, size_t largest, plan_shape shape,
                             size_t *kept_out) {
-    for (size_t i = 0; i < m->order_n; i++) m->order[i]->keep = 1;
+    for (size_t i = 0; i < vc__plan_n(m); i++) vc__plan_at(m, i)->keep = 1;
     /* The streaming region: room for the copies in flight. Three of the largest streamed layers let a
      * copy run while one layer computes and the next waits; but the region is paid in bytes moved
      * every step, so it stays within 3% of what must stream anyway, and never below the shape's
      * share (two in the usual shape: one computing, one arriving). */
     size_t lower_bound = total - cap;
     size_t slack = 0; /* alignment in the packed kept segment: sizes are whole grains already */
-    for (size_t i = 0; i < m->order_n; i++) slack += shape.shared ? ARENA_GRAIN : m->order[i]->align - ARENA_GRAIN;
+    for (size_t i = 0; i < vc__plan_n(m); i++) slack += shape.shared ? ARENA_GRAIN : vc__plan_at(m, i)->align - ARENA_GRAIN;
 #define REGION_FOR(big) max_sz((size_t)(shape.region_of * (double)(big)), min_sz(3 * (big), lower_bound / 33))
     size_t keep_budget = sat_sub(cap, REGION_FOR(largest) + slack);
     /* Spread: the bytes to stream are earned half by compute, so that each streamed layer's copy can
@@ -308,7 +322,7 @@ static size_t plan_keep_set(model_t *m, size_t cap, size_t total, size_t largest
      * steady stream where compute is thin (measured best of the mixes tried: docs/performance.md).
      * With no costs known, bytes alone. */
     double total_cost = 0;
-    for (size_t i = 0; i < m->order_n; i++) total_cost += m->order[i]->cost;
+    for (size_t i = 0; i < vc__plan_n(m); i++) total_cost += vc__plan_at(m, i)->cost;
     int by_cost = total_cost > 0;
     if (!by_cost) total_cost = (double)total;
     double need = (double)(total - keep_budget);
@@ -318,20 +332,27 @@ static size_t plan_keep_set(model_t *m, size_t cap, size_t total, size_t largest
      * by the largest streamed layer, and it is paid in bytes every step. The cap sets the region and
      * the region adds to what must stream: take the smallest cap that holds what it implies.
      * Margins measured on the workload sweep: docs/performance.md. */
+    /* The cap is on stream_rank: layers a group uses twice per pass stream only once every layer
+     * used once may. */
     size_t size_cap = SIZE_MAX;
-    size_t *sizes = malloc(m->order_n * sizeof(*sizes));
+    size_t *sizes = malloc(2 * vc__plan_n(m) * sizeof(*sizes)); /* pairs: rank, bytes */
     if (sizes) {
-        for (size_t i = 0; i < m->order_n; i++) sizes[i] = arena_round(m->order[i]->bytes);
-        qsort(sizes, m->order_n, sizeof(*sizes), cmp_size);
+        for (size_t i = 0; i < vc__plan_n(m); i++) {
+            sizes[2 * i] = stream_rank(vc__plan_at(m, i));
+            sizes[2 * i + 1] = arena_round(vc__plan_at(m, i)->bytes);
+        }
+        qsort(sizes, vc__plan_n(m), 2 * sizeof(*sizes), cmp_size);
         const double margins[] = {shape.margin, shape.margin < 1.5 ? shape.margin : 1.5};
         for (size_t k = 0; k < sizeof margins / sizeof margins[0] && size_cap == SIZE_MAX; k++) {
             double sum = 0;
-            for (size_t i = 0; i < m->order_n; i++) {
-                sum += (double)sizes[i];
-                if (i + 1 < m->order_n && sizes[i + 1] == sizes[i]) continue; /* a cap takes all of a size */
-                double need_i = (double)(total - sat_sub(cap, REGION_FOR(shape.shared ? largest : sizes[i]) + slack));
+            size_t biggest = 0; /* the largest layer under the cap: what the region must take */
+            for (size_t i = 0; i < vc__plan_n(m); i++) {
+                sum += (double)sizes[2 * i + 1];
+                biggest = max_sz(biggest, sizes[2 * i + 1]);
+                if (i + 1 < vc__plan_n(m) && sizes[2 * i + 2] == sizes[2 * i]) continue; /* a cap takes all of a size */
+                double need_i = (double)(total - sat_sub(cap, REGION_FOR(shape.shared ? largest : biggest) + slack));
                 if (sum >= need_i * margins[k]) {
-                    size_cap = sizes[i];
+                    size_cap = sizes[2 * i];
                     need = need_i;
                     break;
                 }
@@ -339,13 +360,37 @@ static size_t plan_keep_set(model_t *m, size_t cap, size_t total, size_t largest
         }
         free(sizes);
     }
+    /* When even layers used twice per pass must stream (the cap reaches them), every layer used once
+     * streams first, and the spread shares out what remains among the others. */
+    int once_first = size_cap >= USED_TWICE;
+    double spread_total = (double)total, spread_cost = total_cost;
+    if (once_first) {
+        spread_total = spread_cost = 0;
+        for (size_t i = 0; i < vc__plan_n(m); i++) {
+            const layer_t *x = vc__plan_at(m, i);
+            if (x->uses <= 1) {
+                need -= (double)arena_round(x->bytes);
+                continue;
+            }
+            spread_total += (double)arena_round(x->bytes);
+            spread_cost += by_cost ? x->cost : (double)arena_round(x->bytes);
+        }
+        if (need < 0) need = 0;
+        if (spread_total <= 0) spread_total = 1;
+        if (spread_cost <= 0) spread_cost = 1;
+    }
     double credit = 0;
     size_t kept = 0, streamed_largest = 0;
-    for (size_t i = 0; i < m->order_n; i++) {
-        layer_t *x = m->order[i];
+    for (size_t i = 0; i < vc__plan_n(m); i++) {
+        layer_t *x = vc__plan_at(m, i);
         double b = (double)arena_round(x->bytes);
-        credit += by_cost ? (0.5 * x->cost / total_cost + 0.5 * b / (double)total) * need : b * need / total_cost;
-        if (arena_round(x->bytes) <= size_cap && credit >= b * 0.5) {
+        if (once_first && x->uses <= 1) {
+            x->keep = 0;
+            if (arena_round(x->bytes) > streamed_largest) streamed_largest = arena_round(x->bytes);
+            continue;
+        }
+        credit += by_cost ? (0.5 * x->cost / spread_cost + 0.5 * b / spread_total) * need : b * need / spread_cost;
+        if (stream_rank(x) <= size_cap && credit >= b * 0.5) {
             x->keep = 0;
             credit -= b;
             if (arena_round(x->bytes) > streamed_largest) streamed_largest = arena_round(x->bytes);
@@ -367,11 +412,11 @@ static size_t plan_keep_set(model_t *m, size_t cap, size_t total, size_t largest
      * would grow the region. */
     while (kept > keep_budget) {
         layer_t *big = NULL, *under = NULL;
-        for (size_t i = 0; i < m->order_n; i++) {
-            layer_t *x = m->order[i];
+        for (size_t i = 0; i < vc__plan_n(m); i++) {
+            layer_t *x = vc__plan_at(m, i);
             if (!x->keep) continue;
             if (!big || x->bytes > big->bytes) big = x;
-            if (arena_round(x->bytes) <= size_cap && (!under || x->bytes > under->bytes)) under = x;
+            if (stream_rank(x) <= size_cap && (!under || x->bytes > under->bytes)) under = x;
         }
         if (under) big = under;
         if (!big) break;
@@ -382,11 +427,14 @@ static size_t plan_keep_set(model_t *m, size_t cap, size_t total, size_t largest
             keep_budget = sat_sub(cap, REGION_OF(streamed_largest) + slack);
         }
     }
-    /* Room left over: keep streamed layers (spread, smallest first) while they fit. */
+    /* Room left over: keep streamed layers (spread, smallest first; those used most per pass
+     * first) while they fit. */
+    for (unsigned most = 2; most >= 1; most--)
     for (int pass = 0; pass < 2; pass++)
-        for (size_t i = 0; i < m->order_n; i++) {
-            layer_t *x = m->order[i];
+        for (size_t i = 0; i < vc__plan_n(m); i++) {
+            layer_t *x = vc__plan_at(m, i);
             size_t b = arena_round(x->bytes);
+            if (most == 2 && x->uses < 2) continue;
             if (x->keep || b > keep_budget - kept || (pass == 0 && b * 2 > streamed_largest)) continue;
             x->keep = 1;
             kept += b;
@@ -412,11 +460,11 @@ static void make_plan(vc_cache *c, model_t *m) {
     size_t limit = vc__weight_limit(c);
     size_t cap = shared ? limit : sat_sub(limit, vc__held_by_others(c, m));
     size_t total = 0, largest = 0;
-    for (size_t i = 0; i < m->order_n; i++) {
-        size_t b = arena_round(m->order[i]->bytes);
+    for (size_t i = 0; i < vc__plan_n(m); i++) {
+        size_t b = arena_round(vc__plan_at(m, i)->bytes);
         total = sat_add(total, b);
         if (b > largest) largest = b;
-        m->order[i]->keep = 1;
+        vc__plan_at(m, i)->keep = 1;
     }
     m->plan_capacity = limit ? limit : 1; /* re-planned when the limit moves away from this */
     m->plan_hold = hold_window(m);
@@ -491,14 +539,18 @@ static void unjoin(vc_cache *c, const char *why) {
             m->order[i]->order_pos = i;
             m->order[i]->keep = 0;
             m->order[i]->home_gen = 0;
+            m->order[i]->uses = 0;
         }
         m->pos = cur && cur->model == m ? cur->order_pos : m->order_n - 1;
         m->pf_next = (m->pos + 1) % m->order_n;
         m->pass_mismatches = 0;
     }
     c->group = NULL;
+    c->phist_n = 0;
     free(g->members);
     free(g->order);
+    free(g->next_use);
+    free(g->uorder);
     free(g->name);
     free(g);
 }
@@ -518,14 +570,15 @@ static void note_step_prev(vc_cache *c, model_t *m) {
  * (n layers, owned by the group from here; freed on failure): every member's order exactly once,
  * each in its own order. `at` is the group position of the layer being acquired. Returns 1 when
  * formed (the group's plan is made). */
-static int form_group(vc_cache *c, model_t **members, size_t k, layer_t **order, size_t n, size_t at) {
+static int form_group(vc_cache *c, model_t **members, size_t k, layer_t **order, size_t n, size_t at,
+                      size_t *next_use, layer_t **uorder, size_t un) {
     size_t name_len = 1;
     for (size_t j = 0; j < k; j++) name_len += strlen(members[j]->name) + 1;
     model_t *g = calloc(1, sizeof(*g));
     model_t **mem = malloc(k * sizeof(*mem));
     char *name = malloc(name_len);
     if (!g || !mem || !name) { /* no group: each plans alone, as before */
-        free(g), free(mem), free(name), free(order);
+        free(g), free(mem), free(name), free(order), free(next_use), free(uorder);
         return 0;
     }
     name[0] = 0;
@@ -537,15 +590,19 @@ static int form_group(vc_cache *c, model_t **members, size_t k, layer_t **order,
         set_layout_pending(c, m, 0); /* the group's layout replaces the member's region and homes */
         g->vram_layers += m->vram_layers;
     }
-    for (size_t i = 0; i < n; i++) order[i]->order_pos = i;
+    for (size_t i = n; i-- > 0;) order[i]->order_pos = i; /* a layer used twice: its first use */
+    for (size_t i = 0; next_use && i < n; i++) order[i]->uses = order[i]->order_pos == i ? 1 : order[i]->uses + 1;
     g->name = name;
     g->members = mem;
     g->nmembers = k;
     g->order = order;
     g->order_n = n;
     g->order_valid = 1;
-    g->layers = order; /* the plan walks a model's layers: the group's are its order */
-    g->nlayers = n;
+    g->next_use = next_use;
+    g->uorder = uorder;
+    g->uorder_n = un;
+    g->layers = uorder ? uorder : order; /* the plan walks a model's layers: the group's distinct ones */
+    g->nlayers = uorder ? un : n;
     g->pos = at;
     g->pf_next = at;
     g->last_tick = c->use_clock;
@@ -587,7 +644,73 @@ static int try_join(vc_cache *c, model_t *a) {
     size_t at = 0;
     for (size_t j = 0; j < k; j++)
         for (size_t i = 0; i < members[j]->order_n; i++) order[at++] = members[j]->order[i];
-    return form_group(c, members, k, order, n, 0);
+    return form_group(c, members, k, order, n, 0, NULL, NULL, 0);
+}
+
+/* Notes that m's whole pass begins now: after the previous model's whole pass (or m's own), the
+ * history of passes goes on; after a model stopped in its midst, it starts afresh. */
+static void note_pass_start(vc_cache *c, model_t *m) {
+    if (c->last_model != m && !c->last_ended_pass) c->phist_n = 0;
+    if (c->phist_n == sizeof c->phist / sizeof c->phist[0]) {
+        memmove(c->phist, c->phist + 1, (c->phist_n - 1) * sizeof(*c->phist));
+        c->phist_n--;
+    }
+    c->phist[c->phist_n++] = m;
+}
+
+/* As a's pass begins: when the passes of the last two steps repeat with a period of 3 to 8 passes
+ * in which some model runs twice (a ControlNet, then the UNet for each half of guidance: CN, U, U),
+ * join them, with a layer's two uses linked by next_use. At most two runs of a model per period:
+ * an image's pipeline of few steps (encoder, UNet, UNet, VAE) would repeat too, but the models
+ * around the steps run once per image. Cycles of distinct models join through try_join. */
+static int try_join_repeating(vc_cache *c, model_t *a) {
+    if (!may_group(c)) return 0;
+    const unsigned h = c->phist_n;
+    unsigned q = 1; /* the shortest period of the last two repetitions */
+    while (q <= GROUP_MAX && (2 * q > h || memcmp(c->phist + h - q, c->phist + h - 2 * q, q * sizeof(*c->phist))))
+        q++;
+    if (q < 3 || q > GROUP_MAX) return 0; /* none, one model alone, or two in turn (try_join's) */
+    {
+        model_t *const *last = c->phist + h - q;
+        /* The cycle from a on: a (the latest), then the period's passes in the order they ran. */
+        model_t *pass[GROUP_MAX], *members[GROUP_MAX];
+        size_t k = 0, n = 0, un = 0, runs[GROUP_MAX] = {0};
+        int repeat = 0;
+        pass[0] = a;
+        for (unsigned j = 1; j < q; j++) pass[j] = last[j - 1];
+        for (unsigned j = 0; j < q; j++) {
+            model_t *x = pass[j];
+            if (!order_known(x) || x->joined) return 0;
+            size_t i = 0;
+            while (i < k && members[i] != x) i++;
+            if (i == k) members[k++] = x, un += x->order_n;
+            if (++runs[i] > 2) return 0;
+            repeat |= runs[i] > 1;
+            n += x->order_n;
+        }
+        if (!repeat || k < 2) return 0; /* distinct models: try_join's case */
+        layer_t **order = malloc(n * sizeof(*order)), **uorder = malloc(un * sizeof(*uorder));
+        size_t *next_use = malloc(n * sizeof(*next_use)), start[GROUP_MAX];
+        if (!order || !uorder || !next_use) {
+            free(order), free(uorder), free(next_use);
+            return 0;
+        }
+        size_t at = 0, uat = 0;
+        for (unsigned j = 0; j < q; j++) {
+            start[j] = at;
+            for (size_t i = 0; i < pass[j]->order_n; i++) order[at++] = pass[j]->order[i];
+            unsigned first = 1;
+            for (unsigned e = 0; e < j; e++) first &= pass[e] != pass[j];
+            for (size_t i = 0; first && i < pass[j]->order_n; i++) uorder[uat++] = pass[j]->order[i];
+        }
+        for (unsigned j = 0; j < q; j++) { /* each use points at the same layer's next use, round the cycle */
+            unsigned nx = (j + 1) % q;
+            while (pass[nx] != pass[j]) nx = (nx + 1) % q;
+            for (size_t i = 0; i < pass[j]->order_n; i++) next_use[start[j] + i] = start[nx] + i;
+        }
+        return form_group(c, members, k, order, n, 0, next_use, uorder, un);
+    }
+    return 0;
 }
 
 /* Models interleaved layer by layer (an adapter's layers used between the UNet's): once a model's
@@ -651,7 +774,7 @@ static int grec_finish(vc_cache *c) {
     }
     c->grec_prev = NULL;
     grec_stop(c);
-    return form_group(c, members, k, order, n, 0);
+    return form_group(c, members, k, order, n, 0, NULL, NULL, 0);
 }
 
 /* Each acquire while a period is recorded; 1 when it completed a period and formed the group
@@ -729,6 +852,7 @@ static void record(vc_cache *c, model_t *m, layer_t *l) {
             vc__log(c, VC_LOG_INFO, "learned the execution order of model '%s': %zu layers per pass", m->name,
                     m->order_n);
             note_step_prev(c, m); /* this acquire begins its second pass: a step for step groups */
+            note_pass_start(c, m);
         }
         m->recording = 0;
         return;
@@ -753,7 +877,7 @@ static void record(vc_cache *c, model_t *m, layer_t *l) {
 
 static void follow(vc_cache *c, model_t *m, layer_t *l) {
     size_t expected = (m->pos + 1) % m->order_n;
-    if (l->in_order && l->order_pos == expected) {
+    if (m->order[expected] == l) {
         m->pos = expected;
         if (expected == 0) { /* a new pass */
             if (!m->members) {
@@ -761,7 +885,8 @@ static void follow(vc_cache *c, model_t *m, layer_t *l) {
                 int interleaved = m->saw_others;
                 m->saw_others = 0;
                 note_step_prev(c, m);
-                if (try_join(c, m)) return;
+                note_pass_start(c, m);
+                if (try_join(c, m) || try_join_repeating(c, m)) return;
                 if (interleaved && may_group(c) && !c->grec) grec_start(c, l);
             } else {
                 for (size_t k = 0; k < m->nmembers; k++) roll_hold_peak(m->members[k]);
@@ -799,7 +924,7 @@ static void follow(vc_cache *c, model_t *m, layer_t *l) {
         start_recording(m, l);
         return;
     }
-    if (l->in_order) m->pos = l->order_pos; /* resynchronise: a branch or a skipped layer */
+    if (l->in_order) m->pos = (m->pos + distance_of(l)) % m->order_n; /* resynchronise: a branch or a skip */
 }
 
 /* Hands the loader-only layers from distance k on to the stager, nearest first, as many as its
@@ -871,9 +996,9 @@ void vc__sched_on_evict(vc_cache *c, layer_t *l) {
     (void)c;
     model_t *m = vc__plan_model(l);
     if (!l->in_order || !order_known(m)) return;
-    size_t d = (l->order_pos + m->order_n - m->pos) % m->order_n;
+    size_t d = distance_of(l);
     size_t f = (m->pf_next + m->order_n - m->pos) % m->order_n;
-    if (d && d < f) m->pf_next = l->order_pos;
+    if (d < m->order_n && d < f) m->pf_next = (m->pos + d) % m->order_n;
 }
 
 void vc__sched_on_release(vc_cache *c, layer_t *l) {
@@ -901,6 +1026,8 @@ void vc__sched_model_free(vc_cache *c, model_t *m) {
     grec_stop(c);
     if (m->joined) unjoin(c, "a member was unregistered");
     if (c->last_model == m) c->last_model = NULL;
+    for (unsigned i = 0; i < c->phist_n; i++)
+        if (c->phist[i] == m) c->phist_n = 0; /* the history no longer holds */
     for (uint32_t i = 0; i < c->models.count; i++) {
         model_t *o = c->models.slots[i].ptr;
         if (o && o->step_prev == m) o->step_prev = NULL, o->step_prev_seen = 0;

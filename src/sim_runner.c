@@ -71,8 +71,11 @@ static int run_model(engine *e, const wl_model *m, const vc_layer_id *ids, char 
     return VC_OK;
 }
 
-/* The denoiser's segment bound (step_bound.h) with the usable VRAM the cache had; -1 without memory. */
-static double segment_bound(const vc_workload *wl, const vc_sim_run *run, double usable) {
+/* The denoiser's segment bound (step_bound.h) with the usable VRAM the cache had; -1 without memory.
+ * bytes_only: the same cut over bytes alone (no compute, a link of 1 byte/s), which is the least
+ * number of bytes any schedule moves per step when a layer runs twice per step: each run of the
+ * pass loads its distinct layers but what was resident as it began (at most the usable VRAM). */
+static double segment_bound(const vc_workload *wl, const vc_sim_run *run, double usable, int bytes_only) {
     size_t n = vc_workload_denoiser_layer_count(wl);
     double *bytes = malloc(n * sizeof(*bytes)), *secs = malloc(n * sizeof(*secs));
     size_t *back = malloc(n * sizeof(*back));
@@ -83,10 +86,10 @@ static double segment_bound(const vc_workload *wl, const vc_sim_run *run, double
             double f;
             vc_workload_denoiser_layer(wl, j, NULL, &b, &f);
             bytes[j] = (double)b;
-            secs[j] = f / run->flops;
+            secs[j] = bytes_only ? 0 : f / run->flops;
             back[j] = vc_workload_denoiser_layer_back(wl, j); /* a model run twice per step */
         }
-        bound = vc__segment_time_bound(bytes, secs, n, usable, run->bandwidth, back);
+        bound = vc__segment_time_bound(bytes, secs, n, usable, bytes_only ? 1.0 : run->bandwidth, back);
     }
     free(bytes);
     free(secs);
@@ -208,9 +211,14 @@ int vc_sim_run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_res
         res->compute_time_s = compute;
         res->usable_vram_bytes = limit_sum / (size_t)measured;
         res->lower_bound_bytes_per_step = (double)sat_sub(step_bytes, res->usable_vram_bytes);
+        int twice = 0; /* a model run twice per step: cutting the pass between its runs bounds tighter */
+        for (size_t j = 0; j < vc_workload_denoiser_layer_count(wl); j++)
+            twice |= vc_workload_denoiser_layer_back(wl, j) < vc_workload_denoiser_layer_count(wl);
+        double cut = twice ? segment_bound(wl, run, (double)res->usable_vram_bytes, 1) : -1;
+        if (cut > res->lower_bound_bytes_per_step) res->lower_bound_bytes_per_step = cut;
         double lb_copy = res->lower_bound_bytes_per_step / run->bandwidth;
         res->lower_bound_step_time_s = compute > lb_copy ? compute : lb_copy;
-        res->segment_bound_step_time_s = segment_bound(wl, run, (double)res->usable_vram_bytes);
+        res->segment_bound_step_time_s = segment_bound(wl, run, (double)res->usable_vram_bytes, 0);
         if (res->segment_bound_step_time_s < res->lower_bound_step_time_s) /* no memory for it, or rounding */
             res->segment_bound_step_time_s = res->lower_bound_step_time_s;
         res->total_time_s = vc_sim_now(e.sim);

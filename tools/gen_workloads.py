@@ -285,6 +285,18 @@ def build():
                     [{"model": "text_encoder"},
                      {"models": "[controlnet, unet]", "repeat": "steps", "working_mem_bytes": 1 << 30},
                      {"model": "vae_decoder", "working_mem_bytes": vae_working_mem(512, 512, 2)}]))
+    # The same with guidance as two passes (InvokeAI's sequential_guidance, for low VRAM): every step
+    # runs the ControlNet once for both halves (batch 2), then the UNet twice, prompt and negative
+    # prompt (batch 1 each).
+    cn2 = unet("controlnet", [320, 640, 1280, 1280], [1, 1, 1, 0], 2, 768, 64, 2, False, 0, controlnet=True)
+    sd15c = unet("unet", [320, 640, 1280, 1280], [1, 1, 1, 0], 2, 768, 64, 1, False, 0)
+    out.append(emit("sd15-controlnet-seqcfg.yaml", "sd-1.5+controlnet-seqcfg",
+                    "Stable Diffusion 1.5 with a ControlNet, 512x512, fp16, guidance as two UNet passes (batch 1 "
+                    "each) after one ControlNet pass (batch 2)", 512, "float16", 30,
+                    [clip_text("text_encoder", 768, 3072, 12, 77, 2), cn2, sd15c, vae_decoder(4, 64)],
+                    [{"model": "text_encoder"},
+                     {"models": "[controlnet, unet, unet]", "repeat": "steps", "working_mem_bytes": 1 << 30},
+                     {"model": "vae_decoder", "working_mem_bytes": vae_working_mem(512, 512, 2)}]))
     # SDXL base at 1024x1024, fp16, CFG. Config: stabilityai/stable-diffusion-xl-base-1.0 unet/config.json.
     sdxl = unet("unet", [320, 640, 1280], [0, 2, 10], 2, 2048, 128, 2, True, 2816)
     out.append(emit("sdxl.yaml", "sdxl-base-1.0", "SDXL base 1.0, 1024x1024, fp16, CFG (batch 2)", 1024, "float16", 30,

@@ -230,9 +230,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 CHECK(st == VC_OK || st == VC_ERR_NO_MEMORY);
             }
             break;
-        case 10: /* steps: each model's live layers in slot order, the first model's pass, then the second's */
+        case 10: /* steps: each model's live layers in slot order, the first model's pass, then the second's
+                  * (sometimes twice: guidance as two passes, a step group with a model used twice) */
             for (int rep = 0; rep < 1 + (arg & 3); rep++)
-                for (int i = 0; i < NL; i++) {
+                for (int j = 0; j < NL + ((arg & 16) ? NL / 2 : 0); j++) {
+                    int i = j < NL ? j : j - NL / 2;
                     slot *y = &s[(arg & 4) && i < NL / 2 ? NL / 2 - 1 - i : i]; /* sometimes the first model backwards */
                     if (!y->live || ((arg & 8) && i < NL / 2 && rep == 2)) continue; /* sometimes it sits a step out */
                     st = vc_layer_acquire(c, y->id, NULL, &p);

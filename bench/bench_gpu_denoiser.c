@@ -175,6 +175,11 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < n; i++) {
         const char *name, *mn = vc_workload_denoiser_layer_model(wl, i);
         double flops;
+        size_t back = vc_workload_denoiser_layer_back(wl, i);
+        if (back <= i) { /* a model the step runs twice (guidance as two passes): its layers again */
+            ids[i] = ids[i - back];
+            continue;
+        }
         if (!model_name || strcmp(mn, model_name)) {
             model_name = mn;
             nmodels++;

@@ -429,16 +429,17 @@ static size_t plan_keep_set(model_t *m, size_t cap, size_t total, size_t largest
     }
     /* Room left over: keep streamed layers (spread, smallest first; those used most per pass
      * first) while they fit. */
-    for (unsigned most = 2; most >= 1; most--)
-    for (int pass = 0; pass < 2; pass++)
-        for (size_t i = 0; i < vc__plan_n(m); i++) {
-            layer_t *x = vc__plan_at(m, i);
-            size_t b = arena_round(x->bytes);
-            if (most == 2 && x->uses < 2) continue;
-            if (x->keep || b > keep_budget - kept || (pass == 0 && b * 2 > streamed_largest)) continue;
-            x->keep = 1;
-            kept += b;
-        }
+    for (unsigned most = 2; most >= 1; most--) {
+        for (int pass = 0; pass < 2; pass++)
+            for (size_t i = 0; i < vc__plan_n(m); i++) {
+                layer_t *x = vc__plan_at(m, i);
+                size_t b = arena_round(x->bytes);
+                if (most == 2 && x->uses < 2) continue;
+                if (x->keep || b > keep_budget - kept || (pass == 0 && b * 2 > streamed_largest)) continue;
+                x->keep = 1;
+                kept += b;
+            }
+    }
     /* Kept layers live in segments of up to segment_bytes; count the last one's slack as kept. */
     size_t stream_budget = sat_sub(cap, kept + slack) & ~(ARENA_GRAIN - 1);
     if (stream_budget < (size_t)(shape.region_of * (double)streamed_largest))
@@ -567,9 +568,10 @@ static void note_step_prev(vc_cache *c, model_t *m) {
 }
 
 /* Forms the group of the k models `members` (in the order their first layers run) with `order`
- * (n layers, owned by the group from here; freed on failure): every member's order exactly once,
- * each in its own order. `at` is the group position of the layer being acquired. Returns 1 when
- * formed (the group's plan is made). */
+ * (n layers, owned by the group from here; freed on failure): every member's order once, each in its
+ * own order — or, with next_use (a member run twice per pass), twice, with the distinct layers in
+ * uorder (un of them; both owned from here). `at` is the group position of the layer being
+ * acquired. Returns 1 when formed (the group's plan is made). */
 static int form_group(vc_cache *c, model_t **members, size_t k, layer_t **order, size_t n, size_t at,
                       size_t *next_use, layer_t **uorder, size_t un) {
     size_t name_len = 1;
@@ -670,47 +672,44 @@ static int try_join_repeating(vc_cache *c, model_t *a) {
     while (q <= GROUP_MAX && (2 * q > h || memcmp(c->phist + h - q, c->phist + h - 2 * q, q * sizeof(*c->phist))))
         q++;
     if (q < 3 || q > GROUP_MAX) return 0; /* none, one model alone, or two in turn (try_join's) */
-    {
-        model_t *const *last = c->phist + h - q;
-        /* The cycle from a on: a (the latest), then the period's passes in the order they ran. */
-        model_t *pass[GROUP_MAX], *members[GROUP_MAX];
-        size_t k = 0, n = 0, un = 0, runs[GROUP_MAX] = {0};
-        int repeat = 0;
-        pass[0] = a;
-        for (unsigned j = 1; j < q; j++) pass[j] = last[j - 1];
-        for (unsigned j = 0; j < q; j++) {
-            model_t *x = pass[j];
-            if (!order_known(x) || x->joined) return 0;
-            size_t i = 0;
-            while (i < k && members[i] != x) i++;
-            if (i == k) members[k++] = x, un += x->order_n;
-            if (++runs[i] > 2) return 0;
-            repeat |= runs[i] > 1;
-            n += x->order_n;
-        }
-        if (!repeat || k < 2) return 0; /* distinct models: try_join's case */
-        layer_t **order = malloc(n * sizeof(*order)), **uorder = malloc(un * sizeof(*uorder));
-        size_t *next_use = malloc(n * sizeof(*next_use)), start[GROUP_MAX];
-        if (!order || !uorder || !next_use) {
-            free(order), free(uorder), free(next_use);
-            return 0;
-        }
-        size_t at = 0, uat = 0;
-        for (unsigned j = 0; j < q; j++) {
-            start[j] = at;
-            for (size_t i = 0; i < pass[j]->order_n; i++) order[at++] = pass[j]->order[i];
-            unsigned first = 1;
-            for (unsigned e = 0; e < j; e++) first &= pass[e] != pass[j];
-            for (size_t i = 0; first && i < pass[j]->order_n; i++) uorder[uat++] = pass[j]->order[i];
-        }
-        for (unsigned j = 0; j < q; j++) { /* each use points at the same layer's next use, round the cycle */
-            unsigned nx = (j + 1) % q;
-            while (pass[nx] != pass[j]) nx = (nx + 1) % q;
-            for (size_t i = 0; i < pass[j]->order_n; i++) next_use[start[j] + i] = start[nx] + i;
-        }
-        return form_group(c, members, k, order, n, 0, next_use, uorder, un);
+    model_t *const *last = c->phist + h - q;
+    /* The cycle from a on: a (the latest), then the period's passes in the order they ran. */
+    model_t *pass[GROUP_MAX] = {0}, *members[GROUP_MAX] = {0};
+    size_t k = 0, n = 0, un = 0, runs[GROUP_MAX] = {0};
+    int repeat = 0;
+    pass[0] = a;
+    for (unsigned j = 1; j < q; j++) pass[j] = last[j - 1];
+    for (unsigned j = 0; j < q; j++) {
+        model_t *x = pass[j];
+        if (!order_known(x) || x->joined) return 0;
+        size_t i = 0;
+        while (i < k && members[i] != x) i++;
+        if (i == k) members[k++] = x, un += x->order_n;
+        if (++runs[i] > 2) return 0;
+        repeat |= runs[i] > 1;
+        n += x->order_n;
     }
-    return 0;
+    if (!repeat || k < 2) return 0; /* distinct models: try_join's case */
+    layer_t **order = malloc(n * sizeof(*order)), **uorder = malloc(un * sizeof(*uorder));
+    size_t *next_use = malloc(n * sizeof(*next_use)), start[GROUP_MAX];
+    if (!order || !uorder || !next_use) {
+        free(order), free(uorder), free(next_use);
+        return 0;
+    }
+    size_t at = 0, uat = 0;
+    for (unsigned j = 0; j < q; j++) {
+        start[j] = at;
+        for (size_t i = 0; i < pass[j]->order_n; i++) order[at++] = pass[j]->order[i];
+        unsigned first = 1;
+        for (unsigned e = 0; e < j; e++) first &= pass[e] != pass[j];
+        for (size_t i = 0; first && i < pass[j]->order_n; i++) uorder[uat++] = pass[j]->order[i];
+    }
+    for (unsigned j = 0; j < q; j++) { /* each use points at the same layer's next use, round the cycle */
+        unsigned nx = (j + 1) % q;
+        while (pass[nx] != pass[j]) nx = (nx + 1) % q;
+        for (size_t i = 0; i < pass[j]->order_n; i++) next_use[start[j] + i] = start[nx] + i;
+    }
+    return form_group(c, members, k, order, n, 0, next_use, uorder, un);
 }
 
 /* Models interleaved layer by layer (an adapter's layers used between the UNet's): once a model's

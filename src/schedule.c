@@ -876,7 +876,8 @@ static void record(vc_cache *c, model_t *m, layer_t *l) {
 
 static void follow(vc_cache *c, model_t *m, layer_t *l) {
     size_t expected = (m->pos + 1) % m->order_n;
-    if (m->order[expected] == l) {
+    /* (a layer a group uses twice has order_pos at its first use: the second is found in the order) */
+    if (l->in_order && (l->order_pos == expected || (m->next_use && m->order[expected] == l))) {
         m->pos = expected;
         if (expected == 0) { /* a new pass */
             if (!m->members) {

@@ -25,6 +25,7 @@
 #include "cache_internal.h"
 
 #define PREFETCH_WINDOW 256 /* layers looked ahead per acquire at most */
+#define GROUP_MAX 8          /* passes (and models) in a step group's cycle */
 
 void vc__note_vram_layer(vc_cache *c, layer_t *l, int delta) {
     model_t *g = l->model->joined;
@@ -204,10 +205,13 @@ static void try_layout(vc_cache *c, model_t *m, int force) {
 }
 
 /* The order in which layers become candidates to stream: by size, except that a layer its group
- * uses twice per pass (the UNet of guidance run as two passes) moves twice per pass when streamed,
- * so every layer used once comes first. (Sizes stay far below 2^60.) */
-#define USED_TWICE ((size_t)1 << 60)
-static size_t stream_rank(const layer_t *x) { return arena_round(x->bytes) + (x->uses > 1 ? USED_TWICE : 0); }
+ * uses k times per pass (the UNet of guidance run as two passes, a few-step image's denoiser) moves
+ * k times per pass when streamed, so every layer used once comes first, then those used twice, and
+ * so on. (Sizes stay far below 2^56; uses at most GROUP_MAX.) */
+#define USED_TWICE ((size_t)1 << 56)
+static size_t stream_rank(const layer_t *x) {
+    return arena_round(x->bytes) + (x->uses > 1 ? (size_t)(x->uses - 1) * USED_TWICE : 0);
+}
 
 static int cmp_size(const void *a, const void *b) {
     size_t x = *(const size_t *)a, y = *(const size_t *)b;
@@ -362,7 +366,7 @@ static size_t plan_keep_set(model_t *m, size_t cap, size_t total, size_t largest
     }
     /* When even layers used twice per pass must stream (the cap reaches them), every layer used once
      * streams first, and the spread shares out what remains among the others. */
-    int once_first = size_cap >= USED_TWICE;
+    int once_first = m->next_use && size_cap >= USED_TWICE; /* (no cap at all: SIZE_MAX) */
     double spread_total = (double)total, spread_cost = total_cost;
     if (once_first) {
         spread_total = spread_cost = 0;
@@ -427,14 +431,14 @@ static size_t plan_keep_set(model_t *m, size_t cap, size_t total, size_t largest
             keep_budget = sat_sub(cap, REGION_OF(streamed_largest) + slack);
         }
     }
-    /* Room left over: keep streamed layers (spread, smallest first; those used most per pass
+    /* Room left over: keep streamed layers (those used most per pass first; spread, smallest
      * first) while they fit. */
-    for (unsigned most = 2; most >= 1; most--) {
+    for (unsigned most = GROUP_MAX; most >= 1; most--) {
         for (int pass = 0; pass < 2; pass++)
             for (size_t i = 0; i < vc__plan_n(m); i++) {
                 layer_t *x = vc__plan_at(m, i);
                 size_t b = arena_round(x->bytes);
-                if (most == 2 && x->uses < 2) continue;
+                if ((x->uses > 1 ? x->uses : 1) != most) continue;
                 if (x->keep || b > keep_budget - kept || (pass == 0 && b * 2 > streamed_largest)) continue;
                 x->keep = 1;
                 kept += b;
@@ -521,7 +525,6 @@ static void make_plan(vc_cache *c, model_t *m) {
  * than the one due (a ControlNet that stops before the last steps) parts them again. One group at
  * a time. */
 
-#define GROUP_MAX 8 /* models in a group */
 
 /* The group no longer holds: members plan alone again (each re-plans as its next pass begins). */
 static void unjoin(vc_cache *c, const char *why) {
@@ -660,11 +663,13 @@ static void note_pass_start(vc_cache *c, model_t *m) {
     c->phist[c->phist_n++] = m;
 }
 
-/* As a's pass begins: when the passes of the last two steps repeat with a period of 3 to 8 passes
- * in which some model runs twice (a ControlNet, then the UNet for each half of guidance: CN, U, U),
- * join them, with a layer's two uses linked by next_use. At most two runs of a model per period:
- * an image's pipeline of few steps (encoder, UNet, UNet, VAE) would repeat too, but the models
- * around the steps run once per image. Cycles of distinct models join through try_join. */
+/* As a's pass begins: when the passes of the last two repetitions agree with a period of 3 to 8
+ * passes in which some model runs more than once, join them, with a layer's uses linked by
+ * next_use. Such a period is a step that runs a model twice (a ControlNet, then the UNet for each
+ * half of guidance: CN, U, U), or a whole image of a few-step pipeline (text encoders, the UNet or
+ * transformer 1-6 times, the VAE): planned apart, the encoders and the VAE push the denoiser's kept
+ * set out every image; as one, they stream through and it stays (docs/performance.md). Cycles of
+ * distinct models join through try_join. */
 static int try_join_repeating(vc_cache *c, model_t *a) {
     if (!may_group(c)) return 0;
     const unsigned h = c->phist_n;
@@ -685,8 +690,7 @@ static int try_join_repeating(vc_cache *c, model_t *a) {
         size_t i = 0;
         while (i < k && members[i] != x) i++;
         if (i == k) members[k++] = x, un += x->order_n;
-        if (++runs[i] > 2) return 0;
-        repeat |= runs[i] > 1;
+        repeat |= ++runs[i] > 1;
         n += x->order_n;
     }
     if (!repeat || k < 2) return 0; /* distinct models: try_join's case */

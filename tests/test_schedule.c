@@ -768,33 +768,61 @@ static void test_three_models_in_turn(void **state) {
     hazard_close(&hw);
 }
 
-/* A pipeline run image after image (text encoder once, the UNet every step, the VAE once): the
- * encoder and the VAE follow each other round a cycle through the UNet once per image, but the
- * UNet's own steps follow the UNet, so no step group ever forms. */
-static void test_pipeline_per_image_never_joins(void **state) {
-    (void)state;
-    static char w[3][6][8 * KB];
-    hazard_world hw = hazard_open(3 * 6 * 8 * KB / 2);
-    vc_model_id m[3] = {add_model(hw.c, "text_encoder"), add_model(hw.c, "unet"), add_model(hw.c, "vae")};
-    vc_layer_id id[3][6];
-    for (int k = 0; k < 3; k++)
-        for (int i = 0; i < 6; i++) {
-            fill_pattern(w[k][i], sizeof w[k][i], (uint64_t)(k * 10 + i));
-            id[k][i] = add_host_layer(hw.c, m[k], "l", w[k][i], sizeof w[k][i]);
-        }
-    for (int image = 0; image < 4; image++)
-        for (int stage = 0; stage < 8; stage++) { /* te, unet x 6, vae */
-            int k = stage == 0 ? 0 : stage == 7 ? 2 : 1;
+/* An image's pipeline (text encoder, the UNet `steps` times, VAE) repeated image after image. With
+ * few steps, a whole image fits a group's cycle (8 passes) and joins: the encoder and the VAE then
+ * stream through the region while the UNet's layers stay, so each image moves no more than the
+ * encoder's and the VAE's bytes (planned apart, each stage pushed the UNet out: 1.9x those bytes
+ * here). A pipeline of more steps than a cycle holds never joins; a change of step count parts the
+ * group, and the new count joins again two images later. Every layer's bytes are checked at every
+ * acquire. */
+static void run_images(hazard_world *hw, vc_layer_id (*id)[6], char (*w)[6][8 * KB], int images, int steps,
+                       uint64_t *last_image_bytes) {
+    for (int image = 0; image < images; image++) {
+        uint64_t b0 = get_stats(hw->c).bytes_h2d;
+        for (int stage = 0; stage < steps + 2; stage++) { /* te, unet x steps, vae */
+            int k = stage == 0 ? 0 : stage == steps + 1 ? 2 : 1;
             for (int i = 0; i < 6; i++) {
                 void *d;
-                assert_int_equal(vc_layer_acquire(hw.c, id[k][i], hw.stream, &d), VC_OK);
+                assert_int_equal(vc_layer_acquire(hw->c, id[k][i], hw->stream, &d), VC_OK);
                 assert_true(check_pattern(d, sizeof w[k][i], (uint64_t)(k * 10 + i)));
-                vc_sim_compute(hw.sim, hw.stream, 4e-6, NULL, NULL);
-                assert_int_equal(vc_layer_release(hw.c, id[k][i], hw.stream), VC_OK);
+                vc_sim_compute(hw->sim, hw->stream, 4e-6, NULL, NULL);
+                assert_int_equal(vc_layer_release(hw->c, id[k][i], hw->stream), VC_OK);
             }
         }
-    assert_int_equal(hw.h->joined, 0);
-    hazard_close(&hw);
+        *last_image_bytes = get_stats(hw->c).bytes_h2d - b0;
+    }
+}
+
+static void test_pipeline_per_image(void **state) {
+    (void)state;
+    static char w[3][6][8 * KB];
+    const int counts[] = {2, 4, 6, 7};
+    for (size_t n = 0; n < sizeof counts / sizeof counts[0]; n++) {
+        hazard_world hw = hazard_open(3 * 6 * 8 * KB / 2);
+        vc_model_id m[3] = {add_model(hw.c, "text_encoder"), add_model(hw.c, "unet"), add_model(hw.c, "vae")};
+        vc_layer_id id[3][6];
+        for (int k = 0; k < 3; k++)
+            for (int i = 0; i < 6; i++) {
+                fill_pattern(w[k][i], sizeof w[k][i], (uint64_t)(k * 10 + i));
+                id[k][i] = add_host_layer(hw.c, m[k], "l", w[k][i], sizeof w[k][i]);
+            }
+        uint64_t image_bytes = 0;
+        run_images(&hw, id, w, 6, counts[n], &image_bytes);
+        if (counts[n] + 2 > 8) { /* more passes than a cycle holds */
+            assert_int_equal(hw.h->joined, 0);
+        } else {
+            assert_int_equal(hw.h->joined, 1);
+            assert_int_equal(hw.h->parted, 0);
+            assert_true(image_bytes <= 2 * 6 * 8 * KB); /* the encoder's and the VAE's, no UNet layer */
+        }
+        if (counts[n] == 4) { /* the step count changes: parted at once, joined again */
+            run_images(&hw, id, w, 6, 3, &image_bytes);
+            assert_int_equal(hw.h->parted, 1);
+            assert_int_equal(hw.h->joined, 2);
+            assert_true(image_bytes <= 2 * 6 * 8 * KB);
+        }
+        hazard_close(&hw);
+    }
 }
 
 /* A ControlNet that stops before the last steps parts the group at once; the UNet then plans
@@ -816,6 +844,27 @@ static void test_step_group_parts(void **state) {
     assert_int_equal(t.w.h->joined, 1);
     assert_int_equal(t.w.h->parted, 1);
     turn_close(&t);
+}
+
+/* A model four times the usable VRAM (no size cap holds what must stream with the usual shape's
+ * margins): the plan keeps what fits beside its region and streams the rest, about the bytes that
+ * do not fit each pass (1.08x here). */
+static void test_quarter_of_model_fits(void **state) {
+    (void)state;
+    enum { N = 40 };
+    size_t sizes[N], total = 0;
+    for (int i = 0; i < N; i++) total += sizes[i] = 12 * KB + (size_t)(i % 5) * 2 * KB;
+    sim_world w = make_world_sized(N, 0, sizes, total / 4, 1e9, 1e-6, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
+    uint64_t before = 0;
+    for (int p = 0; p < 10; p++) {
+        if (p == 6) before = get_stats(w.cache).bytes_h2d;
+        pass(&w, 20e-6);
+    }
+    double per_pass = (double)(get_stats(w.cache).bytes_h2d - before) / 4;
+    double lb = (double)(total - get_stats(w.cache).vram_limit);
+    assert_true(per_pass >= lb);
+    assert_true(per_pass <= 1.12 * lb);
+    free_world(&w);
 }
 
 /* An engine that acquires a block of layers, runs them as one kernel and releases them together
@@ -1317,8 +1366,9 @@ int main(void) {
         cmocka_unit_test(test_models_in_turn_are_planned_as_one),
         cmocka_unit_test(test_step_group_parts),
         cmocka_unit_test(test_three_models_in_turn),
-        cmocka_unit_test(test_pipeline_per_image_never_joins),
+        cmocka_unit_test(test_pipeline_per_image),
         cmocka_unit_test(test_model_twice_per_step),
+        cmocka_unit_test(test_quarter_of_model_fits),
         cmocka_unit_test(test_blocks_held_at_once),
         cmocka_unit_test(test_changed_order_is_detected),
         cmocka_unit_test(test_declared_order),

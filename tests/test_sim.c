@@ -456,6 +456,37 @@ static void test_shipped_workloads(void **state) {
     }
 }
 
+/* Planner regression guard on the virtual clock (deterministic, so not a timed test): SDXL's UNet
+ * with a quarter of its bytes usable, 25 GB/s, 60 TFLOP/s, as bench_streaming's cell. A rule meant
+ * only for groups that use a layer twice once reached plans of single models whose size cap holds
+ * nothing and took this cell from 1.013 to 1.128 x the bound; docs/performance.md has the figures. */
+static void test_planner_sdxl_quarter(void **state) {
+    (void)state;
+    char path[1024];
+    snprintf(path, sizeof path, "%s/sdxl.yaml", VC_WORKLOAD_DIR);
+    vc_workload *wl;
+    assert_int_equal(vc_workload_load(path, &wl, NULL), VC_OK);
+    vc_config *cfg;
+    assert_int_equal(vc_config_create(&cfg), VC_OK);
+    assert_int_equal(vc_config_set(cfg, VC_CFG_DEVICE_WORKING_MEM_GB, "1"), VC_OK);
+    assert_int_equal(vc_config_set(cfg, VC_CFG_OFFLOAD_MAX_GPU_MEMORY, "1"), VC_OK);
+    vc_sim_run run;
+    vc_sim_run_init(&run);
+    run.vram_bytes = 0.25 * (double)vc_workload_step_bytes(wl) + (double)vc_workload_denoiser_working_mem(wl);
+    run.bandwidth = 25e9;
+    run.flops = 60e12;
+    run.mode = VC_OFFLOAD_MODE_BALANCED;
+    run.config = cfg;
+    run.steps = 8;
+    run.denoiser_only = 1;
+    vc_sim_result r;
+    assert_int_equal(vc_sim_run_workload(wl, &run, &r), VC_OK);
+    assert_true(r.bytes_per_step <= 1.05 * r.lower_bound_bytes_per_step);
+    assert_true(r.step_time_s <= 1.05 * r.lower_bound_step_time_s);
+    vc_config_destroy(cfg);
+    vc_workload_destroy(wl);
+}
+
 static void test_trace_is_chrome_json(void **state) {
     (void)state;
     vc_workload *wl;
@@ -535,6 +566,7 @@ int main(void) {
         cmocka_unit_test(test_shipped_workloads),
         cmocka_unit_test(test_segment_bound),
         cmocka_unit_test(test_run_reports_segment_bound),
+        cmocka_unit_test(test_planner_sdxl_quarter),
         cmocka_unit_test(test_trace_is_chrome_json),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

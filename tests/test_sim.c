@@ -255,7 +255,7 @@ static void test_workload_warnings(void **state) {
     vc_diagnostics_destroy(d);
     vc_workload_destroy(wl);
     static const char *const shipped[] = {"sd15.yaml", "sdxl.yaml", "flux1-dev.yaml", "sd15-controlnet.yaml",
-                                          "sd15-controlnet-seqcfg.yaml"};
+                                          "sd15-controlnet-seqcfg.yaml", "flux1-schnell-images.yaml"};
     for (size_t i = 0; i < sizeof shipped / sizeof shipped[0]; i++) {
         char path[1024];
         snprintf(path, sizeof path, "%s/%s", VC_WORKLOAD_DIR, shipped[i]);
@@ -436,12 +436,13 @@ static void test_workload_stage_of_several_models(void **state) {
 static void test_shipped_workloads(void **state) {
     (void)state;
     const char *files[] = {"sd15.yaml", "sdxl.yaml", "flux1-dev.yaml", "sd15-controlnet.yaml",
-                           "sd15-controlnet-seqcfg.yaml"};
-    /* parameter counts from the public configs, in GB of fp16/bf16 weights (2^30 bytes); the last
-     * two are SD 1.5's UNet and its ControlNet (361.3M parameters), run in turn every step (the
-     * UNet twice in the last: its bytes count once, its compute, at batch 1, twice) */
-    const double denoiser_gb[] = {1.601, 4.782, 22.168, 2.274, 2.274};
-    for (int i = 0; i < 5; i++) {
+                           "sd15-controlnet-seqcfg.yaml", "flux1-schnell-images.yaml"};
+    /* parameter counts from the public configs, in GB of fp16/bf16 weights (2^30 bytes); then SD
+     * 1.5's UNet and its ControlNet (361.3M parameters), run in turn every step (the UNet twice in
+     * the second: its bytes count once, its compute, at batch 1, twice); last, FLUX's four models,
+     * a whole image per repetition */
+    const double denoiser_gb[] = {1.601, 4.782, 22.168, 2.274, 2.274, 31.360};
+    for (int i = 0; i < 6; i++) {
         char path[1024];
         snprintf(path, sizeof path, "%s/%s", VC_WORKLOAD_DIR, files[i]);
         vc_workload *wl;

@@ -313,6 +313,17 @@ def build():
                     [{"model": "clip_l"}, {"model": "t5_xxl"},
                      {"model": "transformer", "repeat": "steps", "working_mem_bytes": 3 << 30},
                      {"model": "vae_decoder", "working_mem_bytes": vae_working_mem(1024, 1024, 2)}]))
+    # Images in a row with a few-step model (FLUX.1-schnell: FLUX.1's architecture, 4 steps): each
+    # repetition of the stage is one whole image (encoders, 4 transformer steps, VAE decode), so a
+    # "step" of this workload is an image; the stage reserves the larger working memory (the
+    # transformer's) throughout.
+    out.append(emit("flux1-schnell-images.yaml", "flux.1-schnell-images",
+                    "FLUX.1-schnell, 1024x1024, bf16, 4 steps: one repetition is one whole image", 1024,
+                    "bfloat16", 8,
+                    [clip_text("clip_l", 768, 3072, 12, 77, 1), t5_encoder(), flux_transformer(),
+                     vae_decoder(16, 128)],
+                    [{"models": "[clip_l, t5_xxl, transformer, transformer, transformer, transformer, vae_decoder]",
+                      "repeat": "steps", "working_mem_bytes": 3 << 30}]))
     return out
 
 

@@ -625,7 +625,8 @@ static int may_group(const vc_cache *c) {
 /* As a's pass begins: when a has begun twice in a row right after the same model's pass, and the
  * models before it close a cycle back to a (each seen at least once), join them, a first; returns 1
  * when joined (the group's plan is made). A model that runs once per image (a text encoder before
- * the steps, a VAE after) never reaches twice: the next step's predecessor is the model itself. */
+ * the steps, a VAE after) never reaches twice here: the next step's predecessor is the model itself
+ * (a whole few-step image joins through try_join_repeating). */
 static int try_join(vc_cache *c, model_t *a) {
     if (!may_group(c)) return 0;
     model_t *mem[GROUP_MAX] = {0};

@@ -1,7 +1,7 @@
 /* Keep-alive (InvokeAI's model_cache_keep_alive_min): when nothing has used the cache for the
  * configured time, clear it — every unheld layer leaves VRAM and, where its loader can read it
  * again, the RAM pool — so an idle engine gives its memory back to the machine. The same action as
- * InvokeAI's "Clear Model Cache", on a timer.
+ * InvokeAI's "Clear Model Cache" (vc_cache_clear, also here), on a timer.
  *
  * Why a thread: an idle engine makes no calls, so nothing else would notice the time passing.
  * The thread runs only when keep_alive_s > 0 and reads activity without touching the hot path:
@@ -51,6 +51,17 @@ size_t vc__clear_cache(vc_cache *c) {
     }
     if (c->group) c->group->plan_capacity = 0;
     return stayed;
+}
+
+int vc_cache_clear(vc_cache *c) {
+    if (!c) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_cache_clear: cache is NULL");
+    pthread_mutex_lock(&c->lock);
+    size_t stayed = vc__clear_cache(c);
+    int st = stayed ? vc__fail(c, VC_ERR_BUSY, "vc_cache_clear: %zu layer(s) are held or loading and stayed; the "
+                               "others were cleared", stayed)
+                    : VC_OK;
+    pthread_mutex_unlock(&c->lock);
+    return st;
 }
 
 static void *keep_alive_main(void *arg) {

@@ -121,6 +121,32 @@ static void test_clear_keeps_what_is_in_use(void **state) {
     free_cache(&t);
 }
 
+/* The same clear through the API (InvokeAI's "Clear Model Cache" button): VC_ERR_BUSY names the
+ * layers in use, which stay; everything else is cleared. */
+static void test_cache_clear_api(void **state) {
+    (void)state;
+    test_cache t = keep_alive_cache(0);
+    vc_model_id m = add_model(t.cache, "unet");
+    test_loader la = {.seed = 1}, lb = {.seed = 2};
+    vc_layer_id a = add_loader_layer(t.cache, m, "a", 256 * KB, &la);
+    vc_layer_id b = add_loader_layer(t.cache, m, "b", 128 * KB, &lb);
+    use(t.cache, a, 1, 256 * KB);
+    use(t.cache, b, 2, 128 * KB);
+    assert_int_equal(vc_cache_clear(t.cache), VC_OK);
+    vc_stats s = get_stats(t.cache);
+    assert_int_equal(s.vram_bytes, 0);
+    assert_int_equal(s.arena_bytes, 0);
+    assert_int_equal(s.ram_bytes, 0);
+    void *p;
+    assert_int_equal(vc_layer_acquire(t.cache, a, NULL, &p), VC_OK);
+    assert_int_equal(vc_cache_clear(t.cache), VC_ERR_BUSY);
+    assert_true(last_error_has(t.cache, "1 layer(s) are held or loading"));
+    assert_true(check_device(t.cache, p, 256 * KB, 1));
+    assert_int_equal(vc_layer_release(t.cache, a, NULL), VC_OK);
+    assert_int_equal(vc_cache_clear(NULL), VC_ERR_INVALID_ARG);
+    free_cache(&t);
+}
+
 /* A destroy refused while a layer is held keeps the timer running: the clear still comes. */
 static void test_refused_destroy_keeps_the_timer(void **state) {
     (void)state;
@@ -181,6 +207,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_idle_cache_clears_itself_and_reloads),
         cmocka_unit_test(test_clear_keeps_what_is_in_use),
+        cmocka_unit_test(test_cache_clear_api),
         cmocka_unit_test(test_refused_destroy_keeps_the_timer),
         cmocka_unit_test(test_bad_keep_alive_is_refused),
         cmocka_unit_test(test_config_key),

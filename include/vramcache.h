@@ -292,7 +292,9 @@ typedef struct vc_cache_options {
      *  need (a denoise at a small resolution) gets the rest of the device for weights. Without a
      *  reservation the standing working_mem applies as usual, and when the last reservation ends the
      *  cache evicts unheld layers back under that budget (held ones leave at the next load decision).
-     *  No effect with an explicit vram_budget. */
+     *  An operation's reservation is then all the activation memory it gets: reserve what it needs
+     *  (a reservation of 0 bytes leaves the whole device to weights). No effect with an explicit
+     *  vram_budget. */
     int smart_working_mem;
 } vc_cache_options;
 

@@ -39,6 +39,19 @@ static int wait_for_clears(int n) {
     return got >= n;
 }
 
+/* Waits for clears until one leaves nothing in VRAM or the RAM pool: on a loaded machine a clear may
+ * fall between two of the test's uses (the test thread descheduled for a whole period), and the
+ * next idle spell then brings another. Returns the clears seen. */
+static int wait_until_cleared(vc_cache *c, int after) {
+    for (int n = after + 1; n <= after + 5; n++) {
+        if (!wait_for_clears(n)) return 0;
+        vc_stats s;
+        assert_int_equal(vc_cache_get_stats(c, &s), VC_OK);
+        if (s.vram_bytes == 0 && s.ram_bytes == 0) return n;
+    }
+    return 0;
+}
+
 static test_cache keep_alive_cache(double seconds) {
     vc_cache_options o;
     vc_cache_options_init(&o);
@@ -72,7 +85,8 @@ static void test_idle_cache_clears_itself_and_reloads(void **state) {
     use(t.cache, a, 1, 256 * KB);
     use(t.cache, b, 2, 128 * KB);
     use(t.cache, h, 3, sizeof host);
-    assert_true(wait_for_clears(before + 1));
+    int clears = wait_until_cleared(t.cache, before);
+    assert_true(clears > before);
     /* Everything went back: VRAM weights and the arena, and the RAM copies the loaders can redo;
      * the engine's own pointer stays its own. */
     vc_stats s = get_stats(t.cache);
@@ -80,16 +94,15 @@ static void test_idle_cache_clears_itself_and_reloads(void **state) {
     assert_int_equal(s.arena_bytes, 0);
     assert_int_equal(s.ram_bytes, 0);
     assert_int_equal(s.layers_in_vram, 0);
-    assert_int_equal(s.vram_evictions[VC_EVICT_MANUAL], 3);
+    assert_true(s.vram_evictions[VC_EVICT_MANUAL] >= 3);
     assert_int_equal(residency(t.cache, a), VC_RES_NONE);
     /* The next use loads again and gets the right bytes. */
     use(t.cache, a, 1, 256 * KB);
     use(t.cache, h, 3, sizeof host);
     assert_int_equal(la.calls, 2);
     assert_int_equal(lb.calls, 1);
-    /* A second idle spell clears again (once per spell). */
-    assert_true(wait_for_clears(before + 2));
-    assert_int_equal(get_stats(t.cache).vram_bytes, 0);
+    /* A later idle spell clears again (once per spell). */
+    assert_true(wait_until_cleared(t.cache, clears) > clears);
     free_cache(&t);
 }
 
@@ -159,8 +172,7 @@ static void test_refused_destroy_keeps_the_timer(void **state) {
     assert_int_equal(vc_layer_acquire(t.cache, a, NULL, &p), VC_OK);
     assert_int_equal(vc_cache_destroy(t.cache), VC_ERR_BUSY);
     assert_int_equal(vc_layer_release(t.cache, a, NULL), VC_OK);
-    assert_true(wait_for_clears(before + 1));
-    assert_int_equal(get_stats(t.cache).vram_bytes, 0);
+    assert_true(wait_until_cleared(t.cache, before) > before);
     free_cache(&t);
 }
 

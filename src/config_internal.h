@@ -59,6 +59,9 @@ const char *vc__cfg_deprecated(const char *name);
 int vc__cfg_lookup(const char *name);
 /* Levenshtein distance, case-insensitive; 99 for strings over 64 characters. */
 size_t vc__edit_distance(const char *a, const char *b);
+/* The largest edit distance at which a typed key still suggests a known one (longer keys allow
+ * more, at most 3). */
+size_t vc__suggest_limit(const char *name);
 /** Closest known key within a small edit distance, or NULL. */
 const char *vc__cfg_suggest(const char *name);
 

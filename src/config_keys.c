@@ -131,11 +131,15 @@ size_t vc__edit_distance(const char *a, const char *b) {
     return row[lb];
 }
 
+size_t vc__suggest_limit(const char *name) {
+    size_t limit = strlen(name) / 4 + 1;
+    return limit > 3 ? 3 : limit;
+}
+
 const char *vc__cfg_suggest(const char *name) {
     const char *best = NULL;
     size_t best_d = (size_t)-1;
-    size_t limit = strlen(name) / 4 + 1;
-    if (limit > 3) limit = 3;
+    size_t limit = vc__suggest_limit(name);
     for (int k = 0; k < VC_CFG_KEY_COUNT; k++) {
         size_t d = vc__edit_distance(name, vc__cfg_keys[k].name);
         if (d < best_d) best_d = d, best = vc__cfg_keys[k].name;

@@ -212,8 +212,8 @@ int vc_sim_run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_res
         res->usable_vram_bytes = limit_sum / (size_t)measured;
         res->lower_bound_bytes_per_step = (double)sat_sub(step_bytes, res->usable_vram_bytes);
         int twice = 0; /* a model run twice per step: cutting the pass between its runs bounds tighter */
-        for (size_t j = 0; j < vc_workload_denoiser_layer_count(wl); j++)
-            twice |= vc_workload_denoiser_layer_back(wl, j) < vc_workload_denoiser_layer_count(wl);
+        size_t n_pass = vc_workload_denoiser_layer_count(wl);
+        for (size_t j = 0; j < n_pass && !twice; j++) twice = vc_workload_denoiser_layer_back(wl, j) < n_pass;
         double cut = twice ? segment_bound(wl, run, (double)res->usable_vram_bytes, 1) : -1;
         if (cut > res->lower_bound_bytes_per_step) res->lower_bound_bytes_per_step = cut;
         double lb_copy = res->lower_bound_bytes_per_step / run->bandwidth;

@@ -68,14 +68,14 @@ static void warn_unknown_keys(wparser *P, yaml_node_t *map, const char *const *k
         const char *key = scalar(k);
         if (!key) continue;
         const char *best = NULL;
-        size_t best_d = (size_t)-1, limit = strlen(key) / 4 + 1, i;
+        size_t best_d = (size_t)-1, i;
         for (i = 0; known[i] && strcmp(known[i], key); i++) {
             /* a known key that begins with this one (working_mem for working_mem_bytes) is near */
             size_t d = strlen(key) >= 4 && !strncmp(known[i], key, strlen(key)) ? 1 : vc__edit_distance(key, known[i]);
             if (d < best_d) best_d = d, best = known[i];
         }
         if (known[i]) continue;
-        if (best && best_d <= (limit > 3 ? 3 : limit))
+        if (best && best_d <= vc__suggest_limit(key))
             vc__diag_add(P->d, VC_DIAG_WARNING, P->file, ln(k), cl(k), key,
                          "unknown %s key '%s' is ignored (did you mean '%s'?)", where, key, best);
         else

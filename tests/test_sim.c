@@ -161,6 +161,13 @@ static void test_workload_minimal_form(void **state) {
     vc_workload_destroy(wl);
 }
 
+/* Some diagnostic's message contains `needle`. */
+static int has_diag(const vc_diagnostics *d, const char *needle) {
+    for (size_t k = 0; k < vc_diagnostics_count(d); k++)
+        if (strstr(vc_diagnostics_get(d, k)->message, needle)) return 1;
+    return 0;
+}
+
 static void test_workload_errors(void **state) {
     (void)state;
     struct {
@@ -207,10 +214,7 @@ static void test_workload_errors(void **state) {
         int st = vc_workload_load_string(bad[i].text, strlen(bad[i].text), "bad.yaml", &wl, &d);
         assert_int_equal(st, VC_ERR_CONFIG);
         assert_null(wl);
-        int found = 0;
-        for (size_t k = 0; k < vc_diagnostics_count(d); k++)
-            found |= strstr(vc_diagnostics_get(d, k)->message, bad[i].needle) != NULL;
-        if (!found) fail_msg("case %zu: no diagnostic containing \"%s\"", i, bad[i].needle);
+        if (!has_diag(d, bad[i].needle)) fail_msg("case %zu: no diagnostic containing \"%s\"", i, bad[i].needle);
         vc_diagnostics_destroy(d);
     }
     vc_workload *wl;
@@ -246,10 +250,7 @@ static void test_workload_warnings(void **state) {
     assert_int_equal(vc_diagnostics_errors(d), 0);
     assert_int_equal(vc_diagnostics_count(d), sizeof needles / sizeof needles[0]);
     for (size_t i = 0; i < sizeof needles / sizeof needles[0]; i++) {
-        int found = 0;
-        for (size_t k = 0; k < vc_diagnostics_count(d); k++)
-            found |= strstr(vc_diagnostics_get(d, k)->message, needles[i]) != NULL;
-        if (!found) fail_msg("no warning containing \"%s\"", needles[i]);
+        if (!has_diag(d, needles[i])) fail_msg("no warning containing \"%s\"", needles[i]);
     }
     assert_int_equal(vc_workload_step_bytes(wl), 20); /* the layer named twice still counts twice */
     vc_diagnostics_destroy(d);

@@ -288,12 +288,11 @@ def build():
     # The same with guidance as two passes (InvokeAI's sequential_guidance, for low VRAM): every step
     # runs the ControlNet once for both halves (batch 2), then the UNet twice, prompt and negative
     # prompt (batch 1 each).
-    cn2 = unet("controlnet", [320, 640, 1280, 1280], [1, 1, 1, 0], 2, 768, 64, 2, False, 0, controlnet=True)
     sd15c = unet("unet", [320, 640, 1280, 1280], [1, 1, 1, 0], 2, 768, 64, 1, False, 0)
     out.append(emit("sd15-controlnet-seqcfg.yaml", "sd-1.5+controlnet-seqcfg",
                     "Stable Diffusion 1.5 with a ControlNet, 512x512, fp16, guidance as two UNet passes (batch 1 "
                     "each) after one ControlNet pass (batch 2)", 512, "float16", 30,
-                    [clip_text("text_encoder", 768, 3072, 12, 77, 2), cn2, sd15c, vae_decoder(4, 64)],
+                    [clip_text("text_encoder", 768, 3072, 12, 77, 2), cn, sd15c, vae_decoder(4, 64)],
                     [{"model": "text_encoder"},
                      {"models": "[controlnet, unet, unet]", "repeat": "steps", "working_mem_bytes": 1 << 30},
                      {"model": "vae_decoder", "working_mem_bytes": vae_working_mem(512, 512, 2)}]))
@@ -306,10 +305,9 @@ def build():
                      {"model": "unet", "repeat": "steps", "working_mem_bytes": 2 << 30},
                      {"model": "vae_decoder", "working_mem_bytes": vae_working_mem(1024, 1024, 2)}]))
     # FLUX.1-dev at 1024x1024, bf16: 4096 image tokens (128x128 latent, 2x2 patches), 512 T5 tokens.
+    flux = [clip_text("clip_l", 768, 3072, 12, 77, 1), t5_encoder(), flux_transformer(), vae_decoder(16, 128)]
     out.append(emit("flux1-dev.yaml", "flux.1-dev", "FLUX.1-dev, 1024x1024, bf16, guidance-distilled (batch 1)", 1024,
-                    "bfloat16", 28,
-                    [clip_text("clip_l", 768, 3072, 12, 77, 1), t5_encoder(), flux_transformer(),
-                     vae_decoder(16, 128)],
+                    "bfloat16", 28, flux,
                     [{"model": "clip_l"}, {"model": "t5_xxl"},
                      {"model": "transformer", "repeat": "steps", "working_mem_bytes": 3 << 30},
                      {"model": "vae_decoder", "working_mem_bytes": vae_working_mem(1024, 1024, 2)}]))
@@ -319,9 +317,7 @@ def build():
     # transformer's) throughout.
     out.append(emit("flux1-schnell-images.yaml", "flux.1-schnell-images",
                     "FLUX.1-schnell, 1024x1024, bf16, 4 steps: one repetition is one whole image", 1024,
-                    "bfloat16", 8,
-                    [clip_text("clip_l", 768, 3072, 12, 77, 1), t5_encoder(), flux_transformer(),
-                     vae_decoder(16, 128)],
+                    "bfloat16", 8, flux,
                     [{"models": "[clip_l, t5_xxl, transformer, transformer, transformer, transformer, vae_decoder]",
                       "repeat": "steps", "working_mem_bytes": 3 << 30}]))
     return out

@@ -108,11 +108,16 @@ static int parse_sim_args(int argc, char **argv, int first, sim_args *a, int all
             a->json = 1;
             continue;
         }
-        static const char *const KNOWN[] = {"--workload", "--vram-gb", "--bandwidth-gbps", "--tflops", "--steps",
-                                            "--block-layers", "--policy", "--mode", "--config", "--trace"};
+        /* Known before its value is looked for: a misspelt last option is unknown, not valueless. */
+        static const struct {
+            const char *name;
+            int run_only; /* simulate's, not plan's */
+        } KNOWN[] = {{"--workload", 0}, {"--vram-gb", 0}, {"--bandwidth-gbps", 0}, {"--tflops", 0},
+                     {"--steps", 0},    {"--block-layers", 0}, {"--config", 0}, {"--policy", 1},
+                     {"--mode", 1},     {"--trace", 1}};
         int known = 0;
         for (size_t k = 0; k < sizeof KNOWN / sizeof KNOWN[0]; k++)
-            known |= !strcmp(f, KNOWN[k]) && (allow_run_opts || k < 6 || k == 8);
+            known |= !strcmp(f, KNOWN[k].name) && (allow_run_opts || !KNOWN[k].run_only);
         if (!known) {
             fprintf(stderr, "vramcache: unknown option '%s' (vramcache --help lists them)\n", f);
             return -1;

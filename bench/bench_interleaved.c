@@ -77,13 +77,18 @@ static int run(double frac, vc_policy policy, double *bytes_ratio, double *time_
             double t0, t1;
             st = vc_layer_acquire(c, id, s, &ptr);
             if (st) break;
-            vc_sim_compute(sim, s, compute, &t0, &t1);
+            size_t bytes = isb ? sb[k / 3] : sa[k / 3 * 2 + k % 3];
+            vc_sim_compute_reading(sim, s, compute, 1, &ptr, &bytes, &t0, &t1);
             vc_layer_release(c, id, s);
             vc_sim_wait_until(sim, t0);
         }
     }
+    char hz[384];
     if (st) {
         fprintf(stderr, "bench_interleaved: %s\n", vc_last_error());
+    } else if (vc_sim_hazards(sim, hz, sizeof hz)) { /* figures of a racy schedule mean nothing */
+        fprintf(stderr, "bench_interleaved: %s\n", hz);
+        st = -1;
     } else {
         vc_sim_stream_synchronize(sim, s);
         vc_cache_get_stats(c, &s_end);

@@ -27,6 +27,10 @@ typedef struct vc_sim_params {
     double d2h_bytes_per_s;    /**< device→host bandwidth (default: same as h2d) */
     double copy_latency_s;     /**< fixed cost per copy (default 10e-6) */
     int backed;                /**< 1: real memory and copies (default); 0: addresses only */
+    /** 1 (default): check every copy and every kernel given with vc_sim_compute_reading against
+     *  the operations still running on the same bytes, and count each pair that would race on a
+     *  GPU (vc_sim_hazards). Added after the first release: a program built before it gets 0. */
+    int check_hazards;
 } vc_sim_params;
 
 VC_API void vc_sim_params_init(vc_sim_params *p);
@@ -40,6 +44,20 @@ VC_API int vc_sim_stream_create(vc_backend *sim, vc_stream *out);
 /** Queues `seconds` of compute on `stream` (one compute engine: kernels of all streams run one
  *  after another). *start and *end (may be NULL) receive when it will run. */
 VC_API int vc_sim_compute(vc_backend *sim, vc_stream stream, double seconds, double *start, double *end);
+/** As vc_sim_compute, for a kernel that reads device memory: `n` ranges ptrs[i], bytes[i] (the
+ *  weights of the layers it runs, from vc_layer_acquire). Each range is checked for ordering
+ *  hazards: the kernel must start after every copy into it has ended. Errors: VC_ERR_INVALID_ARG
+ *  (not a sim backend, negative time, n > 0 with NULL arrays). */
+VC_API int vc_sim_compute_reading(vc_backend *sim, vc_stream stream, double seconds, size_t n, void *const *ptrs,
+                                  const size_t *bytes, double *start, double *end);
+/** Ordering hazards seen so far (with vc_sim_params.check_hazards): pairs of operations on the
+ *  same bytes, one of them a write, that would overlap in time on a GPU — a copy into memory a
+ *  running kernel or copy still reads, a kernel that reads weights before their copy has ended, a
+ *  host buffer freed while a copy uses it. Returns the count (0 for a NULL or non-sim backend) and
+ *  writes a description of the first one (or why there is none) into msg[size] (may be NULL).
+ *  Checking stops if more than 65536 operations are in flight with the host's clock standing still;
+ *  the message says so. */
+VC_API size_t vc_sim_hazards(vc_backend *sim, char *msg, size_t size);
 /** Lets the virtual host wait until time `t` (a host that runs ahead of the device by a bounded
  *  amount waits like this). */
 VC_API int vc_sim_wait_until(vc_backend *sim, double t);

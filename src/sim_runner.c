@@ -49,6 +49,8 @@ static int run_model(engine *e, const wl_model *m, const vc_layer_id *ids, char 
     for (size_t i = 0; i < m->n; i += e->block) {
         size_t end = i + e->block < m->n ? i + e->block : m->n;
         double flops = 0;
+        void *ptrs[64];
+        size_t sizes[64];
         for (size_t j = i; j < end; j++) {
             void *p;
             int st = vc_layer_acquire(e->cache, ids[j], e->stream, &p);
@@ -58,9 +60,12 @@ static int run_model(engine *e, const wl_model *m, const vc_layer_id *ids, char 
                 return st;
             }
             flops += m->layers[j].flops;
+            ptrs[j - i] = p;
+            sizes[j - i] = m->layers[j].bytes;
         }
         double t0, t1;
-        vc_sim_compute(e->sim, e->stream, flops / e->flops, &t0, &t1);
+        /* the kernel reads the weights it was given: the simulator checks they had arrived */
+        vc_sim_compute_reading(e->sim, e->stream, flops / e->flops, end - i, ptrs, sizes, &t0, &t1);
         if (e->trace) vc_cache_trace_span(e->cache, m->name, m->layers[i].name, t0, t1 - t0);
         for (size_t j = i; j < end; j++) vc_layer_release(e->cache, ids[j], e->stream);
         /* The host runs ahead by HOST_LAG kernels at most. */
@@ -199,6 +204,13 @@ int vc_sim_run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_res
         if (r) vc_release_working_mem(e.cache, r);
     }
     vc_sim_stream_synchronize(e.sim, e.stream);
+    char hz[384];
+    if (st == VC_OK && vc_sim_hazards(e.sim, hz, sizeof hz)) {
+        /* a schedule that would corrupt weights on a GPU: its figures mean nothing */
+        snprintf(res->error, sizeof res->error, "%zu hazard(s), the first: %.200s",
+                 vc_sim_hazards(e.sim, NULL, 0), hz);
+        st = vc__fail(NULL, VC_ERR_BACKEND, "vc_sim_run_workload: %s", res->error);
+    }
     if (st == VC_OK && measured) {
         vc_stats end;
         vc_cache_get_stats(e.cache, &end);

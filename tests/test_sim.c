@@ -1,6 +1,8 @@
 /* The simulated device (virtual clock, copy and compute engines), workload files, the simulation
  * runner, and traces. */
 #include <math.h>
+#include <stddef.h>
+#include <string.h>
 #include <stdio.h>
 
 #include "step_bound.h"
@@ -83,6 +85,102 @@ static void test_clock_copies_and_events(void **state) {
     assert_int_equal(vc_backend_sim_create(&p, &b), VC_ERR_INVALID_ARG);
     assert_int_equal(vc_sim_compute(NULL, NULL, 1, NULL, NULL), VC_ERR_INVALID_ARG);
     assert_true(vc_sim_now(NULL) == 0.0);
+}
+
+/* The simulator's ordering check: each kind of race the cache must prevent on a GPU is caught, and
+ * the same work correctly ordered by events is not reported. */
+static void test_ordering_hazards(void **state) {
+    (void)state;
+    char msg[384];
+    vc_backend *b = sim_backend(1 * MB, 1e6, 1e-3, 1); /* 1 KB copies take 2 ms */
+    const vc_backend_ops *ops = vc_backend_get_ops(b);
+    void *ctx = vc_backend_get_ctx(b);
+    vc_stream up, eng;
+    assert_int_equal(vc_sim_stream_create(b, &up), VC_OK);
+    assert_int_equal(vc_sim_stream_create(b, &eng), VC_OK);
+    void *d, *h, *ev, *rel;
+    size_t n = 1000;
+    assert_int_equal(ops->device_alloc(ctx, n, &d), VC_OK);
+    int pinned;
+    assert_int_equal(ops->host_alloc(ctx, n, &h, &pinned), VC_OK);
+    memset(h, 7, n);
+    assert_int_equal(ops->event_create(ctx, &ev), VC_OK);
+    assert_int_equal(ops->event_create(ctx, &rel), VC_OK);
+    assert_int_equal(vc_sim_hazards(b, msg, sizeof msg), 0);
+    assert_string_equal(msg, "no hazard");
+
+    /* ordered: upload, the engine waits on its event, the kernel reads; the next upload into the
+     * same bytes waits on the kernel's release event */
+    assert_int_equal(ops->copy_h2d(ctx, d, h, n, up), VC_OK);
+    assert_int_equal(ops->event_record(ctx, ev, up), VC_OK);
+    assert_int_equal(ops->stream_wait_event(ctx, eng, ev), VC_OK);
+    assert_int_equal(vc_sim_compute_reading(b, eng, 5e-3, 1, &d, &n, NULL, NULL), VC_OK);
+    assert_int_equal(ops->event_record(ctx, rel, eng), VC_OK);
+    assert_int_equal(ops->stream_wait_event(ctx, up, rel), VC_OK);
+    assert_int_equal(ops->copy_h2d(ctx, d, h, n, up), VC_OK);
+    assert_int_equal(vc_sim_hazards(b, msg, sizeof msg), 0);
+
+    /* a kernel that does not wait for the copy of its weights */
+    assert_int_equal(vc_sim_compute_reading(b, eng, 1e-3, 1, &d, &n, NULL, NULL), VC_OK);
+    assert_int_equal(vc_sim_hazards(b, msg, sizeof msg), 1);
+    assert_non_null(strstr(msg, "a kernel reads device memory"));
+    assert_non_null(strstr(msg, "host-to-device copy issued before it writes"));
+
+    /* a copy over weights a running kernel still reads (no release event waited on) */
+    assert_int_equal(ops->event_record(ctx, ev, up), VC_OK);
+    assert_int_equal(ops->stream_wait_event(ctx, eng, ev), VC_OK);
+    assert_int_equal(vc_sim_compute_reading(b, eng, 10e-3, 1, &d, &n, NULL, NULL), VC_OK);
+    assert_int_equal(ops->copy_h2d(ctx, (char *)d + 500, h, 100, up), VC_OK); /* part of the range */
+    assert_int_equal(vc_sim_hazards(b, NULL, 0), 2);
+    /* a copy elsewhere clashes with nothing */
+    void *d2;
+    assert_int_equal(ops->device_alloc(ctx, n, &d2), VC_OK);
+    assert_int_equal(ops->copy_h2d(ctx, d2, h, n, up), VC_OK);
+    assert_int_equal(vc_sim_hazards(b, NULL, 0), 2);
+
+    /* a write-back read back before it has landed, and a host buffer freed under a copy */
+    vc_stream down;
+    assert_int_equal(vc_sim_stream_create(b, &down), VC_OK);
+    assert_int_equal(vc_sim_stream_synchronize(b, up), VC_OK);
+    assert_int_equal(vc_sim_stream_synchronize(b, eng), VC_OK);
+    assert_int_equal(ops->copy_d2h(ctx, h, d2, n, down), VC_OK);
+    assert_int_equal(ops->copy_h2d(ctx, d2, h, n, up), VC_OK); /* reads h while it is written */
+    assert_int_equal(vc_sim_hazards(b, NULL, 0), 4); /* h read while written; d2 written while read */
+    ops->host_free(ctx, h, n, pinned);
+    assert_int_equal(vc_sim_hazards(b, NULL, 0), 5);
+    /* device memory may go with work queued on it (cudaFree waits for the device) */
+    ops->device_free(ctx, d2);
+    ops->device_free(ctx, d);
+    assert_int_equal(vc_sim_hazards(b, msg, sizeof msg), 5);
+    assert_non_null(strstr(msg, "a kernel reads device memory")); /* the first one is kept */
+    ops->event_destroy(ctx, ev);
+    ops->event_destroy(ctx, rel);
+    vc_backend_destroy(b);
+
+    /* a program built before check_hazards existed passes the shorter size: it works, unchecked */
+    vc_sim_params p;
+    vc_sim_params_init(&p);
+    p.struct_size = offsetof(vc_sim_params, check_hazards);
+    p.check_hazards = 1; /* beyond the size an old program knows: ignored */
+    assert_int_equal(vc_backend_sim_create(&p, &b), VC_OK);
+    ops = vc_backend_get_ops(b);
+    ctx = vc_backend_get_ctx(b);
+    assert_int_equal(ops->device_alloc(ctx, n, &d), VC_OK);
+    assert_int_equal(ops->host_alloc(ctx, n, &h, &pinned), VC_OK);
+    assert_int_equal(ops->copy_h2d(ctx, d, h, n, NULL), VC_OK);
+    assert_int_equal(vc_sim_compute_reading(b, eng = NULL, 1e-3, 1, &d, &n, NULL, NULL), VC_OK);
+    assert_int_equal(vc_sim_hazards(b, msg, sizeof msg), 0);
+    assert_non_null(strstr(msg, "not checked"));
+    ops->host_free(ctx, h, n, pinned);
+    vc_backend_destroy(b);
+    p.struct_size = sizeof p + 8;
+    assert_int_equal(vc_backend_sim_create(&p, &b), VC_ERR_INVALID_ARG);
+    assert_int_equal(vc_sim_hazards(NULL, msg, sizeof msg), 0);
+    assert_string_equal(msg, "not a sim backend");
+    assert_int_equal(vc_sim_compute_reading(NULL, NULL, 1, 0, NULL, NULL, NULL, NULL), VC_ERR_INVALID_ARG);
+    vc_backend *b2 = sim_backend(1 * MB, 1e6, 0, 1);
+    assert_int_equal(vc_sim_compute_reading(b2, NULL, 1, 1, NULL, &n, NULL, NULL), VC_ERR_INVALID_ARG);
+    vc_backend_destroy(b2);
 }
 
 static void test_virtual_memory_is_never_touched(void **state) {
@@ -560,6 +658,7 @@ static void test_trace_is_chrome_json(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_clock_copies_and_events),
+        cmocka_unit_test(test_ordering_hazards),
         cmocka_unit_test(test_virtual_memory_is_never_touched),
         cmocka_unit_test(test_workload_minimal_form),
         cmocka_unit_test(test_workload_errors),

@@ -3,9 +3,22 @@
  * time at which its queued work ends, each engine (h2d copy, d2h copy, compute) the time at which
  * it is free, and an operation starts at the latest of the host's clock, its stream's and its
  * engine's. Events carry the end time of the work they capture. The host's clock moves only when
- * it waits (event_synchronize, vc_sim_stream_synchronize, vc_sim_wait_until), as a real host that
- * runs ahead of the device would.
+ * it waits (event_synchronize, vc_sim_stream_synchronize, vc_sim_wait_until, and device_free, which
+ * waits for the device to go idle as cudaFree does), as a real host that runs ahead of the device
+ * would.
+ *
+ * Ordering hazards. On a GPU the cache's correctness rests on stream order and events: a copy into
+ * device memory must start after the kernels that read what was there have finished (release
+ * events, fences), a kernel must start after the copy of its weights (upload events), and a host
+ * buffer must outlive the copies that read or write it. Here every operation's interval is known
+ * when it is issued, so each one is checked against the operations still running that touch the
+ * same bytes: two of which one writes must not overlap in time. Work is issued in the order it is
+ * meant to run (a stream can only wait on work already issued), so the later-issued must start
+ * after the earlier ends. A violation is counted and described (vc_sim_hazards); on a GPU it would
+ * be corrupted weights or a use after free.
  */
+#include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -29,8 +42,30 @@ typedef struct sim_alloc {
     struct sim_alloc *next;
 } sim_alloc;
 
+/* One running operation's access to memory, kept until the host's clock passes its end. */
+typedef struct sim_access {
+    uintptr_t lo, hi; /* [lo, hi) */
+    double start, end;
+    unsigned char host; /* host memory (else device) */
+    unsigned char write;
+    unsigned char op;   /* SIM_OP_* */
+} sim_access;
+
+enum { SIM_OP_H2D, SIM_OP_D2H, SIM_OP_KERNEL, SIM_OP_FREE };
+static const char *const sim_op_name[] = {"host-to-device copy", "device-to-host copy", "kernel",
+                                          "host_free"};
+
+/* Beyond this many operations in flight without the host's clock moving, checking stops (a program
+ * that never waits; the cache's own runs keep a few dozen). */
+#define SIM_MAX_ACCESSES 65536
+
 typedef struct sim_ctx {
     vc_sim_params p;
+    sim_access *acc;
+    size_t nacc, cap_acc;
+    size_t hazards;
+    int unchecked; /* checking stopped (SIM_MAX_ACCESSES or no host memory) */
+    char hazard[384]; /* the first hazard */
     double now;
     double h2d_free, d2h_free, compute_free;
     double busy_h2d, busy_d2h, busy_compute;
@@ -50,6 +85,65 @@ static sim_stream *stream_of(sim_ctx *s, vc_stream st) { return st ? (sim_stream
 static double max3(double a, double b, double c) {
     double m = a > b ? a : b;
     return m > c ? m : c;
+}
+
+/* ---- ordering hazards ---- */
+
+static void note_hazard(sim_ctx *s, const sim_access *earlier, int op, int write, uintptr_t lo, size_t bytes,
+                        double start) {
+    if (s->hazards++) return;
+    snprintf(s->hazard, sizeof s->hazard,
+             "ordering hazard: a %s %s %s memory [%#llx, +%zu) at t=%.9f s, while a %s issued before it "
+             "%s [%#llx, +%zu) until t=%.9f s",
+             sim_op_name[op], op == SIM_OP_FREE ? "frees" : write ? "writes" : "reads",
+             earlier->host ? "host" : "device", (unsigned long long)lo, bytes, start, sim_op_name[earlier->op],
+             earlier->write ? "writes" : "reads", (unsigned long long)earlier->lo,
+             (size_t)(earlier->hi - earlier->lo), earlier->end);
+}
+
+/* Checks an operation's access against those still running, then keeps it until it ends. */
+static void note_access(sim_ctx *s, int host, const void *p, size_t bytes, int write, int op, double start,
+                        double end) {
+    if (!s->p.check_hazards || s->unchecked || !bytes) return;
+    size_t k = 0; /* every later operation starts at or after the host's clock: older ones cannot clash */
+    for (size_t i = 0; i < s->nacc; i++)
+        if (s->acc[i].end > s->now) s->acc[k++] = s->acc[i];
+    s->nacc = k;
+    uintptr_t lo = (uintptr_t)p, hi = lo + bytes;
+    for (size_t i = 0; i < s->nacc; i++) {
+        const sim_access *a = &s->acc[i];
+        if (a->host != host || a->hi <= lo || a->lo >= hi || (!write && !a->write)) continue;
+        if (start < a->end) note_hazard(s, a, op, write, lo, bytes, start);
+    }
+    if (s->nacc == s->cap_acc) {
+        size_t cap = s->cap_acc ? s->cap_acc * 2 : 64;
+        sim_access *g = cap <= SIM_MAX_ACCESSES ? realloc(s->acc, cap * sizeof(*g)) : NULL;
+        if (!g) {
+            s->unchecked = 1;
+            return;
+        }
+        s->acc = g;
+        s->cap_acc = cap;
+    }
+    s->acc[s->nacc++] = (sim_access){lo, hi, start, end, (unsigned char)host, (unsigned char)write, (unsigned char)op};
+}
+
+/* Memory going away: a host buffer must not be in use by a running copy (the cache defers such
+ * frees until the copy's event completes); device memory may be (cudaFree waits for the device).
+ * Either way the range's records go, so a later allocation at the same address starts clean. */
+static void forget_range(sim_ctx *s, int host, const void *p, size_t bytes) {
+    uintptr_t lo = (uintptr_t)p, hi = lo + (bytes ? bytes : 1);
+    size_t k = 0;
+    int noted = 0; /* one hazard per free, however many copies were using the buffer */
+    for (size_t i = 0; i < s->nacc; i++) {
+        const sim_access *a = &s->acc[i];
+        if (a->host == host && a->hi > lo && a->lo < hi) {
+            if (host && a->end > s->now && !noted++) note_hazard(s, a, SIM_OP_FREE, 1, lo, bytes, s->now);
+            continue;
+        }
+        s->acc[k++] = *a;
+    }
+    s->nacc = k;
 }
 
 /* ---- memory ---- */
@@ -88,10 +182,17 @@ static int sim_device_alloc(void *ctx, size_t bytes, void **dptr) {
 
 static void sim_device_free(void *ctx, void *dptr) {
     sim_ctx *s = ctx;
+    /* cudaFree and hipFree wait for the device to go idle: so does the virtual host */
+    double idle = max3(s->h2d_free, s->d2h_free, s->compute_free);
+    for (sim_stream *st = s->streams; st; st = st->next)
+        if (st->ready > idle) idle = st->ready;
+    if (s->default_stream.ready > idle) idle = s->default_stream.ready;
+    if (idle > s->now) s->now = idle;
     for (sim_alloc **pp = &s->allocs; *pp; pp = &(*pp)->next)
         if ((*pp)->ptr == dptr) {
             sim_alloc *a = *pp;
             *pp = a->next;
+            forget_range(s, 0, a->ptr, a->bytes);
             s->used -= a->bytes;
             free(a->raw);
             free(a);
@@ -114,6 +215,7 @@ static int sim_host_alloc(void *ctx, size_t bytes, void **hptr, int *pinned) {
 static void sim_host_free(void *ctx, void *hptr, size_t bytes, int pinned) {
     (void)pinned, (void)bytes;
     sim_ctx *s = ctx;
+    forget_range(s, 1, hptr, bytes);
     if (s->p.backed) free(hptr);
 }
 
@@ -135,24 +237,34 @@ static void sim_stream_destroy(void *ctx, vc_stream st) {
     (void)st; /* freed with the context: engine streams may outlive a cache */
 }
 
-static void schedule_copy(sim_ctx *s, sim_stream *st, double *engine_free, double *busy, double bw, size_t bytes) {
+static void schedule_copy(sim_ctx *s, sim_stream *st, double *engine_free, double *busy, double bw, size_t bytes,
+                          double *start_out) {
     double start = max3(s->now, st->ready, *engine_free);
     double end = start + s->p.copy_latency_s + (double)bytes / bw;
     st->ready = end;
     *engine_free = end;
     *busy += end - start;
+    *start_out = start;
 }
 
 static int sim_copy_h2d(void *ctx, void *dst, const void *src, size_t bytes, vc_stream stream) {
     sim_ctx *s = ctx;
-    schedule_copy(s, stream_of(s, stream), &s->h2d_free, &s->busy_h2d, s->p.h2d_bytes_per_s, bytes);
+    sim_stream *st = stream_of(s, stream);
+    double start;
+    schedule_copy(s, st, &s->h2d_free, &s->busy_h2d, s->p.h2d_bytes_per_s, bytes, &start);
+    note_access(s, 1, src, bytes, 0, SIM_OP_H2D, start, st->ready);
+    note_access(s, 0, dst, bytes, 1, SIM_OP_H2D, start, st->ready);
     if (s->p.backed) memcpy(dst, src, bytes);
     return VC_OK;
 }
 
 static int sim_copy_d2h(void *ctx, void *dst, const void *src, size_t bytes, vc_stream stream) {
     sim_ctx *s = ctx;
-    schedule_copy(s, stream_of(s, stream), &s->d2h_free, &s->busy_d2h, s->p.d2h_bytes_per_s, bytes);
+    sim_stream *st = stream_of(s, stream);
+    double start;
+    schedule_copy(s, st, &s->d2h_free, &s->busy_d2h, s->p.d2h_bytes_per_s, bytes, &start);
+    note_access(s, 0, src, bytes, 0, SIM_OP_D2H, start, st->ready);
+    note_access(s, 1, dst, bytes, 1, SIM_OP_D2H, start, st->ready);
     if (s->p.backed) memcpy(dst, src, bytes);
     return VC_OK;
 }
@@ -221,6 +333,7 @@ static void sim_destroy(void *ctx) {
         free(s->streams);
         s->streams = n;
     }
+    free(s->acc);
     free(s);
 }
 
@@ -257,19 +370,22 @@ void vc_sim_params_init(vc_sim_params *p) {
     p->d2h_bytes_per_s = 25e9;
     p->copy_latency_s = 10e-6;
     p->backed = 1;
+    p->check_hazards = 1;
 }
 
 int vc_backend_sim_create(const vc_sim_params *params, vc_backend **out) {
     if (!out) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_backend_sim_create: out is NULL");
     *out = NULL;
-    if (!params || params->struct_size != sizeof(*params))
+    /* check_hazards came later: a program built before it passes the shorter size (no checking) */
+    if (!params || (params->struct_size != sizeof(*params) &&
+                    params->struct_size != offsetof(vc_sim_params, check_hazards)))
         return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_backend_sim_create: params not initialised with "
                         "vc_sim_params_init");
     if (!(params->h2d_bytes_per_s > 0) || !(params->d2h_bytes_per_s > 0) || !(params->copy_latency_s >= 0))
         return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_backend_sim_create: bandwidths must be > 0 and latency >= 0");
     sim_ctx *s = calloc(1, sizeof(*s));
     if (!s) return vc__fail(NULL, VC_ERR_NO_MEMORY, "vc_backend_sim_create: out of host memory");
-    s->p = *params;
+    memcpy(&s->p, params, params->struct_size); /* fields an older program lacks stay 0 */
     s->next_fake_device = (uintptr_t)1 << 44;
     s->next_fake_host = (uintptr_t)1 << 45;
     int st = vc_backend_create(&sim_ops, s, out);
@@ -283,18 +399,38 @@ int vc_sim_stream_create(vc_backend *b, vc_stream *out) {
     return sim_stream_create(s, out);
 }
 
-int vc_sim_compute(vc_backend *b, vc_stream stream, double seconds, double *start, double *end) {
+int vc_sim_compute_reading(vc_backend *b, vc_stream stream, double seconds, size_t n, void *const *ptrs,
+                           const size_t *bytes, double *start, double *end) {
     sim_ctx *s = ctx_of(b);
-    if (!s || !(seconds >= 0)) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_sim_compute: bad argument");
+    if (!s || !(seconds >= 0) || (n && (!ptrs || !bytes)))
+        return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_sim_compute: bad argument");
     sim_stream *st = stream_of(s, stream);
     double t0 = max3(s->now, st->ready, s->compute_free);
     double t1 = t0 + seconds;
     st->ready = t1;
     s->compute_free = t1;
     s->busy_compute += seconds;
+    for (size_t i = 0; i < n; i++) note_access(s, 0, ptrs[i], bytes[i], 0, SIM_OP_KERNEL, t0, t1);
     if (start) *start = t0;
     if (end) *end = t1;
     return VC_OK;
+}
+
+int vc_sim_compute(vc_backend *b, vc_stream stream, double seconds, double *start, double *end) {
+    return vc_sim_compute_reading(b, stream, seconds, 0, NULL, NULL, start, end);
+}
+
+size_t vc_sim_hazards(vc_backend *b, char *msg, size_t size) {
+    sim_ctx *s = ctx_of(b);
+    if (msg && size) {
+        const char *text = !s ? "not a sim backend"
+                           : s->hazards ? s->hazard
+                           : !s->p.check_hazards ? "hazards not checked (check_hazards is 0)"
+                           : s->unchecked ? "no hazard until checking stopped (too many operations in flight)"
+                                          : "no hazard";
+        snprintf(msg, size, "%s", text);
+    }
+    return s ? s->hazards : 0;
 }
 
 int vc_sim_stream_synchronize(vc_backend *b, vc_stream stream) {

@@ -525,7 +525,9 @@ VC_API int vc_layer_patch(vc_cache *cache, vc_layer_id layer, vc_patch_mode mode
                           int (*fn)(void *user, void *weights, size_t bytes), void *user);
 
 /** Restores a patched layer's original weights (from the backup, or from the source after FUSE).
- *  An unpatched layer is a success. Errors: VC_ERR_NOT_FOUND, VC_ERR_BUSY (held or loading). */
+ *  An unpatched layer is a success. Errors: VC_ERR_NOT_FOUND, VC_ERR_BUSY (held or loading),
+ *  VC_ERR_BACKEND (an upload still reading the RAM copy cannot be waited for: the layer stays
+ *  patched). */
 VC_API int vc_layer_unpatch(vc_cache *cache, vc_layer_id layer);
 
 /** Declares the order in which the model's layers run in one pass (a denoising step): `n` layer

@@ -216,6 +216,7 @@ int vc_cache_destroy(vc_cache *c) {
     }
     while (c->arena.segments) c->ops->device_free(c->bctx, arena_remove_segment(&c->arena, c->arena.segments));
     while (c->sarena.segments) c->ops->device_free(c->bctx, arena_remove_segment(&c->sarena, c->sarena.segments));
+    vc__free_quarantine(c); /* after the device memory: cudaFree has waited for the device */
     c->ops->stream_destroy(c->bctx, c->upload_stream);
     c->ops->stream_destroy(c->bctx, c->download_stream);
     slot_table_fini(&c->layers);

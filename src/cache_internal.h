@@ -223,6 +223,7 @@ struct vc_cache {
     layer_list vram_lru;
     layer_list ram_lru;
     deferred_free *deferred;
+    deferred_free *quarantine; /* host memory a copy may still use, with no event to tell (settle_stream) */
     remote_pin *remote_pins; /* host copies of owner caches our uploads still read */
     unsigned dependents;     /* shared layers in other caches reading ours */
     vc_reservation *reservations;
@@ -325,6 +326,8 @@ void vc__evict_vram(vc_cache *c, layer_t *l, vc_evict_reason reason, int drop_ok
 void vc__drop_ram(vc_cache *c, layer_t *l);
 /* keep_ram_copy off: frees the RAM copies whose uploads have completed (asks, never waits). Locked. */
 void vc__reap_deferred(vc_cache *c);
+/* Frees the quarantined host buffers (vc_cache_destroy, once the device memory has gone). */
+void vc__free_quarantine(vc_cache *c);
 /** Frees a layer's record after its memory is gone. */
 void vc__layer_destroy(vc_cache *c, layer_t *l);
 void vc__log_memory(vc_cache *c, const char *what, const layer_t *l);

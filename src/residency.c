@@ -65,6 +65,58 @@ static int ensure_event(vc_cache *c, void **ev) {
     return *ev ? VC_OK : c->ops->event_create(c->bctx, ev);
 }
 
+static void free_ram_buffer(vc_cache *c, void *p, size_t bytes, int pinned);
+
+/* Host memory that a device-to-host copy may still write, with no event left to tell when it is
+ * done (settle_stream failed). Freeing it could let the copy write into memory the process has
+ * reused, so it is kept, counted in the RAM pool, until the download stream can be waited for again
+ * (ram_reserve tries when it runs short) or the cache is destroyed, after its device memory has
+ * gone (cudaFree waits for the device). */
+static void quarantine(vc_cache *c, void *p, size_t bytes, int pinned, int counted) {
+    deferred_free *d = malloc(sizeof *d);
+    if (!d) { /* cannot even track it: lost, which beats freeing it under a copy */
+        if (counted) c->ram_bytes -= bytes;
+        return;
+    }
+    *d = (deferred_free){.ptr = p, .bytes = bytes, .pinned = pinned, .next = c->quarantine};
+    c->quarantine = d;
+    if (!counted) c->ram_bytes += bytes;
+}
+
+void vc__free_quarantine(vc_cache *c) {
+    while (c->quarantine) {
+        deferred_free *d = c->quarantine;
+        c->quarantine = d->next;
+        free_ram_buffer(c, d->ptr, d->bytes, d->pinned);
+        free(d);
+    }
+}
+
+/* Makes later work on `stream` wait for `ev`. When the backend cannot queue the wait, the host
+ * waits for the event instead: slower, never out of order (a copy issued after it cannot overtake
+ * the work the event captures). VC_ERR_BACKEND only when neither works. */
+static int order_after(vc_cache *c, vc_stream stream, void *ev) {
+    if (c->ops->stream_wait_event(c->bctx, stream, ev) == VC_OK) return VC_OK;
+    vc__log(c, VC_LOG_WARN, "a stream could not wait on an event (%s); the host waits for it instead",
+            vc__take_backend_error());
+    return c->ops->event_synchronize(c->bctx, ev) == VC_OK ? VC_OK : VC_ERR_BACKEND;
+}
+
+/* A copy was queued on `stream` but the event that was to track it could not be recorded or waited
+ * on: the host memory it reads or writes must not be reused until it has run, so wait for the
+ * stream through a fresh event. Returns 0 when even that fails (the backend is broken): the caller
+ * must then leave the memory alone rather than free it under a copy that may still run. */
+static int settle_stream(vc_cache *c, vc_stream stream, const char *what) {
+    void *ev = NULL;
+    int ok = c->ops->event_create(c->bctx, &ev) == VC_OK && c->ops->event_record(c->bctx, ev, stream) == VC_OK &&
+             c->ops->event_synchronize(c->bctx, ev) == VC_OK;
+    if (ev) c->ops->event_destroy(c->bctx, ev);
+    if (!ok)
+        vc__log(c, VC_LOG_ERROR, "%s: a queued copy cannot be waited for (%s): its host memory is kept until "
+                "the cache is destroyed", what, vc__take_backend_error());
+    return ok;
+}
+
 /* 1 when the latest upload of l completed (and forgets it), 0 while in flight. */
 static int upload_done(vc_cache *c, layer_t *l) {
     if (!l->upload_pending) return 1;
@@ -80,14 +132,23 @@ static int writeback_done(vc_cache *c, layer_t *l) {
     return 1;
 }
 
-static void wait_upload(vc_cache *c, layer_t *l) {
-    if (l->upload_pending) c->ops->event_synchronize(c->bctx, l->upload_ev);
+/* Block until l's latest upload (write-back) has run: VC_OK, or VC_ERR_BACKEND when neither its
+ * event nor a fresh one on its stream can be waited for; it then still counts as in flight, and the
+ * memory it uses must not be freed or written (see quarantine). */
+static int wait_upload(vc_cache *c, layer_t *l) {
+    if (l->upload_pending && c->ops->event_synchronize(c->bctx, l->upload_ev) != VC_OK &&
+        !settle_stream(c, c->upload_stream, "upload wait"))
+        return VC_ERR_BACKEND;
     l->upload_pending = 0;
+    return VC_OK;
 }
 
-static void wait_writeback(vc_cache *c, layer_t *l) {
-    if (l->ram_pending) c->ops->event_synchronize(c->bctx, l->ram_ev);
+static int wait_writeback(vc_cache *c, layer_t *l) {
+    if (l->ram_pending && c->ops->event_synchronize(c->bctx, l->ram_ev) != VC_OK &&
+        !settle_stream(c, c->download_stream, "write-back wait"))
+        return VC_ERR_BACKEND;
     l->ram_pending = 0;
+    return VC_OK;
 }
 
 /* ---- budgets --------------------------------------------------------------------------------- */
@@ -136,10 +197,12 @@ static void free_ram_buffer(vc_cache *c, void *p, size_t bytes, int pinned) {
 
 void vc__drop_ram(vc_cache *c, layer_t *l) {
     if (!l->ram) return;
-    wait_upload(c, l);
-    wait_writeback(c, l);
+    int idle = (wait_upload(c, l) | wait_writeback(c, l)) == VC_OK; /* both waits run */
     list_unlink(&c->ram_lru, l, 0);
-    free_ram_buffer(c, l->ram, l->bytes, l->ram_pinned);
+    if (idle)
+        free_ram_buffer(c, l->ram, l->bytes, l->ram_pinned);
+    else
+        quarantine(c, l->ram, l->bytes, l->ram_pinned, 1);
     l->ram = NULL;
     c->stats.layers_in_ram--;
 }
@@ -154,15 +217,22 @@ static void drain_deferred(vc_cache *c, int wait, const layer_t *only) {
             pp = &d->next;
             continue;
         }
+        int idle = 1;
         if (wait)
-            wait_upload(c, d->layer);
+            idle = wait_upload(c, d->layer) == VC_OK;
         else if (!upload_done(c, d->layer)) {
             pp = &d->next;
             continue;
         }
         *pp = d->next;
-        free_ram_buffer(c, d->ptr, d->bytes, d->pinned);
-        free(d);
+        if (idle) {
+            free_ram_buffer(c, d->ptr, d->bytes, d->pinned);
+            free(d);
+        } else { /* to the quarantine, node and all */
+            d->layer = NULL;
+            d->next = c->quarantine;
+            c->quarantine = d;
+        }
     }
 }
 
@@ -215,6 +285,11 @@ static int ram_reserve(vc_cache *c, size_t bytes, const layer_t *exclude, const 
                 x = c->ram_lru.head;
                 continue;
             }
+            if (c->quarantine && settle_stream(c, c->download_stream, fn)) {
+                vc__free_quarantine(c); /* the copies that might have used them are done */
+                x = c->ram_lru.head;
+                continue;
+            }
             if (quiet) return VC_ERR_OUT_OF_RAM;
             return vc__fail(c, VC_ERR_OUT_OF_RAM, "%s: layer '%s' of model '%s' needs %s of RAM; the "
                             "RAM cache holds %s of its %s budget in copies that cannot be dropped now "
@@ -247,21 +322,25 @@ void vc__evict_vram(vc_cache *c, layer_t *l, vc_evict_reason reason, int drop_ok
             c->nfence++;
             deferred = 1;
         }
-        if (!deferred) c->ops->stream_wait_event(c->bctx, c->upload_stream, l->release_ev);
+        if (!deferred) order_after(c, c->upload_stream, l->release_ev);
     }
     if (!l->host_src && !l->ram && !l->owner && !drop_ok) {
         /* The device holds the only copy (keep_ram_copy off): copy it back when the RAM pool has
          * room, else drop it, since the loader can produce it again. */
         void *buf = NULL;
-        int pinned = 0;
+        int pinned = 0, queued = 0, recorded = 0;
         int st = ram_reserve(c, l->bytes, l, "evict", 1);
         if (st == VC_OK) st = c->ops->host_alloc(c->bctx, l->bytes, &buf, &pinned);
         if (st == VC_OK) st = ensure_event(c, &l->ram_ev);
         if (st == VC_OK && l->release_recorded)
-            st = c->ops->stream_wait_event(c->bctx, c->download_stream, l->release_ev);
+            st = order_after(c, c->download_stream, l->release_ev);
+        if (st == VC_OK && l->upload_pending) /* a prefetch evicted before it has landed */
+            st = order_after(c, c->download_stream, l->upload_ev);
         if (st == VC_OK) st = c->ops->copy_d2h(c->bctx, buf, dptr, l->bytes, c->download_stream);
+        queued = st == VC_OK;
         if (st == VC_OK) st = c->ops->event_record(c->bctx, l->ram_ev, c->download_stream);
-        if (st == VC_OK) st = c->ops->stream_wait_event(c->bctx, c->upload_stream, l->ram_ev);
+        recorded = st == VC_OK;
+        if (st == VC_OK) st = order_after(c, c->upload_stream, l->ram_ev);
         if (st == VC_OK) {
             l->ram = buf;
             l->ram_pinned = pinned;
@@ -272,11 +351,11 @@ void vc__evict_vram(vc_cache *c, layer_t *l, vc_evict_reason reason, int drop_ok
             c->stats.layers_in_ram++;
             c->stats.bytes_d2h += l->bytes;
         } else {
-            if (buf) {
-                /* the copy may have been queued: let it finish before the buffer goes */
-                c->ops->event_synchronize(c->bctx, l->ram_ev);
-                c->ops->host_free(c->bctx, buf, l->bytes, pinned);
-            }
+            /* a queued copy must finish before its buffer goes (never freed under it: see settle_stream) */
+            int idle = !queued || (recorded && c->ops->event_synchronize(c->bctx, l->ram_ev) == VC_OK) ||
+                       settle_stream(c, c->download_stream, "evict");
+            if (buf && idle) c->ops->host_free(c->bctx, buf, l->bytes, pinned);
+            else if (buf) quarantine(c, buf, l->bytes, pinned, 0);
             vc__log(c, VC_LOG_DEBUG, "layer '%s' of model '%s' leaves VRAM without a write-back (%s); "
                     "its loader will produce it again", l->name, l->model->name, vc__take_backend_error());
         }
@@ -639,7 +718,7 @@ static int place_home(vc_cache *c, layer_t *l, const place_req *rq, arena_block 
 
 /* Makes the upload stream wait for every deferred fence (the placement will not copy into them). */
 static void flush_fences(vc_cache *c) {
-    for (unsigned i = 0; i < c->nfence; i++) c->ops->stream_wait_event(c->bctx, c->upload_stream, c->fence[i].ev);
+    for (unsigned i = 0; i < c->nfence; i++) order_after(c, c->upload_stream, c->fence[i].ev);
     c->nfence = 0;
 }
 
@@ -662,13 +741,14 @@ static int copy_fenced(vc_cache *c, const layer_t *l, const arena_block *blk, co
         if (rel >= l->bytes) break; /* past the bytes: waited for after the copy */
         if (rel > done) {
             st = c->ops->copy_h2d(c->bctx, dst + done, (const char *)src + done, rel - done, c->upload_stream);
+            if (st != VC_OK) break; /* fence k not waited for yet: the loop below does */
             done = rel;
         }
-        if (st == VC_OK) st = c->ops->stream_wait_event(c->bctx, c->upload_stream, c->fence[k].ev);
+        st = order_after(c, c->upload_stream, c->fence[k].ev);
     }
     if (st == VC_OK && done < l->bytes)
         st = c->ops->copy_h2d(c->bctx, dst + done, (const char *)src + done, l->bytes - done, c->upload_stream);
-    for (; k < c->nfence; k++) c->ops->stream_wait_event(c->bctx, c->upload_stream, c->fence[k].ev);
+    for (; k < c->nfence; k++) order_after(c, c->upload_stream, c->fence[k].ev);
     c->nfence = 0;
     return st;
 }
@@ -1057,13 +1137,14 @@ static int upload(vc_cache *c, layer_t *l, vc_stream stream, int wait, const cha
     if (c->trace && c->ops->event_time && ensure_event(c, &c->trace_ev) == VC_OK &&
         c->ops->event_record(c->bctx, c->trace_ev, c->upload_stream) == VC_OK)
         t0 = c->ops->event_time(c->bctx, c->trace_ev);
-    if (l->ram_pending) st = c->ops->stream_wait_event(c->bctx, c->upload_stream, l->ram_ev);
+    if (l->ram_pending) st = order_after(c, c->upload_stream, l->ram_ev);
+    int copying = st == VC_OK; /* from here a failure may leave (part of) the copy queued */
     if (st == VC_OK) st = c->nfence ? copy_fenced(c, l, blk, src) : c->ops->copy_h2d(c->bctx, dst, src, l->bytes, c->upload_stream);
     if (c->nfence) flush_fences(c); /* a failed wait above: never copy over a running layer later */
     if (st == VC_OK) st = ensure_event(c, &l->upload_ev);
     if (st == VC_OK) st = c->ops->event_record(c->bctx, l->upload_ev, c->upload_stream);
     if (st == VC_OK) l->upload_pending = 1;
-    if (st == VC_OK && wait) st = c->ops->stream_wait_event(c->bctx, stream, l->upload_ev);
+    if (st == VC_OK && wait) st = order_after(c, stream, l->upload_ev);
     if (st == VC_OK && c->trace) {
         double t1 = c->ops->event_time ? c->ops->event_time(c->bctx, l->upload_ev) : -1;
         if (t0 < 0 || t1 < t0) t0 = t1 = vc__trace_now(c);
@@ -1071,14 +1152,17 @@ static int upload(vc_cache *c, layer_t *l, vc_stream stream, int wait, const cha
     }
     vc__range_pop(c);
     if (st != VC_OK) {
-        /* Later uploads into this range are ordered after the failed one on the same stream. */
+        char why[256];
+        snprintf(why, sizeof why, "%s", vc__take_backend_error());
+        /* Later uploads into this range are ordered after the failed one on the same stream, but its
+         * source (a RAM copy that may be dropped next, another cache's) must outlive it. */
+        if (copying) settle_stream(c, c->upload_stream, fn);
         arena_free(l->in_stream ? &c->sarena : &c->arena, blk);
         l->in_stream = 0;
         if (l->owner) drain_remote_pins(c, 1, l);
         char a[32];
         return vc__fail(c, VC_ERR_BACKEND, "%s: upload of layer '%s' of model '%s' (%s) failed: %s", fn,
-                        l->name, l->model->name, vc__fmt_bytes(l->bytes, a, sizeof a),
-                        vc__take_backend_error());
+                        l->name, l->model->name, vc__fmt_bytes(l->bytes, a, sizeof a), why);
     }
     l->vblock = blk;
     vc__note_vram_layer(c, l, +1);
@@ -1147,7 +1231,7 @@ int vc_layer_acquire(vc_cache *c, vc_layer_id id, vc_stream stream, void **devic
         if (c->remote_pins) drain_remote_pins(c, 0, NULL);
         /* The upload may still be in flight: the engine stream waits for it, the host does not. */
         if (l->upload_pending && !upload_done(c, l) &&
-            c->ops->stream_wait_event(c->bctx, stream, l->upload_ev) != VC_OK)
+            order_after(c, stream, l->upload_ev) != VC_OK)
             st = vc__fail(c, VC_ERR_BACKEND, "%s: layer '%s': stream could not wait on the upload: %s",
                           fn, l->name, vc__take_backend_error());
     } else {
@@ -1169,18 +1253,23 @@ int vc_layer_acquire(vc_cache *c, vc_layer_id id, vc_stream stream, void **devic
 static int release_locked(vc_cache *c, layer_t *l, vc_stream stream) {
     /* Record where the engine last used the weights; with holds from several streams, chain them so
      * the event covers every stream's work. */
-    if (ensure_event(c, &l->release_ev) == VC_OK) {
+    int recorded = ensure_event(c, &l->release_ev) == VC_OK;
+    if (recorded) {
         if (l->release_recorded && l->release_stream != stream &&
             c->ops->event_query(c->bctx, l->release_ev) != 1)
-            c->ops->stream_wait_event(c->bctx, stream, l->release_ev);
-        if (c->ops->event_record(c->bctx, l->release_ev, stream) == VC_OK) {
+            order_after(c, stream, l->release_ev);
+        recorded = c->ops->event_record(c->bctx, l->release_ev, stream) == VC_OK;
+        if (recorded) {
             l->release_recorded = 1;
             l->release_stream = stream;
-        } else {
-            /* Without an event the only safe order is the host's: wait for the stream's work. */
-            vc__log(c, VC_LOG_WARN, "layer '%s': release event failed (%s); the next eviction of it "
-                    "may reuse memory early", l->name, vc__take_backend_error());
         }
+    }
+    if (!recorded) {
+        /* Without an event (or with an older one) the only safe order is the host's: wait for the
+         * engine's work on the stream, so that the next copy into these bytes cannot overtake it. */
+        vc__log(c, VC_LOG_WARN, "layer '%s': release event failed (%s); waiting for the stream instead", l->name,
+                vc__take_backend_error());
+        settle_stream(c, stream, "vc_layer_release");
     }
     if (--l->holds == 0) {
         list_push_tail(&c->vram_lru, l, 1);
@@ -1263,19 +1352,29 @@ int vc_layer_read(vc_cache *c, vc_layer_id id, void *dst, size_t size) {
     } else if (l->host_src && !l->patched) {
         memcpy(dst, l->host_src, size);
     } else if (l->ram) {
-        wait_writeback(c, l);
-        memcpy(dst, l->ram, size);
+        st = wait_writeback(c, l);
+        if (st == VC_OK)
+            memcpy(dst, l->ram, size);
+        else
+            st = vc__fail(c, st, "%s: layer '%s': its write-back cannot be waited for: %s", fn, l->name,
+                          vc__take_backend_error());
     } else if (l->vblock) {
         /* Off the hot path: a synchronous download of the only copy. */
         st = ensure_event(c, &l->ram_ev);
         if (st == VC_OK && l->upload_pending)
-            st = c->ops->stream_wait_event(c->bctx, c->download_stream, l->upload_ev);
+            st = order_after(c, c->download_stream, l->upload_ev);
+        int queued = 0;
         if (st == VC_OK) st = c->ops->copy_d2h(c->bctx, dst, arena_block_ptr(l->vblock), size, c->download_stream);
+        queued = st == VC_OK;
         if (st == VC_OK) st = c->ops->event_record(c->bctx, l->ram_ev, c->download_stream);
         if (st == VC_OK) st = c->ops->event_synchronize(c->bctx, l->ram_ev);
-        if (st != VC_OK)
-            st = vc__fail(c, VC_ERR_BACKEND, "%s: download of layer '%s' failed: %s", fn, l->name,
-                          vc__take_backend_error());
+        if (st != VC_OK) {
+            char why[256];
+            snprintf(why, sizeof why, "%s", vc__take_backend_error());
+            /* the caller may free dst on our error: the copy into it must have run by then */
+            if (queued) settle_stream(c, c->download_stream, fn);
+            st = vc__fail(c, VC_ERR_BACKEND, "%s: download of layer '%s' failed: %s", fn, l->name, why);
+        }
     } else if (l->owner) { /* from the owner (its lock after ours) */
         st = vc_layer_read(l->owner, l->owner_layer, dst, size);
         if (st != VC_OK) st = vc__fail(c, st, "%s: shared layer '%s': %s", fn, l->name, vc_last_error());
@@ -1303,7 +1402,7 @@ void vc__layer_destroy(vc_cache *c, layer_t *l) {
         pthread_mutex_unlock(&l->owner->lock);
     }
     if (l->vblock) {
-        if (l->release_recorded) c->ops->stream_wait_event(c->bctx, c->upload_stream, l->release_ev);
+        if (l->release_recorded) order_after(c, c->upload_stream, l->release_ev);
         list_unlink(&c->vram_lru, l, 1);
         arena_free(l->in_stream ? &c->sarena : &c->arena, l->vblock);
         l->vblock = NULL;
@@ -1527,9 +1626,10 @@ done:
 
 /* Gives l a private, authoritative RAM copy of its current weights. */
 static int private_copy(vc_cache *c, layer_t *l, const char *fn) {
-    if (l->ram) {
-        wait_writeback(c, l);
-        wait_upload(c, l);
+    if (l->ram) { /* the caller writes it next: nothing may still be copying it */
+        if ((wait_writeback(c, l) | wait_upload(c, l)) != VC_OK)
+            return vc__fail(c, VC_ERR_BACKEND, "%s: layer '%s': copies of its RAM copy cannot be waited for: %s", fn,
+                            l->name, vc__take_backend_error());
         return VC_OK;
     }
     if (!l->host_src && !l->vblock) { /* only the loader has it: load into the pool */
@@ -1548,14 +1648,19 @@ static int private_copy(vc_cache *c, layer_t *l, const char *fn) {
     } else { /* the device holds the only copy (keep_ram_copy off): read it back */
         st = ensure_event(c, &l->ram_ev);
         if (st == VC_OK && l->upload_pending)
-            st = c->ops->stream_wait_event(c->bctx, c->download_stream, l->upload_ev);
+            st = order_after(c, c->download_stream, l->upload_ev);
+        int queued = 0;
         if (st == VC_OK) st = c->ops->copy_d2h(c->bctx, buf, arena_block_ptr(l->vblock), l->bytes, c->download_stream);
+        queued = st == VC_OK;
         if (st == VC_OK) st = c->ops->event_record(c->bctx, l->ram_ev, c->download_stream);
         if (st == VC_OK) st = c->ops->event_synchronize(c->bctx, l->ram_ev);
         if (st != VC_OK) {
-            c->ops->host_free(c->bctx, buf, l->bytes, pinned);
+            char why[256];
+            snprintf(why, sizeof why, "%s", vc__take_backend_error());
+            if (!queued || settle_stream(c, c->download_stream, fn)) c->ops->host_free(c->bctx, buf, l->bytes, pinned);
+            else quarantine(c, buf, l->bytes, pinned, 0);
             return vc__fail(c, VC_ERR_BACKEND, "%s: reading layer '%s' back from the device failed: %s", fn, l->name,
-                            vc__take_backend_error());
+                            why);
         }
         c->stats.bytes_d2h += l->bytes;
     }
@@ -1664,8 +1769,10 @@ int vc_layer_unpatch(vc_cache *c, vc_layer_id id) {
         st = vc__fail(c, VC_ERR_BUSY, "%s: layer '%s' is %s", name, l->name, l->loading ? "loading" : "held");
     } else if (l->patched) {
         if (l->vblock) vc__evict_vram(c, l, VC_EVICT_MANUAL, 1);
-        if (l->backup) {
-            wait_upload(c, l);
+        if (l->backup && wait_upload(c, l) != VC_OK) {
+            st = vc__fail(c, VC_ERR_BACKEND, "%s: layer '%s': an upload from its RAM copy cannot be waited for: %s",
+                          name, l->name, vc__take_backend_error());
+        } else if (l->backup) {
             memcpy(l->ram, l->backup, l->bytes);
             c->ops->host_free(c->bctx, l->backup, l->bytes, l->backup_pinned);
             c->ram_bytes -= l->bytes;

@@ -22,6 +22,17 @@ typedef struct sim_world {
 } sim_world;
 
 /* The options every cache of these tests starts from: 64 MB of RAM, no working memory, 64 KB segments. */
+/* A kernel that reads one layer's weights at p: the simulator checks they had arrived (and that no
+ * copy overwrites them while it runs); every test ends by asserting it saw no ordering hazard. */
+static void kernel(vc_backend *sim, vc_stream stream, double secs, void *p, size_t bytes, double *s, double *e) {
+    assert_int_equal(vc_sim_compute_reading(sim, stream, secs, 1, &p, &bytes, s, e), VC_OK);
+}
+
+static void assert_no_hazard(vc_backend *sim) {
+    char msg[384];
+    if (vc_sim_hazards(sim, msg, sizeof msg)) fail_msg("%s", msg);
+}
+
 static vc_cache_options sched_options(vc_backend *backend, vc_offload_mode mode, vc_policy policy) {
     vc_cache_options o;
     vc_cache_options_init(&o);
@@ -67,6 +78,7 @@ static sim_world make_world(int n, size_t bytes, size_t device, double bw, doubl
 
 static void free_world(sim_world *w) {
     assert_int_equal(vc_cache_destroy(w->cache), VC_OK);
+    assert_no_hazard(w->sim);
     vc_backend_destroy(w->sim);
     for (int i = 0; i < w->n; i++) free(w->weights[i]);
 }
@@ -80,7 +92,7 @@ static double pass(sim_world *w, double compute) {
         assert_int_equal(vc_layer_acquire(w->cache, w->layer[i], w->stream, &p), VC_OK);
         assert_true(check_pattern(p, w->bytes[i], (uint64_t)i + 1));
         double s, e;
-        vc_sim_compute(w->sim, w->stream, compute, &s, &e);
+        kernel(w->sim, w->stream, compute, p, w->bytes[i], &s, &e);
         if (prev_end >= 0 && s - prev_end > worst) worst = s - prev_end;
         prev_end = e;
         assert_int_equal(vc_layer_release(w->cache, w->layer[i], w->stream), VC_OK);
@@ -358,6 +370,7 @@ static void hazard_close(hazard_world *w) {
     vc_backend_destroy(w->hz);
     w->h->in->event_destroy(w->h->ictx, w->h->ev);
     free(w->h);
+    assert_no_hazard(w->sim);
     vc_backend_destroy(w->sim);
 }
 
@@ -391,7 +404,7 @@ static size_t hazard_run(int n, const size_t *sizes, const size_t *aligns, size_
             assert_true(check_pattern(d, sizes[i], (uint64_t)i + 1));
             assert_int_equal((uintptr_t)d % aligns[i], 0);
             double s, e;
-            vc_sim_compute(sim, stream, compute, &s, &e);
+            kernel(sim, stream, compute, d, sizes[i], &s, &e);
             uses[nu++] = (hz_use){(uintptr_t)d, sizes[i], s, e};
             assert_int_equal(vc_layer_release(c, ids[i], stream), VC_OK);
             vc_sim_wait_until(sim, s);
@@ -496,7 +509,7 @@ static void interleaved_run(double frac, int check_settles, int irregular) {
                 assert_int_equal(vc_layer_acquire(c, id, stream, &d), VC_OK);
                 assert_true(check_pattern(d, bytes, seed));
                 double st, en;
-                vc_sim_compute(sim, stream, 10e-6, &st, &en);
+                kernel(sim, stream, 10e-6, d, bytes, &st, &en);
                 uses[nu++] = (hz_use){(uintptr_t)d, bytes, st, en};
                 assert_int_equal(vc_layer_release(c, id, stream), VC_OK);
                 vc_sim_wait_until(sim, st);
@@ -584,7 +597,7 @@ static void turn_run(turn_world *t, int first_stops, int unregister_after) {
             assert_int_equal(vc_layer_acquire(c, id, t->w.stream, &d), VC_OK);
             assert_true(check_pattern(d, bytes, isb ? (uint64_t)i + 201 : (uint64_t)i + 1));
             double st, en;
-            vc_sim_compute(t->w.sim, t->w.stream, isb ? 6e-6 : 3e-6, &st, &en);
+            kernel(t->w.sim, t->w.stream, isb ? 6e-6 : 3e-6, d, bytes, &st, &en);
             uses[nu++] = (hz_use){(uintptr_t)d, bytes, st, en};
             assert_int_equal(vc_layer_release(c, id, t->w.stream), VC_OK);
             vc_sim_wait_until(t->w.sim, st);
@@ -684,7 +697,7 @@ static void test_model_twice_per_step(void **state) {
             vc_layer_id id = isb ? t.ib[i] : t.ia[i];
             void *d;
             assert_int_equal(vc_layer_acquire(t.w.c, id, t.w.stream, &d), VC_OK);
-            vc_sim_compute(t.w.sim, t.w.stream, isb ? 6e-6 : 3e-6, NULL, NULL);
+            kernel(t.w.sim, t.w.stream, isb ? 6e-6 : 3e-6, d, isb ? t.sb[i] : t.sa[i], NULL, NULL);
             assert_int_equal(vc_layer_release(t.w.c, id, t.w.stream), VC_OK);
         }
         vc_sim_stream_synchronize(t.w.sim, t.w.stream);
@@ -755,7 +768,7 @@ static void test_three_models_in_turn(void **state) {
             for (int i = 0; i < NPER; i++) {
                 assert_int_equal(vc_layer_acquire(hw.c, id[k][i], hw.stream, &d), VC_OK);
                 assert_true(check_pattern(d, 2 * KB + (size_t)((i * 5 + k) % 4) * KB, (uint64_t)(k * 100 + i)));
-                vc_sim_compute(hw.sim, hw.stream, 4e-6, NULL, NULL);
+                kernel(hw.sim, hw.stream, 4e-6, d, 2 * KB + (size_t)((i * 5 + k) % 4) * KB, NULL, NULL);
                 assert_int_equal(vc_layer_release(hw.c, id[k][i], hw.stream), VC_OK);
             }
         prev = last;
@@ -785,7 +798,7 @@ static void run_images(hazard_world *hw, vc_layer_id (*id)[6], char (*w)[6][8 * 
                 void *d;
                 assert_int_equal(vc_layer_acquire(hw->c, id[k][i], hw->stream, &d), VC_OK);
                 assert_true(check_pattern(d, sizeof w[k][i], (uint64_t)(k * 10 + i)));
-                vc_sim_compute(hw->sim, hw->stream, 4e-6, NULL, NULL);
+                kernel(hw->sim, hw->stream, 4e-6, d, sizeof w[k][i], NULL, NULL);
                 assert_int_equal(vc_layer_release(hw->c, id[k][i], hw->stream), VC_OK);
             }
         }
@@ -887,13 +900,14 @@ static void test_blocks_held_at_once(void **state) {
             b_mid = get_stats(w.cache).bytes_h2d;
         }
         for (int i = 0; i < N; i += BLOCK) {
+            void *ptrs[BLOCK];
             for (int j = i; j < i + BLOCK; j++) {
-                void *p;
-                assert_int_equal(vc_layer_acquire(w.cache, w.layer[j], w.stream, &p), VC_OK);
-                assert_true(check_pattern(p, w.bytes[j], (uint64_t)j + 1));
+                assert_int_equal(vc_layer_acquire(w.cache, w.layer[j], w.stream, &ptrs[j - i]), VC_OK);
+                assert_true(check_pattern(ptrs[j - i], w.bytes[j], (uint64_t)j + 1));
             }
-            double s, e;
-            vc_sim_compute(w.sim, w.stream, BLOCK * per_layer, &s, &e);
+            double s, e; /* one kernel reads the whole block */
+            assert_int_equal(vc_sim_compute_reading(w.sim, w.stream, BLOCK * per_layer, BLOCK, ptrs, &w.bytes[i], &s, &e),
+                             VC_OK);
             for (int j = i; j < i + BLOCK; j++)
                 assert_int_equal(vc_layer_release(w.cache, w.layer[j], w.stream), VC_OK);
             vc_sim_wait_until(w.sim, s);
@@ -1190,7 +1204,7 @@ static void test_staged_loader_layers_are_prefetched(void **state) {
             void *p;
             assert_int_equal(vc_layer_acquire(w.cache, order[i], w.stream, &p), VC_OK);
             assert_true(check_pattern(p, 64 * KB, (uint64_t)i + 1));
-            vc_sim_compute(w.sim, w.stream, 2 * MS, NULL, NULL);
+            kernel(w.sim, w.stream, 2 * MS, p, 64 * KB, NULL, NULL);
             assert_int_equal(vc_layer_release(w.cache, order[i], w.stream), VC_OK);
         }
         vc_sim_stream_synchronize(w.sim, w.stream);
@@ -1268,7 +1282,7 @@ static void finish_pass(vc_cache *c, vc_backend *sim, const vc_layer_id *order, 
         void *ptr;
         assert_int_equal(vc_layer_acquire(c, order[i], stream, &ptr), VC_OK);
         assert_true(check_pattern(ptr, 64 * KB, (uint64_t)i + 1));
-        vc_sim_compute(sim, stream, 2 * MS, NULL, NULL);
+        kernel(sim, stream, 2 * MS, ptr, 64 * KB, NULL, NULL);
         assert_int_equal(vc_layer_release(c, order[i], stream), VC_OK);
     }
     vc_sim_stream_synchronize(sim, stream);
@@ -1301,6 +1315,7 @@ static void test_stage_ahead_thread(void **state) {
     vc_stats s = get_stats(c);
     assert_int_equal(s.prefetch_hits, 6); /* layer 1 was staged too late for the first acquire's scan */
     assert_int_equal(vc_cache_destroy(c), VC_OK);
+    assert_no_hazard(sim);
     vc_backend_destroy(sim);
     pthread_cond_destroy(&cl.cv);
     pthread_mutex_destroy(&cl.lock);
@@ -1309,6 +1324,57 @@ static void test_stage_ahead_thread(void **state) {
 /* stage_ahead on a cache that shares its layers from another (one RAM copy for two GPUs): the owner's
  * loaders run on the sharing cache's stager too, never inside the acquire whose prefetch scan
  * reached them, and the copies land in the owner's RAM pool only. */
+/* keep_ram_copy off: an upload's RAM copy goes once the upload lands, so until then the device's
+ * copy is the only one being made. A prefetch evicted before it has landed must be written back
+ * after its upload, not alongside it (on a GPU the write-back would read the range before the copy
+ * filled it: garbage weights kept for good). The simulator's ordering check sees the difference;
+ * the bytes read back after are checked too. */
+static void test_writeback_of_prefetch_in_flight(void **state) {
+    (void)state;
+    vc_sim_params p;
+    vc_sim_params_init(&p);
+    p.device_bytes = 4 * 64 * KB;
+    p.h2d_bytes_per_s = p.d2h_bytes_per_s = 100e6; /* a 64 KB copy: 0.66 ms */
+    vc_backend *sim;
+    assert_int_equal(vc_backend_sim_create(&p, &sim), VC_OK);
+    vc_cache_options o = sched_options(sim, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
+    o.keep_ram_copy = 0;
+    vc_cache *c;
+    assert_int_equal(vc_cache_create(&o, &c), VC_OK);
+    vc_stream stream;
+    assert_int_equal(vc_sim_stream_create(sim, &stream), VC_OK);
+    vc_model_id m = add_model(c, "denoiser");
+    test_loader ld[3];
+    vc_layer_id order[3];
+    for (int i = 0; i < 3; i++) {
+        ld[i] = (test_loader){.seed = (uint64_t)i + 1};
+        order[i] = add_loader_layer(c, m, "layer", 64 * KB, &ld[i]);
+    }
+    assert_int_equal(vc_model_set_order(c, m, order, 3), VC_OK);
+    assert_int_equal(vc_model_load_ram(c, m), VC_OK); /* so the next layers can be prefetched */
+    void *d;
+    assert_int_equal(vc_layer_acquire(c, order[0], stream, &d), VC_OK);
+    assert_true(get_stats(c).prefetches >= 1); /* layer 1 is on its way; the host has not waited */
+    vc_layer_info info;
+    assert_int_equal(vc_layer_get_info(c, order[1], &info), VC_OK);
+    assert_int_equal(info.residency, VC_RES_VRAM); /* its RAM copy goes when the upload lands */
+    assert_int_equal(vc_layer_offload(c, order[1], VC_OFFLOAD_VRAM), VC_OK); /* written back */
+    assert_true(get_stats(c).bytes_d2h >= 64 * KB);
+    assert_no_hazard(sim);
+    kernel(sim, stream, 1 * MS, d, 64 * KB, NULL, NULL);
+    assert_int_equal(vc_layer_release(c, order[0], stream), VC_OK);
+    for (int i = 1; i < 3; i++) {
+        assert_int_equal(vc_layer_acquire(c, order[i], stream, &d), VC_OK);
+        assert_true(check_pattern(d, 64 * KB, (uint64_t)i + 1));
+        kernel(sim, stream, 1 * MS, d, 64 * KB, NULL, NULL);
+        assert_int_equal(vc_layer_release(c, order[i], stream), VC_OK);
+    }
+    assert_int_equal(ld[1].calls, 1); /* the written-back copy served: the loader ran once */
+    assert_int_equal(vc_cache_destroy(c), VC_OK);
+    assert_no_hazard(sim);
+    vc_backend_destroy(sim);
+}
+
 static void test_stage_ahead_shared_layers(void **state) {
     (void)state;
     counted_loads cl = {.main_thread = pthread_self()};
@@ -1348,6 +1414,7 @@ static void test_stage_ahead_shared_layers(void **state) {
     assert_true(get_stats(c).prefetch_hits >= 6);
     assert_int_equal(vc_cache_destroy(c), VC_OK);
     assert_int_equal(vc_cache_destroy(owner), VC_OK);
+    assert_no_hazard(sim);
     vc_backend_destroy(sim);
     vc_backend_destroy(host);
     pthread_cond_destroy(&cl.cv);
@@ -1382,6 +1449,7 @@ int main(void) {
         cmocka_unit_test(test_staged_loader_layers_are_prefetched),
         cmocka_unit_test(test_stage_ahead_thread),
         cmocka_unit_test(test_stage_ahead_shared_layers),
+        cmocka_unit_test(test_writeback_of_prefetch_in_flight),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

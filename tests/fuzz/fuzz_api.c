@@ -2,9 +2,13 @@
  * API-sequence fuzzer: the input is a program of cache operations (register, acquire, release,
  * offload a layer or the model, patch, stage a layer or the model into RAM, unregister, reserve,
  * declare an order, arm a backend fault, let "another process" take device memory, read) run on a
- * small cache over a fault-injecting, capacity-capped host backend. After every operation the invariants are checked — held
- * layers keep their bytes, hold counts match, the pools stay within budget, statuses are among the
- * documented ones — and at the end every layer's bytes must equal its source. Any violation traps.
+ * small cache over a fault-injecting, capacity-capped backend: the host backend, or (one input in two)
+ * the simulated device with real bytes, where every acquired layer is read by a kernel and the host
+ * sometimes waits for the device, so uploads, write-backs and releases are still in flight when
+ * later operations come. After every operation the invariants are checked — held layers keep their
+ * bytes, hold counts match, the pools stay within budget, statuses are among the documented ones,
+ * and on the simulator no two operations race on the same bytes (vc_sim_hazards: the ordering a GPU
+ * needs) — and at the end every layer's bytes must equal its source. Any violation traps.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -13,6 +17,7 @@
 
 #include "vramcache.h"
 #include "vramcache_fault.h"
+#include "vramcache_sim.h"
 
 #include "cache_internal.h" /* vc__clear_cache: the keep-alive timer's action */
 
@@ -73,10 +78,25 @@ static int intact_sampled(const uint8_t *p, const slot *s) {
         if (!(x)) __builtin_trap();                                                                \
     } while (0)
 
+/* The engine's kernel on a layer it holds (simulator only: the ordering check sees it read). */
+static void kernel(vc_backend *sim, void *p, size_t bytes) {
+    if (sim) CHECK(vc_sim_compute_reading(sim, NULL, 1e-6, 1, &p, &bytes, NULL, NULL) == VC_OK);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size < 2) return 0;
-    vc_backend *host, *fault;
-    if (vc_backend_host_create(DEVICE, &host) != VC_OK) return 0;
+    vc_backend *host, *fault, *sim = NULL;
+    if ((data[1] >> 4) & 1) {
+        vc_sim_params sp;
+        vc_sim_params_init(&sp);
+        sp.device_bytes = DEVICE;
+        sp.h2d_bytes_per_s = sp.d2h_bytes_per_s = 1e9; /* a 10 KB layer: 10 us, ten kernels */
+        sp.copy_latency_s = 1e-6;
+        if (vc_backend_sim_create(&sp, &host) != VC_OK) return 0;
+        sim = host;
+    } else if (vc_backend_host_create(DEVICE, &host) != VC_OK) {
+        return 0;
+    }
     if (vc_backend_fault_create(host, &fault) != VC_OK) {
         vc_backend_destroy(host);
         return 0;
@@ -141,11 +161,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 if (x->holds) CHECK(p == x->dptr);
                 x->holds++;
                 x->dptr = p;
+                kernel(sim, p, x->bytes);
             }
             break;
-        case 4: case 5: /* release */
+        case 4: case 5: /* release (sometimes the host then waits for the device) */
             if (!x->live) break;
             st = vc_layer_release(c, x->id, NULL);
+            if (sim && (op & 0x80)) CHECK(vc_sim_stream_synchronize(sim, NULL) == VC_OK);
             CHECK(st == (x->holds ? VC_OK : VC_ERR_NOT_HELD));
             if (x->holds) x->holds--;
             break;
@@ -186,7 +208,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 if (st == VC_OK) x->xored ^= 1;
             } else {
                 st = vc_layer_unpatch(c, x->id);
-                CHECK(st == (x->holds ? VC_ERR_BUSY : VC_OK));
+                CHECK(x->holds ? st == VC_ERR_BUSY : st == VC_OK || st == VC_ERR_BACKEND);
                 if (st == VC_OK) x->xored = 0;
             }
             break;
@@ -243,6 +265,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                     if (st != VC_OK) continue;
                     CHECK(intact(p, y));
                     if (y->holds) CHECK(p == y->dptr);
+                    kernel(sim, p, y->bytes);
                     CHECK(vc_layer_release(c, y->id, NULL) == VC_OK);
                 }
             break;
@@ -266,6 +289,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         CHECK(stats.layers == live);
         CHECK(stats.ram_bytes <= RAM);
         CHECK(stats.arena_bytes + stats.reserved_bytes <= DEVICE);
+        CHECK(!sim || vc_sim_hazards(sim, NULL, 0) == 0);
     }
     /* the end: faults off, the device free again, everything released, every layer's bytes intact,
      * teardown clean */
@@ -285,6 +309,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         free(buf);
     }
     CHECK(vc_cache_destroy(c) == VC_OK);
+    CHECK(!sim || vc_sim_hazards(sim, NULL, 0) == 0);
     for (int i = 0; i < NL; i++) free(s[i].borrowed);
     free(s);
     vc_backend_destroy(fault);

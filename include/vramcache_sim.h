@@ -7,8 +7,9 @@
  * GPU can be measured without one. Memory may be backed (real bytes, for correctness tests) or
  * virtual (addresses only, for simulating models larger than this machine's RAM).
  *
- * Threads: a simulated backend is not synchronised beyond what the cache does; drive it from one
- * thread.
+ * Threads: every function and backend operation takes the simulated device's lock, so several
+ * caches and threads may use one (as they may a GPU); the virtual clock is then shared, and moves
+ * when any of them waits.
  */
 #ifndef VRAMCACHE_SIM_H
 #define VRAMCACHE_SIM_H

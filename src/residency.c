@@ -285,6 +285,17 @@ static int ram_reserve(vc_cache *c, size_t bytes, const layer_t *exclude, const 
                 x = c->ram_lru.head;
                 continue;
             }
+            /* Copies that only a copy still in flight keeps (an upload reading them, a write-back
+             * filling them): wait for the least recently used one rather than fail for a moment's
+             * state. On a GPU with a tight RAM budget that moment is every prefetch. */
+            layer_t *busy = c->ram_lru.head;
+            while (busy && (busy == exclude || busy->loading || busy->uploading || busy->patched || busy->host_pins ||
+                            !(busy->upload_pending || busy->ram_pending)))
+                busy = busy->rnext;
+            if (busy && (wait_upload(c, busy) | wait_writeback(c, busy)) == VC_OK) {
+                x = c->ram_lru.head;
+                continue;
+            }
             if (c->quarantine && settle_stream(c, c->download_stream, fn)) {
                 vc__free_quarantine(c); /* the copies that might have used them are done */
                 x = c->ram_lru.head;

@@ -72,7 +72,7 @@ static void test_cache_logs_computed_budget(void **state) {
     vc_stats s = get_stats(t.cache);
     size_t sys = vc_system_ram(NULL, 0);
     /* a GPU's size enters the rules; the host backend is no GPU */
-    size_t gpu = test_on_cuda() ? 1 * MB : 0;
+    size_t gpu = test_on_device() ? 1 * MB : 0;
     assert_int_equal(s.ram_budget, vc_default_ram_budget(sys, gpu, VC_SIZE_AUTO, 3 * GB, NULL, 0));
     free_cache(&t);
     /* an explicit budget replaces the computation */

@@ -3,8 +3,11 @@
  *
  * The backend under test: the host backend, unless VC_TEST_BACKEND=cuda, in which case the same
  * tests run on CUDA device 0 seen through a capacity cap of the fault wrapper (so a test's "device of
- * 256 KB" is 256 KB of real VRAM). Device memory is then read and written only through the
- * backend's copies (check_device / fill_device), never dereferenced. */
+ * 256 KB" is 256 KB of real VRAM), or VC_TEST_BACKEND=sim: the simulated device with real bytes
+ * behind the same cap, whose ordering check must see no hazard by the time the test destroys it
+ * (the host backend's copies finish when called; the simulator's run on streams, as a GPU's do).
+ * On either device memory is read and written only through the backend's copies (check_device /
+ * fill_device), never dereferenced. */
 #ifndef VC_TEST_UTIL_H
 #define VC_TEST_UTIL_H
 
@@ -12,6 +15,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,6 +25,7 @@
 #include "vramcache_backend.h"
 #include "vramcache_fault.h"
 #include "vramcache_config.h"
+#include "vramcache_sim.h"
 
 #define KB ((size_t)1024)
 #define MB ((size_t)1 << 20)
@@ -71,6 +76,14 @@ static inline int test_on_cuda(void) {
     return b && strcmp(b, "cuda") == 0;
 }
 
+static inline int test_on_sim(void) {
+    const char *b = getenv("VC_TEST_BACKEND");
+    return b && strcmp(b, "sim") == 0;
+}
+
+/* A device other than the host backend: its memory is reached through copies. */
+static inline int test_on_device(void) { return test_on_cuda() || test_on_sim(); }
+
 /* A GPU backend the way an engine gets one: through the `device` setting (the run-time module, or a
  * backend linked in statically). */
 static inline int test_gpu_backend(const char *device, vc_backend **out, char *why, size_t why_size) {
@@ -82,7 +95,7 @@ static inline int test_gpu_backend(const char *device, vc_backend **out, char *w
     return st;
 }
 
-/* The CUDA backends behind capped wrappers, so test_backend_destroy can free both. */
+/* The CUDA or simulated backends behind capped wrappers, so test_backend_destroy can free both. */
 static struct {
     vc_backend *wrapper, *inner;
 } test_wrapped[64];
@@ -91,14 +104,24 @@ static struct {
  * that asks for CUDA and cannot have it fails rather than skips: it was asked for explicitly. */
 static inline vc_backend *test_backend_create(size_t capacity) {
     vc_backend *b = NULL;
-    if (!test_on_cuda()) {
+    if (!test_on_device()) {
         assert_int_equal(vc_backend_host_create(capacity, &b), VC_OK);
         return b;
     }
     static int said;
-    vc_backend *cuda = NULL;
+    vc_backend *cuda = NULL; /* the device under the cap: CUDA's or the simulator's */
     char why[256];
-    if (test_gpu_backend("cuda:0", &cuda, why, sizeof why) != VC_OK) fail_msg("VC_TEST_BACKEND=cuda: %s", why);
+    if (test_on_sim()) {
+        vc_sim_params sp;
+        vc_sim_params_init(&sp);
+        sp.device_bytes = capacity < SIZE_MAX / 2 ? 2 * capacity + MB : SIZE_MAX; /* the cap bounds it */
+        sp.h2d_bytes_per_s = sp.d2h_bytes_per_s = 1e9;
+        sp.copy_latency_s = 1e-6;
+        assert_int_equal(vc_backend_sim_create(&sp, &cuda), VC_OK);
+        snprintf(why, sizeof why, "the simulated device, ordering checked");
+    } else if (test_gpu_backend("cuda:0", &cuda, why, sizeof why) != VC_OK) {
+        fail_msg("VC_TEST_BACKEND=cuda: %s", why);
+    }
     if (!said++) print_message("backend under test: %s (capped per test)\n", why);
     assert_int_equal(vc_backend_fault_create(cuda, &b), VC_OK);
     assert_int_equal(vc_fault_set_device_capacity(b, capacity, 0), VC_OK);
@@ -114,6 +137,8 @@ static inline void test_backend_destroy(vc_backend *b) {
     vc_backend_destroy(b);
     for (size_t i = 0; i < 64; i++)
         if (b && test_wrapped[i].wrapper == b) {
+            char msg[384];
+            if (test_on_sim() && vc_sim_hazards(test_wrapped[i].inner, msg, sizeof msg)) fail_msg("%s", msg);
             vc_backend_destroy(test_wrapped[i].inner);
             test_wrapped[i].wrapper = test_wrapped[i].inner = NULL;
         }
@@ -121,7 +146,7 @@ static inline void test_backend_destroy(vc_backend *b) {
 
 /* Other processes' use of the device, as the host backend's external usage or the cap's. */
 static inline void test_set_external_usage(vc_backend *b, size_t capacity, size_t bytes) {
-    if (test_on_cuda())
+    if (test_on_device())
         assert_int_equal(vc_fault_set_device_capacity(b, capacity, bytes), VC_OK);
     else
         assert_int_equal(vc_backend_host_set_external_usage(b, bytes), VC_OK);
@@ -149,7 +174,7 @@ static inline void test_device_read(vc_backend *b, void *dst, const void *dptr, 
 typedef int (*test_check_fn)(const void *p, size_t n, uint64_t seed);
 
 static inline int check_device_by(vc_cache *c, const void *dptr, size_t n, uint64_t seed, test_check_fn check) {
-    if (!test_on_cuda()) return check(dptr, n, seed);
+    if (!test_on_device()) return check(dptr, n, seed);
     void *buf = malloc(n ? n : 1);
     assert_non_null(buf);
     test_device_read(vc_cache_backend(c), buf, dptr, n);
@@ -164,7 +189,7 @@ static inline int check_device(vc_cache *c, const void *dptr, size_t n, uint64_t
 
 /* memset for device memory of cache `c` (a reservation's buffer). */
 static inline void fill_device(vc_cache *c, void *dptr, int byte, size_t n) {
-    if (!test_on_cuda()) {
+    if (!test_on_device()) {
         memset(dptr, byte, n);
         return;
     }

@@ -17,6 +17,7 @@
  * after the earlier ends. A violation is counted and described (vc_sim_hazards); on a GPU it would
  * be corrupted weights or a use after free.
  */
+#include <pthread.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -60,6 +61,7 @@ static const char *const sim_op_name[] = {"host-to-device copy", "device-to-host
 #define SIM_MAX_ACCESSES 65536
 
 typedef struct sim_ctx {
+    pthread_mutex_t mu; /* every operation holds it: the backend may be shared between threads */
     vc_sim_params p;
     sim_access *acc;
     size_t nacc, cap_acc;
@@ -150,7 +152,7 @@ static void forget_range(sim_ctx *s, int host, const void *p, size_t bytes) {
 
 #define SIM_ALIGN ((size_t)2 << 20)
 
-static int sim_device_alloc(void *ctx, size_t bytes, void **dptr) {
+static int sim_device_alloc_u(void *ctx, size_t bytes, void **dptr) {
     sim_ctx *s = ctx;
     if (bytes > s->p.device_bytes - s->used) {
         vc_backend_set_error("sim device: %zu bytes requested, %zu free of %zu", bytes,
@@ -180,7 +182,7 @@ static int sim_device_alloc(void *ctx, size_t bytes, void **dptr) {
     return VC_OK;
 }
 
-static void sim_device_free(void *ctx, void *dptr) {
+static void sim_device_free_u(void *ctx, void *dptr) {
     sim_ctx *s = ctx;
     /* cudaFree and hipFree wait for the device to go idle: so does the virtual host */
     double idle = max3(s->h2d_free, s->d2h_free, s->compute_free);
@@ -200,7 +202,7 @@ static void sim_device_free(void *ctx, void *dptr) {
         }
 }
 
-static int sim_host_alloc(void *ctx, size_t bytes, void **hptr, int *pinned) {
+static int sim_host_alloc_u(void *ctx, size_t bytes, void **hptr, int *pinned) {
     sim_ctx *s = ctx;
     *pinned = 1; /* the simulated host memory behaves as pinned */
     if (s->p.backed) {
@@ -212,7 +214,7 @@ static int sim_host_alloc(void *ctx, size_t bytes, void **hptr, int *pinned) {
     return VC_OK;
 }
 
-static void sim_host_free(void *ctx, void *hptr, size_t bytes, int pinned) {
+static void sim_host_free_u(void *ctx, void *hptr, size_t bytes, int pinned) {
     (void)pinned, (void)bytes;
     sim_ctx *s = ctx;
     forget_range(s, 1, hptr, bytes);
@@ -221,7 +223,7 @@ static void sim_host_free(void *ctx, void *hptr, size_t bytes, int pinned) {
 
 /* ---- streams, copies, events ---- */
 
-static int sim_stream_create(void *ctx, vc_stream *out) {
+static int sim_stream_create_u(void *ctx, vc_stream *out) {
     sim_ctx *s = ctx;
     sim_stream *st = calloc(1, sizeof(*st));
     if (!st) return VC_ERR_NO_MEMORY;
@@ -247,7 +249,7 @@ static void schedule_copy(sim_ctx *s, sim_stream *st, double *engine_free, doubl
     *start_out = start;
 }
 
-static int sim_copy_h2d(void *ctx, void *dst, const void *src, size_t bytes, vc_stream stream) {
+static int sim_copy_h2d_u(void *ctx, void *dst, const void *src, size_t bytes, vc_stream stream) {
     sim_ctx *s = ctx;
     sim_stream *st = stream_of(s, stream);
     double start;
@@ -258,7 +260,7 @@ static int sim_copy_h2d(void *ctx, void *dst, const void *src, size_t bytes, vc_
     return VC_OK;
 }
 
-static int sim_copy_d2h(void *ctx, void *dst, const void *src, size_t bytes, vc_stream stream) {
+static int sim_copy_d2h_u(void *ctx, void *dst, const void *src, size_t bytes, vc_stream stream) {
     sim_ctx *s = ctx;
     sim_stream *st = stream_of(s, stream);
     double start;
@@ -280,7 +282,7 @@ static void sim_event_destroy(void *ctx, void *ev) {
     free(ev);
 }
 
-static int sim_event_record(void *ctx, void *ev, vc_stream stream) {
+static int sim_event_record_u(void *ctx, void *ev, vc_stream stream) {
     sim_ctx *s = ctx;
     sim_event *e = ev;
     sim_stream *st = stream_of(s, stream);
@@ -289,20 +291,20 @@ static int sim_event_record(void *ctx, void *ev, vc_stream stream) {
     return VC_OK;
 }
 
-static int sim_event_query(void *ctx, void *ev) {
+static int sim_event_query_u(void *ctx, void *ev) {
     sim_ctx *s = ctx;
     sim_event *e = ev;
     return !e->recorded || e->time <= s->now;
 }
 
-static int sim_event_synchronize(void *ctx, void *ev) {
+static int sim_event_synchronize_u(void *ctx, void *ev) {
     sim_ctx *s = ctx;
     sim_event *e = ev;
     if (e->recorded && e->time > s->now) s->now = e->time;
     return VC_OK;
 }
 
-static int sim_stream_wait_event(void *ctx, vc_stream stream, void *ev) {
+static int sim_stream_wait_event_u(void *ctx, vc_stream stream, void *ev) {
     sim_ctx *s = ctx;
     sim_event *e = ev;
     sim_stream *st = stream_of(s, stream);
@@ -310,16 +312,16 @@ static int sim_stream_wait_event(void *ctx, vc_stream stream, void *ev) {
     return VC_OK;
 }
 
-static int sim_mem_info(void *ctx, size_t *free_bytes, size_t *total) {
+static int sim_mem_info_u(void *ctx, size_t *free_bytes, size_t *total) {
     sim_ctx *s = ctx;
     *free_bytes = s->p.device_bytes - s->used;
     *total = s->p.device_bytes;
     return VC_OK;
 }
 
-static double sim_now(void *ctx) { return ((sim_ctx *)ctx)->now; }
+static double sim_now_u(void *ctx) { return ((sim_ctx *)ctx)->now; }
 
-static double sim_event_time(void *ctx, void *ev) {
+static double sim_event_time_u(void *ctx, void *ev) {
     (void)ctx;
     sim_event *e = ev;
     return e->recorded ? e->time : -1.0;
@@ -327,14 +329,127 @@ static double sim_event_time(void *ctx, void *ev) {
 
 static void sim_destroy(void *ctx) {
     sim_ctx *s = ctx;
-    while (s->allocs) sim_device_free(s, s->allocs->ptr);
+    while (s->allocs) sim_device_free_u(s, s->allocs->ptr);
     while (s->streams) {
         sim_stream *n = s->streams->next;
         free(s->streams);
         s->streams = n;
     }
     free(s->acc);
+    pthread_mutex_destroy(&s->mu);
     free(s);
+}
+
+/* The operations the cache calls, each under the context's lock: several caches (and an engine's
+ * threads through vc_sim_*) may use one simulated device at once, as they may a GPU. */
+static int sim_device_alloc(void *ctx, size_t bytes, void **dptr) {
+    sim_ctx *s = ctx;
+    pthread_mutex_lock(&s->mu);
+    int r = sim_device_alloc_u(ctx, bytes, dptr);
+    pthread_mutex_unlock(&s->mu);
+    return r;
+}
+
+static void sim_device_free(void *ctx, void *dptr) {
+    sim_ctx *s = ctx;
+    pthread_mutex_lock(&s->mu);
+    sim_device_free_u(ctx, dptr);
+    pthread_mutex_unlock(&s->mu);
+}
+
+static int sim_host_alloc(void *ctx, size_t bytes, void **hptr, int *pinned) {
+    sim_ctx *s = ctx;
+    pthread_mutex_lock(&s->mu);
+    int r = sim_host_alloc_u(ctx, bytes, hptr, pinned);
+    pthread_mutex_unlock(&s->mu);
+    return r;
+}
+
+static void sim_host_free(void *ctx, void *hptr, size_t bytes, int pinned) {
+    sim_ctx *s = ctx;
+    pthread_mutex_lock(&s->mu);
+    sim_host_free_u(ctx, hptr, bytes, pinned);
+    pthread_mutex_unlock(&s->mu);
+}
+
+static int sim_stream_create(void *ctx, vc_stream *out) {
+    sim_ctx *s = ctx;
+    pthread_mutex_lock(&s->mu);
+    int r = sim_stream_create_u(ctx, out);
+    pthread_mutex_unlock(&s->mu);
+    return r;
+}
+
+static int sim_copy_h2d(void *ctx, void *dst, const void *src, size_t bytes, vc_stream stream) {
+    sim_ctx *s = ctx;
+    pthread_mutex_lock(&s->mu);
+    int r = sim_copy_h2d_u(ctx, dst, src, bytes, stream);
+    pthread_mutex_unlock(&s->mu);
+    return r;
+}
+
+static int sim_copy_d2h(void *ctx, void *dst, const void *src, size_t bytes, vc_stream stream) {
+    sim_ctx *s = ctx;
+    pthread_mutex_lock(&s->mu);
+    int r = sim_copy_d2h_u(ctx, dst, src, bytes, stream);
+    pthread_mutex_unlock(&s->mu);
+    return r;
+}
+
+static int sim_event_record(void *ctx, void *ev, vc_stream stream) {
+    sim_ctx *s = ctx;
+    pthread_mutex_lock(&s->mu);
+    int r = sim_event_record_u(ctx, ev, stream);
+    pthread_mutex_unlock(&s->mu);
+    return r;
+}
+
+static int sim_event_query(void *ctx, void *ev) {
+    sim_ctx *s = ctx;
+    pthread_mutex_lock(&s->mu);
+    int r = sim_event_query_u(ctx, ev);
+    pthread_mutex_unlock(&s->mu);
+    return r;
+}
+
+static int sim_event_synchronize(void *ctx, void *ev) {
+    sim_ctx *s = ctx;
+    pthread_mutex_lock(&s->mu);
+    int r = sim_event_synchronize_u(ctx, ev);
+    pthread_mutex_unlock(&s->mu);
+    return r;
+}
+
+static int sim_stream_wait_event(void *ctx, vc_stream stream, void *ev) {
+    sim_ctx *s = ctx;
+    pthread_mutex_lock(&s->mu);
+    int r = sim_stream_wait_event_u(ctx, stream, ev);
+    pthread_mutex_unlock(&s->mu);
+    return r;
+}
+
+static int sim_mem_info(void *ctx, size_t *free_bytes, size_t *total) {
+    sim_ctx *s = ctx;
+    pthread_mutex_lock(&s->mu);
+    int r = sim_mem_info_u(ctx, free_bytes, total);
+    pthread_mutex_unlock(&s->mu);
+    return r;
+}
+
+static double sim_now(void *ctx) {
+    sim_ctx *s = ctx;
+    pthread_mutex_lock(&s->mu);
+    double r = sim_now_u(ctx);
+    pthread_mutex_unlock(&s->mu);
+    return r;
+}
+
+static double sim_event_time(void *ctx, void *ev) {
+    sim_ctx *s = ctx;
+    pthread_mutex_lock(&s->mu);
+    double r = sim_event_time_u(ctx, ev);
+    pthread_mutex_unlock(&s->mu);
+    return r;
 }
 
 static const vc_backend_ops sim_ops = {
@@ -386,17 +501,24 @@ int vc_backend_sim_create(const vc_sim_params *params, vc_backend **out) {
     sim_ctx *s = calloc(1, sizeof(*s));
     if (!s) return vc__fail(NULL, VC_ERR_NO_MEMORY, "vc_backend_sim_create: out of host memory");
     memcpy(&s->p, params, params->struct_size); /* fields an older program lacks stay 0 */
+    pthread_mutex_init(&s->mu, NULL);
     s->next_fake_device = (uintptr_t)1 << 44;
     s->next_fake_host = (uintptr_t)1 << 45;
     int st = vc_backend_create(&sim_ops, s, out);
-    if (st != VC_OK) free(s);
+    if (st != VC_OK) {
+        pthread_mutex_destroy(&s->mu);
+        free(s);
+    }
     return st;
 }
 
 int vc_sim_stream_create(vc_backend *b, vc_stream *out) {
     sim_ctx *s = ctx_of(b);
     if (!s || !out) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_sim_stream_create: not a sim backend");
-    return sim_stream_create(s, out);
+    pthread_mutex_lock(&s->mu);
+    int st = sim_stream_create_u(s, out);
+    pthread_mutex_unlock(&s->mu);
+    return st;
 }
 
 int vc_sim_compute_reading(vc_backend *b, vc_stream stream, double seconds, size_t n, void *const *ptrs,
@@ -404,6 +526,7 @@ int vc_sim_compute_reading(vc_backend *b, vc_stream stream, double seconds, size
     sim_ctx *s = ctx_of(b);
     if (!s || !(seconds >= 0) || (n && (!ptrs || !bytes)))
         return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_sim_compute: bad argument");
+    pthread_mutex_lock(&s->mu);
     sim_stream *st = stream_of(s, stream);
     double t0 = max3(s->now, st->ready, s->compute_free);
     double t1 = t0 + seconds;
@@ -411,6 +534,7 @@ int vc_sim_compute_reading(vc_backend *b, vc_stream stream, double seconds, size
     s->compute_free = t1;
     s->busy_compute += seconds;
     for (size_t i = 0; i < n; i++) note_access(s, 0, ptrs[i], bytes[i], 0, SIM_OP_KERNEL, t0, t1);
+    pthread_mutex_unlock(&s->mu);
     if (start) *start = t0;
     if (end) *end = t1;
     return VC_OK;
@@ -422,6 +546,8 @@ int vc_sim_compute(vc_backend *b, vc_stream stream, double seconds, double *star
 
 size_t vc_sim_hazards(vc_backend *b, char *msg, size_t size) {
     sim_ctx *s = ctx_of(b);
+    if (s) pthread_mutex_lock(&s->mu);
+    size_t n = s ? s->hazards : 0;
     if (msg && size) {
         const char *text = !s ? "not a sim backend"
                            : s->hazards ? s->hazard
@@ -430,34 +556,41 @@ size_t vc_sim_hazards(vc_backend *b, char *msg, size_t size) {
                                           : "no hazard";
         snprintf(msg, size, "%s", text);
     }
-    return s ? s->hazards : 0;
+    if (s) pthread_mutex_unlock(&s->mu);
+    return n;
 }
 
 int vc_sim_stream_synchronize(vc_backend *b, vc_stream stream) {
     sim_ctx *s = ctx_of(b);
     if (!s) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_sim_stream_synchronize: not a sim backend");
+    pthread_mutex_lock(&s->mu);
     sim_stream *st = stream_of(s, stream);
     if (st->ready > s->now) s->now = st->ready;
+    pthread_mutex_unlock(&s->mu);
     return VC_OK;
 }
 
 int vc_sim_wait_until(vc_backend *b, double t) {
     sim_ctx *s = ctx_of(b);
     if (!s) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_sim_wait_until: not a sim backend");
+    pthread_mutex_lock(&s->mu);
     if (t > s->now) s->now = t;
+    pthread_mutex_unlock(&s->mu);
     return VC_OK;
 }
 
 double vc_sim_now(vc_backend *b) {
     sim_ctx *s = ctx_of(b);
-    return s ? s->now : 0.0;
+    return s ? sim_now(s) : 0.0;
 }
 
 int vc_sim_busy(vc_backend *b, double *h2d, double *d2h, double *compute) {
     sim_ctx *s = ctx_of(b);
     if (!s) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_sim_busy: not a sim backend");
+    pthread_mutex_lock(&s->mu);
     if (h2d) *h2d = s->busy_h2d;
     if (d2h) *d2h = s->busy_d2h;
     if (compute) *compute = s->busy_compute;
+    pthread_mutex_unlock(&s->mu);
     return VC_OK;
 }

@@ -205,6 +205,13 @@ int vc_sim_run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_res
     }
     vc_sim_stream_synchronize(e.sim, e.stream);
     char hz[384];
+    if (st == VC_OK && vc_sim_now(e.sim) > 1e9) {
+        /* a double's resolution there is ~0.1 us and falling: step times would be rounding noise */
+        snprintf(res->error, sizeof res->error,
+                 "the run lasted %.3g s of simulated time (more than 1e9 s), too long to time its steps: "
+                 "lower the layers' flops or raise the compute speed", vc_sim_now(e.sim));
+        st = vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_sim_run_workload: %s", res->error);
+    }
     if (st == VC_OK && vc_sim_hazards(e.sim, hz, sizeof hz)) {
         /* a schedule that would corrupt weights on a GPU: its figures mean nothing */
         snprintf(res->error, sizeof res->error, "%zu hazard(s), the first: %.200s",

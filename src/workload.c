@@ -149,6 +149,13 @@ static int parse_layers(wparser *P, yaml_node_t *seq, wl_model *m) {
             bad = 1;
             continue;
         }
+        if (flops > 1e18) { /* hours per use on any GPU: the simulator's microseconds would blur */
+            vc__diag_add(P->d, VC_DIAG_ERROR, P->file, ln(it), cl(it), "flops",
+                         "layer '%s': flops must be at most 1e18 (one use of the largest real layers is ~1e15)",
+                         name);
+            bad = 1;
+            continue;
+        }
         wl_layer *L = &m->layers[m->n++];
         L->name = dup_str(name);
         L->bytes = (size_t)bytes;

@@ -305,6 +305,7 @@ static void test_workload_errors(void **state) {
         {"name: x\nmodels:\n  - name: m\n    layers: [{name: a, bytes: 1, flops: 1}]\npipeline:\n"
          "  - {model: m, repeat: steps, working_mem_bytes: 1.5}\n", "working_mem_bytes must be a whole number"},
         {"name: x\nsteps: 0\nlayers:\n  - {name: a, bytes: 1, flops: 1}\n", "steps must be a whole number from 1"},
+        {"name: x\nlayers:\n  - {name: a, bytes: 1, flops: 1e30}\n", "flops must be at most 1e18"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         vc_workload *wl = (vc_workload *)0x1;
@@ -458,6 +459,26 @@ static void test_run_reports_segment_bound(void **state) {
     assert_true(r.segment_bound_step_time_s >= r.lower_bound_step_time_s);
     assert_true(r.segment_bound_step_time_s > 1.2 * r.lower_bound_step_time_s);
     assert_true(r.step_time_s >= r.segment_bound_step_time_s);
+    vc_workload_destroy(wl);
+}
+
+/* A run whose virtual clock goes past 1e9 s (a huge layer on a slow device) cannot time its steps
+ * to the microsecond any more (a double's resolution there is ~0.1 us): it fails and says why,
+ * rather than report rounding noise as step times (fuzz_workload found step times of 0). */
+static void test_run_too_long_to_time(void **state) {
+    (void)state;
+    const char *text = "name: slow\nsteps: 3\nlayers:\n  - {name: a, bytes: 1000, flops: 1e18}\n";
+    vc_workload *wl;
+    assert_int_equal(vc_workload_load_string(text, strlen(text), "slow.yaml", &wl, NULL), VC_OK);
+    vc_sim_run run;
+    vc_sim_run_init(&run);
+    run.flops = 1e9; /* 1e9 s per use */
+    vc_sim_result r;
+    assert_int_equal(vc_sim_run_workload(wl, &run, &r), VC_ERR_INVALID_ARG);
+    assert_non_null(strstr(r.error, "too long to time its steps"));
+    run.flops = 1e12; /* 1e6 s per use: timed */
+    assert_int_equal(vc_sim_run_workload(wl, &run, &r), VC_OK);
+    assert_true(fabs(r.step_time_s - 1e6) < 1e-3);
     vc_workload_destroy(wl);
 }
 
@@ -667,6 +688,7 @@ int main(void) {
         cmocka_unit_test(test_shipped_workloads),
         cmocka_unit_test(test_segment_bound),
         cmocka_unit_test(test_run_reports_segment_bound),
+        cmocka_unit_test(test_run_too_long_to_time),
         cmocka_unit_test(test_planner_sdxl_quarter),
         cmocka_unit_test(test_trace_is_chrome_json),
     };

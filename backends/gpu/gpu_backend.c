@@ -187,7 +187,12 @@ static int staged_h2d(gpu_ctx *g, char *dst, const char *src, size_t n, gpuStrea
             memcpy(g->staging[k], src + off, chunk);
             e = gpuMemcpyAsync(dst + off, g->staging[k], chunk, gpuMemcpyHostToDevice, st);
         }
-        if (e == gpuSuccess) e = gpuEventRecord(g->staging_ev[k], st);
+        if (e == gpuSuccess) {
+            e = gpuEventRecord(g->staging_ev[k], st);
+            /* without its event the slot would next be overwritten while this copy may still read
+             * it: wait for the stream now (slow, and only after a failure) */
+            if (e != gpuSuccess) gpuStreamSynchronize(st);
+        }
         if (e != gpuSuccess) st_ok = fail(e, GPU_NAME " staged host-to-device copy");
     }
     pthread_mutex_unlock(&g->lock);

@@ -33,6 +33,7 @@ typedef struct slot {
     size_t bytes;
     uint8_t seed;
     unsigned holds;
+    unsigned holds_on[2]; /* of them, on each engine stream (a hold is released on the stream that used it) */
     void *dptr;
     uint8_t *borrowed;
     int loader_fail;
@@ -78,14 +79,16 @@ static int intact_sampled(const uint8_t *p, const slot *s) {
         if (!(x)) __builtin_trap();                                                                \
     } while (0)
 
-/* The engine's kernel on a layer it holds (simulator only: the ordering check sees it read). */
-static void kernel(vc_backend *sim, void *p, size_t bytes) {
-    if (sim) CHECK(vc_sim_compute_reading(sim, NULL, 1e-6, 1, &p, &bytes, NULL, NULL) == VC_OK);
+/* The engine's kernel on a layer it holds, on the stream it acquired it on (simulator only: the
+ * ordering check sees it read). */
+static void kernel(vc_backend *sim, vc_stream stream, void *p, size_t bytes) {
+    if (sim) CHECK(vc_sim_compute_reading(sim, stream, 1e-6, 1, &p, &bytes, NULL, NULL) == VC_OK);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size < 2) return 0;
     vc_backend *host, *fault, *sim = NULL;
+    vc_stream streams[2] = {NULL, NULL}; /* the engine's: on the simulator two, used in turn or at once */
     if ((data[1] >> 4) & 1) {
         vc_sim_params sp;
         vc_sim_params_init(&sp);
@@ -94,6 +97,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         sp.copy_latency_s = 1e-6;
         if (vc_backend_sim_create(&sp, &host) != VC_OK) return 0;
         sim = host;
+        CHECK(vc_sim_stream_create(sim, &streams[0]) == VC_OK && vc_sim_stream_create(sim, &streams[1]) == VC_OK);
     } else if (vc_backend_host_create(DEVICE, &host) != VC_OK) {
         return 0;
     }
@@ -152,7 +156,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         case 1: case 2: case 3: /* acquire */
             if (!x->live) break;
             if (op & 0x40) x->loader_fail = 1;
-            st = vc_layer_acquire(c, x->id, NULL, &p);
+            int on = (op >> 5) & 1;
+            st = vc_layer_acquire(c, x->id, streams[on], &p);
             x->loader_fail = 0;
             CHECK(st == VC_OK || st == VC_ERR_OUT_OF_VRAM || st == VC_ERR_OUT_OF_RAM || st == VC_ERR_LOADER ||
                   st == VC_ERR_BACKEND || st == VC_ERR_NO_MEMORY);
@@ -160,16 +165,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 CHECK(intact(p, x));
                 if (x->holds) CHECK(p == x->dptr);
                 x->holds++;
+                x->holds_on[on]++;
                 x->dptr = p;
-                kernel(sim, p, x->bytes);
+                kernel(sim, streams[on], p, x->bytes);
             }
             break;
         case 4: case 5: /* release (sometimes the host then waits for the device) */
             if (!x->live) break;
-            st = vc_layer_release(c, x->id, NULL);
-            if (sim && (op & 0x80)) CHECK(vc_sim_stream_synchronize(sim, NULL) == VC_OK);
+            int off = x->holds_on[(op >> 5) & 1] ? (op >> 5) & 1 : !((op >> 5) & 1);
+            st = vc_layer_release(c, x->id, streams[off]);
+            if (sim && (op & 0x80)) CHECK(vc_sim_stream_synchronize(sim, streams[off]) == VC_OK);
             CHECK(st == (x->holds ? VC_OK : VC_ERR_NOT_HELD));
-            if (x->holds) x->holds--;
+            if (x->holds) {
+                x->holds--;
+                x->holds_on[off]--;
+            }
             break;
         case 6: /* offload, patch, unpatch, stage into RAM; the same for the whole model */
             if (!x->live) break;
@@ -259,14 +269,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                     int i = j < NL ? j : j - NL / 2;
                     slot *y = &s[(arg & 4) && i < NL / 2 ? NL / 2 - 1 - i : i]; /* sometimes the first model backwards */
                     if (!y->live || ((arg & 8) && i < NL / 2 && rep == 2)) continue; /* sometimes it sits a step out */
-                    st = vc_layer_acquire(c, y->id, NULL, &p);
+                    vc_stream es = streams[(arg >> 5) & 1];
+                    st = vc_layer_acquire(c, y->id, es, &p);
                     CHECK(st == VC_OK || st == VC_ERR_OUT_OF_VRAM || st == VC_ERR_OUT_OF_RAM || st == VC_ERR_LOADER ||
                           st == VC_ERR_BACKEND || st == VC_ERR_NO_MEMORY);
                     if (st != VC_OK) continue;
                     CHECK(intact(p, y));
                     if (y->holds) CHECK(p == y->dptr);
-                    kernel(sim, p, y->bytes);
-                    CHECK(vc_layer_release(c, y->id, NULL) == VC_OK);
+                    kernel(sim, es, p, y->bytes);
+                    CHECK(vc_layer_release(c, y->id, es) == VC_OK);
                 }
             break;
         }
@@ -299,7 +310,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (res[r]) CHECK(vc_release_working_mem(c, res[r]) == VC_OK);
     for (int i = 0; i < NL; i++) {
         while (s[i].live && s[i].holds) {
-            CHECK(vc_layer_release(c, s[i].id, NULL) == VC_OK);
+            int on = s[i].holds_on[0] ? 0 : 1;
+            CHECK(vc_layer_release(c, s[i].id, streams[on]) == VC_OK);
+            s[i].holds_on[on]--;
             s[i].holds--;
         }
         if (!s[i].live) continue;

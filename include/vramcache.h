@@ -397,7 +397,9 @@ VC_API int vc_layer_register(vc_cache *cache, vc_model_id model, const vc_layer_
  *  when needed), however many devices upload from them. Name, size and alignment are the source's.
  *  While a shared layer exists, `owner` cannot be destroyed (VC_ERR_BUSY); if the source layer is
  *  unregistered, acquiring the shared one fails with VC_ERR_NOT_FOUND. Shared layers cannot be
- *  patched (patch the source). Locks: the cache's own lock, then the owner's (never the reverse), so
+ *  patched (patch the source): a patch or unpatch of the source reaches this cache at its next
+ *  acquire of the layer while no hold is on it (a copy already held keeps its weights until then).
+ *  Locks: the cache's own lock, then the owner's (never the reverse), so
  *  two caches must not share from each other.
  *  Errors: VC_ERR_INVALID_ARG (NULL, owner == cache), VC_ERR_NOT_FOUND, VC_ERR_NO_MEMORY. */
 VC_API int vc_layer_register_shared(vc_cache *cache, vc_model_id model, vc_cache *owner, vc_layer_id source,
@@ -516,17 +518,21 @@ typedef enum vc_patch_mode {
  *  without the cache lock, with the layer's current weights in a RAM-pool buffer and changes them in
  *  place, returning 0 (or a negative value to cancel). The patched weights become the layer's only
  *  authoritative copy: they stay in the RAM pool (counted, never dropped, whatever keep_ram_copy says)
- *  and reach the device at the next acquire. A borrowed source is never written: the layer gets a
- *  private copy. FUSE on a layer that is already patched is refused (unpatch first).
- *  Errors: VC_ERR_INVALID_ARG, VC_ERR_NOT_FOUND, VC_ERR_BUSY (held or loading), VC_ERR_OUT_OF_RAM,
+ *  and reach the device at the next acquire, on every device that shares the layer too
+ *  (vc_layer_register_shared). A borrowed source is never written: the layer gets a private copy.
+ *  FUSE on a layer that is already patched is refused (unpatch first).
+ *  Errors: VC_ERR_INVALID_ARG, VC_ERR_NOT_FOUND, VC_ERR_BUSY (held or loading, or an upload of a
+ *  cache sharing the layer still reads its RAM copy: that cache lets it go at its next acquire,
+ *  release or vc_cache_get_stats), VC_ERR_UNSUPPORTED (a shared layer: patch its source), VC_ERR_OUT_OF_RAM,
  *  VC_ERR_NO_MEMORY, VC_ERR_LOADER (producing the current weights, or `fn` failed: the weights are
  *  left as they were), VC_ERR_BACKEND. */
 VC_API int vc_layer_patch(vc_cache *cache, vc_layer_id layer, vc_patch_mode mode,
                           int (*fn)(void *user, void *weights, size_t bytes), void *user);
 
 /** Restores a patched layer's original weights (from the backup, or from the source after FUSE).
- *  An unpatched layer is a success. Errors: VC_ERR_NOT_FOUND, VC_ERR_BUSY (held or loading),
- *  VC_ERR_BACKEND (an upload still reading the RAM copy cannot be waited for: the layer stays
+ *  Devices sharing the layer get the original back at their next acquire. An unpatched layer is a
+ *  success. Errors: VC_ERR_NOT_FOUND, VC_ERR_BUSY (held or loading, or a sharing cache's upload
+ *  still reads its RAM copy, as for vc_layer_patch), VC_ERR_BACKEND (an upload still reading the RAM copy cannot be waited for: the layer stays
  *  patched). */
 VC_API int vc_layer_unpatch(vc_cache *cache, vc_layer_id layer);
 

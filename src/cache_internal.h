@@ -6,6 +6,7 @@
 #define VC_CACHE_INTERNAL_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 
@@ -41,6 +42,9 @@ struct vc_layer_rec {
     vc_cache *owner;      /* shared: the weights come from layer owner_layer of this cache */
     vc_layer_id owner_layer;
     unsigned host_pins;   /* uploads of other caches reading our host copy (it must stay) */
+    unsigned long weights_gen; /* bumped when patch/unpatch change the weights (sharers compare it) */
+    unsigned long src_gen, src_epoch; /* shared: the source's weights_gen and its cache's
+                                       * weights_epoch when our device copy was made */
     const void *host_src; /* borrowed engine copy, or NULL */
     vc_loader_fn loader;
     void *loader_user;
@@ -223,6 +227,7 @@ struct vc_cache {
     layer_list vram_lru;
     layer_list ram_lru;
     deferred_free *deferred;
+    atomic_ulong weights_epoch; /* bumped with any layer's weights_gen: sharers' cheap check */
     deferred_free *quarantine; /* host memory a copy may still use, with no event to tell (settle_stream) */
     remote_pin *remote_pins; /* host copies of owner caches our uploads still read */
     unsigned dependents;     /* shared layers in other caches reading ours */

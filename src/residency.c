@@ -236,8 +236,11 @@ static void drain_deferred(vc_cache *c, int wait, const layer_t *only) {
     }
 }
 
+static void drain_remote_pins(vc_cache *c, int wait, const layer_t *only);
+
 void vc__reap_deferred(vc_cache *c) {
     if (c->deferred) drain_deferred(c, 0, NULL);
+    if (c->remote_pins) drain_remote_pins(c, 0, NULL); /* owners may patch once our uploads are done */
 }
 
 /* keep_ram_copy off: the RAM copy goes once the upload reading it completes. */
@@ -1035,7 +1038,7 @@ static void drain_remote_pins(vc_cache *c, int wait, const layer_t *only) {
  * `msg` gets the owner's message. Callers holding our lock take the owner's after it (lock order:
  * ours, then the owner's). */
 static int owner_fetch(vc_cache *o, vc_layer_id oid, const char *fn, const void **src, int pin, char *msg,
-                       size_t msg_size) {
+                       size_t msg_size, unsigned long *gen) {
     pthread_mutex_lock(&o->lock);
     layer_t *ol = slot_table_get(&o->layers, oid);
     while (ol && ol->loading) {
@@ -1044,6 +1047,7 @@ static int owner_fetch(vc_cache *o, vc_layer_id oid, const char *fn, const void 
     }
     int st = !ol ? VC_ERR_NOT_FOUND : !pin && (ol->host_src || ol->ram) ? VC_OK : host_source(o, ol, fn, src);
     if (st == VC_OK && pin) ol->host_pins++;
+    if (st == VC_OK && gen) *gen = ol->weights_gen;
     snprintf(msg, msg_size, "%s", o->last_error);
     pthread_mutex_unlock(&o->lock);
     return st;
@@ -1059,8 +1063,34 @@ static int owner_status(vc_cache *c, const layer_t *l, const char *fn, int st, c
 
 static int owner_copy(vc_cache *c, layer_t *l, const char *fn, const void **src, int pin) {
     char msg[sizeof c->last_error];
-    int st = owner_fetch(l->owner, l->owner_layer, fn, src, pin, msg, sizeof msg);
+    /* which weights our device copy will hold: the epoch first, so a patch in between shows */
+    unsigned long epoch = atomic_load_explicit(&l->owner->weights_epoch, memory_order_acquire), gen = 0;
+    int st = owner_fetch(l->owner, l->owner_layer, fn, src, pin, msg, sizeof msg, &gen);
+    if (st == VC_OK && pin) {
+        l->src_gen = gen;
+        l->src_epoch = epoch;
+    }
     return owner_status(c, l, fn, st, msg);
+}
+
+/* A shared layer's device copy is stale when its source was patched or unpatched since it was made.
+ * Checked at each acquire that finds it resident and unheld: one atomic load, and the owner's lock
+ * only after some layer of the owner changed. */
+static int shared_stale(layer_t *l) {
+    unsigned long e = atomic_load_explicit(&l->owner->weights_epoch, memory_order_acquire);
+    if (e == l->src_epoch) return 0;
+    pthread_mutex_lock(&l->owner->lock);
+    const layer_t *ol = slot_table_get(&l->owner->layers, l->owner_layer);
+    int stale = ol && ol->weights_gen != l->src_gen;
+    pthread_mutex_unlock(&l->owner->lock);
+    if (!stale) l->src_epoch = e;
+    return stale;
+}
+
+/* The weights of l changed (patch, unpatch): devices sharing it reload them at their next acquire. */
+static void weights_changed(vc_cache *c, layer_t *l) {
+    l->weights_gen++;
+    atomic_fetch_add_explicit(&c->weights_epoch, 1, memory_order_release);
 }
 
 static int shared_source(vc_cache *c, layer_t *l, const char *fn, const void **src) {
@@ -1235,6 +1265,8 @@ int vc_layer_acquire(vc_cache *c, vc_layer_id id, vc_stream stream, void **devic
     pthread_mutex_lock(&c->lock);
     int st = VC_OK;
     layer_t *l = settled_layer(c, id); /* another thread loading it: wait, then take its result */
+    if (l && l->owner && l->vblock && !l->holds && shared_stale(l))
+        vc__evict_vram(c, l, VC_EVICT_MANUAL, 1); /* its source was patched: load the new weights */
     if (!l) {
         st = vc__fail(c, VC_ERR_NOT_FOUND, "%s: layer id %#llx is not registered", fn, (unsigned long long)id);
     } else if (l->vblock) {
@@ -1569,7 +1601,7 @@ int vc__stage_layer(vc_cache *c, layer_t *l, const char *fn) {
         vc_layer_id oid = l->owner_layer;
         l->loading = 1;
         pthread_mutex_unlock(&c->lock);
-        int st = owner_fetch(o, oid, fn, &src, 0, msg, sizeof msg);
+        int st = owner_fetch(o, oid, fn, &src, 0, msg, sizeof msg, NULL);
         pthread_mutex_lock(&c->lock);
         l->loading = 0;
         pthread_cond_broadcast(&c->loaded);
@@ -1709,6 +1741,12 @@ int vc_layer_patch(vc_cache *c, vc_layer_id id, vc_patch_mode mode, int (*fn)(vo
                       name, l->name);
         goto done;
     }
+    if (l->host_pins) {
+        st = vc__fail(c, VC_ERR_BUSY, "%s: layer '%s': %u upload(s) of caches sharing it still read its RAM copy; "
+                      "patch it once they have finished (a sharing cache lets them go at its next acquire, "
+                      "release or vc_cache_get_stats)", name, l->name, l->host_pins);
+        goto done;
+    }
     if (mode == VC_PATCH_FUSE && l->patched) {
         st = vc__fail(c, VC_ERR_INVALID_ARG, "%s: layer '%s' is already patched; FUSE would leave nothing to "
                       "restore: unpatch it first, or stack patches with VC_PATCH_BACKUP", name, l->name);
@@ -1762,6 +1800,7 @@ int vc_layer_patch(vc_cache *c, vc_layer_id id, vc_patch_mode mode, int (*fn)(vo
     }
     l->patched = 1;
     l->patch_fused = mode == VC_PATCH_FUSE;
+    weights_changed(c, l);
     if (l->vblock) vc__evict_vram(c, l, VC_EVICT_MANUAL, 0); /* the device has the old weights */
 done:
     pthread_mutex_unlock(&c->lock);
@@ -1778,6 +1817,10 @@ int vc_layer_unpatch(vc_cache *c, vc_layer_id id) {
         st = vc__fail(c, VC_ERR_NOT_FOUND, "%s: layer id %#llx is not registered", name, (unsigned long long)id);
     } else if (l->holds || l->loading) {
         st = vc__fail(c, VC_ERR_BUSY, "%s: layer '%s' is %s", name, l->name, l->loading ? "loading" : "held");
+    } else if (l->patched && l->host_pins) {
+        st = vc__fail(c, VC_ERR_BUSY, "%s: layer '%s': %u upload(s) of caches sharing it still read its RAM copy; "
+                      "unpatch it once they have finished (a sharing cache lets them go at its next acquire, "
+                      "release or vc_cache_get_stats)", name, l->name, l->host_pins);
     } else if (l->patched) {
         if (l->vblock) vc__evict_vram(c, l, VC_EVICT_MANUAL, 1);
         if (l->backup && wait_upload(c, l) != VC_OK) {
@@ -1789,9 +1832,11 @@ int vc_layer_unpatch(vc_cache *c, vc_layer_id id) {
             c->ram_bytes -= l->bytes;
             l->backup = NULL;
             l->patched = 0;
+            weights_changed(c, l);
             if (l->host_src) vc__drop_ram(c, l); /* the engine's copy is the original again */
         } else { /* fused: the source has the original */
             l->patched = 0;
+            weights_changed(c, l);
             vc__drop_ram(c, l);
         }
         l->patch_fused = 0;

@@ -98,6 +98,67 @@ static int noop_patch(void *user, void *w, size_t n) {
     return 0;
 }
 
+static int xor_a5(void *user, void *w, size_t n) {
+    (void)user;
+    for (size_t i = 0; i < n; i++) ((unsigned char *)w)[i] ^= 0xa5;
+    return 0;
+}
+
+static int is_xored_a5(const void *p, size_t n, uint64_t seed) {
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)(b[i] ^ 0xa5) != pattern_byte(seed, i)) return 0;
+    return 1;
+}
+
+/* A LoRA patched at the source reaches every device: a sharing cache whose device copy predates a
+ * patch (or an unpatch) loads the new weights at its next acquire, instead of computing with the
+ * old ones for as long as its copy stays resident. While an upload of a sharing cache still reads
+ * the source's RAM copy, patching it would change bytes under that copy: refused, with the way out. */
+static void test_patched_source_reaches_sharers(void **state) {
+    (void)state;
+    gpus g;
+    make_gpus(&g, 1 * MB, 1 * MB, 1);
+    uint64_t seed = g.loader[3].seed;
+    void *p;
+    use(&g, 1, 3); /* resident on the second device, kept there (the device has room) */
+    assert_int_equal(vc_layer_acquire(g.cache[1], g.layer[1][3], NULL, &p), VC_OK);
+    assert_true(check_device(g.cache[1], p, 32 * KB, seed));
+    uint64_t h2d = get_stats(g.cache[1]).bytes_h2d;
+    assert_int_equal(vc_layer_release(g.cache[1], g.layer[1][3], NULL), VC_OK);
+    assert_int_equal(vc_layer_patch(g.cache[0], g.layer[0][3], VC_PATCH_BACKUP, xor_a5, NULL), VC_OK);
+    assert_int_equal(vc_layer_acquire(g.cache[1], g.layer[1][3], NULL, &p), VC_OK);
+    assert_true(check_device_by(g.cache[1], p, 32 * KB, seed, is_xored_a5)); /* the patched weights */
+    assert_int_equal(get_stats(g.cache[1]).bytes_h2d, h2d + 32 * KB);           /* by one new upload */
+    assert_int_equal(vc_layer_release(g.cache[1], g.layer[1][3], NULL), VC_OK);
+    /* unchanged since: a hit again */
+    assert_int_equal(vc_layer_acquire(g.cache[1], g.layer[1][3], NULL, &p), VC_OK);
+    assert_int_equal(get_stats(g.cache[1]).bytes_h2d, h2d + 32 * KB);
+    /* another layer's patch costs this one nothing */
+    assert_int_equal(vc_layer_release(g.cache[1], g.layer[1][3], NULL), VC_OK);
+    use(&g, 1, 4);
+    h2d = get_stats(g.cache[1]).bytes_h2d;
+    assert_int_equal(vc_layer_patch(g.cache[0], g.layer[0][3], VC_PATCH_BACKUP, xor_a5, NULL), VC_OK); /* stacked */
+    assert_int_equal(vc_layer_unpatch(g.cache[0], g.layer[0][3]), VC_OK); /* the original again */
+    use(&g, 1, 4);
+    assert_int_equal(get_stats(g.cache[1]).bytes_h2d, h2d);
+    use(&g, 1, 3); /* checks the original pattern: reloaded after the unpatch */
+    assert_int_equal(get_stats(g.cache[1]).bytes_h2d, h2d + 32 * KB);
+    /* an upload of the sharing cache that may still read the source: patch and unpatch wait for it */
+    assert_int_equal(vc_layer_offload(g.cache[1], g.layer[1][5], VC_OFFLOAD_VRAM), VC_OK);
+    assert_int_equal(vc_layer_acquire(g.cache[1], g.layer[1][5], NULL, &p), VC_OK); /* uploads, pins the source */
+    assert_int_equal(vc_layer_patch(g.cache[0], g.layer[0][5], VC_PATCH_BACKUP, xor_a5, NULL), VC_ERR_BUSY);
+    assert_true(last_error_has(g.cache[0], "caches sharing it still read its RAM copy"));
+    assert_int_equal(vc_layer_release(g.cache[1], g.layer[1][5], NULL), VC_OK); /* lets finished uploads go */
+    test_default_stream_sync(g.dev[1]);
+    (void)get_stats(g.cache[1]);
+    assert_int_equal(vc_layer_patch(g.cache[0], g.layer[0][5], VC_PATCH_BACKUP, xor_a5, NULL), VC_OK);
+    assert_int_equal(vc_layer_acquire(g.cache[1], g.layer[1][5], NULL, &p), VC_OK);
+    assert_true(check_device_by(g.cache[1], p, 32 * KB, g.loader[5].seed, is_xored_a5));
+    assert_int_equal(vc_layer_release(g.cache[1], g.layer[1][5], NULL), VC_OK);
+    free_gpus(&g);
+}
+
 static void test_errors(void **state) {
     (void)state;
     gpus g;
@@ -188,6 +249,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_held_in_ram_once),
         cmocka_unit_test(test_owner_ram_pressure_and_keep_copy_off),
+        cmocka_unit_test(test_patched_source_reaches_sharers),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_two_devices_concurrently),
         cmocka_unit_test(test_stage_shared),

@@ -54,7 +54,8 @@ VC_API int vc_sim_compute_reading(vc_backend *sim, vc_stream stream, double seco
 /** Ordering hazards seen so far (with vc_sim_params.check_hazards): pairs of operations on the
  *  same bytes, one of them a write, that would overlap in time on a GPU — a copy into memory a
  *  running kernel or copy still reads, a kernel that reads weights before their copy has ended, a
- *  host buffer freed while a copy uses it. Returns the count (0 for a NULL or non-sim backend) and
+ *  host buffer freed while a copy uses it, and (backed memory) the host writing a buffer that a
+ *  running host-to-device copy reads (seen, by a sample of its bytes, at the next operation). Returns the count (0 for a NULL or non-sim backend) and
  *  writes a description of the first one (or why there is none) into msg[size] (may be NULL).
  *  Checking stops if more than 65536 operations are in flight with the host's clock standing still;
  *  the message says so. */

@@ -181,6 +181,24 @@ static void test_ordering_hazards(void **state) {
     vc_backend *b2 = sim_backend(1 * MB, 1e6, 0, 1);
     assert_int_equal(vc_sim_compute_reading(b2, NULL, 1, 1, NULL, &n, NULL, NULL), VC_ERR_INVALID_ARG);
     vc_backend_destroy(b2);
+
+    /* the host writing a buffer that a running upload reads (seen at the next operation), and
+     * writing it once the upload has ended (no hazard) */
+    b = sim_backend(1 * MB, 1e6, 1e-3, 1);
+    ops = vc_backend_get_ops(b);
+    ctx = vc_backend_get_ctx(b);
+    assert_int_equal(ops->device_alloc(ctx, n, &d), VC_OK);
+    assert_int_equal(ops->host_alloc(ctx, n, &h, &pinned), VC_OK);
+    memset(h, 1, n);
+    assert_int_equal(ops->copy_h2d(ctx, d, h, n, NULL), VC_OK); /* runs until t = 2 ms */
+    memset(h, 2, n);                                           /* at t = 0 */
+    assert_int_equal(vc_sim_hazards(b, msg, sizeof msg), 1);
+    assert_non_null(strstr(msg, "a write by the host (CPU) writes host memory"));
+    assert_int_equal(vc_sim_stream_synchronize(b, NULL), VC_OK);
+    memset(h, 3, n); /* the copy is over */
+    assert_int_equal(vc_sim_hazards(b, NULL, 0), 1);
+    ops->host_free(ctx, h, n, pinned);
+    vc_backend_destroy(b);
 }
 
 static void test_virtual_memory_is_never_touched(void **state) {

@@ -50,11 +50,12 @@ typedef struct sim_access {
     unsigned char host; /* host memory (else device) */
     unsigned char write;
     unsigned char op;   /* SIM_OP_* */
+    uint64_t sample;    /* host-to-device copies in backed memory: a sample of the source's bytes */
 } sim_access;
 
-enum { SIM_OP_H2D, SIM_OP_D2H, SIM_OP_KERNEL, SIM_OP_FREE };
-static const char *const sim_op_name[] = {"host-to-device copy", "device-to-host copy", "kernel",
-                                          "host_free"};
+enum { SIM_OP_H2D, SIM_OP_D2H, SIM_OP_KERNEL, SIM_OP_FREE, SIM_OP_HOST_WRITE };
+static const char *const sim_op_name[] = {"host-to-device copy", "device-to-host copy", "kernel", "host_free",
+                                          "write by the host (CPU)"};
 
 /* Beyond this many operations in flight without the host's clock moving, checking stops (a program
  * that never waits; the cache's own runs keep a few dozen). */
@@ -103,6 +104,40 @@ static void note_hazard(sim_ctx *s, const sim_access *earlier, int op, int write
              (size_t)(earlier->hi - earlier->lo), earlier->end);
 }
 
+/* Every 61st byte and the last, hashed: enough to see a layer's bytes rewritten. */
+static uint64_t sample_of(uintptr_t lo, uintptr_t hi) {
+    const unsigned char *p = (const unsigned char *)lo;
+    size_t n = hi - lo;
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i += 61) h = (h ^ p[i]) * 1099511628211ull;
+    return (h ^ p[n - 1]) * 1099511628211ull;
+}
+
+/* The host's own writes are no operation the simulator sees, yet a host buffer that a running copy
+ * reads must not change under it (on a GPU the copy could take old and new bytes). In backed memory
+ * each host-to-device copy keeps a sample of its source, compared at every later operation while
+ * the copy runs: the host wrote at its clock, which has not moved since the last operation, so a
+ * change seen while the copy's end is still ahead happened before that end. */
+static void check_host_writes(sim_ctx *s) {
+    if (!s->p.backed || !s->p.check_hazards) return;
+    for (size_t i = 0; i < s->nacc; i++) {
+        sim_access *a = &s->acc[i];
+        if (!a->host || a->write || a->op != SIM_OP_H2D || a->end <= s->now) continue;
+        uint64_t now = sample_of(a->lo, a->hi);
+        if (now == a->sample) continue;
+        note_hazard(s, a, SIM_OP_HOST_WRITE, 1, a->lo, (size_t)(a->hi - a->lo), s->now);
+        a->sample = now; /* once per change */
+    }
+}
+
+/* Each operation's way in and out: the lock, and the check of what the host wrote meanwhile. */
+static void sim_enter(sim_ctx *s) {
+    pthread_mutex_lock(&s->mu);
+    check_host_writes(s);
+}
+
+static void sim_leave(sim_ctx *s) { pthread_mutex_unlock(&s->mu); }
+
 /* Checks an operation's access against those still running, then keeps it until it ends. */
 static void note_access(sim_ctx *s, int host, const void *p, size_t bytes, int write, int op, double start,
                         double end) {
@@ -127,7 +162,9 @@ static void note_access(sim_ctx *s, int host, const void *p, size_t bytes, int w
         s->acc = g;
         s->cap_acc = cap;
     }
-    s->acc[s->nacc++] = (sim_access){lo, hi, start, end, (unsigned char)host, (unsigned char)write, (unsigned char)op};
+    uint64_t sample = s->p.backed && host && !write && op == SIM_OP_H2D ? sample_of(lo, hi) : 0;
+    s->acc[s->nacc++] = (sim_access){lo, hi, start, end, (unsigned char)host, (unsigned char)write, (unsigned char)op,
+                                     sample};
 }
 
 /* Memory going away: a host buffer must not be in use by a running copy (the cache defers such
@@ -344,111 +381,111 @@ static void sim_destroy(void *ctx) {
  * threads through vc_sim_*) may use one simulated device at once, as they may a GPU. */
 static int sim_device_alloc(void *ctx, size_t bytes, void **dptr) {
     sim_ctx *s = ctx;
-    pthread_mutex_lock(&s->mu);
+    sim_enter(s);
     int r = sim_device_alloc_u(ctx, bytes, dptr);
-    pthread_mutex_unlock(&s->mu);
+    sim_leave(s);
     return r;
 }
 
 static void sim_device_free(void *ctx, void *dptr) {
     sim_ctx *s = ctx;
-    pthread_mutex_lock(&s->mu);
+    sim_enter(s);
     sim_device_free_u(ctx, dptr);
-    pthread_mutex_unlock(&s->mu);
+    sim_leave(s);
 }
 
 static int sim_host_alloc(void *ctx, size_t bytes, void **hptr, int *pinned) {
     sim_ctx *s = ctx;
-    pthread_mutex_lock(&s->mu);
+    sim_enter(s);
     int r = sim_host_alloc_u(ctx, bytes, hptr, pinned);
-    pthread_mutex_unlock(&s->mu);
+    sim_leave(s);
     return r;
 }
 
 static void sim_host_free(void *ctx, void *hptr, size_t bytes, int pinned) {
     sim_ctx *s = ctx;
-    pthread_mutex_lock(&s->mu);
+    sim_enter(s);
     sim_host_free_u(ctx, hptr, bytes, pinned);
-    pthread_mutex_unlock(&s->mu);
+    sim_leave(s);
 }
 
 static int sim_stream_create(void *ctx, vc_stream *out) {
     sim_ctx *s = ctx;
-    pthread_mutex_lock(&s->mu);
+    sim_enter(s);
     int r = sim_stream_create_u(ctx, out);
-    pthread_mutex_unlock(&s->mu);
+    sim_leave(s);
     return r;
 }
 
 static int sim_copy_h2d(void *ctx, void *dst, const void *src, size_t bytes, vc_stream stream) {
     sim_ctx *s = ctx;
-    pthread_mutex_lock(&s->mu);
+    sim_enter(s);
     int r = sim_copy_h2d_u(ctx, dst, src, bytes, stream);
-    pthread_mutex_unlock(&s->mu);
+    sim_leave(s);
     return r;
 }
 
 static int sim_copy_d2h(void *ctx, void *dst, const void *src, size_t bytes, vc_stream stream) {
     sim_ctx *s = ctx;
-    pthread_mutex_lock(&s->mu);
+    sim_enter(s);
     int r = sim_copy_d2h_u(ctx, dst, src, bytes, stream);
-    pthread_mutex_unlock(&s->mu);
+    sim_leave(s);
     return r;
 }
 
 static int sim_event_record(void *ctx, void *ev, vc_stream stream) {
     sim_ctx *s = ctx;
-    pthread_mutex_lock(&s->mu);
+    sim_enter(s);
     int r = sim_event_record_u(ctx, ev, stream);
-    pthread_mutex_unlock(&s->mu);
+    sim_leave(s);
     return r;
 }
 
 static int sim_event_query(void *ctx, void *ev) {
     sim_ctx *s = ctx;
-    pthread_mutex_lock(&s->mu);
+    sim_enter(s);
     int r = sim_event_query_u(ctx, ev);
-    pthread_mutex_unlock(&s->mu);
+    sim_leave(s);
     return r;
 }
 
 static int sim_event_synchronize(void *ctx, void *ev) {
     sim_ctx *s = ctx;
-    pthread_mutex_lock(&s->mu);
+    sim_enter(s);
     int r = sim_event_synchronize_u(ctx, ev);
-    pthread_mutex_unlock(&s->mu);
+    sim_leave(s);
     return r;
 }
 
 static int sim_stream_wait_event(void *ctx, vc_stream stream, void *ev) {
     sim_ctx *s = ctx;
-    pthread_mutex_lock(&s->mu);
+    sim_enter(s);
     int r = sim_stream_wait_event_u(ctx, stream, ev);
-    pthread_mutex_unlock(&s->mu);
+    sim_leave(s);
     return r;
 }
 
 static int sim_mem_info(void *ctx, size_t *free_bytes, size_t *total) {
     sim_ctx *s = ctx;
-    pthread_mutex_lock(&s->mu);
+    sim_enter(s);
     int r = sim_mem_info_u(ctx, free_bytes, total);
-    pthread_mutex_unlock(&s->mu);
+    sim_leave(s);
     return r;
 }
 
 static double sim_now(void *ctx) {
     sim_ctx *s = ctx;
-    pthread_mutex_lock(&s->mu);
+    sim_enter(s);
     double r = sim_now_u(ctx);
-    pthread_mutex_unlock(&s->mu);
+    sim_leave(s);
     return r;
 }
 
 static double sim_event_time(void *ctx, void *ev) {
     sim_ctx *s = ctx;
-    pthread_mutex_lock(&s->mu);
+    sim_enter(s);
     double r = sim_event_time_u(ctx, ev);
-    pthread_mutex_unlock(&s->mu);
+    sim_leave(s);
     return r;
 }
 
@@ -515,9 +552,9 @@ int vc_backend_sim_create(const vc_sim_params *params, vc_backend **out) {
 int vc_sim_stream_create(vc_backend *b, vc_stream *out) {
     sim_ctx *s = ctx_of(b);
     if (!s || !out) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_sim_stream_create: not a sim backend");
-    pthread_mutex_lock(&s->mu);
+    sim_enter(s);
     int st = sim_stream_create_u(s, out);
-    pthread_mutex_unlock(&s->mu);
+    sim_leave(s);
     return st;
 }
 
@@ -526,7 +563,7 @@ int vc_sim_compute_reading(vc_backend *b, vc_stream stream, double seconds, size
     sim_ctx *s = ctx_of(b);
     if (!s || !(seconds >= 0) || (n && (!ptrs || !bytes)))
         return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_sim_compute: bad argument");
-    pthread_mutex_lock(&s->mu);
+    sim_enter(s);
     sim_stream *st = stream_of(s, stream);
     double t0 = max3(s->now, st->ready, s->compute_free);
     double t1 = t0 + seconds;
@@ -534,7 +571,7 @@ int vc_sim_compute_reading(vc_backend *b, vc_stream stream, double seconds, size
     s->compute_free = t1;
     s->busy_compute += seconds;
     for (size_t i = 0; i < n; i++) note_access(s, 0, ptrs[i], bytes[i], 0, SIM_OP_KERNEL, t0, t1);
-    pthread_mutex_unlock(&s->mu);
+    sim_leave(s);
     if (start) *start = t0;
     if (end) *end = t1;
     return VC_OK;
@@ -546,7 +583,7 @@ int vc_sim_compute(vc_backend *b, vc_stream stream, double seconds, double *star
 
 size_t vc_sim_hazards(vc_backend *b, char *msg, size_t size) {
     sim_ctx *s = ctx_of(b);
-    if (s) pthread_mutex_lock(&s->mu);
+    if (s) sim_enter(s);
     size_t n = s ? s->hazards : 0;
     if (msg && size) {
         const char *text = !s ? "not a sim backend"
@@ -556,26 +593,26 @@ size_t vc_sim_hazards(vc_backend *b, char *msg, size_t size) {
                                           : "no hazard";
         snprintf(msg, size, "%s", text);
     }
-    if (s) pthread_mutex_unlock(&s->mu);
+    if (s) sim_leave(s);
     return n;
 }
 
 int vc_sim_stream_synchronize(vc_backend *b, vc_stream stream) {
     sim_ctx *s = ctx_of(b);
     if (!s) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_sim_stream_synchronize: not a sim backend");
-    pthread_mutex_lock(&s->mu);
+    sim_enter(s);
     sim_stream *st = stream_of(s, stream);
     if (st->ready > s->now) s->now = st->ready;
-    pthread_mutex_unlock(&s->mu);
+    sim_leave(s);
     return VC_OK;
 }
 
 int vc_sim_wait_until(vc_backend *b, double t) {
     sim_ctx *s = ctx_of(b);
     if (!s) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_sim_wait_until: not a sim backend");
-    pthread_mutex_lock(&s->mu);
+    sim_enter(s);
     if (t > s->now) s->now = t;
-    pthread_mutex_unlock(&s->mu);
+    sim_leave(s);
     return VC_OK;
 }
 
@@ -587,10 +624,10 @@ double vc_sim_now(vc_backend *b) {
 int vc_sim_busy(vc_backend *b, double *h2d, double *d2h, double *compute) {
     sim_ctx *s = ctx_of(b);
     if (!s) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_sim_busy: not a sim backend");
-    pthread_mutex_lock(&s->mu);
+    sim_enter(s);
     if (h2d) *h2d = s->busy_h2d;
     if (d2h) *d2h = s->busy_d2h;
     if (compute) *compute = s->busy_compute;
-    pthread_mutex_unlock(&s->mu);
+    sim_leave(s);
     return VC_OK;
 }

@@ -1401,6 +1401,10 @@ int vc_layer_read(vc_cache *c, vc_layer_id id, void *dst, size_t size) {
         else
             st = vc__fail(c, st, "%s: layer '%s': its write-back cannot be waited for: %s", fn, l->name,
                           vc__take_backend_error());
+    } else if (l->owner) { /* from the owner (its lock after ours): its weights are the current ones, our
+                              * device copy may predate a patch */
+        st = vc_layer_read(l->owner, l->owner_layer, dst, size);
+        if (st != VC_OK) st = vc__fail(c, st, "%s: shared layer '%s': %s", fn, l->name, vc_last_error());
     } else if (l->vblock) {
         /* Off the hot path: a synchronous download of the only copy. */
         st = ensure_event(c, &l->ram_ev);
@@ -1418,9 +1422,6 @@ int vc_layer_read(vc_cache *c, vc_layer_id id, void *dst, size_t size) {
             if (queued) settle_stream(c, c->download_stream, fn);
             st = vc__fail(c, VC_ERR_BACKEND, "%s: download of layer '%s' failed: %s", fn, l->name, why);
         }
-    } else if (l->owner) { /* from the owner (its lock after ours) */
-        st = vc_layer_read(l->owner, l->owner_layer, dst, size);
-        if (st != VC_OK) st = vc__fail(c, st, "%s: shared layer '%s': %s", fn, l->name, vc_last_error());
     } else {
         l->loading = 1;
         pthread_mutex_unlock(&c->lock);

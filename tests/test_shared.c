@@ -127,6 +127,9 @@ static void test_patched_source_reaches_sharers(void **state) {
     uint64_t h2d = get_stats(g.cache[1]).bytes_h2d;
     assert_int_equal(vc_layer_release(g.cache[1], g.layer[1][3], NULL), VC_OK);
     assert_int_equal(vc_layer_patch(g.cache[0], g.layer[0][3], VC_PATCH_BACKUP, xor_a5, NULL), VC_OK);
+    unsigned char buf[32 * KB]; /* a read through the sharing cache gives the source's weights too */
+    assert_int_equal(vc_layer_read(g.cache[1], g.layer[1][3], buf, sizeof buf), VC_OK);
+    assert_true(is_xored_a5(buf, sizeof buf, seed));
     assert_int_equal(vc_layer_acquire(g.cache[1], g.layer[1][3], NULL, &p), VC_OK);
     assert_true(check_device_by(g.cache[1], p, 32 * KB, seed, is_xored_a5)); /* the patched weights */
     assert_int_equal(get_stats(g.cache[1]).bytes_h2d, h2d + 32 * KB);           /* by one new upload */

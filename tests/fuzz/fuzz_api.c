@@ -38,6 +38,7 @@ typedef struct slot {
     uint8_t *borrowed;
     int loader_fail;
     int xored; /* patched an odd number of times since the last unpatch */
+    vc_layer_id sid; /* the same layer on the second device (vc_layer_register_shared), when there is one */
 } slot;
 
 static uint8_t byte_at(uint8_t seed, size_t i) { return (uint8_t)(seed * 31u + i * 7u + (i >> 8)); }
@@ -122,6 +123,31 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         vc_backend_destroy(host);
         return 0;
     }
+    /* Sometimes a second device whose cache shares every layer from the first (several GPUs, one
+     * RAM copy): it uploads from the first cache's RAM pool, and must see its patches. */
+    vc_backend *host2 = NULL, *sim2 = NULL;
+    vc_cache *c2 = NULL;
+    vc_model_id model2 = 0;
+    vc_stream stream2 = NULL;
+    if ((data[0] >> 3) & 1) {
+        if (sim) {
+            vc_sim_params sp;
+            vc_sim_params_init(&sp);
+            sp.device_bytes = DEVICE;
+            sp.h2d_bytes_per_s = sp.d2h_bytes_per_s = 2e9;
+            CHECK(vc_backend_sim_create(&sp, &host2) == VC_OK);
+            sim2 = host2;
+            CHECK(vc_sim_stream_create(sim2, &stream2) == VC_OK);
+        } else {
+            CHECK(vc_backend_host_create(DEVICE, &host2) == VC_OK);
+        }
+        vc_cache_options o2 = o;
+        o2.backend = host2;
+        o2.ram_budget = 0; /* it holds no RAM copies of its own */
+        o2.working_mem = 0;
+        CHECK(vc_cache_create(&o2, &c2) == VC_OK);
+        CHECK(vc_model_register(c2, "shared", &model2) == VC_OK);
+    }
     /* Two models: slots 0..NL/2-1 belong to the first, the rest to the second (a ControlNet and a
      * UNet: op 10 runs their passes in turn, which makes them a step group). */
     vc_model_id models[2];
@@ -151,6 +177,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 d.loader_user = x;
             }
             CHECK(vc_layer_register(c, m, &d, &x->id) == VC_OK);
+            if (c2) CHECK(vc_layer_register_shared(c2, model2, c, x->id, &x->sid) == VC_OK);
             x->live = 1;
             break;
         case 1: case 2: case 3: /* acquire */
@@ -170,8 +197,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 kernel(sim, streams[on], p, x->bytes);
             }
             break;
-        case 4: case 5: /* release (sometimes the host then waits for the device) */
+        case 4: case 5: /* release (sometimes the host then waits for the device); or the second device uses it */
             if (!x->live) break;
+            if (c2 && (op & 0x40)) {
+                if (op & 0x80) x->loader_fail = 1; /* the owner's loader, run on the second device's behalf */
+                st = vc_layer_acquire(c2, x->sid, stream2, &p);
+                x->loader_fail = 0;
+                CHECK(st == VC_OK || st == VC_ERR_OUT_OF_VRAM || st == VC_ERR_OUT_OF_RAM || st == VC_ERR_LOADER ||
+                      st == VC_ERR_BACKEND || st == VC_ERR_NO_MEMORY);
+                if (st != VC_OK) break;
+                CHECK(intact(p, x)); /* the source's current weights, patches included */
+                kernel(sim2, stream2, p, x->bytes);
+                CHECK(vc_layer_release(c2, x->sid, stream2) == VC_OK);
+                break;
+            }
             int off = x->holds_on[(op >> 5) & 1] ? (op >> 5) & 1 : !((op >> 5) & 1);
             st = vc_layer_release(c, x->id, streams[off]);
             if (sim && (op & 0x80)) CHECK(vc_sim_stream_synchronize(sim, streams[off]) == VC_OK);
@@ -214,19 +253,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 if (x->holds) CHECK(st == VC_ERR_BUSY);
                 else if (mode == VC_PATCH_FUSE && patched_before) CHECK(st == VC_ERR_INVALID_ARG);
                 else CHECK(st == VC_OK || st == VC_ERR_OUT_OF_RAM || st == VC_ERR_NO_MEMORY || st == VC_ERR_LOADER ||
-                           st == VC_ERR_BACKEND);
+                           st == VC_ERR_BACKEND || (c2 && st == VC_ERR_BUSY)); /* the second device still copying */
                 if (st == VC_OK) x->xored ^= 1;
             } else {
                 st = vc_layer_unpatch(c, x->id);
-                CHECK(x->holds ? st == VC_ERR_BUSY : st == VC_OK || st == VC_ERR_BACKEND);
+                CHECK(x->holds ? st == VC_ERR_BUSY : st == VC_OK || st == VC_ERR_BACKEND || (c2 && st == VC_ERR_BUSY));
                 if (st == VC_OK) x->xored = 0;
             }
             break;
-        case 7: /* unregister */
+        case 7: /* unregister (the second device's layer first: it reads this one) */
             if (!x->live) break;
+            if (c2 && !x->holds) CHECK(vc_layer_unregister(c2, x->sid) == VC_OK);
             st = vc_layer_unregister(c, x->id);
             CHECK(st == (x->holds ? VC_ERR_BUSY : VC_OK));
-            if (st == VC_OK) {
+            if (st == VC_OK) { /* (held here: the second device's layer stays too) */
                 free(x->borrowed);
                 memset(x, 0, sizeof *x);
             }
@@ -301,6 +341,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         CHECK(stats.ram_bytes <= RAM);
         CHECK(stats.arena_bytes + stats.reserved_bytes <= DEVICE);
         CHECK(!sim || vc_sim_hazards(sim, NULL, 0) == 0);
+        if (c2) {
+            vc_stats s2;
+            CHECK(vc_cache_get_stats(c2, &s2) == VC_OK);
+            CHECK(s2.ram_bytes == 0 && s2.layers_held == 0 && s2.layers == live);
+            CHECK(!sim2 || vc_sim_hazards(sim2, NULL, 0) == 0);
+        }
     }
     /* the end: faults off, the device free again, everything released, every layer's bytes intact,
      * teardown clean */
@@ -319,7 +365,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         uint8_t *buf = malloc(s[i].bytes);
         CHECK(vc_layer_read(c, s[i].id, buf, s[i].bytes) == VC_OK);
         CHECK(intact(buf, &s[i]));
+        if (c2) { /* through the second device's shared layer: the owner's current weights */
+            memset(buf, 0, s[i].bytes);
+            CHECK(vc_layer_read(c2, s[i].sid, buf, s[i].bytes) == VC_OK);
+            CHECK(intact(buf, &s[i]));
+        }
         free(buf);
+    }
+    if (c2) {
+        CHECK(vc_cache_destroy(c2) == VC_OK); /* first: it reads from the other */
+        CHECK(!sim2 || vc_sim_hazards(sim2, NULL, 0) == 0);
+        vc_backend_destroy(host2);
     }
     CHECK(vc_cache_destroy(c) == VC_OK);
     CHECK(!sim || vc_sim_hazards(sim, NULL, 0) == 0);

@@ -1329,6 +1329,35 @@ static void test_stage_ahead_thread(void **state) {
  * after its upload, not alongside it (on a GPU the write-back would read the range before the copy
  * filled it: garbage weights kept for good). The simulator's ordering check sees the difference;
  * the bytes read back after are checked too. */
+/* Two engine streams (guidance halves or two requests computed at once) using the same weights:
+ * a layer held on both is released on each, and the release event must cover both streams' kernels
+ * before a later upload reuses its bytes. The simulator's ordering check is the oracle; the device is
+ * small enough that every pass evicts and reuses. */
+static void test_two_streams_share_weights(void **state) {
+    (void)state;
+    sim_world w = make_world(8, 64 * KB, 3 * 64 * KB, 200e6, 5e-6, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
+    vc_stream s2;
+    assert_int_equal(vc_sim_stream_create(w.sim, &s2), VC_OK);
+    for (int pass_i = 0; pass_i < 6; pass_i++)
+        for (int i = 0; i < w.n; i++) {
+            void *p, *q;
+            assert_int_equal(vc_layer_acquire(w.cache, w.layer[i], w.stream, &p), VC_OK);
+            assert_int_equal(vc_layer_acquire(w.cache, w.layer[i], s2, &q), VC_OK);
+            assert_ptr_equal(p, q);
+            double e1, e2;
+            /* the second stream's kernel is the longer one: released first, it must still be waited for */
+            kernel(w.sim, w.stream, 0.1 * MS, p, w.bytes[i], NULL, &e1);
+            kernel(w.sim, s2, (i % 2 ? 2 : 0.5) * MS, q, w.bytes[i], NULL, &e2);
+            assert_int_equal(vc_layer_release(w.cache, w.layer[i], s2), VC_OK);
+            assert_int_equal(vc_layer_release(w.cache, w.layer[i], w.stream), VC_OK);
+            vc_sim_wait_until(w.sim, (e1 < e2 ? e1 : e2) - 0.1 * MS); /* the host runs ahead of both */
+        }
+    vc_sim_stream_synchronize(w.sim, s2);
+    vc_sim_stream_synchronize(w.sim, w.stream);
+    assert_true(get_stats(w.cache).vram_evictions[VC_EVICT_FOR_PREFETCH] + get_stats(w.cache).vram_evictions[VC_EVICT_FOR_LOAD] > 0);
+    free_world(&w); /* asserts no hazard */
+}
+
 static void test_writeback_of_prefetch_in_flight(void **state) {
     (void)state;
     vc_sim_params p;
@@ -1450,6 +1479,7 @@ int main(void) {
         cmocka_unit_test(test_stage_ahead_thread),
         cmocka_unit_test(test_stage_ahead_shared_layers),
         cmocka_unit_test(test_writeback_of_prefetch_in_flight),
+        cmocka_unit_test(test_two_streams_share_weights),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -560,12 +560,14 @@ VC_API int vc_model_get_order(vc_cache *cache, vc_model_id model, int *known, in
 
 /** Starts writing a Chrome trace-event JSON timeline (opens in Perfetto and chrome://tracing) to
  *  `path`: uploads and write-backs as they run on the copy engines (exactly on the simulated
- *  backend, at issue time elsewhere), evictions with their reasons, holds and reservations per
- *  layer. Errors: VC_ERR_INVALID_ARG, VC_ERR_IO (cannot create the file), VC_ERR_BUSY (already
+ *  backend; on CUDA/HIP with VRAMCACHE_EVENT_TIMING=1 set when the backend is created, written once
+ *  each copy has run; at issue time otherwise), evictions with their reasons, holds and
+ *  reservations per layer. Errors: VC_ERR_INVALID_ARG, VC_ERR_IO (cannot create the file), VC_ERR_BUSY (already
  *  tracing). */
 VC_API int vc_cache_trace_start(vc_cache *cache, const char *path);
 /** Adds an engine span (a kernel, a pipeline stage) to the trace: `start_s` and `duration_s` on the
- *  backend's clock (vc_sim_now for the simulator). No-op when not tracing. */
+ *  backend's clock (vc_sim_now for the simulator; for other backends, CLOCK_MONOTONIC seconds since
+ *  vc_cache_trace_start). No-op when not tracing. */
 VC_API int vc_cache_trace_span(vc_cache *cache, const char *track, const char *name, double start_s,
                                double duration_s);
 /** Finishes and closes the trace file. Also done by vc_cache_destroy. */

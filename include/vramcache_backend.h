@@ -77,8 +77,11 @@ typedef struct vc_backend_ops {
     /** Optional (may be NULL): the backend's clock in seconds (virtual for the simulator), used to
      *  time-stamp traces. NULL: the cache uses CLOCK_MONOTONIC. */
     double (*now)(void *ctx);
-    /** Optional (may be NULL): when a recorded event completes(d), in now()'s seconds, or a
-     *  negative value when unknown. Lets traces show copies as they run on the device. */
+    /** Optional (may be NULL): when a recorded event completes(d), in now()'s seconds
+     *  (CLOCK_MONOTONIC seconds when now is NULL), or a negative value while unknown. A backend may
+     *  know it when the event is recorded (the simulator) or only once it has completed (a GPU's
+     *  time stamps): the cache asks again after event_query reports completion. Lets traces show
+     *  copies as they run on the device. */
     double (*event_time)(void *ctx, void *event);
 
     /** Optional: a named range for profilers (NVTX on CUDA), pushed and popped around uploads,

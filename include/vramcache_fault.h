@@ -70,6 +70,12 @@ VC_API int vc_fault_loader(void *user, vc_layer_id layer, void *dst, size_t byte
  *  the first cap, so the wrapper cannot account it). Thread-safe. */
 VC_API int vc_fault_set_device_capacity(vc_backend *fault, size_t capacity, size_t external);
 
+/** With `on`, event_time reports an event's time only once the event has completed, as a GPU's
+ *  (whose events are stamped when they run) does, instead of as soon as it is recorded, as the
+ *  simulator can: the cache's traces then take the path they take on a GPU. Errors:
+ *  VC_ERR_INVALID_ARG (not a fault backend). Thread-safe. */
+VC_API int vc_fault_late_event_times(vc_backend *fault, int on);
+
 /** Disarms every fault (counters stay). */
 VC_API int vc_fault_clear(vc_backend *fault);
 

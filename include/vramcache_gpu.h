@@ -8,7 +8,7 @@
  * (cudaHostAlloc) up to a pinned budget — VRAMCACHE_PINNED_BUDGET_GB, default half of the RAM this
  * process may use — and pageable beyond it, in which case host→device copies go through a ring of
  * pinned staging buffers so they stay asynchronous. Streams are non-blocking; events have timing
- * off. Uploads, evictions and reservations are NVTX ranges (CUDA) for Nsight Systems.
+ * off unless VRAMCACHE_EVENT_TIMING=1 (then traces show copies with the device's times). Uploads, evictions and reservations are NVTX ranges (CUDA) for Nsight Systems.
  */
 #ifndef VRAMCACHE_GPU_H
 #define VRAMCACHE_GPU_H

@@ -204,7 +204,6 @@ int vc_cache_destroy(vc_cache *c) {
         layer_t *l = c->layers.slots[i].ptr;
         if (l) vc__layer_destroy(c, l);
     }
-    if (c->trace_ev) c->ops->event_destroy(c->bctx, c->trace_ev);
     for (uint32_t i = 0; i < c->models.count; i++) /* first, while every model is still there */
         if (c->models.slots[i].ptr) vc__sched_model_free(c, c->models.slots[i].ptr);
     for (uint32_t i = 0; i < c->models.count; i++) {

@@ -245,7 +245,6 @@ struct vc_cache {
     unsigned prefetch_depth;
     size_t prefetch_inflight; /* layers prefetched and not acquired yet */
     void *trace;              /* struct trace_writer, when tracing */
-    void *trace_ev;           /* scratch event marking where an upload starts */
 
     char alloc_detail[200]; /* why the device last refused an arena segment */
 
@@ -401,7 +400,14 @@ size_t vc__clear_cache(vc_cache *c);
 /* ---- tracing (src/trace.c) ------------------------------------------------------------------ */
 
 double vc__trace_now(vc_cache *c);
-void vc__trace_copy(vc_cache *c, const char *what, const layer_t *l, double start, double end);
+/* Tracing a copy: vc__trace_mark records an event on the copy's stream before it (NULL when not
+ * tracing or the backend has no event times); vc__trace_copy, after it, records another and writes
+ * the span at once when the backend knows both times (the simulator), else queues it until the copy
+ * has run (a GPU's events are stamped on completion; vc__trace_poll writes what has finished, all of
+ * it with `wait`), or draws it at issue time when no times will come. Takes ownership of ev0. */
+void *vc__trace_mark(vc_cache *c, vc_stream stream);
+void vc__trace_copy(vc_cache *c, const char *what, const layer_t *l, void *ev0, vc_stream stream);
+void vc__trace_poll(vc_cache *c, int wait);
 void vc__trace_instant(vc_cache *c, const char *what, const layer_t *l, const char *reason);
 void vc__trace_async(vc_cache *c, const char *cat, const char *name, uint64_t id, int begin, double ts);
 void vc__trace_close(vc_cache *c);

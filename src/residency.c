@@ -350,8 +350,13 @@ void vc__evict_vram(vc_cache *c, layer_t *l, vc_evict_reason reason, int drop_ok
             st = order_after(c, c->download_stream, l->release_ev);
         if (st == VC_OK && l->upload_pending) /* a prefetch evicted before it has landed */
             st = order_after(c, c->download_stream, l->upload_ev);
+        void *trace_ev = st == VC_OK ? vc__trace_mark(c, c->download_stream) : NULL;
         if (st == VC_OK) st = c->ops->copy_d2h(c->bctx, buf, dptr, l->bytes, c->download_stream);
         queued = st == VC_OK;
+        if (queued && c->trace)
+            vc__trace_copy(c, "writeback", l, trace_ev, c->download_stream);
+        else if (trace_ev)
+            c->ops->event_destroy(c->bctx, trace_ev);
         if (st == VC_OK) st = c->ops->event_record(c->bctx, l->ram_ev, c->download_stream);
         recorded = st == VC_OK;
         if (st == VC_OK) st = order_after(c, c->upload_stream, l->ram_ev);
@@ -1174,10 +1179,7 @@ static int upload(vc_cache *c, layer_t *l, vc_stream stream, int wait, const cha
     }
     void *dst = arena_block_ptr(blk);
     vc__range_push(c, wait ? "upload" : "prefetch", l->name);
-    double t0 = -1; /* unknown (event_time's "negative: unknown"); 0 is a real time on the simulator */
-    if (c->trace && c->ops->event_time && ensure_event(c, &c->trace_ev) == VC_OK &&
-        c->ops->event_record(c->bctx, c->trace_ev, c->upload_stream) == VC_OK)
-        t0 = c->ops->event_time(c->bctx, c->trace_ev);
+    void *trace_ev = vc__trace_mark(c, c->upload_stream); /* NULL unless tracing with device times */
     if (l->ram_pending) st = order_after(c, c->upload_stream, l->ram_ev);
     int copying = st == VC_OK; /* from here a failure may leave (part of) the copy queued */
     if (st == VC_OK) st = c->nfence ? copy_fenced(c, l, blk, src) : c->ops->copy_h2d(c->bctx, dst, src, l->bytes, c->upload_stream);
@@ -1186,11 +1188,10 @@ static int upload(vc_cache *c, layer_t *l, vc_stream stream, int wait, const cha
     if (st == VC_OK) st = c->ops->event_record(c->bctx, l->upload_ev, c->upload_stream);
     if (st == VC_OK) l->upload_pending = 1;
     if (st == VC_OK && wait) st = order_after(c, stream, l->upload_ev);
-    if (st == VC_OK && c->trace) {
-        double t1 = c->ops->event_time ? c->ops->event_time(c->bctx, l->upload_ev) : -1;
-        if (t0 < 0 || t1 < t0) t0 = t1 = vc__trace_now(c);
-        vc__trace_copy(c, wait ? "upload" : "prefetch", l, t0, t1);
-    }
+    if (st == VC_OK && c->trace)
+        vc__trace_copy(c, wait ? "upload" : "prefetch", l, trace_ev, c->upload_stream);
+    else if (trace_ev)
+        c->ops->event_destroy(c->bctx, trace_ev);
     vc__range_pop(c);
     if (st != VC_OK) {
         char why[256];
@@ -1264,6 +1265,7 @@ int vc_layer_acquire(vc_cache *c, vc_layer_id id, vc_stream stream, void **devic
         return vc__fail(NULL, VC_ERR_INVALID_ARG, "%s: %s is NULL", fn, !c ? "cache" : "device_ptr");
     pthread_mutex_lock(&c->lock);
     int st = VC_OK;
+    if (c->trace) vc__trace_poll(c, 0); /* copies that have run since: their spans */
     layer_t *l = settled_layer(c, id); /* another thread loading it: wait, then take its result */
     if (l && l->owner && l->vblock && !l->holds && shared_stale(l))
         vc__evict_vram(c, l, VC_EVICT_MANUAL, 1); /* its source was patched: load the new weights */
@@ -1328,6 +1330,7 @@ int vc_layer_release(vc_cache *c, vc_layer_id id, vc_stream stream) {
     static const char fn[] = "vc_layer_release";
     if (!c) return vc__fail(NULL, VC_ERR_INVALID_ARG, "%s: cache is NULL", fn);
     pthread_mutex_lock(&c->lock);
+    if (c->trace) vc__trace_poll(c, 0);
     int st;
     layer_t *l = find_layer(c, id, fn);
     if (!l)

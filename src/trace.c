@@ -12,10 +12,21 @@
 
 #include "cache_internal.h"
 
+/* A copy whose device times are not known yet (a GPU's events are stamped when they complete). */
+typedef struct pending_copy {
+    void *ev0, *ev1; /* recorded before and after the copy, on its stream */
+    char *name, *model;
+    size_t bytes;
+    const char *what; /* a string literal */
+    double issued;    /* when it was queued: the fallback if its times never become known */
+    struct pending_copy *next;
+} pending_copy;
+
 typedef struct trace_writer {
     FILE *f;
     int first;
     double t0; /* host clock origin when the backend has none */
+    pending_copy *head, *tail;
 } trace_writer;
 
 static double mono(void) {
@@ -56,15 +67,90 @@ static FILE *begin_event(vc_cache *c) {
 /* Thread ids name the tracks (see the metadata written at start). */
 enum { TID_H2D = 1, TID_D2H = 2, TID_EVICT = 3, TID_HOLDS = 4, TID_RESERVE = 5, TID_ENGINE = 6 };
 
-void vc__trace_copy(vc_cache *c, const char *what, const layer_t *l, double start, double end) {
+static void write_copy(vc_cache *c, const char *what, const char *name, const char *model, size_t bytes, double start,
+                       double end) {
     FILE *f = begin_event(c);
     if (!f) return;
     fprintf(f, "{\"ph\":\"X\",\"pid\":1,\"tid\":%d,\"ts\":%.3f,\"dur\":%.3f,\"cat\":\"%s\",\"name\":",
             strcmp(what, "writeback") ? TID_H2D : TID_D2H, start * 1e6, (end - start) * 1e6, what);
-    put_json_string(f, l->name);
+    put_json_string(f, name);
     fprintf(f, ",\"args\":{\"model\":");
-    put_json_string(f, l->model->name);
-    fprintf(f, ",\"bytes\":%zu}}", l->bytes);
+    put_json_string(f, model);
+    fprintf(f, ",\"bytes\":%zu}}", bytes);
+}
+
+/* An event's time on the trace's clock, or negative while unknown. Without a backend clock the
+ * backend's times are CLOCK_MONOTONIC seconds, and the trace counts from its start. */
+static double event_secs(vc_cache *c, void *ev) {
+    double v = ev && c->ops->event_time ? c->ops->event_time(c->bctx, ev) : -1;
+    if (v < 0) return -1;
+    return c->ops->now ? v : v - ((trace_writer *)c->trace)->t0;
+}
+
+static void destroy_ev(vc_cache *c, void *ev) {
+    if (ev) c->ops->event_destroy(c->bctx, ev);
+}
+
+void *vc__trace_mark(vc_cache *c, vc_stream stream) {
+    if (!c->trace || !c->ops->event_time) return NULL;
+    void *ev = NULL;
+    if (c->ops->event_create(c->bctx, &ev) != VC_OK) return NULL;
+    if (c->ops->event_record(c->bctx, ev, stream) != VC_OK) {
+        c->ops->event_destroy(c->bctx, ev);
+        return NULL;
+    }
+    return ev;
+}
+
+void vc__trace_copy(vc_cache *c, const char *what, const layer_t *l, void *ev0, vc_stream stream) {
+    trace_writer *t = c->trace;
+    if (!t) {
+        destroy_ev(c, ev0);
+        return;
+    }
+    double issued = vc__trace_now(c);
+    void *ev1 = ev0 ? vc__trace_mark(c, stream) : NULL;
+    double t0 = event_secs(c, ev0), t1 = event_secs(c, ev1);
+    if (t0 >= 0 && t1 >= t0) { /* known at once (the simulator's virtual clock) */
+        write_copy(c, what, l->name, l->model->name, l->bytes, t0, t1);
+    } else if (ev1 && c->ops->event_query(c->bctx, ev1) == 0) { /* a GPU's: once the copy has run */
+        pending_copy *p = calloc(1, sizeof *p);
+        char *name = strdup(l->name), *model = strdup(l->model->name);
+        if (p && name && model) {
+            *p = (pending_copy){ev0, ev1, name, model, l->bytes, what, issued, NULL};
+            if (t->tail)
+                t->tail->next = p;
+            else
+                t->head = p;
+            t->tail = p;
+            return;
+        }
+        free(p), free(name), free(model);
+        write_copy(c, what, l->name, l->model->name, l->bytes, issued, issued);
+    } else { /* no device times: drawn where it was issued */
+        write_copy(c, what, l->name, l->model->name, l->bytes, issued, issued);
+    }
+    destroy_ev(c, ev0);
+    destroy_ev(c, ev1);
+}
+
+void vc__trace_poll(vc_cache *c, int wait) {
+    trace_writer *t = c->trace;
+    while (t && t->head) {
+        pending_copy *p = t->head;
+        if (!wait && c->ops->event_query(c->bctx, p->ev1) == 0) break; /* the rest are later, or wait their turn */
+        if (wait) c->ops->event_synchronize(c->bctx, p->ev1); /* on failure the times stay unknown: issue time */
+        double t0 = event_secs(c, p->ev0), t1 = event_secs(c, p->ev1);
+        if (t0 < 0 || t1 < t0) t0 = t1 = p->issued;
+        write_copy(c, p->what, p->name, p->model, p->bytes, t0, t1);
+        t->head = p->next;
+        if (!t->head) t->tail = NULL;
+        destroy_ev(c, p->ev0);
+        destroy_ev(c, p->ev1);
+        free(p->name);
+        free(p->model);
+        free(p);
+    }
 }
 
 void vc__trace_instant(vc_cache *c, const char *what, const layer_t *l, const char *reason) {
@@ -91,6 +177,7 @@ void vc__trace_async(vc_cache *c, const char *cat, const char *name, uint64_t id
 void vc__trace_close(vc_cache *c) {
     trace_writer *t = c->trace;
     if (!t) return;
+    vc__trace_poll(c, 1); /* copies still running: their times, once they have run */
     fputs("\n]}\n", t->f);
     fclose(t->f);
     free(t);

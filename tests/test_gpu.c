@@ -6,6 +6,8 @@
  * work still reads. GPU-only cases are skipped with the reason printed.
  */
 #include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
 
 #include <cuda_runtime_api.h>
 
@@ -349,6 +351,64 @@ static void test_dynamic_budget_sees_other_allocations(void **state) {
     vc_backend_destroy(b);
 }
 
+/* VRAMCACHE_EVENT_TIMING=1: a trace of a real run shows each copy as it ran on the device (its
+ * events stamped by the GPU), not at issue time. 32 MB uploads through a 64 MB budget: every span
+ * must last about what the link allows (between 0.5 and 100 GB/s), none may have no duration. */
+static void test_trace_has_device_times(void **state) {
+    (void)state;
+    setenv("VRAMCACHE_EVENT_TIMING", "1", 1);
+    vc_backend *b = NULL;
+    int ok = vc_backend_cuda_create(0, &b, no_gpu_reason, sizeof no_gpu_reason) == VC_OK;
+    unsetenv("VRAMCACHE_EVENT_TIMING");
+    if (!ok) {
+        print_message("SKIPPED (no CUDA device): %s\n", no_gpu_reason);
+        skip();
+    }
+    vc_cache *c = gpu_cache(b, 64 * MB, 1);
+    char path[] = "/tmp/vc_gpu_trace_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    assert_int_equal(vc_cache_trace_start(c, path), VC_OK);
+    vc_model_id m = add_model(c, "m");
+    test_loader ld[6];
+    vc_layer_id l[6];
+    for (int i = 0; i < 6; i++) {
+        ld[i] = (test_loader){.seed = (uint64_t)i + 1};
+        l[i] = add_loader_layer(c, m, "l", 32 * MB, &ld[i]);
+    }
+    cudaStream_t s;
+    assert_int_equal(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
+    for (int pass = 0; pass < 3; pass++)
+        for (int i = 0; i < 6; i++) {
+            void *p;
+            assert_int_equal(vc_layer_acquire(c, l[i], s, &p), VC_OK);
+            assert_int_equal(vc_layer_release(c, l[i], s), VC_OK);
+        }
+    assert_int_equal(cudaStreamSynchronize(s), cudaSuccess);
+    assert_int_equal(vc_cache_trace_stop(c), VC_OK);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    char line[1024];
+    int copies = 0;
+    while (fgets(line, sizeof line, f)) {
+        if (!strstr(line, "\"cat\":\"upload\"") && !strstr(line, "\"cat\":\"prefetch\"")) continue;
+        const char *ts = strstr(line, "\"ts\":");
+        double t0 = -1, dur = -1;
+        assert_non_null(ts);
+        assert_int_equal(sscanf(ts, "\"ts\":%lf,\"dur\":%lf", &t0, &dur), 2);
+        double gbps = 32.0 * MB / (dur * 1e-6) / 1e9;
+        if (!(t0 >= 0 && dur > 0 && gbps > 0.5 && gbps < 100)) fail_msg("copy drawn at %g us for %g us: %s", t0, dur, line);
+        copies++;
+    }
+    fclose(f);
+    remove(path);
+    assert_true(copies >= 12);
+    cudaStreamDestroy(s);
+    assert_int_equal(vc_cache_destroy(c), VC_OK);
+    vc_backend_destroy(b);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_auto_falls_back_and_says_why),
@@ -359,6 +419,7 @@ int main(void) {
         cmocka_unit_test(test_stream_ordered_reservations),
         cmocka_unit_test(test_pageable_sources_beyond_the_staging_ring),
         cmocka_unit_test(test_dynamic_budget_sees_other_allocations),
+        cmocka_unit_test(test_trace_has_device_times),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

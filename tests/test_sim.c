@@ -4,6 +4,8 @@
 #include <stddef.h>
 #include <string.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
 
 #include "step_bound.h"
 #include "test_util.h"
@@ -626,6 +628,96 @@ static void test_planner_sdxl_quarter(void **state) {
     vc_workload_destroy(wl);
 }
 
+/* A traced run whose backend reports an event's time only once it has completed (as a GPU's; here
+ * the fault wrapper's vc_fault_late_event_times over the simulator): copies are queued and written
+ * when they have run, with the same start and duration as when the times are known at once: the
+ * two files hold the same events (as sets), in a different order. */
+static size_t traced_events(int late, char lines[][256], size_t max) {
+    vc_backend *sim = sim_backend(256 * KB, 1e9, 1e-6, 1), *fault; /* room for 4 of the 6 layers */
+    assert_int_equal(vc_backend_fault_create(sim, &fault), VC_OK);
+    assert_int_equal(vc_fault_late_event_times(fault, late), VC_OK);
+    vc_cache_options o;
+    vc_cache_options_init(&o);
+    o.backend = fault;
+    o.ram_budget = 1 * MB;
+    o.working_mem = 0;
+    o.keep_ram_copy = 0; /* so evictions write back */
+    o.arena_segment_bytes = 64 * KB;
+    vc_cache *c;
+    assert_int_equal(vc_cache_create(&o, &c), VC_OK);
+    char path[] = "/tmp/vc_trace_late_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    assert_int_equal(vc_cache_trace_start(c, path), VC_OK);
+    vc_stream s;
+    assert_int_equal(vc_sim_stream_create(sim, &s), VC_OK);
+    vc_model_id m = add_model(c, "m");
+    test_loader ld[6];
+    vc_layer_id id[6];
+    for (int i = 0; i < 6; i++) {
+        ld[i] = (test_loader){.seed = (uint64_t)i + 1};
+        id[i] = add_loader_layer(c, m, "l", 64 * KB, &ld[i]);
+    }
+    double lag = 0;
+    for (int pass = 0; pass < 4; pass++)
+        for (int i = 0; i < 6; i++) {
+            void *p;
+            size_t b = 64 * KB;
+            double e;
+            assert_int_equal(vc_layer_acquire(c, id[i], s, &p), VC_OK);
+            assert_int_equal(vc_sim_compute_reading(sim, s, 200e-6, 1, &p, &b, NULL, &e), VC_OK);
+            assert_int_equal(vc_layer_release(c, id[i], s), VC_OK);
+            vc_sim_wait_until(sim, lag); /* the host a layer ahead */
+            lag = e;
+        }
+    assert_int_equal(vc_cache_destroy(c), VC_OK); /* closes the trace: what still runs is waited for */
+    vc_backend_destroy(fault);
+    vc_backend_destroy(sim);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    size_t n = 0;
+    char line[1024];
+    while (fgets(line, sizeof line, f))
+        if (strchr(line, '{') && !strstr(line, "traceEvents")) {
+            assert_true(n < max);
+            char *start = strchr(line, '{'), *end = strrchr(line, '}');
+            assert_true(start && end && end - start < 255);
+            memcpy(lines[n], start, (size_t)(end - start + 1));
+            lines[n][end - start + 1] = '\0';
+            n++;
+        }
+    fclose(f);
+    remove(path);
+    return n;
+}
+
+static int cmp_line(const void *a, const void *b) { return strcmp(a, b); }
+
+static void test_trace_times_after_completion(void **state) {
+    (void)state;
+    static char now[512][256], late[512][256], late_sorted[512][256];
+    size_t n = traced_events(0, now, 512), m = traced_events(1, late, 512);
+    assert_int_equal(n, m);
+    int writebacks = 0, copies = 0, zero = 0;
+    for (size_t i = 0; i < n; i++) {
+        int copy = strstr(late[i], "\"ph\":\"X\"") && !strstr(late[i], "\"tid\":6,");
+        copies += copy;
+        writebacks += strstr(late[i], "\"cat\":\"writeback\"") != NULL;
+        zero += copy && strstr(late[i], "\"dur\":0.000") != NULL;
+    }
+    assert_true(copies > 20);
+    assert_true(writebacks > 0); /* the download engine's track too */
+    assert_int_equal(zero, 0);   /* every copy drawn as it ran, none at issue time */
+    int reordered = 0;
+    for (size_t i = 0; i < n; i++) reordered |= strcmp(now[i], late[i]) != 0;
+    assert_true(reordered); /* queued, then written: the late path was taken */
+    memcpy(late_sorted, late, sizeof late);
+    qsort(now, n, sizeof now[0], cmp_line);
+    qsort(late_sorted, n, sizeof late_sorted[0], cmp_line);
+    for (size_t i = 0; i < n; i++) assert_string_equal(now[i], late_sorted[i]);
+}
+
 static void test_trace_is_chrome_json(void **state) {
     (void)state;
     vc_workload *wl;
@@ -709,6 +801,7 @@ int main(void) {
         cmocka_unit_test(test_run_too_long_to_time),
         cmocka_unit_test(test_planner_sdxl_quarter),
         cmocka_unit_test(test_trace_is_chrome_json),
+        cmocka_unit_test(test_trace_times_after_completion),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

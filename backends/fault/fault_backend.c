@@ -34,6 +34,7 @@ typedef struct fault_ctx {
     } *live;
     size_t nlive, cap_live;
     size_t uncapped; /* live allocations made before any cap: a cap cannot start while there are some */
+    int late_event_times; /* vc_fault_late_event_times */
 } fault_ctx;
 
 static const vc_backend_ops fault_ops;
@@ -204,7 +205,9 @@ static double f_now(void *c) {
 }
 static double f_event_time(void *c, void *e) {
     fault_ctx *f = c;
-    return f->iops->event_time ? f->iops->event_time(f->ictx, e) : -1.0;
+    if (!f->iops->event_time) return -1.0;
+    if (f->late_event_times && f->iops->event_query(f->ictx, e) != 1) return -1.0; /* as a GPU: not yet */
+    return f->iops->event_time(f->ictx, e);
 }
 static void f_destroy(void *c) {
     fault_ctx *f = c;
@@ -331,6 +334,16 @@ int vc_fault_clear(vc_backend *b) {
         f->arm[i].p = 0;
         f->arm[i].always = 0;
     }
+    pthread_mutex_unlock(&f->lock);
+    return VC_OK;
+}
+
+int vc_fault_late_event_times(vc_backend *b, int on) {
+    fault_ctx *f;
+    int st = check(b, VC_FAULT_EVENT, &f);
+    if (st) return st;
+    pthread_mutex_lock(&f->lock);
+    f->late_event_times = on != 0;
     pthread_mutex_unlock(&f->lock);
     return VC_OK;
 }

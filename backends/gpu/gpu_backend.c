@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "gpu_vendor.h"
 #include "vramcache_backend.h"
@@ -37,8 +38,20 @@ typedef struct gpu_ctx {
     gpuEvent_t staging_ev[STAGING_SLOTS];
     int staging_next;
     gpuStream_t pool_stream; /* stream-ordered working-memory buffers: created on first use */
+    /* VRAMCACHE_EVENT_TIMING=1: events keep device time stamps, so traces show copies as they ran.
+     * base_ev completed at base_s (CLOCK_MONOTONIC seconds); event_time measures from it. Off by
+     * default: events without timing are the cheapest to record, wait on and query. */
+    int timing;
+    gpuEvent_t base_ev;
+    double base_s;
     char name[256];
 } gpu_ctx;
+
+static double mono_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
 
 static int fail(gpuError_t e, const char *what) {
     vc_backend_set_error("%s: %s (%d)", what, gpuGetErrorString(e), (int)e);
@@ -218,7 +231,7 @@ static int g_event_create(void *ctx, void **ev) {
     gpu_ctx *g = ctx;
     ON_DEVICE(g);
     gpuEvent_t e;
-    gpuError_t r = gpuEventCreateNoTiming(&e);
+    gpuError_t r = g->timing ? gpuEventCreateTimed(&e) : gpuEventCreateNoTiming(&e);
     if (r != gpuSuccess) return LEAVE(fail(r, GPU_NAME " event creation"));
     *ev = (void *)e;
     return LEAVE(VC_OK);
@@ -329,9 +342,41 @@ static void g_destroy(void *ctx) {
             gpuFreeHost(g->staging[k]);
         }
     if (g->pool_stream) gpuStreamDestroy(g->pool_stream);
+    if (g->timing) gpuEventDestroy(g->base_ev);
     leave(&d);
     pthread_mutex_destroy(&g->lock);
     free(g);
+}
+
+/* When a recorded event completed, in CLOCK_MONOTONIC seconds (the cache's trace clock on a GPU);
+ * negative without timing, or while the event is pending (the cache then asks again later). */
+static double g_event_time(void *ctx, void *ev) {
+    gpu_ctx *g = ctx;
+    if (!g->timing) return -1.0;
+    float ms = 0;
+    if (gpuEventElapsedTime(&ms, g->base_ev, (gpuEvent_t)ev) != gpuSuccess) {
+        gpuGetLastError(); /* not ready (or never recorded): not sticky */
+        return -1.0;
+    }
+    return g->base_s + (double)ms * 1e-3;
+}
+
+/* The time base for event_time: an event recorded on an idle stream and waited for, stamped with the
+ * host's clock as the wait returns (off by the wait's wake-up, microseconds). */
+static int start_timing(gpu_ctx *g) {
+    dev_guard d;
+    if (enter(g, &d) != gpuSuccess) return 0;
+    gpuStream_t s;
+    int ok = gpuStreamCreateNonBlocking(&s) == gpuSuccess;
+    if (ok) {
+        ok = gpuEventCreateTimed(&g->base_ev) == gpuSuccess && gpuEventRecord(g->base_ev, s) == gpuSuccess &&
+             gpuEventSynchronize(g->base_ev) == gpuSuccess;
+        g->base_s = mono_s();
+        gpuStreamDestroy(s);
+    }
+    if (!ok) gpuGetLastError();
+    leave(&d);
+    return ok;
 }
 
 static const vc_backend_ops gpu_ops = {
@@ -354,6 +399,7 @@ static const vc_backend_ops gpu_ops = {
     .stream_wait_event = g_stream_wait,
     .mem_info = g_mem_info,
     .destroy = g_destroy,
+    .event_time = g_event_time,
     .range_push = RANGE_PUSH,
     .range_pop = RANGE_POP,
     .device_alloc_async = g_alloc_async,
@@ -409,6 +455,8 @@ int GPU_CREATE(int device, vc_backend **out, char *why, size_t why_size) {
     double gb = env ? atof(env) : -1;
     g->pinned_budget = gb >= 0 ? (size_t)(gb * (double)GPU_GB) : vc_system_ram(NULL, 0) / 2;
     snprintf(g->name, sizeof g->name, "%s", prop.name);
+    const char *timing = getenv("VRAMCACHE_EVENT_TIMING");
+    g->timing = timing && atoi(timing) > 0 && start_timing(g);
     snprintf(why, why_size, GPU_NAME ":%d, %s, %.1f GB", device, prop.name, (double)prop.totalGlobalMem / (double)GPU_GB);
     int st = vc_backend_create(&gpu_ops, g, out);
     if (st != VC_OK) g_destroy(g);

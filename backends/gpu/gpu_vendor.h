@@ -34,6 +34,8 @@
 #define gpuMemcpyDeviceToHost hipMemcpyDeviceToHost
 #define gpuEvent_t hipEvent_t
 #define gpuEventCreateNoTiming(e) hipEventCreateWithFlags((e), hipEventDisableTiming)
+#define gpuEventCreateTimed(e) hipEventCreate(e)
+#define gpuEventElapsedTime hipEventElapsedTime
 #define gpuEventDestroy hipEventDestroy
 #define gpuEventRecord hipEventRecord
 #define gpuEventQuery hipEventQuery
@@ -74,6 +76,8 @@
 #define gpuMemcpyDeviceToHost cudaMemcpyDeviceToHost
 #define gpuEvent_t cudaEvent_t
 #define gpuEventCreateNoTiming(e) cudaEventCreateWithFlags((e), cudaEventDisableTiming)
+#define gpuEventCreateTimed(e) cudaEventCreate(e)
+#define gpuEventElapsedTime cudaEventElapsedTime
 #define gpuEventDestroy cudaEventDestroy
 #define gpuEventRecord cudaEventRecord
 #define gpuEventQuery cudaEventQuery

@@ -123,6 +123,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         vc_backend_destroy(host);
         return 0;
     }
+    /* Sometimes traced (to nowhere), with event times known at once or, as on a GPU, only once the
+     * copy has run (queued spans, drained by later calls and at the end). */
+    if ((data[0] >> 4) & 1) {
+        CHECK(vc_fault_late_event_times(fault, (data[0] >> 5) & 1) == VC_OK);
+        CHECK(vc_cache_trace_start(c, "/dev/null") == VC_OK);
+    }
     /* Sometimes a second device whose cache shares every layer from the first (several GPUs, one
      * RAM copy): it uploads from the first cache's RAM pool, and must see its patches. */
     vc_backend *host2 = NULL, *sim2 = NULL;

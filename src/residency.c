@@ -112,8 +112,8 @@ static int settle_stream(vc_cache *c, vc_stream stream, const char *what) {
              c->ops->event_synchronize(c->bctx, ev) == VC_OK;
     if (ev) c->ops->event_destroy(c->bctx, ev);
     if (!ok)
-        vc__log(c, VC_LOG_ERROR, "%s: a queued copy cannot be waited for (%s): its host memory is kept until "
-                "the cache is destroyed", what, vc__take_backend_error());
+        vc__log(c, VC_LOG_ERROR, "%s: a queued copy cannot be waited for (%s): memory it may still use is not "
+                "reused until it can be", what, vc__take_backend_error());
     return ok;
 }
 

@@ -411,6 +411,7 @@ int vc_layer_register_shared(vc_cache *c, vc_model_id model, vc_cache *owner, vc
         l->owner = owner;
         l->owner_layer = source;
         l->loader = NULL;
+        c->shared_layers++;
         pthread_mutex_unlock(&c->lock);
     } else {
         pthread_mutex_lock(&owner->lock);

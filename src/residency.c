@@ -1043,7 +1043,7 @@ static void drain_remote_pins(vc_cache *c, int wait, const layer_t *only) {
  * `msg` gets the owner's message. Callers holding our lock take the owner's after it (lock order:
  * ours, then the owner's). */
 static int owner_fetch(vc_cache *o, vc_layer_id oid, const char *fn, const void **src, int pin, char *msg,
-                       size_t msg_size, unsigned long *gen) {
+                       size_t msg_size, uint32_t *gen) {
     pthread_mutex_lock(&o->lock);
     layer_t *ol = slot_table_get(&o->layers, oid);
     while (ol && ol->loading) {
@@ -1069,7 +1069,7 @@ static int owner_status(vc_cache *c, const layer_t *l, const char *fn, int st, c
 static int owner_copy(vc_cache *c, layer_t *l, const char *fn, const void **src, int pin) {
     char msg[sizeof c->last_error];
     /* which weights our device copy will hold: the epoch first, so a patch in between shows */
-    unsigned long epoch = atomic_load_explicit(&l->owner->weights_epoch, memory_order_acquire), gen = 0;
+    uint32_t epoch = atomic_load_explicit(&l->owner->weights_epoch, memory_order_acquire), gen = 0;
     int st = owner_fetch(l->owner, l->owner_layer, fn, src, pin, msg, sizeof msg, &gen);
     if (st == VC_OK && pin) {
         l->src_gen = gen;
@@ -1082,7 +1082,7 @@ static int owner_copy(vc_cache *c, layer_t *l, const char *fn, const void **src,
  * Checked at each acquire that finds it resident and unheld: one atomic load, and the owner's lock
  * only after some layer of the owner changed. */
 static int shared_stale(layer_t *l) {
-    unsigned long e = atomic_load_explicit(&l->owner->weights_epoch, memory_order_acquire);
+    uint32_t e = atomic_load_explicit(&l->owner->weights_epoch, memory_order_acquire);
     if (e == l->src_epoch) return 0;
     pthread_mutex_lock(&l->owner->lock);
     const layer_t *ol = slot_table_get(&l->owner->layers, l->owner_layer);
@@ -1267,7 +1267,8 @@ int vc_layer_acquire(vc_cache *c, vc_layer_id id, vc_stream stream, void **devic
     int st = VC_OK;
     if (c->trace) vc__trace_poll(c, 0); /* copies that have run since: their spans */
     layer_t *l = settled_layer(c, id); /* another thread loading it: wait, then take its result */
-    if (l && l->owner && l->vblock && !l->holds && shared_stale(l))
+    /* (the cache-wide count first: caches without shared layers never touch l->owner here) */
+    if (c->shared_layers && l && l->owner && l->vblock && !l->holds && shared_stale(l))
         vc__evict_vram(c, l, VC_EVICT_MANUAL, 1); /* its source was patched: load the new weights */
     if (!l) {
         st = vc__fail(c, VC_ERR_NOT_FOUND, "%s: layer id %#llx is not registered", fn, (unsigned long long)id);
@@ -1447,6 +1448,7 @@ void vc__layer_destroy(vc_cache *c, layer_t *l) {
         pthread_mutex_lock(&l->owner->lock);
         l->owner->dependents--;
         pthread_mutex_unlock(&l->owner->lock);
+        c->shared_layers--;
     }
     if (l->vblock) {
         if (l->release_recorded) order_after(c, c->upload_stream, l->release_ev);

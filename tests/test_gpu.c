@@ -118,10 +118,7 @@ static void test_core_on_cuda(void **state) {
         vc_model_id m = add_model(c, "m");
         test_loader ld[8];
         vc_layer_id l[8];
-        for (int i = 0; i < 8; i++) {
-            ld[i] = (test_loader){.seed = (uint64_t)i + 1};
-            l[i] = add_loader_layer(c, m, "l", 3 * MB, &ld[i]);
-        }
+        add_loader_layers(c, m, "l", 8, 3 * MB, ld, l);
         cudaStream_t s;
         assert_int_equal(cudaStreamCreate(&s), cudaSuccess);
         unsigned char *host = malloc(3 * MB);
@@ -373,10 +370,7 @@ static void test_trace_has_device_times(void **state) {
     vc_model_id m = add_model(c, "m");
     test_loader ld[6];
     vc_layer_id l[6];
-    for (int i = 0; i < 6; i++) {
-        ld[i] = (test_loader){.seed = (uint64_t)i + 1};
-        l[i] = add_loader_layer(c, m, "l", 32 * MB, &ld[i]);
-    }
+    add_loader_layers(c, m, "l", 6, 32 * MB, ld, l);
     cudaStream_t s;
     assert_int_equal(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
     for (int pass = 0; pass < 3; pass++)

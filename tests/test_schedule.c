@@ -1375,10 +1375,7 @@ static void test_writeback_of_prefetch_in_flight(void **state) {
     vc_model_id m = add_model(c, "denoiser");
     test_loader ld[3];
     vc_layer_id order[3];
-    for (int i = 0; i < 3; i++) {
-        ld[i] = (test_loader){.seed = (uint64_t)i + 1};
-        order[i] = add_loader_layer(c, m, "layer", 64 * KB, &ld[i]);
-    }
+    add_loader_layers(c, m, "layer", 3, 64 * KB, ld, order);
     assert_int_equal(vc_model_set_order(c, m, order, 3), VC_OK);
     assert_int_equal(vc_model_load_ram(c, m), VC_OK); /* so the next layers can be prefetched */
     void *d;

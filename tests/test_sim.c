@@ -655,10 +655,7 @@ static size_t traced_events(int late, char lines[][256], size_t max) {
     vc_model_id m = add_model(c, "m");
     test_loader ld[6];
     vc_layer_id id[6];
-    for (int i = 0; i < 6; i++) {
-        ld[i] = (test_loader){.seed = (uint64_t)i + 1};
-        id[i] = add_loader_layer(c, m, "l", 64 * KB, &ld[i]);
-    }
+    add_loader_layers(c, m, "l", 6, 64 * KB, ld, id);
     double lag = 0;
     for (int pass = 0; pass < 4; pass++)
         for (int i = 0; i < 6; i++) {

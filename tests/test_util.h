@@ -241,6 +241,16 @@ static inline vc_layer_id add_loader_layer(vc_cache *c, vc_model_id m, const cha
     return id;
 }
 
+/* n layers of `bytes` each in model m, named `name`, layer i loaded by ld[i], which fills the
+ * pattern of seed i + 1; their ids in ids[0..n). */
+static inline void add_loader_layers(vc_cache *c, vc_model_id m, const char *name, int n, size_t bytes,
+                                     test_loader *ld, vc_layer_id *ids) {
+    for (int i = 0; i < n; i++) {
+        ld[i] = (test_loader){.seed = (uint64_t)i + 1};
+        ids[i] = add_loader_layer(c, m, name, bytes, &ld[i]);
+    }
+}
+
 static inline vc_layer_id add_host_layer(vc_cache *c, vc_model_id m, const char *name, const void *p,
                                          size_t bytes) {
     vc_layer_desc d = {.name = name, .bytes = bytes, .host_ptr = p};

@@ -72,15 +72,21 @@ static void free_ram_buffer(vc_cache *c, void *p, size_t bytes, int pinned);
  * reused, so it is kept, counted in the RAM pool, until the download stream can be waited for again
  * (ram_reserve tries when it runs short) or the cache is destroyed, after its device memory has
  * gone (cudaFree waits for the device). */
+static void quarantine_node(vc_cache *c, deferred_free *d) { /* a buffer already counted in ram_bytes */
+    d->layer = NULL;
+    d->next = c->quarantine;
+    c->quarantine = d;
+}
+
 static void quarantine(vc_cache *c, void *p, size_t bytes, int pinned, int counted) {
     deferred_free *d = malloc(sizeof *d);
     if (!d) { /* cannot even track it: lost, which beats freeing it under a copy */
         if (counted) c->ram_bytes -= bytes;
         return;
     }
-    *d = (deferred_free){.ptr = p, .bytes = bytes, .pinned = pinned, .next = c->quarantine};
-    c->quarantine = d;
+    *d = (deferred_free){.ptr = p, .bytes = bytes, .pinned = pinned};
     if (!counted) c->ram_bytes += bytes;
+    quarantine_node(c, d);
 }
 
 void vc__free_quarantine(vc_cache *c) {
@@ -228,10 +234,8 @@ static void drain_deferred(vc_cache *c, int wait, const layer_t *only) {
         if (idle) {
             free_ram_buffer(c, d->ptr, d->bytes, d->pinned);
             free(d);
-        } else { /* to the quarantine, node and all */
-            d->layer = NULL;
-            d->next = c->quarantine;
-            c->quarantine = d;
+        } else {
+            quarantine_node(c, d);
         }
     }
 }

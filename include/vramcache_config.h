@@ -61,6 +61,12 @@ typedef enum vc_config_key {
     /** InvokeAI's smart_partial_loading (default false): working-memory reservations replace the
      *  standing device_working_mem_gb while active; sets vc_cache_options.smart_working_mem. */
     VC_CFG_SMART_PARTIAL_LOADING,
+    /* SD.Next's launch flags (seed 001) as settings: `--lowvram` triggers sequential offload,
+     * `--medvram` model offload. They choose the offload mode when offload_mode is unset (lowvram
+     * first), ahead of the enable_partial_loading and GPU-size rules; see
+     * vc_config_get_offload_mode. */
+    VC_CFG_LOWVRAM, /**< lowvram: true = offload_mode sequential unless offload_mode is set */
+    VC_CFG_MEDVRAM, /**< medvram: true = offload_mode model unless offload_mode or lowvram is set */
     VC_CFG_KEY_COUNT
 } vc_config_key;
 
@@ -123,13 +129,15 @@ VC_API int vc_config_get_number(const vc_config *cfg, vc_config_key key, double 
 VC_API const char *vc_config_get_text(const vc_config *cfg, vc_config_key key);
 /** The device: kind and index (-1 when none was given). */
 VC_API int vc_config_get_device(const vc_config *cfg, vc_device_kind *kind, int *index);
-/** The effective offload mode, derived from enable_partial_loading when unset (balanced when it is
- *  true, model when false). Without knowing the device: see vc_config_get_offload_mode_for. */
+/** The effective offload mode: offload_mode when set; else sequential when lowvram is true, model
+ *  when medvram is true (SD.Next's launch flags, lowvram first); else derived from
+ *  enable_partial_loading (balanced when it is true, model when false). Without knowing the
+ *  device: see vc_config_get_offload_mode_for. NULL cfg: balanced. Never fails. */
 VC_API vc_offload_mode vc_config_get_offload_mode(const vc_config *cfg);
 
 /** The effective offload mode on a device of `device_bytes` total memory (`is_gpu` 0 for the host
  *  backend): as vc_config_get_offload_mode, except that an unset offload_mode with partial loading
- *  on is sequential on a GPU of 4 GB or less (its size rounded to whole GB, as SD.Next decides its
+ *  on (and neither lowvram nor medvram) is sequential on a GPU of 4 GB or less (its size rounded to whole GB, as SD.Next decides its
  *  default), balanced above. `why` (may be NULL) gets the reason in a few words.
  *  vc_cache_create_from_config and `vramcache simulate` use it. Never fails. */
 VC_API vc_offload_mode vc_config_get_offload_mode_for(const vc_config *cfg, int is_gpu, size_t device_bytes,

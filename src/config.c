@@ -182,6 +182,10 @@ vc_offload_mode vc_config_get_offload_mode(const vc_config *cfg) {
     if (!cfg) return VC_OFFLOAD_MODE_BALANCED;
     const cfg_value *v = vc__cfg_effective(cfg, VC_CFG_OFFLOAD_MODE, NULL);
     if (!v->is_null) return (vc_offload_mode)v->dev_kind; /* enum index: none, model, sequential, balanced */
+    /* SD.Next: --lowvram triggers sequential offload, --medvram model offload; as there, they pick
+     * the default, so an explicit offload_mode still wins */
+    if (vc__cfg_effective(cfg, VC_CFG_LOWVRAM, NULL)->b) return VC_OFFLOAD_MODE_SEQUENTIAL;
+    if (vc__cfg_effective(cfg, VC_CFG_MEDVRAM, NULL)->b) return VC_OFFLOAD_MODE_MODEL;
     return vc__cfg_effective(cfg, VC_CFG_ENABLE_PARTIAL_LOADING, NULL)->b ? VC_OFFLOAD_MODE_BALANCED
                                                                          : VC_OFFLOAD_MODE_MODEL;
 }
@@ -197,6 +201,10 @@ vc_offload_mode vc_config_get_offload_mode_for(const vc_config *cfg, int is_gpu,
     const cfg_value *v = cfg ? vc__cfg_effective(cfg, VC_CFG_OFFLOAD_MODE, NULL) : NULL;
     if (v && !v->is_null) {
         snprintf(why, why_size, "set in the configuration");
+    } else if (cfg && vc__cfg_effective(cfg, VC_CFG_LOWVRAM, NULL)->b) {
+        snprintf(why, why_size, "since lowvram is true (SD.Next's --lowvram)");
+    } else if (cfg && vc__cfg_effective(cfg, VC_CFG_MEDVRAM, NULL)->b) {
+        snprintf(why, why_size, "since medvram is true (SD.Next's --medvram)");
     } else if (m == VC_OFFLOAD_MODE_MODEL) {
         snprintf(why, why_size, "since enable_partial_loading is false");
     } else if (is_gpu && device_bytes > 0 && (double)device_bytes / (double)VC_GB < 4.5) {

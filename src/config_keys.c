@@ -54,6 +54,10 @@ const cfg_key_def vc__cfg_keys[VC_CFG_KEY_COUNT] = {
     [VC_CFG_SMART_PARTIAL_LOADING] = {"smart_partial_loading", CFG_BOOL, 0, 0, 0, 0, NULL, "false",
         "while an operation reserves its own working memory, hold back that instead of "
         "device_working_mem_gb"},
+    [VC_CFG_LOWVRAM] = {"lowvram", CFG_BOOL, 0, 0, 0, 0, NULL, "false",
+        "SD.Next's --lowvram: offload_mode sequential unless offload_mode is set"},
+    [VC_CFG_MEDVRAM] = {"medvram", CFG_BOOL, 0, 0, 0, 0, NULL, "false",
+        "SD.Next's --medvram: offload_mode model unless offload_mode or lowvram is set"},
 };
 
 /* SD.Next spellings. */

@@ -455,6 +455,58 @@ static void test_offload_mode_for_device(void **state) {
     vc_config_destroy(cfg);
 }
 
+/* SD.Next's --lowvram and --medvram, as lowvram/medvram settings: they pick the offload mode when
+ * offload_mode is unset (lowvram before medvram, both before enable_partial_loading and the 4 GB
+ * rule), and an explicit offload_mode still wins; the environment sets them like any key. */
+static void test_lowvram_medvram_flags(void **state) {
+    (void)state;
+    vc_config *cfg;
+    vc_diagnostics *d = NULL;
+    char why[128];
+    assert_int_equal(vc_config_create(&cfg), VC_OK);
+    static const char low[] = "lowvram: true\nenable_partial_loading: false\n";
+    assert_int_equal(vc_config_load_string(cfg, low, sizeof low - 1, "low.yaml", VC_CONFIG_NO_ENV, &d), VC_OK);
+    assert_null(find_diag(d, "unknown"));
+    vc_diagnostics_destroy(d);
+    assert_int_equal(vc_config_get_offload_mode(cfg), VC_OFFLOAD_MODE_SEQUENTIAL);
+    assert_int_equal(vc_config_get_offload_mode_for(cfg, 1, 24 * GB, why, sizeof why), VC_OFFLOAD_MODE_SEQUENTIAL);
+    assert_non_null(strstr(why, "lowvram"));
+    vc_cache_options o;
+    vc_cache_options_init(&o);
+    assert_int_equal(vc_config_apply(cfg, &o), VC_OK);
+    assert_int_equal(o.offload_mode, VC_OFFLOAD_MODE_SEQUENTIAL);
+
+    static const char med[] = "medvram: yes\n";
+    assert_int_equal(vc_config_load_string(cfg, med, sizeof med - 1, "med.yaml", VC_CONFIG_NO_ENV, NULL), VC_OK);
+    assert_int_equal(vc_config_get_offload_mode_for(cfg, 1, 2 * GB, why, sizeof why), VC_OFFLOAD_MODE_MODEL);
+    assert_non_null(strstr(why, "medvram"));
+    /* both: lowvram wins, as SD.Next checks it first */
+    assert_int_equal(vc_config_set(cfg, VC_CFG_LOWVRAM, "true"), VC_OK);
+    assert_int_equal(vc_config_get_offload_mode(cfg), VC_OFFLOAD_MODE_SEQUENTIAL);
+    /* an explicit mode wins over both */
+    assert_int_equal(vc_config_set(cfg, VC_CFG_OFFLOAD_MODE, "balanced"), VC_OK);
+    assert_int_equal(vc_config_get_offload_mode_for(cfg, 1, 2 * GB, why, sizeof why), VC_OFFLOAD_MODE_BALANCED);
+    assert_non_null(strstr(why, "set in the configuration"));
+    assert_int_equal(vc_config_unset(cfg, VC_CFG_OFFLOAD_MODE), VC_OK);
+    assert_int_equal(vc_config_unset(cfg, VC_CFG_LOWVRAM), VC_OK);
+
+    /* not a boolean: an error naming the key, and nothing of the file applied */
+    static const char bad[] = "lowvram: sometimes\nmax_cache_vram_gb: 2\n";
+    assert_int_equal(vc_config_load_string(cfg, bad, sizeof bad - 1, "bad.yaml", VC_CONFIG_NO_ENV, &d), VC_ERR_CONFIG);
+    assert_non_null(find_diag(d, "lowvram"));
+    vc_diagnostics_destroy(d);
+    assert_int_equal(vc_config_get_offload_mode(cfg), VC_OFFLOAD_MODE_MODEL); /* med.yaml still */
+    assert_int_equal(vc_config_get_number(cfg, VC_CFG_MAX_CACHE_VRAM_GB, &(double){0}), VC_ERR_NOT_FOUND);
+
+    /* the environment: INVOKEAI_LOWVRAM, as for every key */
+    setenv("INVOKEAI_LOWVRAM", "1", 1);
+    assert_int_equal(vc_config_load_string(cfg, "", 0, NULL, 0, NULL), VC_OK);
+    assert_int_equal(vc_config_get_offload_mode(cfg), VC_OFFLOAD_MODE_SEQUENTIAL);
+    assert_int_equal(vc_config_get_source(cfg, VC_CFG_LOWVRAM), VC_CFG_SOURCE_ENV);
+    clear_env();
+    vc_config_destroy(cfg);
+}
+
 static void test_api_setter_validation(void **state) {
     (void)state;
     vc_config *cfg;
@@ -602,6 +654,7 @@ int main(void) {
         cmocka_unit_test_setup(test_environment_and_precedence, setup),
         cmocka_unit_test_setup(test_api_setter_validation, setup),
         cmocka_unit_test_setup(test_offload_mode_for_device, setup),
+        cmocka_unit_test_setup(test_lowvram_medvram_flags, setup),
         cmocka_unit_test_setup(test_backend_and_cache_from_config, setup),
         cmocka_unit_test_setup(test_show_names_sources, setup),
     };

@@ -14,7 +14,8 @@
  * for every cut; this returns the largest over all cuts of the cyclic pass, which no schedule of
  * whole or partial layers can beat. It is never below max(total compute, (total bytes - usable) /
  * bandwidth). O(n^3) time up to 256 layers; longer passes try 256 evenly spread first cuts (still a
- * bound, at most a little less tight), O(256 n^2). O(n) memory; returns -1 when that memory is short.
+ * bound, at most a little less tight), O(256 n^2), and passes of more than 1448 fewer, so that
+ * the work stays under 2^28 steps. O(n) memory; returns -1 when that memory is short.
  *
  * A pass may use a layer more than once (a UNet run twice per step, for the two halves of
  * classifier-free guidance): back[i] is then how many positions before i (round the loop, 1 to n)

@@ -212,7 +212,7 @@ struct vc_cache {
     layer_t **grec_prev;   /* the period recorded before it (a group forms when two agree) */
     size_t grec_prev_n;
     unsigned layout_pending_count; /* models whose plan waits to be laid out (schedule.c) */
-    model_t *phist[16];    /* the models whose whole passes began one after another, latest last ... */
+    model_t *phist[32];    /* the models whose whole passes began one after another, latest last ... */
     unsigned phist_n;      /* ... (schedule.c: step groups that run a model twice per step) */
     /* Fences of the ring placement being made (residency.c, ring_place): the release events of the
      * layers it evicted, by where their room starts, so the upload can copy each part as soon as

@@ -133,6 +133,9 @@ struct vc_model_rec {
     model_t *joined;      /* a member: the group that plans its layers; NULL when planned alone */
     model_t **members;    /* the group: its models, in the order they first run (owned) */
     size_t nmembers;
+    int whole_passes;     /* the group: its order is whole passes of its members, one after another
+                             (not an interleaving), so their pass starts go on into c->phist */
+    unsigned npasses;     /* ... and how many whole passes its cycle holds */
     model_t *step_prev;   /* the model whose pass ended just before this one's pass began */
     unsigned step_prev_seen; /* passes in a row that began right after step_prev's */
     int saw_others;       /* another model's layer ran in the midst of its pass under way */
@@ -212,7 +215,7 @@ struct vc_cache {
     layer_t **grec_prev;   /* the period recorded before it (a group forms when two agree) */
     size_t grec_prev_n;
     unsigned layout_pending_count; /* models whose plan waits to be laid out (schedule.c) */
-    model_t *phist[32];    /* the models whose whole passes began one after another, latest last ... */
+    model_t *phist[64];    /* the models whose whole passes began one after another, latest last ... */
     unsigned phist_n;      /* ... (schedule.c: step groups that run a model twice per step) */
     /* Fences of the ring placement being made (residency.c, ring_place): the release events of the
      * layers it evicted, by where their room starts, so the upload can copy each part as soon as

@@ -25,7 +25,7 @@
 #include "cache_internal.h"
 
 #define PREFETCH_WINDOW 256 /* layers looked ahead per acquire at most */
-#define GROUP_MAX 16         /* passes (and models) in a step group's cycle */
+#define GROUP_MAX 32         /* passes (and models) in a step group's cycle */
 
 void vc__note_vram_layer(vc_cache *c, layer_t *l, int delta) {
     model_t *g = l->model->joined;
@@ -550,7 +550,9 @@ static void unjoin(vc_cache *c, const char *why) {
         m->pass_mismatches = 0;
     }
     c->group = NULL;
-    c->phist_n = 0;
+    /* The history of passes went on through a group of whole passes (follow): a ControlNet and its
+     * UNet, parted each image by the VAE, still show the image's cycle (try_join_repeating). */
+    if (!g->whole_passes) c->phist_n = 0;
     free(g->members);
     free(g->order);
     free(g->next_use);
@@ -576,7 +578,7 @@ static void note_step_prev(vc_cache *c, model_t *m) {
  * uorder (un of them; both owned from here). `at` is the group position of the layer being
  * acquired. Returns 1 when formed (the group's plan is made). */
 static int form_group(vc_cache *c, model_t **members, size_t k, layer_t **order, size_t n, size_t at,
-                      size_t *next_use, layer_t **uorder, size_t un) {
+                      size_t *next_use, layer_t **uorder, size_t un, int whole_passes) {
     size_t name_len = 1;
     for (size_t j = 0; j < k; j++) name_len += strlen(members[j]->name) + 1;
     model_t *g = calloc(1, sizeof(*g));
@@ -598,6 +600,8 @@ static int form_group(vc_cache *c, model_t **members, size_t k, layer_t **order,
     for (size_t i = n; i-- > 0;) order[i]->order_pos = i; /* a layer used twice: its first use */
     for (size_t i = 0; next_use && i < n; i++) order[i]->uses = order[i]->order_pos == i ? 1 : order[i]->uses + 1;
     g->name = name;
+    g->whole_passes = whole_passes;
+    for (size_t i = 0; whole_passes && i < n; i++) g->npasses += order[i] == order[i]->model->order[0];
     g->members = mem;
     g->nmembers = k;
     g->order = order;
@@ -617,10 +621,11 @@ static int form_group(vc_cache *c, model_t **members, size_t k, layer_t **order,
     return 1;
 }
 
-static int may_group(const vc_cache *c) {
-    return !c->group && c->policy == VC_POLICY_PLANNED &&
-           (c->mode == VC_OFFLOAD_MODE_BALANCED || c->mode == VC_OFFLOAD_MODE_SEQUENTIAL);
+static int may_plan_groups(const vc_cache *c) {
+    return c->policy == VC_POLICY_PLANNED && (c->mode == VC_OFFLOAD_MODE_BALANCED || c->mode == VC_OFFLOAD_MODE_SEQUENTIAL);
 }
+
+static int may_group(const vc_cache *c) { return !c->group && may_plan_groups(c); }
 
 /* As a's pass begins: when a has begun twice in a row right after the same model's pass, and the
  * models before it close a cycle back to a (each seen at least once), join them, a first; returns 1
@@ -650,7 +655,7 @@ static int try_join(vc_cache *c, model_t *a) {
     size_t at = 0;
     for (size_t j = 0; j < k; j++)
         for (size_t i = 0; i < members[j]->order_n; i++) order[at++] = members[j]->order[i];
-    return form_group(c, members, k, order, n, 0, NULL, NULL, 0);
+    return form_group(c, members, k, order, n, 0, NULL, NULL, 0, 1);
 }
 
 /* Notes that m's whole pass begins now: after the previous model's whole pass (or m's own), the
@@ -664,20 +669,24 @@ static void note_pass_start(vc_cache *c, model_t *m) {
     c->phist[c->phist_n++] = m;
 }
 
-/* As a's pass begins: when the passes of the last two repetitions agree with a period of 3 to 16
+/* As a's pass begins: when the passes of the last two repetitions agree with a period of 3 to 32
  * passes in which some model runs more than once, join them, with a layer's uses linked by
  * next_use. Such a period is a step that runs a model twice (a ControlNet, then the UNet for each
  * half of guidance: CN, U, U), or a whole image of a few-step pipeline (text encoders, the UNet or
- * transformer 1-14 times, the VAE): planned apart, the encoders and the VAE push the denoiser's kept
+ * transformer 1-30 times, the VAE): planned apart, the encoders and the VAE push the denoiser's kept
  * set out every image; as one, they stream through and it stays (docs/performance.md). Cycles of
  * distinct models join through try_join. */
 static int try_join_repeating(vc_cache *c, model_t *a) {
-    if (!may_group(c)) return 0;
+    /* A group of whole passes may be inside a longer cycle (a ControlNet and its UNet, joined every
+     * step, with the encoders and the VAE of an 8-step image around them): the cycle replaces it. */
+    model_t *inner = c->group;
+    if (!may_plan_groups(c) || (inner && !inner->whole_passes)) return 0;
     const unsigned h = c->phist_n;
     unsigned q = 1; /* the shortest period of the last two repetitions */
     while (q <= GROUP_MAX && (2 * q > h || memcmp(c->phist + h - q, c->phist + h - 2 * q, q * sizeof(*c->phist))))
         q++;
     if (q < 3 || q > GROUP_MAX) return 0; /* none, one model alone, or two in turn (try_join's) */
+    if (inner && q <= inner->npasses) return 0; /* (the group's own cycle, or a shorter one) */
     model_t *const *last = c->phist + h - q;
     /* The cycle from a on: a (the latest), then the period's passes in the order they ran. */
     model_t *pass[GROUP_MAX] = {0}, *members[GROUP_MAX] = {0};
@@ -687,7 +696,7 @@ static int try_join_repeating(vc_cache *c, model_t *a) {
     for (unsigned j = 1; j < q; j++) pass[j] = last[j - 1];
     for (unsigned j = 0; j < q; j++) {
         model_t *x = pass[j];
-        if (!order_known(x) || x->joined) return 0;
+        if (!order_known(x) || (x->joined && x->joined != inner)) return 0;
         size_t i = 0;
         while (i < k && members[i] != x) i++;
         if (i == k) members[k++] = x, un += x->order_n;
@@ -695,6 +704,12 @@ static int try_join_repeating(vc_cache *c, model_t *a) {
         n += x->order_n;
     }
     if (!repeat || k < 2) return 0; /* distinct models: try_join's case */
+    for (size_t j = 0; inner && j < inner->nmembers; j++) {
+        size_t i = 0;
+        while (i < k && members[i] != inner->members[j]) i++;
+        if (i == k) return 0; /* the group has a model the cycle does not run */
+    }
+    if (inner) unjoin(c, "they run inside a longer cycle, planned as one");
     layer_t **order = malloc(n * sizeof(*order)), **uorder = malloc(un * sizeof(*uorder));
     size_t *next_use = malloc(n * sizeof(*next_use)), start[GROUP_MAX];
     if (!order || !uorder || !next_use) {
@@ -714,7 +729,7 @@ static int try_join_repeating(vc_cache *c, model_t *a) {
         while (pass[nx] != pass[j]) nx = (nx + 1) % q;
         for (size_t i = 0; i < pass[j]->order_n; i++) next_use[start[j] + i] = start[nx] + i;
     }
-    return form_group(c, members, k, order, n, 0, next_use, uorder, un);
+    return form_group(c, members, k, order, n, 0, next_use, uorder, un, 1);
 }
 
 /* Models interleaved layer by layer (an adapter's layers used between the UNet's): once a model's
@@ -778,7 +793,7 @@ static int grec_finish(vc_cache *c) {
     }
     c->grec_prev = NULL;
     grec_stop(c);
-    return form_group(c, members, k, order, n, 0, NULL, NULL, 0);
+    return form_group(c, members, k, order, n, 0, NULL, NULL, 0, 0);
 }
 
 /* Each acquire while a period is recorded; 1 when it completed a period and formed the group
@@ -884,6 +899,7 @@ static void follow(vc_cache *c, model_t *m, layer_t *l) {
     /* (a layer a group uses twice has order_pos at its first use: the second is found in the order) */
     if (l->in_order && (l->order_pos == expected || (m->next_use && m->order[expected] == l))) {
         m->pos = expected;
+        if (m->whole_passes && l == l->model->order[0]) note_pass_start(c, l->model); /* a member's pass */
         if (expected == 0) { /* a new pass */
             if (!m->members) {
                 roll_hold_peak(m);
@@ -965,7 +981,9 @@ void vc__sched_on_acquire(vc_cache *c, layer_t *l) {
     model_t *m = vc__plan_model(l); /* after follow: it may have joined or parted a group */
     m->last_tick = c->use_clock;
     c->last_model = own;
-    c->last_ended_pass = !own->joined && order_known(own) && l->in_order && own->pos == own->order_n - 1;
+    c->last_ended_pass = order_known(own) && l->in_order &&
+                         (own->joined ? own->joined->whole_passes && l == own->order[own->order_n - 1]
+                                      : own->pos == own->order_n - 1);
     if (c->policy != VC_POLICY_PLANNED || !order_known(m) || !c->prefetch_depth ||
         c->mode == VC_OFFLOAD_MODE_NONE || c->mode == VC_OFFLOAD_MODE_MODEL)
         return;

@@ -782,8 +782,8 @@ static void test_three_models_in_turn(void **state) {
 }
 
 /* An image's pipeline (text encoder, the UNet `steps` times, VAE) repeated image after image. With
- * few steps, a whole image fits a group's cycle (16 passes: an 8-step model with two text encoders
- * and a VAE is 11) and joins: the encoder and the VAE then
+ * few steps, a whole image fits a group's cycle (32 passes: an 8-step model with two text encoders
+ * and a VAE is 11, a 30-step one with one encoder 32) and joins: the encoder and the VAE then
  * stream through the region while the UNet's layers stay, so each image moves no more than the
  * encoder's and the VAE's bytes (planned apart, each stage pushed the UNet out: 1.9x those bytes
  * here). A pipeline of more steps than a cycle holds never joins; a change of step count parts the
@@ -810,7 +810,7 @@ static void run_images(hazard_world *hw, vc_layer_id (*id)[6], char (*w)[6][8 * 
 static void test_pipeline_per_image(void **state) {
     (void)state;
     static char w[3][6][8 * KB];
-    const int counts[] = {2, 4, 6, 8, 14, 15};
+    const int counts[] = {2, 4, 6, 8, 30, 31};
     for (size_t n = 0; n < sizeof counts / sizeof counts[0]; n++) {
         hazard_world hw = hazard_open(3 * 6 * 8 * KB / 2);
         vc_model_id m[3] = {add_model(hw.c, "text_encoder"), add_model(hw.c, "unet"), add_model(hw.c, "vae")};
@@ -822,7 +822,7 @@ static void test_pipeline_per_image(void **state) {
             }
         uint64_t image_bytes = 0;
         run_images(&hw, id, w, 6, counts[n], &image_bytes);
-        if (counts[n] + 2 > 16) { /* more passes than a cycle holds */
+        if (counts[n] + 2 > 32) { /* more passes than a cycle holds */
             assert_int_equal(hw.h->joined, 0);
         } else {
             assert_int_equal(hw.h->joined, 1);
@@ -837,6 +837,50 @@ static void test_pipeline_per_image(void **state) {
         }
         hazard_close(&hw);
     }
+}
+
+/* A ControlNet inside a few-step image (text encoder, then ControlNet and UNet every step, then the
+ * VAE), image after image: the ControlNet and its UNet join every step, and the VAE and the encoder
+ * run beside that group. Once the image's cycle has shown twice, it replaces the pair as one group
+ * (the history of passes goes on through the pair): the encoder and the VAE then stream through and
+ * the pair's layers stay, so an image moves no more than the encoder's and the VAE's bytes. Every
+ * layer's bytes are checked at every acquire. */
+static void test_controlnet_inside_image_cycle(void **state) {
+    (void)state;
+    enum { NMOD = 4, NPER = 6, STEPS = 8, IMAGES = 8 };
+    static char w[NMOD][NPER][8 * KB];
+    hazard_world hw = hazard_open(NMOD * NPER * 8 * KB * 5 / 8); /* the pair and a region fit, not all */
+    static const char *const names[NMOD] = {"text_encoder", "controlnet", "unet", "vae"};
+    vc_layer_id id[NMOD][NPER];
+    for (int k = 0; k < NMOD; k++) {
+        vc_model_id m = add_model(hw.c, names[k]);
+        for (int i = 0; i < NPER; i++) {
+            fill_pattern(w[k][i], sizeof w[k][i], (uint64_t)(k * 10 + i));
+            id[k][i] = add_host_layer(hw.c, m, "l", w[k][i], sizeof w[k][i]);
+        }
+    }
+    uint64_t image_bytes = 0;
+    int joined_before_last = 0;
+    for (int image = 0; image < IMAGES; image++) {
+        if (image == IMAGES - 1) joined_before_last = hw.h->joined;
+        uint64_t b0 = get_stats(hw.c).bytes_h2d;
+        for (int pass = 0; pass < 2 * STEPS + 2; pass++) { /* te, (cn, unet) x steps, vae */
+            int k = pass == 0 ? 0 : pass == 2 * STEPS + 1 ? 3 : pass % 2 ? 1 : 2;
+            for (int i = 0; i < NPER; i++) {
+                void *d;
+                assert_int_equal(vc_layer_acquire(hw.c, id[k][i], hw.stream, &d), VC_OK);
+                assert_true(check_pattern(d, sizeof w[k][i], (uint64_t)(k * 10 + i)));
+                kernel(hw.sim, hw.stream, 4e-6, d, sizeof w[k][i], NULL, NULL);
+                assert_int_equal(vc_layer_release(hw.c, id[k][i], hw.stream), VC_OK);
+            }
+        }
+        image_bytes = get_stats(hw.c).bytes_h2d - b0;
+    }
+    assert_int_equal(hw.h->joined, 2);  /* the pair, then the whole image */
+    assert_int_equal(hw.h->parted, 1);  /* the pair, once, for the image */
+    assert_int_equal(joined_before_last, 2); /* settled before the last image */
+    assert_true(image_bytes <= 2 * NPER * 8 * KB); /* the encoder's and the VAE's, no pair layer */
+    hazard_close(&hw);
 }
 
 /* A ControlNet that stops before the last steps parts the group at once; the UNet then plans
@@ -1461,6 +1505,7 @@ int main(void) {
         cmocka_unit_test(test_step_group_parts),
         cmocka_unit_test(test_three_models_in_turn),
         cmocka_unit_test(test_pipeline_per_image),
+        cmocka_unit_test(test_controlnet_inside_image_cycle),
         cmocka_unit_test(test_model_twice_per_step),
         cmocka_unit_test(test_quarter_of_model_fits),
         cmocka_unit_test(test_blocks_held_at_once),

@@ -332,6 +332,17 @@ def build():
                      clip_text("text_encoder_2", 1280, 5120, 32, 77, 1, proj=1280), sdxl1, vae_decoder(4, 128)],
                     [{"models": "[text_encoder, text_encoder_2" + ", unet" * 8 + ", vae_decoder]",
                       "repeat": "steps", "working_mem_bytes": vae_working_mem(1024, 1024, 2)}]))
+    # Images in a row with a few-step SD 1.5 and a ControlNet (an LCM distillation, 8 steps, run
+    # without classifier-free guidance, so batch 1): 18 passes per image (the text encoder, the
+    # ControlNet and the UNet every step, the VAE); the stage reserves the UNet's working memory.
+    cn1 = unet("controlnet", [320, 640, 1280, 1280], [1, 1, 1, 0], 2, 768, 64, 1, False, 0, controlnet=True)
+    sd15l = unet("unet", [320, 640, 1280, 1280], [1, 1, 1, 0], 2, 768, 64, 1, False, 0)
+    out.append(emit("sd15-controlnet-lcm-images.yaml", "sd-1.5+controlnet-lcm-8step-images",
+                    "SD 1.5 (LCM, 8 steps) with a ControlNet, 512x512, fp16, no CFG (batch 1): one repetition "
+                    "is one whole image", 512, "float16", 8,
+                    [clip_text("text_encoder", 768, 3072, 12, 77, 1), cn1, sd15l, vae_decoder(4, 64)],
+                    [{"models": "[text_encoder" + ", controlnet, unet" * 8 + ", vae_decoder]",
+                      "repeat": "steps", "working_mem_bytes": 1 << 30}]))
     return out
 
 

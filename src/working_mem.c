@@ -12,6 +12,22 @@
 
 #include "cache_internal.h"
 
+static void link_reservation(vc_cache *c, vc_reservation *r) {
+    r->prev = NULL;
+    r->next = c->reservations;
+    if (r->next) r->next->prev = r;
+    c->reservations = r;
+}
+
+static void unlink_reservation(vc_cache *c, vc_reservation *r) {
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        c->reservations = r->next;
+    if (r->next) r->next->prev = r->prev;
+    r->prev = r->next = NULL;
+}
+
 int vc_reserve_working_mem(vc_cache *c, size_t bytes, unsigned flags, vc_reservation **out) {
     static const char fn[] = "vc_reserve_working_mem";
     if (!c || !out)
@@ -44,10 +60,15 @@ int vc_reserve_working_mem(vc_cache *c, size_t bytes, unsigned flags, vc_reserva
                       vc__fmt_bytes(avail, b, sizeof b), vc__fmt_bytes(before, d, sizeof d));
         goto fail;
     }
+    /* Linked before the limit is computed: with smart_working_mem the limit depends on whether any
+     * reservation is active (the first one replaces the standing reserve; computed without it, the
+     * cache would evict down to the standing reserve and report that limit). */
     c->reserved_sum = before + bytes;
+    link_reservation(c, r);
     size_t limit = vc__weight_limit(c);
     if (vc__vram_total(c) > limit) {
         if (vc__shrink_arena(c, limit, VC_EVICT_FOR_RESERVATION, 1) != VC_OK) {
+            unlink_reservation(c, r);
             c->reserved_sum = before;
             vc__weight_limit(c);
             st = vc__fail(c, VC_ERR_OUT_OF_VRAM, "%s: cannot reserve %s of working memory: held layers "
@@ -64,6 +85,7 @@ int vc_reserve_working_mem(vc_cache *c, size_t bytes, unsigned flags, vc_reserva
         st = r->async ? c->ops->device_alloc_async(c->bctx, bytes, NULL, &r->buffer)
                       : c->ops->device_alloc(c->bctx, bytes, &r->buffer);
         if (st != VC_OK) {
+            unlink_reservation(c, r);
             c->reserved_sum = before;
             vc__weight_limit(c);
             st = vc__fail(c, VC_ERR_BACKEND, "%s: device allocation of the %s working-memory buffer "
@@ -73,9 +95,6 @@ int vc_reserve_working_mem(vc_cache *c, size_t bytes, unsigned flags, vc_reserva
         }
         c->buffer_bytes += bytes;
     }
-    r->next = c->reservations;
-    if (r->next) r->next->prev = r;
-    c->reservations = r;
     c->stats.reservations++;
     vc__log(c, c->log_memory_usage ? VC_LOG_INFO : VC_LOG_DEBUG,
             "reserved %s of working memory (%s reserved in all; weight limit now %s)",
@@ -107,11 +126,7 @@ int vc_release_working_mem(vc_cache *c, vc_reservation *r) {
         pthread_mutex_unlock(&c->lock);
         return st;
     }
-    if (r->prev)
-        r->prev->next = r->next;
-    else
-        c->reservations = r->next;
-    if (r->next) r->next->prev = r->prev;
+    unlink_reservation(c, r);
     c->reserved_sum -= r->bytes;
     if (r->buffer) {
         if (r->async)

@@ -102,6 +102,45 @@ static double pass(sim_world *w, double compute) {
     return worst;
 }
 
+static void count_plans(void *user, vc_log_level level, const char *msg) {
+    (void)level;
+    *(int *)user += strstr(msg, "plan for model") != NULL;
+}
+
+/* smart_working_mem, and every pass reserves its own working memory (as an engine does around a
+ * denoise or a VAE decode): the first reservation replaces the standing reserve, and the limit the
+ * reservation leaves is the one the cache reports and plans with at the next pass start. Computed
+ * as if no reservation were active, it read the standing limit there, and every pass re-planned
+ * and laid the device out again (reloading the kept set). The plan is made once. (Between passes
+ * the standing reserve applies again and the cache goes back under it: smart_partial_loading's
+ * rule, docs/configuration.md.) */
+static void test_plan_stable_under_pass_reservations(void **state) {
+    (void)state;
+    sim_world w = make_world(24, 48 * KB, 1024 * KB, 1e9, 1e-6, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
+    assert_int_equal(vc_cache_destroy(w.cache), VC_OK); /* the same layers in a smart cache */
+    int plans = 0;
+    vc_cache_options o = sched_options(w.sim, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
+    o.working_mem = 512 * KB;
+    o.smart_working_mem = 1;
+    o.offload_max_gpu_memory = 1.0;
+    o.log_fn = count_plans;
+    o.log_user = &plans;
+    o.log_level = VC_LOG_INFO;
+    assert_int_equal(vc_cache_create(&o, &w.cache), VC_OK);
+    w.model = add_model(w.cache, "denoiser");
+    for (int i = 0; i < w.n; i++) w.layer[i] = add_host_layer(w.cache, w.model, "layer", w.weights[i], w.bytes[i]);
+    for (int step = 0; step < 8; step++) {
+        vc_reservation *r;
+        assert_int_equal(vc_reserve_working_mem(w.cache, 128 * KB, 0, &r), VC_OK);
+        assert_int_equal(get_stats(w.cache).vram_limit, 896 * KB); /* 1 MB less this reservation */
+        pass(&w, 2e-5);
+        assert_int_equal(vc_release_working_mem(w.cache, r), VC_OK);
+        assert_int_equal(get_stats(w.cache).vram_limit, 512 * KB); /* the standing reserve again */
+    }
+    assert_int_equal(plans, 1);
+    free_world(&w);
+}
+
 static void test_order_learned_and_prefetch_does_not_stall(void **state) {
     (void)state;
     /* 8 layers of 64 KB, room for 4; a copy takes ~0.66 ms, a layer computes 2 ms. */
@@ -1495,6 +1534,7 @@ static void test_stage_ahead_shared_layers(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_order_learned_and_prefetch_does_not_stall),
+        cmocka_unit_test(test_plan_stable_under_pass_reservations),
         cmocka_unit_test(test_lru_streams_everything_planned_keeps_a_set),
         cmocka_unit_test(test_mixed_sizes_settle),
         cmocka_unit_test(test_layout_forced_while_another_model_holds),

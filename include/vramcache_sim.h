@@ -137,7 +137,8 @@ typedef struct vc_sim_result {
     double segment_bound_step_time_s;
     double hits_per_step, misses_per_step;
     double total_time_s;               /**< whole pipeline */
-    size_t usable_vram_bytes;          /**< the weight limit the cache had */
+    size_t usable_vram_bytes;          /**< the weight limit the cache had (the least over the step's
+                                            passes when they reserve their own working memory) */
     size_t peak_vram_bytes, peak_ram_bytes;
     int steps;
     char error[256];                   /**< empty on success; else why the run failed */

@@ -165,14 +165,14 @@ int vc_sim_run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_res
      * step ends). `first` is the boundary after step 1 (or the stage's start with one step). */
     vc_stats first = {0}, last = {0};
     double t_first = 0, t_last = 0;
-    size_t limit_sum = 0;
+    size_t limit_sum = 0, limit_lo = SIZE_MAX, limit_hi = 0;
     int measured = 0;
     for (size_t si = 0; si < wl->nstages && st == VC_OK; si++) {
         const wl_stage *stg = &wl->stages[si];
         if (run->denoiser_only && !stg->per_step) continue;
         unsigned reps = stg->per_step ? (unsigned)steps : stg->repeat;
         vc_reservation *r = NULL;
-        if (stg->working_mem && (st = vc_reserve_working_mem(e.cache, stg->working_mem, 0, &r)) != VC_OK) {
+        if (!stg->wm_per_pass && stg->working_mem && (st = vc_reserve_working_mem(e.cache, stg->working_mem, 0, &r)) != VC_OK) {
             vc_cache_last_error(e.cache, res->error, sizeof res->error);
             break;
         }
@@ -182,8 +182,24 @@ int vc_sim_run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_res
             t_first = vc_sim_now(e.sim);
         }
         for (unsigned k = 0; k < reps && st == VC_OK; k++) {
-            for (size_t mi = 0; mi < stg->nmodels && st == VC_OK; mi++)
+            size_t lo = SIZE_MAX, hi = 0; /* the weight limit over this repetition's passes */
+            for (size_t mi = 0; mi < stg->nmodels && st == VC_OK; mi++) {
+                vc_reservation *pr = NULL; /* a pass's own working memory (an engine reserves it before a
+                                              VAE decode and releases it after) */
+                if (stg->wm_per_pass && stg->pass_wm[mi] &&
+                    (st = vc_reserve_working_mem(e.cache, stg->pass_wm[mi], 0, &pr)) != VC_OK) {
+                    vc_cache_last_error(e.cache, res->error, sizeof res->error);
+                    break;
+                }
+                if (stg->wm_per_pass) {
+                    vc_stats ps;
+                    vc_cache_get_stats(e.cache, &ps);
+                    lo = ps.vram_limit < lo ? ps.vram_limit : lo;
+                    hi = ps.vram_limit > hi ? ps.vram_limit : hi;
+                }
                 st = run_model(&e, &wl->models[stg->model[mi]], ids[stg->model[mi]], res->error, sizeof res->error);
+                if (pr) vc_release_working_mem(e.cache, pr);
+            }
             if (!stg->per_step || st != VC_OK) continue;
             vc_sim_stream_synchronize(e.sim, e.stream);
             vc_stats now;
@@ -199,6 +215,10 @@ int vc_sim_run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_res
             last = now;
             t_last = vc_sim_now(e.sim);
             limit_sum += now.vram_limit;
+            if (stg->wm_per_pass) {
+                limit_lo = lo < limit_lo ? lo : limit_lo;
+                limit_hi = hi > limit_hi ? hi : limit_hi;
+            }
             measured++;
         }
         if (r) vc_release_working_mem(e.cache, r);
@@ -229,15 +249,21 @@ int vc_sim_run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_res
         res->misses_per_step = (double)(last.misses - first.misses) / n;
         res->compute_time_s = compute;
         res->usable_vram_bytes = limit_sum / (size_t)measured;
+        /* Passes that reserve their own working memory (per-model working_mem_bytes) see different
+         * limits within a step: a layer that does not move stays through the pass with the least
+         * room, so the bytes bound takes the least limit; the time bounds, which cut the step into
+         * runs, take the most (each run may start with up to that much resident): both stay bounds. */
+        size_t cut_room = res->usable_vram_bytes;
+        if (limit_hi) res->usable_vram_bytes = limit_lo, cut_room = limit_hi;
         res->lower_bound_bytes_per_step = (double)sat_sub(step_bytes, res->usable_vram_bytes);
         int twice = 0; /* a model run twice per step: cutting the pass between its runs bounds tighter */
         size_t n_pass = vc_workload_denoiser_layer_count(wl);
         for (size_t j = 0; j < n_pass && !twice; j++) twice = vc_workload_denoiser_layer_back(wl, j) < n_pass;
-        double cut = twice ? segment_bound(wl, run, (double)res->usable_vram_bytes, 1) : -1;
+        double cut = twice ? segment_bound(wl, run, (double)cut_room, 1) : -1;
         if (cut > res->lower_bound_bytes_per_step) res->lower_bound_bytes_per_step = cut;
         double lb_copy = res->lower_bound_bytes_per_step / run->bandwidth;
         res->lower_bound_step_time_s = compute > lb_copy ? compute : lb_copy;
-        res->segment_bound_step_time_s = segment_bound(wl, run, (double)res->usable_vram_bytes, 0);
+        res->segment_bound_step_time_s = segment_bound(wl, run, (double)cut_room, 0);
         if (res->segment_bound_step_time_s < res->lower_bound_step_time_s) /* no memory for it, or rounding */
             res->segment_bound_step_time_s = res->lower_bound_step_time_s;
         res->total_time_s = vc_sim_now(e.sim);

@@ -180,6 +180,41 @@ static size_t model_index(const vc_workload *wl, const char *name) {
  * the UNet it conditions, every denoising step). A model may be named more than once: an engine
  * that runs classifier-free guidance as two passes (InvokeAI's sequential_guidance) runs the UNet
  * twice per step, after a ControlNet run once for both. */
+/* working_mem_bytes as a mapping from model names to bytes: each pass of a named model reserves
+ * its bytes while it runs (a VAE decode, or the denoiser's activations, inside a stage that runs a
+ * whole image); models not named reserve nothing. */
+static int parse_pass_working_mem(wparser *P, yaml_node_t *wm, size_t i, const vc_workload *wl, wl_stage *st) {
+    size_t per_model[WL_STAGE_MODELS] = {0};
+    for (yaml_node_pair_t *p = wm->data.mapping.pairs.start; p < wm->data.mapping.pairs.top; p++) {
+        yaml_node_t *kn = yaml_document_get_node(P->doc, p->key), *vn = yaml_document_get_node(P->doc, p->value);
+        const char *mname = scalar(kn);
+        size_t k = 0;
+        while (k < st->nmodels && (!mname || strcmp(wl->models[st->model[k]].name, mname))) k++;
+        if (k == st->nmodels) {
+            vc__diag_add(P->d, VC_DIAG_ERROR, P->file, kn ? ln(kn) : ln(wm), kn ? cl(kn) : cl(wm), "working_mem_bytes",
+                         "stage %zu: working_mem_bytes names '%s', which is not a model of the stage", i + 1,
+                         mname ? mname : "");
+            return -1;
+        }
+        double v;
+        if (number(P, vn, "working_mem_bytes", &v)) return -1;
+        if (v > 1e15 || v != floor(v)) {
+            vc__diag_add(P->d, VC_DIAG_ERROR, P->file, ln(vn), cl(vn), "working_mem_bytes",
+                         "stage %zu: working_mem_bytes of '%s' must be a whole number of bytes up to 1e15, got '%s'",
+                         i + 1, mname, scalar(vn));
+            return -1;
+        }
+        for (size_t j = 0; j < st->nmodels; j++)
+            if (st->model[j] == st->model[k]) per_model[j] = (size_t)v;
+    }
+    st->wm_per_pass = 1;
+    for (size_t j = 0; j < st->nmodels; j++) {
+        st->pass_wm[j] = per_model[j];
+        if (per_model[j] > st->working_mem) st->working_mem = per_model[j];
+    }
+    return 0;
+}
+
 static int parse_stage_models(wparser *P, yaml_node_t *sn, size_t i, const vc_workload *wl, wl_stage *st) {
     yaml_node_t *one = get(P, sn, "model"), *list = get(P, sn, "models");
     unsigned line = sn ? ln(sn) : 0, col = sn ? cl(sn) : 0;
@@ -314,7 +349,9 @@ static int parse(wparser *P, yaml_node_t *root, vc_workload *wl) {
             st.repeat = (unsigned)v;
         }
         yaml_node_t *wm = get(P, sn, "working_mem_bytes");
-        if (wm) {
+        if (wm && wm->type == YAML_MAPPING_NODE) {
+            if (parse_pass_working_mem(P, wm, i, wl, &st)) return -1;
+        } else if (wm) {
             double v;
             if (number(P, wm, "working_mem_bytes", &v)) return -1;
             if (v > 1e15 || v != floor(v)) {

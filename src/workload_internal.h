@@ -23,7 +23,9 @@ typedef struct wl_stage {
     size_t nmodels;
     int per_step;       /* repeated `steps` times: the denoiser */
     unsigned repeat;    /* otherwise this many times */
-    size_t working_mem; /* activations the stage needs (reserved while it runs) */
+    size_t working_mem; /* activations the stage needs (reserved while it runs); per model: the most */
+    int wm_per_pass;    /* working_mem_bytes named models: each pass reserves its model's pass_wm ... */
+    size_t pass_wm[WL_STAGE_MODELS]; /* ... for its duration (a VAE decode inside an image's cycle) */
 } wl_stage;
 
 struct vc_workload {

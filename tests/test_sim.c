@@ -286,6 +286,32 @@ static int has_diag(const vc_diagnostics *d, const char *needle) {
     return 0;
 }
 
+/* working_mem_bytes per model: each pass of a named model reserves its bytes while it runs (a VAE
+ * decode inside a stage that runs a whole image); the bytes bound takes the least room any pass of
+ * the step had, since a layer that does not move stays through that pass too. */
+static void test_workload_pass_working_mem(void **state) {
+    (void)state;
+    static const char text[] = "name: pp\nsteps: 6\nmodels:\n"
+                               "  - name: a\n    layers: [{name: a0, bytes: 1000000, flops: 1e9}]\n"
+                               "  - name: b\n    layers: [{name: b0, bytes: 1000000, flops: 1e9}]\n"
+                               "pipeline:\n  - {models: [a, b, a], repeat: steps, working_mem_bytes: {b: 4294967296}}\n";
+    vc_workload *wl;
+    assert_int_equal(vc_workload_load_string(text, sizeof text - 1, "pp.yaml", &wl, NULL), VC_OK);
+    assert_int_equal(vc_workload_denoiser_working_mem(wl), 4294967296u); /* the most any pass reserves */
+    vc_sim_run run;
+    vc_sim_run_init(&run);
+    run.mode = VC_OFFLOAD_MODE_BALANCED;
+    run.vram_bytes = 4.0 * GB + 1.5 * MB; /* 3 GB of standing working memory: 1 GB more room beside a */
+    run.bandwidth = 1e9;
+    run.flops = 1e12;
+    vc_sim_result r;
+    assert_int_equal(vc_sim_run_workload(wl, &run, &r), VC_OK);
+    assert_int_equal(r.usable_vram_bytes, (size_t)(1.5 * MB)); /* b's pass: 4 GB reserved */
+    assert_true(r.lower_bound_bytes_per_step == 2000000.0 - 1.5 * MB);
+    assert_true(r.bytes_per_step >= r.lower_bound_bytes_per_step);
+    vc_workload_destroy(wl);
+}
+
 static void test_workload_errors(void **state) {
     (void)state;
     struct {
@@ -324,6 +350,12 @@ static void test_workload_errors(void **state) {
          "  - {model: m, repeat: 0}\n  - {model: m, repeat: steps}\n", "repeat must be 'steps' or a whole number"},
         {"name: x\nmodels:\n  - name: m\n    layers: [{name: a, bytes: 1, flops: 1}]\npipeline:\n"
          "  - {model: m, repeat: steps, working_mem_bytes: 1.5}\n", "working_mem_bytes must be a whole number"},
+        {"name: x\nmodels:\n  - name: m\n    layers: [{name: a, bytes: 1, flops: 1}]\npipeline:\n"
+         "  - {models: [m], repeat: steps, working_mem_bytes: {zz: 5}}\n", "names 'zz', which is not a model of the stage"},
+        {"name: x\nmodels:\n  - name: m\n    layers: [{name: a, bytes: 1, flops: 1}]\npipeline:\n"
+         "  - {models: [m], repeat: steps, working_mem_bytes: {m: 2.5}}\n", "working_mem_bytes of 'm' must be a whole"},
+        {"name: x\nmodels:\n  - name: m\n    layers: [{name: a, bytes: 1, flops: 1}]\npipeline:\n"
+         "  - {models: [m], repeat: steps, working_mem_bytes: {m: lots}}\n", "working_mem_bytes must be a finite number"},
         {"name: x\nsteps: 0\nlayers:\n  - {name: a, bytes: 1, flops: 1}\n", "steps must be a whole number from 1"},
         {"name: x\nlayers:\n  - {name: a, bytes: 1, flops: 1e30}\n", "flops must be at most 1e18"},
     };
@@ -789,6 +821,7 @@ int main(void) {
         cmocka_unit_test(test_ordering_hazards),
         cmocka_unit_test(test_virtual_memory_is_never_touched),
         cmocka_unit_test(test_workload_minimal_form),
+        cmocka_unit_test(test_workload_pass_working_mem),
         cmocka_unit_test(test_workload_errors),
         cmocka_unit_test(test_workload_warnings),
         cmocka_unit_test(test_workload_stage_of_several_models),

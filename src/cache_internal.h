@@ -215,7 +215,8 @@ struct vc_cache {
     layer_t **grec_prev;   /* the period recorded before it (a group forms when two agree) */
     size_t grec_prev_n;
     unsigned layout_pending_count; /* models whose plan waits to be laid out (schedule.c) */
-    model_t *phist[64];    /* the models whose whole passes began one after another, latest last ... */
+    model_t *phist[64];
+    size_t phist_lim[64];  /* ... and the weight limit as each began (working memory reserved for it) */    /* the models whose whole passes began one after another, latest last ... */
     unsigned phist_n;      /* ... (schedule.c: step groups that run a model twice per step) */
     /* Fences of the ring placement being made (residency.c, ring_place): the release events of the
      * layers it evicted, by where their room starts, so the upload can copy each part as soon as
@@ -348,6 +349,11 @@ void vc__log_memory(vc_cache *c, const char *what, const layer_t *l);
 
 /** A layer nobody holds, not loading, and not a prefetch still in flight. */
 int vc__evictable(vc_cache *c, layer_t *l);
+/** Waits (lock held) for the uploads of prefetched layers still arriving, other than `except`'s,
+ *  so that they can be evicted: when they are all that stands in the way of an acquire or a
+ *  reservation (they finish on their own; failing would leave the engine nothing to retry with).
+ *  Returns whether there were any. */
+int vc__wait_prefetches(vc_cache *c, const layer_t *except);
 /** Chooses what to evict to make room for `for_layer`: only victims needed later than
  *  `max_distance` steps ahead (VC_ANY_DISTANCE: any). NULL when nothing may go. */
 layer_t *vc__sched_victim(vc_cache *c, const layer_t *for_layer, size_t max_distance, vc_evict_reason *reason);

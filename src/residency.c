@@ -138,6 +138,18 @@ static int writeback_done(vc_cache *c, layer_t *l) {
     return 1;
 }
 
+int vc__wait_prefetches(vc_cache *c, const layer_t *except) {
+    int any = 0;
+    for (uint32_t i = 0; i < c->layers.count; i++) {
+        layer_t *x = c->layers.slots[i].ptr;
+        if (x && x != except && x->vblock && x->prefetched && x->upload_pending && !x->holds) {
+            c->ops->event_synchronize(c->bctx, x->upload_ev);
+            any = 1;
+        }
+    }
+    return any;
+}
+
 /* Block until l's latest upload (write-back) has run: VC_OK, or VC_ERR_BACKEND when neither its
  * event nor a fresh one on its stream can be waited for; it then still counts as in flight, and the
  * memory it uses must not be freed or written (see quarantine). */
@@ -950,15 +962,7 @@ static int vram_place(vc_cache *c, layer_t *l, const char *fn, const place_req *
             /* Prefetches still arriving are the only thing in the way: an acquire waits for them
              * (they finish on their own; failing would leave the engine nothing to retry with). */
             waited_prefetches = 1;
-            int any = 0;
-            for (uint32_t i = 0; i < c->layers.count; i++) {
-                layer_t *x = c->layers.slots[i].ptr;
-                if (x && x != l && x->vblock && x->prefetched && x->upload_pending && !x->holds) {
-                    c->ops->event_synchronize(c->bctx, x->upload_ev);
-                    any = 1;
-                }
-            }
-            if (any) {
+            if (vc__wait_prefetches(c, l)) {
                 grow_failed = 0;
                 st = place_streamed(c, l, rq, limit, out); /* the region may have room now */
                 if (st == VC_OK || st == VC_ERR_NO_MEMORY) return st;

@@ -664,8 +664,10 @@ static void note_pass_start(vc_cache *c, model_t *m) {
     if (c->last_model != m && !c->last_ended_pass) c->phist_n = 0;
     if (c->phist_n == sizeof c->phist / sizeof c->phist[0]) {
         memmove(c->phist, c->phist + 1, (c->phist_n - 1) * sizeof(*c->phist));
+        memmove(c->phist_lim, c->phist_lim + 1, (c->phist_n - 1) * sizeof(*c->phist_lim));
         c->phist_n--;
     }
+    c->phist_lim[c->phist_n] = c->stats.vram_limit;
     c->phist[c->phist_n++] = m;
 }
 
@@ -687,6 +689,14 @@ static int try_join_repeating(vc_cache *c, model_t *a) {
         q++;
     if (q < 3 || q > GROUP_MAX) return 0; /* none, one model alone, or two in turn (try_join's) */
     if (inner && q <= inner->npasses) return 0; /* (the group's own cycle, or a shorter one) */
+    /* The group's plan is made, and checked, as its cycle begins, for the weight limit then. When
+     * passes reserve their own working memory (smart_partial_loading: the denoiser 1 GB, the
+     * encoders the standing 3 GB, the VAE 2.25 GB), begin the cycle with the pass that has the most
+     * room, so that the kept set is sized for it; the leaner passes evict some of it, which the
+     * roomier ones load again, rather than every pass streaming what a smaller plan left out. */
+    size_t most = 0;
+    for (unsigned j = h - q; j < h; j++) most = c->phist_lim[j] > most ? c->phist_lim[j] : most;
+    if (c->phist_lim[h - 1] < most - most / 16) return 0; /* joined as the roomiest pass begins */
     model_t *const *last = c->phist + h - q;
     /* The cycle from a on: a (the latest), then the period's passes in the order they ran. */
     model_t *pass[GROUP_MAX] = {0}, *members[GROUP_MAX] = {0};

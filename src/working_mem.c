@@ -67,7 +67,8 @@ int vc_reserve_working_mem(vc_cache *c, size_t bytes, unsigned flags, vc_reserva
     link_reservation(c, r);
     size_t limit = vc__weight_limit(c);
     if (vc__vram_total(c) > limit) {
-        if (vc__shrink_arena(c, limit, VC_EVICT_FOR_RESERVATION, 1) != VC_OK) {
+        if (vc__shrink_arena(c, limit, VC_EVICT_FOR_RESERVATION, 1) != VC_OK &&
+            (!vc__wait_prefetches(c, NULL) || vc__shrink_arena(c, limit, VC_EVICT_FOR_RESERVATION, 1) != VC_OK)) {
             unlink_reservation(c, r);
             c->reserved_sum = before;
             vc__weight_limit(c);

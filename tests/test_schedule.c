@@ -141,6 +141,62 @@ static void test_plan_stable_under_pass_reservations(void **state) {
     free_world(&w);
 }
 
+typedef struct plan_log {
+    int joined;
+    size_t kept; /* of the latest group plan */
+} plan_log;
+
+static void note_group_plan(void *user, vc_log_level level, const char *msg) {
+    (void)level;
+    plan_log *p = user;
+    p->joined += strstr(msg, "run in turn every step") != NULL;
+    const char *k = strstr(msg, "+");
+    unsigned long long kept;
+    if (k && strstr(msg, "plan for model") && (k = strstr(msg, "keep ")) && sscanf(k, "keep %llu", &kept) == 1)
+        p->kept = (size_t)kept;
+}
+
+/* Images in a row whose passes reserve their own working memory under smart_working_mem: the
+ * encoder none (the standing 512 KB apply), the denoiser 64 KB, the VAE 256 KB. The image's cycle
+ * joins as the roomiest pass (the denoiser's) begins, so the group's kept set is sized for the
+ * denoiser's room, not for the encoder's or the VAE's. The host runs ahead of the device, so each
+ * reservation finds the next pass's prefetches still arriving: it waits for them rather than fail. */
+static void test_image_cycle_planned_for_roomiest_pass(void **state) {
+    (void)state;
+    sim_world w = make_world(24, 48 * KB, 1024 * KB, 1e9, 1e-6, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
+    assert_int_equal(vc_cache_destroy(w.cache), VC_OK);
+    plan_log log = {0};
+    vc_cache_options o = sched_options(w.sim, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
+    o.working_mem = 512 * KB;
+    o.smart_working_mem = 1;
+    o.offload_max_gpu_memory = 1.0;
+    o.log_fn = note_group_plan;
+    o.log_user = &log;
+    o.log_level = VC_LOG_INFO;
+    assert_int_equal(vc_cache_create(&o, &w.cache), VC_OK);
+    vc_model_id te = add_model(w.cache, "te"), unet = add_model(w.cache, "unet"), vae = add_model(w.cache, "vae");
+    for (int i = 0; i < w.n; i++) /* 4 encoder layers, 16 denoiser layers, 4 VAE layers */
+        w.layer[i] = add_host_layer(w.cache, i < 4 ? te : i < 20 ? unet : vae, "layer", w.weights[i], w.bytes[i]);
+    for (int image = 0; image < 6; image++)
+        for (int p = 0; p < 5; p++) { /* te, unet x 3, vae */
+            int first = p == 0 ? 0 : p == 4 ? 20 : 4, n = p == 0 || p == 4 ? 4 : 16;
+            size_t reserve = p == 0 ? 0 : p == 4 ? 256 * KB : 64 * KB;
+            vc_reservation *r = NULL;
+            if (reserve) assert_int_equal(vc_reserve_working_mem(w.cache, reserve, 0, &r), VC_OK);
+            for (int i = first; i < first + n; i++) {
+                void *d;
+                assert_int_equal(vc_layer_acquire(w.cache, w.layer[i], w.stream, &d), VC_OK);
+                assert_true(check_pattern(d, w.bytes[i], (uint64_t)i + 1));
+                kernel(w.sim, w.stream, 2e-5, d, w.bytes[i], NULL, NULL);
+                assert_int_equal(vc_layer_release(w.cache, w.layer[i], w.stream), VC_OK);
+            }
+            if (r) assert_int_equal(vc_release_working_mem(w.cache, r), VC_OK);
+        }
+    assert_int_equal(log.joined, 1);
+    assert_true(log.kept > 768 * KB); /* more than the VAE's pass has room for (768 KB), or the encoder's */
+    free_world(&w);
+}
+
 static void test_order_learned_and_prefetch_does_not_stall(void **state) {
     (void)state;
     /* 8 layers of 64 KB, room for 4; a copy takes ~0.66 ms, a layer computes 2 ms. */
@@ -1535,6 +1591,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_order_learned_and_prefetch_does_not_stall),
         cmocka_unit_test(test_plan_stable_under_pass_reservations),
+        cmocka_unit_test(test_image_cycle_planned_for_roomiest_pass),
         cmocka_unit_test(test_lru_streams_everything_planned_keeps_a_set),
         cmocka_unit_test(test_mixed_sizes_settle),
         cmocka_unit_test(test_layout_forced_while_another_model_holds),

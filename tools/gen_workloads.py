@@ -322,8 +322,8 @@ def build():
                       "repeat": "steps", "working_mem_bytes": 3 << 30}]))
     # Images in a row with an 8-step SDXL distillation (SDXL-Lightning's 8-step UNet: SDXL base's
     # architecture, run without classifier-free guidance, so batch 1): 11 passes per image (two text
-    # encoders, the UNet 8 times, the VAE); the stage reserves the VAE decode's working memory, the
-    # larger of the two, throughout.
+    # encoders, the UNet 8 times, the VAE); each UNet pass reserves 1 GB of working memory (half of
+    # the base model's 2 GB at batch 2) and the VAE decode InvokeAI's estimate, each while it runs.
     sdxl1 = unet("unet", [320, 640, 1280], [0, 2, 10], 2, 2048, 128, 1, True, 2816)
     out.append(emit("sdxl-lightning-images.yaml", "sdxl-lightning-8step-images",
                     "SDXL-Lightning 8-step, 1024x1024, fp16, no CFG (batch 1): one repetition is one whole image",
@@ -331,7 +331,8 @@ def build():
                     [clip_text("text_encoder", 768, 3072, 12, 77, 1),
                      clip_text("text_encoder_2", 1280, 5120, 32, 77, 1, proj=1280), sdxl1, vae_decoder(4, 128)],
                     [{"models": "[text_encoder, text_encoder_2" + ", unet" * 8 + ", vae_decoder]",
-                      "repeat": "steps", "working_mem_bytes": vae_working_mem(1024, 1024, 2)}]))
+                      "repeat": "steps",
+                      "working_mem_bytes": "{unet: %d, vae_decoder: %d}" % (1 << 30, vae_working_mem(1024, 1024, 2))}]))
     # Images in a row with a few-step SD 1.5 and a ControlNet (an LCM distillation, 8 steps, run
     # without classifier-free guidance, so batch 1): 18 passes per image (the text encoder, the
     # ControlNet and the UNet every step, the VAE); the stage reserves the UNet's working memory.

@@ -550,8 +550,8 @@ static void unjoin(vc_cache *c, const char *why) {
         m->pass_mismatches = 0;
     }
     c->group = NULL;
-    /* The history of passes went on through a group of whole passes (follow): a ControlNet and its
-     * UNet, parted each image by the VAE, still show the image's cycle (try_join_repeating). */
+    /* The history of passes went on through a group of whole passes (follow notes its members'
+     * pass starts): what runs next may still close a longer cycle (try_join_repeating). */
     if (!g->whole_passes) c->phist_n = 0;
     free(g->members);
     free(g->order);

@@ -183,11 +183,14 @@ int vc_sim_run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_res
         }
         for (unsigned k = 0; k < reps && st == VC_OK; k++) {
             size_t lo = SIZE_MAX, hi = 0; /* the weight limit over this repetition's passes */
+            vc_reservation *pr = NULL; /* a pass's own working memory: an engine reserves it before a
+                                          VAE decode, or a denoise of several steps, and releases it
+                                          after; consecutive passes of one model share it */
             for (size_t mi = 0; mi < stg->nmodels && st == VC_OK; mi++) {
-                vc_reservation *pr = NULL; /* a pass's own working memory (an engine reserves it before a
-                                              VAE decode and releases it after) */
-                if (stg->wm_per_pass && stg->pass_wm[mi] &&
+                int same = mi > 0 && stg->model[mi - 1] == stg->model[mi];
+                if (stg->wm_per_pass && stg->pass_wm[mi] && !same &&
                     (st = vc_reserve_working_mem(e.cache, stg->pass_wm[mi], 0, &pr)) != VC_OK) {
+                    pr = NULL;
                     vc_cache_last_error(e.cache, res->error, sizeof res->error);
                     break;
                 }
@@ -198,7 +201,11 @@ int vc_sim_run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_res
                     hi = ps.vram_limit > hi ? ps.vram_limit : hi;
                 }
                 st = run_model(&e, &wl->models[stg->model[mi]], ids[stg->model[mi]], res->error, sizeof res->error);
-                if (pr) vc_release_working_mem(e.cache, pr);
+                int next_same = mi + 1 < stg->nmodels && stg->model[mi + 1] == stg->model[mi];
+                if (pr && (!next_same || st != VC_OK)) {
+                    vc_release_working_mem(e.cache, pr);
+                    pr = NULL;
+                }
             }
             if (!stg->per_step || st != VC_OK) continue;
             vc_sim_stream_synchronize(e.sim, e.stream);

@@ -102,6 +102,20 @@ static double pass(sim_world *w, double compute) {
     return worst;
 }
 
+/* Replaces w's cache by one with smart_working_mem over 512 KB of standing working memory, no
+ * balanced threshold, logging at INFO to fn (w's layers are registered again by the caller). */
+static void smart_cache(sim_world *w, vc_log_fn fn, void *user) {
+    assert_int_equal(vc_cache_destroy(w->cache), VC_OK);
+    vc_cache_options o = sched_options(w->sim, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
+    o.working_mem = 512 * KB;
+    o.smart_working_mem = 1;
+    o.offload_max_gpu_memory = 1.0;
+    o.log_fn = fn;
+    o.log_user = user;
+    o.log_level = VC_LOG_INFO;
+    assert_int_equal(vc_cache_create(&o, &w->cache), VC_OK);
+}
+
 static void count_plans(void *user, vc_log_level level, const char *msg) {
     (void)level;
     *(int *)user += strstr(msg, "plan for model") != NULL;
@@ -117,16 +131,8 @@ static void count_plans(void *user, vc_log_level level, const char *msg) {
 static void test_plan_stable_under_pass_reservations(void **state) {
     (void)state;
     sim_world w = make_world(24, 48 * KB, 1024 * KB, 1e9, 1e-6, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
-    assert_int_equal(vc_cache_destroy(w.cache), VC_OK); /* the same layers in a smart cache */
     int plans = 0;
-    vc_cache_options o = sched_options(w.sim, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
-    o.working_mem = 512 * KB;
-    o.smart_working_mem = 1;
-    o.offload_max_gpu_memory = 1.0;
-    o.log_fn = count_plans;
-    o.log_user = &plans;
-    o.log_level = VC_LOG_INFO;
-    assert_int_equal(vc_cache_create(&o, &w.cache), VC_OK);
+    smart_cache(&w, count_plans, &plans);
     w.model = add_model(w.cache, "denoiser");
     for (int i = 0; i < w.n; i++) w.layer[i] = add_host_layer(w.cache, w.model, "layer", w.weights[i], w.bytes[i]);
     for (int step = 0; step < 8; step++) {
@@ -164,16 +170,8 @@ static void note_group_plan(void *user, vc_log_level level, const char *msg) {
 static void test_image_cycle_planned_for_roomiest_pass(void **state) {
     (void)state;
     sim_world w = make_world(24, 48 * KB, 1024 * KB, 1e9, 1e-6, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
-    assert_int_equal(vc_cache_destroy(w.cache), VC_OK);
     plan_log log = {0};
-    vc_cache_options o = sched_options(w.sim, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
-    o.working_mem = 512 * KB;
-    o.smart_working_mem = 1;
-    o.offload_max_gpu_memory = 1.0;
-    o.log_fn = note_group_plan;
-    o.log_user = &log;
-    o.log_level = VC_LOG_INFO;
-    assert_int_equal(vc_cache_create(&o, &w.cache), VC_OK);
+    smart_cache(&w, note_group_plan, &log);
     vc_model_id te = add_model(w.cache, "te"), unet = add_model(w.cache, "unet"), vae = add_model(w.cache, "vae");
     for (int i = 0; i < w.n; i++) /* 4 encoder layers, 16 denoiser layers, 4 VAE layers */
         w.layer[i] = add_host_layer(w.cache, i < 4 ? te : i < 20 ? unet : vae, "layer", w.weights[i], w.bytes[i]);

@@ -25,7 +25,7 @@
 #include "cache_internal.h"
 
 #define PREFETCH_WINDOW 256 /* layers looked ahead per acquire at most */
-#define GROUP_MAX 32         /* passes (and models) in a step group's cycle */
+#define GROUP_MAX 64         /* passes (and models) in a step group's cycle */
 
 void vc__note_vram_layer(vc_cache *c, layer_t *l, int delta) {
     model_t *g = l->model->joined;
@@ -671,11 +671,11 @@ static void note_pass_start(vc_cache *c, model_t *m) {
     c->phist[c->phist_n++] = m;
 }
 
-/* As a's pass begins: when the passes of the last two repetitions agree with a period of 3 to 32
+/* As a's pass begins: when the passes of the last two repetitions agree with a period of 3 to 64
  * passes in which some model runs more than once, join them, with a layer's uses linked by
  * next_use. Such a period is a step that runs a model twice (a ControlNet, then the UNet for each
  * half of guidance: CN, U, U), or a whole image of a few-step pipeline (text encoders, the UNet or
- * transformer 1-30 times, the VAE): planned apart, the encoders and the VAE push the denoiser's kept
+ * transformer 1-62 times, the VAE): planned apart, the encoders and the VAE push the denoiser's kept
  * set out every image; as one, they stream through and it stays (docs/performance.md). Cycles of
  * distinct models join through try_join. */
 static int try_join_repeating(vc_cache *c, model_t *a) {

@@ -16,7 +16,7 @@ typedef struct wl_model {
     size_t n;
 } wl_model;
 
-#define WL_STAGE_MODELS 32 /* models one stage may run in turn (a ControlNet, then the UNet) */
+#define WL_STAGE_MODELS 64 /* models one stage may run in turn (a ControlNet, then the UNet) */
 
 typedef struct wl_stage {
     size_t model[WL_STAGE_MODELS]; /* run in this order, each repetition */

@@ -875,7 +875,7 @@ static void test_three_models_in_turn(void **state) {
 }
 
 /* An image's pipeline (text encoder, the UNet `steps` times, VAE) repeated image after image. With
- * few steps, a whole image fits a group's cycle (32 passes: an 8-step model with two text encoders
+ * few steps, a whole image fits a group's cycle (64 passes: an 8-step model with two text encoders
  * and a VAE is 11, a 30-step one with one encoder 32) and joins: the encoder and the VAE then
  * stream through the region while the UNet's layers stay, so each image moves no more than the
  * encoder's and the VAE's bytes (planned apart, each stage pushed the UNet out: 1.9x those bytes
@@ -903,7 +903,7 @@ static void run_images(hazard_world *hw, vc_layer_id (*id)[6], char (*w)[6][8 * 
 static void test_pipeline_per_image(void **state) {
     (void)state;
     static char w[3][6][8 * KB];
-    const int counts[] = {2, 4, 6, 8, 30, 31};
+    const int counts[] = {2, 4, 6, 8, 30, 62, 63};
     for (size_t n = 0; n < sizeof counts / sizeof counts[0]; n++) {
         hazard_world hw = hazard_open(3 * 6 * 8 * KB / 2);
         vc_model_id m[3] = {add_model(hw.c, "text_encoder"), add_model(hw.c, "unet"), add_model(hw.c, "vae")};
@@ -915,7 +915,7 @@ static void test_pipeline_per_image(void **state) {
             }
         uint64_t image_bytes = 0;
         run_images(&hw, id, w, 6, counts[n], &image_bytes);
-        if (counts[n] + 2 > 32) { /* more passes than a cycle holds */
+        if (counts[n] + 2 > 64) { /* more passes than a cycle holds */
             assert_int_equal(hw.h->joined, 0);
         } else {
             assert_int_equal(hw.h->joined, 1);

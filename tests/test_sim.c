@@ -334,11 +334,11 @@ static void test_workload_errors(void **state) {
         {"name: x\nmodels:\n  - name: m\n    layers: [{name: a, bytes: 1, flops: 1}]\npipeline:\n"
          "  - {repeat: steps}\n", "either 'model: NAME' or 'models:"},
         {"name: x\nmodels:\n  - name: m\n    layers: [{name: a, bytes: 1, flops: 1}]\npipeline:\n"
-         "  - {models: [], repeat: steps}\n", "must list 1 to 32"},
+         "  - {models: [], repeat: steps}\n", "must list 1 to 64"},
         {"name: x\nmodels:\n  - name: m\n    layers: [{name: a, bytes: 1, flops: 1}]\npipeline:\n"
-         "  - {models: m, repeat: steps}\n", "must list 1 to 32"},
+         "  - {models: m, repeat: steps}\n", "must list 1 to 64"},
         {"name: x\nmodels:\n  - name: m\n    layers: [{name: a, bytes: 1, flops: 1}]\npipeline:\n"
-         "  - {models: [m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m], repeat: steps}\n", "must list 1 to 32"},
+         "  - {models: [m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m], repeat: steps}\n", "must list 1 to 64"},
         {"name: x\nmodels:\n  - name: m\n    layers: [{name: a, bytes: 1, flops: 1}]\npipeline:\n"
          "  - {models: [m, zz], repeat: steps}\n", "'zz', which the workload does not define"},
         {"- a\n- b\n", "a workload is a mapping"},

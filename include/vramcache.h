@@ -584,7 +584,9 @@ VC_API int vc_cache_trace_stop(vc_cache *cache);
  *  vc_release_working_mem(). The standing working memory counts toward it (an operation may ask for
  *  more than the standing amount, never less; with smart_working_mem the reservations replace it
  *  while any is active): the cache evicts unheld layers for the shortfall only and returns the
- *  device memory they occupied. With VC_RESERVE_BUFFER the cache also allocates a
+ *  device memory they occupied. Layers the cache is still prefetching are waited for (their
+ *  uploads finish on their own) when they alone stand in the way; the call then blocks for those
+ *  copies. With VC_RESERVE_BUFFER the cache also allocates a
  *  device buffer of `bytes` for the caller (vc_reservation_ptr).
  *  Errors: VC_ERR_INVALID_ARG, VC_ERR_OUT_OF_VRAM (held layers leave too little room: the cache is
  *  left exactly as it was), VC_ERR_BACKEND (the buffer could not be allocated: evicted layers stay

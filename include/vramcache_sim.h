@@ -97,7 +97,8 @@ VC_API const char *vc_workload_denoiser_layer_model(const vc_workload *wl, size_
  *  for a model the step runs twice (`models: [controlnet, unet, unet]`), the distance to its other
  *  run; vc_workload_denoiser_layer_count() for a layer run once per step; 0 when i is out of range. */
 VC_API size_t vc_workload_denoiser_layer_back(const vc_workload *wl, size_t i);
-/** Working memory the denoiser stage declares (working_mem_bytes), 0 when none. */
+/** Working memory the denoiser stage declares (working_mem_bytes; with one per model, the most any
+ *  of its passes reserves), 0 when none. */
 VC_API size_t vc_workload_denoiser_working_mem(const vc_workload *wl);
 
 /** How to run a workload on the simulated device. */

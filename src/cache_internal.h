@@ -215,8 +215,8 @@ struct vc_cache {
     layer_t **grec_prev;   /* the period recorded before it (a group forms when two agree) */
     size_t grec_prev_n;
     unsigned layout_pending_count; /* models whose plan waits to be laid out (schedule.c) */
-    model_t *phist[128];   /* the models whose whole passes began one after another, latest last ... */
-    size_t phist_lim[128]; /* ... the weight limit as each began (working memory reserved for it) ... */
+    model_t *phist[256];   /* the models whose whole passes began one after another, latest last ... */
+    size_t phist_lim[256]; /* ... the weight limit as each began (working memory reserved for it) ... */
     unsigned phist_n;      /* ... (schedule.c: step groups whose cycle runs a model more than once) */
     /* Fences of the ring placement being made (residency.c, ring_place): the release events of the
      * layers it evicted, by where their room starts, so the upload can copy each part as soon as

@@ -178,35 +178,46 @@ int vc_config_get_device(const vc_config *cfg, vc_device_kind *kind, int *index)
     return VC_OK;
 }
 
-vc_offload_mode vc_config_get_offload_mode(const vc_config *cfg) {
+/* The offload mode as the configuration alone decides it, and why; *why NULL when it is only the
+ * default of partial loading (balanced), which a small GPU turns into sequential. */
+static vc_offload_mode config_mode(const vc_config *cfg, const char **why) {
+    *why = NULL;
     if (!cfg) return VC_OFFLOAD_MODE_BALANCED;
     const cfg_value *v = vc__cfg_effective(cfg, VC_CFG_OFFLOAD_MODE, NULL);
-    if (!v->is_null) return (vc_offload_mode)v->dev_kind; /* enum index: none, model, sequential, balanced */
+    if (!v->is_null) {
+        *why = "set in the configuration";
+        return (vc_offload_mode)v->dev_kind; /* enum index: none, model, sequential, balanced */
+    }
     /* SD.Next: --lowvram triggers sequential offload, --medvram model offload; as there, they pick
      * the default, so an explicit offload_mode still wins */
-    if (vc__cfg_effective(cfg, VC_CFG_LOWVRAM, NULL)->b) return VC_OFFLOAD_MODE_SEQUENTIAL;
-    if (vc__cfg_effective(cfg, VC_CFG_MEDVRAM, NULL)->b) return VC_OFFLOAD_MODE_MODEL;
-    return vc__cfg_effective(cfg, VC_CFG_ENABLE_PARTIAL_LOADING, NULL)->b ? VC_OFFLOAD_MODE_BALANCED
-                                                                         : VC_OFFLOAD_MODE_MODEL;
+    if (vc__cfg_effective(cfg, VC_CFG_LOWVRAM, NULL)->b) {
+        *why = "since lowvram is true (SD.Next's --lowvram)";
+        return VC_OFFLOAD_MODE_SEQUENTIAL;
+    }
+    if (vc__cfg_effective(cfg, VC_CFG_MEDVRAM, NULL)->b) {
+        *why = "since medvram is true (SD.Next's --medvram)";
+        return VC_OFFLOAD_MODE_MODEL;
+    }
+    if (!vc__cfg_effective(cfg, VC_CFG_ENABLE_PARTIAL_LOADING, NULL)->b) {
+        *why = "since enable_partial_loading is false";
+        return VC_OFFLOAD_MODE_MODEL;
+    }
+    return VC_OFFLOAD_MODE_BALANCED;
 }
 
-/* "none", "model", "sequential" or "balanced": the names the offload_mode key accepts. */
-static const char *mode_name(vc_offload_mode m) { return vc__cfg_keys[VC_CFG_OFFLOAD_MODE].enum_values[m]; }
+vc_offload_mode vc_config_get_offload_mode(const vc_config *cfg) {
+    const char *why;
+    return config_mode(cfg, &why);
+}
 
 vc_offload_mode vc_config_get_offload_mode_for(const vc_config *cfg, int is_gpu, size_t device_bytes,
                                                char *why, size_t why_size) {
     char dummy[8];
     if (!why || !why_size) why = dummy, why_size = sizeof dummy;
-    vc_offload_mode m = vc_config_get_offload_mode(cfg);
-    const cfg_value *v = cfg ? vc__cfg_effective(cfg, VC_CFG_OFFLOAD_MODE, NULL) : NULL;
-    if (v && !v->is_null) {
-        snprintf(why, why_size, "set in the configuration");
-    } else if (cfg && vc__cfg_effective(cfg, VC_CFG_LOWVRAM, NULL)->b) {
-        snprintf(why, why_size, "since lowvram is true (SD.Next's --lowvram)");
-    } else if (cfg && vc__cfg_effective(cfg, VC_CFG_MEDVRAM, NULL)->b) {
-        snprintf(why, why_size, "since medvram is true (SD.Next's --medvram)");
-    } else if (m == VC_OFFLOAD_MODE_MODEL) {
-        snprintf(why, why_size, "since enable_partial_loading is false");
+    const char *reason;
+    vc_offload_mode m = config_mode(cfg, &reason);
+    if (reason) {
+        snprintf(why, why_size, "%s", reason);
     } else if (is_gpu && device_bytes > 0 && (double)device_bytes / (double)VC_GB < 4.5) {
         /* SD.Next: sequential for GPUs of 4 GB or less (whole GB, rounded), balanced above */
         m = VC_OFFLOAD_MODE_SEQUENTIAL;
@@ -217,6 +228,9 @@ vc_offload_mode vc_config_get_offload_mode_for(const vc_config *cfg, int is_gpu,
     }
     return m;
 }
+
+/* "none", "model", "sequential" or "balanced": the names the offload_mode key accepts. */
+static const char *mode_name(vc_offload_mode m) { return vc__cfg_keys[VC_CFG_OFFLOAD_MODE].enum_values[m]; }
 
 int vc_config_cuda_malloc_async(const vc_config *cfg) {
     if (!cfg) return 0;

@@ -26,6 +26,8 @@
 
 #define PREFETCH_WINDOW 256 /* layers looked ahead per acquire at most */
 #define GROUP_MAX 64         /* passes (and models) in a step group's cycle */
+_Static_assert(sizeof(((vc_cache *)0)->phist) / sizeof(model_t *) == 4 * GROUP_MAX,
+               "the pass history holds two periods of the longest cycle, twice (note_pass_start)");
 
 void vc__note_vram_layer(vc_cache *c, layer_t *l, int delta) {
     model_t *g = l->model->joined;
@@ -663,9 +665,13 @@ static int try_join(vc_cache *c, model_t *a) {
 static void note_pass_start(vc_cache *c, model_t *m) {
     if (c->last_model != m && !c->last_ended_pass) c->phist_n = 0;
     if (c->phist_n == sizeof c->phist / sizeof c->phist[0]) {
-        memmove(c->phist, c->phist + 1, (c->phist_n - 1) * sizeof(*c->phist));
-        memmove(c->phist_lim, c->phist_lim + 1, (c->phist_n - 1) * sizeof(*c->phist_lim));
-        c->phist_n--;
+        /* Periods need the last 2 * GROUP_MAX entries; the history holds twice that and drops its
+         * older half when full, so a pass start moves memory once every 2 * GROUP_MAX of them (a
+         * one-layer model's every acquire is a pass start). */
+        const unsigned keep = 2 * GROUP_MAX;
+        memmove(c->phist, c->phist + c->phist_n - keep, keep * sizeof(*c->phist));
+        memmove(c->phist_lim, c->phist_lim + c->phist_n - keep, keep * sizeof(*c->phist_lim));
+        c->phist_n = keep;
     }
     c->phist_lim[c->phist_n] = c->stats.vram_limit;
     c->phist[c->phist_n++] = m;

@@ -8,8 +8,12 @@ need=()
 for p in cmake make gcc g++ clang libc6-dev libcmocka-dev libyaml-dev pkg-config libamdhip64-dev; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
-# The sanitizers' runtimes for clang (LeakSanitizer, ThreadSanitizer) come with clang's compiler-rt.
+# The test run (VC_DEPS_SANITIZERS=1) also needs the sanitizers' runtimes for clang (LeakSanitizer,
+# ThreadSanitizer), which come with clang's compiler-rt, and python3-yaml for tools/ring_model.py.
 if [ "${VC_DEPS_SANITIZERS:-0}" = 1 ]; then
+  for p in python3 python3-yaml; do
+    dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+  done
   v=$(clang --version 2>/dev/null | sed -n 's/.*clang version \([0-9]*\).*/\1/p' | head -1)
   if [ -n "$v" ] && ! dpkg -s "libclang-rt-$v-dev" >/dev/null 2>&1 && apt-cache show "libclang-rt-$v-dev" >/dev/null 2>&1; then
     need+=("libclang-rt-$v-dev")

@@ -29,22 +29,10 @@ import sys
 try:
     import numpy as np
     import scipy.sparse as sp
-    import yaml
     from scipy.optimize import linprog
+    from workload_layers import denoiser_layers
 except ImportError as e:  # not part of the build: say what to install
     sys.exit(f"stream_bound.py: {e.name} is missing: apt-get install -y python3-scipy python3-yaml")
-
-
-def denoiser_layers(path):
-    with open(path) as f:
-        doc = yaml.safe_load(f)
-    models = doc.get("models") or [{"name": doc.get("name", "model"), "layers": doc["layers"]}]
-    name = models[0]["name"]
-    for stage in doc.get("pipeline") or []:
-        if str(stage.get("repeat", "")) == "steps":
-            name = stage["model"]
-    model = next(m for m in models if m["name"] == name)
-    return name, [(float(l["bytes"]), float(l.get("flops", 0))) for l in model["layers"]]
 
 
 class Program:
@@ -142,7 +130,7 @@ def main():
     ap.add_argument("--time-goal", type=float, default=1.10)
     ap.add_argument("--bytes-goal", type=float, default=1.05)
     a = ap.parse_args()
-    name, layers = denoiser_layers(a.workload)
+    name, layers, _ = denoiser_layers(a.workload)
     print(f"{a.workload}: model '{name}', {len(layers)} layers, {a.tflops:g} TFLOP/s")
     print("usable  GB/s | least time/LB (any bytes) | least time/LB (bytes <= %.2f) | least bytes/LB at time <= %.2f"
           % (a.bytes_goal, a.time_goal))

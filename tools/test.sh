@@ -43,6 +43,12 @@ TSAN_OPTIONS=halt_on_error=1 run_suite clang-tsan "test_threads|test_shared|test
 if command -v python3 >/dev/null; then
   echo "=== workloads match their generator ==="
   python3 tools/gen_workloads.py --check
+  echo "=== tools/ring_model.py still models the streaming region (SD 1.5, 75%, 25 GB/s) ==="
+  # about bench_streaming's cell: 1 GB of working memory, weights 75% of the UNet's 1.6 GB
+  printf 'device_working_mem_gb: 1\noffload_max_gpu_memory: 1\noffload_mode: balanced\n' > build-test/ring_cfg.yaml
+  ./build-test/gcc/tools/vramcache simulate --workload workloads/sd15.yaml --vram-gb 2.2 --bandwidth-gbps 25 \
+    --steps 8 --config build-test/ring_cfg.yaml --trace build-test/ring_trace.json --json > build-test/ring_sim.json
+  python3 tools/ring_model.py workloads/sd15.yaml --trace build-test/ring_trace.json --compare build-test/ring_sim.json
 fi
 echo "=== fuzzers (bounded time each, ASan + UBSan) ==="
 cmake -S . -B build-test/fuzz -DCMAKE_C_COMPILER=clang -DVC_SANITIZE=address,undefined -DVC_BUILD_FUZZERS=ON \

@@ -138,6 +138,9 @@ struct vc_model_rec {
     unsigned npasses;     /* ... and how many whole passes its cycle holds */
     model_t *step_prev;   /* the model whose pass ended just before this one's pass began */
     unsigned step_prev_seen; /* passes in a row that began right after step_prev's */
+    unsigned run_len;      /* its whole passes in a row, the one under way included (a run) ... */
+    unsigned prev_run_len; /* ... and in its run before this one */
+    uint64_t run_start;    /* c->use_clock as its run began */
     int saw_others;       /* another model's layer ran in the midst of its pass under way */
     size_t grec_seen;     /* its layers found so far in a recorded period (grec_finish) */
 };

@@ -79,6 +79,12 @@ static size_t distance_of(const layer_t *l) {
  * asking for room (so interleaved models, such as a ControlNet beside a UNet, count as active). */
 static int model_active(const vc_cache *c, const model_t *m, const model_t *asking) {
     if (m == asking) return 1;
+    /* A model that runs pass after pass alone (a denoise loop; SDXL's base UNet before its refiner),
+     * or did so last time, uses no other model's layers until its run ends: another model is in use
+     * only if it ran since the run began. Else the model that ran just before (the refiner, the text
+     * encoder) would count as in use for two more passes, and its layers, each due early in its own
+     * pass, would be kept while this model evicted its own and loaded them again. */
+    if ((asking->run_len >= 2 || asking->prev_run_len >= 2) && m->last_tick < asking->run_start) return 0;
     uint64_t window = 2 * (uint64_t)(asking->nlayers ? asking->nlayers : 1);
     return m->last_tick + window >= c->use_clock;
 }
@@ -565,6 +571,13 @@ static void unjoin(vc_cache *c, const char *why) {
 
 /* Notes which model's pass ended right before m's pass begins now. */
 static void note_step_prev(vc_cache *c, model_t *m) {
+    if (c->last_ended_pass && c->last_model == m) {
+        m->run_len++;
+    } else {
+        m->prev_run_len = m->run_len;
+        m->run_len = 1;
+        m->run_start = c->use_clock;
+    }
     model_t *p = c->last_ended_pass && c->last_model != m ? c->last_model : NULL;
     if (p && p == m->step_prev) {
         if (m->step_prev_seen < 2) m->step_prev_seen++;
@@ -720,6 +733,22 @@ static int try_join_repeating(vc_cache *c, model_t *a) {
         n += x->order_n;
     }
     if (!repeat || k < 2) return 0; /* distinct models: try_join's case */
+    /* Two models each running pass after pass that do not fit together (SDXL's base UNet for 24
+     * steps, then its refiner for 6, on a card that holds either but not both): one kept set for the
+     * whole cycle would keep part of each and stream the rest at every pass; apart, each keeps its
+     * own layers through its run (model_active) and loads once per image: 63.1 GB per image on 8 GB
+     * instead of 12.1 (docs/performance.md). Where they fit together, the cycle keeps both. */
+    unsigned phased = 0;
+    size_t phased_bytes = 0;
+    for (size_t i = 0; i < k; i++)
+        for (unsigned j = 0; j < q; j++)
+            if (pass[j] == members[i] && pass[(j + 1) % q] == members[i]) {
+                phased++;
+                for (size_t l = 0; l < members[i]->order_n; l++)
+                    phased_bytes = sat_add(phased_bytes, arena_round(members[i]->order[l]->bytes));
+                break;
+            }
+    if (phased >= 2 && phased_bytes > most) return 0;
     for (size_t j = 0; inner && j < inner->nmembers; j++) {
         size_t i = 0;
         while (i < k && members[i] != inner->members[j]) i++;

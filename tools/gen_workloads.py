@@ -77,15 +77,19 @@ def transformer(m, name, c, depth, hw, ctx_dim, ctx_tokens, batch, linear_proj):
     m.add(f"{name}.proj_out", c * c + c, 2 * batch * n * c * c)
 
 
-def unet(name, blocks, depths, layers_per_block, ctx_dim, latent, batch, linear_proj, add_embed_in, controlnet=False):
+def unet(name, blocks, depths, layers_per_block, ctx_dim, latent, batch, linear_proj, add_embed_in, controlnet=False,
+         mid_depth=None):
     # controlnet: the ControlNet of this UNet (diffusers ControlNetModel): the hint encoder, a copy of
     # the down and mid blocks, and a zero 1x1 convolution on each skip output and on the mid block.
+    # The time embedding is 4 x the first block's width (1280 for SD 1.5 and SDXL base, 1536 for the
+    # SDXL refiner); the mid block's transformer depth is the last block's unless given.
     m = Model(name, 2)
     ch0 = blocks[0]
-    m.add("time_embedding", 320 * 1280 + 1280 + 1280 * 1280 + 1280, 2 * batch * (320 * 1280 + 1280 * 1280))
+    temb = 4 * ch0
+    m.add("time_embedding", ch0 * temb + temb + temb * temb + temb, 2 * batch * (ch0 * temb + temb * temb))
     if add_embed_in:
-        m.add("add_embedding", add_embed_in * 1280 + 1280 + 1280 * 1280 + 1280,
-              2 * batch * (add_embed_in * 1280 + 1280 * 1280))
+        m.add("add_embedding", add_embed_in * temb + temb + temb * temb + temb,
+              2 * batch * (add_embed_in * temb + temb * temb))
     hw = latent * latent
     m.add("conv_in", 4 * 9 * ch0 + ch0, 2 * batch * hw * 4 * 9 * ch0)
     if controlnet:
@@ -106,7 +110,7 @@ def unet(name, blocks, depths, layers_per_block, ctx_dim, latent, batch, linear_
     cin = ch0
     for i, (c, depth) in enumerate(zip(blocks, depths)):
         for j in range(layers_per_block):
-            resnet(m, f"down_blocks.{i}.resnets.{j}", cin, c, res * res, batch)
+            resnet(m, f"down_blocks.{i}.resnets.{j}", cin, c, res * res, batch, temb)
             cin = c
             if depth:
                 transformer(m, f"down_blocks.{i}.attentions.{j}", c, depth, res * res, ctx_dim, 77, batch, linear_proj)
@@ -116,9 +120,10 @@ def unet(name, blocks, depths, layers_per_block, ctx_dim, latent, batch, linear_
             m.add(f"down_blocks.{i}.downsamplers.0", 9 * c * c + c, 2 * batch * res * res * 9 * c * c)
             skips.append(c)
     c = blocks[-1]
-    resnet(m, "mid_block.resnets.0", c, c, res * res, batch)
-    transformer(m, "mid_block.attentions.0", c, depths[-1] or 1, res * res, ctx_dim, 77, batch, linear_proj)
-    resnet(m, "mid_block.resnets.1", c, c, res * res, batch)
+    resnet(m, "mid_block.resnets.0", c, c, res * res, batch, temb)
+    transformer(m, "mid_block.attentions.0", c, mid_depth or depths[-1] or 1, res * res, ctx_dim, 77, batch,
+                linear_proj)
+    resnet(m, "mid_block.resnets.1", c, c, res * res, batch, temb)
     if controlnet:
         # zero convolutions, applied to each skip output (at its resolution) and to the mid block
         r, outs = latent, [(ch0, latent)]  # conv_in's output first, then each resnet's and downsampler's
@@ -137,7 +142,7 @@ def unet(name, blocks, depths, layers_per_block, ctx_dim, latent, batch, linear_
     for i, (c, depth) in enumerate(zip(rev, rdepth)):
         for j in range(layers_per_block + 1):
             skip = skips.pop()
-            resnet(m, f"up_blocks.{i}.resnets.{j}", prev + skip, c, res * res, batch)
+            resnet(m, f"up_blocks.{i}.resnets.{j}", prev + skip, c, res * res, batch, temb)
             prev = c
             if depth:
                 transformer(m, f"up_blocks.{i}.attentions.{j}", c, depth, res * res, ctx_dim, 77, batch, linear_proj)
@@ -344,6 +349,25 @@ def build():
                     [clip_text("text_encoder", 768, 3072, 12, 77, 1), cn1, sd15l, vae_decoder(4, 64)],
                     [{"models": "[text_encoder" + ", controlnet, unet" * 8 + ", vae_decoder]",
                       "repeat": "steps", "working_mem_bytes": 1 << 30}]))
+    # Images in a row with SDXL base and its refiner (the "ensemble of expert denoisers" way: the base
+    # runs the first 80% of 30 steps, the refiner the last 20%, both with classifier-free guidance,
+    # batch 2): 33 passes per image. Refiner config: stabilityai/stable-diffusion-xl-refiner-1.0
+    # unet/config.json (widths 384, 768, 1536, 1536; transformers of depth 4 in the middle two levels
+    # and the mid block; 1280-wide context from OpenCLIP bigG alone; 2560 inputs to its added
+    # embedding). The refiner takes the base's bigG text embeddings (as diffusers' example passes
+    # text_encoder_2 to both). Each denoiser pass reserves 2 GB of working memory, the VAE decode
+    # InvokeAI's estimate, each while it runs.
+    refiner = unet("refiner", [384, 768, 1536, 1536], [0, 4, 4, 0], 2, 1280, 128, 2, True, 2560, mid_depth=4)
+    out.append(emit("sdxl-refiner-images.yaml", "sdxl-base-refiner-images",
+                    "SDXL base 1.0 (24 steps) then refiner 1.0 (6 steps), 1024x1024, fp16, CFG (batch 2): one "
+                    "repetition is one whole image", 1024, "float16", 8,
+                    [clip_text("text_encoder", 768, 3072, 12, 77, 2),
+                     clip_text("text_encoder_2", 1280, 5120, 32, 77, 2, proj=1280), sdxl, refiner,
+                     vae_decoder(4, 128)],
+                    [{"models": "[text_encoder, text_encoder_2" + ", unet" * 24 + ", refiner" * 6 + ", vae_decoder]",
+                      "repeat": "steps",
+                      "working_mem_bytes": "{unet: %d, refiner: %d, vae_decoder: %d}" % (
+                          2 << 30, 2 << 30, vae_working_mem(1024, 1024, 2))}]))
     return out
 
 

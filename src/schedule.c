@@ -19,6 +19,7 @@
  * Branches and skipped layers only cost accuracy: an acquire out of order moves the position to
  * the acquired layer. Everything here runs under the cache lock.
  */
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -572,7 +573,7 @@ static void unjoin(vc_cache *c, const char *why) {
 /* Notes which model's pass ended right before m's pass begins now. */
 static void note_step_prev(vc_cache *c, model_t *m) {
     if (c->last_ended_pass && c->last_model == m) {
-        m->run_len++;
+        if (m->run_len < UINT_MAX) m->run_len++;
     } else {
         m->prev_run_len = m->run_len;
         m->run_len = 1;

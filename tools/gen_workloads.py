@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Generates workloads/*.yaml: per-layer bytes and FLOPs of SD 1.5, SDXL and FLUX.1-dev, computed
+"""Generates workloads/*.yaml: per-layer bytes and FLOPs of SD 1.5 (and its ControlNet), SDXL (base
+and refiner) and FLUX.1-dev, computed
 from the models' public architecture configs (diffusers / BFL configs: channel widths, depths,
 heads, token counts). A "layer" is a module the size engines offload: a ResNet block, an attention
 or feed-forward sub-block, a Linear of a transformer block.

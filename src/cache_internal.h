@@ -221,6 +221,8 @@ struct vc_cache {
     model_t *phist[256];   /* the models whose whole passes began one after another, latest last ... */
     size_t phist_lim[256]; /* ... the weight limit as each began (working memory reserved for it) ... */
     unsigned phist_n;      /* ... (schedule.c: step groups whose cycle runs a model more than once) */
+    int cycle_parted;      /* such a cycle parted out of turn since one last ran whole: the next one
+                              joins only once it has shown three times (step counts that vary) */
     /* Fences of the ring placement being made (residency.c, ring_place): the release events of the
      * layers it evicted, by where their room starts, so the upload can copy each part as soon as
      * its own occupant is done rather than all of it after the last. */

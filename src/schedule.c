@@ -708,6 +708,11 @@ static int try_join_repeating(vc_cache *c, model_t *a) {
     while (q <= GROUP_MAX && (2 * q > h || memcmp(c->phist + h - q, c->phist + h - 2 * q, q * sizeof(*c->phist))))
         q++;
     if (q < 3 || q > GROUP_MAX) return 0; /* none, one model alone, or two in turn (try_join's) */
+    /* After a cycle parted out of turn (the step count changes from image to image), two
+     * repetitions may be a coincidence of run lengths (..., b, a x 7, b, a x 6, b: the last 7 passes
+     * twice), and a group formed there parts again soon: ask for three. */
+    if (c->cycle_parted && (h < 3 * q || memcmp(c->phist + h - q, c->phist + h - 3 * q, q * sizeof(*c->phist))))
+        return 0;
     if (inner && q <= inner->npasses) return 0; /* (the group's own cycle, or a shorter one) */
     /* The group's plan is made, and checked, as its cycle begins, for the weight limit then. When
      * passes reserve their own working memory (smart_partial_loading: the denoiser 1 GB, the
@@ -957,6 +962,7 @@ static void follow(vc_cache *c, model_t *m, layer_t *l) {
                 if (interleaved && may_group(c) && !c->grec) grec_start(c, l);
             } else {
                 for (size_t k = 0; k < m->nmembers; k++) roll_hold_peak(m->members[k]);
+                if (m->next_use) c->cycle_parted = 0; /* the cycle ran whole */
             }
             try_layout(c, m, 1);
             /* Another model came into use beside this one's plan, or left it: lay it out again. */
@@ -977,6 +983,7 @@ static void follow(vc_cache *c, model_t *m, layer_t *l) {
     m->pass_mismatches++;
     if (m->members && (!l->in_order || l->model != m->order[expected]->model || m->pass_mismatches > 2 + m->order_n / 8)) {
         /* Another model than the one due (or a layer outside the orders): they no longer run in turn. */
+        if (m->next_use) c->cycle_parted = 1;
         unjoin(c, l->in_order && l->model != m->order[expected]->model ? "another model ran than the one due"
                                                                           : "the pass changed");
         if (order_known(l->model)) follow(c, l->model, l);

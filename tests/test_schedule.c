@@ -1034,6 +1034,33 @@ static void test_pipeline_per_image(void **state) {
     }
 }
 
+/* Images whose step counts vary (a user changing them between images): a cycle that forms from two
+ * images that happened to look alike parts at the next one; after that a cycle must show three times
+ * before it joins, so coincidences of run lengths (4 steps after 6 looks like a repetition of the
+ * 4-step image's tail) no longer join and part image after image. Then a steady count joins again. */
+static void test_varying_step_counts_join_once(void **state) {
+    (void)state;
+    static char w[3][6][8 * KB];
+    hazard_world hw = hazard_open(3 * 6 * 8 * KB / 2);
+    vc_model_id m[3] = {add_model(hw.c, "text_encoder"), add_model(hw.c, "unet"), add_model(hw.c, "vae")};
+    vc_layer_id id[3][6];
+    for (int k = 0; k < 3; k++)
+        for (int i = 0; i < 6; i++) {
+            fill_pattern(w[k][i], sizeof w[k][i], (uint64_t)(k * 10 + i));
+            id[k][i] = add_host_layer(hw.c, m[k], "l", w[k][i], sizeof w[k][i]);
+        }
+    uint64_t image_bytes = 0;
+    const int counts[] = {7, 6, 5, 4, 7, 6, 5, 4, 6, 7, 4, 5, 6, 4, 7, 5};
+    for (size_t n = 0; n < sizeof counts / sizeof counts[0]; n++) run_images(&hw, id, w, 1, counts[n], &image_bytes);
+    assert_true(hw.h->joined <= 1);
+    assert_int_equal(hw.h->parted, hw.h->joined);
+    int before = hw.h->joined;
+    run_images(&hw, id, w, 5, 4, &image_bytes);
+    assert_int_equal(hw.h->joined, before + 1);
+    assert_true(image_bytes <= 2 * 6 * 8 * KB); /* the encoder's and the VAE's, no UNet layer */
+    hazard_close(&hw);
+}
+
 /* A ControlNet inside a few-step image (text encoder, then ControlNet and UNet every step, then the
  * VAE), image after image: the ControlNet and its UNet join every step, and the VAE and the encoder
  * run beside that group. Once the image's cycle has shown twice, it replaces the pair as one group
@@ -1705,6 +1732,7 @@ int main(void) {
         cmocka_unit_test(test_step_group_parts),
         cmocka_unit_test(test_three_models_in_turn),
         cmocka_unit_test(test_pipeline_per_image),
+        cmocka_unit_test(test_varying_step_counts_join_once),
         cmocka_unit_test(test_controlnet_inside_image_cycle),
         cmocka_unit_test(test_model_twice_per_step),
         cmocka_unit_test(test_quarter_of_model_fits),

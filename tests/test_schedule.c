@@ -1002,19 +1002,24 @@ static void run_images(hazard_world *hw, vc_layer_id (*id)[6], char (*w)[6][8 * 
     }
 }
 
+/* A text encoder, a UNet and a VAE of six 8 KB layers each (w[k], filled), registered in hw. */
+static void add_image_models(hazard_world *hw, char (*w)[6][8 * KB], vc_layer_id (*id)[6]) {
+    vc_model_id m[3] = {add_model(hw->c, "text_encoder"), add_model(hw->c, "unet"), add_model(hw->c, "vae")};
+    for (int k = 0; k < 3; k++)
+        for (int i = 0; i < 6; i++) {
+            fill_pattern(w[k][i], sizeof w[k][i], (uint64_t)(k * 10 + i));
+            id[k][i] = add_host_layer(hw->c, m[k], "l", w[k][i], sizeof w[k][i]);
+        }
+}
+
 static void test_pipeline_per_image(void **state) {
     (void)state;
     static char w[3][6][8 * KB];
     const int counts[] = {2, 4, 6, 8, 30, 62, 63};
     for (size_t n = 0; n < sizeof counts / sizeof counts[0]; n++) {
         hazard_world hw = hazard_open(3 * 6 * 8 * KB / 2);
-        vc_model_id m[3] = {add_model(hw.c, "text_encoder"), add_model(hw.c, "unet"), add_model(hw.c, "vae")};
         vc_layer_id id[3][6];
-        for (int k = 0; k < 3; k++)
-            for (int i = 0; i < 6; i++) {
-                fill_pattern(w[k][i], sizeof w[k][i], (uint64_t)(k * 10 + i));
-                id[k][i] = add_host_layer(hw.c, m[k], "l", w[k][i], sizeof w[k][i]);
-            }
+        add_image_models(&hw, w, id);
         uint64_t image_bytes = 0;
         run_images(&hw, id, w, 6, counts[n], &image_bytes);
         if (counts[n] + 2 > 64) { /* more passes than a cycle holds */
@@ -1042,13 +1047,8 @@ static void test_varying_step_counts_join_once(void **state) {
     (void)state;
     static char w[3][6][8 * KB];
     hazard_world hw = hazard_open(3 * 6 * 8 * KB / 2);
-    vc_model_id m[3] = {add_model(hw.c, "text_encoder"), add_model(hw.c, "unet"), add_model(hw.c, "vae")};
     vc_layer_id id[3][6];
-    for (int k = 0; k < 3; k++)
-        for (int i = 0; i < 6; i++) {
-            fill_pattern(w[k][i], sizeof w[k][i], (uint64_t)(k * 10 + i));
-            id[k][i] = add_host_layer(hw.c, m[k], "l", w[k][i], sizeof w[k][i]);
-        }
+    add_image_models(&hw, w, id);
     uint64_t image_bytes = 0;
     const int counts[] = {7, 6, 5, 4, 7, 6, 5, 4, 6, 7, 4, 5, 6, 4, 7, 5};
     for (size_t n = 0; n < sizeof counts / sizeof counts[0]; n++) run_images(&hw, id, w, 1, counts[n], &image_bytes);

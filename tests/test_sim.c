@@ -407,7 +407,9 @@ static void test_workload_warnings(void **state) {
     vc_diagnostics_destroy(d);
     vc_workload_destroy(wl);
     static const char *const shipped[] = {"sd15.yaml", "sdxl.yaml", "flux1-dev.yaml", "sd15-controlnet.yaml",
-                                          "sd15-controlnet-seqcfg.yaml", "flux1-schnell-images.yaml"};
+                                          "sd15-controlnet-seqcfg.yaml", "flux1-schnell-images.yaml",
+                                          "sdxl-lightning-images.yaml", "sd15-controlnet-lcm-images.yaml",
+                                          "sdxl-refiner-images.yaml"};
     for (size_t i = 0; i < sizeof shipped / sizeof shipped[0]; i++) {
         char path[1024];
         snprintf(path, sizeof path, "%s/%s", VC_WORKLOAD_DIR, shipped[i]);
@@ -607,14 +609,22 @@ static void test_workload_stage_of_several_models(void **state) {
 
 static void test_shipped_workloads(void **state) {
     (void)state;
-    const char *files[] = {"sd15.yaml", "sdxl.yaml", "flux1-dev.yaml", "sd15-controlnet.yaml",
-                           "sd15-controlnet-seqcfg.yaml", "flux1-schnell-images.yaml"};
+    const char *files[] = {"sd15.yaml",
+                           "sdxl.yaml",
+                           "flux1-dev.yaml",
+                           "sd15-controlnet.yaml",
+                           "sd15-controlnet-seqcfg.yaml",
+                           "flux1-schnell-images.yaml",
+                           "sdxl-lightning-images.yaml",
+                           "sd15-controlnet-lcm-images.yaml",
+                           "sdxl-refiner-images.yaml"};
     /* parameter counts from the public configs, in GB of fp16/bf16 weights (2^30 bytes); then SD
      * 1.5's UNet and its ControlNet (361.3M parameters), run in turn every step (the UNet twice in
-     * the second: its bytes count once, its compute, at batch 1, twice); last, FLUX's four models,
-     * a whole image per repetition */
-    const double denoiser_gb[] = {1.601, 4.782, 22.168, 2.274, 2.274, 31.360};
-    for (int i = 0; i < 6; i++) {
+     * the second: its bytes count once, its compute, at batch 1, twice); then, a whole image per
+     * repetition, FLUX's four models, SDXL's four, SD 1.5's with a ControlNet, and SDXL's with its
+     * refiner (2259.5M parameters) */
+    const double denoiser_gb[] = {1.601, 4.782, 22.168, 2.274, 2.274, 31.360, 6.398, 2.595, 10.606};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         char path[1024];
         snprintf(path, sizeof path, "%s/%s", VC_WORKLOAD_DIR, files[i]);
         vc_workload *wl;

@@ -670,6 +670,29 @@ static void test_planner_sdxl_quarter(void **state) {
     vc_workload_destroy(wl);
 }
 
+/* Planner regression guard (virtual clock): SDXL base then its refiner, images in a row on an 8 GB
+ * card (5 GB for weights), 25 GB/s. Each UNet fits alone, not both: planned as one cycle the
+ * image moved 6.6 x the bytes bound (63 GB), apart each loads once per image (1.27 x). */
+static void test_planner_base_then_refiner(void **state) {
+    (void)state;
+    char path[1024];
+    snprintf(path, sizeof path, "%s/sdxl-refiner-images.yaml", VC_WORKLOAD_DIR);
+    vc_workload *wl;
+    assert_int_equal(vc_workload_load(path, &wl, NULL), VC_OK);
+    vc_sim_run run;
+    vc_sim_run_init(&run);
+    run.vram_bytes = 8.0 * (double)GB;
+    run.bandwidth = 25e9;
+    run.flops = 60e12;
+    run.mode = VC_OFFLOAD_MODE_BALANCED;
+    run.steps = 6;
+    vc_sim_result r;
+    assert_int_equal(vc_sim_run_workload(wl, &run, &r), VC_OK);
+    assert_true(r.bytes_per_step <= 1.5 * r.lower_bound_bytes_per_step);
+    assert_true(r.step_time_s <= 1.05 * r.lower_bound_step_time_s);
+    vc_workload_destroy(wl);
+}
+
 /* A traced run whose backend reports an event's time only once it has completed (as a GPU's; here
  * the fault wrapper's vc_fault_late_event_times over the simulator): copies are queued and written
  * when they have run, with the same start and duration as when the times are known at once: the
@@ -836,6 +859,7 @@ int main(void) {
         cmocka_unit_test(test_workload_warnings),
         cmocka_unit_test(test_workload_stage_of_several_models),
         cmocka_unit_test(test_shipped_workloads),
+        cmocka_unit_test(test_planner_base_then_refiner),
         cmocka_unit_test(test_segment_bound),
         cmocka_unit_test(test_run_reports_segment_bound),
         cmocka_unit_test(test_run_too_long_to_time),

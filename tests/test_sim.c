@@ -280,6 +280,34 @@ static void test_workload_minimal_form(void **state) {
 }
 
 /* Some diagnostic's message contains `needle`. */
+/* The workloads shipped in workloads/, and their step bytes in GB of fp16/bf16 weights (2^30 bytes),
+ * from the public configs' parameter counts: SD 1.5's UNet, SDXL's, FLUX.1-dev's transformer; SD
+ * 1.5's UNet and its ControlNet (361.3M parameters), run in turn every step (the UNet twice in the
+ * second: its bytes count once, its compute, at batch 1, twice); then, a whole image per repetition,
+ * FLUX's four models, SDXL's four, SD 1.5's with a ControlNet, and SDXL's with its refiner (2259.5M
+ * parameters). */
+static const struct {
+    const char *file;
+    double step_gb;
+} SHIPPED[] = {{"sd15.yaml", 1.601},
+               {"sdxl.yaml", 4.782},
+               {"flux1-dev.yaml", 22.168},
+               {"sd15-controlnet.yaml", 2.274},
+               {"sd15-controlnet-seqcfg.yaml", 2.274},
+               {"flux1-schnell-images.yaml", 31.360},
+               {"sdxl-lightning-images.yaml", 6.398},
+               {"sd15-controlnet-lcm-images.yaml", 2.595},
+               {"sdxl-refiner-images.yaml", 10.606}};
+
+/* Loads workloads/<file> (diagnostics to *d when d is not NULL); fails the test if it cannot. */
+static vc_workload *load_shipped(const char *file, vc_diagnostics **d) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", VC_WORKLOAD_DIR, file);
+    vc_workload *wl;
+    assert_int_equal(vc_workload_load(path, &wl, d), VC_OK);
+    return wl;
+}
+
 static int has_diag(const vc_diagnostics *d, const char *needle) {
     for (size_t k = 0; k < vc_diagnostics_count(d); k++)
         if (strstr(vc_diagnostics_get(d, k)->message, needle)) return 1;
@@ -406,15 +434,9 @@ static void test_workload_warnings(void **state) {
     assert_int_equal(vc_workload_step_bytes(wl), 20); /* the layer named twice still counts twice */
     vc_diagnostics_destroy(d);
     vc_workload_destroy(wl);
-    static const char *const shipped[] = {"sd15.yaml", "sdxl.yaml", "flux1-dev.yaml", "sd15-controlnet.yaml",
-                                          "sd15-controlnet-seqcfg.yaml", "flux1-schnell-images.yaml",
-                                          "sdxl-lightning-images.yaml", "sd15-controlnet-lcm-images.yaml",
-                                          "sdxl-refiner-images.yaml"};
-    for (size_t i = 0; i < sizeof shipped / sizeof shipped[0]; i++) {
-        char path[1024];
-        snprintf(path, sizeof path, "%s/%s", VC_WORKLOAD_DIR, shipped[i]);
-        assert_int_equal(vc_workload_load(path, &wl, &d), VC_OK);
-        if (vc_diagnostics_count(d)) fail_msg("%s: %s", shipped[i], vc_diagnostics_get(d, 0)->message);
+    for (size_t i = 0; i < sizeof SHIPPED / sizeof SHIPPED[0]; i++) {
+        wl = load_shipped(SHIPPED[i].file, &d);
+        if (vc_diagnostics_count(d)) fail_msg("%s: %s", SHIPPED[i].file, vc_diagnostics_get(d, 0)->message);
         vc_diagnostics_destroy(d);
         vc_workload_destroy(wl);
     }
@@ -490,10 +512,7 @@ static void test_segment_bound(void **state) {
  * on a 55 GB/s link has a byte-heavy middle (its low-resolution blocks) that no schedule can hide. */
 static void test_run_reports_segment_bound(void **state) {
     (void)state;
-    char path[1024];
-    snprintf(path, sizeof path, "%s/sd15.yaml", VC_WORKLOAD_DIR);
-    vc_workload *wl;
-    assert_int_equal(vc_workload_load(path, &wl, NULL), VC_OK);
+    vc_workload *wl = load_shipped("sd15.yaml", NULL);
     vc_sim_run run;
     vc_sim_run_init(&run);
     run.denoiser_only = 1;
@@ -609,31 +628,13 @@ static void test_workload_stage_of_several_models(void **state) {
 
 static void test_shipped_workloads(void **state) {
     (void)state;
-    const char *files[] = {"sd15.yaml",
-                           "sdxl.yaml",
-                           "flux1-dev.yaml",
-                           "sd15-controlnet.yaml",
-                           "sd15-controlnet-seqcfg.yaml",
-                           "flux1-schnell-images.yaml",
-                           "sdxl-lightning-images.yaml",
-                           "sd15-controlnet-lcm-images.yaml",
-                           "sdxl-refiner-images.yaml"};
-    /* parameter counts from the public configs, in GB of fp16/bf16 weights (2^30 bytes); then SD
-     * 1.5's UNet and its ControlNet (361.3M parameters), run in turn every step (the UNet twice in
-     * the second: its bytes count once, its compute, at batch 1, twice); then, a whole image per
-     * repetition, FLUX's four models, SDXL's four, SD 1.5's with a ControlNet, and SDXL's with its
-     * refiner (2259.5M parameters) */
-    const double denoiser_gb[] = {1.601, 4.782, 22.168, 2.274, 2.274, 31.360, 6.398, 2.595, 10.606};
-    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
-        char path[1024];
-        snprintf(path, sizeof path, "%s/%s", VC_WORKLOAD_DIR, files[i]);
-        vc_workload *wl;
+    for (size_t i = 0; i < sizeof SHIPPED / sizeof SHIPPED[0]; i++) {
         vc_diagnostics *d;
-        assert_int_equal(vc_workload_load(path, &wl, &d), VC_OK);
+        vc_workload *wl = load_shipped(SHIPPED[i].file, &d);
         assert_int_equal(vc_diagnostics_count(d), 0);
         vc_diagnostics_destroy(d);
         double gb = (double)vc_workload_step_bytes(wl) / (double)GB;
-        assert_true(gb > denoiser_gb[i] - 0.001 && gb < denoiser_gb[i] + 0.001);
+        assert_true(gb > SHIPPED[i].step_gb - 0.001 && gb < SHIPPED[i].step_gb + 0.001);
         assert_true(vc_workload_denoiser_working_mem(wl) > 0);
         vc_workload_destroy(wl);
     }
@@ -645,10 +646,7 @@ static void test_shipped_workloads(void **state) {
  * nothing and took this cell from 1.013 to 1.128 x the bound; docs/performance.md has the figures. */
 static void test_planner_sdxl_quarter(void **state) {
     (void)state;
-    char path[1024];
-    snprintf(path, sizeof path, "%s/sdxl.yaml", VC_WORKLOAD_DIR);
-    vc_workload *wl;
-    assert_int_equal(vc_workload_load(path, &wl, NULL), VC_OK);
+    vc_workload *wl = load_shipped("sdxl.yaml", NULL);
     vc_config *cfg;
     assert_int_equal(vc_config_create(&cfg), VC_OK);
     assert_int_equal(vc_config_set(cfg, VC_CFG_DEVICE_WORKING_MEM_GB, "1"), VC_OK);
@@ -675,10 +673,7 @@ static void test_planner_sdxl_quarter(void **state) {
  * image moved 6.6 x the bytes bound (63 GB), apart each loads once per image (1.27 x). */
 static void test_planner_base_then_refiner(void **state) {
     (void)state;
-    char path[1024];
-    snprintf(path, sizeof path, "%s/sdxl-refiner-images.yaml", VC_WORKLOAD_DIR);
-    vc_workload *wl;
-    assert_int_equal(vc_workload_load(path, &wl, NULL), VC_OK);
+    vc_workload *wl = load_shipped("sdxl-refiner-images.yaml", NULL);
     vc_sim_run run;
     vc_sim_run_init(&run);
     run.vram_bytes = 8.0 * (double)GB;

@@ -142,7 +142,9 @@ typedef struct vc_sim_result {
                                             passes when they reserve their own working memory) */
     size_t peak_vram_bytes, peak_ram_bytes;
     int steps;
-    char error[256];                   /**< empty on success; else why the run failed */
+    /** Empty on success; else why the run failed (the cache's whole message: 256 bytes cut the
+     *  longer ones off mid-word). */
+    char error[512];
 } vc_sim_result;
 
 /** Runs the workload. Returns VC_OK with *result filled, or an error with result->error set

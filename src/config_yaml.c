@@ -11,6 +11,7 @@
 #include <yaml.h>
 
 #include "config_internal.h"
+#include "yaml_merge.h"
 
 typedef struct seen_key {
     const char *name; /* canonical name (points into the document or the key table) */
@@ -172,7 +173,9 @@ void vc__cfg_parse_yaml(const char *text, size_t len, const char *name, cfg_valu
         return;
     }
     yaml_node_t *root = yaml_document_get_root_node(&doc);
-    if (!root) {
+    if (vc__yaml_expand_merges(&doc, name, d)) {
+        /* an error is already listed; reading the rest would report settings half-merged */
+    } else if (!root) {
         vc__diag_add(d, VC_DIAG_WARNING, name, 0, 0, "", "the file is empty; using the defaults");
     } else if (root->type == YAML_SCALAR_NODE && root->data.scalar.length == 0) {
         vc__diag_add(d, VC_DIAG_WARNING, name, 0, 0, "", "the file is empty; using the defaults");

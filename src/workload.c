@@ -15,6 +15,7 @@
 #include "config_internal.h"
 #include "vramcache_sim.h"
 #include "workload_internal.h"
+#include "yaml_merge.h"
 
 static char *dup_str(const char *s) {
     size_t n = strlen(s) + 1;
@@ -394,13 +395,15 @@ int vc_workload_load_string(const char *text, size_t len, const char *name, vc_w
                      parser.problem ? parser.problem : "malformed YAML");
     } else {
         wparser P = {&doc, name, d};
-        if (parse(&P, yaml_document_get_root_node(&doc), wl) && !vc_diagnostics_errors(d))
+        if (vc__yaml_expand_merges(&doc, name, d) == 0 && parse(&P, yaml_document_get_root_node(&doc), wl) && !vc_diagnostics_errors(d))
             vc__diag_add(d, VC_DIAG_ERROR, name, 0, 0, "", "out of host memory reading the workload");
         yaml_document_delete(&doc);
     }
     yaml_parser_delete(&parser);
     if (vc_diagnostics_errors(d)) {
-        const vc_diagnostic *g = vc_diagnostics_get(d, 0);
+        const vc_diagnostic *g = NULL; /* the first error, not a warning before it */
+        for (size_t i = 0; (g = vc_diagnostics_get(d, i)) && g->severity != VC_DIAG_ERROR; i++) {
+        }
         st = vc__fail(NULL, VC_ERR_CONFIG, "%s: invalid workload: %s:%u: %s", name, name, g ? g->line : 0,
                       g ? g->message : "?");
         vc_workload_destroy(wl);

@@ -213,6 +213,33 @@ static void test_duplicates_warn_later_wins(void **state) {
     vc_config_destroy(cfg);
 }
 
+/* Merge keys (`<<: *anchor`) mean what they mean to PyYAML: own keys win, then earlier sources;
+ * before, '<<' was an unknown key and the merged settings were lost. */
+static void test_merge_keys(void **state) {
+    (void)state;
+    vc_config *cfg;
+    vc_diagnostics *d;
+    assert_int_equal(load("merge_keys.yaml", &cfg, &d), VC_OK);
+    assert_int_equal(vc_diagnostics_errors(d), 0);
+    assert_null(find_diag(d, "'<<'"));
+    assert_true(num(cfg, VC_CFG_MAX_CACHE_VRAM_GB) == 4.0);
+    assert_true(num(cfg, VC_CFG_DEVICE_WORKING_MEM_GB) == 1.5); /* the earlier source wins */
+    assert_int_equal(boolean(cfg, VC_CFG_KEEP_RAM_COPY_OF_WEIGHTS), 1); /* the file's own key wins */
+    assert_string_equal(vc_config_get_text(cfg, VC_CFG_OFFLOAD_MODE), "sequential");
+    assert_null(find_diag(d, "duplicate key"));
+    vc_diagnostics_destroy(d);
+    vc_config_destroy(cfg);
+    /* a merge of a scalar is an error, and the file changes nothing */
+    assert_int_equal(load("merge_bad.yaml", &cfg, &d), VC_ERR_CONFIG);
+    const vc_diagnostic *g = find_diag(d, "takes a mapping or a list of mappings");
+    assert_non_null(g);
+    assert_int_equal(g->line, 2);
+    double v;
+    assert_int_equal(vc_config_get_number(cfg, VC_CFG_MAX_CACHE_VRAM_GB, &v), VC_ERR_NOT_FOUND);
+    vc_diagnostics_destroy(d);
+    vc_config_destroy(cfg);
+}
+
 static void test_quoted_numbers_and_booleans(void **state) {
     (void)state;
     vc_config *cfg;
@@ -643,6 +670,7 @@ int main(void) {
         cmocka_unit_test_setup(test_empty_files_warn_and_use_defaults, setup),
         cmocka_unit_test_setup(test_not_a_mapping, setup),
         cmocka_unit_test_setup(test_duplicates_warn_later_wins, setup),
+        cmocka_unit_test_setup(test_merge_keys, setup),
         cmocka_unit_test_setup(test_quoted_numbers_and_booleans, setup),
         cmocka_unit_test_setup(test_bad_values_each_named, setup),
         cmocka_unit_test_setup(test_syntax_error_reports_position, setup),

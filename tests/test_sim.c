@@ -401,6 +401,57 @@ static void test_workload_errors(void **state) {
 }
 
 
+/* Anchors with merge keys, as a hand-written workload with many alike layers uses them: own keys
+ * win, then earlier sources (YAML 1.1, as PyYAML reads them). A merge of a scalar, or of a mapping
+ * into itself, is an error on its line; the summary error names the first error, not a warning
+ * before it. */
+static void test_workload_merge_keys(void **state) {
+    (void)state;
+    static const char text[] = "name: x\n"
+                               "block: &blk {bytes: 1000, flops: 2e9}\n"
+                               "big: &big {bytes: 5000}\n"
+                               "layers:\n"
+                               "  - {<<: *blk, name: a}\n"
+                               "  - {<<: *blk, name: b, bytes: 10}\n"
+                               "  - {<<: [*big, *blk], name: c}\n";
+    vc_workload *wl;
+    vc_diagnostics *d;
+    assert_int_equal(vc_workload_load_string(text, sizeof text - 1, "merge.yaml", &wl, &d), VC_OK);
+    assert_int_equal(vc_diagnostics_errors(d), 0);
+    assert_int_equal(vc_workload_denoiser_layer_count(wl), 3);
+    assert_int_equal(vc_workload_step_bytes(wl), 1000 + 10 + 5000);
+    const char *name;
+    size_t bytes;
+    double flops;
+    assert_int_equal(vc_workload_denoiser_layer(wl, 2, &name, &bytes, &flops), VC_OK);
+    assert_string_equal(name, "c");
+    assert_int_equal(bytes, 5000); /* the earlier source wins */
+    assert_true(flops == 2e9);
+    vc_diagnostics_destroy(d);
+    vc_workload_destroy(wl);
+    static const struct {
+        const char *text, *needle;
+        unsigned line;
+    } bad[] = {
+        {"name: x\nlayers:\n  - {<<: 5, name: a}\n", "takes a mapping or a list of mappings", 3},
+        {"name: x\nlayers:\n  - &m {name: a, bytes: 1, flops: 1, <<: *m}\n", "merges a mapping into itself", 3},
+        {"name: x\nunused: 1\nlayers:\n  - {name: a, bytes: 1}\n", "layer 'a' needs 'flops'", 4},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        wl = (vc_workload *)0x1;
+        int st = vc_workload_load_string(bad[i].text, strlen(bad[i].text), "bad.yaml", &wl, &d);
+        assert_int_equal(st, VC_ERR_CONFIG);
+        assert_null(wl);
+        if (!has_diag(d, bad[i].needle)) fail_msg("case %zu: no diagnostic containing \"%s\"", i, bad[i].needle);
+        /* the summary names the first error and its line */
+        char want[96];
+        snprintf(want, sizeof want, "bad.yaml:%u: ", bad[i].line);
+        if (!strstr(vc_last_error(), want) || !strstr(vc_last_error(), bad[i].needle))
+            fail_msg("case %zu: summary \"%s\"", i, vc_last_error());
+        vc_diagnostics_destroy(d);
+    }
+}
+
 /* Misspelt optional fields and copied lines load with a warning that names them, rather than
  * being dropped silently; the shipped workloads draw none. */
 static void test_workload_warnings(void **state) {
@@ -851,6 +902,7 @@ int main(void) {
         cmocka_unit_test(test_workload_minimal_form),
         cmocka_unit_test(test_workload_pass_working_mem),
         cmocka_unit_test(test_workload_errors),
+        cmocka_unit_test(test_workload_merge_keys),
         cmocka_unit_test(test_workload_warnings),
         cmocka_unit_test(test_workload_stage_of_several_models),
         cmocka_unit_test(test_shipped_workloads),

@@ -843,6 +843,9 @@ static int ring_place(vc_cache *c, layer_t *l, const place_req *rq, arena_block 
 static int place_streamed(vc_cache *c, layer_t *l, const place_req *rq, size_t limit, arena_block **out) {
     if (!c->stream_budget || c->stream_model != vc__plan_model(l) || l->keep || !l->in_order) return VC_ERR_NOT_FOUND;
     size_t need = arena_round(l->bytes);
+    /* A layer larger than the whole region (a cycle's once-used embedding: region_for_once_used in
+     * schedule.c) borrows room from the kept arena instead, prefetched as any other. */
+    if (need > c->stream_budget) return VC_ERR_NOT_FOUND;
     streamable_ctx sc = {c, l, rq->max_distance};
     for (int tries = 0; tries < 1024; tries++) {
         if (c->sarena.total >= c->stream_budget && !c->stream_model->plan_shared) { /* ring: alone only */

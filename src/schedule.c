@@ -158,7 +158,10 @@ int vc__sched_streamable(vc_cache *c, const layer_t *asking, size_t max_distance
     if (!model_active(c, xm, vc__plan_model(asking)) || !order_known(xm) || !x->in_order) return 1;
     size_t limit = max_distance == VC_ANY_DISTANCE ? 0 : max_distance;
     if (x->prefetched && max_distance != VC_ANY_DISTANCE) return 0; /* one prefetch never undoes another */
-    return !x->keep && distance_of(x) > limit;
+    /* A streamed layer the region cannot take (a cycle's once-used embedding, region_for_once_used)
+     * borrows room from kept layers needed later than itself; they come back to their homes. */
+    int outsider = !asking->keep && c->stream_budget && arena_round(asking->bytes) > c->stream_budget;
+    return (!x->keep || outsider) && distance_of(x) > limit;
 }
 
 /* ---- the plan ---------------------------------------------------------------------------------- */
@@ -314,7 +317,16 @@ typedef struct plan_shape {
     double margin;    /* stream layers up to the smallest size whose layers hold margin x the bytes to stream */
     double region_of; /* the region holds this many of the largest streamed layer */
     int shared;       /* another model is in use: the rules as they were before the ring (below) */
+    /* A cycle's layers used once per cycle (an encoder's, a VAE's) larger than this do not size the
+     * region: each such layer takes room from the kept set when it comes (its neighbours reload
+     * once per cycle) instead of widening the region that every pass of the cycle pays for. */
+    size_t once_cap;
 } plan_shape;
+
+/* Does x's size count towards the region's? */
+static int sizes_region(const layer_t *x, plan_shape shape) {
+    return x->uses > 1 || arena_round(x->bytes) <= shape.once_cap;
+}
 
 /* Marks which layers of m stay resident for a weight limit of cap and returns the streaming
  * region's size (0: no streaming region); *kept_out: the kept bytes. */
@@ -361,7 +373,8 @@ static size_t plan_keep_set(model_t *m, size_t cap, size_t total, size_t largest
             size_t biggest = 0; /* the largest layer under the cap: what the region must take */
             for (size_t i = 0; i < vc__plan_n(m); i++) {
                 sum += (double)sizes[2 * i + 1];
-                biggest = max_sz(biggest, sizes[2 * i + 1]);
+                if (sizes[2 * i] >= USED_TWICE || sizes[2 * i + 1] <= shape.once_cap)
+                    biggest = max_sz(biggest, sizes[2 * i + 1]);
                 if (i + 1 < vc__plan_n(m) && sizes[2 * i + 2] == sizes[2 * i]) continue; /* a cap takes all of a size */
                 double need_i = (double)(total - sat_sub(cap, REGION_FOR(shape.shared ? largest : biggest) + slack));
                 if (sum >= need_i * margins[k]) {
@@ -399,14 +412,14 @@ static size_t plan_keep_set(model_t *m, size_t cap, size_t total, size_t largest
         double b = (double)arena_round(x->bytes);
         if (once_first && x->uses <= 1) {
             x->keep = 0;
-            if (arena_round(x->bytes) > streamed_largest) streamed_largest = arena_round(x->bytes);
+            if (sizes_region(x, shape) && arena_round(x->bytes) > streamed_largest) streamed_largest = arena_round(x->bytes);
             continue;
         }
         credit += by_cost ? (0.5 * x->cost / spread_cost + 0.5 * b / spread_total) * need : b * need / spread_cost;
         if (stream_rank(x) <= size_cap && credit >= b * 0.5) {
             x->keep = 0;
             credit -= b;
-            if (arena_round(x->bytes) > streamed_largest) streamed_largest = arena_round(x->bytes);
+            if (sizes_region(x, shape) && arena_round(x->bytes) > streamed_largest) streamed_largest = arena_round(x->bytes);
         } else {
             kept += arena_round(x->bytes);
         }
@@ -435,7 +448,7 @@ static size_t plan_keep_set(model_t *m, size_t cap, size_t total, size_t largest
         if (!big) break;
         big->keep = 0;
         kept -= arena_round(big->bytes);
-        if (arena_round(big->bytes) > streamed_largest) {
+        if (sizes_region(big, shape) && arena_round(big->bytes) > streamed_largest) {
             streamed_largest = arena_round(big->bytes);
             keep_budget = sat_sub(cap, REGION_OF(streamed_largest) + slack);
         }
@@ -461,6 +474,78 @@ static size_t plan_keep_set(model_t *m, size_t cap, size_t total, size_t largest
 #undef REGION_FOR
     *kept_out = kept + slack;
     return stream_budget;
+}
+
+/* Bytes a cycle's plan moves per cycle, as just marked by plan_keep_set with a region of `region`:
+ * each streamed layer once per use, and a streamed layer the region cannot take (an *outsider*,
+ * whose bytes go to *outside*) also its own size again: it takes room from the kept set, whose
+ * layers there reload. *squeezed: some streamed layer has less room than the shape gives one. */
+static double cycle_bytes(const model_t *m, size_t region, double region_of, double *outside, int *squeezed) {
+    double sum = 0;
+    *outside = 0;
+    *squeezed = 0;
+    for (size_t i = 0; i < vc__plan_n(m); i++) {
+        const layer_t *x = vc__plan_at(m, i);
+        if (x->keep) continue;
+        size_t b = arena_round(x->bytes);
+        sum += (double)b * (x->uses > 1 ? x->uses : 1);
+        if (b > region)
+            *outside += (double)b;
+        else if ((double)b * region_of > (double)region)
+            *squeezed = 1;
+    }
+    return sum + *outside;
+}
+
+/* A cycle that runs some models many times and others once (images in a row: encoders, the
+ * denoiser's steps, the VAE) pays for its region at every pass, and the region is sized by the
+ * largest streamed layer, often a text encoder's embedding (76-127 MB) used once per cycle. Tries
+ * leaving the largest once-used layers out of the region's size (they then borrow room from the
+ * kept set as they come, prefetched: place_streamed in residency.c) and says whether that moves
+ * at least 1% fewer bytes per cycle; *shape gets the best once_cap. Measured on the image
+ * workloads (docs/performance.md): without the squeeze and outsider limits below, bytes fell in
+ * most cells but time rose by up to 1.5% (FLUX.1-schnell on 24 GB: T5's 252 MB blocks in a ring of
+ * 283 MB; the whole of SDXL's second text encoder borrowing from the UNet's kept set). */
+static int region_for_once_used(model_t *m, size_t cap, size_t total, size_t largest, plan_shape *shape) {
+    enum { TRIES = 6 };
+    size_t sizes[TRIES] = {0}, n = 0; /* the largest distinct sizes of layers used once, descending */
+    for (size_t i = 0; i < vc__plan_n(m); i++) {
+        const layer_t *x = vc__plan_at(m, i);
+        size_t b = arena_round(x->bytes);
+        if (x->uses > 1) continue;
+        size_t k = 0;
+        while (k < n && sizes[k] > b) k++;
+        if (k < n && sizes[k] == b) continue;
+        if (k >= TRIES) continue;
+        if (n < TRIES) n++;
+        memmove(&sizes[k + 1], &sizes[k], (n - 1 - k) * sizeof(*sizes));
+        sizes[k] = b;
+    }
+    size_t kept, region = plan_keep_set(m, cap, total, largest, *shape, &kept);
+    /* Where the region holds all the repeated layers that stream, they stay in it from one pass to
+     * the next (only the once-used layers pass through): the region costs nothing per pass there. */
+    size_t repeated = 0;
+    for (size_t i = 0; i < vc__plan_n(m); i++) {
+        const layer_t *x = vc__plan_at(m, i);
+        if (!x->keep && x->uses > 1) repeated += arena_round(x->bytes);
+    }
+    if (repeated <= region) return 0;
+    int squeezed;
+    double outside, best = cycle_bytes(m, region, shape->region_of, &outside, &squeezed), base = best;
+    size_t best_cap = SIZE_MAX;
+    for (size_t k = 0; k < n; k++) {
+        plan_shape s = *shape;
+        s.once_cap = sizes[k] - 1;
+        region = plan_keep_set(m, cap, total, largest, s, &kept);
+        if (!region) continue;
+        double b = cycle_bytes(m, region, s.region_of, &outside, &squeezed);
+        if (squeezed) continue; /* a layer in a ring of hardly more than itself: copy and compute in turn */
+        /* The kept layers an outsider displaces reload at once, when the next pass may have no
+         * compute to spare for them: only where outsiders are few beside what the region saves. */
+        if (b < best * 0.99 && outside * 4 <= base - (b - outside)) best = b, best_cap = s.once_cap;
+    }
+    shape->once_cap = best_cap;
+    return best_cap != SIZE_MAX;
 }
 
 static void make_plan(vc_cache *c, model_t *m) {
@@ -496,19 +581,29 @@ static void make_plan(vc_cache *c, model_t *m) {
      * when it moves fewer bytes: only the smallest layers stream, and the ring (residency.c) holds
      * 1.4 of the largest of them. Measured on the workload sweep (docs/performance.md). Only while
      * the model has the device to itself, as the ring. */
-    const plan_shape usual = {2.0, 2.0, shared}, lean = {1.0, 1.4, 0};
+    const plan_shape usual = {2.0, 2.0, shared, SIZE_MAX}, lean = {1.0, 1.4, 0, SIZE_MAX};
     size_t lower_bound = total - cap, kept;
     size_t stream_budget = plan_keep_set(m, cap, total, largest, usual, &kept);
     const char *shape = shared ? "shared" : "usual";
+    plan_shape chosen = usual;
     if (sat_sub(cap, kept) > lower_bound / 20 && !shared) {
         size_t lean_kept, lean_budget = plan_keep_set(m, cap, total, largest, lean, &lean_kept);
         if (lean_budget && sat_sub(cap, lean_kept) < sat_sub(cap, kept)) {
             stream_budget = lean_budget;
             kept = lean_kept;
             shape = "lean";
+            chosen = lean;
         } else {
             stream_budget = plan_keep_set(m, cap, total, largest, usual, &kept);
         }
+    }
+    if (m->next_use && !shared) {
+        plan_shape best = chosen;
+        int outside = region_for_once_used(m, cap, total, largest, &best);
+        stream_budget = plan_keep_set(m, cap, total, largest, best, &kept); /* the tries marked others */
+        if (outside)
+            shape = chosen.margin == lean.margin ? "lean, once-used layers outside the region"
+                                                 : "usual, once-used layers outside the region";
     }
     vc__log(c, VC_LOG_INFO, "plan for model '%s' (%s shape): keep %zu of %zu bytes resident, stream the rest "
             "through %zu bytes", m->name, shape, kept, total, stream_budget);

@@ -719,45 +719,42 @@ static void test_planner_sdxl_quarter(void **state) {
     vc_workload_destroy(wl);
 }
 
+/* Runs a shipped workload on a GPU of `gb` GB at 25 GB/s and 60 TFLOP/s, balanced (steps 0: the
+ * workload's own), and fails unless bytes and step time are within the given multiples of their
+ * bounds. The simulator's clock is virtual: these are deterministic planner guards, not timings. */
+static void planner_guard(const char *file, double gb, int steps, double max_bytes, double max_time) {
+    vc_workload *wl = load_shipped(file, NULL);
+    vc_sim_run run;
+    vc_sim_run_init(&run);
+    run.vram_bytes = gb * (double)GB;
+    run.bandwidth = 25e9;
+    run.flops = 60e12;
+    run.mode = VC_OFFLOAD_MODE_BALANCED;
+    run.steps = steps;
+    vc_sim_result r;
+    assert_int_equal(vc_sim_run_workload(wl, &run, &r), VC_OK);
+    if (r.bytes_per_step > max_bytes * r.lower_bound_bytes_per_step || r.step_time_s > max_time * r.lower_bound_step_time_s)
+        fail_msg("%s on %.1f GB: bytes %.3f x, time %.3f x the bounds", file, gb,
+                 r.bytes_per_step / r.lower_bound_bytes_per_step, r.step_time_s / r.lower_bound_step_time_s);
+    vc_workload_destroy(wl);
+}
+
 /* Planner regression guard (virtual clock): SDXL base then its refiner, images in a row on an 8 GB
  * card (5 GB for weights), 25 GB/s. Each UNet fits alone, not both: planned as one cycle the
  * image moved 6.6 x the bytes bound (63 GB), apart each loads once per image (1.27 x). */
 static void test_planner_base_then_refiner(void **state) {
     (void)state;
-    vc_workload *wl = load_shipped("sdxl-refiner-images.yaml", NULL);
-    vc_sim_run run;
-    vc_sim_run_init(&run);
-    run.vram_bytes = 8.0 * (double)GB;
-    run.bandwidth = 25e9;
-    run.flops = 60e12;
-    run.mode = VC_OFFLOAD_MODE_BALANCED;
-    run.steps = 6;
-    vc_sim_result r;
-    assert_int_equal(vc_sim_run_workload(wl, &run, &r), VC_OK);
-    assert_true(r.bytes_per_step <= 1.5 * r.lower_bound_bytes_per_step);
-    assert_true(r.step_time_s <= 1.05 * r.lower_bound_step_time_s);
-    vc_workload_destroy(wl);
+    planner_guard("sdxl-refiner-images.yaml", 8.0, 6, 1.5, 1.05);
 }
 
 /* Images in a row with SD 1.5 + a ControlNet at 8 steps on a 5 GB card: the cycle's region used
  * to be sized for the text encoder's 76 MB embedding, used once per image, and paid for it at each
- * of the 16 ControlNet and UNet passes (1.315 x the bytes bound, 1.18 x the time bound; 1.142 while it could not be prefetched). Now the
- * embedding borrows room from the kept set as it comes (region_for_once_used, schedule.c). */
+ * of the 16 ControlNet and UNet passes (1.315 x the bytes bound, 1.18 x the time bound; 1.142 x
+ * the time bound while it could not be prefetched). Now the embedding borrows room from the kept
+ * set as it comes (region_for_once_used, schedule.c). */
 static void test_planner_region_not_sized_for_once_used_layers(void **state) {
     (void)state;
-    vc_workload *wl = load_shipped("sd15-controlnet-lcm-images.yaml", NULL);
-    vc_sim_run run;
-    vc_sim_run_init(&run);
-    run.vram_bytes = 5.0 * (double)GB;
-    run.bandwidth = 25e9;
-    run.flops = 60e12;
-    run.mode = VC_OFFLOAD_MODE_BALANCED;
-    vc_sim_result r;
-    assert_int_equal(vc_sim_run_workload(wl, &run, &r), VC_OK);
-    if (r.bytes_per_step > 1.12 * r.lower_bound_bytes_per_step || r.step_time_s > 1.135 * r.lower_bound_step_time_s)
-        fail_msg("bytes %.3f x, time %.3f x the bounds", r.bytes_per_step / r.lower_bound_bytes_per_step,
-                 r.step_time_s / r.lower_bound_step_time_s);
-    vc_workload_destroy(wl);
+    planner_guard("sd15-controlnet-lcm-images.yaml", 5.0, 0, 1.12, 1.135);
 }
 
 /* A traced run whose backend reports an event's time only once it has completed (as a GPU's; here

@@ -160,7 +160,8 @@ int vc__sched_streamable(vc_cache *c, const layer_t *asking, size_t max_distance
     if (x->prefetched && max_distance != VC_ANY_DISTANCE) return 0; /* one prefetch never undoes another */
     /* A streamed layer the region cannot take (a cycle's once-used embedding, region_for_once_used)
      * borrows room from kept layers needed later than itself; they come back to their homes. */
-    int outsider = !asking->keep && c->stream_budget && arena_round(asking->bytes) > c->stream_budget;
+    int outsider = !asking->keep && c->stream_budget && c->stream_model == vc__plan_model(asking) &&
+                   arena_round(asking->bytes) > c->stream_budget;
     return (!x->keep || outsider) && distance_of(x) > limit;
 }
 

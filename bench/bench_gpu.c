@@ -24,6 +24,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "json_string.h"
 #include "vramcache.h"
 #include "vramcache_gpu.h"
 
@@ -201,7 +202,13 @@ int main(int argc, char **argv) {
     vc_backend *gpu;
     char why[256];
     if (vc_backend_cuda_create(0, &gpu, why, sizeof why) != VC_OK) {
-        printf(json ? "{\"benchmark\":\"gpu\",\"skipped\":\"%s\"}\n" : "bench_gpu: skipped: %s\n", why);
+        if (json) {
+            printf("{\"benchmark\":\"gpu\",\"skipped\":");
+            json_put_string(stdout, why);
+            printf("}\n");
+        } else {
+            printf("bench_gpu: skipped: %s\n", why);
+        }
         return 0;
     }
     size_t budget = (size_t)(budget_gb * 1024) * MIB;
@@ -211,13 +218,15 @@ int main(int argc, char **argv) {
     CK(cudaHostAlloc((void **)&host, max_set + 256 * MIB, 0));
     memset(host, 7, max_set);
     const size_t sizes[] = {1 * MIB, 16 * MIB, 64 * MIB, 256 * MIB};
-    if (json)
-        printf("{\"benchmark\":\"gpu\",\"device\":\"%s\",\"link_gbps\":%.2f,\"budget_bytes\":%zu,\"rows\":[", why,
-               limit / 1e9, budget);
-    else
+    if (json) {
+        printf("{\"benchmark\":\"gpu\",\"device\":");
+        json_put_string(stdout, why);
+        printf(",\"link_gbps\":%.2f,\"budget_bytes\":%zu,\"rows\":[", limit / 1e9, budget);
+    } else {
         printf("%s: pinned host->device %.2f GB/s; VRAM budget %.2f GB\n%10s %6s %11s %11s %10s %14s%s\n", why,
                limit / 1e9, budget_gb, "layer", "set", "moved/pass", "ours GB/s", "of link", "naive / ours",
                with_uvm ? "   uvm / ours" : "");
+    }
     int first = 1;
     for (int si = 0; si < 4; si++)
         for (int f = 0; f < 2; f++) {

@@ -19,6 +19,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
+#include "json_string.h"
 #include "vramcache.h"
 #include "vramcache_fault.h"
 #include "vramcache_gpu.h"
@@ -97,7 +98,13 @@ int main(int argc, char **argv) {
     vc_backend *gpu;
     char why[256];
     if (vc_backend_cuda_create(0, &gpu, why, sizeof why) != VC_OK) {
-        printf(json ? "{\"benchmark\":\"gpu_denoiser\",\"skipped\":\"%s\"}\n" : "bench_gpu_denoiser: skipped: %s\n", why);
+        if (json) {
+            printf("{\"benchmark\":\"gpu_denoiser\",\"skipped\":");
+            json_put_string(stdout, why);
+            printf("}\n");
+        } else {
+            printf("bench_gpu_denoiser: skipped: %s\n", why);
+        }
         return 0;
     }
     vc_workload *wl;
@@ -227,14 +234,18 @@ int main(int argc, char **argv) {
     double weight_gb = (double)stats.vram_limit / GIB; /* the budget the cache had (dynamic with --card-gb) */
     double lb_bytes = total > stats.vram_limit ? (double)(total - stats.vram_limit) : 0;
     double bound = resident > 0 ? fmax(resident, lb_bytes / link) : lb_bytes / link;
-    if (json)
-        printf("{\"benchmark\":\"gpu_denoiser\",\"device\":\"%s\",\"workload\":\"%s\",\"card_gb\":%.2f,"
+    if (json) {
+        printf("{\"benchmark\":\"gpu_denoiser\",\"device\":");
+        json_put_string(stdout, why);
+        printf(",\"workload\":");
+        json_put_string(stdout, vc_workload_name(wl));
+        printf(",\"card_gb\":%.2f,"
                "\"working_gb\":%.2f,\"budget_gb\":%.2f,"
                "\"resident_step_s\":%.6f,\"streamed_step_s\":%.6f,\"lower_bound_step_s\":%.6f,\"link_gbps\":%.2f,"
                "\"speed_vs_resident\":%.4f,\"time_over_bound\":%.4f}\n",
-               why, vc_workload_name(wl), card_gb, card_gb > 0 ? working_gb : 0.0, weight_gb, resident, streamed,
+               card_gb, card_gb > 0 ? working_gb : 0.0, weight_gb, resident, streamed,
                bound, link / 1e9, resident > 0 ? resident / streamed : 0, streamed / bound);
-    else
+    } else {
         printf("%s\n%s denoiser, %.2f GB per step, budget %.2f GB, link %.2f GB/s\n"
                "  resident %.4f s/step, streamed %.4f s/step (%.1f%% of resident), lower bound %.4f s (x%.3f)\n"
                "  prefetches %llu, prefetch hits %llu, misses %llu\n",
@@ -242,6 +253,7 @@ int main(int argc, char **argv) {
                resident > 0 ? 100 * resident / streamed : 0, bound, streamed / bound,
                (unsigned long long)stats.prefetches, (unsigned long long)stats.prefetch_hits,
                (unsigned long long)stats.misses);
+    }
     vc_cache_destroy(c);
     if (card) vc_backend_destroy(card);
     vc_backend_destroy(gpu);

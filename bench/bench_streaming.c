@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "vramcache.h"
+#include "json_string.h"
 #include "vramcache_config.h"
 #include "vramcache_sim.h"
 
@@ -116,19 +117,22 @@ int main(int argc, char **argv) {
                 double reach = p.segment_bound_step_time_s / p.lower_bound_step_time_s;
                 if (br > 1.05 || tr > 1.10) worst_fail++;
                 if (reach > 1.10) unreachable++;
-                if (json)
-                    printf("%s{\"workload\":\"%s\",\"usable_fraction\":%.2f,\"bandwidth_gbps\":%.0f,"
+                if (json) {
+                    printf("%s{\"workload\":", first ? "" : ",");
+                    json_put_string(stdout, vc_workload_name(wl));
+                    printf(",\"usable_fraction\":%.2f,\"bandwidth_gbps\":%.0f,"
                            "\"bytes_over_bound\":%.4f,\"lru_bytes_over_bound\":%.4f,\"step_time_s\":%.6f,"
                            "\"lower_bound_step_time_s\":%.6f,\"time_over_bound\":%.4f,\"segment_bound_step_time_s\":%.6f,"
                            "\"time_over_segment_bound\":%.4f,\"speed_vs_resident\":%.4f}",
-                           first ? "" : ",", vc_workload_name(wl), fractions[u], links[b] / 1e9, br, lr, p.step_time_s,
+                           fractions[u], links[b] / 1e9, br, lr, p.step_time_s,
                            p.lower_bound_step_time_s, tr, p.segment_bound_step_time_s, sr,
                            p.compute_time_s / p.step_time_s);
-                else
+                } else {
                     printf("%-14s %5.0f%% %6.0f | %11.3f %9.3f | %10.4f %10.4f %9.3f | %10.4f %9.3f | %5.1f%%\n",
                            vc_workload_name(wl), fractions[u] * 100, links[b] / 1e9, br, lr, p.step_time_s,
                            p.lower_bound_step_time_s, tr, p.segment_bound_step_time_s, sr,
                            100 * p.compute_time_s / p.step_time_s);
+                }
                 first = 0;
             }
         vc_workload_destroy(wl);

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "json_string.h"
 #include "vramcache.h"
 #include "vramcache_config.h"
 #include "vramcache_sim.h"
@@ -234,17 +235,27 @@ static int cmd_simulate(int argc, char **argv) {
     /* the mode the run used: unset, the simulated GPU's size decides it (4 GB or less: sequential) */
     int mode = a.mode >= 0 ? a.mode : (int)vc_config_get_offload_mode_for(cfg, 1, (size_t)r.vram_bytes, NULL, 0);
     if (st != VC_OK) {
-        if (a.json)
-            printf("{\"workload\":\"%s\",\"error\":\"%s\"}\n", vc_workload_name(wl), vc_strerror(st));
-        fprintf(stderr, "vramcache: simulation failed: %s\n", res.error[0] ? res.error : vc_last_error());
+        const char *why = res.error[0] ? res.error : vc_last_error();
+        if (a.json) {
+            printf("{\"workload\":");
+            json_put_string(stdout, vc_workload_name(wl));
+            printf(",\"error\":");
+            json_put_string(stdout, vc_strerror(st));
+            printf(",\"detail\":");
+            json_put_string(stdout, why);
+            printf("}\n");
+        }
+        fprintf(stderr, "vramcache: simulation failed: %s\n", why);
     } else if (a.json) {
-        printf("{\"workload\":\"%s\",\"vram_gb\":%g,\"bandwidth_gbps\":%g,\"tflops\":%g,\"steps\":%d,"
+        printf("{\"workload\":");
+        json_put_string(stdout, vc_workload_name(wl));
+        printf(",\"vram_gb\":%g,\"bandwidth_gbps\":%g,\"tflops\":%g,\"steps\":%d,"
                "\"policy\":\"%s\",\"mode\":\"%s\",\"usable_vram_bytes\":%zu,\"step_bytes\":%zu,"
                "\"bytes_per_step\":%.0f,\"lower_bound_bytes_per_step\":%.0f,\"step_time_s\":%.6f,"
                "\"lower_bound_step_time_s\":%.6f,\"segment_bound_step_time_s\":%.6f,\"compute_time_s\":%.6f,"
                "\"hits_per_step\":%.1f,"
                "\"misses_per_step\":%.1f,\"total_time_s\":%.6f,\"peak_vram_bytes\":%zu,\"peak_ram_bytes\":%zu}\n",
-               vc_workload_name(wl), a.vram_gb, a.bandwidth_gbps, a.tflops, res.steps,
+               a.vram_gb, a.bandwidth_gbps, a.tflops, res.steps,
                a.policy == VC_POLICY_LRU ? "lru" : "planned", MODES[mode], res.usable_vram_bytes,
                vc_workload_step_bytes(wl), res.bytes_per_step, res.lower_bound_bytes_per_step, res.step_time_s,
                res.lower_bound_step_time_s, res.segment_bound_step_time_s, res.compute_time_s, res.hits_per_step,
@@ -311,14 +322,21 @@ static int cmd_plan(int argc, char **argv) {
         best = VC_OFFLOAD_MODE_BALANCED;
     double safe = a.vram_gb - work_gb;
     if (a.json) {
-        printf("{\"workload\":\"%s\",\"vram_gb\":%g,\"bandwidth_gbps\":%g,\"tflops\":%g,\"modes\":{",
-               vc_workload_name(wl), a.vram_gb, a.bandwidth_gbps, a.tflops);
+        printf("{\"workload\":");
+        json_put_string(stdout, vc_workload_name(wl));
+        printf(",\"vram_gb\":%g,\"bandwidth_gbps\":%g,\"tflops\":%g,\"modes\":{", a.vram_gb, a.bandwidth_gbps,
+               a.tflops);
         for (int m = 0; m < 4; m++) {
             printf("%s\"%s\":", m ? "," : "", MODES[m]);
             if (st[m] == VC_OK)
                 printf("{\"step_time_s\":%.6f,\"bytes_per_step\":%.0f}", res[m].step_time_s, res[m].bytes_per_step);
-            else
-                printf("{\"error\":\"%s\"}", vc_strerror(st[m]));
+            else {
+                printf("{\"error\":");
+                json_put_string(stdout, vc_strerror(st[m]));
+                printf(",\"detail\":");
+                json_put_string(stdout, res[m].error[0] ? res[m].error : vc_strerror(st[m]));
+                printf("}");
+            }
         }
         printf("},\"recommended\":{\"offload_mode\":\"%s\",\"device_working_mem_gb\":%g,"
                "\"max_cache_vram_gb\":null,\"max_cache_vram_gb_largest_safe\":%.2f,\"enable_partial_loading\":%s},"

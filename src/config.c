@@ -320,6 +320,26 @@ int vc_cache_create_from_file(const char *path, vc_cache **out, vc_diagnostics *
 
 /* ---- show ------------------------------------------------------------------------------------ */
 
+/* A free-text value as a YAML double-quoted scalar, so that `config show` stays YAML whatever the
+ * value holds (": " or " #" would otherwise start a mapping or a comment). */
+static void yaml_quote(const char *s, char *out, size_t size) {
+    size_t n = 0;
+    out[n++] = '"';
+    for (; *s && n + 6 < size; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') {
+            out[n++] = '\\';
+            out[n++] = (char)ch;
+        } else if (ch < 0x20) {
+            n += (size_t)snprintf(out + n, size - n, "\\x%02x", ch);
+        } else {
+            out[n++] = (char)ch;
+        }
+    }
+    out[n++] = '"';
+    out[n] = '\0';
+}
+
 static void print_stdout(void *user, const char *text) {
     (void)user;
     fputs(text, stdout);
@@ -343,10 +363,14 @@ int vc_config_show(const vc_config *cfg, vc_print_fn print, void *user) {
     size_t ram_budget = vc_default_ram_budget(sys, gpu ? total : 0, o.vram_budget, o.working_mem, budget_why,
                                               sizeof budget_why);
     print(user, "# libvramcache effective settings (GB = 2^30 bytes)\n");
-    char line[1024];
+    char line[2048], quoted[2 * sizeof(((cfg_value *)0)->text) + 8];
     for (int k = 0; k < VC_CFG_KEY_COUNT; k++) {
         vc_config_source src = vc_config_get_source(cfg, (vc_config_key)k);
         const char *text = vc_config_get_text(cfg, (vc_config_key)k);
+        if (vc__cfg_keys[k].type == CFG_STRING && strcmp(text, "null") != 0) {
+            yaml_quote(text, quoted, sizeof quoted);
+            text = quoted;
+        }
         char detail[640] = "";
         switch (k) {
         case VC_CFG_ENABLE_PARTIAL_LOADING:

@@ -34,7 +34,9 @@ typedef struct cfg_value {
     int b;
     double num;
     int dev_kind, dev_index;
-    char text[96]; /* canonical text as written back by `config show` */
+    /* canonical text as written back by `config show`; free text (pytorch_cuda_alloc_conf, which
+     * PyTorch users fill with several options) up to 511 bytes */
+    char text[512];
 } cfg_value;
 
 enum { LAYER_DEFAULT, LAYER_FILE, LAYER_ENV, LAYER_API, LAYER_COUNT };

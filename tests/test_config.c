@@ -660,6 +660,40 @@ static void test_show_names_sources(void **state) {
     vc_config_destroy(cfg);
 }
 
+/* `config show` prints YAML: a free-text value (PyTorch's allocator options, which may be long and
+ * hold ": ", " #", quotes) is quoted, and reading the output back gives the same value. Values
+ * of up to 511 bytes are kept (a 123-byte one was an error that made InvokeAI's file unusable). */
+static void test_show_round_trips_free_text(void **state) {
+    (void)state;
+    static const char value[] = "expandable_segments:True,garbage_collection_threshold:0.6,max_split_size_mb:512,"
+                                "roundup_power2_divisions:[256:1,512:2,1024:4,>:8], a: b # not a \"comment\" \\ ";
+    vc_config *cfg, *back;
+    assert_int_equal(vc_config_create(&cfg), VC_OK);
+    assert_int_equal(vc_config_set(cfg, VC_CFG_PYTORCH_CUDA_ALLOC_CONF, value), VC_OK);
+    text_sink *s = calloc(1, sizeof *s);
+    assert_int_equal(vc_config_show(cfg, sink, s), VC_OK);
+    assert_non_null(strstr(s->buf, "pytorch_cuda_alloc_conf: \"expandable_segments:True,"));
+    /* the comments after each value go with it: strip nothing, read the whole output back */
+    assert_int_equal(vc_config_create(&back), VC_OK);
+    vc_diagnostics *d;
+    assert_int_equal(vc_config_load_string(back, s->buf, strlen(s->buf), "shown.yaml", VC_CONFIG_NO_ENV, &d), VC_OK);
+    assert_int_equal(vc_diagnostics_errors(d), 0);
+    assert_string_equal(vc_config_get_text(back, VC_CFG_PYTORCH_CUDA_ALLOC_CONF), value);
+    vc_diagnostics_destroy(d);
+    /* 511 bytes are kept, 512 are an error naming the limit */
+    char big[600];
+    memset(big, 'x', sizeof big);
+    big[511] = '\0';
+    assert_int_equal(vc_config_set(cfg, VC_CFG_PYTORCH_CUDA_ALLOC_CONF, big), VC_OK);
+    big[511] = 'x';
+    big[512] = '\0';
+    assert_int_equal(vc_config_set(cfg, VC_CFG_PYTORCH_CUDA_ALLOC_CONF, big), VC_ERR_CONFIG);
+    assert_non_null(strstr(vc_last_error(), "at most 511 characters"));
+    free(s);
+    vc_config_destroy(back);
+    vc_config_destroy(cfg);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_defaults, setup),
@@ -685,6 +719,7 @@ int main(void) {
         cmocka_unit_test_setup(test_lowvram_medvram_flags, setup),
         cmocka_unit_test_setup(test_backend_and_cache_from_config, setup),
         cmocka_unit_test_setup(test_show_names_sources, setup),
+        cmocka_unit_test_setup(test_show_round_trips_free_text, setup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -46,7 +46,12 @@
 #define gpuGetDeviceProperties hipGetDeviceProperties
 #define gpuPointerAttributes hipPointerAttribute_t
 #define gpuPointerGetAttributes hipPointerGetAttributes
+/* HIP 6 renamed hipPointerAttribute_t's memoryType to type (as CUDA 11 had done) */
+#if HIP_VERSION_MAJOR >= 6
+#define GPU_ATTR_IS_PINNED(a) ((a).type == hipMemoryTypeHost)
+#else
 #define GPU_ATTR_IS_PINNED(a) ((a).memoryType == hipMemoryTypeHost)
+#endif
 #define gpuGetLastError hipGetLastError
 #else
 #include <cuda_runtime_api.h>

@@ -56,6 +56,10 @@ if want bench; then
   # (each UNet fits, not both: planned apart, each loads once per image)
   step denoiser_sdxl_refiner 240 ./build-gpu/bench/bench_gpu_denoiser --workload workloads/sdxl-refiner-images.yaml \
     --budget-gb 5 --steps 4 --json
+  # images in a row whose text encoder's embedding streams outside the cycle's region (session 10):
+  # SD 1.5 + ControlNet at 8 LCM steps, 2 GB for weights (a 5 GB card)
+  step denoiser_lcm_images 240 ./build-gpu/bench/bench_gpu_denoiser \
+    --workload workloads/sd15-controlnet-lcm-images.yaml --budget-gb 2 --steps 8 --json
 fi
 if want bench || want headline; then
   # the headline: FLUX.1-dev on a 12 GB card (the device capped, 3 GB working memory, dynamic budget)
@@ -78,6 +82,6 @@ fi
 [ -n "${VC_GPU_HOTPATH:-}" ] && step bench_hotpath 120 ./build-gpu/bench/bench_hotpath
 tar -czf "$out/gpu-logs.tgz" -C /tmp vc-gpu-logs; cp "$logs/steps.txt" "$logs/gpu.txt" "$out/"
 cat "$logs/gpu.txt" "$logs/steps.txt"
-for f in test_gpu core_on_cuda bench_gpu bench_gpu_denoiser denoiser_sdxl denoiser_sd15 denoiser_sd15_controlnet denoiser_sd15_seqcfg denoiser_sdxl_refiner nsys_stats; do [ -f "$logs/$f.txt" ] && { echo "== $f"; tail -25 "$logs/$f.txt"; }; done
+for f in test_gpu core_on_cuda bench_gpu bench_gpu_denoiser denoiser_sdxl denoiser_sd15 denoiser_sd15_controlnet denoiser_sd15_seqcfg denoiser_sdxl_refiner denoiser_lcm_images nsys_stats; do [ -f "$logs/$f.txt" ] && { echo "== $f"; tail -25 "$logs/$f.txt"; }; done
 grep -h "^nvtx:" "$logs"/nvtx_*.txt 2>/dev/null || true
 grep -h -E "FAILED|ERROR SUMMARY|tests passed" "$logs"/ctest.txt "$logs"/core_on_cuda.txt "$logs"/sanitizer_*.txt 2>/dev/null | sort | uniq -c || true

@@ -365,6 +365,11 @@ layer_t *vc__sched_victim(vc_cache *c, const layer_t *for_layer, size_t max_dist
 /** Whether x may go to make room for `asking` without touching the plan's kept layers: it is of an
  *  idle model or one with no order, or a streamed layer needed later than max_distance. */
 int vc__sched_streamable(vc_cache *c, const layer_t *asking, size_t max_distance, layer_t *x);
+/** Which RAM copy to drop for room (planned policy), among those `droppable` allows, `exclude`
+ *  aside: one of a model not in use or without an order (least recently used first), else the
+ *  one needed furthest ahead (Belady: a denoiser's pass that streams more than the RAM cache
+ *  holds then re-reads only the excess each pass, where LRU re-read all of it). NULL: none. */
+layer_t *vc__sched_ram_victim(vc_cache *c, const layer_t *exclude, int (*droppable)(vc_cache *, layer_t *));
 /** After an acquire: follow or learn the order, then prefetch. */
 void vc__sched_on_acquire(vc_cache *c, layer_t *l);
 /** After the last release of a layer (sequential mode evicts it). */

@@ -296,8 +296,12 @@ static int ram_reserve(vc_cache *c, size_t bytes, const layer_t *exclude, const 
     }
     drain_deferred(c, 0, NULL);
     layer_t *x = c->ram_lru.head;
+    int planned = c->policy == VC_POLICY_PLANNED;
     while (c->ram_bytes > c->ram_budget - bytes) {
-        while (x && (x == exclude || !ram_droppable(c, x))) x = x->rnext;
+        if (planned)
+            x = vc__sched_ram_victim(c, exclude, ram_droppable);
+        else
+            while (x && (x == exclude || !ram_droppable(c, x))) x = x->rnext;
         if (!x) {
             if (c->deferred) {
                 drain_deferred(c, 1, NULL);

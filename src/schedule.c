@@ -152,6 +152,28 @@ layer_t *vc__sched_victim(vc_cache *c, const layer_t *for_layer, size_t max_dist
     return NULL;
 }
 
+layer_t *vc__sched_ram_victim(vc_cache *c, const layer_t *exclude, int (*droppable)(vc_cache *, layer_t *)) {
+    const model_t *asking = exclude ? vc__plan_model(exclude) : NULL;
+    layer_t *best = NULL;
+    size_t best_d = 0;
+    for (layer_t *x = c->ram_lru.head; x; x = x->rnext) {
+        if (x == exclude || !droppable(c, x)) continue;
+        const model_t *xm = vc__plan_model(x);
+        if (!order_known(xm) || !x->in_order || (asking && !model_active(c, xm, asking))) return x;
+        /* A copy is needed at the layer's next upload: not within the pass for a kept layer in VRAM;
+         * after its next use for one uploaded ahead and not used yet (it leaves after that use and
+         * comes back); else at its next use (a streamed layer used this pass has left the ring, or
+         * will have, by then). */
+        size_t d = distance_of(x);
+        if (x->vblock && x->keep)
+            d = VC_ANY_DISTANCE;
+        else if (x->vblock && x->prefetched)
+            d += xm->order_n;
+        if (!best || d > best_d) best = x, best_d = d;
+    }
+    return best;
+}
+
 int vc__sched_streamable(vc_cache *c, const layer_t *asking, size_t max_distance, layer_t *x) {
     if (!vc__evictable(c, x)) return 0;
     const model_t *xm = vc__plan_model(x);

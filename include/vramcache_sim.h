@@ -117,6 +117,11 @@ typedef struct vc_sim_run {
      *  releases them (as an engine that runs a whole block at a time); 0 or 1: one layer at a time
      *  (default). At most 64. */
     unsigned block_layers;
+    /** The machine's RAM (added after the first release; a program built before it gets 0). With
+     *  it, and no max_cache_ram_gb in the config, the RAM cache gets the default budget a real
+     *  cache would on that machine (vc_default_ram_budget, InvokeAI's rules); 0: the RAM cache
+     *  never limits the run (unless the config sets max_cache_ram_gb). */
+    double system_ram_bytes;
 } vc_sim_run;
 
 VC_API void vc_sim_run_init(vc_sim_run *run);
@@ -141,6 +146,10 @@ typedef struct vc_sim_result {
     size_t usable_vram_bytes;          /**< the weight limit the cache had (the least over the step's
                                             passes when they reserve their own working memory) */
     size_t peak_vram_bytes, peak_ram_bytes;
+    /** Bytes the layers' loaders produced per step (read from disk by a real engine): 0 once the
+     *  RAM cache holds what the step streams; above 0 when its budget (max_cache_ram_gb) cannot. */
+    double loaded_bytes_per_step;
+    size_t ram_budget_bytes; /**< the RAM cache's budget in the run */
     int steps;
     /** Empty on success; else why the run failed (the cache's whole message: 256 bytes cut the
      *  longer ones off mid-word). */

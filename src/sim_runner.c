@@ -5,6 +5,8 @@
  * over the second half of the denoiser's steps: the steady state, after the first passes have
  * loaded, learned the order and laid the device out.
  */
+#include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -105,7 +107,16 @@ static double segment_bound(const vc_workload *wl, const vc_sim_run *run, double
 int vc_sim_run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_result *res) {
     if (!res) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_sim_run_workload: result is NULL");
     memset(res, 0, sizeof(*res));
+    /* A program built before system_ram_bytes passes the first release's size: give it the default. */
+    vc_sim_run sized;
+    if (run && run->struct_size == offsetof(vc_sim_run, system_ram_bytes)) {
+        vc_sim_run_init(&sized);
+        memcpy(&sized, run, run->struct_size);
+        sized.struct_size = sizeof sized;
+        run = &sized;
+    }
     if (!wl || !run || run->struct_size != sizeof(*run) || !(run->vram_bytes > 0) || !(run->bandwidth > 0) ||
+        !(run->system_ram_bytes >= 0) || !isfinite(run->system_ram_bytes) ||
         !(run->flops > 0) || run->steps < 0 || run->mode > VC_OFFLOAD_MODE_BALANCED || run->block_layers > 64) {
         snprintf(res->error, sizeof res->error, "invalid run parameters");
         return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_sim_run_workload: %s", res->error);
@@ -127,9 +138,13 @@ int vc_sim_run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_res
     if (run->mode >= 0) o.offload_mode = (vc_offload_mode)run->mode;
     o.policy = run->policy;
     o.backend = e.sim;
-    /* The host side is virtual too: without an explicit budget, RAM never limits the simulation. */
+    /* The host side is virtual too: without an explicit budget, RAM limits the simulation only as
+     * the default budget for the machine's RAM would, when the run says how much it has. */
     if (!run->config || vc__cfg_effective(run->config, VC_CFG_MAX_CACHE_RAM_GB, NULL)->is_null)
-        o.ram_budget = sat_add(vc_workload_total_bytes(wl), VC_GB);
+        o.ram_budget = run->system_ram_bytes >= 1
+                           ? vc_default_ram_budget((size_t)run->system_ram_bytes, (size_t)run->vram_bytes,
+                                                   o.vram_budget, o.working_mem, NULL, 0)
+                           : sat_add(vc_workload_total_bytes(wl), VC_GB);
     vc_layer_id **ids = calloc(wl->nmodels, sizeof(*ids));
     if (!ids || (st = vc_cache_create(&o, &e.cache)) != VC_OK) {
         snprintf(res->error, sizeof res->error, "%s", vc_last_error());
@@ -252,6 +267,7 @@ int vc_sim_run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_res
         res->steps = steps;
         res->step_time_s = (t_last - t_first) / n;
         res->bytes_per_step = (double)(last.bytes_h2d - first.bytes_h2d) / n;
+        res->loaded_bytes_per_step = (double)(last.bytes_loaded - first.bytes_loaded) / n;
         res->hits_per_step = (double)(last.hits - first.hits) / n;
         res->misses_per_step = (double)(last.misses - first.misses) / n;
         res->compute_time_s = compute;
@@ -276,6 +292,7 @@ int vc_sim_run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_res
         res->total_time_s = vc_sim_now(e.sim);
         res->peak_vram_bytes = end.arena_peak_bytes;
         res->peak_ram_bytes = end.ram_peak_bytes;
+        res->ram_budget_bytes = end.ram_budget;
     }
     for (size_t i = 0; i < wl->nmodels; i++) free(ids[i]);
     free(ids);

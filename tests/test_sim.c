@@ -757,6 +757,40 @@ static void test_planner_region_not_sized_for_once_used_layers(void **state) {
     planner_guard("sd15-controlnet-lcm-images.yaml", 5.0, 0, 1.12, 1.135);
 }
 
+/* A run told the machine's RAM gives the RAM cache the default budget a real cache would get
+ * there (InvokeAI's rules: on a 12 GB card, 9 GB however much RAM), and reports what the loaders
+ * read again each step because it cannot hold what the step streams: FLUX.1-dev's transformer
+ * streams 13.5 GB per step, so at least 4.5 GB come from disk each step (Belady in the RAM cache:
+ * least recently used first it was all 13.5). A program built before the field passes the older
+ * size and runs as before, RAM unlimited. */
+static void test_run_with_machine_ram(void **state) {
+    (void)state;
+    vc_workload *wl = load_shipped("flux1-dev.yaml", NULL);
+    vc_sim_run run;
+    vc_sim_run_init(&run);
+    run.vram_bytes = 12.0 * (double)GB;
+    run.mode = VC_OFFLOAD_MODE_BALANCED;
+    run.steps = 6;
+    run.denoiser_only = 1;
+    run.system_ram_bytes = 64.0 * (double)GB;
+    vc_sim_result r;
+    assert_int_equal(vc_sim_run_workload(wl, &run, &r), VC_OK);
+    assert_int_equal(r.ram_budget_bytes, 9 * GB);
+    double floor_bytes = r.bytes_per_step - 9.0 * (double)GB; /* what streams, less what RAM holds */
+    if (!(r.loaded_bytes_per_step >= floor_bytes && r.loaded_bytes_per_step <= floor_bytes * 1.1))
+        fail_msg("loaders read %.3f GB per step; streamed %.3f GB through a 9 GB RAM cache",
+                 r.loaded_bytes_per_step / (double)GB, r.bytes_per_step / (double)GB);
+    assert_true(r.peak_ram_bytes <= 9 * GB);
+    /* the first release's layout: no RAM limit, nothing read again */
+    run.struct_size = offsetof(vc_sim_run, system_ram_bytes);
+    assert_int_equal(vc_sim_run_workload(wl, &run, &r), VC_OK);
+    assert_true(r.loaded_bytes_per_step == 0 && r.ram_budget_bytes > 22 * GB);
+    run.struct_size = sizeof run;
+    run.system_ram_bytes = -1;
+    assert_int_equal(vc_sim_run_workload(wl, &run, &r), VC_ERR_INVALID_ARG);
+    vc_workload_destroy(wl);
+}
+
 /* A traced run whose backend reports an event's time only once it has completed (as a GPU's; here
  * the fault wrapper's vc_fault_late_event_times over the simulator): copies are queued and written
  * when they have run, with the same start and duration as when the times are known at once: the
@@ -926,6 +960,7 @@ int main(void) {
         cmocka_unit_test(test_shipped_workloads),
         cmocka_unit_test(test_planner_base_then_refiner),
         cmocka_unit_test(test_planner_region_not_sized_for_once_used_layers),
+        cmocka_unit_test(test_run_with_machine_ram),
         cmocka_unit_test(test_segment_bound),
         cmocka_unit_test(test_run_reports_segment_bound),
         cmocka_unit_test(test_run_too_long_to_time),

@@ -6,9 +6,9 @@
  *   vramcache config show [FILE]    effective settings as YAML with where each value came from
  *   vramcache simulate --workload FILE --vram-gb X --bandwidth-gbps B [--tflops T] [--steps N]
  *                      [--policy lru|planned] [--mode none|model|sequential|balanced]
- *                      [--config invokeai.yaml] [--json] [--trace FILE] [--block-layers K]
+ *                      [--config invokeai.yaml] [--json] [--trace FILE] [--block-layers K] [--ram-gb R]
  *   vramcache plan --workload FILE --vram-gb X --bandwidth-gbps B [--tflops T] [--steps N] [--json]
- *                  [--config invokeai.yaml] [--block-layers K]
+ *                  [--config invokeai.yaml] [--block-layers K] [--ram-gb R]
  *   vramcache version
  */
 #include <math.h>
@@ -32,10 +32,13 @@ static int usage(FILE *f) {
                "       vramcache simulate --workload FILE --vram-gb X --bandwidth-gbps B [--tflops T] [--steps N]\n"
                "                          [--policy lru|planned] [--mode none|model|sequential|balanced]\n"
                "                          [--config invokeai.yaml] [--json] [--trace FILE] [--block-layers K]\n"
+               "                          [--ram-gb R]\n"
                "       vramcache plan --workload FILE --vram-gb X --bandwidth-gbps B [--tflops T] [--steps N] [--json]\n"
-               "                      [--config invokeai.yaml] [--block-layers K]\n"
+               "                      [--config invokeai.yaml] [--block-layers K] [--ram-gb R]\n"
                "       vramcache version\n"
                "--block-layers K: the engine holds K consecutive layers at once and runs them as one kernel.\n"
+               "--ram-gb R: the machine's RAM; without max_cache_ram_gb in the config the RAM cache gets the\n"
+               "  default budget for it (InvokeAI's rules), and what it cannot hold is read again by loaders.\n"
                "GB of memory are 2^30 bytes (as in invokeai.yaml); link speeds are GB/s of 10^9 bytes.\n");
     return f == stderr ? 2 : 0;
 }
@@ -80,7 +83,7 @@ static const char *const MODES[] = {"none", "model", "sequential", "balanced"};
 
 typedef struct sim_args {
     const char *workload, *config, *trace;
-    double vram_gb, bandwidth_gbps, tflops;
+    double vram_gb, bandwidth_gbps, tflops, ram_gb;
     int steps, json, mode;
     unsigned block_layers;
     vc_policy policy;
@@ -115,7 +118,7 @@ static int parse_sim_args(int argc, char **argv, int first, sim_args *a, int all
             int run_only; /* simulate's, not plan's */
         } KNOWN[] = {{"--workload", 0}, {"--vram-gb", 0}, {"--bandwidth-gbps", 0}, {"--tflops", 0},
                      {"--steps", 0},    {"--block-layers", 0}, {"--config", 0}, {"--policy", 1},
-                     {"--mode", 1},     {"--trace", 1}};
+                     {"--mode", 1},     {"--trace", 1},        {"--ram-gb", 0}};
         int known = 0;
         for (size_t k = 0; k < sizeof KNOWN / sizeof KNOWN[0]; k++)
             known |= !strcmp(f, KNOWN[k].name) && (allow_run_opts || !KNOWN[k].run_only);
@@ -134,6 +137,8 @@ static int parse_sim_args(int argc, char **argv, int first, sim_args *a, int all
             if (parse_number_arg(f, v, 0.001, 1048576, &a->vram_gb)) return -1;
         } else if (!strcmp(f, "--bandwidth-gbps")) {
             if (parse_number_arg(f, v, 0.001, 100000, &a->bandwidth_gbps)) return -1;
+        } else if (!strcmp(f, "--ram-gb")) {
+            if (parse_number_arg(f, v, 1, 1048576, &a->ram_gb)) return -1;
         } else if (!strcmp(f, "--tflops")) {
             if (parse_number_arg(f, v, 0.001, 1e6, &a->tflops)) return -1;
         } else if (!strcmp(f, "--steps")) {
@@ -207,6 +212,7 @@ static void run_init_from(const sim_args *a, const vc_config *cfg, vc_sim_run *r
     r->mode = a->mode;
     r->config = cfg;
     r->trace_path = a->trace;
+    r->system_ram_bytes = a->ram_gb * GIB;
 }
 
 /* Parses the options and loads the workload and config: 0 when ready, else the exit code. */
@@ -220,6 +226,12 @@ static int open_inputs(int argc, char **argv, int run_opts, sim_args *a, vc_work
         return 1;
     }
     return 0;
+}
+
+/* Does the config set max_cache_ram_gb? */
+static int ram_budget_set(const vc_config *cfg) {
+    double gb;
+    return cfg && vc_config_get_number(cfg, VC_CFG_MAX_CACHE_RAM_GB, &gb) == VC_OK;
 }
 
 static int cmd_simulate(int argc, char **argv) {
@@ -254,12 +266,14 @@ static int cmd_simulate(int argc, char **argv) {
                "\"bytes_per_step\":%.0f,\"lower_bound_bytes_per_step\":%.0f,\"step_time_s\":%.6f,"
                "\"lower_bound_step_time_s\":%.6f,\"segment_bound_step_time_s\":%.6f,\"compute_time_s\":%.6f,"
                "\"hits_per_step\":%.1f,"
-               "\"misses_per_step\":%.1f,\"total_time_s\":%.6f,\"peak_vram_bytes\":%zu,\"peak_ram_bytes\":%zu}\n",
+               "\"misses_per_step\":%.1f,\"total_time_s\":%.6f,\"peak_vram_bytes\":%zu,\"peak_ram_bytes\":%zu,"
+               "\"loaded_bytes_per_step\":%.0f}\n",
                a.vram_gb, a.bandwidth_gbps, a.tflops, res.steps,
                a.policy == VC_POLICY_LRU ? "lru" : "planned", MODES[mode], res.usable_vram_bytes,
                vc_workload_step_bytes(wl), res.bytes_per_step, res.lower_bound_bytes_per_step, res.step_time_s,
                res.lower_bound_step_time_s, res.segment_bound_step_time_s, res.compute_time_s, res.hits_per_step,
-               res.misses_per_step, res.total_time_s, res.peak_vram_bytes, res.peak_ram_bytes);
+               res.misses_per_step, res.total_time_s, res.peak_vram_bytes, res.peak_ram_bytes,
+               res.loaded_bytes_per_step);
     } else {
         double lbb = res.lower_bound_bytes_per_step;
         printf("workload %s: denoiser %.2f GB per step, %d steps\n", vc_workload_name(wl),
@@ -268,6 +282,9 @@ static int cmd_simulate(int argc, char **argv) {
                a.vram_gb, (double)res.usable_vram_bytes / GIB, a.bandwidth_gbps, a.tflops,
                a.policy == VC_POLICY_LRU ? "lru" : "planned", MODES[mode]);
         if (a.block_layers > 1) printf("engine: %u layers held at once, run as one kernel\n", a.block_layers);
+        if (a.ram_gb > 0 || ram_budget_set(cfg))
+            printf("RAM cache budget %.2f GB (%s)\n", (double)res.ram_budget_bytes / GIB,
+                   ram_budget_set(cfg) ? "max_cache_ram_gb" : "the default for this much RAM: --ram-gb");
         printf("per denoising step, steady state:\n");
         char ratio[32] = "n/a (fits)";
         if (lbb > 0) snprintf(ratio, sizeof ratio, "%.3f", res.bytes_per_step / lbb);
@@ -284,6 +301,10 @@ static int cmd_simulate(int argc, char **argv) {
         printf("  hits %.1f, misses %.1f per step; peak VRAM %.2f GB, peak RAM pool %.2f GB; pipeline %.2f s\n",
                res.hits_per_step, res.misses_per_step, (double)res.peak_vram_bytes / GIB,
                (double)res.peak_ram_bytes / GIB, res.total_time_s);
+        if (res.loaded_bytes_per_step > 0)
+            printf("  loaders read %.3f GB per step: the RAM cache (max_cache_ram_gb) does not hold what the step "
+                   "streams, so a real engine reads it from disk again (not timed here)\n",
+                   res.loaded_bytes_per_step / GIB);
         if (a.trace) printf("trace written to %s\n", a.trace);
     }
     vc_workload_destroy(wl);
@@ -340,10 +361,11 @@ static int cmd_plan(int argc, char **argv) {
         }
         printf("},\"recommended\":{\"offload_mode\":\"%s\",\"device_working_mem_gb\":%g,"
                "\"max_cache_vram_gb\":null,\"max_cache_vram_gb_largest_safe\":%.2f,\"enable_partial_loading\":%s},"
-               "\"best_possible_step_time_s\":%.6f}\n",
+               "\"best_possible_step_time_s\":%.6f,\"loaded_bytes_per_step\":%.0f,\"ram_budget_bytes\":%zu}\n",
                best >= 0 ? MODES[best] : "none", work_gb, safe > 0 ? safe : 0,
                best == VC_OFFLOAD_MODE_BALANCED || best == VC_OFFLOAD_MODE_SEQUENTIAL ? "true" : "false",
-               best >= 0 ? res[best].segment_bound_step_time_s : 0.0);
+               best >= 0 ? res[best].segment_bound_step_time_s : 0.0, best >= 0 ? res[best].loaded_bytes_per_step : 0.0,
+               best >= 0 ? res[best].ram_budget_bytes : (size_t)0);
     } else {
         double resident = best >= 0 ? res[best].compute_time_s : 0;
         printf("plan for %s on a %.1f GB GPU, %.1f GB/s link, %.1f TFLOP/s (working memory %.1f GB%s)\n",
@@ -374,6 +396,33 @@ static int cmd_plan(int argc, char **argv) {
             printf("  device_working_mem_gb: %g\n", work_gb);
             printf("  # max_cache_vram_gb: leave unset (dynamic); if you set it, at most %.1f (GPU - working memory)\n",
                    safe > 0 ? safe : 0);
+            if (res[best].loaded_bytes_per_step > 0) {
+                /* The RAM cache cannot hold what a step streams: each step re-reads the excess from
+                 * disk. Say how much would hold it, and whether this machine has it to spare. */
+                double need = ceil((double)res[best].ram_budget_bytes / GIB + res[best].loaded_bytes_per_step / GIB + 0.5);
+                double spare = a.ram_gb - 4; /* the OS and the engine itself */
+                if (a.ram_gb <= 0 || need <= spare) {
+                    /* the best mode again with that budget: what the user gets after the change */
+                    char gb[32];
+                    snprintf(gb, sizeof gb, "%g", need);
+                    vc_config_set(cfg, VC_CFG_MAX_CACHE_RAM_GB, gb);
+                    vc_sim_run r;
+                    a.mode = best;
+                    run_init_from(&a, cfg, &r);
+                    vc_sim_result with;
+                    printf("  max_cache_ram_gb: %g  # the RAM cache of %.1f GB re-reads %.2f GB from disk every step",
+                           need, (double)res[best].ram_budget_bytes / GIB, res[best].loaded_bytes_per_step / GIB);
+                    if (vc_sim_run_workload(wl, &r, &with) == VC_OK && with.loaded_bytes_per_step == 0) {
+                        printf("; with %g GB none, and %.3f s per step\n", need, with.step_time_s);
+                        res[best] = with;
+                    } else {
+                        printf("\n");
+                    }
+                } else
+                    printf("  # max_cache_ram_gb: %.0f or more would stop %.2f GB of disk reads per step, but this "
+                           "machine's %.0f GB of RAM cannot spare it\n",
+                           need, res[best].loaded_bytes_per_step / GIB, a.ram_gb);
+            }
             /* What no schedule can beat with this much VRAM and this link: tells a user whether the
              * remaining gap is the scheduler's or the hardware's. */
             printf("no offloading scheme can beat %.3f s per step on this GPU and link (%.1f%% of resident speed); "

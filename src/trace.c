@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "cache_internal.h"
+#include "json_string.h"
 
 /* A copy whose device times are not known yet (a GPU's events are stamped when they complete). */
 typedef struct pending_copy {
@@ -41,20 +42,6 @@ double vc__trace_now(vc_cache *c) {
     return t ? mono() - t->t0 : 0.0;
 }
 
-/* JSON string body: quotes, backslashes and control characters escaped. */
-static void put_json_string(FILE *f, const char *s) {
-    fputc('"', f);
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\')
-            fprintf(f, "\\%c", ch);
-        else if (ch < 0x20)
-            fprintf(f, "\\u%04x", ch);
-        else
-            fputc(ch, f);
-    }
-    fputc('"', f);
-}
 
 static FILE *begin_event(vc_cache *c) {
     trace_writer *t = c->trace;
@@ -73,9 +60,9 @@ static void write_copy(vc_cache *c, const char *what, const char *name, const ch
     if (!f) return;
     fprintf(f, "{\"ph\":\"X\",\"pid\":1,\"tid\":%d,\"ts\":%.3f,\"dur\":%.3f,\"cat\":\"%s\",\"name\":",
             strcmp(what, "writeback") ? TID_H2D : TID_D2H, start * 1e6, (end - start) * 1e6, what);
-    put_json_string(f, name);
+    json_put_string(f, name);
     fprintf(f, ",\"args\":{\"model\":");
-    put_json_string(f, model);
+    json_put_string(f, model);
     fprintf(f, ",\"bytes\":%zu}}", bytes);
 }
 
@@ -158,9 +145,9 @@ void vc__trace_instant(vc_cache *c, const char *what, const layer_t *l, const ch
     if (!f) return;
     fprintf(f, "{\"ph\":\"i\",\"s\":\"t\",\"pid\":1,\"tid\":%d,\"ts\":%.3f,\"cat\":\"%s\",\"name\":", TID_EVICT,
             vc__trace_now(c) * 1e6, what);
-    put_json_string(f, l->name);
+    json_put_string(f, l->name);
     fprintf(f, ",\"args\":{\"model\":");
-    put_json_string(f, l->model->name);
+    json_put_string(f, l->model->name);
     fprintf(f, ",\"reason\":\"%s\",\"bytes\":%zu}}", reason, l->bytes);
 }
 
@@ -170,7 +157,7 @@ void vc__trace_async(vc_cache *c, const char *cat, const char *name, uint64_t id
     fprintf(f, "{\"ph\":\"%s\",\"pid\":1,\"tid\":%d,\"ts\":%.3f,\"cat\":\"%s\",\"id\":\"%llx\",\"name\":",
             begin ? "b" : "e", strcmp(cat, "hold") ? TID_RESERVE : TID_HOLDS, ts * 1e6, cat,
             (unsigned long long)id);
-    put_json_string(f, name);
+    json_put_string(f, name);
     fputc('}', f);
 }
 
@@ -226,9 +213,9 @@ int vc_cache_trace_span(vc_cache *c, const char *track, const char *name, double
     if (f) {
         fprintf(f, "{\"ph\":\"X\",\"pid\":1,\"tid\":%d,\"ts\":%.3f,\"dur\":%.3f,\"cat\":", TID_ENGINE, start_s * 1e6,
                 duration_s * 1e6);
-        put_json_string(f, track ? track : "engine");
+        json_put_string(f, track ? track : "engine");
         fputs(",\"name\":", f);
-        put_json_string(f, name);
+        json_put_string(f, name);
         fputc('}', f);
     }
     pthread_mutex_unlock(&c->lock);

@@ -1,5 +1,6 @@
-/* Writing JSON strings from the command-line tools and benchmarks: names come from users' files
- * (a workload called `my "fast" model`) and reasons from drivers, so every string is escaped. */
+/* Writing JSON strings (traces, and the --json output of the tools and benchmarks): names come
+ * from users' files (a workload called `my "fast" model`) and reasons from drivers, so every
+ * string is escaped. Header-only, so the tools outside the library share it. */
 #ifndef VC_JSON_STRING_H
 #define VC_JSON_STRING_H
 

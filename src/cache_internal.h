@@ -63,6 +63,7 @@ struct vc_layer_rec {
     /* device copy */
     arena_block *vblock;
     int in_stream; /* vblock lies in the streaming region (c->sarena) */
+    int loaded_before; /* its loader has run: a later run reads it again (RAM cache too small) */
     layer_t *vprev, *vnext; /* VRAM LRU (unheld layers with a device copy) */
     unsigned holds;
     uint64_t last_use; /* c->use_clock at the latest acquire */
@@ -247,6 +248,7 @@ struct vc_cache {
     size_t reserved_sum;  /* bytes of active reservations */
     size_t buffer_bytes;  /* device bytes of reservation buffers the cache allocated */
     size_t ram_bytes;     /* RAM-pool bytes, including deferred frees */
+    size_t reread_bytes;  /* bytes loaders produced again (layers loaded before), for one warning */
     uint64_t use_clock;   /* ticks once per acquire */
     vc_stats stats;
 

@@ -1172,6 +1172,22 @@ static int host_source(vc_cache *c, layer_t *l, const char *fn, const void **src
     c->stats.loads++;
     c->stats.bytes_loaded += l->bytes;
     *src = buf;
+    /* Its loader ran before: the RAM cache dropped the copy and the engine reads it again (from
+     * disk, typically). Once that has cost more than the whole budget, say so, once: a model whose
+     * pass streams more than the RAM cache holds does this every pass (InvokeAI's default budget
+     * beside a 12 GB card is 9 GB; FLUX.1-dev streams 13.5 GB per step there). */
+    if (l->loaded_before && c->reread_bytes <= c->ram_budget) {
+        c->reread_bytes += l->bytes;
+        if (c->reread_bytes > c->ram_budget) {
+            char a[32];
+            vc__log(c, VC_LOG_WARN, "loaders have read more than the whole RAM cache budget (%s) again, the "
+                    "last for layer '%s' of model '%s': the RAM cache does not hold what the models in use "
+                    "stream, so their layers are read again every pass; raise max_cache_ram_gb if the "
+                    "machine has RAM to spare (vramcache plan --ram-gb says how much a workload needs)",
+                    vc__fmt_bytes(c->ram_budget, a, sizeof a), l->name, l->model->name);
+        }
+    }
+    l->loaded_before = 1;
     return VC_OK;
 }
 

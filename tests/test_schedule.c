@@ -1101,7 +1101,12 @@ static void test_once_used_layer_outside_region(void **state) {
  * loader again every pass. Dropping the copy needed furthest ahead (kept layers in VRAM first)
  * re-reads only what does not fit: the plan streams 13 of the 16 layers, the RAM cache holds 8
  * copies, and a pass now calls 5 loaders (13 with the copies dropped least recently used first,
- * 16 under the LRU policy, which keeps that order). Checks every layer's bytes at every acquire. */
+ * 16 under the LRU policy, which keeps that order), and the cache warns once that loaders re-read
+ * what the RAM cache cannot hold. Checks every layer's bytes at every acquire. */
+static void count_reread_warnings(void *user, vc_log_level level, const char *msg) {
+    if (level == VC_LOG_WARN && strstr(msg, "RAM cache does not hold what the models in use stream")) ++*(int *)user;
+}
+
 static void ram_cache_pass_loads(vc_policy policy, int *loads_per_pass) {
     enum { N = 16, PASSES = 8 };
     vc_sim_params p;
@@ -1111,6 +1116,9 @@ static void ram_cache_pass_loads(vc_policy policy, int *loads_per_pass) {
     assert_int_equal(vc_backend_sim_create(&p, &sim), VC_OK);
     vc_cache_options o = sched_options(sim, VC_OFFLOAD_MODE_BALANCED, policy);
     o.ram_budget = 8 * 16 * KB; /* RAM holds 8 copies */
+    int warnings = 0;
+    o.log_fn = count_reread_warnings;
+    o.log_user = &warnings;
     o.arena_segment_bytes = 16 * KB;
     vc_cache *c;
     assert_int_equal(vc_cache_create(&o, &c), VC_OK);
@@ -1140,6 +1148,7 @@ static void ram_cache_pass_loads(vc_policy policy, int *loads_per_pass) {
     int after = 0;
     for (int i = 0; i < N; i++) after += ld[i].calls;
     *loads_per_pass = after - before; /* the last pass */
+    assert_int_equal(warnings, 1); /* said once: the loaders re-read more than the budget */
     assert_int_equal(vc_cache_destroy(c), VC_OK);
     assert_no_hazard(sim);
     vc_backend_destroy(sim);

@@ -312,6 +312,13 @@ static int cmd_simulate(int argc, char **argv) {
     return st == VC_OK ? 0 : 1;
 }
 
+/* A log sink that passes errors only (a cache's own level, WARN by default, still decides what
+ * reaches the sink). */
+static void errors_only(void *user, vc_log_level level, const char *msg) {
+    (void)user;
+    if (level == VC_LOG_ERROR) fprintf(stderr, "vramcache: error: %s\n", msg);
+}
+
 static int cmd_plan(int argc, char **argv) {
     sim_args a;
     vc_workload *wl;
@@ -326,6 +333,9 @@ static int cmd_plan(int argc, char **argv) {
     snprintf(text, sizeof text, "%g", work_gb);
     vc_config_set(cfg, VC_CFG_DEVICE_WORKING_MEM_GB, text);
     vc_config_set(cfg, VC_CFG_MAX_CACHE_VRAM_GB, "null");
+    /* The runs below are what-ifs: their caches' warnings (a RAM cache too small) would repeat, mode
+     * after mode, what the recommendations say; errors still show. */
+    vc_set_log_callback(errors_only, NULL, VC_LOG_ERROR);
     vc_sim_result res[4];
     int st[4], best = -1;
     for (int m = 0; m < 4; m++) {

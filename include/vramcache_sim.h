@@ -122,6 +122,10 @@ typedef struct vc_sim_run {
      *  cache would on that machine (vc_default_ram_budget, InvokeAI's rules); 0: the RAM cache
      *  never limits the run (unless the config sets max_cache_ram_gb). */
     double system_ram_bytes;
+    /** How fast a loader reads a layer (bytes per second; the engine's thread waits for it, as
+     *  vc_layer_acquire does for a loader): 0 (default): loads take no time, and only
+     *  vc_sim_result.loaded_bytes_per_step tells what they would read. Added with system_ram_bytes. */
+    double disk_bytes_per_s;
 } vc_sim_run;
 
 VC_API void vc_sim_run_init(vc_sim_run *run);

@@ -30,9 +30,17 @@ void vc_sim_run_init(vc_sim_run *r) {
     r->mode = -1;
 }
 
-/* A loader for simulated layers: the bytes are virtual, so there is nothing to read. */
+/* A loader for simulated layers: the bytes are virtual, so there is nothing to read; with a disk
+ * speed the engine's thread (the host) waits as long as reading them would take. */
+typedef struct disk {
+    vc_backend *sim;
+    double bytes_per_s;
+} disk;
+
 static int no_bytes(void *user, vc_layer_id layer, void *dst, size_t bytes) {
-    (void)user, (void)layer, (void)dst, (void)bytes;
+    (void)layer, (void)dst;
+    const disk *d = user;
+    if (d->bytes_per_s > 0) vc_sim_wait_until(d->sim, vc_sim_now(d->sim) + (double)bytes / d->bytes_per_s);
     return 0;
 }
 
@@ -116,7 +124,8 @@ int vc_sim_run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_res
         run = &sized;
     }
     if (!wl || !run || run->struct_size != sizeof(*run) || !(run->vram_bytes > 0) || !(run->bandwidth > 0) ||
-        !(run->system_ram_bytes >= 0) || !isfinite(run->system_ram_bytes) ||
+        !(run->system_ram_bytes >= 0) || !isfinite(run->system_ram_bytes) || !(run->disk_bytes_per_s >= 0) ||
+        !isfinite(run->disk_bytes_per_s) ||
         !(run->flops > 0) || run->steps < 0 || run->mode > VC_OFFLOAD_MODE_BALANCED || run->block_layers > 64) {
         snprintf(res->error, sizeof res->error, "invalid run parameters");
         return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_sim_run_workload: %s", res->error);
@@ -130,6 +139,7 @@ int vc_sim_run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_res
     engine e = {.flops = run->flops, .block = run->block_layers > 1 ? run->block_layers : 1};
     int st = vc_backend_sim_create(&sp, &e.sim);
     if (st != VC_OK) return st;
+    disk dk = {e.sim, run->disk_bytes_per_s};
     vc_cache_options o;
     vc_cache_options_init(&o);
     if (run->config) vc_config_apply(run->config, &o);
@@ -162,6 +172,7 @@ int vc_sim_run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_res
         if (st == VC_OK) st = vc_model_register(e.cache, m->name, &mid);
         for (size_t j = 0; j < m->n && st == VC_OK; j++) {
             vc_layer_desc d = {.name = m->layers[j].name, .bytes = m->layers[j].bytes, .loader = no_bytes,
+                               .loader_user = &dk,
                                .cost = m->layers[j].flops};
             st = vc_layer_register(e.cache, mid, &d, &ids[i][j]);
         }

@@ -761,11 +761,16 @@ static void test_planner_region_not_sized_for_once_used_layers(void **state) {
  * there (InvokeAI's rules: on a 12 GB card, 9 GB however much RAM), and reports what the loaders
  * read again each step because it cannot hold what the step streams: FLUX.1-dev's transformer
  * streams 13.5 GB per step, so at least 4.5 GB come from disk each step (Belady in the RAM cache:
- * least recently used first it was all 13.5). A program built before the field passes the older
- * size and runs as before, RAM unlimited. */
+ * least recently used first it was all 13.5), and with a disk speed the step waits for them. A
+ * program built before the fields passes the older size and runs as before, RAM unlimited. */
+static void discard_log(void *user, vc_log_level level, const char *msg) {
+    (void)user, (void)level, (void)msg;
+}
+
 static void test_run_with_machine_ram(void **state) {
     (void)state;
     vc_workload *wl = load_shipped("flux1-dev.yaml", NULL);
+    vc_set_log_callback(discard_log, NULL, VC_LOG_ERROR); /* the too-small RAM cache's warning */
     vc_sim_run run;
     vc_sim_run_init(&run);
     run.vram_bytes = 12.0 * (double)GB;
@@ -781,6 +786,18 @@ static void test_run_with_machine_ram(void **state) {
         fail_msg("loaders read %.3f GB per step; streamed %.3f GB through a 9 GB RAM cache",
                  r.loaded_bytes_per_step / (double)GB, r.bytes_per_step / (double)GB);
     assert_true(r.peak_ram_bytes <= 9 * GB);
+    /* with a disk of 3 GB/s the engine waits for those reads: the step takes at least that long
+     * more than the loads-free run, up to the read time (the reads happen in acquire, on the
+     * engine's thread, while the device runs what it has queued) */
+    double free_loads = r.step_time_s;
+    run.disk_bytes_per_s = 3e9;
+    vc_sim_result slow;
+    assert_int_equal(vc_sim_run_workload(wl, &run, &slow), VC_OK);
+    double reads = slow.loaded_bytes_per_step / 3e9;
+    if (!(slow.step_time_s >= free_loads + 0.5 * reads && slow.step_time_s <= free_loads + 1.05 * reads))
+        fail_msg("step %.3f s with a 3 GB/s disk, %.3f s with free loads, %.3f GB read per step", slow.step_time_s,
+                 free_loads, slow.loaded_bytes_per_step / (double)GB);
+    run.disk_bytes_per_s = 0;
     /* the first release's layout: no RAM limit, nothing read again */
     run.struct_size = offsetof(vc_sim_run, system_ram_bytes);
     assert_int_equal(vc_sim_run_workload(wl, &run, &r), VC_OK);
@@ -788,6 +805,10 @@ static void test_run_with_machine_ram(void **state) {
     run.struct_size = sizeof run;
     run.system_ram_bytes = -1;
     assert_int_equal(vc_sim_run_workload(wl, &run, &r), VC_ERR_INVALID_ARG);
+    run.system_ram_bytes = 0;
+    run.disk_bytes_per_s = NAN;
+    assert_int_equal(vc_sim_run_workload(wl, &run, &r), VC_ERR_INVALID_ARG);
+    vc_set_log_callback(NULL, NULL, VC_LOG_WARN);
     vc_workload_destroy(wl);
 }
 

@@ -361,7 +361,33 @@ static int cmd_plan(int argc, char **argv) {
         res[VC_OFFLOAD_MODE_BALANCED].step_time_s <= res[best].step_time_s * 1.01)
         best = VC_OFFLOAD_MODE_BALANCED;
     double safe = a.vram_gb - work_gb;
+    /* The RAM cache cannot hold what a step streams: each step re-reads the excess from disk. How
+     * much would hold it, whether this machine has it to spare, and what the best mode then gives
+     * (`with`: what the user gets after the change; the table stays at the settings given). */
+    struct {
+        double need, budget_gb, reread_gb;
+        int fits, held;
+        vc_sim_result with;
+    } ram;
+    memset(&ram, 0, sizeof ram);
+    if (best >= 0 && res[best].loaded_bytes_per_step > 0) {
+        ram.budget_gb = (double)res[best].ram_budget_bytes / GIB;
+        ram.reread_gb = res[best].loaded_bytes_per_step / GIB;
+        ram.need = ceil(ram.budget_gb + ram.reread_gb + 0.5);
+        ram.fits = a.ram_gb <= 0 || ram.need <= a.ram_gb - 4; /* the OS and the engine itself */
+        if (ram.fits) {
+            char gb[32];
+            snprintf(gb, sizeof gb, "%g", ram.need);
+            vc_config_set(cfg, VC_CFG_MAX_CACHE_RAM_GB, gb);
+            vc_sim_run r;
+            a.mode = best;
+            run_init_from(&a, cfg, &r);
+            ram.held = vc_sim_run_workload(wl, &r, &ram.with) == VC_OK && ram.with.loaded_bytes_per_step == 0;
+        }
+    }
     if (a.json) {
+        char ram_text[32] = "null"; /* unset: the default holds what a step streams, or RAM cannot */
+        if (ram.need > 0 && ram.fits) snprintf(ram_text, sizeof ram_text, "%g", ram.need);
         printf("{\"workload\":");
         json_put_string(stdout, vc_workload_name(wl));
         printf(",\"vram_gb\":%g,\"bandwidth_gbps\":%g,\"tflops\":%g,\"modes\":{", a.vram_gb, a.bandwidth_gbps,
@@ -378,11 +404,14 @@ static int cmd_plan(int argc, char **argv) {
                 printf("}");
             }
         }
+        const vc_sim_result *rec = ram.held ? &ram.with : best >= 0 ? &res[best] : NULL;
         printf("},\"recommended\":{\"offload_mode\":\"%s\",\"device_working_mem_gb\":%g,"
-               "\"max_cache_vram_gb\":null,\"max_cache_vram_gb_largest_safe\":%.2f,\"enable_partial_loading\":%s},"
+               "\"max_cache_vram_gb\":null,\"max_cache_vram_gb_largest_safe\":%.2f,\"enable_partial_loading\":%s,"
+               "\"max_cache_ram_gb\":%s,\"step_time_s\":%.6f},"
                "\"best_possible_step_time_s\":%.6f,\"loaded_bytes_per_step\":%.0f,\"ram_budget_bytes\":%zu}\n",
                best >= 0 ? MODES[best] : "none", work_gb, safe > 0 ? safe : 0,
-               best == VC_OFFLOAD_MODE_BALANCED || best == VC_OFFLOAD_MODE_SEQUENTIAL ? "true" : "false",
+               best == VC_OFFLOAD_MODE_BALANCED || best == VC_OFFLOAD_MODE_SEQUENTIAL ? "true" : "false", ram_text,
+               rec ? rec->step_time_s : 0.0,
                best >= 0 ? res[best].segment_bound_step_time_s : 0.0, best >= 0 ? res[best].loaded_bytes_per_step : 0.0,
                best >= 0 ? res[best].ram_budget_bytes : (size_t)0);
     } else {
@@ -415,40 +444,23 @@ static int cmd_plan(int argc, char **argv) {
             printf("  device_working_mem_gb: %g\n", work_gb);
             printf("  # max_cache_vram_gb: leave unset (dynamic); if you set it, at most %.1f (GPU - working memory)\n",
                    safe > 0 ? safe : 0);
-            if (res[best].loaded_bytes_per_step > 0) {
-                /* The RAM cache cannot hold what a step streams: each step re-reads the excess from
-                 * disk. Say how much would hold it, and whether this machine has it to spare. */
-                double need = ceil((double)res[best].ram_budget_bytes / GIB + res[best].loaded_bytes_per_step / GIB + 0.5);
-                double spare = a.ram_gb - 4; /* the OS and the engine itself */
-                if (a.ram_gb <= 0 || need <= spare) {
-                    /* the best mode again with that budget: what the user gets after the change */
-                    char gb[32];
-                    snprintf(gb, sizeof gb, "%g", need);
-                    vc_config_set(cfg, VC_CFG_MAX_CACHE_RAM_GB, gb);
-                    vc_sim_run r;
-                    a.mode = best;
-                    run_init_from(&a, cfg, &r);
-                    vc_sim_result with;
-                    printf("  max_cache_ram_gb: %g  # the RAM cache of %.1f GB re-reads %.2f GB from disk every step",
-                           need, (double)res[best].ram_budget_bytes / GIB, res[best].loaded_bytes_per_step / GIB);
-                    if (vc_sim_run_workload(wl, &r, &with) == VC_OK && with.loaded_bytes_per_step == 0) {
-                        printf("; with %g GB none, and %.3f s per step\n", need, with.step_time_s);
-                        res[best] = with;
-                    } else {
-                        printf("\n");
-                    }
-                } else
-                    printf("  # max_cache_ram_gb: %.0f or more would stop %.2f GB of disk reads per step, but this "
-                           "machine's %.0f GB of RAM cannot spare it\n",
-                           need, res[best].loaded_bytes_per_step / GIB, a.ram_gb);
-            }
+            if (ram.need > 0 && ram.fits)
+                printf("  max_cache_ram_gb: %g  # the RAM cache of %.1f GB re-reads %.2f GB from disk every step%s",
+                       ram.need, ram.budget_gb, ram.reread_gb, ram.held ? "" : "\n");
+            if (ram.need > 0 && ram.fits && ram.held)
+                printf("; with %g GB none, and %.3f s per step\n", ram.need, ram.with.step_time_s);
+            if (ram.need > 0 && !ram.fits)
+                printf("  # max_cache_ram_gb: %.0f or more would stop %.2f GB of disk reads per step, but this "
+                       "machine's %.0f GB of RAM cannot spare it\n",
+                       ram.need, ram.reread_gb, a.ram_gb);
             /* What no schedule can beat with this much VRAM and this link: tells a user whether the
              * remaining gap is the scheduler's or the hardware's. */
             printf("no offloading scheme can beat %.3f s per step on this GPU and link (%.1f%% of resident speed); "
                    "the recommendation is %.1f%% slower than that\n",
                    res[best].segment_bound_step_time_s, 100.0 * resident / res[best].segment_bound_step_time_s,
                    /* at the bound to within rounding: print 0.0, not -0.0 */
-                   fmax(0.0, 100.0 * (res[best].step_time_s / res[best].segment_bound_step_time_s - 1)));
+                   fmax(0.0, 100.0 * ((ram.held ? ram.with.step_time_s : res[best].step_time_s) /
+                                          res[best].segment_bound_step_time_s - 1)));
         }
     }
     vc_workload_destroy(wl);

@@ -332,11 +332,13 @@ VC_API int vc_cache_last_error(vc_cache *cache, char *buf, size_t size);
 /** Returns the backend the cache runs on (borrowed). */
 VC_API vc_backend *vc_cache_backend(vc_cache *cache);
 
-/** Computes the default RAM budget exactly as vc_cache_create() does for VC_SIZE_AUTO, for display
- *  (vramcache config show) and tests. `system_ram`: usable RAM (cgroup limit applied);
- *  `total_vram`: the GPU's memory, 0 when there is no GPU; `vram_budget`: explicit VRAM budget or
- *  VC_SIZE_AUTO; `working_mem`: standing working memory. `why` (may be NULL) receives the rules
- *  applied, e.g. "0.5 x 24.00 GB RAM - 2 GB = 10.00 GB; floor 4 GB not needed". Never fails. */
+/** Computes InvokeAI's default RAM budget, as vc_cache_create() does for VC_SIZE_AUTO in offload
+ *  modes none and model. In balanced and sequential modes (layers stream through the RAM cache)
+ *  the cache leaves out the GPU cap of rule 2: that value is what this returns for total_vram 0.
+ *  `system_ram`: usable RAM (cgroup limit applied); `total_vram`: the GPU's memory, 0 when there
+ *  is no GPU; `vram_budget`: explicit VRAM budget or VC_SIZE_AUTO; `working_mem`: standing
+ *  working memory. `why` (may be NULL) receives the rules applied, e.g. "rule 1: 0.5 x 24.00 GB
+ *  RAM - 2 GB = 10.00 GB => 10.00 GB". Never fails. */
 VC_API size_t vc_default_ram_budget(size_t system_ram, size_t total_vram, size_t vram_budget,
                                     size_t working_mem, char *why, size_t why_size);
 

@@ -11,6 +11,11 @@
 
 size_t vc_default_ram_budget(size_t system_ram, size_t total_vram, size_t vram_budget,
                              size_t working_mem, char *why, size_t why_size) {
+    return vc__ram_budget(system_ram, total_vram, vram_budget, working_mem, 0, why, why_size);
+}
+
+size_t vc__ram_budget(size_t system_ram, size_t total_vram, size_t vram_budget, size_t working_mem, int streams,
+                      char *why, size_t why_size) {
     char a[32], b[32], r[32];
     char text[384];
     size_t n = 0;
@@ -22,7 +27,12 @@ size_t vc_default_ram_budget(size_t system_ram, size_t total_vram, size_t vram_b
      *    weight budget can hold. */
     size_t cap = 32 * VC_GB;
     const char *cap_why = "no GPU: 32 GB";
-    if (total_vram) {
+    if (total_vram && streams) {
+        /* InvokeAI's GPU cap leaves the model in use outside its budget (it is added after making
+         * what room there is); this cache counts every byte, and layers stream through it, so the
+         * same cap would make a model larger than the GPU re-read its layers every step. */
+        cap_why = "layers stream through it: 32 GB, not InvokeAI's GPU cap";
+    } else if (total_vram) {
         if (vram_budget != VC_SIZE_AUTO) {
             cap = vram_budget;
             cap_why = "GPU: max_cache_vram";

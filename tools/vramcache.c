@@ -272,13 +272,13 @@ static int cmd_simulate(int argc, char **argv) {
                "\"lower_bound_step_time_s\":%.6f,\"segment_bound_step_time_s\":%.6f,\"compute_time_s\":%.6f,"
                "\"hits_per_step\":%.1f,"
                "\"misses_per_step\":%.1f,\"total_time_s\":%.6f,\"peak_vram_bytes\":%zu,\"peak_ram_bytes\":%zu,"
-               "\"loaded_bytes_per_step\":%.0f}\n",
+               "\"loaded_bytes_per_step\":%.0f,\"ram_budget_bytes\":%zu}\n",
                a.vram_gb, a.bandwidth_gbps, a.tflops, res.steps,
                a.policy == VC_POLICY_LRU ? "lru" : "planned", MODES[mode], res.usable_vram_bytes,
                vc_workload_step_bytes(wl), res.bytes_per_step, res.lower_bound_bytes_per_step, res.step_time_s,
                res.lower_bound_step_time_s, res.segment_bound_step_time_s, res.compute_time_s, res.hits_per_step,
                res.misses_per_step, res.total_time_s, res.peak_vram_bytes, res.peak_ram_bytes,
-               res.loaded_bytes_per_step);
+               res.loaded_bytes_per_step, res.ram_budget_bytes);
     } else {
         double lbb = res.lower_bound_bytes_per_step;
         printf("workload %s: denoiser %.2f GB per step, %d steps\n", vc_workload_name(wl),

@@ -133,8 +133,7 @@ int vc_cache_create(const vc_cache_options *opts, vc_cache **out) {
         size_t free_b = 0, total = 0;
         if (c->ops->kind == VC_BACKEND_KIND_GPU) c->ops->mem_info(c->bctx, &free_b, &total);
         size_t sys = vc_system_ram(ram_why, sizeof ram_why);
-        int streams = c->mode == VC_OFFLOAD_MODE_BALANCED || c->mode == VC_OFFLOAD_MODE_SEQUENTIAL;
-        c->ram_budget = vc__ram_budget(sys, total, c->vram_budget, c->working_mem, streams, why, sizeof why);
+        c->ram_budget = vc__ram_budget(sys, total, c->vram_budget, c->working_mem, c->mode, why, sizeof why);
         vc__log(c, VC_LOG_INFO, "RAM cache budget computed: system RAM %s; %s", ram_why, why);
     }
     if (o.stage_ahead && (st = vc__stager_start(c)) != VC_OK) {

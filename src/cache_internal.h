@@ -372,11 +372,11 @@ int vc__sched_streamable(vc_cache *c, const layer_t *asking, size_t max_distance
  *  one needed furthest ahead (Belady: a denoiser's pass that streams more than the RAM cache
  *  holds then re-reads only the excess each pass, where LRU re-read all of it). NULL: none. */
 layer_t *vc__sched_ram_victim(vc_cache *c, const layer_t *exclude, int (*droppable)(vc_cache *, layer_t *));
-/** The default RAM budget (src/ram_budget.c): vc_default_ram_budget's rules, except that where
- *  layers stream (`streams`: offload modes balanced and sequential) rule 2 caps at 32 GB rather
- *  than at the GPU's memory less working memory. */
-size_t vc__ram_budget(size_t system_ram, size_t total_vram, size_t vram_budget, size_t working_mem, int streams,
-                      char *why, size_t why_size);
+/** The default RAM budget for a cache in offload `mode` (src/ram_budget.c): vc_default_ram_budget's
+ *  rules, except that where layers stream (modes balanced and sequential) rule 2 caps at 32 GB
+ *  rather than at the GPU's memory less working memory. */
+size_t vc__ram_budget(size_t system_ram, size_t total_vram, size_t vram_budget, size_t working_mem,
+                      vc_offload_mode mode, char *why, size_t why_size);
 /** After an acquire: follow or learn the order, then prefetch. */
 void vc__sched_on_acquire(vc_cache *c, layer_t *l);
 /** After the last release of a layer (sequential mode evicts it). */

@@ -360,10 +360,9 @@ int vc_config_show(const vc_config *cfg, vc_print_fn print, void *user) {
     vc_cache_options_init(&o);
     vc_config_apply(cfg, &o);
     size_t sys = vc_system_ram(ram_why, sizeof ram_why);
-    vc_offload_mode show_mode = vc_config_get_offload_mode_for(cfg, gpu, total, NULL, 0);
     size_t ram_budget = vc__ram_budget(sys, gpu ? total : 0, o.vram_budget, o.working_mem,
-                                       show_mode == VC_OFFLOAD_MODE_BALANCED || show_mode == VC_OFFLOAD_MODE_SEQUENTIAL,
-                                       budget_why, sizeof budget_why);
+                                       vc_config_get_offload_mode_for(cfg, gpu, total, NULL, 0), budget_why,
+                                       sizeof budget_why);
     print(user, "# libvramcache effective settings (GB = 2^30 bytes)\n");
     char line[2048], quoted[2 * sizeof(((cfg_value *)0)->text) + 8];
     for (int k = 0; k < VC_CFG_KEY_COUNT; k++) {

@@ -11,11 +11,12 @@
 
 size_t vc_default_ram_budget(size_t system_ram, size_t total_vram, size_t vram_budget,
                              size_t working_mem, char *why, size_t why_size) {
-    return vc__ram_budget(system_ram, total_vram, vram_budget, working_mem, 0, why, why_size);
+    return vc__ram_budget(system_ram, total_vram, vram_budget, working_mem, VC_OFFLOAD_MODE_MODEL, why, why_size);
 }
 
-size_t vc__ram_budget(size_t system_ram, size_t total_vram, size_t vram_budget, size_t working_mem, int streams,
-                      char *why, size_t why_size) {
+size_t vc__ram_budget(size_t system_ram, size_t total_vram, size_t vram_budget, size_t working_mem,
+                      vc_offload_mode mode, char *why, size_t why_size) {
+    int streams = mode == VC_OFFLOAD_MODE_BALANCED || mode == VC_OFFLOAD_MODE_SEQUENTIAL;
     char a[32], b[32], r[32];
     char text[384];
     size_t n = 0;

@@ -346,9 +346,11 @@ typedef struct plan_shape {
     size_t once_cap;
 } plan_shape;
 
-/* Does x's size count towards the region's? */
-static int sizes_region(const layer_t *x, plan_shape shape) {
-    return x->uses > 1 || arena_round(x->bytes) <= shape.once_cap;
+/* The largest streamed layer the region must take, with x streamed too: x counts unless it is a
+ * once-used layer above the shape's once_cap. */
+static size_t region_largest(size_t largest, const layer_t *x, plan_shape shape) {
+    size_t b = arena_round(x->bytes);
+    return (x->uses > 1 || b <= shape.once_cap) && b > largest ? b : largest;
 }
 
 /* Marks which layers of m stay resident for a weight limit of cap and returns the streaming
@@ -435,14 +437,14 @@ static size_t plan_keep_set(model_t *m, size_t cap, size_t total, size_t largest
         double b = (double)arena_round(x->bytes);
         if (once_first && x->uses <= 1) {
             x->keep = 0;
-            if (sizes_region(x, shape) && arena_round(x->bytes) > streamed_largest) streamed_largest = arena_round(x->bytes);
+            streamed_largest = region_largest(streamed_largest, x, shape);
             continue;
         }
         credit += by_cost ? (0.5 * x->cost / spread_cost + 0.5 * b / spread_total) * need : b * need / spread_cost;
         if (stream_rank(x) <= size_cap && credit >= b * 0.5) {
             x->keep = 0;
             credit -= b;
-            if (sizes_region(x, shape) && arena_round(x->bytes) > streamed_largest) streamed_largest = arena_round(x->bytes);
+            streamed_largest = region_largest(streamed_largest, x, shape);
         } else {
             kept += arena_round(x->bytes);
         }
@@ -471,8 +473,9 @@ static size_t plan_keep_set(model_t *m, size_t cap, size_t total, size_t largest
         if (!big) break;
         big->keep = 0;
         kept -= arena_round(big->bytes);
-        if (sizes_region(big, shape) && arena_round(big->bytes) > streamed_largest) {
-            streamed_largest = arena_round(big->bytes);
+        size_t grown = region_largest(streamed_largest, big, shape);
+        if (grown != streamed_largest) {
+            streamed_largest = grown;
             keep_budget = sat_sub(cap, REGION_OF(streamed_largest) + slack);
         }
     }

@@ -153,10 +153,7 @@ int vc_sim_run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_res
     if (!run->config || vc__cfg_effective(run->config, VC_CFG_MAX_CACHE_RAM_GB, NULL)->is_null)
         o.ram_budget = run->system_ram_bytes >= 1
                            ? vc__ram_budget((size_t)run->system_ram_bytes, (size_t)run->vram_bytes, o.vram_budget,
-                                            o.working_mem,
-                                            o.offload_mode == VC_OFFLOAD_MODE_BALANCED ||
-                                                o.offload_mode == VC_OFFLOAD_MODE_SEQUENTIAL,
-                                            NULL, 0)
+                                            o.working_mem, o.offload_mode, NULL, 0)
                            : sat_add(vc_workload_total_bytes(wl), VC_GB);
     vc_layer_id **ids = calloc(wl->nmodels, sizeof(*ids));
     if (!ids || (st = vc_cache_create(&o, &e.cache)) != VC_OK) {

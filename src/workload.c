@@ -395,7 +395,8 @@ int vc_workload_load_string(const char *text, size_t len, const char *name, vc_w
                      parser.problem ? parser.problem : "malformed YAML");
     } else {
         wparser P = {&doc, name, d};
-        if (vc__yaml_expand_merges(&doc, name, d) == 0 && parse(&P, yaml_document_get_root_node(&doc), wl) && !vc_diagnostics_errors(d))
+        if (vc__yaml_expand_merges(&doc, name, d) == 0 && parse(&P, yaml_document_get_root_node(&doc), wl) &&
+            !vc_diagnostics_errors(d))
             vc__diag_add(d, VC_DIAG_ERROR, name, 0, 0, "", "out of host memory reading the workload");
         yaml_document_delete(&doc);
     }

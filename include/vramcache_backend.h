@@ -38,6 +38,8 @@ typedef struct vc_backend_ops {
     vc_backend_kind kind;
 
     /** Device memory. Called rarely (arena segments, reservation buffers): may synchronise.
+     *  The address must be aligned to at least 256 bytes, as cudaMalloc's and hipMalloc's are;
+     *  the cache refuses a segment that is not (VC_ERR_BACKEND, with the address in the message).
      *  device_free may be called while work that used the memory is still queued: the backend
      *  must make that safe (cudaFree synchronises; a pool would defer the free). */
     int (*device_alloc)(void *ctx, size_t bytes, void **dptr);

@@ -575,6 +575,19 @@ static int grow_arena(vc_cache *c, arena *a, size_t need, size_t align, size_t l
         vc__log(c, VC_LOG_DEBUG, "device refused memory (%s); evicting and retrying", c->alloc_detail);
         return VC_ERR_BACKEND;
     }
+    /* Blocks are aligned by absolute address: a base off the grain would leave every segment a few
+     * bytes short of the layer it was grown for, and the caller would give it back and grow another
+     * forever. cudaMalloc and hipMalloc align to 256 bytes at least; a backend that does not is
+     * refused (once per segment, as a failed allocation) and said so. */
+    if ((uintptr_t)base & (ARENA_GRAIN - 1)) {
+        c->ops->device_free(c->bctx, base);
+        snprintf(c->alloc_detail, sizeof c->alloc_detail,
+                 "a %zu-byte segment: backend '%s' returned device memory at %p, not aligned to %zu bytes "
+                 "as the backend contract asks", seg,
+                 c->ops->name, base, ARENA_GRAIN);
+        vc__log(c, VC_LOG_ERROR, "%s", c->alloc_detail);
+        return VC_ERR_BACKEND;
+    }
     if (arena_add_segment(a, base, seg) != VC_OK) {
         c->ops->device_free(c->bctx, base);
         return VC_ERR_NO_MEMORY;

@@ -419,6 +419,60 @@ static void test_device_capacity_cap(void **state) {
     vc_backend_destroy(host);
 }
 
+/* A backend whose device memory is 16 bytes off the 256-byte grain (a third-party allocator that
+ * only promises malloc's alignment). Before the cache checked, acquire grew a segment a few bytes
+ * too short for the layer, gave it back and grew another, forever; now it is a clear error. */
+static const vc_backend_ops *offset_inner; /* the host backend's table; its context is ours */
+
+static int offset_alloc(void *ctx, size_t bytes, void **p) {
+    void *base = NULL;
+    int st = offset_inner->device_alloc(ctx, bytes + 16, &base);
+    if (st == VC_OK) *p = (char *)base + 16;
+    return st;
+}
+
+static void offset_free(void *ctx, void *p) { offset_inner->device_free(ctx, (char *)p - 16); }
+
+static void test_misaligned_device_memory_is_refused(void **state) {
+    (void)state;
+    vc_backend *host, *odd;
+    assert_int_equal(vc_backend_host_create(1 * MB, &host), VC_OK);
+    offset_inner = vc_backend_get_ops(host);
+    vc_backend_ops ops = *offset_inner;
+    ops.name = "offset";
+    ops.device_alloc = offset_alloc;
+    ops.device_free = offset_free;
+    ops.destroy = NULL; /* the host backend is destroyed on its own */
+    assert_int_equal(vc_backend_create(&ops, vc_backend_get_ctx(host), &odd), VC_OK);
+    vc_cache_options o;
+    vc_cache_options_init(&o);
+    o.backend = odd;
+    o.ram_budget = 1 * MB;
+    o.working_mem = 0;
+    o.arena_segment_bytes = 32 * KB;
+    vc_cache *c;
+    assert_int_equal(vc_cache_create(&o, &c), VC_OK);
+    test_loader ld = {.seed = 3};
+    vc_layer_id l = add_loader_layer(c, add_model(c, "m"), "l", 32 * KB, &ld);
+    void *p = (void *)0x1;
+    assert_int_equal(vc_layer_acquire(c, l, NULL, &p), VC_ERR_OUT_OF_VRAM);
+    assert_ptr_equal(p, (void *)0x1);
+    assert_true(last_error_has(c, "backend 'offset' returned device memory at"));
+    assert_true(last_error_has(c, "not aligned to 256 bytes"));
+    vc_stats s = get_stats(c);
+    assert_int_equal(s.arena_bytes, 0); /* the refused segment went back */
+    assert_int_equal(s.layers_in_vram, 0);
+    unsigned char buf[32 * KB];
+    assert_int_equal(vc_layer_read(c, l, buf, sizeof buf), VC_OK); /* the weights are intact in RAM */
+    assert_true(check_pattern(buf, sizeof buf, 3));
+    assert_int_equal(vc_cache_destroy(c), VC_OK);
+    vc_backend_destroy(odd);
+    size_t fr = 0, total = 0;
+    assert_int_equal(vc_backend_mem_info(host, &fr, &total), VC_OK);
+    assert_int_equal(fr, total); /* every refused segment was freed */
+    vc_backend_destroy(host);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_device_alloc_fails_then_retry),
@@ -432,6 +486,7 @@ int main(void) {
         cmocka_unit_test(test_random_faults_everywhere),
         cmocka_unit_test(test_loader_fault_wrapper),
         cmocka_unit_test(test_device_capacity_cap),
+        cmocka_unit_test(test_misaligned_device_memory_is_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1079,6 +1079,13 @@ static int owner_fetch(vc_cache *o, vc_layer_id oid, const char *fn, const void 
         ol = slot_table_get(&o->layers, oid);
     }
     int st = !ol ? VC_ERR_NOT_FOUND : !pin && (ol->host_src || ol->ram) ? VC_OK : host_source(o, ol, fn, src);
+    /* The owner may still be writing this copy back from its own device (its RAM copy was dropped
+     * while the layer stayed in VRAM, or keep_ram_copy is off). Our upload runs on another backend's
+     * streams, which cannot wait on the owner's event: the host waits for it here, or our device
+     * would copy bytes the write-back has not written yet. */
+    if (st == VC_OK && pin && wait_writeback(o, ol) != VC_OK)
+        st = vc__fail(o, VC_ERR_BACKEND, "%s: the write-back of layer '%s' into RAM failed: %s", fn, ol->name,
+                      vc__take_backend_error());
     if (st == VC_OK && pin) ol->host_pins++;
     if (st == VC_OK && gen) *gen = ol->weights_gen;
     snprintf(msg, msg_size, "%s", o->last_error);

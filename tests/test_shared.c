@@ -93,6 +93,25 @@ static void test_owner_ram_pressure_and_keep_copy_off(void **state) {
     free_gpus(&g);
 }
 
+/* The owner's RAM copy may still be on its way back from the owner's device (a write-back: keep_ram_copy
+ * off) when a sharing cache uploads from it. The two copies run on different devices' streams, which
+ * cannot wait on each other's events, so the host must wait for the write-back before the sharer's
+ * upload reads that memory. On the fake CUDA runtime (core_on_fake_cuda) a copy runs only when
+ * something waits for it, so an upload that did not wait copied memory nothing had written yet. */
+static void test_sharer_reads_a_written_back_copy(void **state) {
+    (void)state;
+    gpus g;
+    make_gpus(&g, 1 * MB, 1 * MB, 0);
+    for (int i = 0; i < 2; i++) {
+        use(&g, 0, i); /* the owner's device holds the only copy: keep_ram_copy is off */
+        assert_int_equal(vc_layer_offload(g.cache[0], g.layer[0][i], VC_OFFLOAD_VRAM), VC_OK); /* written back */
+        use(&g, 1, i); /* the sharer's upload reads the written-back copy */
+        assert_int_equal(g.loader[i].calls, 1); /* from the write-back, not the loader again */
+        use(&g, 0, i);
+    }
+    free_gpus(&g);
+}
+
 static int noop_patch(void *user, void *w, size_t n) {
     (void)user, (void)w, (void)n;
     return 0;
@@ -252,6 +271,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_held_in_ram_once),
         cmocka_unit_test(test_owner_ram_pressure_and_keep_copy_off),
+        cmocka_unit_test(test_sharer_reads_a_written_back_copy),
         cmocka_unit_test(test_patched_source_reaches_sharers),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_two_devices_concurrently),

@@ -455,9 +455,10 @@ VC_API int vc_layer_get_info(vc_cache *cache, vc_layer_id layer, vc_layer_info *
 
 /** Copies the layer's current weights into `dst` (`size` must equal the layer's size), from
  *  whichever copy is authoritative: RAM, device (synchronously), or the loader. Changes no
- *  residency. For verification and for engines that save weights.
- *  Errors: VC_ERR_INVALID_ARG, VC_ERR_NOT_FOUND, VC_ERR_LOADER, VC_ERR_BACKEND, VC_ERR_BUSY
- *  (loading). */
+ *  residency. For verification and for engines that save weights. While another thread loads or
+ *  patches the layer (the stage-ahead worker included) it waits for that to finish, as acquire
+ *  does; so it must not be called from that layer's own loader or patch function.
+ *  Errors: VC_ERR_INVALID_ARG, VC_ERR_NOT_FOUND, VC_ERR_LOADER, VC_ERR_BACKEND. */
 VC_API int vc_layer_read(vc_cache *cache, vc_layer_id layer, void *dst, size_t size);
 
 /** Where vc_layer_offload() and vc_model_offload() move weights out of. */
@@ -468,8 +469,8 @@ typedef enum vc_offload_target {
 
 /** Manual offload ("move base model to CPU"): moves an unheld layer out of VRAM (and out of the RAM
  *  pool with VC_OFFLOAD_ALL). Weights are never lost: with keep_ram_copy off they are copied back
- *  first. A layer already out is a success. Errors: VC_ERR_INVALID_ARG, VC_ERR_NOT_FOUND,
- *  VC_ERR_BUSY (held or loading), VC_ERR_BACKEND. */
+ *  first. A layer already out is a success. Waits while another thread loads or patches the layer.
+ *  Errors: VC_ERR_INVALID_ARG, VC_ERR_NOT_FOUND, VC_ERR_BUSY (held), VC_ERR_BACKEND. */
 VC_API int vc_layer_offload(vc_cache *cache, vc_layer_id layer, vc_offload_target target);
 
 /** Whole-model lock for engines that do not work per layer (InvokeAI's model lock): acquires every
@@ -522,8 +523,9 @@ typedef enum vc_patch_mode {
  *  authoritative copy: they stay in the RAM pool (counted, never dropped, whatever keep_ram_copy says)
  *  and reach the device at the next acquire, on every device that shares the layer too
  *  (vc_layer_register_shared). A borrowed source is never written: the layer gets a private copy.
- *  FUSE on a layer that is already patched is refused (unpatch first).
- *  Errors: VC_ERR_INVALID_ARG, VC_ERR_NOT_FOUND, VC_ERR_BUSY (held or loading, or an upload of a
+ *  FUSE on a layer that is already patched is refused (unpatch first). Waits while another thread
+ *  loads or patches the layer (`fn` must not call the cache for this layer).
+ *  Errors: VC_ERR_INVALID_ARG, VC_ERR_NOT_FOUND, VC_ERR_BUSY (held, or an upload of a
  *  cache sharing the layer still reads its RAM copy: that cache lets it go at its next acquire,
  *  release or vc_cache_get_stats), VC_ERR_UNSUPPORTED (a shared layer: patch its source), VC_ERR_OUT_OF_RAM,
  *  VC_ERR_NO_MEMORY, VC_ERR_LOADER (producing the current weights, or `fn` failed: the weights are
@@ -533,7 +535,8 @@ VC_API int vc_layer_patch(vc_cache *cache, vc_layer_id layer, vc_patch_mode mode
 
 /** Restores a patched layer's original weights (from the backup, or from the source after FUSE).
  *  Devices sharing the layer get the original back at their next acquire. An unpatched layer is a
- *  success. Errors: VC_ERR_NOT_FOUND, VC_ERR_BUSY (held or loading, or a sharing cache's upload
+ *  success. Waits while another thread loads or patches the layer. Errors: VC_ERR_NOT_FOUND,
+ *  VC_ERR_BUSY (held, or a sharing cache's upload
  *  still reads its RAM copy, as for vc_layer_patch), VC_ERR_BACKEND (an upload still reading the RAM copy cannot be waited for: the layer stays
  *  patched). */
 VC_API int vc_layer_unpatch(vc_cache *cache, vc_layer_id layer);

@@ -1032,6 +1032,9 @@ static layer_t *find_layer(vc_cache *c, vc_layer_id id, const char *fn) {
  * meanwhile). Lock held; waits on `loaded`, which releases it. */
 static layer_t *settled_layer(vc_cache *c, vc_layer_id id) {
     layer_t *l = slot_table_get(&c->layers, id);
+    if (l && l->loading) /* a stall worth seeing when an engine waits on the stage-ahead worker */
+        vc__log(c, VC_LOG_DEBUG, "layer '%s' of model '%s' is being loaded or patched by another thread: "
+                "waiting for it", l->name, l->model->name);
     while (l && l->loading) {
         pthread_cond_wait(&c->loaded, &c->lock);
         l = slot_table_get(&c->layers, id);
@@ -1425,10 +1428,11 @@ int vc_layer_offload(vc_cache *c, vc_layer_id id, vc_offload_target target) {
     int st = check_offload_args(c, target, fn);
     if (st != VC_OK) return st;
     pthread_mutex_lock(&c->lock);
-    layer_t *l = find_layer(c, id, fn);
-    if (!l)
+    layer_t *l = settled_layer(c, id); /* another thread loading it (the stage-ahead worker): wait */
+    if (!l) {
+        find_layer(c, id, fn); /* records "not registered" */
         st = VC_ERR_NOT_FOUND;
-    else
+    } else
         st = vc__offload_layer(c, l, target, fn);
     pthread_mutex_unlock(&c->lock);
     return st;
@@ -1439,14 +1443,12 @@ int vc_layer_read(vc_cache *c, vc_layer_id id, void *dst, size_t size) {
     if (!c || !dst) return vc__fail(NULL, VC_ERR_INVALID_ARG, "%s: %s is NULL", fn, !c ? "cache" : "dst");
     pthread_mutex_lock(&c->lock);
     int st = VC_OK;
-    layer_t *l = slot_table_get(&c->layers, id);
+    layer_t *l = settled_layer(c, id); /* another thread loading or patching it: wait for its result */
     if (!l) {
         st = vc__fail(c, VC_ERR_NOT_FOUND, "%s: layer id %#llx is not registered", fn, (unsigned long long)id);
     } else if (size != l->bytes) {
         st = vc__fail(c, VC_ERR_INVALID_ARG, "%s: layer '%s' has %zu bytes, buffer has %zu", fn, l->name,
                       l->bytes, size);
-    } else if (l->loading) {
-        st = vc__fail(c, VC_ERR_BUSY, "%s: layer '%s' is loading", fn, l->name);
     } else if (l->host_src && !l->patched) {
         memcpy(dst, l->host_src, size);
     } else if (l->ram) {
@@ -1781,16 +1783,16 @@ int vc_layer_patch(vc_cache *c, vc_layer_id id, vc_patch_mode mode, int (*fn)(vo
                                  (int)mode);
     pthread_mutex_lock(&c->lock);
     int st = VC_OK;
-    layer_t *l = slot_table_get(&c->layers, id);
+    layer_t *l = settled_layer(c, id); /* another thread loading or patching it: wait */
     void *backup = NULL;
     int backup_pinned = 0, new_backup = 0;
     if (!l) {
         st = vc__fail(c, VC_ERR_NOT_FOUND, "%s: layer id %#llx is not registered", name, (unsigned long long)id);
         goto done;
     }
-    if (l->holds || l->loading) {
-        st = vc__fail(c, VC_ERR_BUSY, "%s: layer '%s' of model '%s' is %s; patch it between uses", name, l->name,
-                      l->model->name, l->loading ? "loading" : "held");
+    if (l->holds) {
+        st = vc__fail(c, VC_ERR_BUSY, "%s: layer '%s' of model '%s' is held; patch it between uses", name, l->name,
+                      l->model->name);
         goto done;
     }
     if (l->owner) {
@@ -1869,11 +1871,11 @@ int vc_layer_unpatch(vc_cache *c, vc_layer_id id) {
     if (!c) return vc__fail(NULL, VC_ERR_INVALID_ARG, "%s: cache is NULL", name);
     pthread_mutex_lock(&c->lock);
     int st = VC_OK;
-    layer_t *l = slot_table_get(&c->layers, id);
+    layer_t *l = settled_layer(c, id); /* another thread loading or patching it: wait */
     if (!l) {
         st = vc__fail(c, VC_ERR_NOT_FOUND, "%s: layer id %#llx is not registered", name, (unsigned long long)id);
-    } else if (l->holds || l->loading) {
-        st = vc__fail(c, VC_ERR_BUSY, "%s: layer '%s' is %s", name, l->name, l->loading ? "loading" : "held");
+    } else if (l->holds) {
+        st = vc__fail(c, VC_ERR_BUSY, "%s: layer '%s' is held", name, l->name);
     } else if (l->patched && l->host_pins) {
         st = vc__fail(c, VC_ERR_BUSY, "%s: layer '%s': %u upload(s) of caches sharing it still read its RAM copy; "
                       "unpatch it once they have finished (a sharing cache lets them go at its next acquire, "

@@ -171,6 +171,102 @@ static void test_stress_no_ram_copy(void **state) {
     stress(0);
 }
 
+/* Read, offload, patch and unpatch of a layer whose loader is running on another thread (staging it
+ * into RAM, as the stage-ahead worker does) wait for the load, as acquire does, instead of failing
+ * with VC_ERR_BUSY. Ordered without sleeps: the loader blocks until the caller's
+ * thread logs that it waits for it, which it does just before it waits. */
+typedef struct gate {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int entered, go;
+    uint64_t seed;
+} gate;
+
+static void gate_set(gate *g, int *flag) {
+    pthread_mutex_lock(&g->mu);
+    *flag = 1;
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+}
+
+static void gate_wait(gate *g, const int *flag) {
+    pthread_mutex_lock(&g->mu);
+    while (!*flag) pthread_cond_wait(&g->cv, &g->mu);
+    pthread_mutex_unlock(&g->mu);
+}
+
+static int gated_loader(void *user, vc_layer_id layer, void *dst, size_t bytes) {
+    (void)layer;
+    gate *g = user;
+    gate_set(g, &g->entered);
+    gate_wait(g, &g->go);
+    fill_pattern(dst, bytes, g->seed);
+    return 0;
+}
+
+static void open_gate_on_wait(void *user, vc_log_level level, const char *message) {
+    gate *g = user;
+    if (level == VC_LOG_DEBUG && strstr(message, "waiting for it")) gate_set(g, &g->go);
+}
+
+typedef struct stager {
+    vc_cache *cache;
+    vc_layer_id layer;
+    int status;
+} stager;
+
+static void *stage_layer(void *arg) {
+    stager *a = arg;
+    a->status = vc_layer_load_ram(a->cache, a->layer);
+    return NULL;
+}
+
+static int xor_ff(void *user, void *w, size_t n) {
+    (void)user;
+    for (size_t i = 0; i < n; i++) ((uint8_t *)w)[i] ^= 0xff;
+    return 0;
+}
+
+static void test_calls_wait_for_a_load_in_progress(void **state) {
+    (void)state;
+    gate g = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 5};
+    vc_cache_options o;
+    vc_cache_options_init(&o);
+    o.ram_budget = 1 * MB;
+    o.working_mem = 0;
+    o.log_fn = open_gate_on_wait;
+    o.log_user = &g;
+    o.log_level = VC_LOG_DEBUG;
+    test_cache t = make_cache_opts(1 * MB, &o);
+    vc_layer_desc d = {.name = "gated", .bytes = 16 * KB, .loader = gated_loader, .loader_user = &g};
+    vc_layer_id l;
+    assert_int_equal(vc_layer_register(t.cache, add_model(t.cache, "m"), &d, &l), VC_OK);
+    unsigned char buf[16 * KB];
+    for (int op = 0; op < 4; op++) {
+        g.entered = g.go = 0;
+        stager a = {t.cache, l, -1};
+        pthread_t th;
+        assert_int_equal(pthread_create(&th, NULL, stage_layer, &a), 0);
+        gate_wait(&g, &g.entered); /* the loader is running: the layer is loading */
+        int st = op == 0   ? vc_layer_read(t.cache, l, buf, sizeof buf)
+                 : op == 1 ? vc_layer_offload(t.cache, l, VC_OFFLOAD_VRAM)
+                 : op == 2 ? vc_layer_patch(t.cache, l, VC_PATCH_BACKUP, xor_ff, NULL)
+                           : vc_layer_unpatch(t.cache, l);
+        gate_set(&g, &g.go); /* before a failed call, that never waited, can end the test */
+        pthread_join(th, NULL);
+        assert_int_equal(a.status, VC_OK);
+        if (st != VC_OK) fail_msg("operation %d on a loading layer: %s", op, vc_last_error());
+        assert_int_equal(vc_layer_read(t.cache, l, buf, sizeof buf), VC_OK);
+        if (op == 0 || op == 3) assert_true(check_pattern(buf, sizeof buf, 5));
+        if (op == 2) {
+            assert_false(check_pattern(buf, sizeof buf, 5)); /* patched */
+            assert_int_equal(vc_layer_unpatch(t.cache, l), VC_OK); /* so that the loader runs again */
+        }
+        assert_int_equal(vc_layer_offload(t.cache, l, VC_OFFLOAD_ALL), VC_OK); /* load again next */
+    }
+    free_cache(&t);
+}
+
 /* Two caches sharing one device (two engines in one process): each sees the other's memory as
  * taken, neither exceeds the device, both keep their weights. */
 static void *hammer(void *arg) {
@@ -274,6 +370,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stress_keep_ram_copy),
         cmocka_unit_test(test_stress_no_ram_copy),
+        cmocka_unit_test(test_calls_wait_for_a_load_in_progress),
         cmocka_unit_test(test_concurrent_first_load_calls_loader_once),
         cmocka_unit_test(test_two_caches_one_device),
     };

@@ -481,7 +481,8 @@ VC_API int vc_model_acquire(vc_cache *cache, vc_model_id model, vc_stream stream
  *  not held (nothing is released then). */
 VC_API int vc_model_release(vc_cache *cache, vc_model_id model, vc_stream stream);
 /** vc_layer_offload() for every unheld layer of the model; held layers are skipped and counted:
- *  returns VC_ERR_BUSY when any was skipped, after offloading the rest. */
+ *  returns VC_ERR_BUSY when any was skipped, after offloading the rest. Waits first while another
+ *  thread loads or patches any of its layers. */
 VC_API int vc_model_offload(vc_cache *cache, vc_model_id model, vc_offload_target target);
 /** InvokeAI's "Clear Model Cache" (what keep_alive_s does on a timer): every unheld layer of every
  *  model leaves VRAM and, when its loader can read it again, the RAM pool (VC_OFFLOAD_ALL); device

@@ -1030,13 +1030,18 @@ static layer_t *find_layer(vc_cache *c, vc_layer_id id, const char *fn) {
 
 /* The layer behind an id once no other thread is loading it (NULL if not registered or unregistered
  * meanwhile). Lock held; waits on `loaded`, which releases it. */
+/* Waits (lock held, released meanwhile) until some load or patch in progress ends; l is one of them.
+ * Said at DEBUG: a stall worth seeing when an engine waits on the stage-ahead worker. */
+static void wait_for_load(vc_cache *c, const layer_t *l) {
+    vc__log(c, VC_LOG_DEBUG, "layer '%s' of model '%s' is being loaded or patched by another thread: "
+            "waiting for it", l->name, l->model->name);
+    pthread_cond_wait(&c->loaded, &c->lock);
+}
+
 static layer_t *settled_layer(vc_cache *c, vc_layer_id id) {
     layer_t *l = slot_table_get(&c->layers, id);
-    if (l && l->loading) /* a stall worth seeing when an engine waits on the stage-ahead worker */
-        vc__log(c, VC_LOG_DEBUG, "layer '%s' of model '%s' is being loaded or patched by another thread: "
-                "waiting for it", l->name, l->model->name);
     while (l && l->loading) {
-        pthread_cond_wait(&c->loaded, &c->lock);
+        wait_for_load(c, l);
         l = slot_table_get(&c->layers, id);
     }
     return l;
@@ -1608,7 +1613,15 @@ int vc_model_offload(vc_cache *c, vc_model_id model, vc_offload_target target) {
     int st = check_offload_args(c, target, fn);
     if (st != VC_OK) return st;
     pthread_mutex_lock(&c->lock);
-    model_t *m = slot_table_get(&c->models, model);
+    model_t *m;
+    for (;;) { /* layers another thread is loading (the stage-ahead worker): wait, as for one layer */
+        m = slot_table_get(&c->models, model);
+        const layer_t *loading = NULL;
+        for (size_t i = 0; m && i < m->nlayers && !loading; i++)
+            if (m->layers[i]->loading) loading = m->layers[i];
+        if (!loading) break;
+        wait_for_load(c, loading); /* the model may go meanwhile: looked up again */
+    }
     if (!m) {
         st = vc__fail(c, VC_ERR_NOT_FOUND, "%s: model id %#llx is not registered", fn, (unsigned long long)model);
         goto done;
@@ -1616,14 +1629,14 @@ int vc_model_offload(vc_cache *c, vc_model_id model, vc_offload_target target) {
     size_t busy = 0;
     for (size_t i = 0; i < m->nlayers; i++) {
         layer_t *l = m->layers[i];
-        if (l->holds || l->loading)
+        if (l->holds)
             busy++;
         else
             vc__offload_layer(c, l, target, fn);
     }
     if (busy)
-        st = vc__fail(c, VC_ERR_BUSY, "%s: %zu layer(s) of model '%s' are held or loading and stayed; "
-                      "the others were offloaded", fn, busy, m->name);
+        st = vc__fail(c, VC_ERR_BUSY, "%s: %zu layer(s) of model '%s' are held and stayed; the others were "
+                      "offloaded", fn, busy, m->name);
 done:
     pthread_mutex_unlock(&c->lock);
     return st;

@@ -152,8 +152,6 @@ static inline void test_set_external_usage(vc_backend *b, size_t capacity, size_
         assert_int_equal(vc_backend_host_set_external_usage(b, bytes), VC_OK);
 }
 
-/* Copies `n` device bytes at `dptr` into `dst` on the legacy default stream (ordered after the
- * upload the engine's NULL stream waited for) and waits for them. */
 /* Waits until the work queued on the legacy default stream has finished. */
 static inline void test_default_stream_sync(vc_backend *b) {
     const vc_backend_ops *ops = vc_backend_get_ops(b);
@@ -164,6 +162,8 @@ static inline void test_default_stream_sync(vc_backend *b) {
     ops->event_destroy(ctx, ev);
 }
 
+/* Copies `n` device bytes at `dptr` into `dst` on the legacy default stream (ordered after the
+ * upload the engine's NULL stream waited for) and waits for them. */
 static inline void test_device_read(vc_backend *b, void *dst, const void *dptr, size_t n) {
     assert_int_equal(vc_backend_get_ops(b)->copy_d2h(vc_backend_get_ctx(b), dst, dptr, n, NULL), VC_OK);
     test_default_stream_sync(b);

@@ -361,18 +361,23 @@ static cudaError_t device_alloc(void **p, size_t n, int kind) {
 
 cudaError_t cudaMalloc(void **p, size_t n) { return device_alloc(p, n, K_DEVICE); }
 
-cudaError_t cudaFree(void *p) {
+/* cudaFree and cudaFreeHost: both synchronise the device first (HIP documents it for hipHostFree). */
+static cudaError_t free_synchronising(void *p, int kinds, const char *misuse_what) {
     if (!p) return cudaSuccess; /* initialises the context */
     pthread_mutex_lock(&lock);
-    run_all(); /* cudaFree synchronises the device */
-    alloc *a = find(p, 1, K_DEVICE | K_POOL);
+    run_all();
+    alloc *a = find(p, 1, kinds);
     cudaError_t e = cudaSuccess;
     if (a && a->p == p)
         drop_alloc(a);
     else
-        e = misuse(cudaErrorInvalidValue, "cudaFree of memory that is not a device allocation", p, 0);
+        e = misuse(cudaErrorInvalidValue, misuse_what, p, 0);
     pthread_mutex_unlock(&lock);
     return e;
+}
+
+cudaError_t cudaFree(void *p) {
+    return free_synchronising(p, K_DEVICE | K_POOL, "cudaFree of memory that is not a device allocation");
 }
 
 cudaError_t cudaMallocAsync(void **p, size_t n, cudaStream_t stream) {
@@ -419,17 +424,7 @@ cudaError_t cudaHostAlloc(void **p, size_t n, unsigned int flags) {
 }
 
 cudaError_t cudaFreeHost(void *p) {
-    if (!p) return cudaSuccess;
-    pthread_mutex_lock(&lock);
-    run_all(); /* synchronises the device, as cudaFree does (HIP documents it for hipHostFree) */
-    alloc *a = find(p, 1, K_PINNED);
-    cudaError_t e = cudaSuccess;
-    if (a && a->p == p)
-        drop_alloc(a);
-    else
-        e = misuse(cudaErrorInvalidValue, "cudaFreeHost of memory that cudaHostAlloc did not return", p, 0);
-    pthread_mutex_unlock(&lock);
-    return e;
+    return free_synchronising(p, K_PINNED, "cudaFreeHost of memory that cudaHostAlloc did not return");
 }
 
 cudaError_t cudaPointerGetAttributes(struct cudaPointerAttributes *attr, const void *p) {

@@ -414,7 +414,8 @@ VC_API int vc_layer_unregister(vc_cache *cache, vc_layer_id layer);
 /** Makes `layer` resident in device memory and holds it: it will not be evicted until a matching
  *  vc_layer_release(). Holds nest (acquire twice, release twice). `stream` is the engine stream that
  *  will read the weights; when the call returns, work queued on `stream` after it sees the weights
- *  (the stream waits on the upload's event; the host does not). *device_ptr receives the address,
+ *  (the stream waits on the upload's event; the host does not). NULL is the legacy default stream
+ *  of the cache's device, whichever device the calling thread has current. *device_ptr receives the address,
  *  valid until the last release. A miss may call the layer's loader (without the lock), evict unheld
  *  layers (least recently used first) and copy host→device.
  *  Errors: VC_ERR_INVALID_ARG, VC_ERR_NOT_FOUND, VC_ERR_OUT_OF_VRAM (held layers and working memory

@@ -403,6 +403,82 @@ static void test_trace_has_device_times(void **state) {
     vc_backend_destroy(b);
 }
 
+/* A cache on a second GPU, driven from a thread whose current device is the first (an engine that
+ * drives several GPUs from one thread): every call leaves the caller's current device as it was, the
+ * cache's memory is on its own device, and the engine's stream of that device sees the weights,
+ * pageable ones (staged) included.
+ * Skipped with fewer than two devices (on the fake CUDA runtime there are two). */
+static void test_second_device_keeps_the_callers_device(void **state) {
+    (void)state;
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess || count < 2) {
+        cudaGetLastError();
+        print_message("SKIPPED (needs two CUDA devices, found %d)\n", count);
+        skip();
+    }
+    assert_int_equal(cudaSetDevice(0), cudaSuccess);
+    vc_backend *b = NULL;
+    char why[256];
+    assert_int_equal(vc_backend_cuda_create(1, &b, why, sizeof why), VC_OK);
+    int dev = -1;
+    assert_int_equal(cudaGetDevice(&dev), cudaSuccess);
+    assert_int_equal(dev, 0);
+    vc_cache *c = gpu_cache(b, 8 * MB, 0); /* keep_ram_copy off: write-backs too */
+    vc_model_id m = add_model(c, "m");
+    test_loader ld[5];
+    vc_layer_id l[5];
+    add_loader_layers(c, m, "l", 4, 3 * MB, ld, l);
+    /* the engine's own malloc'ed weights: pageable, so uploaded through the backend's staging ring */
+    unsigned char *engine = malloc(3 * MB);
+    assert_non_null(engine);
+    ld[4] = (test_loader){.seed = 77};
+    fill_pattern(engine, 3 * MB, ld[4].seed);
+    l[4] = add_host_layer(c, m, "pageable", engine, 3 * MB);
+    cudaStream_t s1;
+    assert_int_equal(cudaSetDevice(1), cudaSuccess);
+    assert_int_equal(cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking), cudaSuccess);
+    assert_int_equal(cudaSetDevice(0), cudaSuccess);
+    unsigned char *host = malloc(3 * MB);
+    assert_non_null(host);
+    for (int r = 0; r < 3; r++)
+        for (int i = 0; i < 5; i++) {
+            void *p;
+            assert_int_equal(vc_layer_acquire(c, l[i], s1, &p), VC_OK);
+            struct cudaPointerAttributes attr;
+            assert_int_equal(cudaPointerGetAttributes(&attr, p), cudaSuccess);
+            assert_int_equal(attr.type, cudaMemoryTypeDevice);
+            assert_int_equal(attr.device, 1);
+            assert_int_equal(cudaMemcpyAsync(host, p, 3 * MB, cudaMemcpyDeviceToHost, s1), cudaSuccess);
+            assert_int_equal(vc_layer_release(c, l[i], s1), VC_OK);
+            assert_int_equal(cudaStreamSynchronize(s1), cudaSuccess);
+            assert_true(check_pattern(host, 3 * MB, ld[i].seed));
+            assert_int_equal(cudaGetDevice(&dev), cudaSuccess);
+            assert_int_equal(dev, 0);
+        }
+    vc_reservation *res;
+    assert_int_equal(vc_reserve_working_mem(c, 4 * MB, VC_RESERVE_BUFFER, &res), VC_OK);
+    struct cudaPointerAttributes attr;
+    assert_int_equal(cudaPointerGetAttributes(&attr, vc_reservation_ptr(res)), cudaSuccess);
+    assert_int_equal(attr.device, 1);
+    assert_int_equal(vc_release_working_mem(c, res), VC_OK);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(vc_layer_offload(c, l[i], VC_OFFLOAD_VRAM), VC_OK);
+        assert_int_equal(vc_layer_read(c, l[i], host, 3 * MB), VC_OK);
+        assert_true(check_pattern(host, 3 * MB, ld[i].seed));
+    }
+    assert_int_equal(cudaGetDevice(&dev), cudaSuccess);
+    assert_int_equal(dev, 0);
+    free(host);
+    assert_int_equal(cudaSetDevice(1), cudaSuccess);
+    cudaStreamDestroy(s1);
+    assert_int_equal(cudaSetDevice(0), cudaSuccess);
+    assert_int_equal(vc_cache_destroy(c), VC_OK);
+    free(engine);
+    vc_backend_destroy(b);
+    assert_int_equal(cudaGetDevice(&dev), cudaSuccess);
+    assert_int_equal(dev, 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_auto_falls_back_and_says_why),
@@ -414,6 +490,7 @@ int main(void) {
         cmocka_unit_test(test_pageable_sources_beyond_the_staging_ring),
         cmocka_unit_test(test_dynamic_budget_sees_other_allocations),
         cmocka_unit_test(test_trace_has_device_times),
+        cmocka_unit_test(test_second_device_keeps_the_callers_device),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -16,7 +16,7 @@ typedef struct gpus {
 static void make_gpus(gpus *g, size_t device, size_t ram, int keep) {
     memset(g, 0, sizeof *g);
     for (int d = 0; d < 2; d++) {
-        g->dev[d] = test_backend_create(device);
+        g->dev[d] = test_backend_create_on(device, d); /* on CUDA: two GPUs where there are two */
         vc_cache_options o;
         vc_cache_options_init(&o);
         o.backend = g->dev[d];

@@ -101,8 +101,9 @@ static struct {
 } test_wrapped[64];
 
 /* A device of `capacity` bytes: the host backend, or a capped CUDA device (see the top). A test run
- * that asks for CUDA and cannot have it fails rather than skips: it was asked for explicitly. */
-static inline vc_backend *test_backend_create(size_t capacity) {
+ * that asks for CUDA and cannot have it fails rather than skips: it was asked for explicitly.
+ * `cuda_index` picks the CUDA device (tests that want a second GPU fall back to 0 without one). */
+static inline vc_backend *test_backend_create_on(size_t capacity, int cuda_index) {
     vc_backend *b = NULL;
     if (!test_on_device()) {
         assert_int_equal(vc_backend_host_create(capacity, &b), VC_OK);
@@ -119,8 +120,11 @@ static inline vc_backend *test_backend_create(size_t capacity) {
         sp.copy_latency_s = 1e-6;
         assert_int_equal(vc_backend_sim_create(&sp, &cuda), VC_OK);
         snprintf(why, sizeof why, "the simulated device, ordering checked");
-    } else if (test_gpu_backend("cuda:0", &cuda, why, sizeof why) != VC_OK) {
-        fail_msg("VC_TEST_BACKEND=cuda: %s", why);
+    } else {
+        char dev[16];
+        snprintf(dev, sizeof dev, "cuda:%d", cuda_index);
+        if (cuda_index > 0 && test_gpu_backend(dev, &cuda, why, sizeof why) != VC_OK) snprintf(dev, sizeof dev, "cuda:0");
+        if (!cuda && test_gpu_backend(dev, &cuda, why, sizeof why) != VC_OK) fail_msg("VC_TEST_BACKEND=cuda: %s", why);
     }
     if (!said++) print_message("backend under test: %s (capped per test)\n", why);
     assert_int_equal(vc_backend_fault_create(cuda, &b), VC_OK);
@@ -132,6 +136,8 @@ static inline vc_backend *test_backend_create(size_t capacity) {
     test_wrapped[i].inner = cuda;
     return b;
 }
+
+static inline vc_backend *test_backend_create(size_t capacity) { return test_backend_create_on(capacity, 0); }
 
 static inline void test_backend_destroy(vc_backend *b) {
     vc_backend_destroy(b);

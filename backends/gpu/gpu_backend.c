@@ -82,6 +82,14 @@ static void leave(const dev_guard *d) {
     if (d->switched) gpuSetDevice(d->prev);
 }
 
+/* The value is computed before the device is switched back: `return LEAVE(staged_h2d(...))` must run
+ * the copy on the backend's device (a comma expression here once ran it on the caller's, where its
+ * staging event could not be recorded on the backend's stream). */
+static int leave_with(const dev_guard *d, int value) {
+    leave(d);
+    return value;
+}
+
 /* Opens a function body on the backend's device; every return after it goes through LEAVE. */
 #define ON_DEVICE(g)                                                                               \
     dev_guard guard_;                                                                              \
@@ -89,7 +97,7 @@ static void leave(const dev_guard *d) {
         gpuError_t e_ = enter((g), &guard_);                                                       \
         if (e_ != gpuSuccess) return fail(e_, GPU_NAME " set device");                             \
     } while (0)
-#define LEAVE(value) (leave(&guard_), (value))
+#define LEAVE(value) leave_with(&guard_, (value))
 
 static int g_device_alloc(void *ctx, size_t bytes, void **p) {
     gpu_ctx *g = ctx;
@@ -242,9 +250,19 @@ static void g_event_destroy(void *ctx, void *ev) {
     gpuEventDestroy((gpuEvent_t)ev);
 }
 
+/* A NULL stream is the legacy default stream of the backend's device, whichever device the calling
+ * thread has current (an engine driving several GPUs from one thread): an event may only be recorded
+ * on a stream of its own device. Named streams carry their device: no switch. */
+static gpuError_t enter_for_stream(const gpu_ctx *g, vc_stream s, dev_guard *d) {
+    d->switched = 0;
+    return s ? gpuSuccess : enter(g, d);
+}
+
 static int g_event_record(void *ctx, void *ev, vc_stream s) {
-    (void)ctx;
-    gpuError_t e = gpuEventRecord((gpuEvent_t)ev, (gpuStream_t)s);
+    dev_guard d;
+    gpuError_t e = enter_for_stream(ctx, s, &d);
+    if (e == gpuSuccess) e = gpuEventRecord((gpuEvent_t)ev, (gpuStream_t)s);
+    leave(&d);
     return e == gpuSuccess ? VC_OK : fail(e, GPU_NAME " event record");
 }
 
@@ -266,8 +284,10 @@ static int g_event_sync(void *ctx, void *ev) {
 }
 
 static int g_stream_wait(void *ctx, vc_stream s, void *ev) {
-    (void)ctx;
-    gpuError_t e = gpuStreamWaitEvent((gpuStream_t)s, (gpuEvent_t)ev);
+    dev_guard d;
+    gpuError_t e = enter_for_stream(ctx, s, &d);
+    if (e == gpuSuccess) e = gpuStreamWaitEvent((gpuStream_t)s, (gpuEvent_t)ev);
+    leave(&d);
     return e == gpuSuccess ? VC_OK : fail(e, GPU_NAME " stream wait");
 }
 

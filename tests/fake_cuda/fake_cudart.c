@@ -15,6 +15,9 @@
  *   recent record at the time of the call; an event never recorded counts as complete;
  * - the legacy default stream (NULL) waits for all earlier work of blocking streams
  *   (cudaStreamCreate) and they wait for its earlier work; non-blocking streams take no part;
+ * - several devices (VC_FAKE_CUDA_DEVICES, default 2): memory, streams and events belong to the
+ *   calling thread's current device when made; NULL is the current device's legacy stream; an
+ *   event may only be recorded on a stream of its own device; copies and waits may cross devices;
  * - cudaFree and cudaFreeHost synchronise the device; cudaStreamDestroy and cudaEventDestroy return
  *   at once and let queued work finish;
  * - a copy between device memory and pageable host memory may be synchronous with respect to the
@@ -24,7 +27,8 @@
  * The first query of a pending event runs its stream up to it (the device makes progress) and still
  * answers cudaErrorNotReady, so both answers are exercised.
  *
- * Environment: VC_FAKE_CUDA_MEM_MB, the device's memory (default 4096).
+ * Environment: VC_FAKE_CUDA_MEM_MB, each device's memory (default 4096); VC_FAKE_CUDA_DEVICES (1-8,
+ * default 2).
  * One lock serialises every call; the library may call from any thread.
  */
 #include <cuda_runtime_api.h>
@@ -36,6 +40,7 @@
 #include <time.h>
 
 #define MB ((size_t)1 << 20)
+#define MAX_DEVICES 8
 #define QUEUE_DEPTH 1024            /* a stream's queued operations before the oldest must run */
 #define LINK_BYTES_PER_NS 12.0      /* the fake clock's copy speed: 12 GB/s */
 #define FILL_BYTES_PER_NS 500.0     /* and memset's */
@@ -61,14 +66,14 @@ typedef struct op {
 } op;
 
 typedef struct fake_stream {
-    int id, blocking, live;
+    int id, blocking, live, device;
     uint64_t issued, done; /* operations 1..issued were queued, 1..done have run */
     op *head, *tail;
     size_t pending;
 } fake_stream;
 
 typedef struct fake_event {
-    int timing, refs, destroyed, recorded, stream;
+    int timing, refs, destroyed, recorded, stream, device;
     uint64_t seq;   /* the most recent record: complete once its stream has run this far */
     double time_ns; /* when that record ran, on the fake clock */
 } fake_event;
@@ -77,20 +82,21 @@ enum { K_DEVICE = 1, K_POOL = 2, K_PINNED = 4, K_FREEING = 8 };
 typedef struct alloc {
     char *p;
     size_t n;
-    int kind;
+    int kind, device;
 } alloc;
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static _Thread_local cudaError_t last_error = cudaSuccess;
 static _Thread_local int current_device = 0;
-static fake_stream **streams; /* [0] is the legacy default stream; never freed, so a stream used
-                                 after destroy is reported instead of touching freed memory */
+static fake_stream **streams; /* never freed, so a stream used after destroy is reported instead of
+                                 touching freed memory */
 static int nstreams, cap_streams;
+static int legacy_id[MAX_DEVICES] = {-1, -1, -1, -1, -1, -1, -1, -1}; /* each device's NULL stream */
 static alloc *allocs;
 static size_t nallocs, cap_allocs;
-static size_t device_used, pool_used;
+static size_t device_used[MAX_DEVICES], pool_used[MAX_DEVICES];
 static double clock_ns;
-static char memory_pool_handle; /* cudaDeviceGetDefaultMemPool's answer: only its address matters */
+static char memory_pool_handle[MAX_DEVICES]; /* cudaDeviceGetDefaultMemPool's answers: addresses only */
 
 static cudaError_t err(cudaError_t e) {
     if (e != cudaSuccess && e != cudaErrorNotReady) last_error = e;
@@ -107,6 +113,12 @@ static cudaError_t misuse(cudaError_t e, const char *what, const void *p, size_t
 static void die(const char *what, const void *p, size_t n) {
     fprintf(stderr, "fake CUDA: %s (%p, %zu bytes): the schedule let queued work outlive its memory\n", what, p, n);
     abort();
+}
+
+static int device_count(void) {
+    const char *env = getenv("VC_FAKE_CUDA_DEVICES");
+    long n = env ? strtol(env, NULL, 10) : 2;
+    return n < 1 ? 1 : n > MAX_DEVICES ? MAX_DEVICES : (int)n;
 }
 
 static size_t capacity(void) {
@@ -126,29 +138,29 @@ static alloc *find(const void *p, size_t n, int kinds) {
     return NULL;
 }
 
-static int add_alloc(void *p, size_t n, int kind) {
+static int add_alloc(void *p, size_t n, int kind, int device) {
     if (nallocs == cap_allocs) {
         size_t cap = cap_allocs ? 2 * cap_allocs : 64;
         alloc *a = realloc(allocs, cap * sizeof *a);
         if (!a) return 0;
         allocs = a, cap_allocs = cap;
     }
-    allocs[nallocs++] = (alloc){p, n, kind};
-    if (kind & K_DEVICE) device_used += n;
-    if (kind & K_POOL) device_used += n, pool_used += n;
+    allocs[nallocs++] = (alloc){p, n, kind, device};
+    if (kind & (K_DEVICE | K_POOL)) device_used[device] += n;
+    if (kind & K_POOL) pool_used[device] += n;
     return 1;
 }
 
 static void drop_alloc(alloc *a) {
-    if (a->kind & (K_DEVICE | K_POOL)) device_used -= a->n;
-    if (a->kind & K_POOL) pool_used -= a->n;
+    if (a->kind & (K_DEVICE | K_POOL)) device_used[a->device] -= a->n;
+    if (a->kind & K_POOL) pool_used[a->device] -= a->n;
     free(a->p);
     *a = allocs[--nallocs];
 }
 
 /* ---- streams and their queues ------------------------------------------------------------------- */
 
-static fake_stream *new_stream(int blocking) {
+static fake_stream *new_stream(int blocking, int device) {
     if (nstreams == cap_streams) {
         int cap = cap_streams ? 2 * cap_streams : 16;
         fake_stream **s = realloc(streams, (size_t)cap * sizeof *s);
@@ -159,17 +171,25 @@ static fake_stream *new_stream(int blocking) {
     if (!s) return NULL;
     s->id = nstreams;
     s->blocking = blocking;
+    s->device = device;
     s->live = 1;
     streams[nstreams++] = s;
     return s;
 }
 
-static fake_stream *legacy(void) { return nstreams ? streams[0] : new_stream(1); }
+static fake_stream *legacy(int device) {
+    if (legacy_id[device] < 0) {
+        fake_stream *s = new_stream(1, device);
+        if (!s) abort(); /* a test helper: no memory left to model anything */
+        legacy_id[device] = s->id;
+    }
+    return streams[legacy_id[device]];
+}
 
-/* NULL, cudaStreamLegacy and cudaStreamPerThread are the default stream (per-thread default
- * streams are not modelled; treating them as the legacy one orders more, never less). */
+/* NULL, cudaStreamLegacy and cudaStreamPerThread are the current device's default stream (per-thread
+ * default streams are not modelled; treating them as the legacy one orders more, never less). */
 static fake_stream *get_stream(cudaStream_t h) {
-    if ((uintptr_t)h <= 2) return legacy();
+    if ((uintptr_t)h <= 2) return legacy(current_device);
     fake_stream *s = (fake_stream *)h;
     return s->live ? s : NULL;
 }
@@ -267,12 +287,13 @@ static void push_wait(fake_stream *s, fake_stream *on, uint64_t seq) {
     push(s, w);
 }
 
-/* Queues `o` on `s`, after the legacy stream's implicit ordering. */
+/* Queues `o` on `s`, after its device's legacy stream's implicit ordering. */
 static void enqueue(fake_stream *s, op *o) {
-    fake_stream *l = legacy();
+    fake_stream *l = legacy(s->device);
     if (s == l) {
-        for (int i = 1; i < nstreams; i++)
-            if (streams[i]->live && streams[i]->blocking) push_wait(s, streams[i], streams[i]->issued);
+        for (int i = 0; i < nstreams; i++)
+            if (streams[i] != l && streams[i]->live && streams[i]->blocking && streams[i]->device == s->device)
+                push_wait(s, streams[i], streams[i]->issued);
     } else if (s->blocking) {
         push_wait(s, l, l->issued);
     }
@@ -302,7 +323,7 @@ cudaError_t cudaGetLastError(void) {
 
 cudaError_t cudaGetDeviceCount(int *count) {
     if (!count) return err(cudaErrorInvalidValue);
-    *count = 1;
+    *count = device_count();
     return cudaSuccess;
 }
 
@@ -313,16 +334,16 @@ cudaError_t cudaGetDevice(int *device) {
 }
 
 cudaError_t cudaSetDevice(int device) {
-    if (device != 0) return err(cudaErrorInvalidDevice);
+    if (device < 0 || device >= device_count()) return err(cudaErrorInvalidDevice);
     current_device = device;
     return cudaSuccess;
 }
 
 cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *prop, int device) {
     if (!prop) return err(cudaErrorInvalidValue);
-    if (device != 0) return err(cudaErrorInvalidDevice);
+    if (device < 0 || device >= device_count()) return err(cudaErrorInvalidDevice);
     memset(prop, 0, sizeof *prop);
-    snprintf(prop->name, sizeof prop->name, "fake CUDA device (tests/fake_cuda)");
+    snprintf(prop->name, sizeof prop->name, "fake CUDA device %d (tests/fake_cuda)", device);
     prop->totalGlobalMem = capacity();
     return cudaSuccess;
 }
@@ -332,23 +353,25 @@ cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total) {
     pthread_mutex_lock(&lock);
     size_t cap = capacity();
     *total = cap;
-    *free_bytes = device_used < cap ? cap - device_used : 0;
+    size_t used = device_used[current_device];
+    *free_bytes = used < cap ? cap - used : 0;
     pthread_mutex_unlock(&lock);
     return cudaSuccess;
 }
 
-static cudaError_t device_alloc(void **p, size_t n, int kind) {
+static cudaError_t device_alloc(void **p, size_t n, int kind, int device) {
     if (!p) return err(cudaErrorInvalidValue);
     *p = NULL;
     pthread_mutex_lock(&lock);
     cudaError_t e = cudaSuccess;
-    if (n > capacity() - (device_used < capacity() ? device_used : capacity())) {
+    size_t used = device_used[device];
+    if (n > capacity() - (used < capacity() ? used : capacity())) {
         e = err(cudaErrorMemoryAllocation);
     } else {
         void *v = NULL; /* cudaMalloc aligns to 256 bytes at least, and the cache relies on it */
         char *m = posix_memalign(&v, 256, n ? n : 1) == 0 ? v : NULL;
         if (m) memset(m, 0xA5, n < 65536 ? n : 65536); /* never-written device memory reads as junk */
-        if (!m || !add_alloc(m, n ? n : 1, kind)) {
+        if (!m || !add_alloc(m, n ? n : 1, kind, device)) {
             free(m);
             e = err(cudaErrorMemoryAllocation);
         } else {
@@ -359,7 +382,7 @@ static cudaError_t device_alloc(void **p, size_t n, int kind) {
     return e;
 }
 
-cudaError_t cudaMalloc(void **p, size_t n) { return device_alloc(p, n, K_DEVICE); }
+cudaError_t cudaMalloc(void **p, size_t n) { return device_alloc(p, n, K_DEVICE, current_device); }
 
 /* cudaFree and cudaFreeHost: both synchronise the device first (HIP documents it for hipHostFree). */
 static cudaError_t free_synchronising(void *p, int kinds, const char *misuse_what) {
@@ -385,7 +408,7 @@ cudaError_t cudaMallocAsync(void **p, size_t n, cudaStream_t stream) {
     fake_stream *s = get_stream(stream);
     pthread_mutex_unlock(&lock);
     if (!s) return misuse(cudaErrorInvalidResourceHandle, "cudaMallocAsync on a destroyed stream", stream, n);
-    return device_alloc(p, n, K_POOL);
+    return device_alloc(p, n, K_POOL, s->device); /* the stream's device, as its pool's */
 }
 
 cudaError_t cudaFreeAsync(void *p, cudaStream_t stream) {
@@ -413,7 +436,7 @@ cudaError_t cudaHostAlloc(void **p, size_t n, unsigned int flags) {
     pthread_mutex_lock(&lock);
     char *m = malloc(n ? n : 1);
     cudaError_t e = cudaSuccess;
-    if (!m || !add_alloc(m, n ? n : 1, K_PINNED)) {
+    if (!m || !add_alloc(m, n ? n : 1, K_PINNED, current_device)) {
         free(m);
         m = NULL;
         e = err(cudaErrorMemoryAllocation);
@@ -438,6 +461,7 @@ cudaError_t cudaPointerGetAttributes(struct cudaPointerAttributes *attr, const v
         attr->devicePointer = (void *)p;
     } else if (a) {
         attr->type = cudaMemoryTypeDevice;
+        attr->device = a->device;
         attr->devicePointer = (void *)p;
     } else {
         attr->type = cudaMemoryTypeUnregistered; /* CUDA 11+: pageable memory is no error */
@@ -450,8 +474,8 @@ cudaError_t cudaPointerGetAttributes(struct cudaPointerAttributes *attr, const v
 static cudaError_t stream_create(cudaStream_t *out, int blocking) {
     if (!out) return err(cudaErrorInvalidValue);
     pthread_mutex_lock(&lock);
-    legacy();
-    fake_stream *s = new_stream(blocking);
+    legacy(current_device);
+    fake_stream *s = new_stream(blocking, current_device);
     pthread_mutex_unlock(&lock);
     if (!s) return err(cudaErrorMemoryAllocation);
     *out = (cudaStream_t)s;
@@ -548,6 +572,7 @@ static cudaError_t event_create(cudaEvent_t *out, int timing) {
     fake_event *e = calloc(1, sizeof *e);
     if (!e) return err(cudaErrorMemoryAllocation);
     e->timing = timing;
+    e->device = current_device;
     e->refs = 1;
     *out = (cudaEvent_t)e;
     return cudaSuccess;
@@ -577,6 +602,9 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
     cudaError_t r = cudaSuccess;
     if (!s) {
         r = misuse(cudaErrorInvalidResourceHandle, "cudaEventRecord on a destroyed stream", event, 0);
+    } else if (s->device != e->device) {
+        r = misuse(cudaErrorInvalidResourceHandle, "cudaEventRecord of an event on a stream of another device",
+                   event, 0);
     } else {
         op *o = new_op(OP_MARK);
         o->event = e;
@@ -646,17 +674,18 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned
 
 cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t *pool, int device) {
     if (!pool) return err(cudaErrorInvalidValue);
-    if (device != 0) return err(cudaErrorInvalidDevice);
-    *pool = (cudaMemPool_t)(void *)&memory_pool_handle;
+    if (device < 0 || device >= device_count()) return err(cudaErrorInvalidDevice);
+    *pool = (cudaMemPool_t)(void *)&memory_pool_handle[device];
     return cudaSuccess;
 }
 
 cudaError_t cudaMemPoolGetAttribute(cudaMemPool_t pool, enum cudaMemPoolAttr attr, void *value) {
-    if ((void *)pool != (void *)&memory_pool_handle || !value) return err(cudaErrorInvalidValue);
+    char *h = (char *)(void *)pool;
+    if (h < memory_pool_handle || h >= memory_pool_handle + MAX_DEVICES || !value) return err(cudaErrorInvalidValue);
     if (attr != cudaMemPoolAttrUsedMemCurrent && attr != cudaMemPoolAttrReservedMemCurrent)
         return err(cudaErrorInvalidValue);
     pthread_mutex_lock(&lock);
-    *(uint64_t *)value = pool_used;
+    *(uint64_t *)value = pool_used[h - memory_pool_handle];
     pthread_mutex_unlock(&lock);
     return cudaSuccess;
 }

@@ -415,9 +415,9 @@ VC_API int vc_layer_unregister(vc_cache *cache, vc_layer_id layer);
  *  vc_layer_release(). Holds nest (acquire twice, release twice). `stream` is the engine stream that
  *  will read the weights; when the call returns, work queued on `stream` after it sees the weights
  *  (the stream waits on the upload's event; the host does not). NULL is the legacy default stream
- *  of the cache's device, whichever device the calling thread has current. *device_ptr receives the address,
- *  valid until the last release. A miss may call the layer's loader (without the lock), evict unheld
- *  layers (least recently used first) and copy host→device.
+ *  of the cache's device, whichever device the calling thread has current. *device_ptr receives
+ *  the address, valid until the last release. A miss may call the layer's loader (without the
+ *  lock), evict unheld layers (least recently used first) and copy host→device.
  *  Errors: VC_ERR_INVALID_ARG, VC_ERR_NOT_FOUND, VC_ERR_OUT_OF_VRAM (held layers and working memory
  *  leave no room: message gives the numbers), VC_ERR_OUT_OF_RAM (a loaded layer needs more RAM than
  *  unheld RAM copies can free), VC_ERR_LOADER, VC_ERR_BACKEND. On error the layer is not held and
@@ -538,9 +538,9 @@ VC_API int vc_layer_patch(vc_cache *cache, vc_layer_id layer, vc_patch_mode mode
 /** Restores a patched layer's original weights (from the backup, or from the source after FUSE).
  *  Devices sharing the layer get the original back at their next acquire. An unpatched layer is a
  *  success. Waits while another thread loads or patches the layer. Errors: VC_ERR_NOT_FOUND,
- *  VC_ERR_BUSY (held, or a sharing cache's upload
- *  still reads its RAM copy, as for vc_layer_patch), VC_ERR_BACKEND (an upload still reading the RAM copy cannot be waited for: the layer stays
- *  patched). */
+ *  VC_ERR_BUSY (held, or a sharing cache's upload still reads its RAM copy, as for
+ *  vc_layer_patch), VC_ERR_BACKEND (an upload still reading the RAM copy cannot be waited for: the
+ *  layer stays patched). */
 VC_API int vc_layer_unpatch(vc_cache *cache, vc_layer_id layer);
 
 /** Declares the order in which the model's layers run in one pass (a denoising step): `n` layer

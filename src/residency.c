@@ -1028,8 +1028,6 @@ static layer_t *find_layer(vc_cache *c, vc_layer_id id, const char *fn) {
     return l;
 }
 
-/* The layer behind an id once no other thread is loading it (NULL if not registered or unregistered
- * meanwhile). Lock held; waits on `loaded`, which releases it. */
 /* Waits (lock held, released meanwhile) until some load or patch in progress ends; l is one of them.
  * Said at DEBUG: a stall worth seeing when an engine waits on the stage-ahead worker. */
 static void wait_for_load(vc_cache *c, const layer_t *l) {
@@ -1038,6 +1036,8 @@ static void wait_for_load(vc_cache *c, const layer_t *l) {
     pthread_cond_wait(&c->loaded, &c->lock);
 }
 
+/* The layer behind an id once no other thread is loading or patching it (NULL if not registered or
+ * unregistered meanwhile). Lock held; waits on `loaded`, which releases it. */
 static layer_t *settled_layer(vc_cache *c, vc_layer_id id) {
     layer_t *l = slot_table_get(&c->layers, id);
     while (l && l->loading) {
@@ -1437,8 +1437,9 @@ int vc_layer_offload(vc_cache *c, vc_layer_id id, vc_offload_target target) {
     if (!l) {
         find_layer(c, id, fn); /* records "not registered" */
         st = VC_ERR_NOT_FOUND;
-    } else
+    } else {
         st = vc__offload_layer(c, l, target, fn);
+    }
     pthread_mutex_unlock(&c->lock);
     return st;
 }

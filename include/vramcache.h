@@ -488,8 +488,9 @@ VC_API int vc_model_offload(vc_cache *cache, vc_model_id model, vc_offload_targe
 /** InvokeAI's "Clear Model Cache" (what keep_alive_s does on a timer): every unheld layer of every
  *  model leaves VRAM and, when its loader can read it again, the RAM pool (VC_OFFLOAD_ALL); device
  *  segments left empty go back to the device, and plans are made afresh at each model's next pass.
- *  Weights are never lost. Layers held or loading stay: returns VC_ERR_BUSY after clearing the rest
- *  when any did. Errors: VC_ERR_INVALID_ARG (cache NULL), VC_ERR_BUSY. Thread-safe. */
+ *  Weights are never lost. Waits first while another thread loads or patches a layer. Held layers
+ *  stay: returns VC_ERR_BUSY after clearing the rest when any did. Errors: VC_ERR_INVALID_ARG
+ *  (cache NULL), VC_ERR_BUSY. Thread-safe. */
 VC_API int vc_cache_clear(vc_cache *cache);
 
 /** Stages a layer's weights into the RAM pool ahead of use (InvokeAI's "load into the RAM cache"):

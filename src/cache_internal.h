@@ -399,6 +399,9 @@ int vc__needs_loader(const layer_t *l);
 int vc__needs_load(layer_t *l);
 /** vc_layer_offload's work on a found layer (lock held). */
 int vc__offload_layer(vc_cache *c, layer_t *l, vc_offload_target target, const char *fn);
+/** Waits (lock held, released meanwhile) until some load or patch in progress ends; l is one of
+ *  them. Logs the wait at DEBUG. */
+void vc__wait_for_load(vc_cache *c, const layer_t *l);
 /** Gives back the device segments (kept arena and streaming region) that hold nothing. */
 void vc__release_empty_segments(vc_cache *c);
 /** vc_layer_load_ram's work on a found layer (lock held; released while a loader runs). */

@@ -53,12 +53,22 @@ size_t vc__clear_cache(vc_cache *c) {
     return stayed;
 }
 
+/* A layer some thread is loading or patching now (the stage-ahead worker's, typically), or NULL. */
+static const layer_t *loading_layer(const vc_cache *c) {
+    for (uint32_t i = 0; i < c->layers.count; i++) {
+        const layer_t *l = c->layers.slots[i].ptr;
+        if (l && l->loading) return l;
+    }
+    return NULL;
+}
+
 int vc_cache_clear(vc_cache *c) {
     if (!c) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_cache_clear: cache is NULL");
     pthread_mutex_lock(&c->lock);
+    for (const layer_t *l; (l = loading_layer(c));) vc__wait_for_load(c, l); /* as the per-layer calls do */
     size_t stayed = vc__clear_cache(c);
-    int st = stayed ? vc__fail(c, VC_ERR_BUSY, "vc_cache_clear: %zu layer(s) are held or loading and stayed; the "
-                               "others were cleared", stayed)
+    int st = stayed ? vc__fail(c, VC_ERR_BUSY, "vc_cache_clear: %zu layer(s) are held and stayed; the others "
+                               "were cleared", stayed)
                     : VC_OK;
     pthread_mutex_unlock(&c->lock);
     return st;

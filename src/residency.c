@@ -1028,9 +1028,8 @@ static layer_t *find_layer(vc_cache *c, vc_layer_id id, const char *fn) {
     return l;
 }
 
-/* Waits (lock held, released meanwhile) until some load or patch in progress ends; l is one of them.
- * Said at DEBUG: a stall worth seeing when an engine waits on the stage-ahead worker. */
-static void wait_for_load(vc_cache *c, const layer_t *l) {
+/* Said at DEBUG: a stall worth seeing when an engine waits on the stage-ahead worker. */
+void vc__wait_for_load(vc_cache *c, const layer_t *l) {
     vc__log(c, VC_LOG_DEBUG, "layer '%s' of model '%s' is being loaded or patched by another thread: "
             "waiting for it", l->name, l->model->name);
     pthread_cond_wait(&c->loaded, &c->lock);
@@ -1041,7 +1040,7 @@ static void wait_for_load(vc_cache *c, const layer_t *l) {
 static layer_t *settled_layer(vc_cache *c, vc_layer_id id) {
     layer_t *l = slot_table_get(&c->layers, id);
     while (l && l->loading) {
-        wait_for_load(c, l);
+        vc__wait_for_load(c, l);
         l = slot_table_get(&c->layers, id);
     }
     return l;
@@ -1621,7 +1620,7 @@ int vc_model_offload(vc_cache *c, vc_model_id model, vc_offload_target target) {
         for (size_t i = 0; m && i < m->nlayers && !loading; i++)
             if (m->layers[i]->loading) loading = m->layers[i];
         if (!loading) break;
-        wait_for_load(c, loading); /* the model may go meanwhile: looked up again */
+        vc__wait_for_load(c, loading); /* the model may go meanwhile: looked up again */
     }
     if (!m) {
         st = vc__fail(c, VC_ERR_NOT_FOUND, "%s: model id %#llx is not registered", fn, (unsigned long long)model);

@@ -153,7 +153,7 @@ static void test_cache_clear_api(void **state) {
     void *p;
     assert_int_equal(vc_layer_acquire(t.cache, a, NULL, &p), VC_OK);
     assert_int_equal(vc_cache_clear(t.cache), VC_ERR_BUSY);
-    assert_true(last_error_has(t.cache, "1 layer(s) are held or loading"));
+    assert_true(last_error_has(t.cache, "1 layer(s) are held and stayed"));
     assert_true(check_device(t.cache, p, 256 * KB, 1));
     assert_int_equal(vc_layer_release(t.cache, a, NULL), VC_OK);
     assert_int_equal(vc_cache_clear(NULL), VC_ERR_INVALID_ARG);

@@ -364,8 +364,8 @@ static cudaError_t device_alloc(void **p, size_t n, int kind, int device) {
     *p = NULL;
     pthread_mutex_lock(&lock);
     cudaError_t e = cudaSuccess;
-    size_t used = device_used[device];
-    if (n > capacity() - (used < capacity() ? used : capacity())) {
+    size_t cap = capacity(), used = device_used[device];
+    if (used > cap || n > cap - used) {
         e = err(cudaErrorMemoryAllocation);
     } else {
         void *v = NULL; /* cudaMalloc aligns to 256 bytes at least, and the cache relies on it */

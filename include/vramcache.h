@@ -378,8 +378,12 @@ typedef struct vc_layer_desc {
  *  Errors: VC_ERR_INVALID_ARG (NULL/empty name, NULL out), VC_ERR_EXISTS, VC_ERR_NO_MEMORY. */
 VC_API int vc_model_register(vc_cache *cache, const char *name, vc_model_id *out);
 
-/** Unregisters a model and all its layers, freeing their RAM and device memory.
- *  Errors: VC_ERR_NOT_FOUND, VC_ERR_BUSY (a layer is held or loading: nothing is removed). */
+/** Unregisters a model and all its layers, freeing their RAM and device memory. Waits while another
+ *  thread (the stage-ahead worker, typically) runs the loader of one of its layers, so it must not be
+ *  called from one of the model's own loaders. Calls on other threads that name the model or its
+ *  layers get VC_ERR_NOT_FOUND once it has gone.
+ *  Errors: VC_ERR_NOT_FOUND, VC_ERR_BUSY (a layer is held, or a sharing cache's upload may still read
+ *  its RAM copy (vc_layer_register_shared): nothing is removed). */
 VC_API int vc_model_unregister(vc_cache *cache, vc_model_id model);
 
 /** Finds a model by name. Errors: VC_ERR_INVALID_ARG, VC_ERR_NOT_FOUND. */
@@ -397,8 +401,11 @@ VC_API int vc_layer_register(vc_cache *cache, vc_model_id model, const vc_layer_
  *  for several GPUs serving one model: each GPU's cache registers the layer as shared from one owning
  *  cache, and the weights are held in RAM once, in the owner's RAM pool (loaded there by its loader
  *  when needed), however many devices upload from them. Name, size and alignment are the source's.
- *  While a shared layer exists, `owner` cannot be destroyed (VC_ERR_BUSY); if the source layer is
- *  unregistered, acquiring the shared one fails with VC_ERR_NOT_FOUND. Shared layers cannot be
+ *  While a shared layer exists, `owner` cannot be destroyed (VC_ERR_BUSY), and while an upload of
+ *  this cache may still read the source's RAM copy, the source (and its model) cannot be
+ *  unregistered (VC_ERR_BUSY until this cache's next call reaps the finished upload). If the source
+ *  layer is unregistered, a copy already on this cache's device stays usable until it leaves; then
+ *  acquiring the shared layer fails with VC_ERR_NOT_FOUND. Shared layers cannot be
  *  patched (patch the source): a patch or unpatch of the source reaches this cache at its next
  *  acquire of the layer while no hold is on it (a copy already held keeps its weights until then).
  *  Locks: the cache's own lock, then the owner's (never the reverse), so
@@ -407,8 +414,10 @@ VC_API int vc_layer_register(vc_cache *cache, vc_model_id model, const vc_layer_
 VC_API int vc_layer_register_shared(vc_cache *cache, vc_model_id model, vc_cache *owner, vc_layer_id source,
                                     vc_layer_id *out);
 
-/** Unregisters a layer, freeing its RAM copy and device memory.
- *  Errors: VC_ERR_NOT_FOUND, VC_ERR_BUSY (held or loading: nothing changes). */
+/** Unregisters a layer, freeing its RAM copy and device memory. Waits while another thread runs its
+ *  loader or patch function (so it must not be called from them).
+ *  Errors: VC_ERR_NOT_FOUND, VC_ERR_BUSY (held, or a sharing cache's upload may still read its RAM
+ *  copy: nothing changes). */
 VC_API int vc_layer_unregister(vc_cache *cache, vc_layer_id layer);
 
 /** Makes `layer` resident in device memory and holds it: it will not be evicted until a matching

@@ -283,7 +283,7 @@ int vc_model_unregister(vc_cache *c, vc_model_id id) {
     if (!c) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_model_unregister: cache is NULL");
     pthread_mutex_lock(&c->lock);
     int st = VC_OK;
-    model_t *m = slot_table_get(&c->models, id);
+    model_t *m = vc__settled_model(c, id); /* the stage-ahead worker loading one of its layers: wait */
     if (!m) {
         st = vc__fail(c, VC_ERR_NOT_FOUND, "vc_model_unregister: model id %#llx is not registered",
                       (unsigned long long)id);
@@ -291,9 +291,10 @@ int vc_model_unregister(vc_cache *c, vc_model_id id) {
     }
     for (size_t i = 0; i < m->nlayers; i++) {
         layer_t *l = m->layers[i];
-        if (l->holds || l->loading) {
+        if (l->holds || l->host_pins) { /* host_pins: freeing the RAM copy would pull it from under a copy */
             st = vc__fail(c, VC_ERR_BUSY, "vc_model_unregister: layer '%s' of model '%s' is %s; "
-                          "nothing was unregistered", l->name, m->name, l->loading ? "loading" : "held");
+                          "nothing was unregistered", l->name, m->name,
+                          l->holds ? "held" : "being read by another cache (its upload is not reaped yet)");
             goto done;
         }
     }
@@ -425,14 +426,13 @@ int vc_layer_unregister(vc_cache *c, vc_layer_id id) {
     if (!c) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_layer_unregister: cache is NULL");
     pthread_mutex_lock(&c->lock);
     int st = VC_OK;
-    layer_t *l = slot_table_get(&c->layers, id);
+    layer_t *l = vc__settled_layer(c, id); /* another thread (the stage-ahead worker) loading it: wait */
     if (!l)
         st = vc__fail(c, VC_ERR_NOT_FOUND, "vc_layer_unregister: layer id %#llx is not registered",
                       (unsigned long long)id);
-    else if (l->holds || l->loading || l->host_pins)
+    else if (l->holds || l->host_pins)
         st = vc__fail(c, VC_ERR_BUSY, "vc_layer_unregister: layer '%s' of model '%s' is %s (%u holds)",
-                      l->name, l->model->name,
-                      l->loading ? "loading" : l->holds ? "held" : "being read by another cache", l->holds);
+                      l->name, l->model->name, l->holds ? "held" : "being read by another cache", l->holds);
     else
         vc__layer_destroy(c, l);
     pthread_mutex_unlock(&c->lock);

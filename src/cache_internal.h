@@ -402,6 +402,11 @@ int vc__offload_layer(vc_cache *c, layer_t *l, vc_offload_target target, const c
 /** Waits (lock held, released meanwhile) until some load or patch in progress ends; l is one of
  *  them. Logs the wait at DEBUG. */
 void vc__wait_for_load(vc_cache *c, const layer_t *l);
+/** The layer behind an id once no other thread is loading or patching it (NULL if not registered or
+ *  unregistered meanwhile). Lock held; waits on `loaded`, which releases it. */
+layer_t *vc__settled_layer(vc_cache *c, vc_layer_id id);
+/** The same for a model: once none of its layers is loading or being patched (NULL if gone). */
+model_t *vc__settled_model(vc_cache *c, vc_model_id id);
 /** Gives back the device segments (kept arena and streaming region) that hold nothing. */
 void vc__release_empty_segments(vc_cache *c);
 /** vc_layer_load_ram's work on a found layer (lock held; released while a loader runs). */

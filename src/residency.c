@@ -1035,15 +1035,24 @@ void vc__wait_for_load(vc_cache *c, const layer_t *l) {
     pthread_cond_wait(&c->loaded, &c->lock);
 }
 
-/* The layer behind an id once no other thread is loading or patching it (NULL if not registered or
- * unregistered meanwhile). Lock held; waits on `loaded`, which releases it. */
-static layer_t *settled_layer(vc_cache *c, vc_layer_id id) {
+layer_t *vc__settled_layer(vc_cache *c, vc_layer_id id) {
     layer_t *l = slot_table_get(&c->layers, id);
     while (l && l->loading) {
         vc__wait_for_load(c, l);
         l = slot_table_get(&c->layers, id);
     }
     return l;
+}
+
+model_t *vc__settled_model(vc_cache *c, vc_model_id id) {
+    for (;;) {
+        model_t *m = slot_table_get(&c->models, id);
+        const layer_t *loading = NULL;
+        for (size_t i = 0; m && i < m->nlayers && !loading; i++)
+            if (m->layers[i]->loading) loading = m->layers[i];
+        if (!loading) return m;
+        vc__wait_for_load(c, loading); /* the model may go meanwhile: looked up again */
+    }
 }
 
 /* ---- acquire / release ----------------------------------------------------------------------- */
@@ -1324,7 +1333,7 @@ int vc_layer_acquire(vc_cache *c, vc_layer_id id, vc_stream stream, void **devic
     pthread_mutex_lock(&c->lock);
     int st = VC_OK;
     if (c->trace) vc__trace_poll(c, 0); /* copies that have run since: their spans */
-    layer_t *l = settled_layer(c, id); /* another thread loading it: wait, then take its result */
+    layer_t *l = vc__settled_layer(c, id); /* another thread loading it: wait, then take its result */
     /* (the cache-wide count first: caches without shared layers never touch l->owner here) */
     if (c->shared_layers && l && l->owner && l->vblock && !l->holds && shared_stale(l))
         vc__evict_vram(c, l, VC_EVICT_MANUAL, 1); /* its source was patched: load the new weights */
@@ -1432,7 +1441,7 @@ int vc_layer_offload(vc_cache *c, vc_layer_id id, vc_offload_target target) {
     int st = check_offload_args(c, target, fn);
     if (st != VC_OK) return st;
     pthread_mutex_lock(&c->lock);
-    layer_t *l = settled_layer(c, id); /* another thread loading it (the stage-ahead worker): wait */
+    layer_t *l = vc__settled_layer(c, id); /* another thread loading it (the stage-ahead worker): wait */
     if (!l) {
         find_layer(c, id, fn); /* records "not registered" */
         st = VC_ERR_NOT_FOUND;
@@ -1448,7 +1457,7 @@ int vc_layer_read(vc_cache *c, vc_layer_id id, void *dst, size_t size) {
     if (!c || !dst) return vc__fail(NULL, VC_ERR_INVALID_ARG, "%s: %s is NULL", fn, !c ? "cache" : "dst");
     pthread_mutex_lock(&c->lock);
     int st = VC_OK;
-    layer_t *l = settled_layer(c, id); /* another thread loading or patching it: wait for its result */
+    layer_t *l = vc__settled_layer(c, id); /* another thread loading or patching it: wait for its result */
     if (!l) {
         st = vc__fail(c, VC_ERR_NOT_FOUND, "%s: layer id %#llx is not registered", fn, (unsigned long long)id);
     } else if (size != l->bytes) {
@@ -1613,15 +1622,7 @@ int vc_model_offload(vc_cache *c, vc_model_id model, vc_offload_target target) {
     int st = check_offload_args(c, target, fn);
     if (st != VC_OK) return st;
     pthread_mutex_lock(&c->lock);
-    model_t *m;
-    for (;;) { /* layers another thread is loading (the stage-ahead worker): wait, as for one layer */
-        m = slot_table_get(&c->models, model);
-        const layer_t *loading = NULL;
-        for (size_t i = 0; m && i < m->nlayers && !loading; i++)
-            if (m->layers[i]->loading) loading = m->layers[i];
-        if (!loading) break;
-        vc__wait_for_load(c, loading); /* the model may go meanwhile: looked up again */
-    }
+    model_t *m = vc__settled_model(c, model); /* the stage-ahead worker loading one of its layers: wait */
     if (!m) {
         st = vc__fail(c, VC_ERR_NOT_FOUND, "%s: model id %#llx is not registered", fn, (unsigned long long)model);
         goto done;
@@ -1687,7 +1688,7 @@ int vc_layer_load_ram(vc_cache *c, vc_layer_id id) {
     static const char fn[] = "vc_layer_load_ram";
     if (!c) return vc__fail(NULL, VC_ERR_INVALID_ARG, "%s: cache is NULL", fn);
     pthread_mutex_lock(&c->lock);
-    layer_t *l = settled_layer(c, id); /* another thread loading it: its result is ours */
+    layer_t *l = vc__settled_layer(c, id); /* another thread loading it: its result is ours */
     int st = l ? vc__stage_layer(c, l, fn)
                : vc__fail(c, VC_ERR_NOT_FOUND, "%s: layer id %#llx is not registered", fn, (unsigned long long)id);
     pthread_mutex_unlock(&c->lock);
@@ -1728,7 +1729,7 @@ int vc_model_load_ram(vc_cache *c, vc_model_id model) {
     }
     for (size_t i = 0; i < n; i++) ids[i] = m->layers[i]->id;
     for (size_t i = 0; i < n && st == VC_OK; i++) {
-        layer_t *x = settled_layer(c, ids[i]);
+        layer_t *x = vc__settled_layer(c, ids[i]);
         if (x) st = vc__stage_layer(c, x, fn);
     }
 done:
@@ -1796,7 +1797,7 @@ int vc_layer_patch(vc_cache *c, vc_layer_id id, vc_patch_mode mode, int (*fn)(vo
                                  (int)mode);
     pthread_mutex_lock(&c->lock);
     int st = VC_OK;
-    layer_t *l = settled_layer(c, id); /* another thread loading or patching it: wait */
+    layer_t *l = vc__settled_layer(c, id); /* another thread loading or patching it: wait */
     void *backup = NULL;
     int backup_pinned = 0, new_backup = 0;
     if (!l) {
@@ -1884,7 +1885,7 @@ int vc_layer_unpatch(vc_cache *c, vc_layer_id id) {
     if (!c) return vc__fail(NULL, VC_ERR_INVALID_ARG, "%s: cache is NULL", name);
     pthread_mutex_lock(&c->lock);
     int st = VC_OK;
-    layer_t *l = settled_layer(c, id); /* another thread loading or patching it: wait */
+    layer_t *l = vc__settled_layer(c, id); /* another thread loading or patching it: wait */
     if (!l) {
         st = vc__fail(c, VC_ERR_NOT_FOUND, "%s: layer id %#llx is not registered", name, (unsigned long long)id);
     } else if (l->holds) {

@@ -208,6 +208,31 @@ static void test_errors(void **state) {
     free_gpus(&g);
 }
 
+/* While an upload of the sharing cache may still read the owner's RAM copy, neither the layer nor its
+ * model can be unregistered (freeing the copy under that upload): VC_ERR_BUSY, nothing removed, and
+ * both go once the sharer's finished uploads are reaped. */
+static void test_source_read_by_a_sharer_stays(void **state) {
+    (void)state;
+    gpus g;
+    make_gpus(&g, 1 * MB, 1 * MB, 1);
+    void *p;
+    assert_int_equal(vc_layer_acquire(g.cache[1], g.layer[1][2], NULL, &p), VC_OK); /* pins the source */
+    assert_int_equal(vc_model_unregister(g.cache[0], g.model[0]), VC_ERR_BUSY);
+    assert_true(last_error_has(g.cache[0], "being read by another cache"));
+    assert_int_equal(vc_layer_unregister(g.cache[0], g.layer[0][2]), VC_ERR_BUSY);
+    assert_true(last_error_has(g.cache[0], "being read by another cache"));
+    assert_int_equal(get_stats(g.cache[0]).layers, 8); /* nothing removed */
+    assert_true(check_device(g.cache[1], p, 32 * KB, g.loader[2].seed));
+    assert_int_equal(vc_layer_release(g.cache[1], g.layer[1][2], NULL), VC_OK);
+    test_default_stream_sync(g.dev[1]);
+    (void)get_stats(g.cache[1]); /* reaps the finished upload: the pin goes */
+    assert_int_equal(vc_model_unregister(g.cache[0], g.model[0]), VC_OK);
+    use(&g, 1, 2); /* the copy already on the sharer's device stays usable... */
+    assert_int_equal(vc_layer_offload(g.cache[1], g.layer[1][2], VC_OFFLOAD_VRAM), VC_OK);
+    assert_int_equal(vc_layer_acquire(g.cache[1], g.layer[1][2], NULL, &p), VC_ERR_NOT_FOUND); /* ...not more */
+    free_gpus(&g);
+}
+
 typedef struct runner {
     gpus *g;
     int d;
@@ -274,6 +299,7 @@ int main(void) {
         cmocka_unit_test(test_sharer_reads_a_written_back_copy),
         cmocka_unit_test(test_patched_source_reaches_sharers),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_source_read_by_a_sharer_stays),
         cmocka_unit_test(test_two_devices_concurrently),
         cmocka_unit_test(test_stage_shared),
     };

@@ -171,9 +171,9 @@ static void test_stress_no_ram_copy(void **state) {
     stress(0);
 }
 
-/* Read, offload, patch and unpatch of a layer (offload of its model, clearing the cache) whose loader
- * is running on another thread (staging it into RAM, as the stage-ahead worker does) wait for the
- * load, as acquire does, instead of failing with VC_ERR_BUSY. Ordered without sleeps: the loader
+/* Read, offload, patch, unpatch and unregister of a layer (offload or unregister of its model,
+ * clearing the cache) whose loader is running on another thread (staging it into RAM, as the
+ * stage-ahead worker does) wait for the load, as acquire does, instead of failing with VC_ERR_BUSY. Ordered without sleeps: the loader
  * blocks until the caller's thread logs that it waits for it, which it does just before it waits. */
 typedef struct gate {
     pthread_mutex_t mu;
@@ -243,7 +243,7 @@ static void test_calls_wait_for_a_load_in_progress(void **state) {
     vc_model_id m = add_model(t.cache, "m");
     assert_int_equal(vc_layer_register(t.cache, m, &d, &l), VC_OK);
     unsigned char buf[16 * KB];
-    for (int op = 0; op < 6; op++) {
+    for (int op = 0; op < 8; op++) {
         g.entered = g.go = 0;
         stager a = {t.cache, l, -1};
         pthread_t th;
@@ -254,11 +254,18 @@ static void test_calls_wait_for_a_load_in_progress(void **state) {
                  : op == 2 ? vc_layer_patch(t.cache, l, VC_PATCH_BACKUP, xor_ff, NULL)
                  : op == 3 ? vc_layer_unpatch(t.cache, l)
                  : op == 4 ? vc_model_offload(t.cache, m, VC_OFFLOAD_VRAM)
-                           : vc_cache_clear(t.cache);
+                 : op == 5 ? vc_cache_clear(t.cache)
+                 : op == 6 ? vc_layer_unregister(t.cache, l)
+                           : vc_model_unregister(t.cache, m);
         gate_set(&g, &g.go); /* before a failed call, that never waited, can end the test */
         pthread_join(th, NULL);
         assert_int_equal(a.status, VC_OK);
         if (st != VC_OK) fail_msg("operation %d on a loading layer: %s", op, vc_last_error());
+        if (op >= 6) { /* gone once the load ended; registered again for the next operation */
+            assert_int_equal(vc_layer_read(t.cache, l, buf, sizeof buf), VC_ERR_NOT_FOUND);
+            if (op == 7) break;
+            assert_int_equal(vc_layer_register(t.cache, m, &d, &l), VC_OK);
+        }
         assert_int_equal(vc_layer_read(t.cache, l, buf, sizeof buf), VC_OK);
         if (op != 2) assert_true(check_pattern(buf, sizeof buf, 5));
         if (op == 2) {

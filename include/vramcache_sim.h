@@ -161,7 +161,12 @@ typedef struct vc_sim_result {
 } vc_sim_result;
 
 /** Runs the workload. Returns VC_OK with *result filled, or an error with result->error set
- *  (e.g. VC_ERR_OUT_OF_VRAM when offload_mode none and the model does not fit). */
+ *  (e.g. VC_ERR_OUT_OF_VRAM when offload_mode none and the model does not fit).
+ *  Versions: run->struct_size (set by vc_sim_run_init) tells the library which header the caller
+ *  was built with, and *result is written in that header's layout and size; so a program built
+ *  against the first release (no system_ram_bytes, disk_bytes_per_s, loaded_bytes_per_step or
+ *  ram_budget_bytes) keeps working. Any other struct_size is VC_ERR_INVALID_ARG.
+ *  Thread-safe: each call runs its own simulated device and cache. */
 VC_API int vc_sim_run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_result *result);
 
 #ifdef __cplusplus

@@ -112,17 +112,8 @@ static double segment_bound(const vc_workload *wl, const vc_sim_run *run, double
     return bound;
 }
 
-int vc_sim_run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_result *res) {
-    if (!res) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_sim_run_workload: result is NULL");
+static int run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_result *res) {
     memset(res, 0, sizeof(*res));
-    /* A program built before system_ram_bytes passes the first release's size: give it the default. */
-    vc_sim_run sized;
-    if (run && run->struct_size == offsetof(vc_sim_run, system_ram_bytes)) {
-        vc_sim_run_init(&sized);
-        memcpy(&sized, run, run->struct_size);
-        sized.struct_size = sizeof sized;
-        run = &sized;
-    }
     if (!wl || !run || run->struct_size != sizeof(*run) || !(run->vram_bytes > 0) || !(run->bandwidth > 0) ||
         !(run->system_ram_bytes >= 0) || !isfinite(run->system_ram_bytes) || !(run->disk_bytes_per_s >= 0) ||
         !isfinite(run->disk_bytes_per_s) ||
@@ -309,5 +300,37 @@ int vc_sim_run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_res
     free(ids);
     vc_cache_destroy(e.cache);
     vc_backend_destroy(e.sim);
+    return st;
+}
+
+/* vc_sim_result as the first release laid it out (before loaded_bytes_per_step and
+ * ram_budget_bytes): what a program built against that header allocates. */
+typedef struct sim_result_v1 {
+    double bytes_per_step, lower_bound_bytes_per_step, step_time_s, lower_bound_step_time_s, compute_time_s;
+    double segment_bound_step_time_s, hits_per_step, misses_per_step, total_time_s;
+    size_t usable_vram_bytes, peak_vram_bytes, peak_ram_bytes;
+    int steps;
+    char error[512];
+} sim_result_v1;
+
+int vc_sim_run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_result *res) {
+    if (!res) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_sim_run_workload: result is NULL");
+    if (!run || run->struct_size != offsetof(vc_sim_run, system_ram_bytes)) return run_workload(wl, run, res);
+    /* A program built against the first release passes that release's vc_sim_run size; its result
+     * is that release's smaller vc_sim_result, so the figures are written in that layout. */
+    vc_sim_run sized;
+    vc_sim_run_init(&sized);
+    memcpy(&sized, run, run->struct_size);
+    sized.struct_size = sizeof sized;
+    vc_sim_result *full = malloc(sizeof *full);
+    if (!full) return vc__fail(NULL, VC_ERR_NO_MEMORY, "vc_sim_run_workload: no memory for the result");
+    int st = run_workload(wl, &sized, full);
+    sim_result_v1 *old = (sim_result_v1 *)(void *)res;
+    *old = (sim_result_v1){full->bytes_per_step, full->lower_bound_bytes_per_step, full->step_time_s,
+                           full->lower_bound_step_time_s, full->compute_time_s, full->segment_bound_step_time_s,
+                           full->hits_per_step, full->misses_per_step, full->total_time_s,
+                           full->usable_vram_bytes, full->peak_vram_bytes, full->peak_ram_bytes, full->steps, ""};
+    memcpy(old->error, full->error, sizeof old->error);
+    free(full);
     return st;
 }

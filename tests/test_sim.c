@@ -799,10 +799,37 @@ static void test_run_with_machine_ram(void **state) {
         fail_msg("step %.3f s with a 3 GB/s disk, %.3f s with free loads, %.3f GB read per step", slow.step_time_s,
                  free_loads, slow.loaded_bytes_per_step / (double)GB);
     run.disk_bytes_per_s = 0;
-    /* the first release's layout: no RAM limit, nothing read again */
+    /* a program built against the first release: its vc_sim_run and vc_sim_result are that
+     * release's (smaller) ones; it gets no RAM limit, and its result in its own layout */
+    struct {
+        struct {
+            double bytes_per_step, lower_bound_bytes_per_step, step_time_s, lower_bound_step_time_s, compute_time_s;
+            double segment_bound_step_time_s, hits_per_step, misses_per_step, total_time_s;
+            size_t usable_vram_bytes, peak_vram_bytes, peak_ram_bytes;
+            int steps;
+            char error[512];
+        } r;
+        unsigned char guard[64]; /* the caller's next bytes: never written */
+    } old;
+    memset(&old, 0xab, sizeof old);
+    vc_sim_result unlimited;
+    run.system_ram_bytes = 0;
+    assert_int_equal(vc_sim_run_workload(wl, &run, &unlimited), VC_OK);
     run.struct_size = offsetof(vc_sim_run, system_ram_bytes);
-    assert_int_equal(vc_sim_run_workload(wl, &run, &r), VC_OK);
-    assert_true(r.loaded_bytes_per_step == 0 && r.ram_budget_bytes > 22 * GB);
+    assert_int_equal(vc_sim_run_workload(wl, &run, (vc_sim_result *)(void *)&old), VC_OK);
+    for (size_t i = 0; i < sizeof old.guard; i++) assert_int_equal(old.guard[i], 0xab);
+    assert_int_equal(old.r.steps, unlimited.steps);
+    assert_string_equal(old.r.error, "");
+    assert_true(old.r.bytes_per_step == unlimited.bytes_per_step && old.r.step_time_s == unlimited.step_time_s);
+    assert_int_equal(old.r.peak_ram_bytes, unlimited.peak_ram_bytes);
+    assert_true(old.r.peak_ram_bytes > 22 * GB); /* nothing limited it */
+    run.struct_size = offsetof(vc_sim_run, system_ram_bytes); /* failures too: the message in its place */
+    run.flops = 0;
+    memset(&old, 0xab, sizeof old);
+    assert_int_equal(vc_sim_run_workload(wl, &run, (vc_sim_result *)(void *)&old), VC_ERR_INVALID_ARG);
+    assert_string_equal(old.r.error, "invalid run parameters");
+    for (size_t i = 0; i < sizeof old.guard; i++) assert_int_equal(old.guard[i], 0xab);
+    run.flops = 60e12;
     run.struct_size = sizeof run;
     run.system_ram_bytes = -1;
     assert_int_equal(vc_sim_run_workload(wl, &run, &r), VC_ERR_INVALID_ARG);

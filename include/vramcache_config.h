@@ -145,8 +145,13 @@ VC_API vc_offload_mode vc_config_get_offload_mode_for(const vc_config *cfg, int 
 /** Whether pytorch_cuda_alloc_conf selects stream-ordered allocation (backend:cudaMallocAsync). */
 VC_API int vc_config_cuda_malloc_async(const vc_config *cfg);
 
-/** Fills cache options from the config (budgets in bytes, keep_ram_copy, log_memory_usage,
- *  offload_mode, offload_max_gpu_memory); other fields of `opts` are left as they are. opts must be initialised. Errors: VC_ERR_INVALID_ARG. */
+/** Fills cache options from the config (budgets in bytes, working_mem, keep_ram_copy,
+ *  log_memory_usage, offload_mode, offload_max_gpu_memory, stream_ordered_working_mem,
+ *  keep_alive_s, smart_working_mem); other fields of `opts` are left as they are. opts must be
+ *  initialised with vc_cache_options_init; a program built against an earlier header passes its
+ *  smaller struct_size, and fields its structure lacks are not written. Thread-safe for distinct
+ *  opts (the config is only read). Errors: VC_ERR_INVALID_ARG (NULL, or struct_size neither this
+ *  header's nor an earlier release's): opts unchanged. */
 VC_API int vc_config_apply(const vc_config *cfg, vc_cache_options *opts);
 
 /** Creates the backend that `device` asks for: auto tries the GPU backends this build has, then

@@ -9,11 +9,6 @@
 #define DEFAULT_SEGMENT_BYTES ((size_t)256 << 20)
 #define MAX_ALIGN ((size_t)2 << 20)
 
-/* The layout of the first release ends with stage_ahead: programs built against it pass at least
- * this struct_size. Fields added later go at the end and get their defaults when an older program
- * leaves them out. Never move this mark to a later field. */
-#define OPTIONS_FIRST_SIZE (offsetof(vc_cache_options, stage_ahead) + sizeof(int))
-
 void vc_cache_options_init_sized(vc_cache_options *o, size_t size) {
     if (!o) return;
     vc_cache_options d;
@@ -49,12 +44,12 @@ int vc_cache_create(const vc_cache_options *opts, vc_cache **out) {
     vc_cache_options o;
     vc_cache_options_init(&o);
     if (opts) {
-        if (opts->struct_size < OPTIONS_FIRST_SIZE || opts->struct_size > sizeof(o))
+        if (opts->struct_size < VC__OPTIONS_FIRST_SIZE || opts->struct_size > sizeof(o))
             return vc__fail(NULL, VC_ERR_INVALID_ARG,
                             "vc_cache_create: options.struct_size is %zu, expected %zu to %zu (initialise "
                             "options with vc_cache_options_init; a larger size comes from a newer header "
                             "than this library)",
-                            opts->struct_size, (size_t)OPTIONS_FIRST_SIZE, sizeof(o));
+                            opts->struct_size, (size_t)VC__OPTIONS_FIRST_SIZE, sizeof(o));
         memcpy(&o, opts, opts->struct_size); /* fields beyond the caller's keep their defaults */
     }
     if (o.log_level > VC_LOG_DEBUG || o.log_level < VC_LOG_ERROR)

@@ -241,9 +241,10 @@ int vc_config_cuda_malloc_async(const vc_config *cfg) {
 static size_t gb_to_bytes(double gb) { return (size_t)(gb * (double)VC_GB); }
 
 int vc_config_apply(const vc_config *cfg, vc_cache_options *opts) {
-    if (!cfg || !opts || opts->struct_size != sizeof(*opts))
+    if (!cfg || !opts || opts->struct_size < VC__OPTIONS_FIRST_SIZE || opts->struct_size > sizeof(*opts))
         return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_config_apply: %s", !cfg ? "cfg is NULL"
-                        : !opts ? "opts is NULL" : "opts not initialised with vc_cache_options_init");
+                        : !opts ? "opts is NULL"
+                                : "opts not initialised with vc_cache_options_init (struct_size out of range)");
     double gb = 0;
     opts->ram_budget = vc_config_get_number(cfg, VC_CFG_MAX_CACHE_RAM_GB, &gb) == VC_OK ? gb_to_bytes(gb) : VC_SIZE_AUTO;
     opts->vram_budget = vc_config_get_number(cfg, VC_CFG_MAX_CACHE_VRAM_GB, &gb) == VC_OK ? gb_to_bytes(gb) : VC_SIZE_AUTO;
@@ -254,10 +255,12 @@ int vc_config_apply(const vc_config *cfg, vc_cache_options *opts) {
     opts->offload_mode = vc_config_get_offload_mode(cfg);
     opts->stream_ordered_working_mem = vc_config_cuda_malloc_async(cfg);
     vc_config_get_number(cfg, VC_CFG_OFFLOAD_MAX_GPU_MEMORY, &opts->offload_max_gpu_memory);
+    /* Fields added after the first release: a program built against it has no room for them. */
     double minutes = 0;
     vc_config_get_number(cfg, VC_CFG_MODEL_CACHE_KEEP_ALIVE_MIN, &minutes);
-    opts->keep_alive_s = minutes * 60;
-    vc_config_get_bool(cfg, VC_CFG_SMART_PARTIAL_LOADING, &opts->smart_working_mem);
+    if (VC__OPTIONS_HAVE(opts, keep_alive_s)) opts->keep_alive_s = minutes * 60;
+    if (VC__OPTIONS_HAVE(opts, smart_working_mem))
+        vc_config_get_bool(cfg, VC_CFG_SMART_PARTIAL_LOADING, &opts->smart_working_mem);
     return VC_OK;
 }
 

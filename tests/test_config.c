@@ -618,6 +618,46 @@ static void test_backend_and_cache_from_config(void **state) {
     vc_diagnostics_destroy(d);
 }
 
+/* A program built against the first release has smaller vc_cache_options (they end with
+ * stage_ahead): vc_config_apply fills what it has and writes nothing past it, as vc_cache_create
+ * reads only that much; a size below the first release's, or above ours, is refused. */
+static void test_apply_to_first_release_options(void **state) {
+    (void)state;
+    vc_config *cfg;
+    assert_int_equal(vc_config_create(&cfg), VC_OK);
+    static const char text[] = "max_cache_ram_gb: 5\ndevice_working_mem_gb: 1\nmodel_cache_keep_alive_min: 2\n"
+                               "smart_partial_loading: true\n";
+    assert_int_equal(vc_config_load_string(cfg, text, sizeof text - 1, "t.yaml", VC_CONFIG_NO_ENV, NULL), VC_OK);
+    const size_t first = offsetof(vc_cache_options, stage_ahead) + sizeof(int);
+    union {
+        vc_cache_options o;
+        unsigned char b[sizeof(vc_cache_options) + 16];
+    } u;
+    memset(&u, 0xab, sizeof u);
+    vc_cache_options_init_sized(&u.o, first);
+    assert_int_equal(vc_config_apply(cfg, &u.o), VC_OK);
+    assert_int_equal(u.o.ram_budget, 5 * GB);
+    assert_int_equal(u.o.working_mem, 1 * GB);
+    for (size_t i = first; i < sizeof u.b; i++) assert_int_equal(u.b[i], 0xab);
+    u.o.backend = NULL;
+    u.o.ram_budget = 1 * MB;
+    vc_cache *c;
+    assert_int_equal(vc_cache_create(&u.o, &c), VC_OK); /* and a cache from them, keep-alive off */
+    assert_int_equal(get_stats(c).ram_budget, 1 * MB);
+    assert_int_equal(vc_cache_destroy(c), VC_OK);
+    u.o.struct_size = first - 1;
+    assert_int_equal(vc_config_apply(cfg, &u.o), VC_ERR_INVALID_ARG);
+    u.o.struct_size = sizeof(vc_cache_options) + 8;
+    assert_int_equal(vc_config_apply(cfg, &u.o), VC_ERR_INVALID_ARG);
+    assert_non_null(strstr(vc_last_error(), "struct_size"));
+    vc_cache_options full; /* the current size gets every field */
+    vc_cache_options_init(&full);
+    assert_int_equal(vc_config_apply(cfg, &full), VC_OK);
+    assert_true(full.keep_alive_s == 120.0);
+    assert_int_equal(full.smart_working_mem, 1);
+    vc_config_destroy(cfg);
+}
+
 typedef struct text_sink {
     char buf[8192];
 } text_sink;
@@ -718,6 +758,7 @@ int main(void) {
         cmocka_unit_test_setup(test_offload_mode_for_device, setup),
         cmocka_unit_test_setup(test_lowvram_medvram_flags, setup),
         cmocka_unit_test_setup(test_backend_and_cache_from_config, setup),
+        cmocka_unit_test_setup(test_apply_to_first_release_options, setup),
         cmocka_unit_test_setup(test_show_names_sources, setup),
         cmocka_unit_test_setup(test_show_round_trips_free_text, setup),
     };

@@ -460,8 +460,16 @@ typedef struct vc_layer_info {
     int patched;         /**< 1 while vc_layer_patch's changes are in force. */
 } vc_layer_info;
 
-/** Fills *info. Errors: VC_ERR_INVALID_ARG, VC_ERR_NOT_FOUND. */
-VC_API int vc_layer_get_info(vc_cache *cache, vc_layer_id layer, vc_layer_info *info);
+/** Fills *info. `info->name` is the cache's copy of the name: valid until the layer is
+ *  unregistered. Thread-safe. Errors: VC_ERR_INVALID_ARG, VC_ERR_NOT_FOUND (*info unchanged).
+ *  vc_layer_get_info() is a macro that passes the size of the vc_layer_info the program was built
+ *  with to vc_layer_get_info_sized(), so a later library whose structure has grown writes only
+ *  that many bytes; a size it does not know (a newer header than the library) is
+ *  VC_ERR_INVALID_ARG. The function of the same name (`(vc_layer_get_info)(...)`, or from other
+ *  languages) assumes this header's size. */
+VC_API int vc_layer_get_info_sized(vc_cache *cache, vc_layer_id layer, vc_layer_info *info, size_t info_size);
+VC_API int(vc_layer_get_info)(vc_cache *cache, vc_layer_id layer, vc_layer_info *info);
+#define vc_layer_get_info(cache, layer, info) vc_layer_get_info_sized((cache), (layer), (info), sizeof(vc_layer_info))
 
 /** Copies the layer's current weights into `dst` (`size` must equal the layer's size), from
  *  whichever copy is authoritative: RAM, device (synchronously), or the loader. Changes no
@@ -692,8 +700,16 @@ typedef struct vc_stats {
     uint64_t models, layers, layers_in_vram, layers_in_ram, layers_held;
 } vc_stats;
 
-/** Fills *out with a consistent snapshot. Errors: VC_ERR_INVALID_ARG. Thread-safe. */
-VC_API int vc_cache_get_stats(vc_cache *cache, vc_stats *out);
+/** Fills *out with a consistent snapshot (and frees RAM copies whose uploads have finished, so
+ *  ram_bytes counts only what is still needed). Thread-safe. Errors: VC_ERR_INVALID_ARG (*out
+ *  unchanged). vc_cache_get_stats() is a macro that passes the size of the vc_stats the program
+ *  was built with to vc_cache_get_stats_sized(), so a later library with more counters writes only
+ *  that many bytes; a size it does not know (a newer header than the library) is
+ *  VC_ERR_INVALID_ARG. The function of the same name (`(vc_cache_get_stats)(...)`, or from other
+ *  languages) assumes this header's size. */
+VC_API int vc_cache_get_stats_sized(vc_cache *cache, vc_stats *out, size_t out_size);
+VC_API int(vc_cache_get_stats)(vc_cache *cache, vc_stats *out);
+#define vc_cache_get_stats(cache, out) vc_cache_get_stats_sized((cache), (out), sizeof(vc_stats))
 
 /** Prints the stats in a human-readable block through `print` (NULL: stdout).
  *  Errors: VC_ERR_INVALID_ARG. Thread-safe. */

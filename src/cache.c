@@ -442,42 +442,65 @@ vc_residency vc__residency(const layer_t *l) {
     return ram ? VC_RES_RAM : VC_RES_NONE;
 }
 
-int vc_layer_get_info(vc_cache *c, vc_layer_id id, vc_layer_info *info) {
-    if (!c || !info) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_layer_get_info: NULL argument");
+/* Output structures grow at their end; a caller passes the size it was built with (the *_sized
+ * entry points, reached through macros in the header). Sizes from the first release to ours are
+ * served, writing only the caller's bytes; anything else is refused. */
+static int check_out_size(size_t size, size_t first, size_t ours, const char *fn, const char *type) {
+    if (size >= first && size <= ours) return VC_OK;
+    return vc__fail(NULL, VC_ERR_INVALID_ARG, "%s: size %zu is not a %s this library knows (%zu to %zu bytes; "
+                    "a larger one comes from a newer header than this library)", fn, size, type, first, ours);
+}
+
+#define LAYER_INFO_FIRST_SIZE (offsetof(vc_layer_info, patched) + sizeof(int))
+#define STATS_FIRST_SIZE (offsetof(vc_stats, layers_held) + sizeof(uint64_t))
+
+int vc_layer_get_info_sized(vc_cache *c, vc_layer_id id, vc_layer_info *out, size_t size) {
+    if (!c || !out) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_layer_get_info: NULL argument");
+    int st = check_out_size(size, LAYER_INFO_FIRST_SIZE, sizeof *out, "vc_layer_get_info", "vc_layer_info");
+    if (st != VC_OK) return st;
     pthread_mutex_lock(&c->lock);
-    int st = VC_OK;
     layer_t *l = slot_table_get(&c->layers, id);
     if (!l) {
         st = vc__fail(c, VC_ERR_NOT_FOUND, "vc_layer_get_info: layer id %#llx is not registered",
                       (unsigned long long)id);
     } else {
-        info->name = l->name;
-        info->model = l->model->id;
-        info->bytes = l->bytes;
-        info->alignment = l->align;
-        info->residency = vc__residency(l);
-        info->holds = l->holds;
-        info->borrowed_source = l->host_src != NULL;
-        info->patched = l->patched;
+        vc_layer_info info = {.name = l->name,
+                              .model = l->model->id,
+                              .bytes = l->bytes,
+                              .alignment = l->align,
+                              .residency = vc__residency(l),
+                              .holds = l->holds,
+                              .borrowed_source = l->host_src != NULL,
+                              .patched = l->patched};
+        memcpy(out, &info, size);
     }
     pthread_mutex_unlock(&c->lock);
     return st;
 }
 
+int(vc_layer_get_info)(vc_cache *c, vc_layer_id id, vc_layer_info *info) {
+    return vc_layer_get_info_sized(c, id, info, sizeof *info);
+}
+
 /* ---- stats ----------------------------------------------------------------------------------- */
 
-int vc_cache_get_stats(vc_cache *c, vc_stats *out) {
+int vc_cache_get_stats_sized(vc_cache *c, vc_stats *out, size_t size) {
     if (!c || !out) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_cache_get_stats: NULL argument");
+    int st = check_out_size(size, STATS_FIRST_SIZE, sizeof *out, "vc_cache_get_stats", "vc_stats");
+    if (st != VC_OK) return st;
     pthread_mutex_lock(&c->lock);
     vc__reap_deferred(c); /* so ram_bytes counts only copies still needed */
-    *out = c->stats;
-    out->ram_bytes = c->ram_bytes;
-    out->vram_bytes = vc__vram_used(c);
-    out->arena_bytes = vc__vram_total(c);
-    out->reserved_bytes = c->reserved_sum;
+    vc_stats s = c->stats;
+    s.ram_bytes = c->ram_bytes;
+    s.vram_bytes = vc__vram_used(c);
+    s.arena_bytes = vc__vram_total(c);
+    s.reserved_bytes = c->reserved_sum;
     pthread_mutex_unlock(&c->lock);
+    memcpy(out, &s, size);
     return VC_OK;
 }
+
+int(vc_cache_get_stats)(vc_cache *c, vc_stats *out) { return vc_cache_get_stats_sized(c, out, sizeof *out); }
 
 static void print_stdout(void *user, const char *text) {
     (void)user;

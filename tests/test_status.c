@@ -72,6 +72,49 @@ static void test_options_init_sized(void **state) {
     vc_cache_options_init_sized(NULL, sizeof a); /* no-op */
 }
 
+/* Stats and layer info are written only as far as the caller's structure goes (the macros pass
+ * its size); a size the library does not know is refused without writing. */
+static void test_sized_outputs(void **state) {
+    (void)state;
+    test_cache t = make_cache(1 * MB, 1 * MB, 1);
+    static char w[4096];
+    vc_model_id m = add_model(t.cache, "m");
+    vc_layer_id l = add_host_layer(t.cache, m, "l", w, sizeof w);
+    union {
+        vc_stats s;
+        unsigned char b[sizeof(vc_stats) + 16];
+    } u;
+    memset(&u, 0xab, sizeof u);
+    assert_int_equal(vc_cache_get_stats(t.cache, &u.s), VC_OK);
+    for (size_t i = sizeof(vc_stats); i < sizeof u.b; i++) assert_int_equal(u.b[i], 0xab);
+    assert_int_equal(u.s.layers, 1);
+    vc_stats f;
+    assert_int_equal((vc_cache_get_stats)(t.cache, &f), VC_OK); /* the function: this header's size */
+    assert_int_equal(f.layers, 1);
+    memset(&u, 0xab, sizeof u);
+    assert_int_equal(vc_cache_get_stats_sized(t.cache, &u.s, sizeof(vc_stats) + 8), VC_ERR_INVALID_ARG);
+    assert_non_null(strstr(vc_last_error(), "newer header"));
+    assert_int_equal(vc_cache_get_stats_sized(t.cache, &u.s, sizeof(vc_stats) - 8), VC_ERR_INVALID_ARG);
+    for (size_t i = 0; i < sizeof u.b; i++) assert_int_equal(u.b[i], 0xab);
+    union {
+        vc_layer_info info;
+        unsigned char b[sizeof(vc_layer_info) + 16];
+    } v;
+    memset(&v, 0xab, sizeof v);
+    assert_int_equal(vc_layer_get_info(t.cache, l, &v.info), VC_OK);
+    for (size_t i = sizeof(vc_layer_info); i < sizeof v.b; i++) assert_int_equal(v.b[i], 0xab);
+    assert_string_equal(v.info.name, "l");
+    assert_int_equal(v.info.bytes, sizeof w);
+    vc_layer_info g;
+    assert_int_equal((vc_layer_get_info)(t.cache, l, &g), VC_OK);
+    assert_int_equal(g.model, m);
+    memset(&v, 0xab, sizeof v);
+    assert_int_equal(vc_layer_get_info_sized(t.cache, l, &v.info, 3), VC_ERR_INVALID_ARG);
+    assert_int_equal(vc_layer_get_info_sized(t.cache, l, &v.info, sizeof(vc_layer_info) + 1), VC_ERR_INVALID_ARG);
+    for (size_t i = 0; i < sizeof v.b; i++) assert_int_equal(v.b[i], 0xab);
+    free_cache(&t);
+}
+
 static void test_cache_error_is_per_handle(void **state) {
     (void)state;
     test_cache a = make_cache(1 * MB, 1 * MB, 1), b = make_cache(1 * MB, 1 * MB, 1);
@@ -134,6 +177,7 @@ int main(void) {
         cmocka_unit_test(test_evict_reason_names),
         cmocka_unit_test(test_thread_error_without_handle),
         cmocka_unit_test(test_options_init_sized),
+        cmocka_unit_test(test_sized_outputs),
         cmocka_unit_test(test_cache_error_is_per_handle),
         cmocka_unit_test(test_log_levels_filter),
     };

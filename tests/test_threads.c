@@ -277,6 +277,57 @@ static void test_calls_wait_for_a_load_in_progress(void **state) {
     free_cache(&t);
 }
 
+/* An engine that swaps models (a checkpoint change) on a cache with stage_ahead: its worker is
+ * loading the next layers at random moments, and unregistering the model must still succeed every
+ * time (it waits for the worker's load instead of failing with VC_ERR_BUSY), with nothing left
+ * behind. Iterations bound it; no sleeps. (When unregister refused a loading layer, this failed
+ * within the first 120 swaps in each of three runs.) */
+static int slow_loader(void *user, vc_layer_id layer, void *dst, size_t bytes) {
+    for (int r = 0; r < 16; r++) /* a disk read's worth of time, so the worker is often mid-load */
+        test_loader_fn(user, layer, dst, bytes);
+    ((test_loader *)user)->calls -= 15;
+    return 0;
+}
+
+static void test_model_swaps_under_stage_ahead(void **state) {
+    (void)state;
+    vc_cache_options o;
+    vc_cache_options_init(&o);
+    o.ram_budget = 128 * KB; /* half of a model: the worker keeps loading */
+    o.working_mem = 0;
+    o.arena_segment_bytes = 64 * KB;
+    o.stage_ahead = 1;
+    o.log_level = VC_LOG_ERROR; /* the RAM cache is meant to be too small: no warning about it */
+    test_cache t = make_cache_opts(128 * KB, &o);
+    enum { N = 16 };
+    test_loader loaders[N];
+    for (int swap = 0; swap < 150; swap++) {
+        char name[16];
+        snprintf(name, sizeof name, "m%d", swap);
+        vc_model_id m = add_model(t.cache, name);
+        vc_layer_id ids[N];
+        for (int i = 0; i < N; i++) {
+            loaders[i] = (test_loader){.seed = (uint64_t)(swap * N + i)};
+            vc_layer_desc d = {.name = "l", .bytes = 16 * KB, .loader = slow_loader, .loader_user = &loaders[i]};
+            assert_int_equal(vc_layer_register(t.cache, m, &d, &ids[i]), VC_OK);
+        }
+        for (int pass = 0; pass < 3; pass++) /* the order is learned on the first: the worker stages */
+            for (int i = 0; i < (pass < 2 ? N : 1 + swap % N); i++) { /* the last pass stops anywhere */
+                void *p;
+                assert_int_equal(vc_layer_acquire(t.cache, ids[i], NULL, &p), VC_OK);
+                assert_true(check_device(t.cache, p, 16 * KB, loaders[i].seed));
+                assert_int_equal(vc_layer_release(t.cache, ids[i], NULL), VC_OK);
+            }
+        int st = vc_model_unregister(t.cache, m);
+        if (st != VC_OK) fail_msg("swap %d: %s", swap, vc_last_error());
+        vc_stats s = get_stats(t.cache);
+        assert_int_equal(s.layers, 0);
+        assert_int_equal(s.ram_bytes, 0);
+        assert_int_equal(s.vram_bytes, 0);
+    }
+    free_cache(&t);
+}
+
 /* Two caches sharing one device (two engines in one process): each sees the other's memory as
  * taken, neither exceeds the device, both keep their weights. */
 static void *hammer(void *arg) {
@@ -381,6 +432,7 @@ int main(void) {
         cmocka_unit_test(test_stress_keep_ram_copy),
         cmocka_unit_test(test_stress_no_ram_copy),
         cmocka_unit_test(test_calls_wait_for_a_load_in_progress),
+        cmocka_unit_test(test_model_swaps_under_stage_ahead),
         cmocka_unit_test(test_concurrent_first_load_calls_loader_once),
         cmocka_unit_test(test_two_caches_one_device),
     };

@@ -12,5 +12,15 @@ int main() {
     vc_config *cfg = nullptr;
     if (vc_config_create(&cfg) != VC_OK) return 1;
     vc_config_destroy(cfg);
+    // the size-passing macros and the plain functions behind them
+    o.ram_budget = 1 << 20;
+    vc_cache *c = nullptr;
+    if (vc_cache_create(&o, &c) != VC_OK) return 1;
+    vc_stats s;
+    int (*get_stats)(vc_cache *, vc_stats *) = &vc_cache_get_stats;
+    if (vc_cache_get_stats(c, &s) != VC_OK || get_stats(c, &s) != VC_OK || s.ram_budget != (1u << 20)) return 1;
+    vc_layer_info info;
+    if (vc_layer_get_info(c, 1, &info) != VC_ERR_NOT_FOUND) return 1;
+    if (vc_cache_destroy(c) != VC_OK) return 1;
     return o.stage_ahead;
 }

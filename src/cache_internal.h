@@ -296,8 +296,7 @@ int vc__fail_unlocked(vc_cache *c, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)))
 #endif
     ;
-/** Set on a thread of the cache's own (the stager): its failures are logged by the caller and not
- *  stored as the handle's last error, which belongs to the engine's calls. */
+
 /* The layout of vc_cache_options in the first release ends with stage_ahead: programs built against
  * it pass at least this struct_size. Fields added later go at the end and get their defaults when an
  * older program leaves them out (vc_cache_create), and are not written (vc_config_apply). Never move
@@ -306,6 +305,8 @@ int vc__fail_unlocked(vc_cache *c, int status, const char *fmt, ...)
 /* Whether the caller's options (of its struct_size) have room for `field`. */
 #define VC__OPTIONS_HAVE(o, field) (offsetof(vc_cache_options, field) + sizeof((o)->field) <= (o)->struct_size)
 
+/** Set on a thread of the cache's own (the stager): its failures are logged by the caller and not
+ *  stored as the handle's last error, which belongs to the engine's calls. */
 extern _Thread_local int vc__tls_internal_thread;
 /** Takes and clears the detail a backend left with vc_backend_set_error() on this thread. */
 const char *vc__take_backend_error(void);

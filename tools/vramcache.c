@@ -41,6 +41,8 @@ static int usage(FILE *f) {
                "--ram-gb R: the machine's RAM; without max_cache_ram_gb in the config the RAM cache gets the\n"
                "  default budget for it (InvokeAI's rules), and what it cannot hold is read again by loaders.\n"
                "--disk-gbps D: how fast loaders read (the engine waits for them); default: loads take no time.\n"
+               "plan --config FILE: the modes run with the file's other settings, and the file as it stands is\n"
+               "  run too, so the output says what the recommendation gains over it.\n"
                "GB of memory are 2^30 bytes (as in invokeai.yaml); link speeds are GB/s of 10^9 bytes.\n");
     return f == stderr ? 2 : 0;
 }
@@ -334,6 +336,21 @@ static int cmd_plan(int argc, char **argv) {
     vc_config *cfg;
     int rc = open_inputs(argc, argv, 0, &a, &wl, &cfg);
     if (rc) return rc;
+    /* The runs below are what-ifs: their caches' warnings (a RAM cache too small) would repeat, mode
+     * after mode, what the recommendations say; errors still show. */
+    vc_set_log_callback(errors_only, NULL, VC_LOG_ERROR);
+    /* With --config, the user's settings as they stand first (their mode, working memory and VRAM
+     * cap), so the output can say what changing them buys. */
+    vc_sim_result mine;
+    int mine_st = VC_OK, mine_mode = -1;
+    if (a.config) {
+        vc_sim_run r;
+        a.mode = -1; /* the config's, or what a GPU of this size gets without one */
+        run_init_from(&a, cfg, &r);
+        r.policy = VC_POLICY_PLANNED;
+        mine_st = vc_sim_run_workload(wl, &r, &mine);
+        mine_mode = (int)vc_config_get_offload_mode_for(cfg, 1, (size_t)r.vram_bytes, NULL, 0);
+    }
     /* Working memory: what the denoiser's activations need (the VAE decode reserves its own). */
     double work_gb = vc_workload_denoiser_working_mem(wl) / GIB;
     int work_assumed = !(work_gb > 0); /* the workload does not say: InvokeAI's default */
@@ -342,9 +359,6 @@ static int cmd_plan(int argc, char **argv) {
     snprintf(text, sizeof text, "%g", work_gb);
     vc_config_set(cfg, VC_CFG_DEVICE_WORKING_MEM_GB, text);
     vc_config_set(cfg, VC_CFG_MAX_CACHE_VRAM_GB, "null");
-    /* The runs below are what-ifs: their caches' warnings (a RAM cache too small) would repeat, mode
-     * after mode, what the recommendations say; errors still show. */
-    vc_set_log_callback(errors_only, NULL, VC_LOG_ERROR);
     vc_sim_result res[4];
     int st[4], best = -1;
     for (int m = 0; m < 4; m++) {
@@ -408,12 +422,25 @@ static int cmd_plan(int argc, char **argv) {
         printf("},\"recommended\":{\"offload_mode\":\"%s\",\"device_working_mem_gb\":%g,"
                "\"max_cache_vram_gb\":null,\"max_cache_vram_gb_largest_safe\":%.2f,\"enable_partial_loading\":%s,"
                "\"max_cache_ram_gb\":%s,\"step_time_s\":%.6f},"
-               "\"best_possible_step_time_s\":%.6f,\"loaded_bytes_per_step\":%.0f,\"ram_budget_bytes\":%zu}\n",
+               "\"best_possible_step_time_s\":%.6f,\"loaded_bytes_per_step\":%.0f,\"ram_budget_bytes\":%zu,"
+               "\"current\":",
                best >= 0 ? MODES[best] : "none", work_gb, safe > 0 ? safe : 0,
                best == VC_OFFLOAD_MODE_BALANCED || best == VC_OFFLOAD_MODE_SEQUENTIAL ? "true" : "false", ram_text,
                rec ? rec->step_time_s : 0.0,
                best >= 0 ? res[best].segment_bound_step_time_s : 0.0, best >= 0 ? res[best].loaded_bytes_per_step : 0.0,
                best >= 0 ? res[best].ram_budget_bytes : (size_t)0);
+        if (!a.config) {
+            printf("null}\n");
+        } else if (mine_st == VC_OK) {
+            printf("{\"offload_mode\":\"%s\",\"step_time_s\":%.6f,\"bytes_per_step\":%.0f}}\n", MODES[mine_mode],
+                   mine.step_time_s, mine.bytes_per_step);
+        } else {
+            printf("{\"offload_mode\":\"%s\",\"error\":", MODES[mine_mode]);
+            json_put_string(stdout, vc_strerror(mine_st));
+            printf(",\"detail\":");
+            json_put_string(stdout, mine.error[0] ? mine.error : vc_strerror(mine_st));
+            printf("}}\n");
+        }
     } else {
         double resident = best >= 0 ? res[best].compute_time_s : 0;
         printf("plan for %s on a %.1f GB GPU, %.1f GB/s link, %.1f TFLOP/s (working memory %.1f GB%s)\n",
@@ -455,6 +482,16 @@ static int cmd_plan(int argc, char **argv) {
                        ram.need, ram.reread_gb, a.ram_gb);
             /* What no schedule can beat with this much VRAM and this link: tells a user whether the
              * remaining gap is the scheduler's or the hardware's. */
+            if (a.config && mine_st == VC_OK) {
+                double rec_s = ram.held ? ram.with.step_time_s : res[best].step_time_s;
+                printf("your settings (%s, offload_mode %s): %.3f s per step, %.1f%% of resident speed; "
+                       "the recommendation: %.3f s (%.2fx)\n",
+                       a.config, MODES[mine_mode], mine.step_time_s, 100.0 * resident / mine.step_time_s, rec_s,
+                       mine.step_time_s / rec_s);
+            } else if (a.config) {
+                printf("your settings (%s, offload_mode %s) do not run this workload on this GPU: %s\n", a.config,
+                       MODES[mine_mode], mine.error[0] ? mine.error : vc_strerror(mine_st));
+            }
             printf("no offloading scheme can beat %.3f s per step on this GPU and link (%.1f%% of resident speed); "
                    "the recommendation is %.1f%% slower than that\n",
                    res[best].segment_bound_step_time_s, 100.0 * resident / res[best].segment_bound_step_time_s,

@@ -49,14 +49,14 @@ void list_unlink(layer_list *l, layer_t *x, int vram) {
 
 void vc__log_memory(vc_cache *c, const char *what, const layer_t *l) {
     if (!c->log_memory_usage) return;
-    char a[32], b[32], d[32], e[32], f[32], g[32];
+    char a[32], b[32], d[32], e[32], f[32], g[32], h[32]; /* one buffer per number */
     vc__log(c, VC_LOG_INFO,
             "%s layer '%s' of model '%s' (%s): VRAM weights %s of limit %s (arena %s), RAM pool %s "
             "of %s, working memory reserved %s",
             what, l->name, l->model->name, vc__fmt_bytes(l->bytes, a, sizeof a),
             vc__fmt_bytes(vc__vram_used(c), b, sizeof b), vc__fmt_bytes(c->stats.vram_limit, d, sizeof d),
             vc__fmt_bytes(vc__vram_total(c), e, sizeof e), vc__fmt_bytes(c->ram_bytes, f, sizeof f),
-            vc__fmt_bytes(c->ram_budget, g, sizeof g), vc__fmt_bytes(c->reserved_sum, a, sizeof a));
+            vc__fmt_bytes(c->ram_budget, g, sizeof g), vc__fmt_bytes(c->reserved_sum, h, sizeof h));
 }
 
 /* ---- events ---------------------------------------------------------------------------------- */
@@ -1009,7 +1009,7 @@ static int vram_place(vc_cache *c, layer_t *l, const char *fn, const place_req *
                         fn, l->name, l->model->name, vc__fmt_bytes(need, a, sizeof a),
                         vc__fmt_bytes(limit, b, sizeof b));
     }
-    char a[32], b[32], d[32], e[32];
+    char a[32], b[32], d[32], e[32], h[32]; /* one buffer per number: all are formatted before the call */
     return vc__fail(c, VC_ERR_OUT_OF_VRAM,
                     "%s: layer '%s' of model '%s' needs %s of device memory; the weight budget is %s "
                     "(%s, working memory %s, reserved %s) and held layers occupy %s%s%s", fn, l->name,
@@ -1017,7 +1017,7 @@ static int vram_place(vc_cache *c, layer_t *l, const char *fn, const place_req *
                     c->vram_budget == VC_SIZE_AUTO ? "dynamic: free device memory + cache - working memory"
                                                    : "explicit max_cache_vram",
                     vc__fmt_bytes(c->working_mem, d, sizeof d), vc__fmt_bytes(c->reserved_sum, e, sizeof e),
-                    vc__fmt_bytes(held_vram_bytes(c), a, sizeof a), grow_failed ? "; the device refused " : "",
+                    vc__fmt_bytes(held_vram_bytes(c), h, sizeof h), grow_failed ? "; the device refused " : "",
                     grow_failed ? c->alloc_detail : "");
 }
 

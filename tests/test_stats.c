@@ -7,6 +7,7 @@ typedef struct sink {
     char text[8192];
     int info_lines;
     int load_lines, unload_lines;
+    char last_load[512];
 } sink;
 
 static void print_sink(void *user, const char *text) {
@@ -17,7 +18,10 @@ static void print_sink(void *user, const char *text) {
 static void log_sink(void *user, vc_log_level level, const char *msg) {
     sink *s = user;
     if (level == VC_LOG_INFO) s->info_lines++;
-    if (strncmp(msg, "loaded layer", 12) == 0) s->load_lines++;
+    if (strncmp(msg, "loaded layer", 12) == 0) {
+        s->load_lines++;
+        snprintf(s->last_load, sizeof s->last_load, "%s", msg);
+    }
     if (strncmp(msg, "unloaded layer", 14) == 0) s->unload_lines++;
 }
 
@@ -99,6 +103,9 @@ static void test_log_memory_usage(void **state) {
     }
     assert_int_equal(s.load_lines, 3);
     assert_int_equal(s.unload_lines, 1);
+    /* every number is its own: the layer's size, and the reservations (none) */
+    if (!strstr(s.last_load, "(30720 B)") || !strstr(s.last_load, "working memory reserved 0 B"))
+        fail_msg("snapshot: %s", s.last_load);
     free_cache(&t);
 
     /* off: no snapshots */

@@ -241,6 +241,21 @@ static int ram_budget_set(const vc_config *cfg) {
     return cfg && vc_config_get_number(cfg, VC_CFG_MAX_CACHE_RAM_GB, &gb) == VC_OK;
 }
 
+/* num / den as a percentage ("12.3%"), or "n/a" where it means nothing: a workload whose layers
+ * state no compute, or a step with nothing to wait for. */
+static const char *percent(double num, double den, char *buf, size_t size) {
+    if (!(num > 0) || !(den > 0)) return "n/a";
+    snprintf(buf, size, "%.1f%%", 100.0 * num / den);
+    return buf;
+}
+
+/* num / den to three places, or "n/a" when den is 0 (a bound of 0 s: no compute and nothing to move). */
+static const char *ratio_of(double num, double den, char *buf, size_t size) {
+    if (!(den > 0)) return "n/a";
+    snprintf(buf, size, "%.3f", num / den);
+    return buf;
+}
+
 static int cmd_simulate(int argc, char **argv) {
     sim_args a;
     vc_workload *wl;
@@ -297,14 +312,15 @@ static int cmd_simulate(int argc, char **argv) {
         if (lbb > 0) snprintf(ratio, sizeof ratio, "%.3f", res.bytes_per_step / lbb);
         printf("  bytes moved host->device  %9.3f GB   lower bound %9.3f GB   ratio %s\n", res.bytes_per_step / GIB,
                lbb / GIB, ratio);
-        printf("  step time                 %9.3f s    lower bound %9.3f s    ratio %.3f\n", res.step_time_s,
-               res.lower_bound_step_time_s, res.step_time_s / res.lower_bound_step_time_s);
+        char r1[32], r2[32], pc[32];
+        printf("  step time                 %9.3f s    lower bound %9.3f s    ratio %s\n", res.step_time_s,
+               res.lower_bound_step_time_s, ratio_of(res.step_time_s, res.lower_bound_step_time_s, r1, sizeof r1));
         if (res.segment_bound_step_time_s > res.lower_bound_step_time_s * 1.001)
             printf("  (no schedule can beat %.3f s here: the segment bound, where the pass's bytes sit apart from its "
-                   "compute; ratio to it %.3f)\n",
-                   res.segment_bound_step_time_s, res.step_time_s / res.segment_bound_step_time_s);
-        printf("  compute alone (resident)  %9.3f s    speed vs resident %.1f%%\n", res.compute_time_s,
-               100.0 * res.compute_time_s / res.step_time_s);
+                   "compute; ratio to it %s)\n",
+                   res.segment_bound_step_time_s, ratio_of(res.step_time_s, res.segment_bound_step_time_s, r2, sizeof r2));
+        printf("  compute alone (resident)  %9.3f s    speed vs resident %s\n", res.compute_time_s,
+               percent(res.compute_time_s, res.step_time_s, pc, sizeof pc));
         printf("  hits %.1f, misses %.1f per step; peak VRAM %.2f GB, peak RAM pool %.2f GB; pipeline %.2f s\n",
                res.hits_per_step, res.misses_per_step, (double)res.peak_vram_bytes / GIB,
                (double)res.peak_ram_bytes / GIB, res.total_time_s);
@@ -447,10 +463,12 @@ static int cmd_plan(int argc, char **argv) {
                vc_workload_name(wl), a.vram_gb, a.bandwidth_gbps, a.tflops, work_gb,
                work_assumed ? ", InvokeAI's default: the workload states none" : "");
         printf("  %-11s %12s %14s %16s\n", "mode", "step time", "vs resident", "moved per step");
+        char pc[32];
         for (int m = 0; m < 4; m++) {
             if (st[m] == VC_OK)
-                printf("  %-11s %10.3f s %13.1f%% %13.2f GB%s\n", MODES[m], res[m].step_time_s,
-                       100.0 * resident / res[m].step_time_s, res[m].bytes_per_step / GIB, m == best ? "  <= best" : "");
+                printf("  %-11s %10.3f s %14s %13.2f GB%s\n", MODES[m], res[m].step_time_s,
+                       percent(resident, res[m].step_time_s, pc, sizeof pc), res[m].bytes_per_step / GIB,
+                       m == best ? "  <= best" : "");
             else
                 printf("  %-11s %12s   %s (below)\n", MODES[m], "-", vc_strerror(st[m]));
         }
@@ -480,24 +498,26 @@ static int cmd_plan(int argc, char **argv) {
                 printf("  # max_cache_ram_gb: %.0f or more would stop %.2f GB of disk reads per step, but this "
                        "machine's %.0f GB of RAM cannot spare it\n",
                        ram.need, ram.reread_gb, a.ram_gb);
-            /* What no schedule can beat with this much VRAM and this link: tells a user whether the
-             * remaining gap is the scheduler's or the hardware's. */
+            double rec_s = ram.held ? ram.with.step_time_s : res[best].step_time_s;
+            char gain[32] = "n/a";
             if (a.config && mine_st == VC_OK) {
-                double rec_s = ram.held ? ram.with.step_time_s : res[best].step_time_s;
-                printf("your settings (%s, offload_mode %s): %.3f s per step, %.1f%% of resident speed; "
-                       "the recommendation: %.3f s (%.2fx)\n",
-                       a.config, MODES[mine_mode], mine.step_time_s, 100.0 * resident / mine.step_time_s, rec_s,
-                       mine.step_time_s / rec_s);
+                if (rec_s > 0) snprintf(gain, sizeof gain, "%.2fx", mine.step_time_s / rec_s);
+                printf("your settings (%s, offload_mode %s): %.3f s per step, %s of resident speed; "
+                       "the recommendation: %.3f s (%s)\n",
+                       a.config, MODES[mine_mode], mine.step_time_s, percent(resident, mine.step_time_s, pc, sizeof pc),
+                       rec_s, gain);
             } else if (a.config) {
                 printf("your settings (%s, offload_mode %s) do not run this workload on this GPU: %s\n", a.config,
                        MODES[mine_mode], mine.error[0] ? mine.error : vc_strerror(mine_st));
             }
-            printf("no offloading scheme can beat %.3f s per step on this GPU and link (%.1f%% of resident speed); "
+            /* What no schedule can beat with this much VRAM and this link: tells a user whether the
+             * remaining gap is the scheduler's or the hardware's. */
+            double bound = res[best].segment_bound_step_time_s;
+            printf("no offloading scheme can beat %.3f s per step on this GPU and link (%s of resident speed); "
                    "the recommendation is %.1f%% slower than that\n",
-                   res[best].segment_bound_step_time_s, 100.0 * resident / res[best].segment_bound_step_time_s,
+                   bound, percent(resident, bound, pc, sizeof pc),
                    /* at the bound to within rounding: print 0.0, not -0.0 */
-                   fmax(0.0, 100.0 * ((ram.held ? ram.with.step_time_s : res[best].step_time_s) /
-                                          res[best].segment_bound_step_time_s - 1)));
+                   bound > 0 ? fmax(0.0, 100.0 * (rec_s / bound - 1)) : 0.0);
         }
     }
     vc_workload_destroy(wl);

@@ -408,9 +408,12 @@ VC_API int vc_layer_register(vc_cache *cache, vc_model_id model, const vc_layer_
  *  acquiring the shared layer fails with VC_ERR_NOT_FOUND. Shared layers cannot be
  *  patched (patch the source): a patch or unpatch of the source reaches this cache at its next
  *  acquire of the layer while no hold is on it (a copy already held keeps its weights until then).
- *  Locks: the cache's own lock, then the owner's (never the reverse), so
- *  two caches must not share from each other.
- *  Errors: VC_ERR_INVALID_ARG (NULL, owner == cache), VC_ERR_NOT_FOUND, VC_ERR_NO_MEMORY. */
+ *  Roles: a sharing cache takes the owner's lock inside its own, so a cache that others share from
+ *  shares from nobody, and a cache that shares is shared from by nobody (a cycle could deadlock):
+ *  let one cache own every model that is shared, and the others share from it. Such a registration
+ *  is refused, with nothing registered. Thread-safe.
+ *  Errors: VC_ERR_INVALID_ARG (NULL, owner == cache, `cache` is shared from, `owner` shares),
+ *  VC_ERR_NOT_FOUND, VC_ERR_NO_MEMORY. */
 VC_API int vc_layer_register_shared(vc_cache *cache, vc_model_id model, vc_cache *owner, vc_layer_id source,
                                     vc_layer_id *out);
 

@@ -376,18 +376,36 @@ done:
     return st;
 }
 
+/* Serialises shared registrations, so that two of them cannot each pass the role check below for
+ * the other (cache A sharing from B while B shares from A). Registration is rare; nothing else takes it. */
+static pthread_mutex_t share_roles_lock = PTHREAD_MUTEX_INITIALIZER;
+
 int vc_layer_register_shared(vc_cache *c, vc_model_id model, vc_cache *owner, vc_layer_id source, vc_layer_id *out) {
     static const char fn[] = "vc_layer_register_shared";
     if (!c || !owner || !out || owner == c)
         return vc__fail(NULL, VC_ERR_INVALID_ARG, "%s: %s", fn, owner == c && c ? "a cache cannot share from itself"
                                                                : "NULL argument");
+    /* A sharing cache takes its owner's lock inside its own, so a cache that others share from must
+     * not share from anyone: two caches sharing from each other (or any cycle) could deadlock. */
+    pthread_mutex_lock(&share_roles_lock);
+    pthread_mutex_lock(&c->lock);
+    unsigned readers = c->dependents;
+    pthread_mutex_unlock(&c->lock);
+    if (readers) {
+        pthread_mutex_unlock(&share_roles_lock);
+        return vc__fail_unlocked(c, VC_ERR_INVALID_ARG,
+                                 "%s: %u layer(s) of other caches share from this cache, so it cannot share from "
+                                 "another (its lock would be taken both before and after that cache's); let one "
+                                 "cache own every model that is shared", fn, readers);
+    }
     /* Read the source and count ourselves as its reader (owner's lock alone). */
     pthread_mutex_lock(&owner->lock);
     layer_t *src = slot_table_get(&owner->layers, source);
+    size_t owner_shares = owner->shared_layers;
     char name[256];
     size_t bytes = 0, align = 0;
     double cost = 0;
-    if (src) {
+    if (src && !owner_shares) {
         snprintf(name, sizeof name, "%s", src->name);
         bytes = src->bytes;
         align = src->align;
@@ -395,12 +413,22 @@ int vc_layer_register_shared(vc_cache *c, vc_model_id model, vc_cache *owner, vc
         owner->dependents++;
     }
     pthread_mutex_unlock(&owner->lock);
+    int st = VC_OK;
     if (!src)
-        return vc__fail_unlocked(c, VC_ERR_NOT_FOUND, "%s: layer id %#llx is not registered in the owning cache", fn,
-                                 (unsigned long long)source);
+        st = vc__fail_unlocked(c, VC_ERR_NOT_FOUND, "%s: layer id %#llx is not registered in the owning cache", fn,
+                               (unsigned long long)source);
+    else if (owner_shares)
+        st = vc__fail_unlocked(c, VC_ERR_INVALID_ARG,
+                               "%s: the owning cache itself shares %zu layer(s) from another cache, so it cannot be "
+                               "shared from (its lock would be taken both before and after that cache's); let one "
+                               "cache own every model that is shared", fn, owner_shares);
+    if (st != VC_OK) {
+        pthread_mutex_unlock(&share_roles_lock);
+        return st;
+    }
     /* Register like any layer; a placeholder loader is never called (the owner produces the bytes). */
     vc_layer_desc d = {.name = name, .bytes = bytes, .alignment = align, .cost = cost, .loader = shared_never_loads};
-    int st = vc_layer_register(c, model, &d, out);
+    st = vc_layer_register(c, model, &d, out);
     if (st == VC_OK) {
         pthread_mutex_lock(&c->lock);
         layer_t *l = slot_table_get(&c->layers, *out);
@@ -414,6 +442,7 @@ int vc_layer_register_shared(vc_cache *c, vc_model_id model, vc_cache *owner, vc
         owner->dependents--;
         pthread_mutex_unlock(&owner->lock);
     }
+    pthread_mutex_unlock(&share_roles_lock);
     return st;
 }
 

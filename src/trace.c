@@ -199,8 +199,11 @@ int vc_cache_trace_start(vc_cache *c, const char *path) {
                 tracks[tid]);
     }
     begin_event(c);
-    fprintf(f, "{\"ph\":\"M\",\"pid\":1,\"name\":\"process_name\",\"args\":{\"name\":\"libvramcache (%s)\"}}",
-            c->ops->name);
+    char process[160]; /* the backend's name is a third party's string: escaped like the others */
+    snprintf(process, sizeof process, "libvramcache (%s)", c->ops->name);
+    fputs("{\"ph\":\"M\",\"pid\":1,\"name\":\"process_name\",\"args\":{\"name\":", f);
+    json_put_string(f, process);
+    fputs("}}", f);
 done:
     pthread_mutex_unlock(&c->lock);
     return st;

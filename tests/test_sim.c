@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include "json_string.h"
 #include "step_bound.h"
 #include "test_util.h"
 #include "vramcache_config.h"
@@ -995,6 +996,53 @@ static void test_trace_is_chrome_json(void **state) {
     assert_int_equal(vc_cache_destroy(c), VC_OK);
 }
 
+/* Names are the engine's bytes, not always UTF-8 (a Latin-1 file name, a name cut mid-character):
+ * the trace stays valid JSON text, each byte that is not well-formed UTF-8 written as \ufffd and
+ * well-formed characters as they are. */
+static void test_trace_names_not_utf8(void **state) {
+    (void)state;
+    char path[] = "/tmp/vc_trace_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    test_cache t = make_cache(1 * MB, 1 * MB, 1);
+    assert_int_equal(vc_cache_trace_start(t.cache, path), VC_OK);
+    static char w[4096];
+    vc_model_id m = add_model(t.cache, "caf\xe9");                                   /* Latin-1 */
+    vc_layer_id l = add_host_layer(t.cache, m, "a \xff b \xc3\xa9 c \xe2\x82", w, sizeof w); /* stray, ok, cut */
+    void *p;
+    assert_int_equal(vc_layer_acquire(t.cache, l, NULL, &p), VC_OK);
+    assert_int_equal(vc_layer_release(t.cache, l, NULL), VC_OK);
+    assert_int_equal(vc_cache_trace_span(t.cache, "\xc0\xaf", "\xed\xa0\x80 \xf4\x90\x80\x80", 0, 1), VC_OK);
+    assert_int_equal(vc_cache_trace_stop(t.cache), VC_OK);
+    free_cache(&t);
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    static char text[1 << 16];
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    text[n] = '\0';
+    fclose(f);
+    remove(path);
+    for (size_t i = 0; i < n;) { /* the whole file is UTF-8 */
+        int k = json_utf8_len((const unsigned char *)text + i);
+        if (k == 0) fail_msg("byte %zu of the trace (0x%02x) is not UTF-8", i, (unsigned char)text[i]);
+        i += (size_t)k;
+    }
+    assert_non_null(strstr(text, "\"a \\ufffd b \xc3\xa9 c \\ufffd\\ufffd\""));
+    assert_non_null(strstr(text, "\"caf\\ufffd\""));
+    /* an overlong '/', a surrogate and a code point past U+10FFFF: each byte replaced */
+    assert_non_null(strstr(text, "\"\\ufffd\\ufffd\""));
+    assert_non_null(strstr(text, "\"\\ufffd\\ufffd\\ufffd \\ufffd\\ufffd\\ufffd\\ufffd\""));
+    /* the checker itself: well-formed sequences of each length, and the bad forms */
+    assert_int_equal(json_utf8_len((const unsigned char *)"A"), 1);
+    assert_int_equal(json_utf8_len((const unsigned char *)"\xc3\xa9"), 2);
+    assert_int_equal(json_utf8_len((const unsigned char *)"\xe2\x82\xac"), 3);
+    assert_int_equal(json_utf8_len((const unsigned char *)"\xf0\x9f\x98\x80"), 4);
+    assert_int_equal(json_utf8_len((const unsigned char *)"\xe0\x80\x80"), 0); /* overlong */
+    assert_int_equal(json_utf8_len((const unsigned char *)"\x80"), 0);
+    assert_int_equal(json_utf8_len((const unsigned char *)"\xc3"), 0); /* cut by the end */
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_clock_copies_and_events),
@@ -1015,6 +1063,7 @@ int main(void) {
         cmocka_unit_test(test_run_too_long_to_time),
         cmocka_unit_test(test_planner_sdxl_quarter),
         cmocka_unit_test(test_trace_is_chrome_json),
+        cmocka_unit_test(test_trace_names_not_utf8),
         cmocka_unit_test(test_trace_times_after_completion),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -402,11 +402,10 @@ int vc_layer_register_shared(vc_cache *c, vc_model_id model, vc_cache *owner, vc
     pthread_mutex_lock(&owner->lock);
     layer_t *src = slot_table_get(&owner->layers, source);
     size_t owner_shares = owner->shared_layers;
-    char name[256];
+    char *name = NULL; /* the source's whole name, however long */
     size_t bytes = 0, align = 0;
     double cost = 0;
-    if (src && !owner_shares) {
-        snprintf(name, sizeof name, "%s", src->name);
+    if (src && !owner_shares && (name = dup_str(src->name)) != NULL) {
         bytes = src->bytes;
         align = src->align;
         cost = src->cost;
@@ -422,6 +421,8 @@ int vc_layer_register_shared(vc_cache *c, vc_model_id model, vc_cache *owner, vc
                                "%s: the owning cache itself shares %zu layer(s) from another cache, so it cannot be "
                                "shared from (its lock would be taken both before and after that cache's); let one "
                                "cache own every model that is shared", fn, owner_shares);
+    else if (!name)
+        st = vc__fail_unlocked(c, VC_ERR_NO_MEMORY, "%s: out of host memory", fn);
     if (st != VC_OK) {
         pthread_mutex_unlock(&share_roles_lock);
         return st;
@@ -429,6 +430,7 @@ int vc_layer_register_shared(vc_cache *c, vc_model_id model, vc_cache *owner, vc
     /* Register like any layer; a placeholder loader is never called (the owner produces the bytes). */
     vc_layer_desc d = {.name = name, .bytes = bytes, .alignment = align, .cost = cost, .loader = shared_never_loads};
     st = vc_layer_register(c, model, &d, out);
+    free(name); /* copied by the registration */
     if (st == VC_OK) {
         pthread_mutex_lock(&c->lock);
         layer_t *l = slot_table_get(&c->layers, *out);

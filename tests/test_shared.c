@@ -212,6 +212,16 @@ static void test_errors(void **state) {
     assert_int_equal(get_stats(g.cache[0]).layers, 8);
     assert_int_equal(vc_cache_destroy(third), VC_OK);
     test_backend_destroy(third_dev);
+    /* the shared layer takes the source's whole name, however long (a 300-byte module path) */
+    char longname[301];
+    memset(longname, 'n', 300);
+    longname[300] = '\0';
+    test_loader ll = {.seed = 5};
+    vc_layer_id lsrc = add_loader_layer(g.cache[0], g.model[0], longname, 32 * KB, &ll), lshared;
+    assert_int_equal(vc_layer_register_shared(g.cache[1], g.model[1], g.cache[0], lsrc, &lshared), VC_OK);
+    vc_layer_info li;
+    assert_int_equal(vc_layer_get_info(g.cache[1], lshared, &li), VC_OK);
+    assert_string_equal(li.name, longname);
     /* shared layers are patched at their source */
     assert_int_equal(vc_layer_patch(g.cache[1], g.layer[1][0], VC_PATCH_BACKUP, noop_patch, NULL), VC_ERR_UNSUPPORTED);
     assert_true(last_error_has(g.cache[1], "patch its source there"));

@@ -8,7 +8,8 @@
  * (cudaHostAlloc) up to a pinned budget — VRAMCACHE_PINNED_BUDGET_GB, default half of the RAM this
  * process may use — and pageable beyond it, in which case host→device copies go through a ring of
  * pinned staging buffers so they stay asynchronous. Streams are non-blocking; events have timing
- * off unless VRAMCACHE_EVENT_TIMING=1 (then traces show copies with the device's times). Uploads, evictions and reservations are NVTX ranges (CUDA) for Nsight Systems.
+ * off unless VRAMCACHE_EVENT_TIMING=1 (then traces show copies with the device's times). Uploads,
+ * evictions and reservations are NVTX ranges (CUDA) for Nsight Systems.
  */
 #ifndef VRAMCACHE_GPU_H
 #define VRAMCACHE_GPU_H
@@ -21,7 +22,11 @@ extern "C" {
 
 /** Creates a backend for CUDA device `device` (0-based). `why` (may be NULL) receives what was
  *  found ("NVIDIA H100 80GB HBM3, 79.1 GB") or why nothing was: no driver, no device, an index out
- *  of range. Errors: VC_ERR_NO_DEVICE, VC_ERR_INVALID_ARG, VC_ERR_NO_MEMORY, VC_ERR_BACKEND. */
+ *  of range. The backend is owned by the caller (vc_backend_destroy, after every cache over it);
+ *  it may be shared by several caches and used from any thread, and each operation switches to its
+ *  device only for its duration, leaving the calling thread's current device as it found it.
+ *  Thread-safe. Errors (*out NULL): VC_ERR_NO_DEVICE, VC_ERR_INVALID_ARG, VC_ERR_NO_MEMORY,
+ *  VC_ERR_BACKEND. */
 VC_API int vc_backend_cuda_create(int device, vc_backend **out, char *why, size_t why_size);
 /** The same for HIP (AMD GPUs). */
 VC_API int vc_backend_hip_create(int device, vc_backend **out, char *why, size_t why_size);

@@ -325,11 +325,19 @@ static int ram_reserve(vc_cache *c, size_t bytes, const layer_t *exclude, const 
                 continue;
             }
             if (quiet) return VC_ERR_OUT_OF_RAM;
+            /* Patched weights and LoRA backups never leave: say how much of the pool they are. */
+            size_t patched = 0;
+            for (const layer_t *p = c->ram_lru.head; p; p = p->rnext)
+                if (p->patched) patched += p->bytes + (p->backup ? p->bytes : 0);
+            char e[32], why[160] = "loading or being copied";
+            if (patched)
+                snprintf(why, sizeof why, "%s of them patched weights and their backups, which stay until "
+                         "vc_layer_unpatch; the rest loading or being copied", vc__fmt_bytes(patched, e, sizeof e));
             return vc__fail(c, VC_ERR_OUT_OF_RAM, "%s: layer '%s' of model '%s' needs %s of RAM; the "
                             "RAM cache holds %s of its %s budget in copies that cannot be dropped now "
-                            "(loading or being copied)", fn, exclude->name, exclude->model->name,
+                            "(%s)", fn, exclude->name, exclude->model->name,
                             vc__fmt_bytes(bytes, a, sizeof a), vc__fmt_bytes(c->ram_bytes, b, sizeof b),
-                            vc__fmt_bytes(c->ram_budget, d, sizeof d));
+                            vc__fmt_bytes(c->ram_budget, d, sizeof d), why);
         }
         layer_t *next = x->rnext;
         vc__drop_ram(c, x);

@@ -172,6 +172,10 @@ static void op_reserve(world *w) {
 }
 
 static void run_world(int keep_ram_copy, size_t vram_budget, unsigned seed) {
+    /* VC_MODEL_SEED=N runs other worlds (N added to each seed), for soaks over many seeds:
+     * for n in $(seq 100); do VC_MODEL_SEED=$n ./test_model_based || break; done */
+    const char *more = getenv("VC_MODEL_SEED");
+    if (more) seed += (unsigned)strtoul(more, NULL, 10) * 4u;
     world *w = calloc(1, sizeof *w);
     w->device = 256 * KB;
     w->ram_budget = 128 * KB;

@@ -164,6 +164,12 @@ static void test_failed_patch_changes_nothing(void **state) {
     vc_layer_id l3 = add_loader_layer(t.cache, add_model(t.cache, "m"), "l", 16 * KB, &ld3);
     assert_int_equal(vc_layer_patch(t.cache, l3, VC_PATCH_BACKUP, xor_5a, NULL), VC_ERR_OUT_OF_RAM);
     assert_int_equal(vc_layer_patch(t.cache, l3, VC_PATCH_FUSE, xor_5a, NULL), VC_OK); /* fuse needs no backup */
+    /* the pool is full of patched weights, which never leave: the error says so */
+    test_loader ld4 = {.seed = 10};
+    vc_layer_id l4 = add_loader_layer(t.cache, add_model(t.cache, "m4"), "l4", 16 * KB, &ld4);
+    void *p4;
+    assert_int_equal(vc_layer_acquire(t.cache, l4, NULL, &p4), VC_ERR_OUT_OF_RAM);
+    assert_true(last_error_has(t.cache, "16384 B of them patched weights and their backups"));
     /* bad arguments */
     assert_int_equal(vc_layer_patch(t.cache, l3, (vc_patch_mode)9, xor_5a, NULL), VC_ERR_INVALID_ARG);
     assert_int_equal(vc_layer_patch(t.cache, l3, VC_PATCH_FUSE, NULL, NULL), VC_ERR_INVALID_ARG);

@@ -184,6 +184,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             }
             CHECK(vc_layer_register(c, m, &d, &x->id) == VC_OK);
             if (c2) CHECK(vc_layer_register_shared(c2, model2, c, x->id, &x->sid) == VC_OK);
+            vc_layer_id back; /* the other way round would let the two caches' locks cross: refused */
+            if (c2 && (op & 0x40)) CHECK(vc_layer_register_shared(c, m, c2, x->sid, &back) == VC_ERR_INVALID_ARG);
             x->live = 1;
             break;
         case 1: case 2: case 3: /* acquire */

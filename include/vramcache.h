@@ -429,7 +429,9 @@ VC_API int vc_layer_unregister(vc_cache *cache, vc_layer_id layer);
  *  (the stream waits on the upload's event; the host does not). NULL is the legacy default stream
  *  of the cache's device, whichever device the calling thread has current. *device_ptr receives
  *  the address, valid until the last release. A miss may call the layer's loader (without the
- *  lock), evict unheld layers (least recently used first) and copy host→device.
+ *  lock), evict unheld layers (with the planned policy and a known order, the one needed furthest
+ *  in the future; otherwise the least recently used) and copy host→device. While another thread
+ *  loads the same layer (the stage-ahead worker included), it waits for that load and uses it.
  *  Errors: VC_ERR_INVALID_ARG, VC_ERR_NOT_FOUND, VC_ERR_OUT_OF_VRAM (held layers and working memory
  *  leave no room: message gives the numbers), VC_ERR_OUT_OF_RAM (a loaded layer needs more RAM than
  *  unheld RAM copies can free), VC_ERR_LOADER, VC_ERR_BACKEND. On error the layer is not held and

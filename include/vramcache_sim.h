@@ -155,8 +155,8 @@ typedef struct vc_sim_result {
     double loaded_bytes_per_step;
     size_t ram_budget_bytes; /**< the RAM cache's budget in the run */
     int steps;
-    /** Empty on success; else why the run failed (the cache's whole message: 256 bytes cut the
-     *  longer ones off mid-word). */
+    /** Empty on success; else why the run failed: the cache's message, cut at 511 bytes when very
+     *  long layer or model names make it longer. */
     char error[512];
 } vc_sim_result;
 

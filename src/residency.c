@@ -1018,15 +1018,24 @@ static int vram_place(vc_cache *c, layer_t *l, const char *fn, const place_req *
                         vc__fmt_bytes(limit, b, sizeof b));
     }
     char a[32], b[32], d[32], e[32], h[32]; /* one buffer per number: all are formatted before the call */
+    /* A small card with the default 3 GB of working memory has no room for weights at all: say which
+     * setting to change rather than leave the user to work it out from the numbers. */
+    char hint[160] = "";
+    size_t avail = vc__device_avail(c);
+    if (c->vram_budget == VC_SIZE_AUTO && !c->smart_working_mem && c->working_mem >= avail) {
+        char g[32];
+        snprintf(hint, sizeof hint, "; the standing working memory (device_working_mem_gb) takes all of the %s "
+                 "this device can give: lower it", vc__fmt_bytes(avail, g, sizeof g));
+    }
     return vc__fail(c, VC_ERR_OUT_OF_VRAM,
                     "%s: layer '%s' of model '%s' needs %s of device memory; the weight budget is %s "
-                    "(%s, working memory %s, reserved %s) and held layers occupy %s%s%s", fn, l->name,
+                    "(%s, working memory %s, reserved %s) and held layers occupy %s%s%s%s", fn, l->name,
                     l->model->name, vc__fmt_bytes(need, a, sizeof a), vc__fmt_bytes(limit, b, sizeof b),
                     c->vram_budget == VC_SIZE_AUTO ? "dynamic: free device memory + cache - working memory"
                                                    : "explicit max_cache_vram",
                     vc__fmt_bytes(c->working_mem, d, sizeof d), vc__fmt_bytes(c->reserved_sum, e, sizeof e),
                     vc__fmt_bytes(held_vram_bytes(c), h, sizeof h), grow_failed ? "; the device refused " : "",
-                    grow_failed ? c->alloc_detail : "");
+                    grow_failed ? c->alloc_detail : "", hint);
 }
 
 /* The layer behind an id, or NULL with VC_ERR_NOT_FOUND recorded for `fn` (lock held). */

@@ -265,6 +265,29 @@ static void test_vae_estimates(void **state) {
     assert_true(vc_estimate_vae_decode_bytes(4000000000u, 4000000000u, 4, VC_VAE_ESTIMATE_COMFYUI) == SIZE_MAX);
 }
 
+/* A small card under the default working memory has no room for weights at all: the error says
+ * which setting takes it, and a long layer name (a full module path) does not push that hint out
+ * of the message. */
+static void test_working_mem_taking_the_whole_device(void **state) {
+    (void)state;
+    vc_cache_options o;
+    vc_cache_options_init(&o);
+    o.ram_budget = 1 * MB;
+    o.working_mem = 512 * KB; /* more than the 256 KB device */
+    test_cache t = make_cache_opts(256 * KB, &o);
+    char name[301];
+    memset(name, 'x', 300);
+    name[300] = '\0';
+    static char w[16 * KB];
+    vc_layer_id l = add_host_layer(t.cache, add_model(t.cache, "m"), name, w, sizeof w);
+    void *p;
+    assert_int_equal(vc_layer_acquire(t.cache, l, NULL, &p), VC_ERR_OUT_OF_VRAM);
+    assert_true(last_error_has(t.cache, name));
+    assert_true(last_error_has(t.cache, "the standing working memory (device_working_mem_gb) takes all of the"));
+    assert_true(last_error_has(t.cache, "lower it"));
+    free_cache(&t);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_standing_working_mem_never_filled),
@@ -274,6 +297,7 @@ int main(void) {
         cmocka_unit_test(test_buffer_allocation_failure),
         cmocka_unit_test(test_smart_working_mem),
         cmocka_unit_test(test_vae_estimates),
+        cmocka_unit_test(test_working_mem_taking_the_whole_device),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -346,6 +346,24 @@ static void errors_only(void *user, vc_log_level level, const char *msg) {
     if (level == VC_LOG_ERROR) fprintf(stderr, "vramcache: error: %s\n", msg);
 }
 
+/* plan's line on the user's own settings (--config): their step time, and what the recommendation
+ * (rec_s; < 0: none) gains over it, or why the file's settings cannot run the workload. */
+static void print_current(const char *path, int st, const vc_sim_result *mine, int mode, double resident,
+                          double rec_s) {
+    char pc[32], gain[48] = "";
+    if (st != VC_OK) {
+        printf("your settings (%s, offload_mode %s) do not run this workload on this GPU: %s\n", path, MODES[mode],
+               mine->error[0] ? mine->error : vc_strerror(st));
+        return;
+    }
+    if (rec_s > 0)
+        snprintf(gain, sizeof gain, "; the recommendation: %.3f s (%.2fx)", rec_s, mine->step_time_s / rec_s);
+    else if (rec_s == 0)
+        snprintf(gain, sizeof gain, "; the recommendation: %.3f s", rec_s);
+    printf("your settings (%s, offload_mode %s): %.3f s per step, %s of resident speed%s\n", path, MODES[mode],
+           mine->step_time_s, percent(resident, mine->step_time_s, pc, sizeof pc), gain);
+}
+
 static int cmd_plan(int argc, char **argv) {
     sim_args a;
     vc_workload *wl;
@@ -369,8 +387,14 @@ static int cmd_plan(int argc, char **argv) {
     }
     /* Working memory: what the denoiser's activations need (the VAE decode reserves its own). */
     double work_gb = vc_workload_denoiser_working_mem(wl) / GIB;
-    int work_assumed = !(work_gb > 0); /* the workload does not say: InvokeAI's default */
-    work_gb = work_assumed ? 3.0 : ceil(work_gb * 2) / 2;
+    /* The workload does not say: the user's device_working_mem_gb (--config, or INVOKEAI_ in the
+     * environment) when they set one, else InvokeAI's default. */
+    int work_assumed = !(work_gb > 0), work_users = 0;
+    if (work_assumed && vc_config_get_source(cfg, VC_CFG_DEVICE_WORKING_MEM_GB) != VC_CFG_SOURCE_DEFAULT &&
+        vc_config_get_number(cfg, VC_CFG_DEVICE_WORKING_MEM_GB, &work_gb) == VC_OK)
+        work_users = 1;
+    else
+        work_gb = work_assumed ? 3.0 : ceil(work_gb * 2) / 2;
     char text[32];
     snprintf(text, sizeof text, "%g", work_gb);
     vc_config_set(cfg, VC_CFG_DEVICE_WORKING_MEM_GB, text);
@@ -461,7 +485,9 @@ static int cmd_plan(int argc, char **argv) {
         double resident = best >= 0 ? res[best].compute_time_s : 0;
         printf("plan for %s on a %.1f GB GPU, %.1f GB/s link, %.1f TFLOP/s (working memory %.1f GB%s)\n",
                vc_workload_name(wl), a.vram_gb, a.bandwidth_gbps, a.tflops, work_gb,
-               work_assumed ? ", InvokeAI's default: the workload states none" : "");
+               work_users     ? ", your device_working_mem_gb: the workload states none"
+               : work_assumed ? ", InvokeAI's default: the workload states none"
+                              : "");
         printf("  %-11s %12s %14s %16s\n", "mode", "step time", "vs resident", "moved per step");
         char pc[32];
         for (int m = 0; m < 4; m++) {
@@ -475,12 +501,13 @@ static int cmd_plan(int argc, char **argv) {
         /* The reasons in full after the table: the part that says what to change comes last. */
         for (int m = 0; m < 4; m++)
             if (st[m] != VC_OK) printf("  %s: %s\n", MODES[m], res[m].error[0] ? res[m].error : vc_strerror(st[m]));
-        if (best < 0 && work_assumed && work_gb >= a.vram_gb)
+        if (best < 0 && work_assumed && !work_users && work_gb >= a.vram_gb)
             printf("the assumed working memory (%g GB) does not leave this GPU room for weights: state the denoiser "
                    "stage's working_mem_bytes in the workload (docs/workloads.md)\n",
                    work_gb);
         if (best < 0) {
             printf("no mode runs this workload on this GPU\n");
+            if (a.config) print_current(a.config, mine_st, &mine, mine_mode, mine.compute_time_s, -1);
         } else {
             printf("recommended invokeai.yaml settings:\n");
             printf("  enable_partial_loading: %s\n",
@@ -499,17 +526,7 @@ static int cmd_plan(int argc, char **argv) {
                        "machine's %.0f GB of RAM cannot spare it\n",
                        ram.need, ram.reread_gb, a.ram_gb);
             double rec_s = ram.held ? ram.with.step_time_s : res[best].step_time_s;
-            char gain[32] = "n/a";
-            if (a.config && mine_st == VC_OK) {
-                if (rec_s > 0) snprintf(gain, sizeof gain, "%.2fx", mine.step_time_s / rec_s);
-                printf("your settings (%s, offload_mode %s): %.3f s per step, %s of resident speed; "
-                       "the recommendation: %.3f s (%s)\n",
-                       a.config, MODES[mine_mode], mine.step_time_s, percent(resident, mine.step_time_s, pc, sizeof pc),
-                       rec_s, gain);
-            } else if (a.config) {
-                printf("your settings (%s, offload_mode %s) do not run this workload on this GPU: %s\n", a.config,
-                       MODES[mine_mode], mine.error[0] ? mine.error : vc_strerror(mine_st));
-            }
+            if (a.config) print_current(a.config, mine_st, &mine, mine_mode, resident, rec_s);
             /* What no schedule can beat with this much VRAM and this link: tells a user whether the
              * remaining gap is the scheduler's or the hardware's. */
             double bound = res[best].segment_bound_step_time_s;

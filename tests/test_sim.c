@@ -928,6 +928,17 @@ static void test_trace_times_after_completion(void **state) {
     for (size_t i = 0; i < n; i++) assert_string_equal(now[i], late_sorted[i]);
 }
 
+/* Reads a trace file into text (NUL-terminated), deletes it, and returns its length. */
+static size_t read_and_remove(const char *path, char *text, size_t size) {
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    size_t n = fread(text, 1, size - 1, f);
+    text[n] = '\0';
+    fclose(f);
+    remove(path);
+    return n;
+}
+
 static void test_trace_is_chrome_json(void **state) {
     (void)state;
     vc_workload *wl;
@@ -944,13 +955,8 @@ static void test_trace_is_chrome_json(void **state) {
     run.trace_path = path;
     vc_sim_result r;
     assert_int_equal(vc_sim_run_workload(wl, &run, &r), VC_OK);
-    FILE *f = fopen(path, "r");
-    assert_non_null(f);
     static char text[1 << 20];
-    size_t n = fread(text, 1, sizeof text - 1, f);
-    text[n] = '\0';
-    fclose(f);
-    remove(path);
+    read_and_remove(path, text, sizeof text);
     assert_true(strncmp(text, "{\"displayTimeUnit\":\"ms\",\"traceEvents\":[", 39) == 0);
     assert_non_null(strstr(text, "\"cat\":\"upload\""));
     assert_non_null(strstr(text, "\"cat\":\"evict\""));
@@ -1016,13 +1022,8 @@ static void test_trace_names_not_utf8(void **state) {
     assert_int_equal(vc_cache_trace_span(t.cache, "\xc0\xaf", "\xed\xa0\x80 \xf4\x90\x80\x80", 0, 1), VC_OK);
     assert_int_equal(vc_cache_trace_stop(t.cache), VC_OK);
     free_cache(&t);
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
     static char text[1 << 16];
-    size_t n = fread(text, 1, sizeof text - 1, f);
-    text[n] = '\0';
-    fclose(f);
-    remove(path);
+    size_t n = read_and_remove(path, text, sizeof text);
     for (size_t i = 0; i < n;) { /* the whole file is UTF-8 */
         int k = json_utf8_len((const unsigned char *)text + i);
         if (k == 0) fail_msg("byte %zu of the trace (0x%02x) is not UTF-8", i, (unsigned char)text[i]);

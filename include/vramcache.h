@@ -571,7 +571,9 @@ VC_API int vc_layer_unpatch(vc_cache *cache, vc_layer_id layer);
  *  layers and keeps a resident set chosen so that streamed layers are spread between resident ones.
  *  A declared order is kept through mismatches (branches only cost prefetch accuracy); n == 0 clears
  *  it, and the cache learns the order from the next pass instead (the default: it records the first
- *  pass, checks later passes, and drops a learned order after repeated mismatches).
+ *  pass, checks later passes, and drops a learned order after repeated mismatches). Unregistering
+ *  one of the model's layers drops its order, declared or learned: the next pass is learned (or
+ *  declare the new order again).
  *  Models that run whole passes in turn every step (a ControlNet, then the UNet it conditions) are
  *  planned as one pass once the cache has seen them alternate for two steps, and planned apart
  *  again as soon as another model runs than the one due (logged at INFO). An engine may hold

@@ -6,8 +6,9 @@
 
 #include "cache_internal.h"
 #include "config_internal.h"
+#include "read_file.h"
 
-#define MAX_CONFIG_FILE ((long)16 << 20)
+#define MAX_CONFIG_FILE ((size_t)16 << 20)
 
 static void set_defaults(vc_config *cfg) {
     for (int k = 0; k < VC_CFG_KEY_COUNT; k++) {
@@ -80,28 +81,15 @@ int vc_config_load_file(vc_config *cfg, const char *path, unsigned flags, vc_dia
     if (diags) *diags = NULL;
     if (!cfg || !path)
         return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_config_load_file: %s is NULL", !cfg ? "cfg" : "path");
-    FILE *f = fopen(path, "rb");
-    char *buf = NULL;
-    long size = -1;
-    if (f && fseek(f, 0, SEEK_END) == 0) size = ftell(f);
-    if (f && size >= 0 && size <= MAX_CONFIG_FILE && fseek(f, 0, SEEK_SET) == 0) {
-        buf = malloc((size_t)size + 1);
-        if (buf && fread(buf, 1, (size_t)size, f) != (size_t)size) {
-            free(buf);
-            buf = NULL;
-        }
-    }
-    int err = errno;
-    if (f) fclose(f);
-    if (!buf) {
-        const char *why = !f ? strerror(err)
-                          : size > MAX_CONFIG_FILE ? "larger than 16 MB: not a configuration file"
-                                                   : "read failed";
+    char *buf, why[128];
+    size_t size;
+    if (vc__read_file(path, MAX_CONFIG_FILE, &buf, &size, why, sizeof why) != 0) {
+        if (strncmp(why, "larger than", 11) == 0) strncat(why, ": not a configuration file", sizeof why - strlen(why) - 1);
         if (diags && (*diags = vc__diag_new()))
             vc__diag_add(*diags, VC_DIAG_ERROR, path, 0, 0, "", "cannot read the file: %s", why);
         return vc__fail(NULL, VC_ERR_IO, "vc_config_load_file: cannot read '%s': %s", path, why);
     }
-    int st = vc_config_load_string(cfg, buf, (size_t)size, path, flags, diags);
+    int st = vc_config_load_string(cfg, buf, size, path, flags, diags);
     free(buf);
     return st;
 }

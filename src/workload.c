@@ -13,6 +13,7 @@
 
 #include "cache_internal.h"
 #include "config_internal.h"
+#include "read_file.h"
 #include "vramcache_sim.h"
 #include "workload_internal.h"
 #include "yaml_merge.h"
@@ -424,31 +425,11 @@ int vc_workload_load(const char *path, vc_workload **out, vc_diagnostics **diags
     if (diags) *diags = NULL;
     if (!path || !out) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_workload_load: NULL argument");
     *out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f) return vc__fail(NULL, VC_ERR_IO, "vc_workload_load: cannot open '%s': %s", path, strerror(errno));
-    char *buf = NULL;
-    size_t len = 0, cap = 0, got;
-    char chunk[65536];
-    while ((got = fread(chunk, 1, sizeof chunk, f)) > 0) {
-        if (len + got > ((size_t)64 << 20)) {
-            free(buf);
-            fclose(f);
-            return vc__fail(NULL, VC_ERR_IO, "vc_workload_load: '%s' is larger than 64 MB", path);
-        }
-        if (len + got > cap) {
-            cap = (len + got) * 2;
-            char *nb = realloc(buf, cap);
-            if (!nb) {
-                free(buf);
-                fclose(f);
-                return vc__fail(NULL, VC_ERR_NO_MEMORY, "vc_workload_load: out of host memory");
-            }
-            buf = nb;
-        }
-        memcpy(buf + len, chunk, got);
-        len += got;
-    }
-    fclose(f);
+    char *buf, why[128];
+    size_t len;
+    if (vc__read_file(path, (size_t)64 << 20, &buf, &len, why, sizeof why) != 0)
+        return vc__fail(NULL, strstr(why, "memory") ? VC_ERR_NO_MEMORY : VC_ERR_IO,
+                        "vc_workload_load: cannot read '%s': %s", path, why);
     int st = vc_workload_load_string(buf, len, path, out, diags);
     free(buf);
     return st;

@@ -2,9 +2,11 @@
  * the environment, precedence, and the bridge to caches. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "test_util.h"
 #include "vramcache_config.h"
+#include "vramcache_sim.h"
 
 #ifndef VC_TEST_DATA_DIR
 #error "VC_TEST_DATA_DIR must point at tests/config"
@@ -186,6 +188,36 @@ static void test_empty_files_warn_and_use_defaults(void **state) {
         vc_diagnostics_destroy(d);
         vc_config_destroy(cfg);
     }
+}
+
+/* Files that are not regular: a pipe (`vramcache config check <(ssh host cat invokeai.yaml)`) is
+ * read to its end; a directory is named as one (it read as "larger than 16 MB"). */
+static void test_pipes_and_directories(void **state) {
+    (void)state;
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    static const char text[] = "max_cache_ram_gb: 7\n";
+    assert_int_equal(write(fds[1], text, sizeof text - 1), (ssize_t)(sizeof text - 1));
+    close(fds[1]);
+    char path[64];
+    snprintf(path, sizeof path, "/dev/fd/%d", fds[0]);
+    vc_config *cfg;
+    assert_int_equal(vc_config_create(&cfg), VC_OK);
+    vc_diagnostics *d = NULL;
+    assert_int_equal(vc_config_load_file(cfg, path, VC_CONFIG_NO_ENV, &d), VC_OK);
+    assert_true(num(cfg, VC_CFG_MAX_CACHE_RAM_GB) == 7.0);
+    vc_diagnostics_destroy(d);
+    close(fds[0]);
+    assert_int_equal(vc_config_load_file(cfg, "/tmp", VC_CONFIG_NO_ENV, &d), VC_ERR_IO);
+    assert_non_null(find_diag(d, "is a directory"));
+    assert_non_null(strstr(vc_last_error(), "is a directory"));
+    assert_true(num(cfg, VC_CFG_MAX_CACHE_RAM_GB) == 7.0); /* untouched */
+    vc_diagnostics_destroy(d);
+    vc_workload *wl = NULL;
+    assert_int_equal(vc_workload_load("/tmp", &wl, NULL), VC_ERR_IO);
+    assert_null(wl);
+    assert_non_null(strstr(vc_last_error(), "is a directory"));
+    vc_config_destroy(cfg);
 }
 
 static void test_not_a_mapping(void **state) {
@@ -743,6 +775,7 @@ int main(void) {
         cmocka_unit_test_setup(test_tabs_are_a_clear_error, setup),
         cmocka_unit_test_setup(test_empty_files_warn_and_use_defaults, setup),
         cmocka_unit_test_setup(test_not_a_mapping, setup),
+        cmocka_unit_test_setup(test_pipes_and_directories, setup),
         cmocka_unit_test_setup(test_duplicates_warn_later_wins, setup),
         cmocka_unit_test_setup(test_merge_keys, setup),
         cmocka_unit_test_setup(test_quoted_numbers_and_booleans, setup),

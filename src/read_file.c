@@ -1,0 +1,65 @@
+/* Reading a whole text file: see read_file.h. */
+#include "read_file.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+int vc__read_file(const char *path, size_t max_bytes, char **buf, size_t *len, char *why, size_t why_size) {
+    *buf = NULL;
+    *len = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(why, why_size, "%s", strerror(errno));
+        return -1;
+    }
+    /* A directory opens on Linux and then fails to read: say what it is. */
+    struct stat sb;
+    if (fstat(fileno(f), &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        fclose(f);
+        snprintf(why, why_size, "is a directory");
+        return -1;
+    }
+    char *data = NULL;
+    size_t n = 0, cap = 0, got;
+    char chunk[65536];
+    int failed = 0;
+    while (!failed && (got = fread(chunk, 1, sizeof chunk, f)) > 0) {
+        if (got > max_bytes - n) {
+            snprintf(why, why_size, "larger than %zu MB", max_bytes >> 20);
+            failed = 1;
+        } else if (n + got + 1 > cap) {
+            size_t want = (n + got + 1) * 2;
+            char *grown = realloc(data, want);
+            if (!grown) {
+                snprintf(why, why_size, "out of host memory");
+                failed = 1;
+            } else {
+                data = grown, cap = want;
+            }
+        }
+        if (!failed) {
+            memcpy(data + n, chunk, got);
+            n += got;
+        }
+    }
+    if (!failed && ferror(f)) {
+        snprintf(why, why_size, "%s", errno ? strerror(errno) : "read failed");
+        failed = 1;
+    }
+    fclose(f);
+    if (!failed && !data && !(data = malloc(1))) {
+        snprintf(why, why_size, "out of host memory");
+        failed = 1;
+    }
+    if (failed) {
+        free(data);
+        return -1;
+    }
+    data[n] = '\0';
+    *buf = data;
+    *len = n;
+    return 0;
+}

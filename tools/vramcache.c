@@ -97,7 +97,7 @@ static int parse_number_arg(const char *flag, const char *v, double lo, double h
     char *end;
     double x = v ? strtod(v, &end) : NAN;
     if (!v || *end || !isfinite(x) || x < lo || x > hi) {
-        fprintf(stderr, "vramcache: %s needs a number between %g and %g, got '%s'\n", flag, lo, hi, v ? v : "");
+        fprintf(stderr, "vramcache: %s needs a number between %.10g and %.10g, got '%s'\n", flag, lo, hi, v ? v : "");
         return -1;
     }
     *out = x;

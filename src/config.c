@@ -382,8 +382,11 @@ int vc_config_show(const vc_config *cfg, vc_print_fn print, void *user) {
             else if (src == VC_CFG_SOURCE_COMPUTED)
                 snprintf(detail, sizeof detail, ": dynamic (free device memory - working memory)");
             else if (gpu)
-                snprintf(detail, sizeof detail, "; largest safe value on this GPU: %.2f GB (%s - working memory)",
-                         (double)sat_sub(total, o.working_mem) / (double)VC_GB, vc__fmt_bytes(total, a, sizeof a));
+                snprintf(detail, sizeof detail, "; %slargest safe value on this GPU: %.2f GB (%s - working memory)%s",
+                         o.vram_budget > sat_sub(total, o.working_mem) ? "ABOVE the " : "",
+                         (double)sat_sub(total, o.working_mem) / (double)VC_GB, vc__fmt_bytes(total, a, sizeof a),
+                         o.vram_budget > sat_sub(total, o.working_mem) ? ": operations may run out of device memory"
+                                                                         : "");
             break;
         case VC_CFG_DEVICE:
             if (backend_st == VC_OK)

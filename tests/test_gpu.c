@@ -348,6 +348,37 @@ static void test_dynamic_budget_sees_other_allocations(void **state) {
     vc_backend_destroy(b);
 }
 
+/* An explicit VRAM budget above the GPU's memory less the working memory (the seed's "max safe
+ * value") is warned about when the cache is created; one within it is not. */
+static int safe_value_warnings;
+
+static void count_safe_value_warnings(void *user, vc_log_level level, const char *message) {
+    (void)user;
+    if (level == VC_LOG_WARN && strstr(message, "largest safe value")) safe_value_warnings++;
+}
+
+static void test_unsafe_vram_budget_is_warned(void **state) {
+    (void)state;
+    vc_backend *b = cuda_or_skip();
+    size_t free_b = 0, total = 0;
+    assert_int_equal(vc_backend_mem_info(b, &free_b, &total), VC_OK);
+    for (int unsafe = 0; unsafe < 2; unsafe++) {
+        vc_cache_options o;
+        vc_cache_options_init(&o);
+        o.backend = b;
+        o.ram_budget = 64 * MB;
+        o.working_mem = 256 * MB;
+        o.vram_budget = unsafe ? total - 128 * MB : total - 512 * MB;
+        o.log_fn = count_safe_value_warnings;
+        safe_value_warnings = 0;
+        vc_cache *c;
+        assert_int_equal(vc_cache_create(&o, &c), VC_OK);
+        assert_int_equal(safe_value_warnings, unsafe);
+        assert_int_equal(vc_cache_destroy(c), VC_OK);
+    }
+    vc_backend_destroy(b);
+}
+
 /* VRAMCACHE_EVENT_TIMING=1: a trace of a real run shows each copy as it ran on the device (its
  * events stamped by the GPU), not at issue time. 32 MB uploads through a 64 MB budget: every span
  * must last about what the link allows (between 0.5 and 100 GB/s), none may have no duration. */
@@ -489,6 +520,7 @@ int main(void) {
         cmocka_unit_test(test_stream_ordered_reservations),
         cmocka_unit_test(test_pageable_sources_beyond_the_staging_ring),
         cmocka_unit_test(test_dynamic_budget_sees_other_allocations),
+        cmocka_unit_test(test_unsafe_vram_budget_is_warned),
         cmocka_unit_test(test_trace_has_device_times),
         cmocka_unit_test(test_second_device_keeps_the_callers_device),
     };

@@ -19,8 +19,11 @@
 
 #include "json_string.h"
 #include "vramcache.h"
+#include "vramcache_backend.h"
 #include "vramcache_config.h"
 #include "vramcache_sim.h"
+
+#define GIB 1073741824.0
 
 static void to_stderr(void *user, const char *text) {
     (void)user;
@@ -47,6 +50,32 @@ static int usage(FILE *f) {
     return f == stderr ? 2 : 0;
 }
 
+/* The seed's "max safe value" tip, checked where the file's GPU is (device: as the file says):
+ * an explicit max_cache_vram_gb above the GPU's memory less device_working_mem_gb leaves the
+ * operations too little. Prints a warning and returns 1 when it does. */
+static int vram_cap_unsafe(const vc_config *cfg, const char *path) {
+    double cap_gb = 0, work_gb = 0;
+    if (vc_config_get_number(cfg, VC_CFG_MAX_CACHE_VRAM_GB, &cap_gb) != VC_OK) return 0; /* unset: dynamic */
+    vc_config_get_number(cfg, VC_CFG_DEVICE_WORKING_MEM_GB, &work_gb);
+    vc_backend *b = NULL;
+    char why[256];
+    size_t free_b = 0, total = 0;
+    int unsafe = 0;
+    if (vc_config_create_backend(cfg, &b, why, sizeof why) == VC_OK &&
+        vc_backend_get_ops(b)->kind == VC_BACKEND_KIND_GPU && vc_backend_mem_info(b, &free_b, &total) == VC_OK) {
+        double safe_gb = (double)total / GIB - work_gb;
+        if (cap_gb > safe_gb) {
+            fprintf(stderr, "%s: warning: max_cache_vram_gb is %g, above the largest safe value on this GPU, %.2f "
+                    "(%.2f GB less device_working_mem_gb %g): operations may run out of device memory; lower it, "
+                    "or leave it unset so the budget follows the GPU\n", path, cap_gb, safe_gb > 0 ? safe_gb : 0,
+                    (double)total / GIB, work_gb);
+            unsafe = 1;
+        }
+    }
+    vc_backend_destroy(b);
+    return unsafe;
+}
+
 static int config_check(const char *path) {
     vc_config *cfg;
     if (vc_config_create(&cfg) != VC_OK) return 1;
@@ -54,6 +83,7 @@ static int config_check(const char *path) {
     int st = vc_config_load_file(cfg, path, VC_CONFIG_NO_ENV, &d);
     vc_diagnostics_print(d, to_stderr, NULL);
     size_t errors = vc_diagnostics_errors(d), total = vc_diagnostics_count(d);
+    if (st == VC_OK && vram_cap_unsafe(cfg, path)) total++;
     if (st == VC_OK)
         fprintf(stderr, "%s: OK (%zu warning%s)\n", path, total - errors, total - errors == 1 ? "" : "s");
     else
@@ -83,7 +113,6 @@ static int config_show(const char *path) {
 /* ---- simulate and plan ---- */
 
 static const char *const MODES[] = {"none", "model", "sequential", "balanced"};
-#define GIB 1073741824.0
 
 typedef struct sim_args {
     const char *workload, *config, *trace;

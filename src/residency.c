@@ -1351,10 +1351,19 @@ int vc_layer_acquire(vc_cache *c, vc_layer_id id, vc_stream stream, void **devic
     int st = VC_OK;
     if (c->trace) vc__trace_poll(c, 0); /* copies that have run since: their spans */
     layer_t *l = vc__settled_layer(c, id); /* another thread loading it: wait, then take its result */
+    /* A shared layer whose owner has no copy in RAM: the owner's loader (a disk read) runs first, as
+     * staging runs it, without our lock and the layer marked loading, so that this cache's other
+     * threads (its stage-ahead worker, other engine threads) do not wait for the read. */
+    if (c->shared_layers && l && l->owner && !l->vblock && vc__needs_load(l)) {
+        st = vc__stage_layer(c, l, fn);
+        l = vc__settled_layer(c, id); /* others may have acted on it meanwhile */
+    }
     /* (the cache-wide count first: caches without shared layers never touch l->owner here) */
-    if (c->shared_layers && l && l->owner && l->vblock && !l->holds && shared_stale(l))
+    if (st == VC_OK && c->shared_layers && l && l->owner && l->vblock && !l->holds && shared_stale(l))
         vc__evict_vram(c, l, VC_EVICT_MANUAL, 1); /* its source was patched: load the new weights */
-    if (!l) {
+    if (st != VC_OK) {
+        /* the owner's loader failed: its message is recorded */
+    } else if (!l) {
         st = vc__fail(c, VC_ERR_NOT_FOUND, "%s: layer id %#llx is not registered", fn, (unsigned long long)id);
     } else if (l->vblock) {
         c->stats.hits++;

@@ -2,6 +2,7 @@
  * RAM once, loaded once, and uploaded to every device that uses them. */
 #include <pthread.h>
 #include <stdatomic.h>
+#include <time.h>
 
 #include "test_util.h"
 
@@ -263,6 +264,77 @@ static void test_source_read_by_a_sharer_stays(void **state) {
     free_gpus(&g);
 }
 
+/* A sharing cache's acquire that needs the owner's loader (a disk read) runs it without the sharing
+ * cache's lock, as staging does: meanwhile that cache answers other threads, and shows the layer as
+ * loading. The loader waits for the main thread's call to come back; the timed wait is only a
+ * watchdog, so that the old behaviour (the sharer locked for the whole read) fails instead of hanging. */
+typedef struct owner_gate {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int entered, open;
+} owner_gate;
+
+static int gated_owner_loader(void *user, vc_layer_id layer, void *dst, size_t bytes) {
+    (void)layer;
+    owner_gate *g = user;
+    pthread_mutex_lock(&g->mu);
+    g->entered = 1;
+    pthread_cond_broadcast(&g->cv);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 20;
+    while (!g->open && pthread_cond_timedwait(&g->cv, &g->mu, &until) == 0) {}
+    pthread_mutex_unlock(&g->mu);
+    fill_pattern(dst, bytes, 77);
+    return 0;
+}
+
+typedef struct acquirer {
+    vc_cache *cache;
+    vc_layer_id layer;
+    int status, intact;
+} acquirer;
+
+static void *acquire_shared(void *arg) {
+    acquirer *a = arg;
+    void *p;
+    a->status = vc_layer_acquire(a->cache, a->layer, NULL, &p);
+    if (a->status == VC_OK) {
+        a->intact = check_device(a->cache, p, 32 * KB, 77);
+        vc_layer_release(a->cache, a->layer, NULL);
+    }
+    return NULL;
+}
+
+static void test_owner_load_does_not_lock_the_sharer(void **state) {
+    (void)state;
+    gpus g;
+    make_gpus(&g, 1 * MB, 1 * MB, 1);
+    owner_gate gate = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0};
+    vc_layer_desc d = {.name = "read from disk", .bytes = 32 * KB, .loader = gated_owner_loader, .loader_user = &gate};
+    vc_layer_id src, shared;
+    assert_int_equal(vc_layer_register(g.cache[0], g.model[0], &d, &src), VC_OK);
+    assert_int_equal(vc_layer_register_shared(g.cache[1], g.model[1], g.cache[0], src, &shared), VC_OK);
+    acquirer a = {g.cache[1], shared, -1, 0};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, acquire_shared, &a), 0);
+    pthread_mutex_lock(&gate.mu);
+    while (!gate.entered) pthread_cond_wait(&gate.cv, &gate.mu);
+    pthread_mutex_unlock(&gate.mu);
+    vc_layer_info info; /* the owner's loader is running for the sharer's acquire */
+    assert_int_equal(vc_layer_get_info(g.cache[1], shared, &info), VC_OK);
+    vc_residency seen = info.residency;
+    pthread_mutex_lock(&gate.mu);
+    gate.open = 1;
+    pthread_cond_broadcast(&gate.cv);
+    pthread_mutex_unlock(&gate.mu);
+    pthread_join(th, NULL);
+    assert_int_equal(seen, VC_RES_LOADING); /* answered during the read, not after it */
+    assert_int_equal(a.status, VC_OK);
+    assert_true(a.intact);
+    free_gpus(&g);
+}
+
 typedef struct runner {
     gpus *g;
     int d;
@@ -330,6 +402,7 @@ int main(void) {
         cmocka_unit_test(test_patched_source_reaches_sharers),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_source_read_by_a_sharer_stays),
+        cmocka_unit_test(test_owner_load_does_not_lock_the_sharer),
         cmocka_unit_test(test_two_devices_concurrently),
         cmocka_unit_test(test_stage_shared),
     };

@@ -1498,10 +1498,18 @@ int vc_layer_read(vc_cache *c, vc_layer_id id, void *dst, size_t size) {
         else
             st = vc__fail(c, st, "%s: layer '%s': its write-back cannot be waited for: %s", fn, l->name,
                           vc__take_backend_error());
-    } else if (l->owner) { /* from the owner (its lock after ours): its weights are the current ones, our
-                              * device copy may predate a patch */
+    } else if (l->owner) { /* from the owner: its weights are the current ones, our device copy may
+                              * predate a patch. Its loader may run (a disk read): without our lock, the
+                              * layer marked loading meanwhile, as staging does. */
+        l->loading = 1;
+        pthread_mutex_unlock(&c->lock);
         st = vc_layer_read(l->owner, l->owner_layer, dst, size);
-        if (st != VC_OK) st = vc__fail(c, st, "%s: shared layer '%s': %s", fn, l->name, vc_last_error());
+        char why[sizeof c->last_error];
+        snprintf(why, sizeof why, "%s", vc_last_error());
+        pthread_mutex_lock(&c->lock);
+        l->loading = 0;
+        pthread_cond_broadcast(&c->loaded);
+        if (st != VC_OK) st = vc__fail(c, st, "%s: shared layer '%s': %s", fn, l->name, why);
     } else if (l->vblock) {
         /* Off the hot path: a synchronous download of the only copy. */
         st = ensure_event(c, &l->ram_ev);

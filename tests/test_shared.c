@@ -264,8 +264,8 @@ static void test_source_read_by_a_sharer_stays(void **state) {
     free_gpus(&g);
 }
 
-/* A sharing cache's acquire that needs the owner's loader (a disk read) runs it without the sharing
- * cache's lock, as staging does: meanwhile that cache answers other threads, and shows the layer as
+/* A sharing cache's acquire or read that needs the owner's loader (a disk read) runs it without the
+ * sharing cache's lock, as staging does: meanwhile that cache answers other threads, and shows the layer as
  * loading. The loader waits for the main thread's call to come back; the timed wait is only a
  * watchdog, so that the old behaviour (the sharer locked for the whole read) fails instead of hanging. */
 typedef struct owner_gate {
@@ -292,11 +292,18 @@ static int gated_owner_loader(void *user, vc_layer_id layer, void *dst, size_t b
 typedef struct acquirer {
     vc_cache *cache;
     vc_layer_id layer;
+    int read; /* vc_layer_read instead of an acquire */
     int status, intact;
 } acquirer;
 
 static void *acquire_shared(void *arg) {
     acquirer *a = arg;
+    if (a->read) {
+        static unsigned char buf[32 * KB];
+        a->status = vc_layer_read(a->cache, a->layer, buf, sizeof buf);
+        a->intact = a->status == VC_OK && check_pattern(buf, sizeof buf, 77);
+        return NULL;
+    }
     void *p;
     a->status = vc_layer_acquire(a->cache, a->layer, NULL, &p);
     if (a->status == VC_OK) {
@@ -315,23 +322,27 @@ static void test_owner_load_does_not_lock_the_sharer(void **state) {
     vc_layer_id src, shared;
     assert_int_equal(vc_layer_register(g.cache[0], g.model[0], &d, &src), VC_OK);
     assert_int_equal(vc_layer_register_shared(g.cache[1], g.model[1], g.cache[0], src, &shared), VC_OK);
-    acquirer a = {g.cache[1], shared, -1, 0};
-    pthread_t th;
-    assert_int_equal(pthread_create(&th, NULL, acquire_shared, &a), 0);
-    pthread_mutex_lock(&gate.mu);
-    while (!gate.entered) pthread_cond_wait(&gate.cv, &gate.mu);
-    pthread_mutex_unlock(&gate.mu);
-    vc_layer_info info; /* the owner's loader is running for the sharer's acquire */
-    assert_int_equal(vc_layer_get_info(g.cache[1], shared, &info), VC_OK);
-    vc_residency seen = info.residency;
-    pthread_mutex_lock(&gate.mu);
-    gate.open = 1;
-    pthread_cond_broadcast(&gate.cv);
-    pthread_mutex_unlock(&gate.mu);
-    pthread_join(th, NULL);
-    assert_int_equal(seen, VC_RES_LOADING); /* answered during the read, not after it */
-    assert_int_equal(a.status, VC_OK);
-    assert_true(a.intact);
+    for (int read = 0; read < 2; read++) { /* an acquire, then a read through the sharing cache */
+        assert_int_equal(vc_layer_offload(g.cache[0], src, VC_OFFLOAD_ALL), VC_OK); /* only the loader has it */
+        gate.entered = gate.open = 0;
+        acquirer a = {g.cache[1], shared, read, -1, 0};
+        pthread_t th;
+        assert_int_equal(pthread_create(&th, NULL, acquire_shared, &a), 0);
+        pthread_mutex_lock(&gate.mu);
+        while (!gate.entered) pthread_cond_wait(&gate.cv, &gate.mu);
+        pthread_mutex_unlock(&gate.mu);
+        vc_layer_info info; /* the owner's loader is running for the sharing cache's call */
+        assert_int_equal(vc_layer_get_info(g.cache[1], shared, &info), VC_OK);
+        vc_residency seen = info.residency;
+        pthread_mutex_lock(&gate.mu);
+        gate.open = 1;
+        pthread_cond_broadcast(&gate.cv);
+        pthread_mutex_unlock(&gate.mu);
+        pthread_join(th, NULL);
+        assert_int_equal(seen, VC_RES_LOADING); /* answered during the read, not after it */
+        assert_int_equal(a.status, VC_OK);
+        assert_true(a.intact);
+    }
     free_gpus(&g);
 }
 

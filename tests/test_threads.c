@@ -173,8 +173,9 @@ static void test_stress_no_ram_copy(void **state) {
 
 /* Read, offload, patch, unpatch and unregister of a layer (offload or unregister of its model,
  * clearing the cache) whose loader is running on another thread (staging it into RAM, as the
- * stage-ahead worker does) wait for the load, as acquire does, instead of failing with VC_ERR_BUSY. Ordered without sleeps: the loader
- * blocks until the caller's thread logs that it waits for it, which it does just before it waits. */
+ * stage-ahead worker does) wait for the load, as acquire does, instead of failing with
+ * VC_ERR_BUSY. Ordered without sleeps: the loader blocks until the caller's thread logs that it
+ * waits for it, which it does just before it waits. */
 typedef struct gate {
     pthread_mutex_t mu;
     pthread_cond_t cv;

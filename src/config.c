@@ -84,7 +84,8 @@ int vc_config_load_file(vc_config *cfg, const char *path, unsigned flags, vc_dia
     char *buf, why[128];
     size_t size;
     if (vc__read_file(path, MAX_CONFIG_FILE, &buf, &size, why, sizeof why) != 0) {
-        if (strncmp(why, "larger than", 11) == 0) strncat(why, ": not a configuration file", sizeof why - strlen(why) - 1);
+        if (strncmp(why, "larger than", 11) == 0)
+            strncat(why, ": not a configuration file", sizeof why - strlen(why) - 1);
         if (diags && (*diags = vc__diag_new()))
             vc__diag_add(*diags, VC_DIAG_ERROR, path, 0, 0, "", "cannot read the file: %s", why);
         return vc__fail(NULL, VC_ERR_IO, "vc_config_load_file: cannot read '%s': %s", path, why);

@@ -195,7 +195,8 @@ static void test_errors(void **state) {
     assert_int_equal(vc_layer_register_shared(NULL, g.model[1], g.cache[0], g.layer[0][0], &x), VC_ERR_INVALID_ARG);
     /* roles: a cache others share from shares from nobody, and a sharing cache is shared from by
      * nobody (each takes its owner's lock inside its own: a cycle could deadlock); nothing registered */
-    assert_int_equal(vc_layer_register_shared(g.cache[0], g.model[0], g.cache[1], g.layer[1][0], &x), VC_ERR_INVALID_ARG);
+    assert_int_equal(vc_layer_register_shared(g.cache[0], g.model[0], g.cache[1], g.layer[1][0], &x),
+                     VC_ERR_INVALID_ARG);
     assert_true(last_error_has(g.cache[0], "share from this cache, so it cannot share from another"));
     vc_backend *third_dev = test_backend_create_on(1 * MB, 0);
     vc_cache_options o;
@@ -208,7 +209,7 @@ static void test_errors(void **state) {
     vc_model_id tm = add_model(third, "unet");
     assert_int_equal(vc_layer_register_shared(third, tm, g.cache[1], g.layer[1][0], &x), VC_ERR_INVALID_ARG);
     assert_true(last_error_has(third, "the owning cache itself shares 8 layer(s)"));
-    assert_int_equal(vc_layer_register_shared(third, tm, g.cache[0], g.layer[0][0], &x), VC_OK); /* from the owner: fine */
+    assert_int_equal(vc_layer_register_shared(third, tm, g.cache[0], g.layer[0][0], &x), VC_OK); /* the owner: fine */
     assert_int_equal(get_stats(third).layers, 1);
     assert_int_equal(get_stats(g.cache[0]).layers, 8);
     assert_int_equal(vc_cache_destroy(third), VC_OK);

@@ -347,7 +347,8 @@ static int cmd_simulate(int argc, char **argv) {
         if (res.segment_bound_step_time_s > res.lower_bound_step_time_s * 1.001)
             printf("  (no schedule can beat %.3f s here: the segment bound, where the pass's bytes sit apart from its "
                    "compute; ratio to it %s)\n",
-                   res.segment_bound_step_time_s, ratio_of(res.step_time_s, res.segment_bound_step_time_s, r2, sizeof r2));
+                   res.segment_bound_step_time_s,
+                   ratio_of(res.step_time_s, res.segment_bound_step_time_s, r2, sizeof r2));
         printf("  compute alone (resident)  %9.3f s    speed vs resident %s\n", res.compute_time_s,
                percent(res.compute_time_s, res.step_time_s, pc, sizeof pc));
         printf("  hits %.1f, misses %.1f per step; peak VRAM %.2f GB, peak RAM pool %.2f GB; pipeline %.2f s\n",

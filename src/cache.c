@@ -121,15 +121,15 @@ int vc_cache_create(const vc_cache_options *opts, vc_cache **out) {
      * memory less that working memory, operations may run out of device memory. Say so once. */
     if (o.vram_budget != VC_SIZE_AUTO && c->ops->kind == VC_BACKEND_KIND_GPU) {
         size_t free_b = 0, total = 0;
-        if (c->ops->mem_info(c->bctx, &free_b, &total) == VC_OK && o.vram_budget > sat_sub(total, o.working_mem)) {
+        if (c->ops->mem_info(c->bctx, &free_b, &total) != VC_OK) {
+            vc__take_backend_error(); /* no reading: nothing to say */
+        } else if (o.vram_budget > sat_sub(total, o.working_mem)) {
             char v[32], s[32], t[32], w[32];
             vc__log(c, VC_LOG_WARN, "max_cache_vram_gb (%s) is above this GPU's largest safe value, %s (%s less "
                     "device_working_mem_gb %s): operations may run out of device memory; lower it, or leave it "
                     "unset so the budget follows the GPU", vc__fmt_bytes(o.vram_budget, v, sizeof v),
                     vc__fmt_bytes(sat_sub(total, o.working_mem), s, sizeof s), vc__fmt_bytes(total, t, sizeof t),
                     vc__fmt_bytes(o.working_mem, w, sizeof w));
-        } else {
-            vc__take_backend_error();
         }
     }
     /* RAM budget: explicit, or InvokeAI's heuristics on this machine (logged with the reasons),

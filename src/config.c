@@ -1,5 +1,4 @@
 /* The vc_config object: layered values, typed getters, and the bridge to caches and backends. */
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,9 +82,9 @@ int vc_config_load_file(vc_config *cfg, const char *path, unsigned flags, vc_dia
         return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_config_load_file: %s is NULL", !cfg ? "cfg" : "path");
     char *buf, why[128];
     size_t size;
-    if (vc__read_file(path, MAX_CONFIG_FILE, &buf, &size, why, sizeof why) != 0) {
-        if (strncmp(why, "larger than", 11) == 0)
-            strncat(why, ": not a configuration file", sizeof why - strlen(why) - 1);
+    int read = vc__read_file(path, MAX_CONFIG_FILE, &buf, &size, why, sizeof why);
+    if (read != VC_OK) {
+        if (read == VC_ERR_TOO_LARGE) strncat(why, ": not a configuration file", sizeof why - strlen(why) - 1);
         if (diags && (*diags = vc__diag_new()))
             vc__diag_add(*diags, VC_DIAG_ERROR, path, 0, 0, "", "cannot read the file: %s", why);
         return vc__fail(NULL, VC_ERR_IO, "vc_config_load_file: cannot read '%s': %s", path, why);
@@ -382,12 +381,13 @@ int vc_config_show(const vc_config *cfg, vc_print_fn print, void *user) {
                          vc__fmt_bytes(o.working_mem, c, sizeof c));
             else if (src == VC_CFG_SOURCE_COMPUTED)
                 snprintf(detail, sizeof detail, ": dynamic (free device memory - working memory)");
-            else if (gpu)
+            else if (gpu) {
+                size_t safe = sat_sub(total, o.working_mem);
+                int above = o.vram_budget > safe;
                 snprintf(detail, sizeof detail, "; %slargest safe value on this GPU: %.2f GB (%s - working memory)%s",
-                         o.vram_budget > sat_sub(total, o.working_mem) ? "ABOVE the " : "",
-                         (double)sat_sub(total, o.working_mem) / (double)VC_GB, vc__fmt_bytes(total, a, sizeof a),
-                         o.vram_budget > sat_sub(total, o.working_mem) ? ": operations may run out of device memory"
-                                                                         : "");
+                         above ? "ABOVE the " : "", (double)safe / (double)VC_GB, vc__fmt_bytes(total, a, sizeof a),
+                         above ? ": operations may run out of device memory" : "");
+            }
             break;
         case VC_CFG_DEVICE:
             if (backend_st == VC_OK)

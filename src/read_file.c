@@ -7,35 +7,37 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "vramcache.h"
+
 int vc__read_file(const char *path, size_t max_bytes, char **buf, size_t *len, char *why, size_t why_size) {
     *buf = NULL;
     *len = 0;
     FILE *f = fopen(path, "rb");
     if (!f) {
         snprintf(why, why_size, "%s", strerror(errno));
-        return -1;
+        return VC_ERR_IO;
     }
     /* A directory opens on Linux and then fails to read: say what it is. */
     struct stat sb;
     if (fstat(fileno(f), &sb) == 0 && S_ISDIR(sb.st_mode)) {
         fclose(f);
         snprintf(why, why_size, "is a directory");
-        return -1;
+        return VC_ERR_IO;
     }
     char *data = NULL;
     size_t n = 0, cap = 0, got;
     char chunk[65536];
-    int failed = 0;
+    int failed = VC_OK;
     while (!failed && (got = fread(chunk, 1, sizeof chunk, f)) > 0) {
         if (got > max_bytes - n) {
             snprintf(why, why_size, "larger than %zu MB", max_bytes >> 20);
-            failed = 1;
+            failed = VC_ERR_TOO_LARGE;
         } else if (n + got + 1 > cap) {
             size_t want = (n + got + 1) * 2;
             char *grown = realloc(data, want);
             if (!grown) {
                 snprintf(why, why_size, "out of host memory");
-                failed = 1;
+                failed = VC_ERR_NO_MEMORY;
             } else {
                 data = grown, cap = want;
             }
@@ -47,19 +49,19 @@ int vc__read_file(const char *path, size_t max_bytes, char **buf, size_t *len, c
     }
     if (!failed && ferror(f)) {
         snprintf(why, why_size, "%s", errno ? strerror(errno) : "read failed");
-        failed = 1;
+        failed = VC_ERR_IO;
     }
     fclose(f);
     if (!failed && !data && !(data = malloc(1))) {
         snprintf(why, why_size, "out of host memory");
-        failed = 1;
+        failed = VC_ERR_NO_MEMORY;
     }
     if (failed) {
         free(data);
-        return -1;
+        return failed;
     }
     data[n] = '\0';
     *buf = data;
     *len = n;
-    return 0;
+    return VC_OK;
 }

@@ -322,15 +322,13 @@ int vc_sim_run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_res
     vc_sim_run_init(&sized);
     memcpy(&sized, run, run->struct_size);
     sized.struct_size = sizeof sized;
-    vc_sim_result *full = malloc(sizeof *full);
-    if (!full) return vc__fail(NULL, VC_ERR_NO_MEMORY, "vc_sim_run_workload: no memory for the result");
-    int st = run_workload(wl, &sized, full);
+    vc_sim_result full;
+    int st = run_workload(wl, &sized, &full);
     sim_result_v1 *old = (sim_result_v1 *)(void *)res;
-    *old = (sim_result_v1){full->bytes_per_step, full->lower_bound_bytes_per_step, full->step_time_s,
-                           full->lower_bound_step_time_s, full->compute_time_s, full->segment_bound_step_time_s,
-                           full->hits_per_step, full->misses_per_step, full->total_time_s,
-                           full->usable_vram_bytes, full->peak_vram_bytes, full->peak_ram_bytes, full->steps, ""};
-    memcpy(old->error, full->error, sizeof old->error);
-    free(full);
+    *old = (sim_result_v1){full.bytes_per_step, full.lower_bound_bytes_per_step, full.step_time_s,
+                           full.lower_bound_step_time_s, full.compute_time_s, full.segment_bound_step_time_s,
+                           full.hits_per_step, full.misses_per_step, full.total_time_s,
+                           full.usable_vram_bytes, full.peak_vram_bytes, full.peak_ram_bytes, full.steps, ""};
+    memcpy(old->error, full.error, sizeof old->error);
     return st;
 }

@@ -3,7 +3,6 @@
  * pipeline of stages. Parsed with libyaml's document loader so every error names its line.
  */
 #include <ctype.h>
-#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -427,8 +426,9 @@ int vc_workload_load(const char *path, vc_workload **out, vc_diagnostics **diags
     *out = NULL;
     char *buf, why[128];
     size_t len;
-    if (vc__read_file(path, (size_t)64 << 20, &buf, &len, why, sizeof why) != 0)
-        return vc__fail(NULL, strstr(why, "memory") ? VC_ERR_NO_MEMORY : VC_ERR_IO,
+    int read = vc__read_file(path, (size_t)64 << 20, &buf, &len, why, sizeof why);
+    if (read != VC_OK)
+        return vc__fail(NULL, read == VC_ERR_NO_MEMORY ? VC_ERR_NO_MEMORY : VC_ERR_IO,
                         "vc_workload_load: cannot read '%s': %s", path, why);
     int st = vc_workload_load_string(buf, len, path, out, diags);
     free(buf);

@@ -565,6 +565,14 @@ static int cmd_plan(int argc, char **argv) {
                    bound, percent(resident, bound, pc, sizeof pc),
                    /* at the bound to within rounding: print 0.0, not -0.0 */
                    bound > 0 ? fmax(0.0, 100.0 * (rec_s / bound - 1)) : 0.0);
+            /* That bound counts the GPU and its link only: where the recommendation still re-reads
+             * from disk, say how much of the gap that is, so the user looks at RAM, not the GPU. */
+            if (!ram.held && ram.reread_gb > 0 && a.disk_gbps > 0)
+                printf("  the bound leaves out the disk: loaders read %.2f GB from it every step (%.3f s of reading at %g "
+                       "GB/s, partly behind the GPU's queued work) because "
+                       "the RAM cache of %.1f GB cannot hold what a step streams; more RAM or a faster disk is what "
+                       "would help\n",
+                       ram.reread_gb, ram.reread_gb * GIB / (a.disk_gbps * 1e9), a.disk_gbps, ram.budget_gb);
         }
     }
     vc_workload_destroy(wl);

@@ -1300,6 +1300,9 @@ static int upload(vc_cache *c, layer_t *l, vc_stream stream, int wait, const cha
     return VC_OK;
 }
 
+/* A held layer is out of the VRAM LRU list (nothing may evict it) and counted as held; hold and
+ * unhold keep the list and the counts in step with `holds`, so a hold taken by another thread while
+ * the lock is down (a loader running) cannot leave a held layer listed, or list it twice. */
 static void hold(vc_cache *c, layer_t *l) {
     if (l->holds++ == 0) {
         list_unlink(&c->vram_lru, l, 1);
@@ -1307,6 +1310,15 @@ static void hold(vc_cache *c, layer_t *l) {
         model_t *m = l->model;
         if (++m->held_now > m->held_peak_cur) m->held_peak_cur = m->held_now;
     }
+}
+
+/* Returns 1 when that was the last hold. */
+static int unhold(vc_cache *c, layer_t *l) {
+    if (--l->holds) return 0;
+    list_push_tail(&c->vram_lru, l, 1);
+    c->stats.layers_held--;
+    l->model->held_now--;
+    return 1;
 }
 
 int vc__prefetch_upload(vc_cache *c, layer_t *l, size_t distance) {
@@ -1331,14 +1343,14 @@ int vc__load_whole_model(vc_cache *c, layer_t *l, vc_stream stream, const char *
     if (!ids) return vc__fail(c, VC_ERR_NO_MEMORY, "%s: out of host memory", fn);
     for (size_t i = 0; i < n; i++) ids[i] = m->layers[i]->id;
     int st = VC_OK;
-    l->holds++; /* keep the acquired layer in place while the rest arrive */
+    hold(c, l); /* keep the acquired layer in place while the rest arrive (loaders drop the lock) */
     for (size_t i = 0; i < n && st == VC_OK; i++) {
         layer_t *x = slot_table_get(&c->layers, ids[i]);
         if (!x || x == l || x->vblock || x->loading) continue;
         st = upload(c, x, stream, 1, fn, &ACQUIRE_REQ);
         if (st == VC_OK) c->stats.misses++;
     }
-    l->holds--;
+    unhold(c, l);
     free(ids);
     return st;
 }
@@ -1410,12 +1422,7 @@ static int release_locked(vc_cache *c, layer_t *l, vc_stream stream) {
                 vc__take_backend_error());
         settle_stream(c, stream, "vc_layer_release");
     }
-    if (--l->holds == 0) {
-        list_push_tail(&c->vram_lru, l, 1);
-        c->stats.layers_held--;
-        l->model->held_now--;
-        vc__sched_on_release(c, l);
-    }
+    if (unhold(c, l)) vc__sched_on_release(c, l);
     if (c->trace) vc__trace_async(c, "hold", l->name, l->id, 0, vc__trace_now(c));
     return VC_OK;
 }

@@ -10,7 +10,7 @@ enum { NTHREADS = 4, NLAYERS = 24, ITERS = 3000 };
 
 typedef struct shared {
     vc_cache *cache;
-    vc_model_id model;
+    vc_model_id model, model_b; /* model_b: the second half of the layers, when the stress has two */
     vc_layer_id layers[NLAYERS];
     test_loader loaders[NLAYERS];
     size_t sizes[NLAYERS];
@@ -49,7 +49,8 @@ static void *loop(void *arg) {
     worker *w = arg;
     shared *sh = w->sh;
     for (int pass = 0; pass < ITERS / NLAYERS; pass++)
-        for (int i = 0; i < NLAYERS / 2; i++) {
+        /* with two models, one pass of each in turn (a ControlNet and its UNet) */
+        for (int i = sh->model_b && pass % 2 ? NLAYERS / 2 : 0, end = i + NLAYERS / 2; i < end; i++) {
             void *p;
             int st = vc_layer_acquire(sh->cache, sh->layers[i], NULL, &p);
             if (st == VC_OK) {
@@ -86,6 +87,11 @@ static void *run(void *arg) {
                 int st = (r >> 14) % 8 == 0 ? vc_model_load_ram(sh->cache, sh->model)
                                             : vc_layer_load_ram(sh->cache, sh->layers[i]);
                 if (st != VC_OK && st != VC_ERR_OUT_OF_RAM) atomic_fetch_add(&sh->failures, 1);
+            } else if ((r >> 14) % 16 == 0) { /* "Clear Model Cache", or a whole model moved out */
+                int st = (r >> 18) & 1 ? vc_cache_clear(sh->cache)
+                                       : vc_model_offload(sh->cache, sh->model_b && i >= NLAYERS / 2 ? sh->model_b : sh->model,
+                                                          VC_OFFLOAD_VRAM);
+                if (st != VC_OK && st != VC_ERR_BUSY) atomic_fetch_add(&sh->failures, 1);
             } else {
                 vc_layer_offload(sh->cache, sh->layers[i], (r >> 12) & 1 ? VC_OFFLOAD_ALL : VC_OFFLOAD_VRAM);
             }
@@ -118,24 +124,37 @@ static int counting_loader(void *user, vc_layer_id layer, void *dst, size_t byte
     return test_loader_fn(user, layer, dst, bytes);
 }
 
-static void stress(int keep_ram_copy) {
+typedef struct stress_setup {
+    int keep_ram_copy;
+    vc_offload_mode mode;
+    int two_models; /* layers split over two models that run in turn */
+    int smart_working_mem;
+} stress_setup;
+
+static void stress(const stress_setup *setup) {
     vc_cache_options o;
     vc_cache_options_init(&o);
     o.ram_budget = 256 * KB;
     o.working_mem = 32 * KB;
-    o.keep_ram_copy = keep_ram_copy;
+    o.keep_ram_copy = setup->keep_ram_copy;
     o.arena_segment_bytes = 64 * KB;
+    o.offload_mode = setup->mode;
+    o.smart_working_mem = setup->smart_working_mem;
     o.stage_ahead = 1; /* the cache's own loader thread joins the race */
+    o.log_level = VC_LOG_ERROR; /* a RAM cache this small re-reads every pass: its warning says so */
     test_cache t = make_cache_opts(384 * KB, &o);
     shared sh = {.cache = t.cache};
     vc_model_id m = add_model(t.cache, "m");
     sh.model = m;
+    if (setup->two_models) sh.model_b = add_model(t.cache, "m_b");
     for (int i = 0; i < NLAYERS; i++) {
         sh.loaders[i] = (test_loader){.seed = (uint64_t)i * 7 + 1};
         sh.sizes[i] = (size_t)(4 + (i * 5) % 28) * KB;
         vc_layer_desc d = {.name = "l", .bytes = sh.sizes[i], .loader = counting_loader,
                            .loader_user = &sh.loaders[i]};
-        assert_int_equal(vc_layer_register(t.cache, m, &d, &sh.layers[i]), VC_OK);
+        assert_int_equal(vc_layer_register(t.cache, sh.model_b && i >= NLAYERS / 2 ? sh.model_b : m, &d,
+                                           &sh.layers[i]),
+                         VC_OK);
     }
     pthread_t th[NTHREADS];
     worker w[NTHREADS];
@@ -148,7 +167,8 @@ static void stress(int keep_ram_copy) {
     vc_stats s = get_stats(t.cache);
     assert_int_equal(s.layers_held, 0);
     assert_true(s.ram_peak_bytes <= 256 * KB);
-    assert_true(s.arena_peak_bytes <= 384 * KB - 32 * KB);
+    /* smart working memory: while a 16 KB reservation is active, it replaces the standing 32 KB */
+    assert_true(s.arena_peak_bytes <= 384 * KB - (setup->smart_working_mem ? 16 : 32) * KB);
     assert_int_equal(s.reserved_bytes, 0);
     for (int i = 0; i < NLAYERS; i++) {
         unsigned char buf[32 * KB];
@@ -163,12 +183,25 @@ static void stress(int keep_ram_copy) {
 
 static void test_stress_keep_ram_copy(void **state) {
     (void)state;
-    stress(1);
+    stress(&(stress_setup){.keep_ram_copy = 1, .mode = VC_OFFLOAD_MODE_BALANCED});
 }
 
 static void test_stress_no_ram_copy(void **state) {
     (void)state;
-    stress(0);
+    stress(&(stress_setup){.keep_ram_copy = 0, .mode = VC_OFFLOAD_MODE_BALANCED});
+}
+
+/* The same race in every offload mode, with two models running in turn (planned as one cycle, then
+ * apart again whenever a random acquire breaks the turn), whole-model offloads and cache clears,
+ * and with working memory per operation: each mode keeps the budgets and every layer's weights. */
+static void test_stress_every_mode_two_models(void **state) {
+    (void)state;
+    const vc_offload_mode modes[] = {VC_OFFLOAD_MODE_BALANCED, VC_OFFLOAD_MODE_SEQUENTIAL, VC_OFFLOAD_MODE_MODEL,
+                                     VC_OFFLOAD_MODE_NONE};
+    for (int k = 0; k < 4; k++)
+        for (int smart = 0; smart < 2; smart++)
+            stress(&(stress_setup){.keep_ram_copy = (k + smart) % 2, .mode = modes[k], .two_models = 1,
+                                   .smart_working_mem = smart});
 }
 
 /* Read, offload, patch, unpatch and unregister of a layer (offload or unregister of its model,
@@ -428,14 +461,70 @@ static void test_concurrent_first_load_calls_loader_once(void **state) {
     free_cache(&t);
 }
 
+/* Offload mode model: an acquire that misses loads the rest of its model, and each loader it runs
+ * drops the lock. Another thread may meanwhile acquire and hold the layer being acquired (it is
+ * already on the device). Both holds, and their releases, must leave that layer listed for eviction
+ * exactly once: a second model that needs the whole device then evicts every layer of the first.
+ * (The first version kept the layer in place with a bare count, so the other thread's hold left it
+ * listed while held, and the last release listed it twice: the eviction walk lost layers or looped.) */
+static void test_hold_taken_during_a_whole_model_load(void **state) {
+    (void)state;
+    gate g = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 9};
+    vc_cache_options o;
+    vc_cache_options_init(&o);
+    o.ram_budget = 4 * MB;
+    o.working_mem = 0;
+    o.arena_segment_bytes = 64 * KB;
+    o.offload_mode = VC_OFFLOAD_MODE_MODEL;
+    test_cache t = make_cache_opts(1 * MB, &o);
+    shared sh = {.cache = t.cache};
+    vc_model_id m = add_model(t.cache, "m");
+    sh.loaders[0] = (test_loader){.seed = 3};
+    sh.sizes[0] = 256 * KB;
+    sh.layers[0] = add_loader_layer(t.cache, m, "a", sh.sizes[0], &sh.loaders[0]);
+    vc_layer_desc d = {.name = "b", .bytes = 256 * KB, .loader = gated_loader, .loader_user = &g};
+    vc_layer_id b;
+    assert_int_equal(vc_layer_register(t.cache, m, &d, &b), VC_OK);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, acquire_once, &sh), 0); /* uploads a, then loads b */
+    gate_wait(&g, &g.entered); /* b's loader runs without the lock */
+    void *p;
+    assert_int_equal(vc_layer_acquire(t.cache, sh.layers[0], NULL, &p), VC_OK); /* a is on the device */
+    gate_set(&g, &g.go);
+    pthread_join(th, NULL);
+    assert_int_equal(atomic_load(&sh.failures), 0);
+    assert_int_equal(vc_layer_release(t.cache, sh.layers[0], NULL), VC_OK);
+    assert_int_equal(vc_layer_release(t.cache, sh.layers[0], NULL), VC_OK);
+    assert_int_equal(get_stats(t.cache).layers_held, 0);
+    /* a model as large as the device: both of m's layers must leave */
+    test_loader lc = {.seed = 5};
+    vc_layer_id c = add_loader_layer(t.cache, add_model(t.cache, "n"), "c", 1 * MB, &lc);
+    assert_int_equal(vc_layer_acquire(t.cache, c, NULL, &p), VC_OK);
+    assert_true(check_device(t.cache, p, 1 * MB, lc.seed));
+    vc_layer_info ia, ib;
+    assert_int_equal(vc_layer_get_info(t.cache, sh.layers[0], &ia), VC_OK);
+    assert_int_equal(vc_layer_get_info(t.cache, b, &ib), VC_OK);
+    assert_true(ia.residency == VC_RES_RAM && ib.residency == VC_RES_RAM);
+    assert_int_equal(vc_layer_release(t.cache, c, NULL), VC_OK);
+    /* and m comes back whole, over n */
+    assert_int_equal(vc_layer_acquire(t.cache, b, NULL, &p), VC_OK);
+    assert_int_equal(vc_layer_get_info(t.cache, sh.layers[0], &ia), VC_OK);
+    assert_int_equal(vc_layer_get_info(t.cache, c, &ib), VC_OK);
+    assert_true(ia.residency == VC_RES_VRAM_RAM && ib.residency == VC_RES_RAM);
+    assert_int_equal(vc_layer_release(t.cache, b, NULL), VC_OK);
+    free_cache(&t);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stress_keep_ram_copy),
         cmocka_unit_test(test_stress_no_ram_copy),
+        cmocka_unit_test(test_stress_every_mode_two_models),
         cmocka_unit_test(test_calls_wait_for_a_load_in_progress),
         cmocka_unit_test(test_model_swaps_under_stage_ahead),
         cmocka_unit_test(test_concurrent_first_load_calls_loader_once),
         cmocka_unit_test(test_two_caches_one_device),
+        cmocka_unit_test(test_hold_taken_during_a_whole_model_load),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

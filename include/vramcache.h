@@ -537,7 +537,9 @@ VC_API int vc_model_load_ram(vc_cache *cache, vc_model_id model);
 /** How vc_layer_patch keeps the original weights (seed 001's LoRA modes). */
 typedef enum vc_patch_mode {
     VC_PATCH_BACKUP = 0, /**< keep a RAM copy of the original; vc_layer_unpatch restores it at once.
-                              Costs RAM: up to twice the patched layers' size. Patches may stack. */
+                              Costs RAM: up to twice the patched layers' size. Patches may stack; on a
+                              layer patched with FUSE one stacks without a copy (the original is the
+                              source's) and unpatch reads the source, as for FUSE. */
     VC_PATCH_FUSE = 1    /**< change the weights in place, no second copy; vc_layer_unpatch reads the
                               original from the source again (loader or borrowed pointer) */
 } vc_patch_mode;

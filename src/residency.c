@@ -1867,7 +1867,9 @@ int vc_layer_patch(vc_cache *c, vc_layer_id id, vc_patch_mode mode, int (*fn)(vo
         goto done;
     }
     st = private_copy(c, l, name); /* may run the loader (which pins the layer meanwhile) */
-    if (st == VC_OK && mode == VC_PATCH_BACKUP && !l->backup) {
+    /* On fused weights the original is the source's, not in RAM: a backup of them would be restored
+     * as if original. A patch over a FUSE stacks without one, and unpatch reads the source. */
+    if (st == VC_OK && mode == VC_PATCH_BACKUP && !l->backup && !l->patch_fused) {
         st = ram_reserve(c, l->bytes, l, name, 0);
         if (st == VC_OK && c->ops->host_alloc(c->bctx, l->bytes, &backup, &backup_pinned) != VC_OK)
             st = vc__fail(c, VC_ERR_NO_MEMORY, "%s: no host memory for the backup of layer '%s'", name, l->name);
@@ -1913,7 +1915,7 @@ int vc_layer_patch(vc_cache *c, vc_layer_id id, vc_patch_mode mode, int (*fn)(vo
         l->backup_pinned = backup_pinned;
     }
     l->patched = 1;
-    l->patch_fused = mode == VC_PATCH_FUSE;
+    l->patch_fused = l->patch_fused || mode == VC_PATCH_FUSE; /* (cleared by unpatch) */
     weights_changed(c, l);
     if (l->vblock) vc__evict_vram(c, l, VC_EVICT_MANUAL, 0); /* the device has the old weights */
 done:

@@ -85,6 +85,40 @@ static void test_fuse_mode_and_stacking(void **state) {
     free_cache(&t);
 }
 
+static int add_one(void *user, void *w, size_t n) {
+    (void)user;
+    for (size_t i = 0; i < n; i++) ((uint8_t *)w)[i]++;
+    return 0;
+}
+
+/* A LoRA fused in, then a second applied with a backup on top: the only original is the source, so
+ * unpatch must go back to it. (The first version backed up the fused weights and restored those as
+ * if original: the layer read as fused or original depending on whether its RAM copy had been dropped
+ * since.) */
+static void test_backup_over_fuse_restores_the_original(void **state) {
+    (void)state;
+    test_cache t = make_cache(1 * MB, 1 * MB, 1);
+    test_loader ld = {.seed = 6};
+    vc_layer_id l = add_loader_layer(t.cache, add_model(t.cache, "unet"), "proj", 16 * KB, &ld);
+    assert_int_equal(vc_layer_patch(t.cache, l, VC_PATCH_FUSE, xor_5a, NULL), VC_OK);
+    assert_int_equal(vc_layer_patch(t.cache, l, VC_PATCH_BACKUP, add_one, NULL), VC_OK);
+    assert_int_equal(get_stats(t.cache).ram_bytes, 16 * KB); /* no copy of the fused weights */
+    unsigned char buf[16 * KB];
+    read_back(t.cache, l, buf, sizeof buf);
+    for (size_t i = 0; i < sizeof buf; i++) assert_int_equal(buf[i], (uint8_t)((pattern_byte(6, i) ^ 0x5a) + 1));
+    assert_int_equal(vc_layer_unpatch(t.cache, l), VC_OK);
+    vc_layer_info info;
+    assert_int_equal(vc_layer_get_info(t.cache, l, &info), VC_OK);
+    assert_int_equal(info.patched, 0);
+    read_back(t.cache, l, buf, sizeof buf);
+    assert_true(check_pattern(buf, sizeof buf, 6)); /* the original, not the fused weights */
+    void *p;
+    assert_int_equal(vc_layer_acquire(t.cache, l, NULL, &p), VC_OK);
+    assert_true(check_device(t.cache, p, sizeof buf, 6));
+    assert_int_equal(vc_layer_release(t.cache, l, NULL), VC_OK);
+    free_cache(&t);
+}
+
 static void test_borrowed_source_is_never_written(void **state) {
     (void)state;
     test_cache t = make_cache(1 * MB, 1 * MB, 1);
@@ -183,6 +217,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_backup_mode),
         cmocka_unit_test(test_fuse_mode_and_stacking),
+        cmocka_unit_test(test_backup_over_fuse_restores_the_original),
         cmocka_unit_test(test_borrowed_source_is_never_written),
         cmocka_unit_test(test_keep_ram_copy_off_and_device_only),
         cmocka_unit_test(test_failed_patch_changes_nothing),

@@ -11,6 +11,8 @@ enum { NTHREADS = 4, NLAYERS = 24, ITERS = 3000 };
 typedef struct shared {
     vc_cache *cache;
     vc_model_id model, model_b; /* model_b: the second half of the layers, when the stress has two */
+    int churn; /* random threads also declare and clear orders, and register models and drop them */
+    atomic_int churned; /* models that came and went */
     vc_layer_id layers[NLAYERS];
     test_loader loaders[NLAYERS];
     size_t sizes[NLAYERS];
@@ -20,6 +22,7 @@ typedef struct shared {
 typedef struct worker {
     shared *sh;
     unsigned seed;
+    int index;
 } worker;
 
 /* Patches are an involution (xor 0x5a), so a layer's bytes are its pattern or the xored pattern. */
@@ -64,6 +67,33 @@ static void *loop(void *arg) {
     return NULL;
 }
 
+/* A model of the engine's that comes and goes (a LoRA'd copy, a ControlNet used once): registered,
+ * run once from a borrowed host copy, dropped. */
+static uint8_t churn_weights[8 * KB];
+static pthread_once_t churn_once = PTHREAD_ONCE_INIT;
+static void fill_churn_weights(void) { fill_pattern(churn_weights, sizeof churn_weights, 99); }
+
+static int churn_model(shared *sh, int thread, int it) {
+    pthread_once(&churn_once, fill_churn_weights);
+    char name[64];
+    snprintf(name, sizeof name, "churn.%d.%d", thread, it);
+    vc_model_id m;
+    vc_layer_id l;
+    vc_layer_desc d = {.name = "w", .bytes = sizeof churn_weights, .host_ptr = churn_weights};
+    if (vc_model_register(sh->cache, name, &m) != VC_OK) return 1;
+    atomic_fetch_add(&sh->churned, 1);
+    int bad = vc_layer_register(sh->cache, m, &d, &l) != VC_OK;
+    void *p;
+    int st = bad ? VC_OK : vc_layer_acquire(sh->cache, l, NULL, &p);
+    if (!bad && st == VC_OK) {
+        bad = !check_device(sh->cache, p, sizeof churn_weights, 99);
+        bad |= vc_layer_release(sh->cache, l, NULL) != VC_OK;
+    } else if (st != VC_OK && st != VC_ERR_OUT_OF_VRAM) {
+        bad = 1;
+    }
+    return bad | (vc_model_unregister(sh->cache, m) != VC_OK);
+}
+
 static void *run(void *arg) {
     worker *w = arg;
     shared *sh = w->sh;
@@ -71,6 +101,16 @@ static void *run(void *arg) {
     for (int it = 0; it < ITERS; it++) {
         unsigned r = next(&w->seed);
         int i = (int)(r % NLAYERS);
+        if (sh->churn && (r >> 8) % 8 == 2 && (r >> 12) % 4 < 2) {
+            if ((r >> 12) % 4 == 0) { /* the engine declares the loop's order, or lets the cache learn it */
+                int st = (r >> 14) & 1 ? vc_model_set_order(sh->cache, sh->model, sh->layers, NLAYERS / 2)
+                                       : vc_model_set_order(sh->cache, sh->model, NULL, 0);
+                if (st != VC_OK) atomic_fetch_add(&sh->failures, 1);
+            } else if (churn_model(sh, w->index, it)) {
+                atomic_fetch_add(&sh->failures, 1);
+            }
+            continue;
+        }
         switch ((r >> 8) % 8) {
         case 0: { /* reservation around nothing */
             vc_reservation *res;
@@ -79,10 +119,14 @@ static void *run(void *arg) {
             break;
         }
         case 1:
-            if ((r >> 12) % 3 == 0) { /* patch or unpatch (LoRA backup mode) */
-                int st = (r >> 14) & 1 ? vc_layer_patch(sh->cache, sh->layers[i], VC_PATCH_BACKUP, xor_5a, NULL)
+            if ((r >> 12) % 3 == 0) { /* patch (LoRA backup mode, or fused on every fourth) or unpatch */
+                vc_patch_mode how = (r >> 15) % 4 ? VC_PATCH_BACKUP : VC_PATCH_FUSE;
+                int st = (r >> 14) & 1 ? vc_layer_patch(sh->cache, sh->layers[i], how, xor_5a, NULL)
                                        : vc_layer_unpatch(sh->cache, sh->layers[i]);
-                if (st != VC_OK && st != VC_ERR_BUSY && st != VC_ERR_OUT_OF_RAM) atomic_fetch_add(&sh->failures, 1);
+                /* INVALID_ARG: a FUSE on a layer already patched */
+                if (st != VC_OK && st != VC_ERR_BUSY && st != VC_ERR_OUT_OF_RAM &&
+                    !(st == VC_ERR_INVALID_ARG && how == VC_PATCH_FUSE && (r >> 14) & 1))
+                    atomic_fetch_add(&sh->failures, 1);
             } else if ((r >> 12) % 3 == 1) { /* stage into RAM: races the acquires' own loads */
                 int st = (r >> 14) % 8 == 0 ? vc_model_load_ram(sh->cache, sh->model)
                                             : vc_layer_load_ram(sh->cache, sh->layers[i]);
@@ -129,6 +173,9 @@ typedef struct stress_setup {
     vc_offload_mode mode;
     int two_models; /* layers split over two models that run in turn */
     int smart_working_mem;
+    vc_policy policy;
+    unsigned prefetch_depth; /* 0: the default */
+    int churn;
 } stress_setup;
 
 static void stress(const stress_setup *setup) {
@@ -140,10 +187,12 @@ static void stress(const stress_setup *setup) {
     o.arena_segment_bytes = 64 * KB;
     o.offload_mode = setup->mode;
     o.smart_working_mem = setup->smart_working_mem;
+    o.policy = setup->policy;
+    if (setup->prefetch_depth) o.prefetch_depth = setup->prefetch_depth;
     o.stage_ahead = 1; /* the cache's own loader thread joins the race */
     o.log_level = VC_LOG_ERROR; /* a RAM cache this small re-reads every pass: its warning says so */
     test_cache t = make_cache_opts(384 * KB, &o);
-    shared sh = {.cache = t.cache};
+    shared sh = {.cache = t.cache, .churn = setup->churn};
     vc_model_id m = add_model(t.cache, "m");
     sh.model = m;
     if (setup->two_models) sh.model_b = add_model(t.cache, "m_b");
@@ -159,13 +208,15 @@ static void stress(const stress_setup *setup) {
     pthread_t th[NTHREADS];
     worker w[NTHREADS];
     for (int k = 0; k < NTHREADS; k++) {
-        w[k] = (worker){.sh = &sh, .seed = k == 0 ? 0u : (unsigned)k * 977u + 13u}; /* thread 0 loops */
+        w[k] = (worker){.sh = &sh, .seed = k == 0 ? 0u : (unsigned)k * 977u + 13u, .index = k}; /* 0 loops */
         assert_int_equal(pthread_create(&th[k], NULL, run, &w[k]), 0);
     }
     for (int k = 0; k < NTHREADS; k++) pthread_join(th[k], NULL);
     assert_int_equal(atomic_load(&sh.failures), 0);
     vc_stats s = get_stats(t.cache);
     assert_int_equal(s.layers_held, 0);
+    assert_int_equal(s.models, setup->two_models ? 2 : 1);
+    if (setup->churn) assert_true(atomic_load(&sh.churned) > 100);
     assert_true(s.ram_peak_bytes <= 256 * KB);
     /* smart working memory: while a 16 KB reservation is active, it replaces the standing 32 KB */
     assert_true(s.arena_peak_bytes <= 384 * KB - (setup->smart_working_mem ? 16 : 32) * KB);
@@ -202,6 +253,18 @@ static void test_stress_every_mode_two_models(void **state) {
         for (int smart = 0; smart < 2; smart++)
             stress(&(stress_setup){.keep_ram_copy = (k + smart) % 2, .mode = modes[k], .two_models = 1,
                                    .smart_working_mem = smart});
+}
+
+/* The engine changing its mind meanwhile: the loop's order declared and cleared again, models
+ * registered, run once and dropped, under either policy and a deep or shallow prefetch. */
+static void test_stress_orders_and_models_that_come_and_go(void **state) {
+    (void)state;
+    for (int k = 0; k < 4; k++)
+        stress(&(stress_setup){.keep_ram_copy = k % 2, .mode = VC_OFFLOAD_MODE_BALANCED, .two_models = k >= 2,
+                               .policy = k == 1 ? VC_POLICY_LRU : VC_POLICY_PLANNED,
+                               .prefetch_depth = k == 3 ? 1 : 0, .churn = 1});
+    stress(&(stress_setup){.keep_ram_copy = 1, .mode = VC_OFFLOAD_MODE_SEQUENTIAL, .churn = 1});
+    stress(&(stress_setup){.keep_ram_copy = 0, .mode = VC_OFFLOAD_MODE_MODEL, .two_models = 1, .churn = 1});
 }
 
 /* Read, offload, patch, unpatch and unregister of a layer (offload or unregister of its model,
@@ -520,6 +583,7 @@ int main(void) {
         cmocka_unit_test(test_stress_keep_ram_copy),
         cmocka_unit_test(test_stress_no_ram_copy),
         cmocka_unit_test(test_stress_every_mode_two_models),
+        cmocka_unit_test(test_stress_orders_and_models_that_come_and_go),
         cmocka_unit_test(test_calls_wait_for_a_load_in_progress),
         cmocka_unit_test(test_model_swaps_under_stage_ahead),
         cmocka_unit_test(test_concurrent_first_load_calls_loader_once),

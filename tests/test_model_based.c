@@ -3,7 +3,9 @@
  * unreserve / offload / unregister operations on random layer sizes, checking after every step
  * that no pool exceeds its budget, that held layers were never evicted or overwritten, that the
  * cache's counts match a simple model, and that every layer's bytes still equal its source.
- * Runs with keep_ram_copy on and off, and with explicit and dynamic VRAM budgets.
+ * Runs with keep_ram_copy on and off, and with explicit and dynamic VRAM budgets; and in worlds of
+ * two models with LoRA patches (backup and fused, stacked), cache clears, model offloads and
+ * declared orders, in each offload mode, where the expected bytes follow the patches in force.
  */
 #include <stdio.h>
 
@@ -19,11 +21,17 @@ typedef struct model_layer {
     void *dptr;             /* device pointer while held */
     void *borrowed;         /* engine copy, for borrowed layers */
     test_loader loader;
+    int model;              /* index into world.models */
+    int patched, fused;     /* vc_layer_patch in force; the first patch was FUSE */
+    unsigned xors;          /* patches applied since the last unpatch: each xors the bytes with 0x5a */
 } model_layer;
 
 typedef struct world {
     test_cache t;
-    vc_model_id model;
+    vc_model_id model; /* models[0] */
+    vc_model_id models[2];
+    vc_offload_mode mode;
+    int extras; /* the operations beyond the first worlds': patches, clears, model offloads, orders */
     model_layer layers[MAX_LAYERS];
     vc_reservation *res[4];
     size_t res_bytes[4];
@@ -35,6 +43,22 @@ typedef struct world {
 static unsigned rnd(world *w) {
     w->rng = w->rng * 1103515245u + 12345u;
     return (w->rng >> 4) & 0x7ffffff;
+}
+
+static int check_xored(const void *p, size_t n, uint64_t seed) {
+    const uint8_t *b = p;
+    for (size_t i = 0; i < n; i++)
+        if (b[i] != (uint8_t)(pattern_byte(seed, i) ^ 0x5a)) return 0;
+    return 1;
+}
+
+/* The layer's bytes are its source's, xored once for every patch since the last unpatch. */
+static test_check_fn expected(const model_layer *m) { return m->xors % 2 ? check_xored : check_pattern; }
+
+static int any_patched(const world *w) {
+    for (int i = 0; i < MAX_LAYERS; i++)
+        if (w->layers[i].live && w->layers[i].patched) return 1;
+    return 0;
 }
 
 static void check_invariants(world *w, int full) {
@@ -56,12 +80,13 @@ static void check_invariants(world *w, int full) {
             held++;
             /* held: resident, same pointer, bytes intact */
             assert_true(info.residency == VC_RES_VRAM || info.residency == VC_RES_VRAM_RAM);
-            assert_true(check_device(w->t.cache, m->dptr, m->bytes, m->loader.seed));
+            assert_true(check_device_by(w->t.cache, m->dptr, m->bytes, m->loader.seed, expected(m)));
         }
+        assert_int_equal(info.patched, m->patched);
         if (full) {
             unsigned char *buf = malloc(m->bytes);
             assert_int_equal(vc_layer_read(w->t.cache, m->id, buf, m->bytes), VC_OK);
-            assert_true(check_pattern(buf, m->bytes, m->loader.seed));
+            assert_true(expected(m)(buf, m->bytes, m->loader.seed));
             free(buf);
         }
     }
@@ -83,6 +108,7 @@ static void op_register(world *w, int i) {
     m->bytes = 1 + rnd(w) % (24 * KB);
     m->loader.seed = w->next_seed++;
     vc_layer_desc d = {.name = "layer", .bytes = m->bytes};
+    m->model = w->extras ? (int)(rnd(w) % 2) : 0;
     if (rnd(w) % 3 == 0) {
         m->borrowed = malloc(m->bytes);
         fill_pattern(m->borrowed, m->bytes, m->loader.seed);
@@ -91,7 +117,7 @@ static void op_register(world *w, int i) {
         d.loader = test_loader_fn;
         d.loader_user = &m->loader;
     }
-    assert_int_equal(vc_layer_register(w->t.cache, w->model, &d, &m->id), VC_OK);
+    assert_int_equal(vc_layer_register(w->t.cache, w->models[m->model], &d, &m->id), VC_OK);
     m->live = 1;
 }
 
@@ -107,12 +133,16 @@ static void op_acquire(world *w, int i) {
         if (m->holds) assert_ptr_equal(p, m->dptr);
         m->holds++;
         m->dptr = p;
-        assert_true(check_device(w->t.cache, p, m->bytes, m->loader.seed));
+        assert_true(check_device_by(w->t.cache, p, m->bytes, m->loader.seed, expected(m)));
+    } else if (st == VC_ERR_OUT_OF_RAM) {
+        assert_true(any_patched(w)); /* patched weights and backups cannot leave the RAM pool */
     } else {
         assert_int_equal(st, VC_ERR_OUT_OF_VRAM);
-        /* with nothing else held and nothing reserved, a layer within budget always fits */
+        /* with nothing else held and nothing reserved, a layer within budget always fits (in modes
+         * that evict layer by layer) */
         size_t limit = w->vram_budget != VC_SIZE_AUTO ? w->vram_budget : w->device;
-        if (before_held == 0 && no_reservations) assert_true(m->bytes + 256 > limit);
+        if (before_held == 0 && no_reservations && w->mode != VC_OFFLOAD_MODE_NONE && w->mode != VC_OFFLOAD_MODE_MODEL)
+            assert_true(m->bytes + 256 > limit);
     }
 }
 
@@ -148,6 +178,71 @@ static void op_offload(world *w, int i) {
     assert_int_equal(st, m->holds ? VC_ERR_BUSY : VC_OK);
 }
 
+static int xor_5a(void *user, void *weights, size_t n) {
+    (void)user;
+    for (size_t i = 0; i < n; i++) ((uint8_t *)weights)[i] ^= 0x5a;
+    return 0;
+}
+
+static void op_patch(world *w, int i) {
+    model_layer *m = &w->layers[i];
+    if (!m->live) return;
+    vc_patch_mode how = rnd(w) % 4 ? VC_PATCH_BACKUP : VC_PATCH_FUSE;
+    int st = vc_layer_patch(w->t.cache, m->id, how, xor_5a, NULL);
+    if (m->holds) {
+        assert_int_equal(st, VC_ERR_BUSY);
+    } else if (how == VC_PATCH_FUSE && m->patched) {
+        assert_int_equal(st, VC_ERR_INVALID_ARG);
+    } else if (st == VC_OK) {
+        if (!m->patched) m->fused = how == VC_PATCH_FUSE;
+        m->patched = 1;
+        m->xors++;
+    } else {
+        assert_int_equal(st, VC_ERR_OUT_OF_RAM); /* a private copy or a backup finds no room: unchanged */
+    }
+}
+
+static void op_unpatch(world *w, int i) {
+    model_layer *m = &w->layers[i];
+    if (!m->live) return;
+    int st = vc_layer_unpatch(w->t.cache, m->id);
+    if (m->holds) {
+        assert_int_equal(st, VC_ERR_BUSY);
+        return;
+    }
+    assert_int_equal(st, VC_OK);
+    m->patched = m->fused = 0;
+    m->xors = 0;
+}
+
+/* "Clear Model Cache", a whole model moved out, or an order declared (or cleared) for a model. */
+static void op_model_wide(world *w) {
+    int k = (int)(rnd(w) % 2), held = 0;
+    for (int i = 0; i < MAX_LAYERS; i++)
+        if (w->layers[i].live && w->layers[i].holds && (w->layers[i].model == k)) held = 1;
+    int any_held = held;
+    for (int i = 0; i < MAX_LAYERS; i++) any_held |= w->layers[i].live && w->layers[i].holds;
+    switch (rnd(w) % 3) {
+    case 0:
+        assert_int_equal(vc_cache_clear(w->t.cache), any_held ? VC_ERR_BUSY : VC_OK);
+        break;
+    case 1:
+        assert_int_equal(vc_model_offload(w->t.cache, w->models[k], rnd(w) % 2 ? VC_OFFLOAD_ALL : VC_OFFLOAD_VRAM),
+                         held ? VC_ERR_BUSY : VC_OK);
+        break;
+    default: {
+        vc_layer_id order[MAX_LAYERS];
+        size_t n = 0;
+        if (rnd(w) % 4) /* the model's live layers, from a random start */
+            for (int j = 0, start = (int)(rnd(w) % MAX_LAYERS); j < MAX_LAYERS; j++) {
+                const model_layer *m = &w->layers[(start + j) % MAX_LAYERS];
+                if (m->live && m->model == k) order[n++] = m->id;
+            }
+        assert_int_equal(vc_model_set_order(w->t.cache, w->models[k], order, n), VC_OK);
+    }
+    }
+}
+
 static void op_reserve(world *w) {
     int r = (int)(rnd(w) % 4);
     if (w->res[r]) {
@@ -171,7 +266,7 @@ static void op_reserve(world *w) {
     }
 }
 
-static void run_world(int keep_ram_copy, size_t vram_budget, unsigned seed) {
+static void run_world_in(int keep_ram_copy, size_t vram_budget, unsigned seed, vc_offload_mode mode, int extras) {
     /* VC_MODEL_SEED=N runs other worlds (N added to each seed), for soaks over many seeds:
      * for n in $(seq 100); do VC_MODEL_SEED=$n ./test_model_based || break; done */
     const char *more = getenv("VC_MODEL_SEED");
@@ -182,6 +277,8 @@ static void run_world(int keep_ram_copy, size_t vram_budget, unsigned seed) {
     w->vram_budget = vram_budget;
     w->rng = seed;
     w->next_seed = 1000;
+    w->mode = mode;
+    w->extras = extras;
     vc_cache_options o;
     vc_cache_options_init(&o);
     o.ram_budget = w->ram_budget;
@@ -189,17 +286,23 @@ static void run_world(int keep_ram_copy, size_t vram_budget, unsigned seed) {
     o.working_mem = 16 * KB;
     o.keep_ram_copy = keep_ram_copy;
     o.arena_segment_bytes = 32 * KB;
+    o.offload_mode = mode;
     w->t = make_cache_opts(w->device, &o);
-    w->model = add_model(w->t.cache, "random");
-    for (int step = 0; step < STEPS; step++) {
+    w->model = w->models[0] = add_model(w->t.cache, "random");
+    w->models[1] = extras ? add_model(w->t.cache, "random.2") : w->model;
+    for (int step = 0; step < (extras ? STEPS / 2 : STEPS); step++) { /* eight such worlds: half as long */
         int i = (int)(rnd(w) % MAX_LAYERS);
-        switch (rnd(w) % 10) {
+        switch (rnd(w) % (extras ? 14 : 10)) {
         case 0: op_register(w, i); break;
         case 1: case 2: case 3: op_acquire(w, i); break;
         case 4: case 5: case 6: op_release(w, i); break;
         case 7: op_offload(w, i); break;
         case 8: op_reserve(w); break;
         case 9: if (rnd(w) % 4 == 0) op_unregister(w, i); else op_register(w, i); break;
+        case 10: op_patch(w, i); break;
+        case 11: op_unpatch(w, i); break;
+        case 12: op_model_wide(w); break;
+        case 13: op_acquire(w, i); break;
         }
         check_invariants(w, step % 97 == 0);
     }
@@ -211,6 +314,10 @@ static void run_world(int keep_ram_copy, size_t vram_budget, unsigned seed) {
     for (int i = 0; i < MAX_LAYERS; i++) free(w->layers[i].borrowed);
     free_cache(&w->t);
     free(w);
+}
+
+static void run_world(int keep_ram_copy, size_t vram_budget, unsigned seed) {
+    run_world_in(keep_ram_copy, vram_budget, seed, VC_OFFLOAD_MODE_BALANCED, 0);
 }
 
 static void test_keep_copy_explicit_budget(void **state) {
@@ -230,12 +337,26 @@ static void test_no_copy_dynamic_budget(void **state) {
     run_world(0, VC_SIZE_AUTO, 4);
 }
 
+/* Two models, LoRA patches (backup and fused, stacked), cache clears, model offloads and declared
+ * orders, in each offload mode: the bytes read back are always the source's with the patches in
+ * force, whatever moved in between. */
+static void test_patches_and_models_in_every_mode(void **state) {
+    (void)state;
+    const vc_offload_mode modes[] = {VC_OFFLOAD_MODE_BALANCED, VC_OFFLOAD_MODE_SEQUENTIAL, VC_OFFLOAD_MODE_MODEL,
+                                     VC_OFFLOAD_MODE_NONE};
+    for (unsigned k = 0; k < 4; k++) {
+        run_world_in(1, VC_SIZE_AUTO, 11 + k, modes[k], 1);
+        run_world_in(0, 160 * KB, 21 + k, modes[k], 1);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_keep_copy_explicit_budget),
         cmocka_unit_test(test_no_copy_explicit_budget),
         cmocka_unit_test(test_keep_copy_dynamic_budget),
         cmocka_unit_test(test_no_copy_dynamic_budget),
+        cmocka_unit_test(test_patches_and_models_in_every_mode),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

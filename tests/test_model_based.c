@@ -31,7 +31,8 @@ typedef struct world {
     vc_model_id model; /* models[0] */
     vc_model_id models[2];
     vc_offload_mode mode;
-    int extras; /* the operations beyond the first worlds': patches, clears, model offloads, orders */
+    int extras; /* the operations beyond the first worlds': patches, clears, model offloads, orders;
+                 * with EXTRA_STAGE_AHEAD and EXTRA_SMART, the cache's options of those names too */
     model_layer layers[MAX_LAYERS];
     vc_reservation *res[4];
     size_t res_bytes[4];
@@ -39,6 +40,8 @@ typedef struct world {
     unsigned rng;
     uint64_t next_seed;
 } world;
+
+enum { EXTRA_OPS = 1, EXTRA_STAGE_AHEAD = 2, EXTRA_SMART = 4 };
 
 static unsigned rnd(world *w) {
     w->rng = w->rng * 1103515245u + 12345u;
@@ -287,6 +290,8 @@ static void run_world_in(int keep_ram_copy, size_t vram_budget, unsigned seed, v
     o.keep_ram_copy = keep_ram_copy;
     o.arena_segment_bytes = 32 * KB;
     o.offload_mode = mode;
+    o.stage_ahead = (extras & EXTRA_STAGE_AHEAD) != 0; /* its thread stages the declared orders' layers */
+    o.smart_working_mem = (extras & EXTRA_SMART) != 0;
     w->t = make_cache_opts(w->device, &o);
     w->model = w->models[0] = add_model(w->t.cache, "random");
     w->models[1] = extras ? add_model(w->t.cache, "random.2") : w->model;
@@ -338,15 +343,16 @@ static void test_no_copy_dynamic_budget(void **state) {
 }
 
 /* Two models, LoRA patches (backup and fused, stacked), cache clears, model offloads and declared
- * orders, in each offload mode: the bytes read back are always the source's with the patches in
+ * orders, in each offload mode (with the stage-ahead worker, and working memory per operation in
+ * two of them, where the VRAM budget is dynamic): the bytes read back are always the source's with the patches in
  * force, whatever moved in between. */
 static void test_patches_and_models_in_every_mode(void **state) {
     (void)state;
     const vc_offload_mode modes[] = {VC_OFFLOAD_MODE_BALANCED, VC_OFFLOAD_MODE_SEQUENTIAL, VC_OFFLOAD_MODE_MODEL,
                                      VC_OFFLOAD_MODE_NONE};
     for (unsigned k = 0; k < 4; k++) {
-        run_world_in(1, VC_SIZE_AUTO, 11 + k, modes[k], 1);
-        run_world_in(0, 160 * KB, 21 + k, modes[k], 1);
+        run_world_in(1, VC_SIZE_AUTO, 11 + k, modes[k], EXTRA_OPS | EXTRA_STAGE_AHEAD | (k % 2 ? EXTRA_SMART : 0));
+        run_world_in(0, 160 * KB, 21 + k, modes[k], EXTRA_OPS);
     }
 }
 

@@ -83,7 +83,8 @@ static void check_invariants(world *w, int full) {
             held++;
             /* held: resident, same pointer, bytes intact */
             assert_true(info.residency == VC_RES_VRAM || info.residency == VC_RES_VRAM_RAM);
-            assert_true(check_device_by(w->t.cache, m->dptr, m->bytes, m->loader.seed, expected(m)));
+            if (m->dptr) /* (unknown after a whole-model acquire) */
+                assert_true(check_device_by(w->t.cache, m->dptr, m->bytes, m->loader.seed, expected(m)));
         }
         assert_int_equal(info.patched, m->patched);
         if (full) {
@@ -133,7 +134,7 @@ static void op_acquire(world *w, int i) {
     void *p = NULL;
     int st = vc_layer_acquire(w->t.cache, m->id, NULL, &p);
     if (st == VC_OK) {
-        if (m->holds) assert_ptr_equal(p, m->dptr);
+        if (m->holds && m->dptr) assert_ptr_equal(p, m->dptr); /* held: the same place */
         m->holds++;
         m->dptr = p;
         assert_true(check_device_by(w->t.cache, p, m->bytes, m->loader.seed, expected(m)));
@@ -216,6 +217,36 @@ static void op_unpatch(world *w, int i) {
     assert_int_equal(st, VC_OK);
     m->patched = m->fused = 0;
     m->xors = 0;
+}
+
+/* InvokeAI's model lock: every layer of a model held at once, all or nothing; and its release, which
+ * refuses (changing nothing) while any layer of the model is not held. */
+static void op_whole_model(world *w) {
+    int k = (int)(rnd(w) % 2), unheld = 0;
+    for (int i = 0; i < MAX_LAYERS; i++)
+        if (w->layers[i].live && w->layers[i].model == k) unheld += w->layers[i].holds == 0;
+    if (rnd(w) % 2) {
+        int st = vc_model_release(w->t.cache, w->models[k], NULL);
+        assert_int_equal(st, unheld ? VC_ERR_NOT_HELD : VC_OK);
+        if (st == VC_OK)
+            for (int i = 0; i < MAX_LAYERS; i++)
+                if (w->layers[i].live && w->layers[i].model == k) w->layers[i].holds--;
+        return;
+    }
+    vc_stats before = get_stats(w->t.cache);
+    int st = vc_model_acquire(w->t.cache, w->models[k], NULL);
+    if (st == VC_OK) {
+        for (int i = 0; i < MAX_LAYERS; i++) {
+            model_layer *m = &w->layers[i];
+            if (!m->live || m->model != k) continue;
+            if (!m->holds) m->dptr = NULL;
+            m->holds++;
+        }
+    } else {
+        if (st == VC_ERR_OUT_OF_RAM) assert_true(any_patched(w));
+        else assert_int_equal(st, VC_ERR_OUT_OF_VRAM);
+        assert_int_equal(get_stats(w->t.cache).layers_held, before.layers_held); /* all or nothing */
+    }
 }
 
 /* "Clear Model Cache", a whole model moved out, or an order declared (or cleared) for a model. */
@@ -307,7 +338,7 @@ static void run_world_in(int keep_ram_copy, size_t vram_budget, unsigned seed, v
         case 10: op_patch(w, i); break;
         case 11: op_unpatch(w, i); break;
         case 12: op_model_wide(w); break;
-        case 13: op_acquire(w, i); break;
+        case 13: if (rnd(w) % 4) op_acquire(w, i); else op_whole_model(w); break;
         }
         check_invariants(w, step % (extras ? 17 : 97) == 0);
     }

@@ -405,7 +405,8 @@ VC_API int vc_layer_register(vc_cache *cache, vc_model_id model, const vc_layer_
  *  this cache may still read the source's RAM copy, the source (and its model) cannot be
  *  unregistered (VC_ERR_BUSY until this cache's next call reaps the finished upload). If the source
  *  layer is unregistered, a copy already on this cache's device stays usable until it leaves; then
- *  acquiring the shared layer fails with VC_ERR_NOT_FOUND. Shared layers cannot be
+ *  acquiring the shared layer fails with VC_ERR_NOT_FOUND (in offload mode model, the loads of its
+ *  whole model leave it out, so its model's other layers still load). Shared layers cannot be
  *  patched (patch the source): a patch or unpatch of the source reaches this cache at its next
  *  acquire of the layer while no hold is on it (a copy already held keeps its weights until then).
  *  Roles: a sharing cache takes the owner's lock inside its own, so a cache that others share from

@@ -1146,6 +1146,14 @@ static int owner_copy(vc_cache *c, layer_t *l, const char *fn, const void **src,
     return owner_status(c, l, fn, st, msg);
 }
 
+/* A shared layer whose source the owning cache has unregistered: it can never be loaded again. */
+static int shared_source_gone(const layer_t *l) {
+    pthread_mutex_lock(&l->owner->lock);
+    int gone = !slot_table_get(&l->owner->layers, l->owner_layer);
+    pthread_mutex_unlock(&l->owner->lock);
+    return gone;
+}
+
 /* A shared layer's device copy is stale when its source was patched or unpatched since it was made.
  * Checked at each acquire that finds it resident and unheld: one atomic load, and the owner's lock
  * only after some layer of the owner changed. */
@@ -1329,7 +1337,10 @@ int vc__prefetch_upload(vc_cache *c, layer_t *l, size_t distance) {
 int vc__load_whole_model(vc_cache *c, layer_t *l, vc_stream stream, const char *fn) {
     model_t *m = l->model;
     size_t need = 0, limit = vc__weight_limit(c);
-    for (size_t i = 0; i < m->nlayers; i++) need = sat_add(need, arena_round(m->layers[i]->bytes));
+    for (size_t i = 0; i < m->nlayers; i++) {
+        const layer_t *x = m->layers[i];
+        if (x == l || !x->owner || !shared_source_gone(x)) need = sat_add(need, arena_round(x->bytes));
+    }
     if (need > limit) {
         char a[32], b[32];
         return vc__fail(c, VC_ERR_OUT_OF_VRAM, "%s: model '%s' needs %s of device memory and offload_mode model "
@@ -1347,6 +1358,9 @@ int vc__load_whole_model(vc_cache *c, layer_t *l, vc_stream stream, const char *
     for (size_t i = 0; i < n && st == VC_OK; i++) {
         layer_t *x = slot_table_get(&c->layers, ids[i]);
         if (!x || x == l || x->vblock || x->loading) continue;
+        /* A shared layer whose source has gone is no longer part of what the model can load: it
+         * must not fail every acquire of the model's other layers (its own acquire says why). */
+        if (x->owner && shared_source_gone(x)) continue;
         st = upload(c, x, stream, 1, fn, &ACQUIRE_REQ);
         if (st == VC_OK) c->stats.misses++;
     }

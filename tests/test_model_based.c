@@ -26,6 +26,25 @@ typedef struct model_layer {
     unsigned xors;          /* patches applied since the last unpatch: each xors the bytes with 0x5a */
 } model_layer;
 
+/* A layer of a second device's cache shared from one of the world's (vc_layer_register_shared). */
+typedef struct shared_layer {
+    int live;
+    vc_layer_id id;
+    int src;            /* the world's layer it reads (until it is an orphan: the slot may be reused) */
+    uint64_t seed;      /* the source's pattern and size, kept for orphans */
+    size_t bytes;
+    unsigned holds;
+    void *dptr;
+    unsigned held_xors; /* the source's patches in force when the first hold was taken */
+    int orphan;         /* its source was unregistered: a copy on the device may stay usable */
+} shared_layer;
+
+typedef struct sharer {
+    test_cache t;
+    vc_model_id model;
+    shared_layer layers[MAX_LAYERS];
+} sharer;
+
 typedef struct world {
     test_cache t;
     vc_model_id model; /* models[0] */
@@ -39,9 +58,10 @@ typedef struct world {
     size_t device, ram_budget, vram_budget;
     unsigned rng;
     uint64_t next_seed;
+    sharer *sh; /* EXTRA_SHARED: a second device sharing the world's layers */
 } world;
 
-enum { EXTRA_OPS = 1, EXTRA_STAGE_AHEAD = 2, EXTRA_SMART = 4 };
+enum { EXTRA_OPS = 1, EXTRA_STAGE_AHEAD = 2, EXTRA_SMART = 4, EXTRA_SHARED = 8 };
 
 static unsigned rnd(world *w) {
     w->rng = w->rng * 1103515245u + 12345u;
@@ -58,11 +78,20 @@ static int check_xored(const void *p, size_t n, uint64_t seed) {
 /* The layer's bytes are its source's, xored once for every patch since the last unpatch. */
 static test_check_fn expected(const model_layer *m) { return m->xors % 2 ? check_xored : check_pattern; }
 
+static int has_sharers(const world *w, int i) {
+    if (!w->sh) return 0;
+    for (int j = 0; j < MAX_LAYERS; j++)
+        if (w->sh->layers[j].live && !w->sh->layers[j].orphan && w->sh->layers[j].src == i) return 1;
+    return 0;
+}
+
 static int any_patched(const world *w) {
     for (int i = 0; i < MAX_LAYERS; i++)
         if (w->layers[i].live && w->layers[i].patched) return 1;
     return 0;
 }
+
+static size_t held_bytes(world *w);
 
 static void check_invariants(world *w, int full) {
     vc_stats s = get_stats(w->t.cache);
@@ -96,9 +125,98 @@ static void check_invariants(world *w, int full) {
     }
     assert_int_equal(s.layers_held, held);
     assert_int_equal(s.layers, live);
+    if (!w->sh) return;
+    /* the sharing cache: holds as the model says, held bytes as they were when first held, never a
+     * byte in its own RAM pool (its weights live in the world's), its device within capacity */
+    vc_stats t = get_stats(w->sh->t.cache);
+    assert_int_equal(t.ram_peak_bytes, 0);
+    assert_true(t.arena_bytes + t.reserved_bytes <= w->device);
+    held = live = 0;
+    for (int j = 0; j < MAX_LAYERS; j++) {
+        shared_layer *x = &w->sh->layers[j];
+        if (!x->live) continue;
+        live++;
+        const model_layer *src = &w->layers[x->src];
+        vc_layer_info info;
+        assert_int_equal(vc_layer_get_info(w->sh->t.cache, x->id, &info), VC_OK);
+        assert_int_equal(info.holds, x->holds);
+        if (x->holds) {
+            held++;
+            assert_true(check_device_by(w->sh->t.cache, x->dptr, x->bytes, x->seed,
+                                        x->held_xors % 2 ? check_xored : check_pattern));
+        }
+        if (full && !x->orphan && !x->holds) { /* a read goes to the source's current weights */
+            unsigned char *buf = malloc(src->bytes);
+            assert_int_equal(vc_layer_read(w->sh->t.cache, x->id, buf, src->bytes), VC_OK);
+            assert_true(expected(src)(buf, src->bytes, src->loader.seed));
+            free(buf);
+        }
+    }
+    assert_int_equal(t.layers_held, held);
+    assert_int_equal(t.layers, live);
 }
 
-static size_t held_bytes(world *w) {
+static void op_share(world *w, int j) {
+    shared_layer *x = &w->sh->layers[j];
+    if (x->live) return;
+    int i = (int)(rnd(w) % MAX_LAYERS);
+    if (!w->layers[i].live) return;
+    memset(x, 0, sizeof *x);
+    x->src = i;
+    x->seed = w->layers[i].loader.seed;
+    x->bytes = w->layers[i].bytes;
+    assert_int_equal(vc_layer_register_shared(w->sh->t.cache, w->sh->model, w->t.cache, w->layers[i].id, &x->id), VC_OK);
+    x->live = 1;
+}
+
+static void op_shared_acquire(world *w, int j) {
+    shared_layer *x = &w->sh->layers[j];
+    if (!x->live) return;
+    const model_layer *src = &w->layers[x->src];
+    void *p = NULL;
+    int st = vc_layer_acquire(w->sh->t.cache, x->id, NULL, &p);
+    if (st == VC_OK) {
+        if (x->holds) {
+            assert_ptr_equal(p, x->dptr);
+        } else if (x->orphan) { /* the copy that stayed on the device: whichever weights it had */
+            x->held_xors = check_device_by(w->sh->t.cache, p, x->bytes, x->seed, check_pattern) ? 0 : 1;
+        } else {
+            x->held_xors = src->xors; /* a patch of the source reaches a copy not held */
+        }
+        x->holds++;
+        x->dptr = p;
+        assert_true(check_device_by(w->sh->t.cache, p, x->bytes, x->seed, x->held_xors % 2 ? check_xored : check_pattern));
+    } else if (st == VC_ERR_NOT_FOUND) {
+        assert_true(x->orphan && !x->holds);
+    } else if (st == VC_ERR_OUT_OF_RAM) { /* the world's RAM pool, where the weights are loaded */
+        assert_true(any_patched(w) || held_bytes(w) > 0);
+    } else {
+        assert_int_equal(st, VC_ERR_OUT_OF_VRAM);
+    }
+}
+
+static void op_shared_release(world *w, int j) {
+    shared_layer *x = &w->sh->layers[j];
+    if (!x->live) return;
+    int st = vc_layer_release(w->sh->t.cache, x->id, NULL);
+    assert_int_equal(st, x->holds ? VC_OK : VC_ERR_NOT_HELD);
+    if (st == VC_OK) x->holds--;
+}
+
+static void op_shared_drop(world *w, int j) {
+    shared_layer *x = &w->sh->layers[j];
+    if (!x->live) return;
+    if (rnd(w) % 2) {
+        int st = vc_layer_offload(w->sh->t.cache, x->id, rnd(w) % 2 ? VC_OFFLOAD_ALL : VC_OFFLOAD_VRAM);
+        assert_int_equal(st, x->holds ? VC_ERR_BUSY : VC_OK);
+        return;
+    }
+    int st = vc_layer_unregister(w->sh->t.cache, x->id);
+    assert_int_equal(st, x->holds ? VC_ERR_BUSY : VC_OK);
+    if (st == VC_OK) memset(x, 0, sizeof *x);
+}
+
+static size_t held_bytes(world *w) {  /* (defined here, declared above) */
     size_t b = 0;
     for (int i = 0; i < MAX_LAYERS; i++)
         if (w->layers[i].live && w->layers[i].holds) b += (w->layers[i].bytes + 255) & ~(size_t)255;
@@ -166,11 +284,14 @@ static void op_unregister(world *w, int i) {
     model_layer *m = &w->layers[i];
     if (!m->live) return;
     int st = vc_layer_unregister(w->t.cache, m->id);
-    if (m->holds) {
+    if (m->holds || (st == VC_ERR_BUSY && has_sharers(w, i))) { /* held, or a sharer's upload reads it */
         assert_int_equal(st, VC_ERR_BUSY);
         return;
     }
     assert_int_equal(st, VC_OK);
+    if (w->sh)
+        for (int j = 0; j < MAX_LAYERS; j++)
+            if (w->sh->layers[j].live && w->sh->layers[j].src == i) w->sh->layers[j].orphan = 1;
     free(m->borrowed);
     memset(m, 0, sizeof *m);
 }
@@ -193,7 +314,7 @@ static void op_patch(world *w, int i) {
     if (!m->live) return;
     vc_patch_mode how = rnd(w) % 4 ? VC_PATCH_BACKUP : VC_PATCH_FUSE;
     int st = vc_layer_patch(w->t.cache, m->id, how, xor_5a, NULL);
-    if (m->holds) {
+    if (m->holds || (st == VC_ERR_BUSY && has_sharers(w, i))) {
         assert_int_equal(st, VC_ERR_BUSY);
     } else if (how == VC_PATCH_FUSE && m->patched) {
         assert_int_equal(st, VC_ERR_INVALID_ARG);
@@ -210,7 +331,7 @@ static void op_unpatch(world *w, int i) {
     model_layer *m = &w->layers[i];
     if (!m->live) return;
     int st = vc_layer_unpatch(w->t.cache, m->id);
-    if (m->holds) {
+    if (m->holds || (st == VC_ERR_BUSY && m->patched && has_sharers(w, i))) {
         assert_int_equal(st, VC_ERR_BUSY);
         return;
     }
@@ -326,8 +447,32 @@ static void run_world_in(int keep_ram_copy, size_t vram_budget, unsigned seed, v
     w->t = make_cache_opts(w->device, &o);
     w->model = w->models[0] = add_model(w->t.cache, "random");
     w->models[1] = extras ? add_model(w->t.cache, "random.2") : w->model;
+    if (extras & EXTRA_SHARED) {
+        w->sh = calloc(1, sizeof *w->sh);
+        vc_cache_options so;
+        vc_cache_options_init(&so);
+        so.ram_budget = 0; /* it keeps nothing of its own in RAM */
+        so.working_mem = 16 * KB;
+        so.keep_ram_copy = keep_ram_copy;
+        so.arena_segment_bytes = 32 * KB;
+        so.offload_mode = mode;
+        w->sh->t.backend = test_backend_create_on(w->device, 1);
+        so.backend = w->sh->t.backend;
+        assert_int_equal(vc_cache_create(&so, &w->sh->t.cache), VC_OK);
+        w->sh->model = add_model(w->sh->t.cache, "shared");
+    }
     for (int step = 0; step < (extras ? STEPS / 2 : STEPS); step++) { /* eight such worlds: half as long */
         int i = (int)(rnd(w) % MAX_LAYERS);
+        if (w->sh && rnd(w) % 2) { /* half the steps on the sharing device */
+            switch (rnd(w) % 8) {
+            case 0: op_share(w, i); break;
+            case 1: case 2: case 3: op_shared_acquire(w, i); break;
+            case 4: case 5: case 6: op_shared_release(w, i); break;
+            case 7: op_shared_drop(w, i); break;
+            }
+            check_invariants(w, step % 17 == 0);
+            continue;
+        }
         switch (rnd(w) % (extras ? 14 : 10)) {
         case 0: op_register(w, i); break;
         case 1: case 2: case 3: op_acquire(w, i); break;
@@ -346,7 +491,14 @@ static void run_world_in(int keep_ram_copy, size_t vram_budget, unsigned seed, v
         if (w->res[r]) assert_int_equal(vc_release_working_mem(w->t.cache, w->res[r]), VC_OK);
     for (int i = 0; i < MAX_LAYERS; i++)
         while (w->layers[i].live && w->layers[i].holds) op_release(w, i);
+    if (w->sh)
+        for (int j = 0; j < MAX_LAYERS; j++)
+            while (w->sh->layers[j].live && w->sh->layers[j].holds) op_shared_release(w, j);
     check_invariants(w, 1);
+    if (w->sh) {
+        free_cache(&w->sh->t);
+        free(w->sh);
+    }
     for (int i = 0; i < MAX_LAYERS; i++) free(w->layers[i].borrowed);
     free_cache(&w->t);
     free(w);
@@ -387,6 +539,17 @@ static void test_patches_and_models_in_every_mode(void **state) {
     }
 }
 
+/* A second device sharing the world's layers (vc_layer_register_shared): its copies follow the
+ * patches of their sources at each first hold, keep their bytes while held, survive their source's
+ * unregistration until they leave, and never take RAM of their own. */
+static void test_a_second_device_sharing_the_layers(void **state) {
+    (void)state;
+    run_world_in(1, VC_SIZE_AUTO, 31, VC_OFFLOAD_MODE_BALANCED, EXTRA_OPS | EXTRA_SHARED);
+    run_world_in(0, 160 * KB, 32, VC_OFFLOAD_MODE_BALANCED, EXTRA_OPS | EXTRA_SHARED | EXTRA_STAGE_AHEAD);
+    run_world_in(1, VC_SIZE_AUTO, 33, VC_OFFLOAD_MODE_SEQUENTIAL, EXTRA_OPS | EXTRA_SHARED);
+    run_world_in(0, VC_SIZE_AUTO, 34, VC_OFFLOAD_MODE_MODEL, EXTRA_OPS | EXTRA_SHARED | EXTRA_SMART);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_keep_copy_explicit_budget),
@@ -394,6 +557,7 @@ int main(void) {
         cmocka_unit_test(test_keep_copy_dynamic_budget),
         cmocka_unit_test(test_no_copy_dynamic_budget),
         cmocka_unit_test(test_patches_and_models_in_every_mode),
+        cmocka_unit_test(test_a_second_device_sharing_the_layers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -406,6 +406,50 @@ static void test_stage_shared(void **state) {
     free_gpus(&g);
 }
 
+/* Offload mode model on the sharing device: a miss loads the whole model there. One of its layers
+ * whose source the owner has unregistered can never load again; it must not fail the acquires of the
+ * model's other layers (the first version failed every one of them with VC_ERR_NOT_FOUND, naming
+ * the orphan), and acquiring it says why. */
+static void test_orphan_in_a_whole_model_load(void **state) {
+    (void)state;
+    vc_backend *dev[2];
+    vc_cache *cache[2];
+    vc_model_id model[2];
+    test_loader ld[3];
+    vc_layer_id own[3], shared[3];
+    for (int d = 0; d < 2; d++) {
+        dev[d] = test_backend_create_on(1 * MB, d);
+        vc_cache_options o;
+        vc_cache_options_init(&o);
+        o.backend = dev[d];
+        o.ram_budget = d == 0 ? 1 * MB : 0;
+        o.working_mem = 0;
+        o.arena_segment_bytes = 32 * KB;
+        o.offload_mode = d == 1 ? VC_OFFLOAD_MODE_MODEL : VC_OFFLOAD_MODE_BALANCED;
+        assert_int_equal(vc_cache_create(&o, &cache[d]), VC_OK);
+        model[d] = add_model(cache[d], "unet");
+    }
+    for (int i = 0; i < 3; i++) {
+        ld[i] = (test_loader){.seed = (uint64_t)i + 90};
+        own[i] = add_loader_layer(cache[0], model[0], "block", 32 * KB, &ld[i]);
+        assert_int_equal(vc_layer_register_shared(cache[1], model[1], cache[0], own[i], &shared[i]), VC_OK);
+    }
+    assert_int_equal(vc_layer_unregister(cache[0], own[1]), VC_OK);
+    void *p;
+    assert_int_equal(vc_layer_acquire(cache[1], shared[0], NULL, &p), VC_OK);
+    assert_true(check_device(cache[1], p, 32 * KB, 90));
+    vc_layer_info info;
+    assert_int_equal(vc_layer_get_info(cache[1], shared[2], &info), VC_OK);
+    assert_true(info.residency == VC_RES_VRAM); /* the rest of the model came along */
+    assert_int_equal(vc_layer_acquire(cache[1], shared[1], NULL, &p), VC_ERR_NOT_FOUND);
+    assert_true(last_error_has(cache[1], "its source layer in the owning cache was unregistered"));
+    assert_int_equal(vc_layer_release(cache[1], shared[0], NULL), VC_OK);
+    for (int d = 1; d >= 0; d--) {
+        assert_int_equal(vc_cache_destroy(cache[d]), VC_OK);
+        test_backend_destroy(dev[d]);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_held_in_ram_once),
@@ -417,6 +461,7 @@ int main(void) {
         cmocka_unit_test(test_owner_load_does_not_lock_the_sharer),
         cmocka_unit_test(test_two_devices_concurrently),
         cmocka_unit_test(test_stage_shared),
+        cmocka_unit_test(test_orphan_in_a_whole_model_load),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

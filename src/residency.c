@@ -366,7 +366,10 @@ void vc__evict_vram(vc_cache *c, layer_t *l, vc_evict_reason reason, int drop_ok
         }
         if (!deferred) order_after(c, c->upload_stream, l->release_ev);
     }
-    if (!l->host_src && !l->ram && !l->owner && !drop_ok) {
+    /* A layer whose loader is running (another cache's upload asked for its RAM copy while this
+     * one stayed on the device) gets its RAM copy from that load: a write-back as well would give
+     * it two, and list it twice in the RAM pool. */
+    if (!l->host_src && !l->ram && !l->owner && !drop_ok && !l->loading) {
         /* The device holds the only copy (keep_ram_copy off): copy it back when the RAM pool has
          * room, else drop it, since the loader can produce it again. */
         void *buf = NULL;

@@ -14,7 +14,7 @@ typedef struct gpus {
     test_loader loader[8];
 } gpus;
 
-static void make_gpus(gpus *g, size_t device, size_t ram, int keep) {
+static void make_gpus_in(gpus *g, size_t device, size_t ram, int keep, vc_offload_mode mode) {
     memset(g, 0, sizeof *g);
     for (int d = 0; d < 2; d++) {
         g->dev[d] = test_backend_create_on(device, d); /* on CUDA: two GPUs where there are two */
@@ -25,6 +25,7 @@ static void make_gpus(gpus *g, size_t device, size_t ram, int keep) {
         o.working_mem = 0;
         o.keep_ram_copy = keep;
         o.arena_segment_bytes = 32 * KB;
+        o.offload_mode = mode;
         assert_int_equal(vc_cache_create(&o, &g->cache[d]), VC_OK);
         g->model[d] = add_model(g->cache[d], "unet");
     }
@@ -34,6 +35,10 @@ static void make_gpus(gpus *g, size_t device, size_t ram, int keep) {
         assert_int_equal(vc_layer_register_shared(g->cache[1], g->model[1], g->cache[0], g->layer[0][i],
                                                   &g->layer[1][i]), VC_OK);
     }
+}
+
+static void make_gpus(gpus *g, size_t device, size_t ram, int keep) {
+    make_gpus_in(g, device, ram, keep, VC_OFFLOAD_MODE_BALANCED);
 }
 
 static void free_gpus(gpus *g) {
@@ -351,7 +356,10 @@ typedef struct runner {
     gpus *g;
     int d;
     atomic_int *failures;
+    int patches; /* the owner's threads also patch and unpatch */
 } runner;
+
+static int either(const void *p, size_t n, uint64_t seed) { return check_pattern(p, n, seed) || is_xored_a5(p, n, seed); }
 
 static void *hammer(void *arg) {
     runner *r = arg;
@@ -359,10 +367,21 @@ static void *hammer(void *arg) {
     for (int it = 0; it < 3000; it++) {
         seed = seed * 1664525u + 1013904223u;
         int i = (int)((seed >> 8) % 8);
+        if (r->patches && r->d == 0 && (seed >> 12) % 11 == 0) { /* a LoRA on and off at the source */
+            vc_patch_mode how = (seed >> 16) % 4 ? VC_PATCH_BACKUP : VC_PATCH_FUSE;
+            int st = (seed >> 18) & 1 ? vc_layer_patch(r->g->cache[0], r->g->layer[0][i], how, xor_a5, NULL)
+                                      : vc_layer_unpatch(r->g->cache[0], r->g->layer[0][i]);
+            /* BUSY: held, or a sharer's upload reads the copy; INVALID_ARG: a FUSE on a patched layer */
+            if (st != VC_OK && st != VC_ERR_BUSY && st != VC_ERR_OUT_OF_RAM && st != VC_ERR_INVALID_ARG)
+                atomic_fetch_add(r->failures, 1);
+            continue;
+        }
         void *p;
         int st = vc_layer_acquire(r->g->cache[r->d], r->g->layer[r->d][i], NULL, &p);
         if (st == VC_OK) {
-            if (!check_device(r->g->cache[r->d], p, 32 * KB, r->g->loader[i].seed)) atomic_fetch_add(r->failures, 1);
+            /* the source's weights, or with the (involutive) patch in force when the copy was made */
+            if (!check_device_by(r->g->cache[r->d], p, 32 * KB, r->g->loader[i].seed, r->patches ? either : check_pattern))
+                atomic_fetch_add(r->failures, 1);
             vc_layer_release(r->g->cache[r->d], r->g->layer[r->d][i], NULL);
         } else if (st != VC_ERR_OUT_OF_RAM && st != VC_ERR_OUT_OF_VRAM) {
             atomic_fetch_add(r->failures, 1);
@@ -372,19 +391,51 @@ static void *hammer(void *arg) {
     return NULL;
 }
 
-static void test_two_devices_concurrently(void **state) {
-    (void)state;
+static void two_devices_concurrently(vc_offload_mode mode, int keep, int patches) {
     gpus g;
-    make_gpus(&g, 128 * KB, 128 * KB, 1);
+    make_gpus_in(&g, 128 * KB, 128 * KB, keep, mode);
     atomic_int failures = 0;
-    runner r[4] = {{&g, 0, &failures}, {&g, 1, &failures}, {&g, 0, &failures}, {&g, 1, &failures}};
+    runner r[4] = {{&g, 0, &failures, patches}, {&g, 1, &failures, patches}, {&g, 0, &failures, patches},
+                   {&g, 1, &failures, patches}};
     pthread_t th[4];
     for (int k = 0; k < 4; k++) pthread_create(&th[k], NULL, hammer, &r[k]);
     for (int k = 0; k < 4; k++) pthread_join(th[k], NULL);
     assert_int_equal(atomic_load(&failures), 0);
     vc_stats a = get_stats(g.cache[0]);
     assert_true(a.ram_peak_bytes <= 128 * KB);
+    get_stats(g.cache[1]); /* lets go of the sharer's finished uploads, so the source can be unpatched */
+    unsigned char buf[32 * KB];
+    /* every patch undone (all first: patched weights and backups fill the RAM pool), then both
+     * devices read the source's weights */
+    for (int i = 0; i < 8; i++) assert_int_equal(vc_layer_unpatch(g.cache[0], g.layer[0][i]), VC_OK);
+    for (int i = 0; i < 8; i++) {
+        for (int d = 0; d < 2; d++) {
+            assert_int_equal(vc_layer_read(g.cache[d], g.layer[d][i], buf, sizeof buf), VC_OK);
+            assert_true(check_pattern(buf, sizeof buf, g.loader[i].seed));
+            void *p;
+            int st = vc_layer_acquire(g.cache[d], g.layer[d][i], NULL, &p);
+            assert_true(st == VC_OK || st == VC_ERR_OUT_OF_VRAM);
+            if (st != VC_OK) continue;
+            assert_true(check_device(g.cache[d], p, 32 * KB, g.loader[i].seed));
+            assert_int_equal(vc_layer_release(g.cache[d], g.layer[d][i], NULL), VC_OK);
+        }
+    }
     free_gpus(&g);
+}
+
+static void test_two_devices_concurrently(void **state) {
+    (void)state;
+    two_devices_concurrently(VC_OFFLOAD_MODE_BALANCED, 1, 0);
+}
+
+/* The same with the owner's threads patching and unpatching (backup and fused) while the sharer's
+ * upload, in every offload mode: each copy holds the source's weights with or without the patch,
+ * never a mix, and once the patches are undone both devices read the original. */
+static void test_two_devices_with_patches_in_every_mode(void **state) {
+    (void)state;
+    const vc_offload_mode modes[] = {VC_OFFLOAD_MODE_BALANCED, VC_OFFLOAD_MODE_SEQUENTIAL, VC_OFFLOAD_MODE_MODEL,
+                                     VC_OFFLOAD_MODE_NONE};
+    for (int k = 0; k < 4; k++) two_devices_concurrently(modes[k], k % 2, 1);
 }
 
 /* Staging a shared model from the device's cache fills the owner's RAM pool once. */
@@ -450,6 +501,110 @@ static void test_orphan_in_a_whole_model_load(void **state) {
     }
 }
 
+/* The owner's loader blocks from its second call on, until the test opens the gate. */
+typedef struct second_gate {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int calls, entered, open;
+} second_gate;
+
+static int second_call_waits(void *user, vc_layer_id layer, void *dst, size_t bytes) {
+    (void)layer;
+    second_gate *g = user;
+    pthread_mutex_lock(&g->mu);
+    if (++g->calls > 1) {
+        g->entered = 1;
+        pthread_cond_broadcast(&g->cv);
+        while (!g->open) pthread_cond_wait(&g->cv, &g->mu);
+    }
+    pthread_mutex_unlock(&g->mu);
+    fill_pattern(dst, bytes, 77);
+    return 0;
+}
+
+typedef struct shared_acquire {
+    vc_cache *cache;
+    vc_layer_id layer;
+    int status, intact;
+} shared_acquire;
+
+static void *acquire_the_shared_layer(void *arg) {
+    shared_acquire *a = arg;
+    void *p;
+    a->status = vc_layer_acquire(a->cache, a->layer, NULL, &p);
+    if (a->status == VC_OK) {
+        a->intact = check_device(a->cache, p, 32 * KB, 77);
+        vc_layer_release(a->cache, a->layer, NULL);
+    }
+    return NULL;
+}
+
+/* A layer on the owner's device whose RAM copy was dropped: a sharing cache's upload runs its loader
+ * in the owner; meanwhile the owner's last release evicts it (offload mode sequential). The first
+ * version wrote the device copy back into the RAM pool as well, so the load that finished next gave
+ * the layer a second RAM copy: the first leaked, counted in the pool for ever, and the layer was
+ * listed twice (later RAM evictions looped or lost copies). The load alone now makes the copy. */
+static void test_release_while_a_sharer_loads_the_source(void **state) {
+    (void)state;
+    second_gate gate = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0};
+    vc_backend *dev[2];
+    vc_cache *cache[2];
+    vc_model_id model[2];
+    for (int d = 0; d < 2; d++) {
+        dev[d] = test_backend_create_on(1 * MB, d);
+        vc_cache_options o;
+        vc_cache_options_init(&o);
+        o.backend = dev[d];
+        o.ram_budget = d == 0 ? 64 * KB : 0; /* two copies */
+        o.working_mem = 0;
+        o.arena_segment_bytes = 32 * KB;
+        o.offload_mode = d == 0 ? VC_OFFLOAD_MODE_SEQUENTIAL : VC_OFFLOAD_MODE_BALANCED;
+        assert_int_equal(vc_cache_create(&o, &cache[d]), VC_OK);
+        model[d] = add_model(cache[d], "unet");
+    }
+    vc_layer_desc d = {.name = "gated", .bytes = 32 * KB, .loader = second_call_waits, .loader_user = &gate};
+    vc_layer_id l, shared;
+    assert_int_equal(vc_layer_register(cache[0], model[0], &d, &l), VC_OK);
+    test_loader ld[2] = {{.seed = 1}, {.seed = 2}};
+    vc_layer_id other[2];
+    for (int i = 0; i < 2; i++) other[i] = add_loader_layer(cache[0], model[0], "other", 32 * KB, &ld[i]);
+    assert_int_equal(vc_layer_register_shared(cache[1], model[1], cache[0], l, &shared), VC_OK);
+    void *p;
+    assert_int_equal(vc_layer_acquire(cache[0], l, NULL, &p), VC_OK);
+    for (int i = 0; i < 2; i++) { /* RAM pressure drops the held layer's RAM copy */
+        assert_int_equal(vc_layer_acquire(cache[0], other[i], NULL, &p), VC_OK);
+        assert_int_equal(vc_layer_release(cache[0], other[i], NULL), VC_OK);
+    }
+    vc_layer_info info;
+    assert_int_equal(vc_layer_get_info(cache[0], l, &info), VC_OK);
+    assert_int_equal(info.residency, VC_RES_VRAM);
+    shared_acquire a = {cache[1], shared, -1, 0};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, acquire_the_shared_layer, &a), 0);
+    pthread_mutex_lock(&gate.mu);
+    while (!gate.entered) pthread_cond_wait(&gate.cv, &gate.mu); /* the owner's loader runs for it */
+    pthread_mutex_unlock(&gate.mu);
+    assert_int_equal(vc_layer_release(cache[0], l, NULL), VC_OK); /* sequential: it leaves the device */
+    pthread_mutex_lock(&gate.mu);
+    gate.open = 1;
+    pthread_cond_broadcast(&gate.cv);
+    pthread_mutex_unlock(&gate.mu);
+    pthread_join(th, NULL);
+    assert_int_equal(a.status, VC_OK);
+    assert_true(a.intact);
+    vc_stats s = get_stats(cache[1]); /* (lets go of its finished upload) */
+    s = get_stats(cache[0]);
+    assert_int_equal(s.ram_bytes, s.layers_in_ram * 32 * KB);
+    assert_int_equal(vc_cache_clear(cache[0]), VC_OK); /* every copy leaves: nothing stays counted */
+    s = get_stats(cache[0]);
+    assert_int_equal(s.ram_bytes, 0);
+    assert_int_equal(s.layers_in_ram, 0);
+    for (int k = 1; k >= 0; k--) {
+        assert_int_equal(vc_cache_destroy(cache[k]), VC_OK);
+        test_backend_destroy(dev[k]);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_held_in_ram_once),
@@ -460,8 +615,10 @@ int main(void) {
         cmocka_unit_test(test_source_read_by_a_sharer_stays),
         cmocka_unit_test(test_owner_load_does_not_lock_the_sharer),
         cmocka_unit_test(test_two_devices_concurrently),
+        cmocka_unit_test(test_two_devices_with_patches_in_every_mode),
         cmocka_unit_test(test_stage_shared),
         cmocka_unit_test(test_orphan_in_a_whole_model_load),
+        cmocka_unit_test(test_release_while_a_sharer_loads_the_source),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

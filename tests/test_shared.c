@@ -522,23 +522,6 @@ static int second_call_waits(void *user, vc_layer_id layer, void *dst, size_t by
     return 0;
 }
 
-typedef struct shared_acquire {
-    vc_cache *cache;
-    vc_layer_id layer;
-    int status, intact;
-} shared_acquire;
-
-static void *acquire_the_shared_layer(void *arg) {
-    shared_acquire *a = arg;
-    void *p;
-    a->status = vc_layer_acquire(a->cache, a->layer, NULL, &p);
-    if (a->status == VC_OK) {
-        a->intact = check_device(a->cache, p, 32 * KB, 77);
-        vc_layer_release(a->cache, a->layer, NULL);
-    }
-    return NULL;
-}
-
 /* A layer on the owner's device whose RAM copy was dropped: a sharing cache's upload runs its loader
  * in the owner; meanwhile the owner's last release evicts it (offload mode sequential). The first
  * version wrote the device copy back into the RAM pool as well, so the load that finished next gave
@@ -578,9 +561,9 @@ static void test_release_while_a_sharer_loads_the_source(void **state) {
     vc_layer_info info;
     assert_int_equal(vc_layer_get_info(cache[0], l, &info), VC_OK);
     assert_int_equal(info.residency, VC_RES_VRAM);
-    shared_acquire a = {cache[1], shared, -1, 0};
+    acquirer a = {cache[1], shared, 0, -1, 0}; /* an acquire; the loader fills seed 77's pattern */
     pthread_t th;
-    assert_int_equal(pthread_create(&th, NULL, acquire_the_shared_layer, &a), 0);
+    assert_int_equal(pthread_create(&th, NULL, acquire_shared, &a), 0);
     pthread_mutex_lock(&gate.mu);
     while (!gate.entered) pthread_cond_wait(&gate.cv, &gate.mu); /* the owner's loader runs for it */
     pthread_mutex_unlock(&gate.mu);

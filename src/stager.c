@@ -33,7 +33,7 @@ static void *stager_main(void *arg) {
         if (l->loading || !vc__needs_load(l)) continue;
         int st = vc__stage_layer(c, l, "stage ahead");
         if (st != VC_OK)
-            vc__log(c, VC_LOG_WARN, "stage ahead: %s (its acquire will load it)", vc_last_error());
+            vc__log(c, VC_LOG_WARN, "%s (its acquire will load it)", vc_last_error()); /* names the stager */
     }
     pthread_mutex_unlock(&c->lock);
     return NULL;

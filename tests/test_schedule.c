@@ -1711,14 +1711,6 @@ static void test_stage_ahead_thread(void **state) {
     pthread_mutex_destroy(&cl.lock);
 }
 
-/* stage_ahead on a cache that shares its layers from another (one RAM copy for two GPUs): the owner's
- * loaders run on the sharing cache's stager too, never inside the acquire whose prefetch scan
- * reached them, and the copies land in the owner's RAM pool only. */
-/* keep_ram_copy off: an upload's RAM copy goes once the upload lands, so until then the device's
- * copy is the only one being made. A prefetch evicted before it has landed must be written back
- * after its upload, not alongside it (on a GPU the write-back would read the range before the copy
- * filled it: garbage weights kept for good). The simulator's ordering check sees the difference;
- * the bytes read back after are checked too. */
 /* Two engine streams (guidance halves or two requests computed at once) using the same weights:
  * a layer held on both is released on each, and the release event must cover both streams' kernels
  * before a later upload reuses its bytes. The simulator's ordering check is the oracle; the device is
@@ -1748,6 +1740,11 @@ static void test_two_streams_share_weights(void **state) {
     free_world(&w); /* asserts no hazard */
 }
 
+/* keep_ram_copy off: an upload's RAM copy goes once the upload lands, so until then the device's
+ * copy is the only one being made. A prefetch evicted before it has landed must be written back
+ * after its upload, not alongside it (on a GPU the write-back would read the range before the copy
+ * filled it: garbage weights kept for good). The simulator's ordering check sees the difference;
+ * the bytes read back after are checked too. */
 static void test_writeback_of_prefetch_in_flight(void **state) {
     (void)state;
     vc_sim_params p;
@@ -1791,6 +1788,88 @@ static void test_writeback_of_prefetch_in_flight(void **state) {
     vc_backend_destroy(sim);
 }
 
+/* A loader that fails on the stager's thread: nothing is lost (the layer's acquire loads it), and
+ * the warning says once, not twice, who failed ("stage ahead: ..."), with the layer and the
+ * loader's status. */
+typedef struct warnings_seen {
+    pthread_mutex_t lock;
+    pthread_cond_t cv;
+    int n;
+    char first[512];
+} warnings_seen;
+
+static void note_warning(void *user, vc_log_level level, const char *message) {
+    warnings_seen *w = user;
+    if (level != VC_LOG_WARN) return;
+    pthread_mutex_lock(&w->lock);
+    if (!w->n++) snprintf(w->first, sizeof w->first, "%s", message);
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->lock);
+}
+
+static void test_stage_ahead_loader_failure(void **state) {
+    (void)state;
+    counted_loads cl = {.main_thread = pthread_self()};
+    pthread_mutex_init(&cl.lock, NULL);
+    pthread_cond_init(&cl.cv, NULL);
+    g_loads = &cl;
+    warnings_seen ws = {.n = 0};
+    pthread_mutex_init(&ws.lock, NULL);
+    pthread_cond_init(&ws.cv, NULL);
+    vc_sim_params p;
+    vc_sim_params_init(&p);
+    p.device_bytes = 4 * 64 * KB;
+    vc_backend *sim;
+    assert_int_equal(vc_backend_sim_create(&p, &sim), VC_OK);
+    vc_cache_options o;
+    vc_cache_options_init(&o);
+    o.backend = sim;
+    o.ram_budget = 64 * MB;
+    o.working_mem = 0;
+    o.arena_segment_bytes = 64 * KB;
+    o.stage_ahead = 1;
+    o.log_fn = note_warning;
+    o.log_user = &ws;
+    vc_cache *c;
+    assert_int_equal(vc_cache_create(&o, &c), VC_OK);
+    vc_stream stream;
+    assert_int_equal(vc_sim_stream_create(sim, &stream), VC_OK);
+    vc_model_id m = add_model(c, "denoiser");
+    vc_layer_id order[3];
+    static const char *const names[] = {"in", "mid", "out"};
+    for (int i = 0; i < 3; i++) {
+        cl.ld[i] = (test_loader){.seed = (uint64_t)i + 1};
+        vc_layer_desc d = {.name = names[i], .bytes = 64 * KB, .loader = counted_loader, .loader_user = &cl.ld[i]};
+        assert_int_equal(vc_layer_register(c, m, &d, &order[i]), VC_OK);
+    }
+    assert_int_equal(vc_model_set_order(c, m, order, 3), VC_OK);
+    cl.ld[1].fail_next = 1; /* the stager's call for "mid" fails */
+    void *ptr;
+    assert_int_equal(vc_layer_acquire(c, order[0], stream, &ptr), VC_OK);
+    pthread_mutex_lock(&ws.lock);
+    while (ws.n == 0) pthread_cond_wait(&ws.cv, &ws.lock);
+    pthread_mutex_unlock(&ws.lock);
+    assert_non_null(strstr(ws.first, "stage ahead: the loader of layer 'mid' of model 'denoiser' returned -5"));
+    assert_null(strstr(ws.first, "stage ahead: stage ahead"));
+    assert_non_null(strstr(ws.first, "(its acquire will load it)"));
+    assert_int_equal(vc_layer_release(c, order[0], stream), VC_OK);
+    for (int i = 1; i < 3; i++) {
+        assert_int_equal(vc_layer_acquire(c, order[i], stream, &ptr), VC_OK);
+        assert_true(check_pattern(ptr, 64 * KB, (uint64_t)i + 1));
+        assert_int_equal(vc_layer_release(c, order[i], stream), VC_OK);
+    }
+    assert_int_equal(cl.ld[1].calls, 2); /* failed on the stager, then loaded by the acquire */
+    assert_int_equal(vc_cache_destroy(c), VC_OK);
+    vc_backend_destroy(sim);
+    pthread_cond_destroy(&ws.cv);
+    pthread_mutex_destroy(&ws.lock);
+    pthread_cond_destroy(&cl.cv);
+    pthread_mutex_destroy(&cl.lock);
+}
+
+/* stage_ahead on a cache that shares its layers from another (one RAM copy for two GPUs): the owner's
+ * loaders run on the sharing cache's stager too, never inside the acquire whose prefetch scan
+ * reached them, and the copies land in the owner's RAM pool only. */
 static void test_stage_ahead_shared_layers(void **state) {
     (void)state;
     counted_loads cl = {.main_thread = pthread_self()};
@@ -1874,6 +1953,7 @@ int main(void) {
         cmocka_unit_test(test_staged_loader_layers_are_prefetched),
         cmocka_unit_test(test_stage_ahead_thread),
         cmocka_unit_test(test_stage_ahead_shared_layers),
+        cmocka_unit_test(test_stage_ahead_loader_failure),
         cmocka_unit_test(test_writeback_of_prefetch_in_flight),
         cmocka_unit_test(test_two_streams_share_weights),
     };

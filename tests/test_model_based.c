@@ -10,6 +10,7 @@
 #include <stdio.h>
 
 #include "test_util.h"
+#include "vramcache_fault.h"
 
 enum { MAX_LAYERS = 48, STEPS = 4000 };
 
@@ -21,6 +22,7 @@ typedef struct model_layer {
     void *dptr;             /* device pointer while held */
     void *borrowed;         /* engine copy, for borrowed layers */
     test_loader loader;
+    vc_fault_loader_ctx fctx; /* EXTRA_FAULTS: the loader, through the world's fault wrapper */
     int model;              /* index into world.models */
     int patched, fused;     /* vc_layer_patch in force; the first patch was FUSE */
     unsigned xors;          /* patches applied since the last unpatch: each xors the bytes with 0x5a */
@@ -41,6 +43,7 @@ typedef struct shared_layer {
 
 typedef struct sharer {
     test_cache t;
+    vc_backend *fault_inner; /* EXTRA_FAULTS on the host: the backend under its fault wrapper */
     vc_model_id model;
     shared_layer layers[MAX_LAYERS];
 } sharer;
@@ -59,13 +62,76 @@ typedef struct world {
     unsigned rng;
     uint64_t next_seed;
     sharer *sh; /* EXTRA_SHARED: a second device sharing the world's layers */
+    /* EXTRA_FAULTS: the world's backend is a fault wrapper (over `fault_inner` when the world made
+     * one) whose operations and loader calls fail at random, and so is the sharing device's;
+     * paused while the test itself looks */
+    vc_backend *fault, *fault_inner, *sh_fault;
+    unsigned long fired; /* faults fired up to the start of the current operation */
 } world;
 
-enum { EXTRA_OPS = 1, EXTRA_STAGE_AHEAD = 2, EXTRA_SMART = 4, EXTRA_SHARED = 8 };
+enum { EXTRA_OPS = 1, EXTRA_STAGE_AHEAD = 2, EXTRA_SMART = 4, EXTRA_SHARED = 8, EXTRA_FAULTS = 16 };
 
 static unsigned rnd(world *w) {
     w->rng = w->rng * 1103515245u + 12345u;
     return (w->rng >> 4) & 0x7ffffff;
+}
+
+static unsigned long faults_fired(const world *w) {
+    unsigned long total = 0;
+    const vc_backend *const wrappers[] = {w->fault, w->sh_fault};
+    for (int k = 0; k < 2; k++)
+        for (int op = 0; wrappers[k] && op < VC_FAULT_OP_COUNT; op++) {
+            unsigned long f = 0;
+            assert_int_equal(vc_fault_counts((vc_backend *)wrappers[k], (vc_fault_op)op, NULL, &f), VC_OK);
+            total += f;
+        }
+    return total;
+}
+
+/* Every backend operation but stream creation (done once, at creation) fails with probability 3%,
+ * and so do loader calls; seeded from the world's generator, so a world replays. */
+static unsigned rnd(world *w);
+static void faults_arm(world *w) {
+    vc_backend *const wrappers[] = {w->fault, w->sh_fault};
+    for (int k = 0; k < 2; k++)
+        for (int op = 0; wrappers[k] && op < VC_FAULT_OP_COUNT; op++)
+            if (op != VC_FAULT_STREAM_CREATE)
+                assert_int_equal(vc_fault_fail_random(wrappers[k], (vc_fault_op)op, 0.03, rnd(w) + 1u), VC_OK);
+    w->fired = faults_fired(w);
+}
+
+static void faults_pause(world *w) {
+    if (w->fault) assert_int_equal(vc_fault_clear(w->fault), VC_OK);
+    if (w->sh_fault) assert_int_equal(vc_fault_clear(w->sh_fault), VC_OK);
+}
+
+/* check_device_by with the faults paused (on a device the test reads through the fault wrapper). */
+static int device_has(world *w, vc_cache *c, const void *p, size_t n, uint64_t seed, test_check_fn check) {
+    faults_pause(w);
+    int ok = check_device_by(c, p, n, seed, check);
+    faults_arm(w);
+    return ok;
+}
+
+/* The test backend for a world's device; with EXTRA_FAULTS a fault wrapper (on a device it is one
+ * already, capping the device; on the host it wraps the host backend, returned in *inner). */
+static vc_backend *world_backend(int extras, size_t device, int index, vc_backend **inner) {
+    vc_backend *b = test_backend_create_on(device, index);
+    *inner = NULL;
+    if ((extras & EXTRA_FAULTS) && !test_on_device()) {
+        *inner = b;
+        assert_int_equal(vc_backend_fault_create(b, &b), VC_OK);
+    }
+    return b;
+}
+
+/* A failure an injected fault explains: one of the statuses a failing device operation or loader
+ * ends in, in a fault world, with a fault fired since the operation began. The cache must then be
+ * as the operation's contract says (the callers check that the model's state still holds). */
+static int injected(world *w, int st) {
+    if (!w->fault) return 0;
+    if (st != VC_ERR_BACKEND && st != VC_ERR_NO_MEMORY && st != VC_ERR_LOADER && st != VC_ERR_OUT_OF_VRAM) return 0;
+    return faults_fired(w) > w->fired;
 }
 
 static int check_xored(const void *p, size_t n, uint64_t seed) {
@@ -93,7 +159,14 @@ static int any_patched(const world *w) {
 
 static size_t held_bytes(world *w);
 
+static void check_invariants_now(world *w, int full);
 static void check_invariants(world *w, int full) {
+    faults_pause(w); /* the checks' own device reads go through the wrapper */
+    check_invariants_now(w, full);
+    faults_arm(w);
+}
+
+static void check_invariants_now(world *w, int full) {
     vc_stats s = get_stats(w->t.cache);
     assert_true(s.ram_bytes <= w->ram_budget);
     assert_true(s.ram_peak_bytes <= w->ram_budget);
@@ -179,15 +252,16 @@ static void op_shared_acquire(world *w, int j) {
         if (x->holds) {
             assert_ptr_equal(p, x->dptr);
         } else if (x->orphan) { /* the copy that stayed on the device: whichever weights it had */
-            x->held_xors = check_device_by(w->sh->t.cache, p, x->bytes, x->seed, check_pattern) ? 0 : 1;
+            x->held_xors = device_has(w, w->sh->t.cache, p, x->bytes, x->seed, check_pattern) ? 0 : 1;
         } else {
             x->held_xors = src->xors; /* a patch of the source reaches a copy not held */
         }
         x->holds++;
         x->dptr = p;
-        assert_true(check_device_by(w->sh->t.cache, p, x->bytes, x->seed, x->held_xors % 2 ? check_xored : check_pattern));
+        assert_true(device_has(w, w->sh->t.cache, p, x->bytes, x->seed, x->held_xors % 2 ? check_xored : check_pattern));
     } else if (st == VC_ERR_NOT_FOUND) {
         assert_true(x->orphan && !x->holds);
+    } else if (injected(w, st)) { /* the source's loader or RAM copy, or this device, failed: not held */
     } else if (st == VC_ERR_OUT_OF_RAM) { /* the world's RAM pool, where the weights are loaded */
         assert_true(any_patched(w) || held_bytes(w) > 0);
     } else {
@@ -235,6 +309,10 @@ static void op_register(world *w, int i) {
         m->borrowed = malloc(m->bytes);
         fill_pattern(m->borrowed, m->bytes, m->loader.seed);
         d.host_ptr = m->borrowed;
+    } else if (w->fault) {
+        m->fctx = (vc_fault_loader_ctx){.fault = w->fault, .inner = test_loader_fn, .inner_user = &m->loader};
+        d.loader = vc_fault_loader;
+        d.loader_user = &m->fctx;
     } else {
         d.loader = test_loader_fn;
         d.loader_user = &m->loader;
@@ -255,7 +333,9 @@ static void op_acquire(world *w, int i) {
         if (m->holds && m->dptr) assert_ptr_equal(p, m->dptr); /* held: the same place */
         m->holds++;
         m->dptr = p;
-        assert_true(check_device_by(w->t.cache, p, m->bytes, m->loader.seed, expected(m)));
+        assert_true(device_has(w, w->t.cache, p, m->bytes, m->loader.seed, expected(m)));
+    } else if (injected(w, st)) {
+        return; /* not held, nothing else promised (evictions made for it stay) */
     } else if (st == VC_ERR_OUT_OF_RAM) {
         assert_true(any_patched(w)); /* patched weights and backups cannot leave the RAM pool */
     } else {
@@ -300,6 +380,7 @@ static void op_offload(world *w, int i) {
     model_layer *m = &w->layers[i];
     if (!m->live) return;
     int st = vc_layer_offload(w->t.cache, m->id, rnd(w) % 2 ? VC_OFFLOAD_ALL : VC_OFFLOAD_VRAM);
+    if (!m->holds && injected(w, st)) return; /* a write-back failed: the weights stay where they were */
     assert_int_equal(st, m->holds ? VC_ERR_BUSY : VC_OK);
 }
 
@@ -322,6 +403,8 @@ static void op_patch(world *w, int i) {
         if (!m->patched) m->fused = how == VC_PATCH_FUSE;
         m->patched = 1;
         m->xors++;
+    } else if (injected(w, st)) {
+        return; /* reading the weights, or a copy, failed: the layer is unchanged */
     } else {
         assert_int_equal(st, VC_ERR_OUT_OF_RAM); /* a private copy or a backup finds no room: unchanged */
     }
@@ -335,6 +418,7 @@ static void op_unpatch(world *w, int i) {
         assert_int_equal(st, VC_ERR_BUSY);
         return;
     }
+    if (injected(w, st)) return; /* still patched, as it was */
     assert_int_equal(st, VC_OK);
     m->patched = m->fused = 0;
     m->xors = 0;
@@ -365,7 +449,7 @@ static void op_whole_model(world *w) {
         }
     } else {
         if (st == VC_ERR_OUT_OF_RAM) assert_true(any_patched(w));
-        else assert_int_equal(st, VC_ERR_OUT_OF_VRAM);
+        else if (!injected(w, st)) assert_int_equal(st, VC_ERR_OUT_OF_VRAM);
         assert_int_equal(get_stats(w->t.cache).layers_held, before.layers_held); /* all or nothing */
     }
 }
@@ -378,13 +462,16 @@ static void op_model_wide(world *w) {
     int any_held = held;
     for (int i = 0; i < MAX_LAYERS; i++) any_held |= w->layers[i].live && w->layers[i].holds;
     switch (rnd(w) % 3) {
-    case 0:
-        assert_int_equal(vc_cache_clear(w->t.cache), any_held ? VC_ERR_BUSY : VC_OK);
+    case 0: {
+        int st = vc_cache_clear(w->t.cache);
+        if (!injected(w, st)) assert_int_equal(st, any_held ? VC_ERR_BUSY : VC_OK);
         break;
-    case 1:
-        assert_int_equal(vc_model_offload(w->t.cache, w->models[k], rnd(w) % 2 ? VC_OFFLOAD_ALL : VC_OFFLOAD_VRAM),
-                         held ? VC_ERR_BUSY : VC_OK);
+    }
+    case 1: {
+        int st = vc_model_offload(w->t.cache, w->models[k], rnd(w) % 2 ? VC_OFFLOAD_ALL : VC_OFFLOAD_VRAM);
+        if (!injected(w, st)) assert_int_equal(st, held ? VC_ERR_BUSY : VC_OK);
         break;
+    }
     default: {
         vc_layer_id order[MAX_LAYERS];
         size_t n = 0;
@@ -411,7 +498,12 @@ static void op_reserve(world *w) {
     int st = vc_reserve_working_mem(w->t.cache, bytes, flags, &w->res[r]);
     if (st == VC_OK) {
         w->res_bytes[r] = bytes;
+        faults_pause(w);
         if (flags) fill_device(w->t.cache, vc_reservation_ptr(w->res[r]), 0x5a, bytes);
+        faults_arm(w);
+    } else if (injected(w, st)) {
+        w->res[r] = NULL; /* the buffer could not be had: nothing reserved (evictions made for it stay) */
+        assert_int_equal(get_stats(w->t.cache).reserved_bytes, before.reserved_bytes);
     } else {
         assert_int_equal(st, VC_ERR_OUT_OF_VRAM);
         w->res[r] = NULL;
@@ -444,7 +536,9 @@ static void run_world_in(int keep_ram_copy, size_t vram_budget, unsigned seed, v
     o.offload_mode = mode;
     o.stage_ahead = (extras & EXTRA_STAGE_AHEAD) != 0; /* its thread stages the declared orders' layers */
     o.smart_working_mem = (extras & EXTRA_SMART) != 0;
-    w->t = make_cache_opts(w->device, &o);
+    w->t.backend = o.backend = world_backend(extras, w->device, 0, &w->fault_inner);
+    assert_int_equal(vc_cache_create(&o, &w->t.cache), VC_OK);
+    if (extras & EXTRA_FAULTS) w->fault = w->t.backend;
     w->model = w->models[0] = add_model(w->t.cache, "random");
     w->models[1] = extras ? add_model(w->t.cache, "random.2") : w->model;
     if (extras & EXTRA_SHARED) {
@@ -456,15 +550,17 @@ static void run_world_in(int keep_ram_copy, size_t vram_budget, unsigned seed, v
         so.keep_ram_copy = keep_ram_copy;
         so.arena_segment_bytes = 32 * KB;
         so.offload_mode = mode;
-        w->sh->t.backend = test_backend_create_on(w->device, 1);
-        so.backend = w->sh->t.backend;
+        w->sh->t.backend = so.backend = world_backend(extras, w->device, 1, &w->sh->fault_inner);
         assert_int_equal(vc_cache_create(&so, &w->sh->t.cache), VC_OK);
+        if (extras & EXTRA_FAULTS) w->sh_fault = w->sh->t.backend;
         w->sh->model = add_model(w->sh->t.cache, "shared");
     }
     /* the added worlds (twelve) are shorter: half as long, a quarter on the slower simulated and
      * CUDA devices (VC_MODEL_SEED soaks make up the difference) */
     int steps = !extras ? STEPS : test_on_device() ? STEPS / 4 : STEPS / 2;
+    faults_arm(w);
     for (int step = 0; step < steps; step++) {
+        w->fired = faults_fired(w);
         int i = (int)(rnd(w) % MAX_LAYERS);
         if (w->sh && rnd(w) % 2) { /* half the steps on the sharing device */
             switch (rnd(w) % 8) {
@@ -490,6 +586,8 @@ static void run_world_in(int keep_ram_copy, size_t vram_budget, unsigned seed, v
         }
         check_invariants(w, step % (extras ? 17 : 97) == 0);
     }
+    if (w->fault) assert_true(faults_fired(w) > (unsigned long)steps / 100); /* the faults really fired */
+    faults_pause(w); /* and with them gone, everything works again: */
     for (int r = 0; r < 4; r++)
         if (w->res[r]) assert_int_equal(vc_release_working_mem(w->t.cache, w->res[r]), VC_OK);
     for (int i = 0; i < MAX_LAYERS; i++)
@@ -497,13 +595,31 @@ static void run_world_in(int keep_ram_copy, size_t vram_budget, unsigned seed, v
     if (w->sh)
         for (int j = 0; j < MAX_LAYERS; j++)
             while (w->sh->layers[j].live && w->sh->layers[j].holds) op_shared_release(w, j);
-    check_invariants(w, 1);
+    check_invariants_now(w, 1);
+    for (int i = 0; w->fault && i < MAX_LAYERS; i++) {
+        model_layer *m = &w->layers[i];
+        void *p;
+        if (!m->live) continue;
+        int st = vc_layer_acquire(w->t.cache, m->id, NULL, &p);
+        if (st == VC_ERR_OUT_OF_RAM) assert_true(any_patched(w)); /* patched weights fill the pool */
+        else if (st == VC_ERR_OUT_OF_VRAM) assert_true(w->mode == VC_OFFLOAD_MODE_NONE || w->mode == VC_OFFLOAD_MODE_MODEL);
+        else assert_int_equal(st, VC_OK);
+        if (st != VC_OK) continue;
+        assert_true(check_device_by(w->t.cache, p, m->bytes, m->loader.seed, expected(m)));
+        assert_int_equal(vc_layer_release(w->t.cache, m->id, NULL), VC_OK);
+    }
+    if (w->fault) { /* no device memory stays lost to a copy whose event once failed */
+        assert_int_equal(vc_cache_clear(w->t.cache), VC_OK);
+        assert_int_equal(get_stats(w->t.cache).vram_bytes, 0);
+    }
     if (w->sh) {
         free_cache(&w->sh->t);
+        if (w->sh->fault_inner) test_backend_destroy(w->sh->fault_inner);
         free(w->sh);
     }
     for (int i = 0; i < MAX_LAYERS; i++) free(w->layers[i].borrowed);
     free_cache(&w->t);
+    if (w->fault_inner) test_backend_destroy(w->fault_inner);
     free(w);
 }
 
@@ -553,6 +669,22 @@ static void test_a_second_device_sharing_the_layers(void **state) {
     run_world_in(0, VC_SIZE_AUTO, 34, VC_OFFLOAD_MODE_MODEL, EXTRA_OPS | EXTRA_SHARED | EXTRA_SMART);
 }
 
+/* Every device operation and loader call fails now and then (2%, seeded), in each offload mode and
+ * with a sharing device: each failure ends in a documented status, a failed patch or unpatch changes
+ * nothing, no hold is taken or lost by a failure, budgets hold, and every layer's bytes stay its
+ * source's with the patches in force; once the faults stop, every layer can be acquired again. */
+static void test_faults_in_every_mode(void **state) {
+    (void)state;
+    const vc_offload_mode modes[] = {VC_OFFLOAD_MODE_BALANCED, VC_OFFLOAD_MODE_SEQUENTIAL, VC_OFFLOAD_MODE_MODEL,
+                                     VC_OFFLOAD_MODE_NONE};
+    for (unsigned k = 0; k < 4; k++) {
+        run_world_in(k % 2, VC_SIZE_AUTO, 41 + k, modes[k], EXTRA_OPS | EXTRA_FAULTS | (k % 2 ? EXTRA_SMART : 0));
+        run_world_in(!(k % 2), 160 * KB, 51 + k, modes[k], EXTRA_OPS | EXTRA_FAULTS | EXTRA_STAGE_AHEAD);
+    }
+    run_world_in(1, VC_SIZE_AUTO, 61, VC_OFFLOAD_MODE_BALANCED, EXTRA_OPS | EXTRA_FAULTS | EXTRA_SHARED);
+    run_world_in(0, 160 * KB, 62, VC_OFFLOAD_MODE_SEQUENTIAL, EXTRA_OPS | EXTRA_FAULTS | EXTRA_SHARED);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_keep_copy_explicit_budget),
@@ -561,6 +693,7 @@ int main(void) {
         cmocka_unit_test(test_no_copy_dynamic_budget),
         cmocka_unit_test(test_patches_and_models_in_every_mode),
         cmocka_unit_test(test_a_second_device_sharing_the_layers),
+        cmocka_unit_test(test_faults_in_every_mode),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

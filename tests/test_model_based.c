@@ -5,9 +5,13 @@
  * cache's counts match a simple model, and that every layer's bytes still equal its source.
  * Runs with keep_ram_copy on and off, and with explicit and dynamic VRAM budgets; and in worlds of
  * two models with LoRA patches (backup and fused, stacked), cache clears, model offloads and
- * declared orders, in each offload mode, where the expected bytes follow the patches in force.
+ * declared orders, in each offload mode, where the expected bytes follow the patches in force; with
+ * a second device sharing the layers; with injected faults in every device operation and loader
+ * call; and with a keep-alive that clears the cache from its own thread between generations.
  */
+#include <pthread.h>
 #include <stdio.h>
+#include <time.h>
 
 #include "test_util.h"
 #include "vramcache_fault.h"
@@ -69,7 +73,8 @@ typedef struct world {
     unsigned long fired; /* faults fired up to the start of the current operation */
 } world;
 
-enum { EXTRA_OPS = 1, EXTRA_STAGE_AHEAD = 2, EXTRA_SMART = 4, EXTRA_SHARED = 8, EXTRA_FAULTS = 16 };
+enum { EXTRA_OPS = 1, EXTRA_STAGE_AHEAD = 2, EXTRA_SMART = 4, EXTRA_SHARED = 8, EXTRA_FAULTS = 16,
+       EXTRA_KEEP_ALIVE = 32 };
 
 static unsigned rnd(world *w) {
     w->rng = w->rng * 1103515245u + 12345u;
@@ -132,6 +137,24 @@ static int injected(world *w, int st) {
     if (!w->fault) return 0;
     if (st != VC_ERR_BACKEND && st != VC_ERR_NO_MEMORY && st != VC_ERR_LOADER && st != VC_ERR_OUT_OF_VRAM) return 0;
     return faults_fired(w) > w->fired;
+}
+
+/* EXTRA_KEEP_ALIVE: the keep-alive's clears, counted from its log line (awaited on a condition
+ * variable, not a sleep). */
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int clears;
+} keep_alive_seen = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0};
+
+static void count_clears(void *user, vc_log_level level, const char *msg) {
+    (void)user;
+    (void)level;
+    if (!strstr(msg, "cleared the model cache")) return;
+    pthread_mutex_lock(&keep_alive_seen.mu);
+    keep_alive_seen.clears++;
+    pthread_cond_broadcast(&keep_alive_seen.cv);
+    pthread_mutex_unlock(&keep_alive_seen.mu);
 }
 
 static int check_xored(const void *p, size_t n, uint64_t seed) {
@@ -513,6 +536,60 @@ static void op_reserve(world *w) {
     }
 }
 
+static void op_release(world *w, int i);
+static void op_shared_release(world *w, int j);
+
+/* One acquire and release of a layer that loads (faults paused): a use, so the keep-alive's idle
+ * spell starts again after it. 0 when no layer can be acquired now (model mode, a model too big). */
+static int use_a_layer(world *w) {
+    for (int i = 0; i < MAX_LAYERS; i++) {
+        void *p;
+        if (!w->layers[i].live || vc_layer_acquire(w->t.cache, w->layers[i].id, NULL, &p) != VC_OK) continue;
+        assert_int_equal(vc_layer_release(w->t.cache, w->layers[i].id, NULL), VC_OK);
+        return 1;
+    }
+    return 0;
+}
+
+/* Between two generations: every hold and reservation goes, one layer is used, and the world
+ * waits (up to a minute: a loaded CI machine) for the keep-alive's clear that follows; then nothing
+ * is left in the world's VRAM, and every layer still reads its source's bytes with the patches in
+ * force. A clear counted before the use (the previous idle spell's) leaves the layer used in VRAM:
+ * then another use and another wait. The faults stay paused meanwhile, so that the clear's
+ * write-backs succeed. Returns whether a clear was seen. */
+static int op_idle_until_cleared(world *w) {
+    faults_pause(w);
+    for (int r = 0; r < 4; r++)
+        if (w->res[r]) {
+            assert_int_equal(vc_release_working_mem(w->t.cache, w->res[r]), VC_OK);
+            w->res[r] = NULL;
+        }
+    for (int i = 0; i < MAX_LAYERS; i++)
+        while (w->layers[i].live && w->layers[i].holds) op_release(w, i);
+    for (int j = 0; w->sh && j < MAX_LAYERS; j++)
+        while (w->sh->layers[j].live && w->sh->layers[j].holds) op_shared_release(w, j);
+    int cleared = 0;
+    for (int tries = 0; tries < 5 && !cleared; tries++) {
+        pthread_mutex_lock(&keep_alive_seen.mu);
+        int before = keep_alive_seen.clears, timed_out = 0;
+        pthread_mutex_unlock(&keep_alive_seen.mu);
+        if (!use_a_layer(w)) break;
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += 60;
+        pthread_mutex_lock(&keep_alive_seen.mu);
+        while (keep_alive_seen.clears == before && !timed_out)
+            timed_out = pthread_cond_timedwait(&keep_alive_seen.cv, &keep_alive_seen.mu, &until) != 0;
+        pthread_mutex_unlock(&keep_alive_seen.mu);
+        assert_false(timed_out);
+        vc_stats s = get_stats(w->t.cache);
+        assert_int_equal(s.layers_held, 0);
+        cleared = s.vram_bytes == 0;
+    }
+    check_invariants(w, 1); /* (arms the faults again) */
+    return cleared;
+}
+
 static void run_world_in(int keep_ram_copy, size_t vram_budget, unsigned seed, vc_offload_mode mode, int extras) {
     /* VC_MODEL_SEED=N runs other worlds (N added to each seed), for soaks over many seeds:
      * for n in $(seq 100); do VC_MODEL_SEED=$n ./test_model_based || break; done */
@@ -536,6 +613,12 @@ static void run_world_in(int keep_ram_copy, size_t vram_budget, unsigned seed, v
     o.offload_mode = mode;
     o.stage_ahead = (extras & EXTRA_STAGE_AHEAD) != 0; /* its thread stages the declared orders' layers */
     o.smart_working_mem = (extras & EXTRA_SMART) != 0;
+    /* a keep-alive of 1 ms: its thread clears the cache whenever the world pauses with nothing held */
+    o.keep_alive_s = extras & EXTRA_KEEP_ALIVE ? 1e-3 : 0;
+    if (extras & EXTRA_KEEP_ALIVE) {
+        o.log_fn = count_clears;
+        o.log_level = VC_LOG_INFO;
+    }
     w->t.backend = o.backend = world_backend(extras, w->device, 0, &w->fault_inner);
     assert_int_equal(vc_cache_create(&o, &w->t.cache), VC_OK);
     if (extras & EXTRA_FAULTS) w->fault = w->t.backend;
@@ -559,6 +642,7 @@ static void run_world_in(int keep_ram_copy, size_t vram_budget, unsigned seed, v
      * CUDA devices (VC_MODEL_SEED soaks make up the difference) */
     int steps = !extras ? STEPS : test_on_device() ? STEPS / 4 : STEPS / 2;
     faults_arm(w);
+    int idle_clears = 0;
     for (int step = 0; step < steps; step++) {
         w->fired = faults_fired(w);
         int i = (int)(rnd(w) % MAX_LAYERS);
@@ -585,8 +669,10 @@ static void run_world_in(int keep_ram_copy, size_t vram_budget, unsigned seed, v
         case 13: if (rnd(w) % 4) op_acquire(w, i); else op_whole_model(w); break;
         }
         check_invariants(w, step % (extras ? 17 : 97) == 0);
+        if ((extras & EXTRA_KEEP_ALIVE) && step % 400 == 399) idle_clears += op_idle_until_cleared(w);
     }
-    if (w->fault) assert_true(faults_fired(w) > (unsigned long)steps / 100); /* the faults really fired */
+    if (extras & EXTRA_KEEP_ALIVE) assert_true(idle_clears > 0); /* the keep-alive really cleared */
+    if (w->fault) assert_true(faults_fired(w) > (unsigned long)steps / 200); /* the faults really fired */
     faults_pause(w); /* and with them gone, everything works again: */
     for (int r = 0; r < 4; r++)
         if (w->res[r]) assert_int_equal(vc_release_working_mem(w->t.cache, w->res[r]), VC_OK);
@@ -685,6 +771,17 @@ static void test_faults_in_every_mode(void **state) {
     run_world_in(0, 160 * KB, 62, VC_OFFLOAD_MODE_SEQUENTIAL, EXTRA_OPS | EXTRA_FAULTS | EXTRA_SHARED);
 }
 
+/* keep-alive (model_cache_keep_alive_min) at 1 ms: the cache is cleared from its own thread at
+ * moments the world does not choose, whenever nothing is held; nothing it does may show in what
+ * the world sees, whatever else runs (stage-ahead, a sharing device, faults). */
+static void test_keep_alive_clears_between_operations(void **state) {
+    (void)state;
+    run_world_in(1, VC_SIZE_AUTO, 71, VC_OFFLOAD_MODE_BALANCED, EXTRA_OPS | EXTRA_KEEP_ALIVE | EXTRA_STAGE_AHEAD);
+    run_world_in(0, 160 * KB, 72, VC_OFFLOAD_MODE_MODEL, EXTRA_OPS | EXTRA_KEEP_ALIVE | EXTRA_SMART);
+    run_world_in(0, VC_SIZE_AUTO, 73, VC_OFFLOAD_MODE_SEQUENTIAL, EXTRA_OPS | EXTRA_KEEP_ALIVE | EXTRA_SHARED);
+    run_world_in(1, 160 * KB, 74, VC_OFFLOAD_MODE_BALANCED, EXTRA_OPS | EXTRA_KEEP_ALIVE | EXTRA_FAULTS);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_keep_copy_explicit_budget),
@@ -694,6 +791,7 @@ int main(void) {
         cmocka_unit_test(test_patches_and_models_in_every_mode),
         cmocka_unit_test(test_a_second_device_sharing_the_layers),
         cmocka_unit_test(test_faults_in_every_mode),
+        cmocka_unit_test(test_keep_alive_clears_between_operations),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

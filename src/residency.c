@@ -1000,6 +1000,23 @@ static int vram_place(vc_cache *c, layer_t *l, const char *fn, const place_req *
                 continue;
             }
         }
+        if (!victim && rq->max_distance == VC_ANY_DISTANCE && c->sarena.total) {
+            /* Nothing left to evict, and the streaming region has segments no layer uses (its model's
+             * layers all left: an offload, evictions, a failed copy): give them back rather than fail
+             * on a device holding no weights. With the whole region gone, its model is planned
+             * afresh at its next pass (as after a cache clear), which lays the region out again. */
+            size_t before = c->sarena.total;
+            release_empty_segments(c, &c->sarena);
+            if (c->sarena.total < before) {
+                c->stream_budget = min_sz(c->stream_budget, c->sarena.total);
+                if (!c->stream_budget && c->stream_model) {
+                    c->stream_model->plan_capacity = 0;
+                    c->stream_model = NULL;
+                }
+                grow_failed = 0;
+                continue;
+            }
+        }
         if (!victim) break;
         if (reason == VC_EVICT_MODEL_SWAP) { /* model mode: the whole model leaves, not just a layer */
             model_t *vm = victim->model;

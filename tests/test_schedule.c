@@ -1131,6 +1131,36 @@ static void test_empty_region_gives_way(void **state) {
     free_world(&w);
 }
 
+/* The same with the region's room never taken: a reservation shrank the region away (its planned
+ * size stands until the next plan) and its model was offloaded. The share the plan set aside must
+ * not keep the kept arena from growing into an empty device. */
+static void test_unused_region_share_gives_way(void **state) {
+    (void)state;
+    sim_world w = make_world(8, 64 * KB, 5 * 64 * KB, 1e9, 1e-6, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
+    vc_layer_id order[8];
+    for (int i = 0; i < 8; i++) order[i] = w.layer[i];
+    assert_int_equal(vc_model_set_order(w.cache, w.model, order, 8), VC_OK);
+    for (int k = 0; k < 3; k++) pass(&w, 1e-4);
+    assert_int_equal(vc_model_offload(w.cache, w.model, VC_OFFLOAD_VRAM), VC_OK);
+    vc_reservation *r;
+    assert_int_equal(vc_reserve_working_mem(w.cache, 5 * 64 * KB, 0, &r), VC_OK); /* the device's all */
+    assert_int_equal(vc_release_working_mem(w.cache, r), VC_OK);
+    assert_int_equal(w.cache->sarena.total, 0);
+    assert_true(w.cache->stream_budget > 0); /* the plan's share, not taken */
+    static uint8_t vae[256 * KB];
+    fill_pattern(vae, sizeof vae, 78);
+    vc_layer_id big = add_host_layer(w.cache, add_model(w.cache, "vae"), "decoder", vae, sizeof vae);
+    void *d;
+    assert_int_equal(vc_layer_acquire(w.cache, big, w.stream, &d), VC_OK);
+    assert_true(check_pattern(d, sizeof vae, 78));
+    kernel(w.sim, w.stream, 1e-4, d, sizeof vae, NULL, NULL);
+    assert_int_equal(vc_layer_release(w.cache, big, w.stream), VC_OK);
+    pass(&w, 1e-4);
+    pass(&w, 1e-4);
+    assert_true(w.cache->sarena.total > 0);
+    free_world(&w);
+}
+
 /* A denoiser that streams more than the RAM cache holds (FLUX.1-dev's 13.5 GB per step through
  * InvokeAI's default 9 GB on a 12 GB card): with the RAM cache least recently used first, a pass
  * in order evicted each copy just before its next use, and every streamed layer was read by its
@@ -1991,6 +2021,7 @@ int main(void) {
         cmocka_unit_test(test_stage_ahead_shared_layers),
         cmocka_unit_test(test_stage_ahead_loader_failure),
         cmocka_unit_test(test_empty_region_gives_way),
+        cmocka_unit_test(test_unused_region_share_gives_way),
         cmocka_unit_test(test_writeback_of_prefetch_in_flight),
         cmocka_unit_test(test_two_streams_share_weights),
     };

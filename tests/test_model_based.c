@@ -67,6 +67,7 @@ typedef struct world {
     unsigned rng;
     uint64_t next_seed;
     sharer *sh; /* EXTRA_SHARED: a second device sharing the world's layers */
+    int pass_start[2]; /* where each model's passes start in the layer slots (its declared order's start) */
     /* EXTRA_FAULTS: the world's backend is a fault wrapper (over `fault_inner` when the world made
      * one) whose operations and loader calls fail at random, and so is the sharing device's;
      * paused while the test itself looks */
@@ -524,14 +525,32 @@ static void op_model_wide(world *w) {
     default: {
         vc_layer_id order[MAX_LAYERS];
         size_t n = 0;
-        if (rnd(w) % 4) /* the model's live layers, from a random start */
-            for (int j = 0, start = (int)(rnd(w) % MAX_LAYERS); j < MAX_LAYERS; j++) {
+        if (rnd(w) % 4) { /* the model's live layers, from a random start (where its passes go now) */
+            int start = w->pass_start[k] = (int)(rnd(w) % MAX_LAYERS);
+            for (int j = 0; j < MAX_LAYERS; j++) {
                 const model_layer *m = &w->layers[(start + j) % MAX_LAYERS];
                 if (m->live && m->model == k) order[n++] = m->id;
             }
+        }
         assert_int_equal(vc_model_set_order(w->t.cache, w->models[k], order, n), VC_OK);
     }
     }
+}
+
+/* Denoising passes: every live layer of a model acquired and released in turn, in the order its
+ * passes take (its declared order while that holds; learned otherwise), so plans, the streaming
+ * region, homes and prefetches come into play between the random operations. */
+static void op_pass(world *w) {
+    int k = (int)(rnd(w) % 2);
+    for (unsigned n = 1 + rnd(w) % 3; n > 0; n--) /* one to three in a row: enough to plan from */
+        for (int j = 0; j < MAX_LAYERS; j++) {
+            int i = (w->pass_start[k] + j) % MAX_LAYERS;
+            model_layer *m = &w->layers[i];
+            if (!m->live || m->model != k) continue;
+            unsigned holds = m->holds;
+            op_acquire(w, i);
+            if (m->holds > holds) op_release(w, i);
+        }
 }
 
 static void op_reserve(world *w) {
@@ -687,7 +706,7 @@ static void run_world_in(int keep_ram_copy, size_t vram_budget, unsigned seed, v
             check_invariants(w, step % 17 == 0);
             continue;
         }
-        switch (rnd(w) % (extras ? 14 : 10)) {
+        switch (rnd(w) % (extras ? 15 : 10)) {
         case 0: op_register(w, i); break;
         case 1: case 2: case 3: op_acquire(w, i); break;
         case 4: case 5: case 6: op_release(w, i); break;
@@ -698,6 +717,7 @@ static void run_world_in(int keep_ram_copy, size_t vram_budget, unsigned seed, v
         case 11: op_unpatch(w, i); break;
         case 12: op_model_wide(w); break;
         case 13: if (rnd(w) % 4) op_acquire(w, i); else op_whole_model(w); break;
+        case 14: op_pass(w); break;
         }
         check_invariants(w, step % (extras ? 17 : 97) == 0);
     }

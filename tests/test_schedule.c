@@ -1095,6 +1095,40 @@ static void test_once_used_layer_outside_region(void **state) {
     hazard_close(&hw);
 }
 
+/* A denoiser of 8 layers of 64 KB streaming through a 320 KB device in its declared order (a kept
+ * set and a ring), after three passes; *steady: the bytes its fourth pass moves. */
+static sim_world streaming_denoiser(uint64_t *steady) {
+    sim_world w = make_world(8, 64 * KB, 5 * 64 * KB, 1e9, 1e-6, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
+    vc_layer_id order[8];
+    for (int i = 0; i < 8; i++) order[i] = w.layer[i];
+    assert_int_equal(vc_model_set_order(w.cache, w.model, order, 8), VC_OK);
+    for (int k = 0; k < 3; k++) pass(&w, 1e-4);
+    assert_true(w.cache->sarena.total > 0);
+    uint64_t h2d = get_stats(w.cache).bytes_h2d;
+    pass(&w, 1e-4);
+    *steady = get_stats(w.cache).bytes_h2d - h2d;
+    return w;
+}
+
+/* Acquires another model's 256 KB layer (checking its bytes), then runs the denoiser until its
+ * region is back and checks that a pass moves what it did before (bytes checked at every acquire). */
+static void vae_then_denoiser(sim_world *w, uint64_t steady, uint64_t seed) {
+    static uint8_t vae[256 * KB];
+    fill_pattern(vae, sizeof vae, seed);
+    vc_layer_id big = add_host_layer(w->cache, add_model(w->cache, "vae"), "decoder", vae, sizeof vae);
+    void *d;
+    assert_int_equal(vc_layer_acquire(w->cache, big, w->stream, &d), VC_OK);
+    assert_true(check_pattern(d, sizeof vae, seed));
+    kernel(w->sim, w->stream, 1e-4, d, sizeof vae, NULL, NULL);
+    assert_int_equal(vc_layer_release(w->cache, big, w->stream), VC_OK);
+    pass(w, 1e-4);
+    pass(w, 1e-4);
+    assert_true(w->cache->sarena.total > 0); /* the region is back */
+    uint64_t h2d = get_stats(w->cache).bytes_h2d;
+    pass(w, 1e-4);
+    assert_int_equal(get_stats(w->cache).bytes_h2d - h2d, steady); /* streaming what it streamed before */
+}
+
 /* The streaming region of a model whose layers all left VRAM (vc_model_offload, evictions, a
  * failed copy) stays as its plan sized it, empty. Another model's layer that is not streamed
  * through it must still find room: the region gives back its empty segments when nothing else can
@@ -1102,32 +1136,11 @@ static void test_once_used_layer_outside_region(void **state) {
  * weights. */
 static void test_empty_region_gives_way(void **state) {
     (void)state;
-    sim_world w = make_world(8, 64 * KB, 5 * 64 * KB, 1e9, 1e-6, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
-    vc_layer_id order[8];
-    for (int i = 0; i < 8; i++) order[i] = w.layer[i];
-    assert_int_equal(vc_model_set_order(w.cache, w.model, order, 8), VC_OK);
-    for (int k = 0; k < 3; k++) pass(&w, 1e-4); /* 512 KB through 320 KB: a kept set and a ring */
-    assert_true(w.cache->sarena.total > 0);
-    uint64_t h2d = get_stats(w.cache).bytes_h2d;
-    pass(&w, 1e-4);
-    uint64_t steady = get_stats(w.cache).bytes_h2d - h2d;
+    uint64_t steady;
+    sim_world w = streaming_denoiser(&steady);
     assert_int_equal(vc_model_offload(w.cache, w.model, VC_OFFLOAD_VRAM), VC_OK);
     assert_int_equal(get_stats(w.cache).vram_bytes, 0);
-    static uint8_t vae[256 * KB];
-    fill_pattern(vae, sizeof vae, 77);
-    vc_model_id m2 = add_model(w.cache, "vae");
-    vc_layer_id big = add_host_layer(w.cache, m2, "decoder", vae, sizeof vae);
-    void *d;
-    assert_int_equal(vc_layer_acquire(w.cache, big, w.stream, &d), VC_OK);
-    assert_true(check_pattern(d, sizeof vae, 77));
-    kernel(w.sim, w.stream, 1e-4, d, sizeof vae, NULL, NULL);
-    assert_int_equal(vc_layer_release(w.cache, big, w.stream), VC_OK);
-    pass(&w, 1e-4); /* and the denoiser runs again (bytes checked at every acquire), */
-    pass(&w, 1e-4);
-    assert_true(w.cache->sarena.total > 0); /* with its region back, */
-    h2d = get_stats(w.cache).bytes_h2d;
-    pass(&w, 1e-4);
-    assert_int_equal(get_stats(w.cache).bytes_h2d - h2d, steady); /* streaming what it streamed before */
+    vae_then_denoiser(&w, steady, 77);
     free_world(&w);
 }
 
@@ -1136,28 +1149,15 @@ static void test_empty_region_gives_way(void **state) {
  * not keep the kept arena from growing into an empty device. */
 static void test_unused_region_share_gives_way(void **state) {
     (void)state;
-    sim_world w = make_world(8, 64 * KB, 5 * 64 * KB, 1e9, 1e-6, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
-    vc_layer_id order[8];
-    for (int i = 0; i < 8; i++) order[i] = w.layer[i];
-    assert_int_equal(vc_model_set_order(w.cache, w.model, order, 8), VC_OK);
-    for (int k = 0; k < 3; k++) pass(&w, 1e-4);
+    uint64_t steady;
+    sim_world w = streaming_denoiser(&steady);
     assert_int_equal(vc_model_offload(w.cache, w.model, VC_OFFLOAD_VRAM), VC_OK);
     vc_reservation *r;
     assert_int_equal(vc_reserve_working_mem(w.cache, 5 * 64 * KB, 0, &r), VC_OK); /* the device's all */
     assert_int_equal(vc_release_working_mem(w.cache, r), VC_OK);
     assert_int_equal(w.cache->sarena.total, 0);
     assert_true(w.cache->stream_budget > 0); /* the plan's share, not taken */
-    static uint8_t vae[256 * KB];
-    fill_pattern(vae, sizeof vae, 78);
-    vc_layer_id big = add_host_layer(w.cache, add_model(w.cache, "vae"), "decoder", vae, sizeof vae);
-    void *d;
-    assert_int_equal(vc_layer_acquire(w.cache, big, w.stream, &d), VC_OK);
-    assert_true(check_pattern(d, sizeof vae, 78));
-    kernel(w.sim, w.stream, 1e-4, d, sizeof vae, NULL, NULL);
-    assert_int_equal(vc_layer_release(w.cache, big, w.stream), VC_OK);
-    pass(&w, 1e-4);
-    pass(&w, 1e-4);
-    assert_true(w.cache->sarena.total > 0);
+    vae_then_denoiser(&w, steady, 78);
     free_world(&w);
 }
 

@@ -1003,10 +1003,10 @@ static int vram_place(vc_cache *c, layer_t *l, const char *fn, const place_req *
         if (!victim && rq->max_distance == VC_ANY_DISTANCE && c->stream_budget) {
             /* Nothing left to evict, and the streaming region has room no layer uses: segments its
              * model's layers all left (an offload, evictions, a failed copy), or the share its plan
-             * set aside and never took (a keep-alive clear, a failed allocation), which the kept
-             * arena may not grow into. Give both back rather than fail on a device holding no
-             * weights. With the whole region gone, its model is planned afresh at its next pass
-             * (as after a cache clear), which lays the region out again. */
+             * set aside and never took (a reservation shrank the region away, an allocation
+             * failed), which the kept arena may not grow into. Give both back rather than fail on a
+             * device holding no weights. With the whole region gone, its model is planned afresh at
+             * its next pass (as after a cache clear), which lays the region out again. */
             size_t before = c->sarena.total, budget = c->stream_budget;
             release_empty_segments(c, &c->sarena);
             if (c->sarena.total < before || c->sarena.total < budget) {

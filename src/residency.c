@@ -110,13 +110,17 @@ static int order_after(vc_cache *c, vc_stream stream, void *ev) {
 
 /* A copy was queued on `stream` but the event that was to track it could not be recorded or waited
  * on: the host memory it reads or writes must not be reused until it has run, so wait for the
- * stream through a fresh event. Returns 0 when even that fails (the backend is broken): the caller
- * must then leave the memory alone rather than free it under a copy that may still run. */
+ * stream through a fresh event (three tries: a transient failure should not cost the ordering).
+ * Returns 0 when even that fails (the backend is broken): the caller must then leave the host
+ * memory alone rather than free it under a copy that may still run. */
 static int settle_stream(vc_cache *c, vc_stream stream, const char *what) {
-    void *ev = NULL;
-    int ok = c->ops->event_create(c->bctx, &ev) == VC_OK && c->ops->event_record(c->bctx, ev, stream) == VC_OK &&
+    int ok = 0;
+    for (int tries = 0; tries < 3 && !ok; tries++) {
+        void *ev = NULL;
+        ok = c->ops->event_create(c->bctx, &ev) == VC_OK && c->ops->event_record(c->bctx, ev, stream) == VC_OK &&
              c->ops->event_synchronize(c->bctx, ev) == VC_OK;
-    if (ev) c->ops->event_destroy(c->bctx, ev);
+        if (ev) c->ops->event_destroy(c->bctx, ev);
+    }
     if (!ok)
         vc__log(c, VC_LOG_ERROR, "%s: a queued copy cannot be waited for (%s): memory it may still use is not "
                 "reused until it can be", what, vc__take_backend_error());
@@ -401,7 +405,11 @@ void vc__evict_vram(vc_cache *c, layer_t *l, vc_evict_reason reason, int drop_ok
             c->stats.layers_in_ram++;
             c->stats.bytes_d2h += l->bytes;
         } else {
-            /* a queued copy must finish before its buffer goes (never freed under it: see settle_stream) */
+            /* A queued copy must finish before its buffer goes (never freed under it: see
+             * settle_stream). The device range goes back to the arena all the same: with the backend
+             * able neither to order nor to wait (a lost device), a later upload may overwrite it
+             * while this copy still reads it, which harms nothing kept: the copy's buffer is thrown
+             * away and the loader produces the layer again. */
             int idle = !queued || (recorded && c->ops->event_synchronize(c->bctx, l->ram_ev) == VC_OK) ||
                        settle_stream(c, c->download_stream, "evict");
             if (buf && idle) c->ops->host_free(c->bctx, buf, l->bytes, pinned);

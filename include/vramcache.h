@@ -403,8 +403,11 @@ VC_API int vc_layer_register(vc_cache *cache, vc_model_id model, const vc_layer_
  *  when needed), however many devices upload from them. Name, size and alignment are the source's.
  *  While a shared layer exists, `owner` cannot be destroyed (VC_ERR_BUSY), and while an upload of
  *  this cache may still read the source's RAM copy, the source (and its model) cannot be
- *  unregistered (VC_ERR_BUSY until this cache's next call reaps the finished upload). If the source
- *  layer is unregistered, a copy already on this cache's device stays usable until it leaves; then
+ *  unregistered (VC_ERR_BUSY until this cache's next call reaps the finished upload), and it cannot
+ *  be dropped from the owner's RAM pool either: an acquire on the owner whose load finds the pool
+ *  full of such copies fails with VC_ERR_OUT_OF_RAM (retry after the sharing cache's next call).
+ *  If the source layer is unregistered, a copy already on this cache's device stays usable until it
+ *  leaves; then
  *  acquiring the shared layer fails with VC_ERR_NOT_FOUND (in offload mode model, the loads of its
  *  whole model leave it out, so its model's other layers still load). Shared layers cannot be
  *  patched (patch the source): a patch or unpatch of the source reaches this cache at its next

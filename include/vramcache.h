@@ -407,8 +407,7 @@ VC_API int vc_layer_register(vc_cache *cache, vc_model_id model, const vc_layer_
  *  be dropped from the owner's RAM pool either: an acquire on the owner whose load finds the pool
  *  full of such copies fails with VC_ERR_OUT_OF_RAM (retry after the sharing cache's next call).
  *  If the source layer is unregistered, a copy already on this cache's device stays usable until it
- *  leaves; then
- *  acquiring the shared layer fails with VC_ERR_NOT_FOUND (in offload mode model, the loads of its
+ *  leaves; then acquiring the shared layer fails with VC_ERR_NOT_FOUND (in offload mode model, the loads of its
  *  whole model leave it out, so its model's other layers still load). Shared layers cannot be
  *  patched (patch the source): a patch or unpatch of the source reaches this cache at its next
  *  acquire of the layer while no hold is on it (a copy already held keeps its weights until then).

@@ -1699,8 +1699,9 @@ static int counted_loader(void *user, vc_layer_id layer, void *dst, size_t bytes
     return rc;
 }
 
-/* A simulated device of four 64 KB layers with a slow link, and a cache on it that stages ahead. */
-static vc_cache *staging_cache(vc_backend **sim, size_t ram_budget) {
+/* A simulated device of four 64 KB layers with a slow link, and a cache on it that stages ahead,
+ * logging to `log_fn` (NULL: the process-wide sink). */
+static vc_cache *staging_cache_logged(vc_backend **sim, size_t ram_budget, vc_log_fn log_fn, void *log_user) {
     vc_sim_params p;
     vc_sim_params_init(&p);
     p.device_bytes = 4 * 64 * KB;
@@ -1713,9 +1714,15 @@ static vc_cache *staging_cache(vc_backend **sim, size_t ram_budget) {
     o.working_mem = 0;
     o.arena_segment_bytes = 64 * KB;
     o.stage_ahead = 1;
+    o.log_fn = log_fn;
+    o.log_user = log_user;
     vc_cache *c;
     assert_int_equal(vc_cache_create(&o, &c), VC_OK);
     return c;
+}
+
+static vc_cache *staging_cache(vc_backend **sim, size_t ram_budget) {
+    return staging_cache_logged(sim, ram_budget, NULL, NULL);
 }
 
 /* Acquires order[0], which hands the rest to the stager, and waits until all `n` loaders ran. */
@@ -1882,22 +1889,8 @@ static void test_stage_ahead_loader_failure(void **state) {
     warnings_seen ws = {.n = 0};
     pthread_mutex_init(&ws.lock, NULL);
     pthread_cond_init(&ws.cv, NULL);
-    vc_sim_params p;
-    vc_sim_params_init(&p);
-    p.device_bytes = 4 * 64 * KB;
     vc_backend *sim;
-    assert_int_equal(vc_backend_sim_create(&p, &sim), VC_OK);
-    vc_cache_options o;
-    vc_cache_options_init(&o);
-    o.backend = sim;
-    o.ram_budget = 64 * MB;
-    o.working_mem = 0;
-    o.arena_segment_bytes = 64 * KB;
-    o.stage_ahead = 1;
-    o.log_fn = note_warning;
-    o.log_user = &ws;
-    vc_cache *c;
-    assert_int_equal(vc_cache_create(&o, &c), VC_OK);
+    vc_cache *c = staging_cache_logged(&sim, 64 * MB, note_warning, &ws);
     vc_stream stream;
     assert_int_equal(vc_sim_stream_create(sim, &stream), VC_OK);
     vc_model_id m = add_model(c, "denoiser");

@@ -406,6 +406,11 @@ VC_API int vc_layer_register(vc_cache *cache, vc_model_id model, const vc_layer_
  *  unregistered (VC_ERR_BUSY until this cache's next call reaps the finished upload), and it cannot
  *  be dropped from the owner's RAM pool either: an acquire on the owner whose load finds the pool
  *  full of such copies fails with VC_ERR_OUT_OF_RAM (retry after the sharing cache's next call).
+ *  When this cache's backend fails so that an upload from the source cannot even be waited for (a
+ *  failing device, logged at ERROR), the source stays pinned, and `owner` stays undestroyable, even
+ *  after the shared layer is unregistered, until this cache's upload stream can be waited for again
+ *  (tried at its next calls) or this cache is destroyed: freeing a copy under a running upload
+ *  would send whatever the memory holds next to the device.
  *  If the source layer is unregistered, a copy already on this cache's device stays usable until it
  *  leaves; then acquiring the shared layer fails with VC_ERR_NOT_FOUND (in offload mode model, the loads of its
  *  whole model leave it out, so its model's other layers still load). Shared layers cannot be

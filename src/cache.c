@@ -172,7 +172,8 @@ int vc_cache_create(const vc_cache_options *opts, vc_cache **out) {
 /* Something keeps the cache from being torn down: a hold, a loader, a reservation. */
 static int cache_busy(vc_cache *c, char *what, size_t size) {
     if (c->dependents) {
-        snprintf(what, size, "%u layer(s) of other caches are shared from this one; unregister them first",
+        snprintf(what, size, "%u layer(s) of other caches are shared from this one (or were, and an upload of "
+                 "theirs from it could not be waited for yet); unregister them, or destroy those caches, first",
                  c->dependents);
         return 1;
     }
@@ -225,7 +226,9 @@ int vc_cache_destroy(vc_cache *c) {
     }
     while (c->arena.segments) c->ops->device_free(c->bctx, arena_remove_segment(&c->arena, c->arena.segments));
     while (c->sarena.segments) c->ops->device_free(c->bctx, arena_remove_segment(&c->sarena, c->sarena.segments));
-    vc__free_quarantine(c); /* after the device memory: cudaFree has waited for the device */
+    /* after the device memory: cudaFree has waited for the device, so no copy of ours still runs */
+    vc__free_quarantine(c);
+    vc__release_remote_pins(c);
     c->ops->stream_destroy(c->bctx, c->upload_stream);
     c->ops->stream_destroy(c->bctx, c->download_stream);
     slot_table_fini(&c->layers);

@@ -83,6 +83,11 @@ struct vc_layer_rec {
     /* events, created on first use */
     void *upload_ev;   /* recorded after the latest upload on the upload stream */
     int upload_pending;
+    /* Nonzero: a copy from its host copy was queued on the upload stream and neither its event nor
+     * a stream wait could tell when it ends (a failing backend). Until the upload stream has been
+     * waited for (c->upload_settles reaching this value) the copy counts as running: its source
+     * is neither freed nor written, and other caches' pins on it stay. */
+    uint64_t unsettled_until;
     void *release_ev;  /* recorded on the engine stream at release */
     vc_stream release_stream;
     int release_recorded;
@@ -169,7 +174,10 @@ typedef struct deferred_free {
 typedef struct remote_pin {
     vc_cache *owner;
     vc_layer_id source;
-    layer_t *layer; /* ours, whose upload_ev guards the pin */
+    layer_t *layer; /* ours, whose upload_ev guards the pin; NULL once our layer is gone with its copy
+                     * unsettled: then c->upload_settles reaching settled_after releases it */
+    uint64_t settled_after;
+    int holds_dependent; /* carries our gone layer's count in the owner's dependents */
     struct remote_pin *next;
 } remote_pin;
 
@@ -243,6 +251,7 @@ struct vc_cache {
     size_t shared_layers;       /* ours that share another cache's (vc_layer_register_shared) */
     deferred_free *quarantine; /* host memory a copy may still use, with no event to tell (settle_stream) */
     remote_pin *remote_pins; /* host copies of owner caches our uploads still read */
+    uint64_t upload_settles; /* host waits for the whole upload stream that succeeded (settle_stream) */
     unsigned dependents;     /* shared layers in other caches reading ours */
     vc_reservation *reservations;
     size_t reserved_sum;  /* bytes of active reservations */
@@ -355,6 +364,9 @@ void vc__drop_ram(vc_cache *c, layer_t *l);
 void vc__reap_deferred(vc_cache *c);
 /* Frees the quarantined host buffers (vc_cache_destroy, once the device memory has gone). */
 void vc__free_quarantine(vc_cache *c);
+/* Lets go of every pin on owner caches' host copies, settled or not (vc_cache_destroy, once the
+ * device memory has gone). */
+void vc__release_remote_pins(vc_cache *c);
 /** Frees a layer's record after its memory is gone. */
 void vc__layer_destroy(vc_cache *c, layer_t *l);
 void vc__log_memory(vc_cache *c, const char *what, const layer_t *l);

@@ -67,11 +67,12 @@ static int ensure_event(vc_cache *c, void **ev) {
 
 static void free_ram_buffer(vc_cache *c, void *p, size_t bytes, int pinned);
 
-/* Host memory that a device-to-host copy may still write, with no event left to tell when it is
- * done (settle_stream failed). Freeing it could let the copy write into memory the process has
- * reused, so it is kept, counted in the RAM pool, until the download stream can be waited for again
- * (ram_reserve tries when it runs short) or the cache is destroyed, after its device memory has
- * gone (cudaFree waits for the device). */
+/* Host memory that a copy may still use, with no event left to tell when it is done (settle_stream
+ * failed): a write-back still writing it, or an upload still reading it (unsettled_until). Freeing
+ * it could let the copy write into memory the process has reused, or upload bytes the process has
+ * overwritten, so it is kept, counted in the RAM pool, until both copy streams can be waited for
+ * again (ram_reserve tries when it runs short) or the cache is destroyed, after its device memory
+ * has gone (cudaFree waits for the device). */
 static void quarantine_node(vc_cache *c, deferred_free *d) { /* a buffer already counted in ram_bytes */
     d->layer = NULL;
     d->next = c->quarantine;
@@ -115,20 +116,37 @@ static int order_after(vc_cache *c, vc_stream stream, void *ev) {
  * memory alone rather than free it under a copy that may still run. */
 static int settle_stream(vc_cache *c, vc_stream stream, const char *what) {
     int ok = 0;
-    for (int tries = 0; tries < 3 && !ok; tries++) {
+    for (int tries = 0; tries < (what ? 3 : 1) && !ok; tries++) {
         void *ev = NULL;
         ok = c->ops->event_create(c->bctx, &ev) == VC_OK && c->ops->event_record(c->bctx, ev, stream) == VC_OK &&
              c->ops->event_synchronize(c->bctx, ev) == VC_OK;
         if (ev) c->ops->event_destroy(c->bctx, ev);
     }
-    if (!ok)
+    if (ok && stream == c->upload_stream) c->upload_settles++; /* every copy queued before has run */
+    if (!ok && what)
         vc__log(c, VC_LOG_ERROR, "%s: a queued copy cannot be waited for (%s): memory it may still use is not "
                 "reused until it can be", what, vc__take_backend_error());
+    else if (!ok)
+        vc__take_backend_error(); /* a quiet try (NULL what): the caller keeps waiting */
     return ok;
+}
+
+/* An upload of l whose copy settle_stream could not wait for: its source counts as read until the
+ * upload stream has been waited for. */
+static void mark_unsettled(vc_cache *c, layer_t *l) { l->unsettled_until = c->upload_settles + 1; }
+
+/* 1 while an unsettled upload of l may still run; a quiet wait for the upload stream is tried
+ * first, so one transient failure does not keep the source for ever. */
+static int upload_unsettled(vc_cache *c, layer_t *l) {
+    if (l->unsettled_until > c->upload_settles) settle_stream(c, c->upload_stream, NULL);
+    if (l->unsettled_until > c->upload_settles) return 1;
+    l->unsettled_until = 0;
+    return 0;
 }
 
 /* 1 when the latest upload of l completed (and forgets it), 0 while in flight. */
 static int upload_done(vc_cache *c, layer_t *l) {
+    if (l->unsettled_until && upload_unsettled(c, l)) return 0;
     if (!l->upload_pending) return 1;
     if (c->ops->event_query(c->bctx, l->upload_ev) != 1) return 0; /* pending, or unknown: assume pending */
     l->upload_pending = 0;
@@ -158,6 +176,12 @@ int vc__wait_prefetches(vc_cache *c, const layer_t *except) {
  * event nor a fresh one on its stream can be waited for; it then still counts as in flight, and the
  * memory it uses must not be freed or written (see quarantine). */
 static int wait_upload(vc_cache *c, layer_t *l) {
+    if (l->unsettled_until > c->upload_settles && !settle_stream(c, c->upload_stream, "upload wait"))
+        return VC_ERR_BACKEND;
+    if (l->unsettled_until) { /* the stream wait covered the latest upload too */
+        l->unsettled_until = 0;
+        l->upload_pending = 0;
+    }
     if (l->upload_pending && c->ops->event_synchronize(c->bctx, l->upload_ev) != VC_OK &&
         !settle_stream(c, c->upload_stream, "upload wait"))
         return VC_ERR_BACKEND;
@@ -317,13 +341,13 @@ static int ram_reserve(vc_cache *c, size_t bytes, const layer_t *exclude, const 
              * state. On a GPU with a tight RAM budget that moment is every prefetch. */
             layer_t *busy = c->ram_lru.head;
             while (busy && (busy == exclude || busy->loading || busy->uploading || busy->patched || busy->host_pins ||
-                            !(busy->upload_pending || busy->ram_pending)))
+                            !(busy->upload_pending || busy->ram_pending || busy->unsettled_until)))
                 busy = busy->rnext;
             if (busy && (wait_upload(c, busy) | wait_writeback(c, busy)) == VC_OK) {
                 x = c->ram_lru.head;
                 continue;
             }
-            if (c->quarantine && settle_stream(c, c->download_stream, fn)) {
+            if (c->quarantine && settle_stream(c, c->download_stream, fn) && settle_stream(c, c->upload_stream, fn)) {
                 vc__free_quarantine(c); /* the copies that might have used them are done */
                 x = c->ram_lru.head;
                 continue;
@@ -1108,23 +1132,60 @@ model_t *vc__settled_model(vc_cache *c, vc_model_id id) {
  * release the lock while the loader runs. */
 static int host_source(vc_cache *c, layer_t *l, const char *fn, const void **src);
 
+/* Lets go of the owner's host copy (and of the owner itself, for a pin that outlived its layer).
+ * Lock order: ours, then the owner's. */
+static void release_remote_pin(remote_pin *r) {
+    pthread_mutex_lock(&r->owner->lock);
+    layer_t *ol = slot_table_get(&r->owner->layers, r->source);
+    if (ol && ol->host_pins) ol->host_pins--;
+    if (r->holds_dependent) r->owner->dependents--;
+    pthread_mutex_unlock(&r->owner->lock);
+    free(r);
+}
+
+/* Our layer l goes while uploads from an owner's copy could not be waited for: their pins stay,
+ * with the owner counted as read (so it cannot go either) until the upload stream settles. Returns
+ * 1 when a pin took over l's place in the owner's dependents. */
+static int orphan_remote_pins(vc_cache *c, const layer_t *l) {
+    int took = 0;
+    for (remote_pin *r = c->remote_pins; r; r = r->next)
+        if (r->layer == l) {
+            r->layer = NULL;
+            r->settled_after = c->upload_settles + 1;
+            r->holds_dependent = !took;
+            took = 1;
+        }
+    return took;
+}
+
+void vc__release_remote_pins(vc_cache *c) {
+    while (c->remote_pins) {
+        remote_pin *r = c->remote_pins;
+        c->remote_pins = r->next;
+        release_remote_pin(r);
+    }
+}
+
 /* Releases pins on owner caches' host copies once our uploads from them have completed (all of them
- * with `wait`, or only those of `only`). Lock order: ours, then the owner's. */
+ * with `wait`, or only those of `only`); a pin whose upload cannot be waited for stays. Lock order:
+ * ours, then the owner's. */
 static void drain_remote_pins(vc_cache *c, int wait, const layer_t *only) {
     remote_pin **pp = &c->remote_pins;
     while (*pp) {
         remote_pin *r = *pp;
-        if ((only && r->layer != only) || (!wait && !upload_done(c, r->layer))) {
+        int done;
+        if (only && r->layer != only)
+            done = 0;
+        else if (r->layer)
+            done = wait ? wait_upload(c, r->layer) == VC_OK : upload_done(c, r->layer);
+        else /* its layer is gone, its copy unsettled: a wait for the whole upload stream settles it */
+            done = c->upload_settles >= r->settled_after || settle_stream(c, c->upload_stream, NULL);
+        if (!done) { /* a copy may still read the owner's copy: the pin stays */
             pp = &r->next;
             continue;
         }
-        if (wait) wait_upload(c, r->layer);
-        pthread_mutex_lock(&r->owner->lock);
-        layer_t *ol = slot_table_get(&r->owner->layers, r->source);
-        if (ol && ol->host_pins) ol->host_pins--;
-        pthread_mutex_unlock(&r->owner->lock);
         *pp = r->next;
-        free(r);
+        release_remote_pin(r);
     }
 }
 
@@ -1212,7 +1273,7 @@ static int shared_source(vc_cache *c, layer_t *l, const char *fn, const void **s
         free(pin);
         return st;
     }
-    *pin = (remote_pin){l->owner, l->owner_layer, l, c->remote_pins};
+    *pin = (remote_pin){.owner = l->owner, .source = l->owner_layer, .layer = l, .next = c->remote_pins};
     c->remote_pins = pin;
     return VC_OK;
 }
@@ -1308,7 +1369,10 @@ static int upload(vc_cache *c, layer_t *l, vc_stream stream, int wait, const cha
     if (c->nfence) flush_fences(c); /* a failed wait above: never copy over a running layer later */
     if (st == VC_OK) st = ensure_event(c, &l->upload_ev);
     if (st == VC_OK) st = c->ops->event_record(c->bctx, l->upload_ev, c->upload_stream);
-    if (st == VC_OK) l->upload_pending = 1;
+    if (st == VC_OK) { /* ordered after any unsettled copy of ours on the same stream: it covers them */
+        l->upload_pending = 1;
+        l->unsettled_until = 0;
+    }
     if (st == VC_OK && wait) st = order_after(c, stream, l->upload_ev);
     if (st == VC_OK && c->trace)
         vc__trace_copy(c, wait ? "upload" : "prefetch", l, trace_ev, c->upload_stream);
@@ -1320,7 +1384,7 @@ static int upload(vc_cache *c, layer_t *l, vc_stream stream, int wait, const cha
         snprintf(why, sizeof why, "%s", vc__take_backend_error());
         /* Later uploads into this range are ordered after the failed one on the same stream, but its
          * source (a RAM copy that may be dropped next, another cache's) must outlive it. */
-        if (copying) settle_stream(c, c->upload_stream, fn);
+        if (copying && !settle_stream(c, c->upload_stream, fn)) mark_unsettled(c, l);
         arena_free(l->in_stream ? &c->sarena : &c->arena, blk);
         l->in_stream = 0;
         if (l->owner) drain_remote_pins(c, 1, l);
@@ -1596,10 +1660,12 @@ int vc_layer_read(vc_cache *c, vc_layer_id id, void *dst, size_t size) {
 void vc__layer_destroy(vc_cache *c, layer_t *l) {
     vc__sched_forget(c, l);
     drain_remote_pins(c, 1, l);
-    if (l->owner) { /* one reader fewer for the owner */
-        pthread_mutex_lock(&l->owner->lock);
-        l->owner->dependents--;
-        pthread_mutex_unlock(&l->owner->lock);
+    if (l->owner) {
+        if (!orphan_remote_pins(c, l)) { /* one reader fewer for the owner */
+            pthread_mutex_lock(&l->owner->lock);
+            l->owner->dependents--;
+            pthread_mutex_unlock(&l->owner->lock);
+        }
         c->shared_layers--;
     }
     if (l->vblock) {

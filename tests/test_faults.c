@@ -3,6 +3,7 @@
  * succeeds. Run under ASan/LSan in CI, which also proves nothing leaks. */
 #include "test_util.h"
 #include "vramcache_fault.h"
+#include "vramcache_sim.h"
 
 typedef struct rig {
     vc_backend *host, *fault;
@@ -302,6 +303,138 @@ static void test_random_faults_everywhere(void **state) {
     }
 }
 
+/* A simulated device with real bytes behind a fault wrapper: the simulator counts every host buffer
+ * freed while a queued copy still reads it, which a host backend (whose copies are done at once)
+ * cannot show. */
+static void sim_rig(vc_backend **sim, vc_backend **fault) {
+    vc_sim_params sp;
+    vc_sim_params_init(&sp);
+    sp.device_bytes = 1 * MB;
+    sp.h2d_bytes_per_s = sp.d2h_bytes_per_s = 1e9;
+    assert_int_equal(vc_backend_sim_create(&sp, sim), VC_OK);
+    assert_int_equal(vc_backend_fault_create(*sim, fault), VC_OK);
+}
+
+/* Counts the "cannot be waited for" errors, which these tests expect, instead of printing them. */
+static void count_unwaitable(void *user, vc_log_level level, const char *msg) {
+    if (level == VC_LOG_ERROR && strstr(msg, "cannot be waited for")) ++*(int *)user;
+}
+
+static vc_cache *sim_cache(vc_backend *fault, size_t ram_budget, int *unwaitable) {
+    vc_cache_options o;
+    vc_cache_options_init(&o);
+    o.backend = fault;
+    o.ram_budget = ram_budget;
+    o.working_mem = 0;
+    o.arena_segment_bytes = 64 * KB;
+    o.log_fn = count_unwaitable;
+    o.log_user = unwaitable;
+    vc_cache *c;
+    assert_int_equal(vc_cache_create(&o, &c), VC_OK);
+    return c;
+}
+
+static void assert_no_hazard(vc_backend *sim) {
+    char msg[384];
+    if (vc_sim_hazards(sim, msg, sizeof msg)) fail_msg("%s", msg);
+}
+
+static void test_unsettled_upload_keeps_its_ram_copy(void **state) {
+    (void)state;
+    /* An upload's copy is queued, then every event call fails: the copy cannot be waited for, so
+     * the RAM copy it reads must outlive it, whatever asks for that RAM next. */
+    for (int how = 0; how < 3; how++) {
+        vc_backend *sim, *fault;
+        sim_rig(&sim, &fault);
+        int unwaitable = 0;
+        vc_cache *c = sim_cache(fault, how == 2 ? 32 * KB : 1 * MB, &unwaitable);
+        test_loader ld[2] = {{.seed = 5}, {.seed = 6}};
+        vc_model_id m = add_model(c, "m");
+        vc_layer_id a = add_loader_layer(c, m, "a", 32 * KB, &ld[0]);
+        vc_layer_id b = add_loader_layer(c, m, "b", 32 * KB, &ld[1]);
+        assert_int_equal(vc_fault_fail_always(fault, VC_FAULT_EVENT, 1), VC_OK);
+        void *p;
+        assert_int_equal(vc_layer_acquire(c, a, NULL, &p), VC_ERR_BACKEND);
+        assert_int_equal(residency(c, a), VC_RES_RAM);
+        assert_true(unwaitable > 0);
+        int st;
+        if (how == 0) /* the engine drops it */
+            assert_int_equal(vc_layer_offload(c, a, VC_OFFLOAD_ALL), VC_OK);
+        else if (how == 1) /* the engine unregisters it */
+            assert_int_equal(vc_layer_unregister(c, a), VC_OK);
+        else /* the RAM pool (32 KB) needs the room for b */
+            assert_true((st = vc_layer_acquire(c, b, NULL, &p)) == VC_ERR_OUT_OF_RAM || st == VC_ERR_BACKEND);
+        assert_no_hazard(sim);
+        assert_int_equal(get_stats(c).ram_bytes, 32 * KB); /* kept and counted */
+        /* once the device answers again everything works and the kept copy goes */
+        assert_int_equal(vc_fault_fail_always(fault, VC_FAULT_EVENT, 0), VC_OK);
+        assert_int_equal(vc_layer_acquire(c, b, NULL, &p), VC_OK);
+        assert_int_equal(vc_layer_release(c, b, NULL), VC_OK);
+        if (how != 1) {
+            assert_int_equal(vc_layer_acquire(c, a, NULL, &p), VC_OK);
+            assert_int_equal(vc_layer_release(c, a, NULL), VC_OK);
+            unsigned char buf[32 * KB];
+            assert_int_equal(vc_layer_read(c, a, buf, sizeof buf), VC_OK);
+            assert_true(check_pattern(buf, sizeof buf, 5));
+        }
+        assert_no_hazard(sim);
+        assert_int_equal(vc_cache_destroy(c), VC_OK);
+        assert_no_hazard(sim);
+        vc_backend_destroy(fault);
+        vc_backend_destroy(sim);
+    }
+}
+
+static void test_unsettled_shared_upload_keeps_the_owners_copy(void **state) {
+    (void)state;
+    /* The same for a layer shared from another cache: the owner's RAM copy stays pinned while the
+     * sharer's copy from it cannot be waited for. */
+    for (int how = 0; how < 2; how++) {
+        vc_backend *sim, *fault;
+        sim_rig(&sim, &fault);
+        int unwaitable = 0;
+        vc_cache *owner = sim_cache(fault, 1 * MB, &unwaitable), *sharer = sim_cache(fault, 1 * MB, &unwaitable);
+        test_loader ld[2] = {{.seed = 7}, {.seed = 8}};
+        vc_model_id om = add_model(owner, "m");
+        vc_layer_id src = add_loader_layer(owner, om, "a", 32 * KB, &ld[0]);
+        vc_layer_id other = add_loader_layer(owner, om, "b", 32 * KB, &ld[1]);
+        vc_model_id sm = add_model(sharer, "m");
+        vc_layer_id x, y;
+        assert_int_equal(vc_layer_register_shared(sharer, sm, owner, src, &x), VC_OK);
+        assert_int_equal(vc_layer_register_shared(sharer, sm, owner, other, &y), VC_OK);
+        assert_int_equal(vc_fault_fail_always(fault, VC_FAULT_EVENT, 1), VC_OK);
+        void *p;
+        assert_int_equal(vc_layer_acquire(sharer, x, NULL, &p), VC_ERR_BACKEND);
+        assert_true(unwaitable > 0);
+        if (how == 1) { /* the sharer lets go of the layer: the pin outlives it, and so does the owner */
+            assert_int_equal(vc_layer_unregister(sharer, x), VC_OK);
+            assert_int_equal(vc_cache_destroy(owner), VC_ERR_BUSY);
+            assert_true(last_error_has(owner, "could not be waited for yet"));
+        }
+        /* the owner cannot free the copy under the sharer's copy */
+        assert_int_equal(vc_layer_offload(owner, src, VC_OFFLOAD_ALL), VC_OK);
+        assert_int_equal(residency(owner, src), VC_RES_RAM);
+        assert_int_equal(vc_layer_unregister(owner, src), VC_ERR_BUSY);
+        assert_no_hazard(sim);
+        /* the device answers again: the sharer's next call lets go of the pin */
+        assert_int_equal(vc_fault_fail_always(fault, VC_FAULT_EVENT, 0), VC_OK);
+        assert_int_equal(vc_layer_acquire(sharer, y, NULL, &p), VC_OK);
+        assert_int_equal(vc_layer_release(sharer, y, NULL), VC_OK);
+        assert_int_equal(vc_layer_offload(owner, src, VC_OFFLOAD_ALL), VC_OK);
+        assert_int_equal(residency(owner, src), VC_RES_NONE);
+        if (how == 0) {
+            assert_int_equal(vc_layer_acquire(sharer, x, NULL, &p), VC_OK);
+            assert_int_equal(vc_layer_release(sharer, x, NULL), VC_OK);
+        }
+        assert_no_hazard(sim);
+        assert_int_equal(vc_cache_destroy(sharer), VC_OK);
+        assert_int_equal(vc_cache_destroy(owner), VC_OK);
+        assert_no_hazard(sim);
+        vc_backend_destroy(fault);
+        vc_backend_destroy(sim);
+    }
+}
+
 static void test_loader_fault_wrapper(void **state) {
     (void)state;
     /* The wrapper fails the n-th loader call or calls at random, like the backend operations. */
@@ -484,6 +617,8 @@ int main(void) {
         cmocka_unit_test(test_stream_create_and_mem_info_faults),
         cmocka_unit_test(test_loader_faults_at_random),
         cmocka_unit_test(test_random_faults_everywhere),
+        cmocka_unit_test(test_unsettled_upload_keeps_its_ram_copy),
+        cmocka_unit_test(test_unsettled_shared_upload_keeps_the_owners_copy),
         cmocka_unit_test(test_loader_fault_wrapper),
         cmocka_unit_test(test_device_capacity_cap),
         cmocka_unit_test(test_misaligned_device_memory_is_refused),

@@ -13,7 +13,7 @@ static void set_defaults(vc_config *cfg) {
     for (int k = 0; k < VC_CFG_KEY_COUNT; k++) {
         char err[256], warn[256];
         const cfg_key_def *def = &vc__cfg_keys[k];
-        vc__cfg_parse(def, def->default_text, 0, &cfg->layer[LAYER_DEFAULT][k], err, sizeof err, warn,
+        vc__cfg_parse(def, def->default_text, CFG_TEXT_STRING, &cfg->layer[LAYER_DEFAULT][k], err, sizeof err, warn,
                       sizeof warn);
     }
 }
@@ -100,7 +100,7 @@ int vc_config_set(vc_config *cfg, vc_config_key key, const char *value) {
                         : !value ? "value is NULL" : "unknown key");
     char err[384], warn[256];
     cfg_value v;
-    if (vc__cfg_parse(&vc__cfg_keys[key], value, 0, &v, err, sizeof err, warn, sizeof warn) != 0)
+    if (vc__cfg_parse(&vc__cfg_keys[key], value, CFG_TEXT_STRING, &v, err, sizeof err, warn, sizeof warn) != 0)
         return vc__fail(NULL, VC_ERR_CONFIG, "vc_config_set: %s", err);
     cfg->layer[LAYER_API][key] = v;
     return VC_OK;
@@ -266,7 +266,7 @@ int vc_backend_open(const char *device, vc_backend **out, char *why, size_t why_
     /* the parser and the selection the `device` key goes through */
     cfg_value v;
     char err[256], warn[160];
-    if (vc__cfg_parse(&vc__cfg_keys[VC_CFG_DEVICE], device, 0, &v, err, sizeof err, warn, sizeof warn) != 0)
+    if (vc__cfg_parse(&vc__cfg_keys[VC_CFG_DEVICE], device, CFG_TEXT_STRING, &v, err, sizeof err, warn, sizeof warn) != 0)
         return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_backend_open: %s", err);
     return vc__select_backend((vc_device_kind)v.dev_kind, v.dev_index, out, why, why_size);
 }

@@ -45,9 +45,17 @@ struct vc_config {
     cfg_value layer[LAYER_COUNT][VC_CFG_KEY_COUNT];
 };
 
+/* Where a value's text comes from, which decides how it reads (as InvokeAI's readers would). */
+typedef enum cfg_text_kind {
+    CFG_TEXT_STRING = 0, /* environment, vc_config_set, defaults: a string ("null", "~", "" unset) */
+    CFG_TEXT_YAML_PLAIN, /* an unquoted scalar in a file: PyYAML's YAML 1.1 numbers (0x10, 014,
+                          * 1_000, 1:30) first, as InvokeAI's loader reads them */
+    CFG_TEXT_YAML_QUOTED /* a quoted scalar in a file: a string, never null */
+} cfg_text_kind;
+
 /** Parses a scalar for a key. Returns 0, or -1 with a message in err (what was expected). A
  *  non-fatal remark (e.g. a value that does not apply) goes to warn (empty when none). */
-int vc__cfg_parse(const cfg_key_def *def, const char *text, int quoted, cfg_value *out, char *err,
+int vc__cfg_parse(const cfg_key_def *def, const char *text, cfg_text_kind kind, cfg_value *out, char *err,
                   size_t err_size, char *warn, size_t warn_size);
 
 /** The effective value (highest layer that is set). */

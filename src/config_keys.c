@@ -157,8 +157,8 @@ const char *vc__cfg_suggest(const char *name) {
 
 /* ---- parsing one value ---------------------------------------------------------------------- */
 
-static int is_null_text(const char *t, int quoted) {
-    return !quoted && (!t[0] || !strcmp(t, "~") || !strcasecmp(t, "null"));
+static int is_null_text(const char *t, cfg_text_kind kind) {
+    return kind != CFG_TEXT_YAML_QUOTED && (!t[0] || !strcmp(t, "~") || !strcasecmp(t, "null"));
 }
 
 static int parse_bool(const char *t, int *out) {
@@ -169,6 +169,86 @@ static int parse_bool(const char *t, int *out) {
     for (int i = 0; no[i]; i++)
         if (!strcasecmp(t, no[i])) return *out = 0, 0;
     return -1;
+}
+
+/* Digits of `base` and '_' from *p on (at least one digit): their value, '_' skipped, saturating
+ * at 1e300 (far beyond any key's range). Advances *p past them. */
+static int read_digits(const char **p, int base, double *out) {
+    double v = 0;
+    int any = 0;
+    for (;; (*p)++) {
+        int c = (unsigned char)**p, d;
+        if (c == '_') continue;
+        if (isdigit(c)) d = c - '0';
+        else if (isxdigit(c)) d = 10 + tolower(c) - 'a';
+        else break;
+        if (d >= base) break;
+        v = v < 1e300 ? v * base + d : v;
+        any = 1;
+    }
+    *out = v;
+    return any;
+}
+
+/* PyYAML's YAML 1.1 numbers that a YAML 1.2 reader (or strtod) reads otherwise or not at all, for
+ * an unquoted scalar: integers in binary (0b101), hex (0x10), octal (014 is 12) or base 60 (1:30
+ * is 90), '_' allowed after the first digit (1_000), and floats with '_' (1_000.5) or base 60
+ * (1:30.5). InvokeAI loads invokeai.yaml with PyYAML, so these are the values it sees. Returns 0
+ * and *out when t (trimmed) is one of them, with `note` set for readings a reader may not expect
+ * (octal, base 60); -1 when t is none of them (a plain decimal is left to parse_number). */
+static int yaml11_number(const char *t, double *out, char *note, size_t note_size) {
+    const char *p = t;
+    note[0] = '\0';
+    double sign = 1, v = 0;
+    if (*p == '-' || *p == '+') sign = *p++ == '-' ? -1 : 1;
+    const char *digits = p;
+    if (p[0] == '0' && (p[1] == 'b' || p[1] == 'x')) { /* binary, hex */
+        int base = p[1] == 'b' ? 2 : 16;
+        p += 2;
+        if (!read_digits(&p, base, &v) || *p) return -1;
+    } else if (p[0] == '0' && p[1] && strspn(p + 1, "01234567_") == strlen(p + 1)) { /* octal */
+        p++;
+        if (!read_digits(&p, 8, &v)) return -1; /* "0_" */
+        snprintf(note, note_size, "'%s' is an octal number in YAML 1.1, which is how InvokeAI reads the file: "
+                 "%.0f (write it without the leading 0 for a decimal)", t, sign * v);
+    } else if (isdigit((unsigned char)p[0])) {
+        if (!read_digits(&p, 10, &v)) return -1;
+        int sexagesimal = 0;
+        while (*p == ':') { /* base 60: each further part one or two digits, 0-59 */
+            p++;
+            int part = 0, n = 0;
+            for (; n < 2 && isdigit((unsigned char)*p); n++, p++) part = part * 10 + (*p - '0');
+            if (!n || part >= 60) return -1;
+            v = v * 60 + part;
+            sexagesimal = 1;
+        }
+        if (sexagesimal && digits[0] == '0') return -1; /* YAML 1.1: base 60 starts with 1-9 */
+        int fraction = *p == '.';
+        if (fraction) { /* '.' then digits and '_' (a plain one is parse_number's) */
+            p++;
+            double f = 0, scale = 1;
+            for (; isdigit((unsigned char)*p) || *p == '_'; p++)
+                if (*p != '_') f += (scale /= 10) * (*p - '0');
+            v += f;
+            if ((*p == 'e' || *p == 'E') && !sexagesimal && (p[1] == '-' || p[1] == '+') &&
+                isdigit((unsigned char)p[2])) {
+                char *end;
+                double e = strtod(p + 1, &end);
+                p = end;
+                v *= pow(10, e);
+            }
+        }
+        if (*p) return -1;
+        int underscores = strchr(digits, '_') != NULL;
+        if (!sexagesimal && !underscores) return -1; /* plain decimal: parse_number */
+        if (sexagesimal)
+            snprintf(note, note_size, "'%s' is a base-60 number in YAML 1.1, which is how InvokeAI reads the file: "
+                     "%g", t, sign * v);
+    } else {
+        return -1;
+    }
+    *out = sign * v;
+    return 0;
 }
 
 /* A finite decimal number, nothing else (no hex, no inf/nan, no trailing text). */
@@ -190,14 +270,14 @@ static void format_number(double v, char *buf, size_t size) {
         snprintf(buf, size, "%.6g", v);
 }
 
-int vc__cfg_parse(const cfg_key_def *def, const char *text, int quoted, cfg_value *out, char *err,
+int vc__cfg_parse(const cfg_key_def *def, const char *text, cfg_text_kind kind, cfg_value *out, char *err,
                   size_t err_size, char *warn, size_t warn_size) {
     memset(out, 0, sizeof *out);
     warn[0] = '\0';
     out->set = 1;
     char shown[64];
     snprintf(shown, sizeof shown, "%s%s", text, strlen(text) >= sizeof shown ? "..." : "");
-    if (is_null_text(text, quoted)) {
+    if (is_null_text(text, kind)) {
         if (def->optional) {
             out->is_null = 1;
             snprintf(out->text, sizeof out->text, "null");
@@ -218,7 +298,15 @@ int vc__cfg_parse(const cfg_key_def *def, const char *text, int quoted, cfg_valu
     case CFG_MINUTES:
     case CFG_GB_OR_FRACTION: {
         double v;
-        int bad = parse_number(text, &v) != 0;
+        char trimmed[64], note[192];
+        size_t n = strlen(text);
+        while (n && isspace((unsigned char)text[n - 1])) n--;
+        const char *start = text;
+        while (isspace((unsigned char)*start)) start++, n--;
+        int yaml11 = kind == CFG_TEXT_YAML_PLAIN && n < sizeof trimmed &&
+                     (memcpy(trimmed, start, n), trimmed[n] = '\0', yaml11_number(trimmed, &v, note, sizeof note) == 0);
+        int bad = !yaml11 && parse_number(text, &v) != 0;
+        if (yaml11 && note[0]) snprintf(warn, warn_size, "%s: %s", def->name, note);
         if (!bad) bad = def->min_exclusive ? !(v > def->min) : !(v >= def->min);
         if (!bad) bad = v > def->max;
         if (bad) {

@@ -81,8 +81,8 @@ static void handle_pair(loader *L, const yaml_node_t *k, const yaml_node_t *v, i
         cfg_value val;
         int quoted = v->data.scalar.style == YAML_SINGLE_QUOTED_SCALAR_STYLE ||
                      v->data.scalar.style == YAML_DOUBLE_QUOTED_SCALAR_STYLE;
-        if (vc__cfg_parse(def, (const char *)v->data.scalar.value, quoted, &val, err, sizeof err, warn,
-                          sizeof warn) != 0) {
+        if (vc__cfg_parse(def, (const char *)v->data.scalar.value, quoted ? CFG_TEXT_YAML_QUOTED : CFG_TEXT_YAML_PLAIN,
+                          &val, err, sizeof err, warn, sizeof warn) != 0) {
             vc__diag_add(L->d, VC_DIAG_ERROR, L->file, line_of(v), col_of(v), name, "%s", err);
             return;
         }
@@ -210,7 +210,7 @@ void vc__cfg_read_env(cfg_value *out, vc_diagnostics *d) {
         if (!val) continue;
         char err[384], warn[256];
         cfg_value v;
-        if (vc__cfg_parse(def, val, 0, &v, err, sizeof err, warn, sizeof warn) != 0) {
+        if (vc__cfg_parse(def, val, CFG_TEXT_STRING, &v, err, sizeof err, warn, sizeof warn) != 0) {
             vc__diag_add(d, VC_DIAG_ERROR, "environment", 0, 0, var, "%s: %s", var, err);
             continue;
         }

@@ -291,6 +291,57 @@ static void test_quoted_numbers_and_booleans(void **state) {
     vc_config_destroy(cfg);
 }
 
+/* max_cache_ram_gb as read from a one-line file, or -1 when the file is refused; *warned: a
+ * warning came with it. */
+static double ram_gb_from(const char *line, int *warned) {
+    char text[128];
+    int n = snprintf(text, sizeof text, "max_cache_ram_gb: %s\n", line);
+    vc_config *cfg;
+    vc_diagnostics *d = NULL;
+    assert_int_equal(vc_config_create(&cfg), VC_OK);
+    int st = vc_config_load_string(cfg, text, (size_t)n, "t.yaml", VC_CONFIG_NO_ENV, &d);
+    double v = -1;
+    if (st == VC_OK) v = num(cfg, VC_CFG_MAX_CACHE_RAM_GB);
+    *warned = d && vc_diagnostics_count(d) > vc_diagnostics_errors(d);
+    vc_diagnostics_destroy(d);
+    vc_config_destroy(cfg);
+    return v;
+}
+
+static void test_yaml11_numbers_as_invokeai_reads_them(void **state) {
+    (void)state;
+    /* InvokeAI loads invokeai.yaml with PyYAML (YAML 1.1): an unquoted 014 is octal 12, 0x10 is
+     * 16, 1_000 is 1000, 1:30 is 90. The same file must mean the same to the cache; the readings a
+     * user may not expect (octal, base 60) come with a warning. Quoted, they are strings, read as
+     * decimals (or refused) as before. */
+    struct {
+        const char *text;
+        double want; /* -1: refused */
+        int warns;
+    } cases[] = {
+        {"12", 12, 0},       {"014", 12, 1},       {"0_14", 12, 1},     {"0x10", 16, 0},    {"+0x1_0", 16, 0},
+        {"0b1100", 12, 0},   {"1_000", 1000, 0},   {"1_0.5", 10.5, 0},  {"1:30", 90, 1},    {"1:30.5", 90.5, 1},
+        {"1:3", 63, 1},      {"09", 9, 0},         {"012.5", 12.5, 0},  {"1e3", 1000, 0},   {"1.5e+1", 15, 0},
+        {"0", -1, 0},        {"1:60", -1, 0},      {"1:030", -1, 0},    {"0x", -1, 0},      {"0b12", -1, 0},
+        {"\"014\"", 14, 0},  {"\"0x10\"", -1, 0},  {"'1_000'", -1, 0},  {".inf", -1, 0},    {"0:30", -1, 0},
+        {"1__0", 10, 0},     {" 014 ", 12, 1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int warned = 0;
+        double got = ram_gb_from(cases[i].text, &warned);
+        if (got != cases[i].want || (got >= 0 && warned != cases[i].warns))
+            fail_msg("max_cache_ram_gb: %s read as %g (warning: %d), expected %g (warning: %d)", cases[i].text, got,
+                     warned, cases[i].want, cases[i].warns);
+    }
+    /* the environment and the API take strings, as InvokeAI's settings do from the environment */
+    vc_config *cfg;
+    assert_int_equal(vc_config_create(&cfg), VC_OK);
+    assert_int_equal(vc_config_set(cfg, VC_CFG_MAX_CACHE_RAM_GB, "014"), VC_OK);
+    assert_true(num(cfg, VC_CFG_MAX_CACHE_RAM_GB) == 14.0);
+    assert_int_equal(vc_config_set(cfg, VC_CFG_MAX_CACHE_RAM_GB, "0x10"), VC_ERR_CONFIG);
+    vc_config_destroy(cfg);
+}
+
 static void test_bad_values_each_named(void **state) {
     (void)state;
     vc_config *cfg;
@@ -779,6 +830,7 @@ int main(void) {
         cmocka_unit_test_setup(test_duplicates_warn_later_wins, setup),
         cmocka_unit_test_setup(test_merge_keys, setup),
         cmocka_unit_test_setup(test_quoted_numbers_and_booleans, setup),
+        cmocka_unit_test_setup(test_yaml11_numbers_as_invokeai_reads_them, setup),
         cmocka_unit_test_setup(test_bad_values_each_named, setup),
         cmocka_unit_test_setup(test_syntax_error_reports_position, setup),
         cmocka_unit_test_setup(test_schema_versions, setup),

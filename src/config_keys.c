@@ -162,8 +162,9 @@ static int is_null_text(const char *t, cfg_text_kind kind) {
 }
 
 static int parse_bool(const char *t, int *out) {
-    static const char *const yes[] = {"true", "yes", "on", "y", "1", NULL};
-    static const char *const no[] = {"false", "no", "off", "n", "0", NULL};
+    /* YAML 1.1's words, and the strings pydantic (InvokeAI's settings) also takes */
+    static const char *const yes[] = {"true", "yes", "on", "y", "t", "1", NULL};
+    static const char *const no[] = {"false", "no", "off", "n", "f", "0", NULL};
     for (int i = 0; yes[i]; i++)
         if (!strcasecmp(t, yes[i])) return *out = 1, 0;
     for (int i = 0; no[i]; i++)

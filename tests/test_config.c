@@ -640,6 +640,12 @@ static void test_api_setter_validation(void **state) {
     assert_int_equal(vc_config_get_number(cfg, VC_CFG_DEVICE, &v), VC_ERR_INVALID_ARG);
     int b;
     assert_int_equal(vc_config_get_bool(cfg, VC_CFG_DEVICE, &b), VC_ERR_INVALID_ARG);
+    /* the strings pydantic takes for a boolean, as from InvokeAI's environment */
+    assert_int_equal(vc_config_set(cfg, VC_CFG_LOG_MEMORY_USAGE, "T"), VC_OK);
+    assert_int_equal(boolean(cfg, VC_CFG_LOG_MEMORY_USAGE), 1);
+    assert_int_equal(vc_config_set(cfg, VC_CFG_LOG_MEMORY_USAGE, "f"), VC_OK);
+    assert_int_equal(boolean(cfg, VC_CFG_LOG_MEMORY_USAGE), 0);
+    assert_int_equal(vc_config_set(cfg, VC_CFG_LOG_MEMORY_USAGE, "2"), VC_ERR_CONFIG);
     assert_int_equal(vc_config_load_string(cfg, "max_cache_vram_gb: 3\n", 21, NULL, 0x10, NULL), VC_ERR_INVALID_ARG);
     assert_int_equal(vc_config_load_string(NULL, "", 0, NULL, 0, NULL), VC_ERR_INVALID_ARG);
     assert_int_equal(vc_config_load_string(cfg, "max_cache_vram_gb: 3\n", 21, NULL, VC_CONFIG_NO_ENV, NULL), VC_OK);

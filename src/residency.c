@@ -501,6 +501,19 @@ static void release_empty_segments(vc_cache *c, arena *a) {
     }
 }
 
+/* The streaming region gives back its empty segments, and its share shrinks to what it still
+ * has. With the whole region gone its model is planned afresh at its next pass (as after a cache
+ * clear), which lays a region out again; without that it would stream through the kept arena
+ * until its budget happened to move. */
+static void shrink_stream_region(vc_cache *c) {
+    release_empty_segments(c, &c->sarena);
+    c->stream_budget = min_sz(c->stream_budget, c->sarena.total);
+    if (!c->stream_budget && c->stream_model) {
+        c->stream_model->plan_capacity = 0;
+        c->stream_model = NULL;
+    }
+}
+
 void vc__release_empty_segments(vc_cache *c) {
     release_empty_segments(c, &c->sarena);
     release_empty_segments(c, &c->arena);
@@ -1015,9 +1028,7 @@ static int vram_place(vc_cache *c, layer_t *l, const char *fn, const place_req *
              * at a time (each pass evicts something, so this ends), giving its empty segments back. */
             if (rq->max_distance != VC_ANY_DISTANCE) break;
             vc__evict_vram(c, victim, reason, 0);
-            release_empty_segments(c, &c->sarena);
-            c->stream_budget = min_sz(c->stream_budget, c->sarena.total);
-            if (!c->stream_budget) c->stream_model = NULL;
+            shrink_stream_region(c);
             grow_failed = 0;
             continue;
         }
@@ -1040,13 +1051,8 @@ static int vram_place(vc_cache *c, layer_t *l, const char *fn, const place_req *
              * device holding no weights. With the whole region gone, its model is planned afresh at
              * its next pass (as after a cache clear), which lays the region out again. */
             size_t before = c->sarena.total, budget = c->stream_budget;
-            release_empty_segments(c, &c->sarena);
+            shrink_stream_region(c);
             if (c->sarena.total < before || c->sarena.total < budget) {
-                c->stream_budget = min_sz(c->stream_budget, c->sarena.total);
-                if (!c->stream_budget && c->stream_model) {
-                    c->stream_model->plan_capacity = 0;
-                    c->stream_model = NULL;
-                }
                 grow_failed = 0;
                 continue;
             }

@@ -1161,6 +1161,19 @@ static void test_unused_region_share_gives_way(void **state) {
     free_world(&w);
 }
 
+/* The same with the denoiser's layers still resident: the other model's acquire takes the room by
+ * evicting the region's layers, and the region shrinks as they go. Once it is all gone the
+ * denoiser is planned afresh at its next pass, as when the region gives way empty; before, its plan
+ * stood without a region and streamed through the kept arena until its budget moved. */
+static void test_region_taken_by_another_model_is_planned_again(void **state) {
+    (void)state;
+    uint64_t steady;
+    sim_world w = streaming_denoiser(&steady);
+    assert_true(get_stats(w.cache).vram_bytes > 0);
+    vae_then_denoiser(&w, steady, 79);
+    free_world(&w);
+}
+
 /* A denoiser that streams more than the RAM cache holds (FLUX.1-dev's 13.5 GB per step through
  * InvokeAI's default 9 GB on a 12 GB card): with the RAM cache least recently used first, a pass
  * in order evicted each copy just before its next use, and every streamed layer was read by its
@@ -2015,6 +2028,7 @@ int main(void) {
         cmocka_unit_test(test_stage_ahead_loader_failure),
         cmocka_unit_test(test_empty_region_gives_way),
         cmocka_unit_test(test_unused_region_share_gives_way),
+        cmocka_unit_test(test_region_taken_by_another_model_is_planned_again),
         cmocka_unit_test(test_writeback_of_prefetch_in_flight),
         cmocka_unit_test(test_two_streams_share_weights),
     };

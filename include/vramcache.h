@@ -687,7 +687,8 @@ typedef struct vc_stats {
     size_t ram_peak_bytes;   /**< Highest ram_bytes seen. */
     size_t ram_budget;       /**< The pool's budget. */
     /* device */
-    size_t vram_bytes;       /**< Bytes of device memory occupied by layer weights now. */
+    size_t vram_bytes;       /**< Bytes of device memory occupied by layer weights now (with any range
+                                  *   kept out of use while a failed write-back may still read it). */
     size_t vram_peak_bytes;  /**< Highest vram_bytes seen. */
     size_t arena_bytes;      /**< Device memory the cache holds for weights (used + free holes). */
     size_t arena_peak_bytes; /**< Highest arena_bytes seen; never above the budget in force. */

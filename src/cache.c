@@ -71,6 +71,12 @@ int vc_cache_create(const vc_cache_options *opts, vc_cache **out) {
 
     vc_cache *c = calloc(1, sizeof(*c));
     if (!c) return vc__fail(NULL, VC_ERR_NO_MEMORY, "vc_cache_create: out of host memory");
+    /* The stand-in owner of quarantined device ranges: held for ever, so nothing evicts them. */
+    static char quarantine_name[] = "(device range a write-back may still read)";
+    c->quarantine_model.name = quarantine_name;
+    c->quarantine_owner.name = quarantine_name;
+    c->quarantine_owner.model = &c->quarantine_model;
+    c->quarantine_owner.holds = 1;
     c->log_fn = o.log_fn;
     c->log_user = o.log_user;
     c->log_level = o.log_level;
@@ -224,6 +230,7 @@ int vc_cache_destroy(vc_cache *c) {
         free(m->name);
         free(m);
     }
+    vc__free_device_quarantine(c, 1); /* the device_free below waits for the device first */
     while (c->arena.segments) c->ops->device_free(c->bctx, arena_remove_segment(&c->arena, c->arena.segments));
     while (c->sarena.segments) c->ops->device_free(c->bctx, arena_remove_segment(&c->sarena, c->sarena.segments));
     /* after the device memory: cudaFree has waited for the device, so no copy of ours still runs */

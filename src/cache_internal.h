@@ -189,6 +189,16 @@ struct vc_reservation {
     vc_reservation *prev, *next;
 };
 
+/* A device range that a write-back may still read, with no event left to tell when it is done
+ * (settle_stream failed on the download stream): an upload into it could overwrite bytes the copy
+ * has not read yet. Its block stays allocated, owned by the cache's stand-in layer (held, so no
+ * placement evicts it), until the download stream can be waited for (vc__free_device_quarantine). */
+typedef struct device_quarantine {
+    arena *arena;
+    arena_block *block;
+    struct device_quarantine *next;
+} device_quarantine;
+
 struct vc_cache {
     pthread_mutex_t lock;
     pthread_cond_t loaded; /* broadcast when a layer's loading ends */
@@ -250,6 +260,9 @@ struct vc_cache {
     atomic_uint weights_epoch;  /* bumped with any layer's weights_gen: sharers' cheap check */
     size_t shared_layers;       /* ours that share another cache's (vc_layer_register_shared) */
     deferred_free *quarantine; /* host memory a copy may still use, with no event to tell (settle_stream) */
+    device_quarantine *device_quarantine; /* device ranges a write-back may still read */
+    layer_t quarantine_owner;  /* the stand-in owner of their blocks: held for ever, in no model's plan */
+    model_t quarantine_model;  /* its model: none of the cache's */
     remote_pin *remote_pins; /* host copies of owner caches our uploads still read */
     uint64_t upload_settles; /* host waits for the whole upload stream that succeeded (settle_stream) */
     unsigned dependents;     /* shared layers in other caches reading ours */
@@ -367,6 +380,9 @@ void vc__free_quarantine(vc_cache *c);
 /* Lets go of every pin on owner caches' host copies, settled or not (vc_cache_destroy, once the
  * device memory has gone). */
 void vc__release_remote_pins(vc_cache *c);
+/* Gives the quarantined device ranges back once the download stream has been waited for (with
+ * `settled`, the caller knows no copy of the cache still runs). Returns 1 when any went back. */
+int vc__free_device_quarantine(vc_cache *c, int settled);
 /** Frees a layer's record after its memory is gone. */
 void vc__layer_destroy(vc_cache *c, layer_t *l);
 void vc__log_memory(vc_cache *c, const char *what, const layer_t *l);

@@ -34,6 +34,7 @@ static int in_use(const vc_cache *c) {
 
 size_t vc__clear_cache(vc_cache *c) {
     size_t stayed = 0;
+    vc__free_device_quarantine(c, 0); /* first: a quarantined range keeps its segment */
     if (c->stream_budget || c->stream_model) vc__release_stream_region(c, VC_EVICT_MANUAL);
     for (uint32_t i = 0; i < c->layers.count; i++) {
         layer_t *l = c->layers.slots[i].ptr;

@@ -90,6 +90,32 @@ static void quarantine(vc_cache *c, void *p, size_t bytes, int pinned, int count
     quarantine_node(c, d);
 }
 
+static int settle_stream(vc_cache *c, vc_stream stream, const char *what);
+
+/* Keeps a device range out of use: a write-back from it could not be waited for. */
+static void quarantine_range(vc_cache *c, arena *a, arena_block *b) {
+    device_quarantine *q = malloc(sizeof *q);
+    if (!q) { /* cannot track it: it goes back, as it did before there was a quarantine */
+        arena_free(a, b);
+        return;
+    }
+    b->owner = &c->quarantine_owner;
+    *q = (device_quarantine){.arena = a, .block = b, .next = c->device_quarantine};
+    c->device_quarantine = q;
+}
+
+int vc__free_device_quarantine(vc_cache *c, int settled) {
+    if (!c->device_quarantine) return 0;
+    if (!settled && !settle_stream(c, c->download_stream, NULL)) return 0;
+    while (c->device_quarantine) {
+        device_quarantine *q = c->device_quarantine;
+        c->device_quarantine = q->next;
+        arena_free(q->arena, q->block);
+        free(q);
+    }
+    return 1;
+}
+
 void vc__free_quarantine(vc_cache *c) {
     while (c->quarantine) {
         deferred_free *d = c->quarantine;
@@ -349,6 +375,7 @@ static int ram_reserve(vc_cache *c, size_t bytes, const layer_t *exclude, const 
             }
             if (c->quarantine && settle_stream(c, c->download_stream, fn) && settle_stream(c, c->upload_stream, fn)) {
                 vc__free_quarantine(c); /* the copies that might have used them are done */
+                vc__free_device_quarantine(c, 1);
                 x = c->ram_lru.head;
                 continue;
             }
@@ -397,6 +424,7 @@ void vc__evict_vram(vc_cache *c, layer_t *l, vc_evict_reason reason, int drop_ok
     /* A layer whose loader is running (another cache's upload asked for its RAM copy while this
      * one stayed on the device) gets its RAM copy from that load: a write-back as well would give
      * it two, and list it twice in the RAM pool. */
+    int range_idle = 1; /* no write-back from the range that cannot be waited for */
     if (!l->host_src && !l->ram && !l->owner && !drop_ok && !l->loading) {
         /* The device holds the only copy (keep_ram_copy off): copy it back when the RAM pool has
          * room, else drop it, since the loader can produce it again. */
@@ -429,21 +457,25 @@ void vc__evict_vram(vc_cache *c, layer_t *l, vc_evict_reason reason, int drop_ok
             c->stats.layers_in_ram++;
             c->stats.bytes_d2h += l->bytes;
         } else {
-            /* A queued copy must finish before its buffer goes (never freed under it: see
-             * settle_stream). The device range goes back to the arena all the same: with the backend
-             * able neither to order nor to wait (a lost device), a later upload may overwrite it
-             * while this copy still reads it, which harms nothing kept: the copy's buffer is thrown
-             * away and the loader produces the layer again. */
+            /* A queued copy must finish before its buffer goes and before its device range takes
+             * another layer (an upload into it would overwrite what the copy has not read yet):
+             * with the backend able neither to order nor to wait, both are quarantined (see
+             * settle_stream, device_quarantine). The layer itself leaves: the loader produces it
+             * again. */
             int idle = !queued || (recorded && c->ops->event_synchronize(c->bctx, l->ram_ev) == VC_OK) ||
                        settle_stream(c, c->download_stream, "evict");
             if (buf && idle) c->ops->host_free(c->bctx, buf, l->bytes, pinned);
             else if (buf) quarantine(c, buf, l->bytes, pinned, 0);
+            range_idle = idle;
             vc__log(c, VC_LOG_DEBUG, "layer '%s' of model '%s' leaves VRAM without a write-back (%s); "
                     "its loader will produce it again", l->name, l->model->name, vc__take_backend_error());
         }
     }
     list_unlink(&c->vram_lru, l, 1);
-    arena_free(l->in_stream ? &c->sarena : &c->arena, l->vblock);
+    if (range_idle)
+        arena_free(l->in_stream ? &c->sarena : &c->arena, l->vblock);
+    else
+        quarantine_range(c, l->in_stream ? &c->sarena : &c->arena, l->vblock);
     l->vblock = NULL;
     l->in_stream = 0;
     if (l->prefetched) { /* a prefetch that was never used */
@@ -1056,6 +1088,10 @@ static int vram_place(vc_cache *c, layer_t *l, const char *fn, const place_req *
                 grow_failed = 0;
                 continue;
             }
+        }
+        if (!victim && rq->max_distance == VC_ANY_DISTANCE && vc__free_device_quarantine(c, 0)) {
+            grow_failed = 0; /* ranges a failed write-back held are free again */
+            continue;
         }
         if (!victim) break;
         if (reason == VC_EVICT_MODEL_SWAP) { /* model mode: the whole model leaves, not just a layer */

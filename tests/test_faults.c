@@ -435,6 +435,82 @@ static void test_unsettled_shared_upload_keeps_the_owners_copy(void **state) {
     }
 }
 
+/* A backend over the fault wrapper whose next device-to-host copy, once armed, starts an event
+ * outage as soon as it is queued: the copy runs, and nothing can tell when it ends. */
+static vc_backend *outage_fault;
+static const vc_backend_ops *outage_inner;
+static int outage_armed;
+
+static int copy_d2h_then_outage(void *ctx, void *dst, const void *src, size_t bytes, vc_stream stream) {
+    int st = outage_inner->copy_d2h(ctx, dst, src, bytes, stream);
+    if (st == VC_OK && outage_armed) {
+        outage_armed = 0;
+        assert_int_equal(vc_fault_fail_always(outage_fault, VC_FAULT_EVENT, 1), VC_OK);
+    }
+    return st;
+}
+
+static void test_unsettled_writeback_keeps_its_device_range(void **state) {
+    (void)state;
+    /* keep_ram_copy off: the device holds a layer's only copy, and leaving VRAM copies it back.
+     * When that copy cannot be waited for, its device range must not take another layer: an
+     * upload into it would overwrite bytes the copy has not read yet. */
+    vc_backend *sim, *fault, *outage;
+    sim_rig(&sim, &fault);
+    outage_fault = fault;
+    outage_inner = vc_backend_get_ops(fault);
+    vc_backend_ops ops = *outage_inner;
+    ops.name = "outage";
+    ops.copy_d2h = copy_d2h_then_outage;
+    ops.destroy = NULL; /* the fault wrapper is destroyed on its own */
+    assert_int_equal(vc_backend_create(&ops, vc_backend_get_ctx(fault), &outage), VC_OK);
+    int unwaitable = 0;
+    vc_cache_options o;
+    vc_cache_options_init(&o);
+    o.backend = outage;
+    o.ram_budget = 1 * MB;
+    o.vram_budget = 32 * KB; /* room for one layer */
+    o.arena_segment_bytes = 32 * KB;
+    o.keep_ram_copy = 0;
+    o.log_fn = count_unwaitable;
+    o.log_user = &unwaitable;
+    vc_cache *c;
+    assert_int_equal(vc_cache_create(&o, &c), VC_OK);
+    test_loader ld[2] = {{.seed = 9}, {.seed = 10}};
+    vc_model_id m = add_model(c, "m");
+    vc_layer_id a = add_loader_layer(c, m, "a", 32 * KB, &ld[0]);
+    vc_layer_id b = add_loader_layer(c, m, "b", 32 * KB, &ld[1]);
+    void *p;
+    assert_int_equal(vc_layer_acquire(c, a, NULL, &p), VC_OK);
+    assert_int_equal(vc_layer_release(c, a, NULL), VC_OK);
+    assert_int_equal(residency(c, a), VC_RES_VRAM); /* its only copy */
+    outage_armed = 1;
+    assert_int_equal(vc_layer_offload(c, a, VC_OFFLOAD_VRAM), VC_OK); /* the write-back cannot be waited for */
+    assert_int_equal(outage_armed, 0);
+    assert_true(unwaitable > 0);
+    assert_int_equal(residency(c, a), VC_RES_NONE); /* its loader produces it again */
+    vc_stats s = get_stats(c);
+    assert_int_equal(s.layers_in_vram, 0);
+    assert_int_equal(s.vram_bytes, 32 * KB); /* the range stays taken, and counted */
+    assert_int_equal(vc_layer_acquire(c, b, NULL, &p), VC_ERR_OUT_OF_VRAM); /* and is not reused */
+    assert_no_hazard(sim);
+    assert_int_equal(vc_fault_fail_always(fault, VC_FAULT_EVENT, 0), VC_OK);
+    assert_int_equal(vc_layer_acquire(c, b, NULL, &p), VC_OK); /* the device answers: the range is free */
+    assert_int_equal(vc_layer_release(c, b, NULL), VC_OK);
+    unsigned char buf[32 * KB];
+    assert_int_equal(vc_layer_read(c, b, buf, sizeof buf), VC_OK); /* from the device: its only copy */
+    assert_true(check_pattern(buf, sizeof buf, 10));
+    assert_int_equal(vc_layer_acquire(c, a, NULL, &p), VC_OK);
+    assert_int_equal(vc_layer_release(c, a, NULL), VC_OK);
+    assert_int_equal(vc_cache_clear(c), VC_OK);
+    assert_int_equal(get_stats(c).arena_bytes, 0);
+    assert_no_hazard(sim);
+    assert_int_equal(vc_cache_destroy(c), VC_OK);
+    vc_backend_destroy(outage);
+    vc_backend_destroy(fault);
+    vc_backend_destroy(sim);
+}
+
 static void test_loader_fault_wrapper(void **state) {
     (void)state;
     /* The wrapper fails the n-th loader call or calls at random, like the backend operations. */
@@ -619,6 +695,7 @@ int main(void) {
         cmocka_unit_test(test_random_faults_everywhere),
         cmocka_unit_test(test_unsettled_upload_keeps_its_ram_copy),
         cmocka_unit_test(test_unsettled_shared_upload_keeps_the_owners_copy),
+        cmocka_unit_test(test_unsettled_writeback_keeps_its_device_range),
         cmocka_unit_test(test_loader_fault_wrapper),
         cmocka_unit_test(test_device_capacity_cap),
         cmocka_unit_test(test_misaligned_device_memory_is_refused),

@@ -252,8 +252,10 @@ struct vc_cache {
     unsigned nfence;
     int collect_fences;
     const arena_segment *fence_seg;
-    arena_segment *ring_seg; /* where the streaming region places its next layer (a ring: see */
-    size_t ring_off;         /* place_streamed); ring_seg NULL or stale: from the region's start */
+    uint64_t ring_gen;       /* where the streaming region places its next layer (a ring: see */
+    size_t ring_off;         /* place_streamed): the segment of that gen, at ring_off; a gen no
+                              * segment has (0, or the segment went): from the region's start. By
+                              * gen, not pointer: a new segment can reuse a freed one's memory */
     layer_list vram_lru;
     layer_list ram_lru;
     deferred_free *deferred;

@@ -905,7 +905,7 @@ static int ring_place(vc_cache *c, layer_t *l, const place_req *rq, arena_block 
     arena_segment *seg = a->segments;
     size_t off = 0;
     for (arena_segment *s = a->segments; s; s = s->next)
-        if (s == c->ring_seg) seg = s, off = c->ring_off;
+        if (s->gen == c->ring_gen) seg = s, off = c->ring_off;
     if (!seg) return VC_ERR_OUT_OF_VRAM;
     size_t need = arena_round(l->bytes);
     size_t align = l->align > ARENA_GRAIN ? l->align : ARENA_GRAIN;
@@ -932,7 +932,7 @@ static int ring_place(vc_cache *c, layer_t *l, const place_req *rq, arena_block 
                 flush_fences(c);
                 return st;
             }
-            c->ring_seg = seg;
+            c->ring_gen = seg->gen;
             c->ring_off = start + need;
             return VC_OK;
         }

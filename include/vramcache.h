@@ -631,7 +631,8 @@ VC_API int vc_cache_trace_stop(vc_cache *cache);
  *  copies. With VC_RESERVE_BUFFER the cache also allocates a
  *  device buffer of `bytes` for the caller (vc_reservation_ptr).
  *  Errors: VC_ERR_INVALID_ARG, VC_ERR_OUT_OF_VRAM (held layers leave too little room: the cache is
- *  left exactly as it was), VC_ERR_BACKEND (the buffer could not be allocated: evicted layers stay
+ *  left exactly as it was), VC_ERR_BACKEND (the buffer could not be allocated, or a failing device
+ *  left a copy that cannot be waited for holding memory the reservation needs: evicted layers stay
  *  evicted, nothing is reserved), VC_ERR_NO_MEMORY. */
 VC_API int vc_reserve_working_mem(vc_cache *cache, size_t bytes, unsigned flags,
                                   vc_reservation **out);

@@ -384,10 +384,16 @@ static int ram_reserve(vc_cache *c, size_t bytes, const layer_t *exclude, const 
             size_t patched = 0;
             for (const layer_t *p = c->ram_lru.head; p; p = p->rnext)
                 if (p->patched) patched += p->bytes + (p->backup ? p->bytes : 0);
-            char e[32], why[160] = "loading or being copied";
+            size_t held_back = 0; /* the quarantine: copies a failing device may still run */
+            for (const deferred_free *q = c->quarantine; q; q = q->next) held_back += q->bytes;
+            char e[32], f[32], why[320] = "loading or being copied";
             if (patched)
                 snprintf(why, sizeof why, "%s of them patched weights and their backups, which stay until "
                          "vc_layer_unpatch; the rest loading or being copied", vc__fmt_bytes(patched, e, sizeof e));
+            if (held_back)
+                snprintf(why + strlen(why), sizeof why - strlen(why), "; %s of them buffers that copies the "
+                         "device could not be waited for may still use, kept until it can be",
+                         vc__fmt_bytes(held_back, f, sizeof f));
             return vc__fail(c, VC_ERR_OUT_OF_RAM, "%s: layer '%s' of model '%s' needs %s of RAM; the "
                             "RAM cache holds %s of its %s budget in copies that cannot be dropped now "
                             "(%s)", fn, exclude->name, exclude->model->name,
@@ -558,6 +564,9 @@ static int free_segment(vc_cache *c, arena *a, arena_segment *seg, vc_evict_reas
     arena_block *last = seg->first;
     while (last->next) last = last->next;
     if (evict_run(c, seg->first, last, reason) == VC_ERR_NO_MEMORY) return VC_ERR_NO_MEMORY;
+    /* An eviction whose write-back could not be waited for left its range quarantined: the
+     * segment stays (pinned by it) until the range is free. */
+    if (seg->used) return VC_ERR_BUSY;
     c->ops->device_free(c->bctx, arena_remove_segment(a, seg));
     return VC_OK;
 }
@@ -635,8 +644,9 @@ int vc__shrink_arena(vc_cache *c, size_t target, vc_evict_reason reason, int dry
                     in = arenas[i];
                 }
             }
-        if (!best) return VC_ERR_OUT_OF_VRAM; /* unreachable after the check above */
-        if (free_segment(c, in, best, reason) != VC_OK) return VC_ERR_NO_MEMORY;
+        if (!best) return VC_ERR_OUT_OF_VRAM; /* a range went to the quarantine meanwhile (free_segment) */
+        int st = free_segment(c, in, best, reason);
+        if (st == VC_ERR_NO_MEMORY) return st; /* BUSY: it is pinned now, the next look skips it */
     }
     return VC_OK;
 }

@@ -67,8 +67,11 @@ int vc_reserve_working_mem(vc_cache *c, size_t bytes, unsigned flags, vc_reserva
     link_reservation(c, r);
     size_t limit = vc__weight_limit(c);
     if (vc__vram_total(c) > limit) {
+        /* Prefetches still arriving, or ranges quarantined after a failed write-back, may be all
+         * that stands in the way: wait for them, then look again. */
         if (vc__shrink_arena(c, limit, VC_EVICT_FOR_RESERVATION, 1) != VC_OK &&
-            (!vc__wait_prefetches(c, NULL) || vc__shrink_arena(c, limit, VC_EVICT_FOR_RESERVATION, 1) != VC_OK)) {
+            (!vc__wait_prefetches(c, NULL) || vc__shrink_arena(c, limit, VC_EVICT_FOR_RESERVATION, 1) != VC_OK) &&
+            (!vc__free_device_quarantine(c, 0) || vc__shrink_arena(c, limit, VC_EVICT_FOR_RESERVATION, 1) != VC_OK)) {
             unlink_reservation(c, r);
             c->reserved_sum = before;
             vc__weight_limit(c);
@@ -79,7 +82,17 @@ int vc_reserve_working_mem(vc_cache *c, size_t bytes, unsigned flags, vc_reserva
                           vc__fmt_bytes(sat_add(limit, c->reserved_sum), d, sizeof d));
             goto fail;
         }
-        vc__shrink_arena(c, limit, VC_EVICT_FOR_RESERVATION, 0);
+        if (vc__shrink_arena(c, limit, VC_EVICT_FOR_RESERVATION, 0) != VC_OK) {
+            /* What the dry run counted on can fail only if an eviction's write-back could not be
+             * waited for: its device range stays quarantined, and the reservation would overrun. */
+            unlink_reservation(c, r);
+            c->reserved_sum = before;
+            vc__weight_limit(c);
+            st = vc__fail(c, VC_ERR_BACKEND, "%s: cannot reserve %s of working memory: device memory that a "
+                          "failed copy may still read cannot be given back yet (layers evicted for it stay "
+                          "evicted; their weights are kept or reloaded)", fn, vc__fmt_bytes(bytes, a, sizeof a));
+            goto fail;
+        }
     }
     if (flags & VC_RESERVE_BUFFER) {
         r->async = c->stream_ordered && c->ops->device_alloc_async;

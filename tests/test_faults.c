@@ -451,44 +451,64 @@ static int copy_d2h_then_outage(void *ctx, void *dst, const void *src, size_t by
     return st;
 }
 
-static void test_unsettled_writeback_keeps_its_device_range(void **state) {
-    (void)state;
-    /* keep_ram_copy off: the device holds a layer's only copy, and leaving VRAM copies it back.
-     * When that copy cannot be waited for, its device range must not take another layer: an
-     * upload into it would overwrite bytes the copy has not read yet. */
+/* The simulated device under the outage backend, and a cache on it with keep_ram_copy off (the
+ * device holds a layer's only copy, and leaving VRAM copies it back) and a VRAM budget of
+ * `vram_budget`, holding layer a (seed 9) resident and b (seed 10) unloaded. */
+typedef struct outage_rig {
     vc_backend *sim, *fault, *outage;
-    sim_rig(&sim, &fault);
-    outage_fault = fault;
-    outage_inner = vc_backend_get_ops(fault);
-    vc_backend_ops ops = *outage_inner;
+    vc_cache *c;
+    test_loader ld[2];
+    vc_layer_id a, b;
+    int unwaitable;
+} outage_rig;
+
+static void make_outage_rig(outage_rig *r, size_t vram_budget) {
+    memset(r, 0, sizeof *r);
+    sim_rig(&r->sim, &r->fault);
+    outage_fault = r->fault;
+    outage_inner = vc_backend_get_ops(r->fault);
+    static vc_backend_ops ops; /* borrowed by the backend for its lifetime */
+    ops = *outage_inner;
     ops.name = "outage";
     ops.copy_d2h = copy_d2h_then_outage;
     ops.destroy = NULL; /* the fault wrapper is destroyed on its own */
-    assert_int_equal(vc_backend_create(&ops, vc_backend_get_ctx(fault), &outage), VC_OK);
-    int unwaitable = 0;
+    assert_int_equal(vc_backend_create(&ops, vc_backend_get_ctx(r->fault), &r->outage), VC_OK);
     vc_cache_options o;
     vc_cache_options_init(&o);
-    o.backend = outage;
+    o.backend = r->outage;
     o.ram_budget = 1 * MB;
-    o.vram_budget = 32 * KB; /* room for one layer */
+    o.vram_budget = vram_budget;
+    o.working_mem = 0;
     o.arena_segment_bytes = 32 * KB;
     o.keep_ram_copy = 0;
     o.log_fn = count_unwaitable;
-    o.log_user = &unwaitable;
-    vc_cache *c;
-    assert_int_equal(vc_cache_create(&o, &c), VC_OK);
-    test_loader ld[2] = {{.seed = 9}, {.seed = 10}};
-    vc_model_id m = add_model(c, "m");
-    vc_layer_id a = add_loader_layer(c, m, "a", 32 * KB, &ld[0]);
-    vc_layer_id b = add_loader_layer(c, m, "b", 32 * KB, &ld[1]);
+    o.log_user = &r->unwaitable;
+    assert_int_equal(vc_cache_create(&o, &r->c), VC_OK);
+    r->ld[0] = (test_loader){.seed = 9};
+    r->ld[1] = (test_loader){.seed = 10};
+    vc_model_id m = add_model(r->c, "m");
+    r->a = add_loader_layer(r->c, m, "a", 32 * KB, &r->ld[0]);
+    r->b = add_loader_layer(r->c, m, "b", 32 * KB, &r->ld[1]);
     void *p;
-    assert_int_equal(vc_layer_acquire(c, a, NULL, &p), VC_OK);
-    assert_int_equal(vc_layer_release(c, a, NULL), VC_OK);
-    assert_int_equal(residency(c, a), VC_RES_VRAM); /* its only copy */
-    outage_armed = 1;
-    assert_int_equal(vc_layer_offload(c, a, VC_OFFLOAD_VRAM), VC_OK); /* the write-back cannot be waited for */
+    assert_int_equal(vc_layer_acquire(r->c, r->a, NULL, &p), VC_OK);
+    assert_int_equal(vc_layer_release(r->c, r->a, NULL), VC_OK);
+    assert_int_equal(residency(r->c, r->a), VC_RES_VRAM); /* its only copy */
+    outage_armed = 1; /* the next write-back cannot be waited for */
+}
+
+static void test_unsettled_writeback_keeps_its_device_range(void **state) {
+    (void)state;
+    /* When a write-back cannot be waited for, its device range must not take another layer: an
+     * upload into it would overwrite bytes the copy has not read yet. */
+    outage_rig r;
+    make_outage_rig(&r, 32 * KB); /* room for one layer */
+    vc_cache *c = r.c;
+    vc_backend *sim = r.sim, *fault = r.fault;
+    vc_layer_id a = r.a, b = r.b;
+    void *p;
+    assert_int_equal(vc_layer_offload(c, a, VC_OFFLOAD_VRAM), VC_OK);
     assert_int_equal(outage_armed, 0);
-    assert_true(unwaitable > 0);
+    assert_true(r.unwaitable > 0);
     assert_int_equal(residency(c, a), VC_RES_NONE); /* its loader produces it again */
     vc_stats s = get_stats(c);
     assert_int_equal(s.layers_in_vram, 0);
@@ -506,7 +526,39 @@ static void test_unsettled_writeback_keeps_its_device_range(void **state) {
     assert_int_equal(vc_cache_clear(c), VC_OK);
     assert_int_equal(get_stats(c).arena_bytes, 0);
     sim_teardown(c, fault, sim);
-    vc_backend_destroy(outage); /* a table over the fault wrapper's context: nothing of its own */
+    vc_backend_destroy(r.outage); /* a table over the fault wrapper's context: nothing of its own */
+}
+
+static void test_reservation_beside_an_unsettled_writeback(void **state) {
+    (void)state;
+    /* A reservation that needs layer a's segment evicts a, and a's write-back cannot be waited
+     * for: the segment must stay (its range quarantined) and the reservation fail, rather than the
+     * segment go back with a range still counted in it, or the reservation overrun the device. */
+    outage_rig r;
+    make_outage_rig(&r, VC_SIZE_AUTO);
+    vc_reservation *res = NULL;
+    size_t fr = 0, total = 0;
+    assert_int_equal(vc_backend_mem_info(r.sim, &fr, &total), VC_OK);
+    assert_int_equal(vc_reserve_working_mem(r.c, fr + 16 * KB, 0, &res), VC_ERR_BACKEND);
+    assert_null(res);
+    assert_int_equal(outage_armed, 0); /* a was written back */
+    assert_true(last_error_has(r.c, "cannot be given back yet"));
+    vc_stats s = get_stats(r.c);
+    assert_int_equal(s.reserved_bytes, 0);
+    assert_int_equal(s.arena_bytes, 32 * KB); /* the segment stays, holding the range */
+    assert_int_equal(s.vram_bytes, 32 * KB);
+    assert_int_equal(s.layers_in_vram, 0);
+    assert_no_hazard(r.sim);
+    /* the device answers again: the reservation goes through, and a loads afterwards */
+    assert_int_equal(vc_fault_fail_always(r.fault, VC_FAULT_EVENT, 0), VC_OK);
+    assert_int_equal(vc_reserve_working_mem(r.c, fr + 16 * KB, 0, &res), VC_OK);
+    assert_int_equal(get_stats(r.c).arena_bytes, 0);
+    assert_int_equal(vc_release_working_mem(r.c, res), VC_OK);
+    unsigned char buf[32 * KB];
+    assert_int_equal(vc_layer_read(r.c, r.a, buf, sizeof buf), VC_OK);
+    assert_true(check_pattern(buf, sizeof buf, 9));
+    sim_teardown(r.c, r.fault, r.sim);
+    vc_backend_destroy(r.outage);
 }
 
 static void test_loader_fault_wrapper(void **state) {
@@ -694,6 +746,7 @@ int main(void) {
         cmocka_unit_test(test_unsettled_upload_keeps_its_ram_copy),
         cmocka_unit_test(test_unsettled_shared_upload_keeps_the_owners_copy),
         cmocka_unit_test(test_unsettled_writeback_keeps_its_device_range),
+        cmocka_unit_test(test_reservation_beside_an_unsettled_writeback),
         cmocka_unit_test(test_loader_fault_wrapper),
         cmocka_unit_test(test_device_capacity_cap),
         cmocka_unit_test(test_misaligned_device_memory_is_refused),

@@ -78,7 +78,7 @@ typedef struct world {
 } world;
 
 enum { EXTRA_OPS = 1, EXTRA_STAGE_AHEAD = 2, EXTRA_SMART = 4, EXTRA_SHARED = 8, EXTRA_FAULTS = 16,
-       EXTRA_KEEP_ALIVE = 32, EXTRA_PASSES = 64 };
+       EXTRA_KEEP_ALIVE = 32, EXTRA_PASSES = 64, EXTRA_OUTAGES = 128 };
 
 static unsigned rnd(world *w) {
     w->rng = w->rng * 1103515245u + 12345u;
@@ -148,11 +148,15 @@ static vc_backend *world_backend(int extras, size_t device, int index, vc_backen
 }
 
 /* A failure an injected fault explains: one of the statuses a failing device operation or loader
- * ends in, in a fault world, with a fault fired since the operation began. The cache must then be
- * as the operation's contract says (the callers check that the model's state still holds). */
+ * ends in (or VC_ERR_OUT_OF_RAM: room that buffers quarantined for copies the device could not wait
+ * for still take, in an outage), in a fault world, with a fault fired since the operation began.
+ * The cache must then be as the operation's contract says (the callers check that the model's
+ * state still holds). */
 static int injected(world *w, int st) {
     if (!w->fault) return 0;
-    if (st != VC_ERR_BACKEND && st != VC_ERR_NO_MEMORY && st != VC_ERR_LOADER && st != VC_ERR_OUT_OF_VRAM) return 0;
+    if (st != VC_ERR_BACKEND && st != VC_ERR_NO_MEMORY && st != VC_ERR_LOADER && st != VC_ERR_OUT_OF_VRAM &&
+        st != VC_ERR_OUT_OF_RAM)
+        return 0;
     return faults_fired(w) > w->fired;
 }
 
@@ -711,6 +715,14 @@ static void run_world_in(int keep_ram_copy, size_t vram_budget, unsigned seed, v
     for (int step = 0; step < steps; step++) {
         if ((extras & EXTRA_KEEP_ALIVE) && step % 400 == 399) idle_clears += op_idle_until_cleared(w);
         w->fired = faults_fired(w);
+        /* EXTRA_OUTAGES: one operation in 16 runs with every event call of both devices failing (a
+         * device that stops answering for a moment): the copies it queues can be neither ordered
+         * nor waited for, so what they use must be kept, not reused. The checks after the
+         * operation end the outage (faults_pause). */
+        if ((extras & EXTRA_OUTAGES) && rnd(w) % 16 == 0) {
+            if (w->fault) assert_int_equal(vc_fault_fail_always(w->fault, VC_FAULT_EVENT, 1), VC_OK);
+            if (w->sh_fault) assert_int_equal(vc_fault_fail_always(w->sh_fault, VC_FAULT_EVENT, 1), VC_OK);
+        }
         int i = (int)(rnd(w) % MAX_LAYERS);
         if (w->sh && rnd(w) % 2) { /* half the steps on the sharing device */
             switch (rnd(w) % 9) {
@@ -843,8 +855,8 @@ static void test_faults_in_every_mode(void **state) {
                                      VC_OFFLOAD_MODE_NONE};
     for (unsigned k = 0; k < 4; k++)
         run_world_in(k % 2, k % 2 ? VC_SIZE_AUTO : 160 * KB, 41 + k, modes[k],
-                     EXTRA_OPS | EXTRA_FAULTS | EXTRA_PASSES | (k % 2 ? EXTRA_SMART : EXTRA_STAGE_AHEAD));
-    run_world_in(1, VC_SIZE_AUTO, 61, VC_OFFLOAD_MODE_BALANCED, EXTRA_OPS | EXTRA_FAULTS | EXTRA_SHARED);
+                     EXTRA_OPS | EXTRA_FAULTS | EXTRA_OUTAGES | EXTRA_PASSES | (k % 2 ? EXTRA_SMART : EXTRA_STAGE_AHEAD));
+    run_world_in(1, VC_SIZE_AUTO, 61, VC_OFFLOAD_MODE_BALANCED, EXTRA_OPS | EXTRA_FAULTS | EXTRA_OUTAGES | EXTRA_SHARED);
 }
 
 /* keep-alive (model_cache_keep_alive_min) at 1 ms: the cache is cleared from its own thread at

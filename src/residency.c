@@ -139,7 +139,9 @@ static int order_after(vc_cache *c, vc_stream stream, void *ev) {
  * on: the host memory it reads or writes must not be reused until it has run, so wait for the
  * stream through a fresh event (three tries: a transient failure should not cost the ordering).
  * Returns 0 when even that fails (the backend is broken): the caller must then leave the host
- * memory alone rather than free it under a copy that may still run. */
+ * memory alone rather than free it under a copy that may still run, and the failure is logged at
+ * ERROR naming `what`. With `what` NULL: one quiet try (asking again whether quarantined memory
+ * can go). A success on the upload stream counts in upload_settles. */
 static int settle_stream(vc_cache *c, vc_stream stream, const char *what) {
     int ok = 0;
     for (int tries = 0; tries < (what ? 3 : 1) && !ok; tries++) {

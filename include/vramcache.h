@@ -363,7 +363,10 @@ typedef struct vc_layer_desc {
     size_t bytes;     /**< Size of the weights; > 0. */
     size_t alignment; /**< Required device alignment: a power of two ≤ 2 MB, or 0 for 256. */
     /** Borrowed source: the engine's host copy, read-only, valid until the layer is unregistered.
-     *  It is not counted in the RAM pool (the engine owns it). */
+     *  It is not counted in the RAM pool (the engine owns it). On a failing device, when the cache
+     *  has logged at ERROR that "a queued copy cannot be waited for", a copy from it may still run
+     *  after the unregistration: keep it until vc_cache_destroy returns (whose device frees wait
+     *  for the device). */
     const void *host_ptr;
     /** Loader source: called to fill a RAM-pool buffer when the layer is needed and not in RAM. */
     vc_loader_fn loader;

@@ -195,7 +195,7 @@ static int read_digits(const char **p, int base, double *out) {
  * an unquoted scalar: integers in binary (0b101), hex (0x10), octal (014 is 12) or base 60 (1:30
  * is 90), '_' allowed after the first digit (1_000), and floats with '_' (1_000.5) or base 60
  * (1:30.5). InvokeAI loads invokeai.yaml with PyYAML, so these are the values it sees. Returns 0
- * and *out when t (trimmed) is one of them, with `note` set for readings a reader may not expect
+ * and *out when t is one of them, with `note` set for readings a reader may not expect
  * (octal, base 60); -1 when t is none of them (a plain decimal is left to parse_number). */
 static int yaml11_number(const char *t, double *out, char *note, size_t note_size) {
     const char *p = t;
@@ -299,13 +299,9 @@ int vc__cfg_parse(const cfg_key_def *def, const char *text, cfg_text_kind kind, 
     case CFG_MINUTES:
     case CFG_GB_OR_FRACTION: {
         double v;
-        char trimmed[64], note[192];
-        size_t n = strlen(text);
-        while (n && isspace((unsigned char)text[n - 1])) n--;
-        const char *start = text;
-        while (isspace((unsigned char)*start)) start++, n--;
-        int yaml11 = kind == CFG_TEXT_YAML_PLAIN && n < sizeof trimmed &&
-                     (memcpy(trimmed, start, n), trimmed[n] = '\0', yaml11_number(trimmed, &v, note, sizeof note) == 0);
+        char note[192];
+        /* (a plain scalar reaches us trimmed: YAML drops the spaces around it) */
+        int yaml11 = kind == CFG_TEXT_YAML_PLAIN && yaml11_number(text, &v, note, sizeof note) == 0;
         int bad = !yaml11 && parse_number(text, &v) != 0;
         if (yaml11 && note[0]) snprintf(warn, warn_size, "%s: %s", def->name, note);
         if (!bad) bad = def->min_exclusive ? !(v > def->min) : !(v >= def->min);

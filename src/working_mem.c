@@ -28,6 +28,13 @@ static void unlink_reservation(vc_cache *c, vc_reservation *r) {
     r->prev = r->next = NULL;
 }
 
+/* Takes back a reservation that could not be made: the sum and the weight limit as before it. */
+static void undo_reservation(vc_cache *c, vc_reservation *r, size_t before) {
+    unlink_reservation(c, r);
+    c->reserved_sum = before;
+    vc__weight_limit(c);
+}
+
 int vc_reserve_working_mem(vc_cache *c, size_t bytes, unsigned flags, vc_reservation **out) {
     static const char fn[] = "vc_reserve_working_mem";
     if (!c || !out)
@@ -72,9 +79,7 @@ int vc_reserve_working_mem(vc_cache *c, size_t bytes, unsigned flags, vc_reserva
         if (vc__shrink_arena(c, limit, VC_EVICT_FOR_RESERVATION, 1) != VC_OK &&
             (!vc__wait_prefetches(c, NULL) || vc__shrink_arena(c, limit, VC_EVICT_FOR_RESERVATION, 1) != VC_OK) &&
             (!vc__free_device_quarantine(c, 0) || vc__shrink_arena(c, limit, VC_EVICT_FOR_RESERVATION, 1) != VC_OK)) {
-            unlink_reservation(c, r);
-            c->reserved_sum = before;
-            vc__weight_limit(c);
+            undo_reservation(c, r, before);
             st = vc__fail(c, VC_ERR_OUT_OF_VRAM, "%s: cannot reserve %s of working memory: held layers "
                           "keep %s of device memory in use and the device can give the cache at most %s "
                           "beside the reservations; nothing was evicted", fn,
@@ -85,9 +90,7 @@ int vc_reserve_working_mem(vc_cache *c, size_t bytes, unsigned flags, vc_reserva
         if (vc__shrink_arena(c, limit, VC_EVICT_FOR_RESERVATION, 0) != VC_OK) {
             /* What the dry run counted on can fail only if an eviction's write-back could not be
              * waited for: its device range stays quarantined, and the reservation would overrun. */
-            unlink_reservation(c, r);
-            c->reserved_sum = before;
-            vc__weight_limit(c);
+            undo_reservation(c, r, before);
             st = vc__fail(c, VC_ERR_BACKEND, "%s: cannot reserve %s of working memory: device memory that a "
                           "failed copy may still read cannot be given back yet (layers evicted for it stay "
                           "evicted; their weights are kept or reloaded)", fn, vc__fmt_bytes(bytes, a, sizeof a));
@@ -99,9 +102,7 @@ int vc_reserve_working_mem(vc_cache *c, size_t bytes, unsigned flags, vc_reserva
         st = r->async ? c->ops->device_alloc_async(c->bctx, bytes, NULL, &r->buffer)
                       : c->ops->device_alloc(c->bctx, bytes, &r->buffer);
         if (st != VC_OK) {
-            unlink_reservation(c, r);
-            c->reserved_sum = before;
-            vc__weight_limit(c);
+            undo_reservation(c, r, before);
             st = vc__fail(c, VC_ERR_BACKEND, "%s: device allocation of the %s working-memory buffer "
                           "failed: %s (layers evicted for it stay evicted; their weights are kept)", fn,
                           vc__fmt_bytes(bytes, a, sizeof a), vc__take_backend_error());

@@ -85,7 +85,8 @@ VC_API const char *vc_version_string(void);
     X(ERR_CONFIG, -12, "invalid configuration")                                                    \
     X(ERR_UNSUPPORTED, -13, "operation not supported by this backend or build")                    \
     X(ERR_NO_DEVICE, -14, "requested device is not available")                                     \
-    X(ERR_IO, -15, "input/output error")
+    X(ERR_IO, -15, "input/output error")                                                           \
+    X(ERR_FORMAT, -16, "malformed file")
 
 /** Status codes. VC_OK is 0; every error is negative. */
 typedef enum vc_status {

@@ -1,0 +1,975 @@
+/* Safetensors files as layers: the header's reader and checks, grouping tensors into layers, each
+ * layer's buffer layout, and the loader that reads a layer from the file. */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cache_internal.h"
+#include "vramcache_safetensors.h"
+
+enum {
+    MAX_HEADER_BYTES = 100000000, /* the reference implementation's limit */
+    MAX_NESTING = 64,             /* how deep an unknown value may nest before we stop reading it */
+    READ_CHUNK = 1 << 30,         /* pread at most this much at once (Linux caps a read near 2 GB) */
+    READ_ENDED = 1                /* read_full: the file ended first */
+};
+
+typedef struct layer_ctx { /* what a registered layer's loader gets */
+    vc_safetensors *st;
+    size_t index;
+} layer_ctx;
+
+struct vc_safetensors {
+    int fd;
+    char *path;
+    size_t alignment;
+    size_t ntensors, nlayers, nmeta;
+    vc_safetensors_tensor *tensors; /* grouped by layer, each layer's in file order */
+    vc_safetensors_layer *layers;
+    size_t *by_name;                /* tensor indices in name order, for vc_safetensors_find */
+    layer_ctx *ctx;
+    char **meta; /* nmeta key/value pairs: meta[2i], meta[2i+1] */
+};
+
+void vc_safetensors_options_init_sized(vc_safetensors_options *opts, size_t struct_size) {
+    if (!opts) return;
+    vc_safetensors_options d = {.struct_size = sizeof d, .group_depth = 0, .tensor_alignment = 256};
+    if (struct_size > sizeof d) struct_size = sizeof d;
+    memcpy(opts, &d, struct_size);
+    opts->struct_size = struct_size;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* The header: a JSON object of tensors, read with the few parts of JSON it may use                */
+/* ---------------------------------------------------------------------------------------------- */
+
+typedef struct raw_tensor { /* a tensor as the header gives it, before the checks */
+    char *name, *dtype;
+    uint64_t *shape;
+    unsigned rank;
+    uint64_t begin, end;
+    size_t at; /* header byte where its entry starts, for messages */
+} raw_tensor;
+
+typedef struct parser {
+    const char *s;
+    size_t n, pos;
+    const char *path;
+    int failed;
+} parser;
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
+static int parse_fail(parser *p, const char *fmt, ...) {
+    if (p->failed) return VC_ERR_FORMAT; /* keep the first message */
+    p->failed = 1;
+    char what[400];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    return vc__fail(NULL, VC_ERR_FORMAT, "vc_safetensors_open: %s: header byte %zu: %s", p->path, p->pos, what);
+}
+
+static void skip_ws(parser *p) {
+    while (p->pos < p->n && (p->s[p->pos] == ' ' || p->s[p->pos] == '\t' || p->s[p->pos] == '\n' || p->s[p->pos] == '\r'))
+        p->pos++;
+}
+
+static int expect(parser *p, char ch, const char *what) {
+    skip_ws(p);
+    if (p->pos >= p->n || p->s[p->pos] != ch) return parse_fail(p, "expected %s", what);
+    p->pos++;
+    return VC_OK;
+}
+
+static int hex4(parser *p, unsigned *out) {
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) {
+        if (p->pos >= p->n) return parse_fail(p, "\\u escape cut short");
+        char c = p->s[p->pos++];
+        v <<= 4;
+        if (c >= '0' && c <= '9') v |= (unsigned)(c - '0');
+        else if (c >= 'a' && c <= 'f') v |= (unsigned)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F') v |= (unsigned)(c - 'A' + 10);
+        else return parse_fail(p, "\\u escape with a non-hex digit");
+    }
+    *out = v;
+    return VC_OK;
+}
+
+static size_t put_utf8(char *d, unsigned cp) {
+    if (cp < 0x80) {
+        d[0] = (char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        d[0] = (char)(0xc0 | (cp >> 6));
+        d[1] = (char)(0x80 | (cp & 0x3f));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        d[0] = (char)(0xe0 | (cp >> 12));
+        d[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
+        d[2] = (char)(0x80 | (cp & 0x3f));
+        return 3;
+    }
+    d[0] = (char)(0xf0 | (cp >> 18));
+    d[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
+    d[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
+    d[3] = (char)(0x80 | (cp & 0x3f));
+    return 4;
+}
+
+/* Length of the well-formed UTF-8 sequence at s (at most `left` bytes), or 0. */
+static size_t utf8_len(const unsigned char *s, size_t left) {
+    unsigned c = s[0], n, min;
+    if (c < 0x80) return 1;
+    if (c >= 0xc2 && c <= 0xdf) n = 2, min = 0x80;
+    else if (c >= 0xe0 && c <= 0xef) n = 3, min = 0x800;
+    else if (c >= 0xf0 && c <= 0xf4) n = 4, min = 0x10000;
+    else return 0;
+    if (n > left) return 0;
+    unsigned cp = c & (0x3fu >> (n - 1));
+    for (unsigned i = 1; i < n; i++) {
+        if ((s[i] & 0xc0) != 0x80) return 0;
+        cp = (cp << 6) | (s[i] & 0x3fu);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
+    return n;
+}
+
+/* A JSON string, escapes decoded, into a malloc'ed NUL-terminated *out (NULL: read and dropped).
+ * A string holding U+0000 is refused: names and values are C strings here. */
+static int parse_string(parser *p, char **out) {
+    if (out) *out = NULL;
+    int st = expect(p, '"', "a string");
+    if (st) return st;
+    size_t start = p->pos;
+    /* decoded text is never longer than the text it comes from */
+    size_t end = start;
+    while (end < p->n && p->s[end] != '"') end += p->s[end] == '\\' ? 2 : 1;
+    char *d = out ? malloc(end - start + 1) : NULL;
+    if (out && !d) return vc__fail(NULL, VC_ERR_NO_MEMORY, "vc_safetensors_open: out of host memory");
+    size_t len = 0;
+    for (;;) {
+        if (p->pos >= p->n) {
+            free(d);
+            return parse_fail(p, "string not closed");
+        }
+        unsigned char ch = (unsigned char)p->s[p->pos];
+        if (ch == '"') {
+            p->pos++;
+            break;
+        }
+        if (ch < 0x20) {
+            free(d);
+            return parse_fail(p, "control character 0x%02x in a string", ch);
+        }
+        if (ch != '\\') {
+            size_t k = utf8_len((const unsigned char *)p->s + p->pos, p->n - p->pos);
+            if (!k) {
+                free(d);
+                return parse_fail(p, "byte 0x%02x is not UTF-8 text", ch);
+            }
+            if (d) memcpy(d + len, p->s + p->pos, k);
+            len += k;
+            p->pos += k;
+            continue;
+        }
+        p->pos++;
+        if (p->pos >= p->n) {
+            free(d);
+            return parse_fail(p, "escape cut short");
+        }
+        char e = p->s[p->pos++];
+        const char *simple = strchr("\"\\/bfnrt", e);
+        if (simple && e) {
+            static const char map[] = "\"\\/\b\f\n\r\t";
+            if (d) d[len] = map[simple - "\"\\/bfnrt"];
+            len++;
+            continue;
+        }
+        if (e != 'u') {
+            free(d);
+            return parse_fail(p, "unknown escape '\\%c'", e);
+        }
+        unsigned cp;
+        if ((st = hex4(p, &cp))) {
+            free(d);
+            return st;
+        }
+        if (cp >= 0xd800 && cp <= 0xdbff) { /* a surrogate pair: the low half must follow */
+            unsigned lo;
+            if (p->pos + 2 > p->n || p->s[p->pos] != '\\' || p->s[p->pos + 1] != 'u') {
+                free(d);
+                return parse_fail(p, "lone surrogate \\u%04x", cp);
+            }
+            p->pos += 2;
+            if ((st = hex4(p, &lo))) {
+                free(d);
+                return st;
+            }
+            if (lo < 0xdc00 || lo > 0xdfff) {
+                free(d);
+                return parse_fail(p, "surrogate \\u%04x not followed by a low surrogate", cp);
+            }
+            cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+        } else if (cp >= 0xdc00 && cp <= 0xdfff) {
+            free(d);
+            return parse_fail(p, "lone surrogate \\u%04x", cp);
+        } else if (cp == 0) {
+            free(d);
+            return parse_fail(p, "\\u0000 in a string");
+        }
+        char buf[4];
+        size_t k = put_utf8(buf, cp); /* a \uXXXX escape (6 bytes, 12 for a pair) decodes to at most 4 */
+        if (d) memcpy(d + len, buf, k);
+        len += k;
+    }
+    if (d) {
+        d[len] = '\0';
+        *out = d;
+    }
+    return VC_OK;
+}
+
+/* A non-negative integer that fits 64 bits (sizes and offsets), as JSON writes it. */
+static int parse_u64(parser *p, uint64_t *out, const char *what) {
+    skip_ws(p);
+    size_t start = p->pos;
+    uint64_t v = 0;
+    while (p->pos < p->n && p->s[p->pos] >= '0' && p->s[p->pos] <= '9') {
+        unsigned dgt = (unsigned)(p->s[p->pos] - '0');
+        if (v > (UINT64_MAX - dgt) / 10) return parse_fail(p, "%s does not fit 64 bits", what);
+        v = v * 10 + dgt;
+        p->pos++;
+    }
+    if (p->pos == start) return parse_fail(p, "expected %s (a non-negative integer)", what);
+    if (p->s[start] == '0' && p->pos - start > 1) return parse_fail(p, "%s with a leading zero", what);
+    if (p->pos < p->n && (p->s[p->pos] == '.' || p->s[p->pos] == 'e' || p->s[p->pos] == 'E'))
+        return parse_fail(p, "%s must be an integer", what);
+    *out = v;
+    return VC_OK;
+}
+
+/* Any JSON value, read and dropped (fields the format may grow). */
+static int skip_value(parser *p, int depth) {
+    if (depth > MAX_NESTING) return parse_fail(p, "values nested more than %d deep", MAX_NESTING);
+    skip_ws(p);
+    if (p->pos >= p->n) return parse_fail(p, "expected a value");
+    char c = p->s[p->pos];
+    int st;
+    if (c == '"') return parse_string(p, NULL);
+    if (c == '{' || c == '[') {
+        char close = c == '{' ? '}' : ']';
+        p->pos++;
+        skip_ws(p);
+        if (p->pos < p->n && p->s[p->pos] == close) {
+            p->pos++;
+            return VC_OK;
+        }
+        for (;;) {
+            if (c == '{') {
+                if ((st = parse_string(p, NULL)) || (st = expect(p, ':', "':'"))) return st;
+            }
+            if ((st = skip_value(p, depth + 1))) return st;
+            skip_ws(p);
+            if (p->pos < p->n && p->s[p->pos] == ',') {
+                p->pos++;
+                continue;
+            }
+            return expect(p, close, c == '{' ? "',' or '}'" : "',' or ']'");
+        }
+    }
+    static const char *const words[] = {"true", "false", "null"};
+    for (int i = 0; i < 3; i++) {
+        size_t k = strlen(words[i]);
+        if (p->n - p->pos >= k && !memcmp(p->s + p->pos, words[i], k)) {
+            p->pos += k;
+            return VC_OK;
+        }
+    }
+    /* a number: -?digits(.digits)?([eE][+-]?digits)? */
+    size_t start = p->pos;
+    if (p->s[p->pos] == '-') p->pos++;
+    size_t digits = p->pos;
+    while (p->pos < p->n && p->s[p->pos] >= '0' && p->s[p->pos] <= '9') p->pos++;
+    if (p->pos == digits) {
+        p->pos = start;
+        return parse_fail(p, "expected a value");
+    }
+    if (p->pos < p->n && p->s[p->pos] == '.') {
+        p->pos++;
+        size_t f = p->pos;
+        while (p->pos < p->n && p->s[p->pos] >= '0' && p->s[p->pos] <= '9') p->pos++;
+        if (p->pos == f) return parse_fail(p, "a number with no digits after '.'");
+    }
+    if (p->pos < p->n && (p->s[p->pos] == 'e' || p->s[p->pos] == 'E')) {
+        p->pos++;
+        if (p->pos < p->n && (p->s[p->pos] == '+' || p->s[p->pos] == '-')) p->pos++;
+        size_t f = p->pos;
+        while (p->pos < p->n && p->s[p->pos] >= '0' && p->s[p->pos] <= '9') p->pos++;
+        if (p->pos == f) return parse_fail(p, "a number with no digits in its exponent");
+    }
+    return VC_OK;
+}
+
+/* Calls each(p, key, user) for every member of an object; the callback reads the value. */
+typedef int (*member_fn)(parser *p, char *key, void *user);
+
+static int parse_object(parser *p, member_fn each, void *user) {
+    int st = expect(p, '{', "'{'");
+    if (st) return st;
+    skip_ws(p);
+    if (p->pos < p->n && p->s[p->pos] == '}') {
+        p->pos++;
+        return VC_OK;
+    }
+    for (;;) {
+        char *key;
+        if ((st = parse_string(p, &key))) return st;
+        if ((st = expect(p, ':', "':'"))) {
+            free(key);
+            return st;
+        }
+        if ((st = each(p, key, user))) return st; /* each() owns key */
+        skip_ws(p);
+        if (p->pos < p->n && p->s[p->pos] == ',') {
+            p->pos++;
+            continue;
+        }
+        return expect(p, '}', "',' or '}'");
+    }
+}
+
+typedef struct tensor_fields {
+    raw_tensor *t;
+    int have_dtype, have_shape, have_offsets;
+} tensor_fields;
+
+static int u64_array(parser *p, uint64_t **out, unsigned *count, const char *what) {
+    int st = expect(p, '[', "'['");
+    if (st) return st;
+    size_t n = 0, cap = 0;
+    uint64_t *v = NULL;
+    skip_ws(p);
+    if (p->pos < p->n && p->s[p->pos] == ']') {
+        p->pos++;
+    } else {
+        for (;;) {
+            if (n == cap) {
+                cap = cap ? cap * 2 : 4;
+                uint64_t *g = realloc(v, cap * sizeof *v);
+                if (!g) {
+                    free(v);
+                    return vc__fail(NULL, VC_ERR_NO_MEMORY, "vc_safetensors_open: out of host memory");
+                }
+                v = g;
+            }
+            if ((st = parse_u64(p, &v[n], what))) {
+                free(v);
+                return st;
+            }
+            n++;
+            skip_ws(p);
+            if (p->pos < p->n && p->s[p->pos] == ',') {
+                p->pos++;
+                continue;
+            }
+            if ((st = expect(p, ']', "',' or ']'"))) {
+                free(v);
+                return st;
+            }
+            break;
+        }
+    }
+    if (n > 4096) { /* a header may be 100 MB; no tensor has this many dimensions */
+        free(v);
+        return parse_fail(p, "%s has %zu entries", what, n);
+    }
+    *out = v;
+    *count = (unsigned)n;
+    return VC_OK;
+}
+
+static int tensor_member(parser *p, char *key, void *user) {
+    tensor_fields *f = user;
+    int st = VC_OK;
+    int *seen = !strcmp(key, "dtype") ? &f->have_dtype : !strcmp(key, "shape") ? &f->have_shape
+              : !strcmp(key, "data_offsets") ? &f->have_offsets : NULL;
+    if (seen && *seen) st = parse_fail(p, "'%s' given twice", key);
+    else if (!seen) st = skip_value(p, 1);
+    else if (seen == &f->have_dtype) st = parse_string(p, &f->t->dtype);
+    else if (seen == &f->have_shape) st = u64_array(p, &f->t->shape, &f->t->rank, "a shape entry");
+    else {
+        uint64_t *o = NULL;
+        unsigned k = 0;
+        size_t at = p->pos;
+        st = u64_array(p, &o, &k, "a data offset");
+        if (!st && k != 2) {
+            p->pos = at;
+            st = parse_fail(p, "data_offsets has %u entries, expected [begin, end]", k);
+        }
+        if (!st) f->t->begin = o[0], f->t->end = o[1];
+        free(o);
+    }
+    if (seen && !st) *seen = 1;
+    free(key);
+    return st;
+}
+
+typedef struct header {
+    raw_tensor *t;
+    size_t n, cap;
+    char **meta;
+    size_t nmeta, meta_cap;
+    int have_meta;
+} header;
+
+static int meta_member(parser *p, char *key, void *user) {
+    header *h = user;
+    if (h->nmeta == h->meta_cap) {
+        size_t cap = h->meta_cap ? h->meta_cap * 2 : 8;
+        char **g = realloc(h->meta, cap * 2 * sizeof *g);
+        if (!g) {
+            free(key);
+            return vc__fail(NULL, VC_ERR_NO_MEMORY, "vc_safetensors_open: out of host memory");
+        }
+        h->meta = g;
+        h->meta_cap = cap;
+    }
+    skip_ws(p);
+    if (p->pos < p->n && p->s[p->pos] != '"') {
+        free(key);
+        return parse_fail(p, "__metadata__ values must be strings");
+    }
+    char *value;
+    int st = parse_string(p, &value);
+    if (st) {
+        free(key);
+        return st;
+    }
+    h->meta[2 * h->nmeta] = key;
+    h->meta[2 * h->nmeta + 1] = value;
+    h->nmeta++;
+    return VC_OK;
+}
+
+static int top_member(parser *p, char *key, void *user) {
+    header *h = user;
+    if (!strcmp(key, "__metadata__")) {
+        free(key);
+        if (h->have_meta) return parse_fail(p, "__metadata__ given twice");
+        h->have_meta = 1;
+        return parse_object(p, meta_member, h);
+    }
+    if (h->n == h->cap) {
+        size_t cap = h->cap ? h->cap * 2 : 64;
+        raw_tensor *g = realloc(h->t, cap * sizeof *g);
+        if (!g) {
+            free(key);
+            return vc__fail(NULL, VC_ERR_NO_MEMORY, "vc_safetensors_open: out of host memory");
+        }
+        h->t = g;
+        h->cap = cap;
+    }
+    raw_tensor *t = &h->t[h->n++];
+    memset(t, 0, sizeof *t);
+    t->name = key;
+    skip_ws(p);
+    t->at = p->pos;
+    tensor_fields f = {.t = t};
+    int st = parse_object(p, tensor_member, &f);
+    if (st) return st;
+    if (!f.have_dtype || !f.have_shape || !f.have_offsets) {
+        p->pos = t->at;
+        return parse_fail(p, "tensor '%s' lacks '%s'", key,
+                          !f.have_dtype ? "dtype" : !f.have_shape ? "shape" : "data_offsets");
+    }
+    return VC_OK;
+}
+
+static void header_free(header *h) {
+    for (size_t i = 0; i < h->n; i++) {
+        free(h->t[i].name);
+        free(h->t[i].dtype);
+        free(h->t[i].shape);
+    }
+    free(h->t);
+    for (size_t i = 0; i < 2 * h->nmeta; i++) free(h->meta[i]);
+    free(h->meta);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Checks, grouping and layout                                                                     */
+/* ---------------------------------------------------------------------------------------------- */
+
+static unsigned dtype_bits(const char *dtype) {
+    static const struct {
+        const char *name;
+        unsigned bits;
+    } table[] = {{"BOOL", 8},    {"U8", 8},       {"I8", 8},       {"F8_E5M2", 8}, {"F8_E4M3", 8},
+                 {"F8_E8M0", 8}, {"I16", 16},     {"U16", 16},     {"F16", 16},    {"BF16", 16},
+                 {"I32", 32},    {"U32", 32},     {"F32", 32},     {"F64", 64},    {"I64", 64},
+                 {"U64", 64},    {"C64", 64},     {"F4", 4},       {"F6_E2M3", 6}, {"F6_E3M2", 6}};
+    for (size_t i = 0; i < sizeof table / sizeof table[0]; i++)
+        if (!strcmp(dtype, table[i].name)) return table[i].bits;
+    return 0;
+}
+
+/* Compares names with runs of digits compared as numbers: "blocks.2" < "blocks.10". */
+static int natural_cmp(const char *a, const char *b) {
+    while (*a && *b) {
+        if (*a >= '0' && *a <= '9' && *b >= '0' && *b <= '9') {
+            const char *x = a, *y = b;
+            while (*x == '0' && x[1] >= '0' && x[1] <= '9') x++;
+            while (*y == '0' && y[1] >= '0' && y[1] <= '9') y++;
+            size_t nx = 0, ny = 0;
+            while (x[nx] >= '0' && x[nx] <= '9') nx++;
+            while (y[ny] >= '0' && y[ny] <= '9') ny++;
+            if (nx != ny) return nx < ny ? -1 : 1;
+            int c = memcmp(x, y, nx);
+            if (c) return c < 0 ? -1 : 1;
+            a = x + nx;
+            b = y + ny;
+            continue;
+        }
+        if (*a != *b) return (unsigned char)*a < (unsigned char)*b ? -1 : 1;
+        a++;
+        b++;
+    }
+    return *a ? 1 : *b ? -1 : 0;
+}
+
+/* Length of the prefix of `name` that names its layer (see vc_safetensors_options.group_depth). */
+static size_t group_prefix(const char *name, unsigned depth) {
+    size_t len = strlen(name), comps = 1;
+    for (size_t i = 0; i < len; i++) comps += name[i] == '.';
+    if (comps == 1) return len;
+    size_t keep = comps - 1; /* at most all but the last component */
+    if (depth) {
+        if (depth < keep) keep = depth;
+    } else {
+        /* the last component, short of the final one, that is all digits */
+        size_t idx = 0, start = 0, last_num = 0;
+        for (size_t i = 0; i <= len; i++) {
+            if (name[i] != '.' && name[i] != '\0') continue;
+            int digits = i > start;
+            for (size_t k = start; k < i && digits; k++) digits = name[k] >= '0' && name[k] <= '9';
+            idx++;
+            if (digits && idx < comps) last_num = idx;
+            start = i + 1;
+        }
+        if (last_num) keep = last_num;
+    }
+    size_t seen = 0;
+    for (size_t i = 0; i < len; i++)
+        if (name[i] == '.' && ++seen == keep) return i;
+    return len;
+}
+
+typedef struct sort_item {
+    raw_tensor *t;
+    char *key; /* its layer's name */
+} sort_item;
+
+static int by_layer_then_offset(const void *pa, const void *pb) {
+    const sort_item *a = pa, *b = pb;
+    int c = natural_cmp(a->key, b->key);
+    if (!c) c = strcmp(a->key, b->key); /* "b.01" and "b.1" are different layers */
+    if (c) return c;
+    if (a->t->begin != b->t->begin) return a->t->begin < b->t->begin ? -1 : 1;
+    return a->t->end < b->t->end ? -1 : a->t->end > b->t->end;
+}
+
+static int by_begin(const void *pa, const void *pb) {
+    const raw_tensor *a = *(const raw_tensor *const *)pa, *b = *(const raw_tensor *const *)pb;
+    if (a->begin != b->begin) return a->begin < b->begin ? -1 : 1;
+    return a->end < b->end ? -1 : a->end > b->end;
+}
+
+typedef struct named {
+    const char *name;
+    size_t index;
+} named;
+
+static int by_name(const void *pa, const void *pb) {
+    const named *a = pa, *b = pb;
+    int c = strcmp(a->name, b->name);
+    return c ? c : a->index < b->index ? -1 : a->index > b->index;
+}
+
+void vc_safetensors_close(vc_safetensors *st) {
+    if (!st) return;
+    if (st->fd >= 0) close(st->fd);
+    for (size_t i = 0; i < st->ntensors; i++) {
+        free((char *)st->tensors[i].name);
+        free((char *)st->tensors[i].dtype);
+        free((uint64_t *)st->tensors[i].shape);
+    }
+    for (size_t i = 0; i < st->nlayers; i++) free((char *)st->layers[i].name);
+    for (size_t i = 0; i < 2 * st->nmeta; i++) free(st->meta[i]);
+    free(st->meta);
+    free(st->tensors);
+    free(st->layers);
+    free(st->by_name);
+    free(st->ctx);
+    free(st->path);
+    free(st);
+}
+
+static int read_full(int fd, void *dst, uint64_t size, uint64_t off) {
+    char *d = dst;
+    while (size) {
+        size_t want = size > READ_CHUNK ? READ_CHUNK : (size_t)size;
+        ssize_t got = pread(fd, d, want, (off_t)off);
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) return -errno;
+        if (got == 0) return READ_ENDED;
+        d += got;
+        off += (uint64_t)got;
+        size -= (uint64_t)got;
+    }
+    return 0;
+}
+
+#define OUT_OF_MEMORY() vc__fail(NULL, VC_ERR_NO_MEMORY, "vc_safetensors_open: out of host memory")
+
+/* Checks the parsed tensors, in header order, so the first bad entry is the one reported. */
+static int check(const char *path, header *h, uint64_t data_bytes) {
+    named *names = malloc((h->n ? h->n : 1) * sizeof *names);
+    const raw_tensor **order = malloc((h->n ? h->n : 1) * sizeof *order);
+    if (!names || !order) {
+        free(names);
+        free(order);
+        return OUT_OF_MEMORY();
+    }
+    for (size_t i = 0; i < h->n; i++) names[i] = (named){.name = h->t[i].name, .index = i};
+    qsort(names, h->n, sizeof *names, by_name);
+    int status = VC_OK;
+    for (size_t i = 1; i < h->n && !status; i++)
+        if (!strcmp(names[i].name, names[i - 1].name))
+            status = vc__fail(NULL, VC_ERR_FORMAT, "vc_safetensors_open: %s: tensor '%s' is named twice (header bytes %zu and %zu)",
+                              path, names[i].name, h->t[names[i - 1].index].at, h->t[names[i].index].at);
+    free(names);
+    for (size_t i = 0; i < h->n && !status; i++) {
+        const raw_tensor *t = &h->t[i];
+        unsigned bits = dtype_bits(t->dtype);
+        uint64_t elements = 1, nbits = 0;
+        int too_big = 0;
+        for (unsigned k = 0; k < t->rank; k++) too_big |= __builtin_mul_overflow(elements, t->shape[k], &elements);
+        if (bits) too_big |= __builtin_mul_overflow(elements, (uint64_t)bits, &nbits);
+        if (!bits)
+            status = vc__fail(NULL, VC_ERR_FORMAT, "vc_safetensors_open: %s: tensor '%s' (header byte %zu): unknown dtype '%s'", path,
+                              t->name, t->at, t->dtype);
+        else if (too_big)
+            status = vc__fail(NULL, VC_ERR_FORMAT, "vc_safetensors_open: %s: tensor '%s': its size does not fit 64 bits", path,
+                              t->name);
+        else if (nbits % 8)
+            status = vc__fail(NULL, VC_ERR_FORMAT,
+                              "vc_safetensors_open: %s: tensor '%s': %llu elements of %s (%u bits) are not a whole number of bytes",
+                              path, t->name, (unsigned long long)elements, t->dtype, bits);
+        else if (t->end < t->begin)
+            status = vc__fail(NULL, VC_ERR_FORMAT, "vc_safetensors_open: %s: tensor '%s': data_offsets [%llu, %llu] end before they begin",
+                              path, t->name, (unsigned long long)t->begin, (unsigned long long)t->end);
+        else if (t->end - t->begin != nbits / 8)
+            status = vc__fail(NULL, VC_ERR_FORMAT,
+                              "vc_safetensors_open: %s: tensor '%s': data_offsets [%llu, %llu] hold %llu bytes, but %llu elements of %s "
+                              "take %llu",
+                              path, t->name, (unsigned long long)t->begin, (unsigned long long)t->end,
+                              (unsigned long long)(t->end - t->begin), (unsigned long long)elements, t->dtype,
+                              (unsigned long long)(nbits / 8));
+    }
+    /* the data: tensors back to back from its first byte to its last, with neither overlaps nor
+     * gaps (as the reference requires: a gap could hide another file format's content) */
+    for (size_t i = 0; i < h->n; i++) order[i] = &h->t[i];
+    qsort(order, h->n, sizeof *order, by_begin);
+    uint64_t at = 0;
+    for (size_t i = 0; i < h->n && !status; i++) {
+        const raw_tensor *t = order[i];
+        if (t->begin != at)
+            status = vc__fail(NULL, VC_ERR_FORMAT,
+                              "vc_safetensors_open: %s: tensor '%s' starts at data byte %llu, but %s at %llu: tensors must follow "
+                              "each other with neither overlaps nor gaps",
+                              path, t->name, (unsigned long long)t->begin, i ? "the tensor before it ends" : "the data starts",
+                              (unsigned long long)at);
+        at = t->end;
+    }
+    free(order);
+    if (!status && at != data_bytes)
+        status = vc__fail(NULL, VC_ERR_FORMAT, "vc_safetensors_open: %s: the tensors cover %llu bytes of data, but the file holds %llu after its header%s",
+                          path, (unsigned long long)at, (unsigned long long)data_bytes, at > data_bytes ? " (cut short?)" : "");
+    return status;
+}
+
+/* Fills st from the checked tensors: grouped into layers, ordered, and laid out. Moves the
+ * tensors' strings and shapes from h to st. */
+static int build(vc_safetensors *st, header *h, unsigned depth) {
+    size_t n = h->n, cap = n ? n : 1;
+    sort_item *items = calloc(cap, sizeof *items);
+    st->tensors = calloc(cap, sizeof *st->tensors);
+    st->layers = calloc(cap, sizeof *st->layers);
+    st->by_name = malloc(cap * sizeof *st->by_name);
+    st->ctx = calloc(cap, sizeof *st->ctx);
+    named *names = malloc(cap * sizeof *names);
+    int status = items && st->tensors && st->layers && st->by_name && st->ctx && names ? VC_OK : OUT_OF_MEMORY();
+    for (size_t i = 0; i < n && !status; i++) {
+        items[i].t = &h->t[i];
+        items[i].key = strndup(h->t[i].name, group_prefix(h->t[i].name, depth));
+        if (!items[i].key) status = OUT_OF_MEMORY();
+    }
+    if (!status) qsort(items, n, sizeof *items, by_layer_then_offset);
+    for (size_t i = 0; i < n && !status; i++) {
+        raw_tensor *t = items[i].t;
+        if (i == 0 || strcmp(items[i].key, st->layers[st->nlayers - 1].name)) {
+            vc_safetensors_layer *l = &st->layers[st->nlayers];
+            l->name = items[i].key; /* moves to the layer */
+            items[i].key = NULL;
+            l->first_tensor = i;
+            st->ctx[st->nlayers] = (layer_ctx){.st = st, .index = st->nlayers};
+            st->nlayers++;
+        }
+        vc_safetensors_layer *l = &st->layers[st->nlayers - 1];
+        vc_safetensors_tensor *o = &st->tensors[i];
+        o->name = t->name;
+        o->dtype = t->dtype;
+        o->shape = t->shape;
+        t->name = t->dtype = NULL;
+        t->shape = NULL;
+        st->ntensors = i + 1;
+        o->rank = t->rank;
+        o->bits = dtype_bits(o->dtype);
+        o->elements = 1;
+        for (unsigned k = 0; k < o->rank; k++) o->elements *= o->shape[k];
+        o->bytes = t->end - t->begin;
+        o->file_offset = t->begin; /* made absolute by the caller */
+        o->layer = st->nlayers - 1;
+        uint64_t a = st->alignment, off = (l->bytes + a - 1) / a * a;
+        if (l->bytes > UINT64_MAX / 2 || off > SIZE_MAX - o->bytes) {
+            status = vc__fail(NULL, VC_ERR_TOO_LARGE, "vc_safetensors_open: %s: layer '%s' is too large for this machine", st->path,
+                              l->name);
+            break;
+        }
+        /* an empty tensor takes no room: it sits where the next one would start, within the buffer */
+        o->layer_offset = o->bytes ? off : l->bytes;
+        if (o->bytes) l->bytes = off + o->bytes;
+        if (o->rank >= 2) l->weight_elements += o->elements;
+        l->tensor_count++;
+    }
+    for (size_t i = 0; items && i < n; i++) free(items[i].key);
+    free(items);
+    if (!status) {
+        for (size_t i = 0; i < st->ntensors; i++) names[i] = (named){.name = st->tensors[i].name, .index = i};
+        qsort(names, st->ntensors, sizeof *names, by_name);
+        for (size_t i = 0; i < st->ntensors; i++) st->by_name[i] = names[i].index;
+    }
+    free(names);
+    return status;
+}
+
+int vc_safetensors_open(const char *path, const vc_safetensors_options *opts, vc_safetensors **out) {
+    if (out) *out = NULL;
+    if (!path || !out) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_safetensors_open: %s is NULL", !path ? "path" : "out");
+    vc_safetensors_options o;
+    vc_safetensors_options_init(&o);
+    if (opts) {
+        if (opts->struct_size < sizeof o || opts->struct_size > sizeof o)
+            return vc__fail(NULL, VC_ERR_INVALID_ARG,
+                            "vc_safetensors_open: opts->struct_size is %zu, expected %zu (initialise with vc_safetensors_options_init)",
+                            opts->struct_size, sizeof o);
+        o = *opts;
+    }
+    if (!o.tensor_alignment) o.tensor_alignment = 256;
+    if (o.tensor_alignment & (o.tensor_alignment - 1) || o.tensor_alignment > ((size_t)2 << 20))
+        return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_safetensors_open: tensor_alignment %zu is not a power of two up to 2 MB",
+                        o.tensor_alignment);
+    vc_safetensors *st = calloc(1, sizeof *st);
+    if (!st || !(st->path = strdup(path))) {
+        free(st);
+        return vc__fail(NULL, VC_ERR_NO_MEMORY, "vc_safetensors_open: out of host memory");
+    }
+    st->alignment = o.tensor_alignment;
+    st->fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat sb;
+    if (st->fd < 0 || fstat(st->fd, &sb) != 0) {
+        int e = errno;
+        vc_safetensors_close(st);
+        return vc__fail(NULL, VC_ERR_IO, "vc_safetensors_open: %s: %s", path, strerror(e));
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        vc_safetensors_close(st);
+        return vc__fail(NULL, VC_ERR_IO, "vc_safetensors_open: %s: not a regular file", path);
+    }
+    uint64_t file_bytes = (uint64_t)sb.st_size;
+    unsigned char len8[8];
+    if (file_bytes < 8 || read_full(st->fd, len8, 8, 0) != 0) {
+        vc_safetensors_close(st);
+        return vc__fail(NULL, VC_ERR_FORMAT, "vc_safetensors_open: %s: %llu bytes, shorter than a safetensors header's length",
+                        path, (unsigned long long)file_bytes);
+    }
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--) hlen = hlen << 8 | len8[i];
+    if (hlen > MAX_HEADER_BYTES || hlen > file_bytes - 8) {
+        vc_safetensors_close(st);
+        return vc__fail(NULL, VC_ERR_FORMAT,
+                        "vc_safetensors_open: %s: header length %llu is %s (a safetensors file starts with its header's length, "
+                        "little-endian, at most 100 MB)",
+                        path, (unsigned long long)hlen, hlen > MAX_HEADER_BYTES ? "over 100 MB" : "past the end of the file");
+    }
+    char *text = malloc(hlen ? (size_t)hlen : 1);
+    if (!text) {
+        vc_safetensors_close(st);
+        return vc__fail(NULL, VC_ERR_NO_MEMORY, "vc_safetensors_open: out of host memory");
+    }
+    int r = read_full(st->fd, text, hlen, 8);
+    if (r) {
+        free(text);
+        vc_safetensors_close(st);
+        return vc__fail(NULL, VC_ERR_IO, "vc_safetensors_open: %s: reading its header: %s", path,
+                        r == READ_ENDED ? "the file ended early" : strerror(-r));
+    }
+    parser p = {.s = text, .n = (size_t)hlen, .path = path};
+    header h = {0};
+    int status;
+    if (!hlen || text[0] != '{') {
+        status = parse_fail(&p, "a safetensors header starts with '{'");
+    } else if ((status = parse_object(&p, top_member, &h)) == VC_OK) {
+        skip_ws(&p);
+        if (p.pos != p.n) status = parse_fail(&p, "text after the header's object");
+    }
+    free(text);
+    if (status == VC_OK) status = check(path, &h, file_bytes - 8 - hlen);
+    if (status == VC_OK) status = build(st, &h, o.group_depth);
+    if (status == VC_OK) {
+        for (size_t i = 0; i < st->ntensors; i++) st->tensors[i].file_offset += 8 + hlen;
+        st->meta = h.meta;
+        st->nmeta = h.nmeta;
+        h.meta = NULL;
+        h.nmeta = 0;
+    }
+    header_free(&h);
+    if (status != VC_OK) {
+        vc_safetensors_close(st);
+        return status;
+    }
+    *out = st;
+    return VC_OK;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Queries, reading and registration                                                               */
+/* ---------------------------------------------------------------------------------------------- */
+
+size_t vc_safetensors_tensor_count(const vc_safetensors *st) { return st ? st->ntensors : 0; }
+
+const vc_safetensors_tensor *vc_safetensors_get_tensor(const vc_safetensors *st, size_t i) {
+    return st && i < st->ntensors ? &st->tensors[i] : NULL;
+}
+
+size_t vc_safetensors_layer_count(const vc_safetensors *st) { return st ? st->nlayers : 0; }
+
+const vc_safetensors_layer *vc_safetensors_get_layer(const vc_safetensors *st, size_t i) {
+    return st && i < st->nlayers ? &st->layers[i] : NULL;
+}
+
+int vc_safetensors_find(const vc_safetensors *st, const char *name, size_t *index) {
+    if (!st || !name || !index) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_safetensors_find: NULL argument");
+    size_t lo = 0, hi = st->ntensors;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(st->tensors[st->by_name[mid]].name, name);
+        if (!c) {
+            *index = st->by_name[mid];
+            return VC_OK;
+        }
+        if (c < 0) lo = mid + 1;
+        else hi = mid;
+    }
+    return vc__fail(NULL, VC_ERR_NOT_FOUND, "vc_safetensors_find: %s has no tensor '%s'", st->path, name);
+}
+
+const char *vc_safetensors_metadata(const vc_safetensors *st, const char *key) {
+    if (!st || !key) return NULL;
+    for (size_t i = 0; i < st->nmeta; i++)
+        if (!strcmp(st->meta[2 * i], key)) return st->meta[2 * i + 1];
+    return NULL;
+}
+
+int vc_safetensors_read_layer(const vc_safetensors *st, size_t layer, void *dst, size_t size) {
+    if (!st || !dst) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_safetensors_read_layer: %s is NULL", !st ? "st" : "dst");
+    if (layer >= st->nlayers)
+        return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_safetensors_read_layer: layer %zu of %zu", layer, st->nlayers);
+    const vc_safetensors_layer *l = &st->layers[layer];
+    if (size != l->bytes)
+        return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_safetensors_read_layer: layer '%s' is %llu bytes, not %zu", l->name,
+                        (unsigned long long)l->bytes, size);
+    char *d = dst;
+    uint64_t filled = 0;
+    size_t i = l->first_tensor, end = l->first_tensor + l->tensor_count;
+    while (i < end) {
+        const vc_safetensors_tensor *t = &st->tensors[i];
+        if (!t->bytes) {
+            i++;
+            continue;
+        }
+        /* one read for a run of tensors that lie back to back both in the file and in the buffer */
+        uint64_t run = t->bytes;
+        size_t j = i + 1;
+        while (j < end && st->tensors[j].file_offset == t->file_offset + run && st->tensors[j].layer_offset == t->layer_offset + run) {
+            run += st->tensors[j].bytes;
+            j++;
+        }
+        memset(d + filled, 0, (size_t)(t->layer_offset - filled));
+        int r = read_full(st->fd, d + t->layer_offset, run, t->file_offset);
+        if (r)
+            return vc__fail(NULL, VC_ERR_IO, "vc_safetensors_read_layer: %s: tensor '%s': %s", st->path, t->name,
+                            r == READ_ENDED ? "the file is shorter than when it was opened" : strerror(-r));
+        filled = t->layer_offset + run;
+        i = j;
+    }
+    if (filled < size) memset(d + filled, 0, (size_t)(size - filled));
+    return VC_OK;
+}
+
+static int layer_loader(void *user, vc_layer_id id, void *dst, size_t bytes) {
+    (void)id;
+    const layer_ctx *x = user;
+    return vc_safetensors_read_layer(x->st, x->index, dst, bytes);
+}
+
+int vc_safetensors_register(vc_safetensors *st, vc_cache *cache, vc_model_id model, vc_layer_id *ids) {
+    if (!st || !cache) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_safetensors_register: %s is NULL", !st ? "st" : "cache");
+    vc_layer_id *got = calloc(st->nlayers ? st->nlayers : 1, sizeof *got);
+    if (!got) return vc__fail(NULL, VC_ERR_NO_MEMORY, "vc_safetensors_register: out of host memory");
+    for (size_t i = 0; i < st->nlayers; i++) {
+        const vc_safetensors_layer *l = &st->layers[i];
+        if (!l->bytes) continue;
+        vc_layer_desc d = {.name = l->name,
+                           .bytes = (size_t)l->bytes,
+                           .alignment = st->alignment,
+                           .loader = layer_loader,
+                           .loader_user = &st->ctx[i]};
+        int status = vc_layer_register(cache, model, &d, &got[i]);
+        if (status != VC_OK) {
+            char why[1024];
+            snprintf(why, sizeof why, "%s", vc_last_error());
+            for (size_t k = i; k-- > 0;)
+                if (got[k]) vc_layer_unregister(cache, got[k]);
+            free(got);
+            return vc__fail(NULL, status, "vc_safetensors_register: %s: layer '%s' (%zu of %zu; none is left registered): %s",
+                            st->path, l->name, i + 1, st->nlayers, why);
+        }
+    }
+    if (ids) memcpy(ids, got, st->nlayers * sizeof *ids);
+    free(got);
+    return VC_OK;
+}

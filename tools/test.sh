@@ -56,7 +56,7 @@ cmake -S . -B build-test/fuzz -DCMAKE_C_COMPILER=clang -DVC_SANITIZE=address,und
   -DVC_BUILD_TESTS=OFF -DVC_BUILD_EXAMPLES=OFF -DVC_BUILD_BENCH=OFF -DVC_BUILD_TOOLS=OFF -DVC_WERROR=ON >/dev/null
 cmake --build build-test/fuzz -j"$jobs" >/dev/null
 fuzz_seconds=${VC_FUZZ_SECONDS:-30}
-for f in config api workload; do
+for f in config api workload safetensors; do
   work=$(mktemp -d)
   cp tests/fuzz/corpus_$f/* "$work"/
   ./build-test/fuzz/tests/fuzz/fuzz_$f -max_total_time="$fuzz_seconds" -timeout=20 -max_len=4096 -print_final_stats=0 \

@@ -10,8 +10,13 @@
  *                      [--disk-gbps D]
  *   vramcache plan --workload FILE --vram-gb X --bandwidth-gbps B [--tflops T] [--steps N] [--json]
  *                  [--config invokeai.yaml] [--block-layers K] [--ram-gb R] [--disk-gbps D]
+ *   vramcache workload FILE.safetensors [--tokens N] [--group-depth K]
+ *                                   a workload (YAML) for a model file: its layers' names and bytes,
+ *                                   FLOPs estimated from N tokens; simulate and plan also take a
+ *                                   .safetensors file as --workload (with --tokens)
  *   vramcache version
  */
+#define _POSIX_C_SOURCE 200809L /* open_memstream */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +26,7 @@
 #include "vramcache.h"
 #include "vramcache_backend.h"
 #include "vramcache_config.h"
+#include "vramcache_safetensors.h"
 #include "vramcache_sim.h"
 
 #define GIB 1073741824.0
@@ -39,6 +45,7 @@ static int usage(FILE *f) {
                "                          [--ram-gb R] [--disk-gbps D]\n"
                "       vramcache plan --workload FILE --vram-gb X --bandwidth-gbps B [--tflops T] [--steps N] [--json]\n"
                "                      [--config invokeai.yaml] [--block-layers K] [--ram-gb R] [--disk-gbps D]\n"
+               "       vramcache workload FILE.safetensors [--tokens N] [--group-depth K]\n"
                "       vramcache version\n"
                "--block-layers K: the engine holds K consecutive layers at once and runs them as one kernel.\n"
                "--ram-gb R: the machine's RAM; without max_cache_ram_gb in the config the RAM cache gets the\n"
@@ -46,6 +53,11 @@ static int usage(FILE *f) {
                "--disk-gbps D: how fast loaders read (the engine waits for them); default: loads take no time.\n"
                "plan --config FILE: the modes run with the file's other settings, and the file as it stands is\n"
                "  run too, so the output says what the recommendation gains over it.\n"
+               "--workload FILE.safetensors: a model file (its layers, as vramcache workload prints them) with\n"
+               "  --tokens N: each layer computes 2 x N x its weights FLOPs per use (matrices and convolutions;\n"
+               "  e.g. 4608 for FLUX at 1024x1024: 4096 image + 512 text tokens; 0: copies only);\n"
+               "  --group-depth K: a layer is the first K parts of its tensors' names (default: up to the last\n"
+               "  numbered part, e.g. double_blocks.7 or down_blocks.1.attentions.0.transformer_blocks.2).\n"
                "GB of memory are 2^30 bytes (as in invokeai.yaml); link speeds are GB/s of 10^9 bytes.\n");
     return f == stderr ? 2 : 0;
 }
@@ -117,8 +129,10 @@ static const char *const MODES[] = {"none", "model", "sequential", "balanced"};
 typedef struct sim_args {
     const char *workload, *config, *trace;
     double vram_gb, bandwidth_gbps, tflops, ram_gb, disk_gbps;
+    double tokens; /* a .safetensors --workload: FLOPs per weight per use are 2 x tokens */
+    int tokens_set;
     int steps, json, mode;
-    unsigned block_layers;
+    unsigned block_layers, group_depth;
     vc_policy policy;
 } sim_args;
 
@@ -151,7 +165,8 @@ static int parse_sim_args(int argc, char **argv, int first, sim_args *a, int all
             int run_only; /* simulate's, not plan's */
         } KNOWN[] = {{"--workload", 0}, {"--vram-gb", 0}, {"--bandwidth-gbps", 0}, {"--tflops", 0},
                      {"--steps", 0},    {"--block-layers", 0}, {"--config", 0}, {"--policy", 1},
-                     {"--mode", 1},     {"--trace", 1},        {"--ram-gb", 0}, {"--disk-gbps", 0}};
+                     {"--mode", 1},     {"--trace", 1},        {"--ram-gb", 0}, {"--disk-gbps", 0},
+                     {"--tokens", 0},   {"--group-depth", 0}};
         int known = 0;
         for (size_t k = 0; k < sizeof KNOWN / sizeof KNOWN[0]; k++)
             known |= !strcmp(f, KNOWN[k].name) && (allow_run_opts || !KNOWN[k].run_only);
@@ -179,6 +194,12 @@ static int parse_sim_args(int argc, char **argv, int first, sim_args *a, int all
         } else if (!strcmp(f, "--steps")) {
             if (parse_number_arg(f, v, 1, 100000, &x) || x != floor(x)) return -1;
             a->steps = (int)x;
+        } else if (!strcmp(f, "--tokens")) {
+            if (parse_number_arg(f, v, 0, 1e9, &a->tokens)) return -1;
+            a->tokens_set = 1;
+        } else if (!strcmp(f, "--group-depth")) {
+            if (parse_number_arg(f, v, 1, 1000, &x) || x != floor(x)) return -1;
+            a->group_depth = (unsigned)x;
         } else if (!strcmp(f, "--block-layers")) {
             if (parse_number_arg(f, v, 1, 64, &x) || x != floor(x)) return -1;
             a->block_layers = (unsigned)x;
@@ -215,10 +236,108 @@ static int parse_sim_args(int argc, char **argv, int first, sim_args *a, int all
     return 0;
 }
 
-/* Loads the workload and the optional config; prints diagnostics. */
+static int is_safetensors(const char *path) {
+    size_t n = strlen(path), k = strlen(".safetensors");
+    return n >= k && !strcmp(path + n - k, ".safetensors");
+}
+
+/* Writes a workload for a safetensors file: one model, its layers in the file's name order, each
+ * with its bytes and 2 x tokens x weights FLOPs. Returns 0, or 1 with the reason on stderr. */
+static int write_safetensors_workload(FILE *out, const char *path, double tokens, unsigned group_depth) {
+    vc_safetensors_options o;
+    vc_safetensors_options_init(&o);
+    o.group_depth = group_depth;
+    vc_safetensors *st;
+    if (vc_safetensors_open(path, &o, &st) != VC_OK) {
+        fprintf(stderr, "vramcache: %s\n", vc_last_error());
+        return 1;
+    }
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    size_t nl = vc_safetensors_layer_count(st), kept = 0;
+    uint64_t total = 0;
+    for (size_t i = 0; i < nl; i++) {
+        kept += vc_safetensors_get_layer(st, i)->bytes > 0;
+        total += vc_safetensors_get_layer(st, i)->bytes;
+    }
+    fprintf(out, "# From %s: %zu tensors in %zu layers (%.3f GB), grouped %s.\n", base,
+            vc_safetensors_tensor_count(st), kept, (double)total / GIB, group_depth ? "by --group-depth" : "to the last numbered part of their names");
+    fprintf(out, "# flops: 2 x %.10g tokens x each layer's weights (matrices and convolutions). The layers are in\n"
+                 "# name order: for predictions closer to your engine, put them in the order it runs them.\n", tokens);
+    fputs("name: ", out);
+    json_put_string(out, base);
+    fputs("\nlayers:\n", out);
+    for (size_t i = 0; i < nl; i++) {
+        const vc_safetensors_layer *l = vc_safetensors_get_layer(st, i);
+        if (!l->bytes) continue; /* only empty tensors: nothing to move */
+        fputs("  - {name: ", out);
+        json_put_string(out, l->name);
+        fprintf(out, ", bytes: %llu, flops: %.6g}\n", (unsigned long long)l->bytes, 2.0 * tokens * (double)l->weight_elements);
+    }
+    vc_safetensors_close(st);
+    if (!kept) {
+        fprintf(stderr, "vramcache: %s holds no tensor data\n", path);
+        return 1;
+    }
+    return 0;
+}
+
+static int cmd_workload(int argc, char **argv) {
+    double tokens = 0;
+    unsigned depth = 0;
+    const char *path = NULL;
+    for (int i = 2; i < argc; i++) {
+        double x;
+        if (!strcmp(argv[i], "--tokens") || !strcmp(argv[i], "--group-depth")) {
+            int tok = !strcmp(argv[i], "--tokens");
+            if (i + 1 >= argc || parse_number_arg(argv[i], argv[i + 1], tok ? 0 : 1, tok ? 1e9 : 1000, &x) ||
+                (!tok && x != floor(x)))
+                return 2;
+            if (tok) tokens = x;
+            else depth = (unsigned)x;
+            i++;
+        } else if (argv[i][0] == '-' || path) {
+            fprintf(stderr, "vramcache: workload takes one FILE.safetensors and --tokens, --group-depth; got '%s'\n", argv[i]);
+            return 2;
+        } else {
+            path = argv[i];
+        }
+    }
+    if (!path) return usage(stderr);
+    return write_safetensors_workload(stdout, path, tokens, depth);
+}
+
+/* Loads the workload (a workload file, or a .safetensors file turned into one) and the optional
+ * config; prints diagnostics. */
 static int load_inputs(const sim_args *a, vc_workload **wl, vc_config **cfg) {
     vc_diagnostics *d = NULL;
-    int st = vc_workload_load(a->workload, wl, &d);
+    int st;
+    if (is_safetensors(a->workload)) {
+        if (!a->tokens_set) {
+            fprintf(stderr, "vramcache: %s is a model file, which gives each layer's bytes but not its compute: add\n"
+                            "  --tokens N (each layer computes 2 x N x its weights FLOPs per use; e.g. 4608 for FLUX at\n"
+                            "  1024x1024), or write a workload with vramcache workload and edit it\n", a->workload);
+            return -1;
+        }
+        char *text = NULL;
+        size_t len = 0;
+        FILE *mem = open_memstream(&text, &len);
+        if (!mem) {
+            fprintf(stderr, "vramcache: out of memory\n");
+            return -1;
+        }
+        int bad = write_safetensors_workload(mem, a->workload, a->tokens, a->group_depth);
+        fclose(mem);
+        st = bad ? VC_ERR_FORMAT : vc_workload_load_string(text, len, a->workload, wl, &d);
+        free(text);
+        if (bad) return -1;
+    } else {
+        if (a->tokens_set || a->group_depth) {
+            fprintf(stderr, "vramcache: --tokens and --group-depth apply to a .safetensors --workload\n");
+            return -1;
+        }
+        st = vc_workload_load(a->workload, wl, &d);
+    }
     if (d) vc_diagnostics_print(d, to_stderr, NULL);
     vc_diagnostics_destroy(d);
     if (st != VC_OK) {
@@ -589,6 +708,7 @@ int main(int argc, char **argv) {
     }
     if (argc >= 2 && !strcmp(argv[1], "simulate")) return cmd_simulate(argc, argv);
     if (argc >= 2 && !strcmp(argv[1], "plan")) return cmd_plan(argc, argv);
+    if (argc >= 2 && !strcmp(argv[1], "workload")) return cmd_workload(argc, argv);
     if (argc >= 3 && !strcmp(argv[1], "config")) {
         if (!strcmp(argv[2], "check") && argc == 4) return config_check(argv[3]);
         if (!strcmp(argv[2], "show") && argc <= 4) return config_show(argc == 4 ? argv[3] : NULL);

@@ -4,6 +4,7 @@
 #include <vramcache_config.h>
 #include <vramcache_fault.h>
 #include <vramcache_gpu.h>
+#include <vramcache_safetensors.h>
 #include <vramcache_sim.h>
 
 int main() {
@@ -22,5 +23,9 @@ int main() {
     vc_layer_info info;
     if (vc_layer_get_info(c, 1, &info) != VC_ERR_NOT_FOUND) return 1;
     if (vc_cache_destroy(c) != VC_OK) return 1;
+    vc_safetensors_options so;
+    vc_safetensors_options_init(&so);
+    vc_safetensors *st = nullptr;
+    if (vc_safetensors_open("/nonexistent.safetensors", &so, &st) != VC_ERR_IO || st) return 1;
     return o.stage_ahead;
 }

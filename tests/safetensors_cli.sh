@@ -1,0 +1,58 @@
+#!/bin/sh
+# `vramcache workload` and `simulate`/`plan` on a .safetensors model file: a transformer of 12
+# blocks (two bf16 matrices each) and an embedding, 1.5 GB, written as a sparse file (its header,
+# then a hole), so the test needs neither the disk space nor Python.
+# usage: safetensors_cli.sh VRAMCACHE_CLI
+set -eu
+cli=$1
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+f=$dir/model.safetensors
+
+qkv=$((9216 * 3072 * 2)) mlp=$((12288 * 3072 * 2)) emb=$((1000 * 3072 * 2))
+# names in the file's (sorted) order, as writers lay them out
+header='{"__metadata__":{"format":"pt"}'
+off=0
+for b in 0 1 10 11 2 3 4 5 6 7 8 9; do
+    header="$header,\"blocks.$b.attn.qkv.weight\":{\"dtype\":\"BF16\",\"shape\":[9216,3072],\"data_offsets\":[$off,$((off + qkv))]}"
+    off=$((off + qkv))
+    header="$header,\"blocks.$b.mlp.fc.weight\":{\"dtype\":\"BF16\",\"shape\":[12288,3072],\"data_offsets\":[$off,$((off + mlp))]}"
+    off=$((off + mlp))
+done
+header="$header,\"embed.weight\":{\"dtype\":\"BF16\",\"shape\":[1000,3072],\"data_offsets\":[$off,$((off + emb))]}}"
+off=$((off + emb))
+len=${#header}
+# the header's length: 8 bytes, little-endian
+printf "\\$(printf %o $((len % 256)))\\$(printf %o $((len / 256 % 256)))\\$(printf %o $((len / 65536)))\\0\\0\\0\\0\\0" > "$f"
+printf '%s' "$header" >> "$f"
+truncate -s $((8 + len + off)) "$f"
+
+fail() { printf 'FAIL: %s\n' "$1"; exit 1; }
+
+out=$("$cli" workload "$f" --tokens 1000) || fail "workload exited $?"
+printf '%s\n' "$out"
+[ "$(printf '%s\n' "$out" | grep -c '^  - {name: ')" = 13 ] || fail "13 layers expected"
+printf '%s\n' "$out" | grep -q "^  - {name: \"blocks.0\", bytes: $((qkv + mlp)), flops: 1.32121e+11}$" || fail "blocks.0's line"
+# numbers in names compare as numbers: blocks.2 comes before blocks.10
+l2=$(printf '%s\n' "$out" | grep -n '"blocks.2"' | cut -d: -f1)
+l10=$(printf '%s\n' "$out" | grep -n '"blocks.10"' | cut -d: -f1)
+[ "$l2" -lt "$l10" ] || fail "blocks.2 after blocks.10"
+printf '%s\n' "$out" | grep -q '"embed", bytes: 6144000,' || fail "embed's line"
+
+# the output is a workload the simulator reads, and simulate takes the file directly
+printf '%s\n' "$out" > "$dir/model.yaml"
+a=$("$cli" simulate --workload "$dir/model.yaml" --vram-gb 4 --bandwidth-gbps 25 --json) || fail "simulate of the YAML"
+b=$("$cli" simulate --workload "$f" --tokens 1000 --vram-gb 4 --bandwidth-gbps 25 --json) || fail "simulate of the file"
+printf '%s\n' "$b"
+[ "$(printf '%s' "$a" | sed 's/"workload":"[^"]*"//')" = "$(printf '%s' "$b" | sed 's/"workload":"[^"]*"//')" ] ||
+    fail "the file and its YAML simulate differently"
+"$cli" plan --workload "$f" --tokens 1000 --group-depth 2 --vram-gb 4 --bandwidth-gbps 25 > /dev/null || fail "plan"
+
+# without --tokens the compute is unknown: refused, saying what to add
+if err=$("$cli" simulate --workload "$f" --vram-gb 4 --bandwidth-gbps 25 2>&1); then fail "no --tokens accepted"; fi
+printf '%s\n' "$err" | grep -q -- '--tokens N' || fail "no --tokens message: $err"
+# a damaged file: refused with where it is wrong
+printf '\377\377\0\0\0\0\0\0{}' > "$dir/bad.safetensors"
+if err=$("$cli" workload "$dir/bad.safetensors" 2>&1); then fail "bad file accepted"; fi
+printf '%s\n' "$err" | grep -q 'past the end of the file' || fail "bad file message: $err"
+echo "safetensors_cli: ok"

@@ -3,10 +3,11 @@
  *
  * Three models share one cache: a text encoder (run once), a denoiser (run for several steps) and a
  * VAE decoder (run once, after reserving working memory for its activations). Their weights live
- * in a file; the cache's loader callbacks read them on demand, and the "device" (host memory with a
- * capacity) is too small to hold them all, so layers stream in and out. Every layer does real
- * arithmetic with its weights (a matrix-vector product), so a wrong byte anywhere changes the
- * output. The demo runs the pipeline three times — on the small device with the order-aware policy
+ * in .safetensors files, one per model, as checkpoints do; each layer ("layers.3": its weight
+ * matrix and its bias) is registered from the file and read from it on demand, and the "device"
+ * (host memory with a capacity) is too small to hold them all, so layers stream in and out. Every
+ * layer does real arithmetic with its weights (a matrix-vector product plus bias), so a wrong byte
+ * anywhere changes the output. The demo runs the pipeline three times — on the small device with the order-aware policy
  * and with LRU, and on a device that holds everything — and checks that all produce the same
  * checksum.
  *
@@ -19,9 +20,10 @@
 #include <string.h>
 
 #include "vramcache.h"
+#include "vramcache_safetensors.h"
 
-#define DIM 256 /* activations are DIM floats; each layer is a DIM x DIM matrix (256 KB) */
-#define LAYER_BYTES ((size_t)DIM * DIM * sizeof(float))
+#define DIM 256 /* activations are DIM floats; each layer is a DIM x DIM matrix (256 KB) and a bias */
+#define WEIGHT_BYTES ((size_t)DIM * DIM * sizeof(float))
 #define MB ((size_t)1 << 20)
 
 typedef struct stage {
@@ -32,19 +34,6 @@ typedef struct stage {
 static const stage STAGES[] = {{"text_encoder", 4}, {"denoiser", 12}, {"vae_decoder", 3}};
 enum { NSTAGES = 3, MAX_LAYERS = 12 };
 
-/* Where a layer's weights are in the weights file. */
-typedef struct file_slice {
-    FILE *file;
-    long offset;
-} file_slice;
-
-/* The loader: what an engine does with a safetensors file, minus the parsing. */
-static int read_slice(void *user, vc_layer_id layer, void *dst, size_t bytes) {
-    (void)layer;
-    file_slice *s = user;
-    if (fseek(s->file, s->offset, SEEK_SET) != 0) return -1;
-    return fread(dst, 1, bytes, s->file) == bytes ? 0 : -2;
-}
 
 /* Deterministic pseudo-random weights, scaled so activations stay bounded. */
 static void make_weights(float *w, unsigned seed) {
@@ -57,14 +46,61 @@ static void make_weights(float *w, unsigned seed) {
     }
 }
 
-/* y = tanh(W x + x): a residual layer. W comes from device memory. */
-static void apply_layer(const float *w, const float *x, float *y) {
+/* y = tanh(W x + b + x): a residual layer. W and b come from device memory. */
+static void apply_layer(const float *w, const float *b, const float *x, float *y) {
     for (int r = 0; r < DIM; r++) {
         float acc = 0.0f;
         const float *row = w + (size_t)r * DIM;
         for (int c = 0; c < DIM; c++) acc += row[c] * x[c];
-        y[r] = tanhf(acc + x[r]);
+        y[r] = tanhf(acc + b[r] + x[r]);
     }
+}
+
+/* Writes a model's layers as a .safetensors file: "layers.N.weight" (DIM x DIM) and "layers.N.bias"
+ * (DIM), float32, named and laid out in sorted order as the reference writer does. */
+static int write_checkpoint(const char *path, int layers, unsigned first_seed) {
+    char header[8192] = "{";
+    size_t len = 1, offset = 0;
+    /* sorted names put layers.10 before layers.2: write in that order */
+    int order[64], n = 0;
+    for (int i = 0; i < layers; i++) order[n++] = i;
+    for (int a = 0; a < n; a++)
+        for (int b = a + 1; b < n; b++) {
+            char x[16], y[16];
+            snprintf(x, sizeof x, "%d", order[a]);
+            snprintf(y, sizeof y, "%d", order[b]);
+            if (strcmp(x, y) > 0) {
+                int t = order[a];
+                order[a] = order[b];
+                order[b] = t;
+            }
+        }
+    for (int k = 0; k < n; k++) {
+        size_t bias = DIM * sizeof(float);
+        len += (size_t)snprintf(header + len, sizeof header - len,
+                                "%s\"layers.%d.bias\":{\"dtype\":\"F32\",\"shape\":[%d],\"data_offsets\":[%zu,%zu]},"
+                                "\"layers.%d.weight\":{\"dtype\":\"F32\",\"shape\":[%d,%d],\"data_offsets\":[%zu,%zu]}",
+                                k ? "," : "", order[k], DIM, offset, offset + bias, order[k], DIM, DIM, offset + bias,
+                                offset + bias + WEIGHT_BYTES);
+        offset += bias + WEIGHT_BYTES;
+    }
+    len += (size_t)snprintf(header + len, sizeof header - len, "}");
+    while (len % 8) header[len++] = ' ';
+    FILE *f = fopen(path, "wb");
+    if (!f) return 1;
+    unsigned char n8[8];
+    for (int i = 0; i < 8; i++) n8[i] = (unsigned char)((uint64_t)len >> (8 * i));
+    fwrite(n8, 1, 8, f);
+    fwrite(header, 1, len, f);
+    static float w[DIM * DIM];
+    for (int k = 0; k < n; k++) {
+        float b[DIM];
+        make_weights(w, first_seed + (unsigned)order[k]);
+        for (int i = 0; i < DIM; i++) b[i] = w[i] * 0.25f;
+        fwrite(b, 1, sizeof b, f);
+        fwrite(w, 1, WEIGHT_BYTES, f);
+    }
+    return fclose(f) != 0;
 }
 
 static uint64_t fnv1a(const void *data, size_t n) {
@@ -87,20 +123,25 @@ static int check(int st, const char *what, vc_cache *c) {
     return 1;
 }
 
+/* Where a layer's tensors sit in its device buffer (vc_safetensors_tensor.layer_offset). */
+typedef struct layer_tensors {
+    size_t weight, bias;
+} layer_tensors;
+
 /* Runs every layer of a stage in order on activations x (in place). */
-static int run_stage(vc_cache *c, vc_layer_id *ids, int n, float *x) {
+static int run_stage(vc_cache *c, vc_layer_id *ids, const layer_tensors *at, int n, float *x) {
     float y[DIM];
     for (int i = 0; i < n; i++) {
         void *w;
         if (check(vc_layer_acquire(c, ids[i], NULL, &w), "acquire", c)) return 1;
-        apply_layer(w, x, y);
+        apply_layer((const float *)((const char *)w + at[i].weight), (const float *)((const char *)w + at[i].bias), x, y);
         memcpy(x, y, sizeof y);
         if (check(vc_layer_release(c, ids[i], NULL), "release", c)) return 1;
     }
     return 0;
 }
 
-static int run_pipeline(FILE *weights, size_t device_bytes, int steps, int verbose, vc_policy policy, run_result *out) {
+static int run_pipeline(vc_safetensors *const *files, const layer_tensors (*at)[MAX_LAYERS], size_t device_bytes, int steps, int verbose, vc_policy policy, run_result *out) {
     vc_backend *backend = NULL;
     vc_cache *cache = NULL;
     int rc = 1;
@@ -110,39 +151,30 @@ static int run_pipeline(FILE *weights, size_t device_bytes, int steps, int verbo
     o.backend = backend;
     o.working_mem = 1 * MB;            /* standing working memory */
     o.ram_budget = 64 * MB;
-    o.arena_segment_bytes = 1 * MB;
+    o.arena_segment_bytes = 4 * (WEIGHT_BYTES + DIM * sizeof(float)); /* four layers */
     o.log_memory_usage = verbose;
     o.policy = policy;
     o.log_level = verbose ? VC_LOG_INFO : VC_LOG_WARN;
     if (check(vc_cache_create(&o, &cache), "vc_cache_create", NULL)) goto out;
 
-    static file_slice slices[NSTAGES][MAX_LAYERS];
+    /* each model's layers straight from its file: read from it when the cache needs them */
     vc_layer_id ids[NSTAGES][MAX_LAYERS];
-    long offset = 0;
     for (int s = 0; s < NSTAGES; s++) {
         vc_model_id m;
         if (check(vc_model_register(cache, STAGES[s].model, &m), "vc_model_register", cache)) goto out;
-        for (int i = 0; i < STAGES[s].layers; i++) {
-            char name[32];
-            snprintf(name, sizeof name, "%s.%d", STAGES[s].model, i);
-            slices[s][i] = (file_slice){weights, offset};
-            offset += (long)LAYER_BYTES;
-            vc_layer_desc d = {.name = name, .bytes = LAYER_BYTES, .loader = read_slice,
-                               .loader_user = &slices[s][i]};
-            if (check(vc_layer_register(cache, m, &d, &ids[s][i]), "vc_layer_register", cache)) goto out;
-        }
+        if (check(vc_safetensors_register(files[s], cache, m, ids[s]), "vc_safetensors_register", NULL)) goto out;
     }
 
     /* 1. text encoder, once: the "prompt" becomes the conditioning vector */
     float cond[DIM], x[DIM];
     for (int i = 0; i < DIM; i++) cond[i] = sinf((float)i * 0.1f);
-    if (run_stage(cache, ids[0], STAGES[0].layers, cond)) goto out;
+    if (run_stage(cache, ids[0], at[0], STAGES[0].layers, cond)) goto out;
     /* 2. denoiser, `steps` times: x <- x + 0.5 * (denoiser(x + cond) - x) */
     for (int i = 0; i < DIM; i++) x[i] = cosf((float)i * 0.37f);
     for (int step = 0; step < steps; step++) {
         float h[DIM];
         for (int i = 0; i < DIM; i++) h[i] = x[i] + cond[i];
-        if (run_stage(cache, ids[1], STAGES[1].layers, h)) goto out;
+        if (run_stage(cache, ids[1], at[1], STAGES[1].layers, h)) goto out;
         for (int i = 0; i < DIM; i++) x[i] += 0.5f * (h[i] - x[i]);
     }
     /* 3. VAE decode: reserve working memory for the "image", then decode into it */
@@ -153,7 +185,7 @@ static int run_pipeline(FILE *weights, size_t device_bytes, int steps, int verbo
               "vc_reserve_working_mem", cache))
         goto out;
     float *image = vc_reservation_ptr(res);
-    if (run_stage(cache, ids[2], STAGES[2].layers, x)) {
+    if (run_stage(cache, ids[2], at[2], STAGES[2].layers, x)) {
         vc_release_working_mem(cache, res);
         goto out;
     }
@@ -206,32 +238,56 @@ int main(int argc, char **argv) {
         fprintf(stderr, "diffusion_demo: need --steps >= 1 and --device-mb >= 2\n");
         return 2;
     }
-    /* Write the three models' weights to a temporary file, as a checkpoint on disk. */
-    FILE *weights = tmpfile();
-    if (!weights) {
-        perror("diffusion_demo: tmpfile");
+    /* Write the three models' weights as .safetensors checkpoints in a temporary directory, and
+     * open them as an engine would: the header is read and checked, the tensors stay on disk. */
+    const char *tmp = getenv("TMPDIR");
+    char dir[256], path[NSTAGES][320];
+    snprintf(dir, sizeof dir, "%s/diffusion_demo_XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    if (!mkdtemp(dir)) {
+        perror("diffusion_demo: mkdtemp");
         return 1;
     }
-    int total_layers = 0;
-    static float w[DIM * DIM];
-    for (int s = 0; s < NSTAGES; s++)
-        for (int i = 0; i < STAGES[s].layers; i++) {
-            make_weights(w, (unsigned)total_layers++);
-            fwrite(w, 1, LAYER_BYTES, weights);
+    vc_safetensors *files[NSTAGES] = {NULL};
+    static layer_tensors at[NSTAGES][MAX_LAYERS];
+    int total_layers = 0, rc = 1;
+    size_t model_bytes = 0;
+    for (int s = 0; s < NSTAGES; s++) {
+        snprintf(path[s], sizeof path[s], "%s/%s.safetensors", dir, STAGES[s].model);
+        if (write_checkpoint(path[s], STAGES[s].layers, (unsigned)total_layers)) {
+            fprintf(stderr, "diffusion_demo: cannot write %s\n", path[s]);
+            goto done;
         }
-    size_t model_bytes = (size_t)total_layers * LAYER_BYTES;
-    printf("libvramcache %s demo: %d layers, %.2f MB of weights (text encoder, denoiser x %d steps, "
-           "VAE decode)\n", vc_version_string(), total_layers, (double)model_bytes / MB, steps);
+        total_layers += STAGES[s].layers;
+        if (check(vc_safetensors_open(path[s], NULL, &files[s]), "vc_safetensors_open", NULL)) goto done;
+        for (int i = 0; i < STAGES[s].layers; i++) {
+            char name[48];
+            size_t t;
+            model_bytes += vc_safetensors_get_layer(files[s], (size_t)i)->bytes;
+            snprintf(name, sizeof name, "layers.%d.weight", i);
+            if (check(vc_safetensors_find(files[s], name, &t), "vc_safetensors_find", NULL)) goto done;
+            at[s][i].weight = (size_t)vc_safetensors_get_tensor(files[s], t)->layer_offset;
+            snprintf(name, sizeof name, "layers.%d.bias", i);
+            if (check(vc_safetensors_find(files[s], name, &t), "vc_safetensors_find", NULL)) goto done;
+            at[s][i].bias = (size_t)vc_safetensors_get_tensor(files[s], t)->layer_offset;
+        }
+    }
+    printf("libvramcache %s demo: %d layers, %.2f MB of weights in 3 .safetensors files (text encoder, "
+           "denoiser x %d steps, VAE decode)\n", vc_version_string(), total_layers, (double)model_bytes / MB, steps);
 
     run_result small, lru, whole;
     size_t big = model_bytes + 8 * MB;
-    if (run_pipeline(weights, device, steps, verbose, VC_POLICY_PLANNED, &small) ||
-        run_pipeline(weights, device, steps, 0, VC_POLICY_LRU, &lru) ||
-        run_pipeline(weights, big, steps, 0, VC_POLICY_PLANNED, &whole)) {
-        fclose(weights);
-        return 1;
+    if (run_pipeline(files, at, device, steps, verbose, VC_POLICY_PLANNED, &small) ||
+        run_pipeline(files, at, device, steps, 0, VC_POLICY_LRU, &lru) ||
+        run_pipeline(files, at, big, steps, 0, VC_POLICY_PLANNED, &whole))
+        goto done;
+    rc = 0;
+done:
+    for (int s = 0; s < NSTAGES; s++) {
+        vc_safetensors_close(files[s]);
+        remove(path[s]);
     }
-    fclose(weights);
+    remove(dir);
+    if (rc) return rc;
     report("streamed", device, &small);
     report("streamed (LRU)", device, &lru);
     report("fully resident", big, &whole);

@@ -7,7 +7,9 @@
  * qkv.weight" and "blocks.3.norm1.weight" are both layer "blocks.3"), lays out each layer's tensors
  * in one buffer at aligned offsets, and registers the layers with a cache with a loader that reads
  * them from the file with pread. The engine then acquires a layer and finds each tensor at
- * device pointer + vc_safetensors_tensor.layer_offset.
+ * device pointer + vc_safetensors_tensor.layer_offset. A checkpoint sharded over several files
+ * ("diffusion_pytorch_model-00001-of-00003.safetensors" ... and their ".safetensors.index.json")
+ * opens as one handle, so a layer whose tensors span two shards is still one layer.
  *
  * The file is checked as the reference implementation checks it: header within 100 MB and the
  * file, valid UTF-8 JSON object, known dtypes, shapes whose size matches the byte range, ranges
@@ -57,11 +59,12 @@ typedef struct vc_safetensors_tensor {
     unsigned rank;          /**< number of dimensions (0: a scalar) */
     const uint64_t *shape;  /**< `rank` sizes */
     uint64_t elements;      /**< product of the shape */
-    uint64_t file_offset;   /**< where its bytes start in the file */
+    uint64_t file_offset;   /**< where its bytes start in its file */
     uint64_t bytes;         /**< its size in the file (= elements × bits / 8) */
     size_t layer;           /**< index of its layer (vc_safetensors_get_layer) */
     uint64_t layer_offset;  /**< where its bytes start in its layer's buffer: a multiple of
                                  tensor_alignment (an empty tensor's is only within the buffer) */
+    size_t file;            /**< which of the handle's files holds it (vc_safetensors_file_path) */
 } vc_safetensors_tensor;
 
 /** One layer: a group of tensors, uploaded and held as one buffer. */
@@ -75,7 +78,9 @@ typedef struct vc_safetensors_layer {
 } vc_safetensors_layer;
 
 /** Opens and checks `path`, and groups its tensors into layers (`opts` may be NULL for the
- *  defaults). Layers are ordered by name, numbers compared as numbers ("blocks.2" before
+ *  defaults). A path ending in ".index.json" is a sharded checkpoint's index (Hugging Face's
+ *  `{"weight_map": {"tensor": "shard file", ...}}`): the shards it names, beside it, open together
+ *  as by vc_safetensors_open_files(), and each tensor must be in the shard the index names. Layers are ordered by name, numbers compared as numbers ("blocks.2" before
  *  "blocks.10"); that is not necessarily the order a model runs them (the cache learns that).
  *  Reads only the header; the tensors are read by the loaders vc_safetensors_register() installs.
  *  On success *out owns the handle (close it with vc_safetensors_close()); on failure *out is NULL
@@ -86,7 +91,19 @@ typedef struct vc_safetensors_layer {
  *  size_t), VC_ERR_NO_MEMORY. Thread-safe (independent handles). */
 VC_API int vc_safetensors_open(const char *path, const vc_safetensors_options *opts, vc_safetensors **out);
 
-/** Closes the file and frees the handle. Layers registered from it must be unregistered (or their
+/** Opens several files as one model (a checkpoint's shards, `n` >= 1 paths): their tensors are
+ *  grouped into layers together, so a layer may take tensors from several files; no name may
+ *  appear twice across them. Otherwise as vc_safetensors_open(). */
+VC_API int vc_safetensors_open_files(const char *const *paths, size_t n, const vc_safetensors_options *opts,
+                                     vc_safetensors **out);
+
+/** Number of files the handle reads (0 for NULL). */
+VC_API size_t vc_safetensors_file_count(const vc_safetensors *st);
+/** Path of file `i` as opened (shards: the index's directory joined with the shard's name), or NULL
+ *  when st is NULL or i is out of range. Owned by the handle. */
+VC_API const char *vc_safetensors_file_path(const vc_safetensors *st, size_t i);
+
+/** Closes the files and frees the handle. Layers registered from it must be unregistered (or their
  *  cache destroyed) first: their loaders read through it. NULL is a no-op. */
 VC_API void vc_safetensors_close(vc_safetensors *st);
 

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "cache_internal.h"
+#include "read_file.h"
 #include "vramcache_safetensors.h"
 
 enum {
@@ -27,8 +28,10 @@ typedef struct layer_ctx { /* what a registered layer's loader gets */
 } layer_ctx;
 
 struct vc_safetensors {
-    int fd;
-    char *path;
+    char *path;   /* what was opened (a file, or a sharded checkpoint's index), for messages */
+    size_t nfiles;
+    int *fds;     /* one per file */
+    char **paths;
     size_t alignment;
     size_t ntensors, nlayers, nmeta;
     vc_safetensors_tensor *tensors; /* grouped by layer, each layer's in file order */
@@ -54,8 +57,10 @@ typedef struct raw_tensor { /* a tensor as the header gives it, before the check
     char *name, *dtype;
     uint64_t *shape;
     unsigned rank;
-    uint64_t begin, end;
-    size_t at; /* header byte where its entry starts, for messages */
+    uint64_t begin, end; /* in the file's data */
+    size_t at;           /* header byte where its entry starts, for messages */
+    size_t file;         /* which of the handle's files holds it */
+    uint64_t data_start; /* where that file's data starts */
 } raw_tensor;
 
 typedef struct parser {
@@ -610,7 +615,12 @@ static int by_name(const void *pa, const void *pb) {
 
 void vc_safetensors_close(vc_safetensors *st) {
     if (!st) return;
-    if (st->fd >= 0) close(st->fd);
+    for (size_t i = 0; i < st->nfiles; i++) {
+        if (st->fds[i] >= 0) close(st->fds[i]);
+        free(st->paths[i]);
+    }
+    free(st->fds);
+    free(st->paths);
     for (size_t i = 0; i < st->ntensors; i++) {
         free((char *)st->tensors[i].name);
         free((char *)st->tensors[i].dtype);
@@ -645,23 +655,31 @@ static int read_full(int fd, void *dst, uint64_t size, uint64_t off) {
 #define OUT_OF_MEMORY() vc__fail(NULL, VC_ERR_NO_MEMORY, "vc_safetensors_open: out of host memory")
 
 /* Checks the parsed tensors, in header order, so the first bad entry is the one reported. */
-static int check(const char *path, header *h, uint64_t data_bytes) {
+/* No two tensors of the handle share a name (within a file or across a checkpoint's shards). */
+static int check_names(const vc_safetensors *st, const header *h) {
     named *names = malloc((h->n ? h->n : 1) * sizeof *names);
-    const raw_tensor **order = malloc((h->n ? h->n : 1) * sizeof *order);
-    if (!names || !order) {
-        free(names);
-        free(order);
-        return OUT_OF_MEMORY();
-    }
+    if (!names) return OUT_OF_MEMORY();
     for (size_t i = 0; i < h->n; i++) names[i] = (named){.name = h->t[i].name, .index = i};
     qsort(names, h->n, sizeof *names, by_name);
     int status = VC_OK;
     for (size_t i = 1; i < h->n && !status; i++)
-        if (!strcmp(names[i].name, names[i - 1].name))
-            status = vc__fail(NULL, VC_ERR_FORMAT, "vc_safetensors_open: %s: tensor '%s' is named twice (header bytes %zu and %zu)",
-                              path, names[i].name, h->t[names[i - 1].index].at, h->t[names[i].index].at);
+        if (!strcmp(names[i].name, names[i - 1].name)) {
+            const raw_tensor *x = &h->t[names[i - 1].index], *y = &h->t[names[i].index];
+            status = vc__fail(NULL, VC_ERR_FORMAT, "vc_safetensors_open: tensor '%s' is named twice: %s header byte %zu and %s header byte %zu",
+                              y->name, st->paths[x->file], x->at, st->paths[y->file], y->at);
+        }
     free(names);
-    for (size_t i = 0; i < h->n && !status; i++) {
+    return status;
+}
+
+/* Checks one file's tensors (h->t[first..h->n)), in header order, so the first bad entry is the one
+ * reported; `data_bytes` is what the file holds after its header. */
+static int check(const char *path, header *h, size_t first, uint64_t data_bytes) {
+    size_t n = h->n - first;
+    const raw_tensor **order = malloc((n ? n : 1) * sizeof *order);
+    if (!order) return OUT_OF_MEMORY();
+    int status = VC_OK;
+    for (size_t i = first; i < h->n && !status; i++) {
         const raw_tensor *t = &h->t[i];
         unsigned bits = dtype_bits(t->dtype);
         uint64_t elements = 1, nbits = 0;
@@ -691,10 +709,10 @@ static int check(const char *path, header *h, uint64_t data_bytes) {
     }
     /* the data: tensors back to back from its first byte to its last, with neither overlaps nor
      * gaps (as the reference requires: a gap could hide another file format's content) */
-    for (size_t i = 0; i < h->n; i++) order[i] = &h->t[i];
-    qsort(order, h->n, sizeof *order, by_begin);
+    for (size_t i = 0; i < n; i++) order[i] = &h->t[first + i];
+    qsort(order, n, sizeof *order, by_begin);
     uint64_t at = 0;
-    for (size_t i = 0; i < h->n && !status; i++) {
+    for (size_t i = 0; i < n && !status; i++) {
         const raw_tensor *t = order[i];
         if (t->begin != at)
             status = vc__fail(NULL, VC_ERR_FORMAT,
@@ -751,7 +769,8 @@ static int build(vc_safetensors *st, header *h, unsigned depth) {
         o->elements = 1;
         for (unsigned k = 0; k < o->rank; k++) o->elements *= o->shape[k];
         o->bytes = t->end - t->begin;
-        o->file_offset = t->begin; /* made absolute by the caller */
+        o->file_offset = t->data_start + t->begin;
+        o->file = t->file;
         o->layer = st->nlayers - 1;
         uint64_t a = st->alignment, off = (l->bytes + a - 1) / a * a;
         if (l->bytes > UINT64_MAX / 2 || off > SIZE_MAX - o->bytes) {
@@ -776,13 +795,62 @@ static int build(vc_safetensors *st, header *h, unsigned depth) {
     return status;
 }
 
-int vc_safetensors_open(const char *path, const vc_safetensors_options *opts, vc_safetensors **out) {
+/* Opens file `file` of st (its path in st->paths), reads its header into h (appending its tensors)
+ * and checks them. */
+static int read_header(vc_safetensors *st, size_t file, header *h) {
+    const char *path = st->paths[file];
+    int fd = st->fds[file] = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat sb;
+    if (fd < 0 || fstat(fd, &sb) != 0) return vc__fail(NULL, VC_ERR_IO, "vc_safetensors_open: %s: %s", path, strerror(errno));
+    if (!S_ISREG(sb.st_mode)) return vc__fail(NULL, VC_ERR_IO, "vc_safetensors_open: %s: not a regular file", path);
+    uint64_t file_bytes = (uint64_t)sb.st_size;
+    unsigned char len8[8];
+    if (file_bytes < 8 || read_full(fd, len8, 8, 0) != 0)
+        return vc__fail(NULL, VC_ERR_FORMAT, "vc_safetensors_open: %s: %llu bytes, shorter than a safetensors header's length",
+                        path, (unsigned long long)file_bytes);
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--) hlen = hlen << 8 | len8[i];
+    if (hlen > MAX_HEADER_BYTES || hlen > file_bytes - 8)
+        return vc__fail(NULL, VC_ERR_FORMAT,
+                        "vc_safetensors_open: %s: header length %llu is %s (a safetensors file starts with its header's length, "
+                        "little-endian, at most 100 MB)",
+                        path, (unsigned long long)hlen, hlen > MAX_HEADER_BYTES ? "over 100 MB" : "past the end of the file");
+    char *text = malloc(hlen ? (size_t)hlen : 1);
+    if (!text) return OUT_OF_MEMORY();
+    int r = read_full(fd, text, hlen, 8);
+    if (r) {
+        free(text);
+        return vc__fail(NULL, VC_ERR_IO, "vc_safetensors_open: %s: reading its header: %s", path,
+                        r == READ_ENDED ? "the file ended early" : strerror(-r));
+    }
+    parser p = {.s = text, .n = (size_t)hlen, .path = path};
+    size_t first = h->n;
+    int status;
+    h->have_meta = 0;
+    if (!hlen || text[0] != '{') {
+        status = parse_fail(&p, "a safetensors header starts with '{'");
+    } else if ((status = parse_object(&p, top_member, h)) == VC_OK) {
+        skip_ws(&p);
+        if (p.pos != p.n) status = parse_fail(&p, "text after the header's object");
+    }
+    free(text);
+    for (size_t i = first; i < h->n; i++) {
+        h->t[i].file = file;
+        h->t[i].data_start = 8 + hlen;
+    }
+    return status ? status : check(path, h, first, file_bytes - 8 - hlen);
+}
+
+int vc_safetensors_open_files(const char *const *paths, size_t n, const vc_safetensors_options *opts, vc_safetensors **out) {
     if (out) *out = NULL;
-    if (!path || !out) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_safetensors_open: %s is NULL", !path ? "path" : "out");
+    if (!paths || !n || !out)
+        return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_safetensors_open: %s", !out ? "out is NULL" : "no files given");
+    for (size_t i = 0; i < n; i++)
+        if (!paths[i]) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_safetensors_open: path %zu is NULL", i);
     vc_safetensors_options o;
     vc_safetensors_options_init(&o);
     if (opts) {
-        if (opts->struct_size < sizeof o || opts->struct_size > sizeof o)
+        if (opts->struct_size != sizeof o)
             return vc__fail(NULL, VC_ERR_INVALID_ARG,
                             "vc_safetensors_open: opts->struct_size is %zu, expected %zu (initialise with vc_safetensors_options_init)",
                             opts->struct_size, sizeof o);
@@ -793,76 +861,171 @@ int vc_safetensors_open(const char *path, const vc_safetensors_options *opts, vc
         return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_safetensors_open: tensor_alignment %zu is not a power of two up to 2 MB",
                         o.tensor_alignment);
     vc_safetensors *st = calloc(1, sizeof *st);
-    if (!st || !(st->path = strdup(path))) {
-        free(st);
-        return vc__fail(NULL, VC_ERR_NO_MEMORY, "vc_safetensors_open: out of host memory");
-    }
+    if (!st) return OUT_OF_MEMORY();
     st->alignment = o.tensor_alignment;
-    st->fd = open(path, O_RDONLY | O_CLOEXEC);
-    struct stat sb;
-    if (st->fd < 0 || fstat(st->fd, &sb) != 0) {
-        int e = errno;
-        vc_safetensors_close(st);
-        return vc__fail(NULL, VC_ERR_IO, "vc_safetensors_open: %s: %s", path, strerror(e));
+    st->fds = malloc(n * sizeof *st->fds);
+    st->paths = calloc(n, sizeof *st->paths);
+    int status = st->fds && st->paths && (st->path = strdup(paths[0])) ? VC_OK : OUT_OF_MEMORY();
+    for (size_t i = 0; i < n && !status; i++) {
+        st->fds[i] = -1;
+        st->nfiles = i + 1;
+        if (!(st->paths[i] = strdup(paths[i]))) status = OUT_OF_MEMORY();
     }
-    if (!S_ISREG(sb.st_mode)) {
-        vc_safetensors_close(st);
-        return vc__fail(NULL, VC_ERR_IO, "vc_safetensors_open: %s: not a regular file", path);
-    }
-    uint64_t file_bytes = (uint64_t)sb.st_size;
-    unsigned char len8[8];
-    if (file_bytes < 8 || read_full(st->fd, len8, 8, 0) != 0) {
-        vc_safetensors_close(st);
-        return vc__fail(NULL, VC_ERR_FORMAT, "vc_safetensors_open: %s: %llu bytes, shorter than a safetensors header's length",
-                        path, (unsigned long long)file_bytes);
-    }
-    uint64_t hlen = 0;
-    for (int i = 7; i >= 0; i--) hlen = hlen << 8 | len8[i];
-    if (hlen > MAX_HEADER_BYTES || hlen > file_bytes - 8) {
-        vc_safetensors_close(st);
-        return vc__fail(NULL, VC_ERR_FORMAT,
-                        "vc_safetensors_open: %s: header length %llu is %s (a safetensors file starts with its header's length, "
-                        "little-endian, at most 100 MB)",
-                        path, (unsigned long long)hlen, hlen > MAX_HEADER_BYTES ? "over 100 MB" : "past the end of the file");
-    }
-    char *text = malloc(hlen ? (size_t)hlen : 1);
-    if (!text) {
-        vc_safetensors_close(st);
-        return vc__fail(NULL, VC_ERR_NO_MEMORY, "vc_safetensors_open: out of host memory");
-    }
-    int r = read_full(st->fd, text, hlen, 8);
-    if (r) {
-        free(text);
-        vc_safetensors_close(st);
-        return vc__fail(NULL, VC_ERR_IO, "vc_safetensors_open: %s: reading its header: %s", path,
-                        r == READ_ENDED ? "the file ended early" : strerror(-r));
-    }
-    parser p = {.s = text, .n = (size_t)hlen, .path = path};
     header h = {0};
-    int status;
-    if (!hlen || text[0] != '{') {
-        status = parse_fail(&p, "a safetensors header starts with '{'");
-    } else if ((status = parse_object(&p, top_member, &h)) == VC_OK) {
-        skip_ws(&p);
-        if (p.pos != p.n) status = parse_fail(&p, "text after the header's object");
-    }
-    free(text);
-    if (status == VC_OK) status = check(path, &h, file_bytes - 8 - hlen);
-    if (status == VC_OK) status = build(st, &h, o.group_depth);
-    if (status == VC_OK) {
-        for (size_t i = 0; i < st->ntensors; i++) st->tensors[i].file_offset += 8 + hlen;
+    for (size_t i = 0; i < n && !status; i++) status = read_header(st, i, &h);
+    if (!status) status = check_names(st, &h);
+    if (!status) status = build(st, &h, o.group_depth);
+    if (!status) {
         st->meta = h.meta;
         st->nmeta = h.nmeta;
         h.meta = NULL;
         h.nmeta = 0;
     }
     header_free(&h);
-    if (status != VC_OK) {
+    if (status) {
         vc_safetensors_close(st);
         return status;
     }
     *out = st;
     return VC_OK;
+}
+
+/* A sharded checkpoint's index ("model.safetensors.index.json"): {"metadata": {...}, "weight_map":
+ * {"tensor name": "shard file name", ...}}. */
+typedef struct index_map {
+    char **names, **shards; /* n pairs */
+    size_t n, cap;
+} index_map;
+
+static int weight_map_member(parser *p, char *key, void *user) {
+    index_map *m = user;
+    if (m->n == m->cap) {
+        size_t cap = m->cap ? m->cap * 2 : 256;
+        char **a = realloc(m->names, cap * sizeof *a);
+        if (a) m->names = a;
+        char **b = a ? realloc(m->shards, cap * sizeof *b) : NULL;
+        if (b) m->shards = b;
+        if (!a || !b) {
+            free(key);
+            return OUT_OF_MEMORY();
+        }
+        m->cap = cap;
+    }
+    char *shard;
+    skip_ws(p);
+    int st = p->pos < p->n && p->s[p->pos] == '"' ? parse_string(p, &shard) : parse_fail(p, "weight_map values must be file names");
+    if (st) {
+        free(key);
+        return st;
+    }
+    m->names[m->n] = key;
+    m->shards[m->n++] = shard;
+    return VC_OK;
+}
+
+static int index_member(parser *p, char *key, void *user) {
+    int is_map = !strcmp(key, "weight_map");
+    free(key);
+    if (!is_map) return skip_value(p, 1);
+    index_map *m = user;
+    if (m->cap) return parse_fail(p, "weight_map given twice");
+    return parse_object(p, weight_map_member, m);
+}
+
+static int cmp_str(const void *a, const void *b) { return natural_cmp(*(char *const *)a, *(char *const *)b); }
+
+static int open_index(const char *path, const vc_safetensors_options *opts, vc_safetensors **out) {
+    char *text = NULL, why[128];
+    size_t len = 0;
+    int status = vc__read_file(path, MAX_HEADER_BYTES, &text, &len, why, sizeof why);
+    if (status) return vc__fail(NULL, status, "vc_safetensors_open: %s: %s", path, why);
+    parser p = {.s = text, .n = len, .path = path};
+    index_map m = {0};
+    status = parse_object(&p, index_member, &m);
+    if (!status) {
+        skip_ws(&p);
+        if (p.pos != p.n) status = parse_fail(&p, "text after the index's object");
+        else if (!m.n) status = parse_fail(&p, "no weight_map (a sharded checkpoint's index maps each tensor to its file)");
+    }
+    free(text);
+    /* the shards, each once, in name order ("-00001-of-00003" first), beside the index */
+    char **files = NULL;
+    size_t nfiles = 0;
+    if (!status) {
+        char **sorted = malloc(m.n * sizeof *sorted);
+        files = calloc(m.n, sizeof *files);
+        if (!sorted || !files) status = OUT_OF_MEMORY();
+        if (!status) {
+            memcpy(sorted, m.shards, m.n * sizeof *sorted);
+            qsort(sorted, m.n, sizeof *sorted, cmp_str);
+            const char *slash = strrchr(path, '/');
+            size_t dirlen = slash ? (size_t)(slash - path) + 1 : 0;
+            for (size_t i = 0; i < m.n && !status; i++) {
+                if (nfiles && !strcmp(sorted[i], sorted[i - 1])) continue;
+                if (!*sorted[i] || sorted[i][0] == '/') {
+                    status = vc__fail(NULL, VC_ERR_FORMAT, "vc_safetensors_open: %s: weight_map names '%s', not a file beside the index",
+                                      path, sorted[i]);
+                    break;
+                }
+                files[nfiles] = malloc(dirlen + strlen(sorted[i]) + 1);
+                if (!files[nfiles]) {
+                    status = OUT_OF_MEMORY();
+                    break;
+                }
+                memcpy(files[nfiles], path, dirlen);
+                strcpy(files[nfiles] + dirlen, sorted[i]);
+                nfiles++;
+            }
+        }
+        free(sorted);
+    }
+    vc_safetensors *st = NULL;
+    if (!status) status = vc_safetensors_open_files((const char *const *)files, nfiles, opts, &st);
+    /* every tensor the index names is in the shard it names */
+    for (size_t i = 0; i < m.n && !status; i++) {
+        size_t t;
+        const char *in = NULL;
+        if (vc_safetensors_find(st, m.names[i], &t) == VC_OK) {
+            in = st->paths[st->tensors[t].file];
+            const char *base = strrchr(in, '/');
+            in = base ? base + 1 : in;
+        }
+        if (!in || strcmp(in, m.shards[i]))
+            status = vc__fail(NULL, VC_ERR_FORMAT, "vc_safetensors_open: %s: weight_map puts tensor '%s' in %s, but %s%s", path,
+                              m.names[i], m.shards[i], in ? "it is in " : "no shard holds it", in ? in : "");
+    }
+    if (!status && st) {
+        free(st->path);
+        if (!(st->path = strdup(path))) status = OUT_OF_MEMORY();
+    }
+    for (size_t i = 0; i < nfiles; i++) free(files[i]);
+    free(files);
+    for (size_t i = 0; i < m.n; i++) {
+        free(m.names[i]);
+        free(m.shards[i]);
+    }
+    free(m.names);
+    free(m.shards);
+    if (status) {
+        vc_safetensors_close(st);
+        return status;
+    }
+    *out = st;
+    return VC_OK;
+}
+
+int vc_safetensors_open(const char *path, const vc_safetensors_options *opts, vc_safetensors **out) {
+    if (out) *out = NULL;
+    if (!path || !out) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_safetensors_open: %s is NULL", !path ? "path" : "out");
+    size_t n = strlen(path), k = strlen(".index.json");
+    if (n >= k && !strcmp(path + n - k, ".index.json")) return open_index(path, opts, out);
+    return vc_safetensors_open_files(&path, 1, opts, out);
+}
+
+size_t vc_safetensors_file_count(const vc_safetensors *st) { return st ? st->nfiles : 0; }
+
+const char *vc_safetensors_file_path(const vc_safetensors *st, size_t i) {
+    return st && i < st->nfiles ? st->paths[i] : NULL;
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -924,14 +1087,15 @@ int vc_safetensors_read_layer(const vc_safetensors *st, size_t layer, void *dst,
         /* one read for a run of tensors that lie back to back both in the file and in the buffer */
         uint64_t run = t->bytes;
         size_t j = i + 1;
-        while (j < end && st->tensors[j].file_offset == t->file_offset + run && st->tensors[j].layer_offset == t->layer_offset + run) {
+        while (j < end && st->tensors[j].file == t->file && st->tensors[j].file_offset == t->file_offset + run &&
+               st->tensors[j].layer_offset == t->layer_offset + run) {
             run += st->tensors[j].bytes;
             j++;
         }
         memset(d + filled, 0, (size_t)(t->layer_offset - filled));
-        int r = read_full(st->fd, d + t->layer_offset, run, t->file_offset);
+        int r = read_full(st->fds[t->file], d + t->layer_offset, run, t->file_offset);
         if (r)
-            return vc__fail(NULL, VC_ERR_IO, "vc_safetensors_read_layer: %s: tensor '%s': %s", st->path, t->name,
+            return vc__fail(NULL, VC_ERR_IO, "vc_safetensors_read_layer: %s: tensor '%s': %s", st->paths[t->file], t->name,
                             r == READ_ENDED ? "the file is shorter than when it was opened" : strerror(-r));
         filled = t->layer_offset + run;
         i = j;

@@ -12,20 +12,26 @@ f=$dir/model.safetensors
 qkv=$((9216 * 3072 * 2)) mlp=$((12288 * 3072 * 2)) emb=$((1000 * 3072 * 2))
 # names in the file's (sorted) order, as writers lay them out
 header='{"__metadata__":{"format":"pt"}'
+map='' # the weight_map of a sharded checkpoint: this file and a second one (below)
 off=0
 for b in 0 1 10 11 2 3 4 5 6 7 8 9; do
     header="$header,\"blocks.$b.attn.qkv.weight\":{\"dtype\":\"BF16\",\"shape\":[9216,3072],\"data_offsets\":[$off,$((off + qkv))]}"
     off=$((off + qkv))
     header="$header,\"blocks.$b.mlp.fc.weight\":{\"dtype\":\"BF16\",\"shape\":[12288,3072],\"data_offsets\":[$off,$((off + mlp))]}"
     off=$((off + mlp))
+    map="$map\"blocks.$b.attn.qkv.weight\":\"model.safetensors\",\"blocks.$b.mlp.fc.weight\":\"model.safetensors\","
 done
 header="$header,\"embed.weight\":{\"dtype\":\"BF16\",\"shape\":[1000,3072],\"data_offsets\":[$off,$((off + emb))]}}"
 off=$((off + emb))
-len=${#header}
-# the header's length: 8 bytes, little-endian
-printf "\\$(printf %o $((len % 256)))\\$(printf %o $((len / 256 % 256)))\\$(printf %o $((len / 65536)))\\0\\0\\0\\0\\0" > "$f"
-printf '%s' "$header" >> "$f"
-truncate -s $((8 + len + off)) "$f"
+
+# write_file PATH HEADER DATA_BYTES: the header's length (8 bytes, little-endian), the header, a hole
+write_file() {
+    len=${#2}
+    printf "\\$(printf %o $((len % 256)))\\$(printf %o $((len / 256 % 256)))\\$(printf %o $((len / 65536)))\\0\\0\\0\\0\\0" > "$1"
+    printf '%s' "$2" >> "$1"
+    truncate -s $((8 + len + $3)) "$1"
+}
+write_file "$f" "$header" $off
 
 fail() { printf 'FAIL: %s\n' "$1"; exit 1; }
 
@@ -55,4 +61,14 @@ printf '%s\n' "$err" | grep -q -- '--tokens N' || fail "no --tokens message: $er
 printf '\377\377\0\0\0\0\0\0{}' > "$dir/bad.safetensors"
 if err=$("$cli" workload "$dir/bad.safetensors" 2>&1); then fail "bad file accepted"; fi
 printf '%s\n' "$err" | grep -q 'past the end of the file' || fail "bad file message: $err"
+# a sharded checkpoint: blocks.0's norm in a second file, and the index naming both
+write_file "$dir/extra.safetensors" '{"blocks.0.norm.weight":{"dtype":"F32","shape":[3072],"data_offsets":[0,12288]}}' 12288
+printf '{"metadata":{"total_size":0},"weight_map":{%s"embed.weight":"model.safetensors","blocks.0.norm.weight":"extra.safetensors"}}' \
+    "$map" > "$dir/model.safetensors.index.json"
+out=$("$cli" workload "$dir/model.safetensors.index.json" --tokens 1000) || fail "workload of the index exited $?"
+printf '%s\n' "$out" | head -n 1
+printf '%s\n' "$out" | grep -q '^# From model.safetensors.index.json (2 files): 26 tensors in 13 layers' || fail "index summary"
+printf '%s\n' "$out" | grep -q "^  - {name: \"blocks.0\", bytes: $((qkv + mlp + 12288))," || fail "blocks.0 over two files"
+"$cli" plan --workload "$dir/model.safetensors.index.json" --tokens 1000 --vram-gb 4 --bandwidth-gbps 25 > /dev/null ||
+    fail "plan of the index"
 echo "safetensors_cli: ok"

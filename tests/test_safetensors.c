@@ -64,8 +64,8 @@ static uint64_t spec_bytes(const spec *s) {
 }
 
 /* Writes the tensors in the order given (as a writer lays them out), header padded with spaces to
- * a multiple of 8 as the reference writer does; tensor i holds the pattern of seed i + 1. */
-static const char *write_model(const char *name, const spec *s, size_t n, const char *metadata) {
+ * a multiple of 8 as the reference writer does; tensor i holds the pattern of seed first_seed + i + 1. */
+static const char *write_shard(const char *name, const spec *s, size_t n, const char *metadata, size_t first_seed) {
     char *header = malloc(64 * 1024);
     size_t len = 0, data_len = 0;
     len += (size_t)sprintf(header + len, "{");
@@ -83,13 +83,17 @@ static const char *write_model(const char *name, const spec *s, size_t n, const 
     char *data = malloc(data_len + 1);
     size_t at = 0;
     for (size_t i = 0; i < n; i++) {
-        fill_pattern(data + at, (size_t)spec_bytes(&s[i]), i + 1);
+        fill_pattern(data + at, (size_t)spec_bytes(&s[i]), first_seed + i + 1);
         at += (size_t)spec_bytes(&s[i]);
     }
     const char *p = write_raw(name, NULL, header, len, data, data_len);
     free(header);
     free(data);
     return p;
+}
+
+static const char *write_model(const char *name, const spec *s, size_t n, const char *metadata) {
+    return write_shard(name, s, n, metadata, 0);
 }
 
 /* A small model in the three naming styles engines meet: a diffusers UNet, a FLUX transformer and
@@ -202,6 +206,8 @@ static void test_group_depth(void **state) {
     vc_safetensors_close(st);
 }
 
+static void check_layers_on_device(const vc_safetensors *st, test_cache *tc, const vc_layer_id *ids);
+
 /* Registered with a cache, every layer reaches the device with each tensor's bytes at its offset
  * and zeros between them; a layer of only empty tensors is not registered. */
 static void test_registered_layers_carry_the_file(void **state) {
@@ -211,9 +217,24 @@ static void test_registered_layers_carry_the_file(void **state) {
     assert_int_equal(vc_safetensors_open(path, NULL, &st), VC_OK);
     test_cache t = make_cache(64 * KB, 1 * MB, 1);
     vc_model_id m = add_model(t.cache, "model");
-    size_t n = vc_safetensors_layer_count(st);
     vc_layer_id ids[16];
     assert_int_equal(vc_safetensors_register(st, t.cache, m, ids), VC_OK);
+    check_layers_on_device(st, &t, ids);
+    /* all or nothing: into a model that does not exist, nothing is registered */
+    vc_stats before = get_stats(t.cache);
+    assert_int_equal(vc_safetensors_register(st, t.cache, m + 12345, NULL), VC_ERR_NOT_FOUND);
+    assert_non_null(strstr(vc_last_error(), "none is left registered"));
+    assert_int_equal(get_stats(t.cache).layers, before.layers);
+    assert_int_equal(vc_safetensors_register(NULL, t.cache, m, NULL), VC_ERR_INVALID_ARG);
+    free_cache(&t);
+    vc_safetensors_close(st);
+}
+
+/* Every layer of st (registered as ids) on t's device: each tensor's bytes (the pattern of its
+ * index in MODEL) at its offset, zeros between them, layers of no bytes unregistered. */
+static void check_layers_on_device(const vc_safetensors *st, test_cache *tc, const vc_layer_id *ids) {
+    test_cache t = *tc;
+    size_t n = vc_safetensors_layer_count(st);
     for (size_t li = 0; li < n; li++) {
         const vc_safetensors_layer *l = vc_safetensors_get_layer(st, li);
         if (!l->bytes) {
@@ -236,14 +257,6 @@ static void test_registered_layers_carry_the_file(void **state) {
         free(host);
         assert_int_equal(vc_layer_release(t.cache, ids[li], NULL), VC_OK);
     }
-    /* all or nothing: into a model that does not exist, nothing is registered */
-    vc_stats before = get_stats(t.cache);
-    assert_int_equal(vc_safetensors_register(st, t.cache, m + 12345, NULL), VC_ERR_NOT_FOUND);
-    assert_non_null(strstr(vc_last_error(), "none is left registered"));
-    assert_int_equal(get_stats(t.cache).layers, before.layers);
-    assert_int_equal(vc_safetensors_register(NULL, t.cache, m, NULL), VC_ERR_INVALID_ARG);
-    free_cache(&t);
-    vc_safetensors_close(st);
 }
 
 /* The file cut short after it was opened: the read fails with a message, the acquire with
@@ -402,6 +415,92 @@ static void test_valid_headers_beyond_the_basics(void **state) {
     vc_safetensors_close(st);
 }
 
+/* A checkpoint in two shards and its index: one handle, layers whose tensors span both files are
+ * one layer each, read from both; an index that does not match its shards is refused. */
+static void test_sharded_checkpoint(void **state) {
+    (void)state;
+    enum { SPLIT = 7 }; /* "down_blocks...transformer_blocks.0" and "model.layers.0" span the two */
+    char shard1[300], shard2[300], index[300];
+    snprintf(shard1, sizeof shard1, "%s", write_shard("m-00001-of-00002.safetensors", MODEL, SPLIT, "{\"format\":\"pt\"}", 0));
+    snprintf(shard2, sizeof shard2, "%s", write_shard("m-00002-of-00002.safetensors", MODEL + SPLIT, NMODEL - SPLIT, NULL, SPLIT));
+    /* the index, with the weight_map in a sorted order and metadata the reader skips */
+    char *json = malloc(16384);
+    size_t len = (size_t)sprintf(json, "{\"metadata\": {\"total_size\": 123}, \"weight_map\": {");
+    for (size_t i = 0; i < NMODEL; i++)
+        len += (size_t)sprintf(json + len, "%s\"%s\": \"m-0000%d-of-00002.safetensors\"", i ? ", " : "", MODEL[i].name,
+                               i < SPLIT ? 1 : 2);
+    sprintf(json + len, "}}\n");
+    snprintf(index, sizeof index, "%s/m.safetensors.index.json", dir);
+    FILE *f = fopen(index, "w");
+    assert_non_null(f);
+    fputs(json, f);
+    fclose(f);
+
+    vc_safetensors *st = NULL;
+    assert_int_equal(vc_safetensors_open(index, NULL, &st), VC_OK);
+    assert_int_equal(vc_safetensors_file_count(st), 2);
+    assert_string_equal(vc_safetensors_file_path(st, 0), shard1);
+    assert_string_equal(vc_safetensors_file_path(st, 1), shard2);
+    assert_null(vc_safetensors_file_path(st, 2));
+    assert_int_equal(vc_safetensors_tensor_count(st), NMODEL);
+    assert_int_equal(vc_safetensors_layer_count(st), 9);
+    assert_string_equal(vc_safetensors_metadata(st, "format"), "pt");
+    size_t i;
+    assert_int_equal(vc_safetensors_find(st, "model.layers.0.input_layernorm.weight", &i), VC_OK);
+    const vc_safetensors_tensor *norm = vc_safetensors_get_tensor(st, i);
+    assert_int_equal(norm->file, 1);
+    assert_int_equal(vc_safetensors_find(st, "model.layers.0.self_attn.q_proj.weight", &i), VC_OK);
+    assert_int_equal(vc_safetensors_get_tensor(st, i)->file, 0);
+    assert_int_equal(vc_safetensors_get_tensor(st, i)->layer, norm->layer); /* one layer over two files */
+    test_cache t = make_cache(64 * KB, 1 * MB, 1);
+    vc_layer_id ids[16];
+    assert_int_equal(vc_safetensors_register(st, t.cache, add_model(t.cache, "m"), ids), VC_OK);
+    check_layers_on_device(st, &t, ids);
+    free_cache(&t);
+    vc_safetensors_close(st);
+
+    /* the same two files given directly */
+    const char *both[] = {shard2, shard1};
+    assert_int_equal(vc_safetensors_open_files(both, 2, NULL, &st), VC_OK);
+    assert_int_equal(vc_safetensors_layer_count(st), 9);
+    vc_safetensors_close(st);
+    const char *twice[] = {shard1, shard1};
+    assert_int_equal(vc_safetensors_open_files(twice, 2, NULL, &st), VC_ERR_FORMAT);
+    assert_non_null(strstr(vc_last_error(), "is named twice"));
+    assert_int_equal(vc_safetensors_open_files(both, 0, NULL, &st), VC_ERR_INVALID_ARG);
+    assert_int_equal(vc_safetensors_open_files(NULL, 1, NULL, &st), VC_ERR_INVALID_ARG);
+
+    /* indexes that do not match */
+    static const struct {
+        const char *json;
+        int status;
+        const char *says;
+    } bad[] = {
+        {"{\"weight_map\": {\"img_in.bias\": \"m-00001-of-00002.safetensors\", \"logit_scale\": \"m-00002-of-00002.safetensors\"}}",
+         VC_ERR_FORMAT, "but it is in m-00002"},
+        {"{\"weight_map\": {\"nope\": \"m-00001-of-00002.safetensors\"}}", VC_ERR_FORMAT, "no shard holds it"},
+        {"{\"weight_map\": {\"a\": \"missing.safetensors\"}}", VC_ERR_IO, "No such file"},
+        {"{\"weight_map\": {\"a\": 3}}", VC_ERR_FORMAT, "must be file names"},
+        {"{\"weight_map\": {\"a\": \"/etc/x.safetensors\"}}", VC_ERR_FORMAT, "not a file beside the index"},
+        {"{\"metadata\": {}}", VC_ERR_FORMAT, "no weight_map"},
+        {"{\"weight_map\": {}, \"weight_map\": {}}", VC_ERR_FORMAT, "no weight_map"},
+        {"[]", VC_ERR_FORMAT, "expected '{'"},
+    };
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        f = fopen(index, "w");
+        assert_non_null(f);
+        fputs(bad[k].json, f);
+        fclose(f);
+        st = (vc_safetensors *)1;
+        int status = vc_safetensors_open(index, NULL, &st);
+        if (status != bad[k].status || !strstr(vc_last_error(), bad[k].says))
+            fail_msg("index %zu (%s): status %s, message \"%s\", expected \"%s\"", k, bad[k].json, vc_status_name(status),
+                     vc_last_error(), bad[k].says);
+        assert_null(st);
+    }
+    free(json);
+}
+
 /* The first eight bytes: a file too short, a header longer than the file or than 100 MB. */
 static void test_header_length_is_checked(void **state) {
     (void)state;
@@ -440,6 +539,7 @@ int main(void) {
         cmocka_unit_test(test_malformed_headers_are_refused),
         cmocka_unit_test(test_valid_headers_beyond_the_basics),
         cmocka_unit_test(test_header_length_is_checked),
+        cmocka_unit_test(test_sharded_checkpoint),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

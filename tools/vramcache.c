@@ -10,8 +10,9 @@
  *                      [--disk-gbps D]
  *   vramcache plan --workload FILE --vram-gb X --bandwidth-gbps B [--tflops T] [--steps N] [--json]
  *                  [--config invokeai.yaml] [--block-layers K] [--ram-gb R] [--disk-gbps D]
- *   vramcache workload FILE.safetensors [--tokens N] [--group-depth K]
- *                                   a workload (YAML) for a model file: its layers' names and bytes,
+ *   vramcache workload FILE.safetensors|INDEX.json [--tokens N] [--group-depth K]
+ *                                   a workload (YAML) for a model file or a sharded checkpoint's
+ *                                   index: its layers' names and bytes,
  *                                   FLOPs estimated from N tokens; simulate and plan also take a
  *                                   .safetensors file as --workload (with --tokens)
  *   vramcache version
@@ -45,7 +46,7 @@ static int usage(FILE *f) {
                "                          [--ram-gb R] [--disk-gbps D]\n"
                "       vramcache plan --workload FILE --vram-gb X --bandwidth-gbps B [--tflops T] [--steps N] [--json]\n"
                "                      [--config invokeai.yaml] [--block-layers K] [--ram-gb R] [--disk-gbps D]\n"
-               "       vramcache workload FILE.safetensors [--tokens N] [--group-depth K]\n"
+               "       vramcache workload FILE.safetensors|FILE.safetensors.index.json [--tokens N] [--group-depth K]\n"
                "       vramcache version\n"
                "--block-layers K: the engine holds K consecutive layers at once and runs them as one kernel.\n"
                "--ram-gb R: the machine's RAM; without max_cache_ram_gb in the config the RAM cache gets the\n"
@@ -53,7 +54,8 @@ static int usage(FILE *f) {
                "--disk-gbps D: how fast loaders read (the engine waits for them); default: loads take no time.\n"
                "plan --config FILE: the modes run with the file's other settings, and the file as it stands is\n"
                "  run too, so the output says what the recommendation gains over it.\n"
-               "--workload FILE.safetensors: a model file (its layers, as vramcache workload prints them) with\n"
+               "--workload FILE.safetensors (or a sharded checkpoint's FILE.safetensors.index.json): a model\n"
+               "  file (its layers, as vramcache workload prints them) with\n"
                "  --tokens N: each layer computes 2 x N x its weights FLOPs per use (matrices and convolutions;\n"
                "  e.g. 4608 for FLUX at 1024x1024: 4096 image + 512 text tokens; 0: copies only);\n"
                "  --group-depth K: a layer is the first K parts of its tensors' names (default: up to the last\n"
@@ -236,9 +238,14 @@ static int parse_sim_args(int argc, char **argv, int first, sim_args *a, int all
     return 0;
 }
 
+/* A model file, or a sharded checkpoint's index ("model.safetensors.index.json")? */
 static int is_safetensors(const char *path) {
-    size_t n = strlen(path), k = strlen(".safetensors");
-    return n >= k && !strcmp(path + n - k, ".safetensors");
+    static const char *const ends[] = {".safetensors", ".index.json"};
+    for (int i = 0; i < 2; i++) {
+        size_t n = strlen(path), k = strlen(ends[i]);
+        if (n >= k && !strcmp(path + n - k, ends[i])) return 1;
+    }
+    return 0;
 }
 
 /* Writes a workload for a safetensors file: one model, its layers in the file's name order, each
@@ -260,8 +267,9 @@ static int write_safetensors_workload(FILE *out, const char *path, double tokens
         kept += vc_safetensors_get_layer(st, i)->bytes > 0;
         total += vc_safetensors_get_layer(st, i)->bytes;
     }
-    fprintf(out, "# From %s: %zu tensors in %zu layers (%.3f GB), grouped %s.\n", base,
-            vc_safetensors_tensor_count(st), kept, (double)total / GIB, group_depth ? "by --group-depth" : "to the last numbered part of their names");
+    fprintf(out, "# From %s (%zu file%s): %zu tensors in %zu layers (%.3f GB), grouped %s.\n", base,
+            vc_safetensors_file_count(st), vc_safetensors_file_count(st) > 1 ? "s" : "", vc_safetensors_tensor_count(st), kept,
+            (double)total / GIB, group_depth ? "by --group-depth" : "to the last numbered part of their names");
     fprintf(out, "# flops: 2 x %.10g tokens x each layer's weights (matrices and convolutions). The layers are in\n"
                  "# name order: for predictions closer to your engine, put them in the order it runs them.\n", tokens);
     fputs("name: ", out);

@@ -358,6 +358,17 @@ VC_API size_t vc_system_ram(char *why, size_t why_size);
  *  same layer after its RAM copy was evicted, so it must be repeatable. */
 typedef int (*vc_loader_fn)(void *user, vc_layer_id layer, void *dst, size_t bytes);
 
+/** Lets a loader (or a vc_layer_patch function) say why it failed: called on the loader's thread
+ *  before it returns non-zero, the text ends the VC_ERR_LOADER message the cache reports ("...
+ *  returned -1: weights.safetensors: tensor 'x': the file is shorter than when it was opened").
+ *  printf-style, at most 255 bytes kept; thread-local, and forgotten when the next loader starts on
+ *  that thread. Outside a loader it has no effect. */
+VC_API void vc_loader_set_error(const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 1, 2)))
+#endif
+    ;
+
 /** Describes a layer at registration. Exactly one source must be given. */
 typedef struct vc_layer_desc {
     const char *name; /**< Layer name for messages and stats; copied. Required, non-empty. */

@@ -334,6 +334,10 @@ int vc__fail_unlocked(vc_cache *c, int status, const char *fmt, ...)
 extern _Thread_local int vc__tls_internal_thread;
 /** Takes and clears the detail a backend left with vc_backend_set_error() on this thread. */
 const char *vc__take_backend_error(void);
+/* A loader's or patch function's own reason (vc_loader_set_error): cleared before it runs, then
+ * taken as ": reason" (or "") for the cache's message. */
+void vc__clear_loader_error(void);
+const char *vc__loader_error_suffix(void);
 
 void vc__log(const vc_cache *c, vc_log_level level, const char *fmt, ...)
 #if defined(__GNUC__)

@@ -1360,6 +1360,7 @@ static int host_source(vc_cache *c, layer_t *l, const char *fn, const void **src
     vc__note_ram(c);
     l->loading = 1;
     pthread_mutex_unlock(&c->lock);
+    vc__clear_loader_error();
     int rc = l->loader(l->loader_user, l->id, buf, l->bytes);
     pthread_mutex_lock(&c->lock);
     l->loading = 0;
@@ -1367,9 +1368,9 @@ static int host_source(vc_cache *c, layer_t *l, const char *fn, const void **src
     if (rc != 0) {
         free_ram_buffer(c, buf, l->bytes, pinned);
         c->stats.load_failures++;
-        return vc__fail(c, VC_ERR_LOADER, "%s: the loader of layer '%s' of model '%s' returned %d; the "
+        return vc__fail(c, VC_ERR_LOADER, "%s: the loader of layer '%s' of model '%s' returned %d%s; the "
                         "layer stays unloaded and a later acquire calls the loader again", fn, l->name,
-                        l->model->name, rc);
+                        l->model->name, rc, vc__loader_error_suffix());
     }
     l->ram = buf;
     l->ram_pinned = pinned;
@@ -1699,13 +1700,14 @@ int vc_layer_read(vc_cache *c, vc_layer_id id, void *dst, size_t size) {
     } else {
         l->loading = 1;
         pthread_mutex_unlock(&c->lock);
+        vc__clear_loader_error();
         int rc = l->loader(l->loader_user, id, dst, size);
         pthread_mutex_lock(&c->lock);
         l->loading = 0;
         pthread_cond_broadcast(&c->loaded);
         if (rc != 0)
-            st = vc__fail(c, VC_ERR_LOADER, "%s: the loader of layer '%s' of model '%s' returned %d", fn,
-                          l->name, l->model->name, rc);
+            st = vc__fail(c, VC_ERR_LOADER, "%s: the loader of layer '%s' of model '%s' returned %d%s", fn,
+                          l->name, l->model->name, rc, vc__loader_error_suffix());
     }
     pthread_mutex_unlock(&c->lock);
     return st;
@@ -2058,6 +2060,7 @@ int vc_layer_patch(vc_cache *c, vc_layer_id id, vc_patch_mode mode, int (*fn)(vo
     void *weights = l->ram;
     l->loading = 1; /* pinned while the patch runs: no eviction, acquire waits */
     pthread_mutex_unlock(&c->lock);
+    vc__clear_loader_error();
     int rc = fn(user, weights, l->bytes);
     pthread_mutex_lock(&c->lock);
     l->loading = 0;
@@ -2069,8 +2072,8 @@ int vc_layer_patch(vc_cache *c, vc_layer_id id, vc_patch_mode mode, int (*fn)(vo
             c->ram_bytes -= l->bytes;
         }
         free(scratch);
-        st = vc__fail(c, VC_ERR_LOADER, "%s: the patch function for layer '%s' returned %d; the weights are as "
-                      "they were", name, l->name, rc);
+        st = vc__fail(c, VC_ERR_LOADER, "%s: the patch function for layer '%s' returned %d%s; the weights are as "
+                      "they were", name, l->name, rc, vc__loader_error_suffix());
         goto done;
     }
     free(scratch);

@@ -1107,7 +1107,9 @@ int vc_safetensors_read_layer(const vc_safetensors *st, size_t layer, void *dst,
 static int layer_loader(void *user, vc_layer_id id, void *dst, size_t bytes) {
     (void)id;
     const layer_ctx *x = user;
-    return vc_safetensors_read_layer(x->st, x->index, dst, bytes);
+    int status = vc_safetensors_read_layer(x->st, x->index, dst, bytes);
+    if (status != VC_OK) vc_loader_set_error("%s", vc_last_error());
+    return status;
 }
 
 int vc_safetensors_register(vc_safetensors *st, vc_cache *cache, vc_model_id model, vc_layer_id *ids) {

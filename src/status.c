@@ -48,6 +48,25 @@ void vc_backend_set_error(const char *fmt, ...) {
     va_end(ap);
 }
 
+static _Thread_local char tls_loader_error[256];
+
+void vc_loader_set_error(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(tls_loader_error, sizeof tls_loader_error, fmt, ap);
+    va_end(ap);
+}
+
+void vc__clear_loader_error(void) { tls_loader_error[0] = '\0'; }
+
+const char *vc__loader_error_suffix(void) {
+    static _Thread_local char suffix[sizeof tls_loader_error + 2];
+    if (!tls_loader_error[0]) return "";
+    snprintf(suffix, sizeof suffix, ": %s", tls_loader_error);
+    tls_loader_error[0] = '\0';
+    return suffix;
+}
+
 const char *vc__take_backend_error(void) {
     static _Thread_local char taken[256];
     memcpy(taken, tls_backend_error, sizeof taken);

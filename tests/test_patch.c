@@ -11,7 +11,8 @@ static int xor_5a(void *user, void *w, size_t n) {
 
 static int half_then_fail(void *user, void *w, size_t n) {
     (void)user;
-    memset(w, 0, n / 2); /* damage, then give up */
+    memset(w, 0, n / 2); /* damage, then give up, saying why */
+    vc_loader_set_error("LoRA rank mismatch");
     return -3;
 }
 
@@ -172,7 +173,7 @@ static void test_failed_patch_changes_nothing(void **state) {
     unsigned char buf[16 * KB];
     for (int mode = 0; mode < 2; mode++) {
         assert_int_equal(vc_layer_patch(t.cache, l, (vc_patch_mode)mode, half_then_fail, NULL), VC_ERR_LOADER);
-        assert_true(last_error_has(t.cache, "the weights are as they were"));
+        assert_true(last_error_has(t.cache, "returned -3: LoRA rank mismatch; the weights are as they were"));
         read_back(t.cache, l, buf, sizeof buf);
         assert_true(check_pattern(buf, sizeof buf, 7));
         vc_layer_info info;

@@ -125,6 +125,42 @@ static void test_held_layers_never_evicted(void **state) {
     free_cache(&t);
 }
 
+/* Fails its first two calls, the first with a reason, the second without one. */
+static int explaining_loader(void *user, vc_layer_id layer, void *dst, size_t bytes) {
+    (void)layer;
+    int *calls = user;
+    if (++*calls == 1) {
+        vc_loader_set_error("checksum of %s is wrong", "mid.bin");
+        return -7;
+    }
+    if (*calls == 2) return -8;
+    memset(dst, 1, bytes);
+    return 0;
+}
+
+/* A loader's own reason (vc_loader_set_error) ends the cache's message, and only for the failure
+ * it was given for. */
+static void test_loader_explains_its_failure(void **state) {
+    (void)state;
+    test_cache t = make_cache(1 * MB, 1 * MB, 1);
+    vc_model_id m = add_model(t.cache, "unet");
+    int calls = 0;
+    vc_layer_desc d = {.name = "mid", .bytes = 4096, .loader = explaining_loader, .loader_user = &calls};
+    vc_layer_id l;
+    assert_int_equal(vc_layer_register(t.cache, m, &d, &l), VC_OK);
+    void *p;
+    assert_int_equal(vc_layer_acquire(t.cache, l, NULL, &p), VC_ERR_LOADER);
+    assert_true(last_error_has(t.cache, "'mid' of model 'unet' returned -7: checksum of mid.bin is wrong; "));
+    vc_loader_set_error("stale"); /* outside a loader: forgotten when the next one starts */
+    assert_int_equal(vc_layer_load_ram(t.cache, l), VC_ERR_LOADER);
+    assert_true(last_error_has(t.cache, "returned -8"));
+    assert_false(last_error_has(t.cache, "stale"));
+    assert_false(last_error_has(t.cache, "checksum"));
+    assert_int_equal(vc_layer_acquire(t.cache, l, NULL, &p), VC_OK);
+    assert_int_equal(vc_layer_release(t.cache, l, NULL), VC_OK);
+    free_cache(&t);
+}
+
 static void test_loader_failure_and_retry(void **state) {
     (void)state;
     test_cache t = make_cache(1 * MB, 1 * MB, 1);
@@ -481,6 +517,7 @@ int main(void) {
         cmocka_unit_test(test_lru_eviction),
         cmocka_unit_test(test_held_layers_never_evicted),
         cmocka_unit_test(test_loader_failure_and_retry),
+        cmocka_unit_test(test_loader_explains_its_failure),
         cmocka_unit_test(test_ram_pool_lru_and_reload),
         cmocka_unit_test(test_layer_larger_than_ram_budget),
         cmocka_unit_test(test_dynamic_budget_follows_other_processes),

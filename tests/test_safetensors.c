@@ -284,6 +284,9 @@ static void test_file_cut_short_after_open(void **state) {
     assert_int_equal(vc_safetensors_read_layer(st, last + 1, buf, (size_t)l->bytes), VC_ERR_INVALID_ARG);
     free(buf);
     assert_int_equal(vc_layer_acquire(t.cache, ids[last], NULL, &p), VC_ERR_LOADER);
+    /* the cache's message ends with the reader's reason (vc_loader_set_error) */
+    assert_true(last_error_has(t.cache, "returned -15: vc_safetensors_read_layer: "));
+    assert_true(last_error_has(t.cache, "shorter than when it was opened"));
     assert_int_equal(residency(t.cache, ids[last]), VC_RES_NONE);
     free_cache(&t);
     vc_safetensors_close(st);

@@ -12,12 +12,12 @@
 #include <unistd.h>
 
 #include "cache_internal.h"
+#include "json_reader.h"
 #include "read_file.h"
 #include "vramcache_safetensors.h"
 
 enum {
     MAX_HEADER_BYTES = 100000000, /* the reference implementation's limit */
-    MAX_NESTING = 64,             /* how deep an unknown value may nest before we stop reading it */
     READ_CHUNK = 1 << 30,         /* pread at most this much at once (Linux caps a read near 2 GB) */
     READ_ENDED = 1                /* read_full: the file ended first */
 };
@@ -63,366 +63,28 @@ typedef struct raw_tensor { /* a tensor as the header gives it, before the check
     uint64_t data_start; /* where that file's data starts */
 } raw_tensor;
 
-typedef struct parser {
-    const char *s;
-    size_t n, pos;
-    const char *path;
-    int failed;
-} parser;
-
-#if defined(__GNUC__)
-__attribute__((format(printf, 2, 3)))
-#endif
-static int parse_fail(parser *p, const char *fmt, ...) {
-    if (p->failed) return VC_ERR_FORMAT; /* keep the first message */
-    p->failed = 1;
-    char what[400];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(what, sizeof what, fmt, ap);
-    va_end(ap);
-    return vc__fail(NULL, VC_ERR_FORMAT, "vc_safetensors_open: %s: header byte %zu: %s", p->path, p->pos, what);
-}
-
-static void skip_ws(parser *p) {
-    while (p->pos < p->n && (p->s[p->pos] == ' ' || p->s[p->pos] == '\t' || p->s[p->pos] == '\n' || p->s[p->pos] == '\r'))
-        p->pos++;
-}
-
-static int expect(parser *p, char ch, const char *what) {
-    skip_ws(p);
-    if (p->pos >= p->n || p->s[p->pos] != ch) return parse_fail(p, "expected %s", what);
-    p->pos++;
-    return VC_OK;
-}
-
-static int hex4(parser *p, unsigned *out) {
-    unsigned v = 0;
-    for (int i = 0; i < 4; i++) {
-        if (p->pos >= p->n) return parse_fail(p, "\\u escape cut short");
-        char c = p->s[p->pos++];
-        v <<= 4;
-        if (c >= '0' && c <= '9') v |= (unsigned)(c - '0');
-        else if (c >= 'a' && c <= 'f') v |= (unsigned)(c - 'a' + 10);
-        else if (c >= 'A' && c <= 'F') v |= (unsigned)(c - 'A' + 10);
-        else return parse_fail(p, "\\u escape with a non-hex digit");
-    }
-    *out = v;
-    return VC_OK;
-}
-
-static size_t put_utf8(char *d, unsigned cp) {
-    if (cp < 0x80) {
-        d[0] = (char)cp;
-        return 1;
-    }
-    if (cp < 0x800) {
-        d[0] = (char)(0xc0 | (cp >> 6));
-        d[1] = (char)(0x80 | (cp & 0x3f));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        d[0] = (char)(0xe0 | (cp >> 12));
-        d[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
-        d[2] = (char)(0x80 | (cp & 0x3f));
-        return 3;
-    }
-    d[0] = (char)(0xf0 | (cp >> 18));
-    d[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
-    d[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
-    d[3] = (char)(0x80 | (cp & 0x3f));
-    return 4;
-}
-
-/* Length of the well-formed UTF-8 sequence at s (at most `left` bytes), or 0. */
-static size_t utf8_len(const unsigned char *s, size_t left) {
-    unsigned c = s[0], n, min;
-    if (c < 0x80) return 1;
-    if (c >= 0xc2 && c <= 0xdf) n = 2, min = 0x80;
-    else if (c >= 0xe0 && c <= 0xef) n = 3, min = 0x800;
-    else if (c >= 0xf0 && c <= 0xf4) n = 4, min = 0x10000;
-    else return 0;
-    if (n > left) return 0;
-    unsigned cp = c & (0x3fu >> (n - 1));
-    for (unsigned i = 1; i < n; i++) {
-        if ((s[i] & 0xc0) != 0x80) return 0;
-        cp = (cp << 6) | (s[i] & 0x3fu);
-    }
-    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
-    return n;
-}
-
-/* A JSON string, escapes decoded, into a malloc'ed NUL-terminated *out (NULL: read and dropped).
- * A string holding U+0000 is refused: names and values are C strings here. */
-static int parse_string(parser *p, char **out) {
-    if (out) *out = NULL;
-    int st = expect(p, '"', "a string");
-    if (st) return st;
-    size_t start = p->pos;
-    /* decoded text is never longer than the text it comes from */
-    size_t end = start;
-    while (end < p->n && p->s[end] != '"') end += p->s[end] == '\\' ? 2 : 1;
-    char *d = out ? malloc(end - start + 1) : NULL;
-    if (out && !d) return vc__fail(NULL, VC_ERR_NO_MEMORY, "vc_safetensors_open: out of host memory");
-    size_t len = 0;
-    for (;;) {
-        if (p->pos >= p->n) {
-            free(d);
-            return parse_fail(p, "string not closed");
-        }
-        unsigned char ch = (unsigned char)p->s[p->pos];
-        if (ch == '"') {
-            p->pos++;
-            break;
-        }
-        if (ch < 0x20) {
-            free(d);
-            return parse_fail(p, "control character 0x%02x in a string", ch);
-        }
-        if (ch != '\\') {
-            size_t k = utf8_len((const unsigned char *)p->s + p->pos, p->n - p->pos);
-            if (!k) {
-                free(d);
-                return parse_fail(p, "byte 0x%02x is not UTF-8 text", ch);
-            }
-            if (d) memcpy(d + len, p->s + p->pos, k);
-            len += k;
-            p->pos += k;
-            continue;
-        }
-        p->pos++;
-        if (p->pos >= p->n) {
-            free(d);
-            return parse_fail(p, "escape cut short");
-        }
-        char e = p->s[p->pos++];
-        const char *simple = strchr("\"\\/bfnrt", e);
-        if (simple && e) {
-            static const char map[] = "\"\\/\b\f\n\r\t";
-            if (d) d[len] = map[simple - "\"\\/bfnrt"];
-            len++;
-            continue;
-        }
-        if (e != 'u') {
-            free(d);
-            return parse_fail(p, "unknown escape '\\%c'", e);
-        }
-        unsigned cp;
-        if ((st = hex4(p, &cp))) {
-            free(d);
-            return st;
-        }
-        if (cp >= 0xd800 && cp <= 0xdbff) { /* a surrogate pair: the low half must follow */
-            unsigned lo;
-            if (p->pos + 2 > p->n || p->s[p->pos] != '\\' || p->s[p->pos + 1] != 'u') {
-                free(d);
-                return parse_fail(p, "lone surrogate \\u%04x", cp);
-            }
-            p->pos += 2;
-            if ((st = hex4(p, &lo))) {
-                free(d);
-                return st;
-            }
-            if (lo < 0xdc00 || lo > 0xdfff) {
-                free(d);
-                return parse_fail(p, "surrogate \\u%04x not followed by a low surrogate", cp);
-            }
-            cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
-        } else if (cp >= 0xdc00 && cp <= 0xdfff) {
-            free(d);
-            return parse_fail(p, "lone surrogate \\u%04x", cp);
-        } else if (cp == 0) {
-            free(d);
-            return parse_fail(p, "\\u0000 in a string");
-        }
-        char buf[4];
-        size_t k = put_utf8(buf, cp); /* a \uXXXX escape (6 bytes, 12 for a pair) decodes to at most 4 */
-        if (d) memcpy(d + len, buf, k);
-        len += k;
-    }
-    if (d) {
-        d[len] = '\0';
-        *out = d;
-    }
-    return VC_OK;
-}
-
-/* A non-negative integer that fits 64 bits (sizes and offsets), as JSON writes it. */
-static int parse_u64(parser *p, uint64_t *out, const char *what) {
-    skip_ws(p);
-    size_t start = p->pos;
-    uint64_t v = 0;
-    while (p->pos < p->n && p->s[p->pos] >= '0' && p->s[p->pos] <= '9') {
-        unsigned dgt = (unsigned)(p->s[p->pos] - '0');
-        if (v > (UINT64_MAX - dgt) / 10) return parse_fail(p, "%s does not fit 64 bits", what);
-        v = v * 10 + dgt;
-        p->pos++;
-    }
-    if (p->pos == start) return parse_fail(p, "expected %s (a non-negative integer)", what);
-    if (p->s[start] == '0' && p->pos - start > 1) return parse_fail(p, "%s with a leading zero", what);
-    if (p->pos < p->n && (p->s[p->pos] == '.' || p->s[p->pos] == 'e' || p->s[p->pos] == 'E'))
-        return parse_fail(p, "%s must be an integer", what);
-    *out = v;
-    return VC_OK;
-}
-
-/* Any JSON value, read and dropped (fields the format may grow). */
-static int skip_value(parser *p, int depth) {
-    if (depth > MAX_NESTING) return parse_fail(p, "values nested more than %d deep", MAX_NESTING);
-    skip_ws(p);
-    if (p->pos >= p->n) return parse_fail(p, "expected a value");
-    char c = p->s[p->pos];
-    int st;
-    if (c == '"') return parse_string(p, NULL);
-    if (c == '{' || c == '[') {
-        char close = c == '{' ? '}' : ']';
-        p->pos++;
-        skip_ws(p);
-        if (p->pos < p->n && p->s[p->pos] == close) {
-            p->pos++;
-            return VC_OK;
-        }
-        for (;;) {
-            if (c == '{') {
-                if ((st = parse_string(p, NULL)) || (st = expect(p, ':', "':'"))) return st;
-            }
-            if ((st = skip_value(p, depth + 1))) return st;
-            skip_ws(p);
-            if (p->pos < p->n && p->s[p->pos] == ',') {
-                p->pos++;
-                continue;
-            }
-            return expect(p, close, c == '{' ? "',' or '}'" : "',' or ']'");
-        }
-    }
-    static const char *const words[] = {"true", "false", "null"};
-    for (int i = 0; i < 3; i++) {
-        size_t k = strlen(words[i]);
-        if (p->n - p->pos >= k && !memcmp(p->s + p->pos, words[i], k)) {
-            p->pos += k;
-            return VC_OK;
-        }
-    }
-    /* a number: -?digits(.digits)?([eE][+-]?digits)? */
-    size_t start = p->pos;
-    if (p->s[p->pos] == '-') p->pos++;
-    size_t digits = p->pos;
-    while (p->pos < p->n && p->s[p->pos] >= '0' && p->s[p->pos] <= '9') p->pos++;
-    if (p->pos == digits) {
-        p->pos = start;
-        return parse_fail(p, "expected a value");
-    }
-    if (p->pos < p->n && p->s[p->pos] == '.') {
-        p->pos++;
-        size_t f = p->pos;
-        while (p->pos < p->n && p->s[p->pos] >= '0' && p->s[p->pos] <= '9') p->pos++;
-        if (p->pos == f) return parse_fail(p, "a number with no digits after '.'");
-    }
-    if (p->pos < p->n && (p->s[p->pos] == 'e' || p->s[p->pos] == 'E')) {
-        p->pos++;
-        if (p->pos < p->n && (p->s[p->pos] == '+' || p->s[p->pos] == '-')) p->pos++;
-        size_t f = p->pos;
-        while (p->pos < p->n && p->s[p->pos] >= '0' && p->s[p->pos] <= '9') p->pos++;
-        if (p->pos == f) return parse_fail(p, "a number with no digits in its exponent");
-    }
-    return VC_OK;
-}
-
-/* Calls each(p, key, user) for every member of an object; the callback reads the value. */
-typedef int (*member_fn)(parser *p, char *key, void *user);
-
-static int parse_object(parser *p, member_fn each, void *user) {
-    int st = expect(p, '{', "'{'");
-    if (st) return st;
-    skip_ws(p);
-    if (p->pos < p->n && p->s[p->pos] == '}') {
-        p->pos++;
-        return VC_OK;
-    }
-    for (;;) {
-        char *key;
-        if ((st = parse_string(p, &key))) return st;
-        if ((st = expect(p, ':', "':'"))) {
-            free(key);
-            return st;
-        }
-        if ((st = each(p, key, user))) return st; /* each() owns key */
-        skip_ws(p);
-        if (p->pos < p->n && p->s[p->pos] == ',') {
-            p->pos++;
-            continue;
-        }
-        return expect(p, '}', "',' or '}'");
-    }
-}
-
 typedef struct tensor_fields {
     raw_tensor *t;
     int have_dtype, have_shape, have_offsets;
 } tensor_fields;
 
-static int u64_array(parser *p, uint64_t **out, unsigned *count, const char *what) {
-    int st = expect(p, '[', "'['");
-    if (st) return st;
-    size_t n = 0, cap = 0;
-    uint64_t *v = NULL;
-    skip_ws(p);
-    if (p->pos < p->n && p->s[p->pos] == ']') {
-        p->pos++;
-    } else {
-        for (;;) {
-            if (n == cap) {
-                cap = cap ? cap * 2 : 4;
-                uint64_t *g = realloc(v, cap * sizeof *v);
-                if (!g) {
-                    free(v);
-                    return vc__fail(NULL, VC_ERR_NO_MEMORY, "vc_safetensors_open: out of host memory");
-                }
-                v = g;
-            }
-            if ((st = parse_u64(p, &v[n], what))) {
-                free(v);
-                return st;
-            }
-            n++;
-            skip_ws(p);
-            if (p->pos < p->n && p->s[p->pos] == ',') {
-                p->pos++;
-                continue;
-            }
-            if ((st = expect(p, ']', "',' or ']'"))) {
-                free(v);
-                return st;
-            }
-            break;
-        }
-    }
-    if (n > 4096) { /* a header may be 100 MB; no tensor has this many dimensions */
-        free(v);
-        return parse_fail(p, "%s has %zu entries", what, n);
-    }
-    *out = v;
-    *count = (unsigned)n;
-    return VC_OK;
-}
-
-static int tensor_member(parser *p, char *key, void *user) {
+static int tensor_member(vc_json_reader *p, char *key, void *user) {
     tensor_fields *f = user;
     int st = VC_OK;
     int *seen = !strcmp(key, "dtype") ? &f->have_dtype : !strcmp(key, "shape") ? &f->have_shape
               : !strcmp(key, "data_offsets") ? &f->have_offsets : NULL;
-    if (seen && *seen) st = parse_fail(p, "'%s' given twice", key);
-    else if (!seen) st = skip_value(p, 1);
-    else if (seen == &f->have_dtype) st = parse_string(p, &f->t->dtype);
-    else if (seen == &f->have_shape) st = u64_array(p, &f->t->shape, &f->t->rank, "a shape entry");
+    if (seen && *seen) st = vc__json_fail(p, "'%s' given twice", key);
+    else if (!seen) st = vc__json_skip_value(p, 1);
+    else if (seen == &f->have_dtype) st = vc__json_string(p, &f->t->dtype);
+    else if (seen == &f->have_shape) st = vc__json_u64_array(p, &f->t->shape, &f->t->rank, "a shape entry");
     else {
         uint64_t *o = NULL;
         unsigned k = 0;
         size_t at = p->pos;
-        st = u64_array(p, &o, &k, "a data offset");
+        st = vc__json_u64_array(p, &o, &k, "a data offset");
         if (!st && k != 2) {
             p->pos = at;
-            st = parse_fail(p, "data_offsets has %u entries, expected [begin, end]", k);
+            st = vc__json_fail(p, "data_offsets has %u entries, expected [begin, end]", k);
         }
         if (!st) f->t->begin = o[0], f->t->end = o[1];
         free(o);
@@ -440,7 +102,7 @@ typedef struct header {
     int have_meta;
 } header;
 
-static int meta_member(parser *p, char *key, void *user) {
+static int meta_member(vc_json_reader *p, char *key, void *user) {
     header *h = user;
     if (h->nmeta == h->meta_cap) {
         size_t cap = h->meta_cap ? h->meta_cap * 2 : 8;
@@ -452,13 +114,13 @@ static int meta_member(parser *p, char *key, void *user) {
         h->meta = g;
         h->meta_cap = cap;
     }
-    skip_ws(p);
+    vc__json_skip_ws(p);
     if (p->pos < p->n && p->s[p->pos] != '"') {
         free(key);
-        return parse_fail(p, "__metadata__ values must be strings");
+        return vc__json_fail(p, "__metadata__ values must be strings");
     }
     char *value;
-    int st = parse_string(p, &value);
+    int st = vc__json_string(p, &value);
     if (st) {
         free(key);
         return st;
@@ -469,13 +131,13 @@ static int meta_member(parser *p, char *key, void *user) {
     return VC_OK;
 }
 
-static int top_member(parser *p, char *key, void *user) {
+static int top_member(vc_json_reader *p, char *key, void *user) {
     header *h = user;
     if (!strcmp(key, "__metadata__")) {
         free(key);
-        if (h->have_meta) return parse_fail(p, "__metadata__ given twice");
+        if (h->have_meta) return vc__json_fail(p, "__metadata__ given twice");
         h->have_meta = 1;
-        return parse_object(p, meta_member, h);
+        return vc__json_object(p, meta_member, h);
     }
     if (h->n == h->cap) {
         size_t cap = h->cap ? h->cap * 2 : 64;
@@ -490,14 +152,14 @@ static int top_member(parser *p, char *key, void *user) {
     raw_tensor *t = &h->t[h->n++];
     memset(t, 0, sizeof *t);
     t->name = key;
-    skip_ws(p);
+    vc__json_skip_ws(p);
     t->at = p->pos;
     tensor_fields f = {.t = t};
-    int st = parse_object(p, tensor_member, &f);
+    int st = vc__json_object(p, tensor_member, &f);
     if (st) return st;
     if (!f.have_dtype || !f.have_shape || !f.have_offsets) {
         p->pos = t->at;
-        return parse_fail(p, "tensor '%s' lacks '%s'", key,
+        return vc__json_fail(p, "tensor '%s' lacks '%s'", key,
                           !f.have_dtype ? "dtype" : !f.have_shape ? "shape" : "data_offsets");
     }
     return VC_OK;
@@ -815,23 +477,24 @@ static int read_header(vc_safetensors *st, size_t file, header *h) {
                         "vc_safetensors_open: %s: header length %llu is %s (a safetensors file starts with its header's length, "
                         "little-endian, at most 100 MB)",
                         path, (unsigned long long)hlen, hlen > MAX_HEADER_BYTES ? "over 100 MB" : "past the end of the file");
-    char *text = malloc(hlen ? (size_t)hlen : 1);
+    char *text = malloc((size_t)hlen + 1); /* NUL-terminated, as the JSON reader wants */
     if (!text) return OUT_OF_MEMORY();
+    text[hlen] = '\0';
     int r = read_full(fd, text, hlen, 8);
     if (r) {
         free(text);
         return vc__fail(NULL, VC_ERR_IO, "vc_safetensors_open: %s: reading its header: %s", path,
                         r == READ_ENDED ? "the file ended early" : strerror(-r));
     }
-    parser p = {.s = text, .n = (size_t)hlen, .path = path};
+    vc_json_reader p = {.s = text, .n = (size_t)hlen, .fn = "vc_safetensors_open", .path = path, .unit = "header byte"};
     size_t first = h->n;
     int status;
     h->have_meta = 0;
     if (!hlen || text[0] != '{') {
-        status = parse_fail(&p, "a safetensors header starts with '{'");
-    } else if ((status = parse_object(&p, top_member, h)) == VC_OK) {
-        skip_ws(&p);
-        if (p.pos != p.n) status = parse_fail(&p, "text after the header's object");
+        status = vc__json_fail(&p, "a safetensors header starts with '{'");
+    } else if ((status = vc__json_object(&p, top_member, h)) == VC_OK) {
+        vc__json_skip_ws(&p);
+        if (p.pos != p.n) status = vc__json_fail(&p, "text after the header's object");
     }
     free(text);
     for (size_t i = first; i < h->n; i++) {
@@ -897,7 +560,7 @@ typedef struct index_map {
     size_t n, cap;
 } index_map;
 
-static int weight_map_member(parser *p, char *key, void *user) {
+static int weight_map_member(vc_json_reader *p, char *key, void *user) {
     index_map *m = user;
     if (m->n == m->cap) {
         size_t cap = m->cap ? m->cap * 2 : 256;
@@ -912,8 +575,8 @@ static int weight_map_member(parser *p, char *key, void *user) {
         m->cap = cap;
     }
     char *shard;
-    skip_ws(p);
-    int st = p->pos < p->n && p->s[p->pos] == '"' ? parse_string(p, &shard) : parse_fail(p, "weight_map values must be file names");
+    vc__json_skip_ws(p);
+    int st = p->pos < p->n && p->s[p->pos] == '"' ? vc__json_string(p, &shard) : vc__json_fail(p, "weight_map values must be file names");
     if (st) {
         free(key);
         return st;
@@ -923,13 +586,13 @@ static int weight_map_member(parser *p, char *key, void *user) {
     return VC_OK;
 }
 
-static int index_member(parser *p, char *key, void *user) {
+static int index_member(vc_json_reader *p, char *key, void *user) {
     int is_map = !strcmp(key, "weight_map");
     free(key);
-    if (!is_map) return skip_value(p, 1);
+    if (!is_map) return vc__json_skip_value(p, 1);
     index_map *m = user;
-    if (m->cap) return parse_fail(p, "weight_map given twice");
-    return parse_object(p, weight_map_member, m);
+    if (m->cap) return vc__json_fail(p, "weight_map given twice");
+    return vc__json_object(p, weight_map_member, m);
 }
 
 static int cmp_str(const void *a, const void *b) { return natural_cmp(*(char *const *)a, *(char *const *)b); }
@@ -939,13 +602,13 @@ static int open_index(const char *path, const vc_safetensors_options *opts, vc_s
     size_t len = 0;
     int status = vc__read_file(path, MAX_HEADER_BYTES, &text, &len, why, sizeof why);
     if (status) return vc__fail(NULL, status, "vc_safetensors_open: %s: %s", path, why);
-    parser p = {.s = text, .n = len, .path = path};
+    vc_json_reader p = {.s = text, .n = len, .fn = "vc_safetensors_open", .path = path, .unit = "byte"};
     index_map m = {0};
-    status = parse_object(&p, index_member, &m);
+    status = vc__json_object(&p, index_member, &m);
     if (!status) {
-        skip_ws(&p);
-        if (p.pos != p.n) status = parse_fail(&p, "text after the index's object");
-        else if (!m.n) status = parse_fail(&p, "no weight_map (a sharded checkpoint's index maps each tensor to its file)");
+        vc__json_skip_ws(&p);
+        if (p.pos != p.n) status = vc__json_fail(&p, "text after the index's object");
+        else if (!m.n) status = vc__json_fail(&p, "no weight_map (a sharded checkpoint's index maps each tensor to its file)");
     }
     free(text);
     /* the shards, each once, in name order ("-00001-of-00003" first), beside the index */

@@ -316,7 +316,6 @@ static int read_full(int fd, void *dst, uint64_t size, uint64_t off) {
 
 #define OUT_OF_MEMORY() vc__fail(NULL, VC_ERR_NO_MEMORY, "vc_safetensors_open: out of host memory")
 
-/* Checks the parsed tensors, in header order, so the first bad entry is the one reported. */
 /* No two tensors of the handle share a name (within a file or across a checkpoint's shards). */
 static int check_names(const vc_safetensors *st, const header *h) {
     named *names = malloc((h->n ? h->n : 1) * sizeof *names);

@@ -162,7 +162,7 @@ static int run_pipeline(vc_safetensors *const *files, const layer_tensors (*at)[
     for (int s = 0; s < NSTAGES; s++) {
         vc_model_id m;
         if (check(vc_model_register(cache, STAGES[s].model, &m), "vc_model_register", cache)) goto out;
-        if (check(vc_safetensors_register(files[s], cache, m, ids[s]), "vc_safetensors_register", NULL)) goto out;
+        if (check(vc_safetensors_register(files[s], cache, m, NULL, ids[s]), "vc_safetensors_register", NULL)) goto out;
     }
 
     /* 1. text encoder, once: the "prompt" becomes the conditioning vector */

@@ -126,14 +126,19 @@ VC_API const char *vc_safetensors_metadata(const vc_safetensors *st, const char 
  *  or the file was cut short since it was opened; the message names the tensor). */
 VC_API int vc_safetensors_read_layer(const vc_safetensors *st, size_t layer, void *dst, size_t size);
 
-/** Registers every layer of the file with `cache` as layers of `model`, each with a loader that
- *  reads it from the file (vc_safetensors_read_layer) and the file's tensor_alignment. ids (may be
- *  NULL) receives vc_safetensors_layer_count() ids, in layer order; a layer of no bytes (only
- *  empty tensors) is not registered and gets id 0. The handle is borrowed by the loaders: keep it
+/** Registers the layers of the file whose names start with `prefix` (NULL or "": every layer) with
+ *  `cache` as layers of `model`, each with a loader that reads it from the file
+ *  (vc_safetensors_read_layer) and the file's tensor_alignment. The prefix picks one model out of a
+ *  file that holds several, as single-file Stable Diffusion checkpoints do: "model.diffusion_model."
+ *  (the UNet), "first_stage_model." (the VAE), "cond_stage_model." (the text encoder); end it with
+ *  '.' to match whole name parts. ids (may be NULL) receives vc_safetensors_layer_count() ids, in
+ *  layer order; a layer not registered (another prefix, or no bytes: only empty tensors) gets id 0. The handle is borrowed by the loaders: keep it
  *  open until the layers are unregistered or the cache is destroyed. All or nothing: on failure
  *  the layers registered so far are unregistered again. Thread-safe as vc_layer_register.
- *  Errors: VC_ERR_INVALID_ARG (NULL), and vc_layer_register's (VC_ERR_NOT_FOUND for the model, ...). */
-VC_API int vc_safetensors_register(vc_safetensors *st, vc_cache *cache, vc_model_id model, vc_layer_id *ids);
+ *  Errors: VC_ERR_INVALID_ARG (NULL), VC_ERR_NOT_FOUND (no layer starts with `prefix`: nothing
+ *  registered), and vc_layer_register's (VC_ERR_NOT_FOUND for the model, ...). */
+VC_API int vc_safetensors_register(vc_safetensors *st, vc_cache *cache, vc_model_id model, const char *prefix,
+                                   vc_layer_id *ids);
 
 #ifdef __cplusplus
 }

@@ -774,13 +774,20 @@ static int layer_loader(void *user, vc_layer_id id, void *dst, size_t bytes) {
     return status;
 }
 
-int vc_safetensors_register(vc_safetensors *st, vc_cache *cache, vc_model_id model, vc_layer_id *ids) {
+int vc_safetensors_register(vc_safetensors *st, vc_cache *cache, vc_model_id model, const char *prefix,
+                            vc_layer_id *ids) {
     if (!st || !cache) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_safetensors_register: %s is NULL", !st ? "st" : "cache");
+    if (prefix && !*prefix) prefix = NULL;
+    size_t matching = 0;
+    for (size_t i = 0; i < st->nlayers; i++) matching += !prefix || !strncmp(st->layers[i].name, prefix, strlen(prefix));
+    if (prefix && !matching) /* a typo would otherwise register nothing, silently */
+        return vc__fail(NULL, VC_ERR_NOT_FOUND, "vc_safetensors_register: no layer of %s starts with '%s' (the first is '%s')",
+                        st->path, prefix, st->nlayers ? st->layers[0].name : "none: the file holds no tensors");
     vc_layer_id *got = calloc(st->nlayers ? st->nlayers : 1, sizeof *got);
     if (!got) return vc__fail(NULL, VC_ERR_NO_MEMORY, "vc_safetensors_register: out of host memory");
     for (size_t i = 0; i < st->nlayers; i++) {
         const vc_safetensors_layer *l = &st->layers[i];
-        if (!l->bytes) continue;
+        if (!l->bytes || (prefix && strncmp(l->name, prefix, strlen(prefix)))) continue;
         vc_layer_desc d = {.name = l->name,
                            .bytes = (size_t)l->bytes,
                            .alignment = st->alignment,

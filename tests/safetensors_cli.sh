@@ -67,8 +67,14 @@ printf '{"metadata":{"total_size":0},"weight_map":{%s"embed.weight":"model.safet
     "$map" > "$dir/model.safetensors.index.json"
 out=$("$cli" workload "$dir/model.safetensors.index.json" --tokens 1000) || fail "workload of the index exited $?"
 printf '%s\n' "$out" | head -n 1
-printf '%s\n' "$out" | grep -q '^# From model.safetensors.index.json (2 files): 26 tensors in 13 layers' || fail "index summary"
+printf '%s\n' "$out" | grep -q '^# From model.safetensors.index.json (2 files, 26 tensors): 13 layers' || fail "index summary"
 printf '%s\n' "$out" | grep -q "^  - {name: \"blocks.0\", bytes: $((qkv + mlp + 12288))," || fail "blocks.0 over two files"
 "$cli" plan --workload "$dir/model.safetensors.index.json" --tokens 1000 --vram-gb 4 --bandwidth-gbps 25 > /dev/null ||
     fail "plan of the index"
+# one model of a file that holds several: --prefix
+out=$("$cli" workload "$f" --tokens 1000 --prefix blocks.1) || fail "workload --prefix"
+printf '%s\n' "$out" | head -n 1
+[ "$(printf '%s\n' "$out" | grep -c '^  - {name: ')" = 3 ] || fail "blocks.1, blocks.10 and blocks.11 expected"
+if err=$("$cli" workload "$f" --prefix nothing. 2>&1); then fail "a prefix matching nothing accepted"; fi
+printf '%s\n' "$err" | grep -q "no layer of .* starts with 'nothing.'" || fail "prefix message: $err"
 echo "safetensors_cli: ok"

@@ -218,14 +218,14 @@ static void test_registered_layers_carry_the_file(void **state) {
     test_cache t = make_cache(64 * KB, 1 * MB, 1);
     vc_model_id m = add_model(t.cache, "model");
     vc_layer_id ids[16];
-    assert_int_equal(vc_safetensors_register(st, t.cache, m, ids), VC_OK);
+    assert_int_equal(vc_safetensors_register(st, t.cache, m, NULL, ids), VC_OK);
     check_layers_on_device(st, &t, ids);
     /* all or nothing: into a model that does not exist, nothing is registered */
     vc_stats before = get_stats(t.cache);
-    assert_int_equal(vc_safetensors_register(st, t.cache, m + 12345, NULL), VC_ERR_NOT_FOUND);
+    assert_int_equal(vc_safetensors_register(st, t.cache, m + 12345, NULL, NULL), VC_ERR_NOT_FOUND);
     assert_non_null(strstr(vc_last_error(), "none is left registered"));
     assert_int_equal(get_stats(t.cache).layers, before.layers);
-    assert_int_equal(vc_safetensors_register(NULL, t.cache, m, NULL), VC_ERR_INVALID_ARG);
+    assert_int_equal(vc_safetensors_register(NULL, t.cache, m, NULL, NULL), VC_ERR_INVALID_ARG);
     free_cache(&t);
     vc_safetensors_close(st);
 }
@@ -271,7 +271,7 @@ static void test_file_cut_short_after_open(void **state) {
     test_cache t = make_cache(64 * KB, 1 * MB, 1);
     vc_model_id m = add_model(t.cache, "model");
     vc_layer_id ids[16];
-    assert_int_equal(vc_safetensors_register(st, t.cache, m, ids), VC_OK);
+    assert_int_equal(vc_safetensors_register(st, t.cache, m, NULL, ids), VC_OK);
     struct stat sb;
     assert_int_equal(stat(keep, &sb), 0);
     assert_int_equal(truncate(keep, sb.st_size / 2), 0);
@@ -299,7 +299,7 @@ static void test_empty_file_and_bad_arguments(void **state) {
     assert_int_equal(vc_safetensors_tensor_count(st), 0);
     assert_int_equal(vc_safetensors_layer_count(st), 0);
     test_cache t = make_cache(64 * KB, 1 * MB, 1);
-    assert_int_equal(vc_safetensors_register(st, t.cache, add_model(t.cache, "m"), NULL), VC_OK);
+    assert_int_equal(vc_safetensors_register(st, t.cache, add_model(t.cache, "m"), NULL, NULL), VC_OK);
     free_cache(&t);
     vc_safetensors_close(st);
     vc_safetensors_close(NULL);
@@ -411,9 +411,56 @@ static void test_valid_headers_beyond_the_basics(void **state) {
     assert_int_equal(l->bytes, 0); /* only an empty tensor: not registered */
     test_cache t = make_cache(64 * KB, 1 * MB, 1);
     vc_layer_id ids[3];
-    assert_int_equal(vc_safetensors_register(st, t.cache, add_model(t.cache, "m"), ids), VC_OK);
+    assert_int_equal(vc_safetensors_register(st, t.cache, add_model(t.cache, "m"), NULL, ids), VC_OK);
     assert_int_equal(ids[vc_safetensors_get_tensor(st, i)->layer], 0);
     assert_int_equal(get_stats(t.cache).layers, 2);
+    free_cache(&t);
+    vc_safetensors_close(st);
+}
+
+/* A single-file Stable Diffusion checkpoint holds three models (UNet, VAE, text encoder): each is
+ * registered from the one file by its prefix, into a model of its own. */
+static void test_one_file_three_models(void **state) {
+    (void)state;
+    static const spec SD[] = {
+        {"cond_stage_model.transformer.text_model.encoder.layers.0.mlp.fc1.weight", "F16", 2, {64, 16}, 16},
+        {"cond_stage_model.transformer.text_model.embeddings.position_ids", "I64", 2, {1, 77}, 64},
+        {"first_stage_model.decoder.up.0.block.0.conv1.weight", "F16", 4, {8, 8, 3, 3}, 16},
+        {"first_stage_model.decoder.conv_out.weight", "F16", 4, {3, 8, 3, 3}, 16},
+        {"model.diffusion_model.input_blocks.1.0.in_layers.2.weight", "F16", 4, {32, 32, 3, 3}, 16},
+        {"model.diffusion_model.input_blocks.1.0.in_layers.0.weight", "F32", 1, {32}, 32},
+        {"model.diffusion_model.out.2.weight", "F16", 4, {4, 32, 3, 3}, 16},
+        {"model_ema.decay", "F32", 0, {0}, 32},
+    };
+    enum { NSD = sizeof SD / sizeof SD[0] };
+    vc_safetensors *st;
+    assert_int_equal(vc_safetensors_open(write_model("sd.safetensors", SD, NSD, NULL), NULL, &st), VC_OK);
+    size_t n = vc_safetensors_layer_count(st);
+    test_cache t = make_cache(256 * KB, 1 * MB, 1);
+    static const char *const prefixes[] = {"model.diffusion_model.", "first_stage_model.", "cond_stage_model."};
+    size_t registered = 0;
+    for (int k = 0; k < 3; k++) {
+        vc_layer_id ids[16];
+        vc_model_id m = add_model(t.cache, prefixes[k]);
+        assert_int_equal(vc_safetensors_register(st, t.cache, m, prefixes[k], ids), VC_OK);
+        for (size_t li = 0; li < n; li++) {
+            int mine = !strncmp(vc_safetensors_get_layer(st, li)->name, prefixes[k], strlen(prefixes[k]));
+            assert_int_equal(ids[li] != 0, mine);
+            registered += mine;
+            if (!mine) continue;
+            vc_layer_info info;
+            assert_int_equal(vc_layer_get_info(t.cache, ids[li], &info), VC_OK);
+            assert_string_equal(info.name, vc_safetensors_get_layer(st, li)->name);
+            assert_true(info.model == m);
+        }
+    }
+    assert_int_equal(get_stats(t.cache).layers, registered);
+    assert_int_equal(registered, n - 1); /* all but model_ema.decay */
+    /* a prefix that matches nothing is refused, not an empty model */
+    assert_int_equal(vc_safetensors_register(st, t.cache, add_model(t.cache, "x"), "model.diffusion_model_ema.", NULL),
+                     VC_ERR_NOT_FOUND);
+    assert_non_null(strstr(vc_last_error(), "no layer of"));
+    assert_int_equal(get_stats(t.cache).layers, registered);
     free_cache(&t);
     vc_safetensors_close(st);
 }
@@ -457,7 +504,7 @@ static void test_sharded_checkpoint(void **state) {
     assert_int_equal(vc_safetensors_get_tensor(st, i)->layer, norm->layer); /* one layer over two files */
     test_cache t = make_cache(64 * KB, 1 * MB, 1);
     vc_layer_id ids[16];
-    assert_int_equal(vc_safetensors_register(st, t.cache, add_model(t.cache, "m"), ids), VC_OK);
+    assert_int_equal(vc_safetensors_register(st, t.cache, add_model(t.cache, "m"), NULL, ids), VC_OK);
     check_layers_on_device(st, &t, ids);
     free_cache(&t);
     vc_safetensors_close(st);
@@ -543,6 +590,7 @@ int main(void) {
         cmocka_unit_test(test_valid_headers_beyond_the_basics),
         cmocka_unit_test(test_header_length_is_checked),
         cmocka_unit_test(test_sharded_checkpoint),
+        cmocka_unit_test(test_one_file_three_models),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -10,7 +10,7 @@
  *                      [--disk-gbps D]
  *   vramcache plan --workload FILE --vram-gb X --bandwidth-gbps B [--tflops T] [--steps N] [--json]
  *                  [--config invokeai.yaml] [--block-layers K] [--ram-gb R] [--disk-gbps D]
- *   vramcache workload FILE.safetensors|INDEX.json [--tokens N] [--group-depth K]
+ *   vramcache workload FILE.safetensors|INDEX.json [--tokens N] [--group-depth K] [--prefix P]
  *                                   a workload (YAML) for a model file or a sharded checkpoint's
  *                                   index: its layers' names and bytes,
  *                                   FLOPs estimated from N tokens; simulate and plan also take a
@@ -47,6 +47,7 @@ static int usage(FILE *f) {
                "       vramcache plan --workload FILE --vram-gb X --bandwidth-gbps B [--tflops T] [--steps N] [--json]\n"
                "                      [--config invokeai.yaml] [--block-layers K] [--ram-gb R] [--disk-gbps D]\n"
                "       vramcache workload FILE.safetensors|FILE.safetensors.index.json [--tokens N] [--group-depth K]\n"
+               "                          [--prefix P]\n"
                "       vramcache version\n"
                "--block-layers K: the engine holds K consecutive layers at once and runs them as one kernel.\n"
                "--ram-gb R: the machine's RAM; without max_cache_ram_gb in the config the RAM cache gets the\n"
@@ -59,7 +60,9 @@ static int usage(FILE *f) {
                "  --tokens N: each layer computes 2 x N x its weights FLOPs per use (matrices and convolutions;\n"
                "  e.g. 4608 for FLUX at 1024x1024: 4096 image + 512 text tokens; 0: copies only);\n"
                "  --group-depth K: a layer is the first K parts of its tensors' names (default: up to the last\n"
-               "  numbered part, e.g. double_blocks.7 or down_blocks.1.attentions.0.transformer_blocks.2).\n"
+               "  numbered part, e.g. double_blocks.7 or down_blocks.1.attentions.0.transformer_blocks.2);\n"
+               "  --prefix P: only the layers whose names start with P (one model of a file that holds several,\n"
+               "  e.g. model.diffusion_model. in a single-file Stable Diffusion checkpoint).\n"
                "GB of memory are 2^30 bytes (as in invokeai.yaml); link speeds are GB/s of 10^9 bytes.\n");
     return f == stderr ? 2 : 0;
 }
@@ -132,6 +135,7 @@ typedef struct sim_args {
     const char *workload, *config, *trace;
     double vram_gb, bandwidth_gbps, tflops, ram_gb, disk_gbps;
     double tokens; /* a .safetensors --workload: FLOPs per weight per use are 2 x tokens */
+    const char *prefix; /* ... and only its layers whose names start with this */
     int tokens_set;
     int steps, json, mode;
     unsigned block_layers, group_depth;
@@ -168,7 +172,7 @@ static int parse_sim_args(int argc, char **argv, int first, sim_args *a, int all
         } KNOWN[] = {{"--workload", 0}, {"--vram-gb", 0}, {"--bandwidth-gbps", 0}, {"--tflops", 0},
                      {"--steps", 0},    {"--block-layers", 0}, {"--config", 0}, {"--policy", 1},
                      {"--mode", 1},     {"--trace", 1},        {"--ram-gb", 0}, {"--disk-gbps", 0},
-                     {"--tokens", 0},   {"--group-depth", 0}};
+                     {"--tokens", 0},   {"--group-depth", 0},      {"--prefix", 0}};
         int known = 0;
         for (size_t k = 0; k < sizeof KNOWN / sizeof KNOWN[0]; k++)
             known |= !strcmp(f, KNOWN[k].name) && (allow_run_opts || !KNOWN[k].run_only);
@@ -196,6 +200,8 @@ static int parse_sim_args(int argc, char **argv, int first, sim_args *a, int all
         } else if (!strcmp(f, "--steps")) {
             if (parse_number_arg(f, v, 1, 100000, &x) || x != floor(x)) return -1;
             a->steps = (int)x;
+        } else if (!strcmp(f, "--prefix")) {
+            a->prefix = v;
         } else if (!strcmp(f, "--tokens")) {
             if (parse_number_arg(f, v, 0, 1e9, &a->tokens)) return -1;
             a->tokens_set = 1;
@@ -250,7 +256,7 @@ static int is_safetensors(const char *path) {
 
 /* Writes a workload for a safetensors file: one model, its layers in the file's name order, each
  * with its bytes and 2 x tokens x weights FLOPs. Returns 0, or 1 with the reason on stderr. */
-static int write_safetensors_workload(FILE *out, const char *path, double tokens, unsigned group_depth) {
+static int write_safetensors_workload(FILE *out, const char *path, double tokens, unsigned group_depth, const char *prefix) {
     vc_safetensors_options o;
     vc_safetensors_options_init(&o);
     o.group_depth = group_depth;
@@ -261,15 +267,18 @@ static int write_safetensors_workload(FILE *out, const char *path, double tokens
     }
     const char *base = strrchr(path, '/');
     base = base ? base + 1 : path;
-    size_t nl = vc_safetensors_layer_count(st), kept = 0;
+    size_t nl = vc_safetensors_layer_count(st), kept = 0, plen = prefix ? strlen(prefix) : 0;
     uint64_t total = 0;
     for (size_t i = 0; i < nl; i++) {
-        kept += vc_safetensors_get_layer(st, i)->bytes > 0;
-        total += vc_safetensors_get_layer(st, i)->bytes;
+        const vc_safetensors_layer *l = vc_safetensors_get_layer(st, i);
+        if (strncmp(l->name, prefix ? prefix : "", plen)) continue;
+        kept += l->bytes > 0;
+        total += l->bytes;
     }
-    fprintf(out, "# From %s (%zu file%s): %zu tensors in %zu layers (%.3f GB), grouped %s.\n", base,
+    fprintf(out, "# From %s (%zu file%s, %zu tensors): %zu layers%s%s%s (%.3f GB), grouped %s.\n", base,
             vc_safetensors_file_count(st), vc_safetensors_file_count(st) > 1 ? "s" : "", vc_safetensors_tensor_count(st), kept,
-            (double)total / GIB, group_depth ? "by --group-depth" : "to the last numbered part of their names");
+            prefix ? " named '" : "", prefix ? prefix : "", prefix ? "...'" : "", (double)total / GIB,
+            group_depth ? "by --group-depth" : "to the last numbered part of their names");
     fprintf(out, "# flops: 2 x %.10g tokens x each layer's weights (matrices and convolutions). The layers are in\n"
                  "# name order: for predictions closer to your engine, put them in the order it runs them.\n", tokens);
     fputs("name: ", out);
@@ -277,14 +286,17 @@ static int write_safetensors_workload(FILE *out, const char *path, double tokens
     fputs("\nlayers:\n", out);
     for (size_t i = 0; i < nl; i++) {
         const vc_safetensors_layer *l = vc_safetensors_get_layer(st, i);
-        if (!l->bytes) continue; /* only empty tensors: nothing to move */
+        if (!l->bytes || strncmp(l->name, prefix ? prefix : "", plen)) continue; /* nothing to move, or not asked for */
         fputs("  - {name: ", out);
         json_put_string(out, l->name);
         fprintf(out, ", bytes: %llu, flops: %.6g}\n", (unsigned long long)l->bytes, 2.0 * tokens * (double)l->weight_elements);
     }
     vc_safetensors_close(st);
     if (!kept) {
-        fprintf(stderr, "vramcache: %s holds no tensor data\n", path);
+        if (prefix)
+            fprintf(stderr, "vramcache: no layer of %s with data starts with '%s'\n", path, prefix);
+        else
+            fprintf(stderr, "vramcache: %s holds no tensor data\n", path);
         return 1;
     }
     return 0;
@@ -293,10 +305,12 @@ static int write_safetensors_workload(FILE *out, const char *path, double tokens
 static int cmd_workload(int argc, char **argv) {
     double tokens = 0;
     unsigned depth = 0;
-    const char *path = NULL;
+    const char *path = NULL, *prefix = NULL;
     for (int i = 2; i < argc; i++) {
         double x;
-        if (!strcmp(argv[i], "--tokens") || !strcmp(argv[i], "--group-depth")) {
+        if (!strcmp(argv[i], "--prefix") && i + 1 < argc) {
+            prefix = argv[++i];
+        } else if (!strcmp(argv[i], "--tokens") || !strcmp(argv[i], "--group-depth")) {
             int tok = !strcmp(argv[i], "--tokens");
             if (i + 1 >= argc || parse_number_arg(argv[i], argv[i + 1], tok ? 0 : 1, tok ? 1e9 : 1000, &x) ||
                 (!tok && x != floor(x)))
@@ -305,14 +319,15 @@ static int cmd_workload(int argc, char **argv) {
             else depth = (unsigned)x;
             i++;
         } else if (argv[i][0] == '-' || path) {
-            fprintf(stderr, "vramcache: workload takes one FILE.safetensors and --tokens, --group-depth; got '%s'\n", argv[i]);
+            fprintf(stderr, "vramcache: workload takes one FILE.safetensors and --tokens, --group-depth, --prefix; got '%s'\n",
+                    argv[i]);
             return 2;
         } else {
             path = argv[i];
         }
     }
     if (!path) return usage(stderr);
-    return write_safetensors_workload(stdout, path, tokens, depth);
+    return write_safetensors_workload(stdout, path, tokens, depth, prefix);
 }
 
 /* Loads the workload (a workload file, or a .safetensors file turned into one) and the optional
@@ -334,14 +349,14 @@ static int load_inputs(const sim_args *a, vc_workload **wl, vc_config **cfg) {
             fprintf(stderr, "vramcache: out of memory\n");
             return -1;
         }
-        int bad = write_safetensors_workload(mem, a->workload, a->tokens, a->group_depth);
+        int bad = write_safetensors_workload(mem, a->workload, a->tokens, a->group_depth, a->prefix);
         fclose(mem);
         st = bad ? VC_ERR_FORMAT : vc_workload_load_string(text, len, a->workload, wl, &d);
         free(text);
         if (bad) return -1;
     } else {
-        if (a->tokens_set || a->group_depth) {
-            fprintf(stderr, "vramcache: --tokens and --group-depth apply to a .safetensors --workload\n");
+        if (a->tokens_set || a->group_depth || a->prefix) {
+            fprintf(stderr, "vramcache: --tokens, --group-depth and --prefix apply to a .safetensors --workload\n");
             return -1;
         }
         st = vc_workload_load(a->workload, wl, &d);

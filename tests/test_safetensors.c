@@ -1,5 +1,6 @@
 /* Safetensors files as layers: grouping, layout, registration, the loader, and every check a
  * malformed file must fail (each with its message, nothing leaked). */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -418,6 +419,71 @@ static void test_valid_headers_beyond_the_basics(void **state) {
     vc_safetensors_close(st);
 }
 
+/* Several engine threads and the stage-ahead worker call the loaders of one handle at once, on a
+ * device too small for the model, so layers are read again and again: every read gives the file's
+ * bytes (run under ThreadSanitizer in CI). */
+typedef struct reader_arg {
+    const vc_safetensors *st;
+    test_cache *t;
+    const vc_layer_id *ids;
+    int ok;
+} reader_arg;
+
+static void *reader(void *p) {
+    reader_arg *a = p;
+    a->ok = 1;
+    size_t n = vc_safetensors_layer_count(a->st);
+    for (int round = 0; round < 20 && a->ok; round++)
+        for (size_t li = 0; li < n && a->ok; li++) {
+            const vc_safetensors_layer *l = vc_safetensors_get_layer(a->st, li);
+            if (!a->ids[li]) continue;
+            void *dptr;
+            int st = vc_layer_acquire(a->t->cache, a->ids[li], NULL, &dptr);
+            if (st == VC_ERR_OUT_OF_VRAM) continue; /* the other threads hold the room now */
+            if (st != VC_OK) {
+                a->ok = 0;
+                break;
+            }
+            unsigned char *host = malloc((size_t)l->bytes);
+            test_device_read(a->t->backend, host, dptr, (size_t)l->bytes);
+            for (size_t k = 0; k < l->tensor_count; k++) {
+                const vc_safetensors_tensor *tn = vc_safetensors_get_tensor(a->st, l->first_tensor + k);
+                if (tn->bytes && !check_pattern(host + tn->layer_offset, (size_t)tn->bytes, spec_index(tn->name) + 1)) a->ok = 0;
+            }
+            free(host);
+            if (vc_layer_release(a->t->cache, a->ids[li], NULL) != VC_OK) a->ok = 0;
+        }
+    return NULL;
+}
+
+static void test_loaders_on_several_threads(void **state) {
+    (void)state;
+    vc_safetensors *st = NULL;
+    assert_int_equal(vc_safetensors_open(write_model("threads.safetensors", MODEL, NMODEL, NULL), NULL, &st), VC_OK);
+    vc_cache_options o;
+    vc_cache_options_init(&o);
+    o.ram_budget = 8 * KB; /* smaller than the model: the loaders run again and again */
+    o.working_mem = 0;
+    o.arena_segment_bytes = 8 * KB;
+    o.stage_ahead = 1;
+    test_cache t = make_cache_opts(20 * KB, &o); /* about half the model */
+    vc_layer_id ids[16];
+    assert_int_equal(vc_safetensors_register(st, t.cache, add_model(t.cache, "m"), NULL, ids), VC_OK);
+    pthread_t th[3];
+    reader_arg args[3];
+    for (int i = 0; i < 3; i++) {
+        args[i] = (reader_arg){.st = st, .t = &t, .ids = ids};
+        assert_int_equal(pthread_create(&th[i], NULL, reader, &args[i]), 0);
+    }
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(pthread_join(th[i], NULL), 0);
+        assert_true(args[i].ok);
+    }
+    assert_true(get_stats(t.cache).bytes_loaded > 100 * KB); /* read again and again, not served from RAM */
+    free_cache(&t);
+    vc_safetensors_close(st);
+}
+
 /* A single-file Stable Diffusion checkpoint holds three models (UNet, VAE, text encoder): each is
  * registered from the one file by its prefix, into a model of its own. */
 static void test_one_file_three_models(void **state) {
@@ -591,6 +657,7 @@ int main(void) {
         cmocka_unit_test(test_header_length_is_checked),
         cmocka_unit_test(test_sharded_checkpoint),
         cmocka_unit_test(test_one_file_three_models),
+        cmocka_unit_test(test_loaders_on_several_threads),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

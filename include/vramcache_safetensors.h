@@ -16,8 +16,9 @@
  * within the data that neither overlap nor leave holes, names unique. A file that fails any check
  * is refused whole, with a message that says where (byte offset in the header, or the tensor).
  *
- * Threads: a handle is read-only once opened; every function here may be called on one handle
- * from several threads at once (the loader reads with pread, which has no shared file position).
+ * Threads: a handle is read-only once opened; every function here but vc_safetensors_close may be
+ * called on one handle from several threads at once (the loader reads with pread, which has no
+ * shared file position). Errors: negative vc_status codes with the message in vc_last_error().
  */
 #ifndef VRAMCACHE_SAFETENSORS_H
 #define VRAMCACHE_SAFETENSORS_H

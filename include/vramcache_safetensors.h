@@ -133,8 +133,10 @@ VC_API int vc_safetensors_read_layer(const vc_safetensors *st, size_t layer, voi
  *  file that holds several, as single-file Stable Diffusion checkpoints do: "model.diffusion_model."
  *  (the UNet), "first_stage_model." (the VAE), "cond_stage_model." (the text encoder); end it with
  *  '.' to match whole name parts. ids (may be NULL) receives vc_safetensors_layer_count() ids, in
- *  layer order; a layer not registered (another prefix, or no bytes: only empty tensors) gets id 0. The handle is borrowed by the loaders: keep it
- *  open until the layers are unregistered or the cache is destroyed. All or nothing: on failure
+ *  layer order; a layer not registered (another prefix, or no bytes: only empty tensors) gets
+ *  id 0. The handle is borrowed by the loaders: keep it open until the layers are unregistered or
+ *  the cache is destroyed, and do not rewrite the files meanwhile (a file cut short fails the
+ *  loads with VC_ERR_LOADER; changed bytes would be read as they are). All or nothing: on failure
  *  the layers registered so far are unregistered again. Thread-safe as vc_layer_register.
  *  Errors: VC_ERR_INVALID_ARG (NULL), VC_ERR_NOT_FOUND (no layer starts with `prefix`: nothing
  *  registered), and vc_layer_register's (VC_ERR_NOT_FOUND for the model, ...). */

@@ -426,7 +426,8 @@ typedef struct reader_arg {
     const vc_safetensors *st;
     test_cache *t;
     const vc_layer_id *ids;
-    int ok;
+    int ok, reads;
+    char why[160];
 } reader_arg;
 
 static void *reader(void *p) {
@@ -439,8 +440,11 @@ static void *reader(void *p) {
             if (!a->ids[li]) continue;
             void *dptr;
             int st = vc_layer_acquire(a->t->cache, a->ids[li], NULL, &dptr);
-            if (st == VC_ERR_OUT_OF_VRAM) continue; /* the other threads hold the room now */
+            /* the other threads' layers fill the room for now: the device, or the RAM pool with
+             * copies being loaded or uploaded */
+            if (st == VC_ERR_OUT_OF_VRAM || st == VC_ERR_OUT_OF_RAM) continue;
             if (st != VC_OK) {
+                snprintf(a->why, sizeof a->why, "acquire of %s: %s", l->name, vc_status_name(st));
                 a->ok = 0;
                 break;
             }
@@ -448,9 +452,13 @@ static void *reader(void *p) {
             test_device_read(a->t->backend, host, dptr, (size_t)l->bytes);
             for (size_t k = 0; k < l->tensor_count; k++) {
                 const vc_safetensors_tensor *tn = vc_safetensors_get_tensor(a->st, l->first_tensor + k);
-                if (tn->bytes && !check_pattern(host + tn->layer_offset, (size_t)tn->bytes, spec_index(tn->name) + 1)) a->ok = 0;
+                if (tn->bytes && !check_pattern(host + tn->layer_offset, (size_t)tn->bytes, spec_index(tn->name) + 1)) {
+                    snprintf(a->why, sizeof a->why, "tensor %s: wrong bytes", tn->name);
+                    a->ok = 0;
+                }
             }
             free(host);
+            a->reads++;
             if (vc_layer_release(a->t->cache, a->ids[li], NULL) != VC_OK) a->ok = 0;
         }
     return NULL;
@@ -462,7 +470,7 @@ static void test_loaders_on_several_threads(void **state) {
     assert_int_equal(vc_safetensors_open(write_model("threads.safetensors", MODEL, NMODEL, NULL), NULL, &st), VC_OK);
     vc_cache_options o;
     vc_cache_options_init(&o);
-    o.ram_budget = 8 * KB; /* smaller than the model: the loaders run again and again */
+    o.ram_budget = 12 * KB; /* about half the model: the loaders run again and again */
     o.working_mem = 0;
     o.arena_segment_bytes = 8 * KB;
     o.stage_ahead = 1;
@@ -475,10 +483,14 @@ static void test_loaders_on_several_threads(void **state) {
         args[i] = (reader_arg){.st = st, .t = &t, .ids = ids};
         assert_int_equal(pthread_create(&th[i], NULL, reader, &args[i]), 0);
     }
+    int reads = 0;
     for (int i = 0; i < 3; i++) {
         assert_int_equal(pthread_join(th[i], NULL), 0);
-        assert_true(args[i].ok);
+        if (!args[i].ok) fail_msg("thread %d: %s", i, args[i].why);
+        reads += args[i].reads;
     }
+    /* 540 acquires; refusals for room are few (no more than 20 in 60 runs three at a time) */
+    assert_true(reads >= 540 / 4);
     assert_true(get_stats(t.cache).bytes_loaded > 100 * KB); /* read again and again, not served from RAM */
     free_cache(&t);
     vc_safetensors_close(st);

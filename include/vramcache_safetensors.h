@@ -31,6 +31,9 @@ extern "C" {
 
 typedef struct vc_safetensors vc_safetensors; /**< An open, checked safetensors file. */
 
+/** vc_safetensors_options.group_depth: one layer per tensor. */
+#define VC_SAFETENSORS_EACH_TENSOR 0xffffffffu
+
 /** How vc_safetensors_open() groups tensors into layers. Initialise with vc_safetensors_options_init(). */
 typedef struct vc_safetensors_options {
     size_t struct_size; /**< Set by vc_safetensors_options_init(); do not change. */
@@ -41,7 +44,9 @@ typedef struct vc_safetensors_options {
      *  "double_blocks.0"), and for names with no such number all but the last component
      *  ("model.embed_tokens.weight" → "model.embed_tokens"). N > 0: the first N components (at most
      *  all but the last), for engines that run coarser blocks, e.g. 5 for an original-layout SD
-     *  checkpoint's "model.diffusion_model.input_blocks.1.0". */
+     *  checkpoint's "model.diffusion_model.input_blocks.1.0". VC_SAFETENSORS_EACH_TENSOR: every
+     *  tensor is a layer of its own (engines that move tensor by tensor, as InvokeAI's partial
+     *  loading does). */
     unsigned group_depth;
     /** Alignment of each tensor's offset within its layer's buffer, and of the layer on the
      *  device: a power of two, at most 2 MB; 0 (default) means 256. */

@@ -220,6 +220,7 @@ static int natural_cmp(const char *a, const char *b) {
 /* Length of the prefix of `name` that names its layer (see vc_safetensors_options.group_depth). */
 static size_t group_prefix(const char *name, unsigned depth) {
     size_t len = strlen(name), comps = 1;
+    if (depth == VC_SAFETENSORS_EACH_TENSOR) return len;
     for (size_t i = 0; i < len; i++) comps += name[i] == '.';
     if (comps == 1) return len;
     size_t keep = comps - 1; /* at most all but the last component */

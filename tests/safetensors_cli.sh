@@ -71,6 +71,8 @@ printf '%s\n' "$out" | grep -q '^# From model.safetensors.index.json (2 files, 2
 printf '%s\n' "$out" | grep -q "^  - {name: \"blocks.0\", bytes: $((qkv + mlp + 12288))," || fail "blocks.0 over two files"
 "$cli" plan --workload "$dir/model.safetensors.index.json" --tokens 1000 --vram-gb 4 --bandwidth-gbps 25 > /dev/null ||
     fail "plan of the index"
+# a layer per tensor
+[ "$("$cli" workload "$f" --group-depth tensor | grep -c '^  - {name: ')" = 25 ] || fail "--group-depth tensor"
 # one model of a file that holds several: --prefix
 out=$("$cli" workload "$f" --tokens 1000 --prefix blocks.1) || fail "workload --prefix"
 printf '%s\n' "$out" | head -n 1

@@ -60,7 +60,8 @@ static int usage(FILE *f) {
                "  --tokens N: each layer computes 2 x N x its weights FLOPs per use (matrices and convolutions;\n"
                "  e.g. 4608 for FLUX at 1024x1024: 4096 image + 512 text tokens; 0: copies only);\n"
                "  --group-depth K: a layer is the first K parts of its tensors' names (default: up to the last\n"
-               "  numbered part, e.g. double_blocks.7 or down_blocks.1.attentions.0.transformer_blocks.2);\n"
+               "  numbered part, e.g. double_blocks.7 or down_blocks.1.attentions.0.transformer_blocks.2;\n"
+               "  tensor: each tensor a layer of its own);\n"
                "  --prefix P: only the layers whose names start with P (one model of a file that holds several,\n"
                "  e.g. model.diffusion_model. in a single-file Stable Diffusion checkpoint).\n"
                "GB of memory are 2^30 bytes (as in invokeai.yaml); link speeds are GB/s of 10^9 bytes.\n");
@@ -206,8 +207,12 @@ static int parse_sim_args(int argc, char **argv, int first, sim_args *a, int all
             if (parse_number_arg(f, v, 0, 1e9, &a->tokens)) return -1;
             a->tokens_set = 1;
         } else if (!strcmp(f, "--group-depth")) {
-            if (parse_number_arg(f, v, 1, 1000, &x) || x != floor(x)) return -1;
-            a->group_depth = (unsigned)x;
+            if (!strcmp(v, "tensor"))
+                a->group_depth = VC_SAFETENSORS_EACH_TENSOR;
+            else if (parse_number_arg(f, v, 1, 1000, &x) || x != floor(x))
+                return -1;
+            else
+                a->group_depth = (unsigned)x;
         } else if (!strcmp(f, "--block-layers")) {
             if (parse_number_arg(f, v, 1, 64, &x) || x != floor(x)) return -1;
             a->block_layers = (unsigned)x;
@@ -278,7 +283,9 @@ static int write_safetensors_workload(FILE *out, const char *path, double tokens
     fprintf(out, "# From %s (%zu file%s, %zu tensors): %zu layers%s%s%s (%.3f GB), grouped %s.\n", base,
             vc_safetensors_file_count(st), vc_safetensors_file_count(st) > 1 ? "s" : "", vc_safetensors_tensor_count(st), kept,
             prefix ? " named '" : "", prefix ? prefix : "", prefix ? "...'" : "", (double)total / GIB,
-            group_depth ? "by --group-depth" : "to the last numbered part of their names");
+            group_depth == VC_SAFETENSORS_EACH_TENSOR ? "one per tensor"
+            : group_depth                             ? "by --group-depth"
+                                                      : "to the last numbered part of their names");
     fprintf(out, "# flops: 2 x %.10g tokens x each layer's weights (matrices and convolutions). The layers are in\n"
                  "# name order: for predictions closer to your engine, put them in the order it runs them.\n", tokens);
     fputs("name: ", out);
@@ -310,6 +317,9 @@ static int cmd_workload(int argc, char **argv) {
         double x;
         if (!strcmp(argv[i], "--prefix") && i + 1 < argc) {
             prefix = argv[++i];
+        } else if (!strcmp(argv[i], "--group-depth") && i + 1 < argc && !strcmp(argv[i + 1], "tensor")) {
+            depth = VC_SAFETENSORS_EACH_TENSOR;
+            i++;
         } else if (!strcmp(argv[i], "--tokens") || !strcmp(argv[i], "--group-depth")) {
             int tok = !strcmp(argv[i], "--tokens");
             if (i + 1 >= argc || parse_number_arg(argv[i], argv[i + 1], tok ? 0 : 1, tok ? 1e9 : 1000, &x) ||

@@ -2,7 +2,8 @@
  * a status and a message, never a crash, a leak or undefined behaviour; a file that opens must
  * describe itself consistently (every tensor in one layer, inside its buffer, aligned, found by its
  * name) and read back each tensor's bytes from where the header says they are. Built with ASan +
- * UBSan. The input is written to an in-memory file (memfd) and opened by its /proc path. */
+ * UBSan. The input is written to an in-memory file (memfd) and opened by its /proc path; its
+ * length chooses the grouping (automatic, by depth 1 or 2, or a layer per tensor) and the alignment. */
 #define _GNU_SOURCE
 #include <stdint.h>
 #include <stdio.h>
@@ -24,8 +25,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
     }
     if (ftruncate(fd, 0) != 0 || (size && pwrite(fd, data, size, 0) != (ssize_t)size)) __builtin_trap();
+    /* the input's length picks the grouping and the alignment, so every input tries one of each */
+    vc_safetensors_options o;
+    vc_safetensors_options_init(&o);
+    o.group_depth = size % 4 == 3 ? VC_SAFETENSORS_EACH_TENSOR : (unsigned)(size % 4);
+    o.tensor_alignment = (size_t)1 << (size % 9);
     vc_safetensors *st = (vc_safetensors *)1;
-    int status = vc_safetensors_open(path, NULL, &st);
+    int status = vc_safetensors_open(path, &o, &st);
     if (status != VC_OK) {
         if (st || strlen(vc_last_error()) == 0 || !strstr(vc_last_error(), path)) __builtin_trap();
         if (status != VC_ERR_FORMAT && status != VC_ERR_TOO_LARGE) __builtin_trap();
@@ -42,7 +48,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             const vc_safetensors_tensor *t = vc_safetensors_get_tensor(st, l->first_tensor + k);
             size_t found;
             if (t->layer != li || t->layer_offset + t->bytes > l->bytes) __builtin_trap();
-            if (t->bytes && t->layer_offset % 256) __builtin_trap();
+            if (t->bytes && t->layer_offset % o.tensor_alignment) __builtin_trap();
+            if (o.group_depth == VC_SAFETENSORS_EACH_TENSOR && (l->tensor_count != 1 || strcmp(l->name, t->name))) __builtin_trap();
             if (t->file_offset + t->bytes > size || t->elements * t->bits != t->bytes * 8) __builtin_trap();
             if (vc_safetensors_find(st, t->name, &found) != VC_OK || found != l->first_tensor + k) __builtin_trap();
             if (t->bytes && memcmp(buf + t->layer_offset, data + t->file_offset, (size_t)t->bytes)) __builtin_trap();

@@ -297,7 +297,23 @@ typedef struct vc_cache_options {
      *  (a reservation of 0 bytes leaves the whole device to weights). No effect with an explicit
      *  vram_budget. */
     int smart_working_mem;
+
+    /** Room the streaming region keeps for copies in flight, in layers (added after the first
+     *  release; a program built before it gets 0). 0 (default): chosen by the planner — two of
+     *  the largest streamed layers and room for most pairs that follow each other, so one layer
+     *  computes while the next arrives. N (1 to 8): N of the largest streamed layers, no more. The
+     *  region is paid in bytes every step, so 1 suits passes whose compute is far below their
+     *  copies, as a language model decoding one token at a time (the copies run back to back
+     *  anyway): Llama 3 8B on a 12 GB card moves 1.09 × the bytes bound instead of 1.16, in the
+     *  simulator; with real compute (a prefill) 1 is slower (docs/performance.md). The planner has no
+     *  time model to choose this itself; engines know their phase: vc_cache_set_stream_slots. */
+    unsigned stream_slots;
 } vc_cache_options;
+
+/** Changes vc_cache_options.stream_slots (0 to 8) for the passes to come: each model is planned
+ *  again as its next pass begins (an engine switching between prefill and decode). Thread-safe.
+ *  Errors: VC_ERR_INVALID_ARG (NULL, more than 8). */
+VC_API int vc_cache_set_stream_slots(vc_cache *cache, unsigned slots);
 
 /** Fills the first `struct_size` bytes of `opts` with the defaults documented above and stores
  *  `struct_size` in it. Programs reach it through vc_cache_options_init(), which passes the size of

@@ -126,9 +126,20 @@ typedef struct vc_sim_run {
      *  vc_layer_acquire does for a loader): 0 (default): loads take no time, and only
      *  vc_sim_result.loaded_bytes_per_step tells what they would read. Added with system_ram_bytes. */
     double disk_bytes_per_s;
+    /** vc_cache_options.stream_slots for the run's cache (0, default: the planner chooses; 1 to 8).
+     *  Added after disk_bytes_per_s: a program built before it gets 0. */
+    unsigned stream_slots;
 } vc_sim_run;
 
-VC_API void vc_sim_run_init(vc_sim_run *run);
+/** Fills the first `struct_size` bytes of `run` with the defaults (12 GB, 25 GB/s, 60 TFLOP/s,
+ *  planned, the mode from the config) and stores `struct_size`: a newer library never writes past an
+ *  older program's structure. NULL is a no-op. Reach it through vc_sim_run_init(), a macro that
+ *  passes the size the program was built with; the function of that name (`(vc_sim_run_init)(run)`)
+ *  uses the library's size (stream_slots came with this pair: programs built before it called the
+ *  function, whose size they share up to disk_bytes_per_s). */
+VC_API void vc_sim_run_init_sized(vc_sim_run *run, size_t struct_size);
+VC_API void(vc_sim_run_init)(vc_sim_run *run);
+#define vc_sim_run_init(run) vc_sim_run_init_sized((run), sizeof(vc_sim_run))
 
 /** Steady-state figures of one run, per denoising step (averaged over the second half of the steps,
  *  after the first passes have learned the order and laid the device out). */
@@ -165,7 +176,8 @@ typedef struct vc_sim_result {
  *  Versions: run->struct_size (set by vc_sim_run_init) tells the library which header the caller
  *  was built with, and *result is written in that header's layout and size; so a program built
  *  against the first release (no system_ram_bytes, disk_bytes_per_s, loaded_bytes_per_step or
- *  ram_budget_bytes) keeps working. Any other struct_size is VC_ERR_INVALID_ARG.
+ *  ram_budget_bytes) keeps working, and one built before stream_slots runs with 0 there. Any other
+ *  struct_size is VC_ERR_INVALID_ARG.
  *  Thread-safe: each call runs its own simulated device and cache. */
 VC_API int vc_sim_run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_result *result);
 

@@ -132,6 +132,7 @@ struct vc_model_rec {
     unsigned held_peak_cur;  /* the most held at once in the pass under way ... */
     unsigned held_peak;      /* ... and in the pass before (an engine holding a block of layers) */
     unsigned plan_hold;      /* the layers held at once the plan was made for */
+    unsigned plan_slots;     /* the cache's stream_slots when the plan was made */
 
     /* Step groups (schedule.c): models that run in turn every step (a ControlNet, then the UNet it
      * conditions; or an adapter's layers between the UNet's) are planned as one, through a hidden
@@ -281,6 +282,7 @@ struct vc_cache {
     double max_gpu_memory; /* balanced threshold; 0: none */
     vc_policy policy;
     unsigned prefetch_depth;
+    unsigned stream_slots; /* vc_cache_options.stream_slots: 0, or the region's room in layers */
     size_t prefetch_inflight; /* layers prefetched and not acquired yet */
     void *trace;              /* struct trace_writer, when tracing */
 
@@ -326,6 +328,7 @@ int vc__fail_unlocked(vc_cache *c, int status, const char *fmt, ...)
  * older program leaves them out (vc_cache_create), and are not written (vc_config_apply). Never move
  * this mark to a later field. */
 #define VC__OPTIONS_FIRST_SIZE (offsetof(vc_cache_options, stage_ahead) + sizeof(int))
+#define VC__MAX_STREAM_SLOTS 8 /* vc_cache_options.stream_slots */
 /* Whether the caller's options (of its struct_size) have room for `field`. */
 #define VC__OPTIONS_HAVE(o, field) (offsetof(vc_cache_options, field) + sizeof((o)->field) <= (o)->struct_size)
 

@@ -344,6 +344,7 @@ typedef struct plan_shape {
      * region: each such layer takes room from the kept set when it comes (its neighbours reload
      * once per cycle) instead of widening the region that every pass of the cycle pays for. */
     size_t once_cap;
+    unsigned slots; /* the engine fixed the region at this many layers (stream_slots): no pair room */
 } plan_shape;
 
 /* The largest streamed layer the region must take, with x streamed too: x counts unless it is a
@@ -455,7 +456,7 @@ static size_t plan_keep_set(model_t *m, size_t cap, size_t total, size_t largest
     unsigned w = hold_window(m);
     /* Room for most pairs of consecutive streamed layers, or for two blocks where the engine holds
      * blocks of layers. */
-    size_t pair_room = w > 1 ? streamed_block_quantile(m, 2 * w) : streamed_pair_quantile(m);
+    size_t pair_room = shape.slots ? 0 : w > 1 ? streamed_block_quantile(m, 2 * w) : streamed_pair_quantile(m);
 #define REGION_OF(big) max_sz(REGION_FOR(big), pair_room)
     keep_budget = sat_sub(cap, REGION_OF(streamed_largest) + slack);
     /* Too much kept (rounding, or credit left unspent for want of layers under the cap): stream the
@@ -592,6 +593,7 @@ static void make_plan(vc_cache *c, model_t *m) {
         vc__plan_at(m, i)->keep = 1;
     }
     m->plan_capacity = limit ? limit : 1; /* re-planned when the limit moves away from this */
+    m->plan_slots = c->stream_slots;
     m->plan_hold = hold_window(m);
     m->plan_shared = shared;
     set_layout_pending(c, m, 0);
@@ -607,7 +609,10 @@ static void make_plan(vc_cache *c, model_t *m) {
      * when it moves fewer bytes: only the smallest layers stream, and the ring (residency.c) holds
      * 1.4 of the largest of them. Measured on the workload sweep (docs/performance.md). Only while
      * the model has the device to itself, as the ring. */
-    const plan_shape usual = {2.0, 2.0, shared, SIZE_MAX}, lean = {1.0, 1.4, 0, SIZE_MAX};
+    /* The engine may fix the region's room (stream_slots): both shapes then take that many layers. */
+    unsigned slots = c->stream_slots;
+    const plan_shape usual = {2.0, slots ? slots : 2.0, shared, SIZE_MAX, slots},
+                     lean = {1.0, slots ? slots : 1.4, 0, SIZE_MAX, slots};
     size_t lower_bound = total - cap, kept;
     size_t stream_budget = plan_keep_set(m, cap, total, largest, usual, &kept);
     const char *shape = shared ? "shared" : "usual";
@@ -1092,6 +1097,7 @@ static void follow(vc_cache *c, model_t *m, layer_t *l) {
              * (after a whole-model acquire); small swings down keep the plan (no re-plan each pass). */
             unsigned w = hold_window(m);
             replan |= m->plan_capacity && (w > m->plan_hold || 2 * w < m->plan_hold);
+            replan |= m->plan_capacity && m->plan_slots != c->stream_slots; /* vc_cache_set_stream_slots */
             m->pass_mismatches = 0;
             /* The budget moved since the plan was made (reservation ended, another process): re-plan. */
             size_t limit = c->stats.vram_limit;
@@ -1235,6 +1241,22 @@ void vc__sched_model_free(vc_cache *c, model_t *m) {
 }
 
 /* ---- public: declared orders ------------------------------------------------------------------ */
+
+int vc_cache_set_stream_slots(vc_cache *c, unsigned slots) {
+    if (!c) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_cache_set_stream_slots: cache is NULL");
+    if (slots > VC__MAX_STREAM_SLOTS)
+        return vc__fail_unlocked(c, VC_ERR_INVALID_ARG, "vc_cache_set_stream_slots: %u slots; 0 (the planner chooses) to %d",
+                                 slots, VC__MAX_STREAM_SLOTS);
+    pthread_mutex_lock(&c->lock);
+    if (c->stream_slots != slots && slots)
+        vc__log(c, VC_LOG_INFO, "streaming region: room for %u layer%s, from each model's next pass", slots,
+                slots > 1 ? "s" : "");
+    else if (c->stream_slots != slots)
+        vc__log(c, VC_LOG_INFO, "streaming region: the planner chooses its room again, from each model's next pass");
+    c->stream_slots = slots; /* each model's next pass sees plan_slots differ and re-plans */
+    pthread_mutex_unlock(&c->lock);
+    return VC_OK;
+}
 
 int vc_model_set_order(vc_cache *c, vc_model_id model, const vc_layer_id *ids, size_t n) {
     static const char fn[] = "vc_model_set_order";

@@ -19,16 +19,22 @@
 
 #define HOST_LAG 2
 
-void vc_sim_run_init(vc_sim_run *r) {
+void vc_sim_run_init_sized(vc_sim_run *r, size_t size) {
     if (!r) return;
-    memset(r, 0, sizeof(*r));
-    r->struct_size = sizeof(*r);
-    r->vram_bytes = 12.0 * (double)VC_GB;
-    r->bandwidth = 25e9;
-    r->flops = 60e12;
-    r->policy = VC_POLICY_PLANNED;
-    r->mode = -1;
+    vc_sim_run d;
+    memset(&d, 0, sizeof d);
+    d.vram_bytes = 12.0 * (double)VC_GB;
+    d.bandwidth = 25e9;
+    d.flops = 60e12;
+    d.policy = VC_POLICY_PLANNED;
+    d.mode = -1;
+    /* only the caller's bytes are written; a newer caller's unknown tail is zeroed and refused */
+    memset(r, 0, size);
+    memcpy(r, &d, size < sizeof d ? size : sizeof d);
+    if (size >= sizeof r->struct_size) r->struct_size = size;
 }
+
+void(vc_sim_run_init)(vc_sim_run *r) { vc_sim_run_init_sized(r, sizeof *r); }
 
 /* A loader for simulated layers: the bytes are virtual, so there is nothing to read; with a disk
  * speed the engine's thread (the host) waits as long as reading them would take. */
@@ -117,7 +123,8 @@ static int run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_res
     if (!wl || !run || run->struct_size != sizeof(*run) || !(run->vram_bytes > 0) || !(run->bandwidth > 0) ||
         !(run->system_ram_bytes >= 0) || !isfinite(run->system_ram_bytes) || !(run->disk_bytes_per_s >= 0) ||
         !isfinite(run->disk_bytes_per_s) ||
-        !(run->flops > 0) || run->steps < 0 || run->mode > VC_OFFLOAD_MODE_BALANCED || run->block_layers > 64) {
+        !(run->flops > 0) || run->steps < 0 || run->mode > VC_OFFLOAD_MODE_BALANCED || run->block_layers > 64 ||
+        run->stream_slots > VC__MAX_STREAM_SLOTS) {
         snprintf(res->error, sizeof res->error, "invalid run parameters");
         return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_sim_run_workload: %s", res->error);
     }
@@ -138,6 +145,7 @@ static int run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_res
     o.offload_mode = vc_config_get_offload_mode_for(run->config, 1, (size_t)run->vram_bytes, NULL, 0);
     if (run->mode >= 0) o.offload_mode = (vc_offload_mode)run->mode;
     o.policy = run->policy;
+    o.stream_slots = run->stream_slots;
     o.backend = e.sim;
     /* The host side is virtual too: without an explicit budget, RAM limits the simulation only as
      * the default budget for the machine's RAM would, when the run says how much it has. */
@@ -315,6 +323,14 @@ typedef struct sim_result_v1 {
 
 int vc_sim_run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_result *res) {
     if (!res) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_sim_run_workload: result is NULL");
+    if (run && run->struct_size == offsetof(vc_sim_run, stream_slots)) {
+        /* built before stream_slots: the same result layout, the field left at 0 */
+        vc_sim_run sized;
+        vc_sim_run_init(&sized);
+        memcpy(&sized, run, run->struct_size);
+        sized.struct_size = sizeof sized;
+        return run_workload(wl, &sized, res);
+    }
     if (!run || run->struct_size != offsetof(vc_sim_run, system_ram_bytes)) return run_workload(wl, run, res);
     /* A program built against the first release passes that release's vc_sim_run size; its result
      * is that release's smaller vc_sim_result, so the figures are written in that layout. */

@@ -341,6 +341,52 @@ static void test_lru_streams_everything_planned_keeps_a_set(void **state) {
     assert_true(bytes_per_pass[0] <= 7 * 64 * KB);          /* planned: about what does not fit */
 }
 
+/* Passes whose compute is far below their copies (a decoded token): with room for one streamed
+ * layer (vc_cache_set_stream_slots(1)) the cache moves a layer less per pass than with the
+ * planner's two, and is no slower (the copies run back to back either way); set back to 0, the
+ * next pass is planned as before. Each change takes effect at the next pass. */
+static double pass_bytes(sim_world *w, int passes, double compute, double *secs) {
+    vc_stats a = get_stats(w->cache);
+    double t0 = vc_sim_now(w->sim);
+    for (int i = 0; i < passes; i++) pass(w, compute);
+    vc_stats b = get_stats(w->cache);
+    if (secs) *secs = (vc_sim_now(w->sim) - t0) / passes;
+    return (double)(b.bytes_h2d - a.bytes_h2d) / passes;
+}
+
+static void test_stream_slots_for_copy_bound_passes(void **state) {
+    (void)state;
+    /* 12 layers of 64 KB, room for 8: 4 must stream; a copy takes 66 us, a layer computes 2 us */
+    sim_world w = make_world(12, 64 * KB, 8 * 64 * KB, 1e9, 10e-6, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
+    double t_auto, t_one;
+    pass_bytes(&w, 3, 2e-6, NULL); /* learn the order, plan, settle */
+    double b_auto = pass_bytes(&w, 4, 2e-6, &t_auto);
+    assert_int_equal(vc_cache_set_stream_slots(w.cache, 1), VC_OK);
+    pass_bytes(&w, 2, 2e-6, NULL); /* re-planned at the next pass, then settled */
+    double b_one = pass_bytes(&w, 4, 2e-6, &t_one);
+    assert_true(b_one <= b_auto - 64 * KB); /* at least a layer less per pass */
+    assert_true(b_one >= 4 * 64 * KB);      /* never below what must stream */
+    assert_true(t_one <= t_auto * 1.02);    /* and no slower */
+    assert_int_equal(vc_cache_set_stream_slots(w.cache, 0), VC_OK);
+    pass_bytes(&w, 2, 2e-6, NULL);
+    assert_true(pass_bytes(&w, 4, 2e-6, NULL) == b_auto); /* the planner's choice again */
+    assert_int_equal(vc_cache_set_stream_slots(w.cache, 9), VC_ERR_INVALID_ARG);
+    assert_int_equal(vc_cache_set_stream_slots(NULL, 1), VC_ERR_INVALID_ARG);
+    assert_true(get_stats(w.cache).arena_peak_bytes <= 8 * 64 * KB);
+    free_world(&w);
+    /* at creation: the same option, and its bound */
+    vc_backend *b = test_backend_create(1 * MB);
+    vc_cache_options o = sched_options(b, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
+    o.stream_slots = 9;
+    vc_cache *c = NULL;
+    assert_int_equal(vc_cache_create(&o, &c), VC_ERR_INVALID_ARG);
+    assert_non_null(strstr(vc_last_error(), "stream_slots 9"));
+    o.stream_slots = 1;
+    assert_int_equal(vc_cache_create(&o, &c), VC_OK);
+    assert_int_equal(vc_cache_destroy(c), VC_OK);
+    test_backend_destroy(b);
+}
+
 /* The settled layout, seen from inside: every kept layer resident at its home in the kept arena
  * (strict; else only those that have a home and are resident), every streamed layer (when
  * resident) in the streaming region; returns the count of kept layers at home. */
@@ -1997,6 +2043,7 @@ int main(void) {
         cmocka_unit_test(test_two_phase_cycle_is_planned_apart),
         cmocka_unit_test(test_two_phase_cycle_that_fits_joins),
         cmocka_unit_test(test_lru_streams_everything_planned_keeps_a_set),
+        cmocka_unit_test(test_stream_slots_for_copy_bound_passes),
         cmocka_unit_test(test_mixed_sizes_settle),
         cmocka_unit_test(test_layout_forced_while_another_model_holds),
         cmocka_unit_test(test_copies_never_overwrite_layers_in_use),

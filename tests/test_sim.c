@@ -831,7 +831,27 @@ static void test_run_with_machine_ram(void **state) {
     assert_string_equal(old.r.error, "invalid run parameters");
     for (size_t i = 0; i < sizeof old.guard; i++) assert_int_equal(old.guard[i], 0xab);
     run.flops = 60e12;
+    /* a program built before stream_slots: the same result, the field taken as 0 */
+    run.struct_size = offsetof(vc_sim_run, stream_slots);
+    run.stream_slots = 5; /* past the caller's structure: never read */
+    vc_sim_result v2;
+    assert_int_equal(vc_sim_run_workload(wl, &run, &v2), VC_OK);
+    assert_true(v2.bytes_per_step == unlimited.bytes_per_step && v2.step_time_s == unlimited.step_time_s);
     run.struct_size = sizeof run;
+    run.stream_slots = 9;
+    assert_int_equal(vc_sim_run_workload(wl, &run, &r), VC_ERR_INVALID_ARG);
+    run.stream_slots = 0;
+    /* the sized init writes only the caller's bytes */
+    struct {
+        vc_sim_run run;
+        unsigned char guard[16];
+    } small;
+    memset(&small, 0xcd, sizeof small);
+    vc_sim_run_init_sized(&small.run, offsetof(vc_sim_run, stream_slots));
+    assert_int_equal(small.run.struct_size, offsetof(vc_sim_run, stream_slots));
+    assert_true(small.run.flops == 60e12);
+    const unsigned char *tail = (const unsigned char *)&small + offsetof(vc_sim_run, stream_slots);
+    for (size_t i = 0; i < sizeof small - offsetof(vc_sim_run, stream_slots); i++) assert_int_equal(tail[i], 0xcd);
     run.system_ram_bytes = -1;
     assert_int_equal(vc_sim_run_workload(wl, &run, &r), VC_ERR_INVALID_ARG);
     run.system_ram_bytes = 0;

@@ -7,9 +7,9 @@
  *   vramcache simulate --workload FILE --vram-gb X --bandwidth-gbps B [--tflops T] [--steps N]
  *                      [--policy lru|planned] [--mode none|model|sequential|balanced]
  *                      [--config invokeai.yaml] [--json] [--trace FILE] [--block-layers K] [--ram-gb R]
- *                      [--disk-gbps D]
+ *                      [--disk-gbps D] [--stream-slots N]
  *   vramcache plan --workload FILE --vram-gb X --bandwidth-gbps B [--tflops T] [--steps N] [--json]
- *                  [--config invokeai.yaml] [--block-layers K] [--ram-gb R] [--disk-gbps D]
+ *                  [--config invokeai.yaml] [--block-layers K] [--ram-gb R] [--disk-gbps D] [--stream-slots N]
  *   vramcache workload FILE.safetensors|INDEX.json [--tokens N] [--group-depth K] [--prefix P]
  *                                   a workload (YAML) for a model file or a sharded checkpoint's
  *                                   index: its layers' names and bytes,
@@ -43,13 +43,16 @@ static int usage(FILE *f) {
                "       vramcache simulate --workload FILE --vram-gb X --bandwidth-gbps B [--tflops T] [--steps N]\n"
                "                          [--policy lru|planned] [--mode none|model|sequential|balanced]\n"
                "                          [--config invokeai.yaml] [--json] [--trace FILE] [--block-layers K]\n"
-               "                          [--ram-gb R] [--disk-gbps D]\n"
+               "                          [--ram-gb R] [--disk-gbps D] [--stream-slots N]\n"
                "       vramcache plan --workload FILE --vram-gb X --bandwidth-gbps B [--tflops T] [--steps N] [--json]\n"
                "                      [--config invokeai.yaml] [--block-layers K] [--ram-gb R] [--disk-gbps D]\n"
+               "                      [--stream-slots N]\n"
                "       vramcache workload FILE.safetensors|FILE.safetensors.index.json [--tokens N] [--group-depth K]\n"
                "                          [--prefix P]\n"
                "       vramcache version\n"
                "--block-layers K: the engine holds K consecutive layers at once and runs them as one kernel.\n"
+               "--stream-slots N: the streaming region's room in layers (vc_cache_options.stream_slots; 0, the\n"
+               "  default, lets the planner choose; 1 suits compute far below the copies, as a decoded token).\n"
                "--ram-gb R: the machine's RAM; without max_cache_ram_gb in the config the RAM cache gets the\n"
                "  default budget for it (InvokeAI's rules), and what it cannot hold is read again by loaders.\n"
                "--disk-gbps D: how fast loaders read (the engine waits for them); default: loads take no time.\n"
@@ -139,7 +142,7 @@ typedef struct sim_args {
     const char *prefix; /* ... and only its layers whose names start with this */
     int tokens_set;
     int steps, json, mode;
-    unsigned block_layers, group_depth;
+    unsigned block_layers, group_depth, stream_slots;
     vc_policy policy;
 } sim_args;
 
@@ -173,7 +176,7 @@ static int parse_sim_args(int argc, char **argv, int first, sim_args *a, int all
         } KNOWN[] = {{"--workload", 0}, {"--vram-gb", 0}, {"--bandwidth-gbps", 0}, {"--tflops", 0},
                      {"--steps", 0},    {"--block-layers", 0}, {"--config", 0}, {"--policy", 1},
                      {"--mode", 1},     {"--trace", 1},        {"--ram-gb", 0}, {"--disk-gbps", 0},
-                     {"--tokens", 0},   {"--group-depth", 0},      {"--prefix", 0}};
+                     {"--tokens", 0},   {"--group-depth", 0},      {"--prefix", 0}, {"--stream-slots", 0}};
         int known = 0;
         for (size_t k = 0; k < sizeof KNOWN / sizeof KNOWN[0]; k++)
             known |= !strcmp(f, KNOWN[k].name) && (allow_run_opts || !KNOWN[k].run_only);
@@ -201,6 +204,9 @@ static int parse_sim_args(int argc, char **argv, int first, sim_args *a, int all
         } else if (!strcmp(f, "--steps")) {
             if (parse_number_arg(f, v, 1, 100000, &x) || x != floor(x)) return -1;
             a->steps = (int)x;
+        } else if (!strcmp(f, "--stream-slots")) {
+            if (parse_number_arg(f, v, 0, 8, &x) || x != floor(x)) return -1;
+            a->stream_slots = (unsigned)x;
         } else if (!strcmp(f, "--prefix")) {
             a->prefix = v;
         } else if (!strcmp(f, "--tokens")) {
@@ -395,6 +401,7 @@ static void run_init_from(const sim_args *a, const vc_config *cfg, vc_sim_run *r
     r->flops = a->tflops * 1e12;
     r->steps = a->steps;
     r->block_layers = a->block_layers;
+    r->stream_slots = a->stream_slots;
     r->policy = a->policy;
     r->mode = a->mode;
     r->config = cfg;

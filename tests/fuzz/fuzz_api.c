@@ -292,13 +292,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             }
             break;
         }
-        case 9: /* faults, other processes' device memory, orders */
+        case 9: /* faults, other processes' device memory, orders, stream slots */
             if ((arg & 7) == 7) {
                 CHECK(vc_fault_set_device_capacity(fault, DEVICE, (size_t)(arg >> 3) * 3072) == VC_OK);
             } else if ((arg & 15) == 13) { /* the keep-alive's clear, as its timer would run it */
                 pthread_mutex_lock(&c->lock);
                 vc__clear_cache(c);
                 pthread_mutex_unlock(&c->lock);
+            } else if ((arg & 31) == 11) { /* the engine changes the region's room between passes */
+                CHECK(vc_cache_set_stream_slots(c, (arg >> 5) % 4) == VC_OK);
             } else if (arg & 1) {
                 vc_fault_fail_nth(fault, (vc_fault_op)((arg >> 1) % VC_FAULT_OP_COUNT), 1 + (arg >> 5));
             } else {

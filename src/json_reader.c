@@ -126,7 +126,7 @@ int vc__json_string(vc_json_reader *p, char **out) {
             free(d);
             return vc__json_fail(p, "unknown escape '\\%c'", e);
         }
-        unsigned cp;
+        unsigned cp = 0;
         if ((st = json_hex4(p, &cp))) {
             free(d);
             return st;

@@ -574,7 +574,7 @@ static int weight_map_member(vc_json_reader *p, char *key, void *user) {
         }
         m->cap = cap;
     }
-    char *shard;
+    char *shard = NULL;
     vc__json_skip_ws(p);
     int st = p->pos < p->n && p->s[p->pos] == '"' ? vc__json_string(p, &shard) : vc__json_fail(p, "weight_map values must be file names");
     if (st) {

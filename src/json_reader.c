@@ -8,7 +8,10 @@
 #include "json_reader.h"
 #include "json_string.h"
 
-enum { MAX_NESTING = 64 }; /* how deep an unknown value may nest before we stop reading it */
+enum {
+    MAX_NESTING = 64, /* how deep an unknown value may nest before we stop reading it */
+    MAX_ARRAY = 4096  /* entries in an array of integers: no tensor has this many dimensions */
+};
 
 int vc__json_fail(vc_json_reader *p, const char *fmt, ...) {
     if (p->failed) return VC_ERR_FORMAT; /* keep the first message */
@@ -285,6 +288,10 @@ int vc__json_u64_array(vc_json_reader *p, uint64_t **out, unsigned *count, const
         p->pos++;
     } else {
         for (;;) {
+            if (n == MAX_ARRAY) { /* before growing: a 100 MB header could otherwise cost 400 MB */
+                free(v);
+                return vc__json_fail(p, "%s has more than %d entries", what, MAX_ARRAY);
+            }
             if (n == cap) {
                 cap = cap ? cap * 2 : 4;
                 uint64_t *g = realloc(v, cap * sizeof *v);
@@ -310,10 +317,6 @@ int vc__json_u64_array(vc_json_reader *p, uint64_t **out, unsigned *count, const
             }
             break;
         }
-    }
-    if (n > 4096) { /* a header may be 100 MB; no tensor has this many dimensions */
-        free(v);
-        return vc__json_fail(p, "%s has %zu entries", what, n);
     }
     *out = v;
     *count = (unsigned)n;

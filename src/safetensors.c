@@ -22,6 +22,8 @@ enum {
     READ_ENDED = 1                /* read_full: the file ended first */
 };
 
+#define OUT_OF_MEMORY() vc__fail(NULL, VC_ERR_NO_MEMORY, "vc_safetensors_open: out of host memory")
+
 typedef struct layer_ctx { /* what a registered layer's loader gets */
     vc_safetensors *st;
     size_t index;
@@ -109,7 +111,7 @@ static int meta_member(vc_json_reader *p, char *key, void *user) {
         char **g = realloc(h->meta, cap * 2 * sizeof *g);
         if (!g) {
             free(key);
-            return vc__fail(NULL, VC_ERR_NO_MEMORY, "vc_safetensors_open: out of host memory");
+            return OUT_OF_MEMORY();
         }
         h->meta = g;
         h->meta_cap = cap;
@@ -144,7 +146,7 @@ static int top_member(vc_json_reader *p, char *key, void *user) {
         raw_tensor *g = realloc(h->t, cap * sizeof *g);
         if (!g) {
             free(key);
-            return vc__fail(NULL, VC_ERR_NO_MEMORY, "vc_safetensors_open: out of host memory");
+            return OUT_OF_MEMORY();
         }
         h->t = g;
         h->cap = cap;
@@ -315,7 +317,6 @@ static int read_full(int fd, void *dst, uint64_t size, uint64_t off) {
     return 0;
 }
 
-#define OUT_OF_MEMORY() vc__fail(NULL, VC_ERR_NO_MEMORY, "vc_safetensors_open: out of host memory")
 
 /* No two tensors of the handle share a name (within a file or across a checkpoint's shards). */
 static int check_names(const vc_safetensors *st, const header *h) {

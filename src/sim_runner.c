@@ -323,21 +323,16 @@ typedef struct sim_result_v1 {
 
 int vc_sim_run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_result *res) {
     if (!res) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_sim_run_workload: result is NULL");
-    if (run && run->struct_size == offsetof(vc_sim_run, stream_slots)) {
-        /* built before stream_slots: the same result layout, the field left at 0 */
-        vc_sim_run sized;
-        vc_sim_run_init(&sized);
-        memcpy(&sized, run, run->struct_size);
-        sized.struct_size = sizeof sized;
-        return run_workload(wl, &sized, res);
-    }
-    if (!run || run->struct_size != offsetof(vc_sim_run, system_ram_bytes)) return run_workload(wl, run, res);
-    /* A program built against the first release passes that release's vc_sim_run size; its result
-     * is that release's smaller vc_sim_result, so the figures are written in that layout. */
+    int first = run && run->struct_size == offsetof(vc_sim_run, system_ram_bytes);
+    if (!run || (!first && run->struct_size != offsetof(vc_sim_run, stream_slots))) return run_workload(wl, run, res);
+    /* A program built against an earlier header: the fields it does not know keep their defaults. */
     vc_sim_run sized;
     vc_sim_run_init(&sized);
     memcpy(&sized, run, run->struct_size);
     sized.struct_size = sizeof sized;
+    /* Built before stream_slots: the same result layout. Built against the first release: that
+     * release's smaller vc_sim_result, so the figures are written in that layout. */
+    if (!first) return run_workload(wl, &sized, res);
     vc_sim_result full;
     int st = run_workload(wl, &sized, &full);
     sim_result_v1 *old = (sim_result_v1 *)(void *)res;

@@ -8,11 +8,14 @@
  * Plus the headline: FLUX.1-dev on a 12 GB GPU (3 GB working memory) at 25 GB/s and 60 TFLOP/s,
  * as a fraction of the speed of a GPU that holds it whole.
  *
- *   bench_streaming [--json] [--workloads DIR] [--tflops T] [--steps N] [--block K] [--workload FILE]...
+ *   bench_streaming [--json] [--workloads DIR] [--tflops T] [--steps N] [--block K] [--stream-slots N|tune]
+ *                   [--workload FILE]...
  *
  * --workload (repeatable) sweeps those files of DIR instead of the three, e.g. sd15-controlnet.yaml
  * (two models per step), and leaves the FLUX headline out. --block K: the engine acquires K consecutive layers, runs them as one
- * kernel and releases them (a block at a time), instead of one layer at a time.
+ * kernel and releases them (a block at a time), instead of one layer at a time. --stream-slots: the
+ * planned runs' vc_cache_options.stream_slots (tune: VC_STREAM_SLOTS_TUNE, with at least 96 steps,
+ * since trying rooms takes up to about 25 passes and the figures are over the second half).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +30,7 @@
 
 static int g_steps = 8; /* per run; the figures are over the second half */
 static unsigned g_block = 1; /* layers the engine holds and runs as one kernel */
+static unsigned g_slots = 0; /* the planned runs' stream_slots */
 
 static int run(const vc_workload *wl, double vram, double bw, double tflops, vc_policy pol, double work_gb,
                vc_sim_result *r) {
@@ -46,6 +50,7 @@ static int run(const vc_workload *wl, double vram, double bw, double tflops, vc_
     run.config = cfg;
     run.steps = g_steps;
     run.block_layers = g_block;
+    if (pol == VC_POLICY_PLANNED) run.stream_slots = g_slots;
     run.denoiser_only = 1;
     int st = vc_sim_run_workload(wl, &run, r);
     vc_config_destroy(cfg);
@@ -69,13 +74,19 @@ int main(int argc, char **argv) {
             g_steps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--block") && i + 1 < argc && atoi(argv[i + 1]) >= 1 && atoi(argv[i + 1]) <= 64)
             g_block = (unsigned)atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--stream-slots") && i + 1 < argc && !strcmp(argv[i + 1], "tune"))
+            g_slots = VC_STREAM_SLOTS_TUNE, i++;
+        else if (!strcmp(argv[i], "--stream-slots") && i + 1 < argc && atoi(argv[i + 1]) >= 0 && atoi(argv[i + 1]) <= 8)
+            g_slots = (unsigned)atoi(argv[++i]);
         else if (!strcmp(argv[i], "--workload") && i + 1 < argc && chosen < 16)
             files[chosen++] = argv[++i], nfiles = chosen;
         else {
-            fprintf(stderr, "usage: %s [--json] [--workloads DIR] [--tflops T] [--steps N] [--block K] [--workload FILE]...\n", argv[0]);
+            fprintf(stderr, "usage: %s [--json] [--workloads DIR] [--tflops T] [--steps N] [--block K] "
+                    "[--stream-slots N|tune] [--workload FILE]...\n", argv[0]);
             return 2;
         }
     }
+    if (g_slots == VC_STREAM_SLOTS_TUNE && g_steps < 96) g_steps = 96;
     const double fractions[] = {0.25, 0.50, 0.75};
     const double links[] = {25e9, 55e9};
     int worst_fail = 0, unreachable = 0;

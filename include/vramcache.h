@@ -305,15 +305,34 @@ typedef struct vc_cache_options {
      *  region is paid in bytes every step, so 1 suits passes whose compute is far below their
      *  copies, as a language model decoding one token at a time (the copies run back to back
      *  anyway): Llama 3 8B on a 12 GB card moves 1.09 × the bytes bound instead of 1.16, in the
-     *  simulator; with real compute (a prefill) 1 is slower (docs/performance.md). The planner has no
-     *  time model to choose this itself; engines know their phase: vc_cache_set_stream_slots. */
+     *  simulator; with real compute (a prefill) 1 is slower (docs/performance.md). Engines that know
+     *  their phase set it (vc_cache_set_stream_slots); VC_STREAM_SLOTS_TUNE lets the cache measure. */
     unsigned stream_slots;
 } vc_cache_options;
 
-/** Changes vc_cache_options.stream_slots (0 to 8) for the passes to come: each model is planned
- *  again as its next pass begins (an engine switching between prefill and decode). Thread-safe.
- *  Errors: VC_ERR_INVALID_ARG (NULL, more than 8). */
+/** vc_cache_options.stream_slots: the cache chooses the region's room by measuring passes. It
+ *  times the passes of the first planned model (start to start, so with several models in turn,
+ *  the whole cycle) with the backend's clock (the simulator's virtual one, else CLOCK_MONOTONIC),
+ *  tries the planner's region and then rooms of 1, 2, 3 ... layers while each does better than the
+ *  one before, and keeps the fastest; a room must beat the best so far by more than 1%. Each room
+ *  tried costs a pass that lays the device out again (the kept layers load again) and two to four
+ *  measured passes: 10 to 25 passes in all, which long runs pay back (a language model's decode,
+ *  many images in a row) and one short image does not (SD 1.5, 30 steps: 1.2 × the planner's time
+ *  in the simulator; docs/performance.md). It measures again when the pass time moves by more than
+ *  25% for three passes in a row, or that model's order is learned again. Only in offload mode
+ *  balanced with the planned policy (elsewhere it is the planner's region). */
+#define VC_STREAM_SLOTS_TUNE 255u
+
+/** Changes vc_cache_options.stream_slots (0 to 8, or VC_STREAM_SLOTS_TUNE, which starts measuring
+ *  again) for the passes to come: each model is planned again as its next pass begins (an engine
+ *  switching between prefill and decode). Thread-safe. Errors: VC_ERR_INVALID_ARG (NULL, a value
+ *  outside those). */
 VC_API int vc_cache_set_stream_slots(vc_cache *cache, unsigned slots);
+
+/** The streaming region's room in use: `*slots` (may be NULL) receives 0 (the planner's region) or
+ *  1 to 8 layers, and `*tuning` (may be NULL) 1 while VC_STREAM_SLOTS_TUNE is still measuring, else
+ *  0. Thread-safe. Errors: VC_ERR_INVALID_ARG (NULL cache). */
+VC_API int vc_cache_get_stream_slots(vc_cache *cache, unsigned *slots, int *tuning);
 
 /** Fills the first `struct_size` bytes of `opts` with the defaults documented above and stores
  *  `struct_size` in it. Programs reach it through vc_cache_options_init(), which passes the size of

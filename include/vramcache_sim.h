@@ -126,8 +126,8 @@ typedef struct vc_sim_run {
      *  vc_layer_acquire does for a loader): 0 (default): loads take no time, and only
      *  vc_sim_result.loaded_bytes_per_step tells what they would read. Added with system_ram_bytes. */
     double disk_bytes_per_s;
-    /** vc_cache_options.stream_slots for the run's cache (0, default: the planner chooses; 1 to 8).
-     *  Added after disk_bytes_per_s: a program built before it gets 0. */
+    /** vc_cache_options.stream_slots for the run's cache (0, default: the planner chooses; 1 to 8;
+     *  VC_STREAM_SLOTS_TUNE). Added after disk_bytes_per_s: a program built before it gets 0. */
     unsigned stream_slots;
 } vc_sim_run;
 

@@ -65,9 +65,10 @@ int vc_cache_create(const vc_cache_options *opts, vc_cache **out) {
         return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_cache_create: offload_max_gpu_memory %g must be 0 (none), "
                         "a fraction <= 1, or GB <= 1048576", o.offload_max_gpu_memory);
 
-    if (o.stream_slots > VC__MAX_STREAM_SLOTS)
-        return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_cache_create: stream_slots %u must be 0 (the planner chooses) to %d",
-                        o.stream_slots, VC__MAX_STREAM_SLOTS);
+    if (o.stream_slots > VC__MAX_STREAM_SLOTS && o.stream_slots != VC_STREAM_SLOTS_TUNE)
+        return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_cache_create: stream_slots %u must be 0 (the planner chooses), "
+                        "1 to %d, or VC_STREAM_SLOTS_TUNE (%u)", o.stream_slots, VC__MAX_STREAM_SLOTS,
+                        VC_STREAM_SLOTS_TUNE);
     if (!(o.keep_alive_s >= 0) || o.keep_alive_s > 1e9)
         return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_cache_create: keep_alive_s %g must be 0 (keep for ever) or a "
                         "number of seconds up to 1e9", o.keep_alive_s);
@@ -95,7 +96,8 @@ int vc_cache_create(const vc_cache_options *opts, vc_cache **out) {
     c->prefetch_depth = o.prefetch_depth;
     c->keep_alive_s = o.keep_alive_s;
     c->smart_working_mem = o.smart_working_mem ? 1 : 0;
-    c->stream_slots = o.stream_slots;
+    c->slots_setting = o.stream_slots;
+    c->stream_slots = o.stream_slots == VC_STREAM_SLOTS_TUNE ? 0 : o.stream_slots;
 
     int st;
     if (o.backend) {

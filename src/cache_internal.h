@@ -200,6 +200,24 @@ typedef struct device_quarantine {
     struct device_quarantine *next;
 } device_quarantine;
 
+#define VC__MAX_STREAM_SLOTS 8 /* vc_cache_options.stream_slots */
+
+/* The stream-slots tuner's state (src/slot_tuner.c). */
+typedef struct slot_tuner {
+    const model_t *clock; /* the model whose pass starts time the cycle; NULL: not started */
+    double t_prev;        /* its last pass start, in the tuner's clock */
+    uint64_t h2d_prev;    /* stats.bytes_h2d then */
+    unsigned cand;        /* the room being measured (0: the planner's region) */
+    unsigned passes;      /* pass starts since cand took effect */
+    double last;          /* the candidate's previous measured pass, seconds; < 0: none */
+    double time[VC__MAX_STREAM_SLOTS + 1]; /* each tried candidate's pass time */
+    unsigned tried;       /* bit s: candidate s was measured */
+    unsigned best;        /* the fastest candidate so far ... */
+    double best_t;        /* ... and its pass time */
+    int done;             /* the choice is made */
+    unsigned off_track;   /* once done: passes in a row far from best_t */
+} slot_tuner;
+
 struct vc_cache {
     pthread_mutex_t lock;
     pthread_cond_t loaded; /* broadcast when a layer's loading ends */
@@ -282,7 +300,9 @@ struct vc_cache {
     double max_gpu_memory; /* balanced threshold; 0: none */
     vc_policy policy;
     unsigned prefetch_depth;
-    unsigned stream_slots; /* vc_cache_options.stream_slots: 0, or the region's room in layers */
+    unsigned stream_slots; /* the region's room in layers the planner uses: 0 (its own) or 1 to 8 */
+    unsigned slots_setting; /* vc_cache_options.stream_slots: as above, or VC_STREAM_SLOTS_TUNE */
+    slot_tuner tuner;       /* src/slot_tuner.c, with VC_STREAM_SLOTS_TUNE */
     size_t prefetch_inflight; /* layers prefetched and not acquired yet */
     void *trace;              /* struct trace_writer, when tracing */
 
@@ -328,7 +348,6 @@ int vc__fail_unlocked(vc_cache *c, int status, const char *fmt, ...)
  * older program leaves them out (vc_cache_create), and are not written (vc_config_apply). Never move
  * this mark to a later field. */
 #define VC__OPTIONS_FIRST_SIZE (offsetof(vc_cache_options, stage_ahead) + sizeof(int))
-#define VC__MAX_STREAM_SLOTS 8 /* vc_cache_options.stream_slots */
 /* Whether the caller's options (of its struct_size) have room for `field`. */
 #define VC__OPTIONS_HAVE(o, field) (offsetof(vc_cache_options, field) + sizeof((o)->field) <= (o)->struct_size)
 
@@ -432,6 +451,11 @@ void vc__sched_on_evict(vc_cache *c, layer_t *l);
 /** Before a layer goes away: drop it from its model's order. */
 void vc__sched_forget(vc_cache *c, layer_t *l);
 void vc__sched_model_free(vc_cache *c, model_t *m);
+/* src/slot_tuner.c (VC_STREAM_SLOTS_TUNE): at a planned model's pass start, before any re-plan. */
+void vc__tuner_on_pass(vc_cache *c, const model_t *m);
+void vc__tuner_reset(vc_cache *c);
+void vc__tuner_model_gone(vc_cache *c, const model_t *m);
+int vc__tuner_state(const vc_cache *c, unsigned *in_use); /* 1 while measuring */
 /** Uploads a layer whose host copy is available, without making any engine stream wait, evicting
  *  only layers needed later than `distance`. Quiet on failure. */
 int vc__prefetch_upload(vc_cache *c, layer_t *l, size_t distance);

@@ -685,6 +685,7 @@ static void unjoin(vc_cache *c, const char *why) {
         m->pass_mismatches = 0;
     }
     c->group = NULL;
+    vc__tuner_model_gone(c, g);
     /* The history of passes went on through a group of whole passes (follow notes its members'
      * pass starts): what runs next may still close a longer cycle (try_join_repeating). */
     if (!g->whole_passes) c->phist_n = 0;
@@ -989,6 +990,7 @@ static int grec_step(vc_cache *c, layer_t *l) {
 
 static void drop_order(vc_cache *c, model_t *m) {
     if (m->joined) unjoin(c, "a member's order changed");
+    vc__tuner_model_gone(c, m); /* its passes no longer time the cycle: measure again */
     grec_stop(c); /* a recorded period may name its layers */
     if (c->stream_model == m) vc__release_stream_region(c, VC_EVICT_PLAN);
     for (size_t i = 0; i < m->order_n; i++) {
@@ -1078,6 +1080,7 @@ static void follow(vc_cache *c, model_t *m, layer_t *l) {
         m->pos = expected;
         if (m->whole_passes && l == l->model->order[0]) note_pass_start(c, l->model); /* a member's pass */
         if (expected == 0) { /* a new pass */
+            vc__tuner_on_pass(c, m); /* may change stream_slots: the re-plan below follows it */
             if (!m->members) {
                 roll_hold_peak(m);
                 int interleaved = m->saw_others;
@@ -1227,6 +1230,7 @@ void vc__sched_forget(vc_cache *c, layer_t *l) {
 
 void vc__sched_model_free(vc_cache *c, model_t *m) {
     grec_stop(c);
+    vc__tuner_model_gone(c, m);
     if (m->joined) unjoin(c, "a member was unregistered");
     if (c->last_model == m) c->last_model = NULL;
     for (unsigned i = 0; i < c->phist_n; i++)
@@ -1244,17 +1248,33 @@ void vc__sched_model_free(vc_cache *c, model_t *m) {
 
 int vc_cache_set_stream_slots(vc_cache *c, unsigned slots) {
     if (!c) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_cache_set_stream_slots: cache is NULL");
-    if (slots > VC__MAX_STREAM_SLOTS)
-        return vc__fail_unlocked(c, VC_ERR_INVALID_ARG, "vc_cache_set_stream_slots: %u slots; 0 (the planner chooses) to %d",
-                                 slots, VC__MAX_STREAM_SLOTS);
+    if (slots > VC__MAX_STREAM_SLOTS && slots != VC_STREAM_SLOTS_TUNE)
+        return vc__fail_unlocked(c, VC_ERR_INVALID_ARG, "vc_cache_set_stream_slots: %u slots; 0 (the planner "
+                                 "chooses), 1 to %d, or VC_STREAM_SLOTS_TUNE (%u)", slots, VC__MAX_STREAM_SLOTS,
+                                 VC_STREAM_SLOTS_TUNE);
     pthread_mutex_lock(&c->lock);
-    if (c->stream_slots != slots && slots)
+    if (slots == VC_STREAM_SLOTS_TUNE)
+        vc__log(c, VC_LOG_INFO, "streaming region: its room is measured, from the next pass");
+    else if (c->slots_setting != slots && slots)
         vc__log(c, VC_LOG_INFO, "streaming region: room for %u layer%s, from each model's next pass", slots,
                 slots > 1 ? "s" : "");
-    else if (c->stream_slots != slots)
+    else if (c->slots_setting != slots)
         vc__log(c, VC_LOG_INFO, "streaming region: the planner chooses its room again, from each model's next pass");
-    c->stream_slots = slots; /* each model's next pass sees plan_slots differ and re-plans */
+    c->slots_setting = slots;
+    c->stream_slots = slots == VC_STREAM_SLOTS_TUNE ? 0 : slots; /* each model's next pass re-plans */
+    vc__tuner_reset(c); /* (with TUNE: measuring starts again) */
     pthread_mutex_unlock(&c->lock);
+    return VC_OK;
+}
+
+int vc_cache_get_stream_slots(vc_cache *c, unsigned *slots, int *tuning) {
+    if (!c) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_cache_get_stream_slots: cache is NULL");
+    pthread_mutex_lock(&c->lock);
+    unsigned in_use;
+    int t = vc__tuner_state(c, &in_use);
+    pthread_mutex_unlock(&c->lock);
+    if (slots) *slots = in_use;
+    if (tuning) *tuning = t;
     return VC_OK;
 }
 

@@ -124,7 +124,7 @@ static int run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_res
         !(run->system_ram_bytes >= 0) || !isfinite(run->system_ram_bytes) || !(run->disk_bytes_per_s >= 0) ||
         !isfinite(run->disk_bytes_per_s) ||
         !(run->flops > 0) || run->steps < 0 || run->mode > VC_OFFLOAD_MODE_BALANCED || run->block_layers > 64 ||
-        run->stream_slots > VC__MAX_STREAM_SLOTS) {
+        (run->stream_slots > VC__MAX_STREAM_SLOTS && run->stream_slots != VC_STREAM_SLOTS_TUNE)) {
         snprintf(res->error, sizeof res->error, "invalid run parameters");
         return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_sim_run_workload: %s", res->error);
     }

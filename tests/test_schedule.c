@@ -387,6 +387,130 @@ static void test_stream_slots_for_copy_bound_passes(void **state) {
     test_backend_destroy(b);
 }
 
+/* Passes of `compute` seconds a layer until the stream-slots tuner has chosen; fails past `limit`.
+ * Returns the passes it took. */
+static int tune_until_settled(sim_world *w, double compute, int limit) {
+    for (int i = 1; i <= limit; i++) {
+        pass(w, compute);
+        int tuning = -1;
+        assert_int_equal(vc_cache_get_stream_slots(w->cache, NULL, &tuning), VC_OK);
+        if (!tuning) return i;
+    }
+    fail_msg("the stream-slots tuner did not choose within %d passes", limit);
+    return limit;
+}
+
+/* VC_STREAM_SLOTS_TUNE measures instead of predicting: on copy-bound passes it finds one slot
+ * (fewer bytes, so faster: the same figures as the engine fixing 1); when the passes change (the
+ * engine's compute grows a hundredfold) it measures again, and where no room is more than 1%
+ * faster it keeps the planner's region. */
+static void test_stream_slots_tuned_by_measuring(void **state) {
+    (void)state;
+    /* the world of test_stream_slots_for_copy_bound_passes: copies of 66 us, compute of 2 us */
+    sim_world w = make_world(12, 64 * KB, 8 * 64 * KB, 1e9, 10e-6, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
+    double t_planner, t_tuned;
+    pass_bytes(&w, 3, 2e-6, NULL);
+    double b_planner = pass_bytes(&w, 4, 2e-6, &t_planner);
+    assert_int_equal(vc_cache_set_stream_slots(w.cache, VC_STREAM_SLOTS_TUNE), VC_OK);
+    unsigned slots = 99;
+    int tuning = 0;
+    assert_int_equal(vc_cache_get_stream_slots(w.cache, &slots, &tuning), VC_OK);
+    assert_int_equal(slots, 0); /* measuring starts from the planner's region */
+    assert_int_equal(tuning, 1);
+    int took = tune_until_settled(&w, 2e-6, 40);
+    assert_true(took >= 7); /* the planner's region, then 1 and 2 slots: a transition and two passes each */
+    assert_int_equal(vc_cache_get_stream_slots(w.cache, &slots, &tuning), VC_OK);
+    assert_int_equal(slots, 1);
+    double b_tuned = pass_bytes(&w, 4, 2e-6, &t_tuned);
+    assert_true(b_tuned <= b_planner - 64 * KB); /* a layer less per pass ... */
+    assert_true(b_tuned >= 4 * 64 * KB);         /* never below what must stream ... */
+    assert_true(t_tuned < t_planner * 0.95);     /* ... and faster, which is what it measured */
+
+    /* The engine's compute grows a hundredfold (a prefill after decoding): the passes take far
+     * longer than when tuned, so it measures again; the copies now hide behind compute whatever the
+     * room, so none beats the planner's region by its 1%, and that is kept. */
+    int retuned = 0;
+    for (int i = 0; i < 5 && !retuned; i++) {
+        pass(&w, 200e-6);
+        assert_int_equal(vc_cache_get_stream_slots(w.cache, NULL, &tuning), VC_OK);
+        retuned = tuning;
+    }
+    assert_true(retuned);
+    tune_until_settled(&w, 200e-6, 40);
+    assert_int_equal(vc_cache_get_stream_slots(w.cache, &slots, NULL), VC_OK);
+    assert_int_not_equal(slots, 1);
+    double t_heavy_tuned, t_heavy_planner;
+    pass_bytes(&w, 4, 200e-6, &t_heavy_tuned);
+    assert_int_equal(vc_cache_set_stream_slots(w.cache, 0), VC_OK);
+    pass_bytes(&w, 3, 200e-6, NULL);
+    pass_bytes(&w, 4, 200e-6, &t_heavy_planner);
+    assert_true(t_heavy_tuned <= t_heavy_planner * 1.01); /* never slower than the planner beyond its 1% */
+    assert_int_equal(vc_cache_get_stream_slots(w.cache, &slots, &tuning), VC_OK);
+    assert_int_equal(slots, 0);
+    assert_int_equal(tuning, 0); /* a fixed setting is not measuring */
+    assert_true(get_stats(w.cache).arena_peak_bytes <= 8 * 64 * KB);
+    free_world(&w);
+
+    /* Only the planned policy in balanced mode has a region to size: elsewhere nothing is measured. */
+    sim_world l = make_world(12, 64 * KB, 8 * 64 * KB, 1e9, 10e-6, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_LRU);
+    assert_int_equal(vc_cache_set_stream_slots(l.cache, VC_STREAM_SLOTS_TUNE), VC_OK);
+    for (int i = 0; i < 12; i++) pass(&l, 2e-6);
+    assert_int_equal(vc_cache_get_stream_slots(l.cache, &slots, &tuning), VC_OK);
+    assert_int_equal(slots, 0);
+    assert_int_equal(tuning, 0);
+    free_world(&l);
+
+    /* The setting's bounds, at creation and after */
+    vc_backend *b = test_backend_create(1 * MB);
+    vc_cache_options o = sched_options(b, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
+    o.stream_slots = VC_STREAM_SLOTS_TUNE - 1;
+    vc_cache *c = NULL;
+    assert_int_equal(vc_cache_create(&o, &c), VC_ERR_INVALID_ARG);
+    assert_non_null(strstr(vc_last_error(), "VC_STREAM_SLOTS_TUNE"));
+    o.stream_slots = VC_STREAM_SLOTS_TUNE;
+    assert_int_equal(vc_cache_create(&o, &c), VC_OK);
+    assert_int_equal(vc_cache_get_stream_slots(c, &slots, &tuning), VC_OK);
+    assert_int_equal(slots, 0);
+    assert_int_equal(tuning, 1);
+    assert_int_equal(vc_cache_set_stream_slots(c, VC_STREAM_SLOTS_TUNE + 1), VC_ERR_INVALID_ARG);
+    assert_int_equal(vc_cache_get_stream_slots(NULL, &slots, &tuning), VC_ERR_INVALID_ARG);
+    assert_int_equal(vc_cache_get_stream_slots(c, NULL, NULL), VC_OK);
+    assert_int_equal(vc_cache_destroy(c), VC_OK);
+    test_backend_destroy(b);
+}
+
+/* With two models in turn every step (a ControlNet and its UNet), the tuner's timing model joins a
+ * step group as they are planned as one: the group's passes time the cycle from then on, and the
+ * tuner still chooses. */
+static void test_stream_slots_tuned_across_a_step_group(void **state) {
+    (void)state;
+    plan_log log = {0};
+    vc_model_id a, b;
+    sim_world w = make_world(20, 64 * KB, 640 * KB, 1e9, 10e-6, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
+    logging_cache(&w, &log);
+    a = add_model(w.cache, "controlnet");
+    b = add_model(w.cache, "unet");
+    for (int i = 0; i < w.n; i++) w.layer[i] = add_host_layer(w.cache, i < 10 ? a : b, "l", w.weights[i], w.bytes[i]);
+    assert_int_equal(vc_cache_set_stream_slots(w.cache, VC_STREAM_SLOTS_TUNE), VC_OK);
+    int tuning = 1, steps = 0;
+    for (; steps < 80 && tuning; steps++) {
+        model_pass_of(&w, 0, 10);
+        model_pass_of(&w, 10, 10);
+        assert_int_equal(vc_cache_get_stream_slots(w.cache, NULL, &tuning), VC_OK);
+    }
+    assert_int_equal(log.joined, 1);
+    assert_int_equal(tuning, 0);
+    /* and it stays chosen: passes like these do not start it again */
+    for (int i = 0; i < 6; i++) {
+        model_pass_of(&w, 0, 10);
+        model_pass_of(&w, 10, 10);
+    }
+    assert_int_equal(vc_cache_get_stream_slots(w.cache, NULL, &tuning), VC_OK);
+    assert_int_equal(tuning, 0);
+    assert_true(get_stats(w.cache).arena_peak_bytes <= 640 * KB);
+    free_world(&w);
+}
+
 /* The settled layout, seen from inside: every kept layer resident at its home in the kept arena
  * (strict; else only those that have a home and are resident), every streamed layer (when
  * resident) in the streaming region; returns the count of kept layers at home. */
@@ -2044,6 +2168,8 @@ int main(void) {
         cmocka_unit_test(test_two_phase_cycle_that_fits_joins),
         cmocka_unit_test(test_lru_streams_everything_planned_keeps_a_set),
         cmocka_unit_test(test_stream_slots_for_copy_bound_passes),
+        cmocka_unit_test(test_stream_slots_tuned_by_measuring),
+        cmocka_unit_test(test_stream_slots_tuned_across_a_step_group),
         cmocka_unit_test(test_mixed_sizes_settle),
         cmocka_unit_test(test_layout_forced_while_another_model_holds),
         cmocka_unit_test(test_copies_never_overwrite_layers_in_use),

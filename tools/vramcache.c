@@ -7,9 +7,9 @@
  *   vramcache simulate --workload FILE --vram-gb X --bandwidth-gbps B [--tflops T] [--steps N]
  *                      [--policy lru|planned] [--mode none|model|sequential|balanced]
  *                      [--config invokeai.yaml] [--json] [--trace FILE] [--block-layers K] [--ram-gb R]
- *                      [--disk-gbps D] [--stream-slots N]
+ *                      [--disk-gbps D] [--stream-slots N|tune]
  *   vramcache plan --workload FILE --vram-gb X --bandwidth-gbps B [--tflops T] [--steps N] [--json]
- *                  [--config invokeai.yaml] [--block-layers K] [--ram-gb R] [--disk-gbps D] [--stream-slots N]
+ *                  [--config invokeai.yaml] [--block-layers K] [--ram-gb R] [--disk-gbps D] [--stream-slots N|tune]
  *   vramcache workload FILE.safetensors|INDEX.json [--tokens N] [--group-depth K] [--prefix P]
  *                                   a workload (YAML) for a model file or a sharded checkpoint's
  *                                   index: its layers' names and bytes,
@@ -43,16 +43,18 @@ static int usage(FILE *f) {
                "       vramcache simulate --workload FILE --vram-gb X --bandwidth-gbps B [--tflops T] [--steps N]\n"
                "                          [--policy lru|planned] [--mode none|model|sequential|balanced]\n"
                "                          [--config invokeai.yaml] [--json] [--trace FILE] [--block-layers K]\n"
-               "                          [--ram-gb R] [--disk-gbps D] [--stream-slots N]\n"
+               "                          [--ram-gb R] [--disk-gbps D] [--stream-slots N|tune]\n"
                "       vramcache plan --workload FILE --vram-gb X --bandwidth-gbps B [--tflops T] [--steps N] [--json]\n"
                "                      [--config invokeai.yaml] [--block-layers K] [--ram-gb R] [--disk-gbps D]\n"
-               "                      [--stream-slots N]\n"
+               "                      [--stream-slots N|tune]\n"
                "       vramcache workload FILE.safetensors|FILE.safetensors.index.json [--tokens N] [--group-depth K]\n"
                "                          [--prefix P]\n"
                "       vramcache version\n"
                "--block-layers K: the engine holds K consecutive layers at once and runs them as one kernel.\n"
-               "--stream-slots N: the streaming region's room in layers (vc_cache_options.stream_slots; 0, the\n"
-               "  default, lets the planner choose; 1 suits compute far below the copies, as a decoded token).\n"
+               "--stream-slots N|tune: the streaming region's room in layers (vc_cache_options.stream_slots; 0,\n"
+               "  the default, lets the planner choose; 1 suits compute far below the copies, as a decoded token;\n"
+               "  tune: the cache measures passes and keeps the fastest room, VC_STREAM_SLOTS_TUNE; give it\n"
+               "  --steps 96 or more: trying rooms takes 10 to 25 passes, and the figures are the second half's).\n"
                "--ram-gb R: the machine's RAM; without max_cache_ram_gb in the config the RAM cache gets the\n"
                "  default budget for it (InvokeAI's rules), and what it cannot hold is read again by loaders.\n"
                "--disk-gbps D: how fast loaders read (the engine waits for them); default: loads take no time.\n"
@@ -205,8 +207,12 @@ static int parse_sim_args(int argc, char **argv, int first, sim_args *a, int all
             if (parse_number_arg(f, v, 1, 100000, &x) || x != floor(x)) return -1;
             a->steps = (int)x;
         } else if (!strcmp(f, "--stream-slots")) {
-            if (parse_number_arg(f, v, 0, 8, &x) || x != floor(x)) return -1;
-            a->stream_slots = (unsigned)x;
+            if (!strcmp(v, "tune")) {
+                a->stream_slots = VC_STREAM_SLOTS_TUNE;
+            } else {
+                if (parse_number_arg(f, v, 0, 8, &x) || x != floor(x)) return -1;
+                a->stream_slots = (unsigned)x;
+            }
         } else if (!strcmp(f, "--prefix")) {
             a->prefix = v;
         } else if (!strcmp(f, "--tokens")) {

@@ -300,7 +300,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 vc__clear_cache(c);
                 pthread_mutex_unlock(&c->lock);
             } else if ((arg & 31) == 11) { /* the engine changes the region's room between passes */
-                CHECK(vc_cache_set_stream_slots(c, (arg >> 5) % 4) == VC_OK);
+                unsigned slots = (arg >> 5) % 5; /* 4: the cache measures */
+                CHECK(vc_cache_set_stream_slots(c, slots == 4 ? VC_STREAM_SLOTS_TUNE : slots) == VC_OK);
             } else if (arg & 1) {
                 vc_fault_fail_nth(fault, (vc_fault_op)((arg >> 1) % VC_FAULT_OP_COUNT), 1 + (arg >> 5));
             } else {

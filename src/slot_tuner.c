@@ -1,0 +1,144 @@
+/* The stream-slots tuner (vc_cache_options.stream_slots = VC_STREAM_SLOTS_TUNE): chooses the
+ * streaming region's room by measuring passes instead of predicting them.
+ *
+ * Why measure: the planner sizes the region by bytes alone (two of the largest streamed layers). A
+ * pass whose copies outrun its compute (a language model decoding one token) is faster with one
+ * slot, since the region's room is paid in streamed bytes every pass; a pass whose small, compute-
+ * light layers come in runs (SD 1.5's low-resolution blocks) is faster with three or four, since a
+ * larger region lets copies run further ahead. Which applies depends on compute and copy times the
+ * cache cannot predict on a real GPU, but it sees every pass start, and a denoising loop or a
+ * decode runs the same pass tens to thousands of times: a few passes spent trying rooms pay back.
+ *
+ * How: one model's pass starts time the cycle (the first planned model to start a pass; with
+ * several models in turn, start to start of it is the whole cycle). Candidates run in turn: the
+ * planner's own region (0), then 1, 2, 3 ... slots while each does better than the one before.
+ * After a switch the first pass is a transition (the device is laid out again) and is not
+ * measured; then passes are measured until two in a row agree within 0.5%, or for at most four.
+ * A candidate replaces the best only when it is faster by more than 1% (noise on a real GPU; and
+ * fewer slots move fewer bytes). The choice is kept until the measured pass time leaves it by
+ * more than 25% for three passes in a row (the engine changed resolution, or prefill for
+ * decode), or the timing model loses its order: then tuning starts again.
+ *
+ * Everything here runs under the cache lock, from schedule.c's pass starts. */
+#include "cache_internal.h"
+
+#include <math.h>
+#include <string.h>
+#include <time.h>
+
+#define TUNER_AGREE 0.005       /* two measured passes this close: the candidate's time */
+#define TUNER_MAX_MEASURED 4    /* ... or the last of this many */
+#define TUNER_HYSTERESIS 0.01   /* a candidate must beat the best by this much */
+#define TUNER_DRIFT 0.25        /* a settled choice is tried again beyond this change ... */
+#define TUNER_DRIFT_PASSES 3    /* ... for this many passes in a row */
+
+static double tuner_clock(vc_cache *c) {
+    if (c->ops->now) return c->ops->now(c->bctx); /* the simulator's virtual clock */
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+void vc__tuner_reset(vc_cache *c) {
+    slot_tuner *t = &c->tuner;
+    memset(t, 0, sizeof(*t));
+    if (c->slots_setting == VC_STREAM_SLOTS_TUNE) c->stream_slots = 0; /* start from the planner's region */
+}
+
+void vc__tuner_model_gone(vc_cache *c, const model_t *m) {
+    if (c->tuner.clock == m) vc__tuner_reset(c);
+}
+
+static void try_next(vc_cache *c, unsigned slots) {
+    slot_tuner *t = &c->tuner;
+    t->cand = slots;
+    t->passes = 0;
+    t->last = -1;
+    c->stream_slots = slots; /* each model re-plans at its next pass start (plan_slots differs) */
+}
+
+static void settle(vc_cache *c, const char *why) {
+    slot_tuner *t = &c->tuner;
+    t->done = 1;
+    t->off_track = 0;
+    c->stream_slots = t->best;
+    if (t->best)
+        vc__log(c, VC_LOG_INFO, "stream-slots tuner: room for %u layer%s in the streaming region (%.6f s per pass; "
+                "the planner's region: %.6f s)%s", t->best, t->best > 1 ? "s" : "", t->best_t, t->time[0], why);
+    else
+        vc__log(c, VC_LOG_INFO, "stream-slots tuner: the planner's region (%.6f s per pass)%s", t->best_t, why);
+}
+
+/* A candidate's pass time is known: keep it if it is the best, and choose what to try next. */
+static void measured(vc_cache *c, double pass_s, uint64_t moved) {
+    slot_tuner *t = &c->tuner;
+    unsigned s = t->cand;
+    t->time[s] = pass_s;
+    t->tried |= 1u << s;
+    if (s == 0) {
+        t->best = 0;
+        t->best_t = pass_s;
+        if (!moved) { /* nothing streams: the region's room does not matter */
+            settle(c, "; nothing streams");
+            return;
+        }
+        try_next(c, 1);
+        return;
+    }
+    if (pass_s < t->best_t * (1.0 - TUNER_HYSTERESIS)) {
+        t->best = s;
+        t->best_t = pass_s;
+    }
+    /* Rooms of 2 and up: go on while each does better than the one before (by more than noise). */
+    if (s == 1 || (s < VC__MAX_STREAM_SLOTS && pass_s < t->time[s - 1] * (1.0 - TUNER_AGREE))) try_next(c, s + 1);
+    else settle(c, "");
+}
+
+void vc__tuner_on_pass(vc_cache *c, const model_t *m) {
+    slot_tuner *t = &c->tuner;
+    if (c->slots_setting != VC_STREAM_SLOTS_TUNE || c->policy != VC_POLICY_PLANNED ||
+        c->mode != VC_OFFLOAD_MODE_BALANCED || !m->plan_capacity)
+        return;
+    double now = tuner_clock(c);
+    uint64_t h2d = c->stats.bytes_h2d;
+    /* The timing model joined a step group: the group's passes are the cycle now (measure again). */
+    if (!t->clock || (t->clock->joined && t->clock->joined == m)) {
+        vc__tuner_reset(c);
+        t->clock = m;
+        t->t_prev = now;
+        t->h2d_prev = h2d;
+        try_next(c, 0);
+        return;
+    }
+    if (t->clock != m) return;
+    double pass_s = now - t->t_prev;
+    uint64_t moved = h2d - t->h2d_prev;
+    t->t_prev = now;
+    t->h2d_prev = h2d;
+    if (t->done) {
+        int off = fabs(pass_s - t->best_t) > TUNER_DRIFT * t->best_t;
+        t->off_track = off ? t->off_track + 1 : 0;
+        if (t->off_track >= TUNER_DRIFT_PASSES) {
+            vc__log(c, VC_LOG_INFO, "stream-slots tuner: passes now take %.6f s (%.6f s when tuned): tuning again",
+                    pass_s, t->best_t);
+            vc__tuner_reset(c);
+            t->clock = m;
+            t->t_prev = now;
+            t->h2d_prev = h2d;
+            try_next(c, 0);
+        }
+        return;
+    }
+    if (++t->passes == 1) return; /* the pass after a switch lays the device out again */
+    if (t->last >= 0 && (fabs(pass_s - t->last) <= TUNER_AGREE * pass_s || t->passes > TUNER_MAX_MEASURED)) {
+        measured(c, pass_s, moved);
+        return;
+    }
+    t->last = pass_s;
+}
+
+int vc__tuner_state(const vc_cache *c, unsigned *in_use) {
+    if (in_use) *in_use = c->stream_slots;
+    return c->slots_setting == VC_STREAM_SLOTS_TUNE && !c->tuner.done && c->policy == VC_POLICY_PLANNED &&
+           c->mode == VC_OFFLOAD_MODE_BALANCED; /* (elsewhere nothing is measured) */
+}

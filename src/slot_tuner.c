@@ -69,6 +69,16 @@ static void settle(vc_cache *c, const char *why) {
         vc__log(c, VC_LOG_INFO, "stream-slots tuner: the planner's region (%.6f s per pass)%s", t->best_t, why);
 }
 
+/* Measuring begins (again) at m's pass start, from the planner's region. */
+static void start(vc_cache *c, const model_t *m, double now, uint64_t h2d) {
+    slot_tuner *t = &c->tuner;
+    vc__tuner_reset(c);
+    t->clock = m;
+    t->t_prev = now;
+    t->h2d_prev = h2d;
+    try_next(c, 0);
+}
+
 /* A candidate's pass time is known: keep it if it is the best, and choose what to try next. */
 static void measured(vc_cache *c, double pass_s, uint64_t moved) {
     slot_tuner *t = &c->tuner;
@@ -103,11 +113,7 @@ void vc__tuner_on_pass(vc_cache *c, const model_t *m) {
     uint64_t h2d = c->stats.bytes_h2d;
     /* The timing model joined a step group: the group's passes are the cycle now (measure again). */
     if (!t->clock || (t->clock->joined && t->clock->joined == m)) {
-        vc__tuner_reset(c);
-        t->clock = m;
-        t->t_prev = now;
-        t->h2d_prev = h2d;
-        try_next(c, 0);
+        start(c, m, now, h2d);
         return;
     }
     if (t->clock != m) return;
@@ -121,11 +127,7 @@ void vc__tuner_on_pass(vc_cache *c, const model_t *m) {
         if (t->off_track >= TUNER_DRIFT_PASSES) {
             vc__log(c, VC_LOG_INFO, "stream-slots tuner: passes now take %.6f s (%.6f s when tuned): tuning again",
                     pass_s, t->best_t);
-            vc__tuner_reset(c);
-            t->clock = m;
-            t->t_prev = now;
-            t->h2d_prev = h2d;
-            try_next(c, 0);
+            start(c, m, now, h2d);
         }
         return;
     }

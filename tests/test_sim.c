@@ -560,6 +560,16 @@ static void test_segment_bound(void **state) {
     }
 }
 
+/* The configuration bench_streaming runs its sweep with: 1 GB of working memory, and the budget
+ * alone decides (no balanced threshold). Owned by the caller. */
+static vc_config *sweep_config(void) {
+    vc_config *cfg;
+    assert_int_equal(vc_config_create(&cfg), VC_OK);
+    assert_int_equal(vc_config_set(cfg, VC_CFG_DEVICE_WORKING_MEM_GB, "1"), VC_OK);
+    assert_int_equal(vc_config_set(cfg, VC_CFG_OFFLOAD_MAX_GPU_MEMORY, "1"), VC_OK);
+    return cfg;
+}
+
 /* A run reports the segment bound, never below the simple bound; SD 1.5 at a quarter of its bytes
  * on a 55 GB/s link has a byte-heavy middle (its low-resolution blocks) that no schedule can hide. */
 static void test_run_reports_segment_bound(void **state) {
@@ -571,10 +581,7 @@ static void test_run_reports_segment_bound(void **state) {
     run.steps = 4;
     run.bandwidth = 55e9;
     /* as bench_streaming lays the device out: a quarter of the UNet's bytes beside 1 GB of working memory */
-    vc_config *cfg;
-    assert_int_equal(vc_config_create(&cfg), VC_OK);
-    assert_int_equal(vc_config_set(cfg, VC_CFG_DEVICE_WORKING_MEM_GB, "1"), VC_OK);
-    assert_int_equal(vc_config_set(cfg, VC_CFG_OFFLOAD_MAX_GPU_MEMORY, "1"), VC_OK);
+    vc_config *cfg = sweep_config();
     run.config = cfg;
     run.mode = VC_OFFLOAD_MODE_BALANCED;
     run.vram_bytes = 0.25 * (double)vc_workload_step_bytes(wl) + (double)GB;
@@ -699,10 +706,7 @@ static void test_shipped_workloads(void **state) {
 static void test_planner_sdxl_quarter(void **state) {
     (void)state;
     vc_workload *wl = load_shipped("sdxl.yaml", NULL);
-    vc_config *cfg;
-    assert_int_equal(vc_config_create(&cfg), VC_OK);
-    assert_int_equal(vc_config_set(cfg, VC_CFG_DEVICE_WORKING_MEM_GB, "1"), VC_OK);
-    assert_int_equal(vc_config_set(cfg, VC_CFG_OFFLOAD_MAX_GPU_MEMORY, "1"), VC_OK);
+    vc_config *cfg = sweep_config();
     vc_sim_run run;
     vc_sim_run_init(&run);
     run.vram_bytes = 0.25 * (double)vc_workload_step_bytes(wl) + (double)vc_workload_denoiser_working_mem(wl);
@@ -727,10 +731,7 @@ static void test_planner_sdxl_quarter(void **state) {
 static void test_tuned_stream_slots_on_sd15(void **state) {
     (void)state;
     vc_workload *wl = load_shipped("sd15.yaml", NULL);
-    vc_config *cfg;
-    assert_int_equal(vc_config_create(&cfg), VC_OK);
-    assert_int_equal(vc_config_set(cfg, VC_CFG_DEVICE_WORKING_MEM_GB, "1"), VC_OK);
-    assert_int_equal(vc_config_set(cfg, VC_CFG_OFFLOAD_MAX_GPU_MEMORY, "1"), VC_OK);
+    vc_config *cfg = sweep_config();
     vc_sim_run run;
     vc_sim_run_init(&run);
     run.vram_bytes = 0.75 * (double)vc_workload_step_bytes(wl) + (double)GB;

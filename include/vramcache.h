@@ -318,8 +318,9 @@ typedef struct vc_cache_options {
  *  tried costs a pass that lays the device out again (the kept layers load again) and two to four
  *  measured passes: 10 to 25 passes in all, which long runs pay back (a language model's decode,
  *  many images in a row) and one short image does not (SD 1.5, 30 steps: 1.2 × the planner's time
- *  in the simulator; docs/performance.md). It measures again when the pass time moves by more than
- *  25% for three passes in a row, or that model's order is learned again. Only in offload mode
+ *  in the simulator; docs/performance.md). A room's time is the least of its measured passes. It
+ *  measures again when the pass time moves by more than 25% for three passes in a row (six after
+ *  the first such return, then 12, up to 96), or that model's order is learned again. Only in offload mode
  *  balanced with the planned policy (elsewhere it is the planner's region). */
 #define VC_STREAM_SLOTS_TUNE 255u
 

@@ -216,6 +216,8 @@ typedef struct slot_tuner {
     double best_t;        /* ... and its pass time */
     int done;             /* the choice is made */
     unsigned off_track;   /* once done: passes in a row far from best_t */
+    double min_t;         /* the least measured pass of the candidate; < 0: none yet */
+    unsigned retunes;     /* times it tuned again after drifting (backs the next one off) */
 } slot_tuner;
 
 struct vc_cache {

@@ -15,9 +15,10 @@
  * After a switch the first pass is a transition (the device is laid out again) and is not
  * measured; then passes are measured until two in a row agree within 0.5%, or for at most four.
  * A candidate replaces the best only when it is faster by more than 1% (noise on a real GPU; and
- * fewer slots move fewer bytes). The choice is kept until the measured pass time leaves it by
- * more than 25% for three passes in a row (the engine changed resolution, or prefill for
- * decode), or the timing model loses its order: then tuning starts again.
+ * fewer slots move fewer bytes); its time is the least of its measured passes. The choice is kept
+ * until the measured pass time leaves it by more than 25% for three passes in a row (the engine
+ * changed resolution, or prefill for decode; twice as many after each such return, up to 96), or
+ * the timing model loses its order or joins a step group: then tuning starts again.
  *
  * Everything here runs under the cache lock, from schedule.c's pass starts. */
 #include "cache_internal.h"
@@ -54,6 +55,7 @@ static void try_next(vc_cache *c, unsigned slots) {
     t->cand = slots;
     t->passes = 0;
     t->last = -1;
+    t->min_t = -1;
     c->stream_slots = slots; /* each model re-plans at its next pass start (plan_slots differs) */
 }
 
@@ -124,16 +126,24 @@ void vc__tuner_on_pass(vc_cache *c, const model_t *m) {
     if (t->done) {
         int off = fabs(pass_s - t->best_t) > TUNER_DRIFT * t->best_t;
         t->off_track = off ? t->off_track + 1 : 0;
-        if (t->off_track >= TUNER_DRIFT_PASSES) {
+        /* Each time it tunes again it waits twice as long before the next (up to 32 times):
+         * passes that never settle (jitter, an engine doing other work between them) must not
+         * keep the device being laid out again. */
+        unsigned retunes = t->retunes;
+        if (t->off_track >= (unsigned)TUNER_DRIFT_PASSES << (retunes < 5 ? retunes : 5)) {
             vc__log(c, VC_LOG_INFO, "stream-slots tuner: passes now take %.6f s (%.6f s when tuned): tuning again",
                     pass_s, t->best_t);
             start(c, m, now, h2d);
+            t->retunes = retunes + 1;
         }
         return;
     }
     if (++t->passes == 1) return; /* the pass after a switch lays the device out again */
+    /* The least of the measured passes: a pass can take longer than the candidate makes it (the
+     * engine paused between passes, another process used the GPU), hardly shorter. */
+    t->min_t = t->last < 0 || pass_s < t->min_t ? pass_s : t->min_t;
     if (t->last >= 0 && (fabs(pass_s - t->last) <= TUNER_AGREE * pass_s || t->passes > TUNER_MAX_MEASURED)) {
-        measured(c, pass_s, moved);
+        measured(c, t->min_t, moved);
         return;
     }
     t->last = pass_s;

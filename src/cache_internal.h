@@ -207,6 +207,7 @@ typedef struct slot_tuner {
     const model_t *clock; /* the model whose pass starts time the cycle; NULL: not started */
     double t_prev;        /* its last pass start, in the tuner's clock */
     uint64_t h2d_prev;    /* stats.bytes_h2d then */
+    uint64_t late_prev;   /* late_acquires then */
     unsigned cand;        /* the room being measured (0: the planner's region) */
     unsigned passes;      /* pass starts since cand took effect */
     double last;          /* the candidate's previous measured pass, seconds; < 0: none */
@@ -217,6 +218,7 @@ typedef struct slot_tuner {
     int done;             /* the choice is made */
     unsigned off_track;   /* once done: passes in a row far from best_t */
     double min_t;         /* the least measured pass of the candidate; < 0: none yet */
+    uint64_t late_sum;    /* late acquires in its measured passes */
     unsigned retunes;     /* times it tuned again after drifting (backs the next one off) */
 } slot_tuner;
 
@@ -305,6 +307,8 @@ struct vc_cache {
     unsigned stream_slots; /* the region's room in layers the planner uses: 0 (its own) or 1 to 8 */
     unsigned slots_setting; /* vc_cache_options.stream_slots: as above, or VC_STREAM_SLOTS_TUNE */
     slot_tuner tuner;       /* src/slot_tuner.c, with VC_STREAM_SLOTS_TUNE */
+    uint64_t late_acquires; /* acquires whose upload was still running (or not begun): the engine's
+                               stream may wait for it (the tuner's sign that copies can hold a pass up) */
     size_t prefetch_inflight; /* layers prefetched and not acquired yet */
     void *trace;              /* struct trace_writer, when tracing */
 

@@ -9,6 +9,10 @@
  * cache cannot predict on a real GPU, but it sees every pass start, and a denoising loop or a
  * decode runs the same pass tens to thousands of times: a few passes spent trying rooms pay back.
  *
+ * Where every layer the engine acquired in the planner's measured passes had finished uploading,
+ * copies never held a pass up and no room can make it faster: nothing is tried (compute-bound
+ * passes pay no re-layout for the tuner).
+ *
  * How: one model's pass starts time the cycle (the first planned model to start a pass; with
  * several models in turn, start to start of it is the whole cycle). Candidates run in turn: the
  * planner's own region (0), then 1, 2, 3 ... slots while each does better than the one before.
@@ -56,6 +60,7 @@ static void try_next(vc_cache *c, unsigned slots) {
     t->passes = 0;
     t->last = -1;
     t->min_t = -1;
+    t->late_sum = 0;
     c->stream_slots = slots; /* each model re-plans at its next pass start (plan_slots differs) */
 }
 
@@ -78,11 +83,12 @@ static void start(vc_cache *c, const model_t *m, double now, uint64_t h2d) {
     t->clock = m;
     t->t_prev = now;
     t->h2d_prev = h2d;
+    t->late_prev = c->late_acquires;
     try_next(c, 0);
 }
 
 /* A candidate's pass time is known: keep it if it is the best, and choose what to try next. */
-static void measured(vc_cache *c, double pass_s, uint64_t moved) {
+static void measured(vc_cache *c, double pass_s, uint64_t moved, uint64_t late) {
     slot_tuner *t = &c->tuner;
     unsigned s = t->cand;
     t->time[s] = pass_s;
@@ -92,6 +98,13 @@ static void measured(vc_cache *c, double pass_s, uint64_t moved) {
         t->best_t = pass_s;
         if (!moved) { /* nothing streams: the region's room does not matter */
             settle(c, "; nothing streams");
+            return;
+        }
+        /* Every layer the engine acquired had finished uploading: copies never held a pass up, so
+         * no room can make it faster (fewer slots would only move fewer bytes at the same time,
+         * which the 1% rule does not take either). Nothing to try. */
+        if (!late) {
+            settle(c, "; every layer was uploaded before the engine asked for it");
             return;
         }
         try_next(c, 1);
@@ -120,7 +133,8 @@ void vc__tuner_on_pass(vc_cache *c, const model_t *m) {
     }
     if (t->clock != m) return;
     double pass_s = now - t->t_prev;
-    uint64_t moved = h2d - t->h2d_prev;
+    uint64_t moved = h2d - t->h2d_prev, late = c->late_acquires - t->late_prev;
+    t->late_prev = c->late_acquires;
     t->t_prev = now;
     t->h2d_prev = h2d;
     if (t->done) {
@@ -143,10 +157,11 @@ void vc__tuner_on_pass(vc_cache *c, const model_t *m) {
      * engine paused between passes, another process used the GPU), hardly shorter. */
     t->min_t = t->last < 0 || pass_s < t->min_t ? pass_s : t->min_t;
     if (t->last >= 0 && (fabs(pass_s - t->last) <= TUNER_AGREE * pass_s || t->passes > TUNER_MAX_MEASURED)) {
-        measured(c, t->min_t, moved);
+        measured(c, t->min_t, moved, t->late_sum + late);
         return;
     }
     t->last = pass_s;
+    t->late_sum += late;
 }
 
 int vc__tuner_state(const vc_cache *c, unsigned *in_use) {

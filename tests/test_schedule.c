@@ -490,6 +490,28 @@ static void test_stream_slots_tuned_by_measuring(void **state) {
     test_backend_destroy(b);
 }
 
+/* Passes whose every layer has finished uploading before the engine asks for it cannot go faster
+ * with any room: the tuner sees that in the planner's passes and tries nothing, so tuning costs no
+ * re-layout (no plan evictions after the first) and no slower pass. */
+static void test_stream_slots_tuner_leaves_compute_bound_passes_alone(void **state) {
+    (void)state;
+    sim_world w = make_world(12, 64 * KB, 8 * 64 * KB, 1e9, 10e-6, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
+    assert_int_equal(vc_cache_set_stream_slots(w.cache, VC_STREAM_SLOTS_TUNE), VC_OK);
+    double t_first;
+    pass_bytes(&w, 3, 500e-6, &t_first); /* learn the order, plan, lay out */
+    uint64_t plan_evictions = get_stats(w.cache).vram_evictions[VC_EVICT_PLAN];
+    int took = tune_until_settled(&w, 500e-6, 40);
+    assert_true(took <= 4);
+    unsigned slots = 99;
+    assert_int_equal(vc_cache_get_stream_slots(w.cache, &slots, NULL), VC_OK);
+    assert_int_equal(slots, 0);
+    double t_after;
+    pass_bytes(&w, 4, 500e-6, &t_after);
+    assert_int_equal(get_stats(w.cache).vram_evictions[VC_EVICT_PLAN], plan_evictions);
+    assert_true(t_after <= 12 * 500e-6 * 1.01); /* compute-bound: the pass is its compute */
+    free_world(&w);
+}
+
 /* With two models in turn every step (a ControlNet and its UNet), the tuner's timing model joins a
  * step group as they are planned as one: the group's passes time the cycle from then on, and the
  * tuner still chooses. */
@@ -2181,6 +2203,7 @@ int main(void) {
         cmocka_unit_test(test_stream_slots_for_copy_bound_passes),
         cmocka_unit_test(test_stream_slots_tuned_by_measuring),
         cmocka_unit_test(test_stream_slots_tuned_across_a_step_group),
+        cmocka_unit_test(test_stream_slots_tuner_leaves_compute_bound_passes_alone),
         cmocka_unit_test(test_mixed_sizes_settle),
         cmocka_unit_test(test_layout_forced_while_another_model_holds),
         cmocka_unit_test(test_copies_never_overwrite_layers_in_use),

@@ -212,7 +212,6 @@ typedef struct slot_tuner {
     unsigned passes;      /* pass starts since cand took effect */
     double last;          /* the candidate's previous measured pass, seconds; < 0: none */
     double time[VC__MAX_STREAM_SLOTS + 1]; /* each tried candidate's pass time */
-    unsigned tried;       /* bit s: candidate s was measured */
     unsigned best;        /* the fastest candidate so far ... */
     double best_t;        /* ... and its pass time */
     int done;             /* the choice is made */

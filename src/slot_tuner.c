@@ -92,7 +92,6 @@ static void measured(vc_cache *c, double pass_s, uint64_t moved, uint64_t late) 
     slot_tuner *t = &c->tuner;
     unsigned s = t->cand;
     t->time[s] = pass_s;
-    t->tried |= 1u << s;
     if (s == 0) {
         t->best = 0;
         t->best_t = pass_s;

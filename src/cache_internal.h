@@ -522,6 +522,8 @@ void vc__trace_copy(vc_cache *c, const char *what, const layer_t *l, void *ev0, 
 void vc__trace_poll(vc_cache *c, int wait);
 void vc__trace_instant(vc_cache *c, const char *what, const layer_t *l, const char *reason);
 void vc__trace_async(vc_cache *c, const char *cat, const char *name, uint64_t id, int begin, double ts);
+/* A process-wide instant on the evictions track (the stream-slots tuner's decisions). */
+void vc__trace_note(vc_cache *c, const char *cat, const char *name);
 void vc__trace_close(vc_cache *c);
 
 static inline void vc__note_ram(vc_cache *c) {

@@ -28,6 +28,7 @@
 #include "cache_internal.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
@@ -56,6 +57,14 @@ void vc__tuner_model_gone(vc_cache *c, const model_t *m) {
 
 static void try_next(vc_cache *c, unsigned slots) {
     slot_tuner *t = &c->tuner;
+    if (c->trace) {
+        char what[64];
+        if (slots)
+            snprintf(what, sizeof what, "tuner: trying room for %u layer%s", slots, slots > 1 ? "s" : "");
+        else
+            snprintf(what, sizeof what, "tuner: measuring the planner's region");
+        vc__trace_note(c, "stream-slots", what);
+    }
     t->cand = slots;
     t->passes = 0;
     t->last = -1;
@@ -69,6 +78,11 @@ static void settle(vc_cache *c, const char *why) {
     t->done = 1;
     t->off_track = 0;
     c->stream_slots = t->best;
+    if (c->trace) {
+        char what[64];
+        snprintf(what, sizeof what, "tuner: chose %u (0: the planner's region)", t->best);
+        vc__trace_note(c, "stream-slots", what);
+    }
     if (t->best)
         vc__log(c, VC_LOG_INFO, "stream-slots tuner: room for %u layer%s in the streaming region (%.6f s per pass; "
                 "the planner's region: %.6f s)%s", t->best, t->best > 1 ? "s" : "", t->best_t, t->time[0], why);

@@ -151,6 +151,16 @@ void vc__trace_instant(vc_cache *c, const char *what, const layer_t *l, const ch
     fprintf(f, ",\"reason\":\"%s\",\"bytes\":%zu}}", reason, l->bytes);
 }
 
+void vc__trace_note(vc_cache *c, const char *cat, const char *name) {
+    FILE *f = begin_event(c);
+    if (!f) return;
+    /* process-wide instant: a decision about every layer, not one layer's event */
+    fprintf(f, "{\"ph\":\"i\",\"s\":\"p\",\"pid\":1,\"tid\":%d,\"ts\":%.3f,\"cat\":\"%s\",\"name\":", TID_EVICT,
+            vc__trace_now(c) * 1e6, cat);
+    json_put_string(f, name);
+    fputc('}', f);
+}
+
 void vc__trace_async(vc_cache *c, const char *cat, const char *name, uint64_t id, int begin, double ts) {
     FILE *f = begin_event(c);
     if (!f) return;

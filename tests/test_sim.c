@@ -743,7 +743,28 @@ static void test_tuned_stream_slots_on_sd15(void **state) {
     vc_sim_result planner, tuned;
     assert_int_equal(vc_sim_run_workload(wl, &run, &planner), VC_OK);
     run.stream_slots = VC_STREAM_SLOTS_TUNE;
+    char trace[] = "/tmp/vc_test_tuner_XXXXXX";
+    int fd = mkstemp(trace);
+    assert_true(fd >= 0);
+    close(fd);
+    run.trace_path = trace; /* the tuner's decisions are on the timeline */
     assert_int_equal(vc_sim_run_workload(wl, &run, &tuned), VC_OK);
+    run.trace_path = NULL;
+    FILE *f = fopen(trace, "rb");
+    assert_non_null(f);
+    assert_int_equal(fseek(f, 0, SEEK_END), 0);
+    long size = ftell(f);
+    assert_true(size > 0);
+    rewind(f);
+    char *text = malloc((size_t)size + 1);
+    assert_non_null(text);
+    assert_int_equal(fread(text, 1, (size_t)size, f), (size_t)size);
+    text[size] = 0;
+    fclose(f);
+    unlink(trace);
+    assert_non_null(strstr(text, "\"cat\":\"stream-slots\",\"name\":\"tuner: trying room for 2 layers\""));
+    assert_non_null(strstr(text, "\"name\":\"tuner: chose "));
+    free(text);
     if (!(tuned.step_time_s < 0.95 * planner.step_time_s) || !(tuned.step_time_s <= 1.10 * tuned.lower_bound_step_time_s))
         fail_msg("tuned %.6f s, planner %.6f s, bound %.6f s", tuned.step_time_s, planner.step_time_s,
                  tuned.lower_bound_step_time_s);

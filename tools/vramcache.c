@@ -292,9 +292,10 @@ static int write_safetensors_workload(FILE *out, const char *path, double tokens
         kept += l->bytes > 0;
         total += l->bytes;
     }
-    fprintf(out, "# From %s (%zu file%s, %zu tensors): %zu layers%s%s%s (%.3f GB), grouped %s.\n", base,
-            vc_safetensors_file_count(st), vc_safetensors_file_count(st) > 1 ? "s" : "", vc_safetensors_tensor_count(st), kept,
-            prefix ? " named '" : "", prefix ? prefix : "", prefix ? "...'" : "", (double)total / GIB,
+    size_t ntensors = vc_safetensors_tensor_count(st);
+    fprintf(out, "# From %s (%zu file%s, %zu tensor%s): %zu layer%s%s%s%s (%.3f GB), grouped %s.\n", base,
+            vc_safetensors_file_count(st), vc_safetensors_file_count(st) > 1 ? "s" : "", ntensors,
+            ntensors == 1 ? "" : "s", kept, kept == 1 ? "" : "s", prefix ? " named '" : "", prefix ? prefix : "", prefix ? "...'" : "", (double)total / GIB,
             group_depth == VC_SAFETENSORS_EACH_TENSOR ? "one per tensor"
             : group_depth                             ? "by --group-depth"
                                                       : "to the last numbered part of their names");

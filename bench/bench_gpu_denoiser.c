@@ -9,7 +9,11 @@
  * and compared, in the same run, with the lower bound max(compute, (step bytes - budget) / link).
  * Needs a CUDA device with room for the resident run; without one it says so and exits 0.
  *
- *   bench_gpu_denoiser [--workload FILE] [--budget-gb G | --card-gb G [--working-gb W]] [--steps N] [--json]
+ *   bench_gpu_denoiser [--workload FILE] [--budget-gb G | --card-gb G [--working-gb W]] [--steps N]
+ *                      [--stream-slots N|tune] [--json]
+ *
+ * --stream-slots: the cache's vc_cache_options.stream_slots; with tune (VC_STREAM_SLOTS_TUNE) the
+ * warm-up runs until the cache has chosen (at most 80 passes), so the timed steps are the choice's.
  */
 #include <math.h>
 #include <stdio.h>
@@ -76,6 +80,7 @@ int main(int argc, char **argv) {
     const char *path = VC_WORKLOAD_DIR "/flux1-dev.yaml";
     double budget_gb = 9, card_gb = 0, working_gb = 3;
     int steps = 6, json = 0;
+    unsigned slots = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--workload") && i + 1 < argc)
             path = argv[++i];
@@ -87,11 +92,15 @@ int main(int argc, char **argv) {
             working_gb = atof(argv[++i]);
         else if (!strcmp(argv[i], "--steps") && i + 1 < argc)
             steps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--stream-slots") && i + 1 < argc && !strcmp(argv[i + 1], "tune"))
+            slots = VC_STREAM_SLOTS_TUNE, i++;
+        else if (!strcmp(argv[i], "--stream-slots") && i + 1 < argc && atoi(argv[i + 1]) >= 0 && atoi(argv[i + 1]) <= 8)
+            slots = (unsigned)atoi(argv[++i]);
         else if (!strcmp(argv[i], "--json"))
             json = 1;
         else {
             fprintf(stderr, "usage: %s [--workload FILE] [--budget-gb G | --card-gb G [--working-gb W]] [--steps N] "
-                    "[--json]\n", argv[0]);
+                    "[--stream-slots N|tune] [--json]\n", argv[0]);
             return 2;
         }
     }
@@ -171,6 +180,7 @@ int main(int argc, char **argv) {
         o.working_mem = (size_t)(working_gb * GIB);
     }
     o.ram_budget = 1 << 20; /* borrowed pinned weights: the RAM pool is not used */
+    o.stream_slots = slots;
     vc_cache *c;
     if (vc_cache_create(&o, &c) != VC_OK) return 1;
     /* one model per model of the denoiser stage (a ControlNet and its UNet: a step group) */
@@ -200,7 +210,14 @@ int main(int argc, char **argv) {
     double streamed = 0;
     /* Two passes to learn the order and lay the device out; several models form their group at the
      * fourth step and lay it out in the fifth. */
-    for (int st = nmodels > 1 ? -6 : -2; st < steps; st++) {
+    int warm = nmodels > 1 ? 6 : 2, tuning = 0, tuning_passes = 0;
+    for (int st = -warm; st < steps; st++) {
+        /* with the tuner: warm up until it has chosen (the passes before are its measurements) */
+        if (st == -1 && slots == VC_STREAM_SLOTS_TUNE && vc_cache_get_stream_slots(c, NULL, &tuning) == VC_OK &&
+            tuning && tuning_passes < 80) {
+            tuning_passes++;
+            st--;
+        }
         if (st == 0) CK(cudaEventRecord(e0, s));
         for (size_t i = 0; i < n; i++) {
             void *w;
@@ -221,6 +238,10 @@ int main(int argc, char **argv) {
     streamed = ms * 1e-3 / steps;
     vc_stats stats;
     vc_cache_get_stats(c, &stats);
+    unsigned slots_used = 0;
+    vc_cache_get_stream_slots(c, &slots_used, &tuning);
+    char room[48] = "the planner's";
+    if (slots_used) snprintf(room, sizeof room, "room for %u layer%s", slots_used, slots_used > 1 ? "s" : "");
 
     /* the link's limit, for the lower bound */
     void *probe;
@@ -242,17 +263,20 @@ int main(int argc, char **argv) {
         printf(",\"card_gb\":%.2f,"
                "\"working_gb\":%.2f,\"budget_gb\":%.2f,"
                "\"resident_step_s\":%.6f,\"streamed_step_s\":%.6f,\"lower_bound_step_s\":%.6f,\"link_gbps\":%.2f,"
-               "\"speed_vs_resident\":%.4f,\"time_over_bound\":%.4f}\n",
+               "\"speed_vs_resident\":%.4f,\"time_over_bound\":%.4f,\"stream_slots\":%u,\"tuned\":%s,"
+               "\"tuning_passes\":%d}\n",
                card_gb, card_gb > 0 ? working_gb : 0.0, weight_gb, resident, streamed,
-               bound, link / 1e9, resident > 0 ? resident / streamed : 0, streamed / bound);
+               bound, link / 1e9, resident > 0 ? resident / streamed : 0, streamed / bound, slots_used,
+               slots == VC_STREAM_SLOTS_TUNE ? (tuning ? "false" : "true") : "null", tuning_passes);
     } else {
         printf("%s\n%s denoiser, %.2f GB per step, budget %.2f GB, link %.2f GB/s\n"
                "  resident %.4f s/step, streamed %.4f s/step (%.1f%% of resident), lower bound %.4f s (x%.3f)\n"
-               "  prefetches %llu, prefetch hits %llu, misses %llu\n",
+               "  prefetches %llu, prefetch hits %llu, misses %llu; streaming region: %s%s\n",
                why, vc_workload_name(wl), (double)total / GIB, weight_gb, link / 1e9, resident, streamed,
                resident > 0 ? 100 * resident / streamed : 0, bound, streamed / bound,
                (unsigned long long)stats.prefetches, (unsigned long long)stats.prefetch_hits,
-               (unsigned long long)stats.misses);
+               (unsigned long long)stats.misses, room,
+               slots == VC_STREAM_SLOTS_TUNE ? (tuning ? " (still tuning)" : " (tuned)") : "");
     }
     vc_cache_destroy(c);
     if (card) vc_backend_destroy(card);

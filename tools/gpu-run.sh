@@ -46,6 +46,12 @@ if want bench; then
   # the smaller denoisers at half their bytes (SDXL's UNet 4.8 GiB, SD 1.5's 1.6 GiB)
   step denoiser_sdxl 120 ./build-gpu/bench/bench_gpu_denoiser --workload workloads/sdxl.yaml --budget-gb 2.4 --json
   step denoiser_sd15 120 ./build-gpu/bench/bench_gpu_denoiser --workload workloads/sd15.yaml --budget-gb 0.8 --json
+  # the cache measuring the streaming region's room (VC_STREAM_SLOTS_TUNE, session 17): SD 1.5 at
+  # three quarters of its bytes, where the simulator has it 1.215 -> 1.093 x the time bound
+  step denoiser_sd15_tuned 180 ./build-gpu/bench/bench_gpu_denoiser --workload workloads/sd15.yaml --budget-gb 1.2 \
+    --steps 20 --json
+  step denoiser_sd15_tuned_tune 180 ./build-gpu/bench/bench_gpu_denoiser --workload workloads/sd15.yaml \
+    --budget-gb 1.2 --steps 20 --stream-slots tune --json
   # two models every step (a step group, session 5): SD 1.5's ControlNet and UNet at half their bytes
   step denoiser_sd15_controlnet 120 ./build-gpu/bench/bench_gpu_denoiser --workload workloads/sd15-controlnet.yaml \
     --budget-gb 1.14 --json

@@ -512,6 +512,44 @@ static void test_stream_slots_tuner_leaves_compute_bound_passes_alone(void **sta
     free_world(&w);
 }
 
+/* On the host backend the tuner times passes with the real clock (CLOCK_MONOTONIC): passes of a
+ * few microseconds, as noisy as the machine makes them. Whatever it measures, every pass reads the
+ * right bytes, the budget holds, and it comes to a choice (at most four measured passes a room). */
+static void test_stream_slots_tuner_on_the_real_clock(void **state) {
+    (void)state;
+    enum { N = 12 };
+    vc_backend *b = test_backend_create(8 * 64 * KB);
+    vc_cache_options o = sched_options(b, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
+    o.stream_slots = VC_STREAM_SLOTS_TUNE;
+    vc_cache *c;
+    assert_int_equal(vc_cache_create(&o, &c), VC_OK);
+    vc_model_id m = add_model(c, "denoiser");
+    void *w[N];
+    vc_layer_id id[N];
+    for (int i = 0; i < N; i++) {
+        w[i] = malloc(64 * KB);
+        fill_pattern(w[i], 64 * KB, (uint64_t)i + 1);
+        id[i] = add_host_layer(c, m, "layer", w[i], 64 * KB);
+    }
+    int settled = 0;
+    for (int p = 0; p < 200; p++) {
+        for (int i = 0; i < N; i++) {
+            void *d;
+            assert_int_equal(vc_layer_acquire(c, id[i], NULL, &d), VC_OK);
+            assert_true(check_pattern(d, 64 * KB, (uint64_t)i + 1));
+            assert_int_equal(vc_layer_release(c, id[i], NULL), VC_OK);
+        }
+        int tuning = 1;
+        assert_int_equal(vc_cache_get_stream_slots(c, NULL, &tuning), VC_OK);
+        settled |= !tuning;
+    }
+    assert_true(settled);
+    assert_true(get_stats(c).arena_peak_bytes <= 8 * 64 * KB);
+    assert_int_equal(vc_cache_destroy(c), VC_OK);
+    test_backend_destroy(b);
+    for (int i = 0; i < N; i++) free(w[i]);
+}
+
 /* With two models in turn every step (a ControlNet and its UNet), the tuner's timing model joins a
  * step group as they are planned as one: the group's passes time the cycle from then on, and the
  * tuner still chooses. */
@@ -2204,6 +2242,7 @@ int main(void) {
         cmocka_unit_test(test_stream_slots_tuned_by_measuring),
         cmocka_unit_test(test_stream_slots_tuned_across_a_step_group),
         cmocka_unit_test(test_stream_slots_tuner_leaves_compute_bound_passes_alone),
+        cmocka_unit_test(test_stream_slots_tuner_on_the_real_clock),
         cmocka_unit_test(test_mixed_sizes_settle),
         cmocka_unit_test(test_layout_forced_while_another_model_holds),
         cmocka_unit_test(test_copies_never_overwrite_layers_in_use),

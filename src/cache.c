@@ -599,6 +599,18 @@ int vc_cache_print_stats(vc_cache *c, vc_print_fn print, void *user) {
     P("  schedule : %llu prefetches, %llu prefetch hits; orders learned %llu, mismatches %llu, resets %llu\n",
       (unsigned long long)s.prefetches, (unsigned long long)s.prefetch_hits, (unsigned long long)s.orders_learned,
       (unsigned long long)s.order_mismatches, (unsigned long long)s.order_resets);
+    unsigned slots = 0;
+    pthread_mutex_lock(&c->lock);
+    int tuning = vc__tuner_state(c, &slots);
+    unsigned setting = c->slots_setting;
+    pthread_mutex_unlock(&c->lock);
+    if (slots)
+        P("  region   : room for %u streamed layer%s", slots, slots > 1 ? "s" : "");
+    else
+        P("  region   : the planner's room");
+    P("%s\n", setting != VC_STREAM_SLOTS_TUNE ? (setting ? " (stream_slots)" : "")
+             : tuning                        ? " (VC_STREAM_SLOTS_TUNE: measuring)"
+                                             : " (VC_STREAM_SLOTS_TUNE: chosen)");
     P("  layers   : %llu in %llu models; %llu in VRAM, %llu in RAM, %llu held\n",
       (unsigned long long)s.layers, (unsigned long long)s.models, (unsigned long long)s.layers_in_vram,
       (unsigned long long)s.layers_in_ram, (unsigned long long)s.layers_held);

@@ -73,6 +73,7 @@ static void test_printer(void **state) {
     assert_non_null(strstr(s.text, "RAM pool"));
     assert_non_null(strstr(s.text, "1 misses"));
     assert_non_null(strstr(s.text, "for_load=0"));
+    assert_non_null(strstr(s.text, "region   : the planner's room\n"));
     char backend[64];
     snprintf(backend, sizeof backend, "backend %s", vc_backend_name(t.backend));
     assert_non_null(strstr(s.text, backend));

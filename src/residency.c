@@ -1544,13 +1544,18 @@ int vc_layer_acquire(vc_cache *c, vc_layer_id id, vc_stream stream, void **devic
         c->stats.hits++;
         if (c->remote_pins) drain_remote_pins(c, 0, NULL);
         /* The upload may still be in flight: the engine stream waits for it, the host does not. */
-        if (l->upload_pending && !upload_done(c, l) && (++c->late_acquires, 1) &&
-            order_after(c, stream, l->upload_ev) != VC_OK)
-            st = vc__fail(c, VC_ERR_BACKEND, "%s: layer '%s': stream could not wait on the upload: %s",
-                          fn, l->name, vc__take_backend_error());
+        if (l->upload_pending && !upload_done(c, l)) {
+            c->late_acquires++; /* the engine's stream may wait for the copy (the tuner's sign) */
+            if (order_after(c, stream, l->upload_ev) != VC_OK)
+                st = vc__fail(c, VC_ERR_BACKEND, "%s: layer '%s': stream could not wait on the upload: %s",
+                              fn, l->name, vc__take_backend_error());
+        }
     } else {
         st = upload(c, l, stream, 1, fn, &ACQUIRE_REQ);
-        if (st == VC_OK) c->stats.misses++, c->late_acquires++;
+        if (st == VC_OK) {
+            c->stats.misses++;
+            c->late_acquires++; /* uploaded on demand: the engine's stream waits for it */
+        }
         if (st == VC_OK && c->mode == VC_OFFLOAD_MODE_MODEL) st = vc__load_whole_model(c, l, stream, fn);
     }
     if (st == VC_OK) {

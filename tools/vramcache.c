@@ -499,6 +499,14 @@ static int cmd_simulate(int argc, char **argv) {
                a.vram_gb, (double)res.usable_vram_bytes / GIB, a.bandwidth_gbps, a.tflops,
                a.policy == VC_POLICY_LRU ? "lru" : "planned", MODES[mode]);
         if (a.block_layers > 1) printf("engine: %u layers held at once, run as one kernel\n", a.block_layers);
+        if (a.stream_slots == VC_STREAM_SLOTS_TUNE)
+            printf("streaming region: measured by the cache (VC_STREAM_SLOTS_TUNE)%s\n",
+                   res.steps < 96 ? "; trying rooms takes 10 to 25 passes, so with fewer than 96 steps the figures "
+                                    "below may include them (--trace shows the choice)"
+                                  : "");
+        else if (a.stream_slots)
+            printf("streaming region: room for %u layer%s (--stream-slots)\n", a.stream_slots,
+                   a.stream_slots > 1 ? "s" : "");
         if (a.ram_gb > 0 || ram_budget_set(cfg))
             printf("RAM cache budget %.2f GB (%s)\n", (double)res.ram_budget_bytes / GIB,
                    ram_budget_set(cfg) ? "max_cache_ram_gb" : "the default for this much RAM: --ram-gb");

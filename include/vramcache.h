@@ -334,7 +334,9 @@ VC_API int vc_cache_set_stream_slots(vc_cache *cache, unsigned slots);
 
 /** The streaming region's room in use: `*slots` (may be NULL) receives 0 (the planner's region) or
  *  1 to 8 layers, and `*tuning` (may be NULL) 1 while VC_STREAM_SLOTS_TUNE is still measuring, else
- *  0. Thread-safe. Errors: VC_ERR_INVALID_ARG (NULL cache). */
+ *  0. Once the tuner has chosen, an engine may keep `*slots` and pass it as a fixed stream_slots the
+ *  next time it runs the same model on the same GPU and settings, and so skip the measuring.
+ *  Thread-safe. Errors: VC_ERR_INVALID_ARG (NULL cache). */
 VC_API int vc_cache_get_stream_slots(vc_cache *cache, unsigned *slots, int *tuning);
 
 /** Fills the first `struct_size` bytes of `opts` with the defaults documented above and stores

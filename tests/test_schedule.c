@@ -550,6 +550,47 @@ static void test_stream_slots_tuner_on_the_real_clock(void **state) {
     for (int i = 0; i < N; i++) free(w[i]);
 }
 
+/* The model whose passes time the tuner goes (unregistered while the tuner measures it): the tuner
+ * forgets it and measures the next planned model's passes instead; and an order the engine declares
+ * anew for the timing model starts the measuring again. */
+static void test_stream_slots_tuner_outlives_its_timing_model(void **state) {
+    (void)state;
+    plan_log log = {0};
+    vc_model_id a, b;
+    sim_world w = make_world(20, 64 * KB, 512 * KB, 1e9, 10e-6, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
+    logging_cache(&w, &log);
+    a = add_model(w.cache, "first");
+    b = add_model(w.cache, "second");
+    /* each model alone is larger than the device: both stream */
+    for (int i = 0; i < w.n; i++) w.layer[i] = add_host_layer(w.cache, i < 10 ? a : b, "l", w.weights[i], w.bytes[i]);
+    assert_int_equal(vc_cache_set_stream_slots(w.cache, VC_STREAM_SLOTS_TUNE), VC_OK);
+    for (int p = 0; p < 6; p++) model_pass_of(&w, 0, 10); /* a is planned and measured */
+    int tuning = 0;
+    assert_int_equal(vc_cache_get_stream_slots(w.cache, NULL, &tuning), VC_OK);
+    assert_int_equal(tuning, 1);
+    assert_int_equal(vc_model_unregister(w.cache, a), VC_OK);
+    int p = 0;
+    for (; p < 60 && tuning; p++) {
+        model_pass_of(&w, 10, 10);
+        assert_int_equal(vc_cache_get_stream_slots(w.cache, NULL, &tuning), VC_OK);
+    }
+    assert_int_equal(tuning, 0); /* b's passes timed it to a choice */
+    /* b's order declared anew (an engine that changed the pass): measured again */
+    assert_int_equal(vc_model_set_order(w.cache, b, w.layer + 10, 10), VC_OK);
+    for (p = 0; p < 4 && !tuning; p++) {
+        model_pass_of(&w, 10, 10);
+        assert_int_equal(vc_cache_get_stream_slots(w.cache, NULL, &tuning), VC_OK);
+    }
+    assert_int_equal(tuning, 1);
+    for (p = 0; p < 60 && tuning; p++) {
+        model_pass_of(&w, 10, 10);
+        assert_int_equal(vc_cache_get_stream_slots(w.cache, NULL, &tuning), VC_OK);
+    }
+    assert_int_equal(tuning, 0);
+    assert_true(get_stats(w.cache).arena_peak_bytes <= 512 * KB);
+    free_world(&w);
+}
+
 /* With two models in turn every step (a ControlNet and its UNet), the tuner's timing model joins a
  * step group as they are planned as one: the group's passes time the cycle from then on, and the
  * tuner still chooses. */
@@ -2243,6 +2284,7 @@ int main(void) {
         cmocka_unit_test(test_stream_slots_tuned_across_a_step_group),
         cmocka_unit_test(test_stream_slots_tuner_leaves_compute_bound_passes_alone),
         cmocka_unit_test(test_stream_slots_tuner_on_the_real_clock),
+        cmocka_unit_test(test_stream_slots_tuner_outlives_its_timing_model),
         cmocka_unit_test(test_mixed_sizes_settle),
         cmocka_unit_test(test_layout_forced_while_another_model_holds),
         cmocka_unit_test(test_copies_never_overwrite_layers_in_use),

@@ -1319,6 +1319,13 @@ int vc_model_set_order(vc_cache *c, vc_model_id model, const vc_layer_id *ids, s
         }
     for (size_t i = 0; i < n; i++) order[i]->in_order = 1;
     m->recording = 0;
+    if (m->order_valid && m->order_n == n && !memcmp(m->order, order, n * sizeof(*order))) {
+        /* The order it runs by already (an engine declaring it at every generation): it becomes
+         * declared, and the plan, the layout and any step group stay as they are (installing it
+         * again would lay the device out afresh, reloading every kept layer). */
+        m->order_declared = 1;
+        goto done;
+    }
     install_order(c, m, order, n, 1);
     order = NULL;
     goto done;

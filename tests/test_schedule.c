@@ -551,8 +551,8 @@ static void test_stream_slots_tuner_on_the_real_clock(void **state) {
 }
 
 /* The model whose passes time the tuner goes (unregistered while the tuner measures it): the tuner
- * forgets it and measures the next planned model's passes instead; and an order the engine declares
- * anew for the timing model starts the measuring again. */
+ * forgets it and measures the next planned model's passes instead; declaring the order the timing
+ * model already runs by changes nothing, and another order starts the measuring again. */
 static void test_stream_slots_tuner_outlives_its_timing_model(void **state) {
     (void)state;
     plan_log log = {0};
@@ -575,19 +575,62 @@ static void test_stream_slots_tuner_outlives_its_timing_model(void **state) {
         assert_int_equal(vc_cache_get_stream_slots(w.cache, NULL, &tuning), VC_OK);
     }
     assert_int_equal(tuning, 0); /* b's passes timed it to a choice */
-    /* b's order declared anew (an engine that changed the pass): measured again */
+    /* the same order declared: nothing changes, the choice stays */
     assert_int_equal(vc_model_set_order(w.cache, b, w.layer + 10, 10), VC_OK);
-    for (p = 0; p < 4 && !tuning; p++) {
-        model_pass_of(&w, 10, 10);
-        assert_int_equal(vc_cache_get_stream_slots(w.cache, NULL, &tuning), VC_OK);
-    }
+    model_pass_of(&w, 10, 10);
+    assert_int_equal(vc_cache_get_stream_slots(w.cache, NULL, &tuning), VC_OK);
+    assert_int_equal(tuning, 0);
+    /* another order declared (an engine that changed its pass: here the layers backwards), and
+     * run: measured again */
+    vc_layer_id back[10];
+    for (int i = 0; i < 10; i++) back[i] = w.layer[19 - i];
+    assert_int_equal(vc_model_set_order(w.cache, b, back, 10), VC_OK);
+    assert_int_equal(vc_cache_get_stream_slots(w.cache, NULL, &tuning), VC_OK);
     assert_int_equal(tuning, 1);
-    for (p = 0; p < 60 && tuning; p++) {
-        model_pass_of(&w, 10, 10);
+    for (p = 0; p < 64 && tuning; p++) {
+        for (int i = 19; i >= 10; i--) {
+            void *d;
+            assert_int_equal(vc_layer_acquire(w.cache, w.layer[i], w.stream, &d), VC_OK);
+            assert_true(check_pattern(d, w.bytes[i], (uint64_t)i + 1));
+            kernel(w.sim, w.stream, 2e-5, d, w.bytes[i], NULL, NULL);
+            assert_int_equal(vc_layer_release(w.cache, w.layer[i], w.stream), VC_OK);
+        }
+        vc_sim_stream_synchronize(w.sim, w.stream);
         assert_int_equal(vc_cache_get_stream_slots(w.cache, NULL, &tuning), VC_OK);
     }
     assert_int_equal(tuning, 0);
     assert_true(get_stats(w.cache).arena_peak_bytes <= 512 * KB);
+    free_world(&w);
+}
+
+/* An engine may declare a model's order at every generation: the order it already runs by (learned
+ * or declared) changes nothing but becoming declared (no new plan, no layout: the kept layers stay
+ * and every pass moves what it moved before); another order is planned and laid out anew. */
+static void test_declaring_the_same_order_again_changes_nothing(void **state) {
+    (void)state;
+    sim_world w = make_world(12, 64 * KB, 8 * 64 * KB, 1e9, 10e-6, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
+    pass_bytes(&w, 3, 20e-6, NULL); /* learned, planned, laid out */
+    double before = pass_bytes(&w, 2, 20e-6, NULL);
+    vc_stats a = get_stats(w.cache);
+    for (int k = 0; k < 2; k++) { /* learned -> declared, then declared -> declared */
+        assert_int_equal(vc_model_set_order(w.cache, w.model, w.layer, 12), VC_OK);
+        int known = 0, declared = 0;
+        size_t n = 0;
+        assert_int_equal(vc_model_get_order(w.cache, w.model, &known, &declared, &n), VC_OK);
+        assert_true(known && declared && n == 12);
+        assert_true(pass_bytes(&w, 2, 20e-6, NULL) == before);
+    }
+    vc_stats b = get_stats(w.cache);
+    assert_int_equal(b.vram_evictions[VC_EVICT_PLAN], a.vram_evictions[VC_EVICT_PLAN]);
+    assert_int_equal(b.order_resets, a.order_resets);
+    /* another order (the first two layers swapped) is installed: the device is laid out for it */
+    vc_layer_id swapped[12];
+    memcpy(swapped, w.layer, sizeof swapped);
+    swapped[0] = w.layer[1];
+    swapped[1] = w.layer[0];
+    assert_int_equal(vc_model_set_order(w.cache, w.model, swapped, 12), VC_OK);
+    pass_bytes(&w, 1, 20e-6, NULL);
+    assert_true(get_stats(w.cache).vram_evictions[VC_EVICT_PLAN] > b.vram_evictions[VC_EVICT_PLAN]);
     free_world(&w);
 }
 
@@ -2285,6 +2328,7 @@ int main(void) {
         cmocka_unit_test(test_stream_slots_tuner_leaves_compute_bound_passes_alone),
         cmocka_unit_test(test_stream_slots_tuner_on_the_real_clock),
         cmocka_unit_test(test_stream_slots_tuner_outlives_its_timing_model),
+        cmocka_unit_test(test_declaring_the_same_order_again_changes_nothing),
         cmocka_unit_test(test_mixed_sizes_settle),
         cmocka_unit_test(test_layout_forced_while_another_model_holds),
         cmocka_unit_test(test_copies_never_overwrite_layers_in_use),

@@ -326,10 +326,11 @@ typedef struct vc_cache_options {
  *  (elsewhere it is the planner's region). Traces show each room tried and the choice. */
 #define VC_STREAM_SLOTS_TUNE 255u
 
-/** Changes vc_cache_options.stream_slots (0 to 8, or VC_STREAM_SLOTS_TUNE, which starts measuring
- *  again) for the passes to come: each model is planned again as its next pass begins (an engine
- *  switching between prefill and decode). Thread-safe. Errors: VC_ERR_INVALID_ARG (NULL, a value
- *  outside those). */
+/** Changes vc_cache_options.stream_slots (0 to 8, or VC_STREAM_SLOTS_TUNE, which starts measuring)
+ *  for the passes to come: each model is planned again as its next pass begins (an engine switching
+ *  between prefill and decode). The value in force already changes nothing (an engine may set it at
+ *  every generation; the tuner goes on; to make it measure afresh, set 0 and then
+ *  VC_STREAM_SLOTS_TUNE). Thread-safe. Errors: VC_ERR_INVALID_ARG (NULL, a value outside those). */
 VC_API int vc_cache_set_stream_slots(vc_cache *cache, unsigned slots);
 
 /** The streaming region's room in use: `*slots` (may be NULL) receives 0 (the planner's region) or

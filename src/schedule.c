@@ -1253,16 +1253,20 @@ int vc_cache_set_stream_slots(vc_cache *c, unsigned slots) {
                                  "chooses), 1 to %d, or VC_STREAM_SLOTS_TUNE (%u)", slots, VC__MAX_STREAM_SLOTS,
                                  VC_STREAM_SLOTS_TUNE);
     pthread_mutex_lock(&c->lock);
+    if (slots == c->slots_setting) { /* (an engine setting it at every generation: the tuner goes on) */
+        pthread_mutex_unlock(&c->lock);
+        return VC_OK;
+    }
     if (slots == VC_STREAM_SLOTS_TUNE)
         vc__log(c, VC_LOG_INFO, "streaming region: its room is measured, from the next pass");
-    else if (c->slots_setting != slots && slots)
+    else if (slots)
         vc__log(c, VC_LOG_INFO, "streaming region: room for %u layer%s, from each model's next pass", slots,
                 slots > 1 ? "s" : "");
-    else if (c->slots_setting != slots)
+    else
         vc__log(c, VC_LOG_INFO, "streaming region: the planner chooses its room again, from each model's next pass");
     c->slots_setting = slots;
     c->stream_slots = slots == VC_STREAM_SLOTS_TUNE ? 0 : slots; /* each model's next pass re-plans */
-    vc__tuner_reset(c); /* (with TUNE: measuring starts again) */
+    vc__tuner_reset(c); /* (to TUNE: measuring starts) */
     pthread_mutex_unlock(&c->lock);
     return VC_OK;
 }

@@ -425,6 +425,11 @@ static void test_stream_slots_tuned_by_measuring(void **state) {
     assert_true(b_tuned <= b_planner - 64 * KB); /* a layer less per pass ... */
     assert_true(b_tuned >= 4 * 64 * KB);         /* never below what must stream ... */
     assert_true(t_tuned < t_planner * 0.95);     /* ... and faster, which is what it measured */
+    /* the engine setting it again (at its next generation) changes nothing: the choice stays */
+    assert_int_equal(vc_cache_set_stream_slots(w.cache, VC_STREAM_SLOTS_TUNE), VC_OK);
+    assert_int_equal(vc_cache_get_stream_slots(w.cache, &slots, &tuning), VC_OK);
+    assert_int_equal(slots, 1);
+    assert_int_equal(tuning, 0);
 
     /* The engine's compute grows a hundredfold (a prefill after decoding): the passes take far
      * longer than when tuned, so it measures again; the copies now hide behind compute whatever the

@@ -264,6 +264,24 @@ static int parse_number(const char *t, double *out) {
     return 0;
 }
 
+/* A decimal written as a string (quoted in the file, in the environment, through vc_config_set)
+ * with '_' between digits, "1_000": Python's float() and InvokeAI's settings (pydantic) read it so.
+ * Copies it without the underscores into buf; -1 when an underscore is not between two digits
+ * ("_1", "1_", "1__0", "1_.5"), as Python refuses those too. */
+static int strip_digit_underscores(const char *t, char *buf, size_t size) {
+    size_t n = 0;
+    for (const char *p = t; *p; p++) {
+        if (*p == '_') {
+            if (p == t || !isdigit((unsigned char)p[-1]) || !isdigit((unsigned char)p[1])) return -1;
+            continue;
+        }
+        if (n + 1 >= size) return -1;
+        buf[n++] = *p;
+    }
+    buf[n] = '\0';
+    return 0;
+}
+
 static void format_number(double v, char *buf, size_t size) {
     if (v == floor(v) && fabs(v) < 1e15)
         snprintf(buf, size, "%.0f", v);
@@ -303,6 +321,10 @@ int vc__cfg_parse(const cfg_key_def *def, const char *text, cfg_text_kind kind, 
         /* (a plain scalar reaches us trimmed: YAML drops the spaces around it) */
         int yaml11 = kind == CFG_TEXT_YAML_PLAIN && yaml11_number(text, &v, note, sizeof note) == 0;
         int bad = !yaml11 && parse_number(text, &v) != 0;
+        char plain[128];
+        if (bad && kind != CFG_TEXT_YAML_PLAIN && strchr(text, '_') &&
+            strip_digit_underscores(text, plain, sizeof plain) == 0)
+            bad = parse_number(plain, &v) != 0; /* a string "1_000", as pydantic reads it */
         if (yaml11 && note[0]) snprintf(warn, warn_size, "%s: %s", def->name, note);
         if (!bad) bad = def->min_exclusive ? !(v > def->min) : !(v >= def->min);
         if (!bad) bad = v > def->max;

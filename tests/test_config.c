@@ -313,7 +313,8 @@ static void test_yaml11_numbers_as_invokeai_reads_them(void **state) {
     /* InvokeAI loads invokeai.yaml with PyYAML (YAML 1.1): an unquoted 014 is octal 12, 0x10 is
      * 16, 1_000 is 1000, 1:30 is 90. The same file must mean the same to the cache; the readings a
      * user may not expect (octal, base 60) come with a warning. Quoted, they are strings, read as
-     * decimals (or refused) as before. */
+     * decimals (or refused), with '_' between digits as InvokeAI's settings (pydantic, as Python's
+     * float()) take it: '1_000' is 1000, '1__0' and '_1' are refused. */
     struct {
         const char *text;
         double want; /* -1: refused */
@@ -323,8 +324,9 @@ static void test_yaml11_numbers_as_invokeai_reads_them(void **state) {
         {"0b1100", 12, 0},   {"1_000", 1000, 0},   {"1_0.5", 10.5, 0},  {"1:30", 90, 1},    {"1:30.5", 90.5, 1},
         {"1:3", 63, 1},      {"09", 9, 0},         {"012.5", 12.5, 0},  {"1e3", 1000, 0},   {"1.5e+1", 15, 0},
         {"0", -1, 0},        {"1:60", -1, 0},      {"1:030", -1, 0},    {"0x", -1, 0},      {"0b12", -1, 0},
-        {"\"014\"", 14, 0},  {"\"0x10\"", -1, 0},  {"'1_000'", -1, 0},  {".inf", -1, 0},    {"0:30", -1, 0},
-        {"1__0", 10, 0},     {" 014 ", 12, 1},
+        {"\"014\"", 14, 0},  {"\"0x10\"", -1, 0},  {"'1_000'", 1000, 0}, {".inf", -1, 0},    {"0:30", -1, 0},
+        {"1__0", 10, 0},     {" 014 ", 12, 1},     {"'1_2.5'", 12.5, 0}, {"'1__0'", -1, 0},  {"'_1'", -1, 0},
+        {"'1_'", -1, 0},     {"'1_.5'", -1, 0},    {"\"1_2e1\"", 120, 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         int warned = 0;
@@ -339,6 +341,9 @@ static void test_yaml11_numbers_as_invokeai_reads_them(void **state) {
     assert_int_equal(vc_config_set(cfg, VC_CFG_MAX_CACHE_RAM_GB, "014"), VC_OK);
     assert_true(num(cfg, VC_CFG_MAX_CACHE_RAM_GB) == 14.0);
     assert_int_equal(vc_config_set(cfg, VC_CFG_MAX_CACHE_RAM_GB, "0x10"), VC_ERR_CONFIG);
+    assert_int_equal(vc_config_set(cfg, VC_CFG_MAX_CACHE_RAM_GB, "2_4"), VC_OK);
+    assert_true(num(cfg, VC_CFG_MAX_CACHE_RAM_GB) == 24.0);
+    assert_int_equal(vc_config_set(cfg, VC_CFG_MAX_CACHE_RAM_GB, "2__4"), VC_ERR_CONFIG);
     vc_config_destroy(cfg);
 }
 

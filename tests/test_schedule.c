@@ -387,6 +387,19 @@ static void test_stream_slots_for_copy_bound_passes(void **state) {
     test_backend_destroy(b);
 }
 
+/* Two models of ten 64 KB layers each (w's layers 0-9 and 10-19) on a `device`-byte simulated GPU,
+ * copies of 66 us, logging to `log`, the cache measuring its region's room (VC_STREAM_SLOTS_TUNE). */
+static sim_world tuned_two_model_world(plan_log *log, size_t device, const char *first, const char *second,
+                                       vc_model_id *a, vc_model_id *b) {
+    sim_world w = make_world(20, 64 * KB, device, 1e9, 10e-6, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
+    logging_cache(&w, log);
+    *a = add_model(w.cache, first);
+    *b = add_model(w.cache, second);
+    for (int i = 0; i < w.n; i++) w.layer[i] = add_host_layer(w.cache, i < 10 ? *a : *b, "l", w.weights[i], w.bytes[i]);
+    assert_int_equal(vc_cache_set_stream_slots(w.cache, VC_STREAM_SLOTS_TUNE), VC_OK);
+    return w;
+}
+
 /* Passes of `compute` seconds a layer until the stream-slots tuner has chosen; fails past `limit`.
  * Returns the passes it took. */
 static int tune_until_settled(sim_world *w, double compute, int limit) {
@@ -562,13 +575,8 @@ static void test_stream_slots_tuner_outlives_its_timing_model(void **state) {
     (void)state;
     plan_log log = {0};
     vc_model_id a, b;
-    sim_world w = make_world(20, 64 * KB, 512 * KB, 1e9, 10e-6, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
-    logging_cache(&w, &log);
-    a = add_model(w.cache, "first");
-    b = add_model(w.cache, "second");
     /* each model alone is larger than the device: both stream */
-    for (int i = 0; i < w.n; i++) w.layer[i] = add_host_layer(w.cache, i < 10 ? a : b, "l", w.weights[i], w.bytes[i]);
-    assert_int_equal(vc_cache_set_stream_slots(w.cache, VC_STREAM_SLOTS_TUNE), VC_OK);
+    sim_world w = tuned_two_model_world(&log, 512 * KB, "first", "second", &a, &b);
     for (int p = 0; p < 6; p++) model_pass_of(&w, 0, 10); /* a is planned and measured */
     int tuning = 0;
     assert_int_equal(vc_cache_get_stream_slots(w.cache, NULL, &tuning), VC_OK);
@@ -646,12 +654,8 @@ static void test_stream_slots_tuned_across_a_step_group(void **state) {
     (void)state;
     plan_log log = {0};
     vc_model_id a, b;
-    sim_world w = make_world(20, 64 * KB, 640 * KB, 1e9, 10e-6, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
-    logging_cache(&w, &log);
-    a = add_model(w.cache, "controlnet");
-    b = add_model(w.cache, "unet");
-    for (int i = 0; i < w.n; i++) w.layer[i] = add_host_layer(w.cache, i < 10 ? a : b, "l", w.weights[i], w.bytes[i]);
-    assert_int_equal(vc_cache_set_stream_slots(w.cache, VC_STREAM_SLOTS_TUNE), VC_OK);
+    sim_world w = tuned_two_model_world(&log, 640 * KB, "controlnet", "unet", &a, &b);
+    (void)a, (void)b;
     int tuning = 1, steps = 0;
     for (; steps < 80 && tuning; steps++) {
         model_pass_of(&w, 0, 10);

@@ -209,6 +209,7 @@ typedef struct slot_tuner {
     uint64_t h2d_prev;    /* stats.bytes_h2d then */
     uint64_t late_prev;   /* late_acquires then */
     unsigned cand;        /* the room being measured (0: the planner's region) */
+    unsigned first;       /* the first room tried after the planner's (the engine's hold window) */
     unsigned passes;      /* pass starts since cand took effect */
     double last;          /* the candidate's previous measured pass, seconds; < 0: none */
     double time[VC__MAX_STREAM_SLOTS + 1]; /* each tried candidate's pass time */

@@ -15,7 +15,8 @@
  *
  * How: one model's pass starts time the cycle (the first planned model to start a pass; with
  * several models in turn, start to start of it is the whole cycle). Candidates run in turn: the
- * planner's own region (0), then 1, 2, 3 ... slots while each does better than the one before.
+ * planner's own region (0), then 1, 2, 3 ... slots while each does better than the one before
+ * (from the engine's hold window up, for an engine holding blocks of layers at once).
  * After a switch the first pass is a transition (the device is laid out again) and is not
  * measured; then passes are measured until two in a row agree within 0.5%, or for at most four.
  * A candidate replaces the best only when it is faster by more than 1% (noise on a real GPU; and
@@ -120,16 +121,27 @@ static void measured(vc_cache *c, double pass_s, uint64_t moved, uint64_t late) 
             settle(c, "; every layer was uploaded before the engine asked for it");
             return;
         }
-        try_next(c, 1);
+        /* An engine that holds a block of layers at once needs the block's streamed layers in the
+         * region together: rooms of fewer layers than that only push kept layers out. */
+        unsigned hold = t->clock->plan_hold > 1 ? t->clock->plan_hold : 1;
+        if (hold > VC__MAX_STREAM_SLOTS) {
+            settle(c, "; the engine holds more layers at once than a fixed room takes");
+            return;
+        }
+        t->first = hold;
+        try_next(c, hold);
         return;
     }
     if (pass_s < t->best_t * (1.0 - TUNER_HYSTERESIS)) {
         t->best = s;
         t->best_t = pass_s;
     }
-    /* Rooms of 2 and up: go on while each does better than the one before (by more than noise). */
-    if (s == 1 || (s < VC__MAX_STREAM_SLOTS && pass_s < t->time[s - 1] * (1.0 - TUNER_AGREE))) try_next(c, s + 1);
-    else settle(c, "");
+    /* After the first room, always the next; from then on while each does better than the one
+     * before (by more than noise). */
+    if (s < VC__MAX_STREAM_SLOTS && (s == t->first || pass_s < t->time[s - 1] * (1.0 - TUNER_AGREE)))
+        try_next(c, s + 1);
+    else
+        settle(c, "");
 }
 
 void vc__tuner_on_pass(vc_cache *c, const model_t *m) {

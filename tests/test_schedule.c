@@ -1727,6 +1727,42 @@ static void test_blocks_held_at_once(void **state) {
     free_world(&w);
 }
 
+/* The tuner with an engine that holds blocks of four layers: rooms of fewer layers than a block
+ * only push kept layers out (the block's streamed layers must all be resident together), so it
+ * never tries them; it still comes to a choice, and the data and the budget hold throughout. */
+static void test_stream_slots_tuner_with_blocks_held_at_once(void **state) {
+    (void)state;
+    enum { N = 48, BLOCK = 4 };
+    size_t sizes[N], total = 0;
+    for (int i = 0; i < N; i++) total += sizes[i] = 16 * KB + (size_t)(i % 3) * 4 * KB;
+    sim_world w = make_world_sized(N, 0, sizes, total / 2, 1e9, 1e-6, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
+    assert_int_equal(vc_cache_set_stream_slots(w.cache, VC_STREAM_SLOTS_TUNE), VC_OK);
+    int tuning = 1, step = 0, tried_below_block = 0;
+    for (; step < 80 && tuning; step++) {
+        for (int i = 0; i < N; i += BLOCK) {
+            void *ptrs[BLOCK];
+            for (int j = i; j < i + BLOCK; j++) {
+                assert_int_equal(vc_layer_acquire(w.cache, w.layer[j], w.stream, &ptrs[j - i]), VC_OK);
+                assert_true(check_pattern(ptrs[j - i], w.bytes[j], (uint64_t)j + 1));
+            }
+            double s, e;
+            assert_int_equal(vc_sim_compute_reading(w.sim, w.stream, BLOCK * 5e-6, BLOCK, ptrs, &w.bytes[i], &s, &e),
+                             VC_OK);
+            for (int j = i; j < i + BLOCK; j++)
+                assert_int_equal(vc_layer_release(w.cache, w.layer[j], w.stream), VC_OK);
+            vc_sim_wait_until(w.sim, s);
+        }
+        vc_sim_stream_synchronize(w.sim, w.stream);
+        unsigned slots = 0;
+        assert_int_equal(vc_cache_get_stream_slots(w.cache, &slots, &tuning), VC_OK);
+        tried_below_block |= slots > 0 && slots < BLOCK;
+    }
+    assert_int_equal(tuning, 0);
+    assert_false(tried_below_block);
+    assert_true(get_stats(w.cache).arena_peak_bytes <= total / 2);
+    free_world(&w);
+}
+
 static void test_changed_order_is_detected(void **state) {
     (void)state;
     sim_world w = make_world(6, 16 * KB, 1 * MB, 1e9, 0, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
@@ -2338,6 +2374,7 @@ int main(void) {
         cmocka_unit_test(test_stream_slots_tuner_on_the_real_clock),
         cmocka_unit_test(test_stream_slots_tuner_outlives_its_timing_model),
         cmocka_unit_test(test_declaring_the_same_order_again_changes_nothing),
+        cmocka_unit_test(test_stream_slots_tuner_with_blocks_held_at_once),
         cmocka_unit_test(test_mixed_sizes_settle),
         cmocka_unit_test(test_layout_forced_while_another_model_holds),
         cmocka_unit_test(test_copies_never_overwrite_layers_in_use),

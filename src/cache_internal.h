@@ -9,6 +9,7 @@
 #include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <time.h>
 
 #include "arena.h"
 #include "slot_table.h"
@@ -377,6 +378,13 @@ void vc__log(const vc_cache *c, vc_log_level level, const char *fmt, ...)
 
 #define VC_GB ((size_t)1 << 30)
 #define VC_MB ((size_t)1 << 20)
+
+/* CLOCK_MONOTONIC in seconds (the host's clock for traces, the keep-alive and the tuner). */
+static inline double vc__mono_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
 
 static inline size_t sat_add(size_t a, size_t b) { return a > SIZE_MAX - b ? SIZE_MAX : a + b; }
 static inline size_t sat_sub(size_t a, size_t b) { return a > b ? a - b : 0; }

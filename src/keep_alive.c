@@ -16,12 +16,6 @@
 
 #include "cache_internal.h"
 
-static double mono_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 /* Something is in use now: a held or loading layer, or an active reservation. */
 static int in_use(const vc_cache *c) {
     if (c->reservations) return 1;
@@ -81,15 +75,15 @@ static void *keep_alive_main(void *arg) {
     const double tick = c->keep_alive_s / 8;
     pthread_mutex_lock(&c->lock);
     uint64_t seen = c->use_clock;
-    double idle_since = mono_now();
+    double idle_since = vc__mono_seconds();
     int cleared = 0;
     while (!c->keep_alive_stop) {
-        double wake = mono_now() + tick;
+        double wake = vc__mono_seconds() + tick;
         struct timespec ts = {.tv_sec = (time_t)wake, .tv_nsec = (long)((wake - (double)(time_t)wake) * 1e9)};
         if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
         pthread_cond_timedwait(&c->keep_alive_cv, &c->lock, &ts);
         if (c->keep_alive_stop) break;
-        double now = mono_now();
+        double now = vc__mono_seconds();
         if (c->use_clock != seen || in_use(c)) { /* used since the last look: idle from now on */
             seen = c->use_clock;
             idle_since = now;

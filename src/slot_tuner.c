@@ -31,7 +31,6 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 
 #define TUNER_AGREE 0.005       /* two measured passes this close: the candidate's time */
 #define TUNER_MAX_MEASURED 4    /* ... or the last of this many */
@@ -40,10 +39,7 @@
 #define TUNER_DRIFT_PASSES 3    /* ... for this many passes in a row */
 
 static double tuner_clock(vc_cache *c) {
-    if (c->ops->now) return c->ops->now(c->bctx); /* the simulator's virtual clock */
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+    return c->ops->now ? c->ops->now(c->bctx) : vc__mono_seconds(); /* (the simulator's clock is virtual) */
 }
 
 void vc__tuner_reset(vc_cache *c) {

@@ -30,16 +30,10 @@ typedef struct trace_writer {
     pending_copy *head, *tail;
 } trace_writer;
 
-static double mono(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 double vc__trace_now(vc_cache *c) {
     trace_writer *t = c->trace;
     if (c->ops->now) return c->ops->now(c->bctx);
-    return t ? mono() - t->t0 : 0.0;
+    return t ? vc__mono_seconds() - t->t0 : 0.0;
 }
 
 
@@ -198,7 +192,7 @@ int vc_cache_trace_start(vc_cache *c, const char *path) {
     }
     t->f = f;
     t->first = 1;
-    t->t0 = mono();
+    t->t0 = vc__mono_seconds();
     c->trace = t;
     fputs("{\"displayTimeUnit\":\"ms\",\"traceEvents\":[", f);
     static const char *const tracks[] = {"", "h2d copy engine", "d2h copy engine", "evictions", "holds",

@@ -31,6 +31,9 @@
 #include "vramcache_sim.h"
 
 #define GIB 1073741824.0
+/* Steps at least for a run that shows VC_STREAM_SLOTS_TUNE's choice: trying rooms takes 10 to 25
+ * passes, and a run's figures are over its second half. */
+#define TUNE_STEPS 96
 
 static void to_stderr(void *user, const char *text) {
     (void)user;
@@ -501,9 +504,9 @@ static int cmd_simulate(int argc, char **argv) {
         if (a.block_layers > 1) printf("engine: %u layers held at once, run as one kernel\n", a.block_layers);
         if (a.stream_slots == VC_STREAM_SLOTS_TUNE)
             printf("streaming region: measured by the cache (VC_STREAM_SLOTS_TUNE)%s\n",
-                   res.steps < 96 ? "; trying rooms takes 10 to 25 passes, so with fewer than 96 steps the figures "
-                                    "below may include them (--trace shows the choice)"
-                                  : "");
+                   res.steps < TUNE_STEPS ? "; trying rooms takes 10 to 25 passes, so with fewer than 96 steps "
+                                            "the figures below may include them (--trace shows the choice)"
+                                          : "");
         else if (a.stream_slots)
             printf("streaming region: room for %u layer%s (--stream-slots)\n", a.stream_slots,
                    a.stream_slots > 1 ? "s" : "");
@@ -644,8 +647,8 @@ static int cmd_plan(int argc, char **argv) {
         }
     }
     /* For engines: with the cache measuring its streaming region's room (VC_STREAM_SLOTS_TUNE), what
-     * balanced mode gives once tuned. Trying rooms takes 10 to 25 passes, so a run of 96 steps at
-     * least (the figures are its second half's); said only when more than 2% faster. */
+     * balanced mode gives once tuned (a run of TUNE_STEPS at least); said only when more than 2%
+     * faster. */
     vc_sim_result tuned;
     int tuned_faster = 0;
     if (best == VC_OFFLOAD_MODE_BALANCED && !ram.held && a.stream_slots == 0) {
@@ -654,7 +657,7 @@ static int cmd_plan(int argc, char **argv) {
         run_init_from(&a, cfg, &r);
         r.policy = VC_POLICY_PLANNED;
         r.stream_slots = VC_STREAM_SLOTS_TUNE;
-        r.steps = a.steps > 96 ? a.steps : 96;
+        r.steps = a.steps > TUNE_STEPS ? a.steps : TUNE_STEPS;
         r.trace_path = NULL;
         tuned_faster = vc_sim_run_workload(wl, &r, &tuned) == VC_OK &&
                        tuned.step_time_s < 0.98 * res[best].step_time_s;

@@ -124,18 +124,18 @@ struct vc_model_rec {
     uint64_t last_tick; /* c->use_clock at its latest acquire */
     size_t vram_layers; /* its layers resident now */
     size_t plan_capacity; /* the weight limit its plan was made for; 0: no plan */
-    int plan_shared;      /* its plan was made beside another model in use (schedule.c) */
+    int plan_shared;      /* its plan was made beside another model in use (plan.c) */
     int layout_pending;   /* a plan waits to lay the device out until nothing there is pinned */
     size_t pending_kept, pending_stream; /* ... its kept bytes and streaming region */
 
-    /* Blocks held at once (schedule.c, hold_window): the plan's region takes two of them. */
+    /* Blocks held at once (plan.c, vc__hold_window): the plan's region takes two of them. */
     unsigned held_now;       /* its layers held now */
     unsigned held_peak_cur;  /* the most held at once in the pass under way ... */
     unsigned held_peak;      /* ... and in the pass before (an engine holding a block of layers) */
     unsigned plan_hold;      /* the layers held at once the plan was made for */
     unsigned plan_slots;     /* the cache's stream_slots when the plan was made */
 
-    /* Step groups (schedule.c): models that run in turn every step (a ControlNet, then the UNet it
+    /* Step groups (step_group.c): models that run in turn every step (a ControlNet, then the UNet it
      * conditions; or an adapter's layers between the UNet's) are planned as one, through a hidden
      * group model whose order is their acquires over one step. */
     model_t *joined;      /* a member: the group that plans its layers; NULL when planned alone */
@@ -253,20 +253,20 @@ struct vc_cache {
     arena sarena;         /* the streaming region: layers the plan streams pass through it */
     size_t stream_budget; /* its planned size; 0: no streaming region */
     model_t *stream_model; /* the model (or step group) whose plan owns it */
-    model_t *group;        /* the step group, NULL when none (schedule.c; one at a time) */
+    model_t *group;        /* the step group, NULL when none (step_group.c; one at a time) */
     model_t *last_model;   /* the model of the latest acquire ... */
     int last_ended_pass;   /* ... and whether that acquire was the last layer of its pass */
     layer_t **grec;        /* one period of interleaved models' acquires being recorded, or NULL */
     size_t grec_n, grec_cap;
     layer_t **grec_prev;   /* the period recorded before it (a group forms when two agree) */
     size_t grec_prev_n;
-    unsigned layout_pending_count; /* models whose plan waits to be laid out (schedule.c) */
+    unsigned layout_pending_count; /* models whose plan waits to be laid out (plan.c) */
     model_t *phist[256];   /* the models whose whole passes began one after another, latest last ... */
     size_t phist_lim[256]; /* ... the weight limit as each began (working memory reserved for it) ... */
-    unsigned phist_n;      /* ... (schedule.c: step groups whose cycle runs a model more than once) */
+    unsigned phist_n;      /* ... (step_group.c: step groups whose cycle runs a model more than once) */
     int cycle_parted;      /* such a cycle parted out of turn since one last ran whole: the next one
                               joins only once it has shown three times (step counts that vary) */
-    /* Fences of the ring placement being made (residency.c, ring_place): the release events of the
+    /* Fences of the ring placement being made (vram_pool.c, ring_place): the release events of the
      * layers it evicted, by where their room starts, so the upload can copy each part as soon as
      * its own occupant is done rather than all of it after the last. */
     struct vc_fence {
@@ -402,7 +402,7 @@ const char *vc__fmt_bytes(size_t bytes, char *buf, size_t size);
 void list_push_tail(layer_list *l, layer_t *x, int vram);
 void list_unlink(layer_list *l, layer_t *x, int vram);
 
-/* ---- residency (src/residency.c), used by cache.c and working_mem.c ------------------------- */
+/* ---- residency (residency.c and the files of residency_internal.h), used by the rest -------- */
 
 /** Device memory the cache could use if it alone used the device: free + its own. */
 size_t vc__device_avail(vc_cache *c);
@@ -564,7 +564,7 @@ size_t vc__held_by_others(vc_cache *c, const model_t *m);
 /** 1 when a layer in the kept arena or the streaming region is held, loading or arriving. */
 int vc__layout_pinned(vc_cache *c);
 
-/** Gives each kept layer of m's plan a home in the kept arena (residency.c: homes). */
+/** Gives each kept layer of m's plan a home in the kept arena (vram_pool.c: homes). */
 void vc__assign_homes(vc_cache *c, model_t *m);
 
 /** Frees the streaming region (evicting its unheld layers); used when a plan changes. */

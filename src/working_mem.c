@@ -1,7 +1,7 @@
 /*
  * Working-memory reservations: device memory the cache leaves free for an operation's activations.
  *
- * The weight limit (residency.c) subtracts max(standing working memory, sum of reservations) from
+ * The weight limit (vram_pool.c) subtracts max(standing working memory, sum of reservations) from
  * what the device could give the cache (with smart_working_mem, while reservations are active, just
  * their sum). A new reservation lowers that limit; the cache then frees
  * whole arena segments (evicting their unheld layers) until the arena fits under it, so the device

@@ -323,7 +323,11 @@ typedef struct vc_cache_options {
  *  simulator; docs/performance.md). It measures again when the pass time moves by more than 25%
  *  for three passes in a row (six after the first such return, then 12, up to 96), or that
  *  model's order is learned again. Only in offload mode balanced with the planned policy
- *  (elsewhere it is the planner's region). Traces show each room tried and the choice. */
+ *  (elsewhere it is the planner's region). Traces show each room tried and the choice. On a GPU
+ *  the host's clock measures a pass only if the host waits for the device once per pass (as an
+ *  engine does to read its latents or logits each step): one that queues many passes ahead
+ *  measures how fast it queues them, and should fix the room instead. Measured in the simulator
+ *  only so far (docs/performance.md). */
 #define VC_STREAM_SLOTS_TUNE 255u
 
 /** Changes vc_cache_options.stream_slots (0 to 8, or VC_STREAM_SLOTS_TUNE, which starts measuring)

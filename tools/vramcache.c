@@ -498,7 +498,7 @@ static int cmd_simulate(int argc, char **argv) {
         double lbb = res.lower_bound_bytes_per_step;
         printf("workload %s: denoiser %.2f GB per step, %d steps\n", vc_workload_name(wl),
                (double)vc_workload_step_bytes(wl) / GIB, res.steps);
-        printf("device %.2f GB (usable for weights %.2f GB), link %.1f GB/s, %.1f TFLOP/s, policy %s, mode %s\n",
+        printf("device %g GB (usable for weights %.2f GB), link %g GB/s, %g TFLOP/s, policy %s, mode %s\n",
                a.vram_gb, (double)res.usable_vram_bytes / GIB, a.bandwidth_gbps, a.tflops,
                a.policy == VC_POLICY_LRU ? "lru" : "planned", MODES[mode]);
         if (a.block_layers > 1) printf("engine: %u layers held at once, run as one kernel\n", a.block_layers);
@@ -710,7 +710,7 @@ static int cmd_plan(int argc, char **argv) {
         }
     } else {
         double resident = best >= 0 ? res[best].compute_time_s : 0;
-        printf("plan for %s on a %.1f GB GPU, %.1f GB/s link, %.1f TFLOP/s (working memory %.1f GB%s)\n",
+        printf("plan for %s on a %g GB GPU, %g GB/s link, %g TFLOP/s (working memory %.1f GB%s)\n",
                vc_workload_name(wl), a.vram_gb, a.bandwidth_gbps, a.tflops, work_gb,
                work_users     ? ", your device_working_mem_gb: the workload states none"
                : work_assumed ? ", InvokeAI's default: the workload states none"

@@ -478,6 +478,9 @@ static int cmd_simulate(int argc, char **argv) {
             printf("}\n");
         }
         fprintf(stderr, "vramcache: simulation failed: %s\n", why);
+        if (strstr(why, "device_working_mem_gb"))
+            fprintf(stderr, "vramcache: device_working_mem_gb comes from --config (InvokeAI's default, 3 GB, "
+                    "without one); `vramcache plan` with the same arguments suggests a value\n");
     } else if (a.json) {
         printf("{\"workload\":");
         json_put_string(stdout, vc_workload_name(wl));

@@ -324,10 +324,10 @@ typedef struct vc_cache_options {
  *  for three passes in a row (six after the first such return, then 12, up to 96), or that
  *  model's order is learned again. Only in offload mode balanced with the planned policy
  *  (elsewhere it is the planner's region). Traces show each room tried and the choice. On a GPU
- *  the host's clock measures a pass only if the host waits for the device once per pass (as an
- *  engine does to read its latents or logits each step): one that queues many passes ahead
- *  measures how fast it queues them, and should fix the room instead. Measured in the simulator
- *  only so far (docs/performance.md). */
+ *  the clock is the host's: it times the device's passes when the host keeps pace with the device
+ *  (an engine waiting for each step's result, or one whose launch queue has filled); a host running
+ *  more than a pass ahead shifts each measurement by its lead, of which the unmeasured pass after
+ *  each switch covers one pass. Measured in the simulator only so far (docs/performance.md). */
 #define VC_STREAM_SLOTS_TUNE 255u
 
 /** Changes vc_cache_options.stream_slots (0 to 8, or VC_STREAM_SLOTS_TUNE, which starts measuring)

@@ -125,6 +125,13 @@ struct vc_model_rec {
     size_t vram_layers; /* its layers resident now */
     size_t plan_capacity; /* the weight limit its plan was made for; 0: no plan */
     int plan_shared;      /* its plan was made beside another model in use (plan.c) */
+    int plan_fits;        /* its plan keeps every layer: no streaming region of its own */
+    /* A plan that fits but fills its room: the free space left is in pieces, and layers coming back
+     * after another model ran evict their own neighbours for want of a hole, pass after pass. When a
+     * pass shows that (self_evicts), the plan gets homes where its layers lie (fit_homes). */
+    unsigned self_evicts; /* kept layers evicted this pass to place a layer of the same plan */
+    int fit_homes;        /* the fitting plan has homes (1), or had and they did not help (-1) */
+    unsigned fit_chain;   /* passes in a row with self_evicts since the homes were given */
     int layout_pending;   /* a plan waits to lay the device out until nothing there is pinned */
     size_t pending_kept, pending_stream; /* ... its kept bytes and streaming region */
 
@@ -281,6 +288,7 @@ struct vc_cache {
                               * segment has (0, or the segment went): from the region's start. By
                               * gen, not pointer: a new segment can reuse a freed one's memory */
     layer_list vram_lru;
+    layer_t *placing; /* the layer vc__vram_place is finding room for (NULL outside it) */
     layer_list ram_lru;
     deferred_free *deferred;
     atomic_uint weights_epoch;  /* bumped with any layer's weights_gen: sharers' cheap check */
@@ -564,8 +572,13 @@ size_t vc__held_by_others(vc_cache *c, const model_t *m);
 /** 1 when a layer in the kept arena or the streaming region is held, loading or arriving. */
 int vc__layout_pinned(vc_cache *c);
 
-/** Gives each kept layer of m's plan a home in the kept arena (vram_pool.c: homes). */
-void vc__assign_homes(vc_cache *c, model_t *m);
+/** Gives each kept layer of m's plan a home in the kept arena (vram_pool.c: homes). `fitting`: m's plan
+ *  keeps every layer (a fragmentation chain was seen, schedule.c), and other models' kept layers stay
+ *  in the way only while those models are in use (idle ones give way). */
+void vc__assign_homes(vc_cache *c, model_t *m, int fitting);
+/** 1 when m ran within the last two passes' worth of `asking`'s acquires (only since its run began
+ *  when `asking` runs pass after pass alone). */
+int vc__model_active(const vc_cache *c, const model_t *m, const model_t *asking);
 
 /** Frees the streaming region (evicting its unheld layers); used when a plan changes. */
 void vc__release_stream_region(vc_cache *c, vc_evict_reason reason);

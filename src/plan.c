@@ -41,7 +41,7 @@ static void apply_plan_layout(vc_cache *c, model_t *m, size_t kept, size_t strea
     /* One segment for the kept set and one for the region: packed, nothing lost to segment ends. */
     vc__reserve_layout(c, kept, stream_budget);
     if (!m->plan_shared)
-        vc__assign_homes(c, m);
+        vc__assign_homes(c, m, 0);
     else
         for (size_t i = 0; i < m->nlayers; i++) m->layers[i]->home_gen = 0;
 }
@@ -423,12 +423,19 @@ void vc__make_plan(vc_cache *c, model_t *m) {
     m->plan_slots = c->stream_slots;
     m->plan_hold = vc__hold_window(m);
     m->plan_shared = shared;
+    m->plan_fits = total <= cap;
     vc__set_layout_pending(c, m, 0);
     if (total <= cap || c->mode != VC_OFFLOAD_MODE_BALANCED) { /* it fits (or nothing is kept): no streaming */
         if (c->stream_model == m) vc__release_stream_region(c, VC_EVICT_PLAN);
+        if (m->fit_homes == 1 && m->plan_fits && c->mode == VC_OFFLOAD_MODE_BALANCED) {
+            if (!shared) vc__assign_homes(c, m, 1); /* (beside a model in use they stay as they are) */
+            return;
+        }
+        if (m->fit_homes == 1) m->fit_homes = 0;
         for (size_t i = 0; i < m->nlayers; i++) m->layers[i]->home_gen = 0; /* placed as any other */
         return;
     }
+    m->fit_homes = 0;
     /* The usual shape streams layers of up to a generous size, spread by compute, through room for
      * two of them. Its region is paid in bytes every step: where it would cost more than 5% of what
      * must stream anyway (the bytes goal of docs/performance.md; it happens when a model's largest

@@ -273,6 +273,32 @@ static void record(vc_cache *c, model_t *m, layer_t *l) {
     m->rec[m->rec_n++] = l;
 }
 
+/* At a pass start, after the re-plan check. A plan that fits its room but fills it evicted its own
+ * layers for room in the pass that ended: the free room is in pieces too small for layers coming
+ * back after another model ran, and each eviction leaves the next hole too small again, pass after
+ * pass (SDXL's UNet at 96% of an 8 GB card's 5 GB, its refiner in between: 24 to 120 MB every pass
+ * of every image). Such a plan gets homes where its layers lie and gaps for the rest, as streaming
+ * plans have, kept across images while it fits. Where the room is too tight for the packing (SDXL
+ * alone at 99.6% of its room) the homes leave some layers without one and the chain goes on: after
+ * three such passes in a row they are dropped for good. Measured: docs/performance.md. */
+static void note_fit_chain(vc_cache *c, model_t *m) {
+    if (m->plan_capacity && m->plan_fits && !m->plan_shared && c->policy == VC_POLICY_PLANNED &&
+        c->mode == VC_OFFLOAD_MODE_BALANCED) {
+        if (m->self_evicts && !m->fit_homes) {
+            m->fit_homes = 1;
+            m->fit_chain = 0;
+            vc__assign_homes(c, m, 1);
+        } else if (m->fit_homes == 1) {
+            m->fit_chain = m->self_evicts ? m->fit_chain + 1 : 0; /* (the next pass still moves some in) */
+            if (m->fit_chain >= 3) {
+                m->fit_homes = -1;
+                for (size_t i = 0; i < m->nlayers; i++) m->layers[i]->home_gen = 0;
+            }
+        }
+    }
+    m->self_evicts = 0;
+}
+
 static void follow(vc_cache *c, model_t *m, layer_t *l) {
     size_t expected = (m->pos + 1) % m->order_n;
     /* (a layer a group uses twice has order_pos at its first use: the second is found in the order) */
@@ -306,6 +332,7 @@ static void follow(vc_cache *c, model_t *m, layer_t *l) {
             size_t limit = c->stats.vram_limit;
             size_t diff = limit > m->plan_capacity ? limit - m->plan_capacity : m->plan_capacity - limit;
             if (c->policy == VC_POLICY_PLANNED && (diff > m->plan_capacity / 16 || replan)) vc__make_plan(c, m);
+            note_fit_chain(c, m);
         }
         return;
     }

@@ -19,9 +19,6 @@ static inline int order_known(const model_t *m) { return m->order_valid && m->or
 /** The models plans are made for, by index 0..c->models.count: each model outside the step group,
  *  then the group; NULL for the others (members of the group, free slots). */
 model_t *vc__plan_model_at(vc_cache *c, uint32_t i);
-/** 1 when m ran within the last two passes' worth of `asking`'s acquires (only since its run began
- *  when `asking` runs pass after pass alone). */
-int vc__model_active(const vc_cache *c, const model_t *m, const model_t *asking);
 
 /* ---- plan.c -------------------------------------------------------------------------------------- */
 

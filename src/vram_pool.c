@@ -138,6 +138,8 @@ void vc__evict_vram(vc_cache *c, layer_t *l, vc_evict_reason reason, int drop_ok
         c->prefetch_inflight--;
     }
     vc__note_vram_layer(c, l, -1);
+    if (c->placing && l->keep && vc__plan_model(l) == vc__plan_model(c->placing))
+        vc__plan_model(l)->self_evicts++; /* room for its own plan: a fragmentation chain if it repeats */
     vc__sched_on_evict(c, l);
     c->stats.vram_evictions[reason]++;
     vc__trace_instant(c, "evict", l, vc_evict_reason_name((int)reason));
@@ -405,11 +407,15 @@ static void make_region_room(vc_cache *c, size_t limit, size_t want) {
 /* A block that stays where it is while homes are laid out: a kept layer of m still resident (in a
  * segment the layout could not free: it keeps that place as its home), a kept layer of another
  * model's plan, or a layer of another model that is held, loading or arriving. Other blocks are
- * evicted when a home's owner arrives. */
-static int home_obstacle(vc_cache *c, const model_t *m, const arena_block *b) {
+ * evicted when a home's owner arrives. For a plan that fits (`fitting`: its homes are laid where
+ * its layers lie, after a fragmentation chain), another model's kept layers stay in the way only
+ * while that model is in use: an idle model's would otherwise hold the gaps the chain needs. */
+static int home_obstacle(vc_cache *c, const model_t *m, const arena_block *b, int fitting) {
     const layer_t *o = b->owner;
     if (!o) return 0;
     if (vc__plan_model(o) == m) return o->keep && !o->in_stream;
+    if (fitting) /* another model's kept layer stays only while that model is in use */
+        return !vc__evictable(c, (layer_t *)o) || (o->keep && vc__model_active(c, vc__plan_model(o), m));
     return o->keep || !vc__evictable(c, (layer_t *)o);
 }
 
@@ -423,13 +429,13 @@ static int cmp_layer_size_desc(const void *a, const void *b) {
     return x->bytes < y->bytes ? 1 : x->bytes > y->bytes ? -1 : 0;
 }
 
-void vc__assign_homes(vc_cache *c, model_t *m) {
+void vc__assign_homes(vc_cache *c, model_t *m, int fitting) {
     for (size_t i = 0; i < m->nlayers; i++) m->layers[i]->home_gen = 0;
     /* Kept layers still resident keep their places; the rest are packed first-fit, largest first,
      * into the gaps between the blocks that stay. */
     size_t ngaps = 0, nobst = 0, nkept = 0;
     for (arena_segment *s = c->arena.segments; s; s = s->next)
-        for (const arena_block *b = s->first; b; b = b->next) nobst += home_obstacle(c, m, b);
+        for (const arena_block *b = s->first; b; b = b->next) nobst += home_obstacle(c, m, b, fitting);
     for (size_t i = 0; i < vc__plan_n(m); i++) nkept += vc__plan_at(m, i)->keep;
     home_gap *gaps = malloc((c->arena.nsegments + nobst) * sizeof(*gaps));
     layer_t **todo = malloc((nkept ? nkept : 1) * sizeof(*todo));
@@ -441,7 +447,7 @@ void vc__assign_homes(vc_cache *c, model_t *m) {
     for (arena_segment *s = c->arena.segments; s; s = s->next) {
         size_t start = 0;
         for (arena_block *b = s->first; b; b = b->next) {
-            if (!home_obstacle(c, m, b)) continue;
+            if (!home_obstacle(c, m, b, fitting)) continue;
             if (b->offset > start) gaps[ngaps++] = (home_gap){s, start, b->offset};
             start = b->offset + b->size;
             layer_t *o = b->owner;
@@ -472,7 +478,7 @@ void vc__assign_homes(vc_cache *c, model_t *m) {
         /* No gap takes it (the packing lost a little around what stays): a layer the streaming
          * region can carry streams instead, one copy per pass, rather than evict a kept neighbour
          * for room every pass; a larger one is placed as any other. */
-        if (!x->home_gen && 2 * need <= c->stream_budget) x->keep = 0;
+        if (!x->home_gen && !fitting && 2 * need <= c->stream_budget) x->keep = 0;
     }
     free(gaps);
     free(todo);
@@ -642,7 +648,7 @@ static int place_streamed(vc_cache *c, layer_t *l, const place_req *rq, size_t l
 }
 
 /* Finds device memory for l, evicting unheld layers as needed. On success *out is l's block. */
-int vc__vram_place(vc_cache *c, layer_t *l, const char *fn, const place_req *rq, arena_block **out) {
+static int vram_place(vc_cache *c, layer_t *l, const char *fn, const place_req *rq, arena_block **out) {
     size_t need = arena_round(l->bytes);
     size_t slack = l->align > ARENA_GRAIN ? l->align - ARENA_GRAIN : 0;
     size_t limit = vc__weight_limit(c);
@@ -782,4 +788,12 @@ int vc__vram_place(vc_cache *c, layer_t *l, const char *fn, const place_req *rq,
                     vc__fmt_bytes(c->working_mem, d, sizeof d), vc__fmt_bytes(c->reserved_sum, e, sizeof e),
                     vc__fmt_bytes(held_vram_bytes(c), h, sizeof h), grow_failed ? "; the device refused " : "",
                     grow_failed ? c->alloc_detail : "", hint);
+}
+
+int vc__vram_place(vc_cache *c, layer_t *l, const char *fn, const place_req *rq, arena_block **out) {
+    layer_t *outer = c->placing; /* (never nested today; kept right if it ever is) */
+    c->placing = l;
+    int st = vram_place(c, l, fn, rq, out);
+    c->placing = outer;
+    return st;
 }

@@ -776,11 +776,9 @@ static void test_tuned_stream_slots_on_sd15(void **state) {
     vc_workload_destroy(wl);
 }
 
-/* Runs a shipped workload on a GPU of `gb` GB at 25 GB/s and 60 TFLOP/s, balanced (steps 0: the
- * workload's own), and fails unless bytes and step time are within the given multiples of their
- * bounds. The simulator's clock is virtual: these are deterministic planner guards, not timings. */
-static void planner_guard(const char *file, double gb, int steps, double max_bytes, double max_time) {
-    vc_workload *wl = load_shipped(file, NULL);
+/* Runs shipped workload wl on a GPU of `gb` GB at 25 GB/s and 60 TFLOP/s, balanced (steps 0: the
+ * workload's own). */
+static vc_sim_result run_on_card(const vc_workload *wl, double gb, int steps) {
     vc_sim_run run;
     vc_sim_run_init(&run);
     run.vram_bytes = gb * (double)GB;
@@ -790,6 +788,14 @@ static void planner_guard(const char *file, double gb, int steps, double max_byt
     run.steps = steps;
     vc_sim_result r;
     assert_int_equal(vc_sim_run_workload(wl, &run, &r), VC_OK);
+    return r;
+}
+
+/* ... and fails unless bytes and step time are within the given multiples of their bounds. The
+ * simulator's clock is virtual: these are deterministic planner guards, not timings. */
+static void planner_guard(const char *file, double gb, int steps, double max_bytes, double max_time) {
+    vc_workload *wl = load_shipped(file, NULL);
+    vc_sim_result r = run_on_card(wl, gb, steps);
     if (r.bytes_per_step > max_bytes * r.lower_bound_bytes_per_step || r.step_time_s > max_time * r.lower_bound_step_time_s)
         fail_msg("%s on %.1f GB: bytes %.3f x, time %.3f x the bounds", file, gb,
                  r.bytes_per_step / r.lower_bound_bytes_per_step, r.step_time_s / r.lower_bound_step_time_s);
@@ -814,15 +820,7 @@ static void test_planner_base_then_refiner(void **state) {
 static void test_fit_homes_dropped_when_too_tight(void **state) {
     (void)state;
     vc_workload *wl = load_shipped("sdxl.yaml", NULL);
-    vc_sim_run run;
-    vc_sim_run_init(&run);
-    run.vram_bytes = 7.8 * (double)GB;
-    run.bandwidth = 25e9;
-    run.flops = 60e12;
-    run.mode = VC_OFFLOAD_MODE_BALANCED;
-    run.steps = 30;
-    vc_sim_result r;
-    assert_int_equal(vc_sim_run_workload(wl, &run, &r), VC_OK);
+    vc_sim_result r = run_on_card(wl, 7.8, 30);
     double share = r.bytes_per_step / (double)vc_workload_step_bytes(wl);
     if (share > 0.009) fail_msg("SDXL at 99.6%% of its room moves %.2f%% of its bytes per step", 100 * share);
     vc_workload_destroy(wl);

@@ -313,13 +313,14 @@ typedef struct vc_cache_options {
 /** vc_cache_options.stream_slots: the cache chooses the region's room by measuring passes. It
  *  times the passes of the first planned model (start to start, so with several models in turn,
  *  the whole cycle) with the backend's clock (the simulator's virtual one, else CLOCK_MONOTONIC),
- *  tries the planner's region and then rooms of 1, 2, 3 ... layers while each does better than the
- *  one before, and keeps the fastest; a room must beat the best so far by more than 1%, and its
+ *  tries the planner's region and then climbs from it: the next whole room of layers above it,
+ *  larger ones while each does better than the one before, else the next rooms below it; it keeps
+ *  the fastest; a room must beat the best so far by more than 1%, and its
  *  time is the least of its measured passes. Where every layer had finished uploading before the
  *  engine acquired it, no room can be faster and nothing is tried. Each room tried costs a pass
  *  that lays the device out again (the kept layers load again) and two to four measured passes:
  *  10 to 25 passes in all, which long runs pay back (a language model's decode, many images in a
- *  row) and one short image does not (SD 1.5, 30 steps: 1.2 × the planner's time in the
+ *  row) and one short image does not (SD 1.5, 30 steps: up to 1.14 × the planner's time in the
  *  simulator; docs/performance.md). It measures again when the pass time moves by more than 25%
  *  for three passes in a row (six after the first such return, then 12, up to 96), or that
  *  model's order is learned again. Only in offload mode balanced with the planned policy

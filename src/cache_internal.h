@@ -126,6 +126,7 @@ struct vc_model_rec {
     size_t plan_capacity; /* the weight limit its plan was made for; 0: no plan */
     int plan_shared;      /* its plan was made beside another model in use (plan.c) */
     int plan_fits;        /* its plan keeps every layer: no streaming region of its own */
+    double plan_room;     /* its streaming region in layers of its largest streamed one (the tuner's start) */
     /* A plan that fits but fills its room: the free space left is in pieces, and layers coming back
      * after another model ran evict their own neighbours for want of a hole, pass after pass. When a
      * pass shows that (self_evicts), the plan gets homes where its layers lie (fit_homes). */
@@ -217,7 +218,8 @@ typedef struct slot_tuner {
     uint64_t h2d_prev;    /* stats.bytes_h2d then */
     uint64_t late_prev;   /* late_acquires then */
     unsigned cand;        /* the room being measured (0: the planner's region) */
-    unsigned first;       /* the first room tried after the planner's (the engine's hold window) */
+    unsigned up0, down0;  /* the rooms next to the planner's region, above and below (0: none below) */
+    int dir;              /* +1 while trying larger rooms, -1 smaller */
     unsigned passes;      /* pass starts since cand took effect */
     double last;          /* the candidate's previous measured pass, seconds; < 0: none */
     double time[VC__MAX_STREAM_SLOTS + 1]; /* each tried candidate's pass time */

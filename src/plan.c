@@ -325,6 +325,8 @@ static size_t plan_keep_set(model_t *m, size_t cap, size_t total, size_t largest
 #undef REGION_OF
 #undef REGION_FOR
     *kept_out = kept + slack;
+    /* (the last call marks the plan: its region in layers of its largest is where the tuner starts) */
+    m->plan_room = stream_budget && streamed_largest ? (double)stream_budget / (double)streamed_largest : 0;
     return stream_budget;
 }
 

@@ -15,8 +15,12 @@
  *
  * How: one model's pass starts time the cycle (the first planned model to start a pass; with
  * several models in turn, start to start of it is the whole cycle). Candidates run in turn: the
- * planner's own region (0), then 1, 2, 3 ... slots while each does better than the one before
- * (from the engine's hold window up, for an engine holding blocks of layers at once).
+ * planner's own region (0), then a climb from it (its room in layers of its largest streamed one,
+ * e.g. 1.4): the whole room above it (2), larger while each does better than the one before; if
+ * that one is no faster than the planner's, the one below it (1), always the one below that, and
+ * smaller while each does better (never below the engine's hold window, for an engine holding
+ * blocks of layers at once). Until session 18 it tried 1, 2, 3 ... from the bottom, one room more
+ * than this for SD 1.5-like passes, which gain from larger rooms.
  * After a switch the first pass is a transition (the device is laid out again) and is not
  * measured; then passes are measured until two in a row agree within 0.5%, or for at most four.
  * A candidate replaces the best only when it is faster by more than 1% (noise on a real GPU; and
@@ -124,18 +128,38 @@ static void measured(vc_cache *c, double pass_s, uint64_t moved, uint64_t late) 
             settle(c, "; the engine holds more layers at once than a fixed room takes");
             return;
         }
-        t->first = hold;
-        try_next(c, hold);
+        /* Climb from the planner's own room (its region in layers of its largest streamed one, e.g.
+         * 1.4): the next whole room above it first (2), and larger while each is faster than the
+         * one before; if that is no faster than the planner's region, the next below it (1), then
+         * always the one below that, and smaller while each is faster than the one before (a
+         * decode's planner region of 2.3 ties with 2, and 1 is where it gains). */
+        double r = t->clock->plan_room;
+        unsigned up0 = (unsigned)floor(r) + 1, down0 = r >= 1 ? (unsigned)ceil(r) - 1 : 0;
+        t->up0 = up0 < hold ? hold : up0;
+        t->down0 = down0 >= hold ? down0 : 0;
+        t->dir = t->up0 <= VC__MAX_STREAM_SLOTS ? 1 : -1;
+        if (t->dir < 0 && !t->down0) {
+            settle(c, "; no other room to try");
+            return;
+        }
+        try_next(c, t->dir > 0 ? t->up0 : t->down0);
         return;
     }
     if (pass_s < t->best_t * (1.0 - TUNER_HYSTERESIS)) {
         t->best = s;
         t->best_t = pass_s;
     }
-    /* After the first room, always the next; from then on while each does better than the one
-     * before (by more than noise). */
-    if (s < VC__MAX_STREAM_SLOTS && (s == t->first || pass_s < t->time[s - 1] * (1.0 - TUNER_AGREE)))
+    unsigned hold = t->clock->plan_hold > 1 ? t->clock->plan_hold : 1;
+    int first_step = s == (t->dir > 0 ? t->up0 : t->down0);
+    double before = first_step ? t->time[0] : t->time[(int)s - t->dir]; /* the planner's, or the last tried */
+    int faster = pass_s < before * (1.0 - TUNER_AGREE);
+    if (t->dir > 0 && faster && s < VC__MAX_STREAM_SLOTS)
         try_next(c, s + 1);
+    else if (t->dir > 0 && first_step && !faster && t->down0) {
+        t->dir = -1; /* the room above was no faster than the planner's region: try below */
+        try_next(c, t->down0);
+    } else if (t->dir < 0 && (faster || first_step) && s > hold)
+        try_next(c, s - 1); /* (the first below may tie with the planner's region, as 2 of 2.3) */
     else
         settle(c, "");
 }

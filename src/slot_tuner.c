@@ -106,6 +106,9 @@ static void start(vc_cache *c, const model_t *m, double now, uint64_t h2d) {
 static void measured(vc_cache *c, double pass_s, uint64_t moved, uint64_t late) {
     slot_tuner *t = &c->tuner;
     unsigned s = t->cand;
+    /* an engine holding a block of layers at once needs the block's streamed layers in the region
+     * together: rooms of fewer layers than that only push kept layers out */
+    unsigned hold = t->clock->plan_hold > 1 ? t->clock->plan_hold : 1;
     t->time[s] = pass_s;
     if (s == 0) {
         t->best = 0;
@@ -121,9 +124,6 @@ static void measured(vc_cache *c, double pass_s, uint64_t moved, uint64_t late) 
             settle(c, "; every layer was uploaded before the engine asked for it");
             return;
         }
-        /* An engine that holds a block of layers at once needs the block's streamed layers in the
-         * region together: rooms of fewer layers than that only push kept layers out. */
-        unsigned hold = t->clock->plan_hold > 1 ? t->clock->plan_hold : 1;
         if (hold > VC__MAX_STREAM_SLOTS) {
             settle(c, "; the engine holds more layers at once than a fixed room takes");
             return;
@@ -149,7 +149,6 @@ static void measured(vc_cache *c, double pass_s, uint64_t moved, uint64_t late) 
         t->best = s;
         t->best_t = pass_s;
     }
-    unsigned hold = t->clock->plan_hold > 1 ? t->clock->plan_hold : 1;
     int first_step = s == (t->dir > 0 ? t->up0 : t->down0);
     double before = first_step ? t->time[0] : t->time[(int)s - t->dir]; /* the planner's, or the last tried */
     int faster = pass_s < before * (1.0 - TUNER_AGREE);

@@ -198,7 +198,8 @@ typedef enum vc_offload_mode {
     VC_OFFLOAD_MODE_MODEL = 1,      /**< whole models move: a miss loads its whole model, evicting
                                          whole other models (partial loading off) */
     VC_OFFLOAD_MODE_SEQUENTIAL = 2, /**< minimum VRAM: a layer leaves VRAM at its last release;
-                                         only held and prefetched layers are resident */
+                                         only held and prefetched layers are resident (prefetched:
+                                         at most the bytes of the model's two largest layers) */
     VC_OFFLOAD_MODE_BALANCED = 3    /**< layer-level, within the budget and offload_max_gpu_memory */
 } vc_offload_mode;
 
@@ -254,7 +255,9 @@ typedef struct vc_cache_options {
     vc_policy policy;
     /** Most layers uploaded ahead of use at once (default 8; 0 disables prefetch). Within that
      *  bound the depth adapts: a layer is prefetched only when room can be made without evicting
-     *  anything needed sooner. */
+     *  anything needed sooner. In offload mode sequential, what is ahead is also bounded in bytes:
+     *  at most the bytes of the order's two largest layers, so the peak stays held layers plus two
+     *  of the largest, however small the layers in between are. */
     unsigned prefetch_depth;
 
     /** Serve VC_RESERVE_BUFFER reservations from the backend's stream-ordered pool

@@ -127,6 +127,8 @@ struct vc_model_rec {
     int plan_shared;      /* its plan was made beside another model in use (plan.c) */
     int plan_fits;        /* its plan keeps every layer: no streaming region of its own */
     double plan_room;     /* its streaming region in layers of its largest streamed one (the tuner's start) */
+    size_t seq_room;      /* sequential mode: bytes of its order's two largest layers, the most it may
+                             have prefetched at once (0: not yet computed for this order) */
     /* A plan that fits but fills its room: the free space left is in pieces, and layers coming back
      * after another model ran evict their own neighbours for want of a hole, pass after pass. When a
      * pass shows that (self_evicts), the plan gets homes where its layers lie (fit_homes). */
@@ -321,6 +323,7 @@ struct vc_cache {
     uint64_t late_acquires; /* acquires whose upload was still running (or not begun): the engine's
                                stream may wait for it (the tuner's sign that copies can hold a pass up) */
     size_t prefetch_inflight; /* layers prefetched and not acquired yet */
+    size_t prefetch_inflight_bytes; /* ... and their bytes */
     void *trace;              /* struct trace_writer, when tracing */
 
     char alloc_detail[200]; /* why the device last refused an arena segment */

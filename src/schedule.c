@@ -204,6 +204,7 @@ static void drop_order(vc_cache *c, model_t *m) {
     vc__set_layout_pending(c, m, 0);
     m->order_declared = 0;
     m->plan_capacity = 0;
+    m->seq_room = 0;
     m->pos = 0;
 }
 
@@ -368,12 +369,35 @@ static void stage_ahead(vc_cache *c, model_t *m, size_t k, size_t window) {
     }
 }
 
+/* Sequential mode promises minimum VRAM: what is held, and what is uploaded ahead of use. It used to
+ * allow two layers ahead, which a model registered module by module (InvokeAI's granularity: each
+ * norm, a few KB, its own layer) spends on a norm and a projection, and its copies then stop hiding
+ * behind compute (FLUX.1-dev on 4 GB 16% slower than with norms folded into the next layer). The
+ * bound is now in bytes: as much as the order's two largest layers, the most the old rule could
+ * have in flight, so the peak promise is unchanged and small layers no longer shorten the look-ahead.
+ * Measured: docs/performance.md. */
+static size_t sequential_room(model_t *m) {
+    if (!m->seq_room) {
+        size_t a = 0, b = 0; /* the largest two */
+        for (size_t i = 0; i < m->order_n; i++) {
+            size_t x = m->order[i]->bytes;
+            if (x > a) {
+                b = a;
+                a = x;
+            } else if (x > b) b = x;
+        }
+        m->seq_room = a + b ? a + b : 1;
+    }
+    return m->seq_room;
+}
+
 void vc__sched_on_acquire(vc_cache *c, layer_t *l) {
     model_t *own = l->model;
     own->last_tick = c->use_clock;
     if (l->prefetched) {
         l->prefetched = 0;
         c->prefetch_inflight--;
+        c->prefetch_inflight_bytes -= l->bytes;
         c->stats.prefetch_hits++;
     }
     /* Another model's layer in the midst of the previous model's pass: they interleave. */
@@ -404,13 +428,15 @@ void vc__sched_on_acquire(vc_cache *c, layer_t *l) {
     /* Upload what comes next, in order, while room can be made without hurting sooner needs. The
      * scan resumes where it stopped last time (layers it passed are resident or arriving; an
      * eviction pulls it back), so a hit costs O(1) however long the pass. */
-    size_t depth = c->mode == VC_OFFLOAD_MODE_SEQUENTIAL ? 2 : c->prefetch_depth;
+    size_t room = c->mode == VC_OFFLOAD_MODE_SEQUENTIAL ? sequential_room(m) : SIZE_MAX;
     size_t window = m->order_n - 1 < PREFETCH_WINDOW ? m->order_n - 1 : PREFETCH_WINDOW;
     size_t k = (m->pf_next + m->order_n - m->pos) % m->order_n;
     if (k == 0 || k > window) k = 1;
-    for (; k <= window && c->prefetch_inflight < depth; k++) {
+    for (; k <= window && c->prefetch_inflight < c->prefetch_depth; k++) {
         layer_t *x = m->order[(m->pos + k) % m->order_n];
         if (x->vblock || x->loading) continue;
+        /* (another model's prefetches may already hold more than this model's room) */
+        if (x->bytes > room || c->prefetch_inflight_bytes > room - x->bytes) break;
         if (vc__needs_load(x)) { /* a loader call here (ours or a sharing owner's) would stall this acquire */
             if (c->stager_on) stage_ahead(c, m, k, window);
             break;
@@ -418,6 +444,7 @@ void vc__sched_on_acquire(vc_cache *c, layer_t *l) {
         if (vc__prefetch_upload(c, x, k) != VC_OK) break;
         x->prefetched = 1;
         c->prefetch_inflight++;
+        c->prefetch_inflight_bytes += x->bytes;
         c->stats.prefetches++;
     }
     /* Past the window the next scan starts at its last layer (pos + window + 1 could wrap round
@@ -450,6 +477,7 @@ void vc__sched_forget(vc_cache *c, layer_t *l) {
     if (l->prefetched) {
         l->prefetched = 0;
         c->prefetch_inflight--;
+        c->prefetch_inflight_bytes -= l->bytes;
     }
     if (l->in_order) drop_order(c, m); /* the pass changed shape: learn it again */
     if (m->recording) m->recording = 0;

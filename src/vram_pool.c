@@ -136,6 +136,7 @@ void vc__evict_vram(vc_cache *c, layer_t *l, vc_evict_reason reason, int drop_ok
     if (l->prefetched) { /* a prefetch that was never used */
         l->prefetched = 0;
         c->prefetch_inflight--;
+        c->prefetch_inflight_bytes -= l->bytes;
     }
     vc__note_vram_layer(c, l, -1);
     if (c->placing && l->keep && vc__plan_model(l) == vc__plan_model(c->placing))

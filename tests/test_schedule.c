@@ -1861,6 +1861,33 @@ static void test_never_evicts_held_or_in_flight(void **state) { /* and waits rat
     free_world(&w);
 }
 
+/* Sequential mode bounds what it uploads ahead in bytes (the order's two largest layers), not in
+ * layers: a model registered module by module, each 1 MB projection after a 4 KB norm, still looks a
+ * whole projection ahead, and never has more than two projections' bytes on the way. */
+static void test_sequential_lookahead_is_in_bytes(void **state) {
+    (void)state;
+    size_t sizes[12];
+    for (int i = 0; i < 12; i++) sizes[i] = i % 2 ? 1 * MB : 4 * KB; /* norm, projection, norm, ... */
+    sim_world w = make_world_sized(12, 0, sizes, 64 * MB, 1e9, 0, VC_OFFLOAD_MODE_SEQUENTIAL, VC_POLICY_PLANNED);
+    uint64_t most_ahead = 0;
+    for (int r = 0; r < 4; r++)
+        for (int i = 0; i < 12; i++) {
+            void *p;
+            assert_int_equal(vc_layer_acquire(w.cache, w.layer[i], w.stream, &p), VC_OK);
+            vc_stats s = get_stats(w.cache);
+            /* the held layer, plus at most two projections' bytes ahead */
+            assert_true(s.vram_bytes <= sizes[i] + 2 * MB);
+            if (s.layers_in_vram - 1 > most_ahead) most_ahead = s.layers_in_vram - 1;
+            vc_layer_release(w.cache, w.layer[i], w.stream);
+        }
+    /* a norm, a projection and the next norm at least (two layers ahead was the old bound) */
+    assert_true(most_ahead >= 3);
+    vc_stats s = get_stats(w.cache);
+    assert_true(s.prefetch_hits > 0);
+    assert_true(s.vram_peak_bytes <= 1 * MB + 2 * MB);
+    free_world(&w);
+}
+
 static void test_sequential_mode_keeps_minimum(void **state) {
     (void)state;
     sim_world w = make_world(8, 16 * KB, 1 * MB, 1e9, 0, VC_OFFLOAD_MODE_SEQUENTIAL, VC_POLICY_PLANNED);
@@ -2395,6 +2422,7 @@ int main(void) {
         cmocka_unit_test(test_declared_order),
         cmocka_unit_test(test_never_evicts_held_or_in_flight),
         cmocka_unit_test(test_sequential_mode_keeps_minimum),
+        cmocka_unit_test(test_sequential_lookahead_is_in_bytes),
         cmocka_unit_test(test_none_mode_never_evicts),
         cmocka_unit_test(test_model_mode_moves_whole_models),
         cmocka_unit_test(test_balanced_threshold),

@@ -24,6 +24,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "bench_args.h"
 #include "json_string.h"
 #include "vramcache.h"
 #include "vramcache_gpu.h"
@@ -190,11 +191,13 @@ int main(int argc, char **argv) {
             json = 1;
         else if (!strcmp(argv[i], "--uvm"))
             with_uvm = 1;
-        else if (!strcmp(argv[i], "--budget-gb") && i + 1 < argc)
-            budget_gb = atof(argv[++i]);
-        else if (!strcmp(argv[i], "--passes") && i + 1 < argc)
-            passes = atoi(argv[++i]);
-        else {
+        else if (!strcmp(argv[i], "--budget-gb") && i + 1 < argc) {
+            if (!bench_arg_double("--budget-gb", argv[++i], 0.001, 1048576, &budget_gb)) return 2;
+        } else if (!strcmp(argv[i], "--passes") && i + 1 < argc) {
+            long v;
+            if (!bench_arg_long("--passes", argv[++i], 1, 100000, &v)) return 2;
+            passes = (int)v;
+        } else {
             fprintf(stderr, "usage: %s [--json] [--budget-gb G] [--passes N] [--uvm]\n", argv[0]);
             return 2;
         }

@@ -23,6 +23,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
+#include "bench_args.h"
 #include "json_string.h"
 #include "vramcache.h"
 #include "vramcache_fault.h"
@@ -84,19 +85,19 @@ int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--workload") && i + 1 < argc)
             path = argv[++i];
-        else if (!strcmp(argv[i], "--budget-gb") && i + 1 < argc)
-            budget_gb = atof(argv[++i]);
-        else if (!strcmp(argv[i], "--card-gb") && i + 1 < argc)
-            card_gb = atof(argv[++i]);
-        else if (!strcmp(argv[i], "--working-gb") && i + 1 < argc)
-            working_gb = atof(argv[++i]);
-        else if (!strcmp(argv[i], "--steps") && i + 1 < argc)
-            steps = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--stream-slots") && i + 1 < argc && !strcmp(argv[i + 1], "tune"))
-            slots = VC_STREAM_SLOTS_TUNE, i++;
-        else if (!strcmp(argv[i], "--stream-slots") && i + 1 < argc && atoi(argv[i + 1]) >= 0 && atoi(argv[i + 1]) <= 8)
-            slots = (unsigned)atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--json"))
+        else if (!strcmp(argv[i], "--budget-gb") && i + 1 < argc) {
+            if (!bench_arg_double("--budget-gb", argv[++i], 0.001, 1048576, &budget_gb)) return 2;
+        } else if (!strcmp(argv[i], "--card-gb") && i + 1 < argc) {
+            if (!bench_arg_double("--card-gb", argv[++i], 0.001, 1048576, &card_gb)) return 2;
+        } else if (!strcmp(argv[i], "--working-gb") && i + 1 < argc) {
+            if (!bench_arg_double("--working-gb", argv[++i], 0, 1048576, &working_gb)) return 2;
+        } else if (!strcmp(argv[i], "--steps") && i + 1 < argc) {
+            long v;
+            if (!bench_arg_long("--steps", argv[++i], 1, 100000, &v)) return 2;
+            steps = (int)v;
+        } else if (!strcmp(argv[i], "--stream-slots") && i + 1 < argc) {
+            if (!bench_arg_stream_slots(argv[++i], &slots)) return 2;
+        } else if (!strcmp(argv[i], "--json"))
             json = 1;
         else {
             fprintf(stderr, "usage: %s [--workload FILE] [--budget-gb G | --card-gb G [--working-gb W]] [--steps N] "

@@ -22,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_args.h"
 #include "vramcache.h"
 #include "vramcache_safetensors.h"
 
@@ -122,9 +123,9 @@ int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--json"))
             json = 1;
-        else if (!strcmp(argv[i], "--mb") && i + 1 < argc)
-            mb = atof(argv[++i]);
-        else {
+        else if (!strcmp(argv[i], "--mb") && i + 1 < argc) {
+            if (!bench_arg_double("--mb", argv[++i], 1, 1048576, &mb)) return 2;
+        } else {
             fprintf(stderr, "usage: bench_safetensors [--mb N] [--json]\n");
             return 2;
         }

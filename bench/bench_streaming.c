@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "vramcache.h"
+#include "bench_args.h"
 #include "json_string.h"
 #include "vramcache_config.h"
 #include "vramcache_sim.h"
@@ -68,17 +69,19 @@ int main(int argc, char **argv) {
             json = 1;
         else if (!strcmp(argv[i], "--workloads") && i + 1 < argc)
             dir = argv[++i];
-        else if (!strcmp(argv[i], "--tflops") && i + 1 < argc)
-            tflops = atof(argv[++i]);
-        else if (!strcmp(argv[i], "--steps") && i + 1 < argc && atoi(argv[i + 1]) >= 2)
-            g_steps = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--block") && i + 1 < argc && atoi(argv[i + 1]) >= 1 && atoi(argv[i + 1]) <= 64)
-            g_block = (unsigned)atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--stream-slots") && i + 1 < argc && !strcmp(argv[i + 1], "tune"))
-            g_slots = VC_STREAM_SLOTS_TUNE, i++;
-        else if (!strcmp(argv[i], "--stream-slots") && i + 1 < argc && atoi(argv[i + 1]) >= 0 && atoi(argv[i + 1]) <= 8)
-            g_slots = (unsigned)atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--workload") && i + 1 < argc && chosen < 16)
+        else if (!strcmp(argv[i], "--tflops") && i + 1 < argc) {
+            if (!bench_arg_double("--tflops", argv[++i], 1e-3, 1e6, &tflops)) return 2;
+        } else if (!strcmp(argv[i], "--steps") && i + 1 < argc) {
+            long v;
+            if (!bench_arg_long("--steps", argv[++i], 2, 100000, &v)) return 2;
+            g_steps = (int)v;
+        } else if (!strcmp(argv[i], "--block") && i + 1 < argc) {
+            long v;
+            if (!bench_arg_long("--block", argv[++i], 1, 64, &v)) return 2;
+            g_block = (unsigned)v;
+        } else if (!strcmp(argv[i], "--stream-slots") && i + 1 < argc) {
+            if (!bench_arg_stream_slots(argv[++i], &g_slots)) return 2;
+        } else if (!strcmp(argv[i], "--workload") && i + 1 < argc && chosen < 16)
             files[chosen++] = argv[++i], nfiles = chosen;
         else {
             fprintf(stderr, "usage: %s [--json] [--workloads DIR] [--tflops T] [--steps N] [--block K] "

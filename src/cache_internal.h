@@ -121,6 +121,9 @@ struct vc_model_rec {
     layer_t **rec;     /* the pass being recorded while learning */
     size_t rec_n, rec_cap;
     int recording;
+    uint64_t rec_start;  /* c->use_clock at the recorded pass's first acquire */
+    int learned_alone;   /* set while the plan is made for an order just learned from a pass during
+                            which no other model's layer was acquired (plan.c) */
     uint64_t last_tick; /* c->use_clock at its latest acquire */
     size_t vram_layers; /* its layers resident now */
     size_t plan_capacity; /* the weight limit its plan was made for; 0: no plan */

@@ -413,7 +413,7 @@ void vc__make_plan(vc_cache *c, model_t *m) {
     int shared = vc__others_in_use(c, m);
     /* What other models hold now stays where it is: plan around it (alone; shared, they move). */
     size_t limit = vc__weight_limit(c);
-    size_t cap = shared ? limit : sat_sub(limit, vc__held_by_others(c, m));
+    size_t alone_cap = sat_sub(limit, vc__held_by_others(c, m));
     size_t total = 0, largest = 0;
     for (size_t i = 0; i < vc__plan_n(m); i++) {
         size_t b = arena_round(vc__plan_at(m, i)->bytes);
@@ -421,6 +421,15 @@ void vc__make_plan(vc_cache *c, model_t *m) {
         if (b > largest) largest = b;
         vc__plan_at(m, i)->keep = 1;
     }
+    /* An order just learned from a pass no other model's layer interrupted (a denoiser after its
+     * text encoders) is planned alone: the model that ran before it counts as in use for two more
+     * passes' worth of acquires (vc__model_active), which made the plan shared here and laid the
+     * device out twice, at the second pass and, alone, at the third; each re-layout streams the
+     * whole model (FLUX.1-dev on 12-28 GB: 22 GB in each of those passes against 13.5 GB). Only
+     * for a plan that streams: a plan that fits keeps its first passes as they were, which is
+     * where a fitting plan that chains shows it and gets homes (note_fit_chain in schedule.c). */
+    if (shared && m->learned_alone && c->mode == VC_OFFLOAD_MODE_BALANCED && total > alone_cap) shared = 0;
+    size_t cap = shared ? limit : alone_cap;
     m->plan_capacity = limit ? limit : 1; /* re-planned when the limit moves away from this */
     m->plan_slots = c->stream_slots;
     m->plan_hold = vc__hold_window(m);

@@ -228,6 +228,7 @@ static int install_order(vc_cache *c, model_t *m, layer_t **order, size_t n, int
 static void start_recording(model_t *m, layer_t *l) {
     m->recording = 1;
     m->rec_n = 0;
+    m->rec_start = l->last_use;
     if (!m->rec_cap) {
         m->rec = malloc(16 * sizeof(*m->rec));
         m->rec_cap = m->rec ? 16 : 0;
@@ -245,7 +246,10 @@ static void record(vc_cache *c, model_t *m, layer_t *l) {
         layer_t **order = malloc(m->rec_n * sizeof(*order));
         if (order) {
             memcpy(order, m->rec, m->rec_n * sizeof(*order));
+            /* every acquire since the recording began was one of this pass's */
+            m->learned_alone = c->use_clock - m->rec_start == (uint64_t)m->rec_n;
             install_order(c, m, order, m->rec_n, 0);
+            m->learned_alone = 0;
             m->pos = 0;
             c->stats.orders_learned++;
             vc__log(c, VC_LOG_INFO, "learned the execution order of model '%s': %zu layers per pass", m->name,

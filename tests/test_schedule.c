@@ -121,6 +121,49 @@ static void count_plans(void *user, vc_log_level level, const char *msg) {
     *(int *)user += strstr(msg, "plan for model") != NULL;
 }
 
+struct denoiser_plans {
+    int plans, shared; /* "plan for model 'denoiser'" lines, and those of the shared shape */
+};
+
+static void log_denoiser_plans(void *user, vc_log_level level, const char *msg) {
+    (void)level;
+    struct denoiser_plans *pl = user;
+    if (!strstr(msg, "plan for model 'denoiser'")) return;
+    pl->plans++;
+    pl->shared += strstr(msg, "(shared shape)") != NULL;
+}
+
+/* A denoiser that streams, run after a text encoder: its order is learned as its second pass
+ * begins, while the encoder still counts as in use (it ran within two passes' worth of acquires).
+ * The recorded pass ran alone, so the plan is made alone, once; it used to be made shared there and
+ * again, alone, at the third pass, each time laying the device out anew (the whole model reloaded
+ * twice: FLUX.1-dev on 12 GB, 22 GB in each of passes 2 and 3 against 13.5 GB). */
+static void test_plan_once_after_an_encoder(void **state) {
+    (void)state;
+    sim_world w = make_world(16, 64 * KB, 640 * KB, 1e9, 1e-6, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
+    struct denoiser_plans pl = {0, 0};
+    assert_int_equal(vc_cache_destroy(w.cache), VC_OK);
+    vc_cache_options o = sched_options(w.sim, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
+    o.log_fn = log_denoiser_plans;
+    o.log_user = &pl;
+    o.log_level = VC_LOG_INFO;
+    assert_int_equal(vc_cache_create(&o, &w.cache), VC_OK);
+    vc_model_id enc = add_model(w.cache, "encoder");
+    vc_layer_id el[4];
+    for (int i = 0; i < 4; i++) el[i] = add_host_layer(w.cache, enc, "enc", w.weights[i], w.bytes[i]);
+    w.model = add_model(w.cache, "denoiser");
+    for (int i = 0; i < w.n; i++) w.layer[i] = add_host_layer(w.cache, w.model, "layer", w.weights[i], w.bytes[i]);
+    for (int i = 0; i < 4; i++) {
+        void *p;
+        assert_int_equal(vc_layer_acquire(w.cache, el[i], w.stream, &p), VC_OK);
+        assert_int_equal(vc_layer_release(w.cache, el[i], w.stream), VC_OK);
+    }
+    for (int step = 0; step < 6; step++) pass(&w, 20e-6);
+    assert_int_equal(pl.plans, 1);
+    assert_int_equal(pl.shared, 0);
+    free_world(&w);
+}
+
 /* smart_working_mem, and every pass reserves its own working memory (as an engine does around a
  * denoise or a VAE decode): the first reservation replaces the standing reserve, and the limit the
  * reservation leaves is the one the cache reports and plans with at the next pass start. Computed
@@ -2423,6 +2466,7 @@ int main(void) {
         cmocka_unit_test(test_never_evicts_held_or_in_flight),
         cmocka_unit_test(test_sequential_mode_keeps_minimum),
         cmocka_unit_test(test_sequential_lookahead_is_in_bytes),
+        cmocka_unit_test(test_plan_once_after_an_encoder),
         cmocka_unit_test(test_none_mode_never_evicts),
         cmocka_unit_test(test_model_mode_moves_whole_models),
         cmocka_unit_test(test_balanced_threshold),

@@ -765,10 +765,10 @@ static int vram_place(vc_cache *c, layer_t *l, const char *fn, const place_req *
     if (c->mode == VC_OFFLOAD_MODE_NONE) {
         char a[32], b[32];
         return vc__fail(c, VC_ERR_OUT_OF_VRAM, "%s: layer '%s' of model '%s' needs %s of device memory, but "
-                        "offload_mode none keeps everything resident and the weight budget of %s is full: "
+                        "offload_mode none keeps everything resident and the weight budget of %s %s: "
                         "the models do not fit (use offload_mode balanced or sequential to stream layers)",
                         fn, l->name, l->model->name, vc__fmt_bytes(need, a, sizeof a),
-                        vc__fmt_bytes(limit, b, sizeof b));
+                        vc__fmt_bytes(limit, b, sizeof b), need > limit ? "is smaller than the layer" : "is full");
     }
     char a[32], b[32], d[32], e[32], h[32]; /* one buffer per number: all are formatted before the call */
     /* A small card with the default 3 GB of working memory has no room for weights at all: say which

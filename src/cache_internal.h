@@ -122,6 +122,8 @@ struct vc_model_rec {
     size_t rec_n, rec_cap;
     int recording;
     uint64_t rec_start;  /* c->use_clock at the recorded pass's first acquire */
+    int alone_grace;     /* its plan was made alone by learned_alone: another model coming into use at
+                            the next pass start does not make it shared yet (schedule.c, follow) */
     int learned_alone;   /* set while the plan is made for an order just learned from a pass during
                             which no other model's layer was acquired (plan.c) */
     uint64_t last_tick; /* c->use_clock at its latest acquire */

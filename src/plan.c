@@ -427,8 +427,13 @@ void vc__make_plan(vc_cache *c, model_t *m) {
      * device out twice, at the second pass and, alone, at the third; each re-layout streams the
      * whole model (FLUX.1-dev on 12-28 GB: 22 GB in each of those passes against 13.5 GB). Only
      * for a plan that streams: a plan that fits keeps its first passes as they were, which is
-     * where a fitting plan that chains shows it and gets homes (note_fit_chain in schedule.c). */
-    if (shared && m->learned_alone && c->mode == VC_OFFLOAD_MODE_BALANCED && total > alone_cap) shared = 0;
+     * where a fitting plan that chains shows it and gets homes (note_fit_chain in schedule.c).
+     * The model that ran before may run again beside this one (InvokeAI's sequential guidance:
+     * ControlNet, UNet, UNet): the plan then stays alone through the next pass (alone_grace)
+     * rather than be made shared and, a pass later, alone again, two more whole re-layouts before
+     * the step group of the two forms and is planned as one. */
+    m->alone_grace = 0;
+    if (shared && m->learned_alone && c->mode == VC_OFFLOAD_MODE_BALANCED && total > alone_cap) shared = 0, m->alone_grace = 1;
     size_t cap = shared ? limit : alone_cap;
     m->plan_capacity = limit ? limit : 1; /* re-planned when the limit moves away from this */
     m->plan_slots = c->stream_slots;

@@ -327,6 +327,8 @@ static void follow(vc_cache *c, model_t *m, layer_t *l) {
             vc__try_layout(c, m, 1);
             /* Another model came into use beside this one's plan, or left it: lay it out again. */
             int replan = m->plan_capacity && m->plan_shared != vc__others_in_use(c, m);
+            if (replan && m->alone_grace && !m->plan_shared) replan = 0; /* (plan.c, vc__make_plan) */
+            m->alone_grace = 0;
             /* The engine now holds more layers at once than the plan's region allows for, or far fewer
              * (after a whole-model acquire); small swings down keep the plan (no re-plan each pass). */
             unsigned w = vc__hold_window(m);

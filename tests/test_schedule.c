@@ -123,11 +123,13 @@ static void count_plans(void *user, vc_log_level level, const char *msg) {
 
 struct denoiser_plans {
     int plans, shared; /* "plan for model 'denoiser'" lines, and those of the shared shape */
+    int groups;        /* step groups formed */
 };
 
 static void log_denoiser_plans(void *user, vc_log_level level, const char *msg) {
     (void)level;
     struct denoiser_plans *pl = user;
+    pl->groups += strstr(msg, "run in turn every step") != NULL;
     if (!strstr(msg, "plan for model 'denoiser'")) return;
     pl->plans++;
     pl->shared += strstr(msg, "(shared shape)") != NULL;
@@ -141,7 +143,7 @@ static void log_denoiser_plans(void *user, vc_log_level level, const char *msg) 
 static void test_plan_once_after_an_encoder(void **state) {
     (void)state;
     sim_world w = make_world(16, 64 * KB, 640 * KB, 1e9, 1e-6, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
-    struct denoiser_plans pl = {0, 0};
+    struct denoiser_plans pl = {0, 0, 0};
     assert_int_equal(vc_cache_destroy(w.cache), VC_OK);
     vc_cache_options o = sched_options(w.sim, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
     o.log_fn = log_denoiser_plans;
@@ -161,6 +163,42 @@ static void test_plan_once_after_an_encoder(void **state) {
     for (int step = 0; step < 6; step++) pass(&w, 20e-6);
     assert_int_equal(pl.plans, 1);
     assert_int_equal(pl.shared, 0);
+    free_world(&w);
+}
+
+/* The same, with the encoder running again before every pair of denoiser passes (a ControlNet with
+ * guidance run as two UNet passes: InvokeAI's sequential_guidance). Its run before the recorded
+ * pass looks the same as a text encoder's, so the plan is made alone; when it turns up again the
+ * plan stays alone for that pass rather than be made shared there and alone at the pass after (two
+ * more whole re-layouts) until the two form a step group, planned under the group's name. */
+static void test_alone_plan_waits_a_pass_for_a_returning_model(void **state) {
+    (void)state;
+    sim_world w = make_world(16, 64 * KB, 640 * KB, 1e9, 1e-6, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
+    struct denoiser_plans pl = {0, 0, 0};
+    assert_int_equal(vc_cache_destroy(w.cache), VC_OK);
+    vc_cache_options o = sched_options(w.sim, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
+    o.log_fn = log_denoiser_plans;
+    o.log_user = &pl;
+    o.log_level = VC_LOG_INFO;
+    assert_int_equal(vc_cache_create(&o, &w.cache), VC_OK);
+    vc_model_id cn = add_model(w.cache, "controlnet");
+    vc_layer_id cl[4];
+    for (int i = 0; i < 4; i++) cl[i] = add_host_layer(w.cache, cn, "cn", w.weights[i], w.bytes[i]);
+    w.model = add_model(w.cache, "denoiser");
+    for (int i = 0; i < w.n; i++) w.layer[i] = add_host_layer(w.cache, w.model, "layer", w.weights[i], w.bytes[i]);
+    for (int step = 0; step < 6; step++) {
+        for (int i = 0; i < 4; i++) {
+            void *p;
+            assert_int_equal(vc_layer_acquire(w.cache, cl[i], w.stream, &p), VC_OK);
+            assert_true(check_pattern(p, w.bytes[i], (uint64_t)i + 1));
+            assert_int_equal(vc_layer_release(w.cache, cl[i], w.stream), VC_OK);
+        }
+        pass(&w, 20e-6);
+        pass(&w, 20e-6);
+    }
+    assert_int_equal(pl.plans, 1);
+    assert_int_equal(pl.shared, 0);
+    assert_int_equal(pl.groups, 1);
     free_world(&w);
 }
 
@@ -2467,6 +2505,7 @@ int main(void) {
         cmocka_unit_test(test_sequential_mode_keeps_minimum),
         cmocka_unit_test(test_sequential_lookahead_is_in_bytes),
         cmocka_unit_test(test_plan_once_after_an_encoder),
+        cmocka_unit_test(test_alone_plan_waits_a_pass_for_a_returning_model),
         cmocka_unit_test(test_none_mode_never_evicts),
         cmocka_unit_test(test_model_mode_moves_whole_models),
         cmocka_unit_test(test_balanced_threshold),

@@ -29,7 +29,7 @@ int vc__others_in_use(vc_cache *c, const model_t *m) {
  * them (an old layout would be fragmented by the layers that used to stream through it). Kept
  * layers get homes, and the region works as a ring, only while m has the device to itself: beside
  * another model in use both assume an order of placement the other model's layers break, and two
- * interleaved models moved 1.2-1.6x the bytes with them (tests/test_schedule.c, interleaved). */
+ * interleaved models moved 1.2-1.6x the bytes with them (tests/test_step_group.c, interleaved). */
 static void apply_plan_layout(vc_cache *c, model_t *m, size_t kept, size_t stream_budget) {
     /* (also what an earlier release left because it was pinned then) */
     if ((c->stream_model || c->sarena.total) && (c->stream_model != m || c->stream_budget != stream_budget))
@@ -408,7 +408,7 @@ void vc__make_plan(vc_cache *c, model_t *m) {
     /* The ring, homes, the deferred layout and the lean shape assume the plan has the device to
      * itself. Beside another model in use (a ControlNet beside a UNet) each model's plan ignores the
      * other's needs, and those rules then moved 1.2-1.7x the bytes of the rules before them (two
-     * interleaved models at 40-60% of their size: tests/test_schedule.c, interleaved): the plan
+     * interleaved models at 40-60% of their size: tests/test_step_group.c, interleaved): the plan
      * keeps those rules there until a plan over all models in use replaces them. */
     int shared = vc__others_in_use(c, m);
     /* What other models hold now stays where it is: plan around it (alone; shared, they move). */

@@ -40,7 +40,7 @@ gcc -Wall -Werror -static tests/consumer/consumer.c $(pkg-config --static --cfla
 ./build-test/consumer/pc_static
 unset PKG_CONFIG_PATH
 run_suite clang-asan-ubsan "" -DCMAKE_C_COMPILER=clang -DVC_SANITIZE=address,undefined
-TSAN_OPTIONS=halt_on_error=1 run_suite clang-tsan "test_threads|test_shared|test_schedule|test_keep_alive|test_safetensors|core_on_fake_cuda$" -DCMAKE_C_COMPILER=clang -DVC_SANITIZE=thread
+TSAN_OPTIONS=halt_on_error=1 run_suite clang-tsan "test_threads|test_shared|test_schedule|test_plan|test_step_group|test_slot_tuner|test_keep_alive|test_safetensors|core_on_fake_cuda$" -DCMAKE_C_COMPILER=clang -DVC_SANITIZE=thread
 if command -v python3 >/dev/null; then
   echo "=== workloads match their generator ==="
   python3 tools/gen_workloads.py --check

@@ -433,7 +433,10 @@ void vc__make_plan(vc_cache *c, model_t *m) {
      * rather than be made shared and, a pass later, alone again, two more whole re-layouts before
      * the step group of the two forms and is planned as one. */
     m->alone_grace = 0;
-    if (shared && m->learned_alone && c->mode == VC_OFFLOAD_MODE_BALANCED && total > alone_cap) shared = 0, m->alone_grace = 1;
+    if (shared && m->learned_alone && c->mode == VC_OFFLOAD_MODE_BALANCED && total > alone_cap) {
+        shared = 0;
+        m->alone_grace = 1;
+    }
     size_t cap = shared ? limit : alone_cap;
     m->plan_capacity = limit ? limit : 1; /* re-planned when the limit moves away from this */
     m->plan_slots = c->stream_slots;

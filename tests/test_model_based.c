@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <time.h>
 
+#include "cache_internal.h" /* white-box: the prefetch accounting (check_prefetch_accounting) */
 #include "test_util.h"
 #include "vramcache_fault.h"
 
@@ -210,7 +211,25 @@ static void check_invariants(world *w, int full) {
     faults_arm(w);
 }
 
+/* White-box: the prefetches not yet acquired are counted right, in layers and in bytes (sequential
+ * mode's look-ahead is bounded by the bytes: a count that drifted would shorten it for good, or,
+ * wrapping below zero, stop it). */
+static void check_prefetch_accounting(vc_cache *c) {
+    pthread_mutex_lock(&c->lock);
+    size_t n = 0, bytes = 0;
+    for (uint32_t i = 0; i < c->layers.count; i++) {
+        const layer_t *l = c->layers.slots[i].ptr;
+        if (l && l->prefetched) n++, bytes += l->bytes;
+    }
+    size_t want_n = c->prefetch_inflight, want_bytes = c->prefetch_inflight_bytes;
+    pthread_mutex_unlock(&c->lock);
+    assert_int_equal(n, want_n);
+    assert_int_equal(bytes, want_bytes);
+}
+
 static void check_invariants_now(world *w, int full) {
+    check_prefetch_accounting(w->t.cache);
+    if (w->sh) check_prefetch_accounting(w->sh->t.cache);
     vc_stats s = get_stats(w->t.cache);
     assert_true(s.ram_bytes <= w->ram_budget);
     assert_true(s.ram_peak_bytes <= w->ram_budget);

@@ -454,6 +454,16 @@ static const char *ratio_of(double num, double den, char *buf, size_t size) {
     return buf;
 }
 
+/* A failed run's message in full. result->error is cut at 511 bytes (very long layer names); the
+ * thread's last error holds the same message whole until another call sets one, so take it right
+ * after the run. */
+static void run_error(const vc_sim_result *res, int st, char *out, size_t n) {
+    const char *why = res->error[0] ? res->error : st != VC_OK ? vc_last_error() : "";
+    size_t len = strlen(res->error);
+    if (len && strlen(vc_last_error()) > len && !strncmp(vc_last_error(), res->error, len)) why = vc_last_error();
+    snprintf(out, n, "%s", why[0] || st == VC_OK ? why : vc_strerror(st));
+}
+
 static int cmd_simulate(int argc, char **argv) {
     sim_args a;
     vc_workload *wl;
@@ -467,7 +477,8 @@ static int cmd_simulate(int argc, char **argv) {
     /* the mode the run used: unset, the simulated GPU's size decides it (4 GB or less: sequential) */
     int mode = a.mode >= 0 ? a.mode : (int)vc_config_get_offload_mode_for(cfg, 1, (size_t)r.vram_bytes, NULL, 0);
     if (st != VC_OK) {
-        const char *why = res.error[0] ? res.error : vc_last_error();
+        char why[1024];
+        run_error(&res, st, why, sizeof why);
         if (a.json) {
             printf("{\"workload\":");
             json_put_string(stdout, vc_workload_name(wl));
@@ -558,12 +569,12 @@ static void errors_only(void *user, vc_log_level level, const char *msg) {
 
 /* plan's line on the user's own settings (--config): their step time, and what the recommendation
  * (rec_s; < 0: none) gains over it, or why the file's settings cannot run the workload. */
-static void print_current(const char *path, int st, const vc_sim_result *mine, int mode, double resident,
-                          double rec_s) {
+static void print_current(const char *path, int st, const vc_sim_result *mine, const char *why, int mode,
+                          double resident, double rec_s) {
     char pc[32], gain[48] = "";
     if (st != VC_OK) {
         printf("your settings (%s, offload_mode %s) do not run this workload on this GPU: %s\n", path, MODES[mode],
-               mine->error[0] ? mine->error : vc_strerror(st));
+               why);
         return;
     }
     if (rec_s > 0)
@@ -586,6 +597,7 @@ static int cmd_plan(int argc, char **argv) {
     /* With --config, the user's settings as they stand first (their mode, working memory and VRAM
      * cap), so the output can say what changing them buys. */
     vc_sim_result mine;
+    char mine_why[1024] = "";
     int mine_st = VC_OK, mine_mode = -1;
     if (a.config) {
         vc_sim_run r;
@@ -593,6 +605,7 @@ static int cmd_plan(int argc, char **argv) {
         run_init_from(&a, cfg, &r);
         r.policy = VC_POLICY_PLANNED;
         mine_st = vc_sim_run_workload(wl, &r, &mine);
+        run_error(&mine, mine_st, mine_why, sizeof mine_why);
         mine_mode = (int)vc_config_get_offload_mode_for(cfg, 1, (size_t)r.vram_bytes, NULL, 0);
     }
     /* Working memory: what the denoiser's activations need (the VAE decode reserves its own). */
@@ -610,6 +623,7 @@ static int cmd_plan(int argc, char **argv) {
     vc_config_set(cfg, VC_CFG_DEVICE_WORKING_MEM_GB, text);
     vc_config_set(cfg, VC_CFG_MAX_CACHE_VRAM_GB, "null");
     vc_sim_result res[4];
+    char why[4][1024];
     int st[4], best = -1;
     for (int m = 0; m < 4; m++) {
         vc_sim_run r;
@@ -617,6 +631,7 @@ static int cmd_plan(int argc, char **argv) {
         run_init_from(&a, cfg, &r);
         r.policy = VC_POLICY_PLANNED;
         st[m] = vc_sim_run_workload(wl, &r, &res[m]);
+        run_error(&res[m], st[m], why[m], sizeof why[m]);
         if (st[m] == VC_OK && (best < 0 || res[m].step_time_s < res[best].step_time_s)) best = m;
     }
     /* Within 1% of the fastest, prefer balanced: it also adapts when other programs take memory
@@ -680,7 +695,7 @@ static int cmd_plan(int argc, char **argv) {
                 printf("{\"error\":");
                 json_put_string(stdout, vc_strerror(st[m]));
                 printf(",\"detail\":");
-                json_put_string(stdout, res[m].error[0] ? res[m].error : vc_strerror(st[m]));
+                json_put_string(stdout, why[m]);
                 printf("}");
             }
         }
@@ -708,7 +723,7 @@ static int cmd_plan(int argc, char **argv) {
             printf("{\"offload_mode\":\"%s\",\"error\":", MODES[mine_mode]);
             json_put_string(stdout, vc_strerror(mine_st));
             printf(",\"detail\":");
-            json_put_string(stdout, mine.error[0] ? mine.error : vc_strerror(mine_st));
+            json_put_string(stdout, mine_why);
             printf("}}\n");
         }
     } else {
@@ -730,14 +745,14 @@ static int cmd_plan(int argc, char **argv) {
         }
         /* The reasons in full after the table: the part that says what to change comes last. */
         for (int m = 0; m < 4; m++)
-            if (st[m] != VC_OK) printf("  %s: %s\n", MODES[m], res[m].error[0] ? res[m].error : vc_strerror(st[m]));
+            if (st[m] != VC_OK) printf("  %s: %s\n", MODES[m], why[m]);
         if (best < 0 && work_assumed && !work_users && work_gb >= a.vram_gb)
             printf("the assumed working memory (%g GB) does not leave this GPU room for weights: state the denoiser "
                    "stage's working_mem_bytes in the workload (docs/workloads.md)\n",
                    work_gb);
         if (best < 0) {
             printf("no mode runs this workload on this GPU\n");
-            if (a.config) print_current(a.config, mine_st, &mine, mine_mode, mine.compute_time_s, -1);
+            if (a.config) print_current(a.config, mine_st, &mine, mine_why, mine_mode, mine.compute_time_s, -1);
         } else {
             printf("recommended invokeai.yaml settings:\n");
             printf("  enable_partial_loading: %s\n",
@@ -756,7 +771,7 @@ static int cmd_plan(int argc, char **argv) {
                        "machine's %.0f GB of RAM cannot spare it\n",
                        ram.need, ram.reread_gb, a.ram_gb);
             double rec_s = ram.held ? ram.with.step_time_s : res[best].step_time_s;
-            if (a.config) print_current(a.config, mine_st, &mine, mine_mode, resident, rec_s);
+            if (a.config) print_current(a.config, mine_st, &mine, mine_why, mine_mode, resident, rec_s);
             /* What no schedule can beat with this much VRAM and this link: tells a user whether the
              * remaining gap is the scheduler's or the hardware's. */
             double bound = res[best].segment_bound_step_time_s;

@@ -168,7 +168,7 @@ typedef struct vc_sim_result {
     int steps;
     /** Empty on success; else why the run failed: the cache's message, cut at 511 bytes when very
      *  long layer or model names make it longer. Right after the call, vc_last_error() on the same
-     *  thread holds the message of the failure that ended the run whole (up to 1023 bytes); the
+     *  thread holds the message of the failure that ended the run whole (up to 4095 bytes); the
      *  vramcache tool prints that one when it extends this. */
     char error[512];
 } vc_sim_result;

@@ -349,7 +349,7 @@ struct vc_cache {
 
     /* last error, for vc_cache_last_error */
     int last_status;
-    char last_error[1024];
+    char last_error[4096];
 };
 
 /* ---- errors and logging (src/status.c, src/log.c) ------------------------------------------ */

@@ -31,7 +31,7 @@ void vc__log(const vc_cache *c, vc_log_level level, const char *fmt, ...) {
         }
     }
     if (level > max || !fn) return;
-    char msg[1024];
+    char msg[4096]; /* as long as an error message (status.c) */
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);

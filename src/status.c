@@ -35,7 +35,7 @@ const char *vc_status_name(int status) {
     return "UNKNOWN";
 }
 
-static _Thread_local char tls_error[1024]; /* messages name layers and models: room for long ones */
+static _Thread_local char tls_error[4096]; /* messages name layers and models (and files): room for long ones */
 static _Thread_local char tls_backend_error[256];
 _Thread_local int vc__tls_internal_thread;
 

@@ -285,7 +285,7 @@ static inline vc_residency residency(vc_cache *c, vc_layer_id l) {
 
 /* The message of the last error on c contains `needle`. */
 static inline int last_error_has(vc_cache *c, const char *needle) {
-    char buf[1024];
+    char buf[4096];
     vc_cache_last_error(c, buf, sizeof buf);
     return strstr(buf, needle) != NULL;
 }

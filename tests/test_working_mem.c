@@ -275,14 +275,17 @@ static void test_working_mem_taking_the_whole_device(void **state) {
     o.ram_budget = 1 * MB;
     o.working_mem = 512 * KB; /* more than the 256 KB device */
     test_cache t = make_cache_opts(256 * KB, &o);
-    char name[301];
-    memset(name, 'x', 300);
-    name[300] = '\0';
+    /* names of a thousand bytes and more (the message must keep its hint) */
+    static char name[1501], model[1001];
+    memset(name, 'x', 1500);
+    memset(model, 'm', 1000);
     static char w[16 * KB];
-    vc_layer_id l = add_host_layer(t.cache, add_model(t.cache, "m"), name, w, sizeof w);
+    vc_layer_id l = add_host_layer(t.cache, add_model(t.cache, model), name, w, sizeof w);
     void *p;
     assert_int_equal(vc_layer_acquire(t.cache, l, NULL, &p), VC_ERR_OUT_OF_VRAM);
     assert_true(last_error_has(t.cache, name));
+    assert_true(last_error_has(t.cache, model));
+    assert_non_null(strstr(vc_last_error(), "lower it"));
     assert_true(last_error_has(t.cache, "the standing working memory (device_working_mem_gb) takes all of the"));
     assert_true(last_error_has(t.cache, "lower it"));
     free_cache(&t);

@@ -477,7 +477,7 @@ static int cmd_simulate(int argc, char **argv) {
     /* the mode the run used: unset, the simulated GPU's size decides it (4 GB or less: sequential) */
     int mode = a.mode >= 0 ? a.mode : (int)vc_config_get_offload_mode_for(cfg, 1, (size_t)r.vram_bytes, NULL, 0);
     if (st != VC_OK) {
-        char why[1024];
+        char why[4096];
         run_error(&res, st, why, sizeof why);
         if (a.json) {
             printf("{\"workload\":");
@@ -597,7 +597,7 @@ static int cmd_plan(int argc, char **argv) {
     /* With --config, the user's settings as they stand first (their mode, working memory and VRAM
      * cap), so the output can say what changing them buys. */
     vc_sim_result mine;
-    char mine_why[1024] = "";
+    char mine_why[4096] = "";
     int mine_st = VC_OK, mine_mode = -1;
     if (a.config) {
         vc_sim_run r;
@@ -623,7 +623,7 @@ static int cmd_plan(int argc, char **argv) {
     vc_config_set(cfg, VC_CFG_DEVICE_WORKING_MEM_GB, text);
     vc_config_set(cfg, VC_CFG_MAX_CACHE_VRAM_GB, "null");
     vc_sim_result res[4];
-    char why[4][1024];
+    char why[4][4096];
     int st[4], best = -1;
     for (int m = 0; m < 4; m++) {
         vc_sim_run r;

@@ -797,7 +797,7 @@ int vc_safetensors_register(vc_safetensors *st, vc_cache *cache, vc_model_id mod
                            .loader_user = &st->ctx[i]};
         int status = vc_layer_register(cache, model, &d, &got[i]);
         if (status != VC_OK) {
-            char why[1024];
+            char why[4096]; /* (the thread's last error, whole) */
             snprintf(why, sizeof why, "%s", vc_last_error());
             for (size_t k = i; k-- > 0;)
                 if (got[k]) vc_layer_unregister(cache, got[k]);

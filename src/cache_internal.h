@@ -68,6 +68,7 @@ struct vc_layer_rec {
     layer_t *vprev, *vnext; /* VRAM LRU (unheld layers with a device copy) */
     unsigned holds;
     uint64_t last_use; /* c->use_clock at the latest acquire */
+    uint64_t rec_mark; /* its model's rec_gen when the pass being recorded took it in (schedule.c) */
     int loading;   /* loader running without the lock */
     int uploading; /* an upload from its RAM copy is being set up: the copy must stay */
 
@@ -122,6 +123,7 @@ struct vc_model_rec {
     size_t rec_n, rec_cap;
     int recording;
     uint64_t rec_start;  /* c->use_clock at the recorded pass's first acquire */
+    uint64_t rec_gen;    /* counts recordings: a layer whose rec_mark equals it is in this one's pass */
     int alone_grace;     /* its plan was made alone by learned_alone: another model coming into use at
                             the next pass start does not make it shared yet (schedule.c, follow) */
     int learned_alone;   /* set while the plan is made for an order just learned from a pass during

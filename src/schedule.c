@@ -229,11 +229,15 @@ static void start_recording(model_t *m, layer_t *l) {
     m->recording = 1;
     m->rec_n = 0;
     m->rec_start = l->last_use;
+    m->rec_gen++;
     if (!m->rec_cap) {
         m->rec = malloc(16 * sizeof(*m->rec));
         m->rec_cap = m->rec ? 16 : 0;
     }
-    if (m->rec_cap) m->rec[m->rec_n++] = l;
+    if (m->rec_cap) {
+        m->rec[m->rec_n++] = l;
+        l->rec_mark = m->rec_gen;
+    }
 }
 
 /* Learning: record the pass until its first layer comes round again. */
@@ -260,11 +264,10 @@ static void record(vc_cache *c, model_t *m, layer_t *l) {
         m->recording = 0;
         return;
     }
-    for (size_t i = 1; i < m->rec_n; i++)
-        if (m->rec[i] == l) { /* a layer used twice per pass: not a simple loop; start again here */
-            start_recording(m, l);
-            return;
-        }
+    if (l->rec_mark == m->rec_gen) { /* a layer used twice per pass: not a simple loop; start again here */
+        start_recording(m, l);
+        return;
+    }
     if (m->rec_n == m->rec_cap) {
         size_t cap = m->rec_cap * 2;
         layer_t **r = realloc(m->rec, cap * sizeof(*r));
@@ -276,6 +279,7 @@ static void record(vc_cache *c, model_t *m, layer_t *l) {
         m->rec_cap = cap;
     }
     m->rec[m->rec_n++] = l;
+    l->rec_mark = m->rec_gen;
 }
 
 /* At a pass start, after the re-plan check. A plan that fits its room but fills it evicted its own

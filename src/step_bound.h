@@ -15,7 +15,9 @@
  * whole or partial layers can beat. It is never below max(total compute, (total bytes - usable) /
  * bandwidth). O(n^3) time up to 256 layers; longer passes try 256 evenly spread first cuts (still a
  * bound, at most a little less tight), O(256 n^2), and passes of more than 1448 fewer, so that
- * the work stays under 2^28 steps. O(n) memory; returns -1 when that memory is short.
+ * the work stays under 2^28 steps; past 23170, cuts fall only between 23170 groups of consecutive
+ * layers (with `back`, runs of at most 2^28 / n layers instead).
+ * O(n) memory; returns -1 when that memory is short.
  *
  * A pass may use a layer more than once (a UNet run twice per step, for the two halves of
  * classifier-free guidance): back[i] is then how many positions before i (round the loop, 1 to n)

@@ -104,6 +104,20 @@ static int number(wparser *P, yaml_node_t *n, const char *what, double *out) {
     return 0;
 }
 
+/* Names already read, for the duplicate-name warning: an open-addressing set of indices + 1 into
+ * m->layers (a linear search made a model of 100,000 layers, one per tensor, take minutes). */
+static uint64_t name_hash(const char *s) {
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+static size_t *name_slot(size_t *set, size_t mask, const wl_model *m, const char *name) {
+    size_t i = (size_t)name_hash(name) & mask;
+    while (set[i] && strcmp(m->layers[set[i] - 1].name, name)) i = (i + 1) & mask;
+    return &set[i];
+}
+
 static int parse_layers(wparser *P, yaml_node_t *seq, wl_model *m) {
     if (!seq || seq->type != YAML_SEQUENCE_NODE) {
         vc__diag_add(P->d, VC_DIAG_ERROR, P->file, seq ? ln(seq) : 0, seq ? cl(seq) : 0, "layers",
@@ -113,6 +127,10 @@ static int parse_layers(wparser *P, yaml_node_t *seq, wl_model *m) {
     size_t n = (size_t)(seq->data.sequence.items.top - seq->data.sequence.items.start);
     m->layers = calloc(n ? n : 1, sizeof(*m->layers));
     if (!m->layers) return -1;
+    size_t cap = 16;
+    while (cap < 2 * n) cap *= 2;
+    size_t *seen = calloc(cap, sizeof(*seen));
+    if (!seen) return -1;
     int bad = 0;
     for (size_t i = 0; i < n; i++) {
         yaml_node_t *it = yaml_document_get_node(P->doc, seq->data.sequence.items.start[i]);
@@ -138,12 +156,10 @@ static int parse_layers(wparser *P, yaml_node_t *seq, wl_model *m) {
         }
         /* Names only label layers (ids identify them), but two alike make traces and messages
          * ambiguous: most likely a copied line. */
-        for (size_t j = 0; j < m->n; j++)
-            if (!strcmp(m->layers[j].name, name)) {
-                vc__diag_add(P->d, VC_DIAG_WARNING, P->file, ln(it), cl(it), "name",
-                             "model '%s' has two layers named '%s' (layers %zu and %zu)", m->name, name, j + 1, i + 1);
-                break;
-            }
+        size_t *slot = name_slot(seen, cap - 1, m, name);
+        if (*slot)
+            vc__diag_add(P->d, VC_DIAG_WARNING, P->file, ln(it), cl(it), "name",
+                         "model '%s' has two layers named '%s' (layers %zu and %zu)", m->name, name, *slot, i + 1);
         if (bytes < 1 || bytes != floor(bytes) || bytes > 1e15) {
             vc__diag_add(P->d, VC_DIAG_ERROR, P->file, ln(it), cl(it), "bytes",
                          "layer '%s': bytes must be a whole number between 1 and 1e15", name);
@@ -161,8 +177,13 @@ static int parse_layers(wparser *P, yaml_node_t *seq, wl_model *m) {
         L->name = dup_str(name);
         L->bytes = (size_t)bytes;
         L->flops = flops;
-        if (!L->name) return -1;
+        if (!L->name) {
+            free(seen);
+            return -1;
+        }
+        if (!*slot) *slot = m->n; /* (the first of a name keeps the slot) */
     }
+    free(seen);
     if (!bad && m->n == 0) {
         vc__diag_add(P->d, VC_DIAG_ERROR, P->file, ln(seq), cl(seq), "layers", "model '%s' has no layers", m->name);
         bad = 1;

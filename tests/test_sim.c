@@ -527,6 +527,21 @@ static void test_segment_bound(void **state) {
         assert_true(seg <= st + sb / bw + 1e-9);
     }
     assert_true(vc__segment_time_bound(b2, t2, 0, 5, 1, NULL) == 0);
+    /* A pass of 60,000 uses (a model registered tensor by tensor): the work stays bounded (runs of at
+     * most 2^28 / n uses from one first cut) and the result is still between the simple bound and
+     * fully serial copies; the first half holds the bytes, the second the compute, so the cut between
+     * them gives more than the simple bound. */
+    enum { LONG = 60000 };
+    double *bl = malloc(LONG * sizeof(*bl)), *tl = malloc(LONG * sizeof(*tl));
+    assert_non_null(bl);
+    assert_non_null(tl);
+    for (int i = 0; i < LONG; i++) bl[i] = i < LONG / 2 ? 2 : 0, tl[i] = i < LONG / 2 ? 0 : 1;
+    double seg = vc__segment_time_bound(bl, tl, LONG, 30000, 1, NULL); /* bytes 60000, compute 30000 */
+    assert_true(seg >= 30000 - 1e-6);
+    assert_true(seg <= 30000 + 60000 + 1e-6);
+    assert_true(seg > 30000 + 1); /* the byte-heavy half cannot hide behind the compute after it */
+    free(bl);
+    free(tl);
     /* A layer used twice per pass (a UNet run for both halves of guidance) counts once in a run
      * that holds both uses: pass [A, A], A 10 bytes, 15 usable: it fits, the bound is the compute
      * (2 s); counted as two layers it would read (20 - 15) / 1 = 5 s. */

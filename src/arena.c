@@ -220,9 +220,14 @@ arena_segment *arena_segment_by_gen(const arena *a, uint64_t gen) {
 }
 
 int arena_alloc_at(arena *a, arena_segment *seg, size_t offset, size_t size, void *owner, arena_block **out) {
+    return arena_alloc_at_from(a, seg, NULL, offset, size, owner, out);
+}
+
+int arena_alloc_at_from(arena *a, arena_segment *seg, arena_block *from, size_t offset, size_t size, void *owner,
+                        arena_block **out) {
     size = arena_round(size);
     if (offset & (ARENA_GRAIN - 1) || offset > seg->size || seg->size - offset < size) return VC_ERR_OUT_OF_VRAM;
-    arena_block *b = seg->first;
+    arena_block *b = from && from->seg == seg && from->offset <= offset ? from : seg->first;
     while (b && b->offset + b->size <= offset) b = b->next;
     if (!b || b->owner || b->offset + b->size - offset < size) return VC_ERR_OUT_OF_VRAM;
     return carve(a, b, offset - b->offset, size, owner, out);

@@ -71,6 +71,11 @@ int arena_alloc(arena *a, size_t size, size_t align, void *owner, arena_block **
  *  ARENA_GRAIN) of segment `seg` of `a`. Returns 0 and *out, VC_ERR_OUT_OF_VRAM when that range is
  *  not wholly inside one free block, or VC_ERR_NO_MEMORY when host bookkeeping fails. */
 int arena_alloc_at(arena *a, arena_segment *seg, size_t offset, size_t size, void *owner, arena_block **out);
+/** The same, searching for the block that holds `offset` from `from` (a live block of seg at or
+ *  below offset; NULL or any other: from the segment's first block), so callers that know a block
+ *  near the place do not walk the whole segment. */
+int arena_alloc_at_from(arena *a, arena_segment *seg, arena_block *from, size_t offset, size_t size, void *owner,
+                        arena_block **out);
 
 /** The segment of `a` whose gen is `gen`, or NULL when it is gone. O(segments). */
 arena_segment *arena_segment_by_gen(const arena *a, uint64_t gen);

@@ -487,6 +487,20 @@ void vc__assign_homes(vc_cache *c, model_t *m, int fitting) {
 
 /* Loads kept layer l into its home. VC_ERR_NOT_FOUND: it has none (or the home cannot be had now:
  * the caller places it as any other layer); VC_ERR_OUT_OF_VRAM: a prefetch that must wait. */
+/* A block of seg at or below `start` to look for l's home from: the block of a layer resident just
+ * before l in the pass, when it lies there (a resident layer's block is owned, so never merged away).
+ * Homes follow the pass order, so the walk from it is short; from the segment's first block, a pass
+ * of n kept layers cost O(n^2) (100,000 layers). */
+static arena_block *home_walk_start(const layer_t *l, const arena_segment *seg, size_t start) {
+    const model_t *m = vc__plan_model(l);
+    if (!l->in_order || !m->order || l->order_pos >= m->order_n) return NULL;
+    for (size_t k = 1; k <= 4 && k <= l->order_pos; k++) {
+        arena_block *b = m->order[l->order_pos - k]->vblock;
+        if (b && b->seg == seg && b->offset <= start) return b;
+    }
+    return NULL;
+}
+
 static int place_home(vc_cache *c, layer_t *l, const place_req *rq, arena_block **out) {
     arena_segment *seg = l->home_gen ? arena_segment_by_gen(&c->arena, l->home_gen) : NULL;
     size_t need = arena_round(l->bytes);
@@ -495,7 +509,8 @@ static int place_home(vc_cache *c, layer_t *l, const place_req *rq, arena_block 
         return VC_ERR_NOT_FOUND;
     }
     size_t start = l->home_off;
-    arena_block *first = seg->first, *last = NULL;
+    arena_block *first = home_walk_start(l, seg, start), *last = NULL;
+    if (!first) first = seg->first;
     while (first->offset + first->size <= start) first = first->next;
     streamable_ctx sc = {c, l, rq->max_distance};
     for (arena_block *b = first;; b = b->next) {
@@ -510,7 +525,10 @@ static int place_home(vc_cache *c, layer_t *l, const place_req *rq, arena_block 
     }
     int er = evict_run(c, first, last, rq->max_distance == VC_ANY_DISTANCE ? VC_EVICT_FOR_LOAD : VC_EVICT_FOR_PREFETCH);
     if (er == VC_ERR_NO_MEMORY) return er;
-    return arena_alloc_at(&c->arena, seg, start, need, l, out) == VC_OK ? VC_OK : VC_ERR_NOT_FOUND;
+    /* (looked up again: the evictions may have merged free blocks; a resident layer's block stays) */
+    return arena_alloc_at_from(&c->arena, seg, home_walk_start(l, seg, start), start, need, l, out) == VC_OK
+               ? VC_OK
+               : VC_ERR_NOT_FOUND;
 }
 
 /* Makes the upload stream wait for every deferred fence (the placement will not copy into them). */

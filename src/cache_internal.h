@@ -354,6 +354,16 @@ struct vc_cache {
     char last_error[4096];
 };
 
+/* l's upload ahead of use was acquired or is gone: it no longer counts as in flight, in layers or in
+ * bytes (sequential mode's look-ahead is bounded by the bytes). Returns whether it was prefetched. */
+static inline int vc__prefetch_settle(vc_cache *c, layer_t *l) {
+    if (!l->prefetched) return 0;
+    l->prefetched = 0;
+    c->prefetch_inflight--;
+    c->prefetch_inflight_bytes -= l->bytes;
+    return 1;
+}
+
 /* ---- errors and logging (src/status.c, src/log.c) ------------------------------------------ */
 
 /** Records a failure: formats the message, stores it for vc_last_error() and, when c is not NULL,

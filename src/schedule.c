@@ -404,12 +404,7 @@ static size_t sequential_room(model_t *m) {
 void vc__sched_on_acquire(vc_cache *c, layer_t *l) {
     model_t *own = l->model;
     own->last_tick = c->use_clock;
-    if (l->prefetched) {
-        l->prefetched = 0;
-        c->prefetch_inflight--;
-        c->prefetch_inflight_bytes -= l->bytes;
-        c->stats.prefetch_hits++;
-    }
+    if (vc__prefetch_settle(c, l)) c->stats.prefetch_hits++;
     /* Another model's layer in the midst of the previous model's pass: they interleave. */
     model_t *prev = c->last_model;
     if (prev && prev != own && !prev->joined && order_known(prev) && prev->pos != prev->order_n - 1)
@@ -484,11 +479,7 @@ void vc__sched_on_release(vc_cache *c, layer_t *l) {
 void vc__sched_forget(vc_cache *c, layer_t *l) {
     vc__grec_stop(c); /* the recorded period may hold l */
     model_t *m = l->model;
-    if (l->prefetched) {
-        l->prefetched = 0;
-        c->prefetch_inflight--;
-        c->prefetch_inflight_bytes -= l->bytes;
-    }
+    vc__prefetch_settle(c, l);
     if (l->in_order) drop_order(c, m); /* the pass changed shape: learn it again */
     if (m->recording) m->recording = 0;
 }

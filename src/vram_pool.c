@@ -133,11 +133,7 @@ void vc__evict_vram(vc_cache *c, layer_t *l, vc_evict_reason reason, int drop_ok
         vc__quarantine_range(c, l->in_stream ? &c->sarena : &c->arena, l->vblock);
     l->vblock = NULL;
     l->in_stream = 0;
-    if (l->prefetched) { /* a prefetch that was never used */
-        l->prefetched = 0;
-        c->prefetch_inflight--;
-        c->prefetch_inflight_bytes -= l->bytes;
-    }
+    vc__prefetch_settle(c, l); /* (a prefetch that was never used) */
     vc__note_vram_layer(c, l, -1);
     if (c->placing && l->keep && vc__plan_model(l) == vc__plan_model(c->placing))
         vc__plan_model(l)->self_evicts++; /* room for its own plan: a fragmentation chain if it repeats */
@@ -485,8 +481,6 @@ void vc__assign_homes(vc_cache *c, model_t *m, int fitting) {
     free(todo);
 }
 
-/* Loads kept layer l into its home. VC_ERR_NOT_FOUND: it has none (or the home cannot be had now:
- * the caller places it as any other layer); VC_ERR_OUT_OF_VRAM: a prefetch that must wait. */
 /* A block of seg at or below `start` to look for l's home from: the block of a layer resident just
  * before l in the pass, when it lies there (a resident layer's block is owned, so never merged away).
  * Homes follow the pass order, so the walk from it is short; from the segment's first block, a pass
@@ -501,6 +495,8 @@ static arena_block *home_walk_start(const layer_t *l, const arena_segment *seg, 
     return NULL;
 }
 
+/* Loads kept layer l into its home. VC_ERR_NOT_FOUND: it has none (or the home cannot be had now:
+ * the caller places it as any other layer); VC_ERR_OUT_OF_VRAM: a prefetch that must wait. */
 static int place_home(vc_cache *c, layer_t *l, const place_req *rq, arena_block **out) {
     arena_segment *seg = l->home_gen ? arena_segment_by_gen(&c->arena, l->home_gen) : NULL;
     size_t need = arena_round(l->bytes);

@@ -36,6 +36,8 @@ struct arena_segment {
     size_t used;         /* bytes in owned blocks */
     arena_block *first;  /* lowest block */
     uint64_t gen;        /* unique within its arena: names it safely after others come and go */
+    size_t min_owned;    /* at most the smallest owned block (the smallest carved since the
+                          * segment was last empty; SIZE_MAX then): bounds arena_find_window */
     arena_segment *prev, *next;
 };
 
@@ -92,13 +94,17 @@ size_t arena_round(size_t size);
 
 /** Looks for a run of neighbouring blocks in one segment whose combined span holds an aligned
  *  request of `size` bytes, where every owned block in the run satisfies `evictable`. Picks the run
- *  whose owned bytes are fewest. Returns 1 and the run's first/last blocks, or 0 when none exists. */
+ *  whose owned bytes are fewest (the first in segment and address order among equals). Returns 1
+ *  and the run's first/last blocks, or 0 when none exists. Segments that cannot hold a cheaper run
+ *  than one already found are not walked (see arena_find_window_cost). */
 int arena_find_window(const arena *a, size_t size, size_t align,
                       int (*evictable)(void *owner, void *ud), void *ud,
                       arena_block **first, arena_block **last);
 
 /** As arena_find_window, with the cost of evicting each owner given by `cost` (owned bytes when
- *  NULL). */
+ *  NULL). `cost` must be at least the owner's block size: the search skips a segment whose free
+ *  bytes fall short of the request when its smallest owned block (or the owned bytes the request
+ *  needs beyond the free ones) already costs no less than the best run found. */
 int arena_find_window_cost(const arena *a, size_t size, size_t align,
                            int (*evictable)(void *owner, void *ud), size_t (*cost)(void *owner, void *ud),
                            void *ud, arena_block **first, arena_block **last);

@@ -103,6 +103,52 @@ static void test_find_window(void **state) {
     arena_remove_segment(&a, a.segments);
 }
 
+static int evictable_if_positive(void *owner, void *ud) {
+    (void)ud;
+    return (intptr_t)owner > 0;
+}
+
+/* Segments of equal layers, each ending in a sliver too small for one more (a model registered
+ * tensor by tensor): the first segment's run is as cheap as any other, and later segments are
+ * passed over; a segment where a cheaper run exists is still searched, though its free bytes fall
+ * short of the request, and its run is chosen. */
+static void test_find_window_passes_over_segments(void **state) {
+    (void)state;
+    arena a;
+    arena_init(&a);
+    /* searched last (segments are searched newest first): a 3840-byte block, a 256-byte sliver,
+     * and a block that cannot move */
+    assert_int_equal(arena_add_segment(&a, base_mem, 8 * KB), VC_OK);
+    arena_segment *cheap = a.segments;
+    arena_block *c1, *c2;
+    assert_int_equal(arena_alloc_at(&a, cheap, 0, 3840, (void *)(intptr_t)1, &c1), VC_OK);
+    assert_int_equal(arena_alloc_at(&a, cheap, 4 * KB, 4 * KB, (void *)(intptr_t)-1, &c2), VC_OK);
+    /* searched first: two segments of four 4 KB blocks and a sliver */
+    arena_block *blk[2][4];
+    for (int s = 0; s < 2; s++) {
+        assert_int_equal(arena_add_segment(&a, base_mem + (s + 1) * 32 * KB, 16 * KB + 256), VC_OK);
+        for (int i = 0; i < 4; i++)
+            assert_int_equal(arena_alloc_at(&a, a.segments, (size_t)i * 4 * KB, 4 * KB,
+                                            (void *)(intptr_t)(2 + 4 * s + i), &blk[s][i]), VC_OK);
+    }
+    arena_block *f, *l;
+    /* 4 KB: 3840 owned bytes beside the sliver beat any 4 KB block */
+    assert_true(arena_find_window(&a, 4 * KB, 256, evictable_if_positive, NULL, &f, &l));
+    assert_ptr_equal(f, c1);
+    assert_ptr_equal(l, c1->next);
+    /* with that block unmovable, the first 4 KB block of the newest segment, as a full walk finds */
+    c1->owner = (void *)(intptr_t)-2;
+    assert_true(arena_find_window(&a, 4 * KB, 256, evictable_if_positive, NULL, &f, &l));
+    assert_ptr_equal(f, blk[1][0]);
+    assert_ptr_equal(l, blk[1][0]);
+    c1->owner = (void *)(intptr_t)1;
+    for (int s = 0; s < 2; s++)
+        for (int i = 0; i < 4; i++) arena_free(&a, blk[s][i]);
+    arena_free(&a, c1);
+    arena_free(&a, c2);
+    while (a.segments) arena_remove_segment(&a, a.segments);
+}
+
 /* Placement at a given offset: inside one free block only; the rest of the block stays free on
  * both sides. */
 static void test_alloc_at(void **state) {
@@ -163,6 +209,55 @@ static void test_segment_gen(void **state) {
     arena_remove_segment(&a, a.segments);
 }
 
+/* The window search as it was before segments could be skipped (a sliding window over every
+ * block): arena_find_window_cost must return the same run, ties included. */
+static int reference_window(const arena *a, size_t size, size_t align, int (*evictable)(void *, void *),
+                            size_t (*costf)(void *, void *), arena_block **first, arena_block **last) {
+    size = arena_round(size);
+    size_t best = SIZE_MAX;
+    int found = 0;
+    for (const arena_segment *s = a->segments; s; s = s->next) {
+        arena_block *lo = s->first;
+        size_t cost = 0;
+        for (arena_block *hi = s->first; hi; hi = hi->next) {
+            if (hi->owner && !evictable(hi->owner, NULL)) {
+                lo = hi->next;
+                cost = 0;
+                continue;
+            }
+            if (hi->owner) cost += costf ? costf(hi->owner, NULL) : hi->size;
+            for (;;) {
+                uintptr_t start = (uintptr_t)s->base + lo->offset;
+                size_t pad = (size_t)((align - (start & (align - 1))) & (align - 1));
+                size_t span = hi->offset + hi->size - lo->offset;
+                if (span < pad || span - pad < size) break;
+                if (cost < best) {
+                    best = cost;
+                    *first = lo;
+                    *last = hi;
+                    found = 1;
+                }
+                if (lo == hi) break;
+                if (lo->owner) cost -= costf ? costf(lo->owner, NULL) : lo->size;
+                lo = lo->next;
+            }
+        }
+    }
+    return found;
+}
+
+static int evictable_unless_7(void *owner, void *ud) {
+    (void)ud;
+    return (intptr_t)owner % 7 != 0;
+}
+
+/* At least any block's bytes (blocks here are at most 12 KB), as the cache's costs are; some
+ * owners cost twice as much. */
+static size_t cost_by_owner(void *owner, void *ud) {
+    (void)ud;
+    return (intptr_t)owner % 3 == 0 ? 2 * 16384 : 16384 + (size_t)(intptr_t)owner;
+}
+
 /* Random allocations and frees over three segments, checked against an ownership map. */
 static void test_random_against_map(void **state) {
     (void)state;
@@ -173,7 +268,7 @@ static void test_random_against_map(void **state) {
     static unsigned char owner_map[NSEG * SEG];
     memset(owner_map, 0, sizeof owner_map);
     arena_block *live[N] = {0};
-    int placed_at = 0, refused_at = 0;
+    int placed_at = 0, refused_at = 0, windows_found = 0;
     unsigned seed = 12345;
     for (int step = 0; step < 20000; step++) {
         seed = seed * 1103515245u + 12345u;
@@ -230,8 +325,22 @@ static void test_random_against_map(void **state) {
         size_t used = 0;
         for (int k = 0; k < N; k++) used += live[k] ? live[k]->size : 0;
         assert_int_equal(a.used, used);
+        if (step % 7 == 0) { /* the window search skips segments yet finds the reference's run */
+            size_t size = 1 + (seed >> 5) % (24 * 1024), align = (size_t)256 << ((seed >> 9) % 3);
+            size_t (*costf)(void *, void *) = (seed >> 14) & 1 ? cost_by_owner : NULL;
+            arena_block *f = NULL, *l = NULL, *rf = NULL, *rl = NULL;
+            int got = arena_find_window_cost(&a, size, align, evictable_unless_7, costf, NULL, &f, &l);
+            int want = reference_window(&a, size, align, evictable_unless_7, costf, &rf, &rl);
+            assert_int_equal(got, want);
+            if (want) {
+                assert_ptr_equal(f, rf);
+                assert_ptr_equal(l, rl);
+            }
+            windows_found += want;
+        }
     }
     assert_true(placed_at > 100 && refused_at > 100); /* both outcomes were exercised */
+    assert_true(windows_found > 100);
     for (int k = 0; k < N; k++)
         if (live[k]) arena_free(&a, live[k]);
     assert_int_equal(a.used, 0);
@@ -247,6 +356,7 @@ int main(void) {
         cmocka_unit_test(test_alignment),
         cmocka_unit_test(test_exact_fit_never_missed),
         cmocka_unit_test(test_find_window),
+        cmocka_unit_test(test_find_window_passes_over_segments),
         cmocka_unit_test(test_alloc_at),
         cmocka_unit_test(test_segment_gen),
         cmocka_unit_test(test_random_against_map),

@@ -124,10 +124,9 @@ struct vc_model_rec {
     int recording;
     uint64_t rec_start;  /* c->use_clock at the recorded pass's first acquire */
     uint64_t rec_gen;    /* counts recordings: a layer whose rec_mark equals it is in this one's pass */
-    int alone_grace;     /* its plan was made alone by learned_alone: another model coming into use at
-                            the next pass start does not make it shared yet (schedule.c, follow) */
-    int learned_alone;   /* set while the plan is made for an order just learned from a pass during
-                            which no other model's layer was acquired (plan.c) */
+    int alone_grace;     /* its plan was made alone for an order learned from an uninterrupted pass
+                            (vc__make_plan's learned_alone): another model coming into use at the
+                            next pass start does not make it shared yet (schedule.c, follow) */
     uint64_t last_tick; /* c->use_clock at its latest acquire */
     size_t vram_layers; /* its layers resident now */
     size_t plan_capacity; /* the weight limit its plan was made for; 0: no plan */

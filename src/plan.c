@@ -404,7 +404,7 @@ static int region_for_once_used(model_t *m, size_t cap, size_t total, size_t lar
 
 /* Marks each layer of m's order kept or streamed and sizes the streaming region (m->pending_*),
  * then lays that out when it can (vc__try_layout). */
-void vc__make_plan(vc_cache *c, model_t *m) {
+void vc__make_plan(vc_cache *c, model_t *m, int learned_alone) {
     /* The ring, homes, the deferred layout and the lean shape assume the plan has the device to
      * itself. Beside another model in use (a ControlNet beside a UNet) each model's plan ignores the
      * other's needs, and those rules then moved 1.2-1.7x the bytes of the rules before them (two
@@ -433,7 +433,7 @@ void vc__make_plan(vc_cache *c, model_t *m) {
      * rather than be made shared and, a pass later, alone again, two more whole re-layouts before
      * the step group of the two forms and is planned as one. */
     m->alone_grace = 0;
-    if (shared && m->learned_alone && c->mode == VC_OFFLOAD_MODE_BALANCED && total > alone_cap) {
+    if (shared && learned_alone && c->mode == VC_OFFLOAD_MODE_BALANCED && total > alone_cap) {
         shared = 0;
         m->alone_grace = 1;
     }

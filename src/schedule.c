@@ -208,7 +208,8 @@ static void drop_order(vc_cache *c, model_t *m) {
     m->pos = 0;
 }
 
-static int install_order(vc_cache *c, model_t *m, layer_t **order, size_t n, int declared) {
+/* Takes `order` (owned from here) as m's order and plans it; `learned_alone` as vc__make_plan. */
+static int install_order(vc_cache *c, model_t *m, layer_t **order, size_t n, int declared, int learned_alone) {
     drop_order(c, m);
     m->order = order;
     m->order_n = n;
@@ -221,7 +222,7 @@ static int install_order(vc_cache *c, model_t *m, layer_t **order, size_t n, int
     }
     m->pos = n - 1; /* the next expected layer is order[0] */
     m->pf_next = 0;
-    if (c->policy == VC_POLICY_PLANNED) vc__make_plan(c, m);
+    if (c->policy == VC_POLICY_PLANNED) vc__make_plan(c, m, learned_alone);
     return VC_OK;
 }
 
@@ -251,9 +252,8 @@ static void record(vc_cache *c, model_t *m, layer_t *l) {
         if (order) {
             memcpy(order, m->rec, m->rec_n * sizeof(*order));
             /* every acquire since the recording began was one of this pass's */
-            m->learned_alone = c->use_clock - m->rec_start == (uint64_t)m->rec_n;
-            install_order(c, m, order, m->rec_n, 0);
-            m->learned_alone = 0;
+            int alone = c->use_clock - m->rec_start == (uint64_t)m->rec_n;
+            install_order(c, m, order, m->rec_n, 0, alone);
             m->pos = 0;
             c->stats.orders_learned++;
             vc__log(c, VC_LOG_INFO, "learned the execution order of model '%s': %zu layers per pass", m->name,
@@ -342,7 +342,7 @@ static void follow(vc_cache *c, model_t *m, layer_t *l) {
             /* The budget moved since the plan was made (reservation ended, another process): re-plan. */
             size_t limit = c->stats.vram_limit;
             size_t diff = limit > m->plan_capacity ? limit - m->plan_capacity : m->plan_capacity - limit;
-            if (c->policy == VC_POLICY_PLANNED && (diff > m->plan_capacity / 16 || replan)) vc__make_plan(c, m);
+            if (c->policy == VC_POLICY_PLANNED && (diff > m->plan_capacity / 16 || replan)) vc__make_plan(c, m, 0);
             note_fit_chain(c, m);
         }
         return;
@@ -586,7 +586,7 @@ int vc_model_set_order(vc_cache *c, vc_model_id model, const vc_layer_id *ids, s
         m->order_declared = 1;
         goto done;
     }
-    install_order(c, m, order, n, 1);
+    install_order(c, m, order, n, 1, 0);
     order = NULL;
     goto done;
 restore:

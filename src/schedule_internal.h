@@ -25,8 +25,10 @@ model_t *vc__plan_model_at(vc_cache *c, uint32_t i);
 /** 1 when another model ran within the last two passes of m: m's plan does not own the device. */
 int vc__others_in_use(vc_cache *c, const model_t *m);
 /** Makes m's plan from its order and the weight limit: which layers stay and the streaming region's
- *  size; the layout follows at the first release with nothing held (or at once, shared). */
-void vc__make_plan(vc_cache *c, model_t *m);
+ *  size; the layout follows at the first release with nothing held (or at once, shared).
+ *  `learned_alone`: the order was just learned from a pass no other model's layer interrupted (it
+ *  may then be planned alone although the model before it still counts as in use). */
+void vc__make_plan(vc_cache *c, model_t *m, int learned_alone);
 /** Marks m's layout pending or done (prefetch is paused while one is pending). */
 void vc__set_layout_pending(vc_cache *c, model_t *m, int pending);
 /** Lays out m's pending plan: at once with `force`, else only while nothing in the arenas is held

@@ -126,7 +126,7 @@ static int form_group(vc_cache *c, model_t **members, size_t k, layer_t **order,
     g->last_tick = c->use_clock;
     c->group = g;
     vc__log(c, VC_LOG_INFO, "models %s run in turn every step: planned as one pass of %zu layers", name, n);
-    vc__make_plan(c, g);
+    vc__make_plan(c, g, 0);
     return 1;
 }
 

@@ -507,7 +507,14 @@ VC_API int vc_layer_unregister(vc_cache *cache, vc_layer_id layer);
  *  Errors: VC_ERR_INVALID_ARG, VC_ERR_NOT_FOUND, VC_ERR_OUT_OF_VRAM (held layers and working memory
  *  leave no room: message gives the numbers), VC_ERR_OUT_OF_RAM (a loaded layer needs more RAM than
  *  unheld RAM copies can free), VC_ERR_LOADER, VC_ERR_BACKEND. On error the layer is not held and
- *  *device_ptr is untouched; layers evicted to make room stay evicted (their weights are kept). */
+ *  *device_ptr is untouched; layers evicted to make room stay evicted (their weights are kept).
+ *  CUDA graphs: neither this nor vc_layer_release may be called while `stream` (or, in CUDA's
+ *  global capture mode, any stream) is being captured: they may allocate device memory and query
+ *  events, which capture forbids (CUDA then invalidates the capture), and an event they record on
+ *  a capturing stream becomes part of the graph, which the cache cannot then wait for. A layer's
+ *  address holds only between its acquire and its last release, and a layer that streams lands
+ *  elsewhere each pass: a graph may use the addresses of layers acquired before its capture began
+ *  and released after its last replay. */
 VC_API int vc_layer_acquire(vc_cache *cache, vc_layer_id layer, vc_stream stream, void **device_ptr);
 
 /** Releases one hold. `stream` is the stream on which the engine last used the weights: device

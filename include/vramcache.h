@@ -648,7 +648,9 @@ VC_API int vc_layer_patch(vc_cache *cache, vc_layer_id layer, vc_patch_mode mode
 VC_API int vc_layer_unpatch(vc_cache *cache, vc_layer_id layer);
 
 /** Declares the order in which the model's layers run in one pass (a denoising step): `n` layer
- *  ids of this model, each at most once. With an order known, the planned policy prefetches the next
+ *  ids of this model; a layer that runs more than once in the pass (a module shared by two blocks,
+ *  a block run in a loop) is listed at each of its uses (the cache learns such passes too).
+ *  With an order known, the planned policy prefetches the next
  *  layers and keeps a resident set chosen so that streamed layers are spread between resident ones.
  *  Declaring the order the model already runs by (learned or declared before) changes nothing but
  *  making it declared: an engine may declare it at every generation at no cost.
@@ -661,12 +663,14 @@ VC_API int vc_layer_unpatch(vc_cache *cache, vc_layer_id layer);
  *  planned as one pass once the cache has seen them alternate for two steps, and planned apart
  *  again as soon as another model runs than the one due (logged at INFO). An engine may hold
  *  several layers at once (a block run as one kernel): the plan leaves room for two such blocks.
- *  Errors: VC_ERR_INVALID_ARG (a layer twice, of another model, or order NULL with n > 0),
+ *  A model whose pass uses a layer more than once is planned alone, never joined with others.
+ *  Errors: VC_ERR_INVALID_ARG (a layer of another model, or order NULL with n > 0),
  *  VC_ERR_NOT_FOUND, VC_ERR_NO_MEMORY. Nothing changes on error. */
 VC_API int vc_model_set_order(vc_cache *cache, vc_model_id model, const vc_layer_id *order, size_t n);
 
 /** Reports the model's execution order state: *known is 1 when an order is in use, *declared 1
- *  when it was declared rather than learned, *length its number of layers. Any output may be NULL. */
+ *  when it was declared rather than learned, *length its number of uses per pass (its layers,
+ *  counting a layer that runs more than once at each use). Any output may be NULL. */
 VC_API int vc_model_get_order(vc_cache *cache, vc_model_id model, int *known, int *declared, size_t *length);
 
 /* ---------------------------------------------------------------------------------------------- */

@@ -196,9 +196,14 @@ static void drop_order(vc_cache *c, model_t *m) {
     for (size_t i = 0; i < m->order_n; i++) {
         m->order[i]->in_order = 0;
         m->order[i]->keep = 0;
+        m->order[i]->uses = 0;
     }
     free(m->order);
-    m->order = NULL;
+    free(m->next_use);
+    free(m->uorder);
+    m->order = m->uorder = NULL;
+    m->next_use = NULL;
+    m->uorder_n = 0;
     m->order_n = 0;
     m->order_valid = 0;
     vc__set_layout_pending(c, m, 0);
@@ -208,18 +213,83 @@ static void drop_order(vc_cache *c, model_t *m) {
     m->pos = 0;
 }
 
-/* Takes `order` (owned from here) as m's order and plans it; `learned_alone` as vc__make_plan. */
+/* A pass of m that uses some layers more than once (a shared module, a block run in a loop): links
+ * each use to the same layer's next one round the pass (*next_use) and lists the distinct layers in
+ * the order they first run (*uorder, *un of them), as a step group that runs a model twice has
+ * them (step_group.c), so that eviction and prefetch see a layer's nearer use and the plan streams
+ * layers used once before those used twice. Both NULL when every layer runs once. Changes nothing
+ * else. Returns VC_OK or VC_ERR_NO_MEMORY. */
+static int find_repeats(const model_t *m, layer_t *const *order, size_t n, size_t **next_use, layer_t ***uorder,
+                        size_t *un) {
+    *next_use = NULL;
+    *uorder = NULL;
+    *un = 0;
+    size_t *seen = malloc((m->nlayers ? m->nlayers : 1) * sizeof(*seen)); /* by model_pos */
+    if (!seen) return VC_ERR_NO_MEMORY;
+    for (size_t i = 0; i < n; i++) seen[order[i]->model_pos] = SIZE_MAX;
+    size_t distinct = 0;
+    for (size_t i = 0; i < n; i++)
+        if (seen[order[i]->model_pos] == SIZE_MAX) seen[order[i]->model_pos] = i, distinct++;
+    if (distinct == n) { /* each layer once: the usual order */
+        free(seen);
+        return VC_OK;
+    }
+    size_t *next = malloc(n * sizeof(*next));
+    layer_t **u = malloc(distinct * sizeof(*u));
+    if (!next || !u) {
+        free(seen), free(next), free(u);
+        return VC_ERR_NO_MEMORY;
+    }
+    /* seen[] holds each layer's first use: a use's next is the following use, the last's the first */
+    for (size_t i = 0, k = 0; i < n; i++) {
+        size_t first = seen[order[i]->model_pos];
+        if (first == i) u[k++] = order[i];
+        next[i] = first; /* till a later use of the same layer says otherwise, below */
+    }
+    size_t *last = malloc((m->nlayers ? m->nlayers : 1) * sizeof(*last));
+    if (!last) {
+        free(seen), free(next), free(u);
+        return VC_ERR_NO_MEMORY;
+    }
+    for (size_t i = 0; i < n; i++) last[order[i]->model_pos] = SIZE_MAX;
+    for (size_t i = 0; i < n; i++) {
+        size_t *l = &last[order[i]->model_pos];
+        if (*l != SIZE_MAX) next[*l] = i;
+        *l = i;
+    }
+    free(seen);
+    free(last);
+    *next_use = next;
+    *uorder = u;
+    *un = distinct;
+    return VC_OK;
+}
+
+/* Takes `order` (owned from here) as m's order and plans it; `learned_alone` as vc__make_plan. A
+ * layer may occur more than once (find_repeats). VC_ERR_NO_MEMORY (order freed; m's order as it
+ * was) when the repeats cannot be linked. */
 static int install_order(vc_cache *c, model_t *m, layer_t **order, size_t n, int declared, int learned_alone) {
+    size_t *next_use, un;
+    layer_t **uorder;
+    if (find_repeats(m, order, n, &next_use, &uorder, &un) != VC_OK) {
+        free(order);
+        return VC_ERR_NO_MEMORY;
+    }
     drop_order(c, m);
     m->order = order;
     m->order_n = n;
+    m->next_use = next_use;
+    m->uorder = uorder;
+    m->uorder_n = un;
     m->order_valid = 1;
     m->order_declared = declared;
     m->pass_mismatches = 0;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = n; i-- > 0;) { /* a layer used more than once: order_pos is its first use */
         order[i]->in_order = 1;
         order[i]->order_pos = i;
     }
+    for (size_t i = 0; next_use && i < n; i++)
+        order[i]->uses = order[i]->order_pos == i ? 1 : order[i]->uses + 1;
     m->pos = n - 1; /* the next expected layer is order[0] */
     m->pf_next = 0;
     if (c->policy == VC_POLICY_PLANNED) vc__make_plan(c, m, learned_alone);
@@ -229,6 +299,7 @@ static int install_order(vc_cache *c, model_t *m, layer_t **order, size_t n, int
 static void start_recording(model_t *m, layer_t *l) {
     m->recording = 1;
     m->rec_n = 0;
+    m->rec_repeats = 0;
     m->rec_start = l->last_use;
     m->rec_gen++;
     if (!m->rec_cap) {
@@ -241,32 +312,54 @@ static void start_recording(model_t *m, layer_t *l) {
     }
 }
 
-/* Learning: record the pass until its first layer comes round again. */
+/* Learning: record the pass until its first layer comes round again. A layer may run more than
+ * once in the pass (a shared module, a block run in a loop): its uses are all recorded, and linked
+ * when the order is installed (find_repeats). If more uses repeat than the model has layers before
+ * the first comes back, the first may have run only once (an embedding acquired once before a loop
+ * of blocks): recording starts again at the repeated layer, and from there a repeat ends the pass
+ * (rec_strict), which learns the loop. Should the pass then turn out longer than that loop (a
+ * loop inside the pass, run many times), the order is dropped, and the model waits twice as long
+ * for its first layer the next time (loop_tries). */
 static void record(vc_cache *c, model_t *m, layer_t *l) {
     if (!m->recording) {
         start_recording(m, l);
         return;
     }
-    if (m->rec_n && l == m->rec[0]) { /* one whole pass */
+    /* One whole pass; a layer acquired again at once (an engine that acquires each layer twice) is
+     * a repeat, unless the model has just that layer. */
+    if (m->rec_n && l == m->rec[0] && (m->rec_n > 1 || m->nlayers == 1 || m->rec_strict)) {
         layer_t **order = malloc(m->rec_n * sizeof(*order));
         if (order) {
             memcpy(order, m->rec, m->rec_n * sizeof(*order));
             /* every acquire since the recording began was one of this pass's */
             int alone = c->use_clock - m->rec_start == (uint64_t)m->rec_n;
-            install_order(c, m, order, m->rec_n, 0, alone);
-            m->pos = 0;
-            c->stats.orders_learned++;
-            vc__log(c, VC_LOG_INFO, "learned the execution order of model '%s': %zu layers per pass", m->name,
-                    m->order_n);
-            vc__note_step_prev(c, m); /* this acquire begins its second pass: a step for step groups */
-            vc__note_pass_start(c, m);
+            if (install_order(c, m, order, m->rec_n, 0, alone) == VC_OK) {
+                m->pos = 0;
+                m->order_strict = m->rec_strict;
+                m->rec_strict = 0;
+                c->stats.orders_learned++;
+                if (m->uorder)
+                    vc__log(c, VC_LOG_INFO, "learned the execution order of model '%s': %zu layers per pass, "
+                            "%zu of them uses of a layer that ran before in the pass", m->name, m->order_n,
+                            m->order_n - m->uorder_n);
+                else
+                    vc__log(c, VC_LOG_INFO, "learned the execution order of model '%s': %zu layers per pass",
+                            m->name, m->order_n);
+                vc__note_step_prev(c, m); /* this acquire begins its second pass: a step for step groups */
+                vc__note_pass_start(c, m);
+            }
         }
         m->recording = 0;
         return;
     }
-    if (l->rec_mark == m->rec_gen) { /* a layer used twice per pass: not a simple loop; start again here */
-        start_recording(m, l);
-        return;
+    if (l->rec_mark == m->rec_gen) { /* a layer used again in the pass */
+        unsigned shift = m->loop_tries < 16 ? m->loop_tries : 16;
+        if (m->rec_strict || ++m->rec_repeats > (m->nlayers << shift)) {
+            m->rec_strict = 1; /* the first layer ran once: learn the loop from here, as one pass */
+            start_recording(m, l);
+            return;
+        }
+        /* (recorded below, as any other use) */
     }
     if (m->rec_n == m->rec_cap) {
         size_t cap = m->rec_cap * 2;
@@ -361,6 +454,7 @@ static void follow(vc_cache *c, model_t *m, layer_t *l) {
     if (!m->order_declared && (!l->in_order || m->pass_mismatches > 2 + m->order_n / 8)) {
         vc__log(c, VC_LOG_INFO, "model '%s' left its learned order at layer '%s'; learning again", m->name,
                 l->name);
+        if (m->order_strict && m->loop_tries < UINT_MAX) m->loop_tries++; /* a loop guessed wrong (record) */
         c->stats.order_resets++;
         drop_order(c, m);
         start_recording(m, l);
@@ -496,8 +590,11 @@ void vc__sched_model_free(vc_cache *c, model_t *m) {
         if (o && o->step_prev == m) o->step_prev = NULL, o->step_prev_seen = 0;
     }
     free(m->order);
+    free(m->next_use);
+    free(m->uorder);
     free(m->rec);
-    m->order = m->rec = NULL;
+    m->order = m->rec = m->uorder = NULL;
+    m->next_use = NULL;
 }
 
 /* ---- public: declared orders ------------------------------------------------------------------ */
@@ -569,30 +666,22 @@ int vc_model_set_order(vc_cache *c, vc_model_id model, const vc_layer_id *ids, s
         }
         order[i] = l;
     }
-    for (size_t i = 0; i < n; i++) /* each layer once: mark, check, unmark */
-        if (order[i]->in_order == 2) {
-            st = vc__fail(c, VC_ERR_INVALID_ARG, "%s: layer '%s' appears twice in the order", fn, order[i]->name);
-            for (size_t j = 0; j < i; j++) order[j]->in_order = 1;
-            goto restore;
-        } else {
-            order[i]->in_order = 2;
-        }
-    for (size_t i = 0; i < n; i++) order[i]->in_order = 1;
-    m->recording = 0;
     if (m->order_valid && m->order_n == n && !memcmp(m->order, order, n * sizeof(*order))) {
         /* The order it runs by already (an engine declaring it at every generation): it becomes
          * declared, and the plan, the layout and any step group stay as they are (installing it
          * again would lay the device out afresh, reloading every kept layer). */
+        m->recording = 0;
         m->order_declared = 1;
         goto done;
     }
-    install_order(c, m, order, n, 1, 0);
+    /* (a layer listed more than once runs more than once in the pass: install_order links its uses) */
+    st = install_order(c, m, order, n, 1, 0);
     order = NULL;
-    goto done;
-restore:
-    /* in_order marks of the old order must be exact again */
-    for (size_t i = 0; i < n; i++) order[i]->in_order = 0;
-    for (size_t i = 0; i < m->order_n; i++) m->order[i]->in_order = 1;
+    if (st != VC_OK) {
+        st = vc__fail(c, st, "%s: out of host memory for the uses of %zu layers", fn, n);
+        goto done;
+    }
+    m->recording = 0;
 done:
     free(order);
     pthread_mutex_unlock(&c->lock);

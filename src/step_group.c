@@ -147,7 +147,9 @@ int vc__try_join(vc_cache *c, model_t *a) {
     size_t k = 0, n = 0;
     model_t *x = a;
     do {
-        if (!x || x->step_prev_seen < (x == a ? 2u : 1u) || !order_known(x) || x->joined || k == GROUP_MAX) return 0;
+        if (!x || x->step_prev_seen < (x == a ? 2u : 1u) || !order_known(x) || x->joined || x->next_use ||
+            k == GROUP_MAX)
+            return 0; /* (a model whose own pass repeats layers plans alone: groups link whole passes) */
         for (size_t j = 0; j < k; j++)
             if (mem[j] == x) return 0; /* a cycle that does not come back to a */
         mem[k++] = x;
@@ -224,7 +226,7 @@ int vc__try_join_repeating(vc_cache *c, model_t *a) {
     for (unsigned j = 1; j < q; j++) pass[j] = last[j - 1];
     for (unsigned j = 0; j < q; j++) {
         model_t *x = pass[j];
-        if (!order_known(x) || (x->joined && x->joined != inner)) return 0;
+        if (!order_known(x) || (x->joined && x->joined != inner) || (!x->joined && x->next_use)) return 0;
         size_t i = 0;
         while (i < k && members[i] != x) i++;
         if (i == k) members[k++] = x, un += x->order_n;
@@ -315,7 +317,9 @@ static int grec_finish(vc_cache *c) {
         }
         if (!ok) break;
         /* its next layer in its own order, or the period is not a clean interleaving */
-        if (!c->grec[i]->in_order || m->grec_seen >= m->order_n || m->order[m->grec_seen] != c->grec[i]) ok = 0;
+        if (!c->grec[i]->in_order || m->next_use || m->grec_seen >= m->order_n ||
+            m->order[m->grec_seen] != c->grec[i])
+            ok = 0;
         else m->grec_seen++;
     }
     for (size_t j = 0; j < k && ok; j++) ok = members[j]->grec_seen == members[j]->order_n;

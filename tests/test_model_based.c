@@ -575,6 +575,10 @@ static void op_model_wide(world *w) {
                 const model_layer *m = &w->layers[(start + j) % MAX_LAYERS];
                 if (m->live && m->model == k) order[n++] = m->id;
             }
+            if (start % 3 == 0 && n > 2 && n < MAX_LAYERS) { /* a layer used twice per pass */
+                order[n] = order[1];
+                n++;
+            }
         }
         assert_int_equal(vc_model_set_order(w->t.cache, w->models[k], order, n), VC_OK);
         /* and the engine changes the streaming region's room (one slot for a decode, the planner's

@@ -310,6 +310,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 int half = (arg % NL >= NL / 2) * (NL / 2);
                 for (int i = 0; i < NL / 2; i++)
                     if (s[half + (i + arg) % (NL / 2)].live) order[n++] = s[half + (i + arg) % (NL / 2)].id;
+                if ((arg & 64) && n > 1 && n < NL) { /* a layer used twice per pass */
+                    order[n] = order[n / 2];
+                    n++;
+                }
                 st = vc_model_set_order(c, m, order, n);
                 CHECK(st == VC_OK || st == VC_ERR_NO_MEMORY);
             }

@@ -170,6 +170,10 @@ static int run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_res
         if (!ids[i]) st = VC_ERR_NO_MEMORY;
         if (st == VC_OK) st = vc_model_register(e.cache, m->name, &mid);
         for (size_t j = 0; j < m->n && st == VC_OK; j++) {
+            if (m->layers[j].same) { /* a use: the layer it runs again */
+                ids[i][j] = ids[i][m->layers[j].same - 1];
+                continue;
+            }
             vc_layer_desc d = {.name = m->layers[j].name, .bytes = m->layers[j].bytes, .loader = no_bytes,
                                .loader_user = &dk,
                                .cost = m->layers[j].flops};

@@ -33,6 +33,7 @@ void vc_workload_destroy(vc_workload *wl) {
     }
     free(wl->models);
     free(wl->stages);
+    free(wl->den_back);
     free(wl->name);
     free(wl);
 }
@@ -87,6 +88,7 @@ static void warn_unknown_keys(wparser *P, yaml_node_t *map, const char *const *k
 static const char *const TOP_KEYS[] = {"name", "description", "resolution", "dtype", "steps", "layers", "models", "pipeline", NULL};
 static const char *const MODEL_KEYS[] = {"name", "layers", NULL};
 static const char *const LAYER_KEYS[] = {"name", "bytes", "flops", NULL};
+static const char *const USE_KEYS[] = {"use", "flops", NULL};
 static const char *const STAGE_KEYS[] = {"model", "models", "repeat", "working_mem_bytes", NULL};
 
 /* A finite number >= 0 (bytes must also be a whole number >= 1). */
@@ -136,6 +138,49 @@ static int parse_layers(wparser *P, yaml_node_t *seq, wl_model *m) {
         yaml_node_t *it = yaml_document_get_node(P->doc, seq->data.sequence.items.start[i]);
         const char *name = scalar(get(P, it, "name"));
         double bytes = 0, flops = 0;
+        yaml_node_t *use = it && it->type == YAML_MAPPING_NODE ? get(P, it, "use") : NULL;
+        if (use) { /* {use: NAME[, flops: F]}: an earlier layer of this model runs again here */
+            const char *of = scalar(use);
+            size_t *slot = of && *of ? name_slot(seen, cap - 1, m, of) : NULL;
+            if (!slot || !*slot) {
+                vc__diag_add(P->d, VC_DIAG_ERROR, P->file, ln(it), cl(it), "use",
+                             "'use: %s' names no earlier layer of model '%s' (a use runs a layer listed above "
+                             "it again)", of ? of : "(not a scalar)", m->name);
+                bad = 1;
+                continue;
+            }
+            if (name || get(P, it, "bytes")) {
+                vc__diag_add(P->d, VC_DIAG_ERROR, P->file, ln(it), cl(it), name ? "name" : "bytes",
+                             "'use: %s' takes the name and bytes of the layer it runs again; give only "
+                             "'flops' (by default that layer's)", of);
+                bad = 1;
+                continue;
+            }
+            warn_unknown_keys(P, it, USE_KEYS, "layer use");
+            const wl_layer *orig = &m->layers[*slot - 1];
+            yaml_node_t *fn = get(P, it, "flops");
+            flops = orig->flops;
+            if (fn && number(P, fn, "flops", &flops)) {
+                bad = 1;
+                continue;
+            }
+            if (flops > 1e18) {
+                vc__diag_add(P->d, VC_DIAG_ERROR, P->file, ln(it), cl(it), "flops",
+                             "use of layer '%s': flops must be at most 1e18", of);
+                bad = 1;
+                continue;
+            }
+            wl_layer *L = &m->layers[m->n++];
+            L->name = dup_str(orig->name);
+            L->bytes = orig->bytes;
+            L->flops = flops;
+            L->same = (size_t)(orig - m->layers) + 1;
+            if (!L->name) {
+                free(seen);
+                return -1;
+            }
+            continue;
+        }
         if (!it || it->type != YAML_MAPPING_NODE || !name || !*name) {
             vc__diag_add(P->d, VC_DIAG_ERROR, P->file, it ? ln(it) : 0, it ? cl(it) : 0, "layers",
                          "each layer needs a name, bytes and flops");
@@ -394,6 +439,47 @@ static int parse(wparser *P, yaml_node_t *root, vc_workload *wl) {
     return 0;
 }
 
+/* For a denoiser stage whose models run a layer more than once in their own pass ({use: NAME}):
+ * how far back round the step each position's layer last ran (1 to n; n for a layer run once), as
+ * the segment bound takes it, whether the earlier run was a use in the same model's pass or the same
+ * model's earlier pass in the step. Left NULL (the per-model rule of vc_workload_denoiser_layer_back
+ * applies) when no model of the stage has uses. Returns 0, or -1 when memory is short. */
+static int denoiser_back(vc_workload *wl) {
+    const wl_stage *st = &wl->stages[wl->denoiser];
+    int uses = 0;
+    size_t n = 0, *base = calloc(wl->nmodels ? wl->nmodels : 1, sizeof(*base)), keys = 0;
+    if (!base) return -1;
+    for (size_t k = 0; k < st->nmodels; k++) {
+        const wl_model *m = &wl->models[st->model[k]];
+        for (size_t j = 0; j < m->n; j++) uses |= m->layers[j].same != 0;
+        n += m->n;
+    }
+    for (size_t i = 0; i < wl->nmodels; i++) base[i] = keys, keys += wl->models[i].n;
+    size_t *last = uses ? malloc(keys * sizeof(*last)) : NULL, *back = uses ? malloc(n * sizeof(*back)) : NULL;
+    if (uses && (!last || !back)) {
+        free(base), free(last), free(back);
+        return -1;
+    }
+    if (uses) {
+        for (size_t i = 0; i < keys; i++) last[i] = SIZE_MAX;
+        /* Twice round the step: the first time notes where each layer ran last, the second measures
+         * each position's distance back to its layer's previous run. */
+        for (size_t round = 0, p = 0; round < 2; round++)
+            for (size_t k = 0; k < st->nmodels; k++) {
+                const wl_model *m = &wl->models[st->model[k]];
+                for (size_t j = 0; j < m->n; j++, p++) {
+                    size_t *l = &last[base[st->model[k]] + (m->layers[j].same ? m->layers[j].same - 1 : j)];
+                    if (round) back[p - n] = p - *l;
+                    *l = p;
+                }
+            }
+        wl->den_back = back;
+    }
+    free(base);
+    free(last);
+    return 0;
+}
+
 int vc_workload_load_string(const char *text, size_t len, const char *name, vc_workload **out, vc_diagnostics **diags) {
     if (diags) *diags = NULL;
     if (!out || (!text && len)) return vc__fail(NULL, VC_ERR_INVALID_ARG, "vc_workload_load_string: NULL argument");
@@ -433,6 +519,11 @@ int vc_workload_load_string(const char *text, size_t len, const char *name, vc_w
     }
     for (size_t i = 0; wl && i < wl->nstages; i++)
         if (wl->stages[i].per_step) wl->denoiser = i;
+    if (wl && denoiser_back(wl) != 0) {
+        vc_workload_destroy(wl);
+        wl = NULL;
+        st = vc__fail(NULL, VC_ERR_NO_MEMORY, "%s: out of host memory reading the workload", name);
+    }
     *out = wl;
     if (diags)
         *diags = d;
@@ -461,7 +552,8 @@ const char *vc_workload_name(const vc_workload *wl) { return wl ? wl->name : "";
 size_t vc_workload_total_bytes(const vc_workload *wl) {
     size_t t = 0;
     for (size_t i = 0; wl && i < wl->nmodels; i++)
-        for (size_t j = 0; j < wl->models[i].n; j++) t += wl->models[i].layers[j].bytes;
+        for (size_t j = 0; j < wl->models[i].n; j++)
+            if (!wl->models[i].layers[j].same) t += wl->models[i].layers[j].bytes;
     return t;
 }
 
@@ -494,7 +586,8 @@ size_t vc_workload_step_bytes(const vc_workload *wl) {
         size_t j = 0;
         while (j < k && st->model[j] != st->model[k]) j++;
         if (j < k) continue; /* a model run twice per step holds its bytes once */
-        for (j = 0; j < wl->models[st->model[k]].n; j++) t += wl->models[st->model[k]].layers[j].bytes;
+        for (j = 0; j < wl->models[st->model[k]].n; j++) /* (a layer's uses: once) */
+            if (!wl->models[st->model[k]].layers[j].same) t += wl->models[st->model[k]].layers[j].bytes;
     }
     return t;
 }
@@ -502,6 +595,7 @@ size_t vc_workload_step_bytes(const vc_workload *wl) {
 size_t vc_workload_denoiser_layer_back(const vc_workload *wl, size_t i) {
     size_t n = vc_workload_denoiser_layer_count(wl);
     if (!wl || i >= n) return 0;
+    if (wl->den_back) return wl->den_back[i]; /* a model that runs a layer more than once (uses) */
     const wl_stage *st = &wl->stages[wl->denoiser];
     size_t k = 0, start = 0;
     while (i - start >= wl->models[st->model[k]].n) start += wl->models[st->model[k++]].n;

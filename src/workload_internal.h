@@ -8,6 +8,8 @@ typedef struct wl_layer {
     char *name;
     size_t bytes;
     double flops;
+    size_t same; /* 0: a layer of its own; else 1 + the index of the earlier layer this entry runs
+                    again ({use: NAME}: a module the pass uses twice); name and bytes are that one's */
 } wl_layer;
 
 typedef struct wl_model {
@@ -36,6 +38,7 @@ struct vc_workload {
     wl_stage *stages;
     size_t nstages;
     size_t denoiser; /* index of the per-step stage */
+    size_t *den_back; /* per denoiser position: how far back round the step its layer last ran */
 };
 
 #endif

@@ -341,6 +341,86 @@ static void test_workload_pass_working_mem(void **state) {
     vc_workload_destroy(wl);
 }
 
+/* A model whose pass runs a layer again ({use: NAME}, a module two blocks share): the use has the
+ * layer's name and bytes, the step holds its bytes once, each position knows how far back its
+ * layer ran, and the run streams it as the one layer it is. */
+static void test_workload_layer_uses(void **state) {
+    (void)state;
+    static const char text[] = "name: shared\nsteps: 6\nmodels:\n"
+                               "  - name: cn\n    layers: [{name: c0, bytes: 1000000, flops: 1e9}]\n"
+                               "  - name: unet\n    layers:\n"
+                               "      - {name: u0, bytes: 3000000, flops: 3e9}\n"
+                               "      - {name: u1, bytes: 2000000, flops: 1e9}\n"
+                               "      - {use: u0}\n"
+                               "      - {use: u1, flops: 5e9}\n"
+                               "pipeline:\n  - {models: [cn, unet, unet], repeat: steps}\n";
+    vc_workload *wl;
+    assert_int_equal(vc_workload_load_string(text, sizeof text - 1, "shared.yaml", &wl, NULL), VC_OK);
+    assert_int_equal(vc_workload_total_bytes(wl), 6000000);
+    assert_int_equal(vc_workload_step_bytes(wl), 6000000);
+    assert_int_equal(vc_workload_denoiser_layer_count(wl), 9); /* c0 | u0 u1 u0 u1 | u0 u1 u0 u1 */
+    const char *name;
+    size_t bytes;
+    double flops;
+    assert_int_equal(vc_workload_denoiser_layer(wl, 3, &name, &bytes, &flops), VC_OK);
+    assert_string_equal(name, "u0");
+    assert_int_equal(bytes, 3000000);
+    assert_true(flops == 3e9); /* a use computes as its layer unless it says otherwise */
+    assert_int_equal(vc_workload_denoiser_layer(wl, 4, NULL, NULL, &flops), VC_OK);
+    assert_true(flops == 5e9);
+    const size_t back[] = {9, 3, 3, 2, 2, 2, 2, 2, 2}; /* u0 at 1: last at 7, a step ago */
+    for (size_t i = 0; i < 9; i++) assert_int_equal(vc_workload_denoiser_layer_back(wl, i), back[i]);
+    vc_sim_run run;
+    vc_sim_run_init(&run);
+    run.vram_bytes = 64.0 * 1e6;
+    run.flops = 1e12;
+    run.mode = VC_OFFLOAD_MODE_BALANCED;
+    vc_config *cfg;
+    assert_int_equal(vc_config_create(&cfg), VC_OK);
+    assert_int_equal(vc_config_set(cfg, VC_CFG_DEVICE_WORKING_MEM_GB, "0"), VC_OK);
+    run.config = cfg;
+    vc_sim_result r;
+    assert_int_equal(vc_sim_run_workload(wl, &run, &r), VC_OK);
+    assert_true(fabs(r.compute_time_s - 25e-3) < 1e-12); /* 1 + 2 x (3 + 1 + 3 + 5) ms */
+    assert_true(r.hits_per_step == 9 && r.bytes_per_step == 0); /* three layers resident, nine uses */
+    vc_workload_destroy(wl);
+    /* Streamed: twelve layers of 16-48 MB, the fourth run again after the ninth, on 170 MB of room
+     * for 384 MB. The bound counts its bytes once; the cache learns the pass with the repeat and
+     * moves about what it moves for the same pass without it (at most the repeated layer more),
+     * and far less than LRU (before session 20 a repeat dropped the learned order every pass, and
+     * the planned cache moved what LRU moves). */
+    char with[1024], without[1024];
+    int a = snprintf(with, sizeof with, "name: shared\nsteps: 12\nlayers:\n"), b = snprintf(without, sizeof without, "%s", with);
+    for (int i = 0; i < 12; i++) {
+        char line[96];
+        snprintf(line, sizeof line, "  - {name: u%d, bytes: %d, flops: 2e10}\n", i, (16 + i % 5 * 8) << 20);
+        a += snprintf(with + a, sizeof with - (size_t)a, "%s%s", line, i == 8 ? "  - {use: u3}\n" : "");
+        b += snprintf(without + b, sizeof without - (size_t)b, "%s", line);
+    }
+    vc_workload *wo;
+    assert_int_equal(vc_workload_load_string(with, (size_t)a, "with.yaml", &wl, NULL), VC_OK);
+    assert_int_equal(vc_workload_load_string(without, (size_t)b, "without.yaml", &wo, NULL), VC_OK);
+    assert_int_equal(vc_workload_step_bytes(wl), vc_workload_step_bytes(wo));
+    assert_int_equal(vc_config_set(cfg, VC_CFG_OFFLOAD_MAX_GPU_MEMORY, "1"), VC_OK);
+    run.vram_bytes = 0.17 * (1u << 30);
+    run.bandwidth = 25e9;
+    run.flops = 60e12;
+    vc_sim_result rw, ro, rl;
+    assert_int_equal(vc_sim_run_workload(wl, &run, &rw), VC_OK);
+    assert_int_equal(vc_sim_run_workload(wo, &run, &ro), VC_OK);
+    run.policy = VC_POLICY_LRU;
+    assert_int_equal(vc_sim_run_workload(wl, &run, &rl), VC_OK);
+    assert_true(rw.lower_bound_bytes_per_step > 0 && rw.lower_bound_bytes_per_step == ro.lower_bound_bytes_per_step);
+    assert_true(rw.bytes_per_step >= rw.lower_bound_bytes_per_step * (1 - 1e-9));
+    assert_true(rw.step_time_s >= rw.lower_bound_step_time_s * (1 - 1e-9));
+    assert_true(rw.hits_per_step + rw.misses_per_step == 13);
+    assert_true(rw.bytes_per_step <= ro.bytes_per_step + (32 << 20));
+    assert_true(rw.bytes_per_step < 0.8 * rl.bytes_per_step);
+    vc_workload_destroy(wo);
+    vc_config_destroy(cfg);
+    vc_workload_destroy(wl);
+}
+
 static void test_workload_errors(void **state) {
     (void)state;
     struct {
@@ -358,6 +438,11 @@ static void test_workload_errors(void **state) {
         {"name: x\nmodels:\n  - name: m\n    layers: [{name: a, bytes: 1, flops: 1}]\npipeline:\n  - {model: m}\n",
          "exactly one stage"},
         {"name: x\nlayers: [\n", "YAML syntax error"},
+        {"name: x\nlayers:\n  - {use: a}\n  - {name: a, bytes: 1, flops: 1}\n", "names no earlier layer"},
+        {"name: x\nlayers:\n  - {name: a, bytes: 1, flops: 1}\n  - {use: a, bytes: 1}\n", "give only 'flops'"},
+        {"name: x\nlayers:\n  - {name: a, bytes: 1, flops: 1}\n  - {use: a, name: b}\n", "takes the name"},
+        {"name: x\nlayers:\n  - {name: a, bytes: 1, flops: 1}\n  - {use: [a]}\n", "names no earlier layer"},
+        {"name: x\nlayers:\n  - {name: a, bytes: 1, flops: 1}\n  - {use: a, flops: -1}\n", "flops must be"},
         {"name: x\nmodels:\n  - name: m\n    layers: [{name: a, bytes: 1, flops: 1}]\npipeline:\n"
          "  - {model: m, models: [m], repeat: steps}\n", "either 'model: NAME' or 'models:"},
         {"name: x\nmodels:\n  - name: m\n    layers: [{name: a, bytes: 1, flops: 1}]\npipeline:\n"
@@ -1171,6 +1256,7 @@ int main(void) {
         cmocka_unit_test(test_workload_merge_keys),
         cmocka_unit_test(test_workload_warnings),
         cmocka_unit_test(test_workload_stage_of_several_models),
+        cmocka_unit_test(test_workload_layer_uses),
         cmocka_unit_test(test_shipped_workloads),
         cmocka_unit_test(test_planner_base_then_refiner),
         cmocka_unit_test(test_fit_homes_dropped_when_too_tight),

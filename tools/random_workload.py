@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """A random workload for `vramcache simulate`, from a seed: 1-4 models of 1-300 layers (sizes and
-FLOPs log-normal, some layers without compute, a few duplicate names), a random pipeline (models once
+FLOPs log-normal, some layers without compute, a few duplicate names, some run again later in the
+pass), a random pipeline (models once
 or repeated, the denoiser alone or in a model list, once or twice per step, working memory for the
 stage or per model), and random simulate arguments (device 0.5-48 GB, link, TFLOP/s, mode, policy,
 blocks, stream slots, RAM and disk limits, one of three configs). Writes the workload to stdout and
@@ -35,9 +36,20 @@ def workload(seed):
             layers.append((f"l{i}" if r.random() < 0.95 else "dup", b, f))
         models.append((f"m{m}", layers))
     out = [f"name: rand{seed}", f"steps: {r.choice([1, 2, 3, 5, 8, 20])}", "models:"]
+    # Some models run a layer again later in their pass ({use: NAME}); from a generator of their
+    # own, so a seed's other choices are what they were before uses existed.
+    ru = random.Random(seed * 7919 + 1)
     for name, layers in models:
         out += [f"  - name: {name}", "    layers:"]
-        out += [f"      - {{name: {n}, bytes: {b}, flops: {f:.6g}}}" for n, b, f in layers]
+        lines = [f"      - {{name: {n}, bytes: {b}, flops: {f:.6g}}}" for n, b, f in layers]
+        if ru.random() < 0.2:
+            for _ in range(ru.choice([1, 2, 5])):
+                at = ru.randrange(len(lines) + 1)
+                earlier = [ln.split("name: ")[1].split(",")[0] for ln in lines[:at] if "name: " in ln]
+                if earlier:
+                    extra = f", flops: {ru.lognormvariate(24, 1.5):.6g}" if ru.random() < 0.3 else ""
+                    lines.insert(at, f"      - {{use: {ru.choice(earlier)}{extra}}}")
+        out += lines
     if r.random() < 0.8:
         out.append("pipeline:")
         names = [m[0] for m in models]

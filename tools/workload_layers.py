@@ -12,5 +12,8 @@ def denoiser_layers(path):
         if str(stage.get("repeat", "")) == "steps":
             name = stage["model"]
     model = next(m for m in models if m["name"] == name)
+    if any("use" in l for l in model["layers"]):
+        raise SystemExit(f"{path}: model '{name}' runs a layer again ({{use: NAME}}); "
+                         "these analysis tools model passes of distinct layers only")
     return name, [(float(l["bytes"]), float(l.get("flops", 0))) for l in model["layers"]], \
         [l["name"] for l in model["layers"]]

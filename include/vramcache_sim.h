@@ -82,11 +82,13 @@ VC_API int vc_workload_load_string(const char *text, size_t len, const char *nam
 VC_API void vc_workload_destroy(vc_workload *wl);
 VC_API const char *vc_workload_name(const vc_workload *wl);
 /** Bytes of all layers of all models; of the denoiser (the stage repeated per step: all the models
- *  it runs, e.g. a ControlNet and the UNet; a model the step runs twice counts once). */
+ *  it runs, e.g. a ControlNet and the UNet; a model the step runs twice, or a layer a model runs
+ *  again with `{use: NAME}`, counts once). */
 VC_API size_t vc_workload_total_bytes(const vc_workload *wl);
 VC_API size_t vc_workload_step_bytes(const vc_workload *wl);
 /** The denoiser's layers, its models' layers in the order they run each step (a model run twice
- *  per step appears twice): how many, and the i-th one's name (owned by wl), bytes and flops. */
+ *  per step appears twice, a layer's `use` entries at each use): how many, and the i-th one's name
+ *  (owned by wl), bytes and flops. */
 VC_API size_t vc_workload_denoiser_layer_count(const vc_workload *wl);
 VC_API int vc_workload_denoiser_layer(const vc_workload *wl, size_t i, const char **name, size_t *bytes,
                                       double *flops);
@@ -95,7 +97,8 @@ VC_API int vc_workload_denoiser_layer(const vc_workload *wl, size_t i, const cha
 VC_API const char *vc_workload_denoiser_layer_model(const vc_workload *wl, size_t i);
 /** How many positions before the denoiser's i-th layer (round the step) the same layer ran last:
  *  for a model the step runs twice (`models: [controlnet, unet, unet]`), the distance to its other
- *  run; vc_workload_denoiser_layer_count() for a layer run once per step; 0 when i is out of range. */
+ *  run; for a layer its model runs again (`{use: NAME}`), to its previous use;
+ *  vc_workload_denoiser_layer_count() for a layer run once per step; 0 when i is out of range. */
 VC_API size_t vc_workload_denoiser_layer_back(const vc_workload *wl, size_t i);
 /** Working memory the denoiser stage declares (working_mem_bytes; with one per model, the most any
  *  of its passes reserves), 0 when none. */

@@ -126,7 +126,7 @@ struct vc_model_rec {
     int rec_strict;      /* a recording with repeats did not come back to its first layer: until the
                             next order is learned, a repeat ends the pass (schedule.c, record) */
     int order_strict;    /* the order was learned so, as a loop */
-    unsigned loop_tries; /* such orders the pass outgrew: record waits 2^loop_tries times longer */
+    unsigned loop_tries; /* such orders the pass outgrew (at most 5): record waits 2^loop_tries times longer */
     uint64_t rec_start;  /* c->use_clock at the recorded pass's first acquire */
     uint64_t rec_gen;    /* counts recordings: a layer whose rec_mark equals it is in this one's pass */
     int alone_grace;     /* its plan was made alone for an order learned from an uninterrupted pass

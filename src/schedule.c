@@ -319,7 +319,8 @@ static void start_recording(model_t *m, layer_t *l) {
  * of blocks): recording starts again at the repeated layer, and from there a repeat ends the pass
  * (rec_strict), which learns the loop. Should the pass then turn out longer than that loop (a
  * loop inside the pass, run many times), the order is dropped, and the model waits twice as long
- * for its first layer the next time (loop_tries). */
+ * for its first layer the next time (loop_tries), up to 32 times as long: the recording then holds
+ * at most 33 uses per layer of the model (a loop run more often than that is learned as the loop). */
 static void record(vc_cache *c, model_t *m, layer_t *l) {
     if (!m->recording) {
         start_recording(m, l);
@@ -353,7 +354,7 @@ static void record(vc_cache *c, model_t *m, layer_t *l) {
         return;
     }
     if (l->rec_mark == m->rec_gen) { /* a layer used again in the pass */
-        unsigned shift = m->loop_tries < 16 ? m->loop_tries : 16;
+        unsigned shift = m->loop_tries < 5 ? m->loop_tries : 5;
         if (m->rec_strict || ++m->rec_repeats > (m->nlayers << shift)) {
             m->rec_strict = 1; /* the first layer ran once: learn the loop from here, as one pass */
             start_recording(m, l);
@@ -454,7 +455,7 @@ static void follow(vc_cache *c, model_t *m, layer_t *l) {
     if (!m->order_declared && (!l->in_order || m->pass_mismatches > 2 + m->order_n / 8)) {
         vc__log(c, VC_LOG_INFO, "model '%s' left its learned order at layer '%s'; learning again", m->name,
                 l->name);
-        if (m->order_strict && m->loop_tries < UINT_MAX) m->loop_tries++; /* a loop guessed wrong (record) */
+        if (m->order_strict && m->loop_tries < 5) m->loop_tries++; /* a loop guessed wrong (record) */
         c->stats.order_resets++;
         drop_order(c, m);
         start_recording(m, l);

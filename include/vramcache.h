@@ -649,9 +649,9 @@ VC_API int vc_layer_unpatch(vc_cache *cache, vc_layer_id layer);
 
 /** Declares the order in which the model's layers run in one pass (a denoising step): `n` layer
  *  ids of this model; a layer that runs more than once in the pass (a module shared by two blocks,
- *  a block run in a loop) is listed at each of its uses (the cache learns such passes too).
- *  With an order known, the planned policy prefetches the next
- *  layers and keeps a resident set chosen so that streamed layers are spread between resident ones.
+ *  a block run in a loop) is listed at each of its uses (the cache learns such passes too). With an
+ *  order known, the planned policy prefetches the next layers and keeps a resident set chosen so
+ *  that streamed layers are spread between resident ones.
  *  Declaring the order the model already runs by (learned or declared before) changes nothing but
  *  making it declared: an engine may declare it at every generation at no cost.
  *  A declared order is kept through mismatches (branches only cost prefetch accuracy); n == 0 clears

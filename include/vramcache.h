@@ -663,7 +663,6 @@ VC_API int vc_layer_unpatch(vc_cache *cache, vc_layer_id layer);
  *  planned as one pass once the cache has seen them alternate for two steps, and planned apart
  *  again as soon as another model runs than the one due (logged at INFO). An engine may hold
  *  several layers at once (a block run as one kernel): the plan leaves room for two such blocks.
- *  A model whose pass uses a layer more than once is planned alone, never joined with others.
  *  Errors: VC_ERR_INVALID_ARG (a layer of another model, or order NULL with n > 0),
  *  VC_ERR_NOT_FOUND, VC_ERR_NO_MEMORY. Nothing changes on error. */
 VC_API int vc_model_set_order(vc_cache *cache, vc_model_id model, const vc_layer_id *order, size_t n);

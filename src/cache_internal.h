@@ -165,6 +165,9 @@ struct vc_model_rec {
     int whole_passes;     /* the group: its order is whole passes of its members, one after another
                              (not an interleaving), so their pass starts go on into c->phist */
     unsigned npasses;     /* ... and how many whole passes its cycle holds */
+    unsigned char *pass_start; /* where a member runs a layer more than once in its own pass: 1 at the
+                                  order positions where a member's pass begins (owned); else NULL,
+                                  and a member's first layer marks its pass start */
     model_t *step_prev;   /* the model whose pass ended just before this one's pass began */
     unsigned step_prev_seen; /* passes in a row that began right after step_prev's */
     unsigned run_len;      /* its whole passes in a row, the one under way included (a run) ... */

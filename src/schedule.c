@@ -213,65 +213,58 @@ static void drop_order(vc_cache *c, model_t *m) {
     m->pos = 0;
 }
 
-/* A pass of m that uses some layers more than once (a shared module, a block run in a loop): links
- * each use to the same layer's next one round the pass (*next_use) and lists the distinct layers in
- * the order they first run (*uorder, *un of them), as a step group that runs a model twice has
- * them (step_group.c), so that eviction and prefetch see a layer's nearer use and the plan streams
- * layers used once before those used twice. Both NULL when every layer runs once. Changes nothing
- * else. Returns VC_OK or VC_ERR_NO_MEMORY. */
-static int find_repeats(const model_t *m, layer_t *const *order, size_t n, size_t **next_use, layer_t ***uorder,
-                        size_t *un) {
+int vc__link_uses(layer_t *const *order, size_t n, size_t **next_use, layer_t ***uorder, size_t *un) {
     *next_use = NULL;
     *uorder = NULL;
     *un = 0;
-    size_t *seen = malloc((m->nlayers ? m->nlayers : 1) * sizeof(*seen)); /* by model_pos */
-    if (!seen) return VC_ERR_NO_MEMORY;
-    for (size_t i = 0; i < n; i++) seen[order[i]->model_pos] = SIZE_MAX;
+    /* Each distinct layer's first and latest use so far, in a table keyed by the layer. */
+    typedef struct use_slot {
+        const layer_t *l;
+        size_t first, last;
+    } use_slot;
+    size_t cap = 16;
+    while (cap < 2 * n) cap *= 2;
+    use_slot *t = calloc(cap, sizeof(*t));
+    size_t *next = malloc((n ? n : 1) * sizeof(*next));
+    layer_t **u = malloc((n ? n : 1) * sizeof(*u));
+    if (!t || !next || !u) {
+        free(t), free(next), free(u);
+        return VC_ERR_NO_MEMORY;
+    }
     size_t distinct = 0;
-    for (size_t i = 0; i < n; i++)
-        if (seen[order[i]->model_pos] == SIZE_MAX) seen[order[i]->model_pos] = i, distinct++;
+    for (size_t i = 0; i < n; i++) {
+        size_t h = (size_t)(((uintptr_t)order[i] >> 4) * 0x9E3779B97F4A7C15ull) & (cap - 1);
+        while (t[h].l && t[h].l != order[i]) h = (h + 1) & (cap - 1);
+        if (!t[h].l) {
+            t[h] = (use_slot){order[i], i, i};
+            u[distinct++] = order[i];
+        } else {
+            next[t[h].last] = i;
+            t[h].last = i;
+        }
+        next[i] = SIZE_MAX; /* a last use: closed round the pass below */
+    }
     if (distinct == n) { /* each layer once: the usual order */
-        free(seen);
+        free(t), free(next), free(u);
         return VC_OK;
     }
-    size_t *next = malloc(n * sizeof(*next));
-    layer_t **u = malloc(distinct * sizeof(*u));
-    if (!next || !u) {
-        free(seen), free(next), free(u);
-        return VC_ERR_NO_MEMORY;
-    }
-    /* seen[] holds each layer's first use: a use's next is the following use, the last's the first */
-    for (size_t i = 0, k = 0; i < n; i++) {
-        size_t first = seen[order[i]->model_pos];
-        if (first == i) u[k++] = order[i];
-        next[i] = first; /* till a later use of the same layer says otherwise, below */
-    }
-    size_t *last = malloc((m->nlayers ? m->nlayers : 1) * sizeof(*last));
-    if (!last) {
-        free(seen), free(next), free(u);
-        return VC_ERR_NO_MEMORY;
-    }
-    for (size_t i = 0; i < n; i++) last[order[i]->model_pos] = SIZE_MAX;
-    for (size_t i = 0; i < n; i++) {
-        size_t *l = &last[order[i]->model_pos];
-        if (*l != SIZE_MAX) next[*l] = i;
-        *l = i;
-    }
-    free(seen);
-    free(last);
+    for (size_t h = 0; h < cap; h++)
+        if (t[h].l) next[t[h].last] = t[h].first;
+    free(t);
+    layer_t **shrunk = realloc(u, distinct * sizeof(*u));
     *next_use = next;
-    *uorder = u;
+    *uorder = shrunk ? shrunk : u;
     *un = distinct;
     return VC_OK;
 }
 
 /* Takes `order` (owned from here) as m's order and plans it; `learned_alone` as vc__make_plan. A
- * layer may occur more than once (find_repeats). VC_ERR_NO_MEMORY (order freed; m's order as it
+ * layer may occur more than once (vc__link_uses). VC_ERR_NO_MEMORY (order freed; m's order as it
  * was) when the repeats cannot be linked. */
 static int install_order(vc_cache *c, model_t *m, layer_t **order, size_t n, int declared, int learned_alone) {
     size_t *next_use, un;
     layer_t **uorder;
-    if (find_repeats(m, order, n, &next_use, &uorder, &un) != VC_OK) {
+    if (vc__link_uses(order, n, &next_use, &uorder, &un) != VC_OK) {
         free(order);
         return VC_ERR_NO_MEMORY;
     }
@@ -314,7 +307,7 @@ static void start_recording(model_t *m, layer_t *l) {
 
 /* Learning: record the pass until its first layer comes round again. A layer may run more than
  * once in the pass (a shared module, a block run in a loop): its uses are all recorded, and linked
- * when the order is installed (find_repeats). If more uses repeat than the model has layers before
+ * when the order is installed (vc__link_uses). If more uses repeat than the model has layers before
  * the first comes back, the first may have run only once (an embedding acquired once before a loop
  * of blocks): recording starts again at the repeated layer, and from there a repeat ends the pass
  * (rec_strict), which learns the loop. Should the pass then turn out longer than that loop (a
@@ -407,7 +400,8 @@ static void follow(vc_cache *c, model_t *m, layer_t *l) {
     /* (a layer a group uses twice has order_pos at its first use: the second is found in the order) */
     if (l->in_order && (l->order_pos == expected || (m->next_use && m->order[expected] == l))) {
         m->pos = expected;
-        if (m->whole_passes && l == l->model->order[0]) vc__note_pass_start(c, l->model); /* a member's pass */
+        if (m->whole_passes && l == l->model->order[0] && (!m->pass_start || m->pass_start[expected]))
+            vc__note_pass_start(c, l->model); /* a member's pass */
         if (expected == 0) { /* a new pass */
             vc__tuner_on_pass(c, m); /* may change stream_slots: the re-plan below follows it */
             if (!m->members) {
@@ -515,9 +509,11 @@ void vc__sched_on_acquire(vc_cache *c, layer_t *l) {
     model_t *m = vc__plan_model(l); /* after follow: it may have joined or parted a group */
     m->last_tick = c->use_clock;
     c->last_model = own;
+    model_t *g = own->joined;
     c->last_ended_pass = order_known(own) && l->in_order &&
-                         (own->joined ? own->joined->whole_passes && l == own->order[own->order_n - 1]
-                                      : own->pos == own->order_n - 1);
+                         (g ? g->whole_passes && l == own->order[own->order_n - 1] &&
+                                  (!g->pass_start || g->pass_start[(g->pos + 1) % g->order_n])
+                            : own->pos == own->order_n - 1);
     if (c->policy != VC_POLICY_PLANNED || !order_known(m) || !c->prefetch_depth ||
         c->mode == VC_OFFLOAD_MODE_NONE || c->mode == VC_OFFLOAD_MODE_MODEL)
         return;

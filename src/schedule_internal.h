@@ -29,6 +29,12 @@ int vc__others_in_use(vc_cache *c, const model_t *m);
  *  `learned_alone`: the order was just learned from a pass no other model's layer interrupted (it
  *  may then be planned alone although the model before it still counts as in use). */
 void vc__make_plan(vc_cache *c, model_t *m, int learned_alone);
+/** A pass (or a cycle's order) that uses some layers more than once (a shared module, a block run
+ *  in a loop, a model run twice per step): links each use to the same layer's next one round the
+ *  pass (*next_use) and lists the distinct layers in the order they first run (*uorder, *un of
+ *  them), so that eviction and prefetch see a layer's nearer use and plans walk distinct layers.
+ *  Both NULL when every layer occurs once. Changes nothing else. VC_OK or VC_ERR_NO_MEMORY. */
+int vc__link_uses(layer_t *const *order, size_t n, size_t **next_use, layer_t ***uorder, size_t *un);
 /** Marks m's layout pending or done (prefetch is paused while one is pending). */
 void vc__set_layout_pending(vc_cache *c, model_t *m, int pending);
 /** Lays out m's pending plan: at once with `force`, else only while nothing in the arenas is held

@@ -40,12 +40,14 @@ void vc__unjoin(vc_cache *c, const char *why) {
         m->joined = NULL;
         m->step_prev_seen = 0;
         m->plan_capacity = 0; /* re-planned at its next pass */
-        for (size_t i = 0; i < m->order_n; i++) {
+        for (size_t i = m->order_n; i-- > 0;) { /* (a layer the member uses twice: its first use) */
             m->order[i]->order_pos = i;
             m->order[i]->keep = 0;
             m->order[i]->home_gen = 0;
             m->order[i]->uses = 0;
         }
+        for (size_t i = 0; m->next_use && i < m->order_n; i++) /* its own repeats, as install_order had them */
+            m->order[i]->uses = m->order[i]->order_pos == i ? 1 : m->order[i]->uses + 1;
         m->pos = cur && cur->model == m ? cur->order_pos : m->order_n - 1;
         m->pf_next = (m->pos + 1) % m->order_n;
         m->pass_mismatches = 0;
@@ -59,6 +61,7 @@ void vc__unjoin(vc_cache *c, const char *why) {
     free(g->order);
     free(g->next_use);
     free(g->uorder);
+    free(g->pass_start);
     free(g->name);
     free(g);
 }
@@ -90,11 +93,14 @@ static int form_group(vc_cache *c, model_t **members, size_t k, layer_t **order,
                       size_t *next_use, layer_t **uorder, size_t un, int whole_passes) {
     size_t name_len = 1;
     for (size_t j = 0; j < k; j++) name_len += strlen(members[j]->name) + 1;
+    int own_repeats = 0; /* a member that runs a layer more than once in its own pass */
+    for (size_t j = 0; j < k; j++) own_repeats |= members[j]->next_use != NULL;
     model_t *g = calloc(1, sizeof(*g));
     model_t **mem = malloc(k * sizeof(*mem));
     char *name = malloc(name_len);
-    if (!g || !mem || !name) { /* no group: each plans alone, as before */
-        free(g), free(mem), free(name), free(order), free(next_use), free(uorder);
+    unsigned char *starts = whole_passes && own_repeats ? calloc(n, 1) : NULL;
+    if (!g || !mem || !name || (whole_passes && own_repeats && !starts)) { /* no group: each plans alone */
+        free(g), free(mem), free(name), free(starts), free(order), free(next_use), free(uorder);
         return 0;
     }
     name[0] = 0;
@@ -110,7 +116,16 @@ static int form_group(vc_cache *c, model_t **members, size_t k, layer_t **order,
     for (size_t i = 0; next_use && i < n; i++) order[i]->uses = order[i]->order_pos == i ? 1 : order[i]->uses + 1;
     g->name = name;
     g->whole_passes = whole_passes;
-    for (size_t i = 0; whole_passes && i < n; i++) g->npasses += order[i] == order[i]->model->order[0];
+    if (starts) {
+        /* A member's first layer may come again inside its pass: mark where its passes begin (the
+         * order is whole member passes, one after another). */
+        g->pass_start = starts;
+        for (size_t i = 0; i < n; i += order[i]->model->order_n) {
+            starts[i] = 1;
+            g->npasses++;
+        }
+    }
+    for (size_t i = 0; whole_passes && !own_repeats && i < n; i++) g->npasses += order[i] == order[i]->model->order[0];
     g->members = mem;
     g->nmembers = k;
     g->order = order;
@@ -130,6 +145,21 @@ static int form_group(vc_cache *c, model_t **members, size_t k, layer_t **order,
     return 1;
 }
 
+/* form_group for an order whose layers each occur once unless a member runs some more than once in
+ * its own pass (a shared module): those uses are linked first (vc__link_uses). */
+static int form_linked_group(vc_cache *c, model_t **members, size_t k, layer_t **order, size_t n,
+                             int whole_passes) {
+    size_t *next_use = NULL, un = 0;
+    layer_t **uorder = NULL;
+    int own_repeats = 0;
+    for (size_t j = 0; j < k; j++) own_repeats |= members[j]->next_use != NULL;
+    if (own_repeats && vc__link_uses(order, n, &next_use, &uorder, &un) != VC_OK) {
+        free(order);
+        return 0; /* no group: each plans alone */
+    }
+    return form_group(c, members, k, order, n, 0, next_use, uorder, un, whole_passes);
+}
+
 static int may_plan_groups(const vc_cache *c) {
     return c->policy == VC_POLICY_PLANNED && (c->mode == VC_OFFLOAD_MODE_BALANCED || c->mode == VC_OFFLOAD_MODE_SEQUENTIAL);
 }
@@ -147,9 +177,7 @@ int vc__try_join(vc_cache *c, model_t *a) {
     size_t k = 0, n = 0;
     model_t *x = a;
     do {
-        if (!x || x->step_prev_seen < (x == a ? 2u : 1u) || !order_known(x) || x->joined || x->next_use ||
-            k == GROUP_MAX)
-            return 0; /* (a model whose own pass repeats layers plans alone: groups link whole passes) */
+        if (!x || x->step_prev_seen < (x == a ? 2u : 1u) || !order_known(x) || x->joined || k == GROUP_MAX) return 0;
         for (size_t j = 0; j < k; j++)
             if (mem[j] == x) return 0; /* a cycle that does not come back to a */
         mem[k++] = x;
@@ -166,7 +194,7 @@ int vc__try_join(vc_cache *c, model_t *a) {
     size_t at = 0;
     for (size_t j = 0; j < k; j++)
         for (size_t i = 0; i < members[j]->order_n; i++) order[at++] = members[j]->order[i];
-    return form_group(c, members, k, order, n, 0, NULL, NULL, 0, 1);
+    return form_linked_group(c, members, k, order, n, 1);
 }
 
 /* Notes that m's whole pass begins now: after the previous model's whole pass (or m's own), the
@@ -226,7 +254,7 @@ int vc__try_join_repeating(vc_cache *c, model_t *a) {
     for (unsigned j = 1; j < q; j++) pass[j] = last[j - 1];
     for (unsigned j = 0; j < q; j++) {
         model_t *x = pass[j];
-        if (!order_known(x) || (x->joined && x->joined != inner) || (!x->joined && x->next_use)) return 0;
+        if (!order_known(x) || (x->joined && x->joined != inner)) return 0;
         size_t i = 0;
         while (i < k && members[i] != x) i++;
         if (i == k) members[k++] = x, un += x->order_n;
@@ -254,6 +282,17 @@ int vc__try_join_repeating(vc_cache *c, model_t *a) {
         size_t i = 0;
         while (i < k && members[i] != inner->members[j]) i++;
         if (i == k) return 0; /* the group has a model the cycle does not run */
+    }
+    int own_repeats = 0; /* a member that runs a layer more than once in its own pass */
+    for (size_t i = 0; i < k; i++) own_repeats |= members[i]->next_use != NULL;
+    if (own_repeats) { /* its uses are linked with the cycle's, by layer */
+        layer_t **order = malloc(n * sizeof(*order));
+        if (!order) return 0;
+        if (inner) vc__unjoin(c, "they run inside a longer cycle, planned as one");
+        size_t at = 0;
+        for (unsigned j = 0; j < q; j++)
+            for (size_t i = 0; i < pass[j]->order_n; i++) order[at++] = pass[j]->order[i];
+        return form_linked_group(c, members, k, order, n, 1);
     }
     if (inner) vc__unjoin(c, "they run inside a longer cycle, planned as one");
     layer_t **order = malloc(n * sizeof(*order)), **uorder = malloc(un * sizeof(*uorder));
@@ -317,9 +356,7 @@ static int grec_finish(vc_cache *c) {
         }
         if (!ok) break;
         /* its next layer in its own order, or the period is not a clean interleaving */
-        if (!c->grec[i]->in_order || m->next_use || m->grec_seen >= m->order_n ||
-            m->order[m->grec_seen] != c->grec[i])
-            ok = 0;
+        if (!c->grec[i]->in_order || m->grec_seen >= m->order_n || m->order[m->grec_seen] != c->grec[i]) ok = 0;
         else m->grec_seen++;
     }
     for (size_t j = 0; j < k && ok; j++) ok = members[j]->grec_seen == members[j]->order_n;
@@ -341,7 +378,7 @@ static int grec_finish(vc_cache *c) {
     }
     c->grec_prev = NULL;
     vc__grec_stop(c);
-    return form_group(c, members, k, order, n, 0, NULL, NULL, 0, 0);
+    return form_linked_group(c, members, k, order, n, 0);
 }
 
 /* Each acquire while a period is recorded; 1 when it completed a period and formed the group

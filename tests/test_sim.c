@@ -417,6 +417,42 @@ static void test_workload_layer_uses(void **state) {
     assert_true(rw.bytes_per_step <= ro.bytes_per_step + (32 << 20));
     assert_true(rw.bytes_per_step < 0.8 * rl.bytes_per_step);
     vc_workload_destroy(wo);
+    vc_workload_destroy(wl);
+    /* The same UNet beside a ControlNet of eight 24 MB layers, each step (`models: [cn, unet]`), and
+     * with guidance as two UNet passes (`[cn, unet, unet]`): the models still join into one cycle
+     * (step groups link the UNet's own repeat with the cycle's), so the repeat costs about what it
+     * costs alone; planned apart, as they were at first, the pair moved 1.4 times its bound. */
+    for (int twice = 0; twice < 2; twice++) {
+        char pipe[160];
+        snprintf(pipe, sizeof pipe, "pipeline:\n  - {models: [cn, unet%s], repeat: steps}\n", twice ? ", unet" : "");
+        char w2[2048], o2[2048], cn[512];
+        int c = snprintf(cn, sizeof cn, "  - name: cn\n    layers:\n");
+        for (int i = 0; i < 8; i++)
+            c += snprintf(cn + c, sizeof cn - (size_t)c, "      - {name: c%d, bytes: %d, flops: 1e10}\n", i, 24 << 20);
+        int x = snprintf(w2, sizeof w2, "name: pair\nsteps: 12\nmodels:\n%s  - name: unet\n    layers:\n", cn);
+        int y = snprintf(o2, sizeof o2, "%s", w2);
+        for (int i = 0; i < 12; i++) {
+            char line[96];
+            snprintf(line, sizeof line, "      - {name: u%d, bytes: %d, flops: 2e10}\n", i, (16 + i % 5 * 8) << 20);
+            x += snprintf(w2 + x, sizeof w2 - (size_t)x, "%s%s", line, i == 8 ? "      - {use: u3}\n" : "");
+            y += snprintf(o2 + y, sizeof o2 - (size_t)y, "%s", line);
+        }
+        x += snprintf(w2 + x, sizeof w2 - (size_t)x, "%s", pipe);
+        y += snprintf(o2 + y, sizeof o2 - (size_t)y, "%s", pipe);
+        assert_int_equal(vc_workload_load_string(w2, (size_t)x, "pair.yaml", &wl, NULL), VC_OK);
+        assert_int_equal(vc_workload_load_string(o2, (size_t)y, "pair-plain.yaml", &wo, NULL), VC_OK);
+        run.vram_bytes = 0.25 * (1u << 30);
+        run.policy = VC_POLICY_PLANNED;
+        assert_int_equal(vc_sim_run_workload(wl, &run, &rw), VC_OK);
+        assert_int_equal(vc_sim_run_workload(wo, &run, &ro), VC_OK);
+        assert_true(rw.lower_bound_bytes_per_step > 0);
+        assert_true(rw.bytes_per_step >= rw.lower_bound_bytes_per_step * (1 - 1e-9));
+        assert_true(rw.step_time_s >= rw.segment_bound_step_time_s * (1 - 1e-9));
+        assert_true(rw.bytes_per_step <= ro.bytes_per_step + (1 + twice) * (32 << 20));
+        vc_workload_destroy(wo);
+        if (twice) break;
+        vc_workload_destroy(wl);
+    }
     vc_config_destroy(cfg);
     vc_workload_destroy(wl);
 }

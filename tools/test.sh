@@ -59,7 +59,9 @@ fuzz_seconds=${VC_FUZZ_SECONDS:-30}
 for f in config api workload safetensors; do
   work=$(mktemp -d)
   cp tests/fuzz/corpus_$f/* "$work"/
-  ./build-test/fuzz/tests/fuzz/fuzz_$f -max_total_time="$fuzz_seconds" -timeout=20 -max_len=4096 -print_final_stats=0 \
+  # -timeout catches a hang; a unit may legitimately take ~25 s here (fuzz_api with thousands of
+  # copies in flight, each checked by the simulator's hazard sampling under ASan and coverage)
+  ./build-test/fuzz/tests/fuzz/fuzz_$f -max_total_time="$fuzz_seconds" -timeout=90 -max_len=4096 -print_final_stats=0 \
     "$work" 2>&1 | tail -n 3
   rm -rf "$work"
 done

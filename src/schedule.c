@@ -213,6 +213,11 @@ static void drop_order(vc_cache *c, model_t *m) {
     m->pos = 0;
 }
 
+void vc__mark_uses(layer_t *const *order, size_t n, int repeats) {
+    for (size_t i = n; i-- > 0;) order[i]->order_pos = i; /* the first use wins */
+    for (size_t i = 0; repeats && i < n; i++) order[i]->uses = order[i]->order_pos == i ? 1 : order[i]->uses + 1;
+}
+
 int vc__link_uses(layer_t *const *order, size_t n, size_t **next_use, layer_t ***uorder, size_t *un) {
     *next_use = NULL;
     *uorder = NULL;
@@ -277,12 +282,8 @@ static int install_order(vc_cache *c, model_t *m, layer_t **order, size_t n, int
     m->order_valid = 1;
     m->order_declared = declared;
     m->pass_mismatches = 0;
-    for (size_t i = n; i-- > 0;) { /* a layer used more than once: order_pos is its first use */
-        order[i]->in_order = 1;
-        order[i]->order_pos = i;
-    }
-    for (size_t i = 0; next_use && i < n; i++)
-        order[i]->uses = order[i]->order_pos == i ? 1 : order[i]->uses + 1;
+    for (size_t i = 0; i < n; i++) order[i]->in_order = 1;
+    vc__mark_uses(order, n, next_use != NULL);
     m->pos = n - 1; /* the next expected layer is order[0] */
     m->pf_next = 0;
     if (c->policy == VC_POLICY_PLANNED) vc__make_plan(c, m, learned_alone);

@@ -35,6 +35,9 @@ void vc__make_plan(vc_cache *c, model_t *m, int learned_alone);
  *  them), so that eviction and prefetch see a layer's nearer use and plans walk distinct layers.
  *  Both NULL when every layer occurs once. Changes nothing else. VC_OK or VC_ERR_NO_MEMORY. */
 int vc__link_uses(layer_t *const *order, size_t n, size_t **next_use, layer_t ***uorder, size_t *un);
+/** Sets each layer's order_pos to its first use in `order` and, with `repeats` (the order has
+ *  next_use links), its uses to how many times it occurs. */
+void vc__mark_uses(layer_t *const *order, size_t n, int repeats);
 /** Marks m's layout pending or done (prefetch is paused while one is pending). */
 void vc__set_layout_pending(vc_cache *c, model_t *m, int pending);
 /** Lays out m's pending plan: at once with `force`, else only while nothing in the arenas is held

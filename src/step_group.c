@@ -40,14 +40,12 @@ void vc__unjoin(vc_cache *c, const char *why) {
         m->joined = NULL;
         m->step_prev_seen = 0;
         m->plan_capacity = 0; /* re-planned at its next pass */
-        for (size_t i = m->order_n; i-- > 0;) { /* (a layer the member uses twice: its first use) */
-            m->order[i]->order_pos = i;
+        for (size_t i = 0; i < m->order_n; i++) {
             m->order[i]->keep = 0;
             m->order[i]->home_gen = 0;
             m->order[i]->uses = 0;
         }
-        for (size_t i = 0; m->next_use && i < m->order_n; i++) /* its own repeats, as install_order had them */
-            m->order[i]->uses = m->order[i]->order_pos == i ? 1 : m->order[i]->uses + 1;
+        vc__mark_uses(m->order, m->order_n, m->next_use != NULL); /* its own positions, as install_order had them */
         m->pos = cur && cur->model == m ? cur->order_pos : m->order_n - 1;
         m->pf_next = (m->pos + 1) % m->order_n;
         m->pass_mismatches = 0;
@@ -84,6 +82,13 @@ void vc__note_step_prev(vc_cache *c, model_t *m) {
     }
 }
 
+/* 1 when a member runs a layer more than once in its own pass (a shared module). */
+static int any_own_repeats(model_t *const *members, size_t k) {
+    for (size_t j = 0; j < k; j++)
+        if (members[j]->next_use) return 1;
+    return 0;
+}
+
 /* Forms the group of the k models `members` (in the order their first layers run) with `order`
  * (n layers, owned by the group from here; freed on failure): every member's order once, each in its
  * own order — or, with next_use (a member run twice per pass), twice, with the distinct layers in
@@ -93,8 +98,7 @@ static int form_group(vc_cache *c, model_t **members, size_t k, layer_t **order,
                       size_t *next_use, layer_t **uorder, size_t un, int whole_passes) {
     size_t name_len = 1;
     for (size_t j = 0; j < k; j++) name_len += strlen(members[j]->name) + 1;
-    int own_repeats = 0; /* a member that runs a layer more than once in its own pass */
-    for (size_t j = 0; j < k; j++) own_repeats |= members[j]->next_use != NULL;
+    int own_repeats = any_own_repeats(members, k);
     model_t *g = calloc(1, sizeof(*g));
     model_t **mem = malloc(k * sizeof(*mem));
     char *name = malloc(name_len);
@@ -112,8 +116,7 @@ static int form_group(vc_cache *c, model_t **members, size_t k, layer_t **order,
         vc__set_layout_pending(c, m, 0); /* the group's layout replaces the member's region and homes */
         g->vram_layers += m->vram_layers;
     }
-    for (size_t i = n; i-- > 0;) order[i]->order_pos = i; /* a layer used twice: its first use */
-    for (size_t i = 0; next_use && i < n; i++) order[i]->uses = order[i]->order_pos == i ? 1 : order[i]->uses + 1;
+    vc__mark_uses(order, n, next_use != NULL); /* a layer used twice: its first use */
     g->name = name;
     g->whole_passes = whole_passes;
     if (starts) {
@@ -151,9 +154,7 @@ static int form_linked_group(vc_cache *c, model_t **members, size_t k, layer_t *
                              int whole_passes) {
     size_t *next_use = NULL, un = 0;
     layer_t **uorder = NULL;
-    int own_repeats = 0;
-    for (size_t j = 0; j < k; j++) own_repeats |= members[j]->next_use != NULL;
-    if (own_repeats && vc__link_uses(order, n, &next_use, &uorder, &un) != VC_OK) {
+    if (any_own_repeats(members, k) && vc__link_uses(order, n, &next_use, &uorder, &un) != VC_OK) {
         free(order);
         return 0; /* no group: each plans alone */
     }
@@ -283,9 +284,7 @@ int vc__try_join_repeating(vc_cache *c, model_t *a) {
         while (i < k && members[i] != inner->members[j]) i++;
         if (i == k) return 0; /* the group has a model the cycle does not run */
     }
-    int own_repeats = 0; /* a member that runs a layer more than once in its own pass */
-    for (size_t i = 0; i < k; i++) own_repeats |= members[i]->next_use != NULL;
-    if (own_repeats) { /* its uses are linked with the cycle's, by layer */
+    if (any_own_repeats(members, k)) { /* its uses are linked with the cycle's, by layer */
         layer_t **order = malloc(n * sizeof(*order));
         if (!order) return 0;
         if (inner) vc__unjoin(c, "they run inside a longer cycle, planned as one");

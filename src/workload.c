@@ -447,34 +447,34 @@ static int parse(wparser *P, yaml_node_t *root, vc_workload *wl) {
 static int denoiser_back(vc_workload *wl) {
     const wl_stage *st = &wl->stages[wl->denoiser];
     int uses = 0;
-    size_t n = 0, *base = calloc(wl->nmodels ? wl->nmodels : 1, sizeof(*base)), keys = 0;
-    if (!base) return -1;
+    size_t n = 0, keys = 0;
     for (size_t k = 0; k < st->nmodels; k++) {
         const wl_model *m = &wl->models[st->model[k]];
         for (size_t j = 0; j < m->n; j++) uses |= m->layers[j].same != 0;
         n += m->n;
     }
-    for (size_t i = 0; i < wl->nmodels; i++) base[i] = keys, keys += wl->models[i].n;
-    size_t *last = uses ? malloc(keys * sizeof(*last)) : NULL, *back = uses ? malloc(n * sizeof(*back)) : NULL;
-    if (uses && (!last || !back)) {
+    if (!uses) return 0;
+    for (size_t i = 0; i < wl->nmodels; i++) keys += wl->models[i].n;
+    size_t *base = malloc(wl->nmodels * sizeof(*base)), *last = malloc(keys * sizeof(*last)),
+           *back = malloc(n * sizeof(*back));
+    if (!base || !last || !back) {
         free(base), free(last), free(back);
         return -1;
     }
-    if (uses) {
-        for (size_t i = 0; i < keys; i++) last[i] = SIZE_MAX;
-        /* Twice round the step: the first time notes where each layer ran last, the second measures
-         * each position's distance back to its layer's previous run. */
-        for (size_t round = 0, p = 0; round < 2; round++)
-            for (size_t k = 0; k < st->nmodels; k++) {
-                const wl_model *m = &wl->models[st->model[k]];
-                for (size_t j = 0; j < m->n; j++, p++) {
-                    size_t *l = &last[base[st->model[k]] + (m->layers[j].same ? m->layers[j].same - 1 : j)];
-                    if (round) back[p - n] = p - *l;
-                    *l = p;
-                }
+    for (size_t i = 0, at = 0; i < wl->nmodels; i++) base[i] = at, at += wl->models[i].n;
+    for (size_t i = 0; i < keys; i++) last[i] = SIZE_MAX;
+    /* Twice round the step: the first time notes where each layer ran last, the second measures
+     * each position's distance back to its layer's previous run. */
+    for (size_t round = 0, p = 0; round < 2; round++)
+        for (size_t k = 0; k < st->nmodels; k++) {
+            const wl_model *m = &wl->models[st->model[k]];
+            for (size_t j = 0; j < m->n; j++, p++) {
+                size_t *l = &last[base[st->model[k]] + (m->layers[j].same ? m->layers[j].same - 1 : j)];
+                if (round) back[p - n] = p - *l;
+                *l = p;
             }
-        wl->den_back = back;
-    }
+        }
+    wl->den_back = back;
     free(base);
     free(last);
     return 0;

@@ -11,11 +11,14 @@ that leaves them, it replays a steady-state pass in
     part by part, each part after the release of the layer it overwrites; one copy engine, in
     order, paying a fixed latency per part; a layer computes once it has arrived and the previous
     one is done (kept layers at once);
+  - the *wrap* model, the ring without its end: a layer that does not fit before the ring's end
+    continues at its start (as it could in device pages mapped twice, back to back, through the
+    CUDA/HIP virtual-memory calls; the cache does not do this), so no room is left unused for a lap;
   - the *fluid* model, the same without placement: any byte freed anywhere takes the next byte
     to arrive, and a layer's copy pays the latency once;
 
-and, with --search, looks for the set with the shortest pass (in the ring model, or the fluid one
-with --search-model fluid) among those moving at most
+and, with --search, looks for the set with the shortest pass (in the ring model, or the wrap or
+fluid one with --search-model) among those moving at most
 --bytes-goal times the bytes bound (local search: swap, add or drop one layer of at most 6% of
 that bound). The set to start from is the cache's own, read from a trace of `vramcache simulate`
 (the layers it uploaded in the last two denoiser passes), or else the smallest layers.
@@ -58,7 +61,7 @@ class Pass:
         """What the streamed layers may occupy: usable VRAM less the kept layers."""
         return self.usable - (self.total - sum(self.b[j] for j in stream))
 
-    def ring(self, stream, room, passes=4):
+    def ring(self, stream, room, passes=4, wrap=False):
         n, b, c = self.n, self.b, self.c
         occ = []  # (start, end, occurrence) of the ring's occupants
         off = copy_free = t_end = 0.0
@@ -66,12 +69,15 @@ class Pass:
         for k in range(n * passes):
             j = k % n
             if j in stream:  # placed and copied as its turn comes (copies stay in pass order)
-                if off + b[j] > room + 1e-6:
+                if not wrap and off + b[j] > room + 1e-6:
                     off = 0.0
                 s, e = off, off + b[j]
                 parts, rest = [], []
+                sh = room if wrap else 0.0
                 for o in occ:
-                    (parts if o[1] > s + 1e-9 and o[0] < e - 1e-9 else rest).append(o)
+                    (parts if o[1] + sh > s + 1e-9 and o[0] + sh < e - 1e-9 else rest).append(o)
+                if wrap:
+                    parts = [(ps + room, pe + room, q) for ps, pe, q in parts]
                 occ = rest + [(s, e, k)]
                 off = e
                 cur, t = s, copy_free
@@ -151,7 +157,7 @@ def main():
     ap.add_argument("--latency-us", type=float, default=10, help="per copy, as the simulator's default")
     ap.add_argument("--trace", help="trace of `vramcache simulate` giving the cache's streamed set")
     ap.add_argument("--search", type=int, default=0, help="local search moves to try")
-    ap.add_argument("--search-model", choices=("ring", "fluid"), default="ring", help="what the search minimises")
+    ap.add_argument("--search-model", choices=("ring", "fluid", "wrap"), default="ring", help="what the search minimises")
     ap.add_argument("--bytes-goal", type=float, default=1.05)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--compare", metavar="SIM_JSON",
@@ -180,7 +186,7 @@ def main():
     def report(what, stream):
         room = p.room(stream)
         print(f"{what}: {len(stream)} of {p.n} layers stream, bytes/LB {room / p.lb_bytes + 1:.3f}, room "
-              f"{room / 1e6:.1f} MB; time/LB ring {p.ring(stream, room):.3f}, fluid {p.fluid(stream, room):.3f}")
+              f"{room / 1e6:.1f} MB; time/LB ring {p.ring(stream, room):.3f}, wrap {p.ring(stream, room, wrap=True):.3f}, fluid {p.fluid(stream, room):.3f}")
 
     if a.trace:
         start = traced_set(a.trace, name, names)
@@ -209,7 +215,7 @@ def main():
         room = p.room(s)
         if not s or room / p.lb_bytes + 1 > a.bytes_goal or room < max(p.b[j] for j in s):
             return None
-        return p.ring(s, room) if a.search_model == "ring" else p.fluid(s, room)
+        return p.ring(s, room) if a.search_model == "ring" else p.ring(s, room, wrap=True) if a.search_model == "wrap" else p.fluid(s, room)
 
     best, cur = score(start), set(start)
     if best is None:

@@ -21,6 +21,7 @@ void vc_cache_options_init_sized(vc_cache_options *o, size_t size) {
     d.offload_mode = VC_OFFLOAD_MODE_BALANCED;
     d.policy = VC_POLICY_PLANNED;
     d.prefetch_depth = 8;
+    d.copy_part_min_bytes = (size_t)1 << 20;
     d.log_level = VC_LOG_WARN;
     /* Only the caller's bytes are written; a newer caller's unknown tail is zeroed, and
      * vc_cache_create refuses a size it does not know. */
@@ -98,6 +99,7 @@ int vc_cache_create(const vc_cache_options *opts, vc_cache **out) {
     c->smart_working_mem = o.smart_working_mem ? 1 : 0;
     c->slots_setting = o.stream_slots;
     c->stream_slots = o.stream_slots == VC_STREAM_SLOTS_TUNE ? 0 : o.stream_slots;
+    c->copy_part_min = o.copy_part_min_bytes;
 
     int st;
     if (o.backend) {

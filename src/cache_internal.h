@@ -300,6 +300,7 @@ struct vc_cache {
     } fence[16];
     unsigned nfence;
     int collect_fences;
+    size_t copy_part_min; /* vc_cache_options.copy_part_min_bytes: smaller parts wait for the next fence */
     const arena_segment *fence_seg;
     uint64_t ring_gen;       /* where the streaming region places its next layer (a ring: see */
     size_t ring_off;         /* place_streamed): the segment of that gen, at ring_off; a gen no

@@ -535,7 +535,8 @@ void vc__flush_fences(vc_cache *c) {
 
 /* Copies l's bytes into blk on the upload stream, each part after the release of the layer that
  * occupied it (the fences of its ring placement, in address order): the copy engine fills the room
- * already free while the last occupants still compute, as a fluid copy would. */
+ * already free while the last occupants still compute, as a fluid copy would. Parts smaller than
+ * copy_part_min are not worth a copy's fixed cost: they wait for the next fence as well. */
 int vc__copy_fenced(vc_cache *c, const layer_t *l, const arena_block *blk, const void *src) {
     char *dst = arena_block_ptr(blk);
     size_t done = 0;
@@ -550,7 +551,9 @@ int vc__copy_fenced(vc_cache *c, const layer_t *l, const arena_block *blk, const
     for (; k < c->nfence && st == VC_OK; k++) {
         size_t rel = c->fence[k].at > blk->offset ? c->fence[k].at - blk->offset : 0;
         if (rel >= l->bytes) break; /* past the bytes: waited for after the copy */
-        if (rel > done) {
+        /* A part too small to be worth a copy of its own waits for this fence too and goes with
+         * the next part (the tail after the last fence is copied whatever its size). */
+        if (rel > done && rel - done >= c->copy_part_min) {
             st = c->ops->copy_h2d(c->bctx, dst + done, (const char *)src + done, rel - done, c->upload_stream);
             if (st != VC_OK) break; /* fence k not waited for yet: the loop below does */
             done = rel;

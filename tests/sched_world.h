@@ -259,7 +259,9 @@ typedef struct hz_use {
     double start, end;
 } hz_use;
 
-/* A cache (balanced, planned) on the simulator of `device` bytes, seen through the logging backend. */
+/* A cache (balanced, planned) on the simulator of `device` bytes, seen through the logging backend.
+ * Fenced copies are split at every occupant (copy_part_min_bytes 0, the most parts and so the most
+ * orderings to get wrong) unless hazard_open_parts says otherwise. */
 typedef struct hazard_world {
     vc_backend *sim, *hz;
     hazard_ctx *h;
@@ -274,7 +276,7 @@ static inline void hz_log(void *user, vc_log_level level, const char *msg) {
     h->parted += strstr(msg, "planned apart again") != NULL;
 }
 
-static inline hazard_world hazard_open(size_t device) {
+static inline hazard_world hazard_open_parts(size_t device, size_t copy_part_min) {
     hazard_world w;
     vc_sim_params p;
     vc_sim_params_init(&p);
@@ -292,11 +294,14 @@ static inline hazard_world hazard_open(size_t device) {
     vc_cache_options o = sched_options(w.hz, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
     o.log_fn = hz_log;
     o.log_user = w.h;
+    o.copy_part_min_bytes = copy_part_min;
     o.log_level = VC_LOG_INFO;
     assert_int_equal(vc_cache_create(&o, &w.c), VC_OK);
     assert_int_equal(vc_sim_stream_create(w.sim, &w.stream), VC_OK);
     return w;
 }
+
+static inline hazard_world hazard_open(size_t device) { return hazard_open_parts(device, 0); }
 
 /* Fails the test if any logged copy's interval overlaps a compute on the bytes it writes: a compute
  * that started before the copy must have ended before it began, one that starts after waited. */

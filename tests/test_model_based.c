@@ -714,6 +714,9 @@ static void run_world_in(int keep_ram_copy, size_t vram_budget, unsigned seed, v
     o.offload_mode = mode;
     o.stage_ahead = (extras & EXTRA_STAGE_AHEAD) != 0; /* its thread stages the declared orders' layers */
     o.smart_working_mem = (extras & EXTRA_SMART) != 0;
+    /* fenced copies split at every occupant, or not into parts under 2 KB (the default 1 MB is more
+     * than these layers hold) */
+    o.copy_part_min_bytes = seed & 1 ? 0 : 2 * KB;
     /* a keep-alive of 1 ms: its thread clears the cache whenever the world pauses with nothing held */
     o.keep_alive_s = extras & EXTRA_KEEP_ALIVE ? 1e-3 : 0;
     if (extras & EXTRA_KEEP_ALIVE) {

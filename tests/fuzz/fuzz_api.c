@@ -117,6 +117,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     o.policy = (data[0] >> 2) & 1 ? VC_POLICY_LRU : VC_POLICY_PLANNED;
     o.offload_mode = (vc_offload_mode)((data[1] >> 6) & 3);
     o.smart_working_mem = (data[1] >> 5) & 1;
+    o.copy_part_min_bytes = (size_t)(data[1] & 3) * 1024; /* fenced copies split at every fence, or not below 1-3 KB */
     vc_cache *c;
     if (vc_cache_create(&o, &c) != VC_OK) {
         vc_backend_destroy(fault);

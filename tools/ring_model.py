@@ -20,7 +20,7 @@ that leaves them, it replays a steady-state pass in
 and, with --search, looks for the set with the shortest pass (in the ring model, or the wrap or
 fluid one with --search-model) among those moving at most
 --bytes-goal times the bytes bound (local search: swap, add or drop one layer of at most 6% of
-that bound). The set to start from is the cache's own, read from a trace of `vramcache simulate`
+that bound; simulated annealing with --temperature). The set to start from is the cache's own, read from a trace of `vramcache simulate`
 (the layers it uploaded in the last two denoiser passes), or else the smallest layers.
 
     apt-get install -y python3-yaml
@@ -36,6 +36,7 @@ docs/performance.md.
 """
 import argparse
 import json
+import math
 import random
 import sys
 
@@ -46,7 +47,7 @@ except ImportError as e:
 
 
 class Pass:
-    def __init__(self, layers, usable, bandwidth, latency, flops):
+    def __init__(self, layers, usable, bandwidth, latency, flops, part_min=0.0):
         self.b = [b for b, _ in layers]
         self.c = [f / flops for _, f in layers]
         self.n = len(layers)
@@ -54,6 +55,7 @@ class Pass:
         self.usable = usable
         self.bw = bandwidth
         self.lat = latency
+        self.part_min = part_min
         self.lb_bytes = max(0.0, self.total - usable)
         self.lb_time = max(sum(self.c), self.lb_bytes / bandwidth)
 
@@ -80,14 +82,17 @@ class Pass:
                     parts = [(ps + room, pe + room, q) for ps, pe, q in parts]
                 occ = rest + [(s, e, k)]
                 off = e
-                cur, t = s, copy_free
+                # as copy_fenced: the part up to each occupant goes before waiting for its release,
+                # when it is at least the minimum part; the rest after the last occupant's release
+                done, t = s, copy_free
                 for ps, pe, q in sorted(parts):
-                    if ps > cur + 1e-9:  # room already free before this occupant
-                        t += self.lat + (ps - cur) / self.bw
-                    t = max(t, release[q]) + self.lat + (min(pe, e) - max(ps, s)) / self.bw
-                    cur = min(pe, e)
-                if cur < e - 1e-9:
-                    t += self.lat + (e - cur) / self.bw
+                    at = max(ps, s)
+                    if at > done + 1e-9 and at - done >= self.part_min:
+                        t += self.lat + (at - done) / self.bw
+                        done = at
+                    t = max(t, release[q])
+                if done < e - 1e-9:
+                    t += self.lat + (e - done) / self.bw
                 copy_free = arrive[k] = t
             start = max(t_end, arrive.get(k, 0.0))
             starts.append(start)
@@ -155,10 +160,15 @@ def main():
     ap.add_argument("--bandwidth-gbps", type=float, default=25)
     ap.add_argument("--tflops", type=float, default=60)
     ap.add_argument("--latency-us", type=float, default=10, help="per copy, as the simulator's default")
+    ap.add_argument("--copy-part-min-mb", type=float, default=1.0,
+                    help="smallest part of a fenced copy in MB of 2^20 bytes, as the cache's copy_part_min_bytes")
     ap.add_argument("--trace", help="trace of `vramcache simulate` giving the cache's streamed set")
     ap.add_argument("--search", type=int, default=0, help="local search moves to try")
     ap.add_argument("--search-model", choices=("ring", "fluid", "wrap"), default="ring", help="what the search minimises")
     ap.add_argument("--bytes-goal", type=float, default=1.05)
+    ap.add_argument("--temperature", type=float, default=0.0,
+                    help="simulated annealing: accept a worse set with probability exp(-loss / T), T falling "
+                         "linearly from this to 0 over the search (0: only better sets, a local search)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--compare", metavar="SIM_JSON",
                     help="`vramcache simulate --json` output of the traced run: fail unless the ring model's "
@@ -179,7 +189,7 @@ def main():
     if (a.usable_fraction is None) == (a.usable_gb is None):
         sys.exit("ring_model.py: give one of --usable-fraction and --usable-gb")
     usable = a.usable_fraction * total if a.usable_fraction is not None else a.usable_gb * 2**30
-    p = Pass(layers, usable, a.bandwidth_gbps * 1e9, a.latency_us * 1e-6, a.tflops * 1e12)
+    p = Pass(layers, usable, a.bandwidth_gbps * 1e9, a.latency_us * 1e-6, a.tflops * 1e12, a.copy_part_min_mb * 2**20)
     if p.lb_bytes <= 0:
         sys.exit("ring_model.py: the denoiser fits; nothing streams")
 
@@ -220,7 +230,8 @@ def main():
     best, cur = score(start), set(start)
     if best is None:
         best = float("inf")
-    for _ in range(a.search):
+    cur_t, best_set = best, set(cur)
+    for it in range(a.search):
         cand, out = set(cur), [j for j in small if j not in cur]
         move = rng.random()
         if move < 0.5 and cand and out:
@@ -231,12 +242,17 @@ def main():
         elif cand:
             cand.remove(rng.choice(sorted(cand)))
         t = score(cand)
-        if t is not None and t < best - 1e-9:
-            best, cur = t, cand
+        if t is None:
+            continue
+        temp = a.temperature * (1 - it / a.search)
+        if t < cur_t - 1e-9 or (temp > 0 and rng.random() < math.exp(-(t - cur_t) / temp)):
+            cur, cur_t = cand, t
+            if t < best - 1e-9:
+                best, best_set = t, set(cand)
     if best == float("inf"):
         print(f"search: no set within bytes/LB {a.bytes_goal} found")
     else:
-        report(f"best of {a.search} moves ({a.search_model} model, bytes/LB <= {a.bytes_goal})", cur)
+        report(f"best of {a.search} moves ({a.search_model} model, bytes/LB <= {a.bytes_goal})", best_set)
 
 
 if __name__ == "__main__":

@@ -316,11 +316,12 @@ typedef struct vc_cache_options {
      *  streamed into room whose previous occupants are still computing is copied part by part,
      *  each part after its own occupant's last kernel, so the copy engine fills the room already
      *  free instead of waiting for the last occupant. Every part costs a copy's fixed overhead
-     *  (about 10 us on PCIe, a quarter of 1 MB's transfer at 25 GB/s), and the most a part can
-     *  gain is its own transfer time, so a part smaller than this is not copied on its own: it
-     *  waits for the next occupant and goes with the part after it. 0 copies every part on its
-     *  own. Models of many small layers gain most (20,000 layers of 64 KB to 1 MB on 5 GB at
-     *  25 GB/s: a step 1.91 x the bytes bound's time with 0, 1.50 x with 1 MB in the simulator;
+     *  (microseconds on PCIe; the simulator charges 10 us, a quarter of 1 MB's transfer at
+     *  25 GB/s), and the most a part can gain is its own transfer time, so a part smaller than
+     *  this is not copied on its own: it waits for the next occupant and goes with the part after
+     *  it (a layer's last part goes whatever its size). 0 copies every part on its own; any value
+     *  is valid. Models of many small layers gain most (20,000 layers of 64 KB to 1 MB, 5 GB
+     *  usable, 25 GB/s: a step 1.91 x its time bound with 0, 1.50 x with 1 MB, in the simulator;
      *  docs/performance.md). */
     size_t copy_part_min_bytes;
 } vc_cache_options;

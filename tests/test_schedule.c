@@ -226,18 +226,27 @@ static size_t hazard_run(int n, const size_t *sizes, const size_t *aligns, size_
     return hazard_run_parts(n, sizes, aligns, device, compute, passes, 0, 0, NULL);
 }
 
+enum { MIXED_N = 48 };
+
+/* The mixed model of the two tests below: every sixth layer 48-60 KB, the others 3-9 KB. Returns
+ * the model's bytes. */
+static size_t mixed_ring_model(size_t *sizes, size_t *aligns) {
+    size_t total = 0;
+    for (int i = 0; i < MIXED_N; i++) {
+        sizes[i] = i % 6 == 5 ? 48 * KB + (size_t)(i % 4) * 4 * KB : 3 * KB + (size_t)((i * 7) % 23) * 256;
+        aligns[i] = 256;
+        total += sizes[i];
+    }
+    return total;
+}
+
 /* Mixed sizes streamed through a small ring with compute shorter than the copies, so copies into
  * the ring start while the layers they replace still compute: the fenced, part-by-part copies of
  * ring placements must still never overwrite a layer in use. */
 static void test_copies_never_overwrite_layers_in_use(void **state) {
     (void)state;
-    enum { N = 48 };
-    size_t sizes[N], aligns[N], total = 0;
-    for (int i = 0; i < N; i++) {
-        sizes[i] = i % 6 == 5 ? 48 * KB + (size_t)(i % 4) * 4 * KB : 3 * KB + (size_t)((i * 7) % 23) * 256;
-        aligns[i] = 256;
-        total += sizes[i];
-    }
+    enum { N = MIXED_N };
+    size_t sizes[N], aligns[N], total = mixed_ring_model(sizes, aligns);
     assert_true(hazard_run(N, sizes, aligns, total * 3 / 4, 4e-6, 10) > 0); /* a 48 KB copy takes 49 us */
 }
 
@@ -249,13 +258,8 @@ static void test_copies_never_overwrite_layers_in_use(void **state) {
  * overwrites a layer in use. */
 static void test_small_parts_wait_for_the_next_fence(void **state) {
     (void)state;
-    enum { N = 48 };
-    size_t sizes[N], aligns[N], total = 0;
-    for (int i = 0; i < N; i++) {
-        sizes[i] = i % 6 == 5 ? 48 * KB + (size_t)(i % 4) * 4 * KB : 3 * KB + (size_t)((i * 7) % 23) * 256;
-        aligns[i] = 256;
-        total += sizes[i];
-    }
+    enum { N = MIXED_N };
+    size_t sizes[N], aligns[N], total = mixed_ring_model(sizes, aligns);
     size_t small_all = 0, small_min = 0;
     size_t parts_all = hazard_run_parts(N, sizes, aligns, total * 3 / 4, 4e-6, 10, 0, 4 * KB, &small_all);
     size_t parts_min = hazard_run_parts(N, sizes, aligns, total * 3 / 4, 4e-6, 10, 4 * KB, 4 * KB, &small_min);

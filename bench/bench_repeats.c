@@ -18,16 +18,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "vramcache.h"
-#include "vramcache_sim.h"
+#include "bench_sim_pass.h"
 
 #define MB 1048576.0
 enum { N = 40, PASSES = 24, MAX_USES = 4 * N };
-
-static int no_bytes(void *user, vc_layer_id layer, void *dst, size_t bytes) {
-    (void)user, (void)layer, (void)dst, (void)bytes;
-    return 0;
-}
 
 /* The pass of pattern `name` as layer indices; returns its length (0 for an unknown name). */
 static int pattern(const char *name, int *seq) {
@@ -63,74 +57,26 @@ typedef struct result {
 static int run(const int *seq, int uses, vc_policy policy, result *r) {
     size_t sizes[N], total = 0;
     for (int i = 0; i < N; i++) total += sizes[i] = (size_t)((8 + (i * 7) % 33) * MB);
-    const double bw = 25e9, compute = 1e-3;
-    vc_sim_params p;
-    vc_sim_params_init(&p);
-    p.device_bytes = total / 2;
-    p.h2d_bytes_per_s = p.d2h_bytes_per_s = bw;
-    p.backed = 0;
-    vc_backend *sim;
-    if (vc_backend_sim_create(&p, &sim) != VC_OK) return -1;
-    vc_cache_options o;
-    vc_cache_options_init(&o);
-    o.backend = sim;
-    o.ram_budget = total + 64 * (size_t)MB;
-    o.working_mem = 0;
-    o.offload_mode = VC_OFFLOAD_MODE_BALANCED;
-    o.policy = policy;
-    vc_cache *c;
-    if (vc_cache_create(&o, &c) != VC_OK) {
-        vc_backend_destroy(sim);
-        return -1;
-    }
-    vc_stream s;
-    vc_sim_stream_create(sim, &s);
+    bench_sim w;
+    if (bench_sim_open(&w, total / 2, total, policy)) return -1;
     vc_model_id m;
     vc_layer_id ids[N] = {0};
-    int st = vc_model_register(c, "model", &m);
+    int st = vc_model_register(w.c, "model", &m);
     for (int i = 0; i < N && !st; i++) {
         char name[16];
         snprintf(name, sizeof name, "layer.%d", i);
-        vc_layer_desc d = {.name = name, .bytes = sizes[i], .loader = no_bytes, .cost = compute};
-        st = vc_layer_register(c, m, &d, &ids[i]);
+        vc_layer_desc d = {.name = name, .bytes = sizes[i], .loader = bench_sim_no_bytes, .cost = BENCH_SIM_COMPUTE};
+        st = vc_layer_register(w.c, m, &d, &ids[i]);
     }
-    double t_mid = 0;
-    vc_stats s_mid = {0}, s_end;
     for (int pass = 0; pass < PASSES && !st; pass++) {
-        if (pass == PASSES / 2) {
-            vc_sim_stream_synchronize(sim, s);
-            t_mid = vc_sim_now(sim);
-            vc_cache_get_stats(c, &s_mid);
-        }
-        for (int k = 0; k < uses && !st; k++) {
-            void *ptr;
-            double t0;
-            st = vc_layer_acquire(c, ids[seq[k]], s, &ptr);
-            if (st) break;
-            vc_sim_compute_reading(sim, s, compute, 1, &ptr, &sizes[seq[k]], &t0, NULL);
-            vc_layer_release(c, ids[seq[k]], s);
-            vc_sim_wait_until(sim, t0);
-        }
+        if (pass == PASSES / 2) bench_sim_mark(&w);
+        for (int k = 0; k < uses && !st; k++) st = bench_sim_use(&w, ids[seq[k]], sizes[seq[k]]);
     }
-    char hz[384];
-    if (st) {
-        fprintf(stderr, "bench_repeats: %s\n", vc_last_error());
-    } else if (vc_sim_hazards(sim, hz, sizeof hz)) { /* figures of a racy schedule mean nothing */
-        fprintf(stderr, "bench_repeats: %s\n", hz);
-        st = -1;
-    } else {
-        vc_sim_stream_synchronize(sim, s);
-        vc_cache_get_stats(c, &s_end);
-        double n = PASSES - PASSES / 2, lb = (double)total - (double)s_end.vram_limit;
-        double t = (vc_sim_now(sim) - t_mid) / n, lbt = uses * compute;
-        if (lb / bw > lbt) lbt = lb / bw;
-        r->bytes_ratio = (double)(s_end.bytes_h2d - s_mid.bytes_h2d) / n / lb;
-        r->time_ratio = t / lbt;
-        r->learned = (unsigned long long)s_end.orders_learned;
-    }
-    vc_cache_destroy(c);
-    vc_backend_destroy(sim);
-    return st ? -1 : 0;
+    vc_stats end;
+    if (bench_sim_finish(&w, "bench_repeats", st, (double)total, uses, PASSES, &r->bytes_ratio, &r->time_ratio, &end))
+        return -1;
+    r->learned = (unsigned long long)end.orders_learned;
+    return 0;
 }
 
 int main(int argc, char **argv) {

@@ -28,6 +28,7 @@ typedef struct vc_layer_rec layer_t;
 /* Intrusive doubly linked list with a sentinel-free head/tail pair. */
 typedef struct layer_list {
     layer_t *head, *tail;
+    uint64_t pushes; /* RAM list: layers appended so far (each gets the count as its rtick) */
 } layer_list;
 
 struct vc_layer_rec {
@@ -60,6 +61,7 @@ struct vc_layer_rec {
     int backup_pinned;
     uint32_t src_gen;     /* shared: the source's weights_gen when our device copy was made */
     layer_t *rprev, *rnext; /* RAM LRU (every layer with a RAM-pool copy) */
+    uint64_t rtick;         /* when it was appended there: the list runs in rtick order */
 
     /* device copy */
     arena_block *vblock;
@@ -175,6 +177,19 @@ struct vc_model_rec {
     uint64_t run_start;    /* c->use_clock as its run began */
     int saw_others;       /* another model's layer ran in the midst of its pass under way */
     size_t grec_seen;     /* its layers found so far in a recorded period (grec_finish) */
+
+    /* RAM copies (src/ram_victim.c): how many of its own layers have one, and, for a model whose
+     * order plans them, the index that finds which to drop without walking them all. */
+    size_t ram_n;
+    struct ram_index {
+        uint64_t epoch;   /* c->ram_ix_epoch when built: any other value, built again when needed */
+        layer_t **order;  /* the order it was built for, and its length */
+        size_t n;
+        uint64_t *bits;   /* three bitmaps by order position, each `words` words and a summary,
+                             `stride` in all (see ram_victim.c) */
+        size_t words, stride, cap;
+        size_t count[3];  /* bits set in each */
+    } ram_ix;
 };
 
 /* The model whose order and plan cover l: its group's while it runs in one, else its own. */
@@ -309,6 +324,7 @@ struct vc_cache {
     layer_list vram_lru;
     layer_t *placing; /* the layer vc__vram_place is finding room for (NULL outside it) */
     layer_list ram_lru;
+    uint64_t ram_ix_epoch; /* bumped when orders or kept sets change: RAM indexes are rebuilt */
     deferred_free *deferred;
     atomic_uint weights_epoch;  /* bumped with any layer's weights_gen: sharers' cheap check */
     size_t shared_layers;       /* ours that share another cache's (vc_layer_register_shared) */
@@ -362,11 +378,22 @@ struct vc_cache {
     char last_error[4096];
 };
 
+/** vc__sched_ram_victim's answer from the RAM indexes (src/ram_victim.c): 1 with *out the victim
+ *  (NULL: none may go), or 0 when only the walk can tell (a RAM copy of a model not in use, without
+ *  an order or outside it; a layer used twice per pass; no memory for an index). */
+int vc__ram_victim_indexed(vc_cache *c, const layer_t *exclude, int (*droppable)(vc_cache *, layer_t *),
+                           layer_t **out);
+/** l's RAM copy (ram_delta +1 made, -1 gone, 0 unchanged), device copy, kept or prefetched mark
+ *  changed: keeps its model's count of RAM copies and its order's RAM index up to date (src/
+ *  ram_victim.c). Call after the change. */
+void vc__ram_ix_touch(vc_cache *c, layer_t *l, int ram_delta);
+
 /* l's upload ahead of use was acquired or is gone: it no longer counts as in flight, in layers or in
  * bytes (sequential mode's look-ahead is bounded by the bytes). Returns whether it was prefetched. */
 static inline int vc__prefetch_settle(vc_cache *c, layer_t *l) {
     if (!l->prefetched) return 0;
     l->prefetched = 0;
+    vc__ram_ix_touch(c, l, 0);
     c->prefetch_inflight--;
     c->prefetch_inflight_bytes -= l->bytes;
     return 1;
@@ -487,8 +514,28 @@ int vc__sched_streamable(vc_cache *c, const layer_t *asking, size_t max_distance
 /** Which RAM copy to drop for room (planned policy), among those `droppable` allows, `exclude`
  *  aside: one of a model not in use or without an order (least recently used first), else the
  *  one needed furthest ahead (Belady: a denoiser's pass that streams more than the RAM cache
- *  holds then re-reads only the excess each pass, where LRU re-read all of it). NULL: none. */
+ *  holds then re-reads only the excess each pass, where LRU re-read all of it). NULL: none.
+ *  Answered from the RAM indexes where they can (src/ram_victim.c), else by the walk below. */
 layer_t *vc__sched_ram_victim(vc_cache *c, const layer_t *exclude, int (*droppable)(vc_cache *, layer_t *));
+/** The same choice by a walk of every RAM copy (schedule.c): what vc__sched_ram_victim answers
+ *  when its index cannot (src/ram_victim.c), and what a VC_CHECK_INTERNALS build checks it by.
+ *  Among copies of layers in the pass of a model in use, the highest vc__ram_victim_rank goes; a
+ *  tie goes to the least recently used. */
+layer_t *vc__sched_ram_victim_walk(vc_cache *c, const layer_t *exclude, int (*droppable)(vc_cache *, layer_t *));
+/** The kind of a RAM copy its pass needs: 2 a kept layer in VRAM, 1 one uploaded ahead and not
+ *  used yet, 0 the rest. */
+static inline int vc__ram_victim_kind(const layer_t *l) { return !l->vblock ? 0 : l->keep ? 2 : l->prefetched ? 1 : 0; }
+/** When its copy is needed, for a layer needed in `d` of its pass's n acquires (the higher, the
+ *  sooner it goes): a kept layer in VRAM, not within the pass; one uploaded ahead and not used
+ *  yet, after that use and a pass more (it leaves after the use and comes back); else at its use. */
+static inline size_t vc__ram_victim_rank(const layer_t *l, size_t d, size_t n) {
+    int kind = vc__ram_victim_kind(l);
+    return kind == 2 ? VC_ANY_DISTANCE : kind == 1 ? d + n : d;
+}
+/** Orders, positions or kept sets changed: every RAM index is built again when next needed. */
+static inline void vc__ram_ix_stale(vc_cache *c) { c->ram_ix_epoch++; }
+/** Frees m's RAM index (the model or group goes). */
+void vc__ram_ix_free(model_t *m);
 /** The default RAM budget for a cache in offload `mode` (src/ram_budget.c): vc_default_ram_budget's
  *  rules, except that where layers stream (modes balanced and sequential) rule 2 caps at 32 GB
  *  rather than at the GPU's memory less working memory. */

@@ -59,6 +59,7 @@ static int private_copy(vc_cache *c, layer_t *l, const char *fn) {
     c->ram_bytes += l->bytes;
     vc__note_ram(c);
     list_push_tail(&c->ram_lru, l, 0);
+    vc__ram_ix_touch(c, l, +1);
     c->stats.layers_in_ram++;
     return VC_OK;
 }

@@ -404,7 +404,7 @@ static int region_for_once_used(model_t *m, size_t cap, size_t total, size_t lar
 
 /* Marks each layer of m's order kept or streamed and sizes the streaming region (m->pending_*),
  * then lays that out when it can (vc__try_layout). */
-void vc__make_plan(vc_cache *c, model_t *m, int learned_alone) {
+static void make_plan(vc_cache *c, model_t *m, int learned_alone) {
     /* The ring, homes, the deferred layout and the lean shape assume the plan has the device to
      * itself. Beside another model in use (a ControlNet beside a UNet) each model's plan ignores the
      * other's needs, and those rules then moved 1.2-1.7x the bytes of the rules before them (two
@@ -498,4 +498,10 @@ void vc__make_plan(vc_cache *c, model_t *m, int learned_alone) {
     m->pending_stream = stream_budget;
     vc__set_layout_pending(c, m, 1);
     vc__try_layout(c, m, shared);
+}
+
+void vc__make_plan(vc_cache *c, model_t *m, int learned_alone) {
+    vc__ram_ix_stale(c); /* kept marks change from here */
+    make_plan(c, m, learned_alone);
+    vc__ram_ix_stale(c);
 }

@@ -30,6 +30,7 @@ void vc__drop_ram(vc_cache *c, layer_t *l) {
     else
         vc__quarantine(c, l->ram, l->bytes, l->ram_pinned, 1);
     l->ram = NULL;
+    vc__ram_ix_touch(c, l, -1);
     c->stats.layers_in_ram--;
 }
 
@@ -82,6 +83,7 @@ void vc__drop_ram_after_upload(vc_cache *c, layer_t *l) {
     c->deferred = d;
     list_unlink(&c->ram_lru, l, 0);
     l->ram = NULL;
+    vc__ram_ix_touch(c, l, -1);
     c->stats.layers_in_ram--;
 }
 

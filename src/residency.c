@@ -27,6 +27,7 @@ static const place_req ACQUIRE_REQ = {VC_ANY_DISTANCE, 0};
 #define NEXT(x, vram) ((vram) ? &(x)->vnext : &(x)->rnext)
 
 void list_push_tail(layer_list *l, layer_t *x, int vram) {
+    if (!vram) x->rtick = ++l->pushes;
     *LINKS(x, vram) = l->tail;
     *NEXT(x, vram) = NULL;
     if (l->tail)
@@ -144,6 +145,7 @@ int vc__host_source(vc_cache *c, layer_t *l, const char *fn, const void **src) {
     l->ram = buf;
     l->ram_pinned = pinned;
     list_push_tail(&c->ram_lru, l, 0);
+    vc__ram_ix_touch(c, l, +1);
     c->stats.layers_in_ram++;
     c->stats.loads++;
     c->stats.bytes_loaded += l->bytes;
@@ -217,6 +219,7 @@ static int upload(vc_cache *c, layer_t *l, vc_stream stream, int wait, const cha
                         l->name, l->model->name, vc__fmt_bytes(l->bytes, a, sizeof a), why);
     }
     l->vblock = blk;
+    vc__ram_ix_touch(c, l, 0);
     vc__note_vram_layer(c, l, +1);
     list_push_tail(&c->vram_lru, l, 1);
     c->stats.bytes_h2d += l->bytes;
@@ -504,6 +507,7 @@ void vc__layer_destroy(vc_cache *c, layer_t *l) {
         arena_free(l->in_stream ? &c->sarena : &c->arena, l->vblock);
         l->vblock = NULL;
         l->in_stream = 0;
+        vc__ram_ix_touch(c, l, 0);
         vc__note_vram_layer(c, l, -1);
     }
     vc__drain_deferred(c, 1, l);

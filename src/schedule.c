@@ -151,7 +151,7 @@ layer_t *vc__sched_victim(vc_cache *c, const layer_t *for_layer, size_t max_dist
     return NULL;
 }
 
-layer_t *vc__sched_ram_victim(vc_cache *c, const layer_t *exclude, int (*droppable)(vc_cache *, layer_t *)) {
+layer_t *vc__sched_ram_victim_walk(vc_cache *c, const layer_t *exclude, int (*droppable)(vc_cache *, layer_t *)) {
     const model_t *asking = exclude ? vc__plan_model(exclude) : NULL;
     layer_t *best = NULL;
     size_t best_d = 0;
@@ -159,15 +159,9 @@ layer_t *vc__sched_ram_victim(vc_cache *c, const layer_t *exclude, int (*droppab
         if (x == exclude || !droppable(c, x)) continue;
         const model_t *xm = vc__plan_model(x);
         if (!order_known(xm) || !x->in_order || (asking && !vc__model_active(c, xm, asking))) return x;
-        /* A copy is needed at the layer's next upload: not within the pass for a kept layer in VRAM;
-         * after its next use for one uploaded ahead and not used yet (it leaves after that use and
-         * comes back); else at its next use (a streamed layer used this pass has left the ring, or
-         * will have, by then). */
-        size_t d = distance_of(x);
-        if (x->vblock && x->keep)
-            d = VC_ANY_DISTANCE;
-        else if (x->vblock && x->prefetched)
-            d += xm->order_n;
+        /* A copy is needed at the layer's next upload (a streamed layer used this pass has left the
+         * ring, or will have, by then): the one needed last goes. */
+        size_t d = vc__ram_victim_rank(x, distance_of(x), xm->order_n);
         if (!best || d > best_d) best = x, best_d = d;
     }
     return best;
@@ -211,6 +205,7 @@ static void drop_order(vc_cache *c, model_t *m) {
     m->plan_capacity = 0;
     m->seq_room = 0;
     m->pos = 0;
+    vc__ram_ix_stale(c); /* (after the marks: releasing the region may have rebuilt an index) */
 }
 
 void vc__mark_uses(layer_t *const *order, size_t n, int repeats) {
@@ -284,6 +279,7 @@ static int install_order(vc_cache *c, model_t *m, layer_t **order, size_t n, int
     m->pass_mismatches = 0;
     for (size_t i = 0; i < n; i++) order[i]->in_order = 1;
     vc__mark_uses(order, n, next_use != NULL);
+    vc__ram_ix_stale(c);
     m->pos = n - 1; /* the next expected layer is order[0] */
     m->pf_next = 0;
     if (c->policy == VC_POLICY_PLANNED) vc__make_plan(c, m, learned_alone);
@@ -540,6 +536,7 @@ void vc__sched_on_acquire(vc_cache *c, layer_t *l) {
         }
         if (vc__prefetch_upload(c, x, k) != VC_OK) break;
         x->prefetched = 1;
+        vc__ram_ix_touch(c, x, 0);
         c->prefetch_inflight++;
         c->prefetch_inflight_bytes += x->bytes;
         c->stats.prefetches++;
@@ -591,6 +588,7 @@ void vc__sched_model_free(vc_cache *c, model_t *m) {
     free(m->next_use);
     free(m->uorder);
     free(m->rec);
+    vc__ram_ix_free(m);
     m->order = m->rec = m->uorder = NULL;
     m->next_use = NULL;
 }

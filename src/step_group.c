@@ -51,6 +51,8 @@ void vc__unjoin(vc_cache *c, const char *why) {
         m->pass_mismatches = 0;
     }
     c->group = NULL;
+    vc__ram_ix_stale(c); /* members' positions and kept marks are their own again */
+    vc__ram_ix_free(g);
     vc__tuner_model_gone(c, g);
     /* The history of passes went on through a group of whole passes (follow notes its members'
      * pass starts): what runs next may still close a longer cycle (try_join_repeating). */
@@ -117,6 +119,7 @@ static int form_group(vc_cache *c, model_t **members, size_t k, layer_t **order,
         g->vram_layers += m->vram_layers;
     }
     vc__mark_uses(order, n, next_use != NULL); /* a layer used twice: its first use */
+    vc__ram_ix_stale(c);
     g->name = name;
     g->whole_passes = whole_passes;
     if (starts) {

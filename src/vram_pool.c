@@ -109,6 +109,7 @@ void vc__evict_vram(vc_cache *c, layer_t *l, vc_evict_reason reason, int drop_ok
             c->ram_bytes += l->bytes;
             vc__note_ram(c);
             list_push_tail(&c->ram_lru, l, 0);
+            vc__ram_ix_touch(c, l, +1);
             c->stats.layers_in_ram++;
             c->stats.bytes_d2h += l->bytes;
         } else {
@@ -133,6 +134,7 @@ void vc__evict_vram(vc_cache *c, layer_t *l, vc_evict_reason reason, int drop_ok
         vc__quarantine_range(c, l->in_stream ? &c->sarena : &c->arena, l->vblock);
     l->vblock = NULL;
     l->in_stream = 0;
+    vc__ram_ix_touch(c, l, 0);
     vc__prefetch_settle(c, l); /* (a prefetch that was never used) */
     vc__note_vram_layer(c, l, -1);
     if (c->placing && l->keep && vc__plan_model(l) == vc__plan_model(c->placing))
@@ -477,6 +479,7 @@ void vc__assign_homes(vc_cache *c, model_t *m, int fitting) {
          * for room every pass; a larger one is placed as any other. */
         if (!x->home_gen && !fitting && 2 * need <= c->stream_budget) x->keep = 0;
     }
+    vc__ram_ix_stale(c); /* (kept marks may have changed) */
     free(gaps);
     free(todo);
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds libvramcache with warnings as errors under gcc and clang and runs every test: the whole
 # suite with each compiler, again under AddressSanitizer + UndefinedBehaviorSanitizer (with
-# LeakSanitizer), and the concurrency tests (and the core suite on the fake CUDA runtime) under
+# LeakSanitizer, and VC_CHECK_INTERNALS: the scheduler's indexes checked against plain walks at
+# every use), and the concurrency tests (and the core suite on the fake CUDA runtime) under
 # ThreadSanitizer. This is what CI runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,7 +40,7 @@ LD_LIBRARY_PATH=$(pkg-config --variable=libdir vramcache) ./build-test/consumer/
 gcc -Wall -Werror -static tests/consumer/consumer.c $(pkg-config --static --cflags --libs vramcache) -o build-test/consumer/pc_static
 ./build-test/consumer/pc_static
 unset PKG_CONFIG_PATH
-run_suite clang-asan-ubsan "" -DCMAKE_C_COMPILER=clang -DVC_SANITIZE=address,undefined
+run_suite clang-asan-ubsan "" -DCMAKE_C_COMPILER=clang -DVC_SANITIZE=address,undefined -DVC_CHECK_INTERNALS=ON
 TSAN_OPTIONS=halt_on_error=1 run_suite clang-tsan "test_threads|test_shared|test_schedule|test_plan|test_step_group|test_slot_tuner|test_keep_alive|test_safetensors|core_on_fake_cuda$" -DCMAKE_C_COMPILER=clang -DVC_SANITIZE=thread
 if command -v python3 >/dev/null; then
   echo "=== workloads match their generator ==="
@@ -52,7 +53,7 @@ if command -v python3 >/dev/null; then
   python3 tools/ring_model.py workloads/sd15.yaml --trace build-test/ring_trace.json --compare build-test/ring_sim.json
 fi
 echo "=== fuzzers (bounded time each, ASan + UBSan) ==="
-cmake -S . -B build-test/fuzz -DCMAKE_C_COMPILER=clang -DVC_SANITIZE=address,undefined -DVC_BUILD_FUZZERS=ON \
+cmake -S . -B build-test/fuzz -DCMAKE_C_COMPILER=clang -DVC_SANITIZE=address,undefined -DVC_CHECK_INTERNALS=ON -DVC_BUILD_FUZZERS=ON \
   -DVC_BUILD_TESTS=OFF -DVC_BUILD_EXAMPLES=OFF -DVC_BUILD_BENCH=OFF -DVC_BUILD_TOOLS=OFF -DVC_WERROR=ON >/dev/null
 cmake --build build-test/fuzz -j"$jobs" >/dev/null
 fuzz_seconds=${VC_FUZZ_SECONDS:-30}

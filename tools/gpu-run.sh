@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one command for the GPU machine (see the device tool's notes):
-# configure and build with the unpacked .devdeps, run the whole test suite (its core_on_cuda runs
-# the core tests again over the CUDA backend), test_gpu and test_model_based under
-# compute-sanitizer, the GPU benchmarks and the CPU-side benchmark, and leave the logs in
-# /tmp/vc-gpu-logs, packed into $OUT/gpu-logs.tgz (the device tool brings back at most 8 files).
+# configure and build with the unpacked .devdeps, then, most wanted first, test_gpu, the headline
+# (FLUX.1-dev on a 12 GB card), the core tests over the CUDA backend (core_on_cuda), the GPU
+# benchmarks, the whole test suite, test_gpu and test_model_based under compute-sanitizer, and
+# leave the logs in /tmp/vc-gpu-logs, packed into $OUT/gpu-logs.tgz after every step (the device
+# tool brings back at most 8 files, and only what is in $OUT when a command is stopped).
 #   usage (on the GPU machine, from the project root):  bash tools/gpu-run.sh [all | tests bench headline nsys ...]
-# Every step has its own time limit, so one hang cannot eat the whole lease.
+# Every step has its own time limit, so one hang cannot eat the whole lease, and the script stops
+# starting steps at VC_GPU_DEADLINE seconds (default 560: the device tool stops a command at 600):
+# the steps it skipped are listed in steps.txt; name them in a second call (the build is reused
+# while the machine stays warm).
 set -uo pipefail
 out=${OUT:-gpu-results}
 logs=/tmp/vc-gpu-logs
@@ -17,12 +21,20 @@ if [ -d .devdeps/root/usr ]; then
   export CMAKE_PREFIX_PATH=$P PKG_CONFIG_PATH=$P/lib/x86_64-linux-gnu/pkgconfig
   export LD_LIBRARY_PATH=$P/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
 fi
+deadline=${VC_GPU_DEADLINE:-560}
+pack() { tar -czf "$out/gpu-logs.tgz" -C /tmp vc-gpu-logs; cp "$logs/steps.txt" "$logs/gpu.txt" "$out/" 2>/dev/null; }
 step() { # step NAME SECONDS COMMAND...: run with a limit, log to $logs/NAME.txt, note the status
   local name=$1 limit=$2; shift 2
-  local t0=$SECONDS
+  local t0=$SECONDS left=$((deadline - SECONDS))
+  if [ "$left" -le 10 ]; then
+    echo "$name skipped: past VC_GPU_DEADLINE (${deadline}s)" | tee -a "$logs/steps.txt"
+    return 124
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
   timeout -k 5 "$limit" "$@" > "$logs/$name.txt" 2>&1
   local rc=$?
   echo "$name rc=$rc ${SECONDS}s-total $((SECONDS - t0))s" | tee -a "$logs/steps.txt"
+  pack
   return $rc
 }
 { nvidia-smi --query-gpu=name,driver_version,memory.total,pcie.link.gen.current,pcie.link.width.current \
@@ -31,16 +43,12 @@ step configure 120 cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DVC_BUILD
 step build 300 cmake --build build-gpu -j"$(nproc)" || { tail -40 "$logs/build.txt"; }
 export VRAMCACHE_BACKEND_DIR=$PWD/build-gpu
 step test_gpu 120 ./build-gpu/tests/test_gpu
-if want tests; then
-  # the whole suite; its core_on_cuda runs the core tests again on the GPU
-  step ctest 300 ctest --test-dir build-gpu --output-on-failure -j8 -E core_on_cuda
-  step core_on_cuda 300 ctest --test-dir build-gpu --output-on-failure -R core_on_cuda -V
-  if command -v compute-sanitizer > /dev/null; then
-    step sanitizer_test_gpu 300 compute-sanitizer --tool memcheck ./build-gpu/tests/test_gpu
-    VC_TEST_BACKEND=cuda step sanitizer_model_based 300 compute-sanitizer --tool memcheck \
-      ./build-gpu/tests/test_model_based
-  fi
+if want bench || want headline; then
+  # the headline: FLUX.1-dev on a 12 GB card (the device capped, 3 GB working memory, dynamic budget)
+  step bench_gpu_denoiser 240 ./build-gpu/bench/bench_gpu_denoiser --card-gb 12 --working-gb 3 --json
 fi
+# the core tests again on the GPU
+want tests && step core_on_cuda 300 ctest --test-dir build-gpu --output-on-failure -R core_on_cuda -V
 if want bench; then
   step bench_gpu 300 ./build-gpu/bench/bench_gpu --budget-gb 8 --uvm
   # the smaller denoisers at half their bytes (SDXL's UNet 4.8 GiB, SD 1.5's 1.6 GiB)
@@ -67,9 +75,14 @@ if want bench; then
   step denoiser_lcm_images 240 ./build-gpu/bench/bench_gpu_denoiser \
     --workload workloads/sd15-controlnet-lcm-images.yaml --budget-gb 2 --steps 8 --json
 fi
-if want bench || want headline; then
-  # the headline: FLUX.1-dev on a 12 GB card (the device capped, 3 GB working memory, dynamic budget)
-  step bench_gpu_denoiser 240 ./build-gpu/bench/bench_gpu_denoiser --card-gb 12 --working-gb 3 --json
+if want tests; then
+  # the whole suite (the simulator's and the host's tests, which CI runs too)
+  step ctest 300 ctest --test-dir build-gpu --output-on-failure -j8 -E core_on_cuda
+  if command -v compute-sanitizer > /dev/null; then
+    step sanitizer_test_gpu 300 compute-sanitizer --tool memcheck ./build-gpu/tests/test_gpu
+    VC_TEST_BACKEND=cuda step sanitizer_model_based 300 compute-sanitizer --tool memcheck \
+      ./build-gpu/tests/test_model_based
+  fi
 fi
 if want nsys; then
   # Nsight Systems, where the image has it: the NVTX ranges (uploads, evictions, reservations) and
@@ -86,7 +99,7 @@ if want nsys; then
   unset NVTX_INJECTION64_PATH
 fi
 [ -n "${VC_GPU_HOTPATH:-}" ] && step bench_hotpath 120 ./build-gpu/bench/bench_hotpath
-tar -czf "$out/gpu-logs.tgz" -C /tmp vc-gpu-logs; cp "$logs/steps.txt" "$logs/gpu.txt" "$out/"
+pack
 cat "$logs/gpu.txt" "$logs/steps.txt"
 for f in test_gpu core_on_cuda bench_gpu bench_gpu_denoiser denoiser_sdxl denoiser_sd15 denoiser_sd15_controlnet denoiser_sd15_seqcfg denoiser_sdxl_refiner denoiser_lcm_images nsys_stats; do [ -f "$logs/$f.txt" ] && { echo "== $f"; tail -25 "$logs/$f.txt"; }; done
 grep -h "^nvtx:" "$logs"/nvtx_*.txt 2>/dev/null || true

@@ -14,10 +14,11 @@
  * layer has a RAM copy and is of kind k. Within a model a higher kind always ranks higher
  * (vc__ram_victim_rank), so a model's candidate is the least recently used droppable copy of
  * kind 2 (all equally far), else the furthest of kind 1, else of kind 0: the first set bit found
- * walking back round the pass from the current position, 64 positions a word. The answer is the
- * best of the models' candidates by rank, a tie to the least recently used (rtick): the walk's own
- * rule, so the two agree wherever the index answers, and a VC_CHECK_INTERNALS build checks that
- * they do at every drop.
+ * walking back round the pass from the current position (64 positions a word, 4096 a word of the
+ * bitmap's summary, which marks the words that are not empty). The answer is the best of the
+ * models' candidates by rank, a tie to the least recently used (rtick): the walk's own rule, so the
+ * two agree wherever the index answers, and a VC_CHECK_INTERNALS build checks that they do at every
+ * drop.
  *
  * The bitmaps follow each layer's RAM copy, device copy and prefetch mark as they change
  * (vc__ram_ix_touch at each change); orders, positions and kept sets change only when a plan is

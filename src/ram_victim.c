@@ -123,7 +123,15 @@ static size_t bit_at_or_below(const ram_index *ix, int k, size_t from) {
     if (word) return from / 64 * 64 + top_bit(word);
     if (from < 64) return SIZE_MAX;
     size_t i = scan_at_or_below(ix_summary(ix, k), from / 64 - 1); /* the next word below with a bit */
-    return i == SIZE_MAX ? SIZE_MAX : i * 64 + top_bit(w[i]);
+    if (i == SIZE_MAX) return SIZE_MAX;
+    if (!w[i]) { /* a summary out of step with its words (a defect): answer from the words alone */
+#ifdef VC_CHECK_INTERNALS
+        fprintf(stderr, "vc__sched_ram_victim: bitmap %d's summary marks empty word %zu\n", k, i);
+        abort();
+#endif
+        return scan_at_or_below(w, from / 64 * 64 - 1);
+    }
+    return i * 64 + top_bit(w[i]);
 }
 
 /* The droppable layer of bitmap `kind` needed furthest ahead: positions from the current one (a

@@ -130,6 +130,40 @@ static void test_one_model_streaming_more_than_ram_holds(void **state) {
     free_cache(&t);
 }
 
+/* An order of 5,000 layers: the bitmaps span two words of their summaries (4,096 positions a
+ * word), so the searches skip empty words through the summary, across word and summary-word
+ * boundaries. Asked at every 7th acquire (the walk is O(copies)). */
+static void test_a_long_order(void **state) {
+    (void)state;
+    enum { N = 5000, PASSES = 3 };
+    size_t bytes = 256;
+    test_cache t = make_small_cache(N / 4 * bytes + 64 * KB, N / 2 * bytes);
+    vc_model_id m = add_model(t.cache, "long");
+    test_loader *ld = calloc(N, sizeof(*ld));
+    vc_layer_id *ids = calloc(N, sizeof(*ids));
+    assert_non_null(ld);
+    assert_non_null(ids);
+    add_loader_layers(t.cache, m, "layer", N, bytes, ld, ids);
+    tally tl = {0, 0};
+    void *p;
+    for (int pass = 0; pass < PASSES; pass++)
+        for (int i = 0; i < N; i++) {
+            if (i % 7) {
+                assert_int_equal(vc_layer_acquire(t.cache, ids[i], NULL, &p), VC_OK);
+                assert_int_equal(vc_layer_release(t.cache, ids[i], NULL), VC_OK);
+            } else {
+                run_layer(t.cache, ids[i], ids[(i * 4099 + pass) % N], &tl);
+            }
+        }
+    const model_t *lm = vc__plan_model(layer_of(t.cache, ids[0]));
+    assert_true(lm->ram_ix.words > 64); /* two summary words */
+    assert_true(tl.answered > tl.walked);
+    assert_true(get_stats(t.cache).ram_evictions > (uint64_t)N);
+    free(ld);
+    free(ids);
+    free_cache(&t);
+}
+
 static void test_step_group_of_two_models(void **state) {
     (void)state;
     enum { NC = 10, NU = 30, STEPS = 10 };
@@ -259,6 +293,7 @@ static void test_random_changes_keep_both_answers_equal(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_one_model_streaming_more_than_ram_holds),
+        cmocka_unit_test(test_a_long_order),
         cmocka_unit_test(test_step_group_of_two_models),
         cmocka_unit_test(test_copies_of_a_model_not_in_use_go_to_the_walk),
         cmocka_unit_test(test_a_layer_used_twice_goes_to_the_walk),

@@ -1,12 +1,13 @@
 /*
  * The RAM victim index (src/ram_victim.c). White-box: each test drives a cache through the public
- * API and, after every acquire, asks both the index (vc__ram_victim_indexed) and the walk of every
- * RAM copy (vc__sched_ram_victim_walk) which copy they would drop, once with every copy droppable
- * and once with a pseudo-random third of them held back (so both must skip the same ones), with and
- * without a layer set aside. Wherever the index answers it must name the walk's copy; and it must
- * answer in the steady state of the passes it exists for (a model, or a step group of two, whose
- * pass streams more than the RAM cache holds), leaving to the walk only what the walk alone can
- * tell: copies of a model not in use, a layer used twice per pass.
+ * API and, after each acquire (every 7th in the longest order), asks both the index
+ * (vc__ram_victim_indexed) and the walk of every RAM copy (vc__sched_ram_victim_walk) which copy
+ * they would drop, once with every copy droppable and once with a pseudo-random third of them held
+ * back (so both must skip the same ones), with and without a layer set aside. Wherever the index
+ * answers it must name the walk's copy; and it must answer in the steady state of the passes it
+ * exists for (a model, or a step group of two, whose pass streams more than the RAM cache holds),
+ * leaving to the walk only what the walk alone can tell: copies of a model not in use, a layer used
+ * twice per pass.
  */
 #include <stdlib.h>
 

@@ -164,12 +164,6 @@ static layer_t *oldest_kept(vc_cache *c, model_t *m, const layer_t *exclude, int
     return best;
 }
 
-/* Steps until l is needed again (a layer used once per pass). */
-static size_t ahead_of(const model_t *m, const layer_t *l) {
-    size_t d = (l->order_pos + m->order_n - m->pos) % m->order_n;
-    return d ? d : m->order_n;
-}
-
 int vc__ram_victim_indexed(vc_cache *c, const layer_t *exclude, int (*droppable)(vc_cache *, layer_t *),
                            layer_t **out) {
     const model_t *asking = exclude ? vc__plan_model(exclude) : NULL;
@@ -193,7 +187,7 @@ int vc__ram_victim_indexed(vc_cache *c, const layer_t *exclude, int (*droppable)
         if (!x && ix->count[1]) x = furthest_of_kind(c, m, 1, exclude, droppable);
         if (!x && ix->count[0]) x = furthest_of_kind(c, m, 0, exclude, droppable);
         if (!x) continue;
-        size_t rank = vc__ram_victim_rank(x, ahead_of(m, x), m->order_n);
+        size_t rank = vc__ram_victim_rank(x, vc__distance_of(x), m->order_n);
         if (!best || rank > best_rank || (rank == best_rank && x->rtick < best->rtick)) best = x, best_rank = rank;
     }
     *out = best;

@@ -62,7 +62,7 @@ int vc__evictable(vc_cache *c, layer_t *l) {
 
 /* Steps until l is needed again in its model's pass; the current layer counts as a full pass. A
  * layer used twice per pass (next_use) is needed at the nearer of its uses. */
-static size_t distance_of(const layer_t *l) {
+size_t vc__distance_of(const layer_t *l) {
     const model_t *m = vc__plan_model(l);
     if (!order_known(m) || !l->in_order) return VC_ANY_DISTANCE - 1;
     size_t d = (l->order_pos + m->order_n - m->pos) % m->order_n;
@@ -132,7 +132,7 @@ layer_t *vc__sched_victim(vc_cache *c, const layer_t *for_layer, size_t max_dist
             for (size_t k = m->order_n - 1; k >= 1 && (!prefetch || k > max_distance); k--) {
                 layer_t *x = m->order[(m->pos + k) % m->order_n];
                 if (!x->vblock || x->keep != kept || !vc__evictable(c, x)) continue;
-                if (m->next_use && distance_of(x) != k) continue; /* needed sooner, at its other use */
+                if (m->next_use && vc__distance_of(x) != k) continue; /* needed sooner, at its other use */
                 if (!first) first = x, first_d = k;
                 if (kept || !x->release_recorded || c->ops->event_query(c->bctx, x->release_ev) == 1) {
                     done = x, done_d = k;
@@ -147,7 +147,7 @@ layer_t *vc__sched_victim(vc_cache *c, const layer_t *for_layer, size_t max_dist
     if (best || prefetch) return best;
     /* 3. anything else evictable (e.g. the current model's own layers, held elsewhere) */
     for (layer_t *x = c->vram_lru.head; x; x = x->vnext)
-        if (vc__evictable(c, x) && (!prefetch || distance_of(x) > max_distance)) return x;
+        if (vc__evictable(c, x) && (!prefetch || vc__distance_of(x) > max_distance)) return x;
     return NULL;
 }
 
@@ -161,7 +161,7 @@ layer_t *vc__sched_ram_victim_walk(vc_cache *c, const layer_t *exclude, int (*dr
         if (!order_known(xm) || !x->in_order || (asking && !vc__model_active(c, xm, asking))) return x;
         /* A copy is needed at the layer's next upload (a streamed layer used this pass has left the
          * ring, or will have, by then): the one needed last goes. */
-        size_t d = vc__ram_victim_rank(x, distance_of(x), xm->order_n);
+        size_t d = vc__ram_victim_rank(x, vc__distance_of(x), xm->order_n);
         if (!best || d > best_d) best = x, best_d = d;
     }
     return best;
@@ -177,7 +177,7 @@ int vc__sched_streamable(vc_cache *c, const layer_t *asking, size_t max_distance
      * borrows room from kept layers needed later than itself; they come back to their homes. */
     int outsider = !asking->keep && c->stream_budget && c->stream_model == vc__plan_model(asking) &&
                    arena_round(asking->bytes) > c->stream_budget;
-    return (!x->keep || outsider) && distance_of(x) > limit;
+    return (!x->keep || outsider) && vc__distance_of(x) > limit;
 }
 
 /* ---- order tracking ---------------------------------------------------------------------------- */
@@ -452,7 +452,7 @@ static void follow(vc_cache *c, model_t *m, layer_t *l) {
         start_recording(m, l);
         return;
     }
-    if (l->in_order) m->pos = (m->pos + distance_of(l)) % m->order_n; /* resynchronise: a branch or a skip */
+    if (l->in_order) m->pos = (m->pos + vc__distance_of(l)) % m->order_n; /* resynchronise: a branch or a skip */
 }
 
 /* Hands the loader-only layers from distance k on to the stager, nearest first, as many as its
@@ -550,7 +550,7 @@ void vc__sched_on_evict(vc_cache *c, layer_t *l) {
     (void)c;
     model_t *m = vc__plan_model(l);
     if (!l->in_order || !order_known(m)) return;
-    size_t d = distance_of(l);
+    size_t d = vc__distance_of(l);
     size_t f = (m->pf_next + m->order_n - m->pos) % m->order_n;
     if (d < m->order_n && d < f) m->pf_next = (m->pos + d) % m->order_n;
 }

@@ -13,6 +13,9 @@
 #define GROUP_MAX 64 /* passes (and models) in a step group's cycle */
 
 static inline int order_known(const model_t *m) { return m->order_valid && m->order_n > 0; }
+/* Steps until l is needed again in its model's pass (schedule.c); the current layer counts as a
+ * full pass, a layer used twice per pass is needed at the nearer of its uses. */
+size_t vc__distance_of(const layer_t *l);
 
 /* ---- schedule.c ---------------------------------------------------------------------------------- */
 

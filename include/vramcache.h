@@ -253,7 +253,8 @@ typedef struct vc_cache_options {
     double offload_max_gpu_memory;
     /** Eviction/prefetch policy (default VC_POLICY_PLANNED). */
     vc_policy policy;
-    /** Most layers uploaded ahead of use at once (default 8; 0 disables prefetch). Within that
+    /** Most layers uploaded ahead of use at once (default 8; 0 disables prefetch, the readahead
+     *  of a model whose order is not known yet included: vc_layer_register). Within that
      *  bound the depth adapts: a layer is prefetched only when room can be made without evicting
      *  anything needed sooner. In offload mode sequential, what is ahead is also bounded in bytes:
      *  at most the bytes of the order's two largest layers, so the peak stays held layers plus two
@@ -467,6 +468,11 @@ VC_API int vc_model_unregister(vc_cache *cache, vc_model_id model);
 VC_API int vc_model_find(vc_cache *cache, const char *name, vc_model_id *out);
 
 /** Registers a layer of `model`; it starts not loaded. On success *out is set.
+ *  Register a model's layers in the order they run where you can: until the model's order is known
+ *  (declared, or learned from its first pass), the planned policy uploads the next registered
+ *  layers ahead once acquires have followed the registration order for two layers in a row
+ *  (prefetch_depth bounds it; a layer only its loader can provide is read ahead once it is in the
+ *  RAM pool: vc_model_load_ram, or stage_ahead, which queues it for the stager).
  *  Errors: VC_ERR_INVALID_ARG (no name, zero size, no source or two sources, alignment not a power
  *  of two or above 2 MB), VC_ERR_TOO_LARGE (size plus alignment overflows), VC_ERR_NOT_FOUND (model),
  *  VC_ERR_NO_MEMORY. A layer larger than the current VRAM budget is accepted (budgets are dynamic);

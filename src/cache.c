@@ -396,6 +396,7 @@ int vc_layer_register(vc_cache *c, vc_model_id model, const vc_layer_desc *d, vc
     l->loader_user = d->loader_user;
     l->model_pos = m->nlayers;
     m->layers[m->nlayers++] = l;
+    m->ra_room = 0; /* (its largest layers may have changed) */
     c->stats.layers++;
     *out = l->id;
     goto done;

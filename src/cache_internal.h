@@ -142,6 +142,11 @@ struct vc_model_rec {
     double plan_room;     /* its streaming region in layers of its largest streamed one (the tuner's start) */
     size_t seq_room;      /* sequential mode: bytes of its order's two largest layers, the most it may
                              have prefetched at once (0: not yet computed for this order) */
+    /* Readahead while its order is unknown (schedule.c, read_ahead): registration positions. */
+    size_t ra_last;       /* model_pos + 1 of its latest acquire; 0: none yet */
+    unsigned ra_streak;   /* acquires in a row that came next in registration order */
+    size_t ra_next;       /* model_pos where the readahead scan resumes */
+    size_t ra_room;       /* sequential mode: bytes of its two largest layers (0: not computed) */
     /* A plan that fits but fills its room: the free space left is in pieces, and layers coming back
      * after another model ran evict their own neighbours for want of a hole, pass after pass. When a
      * pass shows that (self_evicts), the plan gets homes where its layers lie (fit_homes). */

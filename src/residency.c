@@ -526,6 +526,7 @@ void vc__layer_destroy(vc_cache *c, layer_t *l) {
     model_t *m = l->model;
     m->layers[l->model_pos] = m->layers[--m->nlayers];
     m->layers[l->model_pos]->model_pos = l->model_pos;
+    m->ra_room = 0;
     slot_table_remove(&c->layers, l->id);
     c->stats.layers--;
     free(l->name);

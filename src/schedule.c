@@ -27,6 +27,7 @@
 #include <string.h>
 
 #include "cache_internal.h"
+#include "residency_internal.h"
 #include "schedule_internal.h"
 
 #define PREFETCH_WINDOW 256 /* layers looked ahead per acquire at most */
@@ -113,6 +114,10 @@ layer_t *vc__sched_victim(vc_cache *c, const layer_t *for_layer, size_t max_dist
         if (!vc__model_active(c, xm, asking)) return x;
         if (!order_known(xm) || !x->in_order) {
             if (!prefetch || xm != asking) return x;
+            /* A readahead (read_ahead: its model is learning its order) may take the model's own
+             * layers registered before the latest acquire, which a pass in registration order has
+             * used and needs last; never one it read ahead, nor one after (needed sooner). */
+            if (!order_known(asking) && !x->prefetched && x->model_pos + 1 < asking->ra_last) return x;
         }
         if (order_known(xm) && x->in_order) break; /* the rest are active and ordered */
     }
@@ -178,6 +183,90 @@ int vc__sched_streamable(vc_cache *c, const layer_t *asking, size_t max_distance
     int outsider = !asking->keep && c->stream_budget && c->stream_model == vc__plan_model(asking) &&
                    arena_round(asking->bytes) > c->stream_budget;
     return (!x->keep || outsider) && vc__distance_of(x) > limit;
+}
+
+/* ---- readahead while the order is learned -------------------------------------------------------
+ *
+ * Until a model's order is known (its first pass, or a pass after its order was dropped) nothing
+ * says what comes next, and every acquire waited for its own copy: the first pass of a model that
+ * does not fit ran copy, then compute, layer after layer. Engines mostly register a model's layers
+ * in the order they run (module by module; a checkpoint's tensors in name order), so once acquires
+ * have followed the registration order for RA_STREAK layers in a row, the next registered layers
+ * are uploaded ahead (as prefetches: at most prefetch_depth in flight, sequential mode's bound in
+ * bytes), as an operating system reads a file ahead once its reads turn sequential. Layers only a
+ * loader can provide go to the stager when it runs (stage_ahead), else the readahead stops there:
+ * a loader called here would hold up the very acquire that asked.
+ *
+ * A guess that does not come true costs only its copies: an acquire out of registration order (or
+ * of another model, or the order becoming known) stops the readahead until the order is followed
+ * again, and what it read ahead past the latest acquire no longer counts as in flight (it stays
+ * resident as any unheld layer). Else layers read ahead and never acquired (a registered module the
+ * pass does not use) would hold prefetch_depth's count, and no model could prefetch. */
+#define RA_STREAK 2
+
+/* The bytes of the two largest of n layers (at least 1): sequential mode's bound on what is ahead. */
+static size_t two_largest(layer_t *const *v, size_t n) {
+    size_t a = 0, b = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t x = v[i]->bytes;
+        if (x > a) {
+            b = a;
+            a = x;
+        } else if (x > b) b = x;
+    }
+    return a + b ? a + b : 1;
+}
+
+/* Sequential mode's bound on what is ahead, as sequential_room but over the registered layers. */
+static size_t readahead_room(model_t *m) {
+    if (!m->ra_room) m->ra_room = two_largest(m->layers, m->nlayers);
+    return m->ra_room;
+}
+
+/* Stops m's readahead: what it uploaded past the latest acquire no longer counts as in flight.
+ * `leave` (an acquire stopped it): in sequential mode, which keeps only held and prefetched layers
+ * on the device, those layers leave as soon as their copies have landed (copies the acquire that
+ * stopped the readahead would queue behind anyway). Not while layers are being unregistered. */
+static void readahead_stop(vc_cache *c, model_t *m, int leave) {
+    for (size_t k = m->ra_last; k < m->ra_next && k < m->nlayers; k++) {
+        layer_t *x = m->layers[k];
+        if (!vc__prefetch_settle(c, x)) continue;
+        if (leave && c->mode == VC_OFFLOAD_MODE_SEQUENTIAL && x->vblock && !x->holds && vc__wait_upload(c, x) == VC_OK)
+            vc__evict_vram(c, x, VC_EVICT_SEQUENTIAL, 0);
+    }
+    m->ra_next = m->ra_last;
+    m->ra_streak = 0;
+}
+
+static void read_ahead(vc_cache *c, model_t *m, layer_t *l) {
+    size_t p = l->model_pos;
+    if (m->ra_last && p == m->ra_last) { /* (ra_last is the latest acquire's model_pos + 1) */
+        if (m->ra_streak < UINT_MAX) m->ra_streak++;
+    } else {
+        if (m->ra_last) readahead_stop(c, m, 1); /* (l itself was settled as it was acquired) */
+        m->ra_next = p + 1;
+    }
+    m->ra_last = p + 1;
+    if (m->ra_streak < RA_STREAK) return;
+    size_t room = c->mode == VC_OFFLOAD_MODE_SEQUENTIAL ? readahead_room(m) : SIZE_MAX;
+    size_t k = m->ra_next > p ? m->ra_next : p + 1;
+    for (; k < m->nlayers && k - p <= PREFETCH_WINDOW && c->prefetch_inflight < c->prefetch_depth; k++) {
+        layer_t *x = m->layers[k];
+        if (x->vblock || x->loading) continue;
+        if (x->bytes > room || c->prefetch_inflight_bytes > room - x->bytes) break;
+        if (vc__needs_load(x)) {
+            for (size_t j = k; c->stager_on && j < m->nlayers && j - k < 2 * sizeof c->stage_q / sizeof c->stage_q[0]; j++)
+                if (!m->layers[j]->loading && vc__needs_load(m->layers[j])) vc__stager_enqueue(c, m->layers[j]);
+            break;
+        }
+        if (vc__prefetch_upload(c, x, k - p) != VC_OK) break;
+        x->prefetched = 1;
+        vc__ram_ix_touch(c, x, 0);
+        c->prefetch_inflight++;
+        c->prefetch_inflight_bytes += x->bytes;
+        c->stats.prefetches++;
+    }
+    m->ra_next = k;
 }
 
 /* ---- order tracking ---------------------------------------------------------------------------- */
@@ -269,6 +358,8 @@ static int install_order(vc_cache *c, model_t *m, layer_t **order, size_t n, int
         return VC_ERR_NO_MEMORY;
     }
     drop_order(c, m);
+    readahead_stop(c, m, 1); /* the order says what comes next from here */
+    m->ra_last = m->ra_next = 0;
     m->order = order;
     m->order_n = n;
     m->next_use = next_use;
@@ -473,17 +564,7 @@ static void stage_ahead(vc_cache *c, model_t *m, size_t k, size_t window) {
  * have in flight, so the peak promise is unchanged and small layers no longer shorten the look-ahead.
  * Measured: docs/performance.md. */
 static size_t sequential_room(model_t *m) {
-    if (!m->seq_room) {
-        size_t a = 0, b = 0; /* the largest two */
-        for (size_t i = 0; i < m->order_n; i++) {
-            size_t x = m->order[i]->bytes;
-            if (x > a) {
-                b = a;
-                a = x;
-            } else if (x > b) b = x;
-        }
-        m->seq_room = a + b ? a + b : 1;
-    }
+    if (!m->seq_room) m->seq_room = two_largest(m->order, m->order_n);
     return m->seq_room;
 }
 
@@ -495,6 +576,7 @@ void vc__sched_on_acquire(vc_cache *c, layer_t *l) {
     model_t *prev = c->last_model;
     if (prev && prev != own && !prev->joined && order_known(prev) && prev->pos != prev->order_n - 1)
         prev->saw_others = 1;
+    if (prev && prev != own && prev->ra_next > prev->ra_last) readahead_stop(c, prev, 1);
     if (c->grec && vc__grec_step(c, l))
         ; /* l began the group formed from the recorded period */
     else if (own->joined)
@@ -511,9 +593,13 @@ void vc__sched_on_acquire(vc_cache *c, layer_t *l) {
                          (g ? g->whole_passes && l == own->order[own->order_n - 1] &&
                                   (!g->pass_start || g->pass_start[(g->pos + 1) % g->order_n])
                             : own->pos == own->order_n - 1);
-    if (c->policy != VC_POLICY_PLANNED || !order_known(m) || !c->prefetch_depth ||
-        c->mode == VC_OFFLOAD_MODE_NONE || c->mode == VC_OFFLOAD_MODE_MODEL)
+    if (c->policy != VC_POLICY_PLANNED || !c->prefetch_depth || c->mode == VC_OFFLOAD_MODE_NONE ||
+        c->mode == VC_OFFLOAD_MODE_MODEL)
         return;
+    if (!order_known(m)) {
+        read_ahead(c, own, l); /* (a model without an order is in no group: m is own) */
+        return;
+    }
     if (m->layout_pending) { /* nothing ahead is known to be resident: scan afresh afterwards */
         m->pf_next = (m->pos + 1) % m->order_n;
         return;
@@ -568,6 +654,8 @@ void vc__sched_on_release(vc_cache *c, layer_t *l) {
 void vc__sched_forget(vc_cache *c, layer_t *l) {
     vc__grec_stop(c); /* the recorded period may hold l */
     model_t *m = l->model;
+    readahead_stop(c, m, 0); /* (the layers after l in registration order move) */
+    m->ra_last = m->ra_next = 0;
     vc__prefetch_settle(c, l);
     if (l->in_order) drop_order(c, m); /* the pass changed shape: learn it again */
     if (m->recording) m->recording = 0;

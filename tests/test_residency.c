@@ -230,6 +230,7 @@ static void test_dynamic_budget_follows_other_processes(void **state) {
     o.ram_budget = 1 * MB;
     o.working_mem = 32 * KB;
     o.arena_segment_bytes = 32 * KB;
+    o.prefetch_depth = 0; /* l[7]'s acquire is the load decision (no readahead placed it earlier) */
     test_cache t = make_cache_opts(256 * KB, &o);
     vc_model_id m = add_model(t.cache, "m");
     static char w[8][32 * KB];

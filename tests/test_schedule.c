@@ -4,6 +4,7 @@
  * Plans and their layout are tested in test_plan.c, step groups in test_step_group.c, the
  * stream-slots tuner in test_slot_tuner.c; sched_world.h is what they share. */
 #include <pthread.h>
+#include <time.h>
 
 #include "sched_world.h"
 
@@ -357,6 +358,142 @@ static void test_ram_cache_keeps_what_it_can_of_a_pass(void **state) {
     ram_cache_pass_loads(VC_POLICY_PLANNED, &planned);
     ram_cache_pass_loads(VC_POLICY_LRU, &lru);
     if (planned > 5 || lru < 12) fail_msg("loader calls in a pass: planned %d (want <= 5), LRU %d", planned, lru);
+}
+
+/* Before its order is known, a model whose acquires follow the order its layers were registered in
+ * gets the next registered layers uploaded ahead (schedule.c, read_ahead): its first pass no longer
+ * waits for copies a layer at a time. 12 layers of 64 KB on room for 6 (so the readahead evicts the
+ * pass's earlier layers, as its misses would), a copy ~0.66 ms; every third layer computes 3 ms and
+ * the others 0.1 ms. With the host a layer ahead a miss's copy hides behind the kernel before it
+ * only: after each long kernel the second short layer waits for its copy, unless it was read
+ * ahead during the long one. The same first pass in an order that is not the registration order
+ * reads nothing ahead. */
+static double first_pass(const int *seq, vc_stats *s) {
+    enum { N = 12 };
+    sim_world w = make_world(N, 64 * KB, 6 * 64 * KB, 100e6, 10e-6, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
+    for (int k = 0; k < N; k++) {
+        int i = seq[k];
+        void *p;
+        assert_int_equal(vc_layer_acquire(w.cache, w.layer[i], w.stream, &p), VC_OK);
+        assert_true(check_pattern(p, w.bytes[i], (uint64_t)i + 1));
+        double start;
+        kernel(w.sim, w.stream, k % 3 == 0 ? 3 * MS : 0.1 * MS, p, w.bytes[i], &start, NULL);
+        assert_int_equal(vc_layer_release(w.cache, w.layer[i], w.stream), VC_OK);
+        vc_sim_wait_until(w.sim, start);
+    }
+    vc_sim_stream_synchronize(w.sim, w.stream);
+    double t = vc_sim_now(w.sim);
+    *s = get_stats(w.cache);
+    int known = 1;
+    assert_int_equal(vc_model_get_order(w.cache, w.model, &known, NULL, NULL), VC_OK);
+    assert_int_equal(known, 0); /* (all of it before the order was learned) */
+    free_world(&w); /* (asserts no copy overwrote a layer in use) */
+    return t;
+}
+
+static void test_readahead_before_the_order_is_known(void **state) {
+    (void)state;
+    const int registered[12] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11};
+    const int shuffled[12] = {0, 2, 4, 6, 8, 10, 1, 3, 5, 7, 9, 11};
+    vc_stats in_order, out_of_order;
+    double t_in = first_pass(registered, &in_order), t_out = first_pass(shuffled, &out_of_order);
+    /* Two acquires in registration order after the first start it: layers 3-11 arrive ahead. */
+    assert_int_equal(in_order.prefetches, 9);
+    assert_int_equal(in_order.prefetch_hits, 9);
+    assert_int_equal(in_order.misses, 3);
+    assert_int_equal(out_of_order.prefetches, 0);
+    assert_int_equal(out_of_order.misses, 12);
+    /* After each of the three long kernels past the start, a copy no longer waited (~0.56 ms each). */
+    if (!(t_in < t_out - 1 * MS)) fail_msg("first pass %.3f ms in registration order, %.3f ms out of it",
+                                           t_in / MS, t_out / MS);
+}
+
+/* A readahead makes room from the model's own layers registered before the latest acquire (a pass
+ * in registration order has used them: they are needed last), never from those after it, which the
+ * pass is about to use, even when one of those is the least recently used. 10 layers of 64 KB on
+ * room for 4; layers 8 and 9 run first (a model whose head is registered last), then 0-7: 9 is the
+ * least recently used layer as the readahead starts, and must still be resident at the end. */
+static void test_readahead_keeps_layers_ahead(void **state) {
+    (void)state;
+    sim_world w = make_world(10, 64 * KB, 4 * 64 * KB, 100e6, 10e-6, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
+    const int seq[10] = {8, 9, 0, 1, 2, 3, 4, 5, 6, 7};
+    /* Each layer once, and 8 again: 6's acquire reads it ahead, as it follows 7 in registration
+     * order (8 went for 2's miss, the least recently used then). */
+    assert_int_equal(seq_pass(&w, seq, 10, 2 * MS), 11 * 64 * KB);
+    vc_stats s = get_stats(w.cache);
+    assert_int_equal(s.prefetches, 6); /* 3-8, making room from 0-5 as each was used */
+    assert_int_equal(s.prefetch_hits, 5);
+    assert_int_equal(residency(w.cache, w.layer[9]), VC_RES_VRAM_RAM);
+    free_world(&w);
+}
+
+/* Sequential mode keeps only held and prefetched layers on the device: layers read ahead before an
+ * acquire out of registration order stop counting as prefetched, so they leave. 8 layers of 64 KB
+ * (sequential's look-ahead: two of them); 0, 1, 2 in order read 3 and 4 ahead, then 6 runs. */
+static void test_readahead_in_vain_leaves_in_sequential_mode(void **state) {
+    (void)state;
+    sim_world w = make_world(8, 64 * KB, 1 * MB, 1e9, 0, VC_OFFLOAD_MODE_SEQUENTIAL, VC_POLICY_PLANNED);
+    const int seq[3] = {0, 1, 2};
+    seq_pass(&w, seq, 3, 1 * MS);
+    assert_int_equal(residency(w.cache, w.layer[3]), VC_RES_VRAM_RAM);
+    assert_int_equal(residency(w.cache, w.layer[4]), VC_RES_VRAM_RAM);
+    assert_int_equal(get_stats(w.cache).layers_in_vram, 2); /* (2 left at its release) */
+    void *p;
+    assert_int_equal(vc_layer_acquire(w.cache, w.layer[6], w.stream, &p), VC_OK);
+    assert_int_equal(get_stats(w.cache).layers_in_vram, 1); /* 6, held */
+    assert_int_equal(residency(w.cache, w.layer[3]), VC_RES_RAM);
+    assert_int_equal(vc_layer_release(w.cache, w.layer[6], w.stream), VC_OK);
+    free_world(&w);
+}
+
+/* A readahead that guessed wrong (registered layers the pass never uses) must not keep counting as
+ * in flight: prefetch_depth bounds every model's prefetches together, and two such layers would
+ * have stopped all prefetching for good. A pass of model A uses its layers 0-3 of 6 (so 4 and 5 are
+ * read ahead and never acquired); then model B, with a declared order, must still prefetch. */
+static void test_readahead_guess_that_fails_is_let_go(void **state) {
+    (void)state;
+    vc_sim_params p;
+    vc_sim_params_init(&p);
+    p.device_bytes = 64 * MB;
+    vc_backend *sim;
+    assert_int_equal(vc_backend_sim_create(&p, &sim), VC_OK);
+    vc_cache_options o = sched_options(sim, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
+    o.prefetch_depth = 2;
+    vc_cache *c;
+    assert_int_equal(vc_cache_create(&o, &c), VC_OK);
+    vc_stream stream;
+    assert_int_equal(vc_sim_stream_create(sim, &stream), VC_OK);
+    static char wa[6][16 * KB], wb[6][16 * KB];
+    vc_model_id a = add_model(c, "a"), b = add_model(c, "b");
+    vc_layer_id la[6], lb[6];
+    for (int i = 0; i < 6; i++) {
+        la[i] = add_host_layer(c, a, "a", wa[i], sizeof wa[i]);
+        lb[i] = add_host_layer(c, b, "b", wb[i], sizeof wb[i]);
+    }
+    const int b_seq[6] = {5, 3, 1, 0, 2, 4}; /* (not its registration order: no readahead of its own) */
+    vc_layer_id b_order[6];
+    for (int i = 0; i < 6; i++) b_order[i] = lb[b_seq[i]];
+    assert_int_equal(vc_model_set_order(c, b, b_order, 6), VC_OK);
+    void *ptr;
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(vc_layer_acquire(c, la[i], stream, &ptr), VC_OK);
+        assert_int_equal(vc_layer_release(c, la[i], stream), VC_OK);
+    }
+    vc_stats s0 = get_stats(c);
+    assert_int_equal(s0.prefetches, 3); /* layers 3, 4 and 5 */
+    assert_int_equal(s0.prefetch_hits, 1);
+    assert_int_equal(c->prefetch_inflight, 2);
+    for (int i = 0; i < 6; i++) {
+        assert_int_equal(vc_layer_acquire(c, b_order[i], stream, &ptr), VC_OK);
+        if (i == 0) assert_int_equal(c->prefetch_inflight, 2); /* A's let go; B's first two ahead */
+        assert_int_equal(vc_layer_release(c, b_order[i], stream), VC_OK);
+    }
+    vc_stats s1 = get_stats(c);
+    assert_int_equal(s1.prefetches - s0.prefetches, 5); /* all of B but its first layer */
+    assert_int_equal(s1.prefetch_hits - s0.prefetch_hits, 5);
+    assert_int_equal(vc_cache_destroy(c), VC_OK);
+    assert_no_hazard(sim);
+    vc_backend_destroy(sim);
 }
 
 static void test_changed_order_is_detected(void **state) {
@@ -762,37 +899,94 @@ static void finish_pass(vc_cache *c, vc_backend *sim, const vc_layer_id *order, 
     vc_sim_stream_synchronize(sim, stream);
 }
 
+/* A staging cache (staging_cache) with one model of eight 64 KB layers loaded by counted_loader
+ * (cl counts the calls, and which ran off the test's thread); their ids in l[]. */
+static vc_cache *counted_loader_world(counted_loads *cl, const char *model, vc_backend **sim, vc_stream *stream,
+                                      vc_layer_id *l) {
+    *cl = (counted_loads){.main_thread = pthread_self()};
+    pthread_mutex_init(&cl->lock, NULL);
+    pthread_cond_init(&cl->cv, NULL);
+    g_loads = cl;
+    vc_cache *c = staging_cache(sim, 64 * MB);
+    assert_int_equal(vc_sim_stream_create(*sim, stream), VC_OK);
+    vc_model_id m = add_model(c, model);
+    for (int i = 0; i < 8; i++) {
+        cl->ld[i] = (test_loader){.seed = (uint64_t)i + 1};
+        vc_layer_desc d = {.name = "layer", .bytes = 64 * KB, .loader = counted_loader, .loader_user = &cl->ld[i]};
+        assert_int_equal(vc_layer_register(c, m, &d, &l[i]), VC_OK);
+    }
+    return c;
+}
+
+static void free_counted_loader_world(vc_cache *c, vc_backend *sim, counted_loads *cl) {
+    for (int i = 0; i < 8; i++) assert_int_equal(cl->ld[i].calls, 1); /* each loader ran once */
+    assert_int_equal(vc_cache_destroy(c), VC_OK);
+    assert_no_hazard(sim);
+    vc_backend_destroy(sim);
+    pthread_cond_destroy(&cl->cv);
+    pthread_mutex_destroy(&cl->lock);
+}
+
 static void test_stage_ahead_thread(void **state) {
     (void)state;
-    counted_loads cl = {.main_thread = pthread_self()};
-    pthread_mutex_init(&cl.lock, NULL);
-    pthread_cond_init(&cl.cv, NULL);
-    g_loads = &cl;
+    counted_loads cl;
     vc_backend *sim;
-    vc_cache *c = staging_cache(&sim, 64 * MB);
     vc_stream stream;
-    assert_int_equal(vc_sim_stream_create(sim, &stream), VC_OK);
-    vc_model_id m = add_model(c, "denoiser");
     vc_layer_id order[8];
-    for (int i = 0; i < 8; i++) {
-        cl.ld[i] = (test_loader){.seed = (uint64_t)i + 1};
-        vc_layer_desc d = {.name = "layer", .bytes = 64 * KB, .loader = counted_loader, .loader_user = &cl.ld[i]};
-        assert_int_equal(vc_layer_register(c, m, &d, &order[i]), VC_OK);
-    }
+    vc_cache *c = counted_loader_world(&cl, "denoiser", &sim, &stream, order);
+    vc_model_id m;
+    assert_int_equal(vc_model_find(c, "denoiser", &m), VC_OK);
     assert_int_equal(vc_model_set_order(c, m, order, 8), VC_OK);
     /* The first acquire loads layer 0 itself and hands layers 1..7 to the stager. */
     first_acquire_then_wait(c, &cl, order, 8, stream);
     assert_int_equal(cl.off_main, 7);
     assert_int_equal(get_stats(c).ram_bytes, 8 * 64 * KB);
     finish_pass(c, sim, order, 8, stream);
-    for (int i = 0; i < 8; i++) assert_int_equal(cl.ld[i].calls, 1); /* each loader ran once */
     vc_stats s = get_stats(c);
     assert_int_equal(s.prefetch_hits, 6); /* layer 1 was staged too late for the first acquire's scan */
-    assert_int_equal(vc_cache_destroy(c), VC_OK);
-    assert_no_hazard(sim);
-    vc_backend_destroy(sim);
-    pthread_cond_destroy(&cl.cv);
-    pthread_mutex_destroy(&cl.lock);
+    free_counted_loader_world(c, sim, &cl);
+}
+
+/* The readahead of a model whose order is not known yet (schedule.c, read_ahead) never calls a
+ * loader itself (the acquire that triggered it would wait for the file), but with stage_ahead it
+ * hands the loader-only layers it reaches to the stager, and reads them ahead once they are in RAM.
+ * Eight loader-backed layers, no order declared, acquired in registration order. */
+static void test_readahead_stages_loader_layers(void **state) {
+    (void)state;
+    counted_loads cl;
+    vc_backend *sim;
+    vc_stream stream;
+    vc_layer_id l[8];
+    vc_cache *c = counted_loader_world(&cl, "encoder", &sim, &stream, l);
+    void *ptr;
+    for (int i = 0; i < 3; i++) { /* loaded by their own acquires; the third starts the readahead */
+        assert_int_equal(vc_layer_acquire(c, l[i], stream, &ptr), VC_OK);
+        kernel(sim, stream, 2 * MS, ptr, 64 * KB, NULL, NULL);
+        assert_int_equal(vc_layer_release(c, l[i], stream), VC_OK);
+    }
+    /* The stager's loads signal cl.cv; the deadline only turns a readahead that queued nothing into
+     * a failure instead of a hang. */
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += 30;
+    pthread_mutex_lock(&cl.lock);
+    while (cl.calls < 8 && pthread_cond_timedwait(&cl.cv, &cl.lock, &deadline) == 0) {
+    }
+    int calls = cl.calls;
+    pthread_mutex_unlock(&cl.lock);
+    assert_int_equal(calls, 8);
+    for (int i = 3; i < 8; i++) assert_int_equal(vc_layer_load_ram(c, l[i]), VC_OK); /* (waits for `loading`) */
+    assert_int_equal(cl.off_main, 5); /* layers 3-7, on the stager's thread */
+    for (int i = 3; i < 8; i++) {
+        assert_int_equal(vc_layer_acquire(c, l[i], stream, &ptr), VC_OK);
+        assert_true(check_pattern(ptr, 64 * KB, (uint64_t)i + 1));
+        kernel(sim, stream, 2 * MS, ptr, 64 * KB, NULL, NULL);
+        assert_int_equal(vc_layer_release(c, l[i], stream), VC_OK);
+    }
+    vc_sim_stream_synchronize(sim, stream);
+    vc_stats s = get_stats(c);
+    assert_int_equal(s.prefetch_hits, 4); /* layer 3's acquire read 4-7 ahead from RAM */
+    free_counted_loader_world(c, sim, &cl);
 }
 
 /* Two engine streams (guidance halves or two requests computed at once) using the same weights:
@@ -995,6 +1189,10 @@ int main(void) {
         cmocka_unit_test(test_small_parts_wait_for_the_next_fence),
         cmocka_unit_test(test_copies_never_overwrite_random),
         cmocka_unit_test(test_ram_cache_keeps_what_it_can_of_a_pass),
+        cmocka_unit_test(test_readahead_before_the_order_is_known),
+        cmocka_unit_test(test_readahead_keeps_layers_ahead),
+        cmocka_unit_test(test_readahead_guess_that_fails_is_let_go),
+        cmocka_unit_test(test_readahead_in_vain_leaves_in_sequential_mode),
         cmocka_unit_test(test_changed_order_is_detected),
         cmocka_unit_test(test_layers_used_twice_in_a_pass),
         cmocka_unit_test(test_declared_order),
@@ -1008,6 +1206,7 @@ int main(void) {
         cmocka_unit_test(test_reservation_during_streaming),
         cmocka_unit_test(test_staged_loader_layers_are_prefetched),
         cmocka_unit_test(test_stage_ahead_thread),
+        cmocka_unit_test(test_readahead_stages_loader_layers),
         cmocka_unit_test(test_stage_ahead_shared_layers),
         cmocka_unit_test(test_stage_ahead_loader_failure),
         cmocka_unit_test(test_writeback_of_prefetch_in_flight),

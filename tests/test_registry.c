@@ -1,4 +1,6 @@
 /* Models and layers: registration, lookup, ids, and every bad input. */
+#include <math.h>
+
 #include "test_util.h"
 
 static void test_register_and_find(void **state) {
@@ -77,6 +79,13 @@ static void test_bad_registrations(void **state) {
     assert_int_equal(vc_layer_register(t.cache, m, &d, &id), VC_ERR_TOO_LARGE);
     assert_true(last_error_has(t.cache, "overflows"));
     d.bytes = sizeof w;
+    const double bad_costs[] = {-1.0, NAN, INFINITY, 1e31}; /* compute per use: finite, >= 0 */
+    for (size_t i = 0; i < sizeof bad_costs / sizeof *bad_costs; i++) {
+        d.cost = bad_costs[i];
+        assert_int_equal(vc_layer_register(t.cache, m, &d, &id), VC_ERR_INVALID_ARG);
+        assert_true(last_error_has(t.cache, "must be a finite number >= 0"));
+    }
+    d.cost = 0;
     assert_int_equal(vc_layer_register(t.cache, m + 1, &d, &id), VC_ERR_NOT_FOUND);
     assert_int_equal(vc_layer_register(t.cache, 0, &d, &id), VC_ERR_NOT_FOUND);
     assert_int_equal(vc_layer_register(t.cache, m, NULL, &id), VC_ERR_INVALID_ARG);
@@ -111,10 +120,24 @@ static void test_stale_ids(void **state) {
     assert_int_equal(vc_layer_acquire(t.cache, l, NULL, &p), VC_ERR_NOT_FOUND);
     assert_int_equal(vc_layer_acquire(t.cache, 0, NULL, &p), VC_ERR_NOT_FOUND);
     assert_int_equal(vc_layer_acquire(t.cache, 0xdeadbeefcafeull, NULL, &p), VC_ERR_NOT_FOUND);
+    assert_int_equal(vc_layer_offload(t.cache, l, VC_OFFLOAD_VRAM), VC_ERR_NOT_FOUND);
+    assert_true(last_error_has(t.cache, "not registered"));
+    char buf[sizeof w];
+    assert_int_equal(vc_layer_read(t.cache, l, buf, sizeof buf), VC_ERR_NOT_FOUND);
+    /* a buffer of the wrong size is refused, and says both sizes */
+    assert_int_equal(vc_layer_read(t.cache, l2, buf, sizeof buf - 1), VC_ERR_INVALID_ARG);
+    assert_true(last_error_has(t.cache, "has 512 bytes, buffer has 511"));
     assert_int_equal(vc_layer_get_info(t.cache, l2, &info), VC_OK);
     assert_int_equal(vc_model_unregister(t.cache, m), VC_OK);
     assert_int_equal(vc_layer_get_info(t.cache, l2, &info), VC_ERR_NOT_FOUND);
     assert_int_equal(vc_model_unregister(t.cache, m), VC_ERR_NOT_FOUND);
+    /* every whole-model call on a model id that is gone */
+    assert_int_equal(vc_model_acquire(t.cache, m, NULL), VC_ERR_NOT_FOUND);
+    assert_int_equal(vc_model_release(t.cache, m, NULL), VC_ERR_NOT_FOUND);
+    assert_true(last_error_has(t.cache, "is not registered"));
+    assert_int_equal(vc_model_offload(t.cache, m, VC_OFFLOAD_VRAM), VC_ERR_NOT_FOUND);
+    assert_true(last_error_has(t.cache, "is not registered"));
+    assert_int_equal(vc_model_load_ram(t.cache, m), VC_ERR_NOT_FOUND);
     assert_int_equal(get_stats(t.cache).layers, 0);
     free_cache(&t);
 }

@@ -508,6 +508,10 @@ static void test_workload_errors(void **state) {
          "  - {models: [m], repeat: steps, working_mem_bytes: {m: lots}}\n", "working_mem_bytes must be a finite number"},
         {"name: x\nsteps: 0\nlayers:\n  - {name: a, bytes: 1, flops: 1}\n", "steps must be a whole number from 1"},
         {"name: x\nlayers:\n  - {name: a, bytes: 1, flops: 1e30}\n", "flops must be at most 1e18"},
+        {"name: x\nlayers:\n  - {name: a, bytes: 1, flops: 1}\n  - {use: a, flops: 1e30}\n",
+         "use of layer 'a': flops must be at most 1e18"},
+        {"name: x\nmodels:\n  - layers: [{name: a, bytes: 1, flops: 1}]\n", "each model needs a 'name'"},
+        {"name: x\nmodels:\n  - name: m\n    layers: 5\n", "model 'm' needs 'layers:'"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         vc_workload *wl = (vc_workload *)0x1;

@@ -231,6 +231,32 @@ static void test_not_a_mapping(void **state) {
     vc_config_destroy(cfg);
 }
 
+/* Shapes a hand-edited file can take that are not settings: each named, the valid rest read. */
+static void test_odd_yaml_shapes(void **state) {
+    (void)state;
+    const struct {
+        const char *text, *needle;
+        int status;
+    } cases[] = {
+        {"InvokeAI: 5\n", "must hold categories such as 'Model Cache:', got a scalar", VC_ERR_CONFIG},
+        {"InvokeAI:\n  Model Cache: 5\n", "category 'Model Cache' is not a mapping of settings; ignored", VC_OK},
+        {"? [a, b]\n: 1\n", "a key must be a plain name, got a list", VC_ERR_CONFIG},
+        {"max_cache_ram_gb: 4\n---\nmax_cache_ram_gb: 8\n", "only the first YAML document is read", VC_OK},
+        {"---\n", "the file is empty", VC_OK},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        vc_config *cfg;
+        vc_diagnostics *d = NULL;
+        assert_int_equal(vc_config_create(&cfg), VC_OK);
+        int st = vc_config_load_string(cfg, cases[i].text, strlen(cases[i].text), "odd.yaml", 0, &d);
+        if (st != cases[i].status || !find_diag(d, cases[i].needle))
+            fail_msg("case %zu: status %d, no diagnostic containing \"%s\"", i, st, cases[i].needle);
+        if (i == 3) assert_true(num(cfg, VC_CFG_MAX_CACHE_RAM_GB) == 4.0); /* the first document's */
+        vc_diagnostics_destroy(d);
+        vc_config_destroy(cfg);
+    }
+}
+
 static void test_duplicates_warn_later_wins(void **state) {
     (void)state;
     vc_config *cfg;
@@ -838,6 +864,7 @@ int main(void) {
         cmocka_unit_test_setup(test_empty_files_warn_and_use_defaults, setup),
         cmocka_unit_test_setup(test_not_a_mapping, setup),
         cmocka_unit_test_setup(test_pipes_and_directories, setup),
+        cmocka_unit_test_setup(test_odd_yaml_shapes, setup),
         cmocka_unit_test_setup(test_duplicates_warn_later_wins, setup),
         cmocka_unit_test_setup(test_merge_keys, setup),
         cmocka_unit_test_setup(test_quoted_numbers_and_booleans, setup),

@@ -148,7 +148,9 @@ VC_API void(vc_sim_run_init)(vc_sim_run *run);
 #define vc_sim_run_init(run) vc_sim_run_init_sized((run), sizeof(vc_sim_run))
 
 /** Steady-state figures of one run, per denoising step (averaged over the second half of the steps,
- *  after the first passes have learned the order and laid the device out). */
+ *  after the first passes have learned the order and laid the device out). A run of one step has no
+ *  steady state: its figures are that step's, which loads and uploads every layer it uses for the
+ *  first time (loaded_bytes_per_step then counts those first loads). */
 typedef struct vc_sim_result {
     double bytes_per_step;             /**< host→device bytes per step */
     double lower_bound_bytes_per_step; /**< max(0, step bytes - usable VRAM) */

@@ -528,7 +528,11 @@ static int cmd_simulate(int argc, char **argv) {
         if (a.ram_gb > 0 || ram_budget_set(cfg))
             printf("RAM cache budget %.2f GB (%s)\n", (double)res.ram_budget_bytes / GIB,
                    ram_budget_set(cfg) ? "max_cache_ram_gb" : "the default for this much RAM: --ram-gb");
-        printf("per denoising step, steady state:\n");
+        /* One step has no steady state: its figures are the first step's, which loads and uploads
+         * every layer it streams for the first time. */
+        int one = res.steps < 2;
+        printf(one ? "the one denoising step (no steady state with one step: it loads every layer it uses):\n"
+                   : "per denoising step, steady state:\n");
         char ratio[32] = "n/a (fits)";
         if (lbb > 0) snprintf(ratio, sizeof ratio, "%.3f", res.bytes_per_step / lbb);
         printf("  bytes moved host->device  %9.3f GB   lower bound %9.3f GB   ratio %s\n", res.bytes_per_step / GIB,
@@ -546,7 +550,10 @@ static int cmd_simulate(int argc, char **argv) {
         printf("  hits %.1f, misses %.1f per step; peak VRAM %.2f GB, peak RAM pool %.2f GB; pipeline %.2f s\n",
                res.hits_per_step, res.misses_per_step, (double)res.peak_vram_bytes / GIB,
                (double)res.peak_ram_bytes / GIB, res.total_time_s);
-        if (res.loaded_bytes_per_step > 0 && a.disk_gbps > 0)
+        if (res.loaded_bytes_per_step > 0 && one)
+            printf("  loaders read %.3f GB in the step: its first loads; run 2 steps or more to see whether the RAM "
+                   "cache holds what a step streams\n", res.loaded_bytes_per_step / GIB);
+        else if (res.loaded_bytes_per_step > 0 && a.disk_gbps > 0)
             printf("  loaders read %.3f GB per step at %g GB/s (in the step time): the RAM cache (max_cache_ram_gb) "
                    "does not hold what the step streams\n",
                    res.loaded_bytes_per_step / GIB, a.disk_gbps);
@@ -650,7 +657,7 @@ static int cmd_plan(int argc, char **argv) {
         vc_sim_result with;
     } ram;
     memset(&ram, 0, sizeof ram);
-    if (best >= 0 && res[best].loaded_bytes_per_step > 0) {
+    if (best >= 0 && res[best].loaded_bytes_per_step > 0 && res[best].steps >= 2) { /* (one step: its first loads) */
         ram.budget_gb = (double)res[best].ram_budget_bytes / GIB;
         ram.reread_gb = res[best].loaded_bytes_per_step / GIB;
         ram.need = ceil(ram.budget_gb + ram.reread_gb + 0.5);
@@ -670,7 +677,7 @@ static int cmd_plan(int argc, char **argv) {
      * faster. */
     vc_sim_result tuned;
     int tuned_faster = 0;
-    if (best == VC_OFFLOAD_MODE_BALANCED && !ram.held && a.stream_slots == 0) {
+    if (best == VC_OFFLOAD_MODE_BALANCED && !ram.held && a.stream_slots == 0 && res[best].steps >= 2) {
         vc_sim_run r;
         a.mode = VC_OFFLOAD_MODE_BALANCED;
         run_init_from(&a, cfg, &r);
@@ -734,6 +741,10 @@ static int cmd_plan(int argc, char **argv) {
                work_users     ? ", your device_working_mem_gb: the workload states none"
                : work_assumed ? ", InvokeAI's default: the workload states none"
                               : "");
+        if (best >= 0 && res[best].steps < 2)
+            printf("one step: each mode's figures are that step's, cold (every layer it uses loaded and uploaded "
+                   "for the first time); a one-step model run image after image is a workload whose pipeline "
+                   "repeats (docs/workloads.md)\n");
         printf("  %-11s %12s %14s %16s\n", "mode", "step time", "vs resident", "moved per step");
         char pc[32];
         for (int m = 0; m < 4; m++) {

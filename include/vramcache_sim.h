@@ -127,10 +127,10 @@ typedef struct vc_sim_run {
     double system_ram_bytes;
     /** How fast a loader reads a layer (bytes per second; the engine's thread waits for it, as
      *  vc_layer_acquire does for a loader): 0 (default): loads take no time, and only
-     *  vc_sim_result.loaded_bytes_per_step tells what they would read; each model then goes into the
-     *  RAM pool before its pass (vc_model_load_ram, refused for a model larger than the RAM budget),
-     *  as InvokeAI loads a model into its RAM cache before using it, so that its first pass can read
-     *  ahead. Added with system_ram_bytes. */
+     *  vc_sim_result.loaded_bytes_per_step tells what they would read; when the RAM cache holds every
+     *  model, each then goes into the RAM pool before its pass (vc_model_load_ram), as InvokeAI loads
+     *  a model into its RAM cache before using it, so that its first pass can read ahead. Added with
+     *  system_ram_bytes. */
     double disk_bytes_per_s;
     /** vc_cache_options.stream_slots for the run's cache (0, default: the planner chooses; 1 to 8;
      *  VC_STREAM_SLOTS_TUNE). Added after disk_bytes_per_s: a program built before it gets 0. */

@@ -154,6 +154,13 @@ static int run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_res
                            ? vc__ram_budget((size_t)run->system_ram_bytes, (size_t)run->vram_bytes, o.vram_budget,
                                             o.working_mem, o.offload_mode, NULL, 0)
                            : sat_add(vc_workload_total_bytes(wl), VC_GB);
+    /* Loads that take no time, into a RAM cache that holds every model, leave the weights as good as
+     * in RAM: each model goes into the RAM pool before its pass, as InvokeAI loads a model into its
+     * RAM cache before using it, so that a first pass reads ahead (the cache never calls a loader
+     * ahead of an acquire: schedule.c, read_ahead). Where the RAM cache cannot hold them all, whole
+     * models staged would push out copies the RAM victim rules keep, and what loaders read again
+     * (loaded_bytes_per_step, which `plan --ram-gb` advises on) would grow: layers load as used. */
+    int stage_in_ram = !(run->disk_bytes_per_s > 0) && o.ram_budget >= vc_workload_total_bytes(wl);
     vc_layer_id **ids = calloc(wl->nmodels, sizeof(*ids));
     vc_model_id *mids = calloc(wl->nmodels, sizeof(*mids));
     if (!ids || !mids || (st = vc_cache_create(&o, &e.cache)) != VC_OK) {
@@ -232,12 +239,7 @@ static int run_workload(const vc_workload *wl, const vc_sim_run *run, vc_sim_res
                     lo = ps.vram_limit < lo ? ps.vram_limit : lo;
                     hi = ps.vram_limit > hi ? ps.vram_limit : hi;
                 }
-                /* Loads that take no time leave the weights as good as in RAM: the model goes into
-                 * the RAM pool before its pass, as InvokeAI loads a model into its RAM cache before
-                 * using it, so that a first pass reads ahead (the cache never calls a loader ahead
-                 * of an acquire: schedule.c, read_ahead). One larger than the RAM budget is refused
-                 * whole and loads layer by layer as before. */
-                if (!(run->disk_bytes_per_s > 0) && !same) (void)vc_model_load_ram(e.cache, mids[stg->model[mi]]);
+                if (stage_in_ram && !same) (void)vc_model_load_ram(e.cache, mids[stg->model[mi]]); /* (above) */
                 st = run_model(&e, &wl->models[stg->model[mi]], ids[stg->model[mi]], res->error, sizeof res->error);
                 int next_same = mi + 1 < stg->nmodels && stg->model[mi + 1] == stg->model[mi];
                 if (pr && (!next_same || st != VC_OK)) {

@@ -61,7 +61,7 @@ static int usage(FILE *f) {
                "--ram-gb R: the machine's RAM; without max_cache_ram_gb in the config the RAM cache gets the\n"
                "  default budget for it (InvokeAI's rules), and what it cannot hold is read again by loaders.\n"
                "--disk-gbps D: how fast loaders read (the engine waits for them); default: loads take no time,\n"
-               "  and each model is loaded into the RAM cache before its pass, as InvokeAI does.\n"
+               "  and, when the RAM cache holds every model, each is loaded into it before its pass, as InvokeAI does.\n"
                "plan --config FILE: the modes run with the file's other settings, and the file as it stands is\n"
                "  run too, so the output says what the recommendation gains over it.\n"
                "--workload FILE.safetensors (or a sharded checkpoint's FILE.safetensors.index.json): a model\n"

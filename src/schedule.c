@@ -200,8 +200,9 @@ int vc__sched_streamable(vc_cache *c, const layer_t *asking, size_t max_distance
  * A guess that does not come true costs only its copies: an acquire out of registration order (or
  * of another model, or the order becoming known) stops the readahead until the order is followed
  * again, and what it read ahead past the latest acquire no longer counts as in flight (it stays
- * resident as any unheld layer). Else layers read ahead and never acquired (a registered module the
- * pass does not use) would hold prefetch_depth's count, and no model could prefetch. */
+ * resident as any unheld layer, except in sequential mode: readahead_stop). Else layers read ahead and
+ * never acquired (a registered module the pass does not use) would hold prefetch_depth's count, and no
+ * model could prefetch. */
 #define RA_STREAK 2
 
 /* The bytes of the two largest of n layers (at least 1): sequential mode's bound on what is ahead. */

@@ -990,6 +990,17 @@ static void discard_log(void *user, vc_log_level level, const char *msg) {
     (void)user, (void)level, (void)msg;
 }
 
+/* A run of FLUX.1-dev's denoiser alone on a 12 GB card, balanced, for `steps` steps. */
+static vc_sim_run flux_denoiser_12gb(int steps) {
+    vc_sim_run run;
+    vc_sim_run_init(&run);
+    run.vram_bytes = 12.0 * (double)GB;
+    run.mode = VC_OFFLOAD_MODE_BALANCED;
+    run.steps = steps;
+    run.denoiser_only = 1;
+    return run;
+}
+
 /* Loads that take no time, into a RAM cache that holds every model: the runner stages each model in
  * RAM before its pass, so a first pass reads ahead (the cache never calls a loader ahead of an
  * acquire). A loader as fast as one likes but timed (disk_bytes_per_s huge) is not staged: FLUX.1-dev's
@@ -1000,12 +1011,7 @@ static void test_first_passes_staged_only_when_ram_holds_every_model(void **stat
     (void)state;
     vc_workload *wl = load_shipped("flux1-dev.yaml", NULL);
     vc_set_log_callback(discard_log, NULL, VC_LOG_ERROR); /* the too-small RAM cache's warning */
-    vc_sim_run run;
-    vc_sim_run_init(&run);
-    run.vram_bytes = 12.0 * (double)GB;
-    run.mode = VC_OFFLOAD_MODE_BALANCED;
-    run.steps = 4;
-    run.denoiser_only = 1;
+    vc_sim_run run = flux_denoiser_12gb(4);
     vc_sim_result staged, timed;
     assert_int_equal(vc_sim_run_workload(wl, &run, &staged), VC_OK);
     run.disk_bytes_per_s = 1e300;
@@ -1037,12 +1043,7 @@ static void test_run_with_machine_ram(void **state) {
     (void)state;
     vc_workload *wl = load_shipped("flux1-dev.yaml", NULL);
     vc_set_log_callback(discard_log, NULL, VC_LOG_ERROR); /* the too-small RAM cache's warning */
-    vc_sim_run run;
-    vc_sim_run_init(&run);
-    run.vram_bytes = 12.0 * (double)GB;
-    run.mode = VC_OFFLOAD_MODE_BALANCED;
-    run.steps = 6;
-    run.denoiser_only = 1;
+    vc_sim_run run = flux_denoiser_12gb(6);
     run.system_ram_bytes = 24.0 * (double)GB;
     vc_sim_result r;
     assert_int_equal(vc_sim_run_workload(wl, &run, &r), VC_OK);

@@ -448,7 +448,7 @@ typedef struct vc_layer_desc {
     void *loader_user; /**< Passed to `loader`; borrowed. */
     /** Optional: the layer's compute per use, in any unit common to the model's layers (FLOPs is
      *  natural). The planner spreads streamed layers by it, so copies hide behind compute; 0 (all
-     *  unknown) spreads them by bytes. Must be finite and >= 0. */
+     *  unknown) spreads them by bytes. Must be finite, >= 0 and at most 1e30. */
     double cost;
 } vc_layer_desc;
 
@@ -474,7 +474,8 @@ VC_API int vc_model_find(vc_cache *cache, const char *name, vc_model_id *out);
  *  (prefetch_depth bounds it; a layer only its loader can provide is read ahead once it is in the
  *  RAM pool: vc_model_load_ram, or stage_ahead, which queues it for the stager).
  *  Errors: VC_ERR_INVALID_ARG (no name, zero size, no source or two sources, alignment not a power
- *  of two or above 2 MB), VC_ERR_TOO_LARGE (size plus alignment overflows), VC_ERR_NOT_FOUND (model),
+ *  of two or above 2 MB, a cost that is negative, not a number or above 1e30), VC_ERR_TOO_LARGE
+ *  (size plus alignment overflows), VC_ERR_NOT_FOUND (model),
  *  VC_ERR_NO_MEMORY. A layer larger than the current VRAM budget is accepted (budgets are dynamic);
  *  acquiring it fails with VC_ERR_OUT_OF_VRAM while it does not fit. */
 VC_API int vc_layer_register(vc_cache *cache, vc_model_id model, const vc_layer_desc *desc,

@@ -185,6 +185,19 @@ int vc__sched_streamable(vc_cache *c, const layer_t *asking, size_t max_distance
     return (!x->keep || outsider) && vc__distance_of(x) > limit;
 }
 
+/* Uploads x ahead of use, `distance` steps before it is needed, and counts it in flight (in layers
+ * for prefetch_depth, in bytes for sequential mode's bound) until it is acquired or leaves. Returns
+ * 0 when room could not be made without evicting anything needed sooner: the scan stops there. */
+static int prefetch_layer(vc_cache *c, layer_t *x, size_t distance) {
+    if (vc__prefetch_upload(c, x, distance) != VC_OK) return 0;
+    x->prefetched = 1;
+    vc__ram_ix_touch(c, x, 0);
+    c->prefetch_inflight++;
+    c->prefetch_inflight_bytes += x->bytes;
+    c->stats.prefetches++;
+    return 1;
+}
+
 /* ---- readahead while the order is learned -------------------------------------------------------
  *
  * Until a model's order is known (its first pass, or a pass after its order was dropped) nothing
@@ -260,12 +273,7 @@ static void read_ahead(vc_cache *c, model_t *m, layer_t *l) {
                 if (!m->layers[j]->loading && vc__needs_load(m->layers[j])) vc__stager_enqueue(c, m->layers[j]);
             break;
         }
-        if (vc__prefetch_upload(c, x, k - p) != VC_OK) break;
-        x->prefetched = 1;
-        vc__ram_ix_touch(c, x, 0);
-        c->prefetch_inflight++;
-        c->prefetch_inflight_bytes += x->bytes;
-        c->stats.prefetches++;
+        if (!prefetch_layer(c, x, k - p)) break;
     }
     m->ra_next = k;
 }
@@ -621,12 +629,7 @@ void vc__sched_on_acquire(vc_cache *c, layer_t *l) {
             if (c->stager_on) stage_ahead(c, m, k, window);
             break;
         }
-        if (vc__prefetch_upload(c, x, k) != VC_OK) break;
-        x->prefetched = 1;
-        vc__ram_ix_touch(c, x, 0);
-        c->prefetch_inflight++;
-        c->prefetch_inflight_bytes += x->bytes;
-        c->stats.prefetches++;
+        if (!prefetch_layer(c, x, k)) break;
     }
     /* Past the window the next scan starts at its last layer (pos + window + 1 could wrap round
      * to pos itself and read as "everything ahead is resident" for ever). */

@@ -32,6 +32,7 @@ void vc_workload_destroy(vc_workload *wl) {
         free(wl->models[i].name);
     }
     free(wl->models);
+    for (size_t i = 0; wl->stages && i < wl->nstages; i++) free(wl->stages[i].model);
     free(wl->stages);
     free(wl->den_back);
     free(wl->name);
@@ -251,7 +252,7 @@ static size_t model_index(const vc_workload *wl, const char *name) {
  * its bytes while it runs (a VAE decode, or the denoiser's activations, inside a stage that runs a
  * whole image); models not named reserve nothing. */
 static int parse_pass_working_mem(wparser *P, yaml_node_t *wm, size_t i, const vc_workload *wl, wl_stage *st) {
-    size_t per_model[WL_STAGE_MODELS] = {0};
+    size_t *per_model = st->pass_wm; /* (zeroed by stage_alloc) */
     for (yaml_node_pair_t *p = wm->data.mapping.pairs.start; p < wm->data.mapping.pairs.top; p++) {
         yaml_node_t *kn = yaml_document_get_node(P->doc, p->key), *vn = yaml_document_get_node(P->doc, p->value);
         const char *mname = scalar(kn);
@@ -275,10 +276,24 @@ static int parse_pass_working_mem(wparser *P, yaml_node_t *wm, size_t i, const v
             if (st->model[j] == st->model[k]) per_model[j] = (size_t)v;
     }
     st->wm_per_pass = 1;
-    for (size_t j = 0; j < st->nmodels; j++) {
-        st->pass_wm[j] = per_model[j];
+    for (size_t j = 0; j < st->nmodels; j++)
         if (per_model[j] > st->working_mem) st->working_mem = per_model[j];
-    }
+    return 0;
+}
+
+/* Room in st for n models and their passes' working memory (zeroed); st->nmodels stays 0. */
+static int stage_alloc(wl_stage *st, size_t n) {
+    st->model = calloc(2 * n, sizeof(*st->model));
+    if (!st->model) return -1;
+    st->pass_wm = st->model + n;
+    return 0;
+}
+
+/* A stage that runs model m once per repetition (per_step: `steps` times). */
+static int one_model_stage(wl_stage *st, size_t m, int per_step) {
+    *st = (wl_stage){.per_step = per_step, .repeat = 1};
+    if (stage_alloc(st, 1)) return -1;
+    st->model[st->nmodels++] = m;
     return 0;
 }
 
@@ -302,6 +317,7 @@ static int parse_stage_models(wparser *P, yaml_node_t *sn, size_t i, const vc_wo
         items = list->data.sequence.items.start;
         n = (size_t)(list->data.sequence.items.top - items);
     }
+    if (stage_alloc(st, n)) return -1;
     for (size_t k = 0; k < n; k++) {
         yaml_node_t *nn = items ? yaml_document_get_node(P->doc, items[k]) : one;
         const char *mname = scalar(nn);
@@ -347,7 +363,7 @@ static int parse(wparser *P, yaml_node_t *root, vc_workload *wl) {
         wl->stages = calloc(1, sizeof(*wl->stages));
         if (!wl->models || !wl->stages || !(wl->models[0].name = dup_str(name))) return -1;
         wl->nmodels = wl->nstages = 1;
-        wl->stages[0] = (wl_stage){.model = {0}, .nmodels = 1, .per_step = 1, .repeat = 1};
+        if (one_model_stage(&wl->stages[0], 0, 1)) return -1;
         return parse_layers(P, layers, &wl->models[0]);
     }
     if (!models || models->type != YAML_SEQUENCE_NODE) {
@@ -384,7 +400,7 @@ static int parse(wparser *P, yaml_node_t *root, vc_workload *wl) {
         wl->stages = calloc(wl->nmodels, sizeof(*wl->stages));
         if (!wl->stages) return -1;
         for (size_t i = 0; i < wl->nmodels; i++)
-            wl->stages[wl->nstages++] = (wl_stage){.model = {i}, .nmodels = 1, .per_step = i + 1 == wl->nmodels, .repeat = 1};
+            if (one_model_stage(&wl->stages[wl->nstages++], i, i + 1 == wl->nmodels)) return -1;
         return 0;
     }
     if (pipe->type != YAML_SEQUENCE_NODE) {
@@ -397,12 +413,13 @@ static int parse(wparser *P, yaml_node_t *root, vc_workload *wl) {
     int denoisers = 0;
     for (size_t i = 0; i < ns; i++) {
         yaml_node_t *sn = yaml_document_get_node(P->doc, pipe->data.sequence.items.start[i]);
-        wl_stage st = {.repeat = 1};
-        if (parse_stage_models(P, sn, i, wl, &st)) return -1;
+        wl_stage *st = &wl->stages[wl->nstages++]; /* (from here vc_workload_destroy frees what it holds) */
+        *st = (wl_stage){.repeat = 1};
+        if (parse_stage_models(P, sn, i, wl, st)) return -1;
         warn_unknown_keys(P, sn, STAGE_KEYS, "stage");
         yaml_node_t *rep = get(P, sn, "repeat");
         if (rep && scalar(rep) && !strcmp(scalar(rep), "steps")) {
-            st.per_step = 1;
+            st->per_step = 1;
             denoisers++;
         } else if (rep) {
             double v;
@@ -413,11 +430,11 @@ static int parse(wparser *P, yaml_node_t *root, vc_workload *wl) {
                              scalar(rep));
                 return -1;
             }
-            st.repeat = (unsigned)v;
+            st->repeat = (unsigned)v;
         }
         yaml_node_t *wm = get(P, sn, "working_mem_bytes");
         if (wm && wm->type == YAML_MAPPING_NODE) {
-            if (parse_pass_working_mem(P, wm, i, wl, &st)) return -1;
+            if (parse_pass_working_mem(P, wm, i, wl, st)) return -1;
         } else if (wm) {
             double v;
             if (number(P, wm, "working_mem_bytes", &v)) return -1;
@@ -427,9 +444,8 @@ static int parse(wparser *P, yaml_node_t *root, vc_workload *wl) {
                              scalar(wm));
                 return -1;
             }
-            st.working_mem = (size_t)v;
+            st->working_mem = (size_t)v;
         }
-        wl->stages[wl->nstages++] = st;
     }
     if (denoisers != 1) {
         vc__diag_add(P->d, VC_DIAG_ERROR, P->file, ln(pipe), cl(pipe), "pipeline",

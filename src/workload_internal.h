@@ -18,16 +18,16 @@ typedef struct wl_model {
     size_t n;
 } wl_model;
 
-#define WL_STAGE_MODELS 64 /* models one stage may run in turn (a ControlNet, then the UNet) */
+#define WL_STAGE_MODELS 256 /* models one stage may run in turn (a ControlNet, then the UNet; a whole image) */
 
 typedef struct wl_stage {
-    size_t model[WL_STAGE_MODELS]; /* run in this order, each repetition */
+    size_t *model; /* nmodels, run in this order, each repetition (one allocation with pass_wm) */
     size_t nmodels;
     int per_step;       /* repeated `steps` times: the denoiser */
     unsigned repeat;    /* otherwise this many times */
     size_t working_mem; /* activations the stage needs (reserved while it runs); per model: the most */
     int wm_per_pass;    /* working_mem_bytes named models: each pass reserves its model's pass_wm ... */
-    size_t pass_wm[WL_STAGE_MODELS]; /* ... for its duration (a VAE decode inside an image's cycle) */
+    size_t *pass_wm;    /* ... (nmodels) for its duration (a VAE decode inside an image's cycle) */
 } wl_stage;
 
 struct vc_workload {

@@ -301,6 +301,8 @@ struct vc_cache {
     model_t *group;        /* the step group, NULL when none (step_group.c; one at a time) */
     model_t *last_model;   /* the model of the latest acquire ... */
     int last_ended_pass;   /* ... and whether that acquire was the last layer of its pass */
+    int last_recorded_whole; /* ... or, its model's first pass being recorded, that the pass had
+                                taken every layer of the model by then (a pass for the history) */
     layer_t **grec;        /* one period of interleaved models' acquires being recorded, or NULL */
     size_t grec_n, grec_cap;
     layer_t **grec_prev;   /* the period recorded before it (a group forms when two agree) */

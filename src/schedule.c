@@ -402,6 +402,13 @@ static void start_recording(model_t *m, layer_t *l) {
     }
 }
 
+/* A pass being recorded has taken every registered layer of its model: when another model's layer
+ * comes next, the pass has ended (unless the model then runs some of them again: a rare pattern,
+ * whose history entry then only delays a join). */
+static int recorded_whole(const model_t *m) {
+    return m->recording && !m->rec_strict && m->rec_n - m->rec_repeats == m->nlayers;
+}
+
 /* Learning: record the pass until its first layer comes round again. A layer may run more than
  * once in the pass (a shared module, a block run in a loop): its uses are all recorded, and linked
  * when the order is installed (vc__link_uses). If more uses repeat than the model has layers before
@@ -413,6 +420,11 @@ static void start_recording(model_t *m, layer_t *l) {
  * at most 33 uses per layer of the model (a loop run more often than that is learned as the loop). */
 static void record(vc_cache *c, model_t *m, layer_t *l) {
     if (!m->recording) {
+        /* A first pass that begins as another model's whole pass ends (or as the first of all) is a
+         * pass of the history too: a few-step image's cycle then joins once its second image has
+         * run, not its third (vc__try_join_repeating needs two periods of history). */
+        if (c->last_model != m && (!c->last_model || c->last_ended_pass || c->last_recorded_whole))
+            vc__note_pass_start(c, m);
         start_recording(m, l);
         return;
     }
@@ -602,6 +614,7 @@ void vc__sched_on_acquire(vc_cache *c, layer_t *l) {
                          (g ? g->whole_passes && l == own->order[own->order_n - 1] &&
                                   (!g->pass_start || g->pass_start[(g->pos + 1) % g->order_n])
                             : own->pos == own->order_n - 1);
+    c->last_recorded_whole = !order_known(own) && recorded_whole(own);
     if (c->policy != VC_POLICY_PLANNED || !c->prefetch_depth || c->mode == VC_OFFLOAD_MODE_NONE ||
         c->mode == VC_OFFLOAD_MODE_MODEL)
         return;

@@ -204,7 +204,7 @@ int vc__try_join(vc_cache *c, model_t *a) {
 /* Notes that m's whole pass begins now: after the previous model's whole pass (or m's own), the
  * history of passes goes on; after a model stopped in its midst, it starts afresh. */
 void vc__note_pass_start(vc_cache *c, model_t *m) {
-    if (c->last_model != m && !c->last_ended_pass) c->phist_n = 0;
+    if (c->last_model != m && !c->last_ended_pass && !c->last_recorded_whole) c->phist_n = 0;
     if (c->phist_n == sizeof c->phist / sizeof c->phist[0]) {
         /* Periods need the last 2 * GROUP_MAX entries; the history holds twice that and drops its
          * older half when full, so a pass start moves memory once every 2 * GROUP_MAX of them (a

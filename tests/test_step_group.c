@@ -498,12 +498,12 @@ static void test_controlnet_inside_image_cycle(void **state) {
             id[k][i] = add_host_layer(hw.c, m, "l", w[k][i], sizeof w[k][i]);
         }
     }
-    uint64_t image_bytes = 0;
-    int joined_before_last = 0;
+    uint64_t image_bytes[IMAGES] = {0};
+    int joined_as_third_began = 0;
     for (int image = 0; image < IMAGES; image++) {
-        if (image == IMAGES - 1) joined_before_last = hw.h->joined;
         uint64_t b0 = get_stats(hw.c).bytes_h2d;
         for (int pass = 0; pass < 2 * STEPS + 2; pass++) { /* te, (cn, unet) x steps, vae */
+            if (image == 2 && pass == 1) joined_as_third_began = hw.h->joined;
             int k = pass == 0 ? 0 : pass == 2 * STEPS + 1 ? 3 : pass % 2 ? 1 : 2;
             for (int i = 0; i < NPER; i++) {
                 void *d;
@@ -513,12 +513,15 @@ static void test_controlnet_inside_image_cycle(void **state) {
                 assert_int_equal(vc_layer_release(hw.c, id[k][i], hw.stream), VC_OK);
             }
         }
-        image_bytes = get_stats(hw.c).bytes_h2d - b0;
+        image_bytes[image] = get_stats(hw.c).bytes_h2d - b0;
     }
     assert_int_equal(hw.h->joined, 2);  /* the pair, then the whole image */
     assert_int_equal(hw.h->parted, 1);  /* the pair, once, for the image */
-    assert_int_equal(joined_before_last, 2); /* settled before the last image */
-    assert_true(image_bytes <= 2 * NPER * 8 * KB); /* the encoder's and the VAE's, no pair layer */
+    /* Two images show the cycle (the first, while the orders were learned, counts): it joins as
+     * the third begins, which lays the device out, and the fourth is steady. */
+    assert_int_equal(joined_as_third_began, 2);
+    for (int image = 3; image < IMAGES; image++) /* the encoder's and the VAE's, no pair layer */
+        assert_true(image_bytes[image] <= 2 * NPER * 8 * KB);
     hazard_close(&hw);
 }
 

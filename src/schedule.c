@@ -123,7 +123,10 @@ layer_t *vc__sched_victim(vc_cache *c, const layer_t *for_layer, size_t max_dist
     }
     /* 2. Belady among active ordered models: the resident layer needed furthest ahead. A prefetch
      *    may only displace streamed layers needed later than itself; an acquire takes the furthest
-     *    of any (a tie goes to the streamed layer, to keep the plan). */
+     *    of any (a tie goes to the streamed layer, to keep the plan). Not a layer in the streaming
+     *    region: the room is wanted outside it (vram_place), and the region would be emptied layer
+     *    by layer and given back, and its plan laid out again (a VAE's first layer after the
+     *    denoise loop of a ControlNet and its UNet: the pair's kept set loaded again every image). */
     layer_t *best = NULL;
     size_t best_d = 0;
     for (uint32_t i = 0; i <= c->models.count; i++) {
@@ -136,7 +139,7 @@ layer_t *vc__sched_victim(vc_cache *c, const layer_t *for_layer, size_t max_dist
             size_t first_d = 0, done_d = 0;
             for (size_t k = m->order_n - 1; k >= 1 && (!prefetch || k > max_distance); k--) {
                 layer_t *x = m->order[(m->pos + k) % m->order_n];
-                if (!x->vblock || x->keep != kept || !vc__evictable(c, x)) continue;
+                if (!x->vblock || x->keep != kept || x->in_stream || !vc__evictable(c, x)) continue;
                 if (m->next_use && vc__distance_of(x) != k) continue; /* needed sooner, at its other use */
                 if (!first) first = x, first_d = k;
                 if (kept || !x->release_recorded || c->ops->event_query(c->bctx, x->release_ev) == 1) {
@@ -504,6 +507,29 @@ static void note_fit_chain(vc_cache *c, model_t *m) {
     m->self_evicts = 0;
 }
 
+/* As a group's pass begins: its passes one after another with no other model's between (a
+ * ControlNet and its UNet through the denoise loop) are a run, as vc__note_step_prev keeps a
+ * model's, so that a model that ran before the run began (the text encoder, once per image) is not
+ * in use beside it (vc__model_active). Else the group's plan went shared for two passes after the
+ * encoder, and alone again after them: two layouts, each loading the kept set again, every image
+ * of a pipeline too long to join as one cycle (SD 1.5 + ControlNet at 50 steps on 5 GB: 3.8 GB
+ * more per image). */
+static void note_group_run(vc_cache *c, model_t *g) {
+    int run = g->run_len > 0; /* (the first pass after the group formed begins its first run) */
+    for (uint32_t i = 0; run && i < c->models.count; i++) {
+        const model_t *o = c->models.slots[i].ptr;
+        if (o && o->joined != g && o->last_tick > g->pass_tick) run = 0; /* o ran since the last pass began */
+    }
+    g->pass_tick = c->use_clock;
+    if (run) {
+        if (g->run_len < UINT_MAX) g->run_len++;
+    } else {
+        g->prev_run_len = g->run_len;
+        g->run_len = 1;
+        g->run_start = c->use_clock;
+    }
+}
+
 static void follow(vc_cache *c, model_t *m, layer_t *l) {
     size_t expected = (m->pos + 1) % m->order_n;
     /* (a layer a group uses twice has order_pos at its first use: the second is found in the order) */
@@ -524,6 +550,7 @@ static void follow(vc_cache *c, model_t *m, layer_t *l) {
             } else {
                 for (size_t k = 0; k < m->nmembers; k++) vc__roll_hold_peak(m->members[k]);
                 if (m->next_use) c->cycle_parted = 0; /* the cycle ran whole */
+                note_group_run(c, m);
             }
             vc__try_layout(c, m, 1);
             /* Another model came into use beside this one's plan, or left it: lay it out again. */
@@ -535,6 +562,12 @@ static void follow(vc_cache *c, model_t *m, layer_t *l) {
             unsigned w = vc__hold_window(m);
             replan |= m->plan_capacity && (w > m->plan_hold || 2 * w < m->plan_hold);
             replan |= m->plan_capacity && m->plan_slots != c->stream_slots; /* vc_cache_set_stream_slots */
+            /* Another model's plan took the streaming region (a text encoder too large for the device,
+             * planned beside this one as it ran): without its region this plan's streamed layers go
+             * through the kept arena and push kept layers out, pass after pass, so plan again. (A
+             * plan alone only: a shared one, made beside another model in use, has no ring to lose.) */
+            replan |= m->plan_capacity && !m->plan_shared && !m->plan_fits && m->pending_stream &&
+                      c->stream_model != m && !m->layout_pending;
             m->pass_mismatches = 0;
             /* The budget moved since the plan was made (reservation ended, another process): re-plan. */
             size_t limit = c->stats.vram_limit;

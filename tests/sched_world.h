@@ -201,6 +201,7 @@ typedef struct hazard_ctx {
     hz_copy log[8192];
     size_t n;
     unsigned joined, parted; /* step groups formed and parted (from the cache's log) */
+    unsigned plans;          /* plans made, any model's or group's */
 } hazard_ctx;
 
 #define HZ(c) ((hazard_ctx *)(c))
@@ -274,6 +275,7 @@ static inline void hz_log(void *user, vc_log_level level, const char *msg) {
     hazard_ctx *h = user;
     h->joined += strstr(msg, "run in turn every step") != NULL;
     h->parted += strstr(msg, "planned apart again") != NULL;
+    h->plans += strstr(msg, "plan for model") != NULL;
 }
 
 static inline hazard_world hazard_open_parts(size_t device, size_t copy_part_min) {

@@ -764,6 +764,39 @@ static void test_unregister_drops_order(void **state) {
     free_world(&w);
 }
 
+/* A model that runs once (a VAE after the denoise loop) needs room while a plan fills the device
+ * with its kept set and its streaming region: the room comes out of the kept arena (a kept layer
+ * needed last), not out of the region, which would be emptied layer by layer and given back, and
+ * the plan made and laid out again, its kept set loaded anew. */
+static void test_other_model_leaves_the_region(void **state) {
+    (void)state;
+    sim_world w = make_world(16, 64 * KB, 640 * KB, 1e9, 1e-6, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
+    for (int i = 0; i < 4; i++) pass(&w, 1e-4);
+    const vc_cache *c = w.cache;
+    assert_non_null(c->stream_model);
+    assert_string_equal(c->stream_model->name, "denoiser");
+    size_t budget = c->stream_budget, region = c->sarena.total;
+    assert_true(budget > 0);
+    double steady = pass_bytes(&w, 2, 1e-4, NULL);
+    static char vae_w[2][64 * KB];
+    vc_model_id vae = add_model(w.cache, "vae");
+    for (int i = 0; i < 2; i++) {
+        fill_pattern(vae_w[i], sizeof vae_w[i], (uint64_t)(100 + i));
+        vc_layer_id id = add_host_layer(w.cache, vae, "v", vae_w[i], sizeof vae_w[i]);
+        void *d;
+        assert_int_equal(vc_layer_acquire(w.cache, id, w.stream, &d), VC_OK);
+        assert_true(check_pattern(d, sizeof vae_w[i], (uint64_t)(100 + i)));
+        kernel(w.sim, w.stream, 1e-4, d, sizeof vae_w[i], NULL, NULL);
+        assert_int_equal(vc_layer_release(w.cache, id, w.stream), VC_OK);
+    }
+    assert_ptr_equal(c->stream_model, c->models.slots[0].ptr); /* the denoiser's region stays */
+    assert_int_equal(c->stream_budget, budget);
+    assert_int_equal(c->sarena.total, region);
+    /* the next pass loads the kept layers the VAE displaced, no more */
+    assert_true(pass_bytes(&w, 1, 1e-4, NULL) <= steady + 2 * 64 * KB);
+    free_world(&w);
+}
+
 static void test_reservation_during_streaming(void **state) {
     (void)state;
     /* 12 layers streaming through room for 8; a working-memory reservation of 3 layers' worth comes
@@ -1204,6 +1237,7 @@ int main(void) {
         cmocka_unit_test(test_balanced_threshold),
         cmocka_unit_test(test_unregister_drops_order),
         cmocka_unit_test(test_reservation_during_streaming),
+        cmocka_unit_test(test_other_model_leaves_the_region),
         cmocka_unit_test(test_staged_loader_layers_are_prefetched),
         cmocka_unit_test(test_stage_ahead_thread),
         cmocka_unit_test(test_readahead_stages_loader_layers),

@@ -525,6 +525,70 @@ static void test_controlnet_inside_image_cycle(void **state) {
     hazard_close(&hw);
 }
 
+/* The same pipeline with more steps than an image's cycle holds (2 x 33 + 2 passes): the pair stays
+ * the group, and the encoder and the VAE run beside it once per image (the VAE's layers vae_bytes
+ * each, the others' 8 KB). Neither may cost the pair its plan: the encoder ran before the pair's
+ * run of passes began, so the pair's plan stays its own (not made shared for two passes, then alone
+ * again: two layouts); and room for the VAE's layers is not taken from the streaming region. A VAE
+ * too large for the device gets a streaming plan of its own, whose region the pair takes back at
+ * its next pass. Returns the plans made after the first image; image_bytes[k] is image k's. */
+enum { EB_NPER = 6, EB_STEPS = 33, EB_IMAGES = 6 };
+
+static unsigned encoder_beside_pair(size_t vae_bytes, uint64_t *image_bytes, uint64_t *step_bytes) {
+    static char w[4][EB_NPER][16 * KB];
+    const size_t bytes[4] = {8 * KB, 8 * KB, 8 * KB, vae_bytes};
+    hazard_world hw = hazard_open(2 * EB_NPER * 8 * KB * 3 / 4); /* the pair does not fit */
+    static const char *const names[4] = {"text_encoder", "controlnet", "unet", "vae"};
+    vc_layer_id id[4][EB_NPER];
+    for (int k = 0; k < 4; k++) {
+        vc_model_id m = add_model(hw.c, names[k]);
+        for (int i = 0; i < EB_NPER; i++) {
+            fill_pattern(w[k][i], bytes[k], (uint64_t)(k * 10 + i));
+            id[k][i] = add_host_layer(hw.c, m, "l", w[k][i], bytes[k]);
+        }
+    }
+    unsigned plans_after_first = 0;
+    for (int image = 0; image < EB_IMAGES; image++) {
+        if (image == 1) plans_after_first = hw.h->plans;
+        uint64_t b0 = get_stats(hw.c).bytes_h2d;
+        for (int pass = 0; pass < 2 * EB_STEPS + 2; pass++) { /* te, (cn, unet) x steps, vae */
+            int k = pass == 0 ? 0 : pass == 2 * EB_STEPS + 1 ? 3 : pass % 2 ? 1 : 2;
+            uint64_t s0 = get_stats(hw.c).bytes_h2d;
+            for (int i = 0; i < EB_NPER; i++) {
+                void *d;
+                assert_int_equal(vc_layer_acquire(hw.c, id[k][i], hw.stream, &d), VC_OK);
+                assert_true(check_pattern(d, bytes[k], (uint64_t)(k * 10 + i)));
+                kernel(hw.sim, hw.stream, 4e-6, d, bytes[k], NULL, NULL);
+                assert_int_equal(vc_layer_release(hw.c, id[k][i], hw.stream), VC_OK);
+            }
+            if (image == EB_IMAGES - 1 && pass == EB_STEPS) *step_bytes = get_stats(hw.c).bytes_h2d - s0; /* a unet pass */
+        }
+        image_bytes[image] = get_stats(hw.c).bytes_h2d - b0;
+    }
+    assert_int_equal(hw.h->joined, 1); /* the pair, never the image */
+    assert_int_equal(hw.h->parted, 0);
+    unsigned plans = hw.h->plans - plans_after_first;
+    hazard_close(&hw);
+    return plans;
+}
+
+static void test_encoder_beside_pair_keeps_its_plan(void **state) {
+    (void)state;
+    uint64_t image_bytes[EB_IMAGES], step_bytes = 0;
+    /* A VAE larger than the encoder that fits: no plan after the first image's; each image moves
+     * the same bytes: its steps', and the encoder's and the VAE's with the kept layers they displace. */
+    assert_int_equal(encoder_beside_pair(10 * KB, image_bytes, &step_bytes), 0);
+    for (int image = 3; image < EB_IMAGES; image++) assert_int_equal(image_bytes[image], image_bytes[2]);
+    assert_true(step_bytes > 0);
+    assert_true(image_bytes[2] <= 2 * EB_STEPS * step_bytes + 2 * EB_NPER * (8 + 10) * KB);
+    /* A VAE that does not fit either: its plan, then the pair's again as it takes its region back
+     * (once), and the images settle at that bound; without the region the pair's streamed layers
+     * went through its kept arena, 1.35x the bytes here. */
+    assert_int_equal(encoder_beside_pair(16 * KB, image_bytes, &step_bytes), 2);
+    for (int image = 4; image < EB_IMAGES; image++) assert_int_equal(image_bytes[image], image_bytes[3]);
+    assert_true(image_bytes[3] <= 2 * EB_STEPS * step_bytes + 2 * EB_NPER * (8 + 16) * KB);
+}
+
 /* A ControlNet that stops before the last steps parts the group at once; the UNet then plans
  * alone and settles to its own bytes. Unregistering a member parts it too. */
 static void test_step_group_parts(void **state) {
@@ -558,6 +622,7 @@ int main(void) {
         cmocka_unit_test(test_pipeline_per_image),
         cmocka_unit_test(test_varying_step_counts_join_once),
         cmocka_unit_test(test_controlnet_inside_image_cycle),
+        cmocka_unit_test(test_encoder_beside_pair_keeps_its_plan),
         cmocka_unit_test(test_model_twice_per_step),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

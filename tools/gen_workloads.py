@@ -350,6 +350,17 @@ def build():
                     [clip_text("text_encoder", 768, 3072, 12, 77, 1), cn1, sd15l, vae_decoder(4, 64)],
                     [{"models": "[text_encoder" + ", controlnet, unet" * 8 + ", vae_decoder]",
                       "repeat": "steps", "working_mem_bytes": 1 << 30}]))
+    # Images in a row with SD 1.5 and a ControlNet at diffusers' default 50 steps, CFG (batch 2): 102
+    # passes per image, more than a step group's cycle holds, so the ControlNet and the UNet are
+    # planned as a pair and the text encoder and the VAE run beside it once per image; the UNet's
+    # passes reserve 1 GB of working memory, the VAE decode InvokeAI's estimate, each while it runs.
+    out.append(emit("sd15-controlnet-images.yaml", "sd-1.5+controlnet-50step-images",
+                    "Stable Diffusion 1.5 with a ControlNet, 512x512, fp16, CFG (batch 2), 50 steps: one "
+                    "repetition is one whole image", 512, "float16", 6,
+                    [clip_text("text_encoder", 768, 3072, 12, 77, 2), cn, sd15b, vae_decoder(4, 64)],
+                    [{"models": "[text_encoder" + ", controlnet, unet" * 50 + ", vae_decoder]",
+                      "repeat": "steps",
+                      "working_mem_bytes": "{unet: %d, vae_decoder: %d}" % (1 << 30, vae_working_mem(512, 512, 2))}]))
     # Images in a row with SDXL base and its refiner (the "ensemble of expert denoisers" way: the base
     # runs the first 80% of 30 steps, the refiner the last 20%, both with classifier-free guidance,
     # batch 2): 33 passes per image. Refiner config: stabilityai/stable-diffusion-xl-refiner-1.0

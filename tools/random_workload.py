@@ -11,7 +11,11 @@ the arguments to stderr. For sweeps that check every run ends with figures or a 
     python3 tools/random_workload.py 7 > w.yaml 2> args.txt
     build/tools/vramcache simulate --workload w.yaml $(cat args.txt)   # exit 0 or 1, never a crash
 
-The configs it names are written next to the workload when --write-configs DIR is given.
+The configs it names are written next to the workload when --write-configs DIR is given. With
+--images the pipeline is images in a row instead: one stage whose repetition is a whole image
+(models before the loop, the loop's one or two models in turn 1-120 times, models after it), so
+that cycles of every length, and pairs with encoders and decoders beside them, are tried; the
+models and the arguments are the seed's as without it.
 """
 import random
 import sys
@@ -23,7 +27,25 @@ CONFIGS = {
 }
 
 
-def workload(seed):
+def images_pipeline(seed, names):
+    """One stage, repeated `steps` times, that runs a whole image: some models once before the loop,
+    the loop (one or two models in turn) 1-120 times, some once after (at most 256 passes)."""
+    ri = random.Random(seed * 104729 + 5)
+    ri.shuffle(names)
+    loop = names[:ri.choice([1, 2])] if len(names) > 1 else names[:1]
+    rest = [n for n in names if n not in loop]
+    before = [n for n in rest if ri.random() < 0.6]
+    after = [n for n in rest if n not in before and ri.random() < 0.7]
+    k = min(ri.choice([1, 2, 4, 8, 20, 30, 31, 32, 50, 120]), (256 - len(before) - len(after)) // len(loop))
+    lst = before + loop * k + after
+    if ri.random() < 0.4:
+        wm = ", working_mem_bytes: {%s: %d}" % (ri.choice(lst), ri.randint(0, 2**31))
+    else:
+        wm = f", working_mem_bytes: {ri.randint(0, 2**31)}" if ri.random() < 0.3 else ""
+    return ["pipeline:", f"  - {{models: [{', '.join(lst)}], repeat: steps{wm}}}"]
+
+
+def workload(seed, images=False):
     r = random.Random(seed)
     models = []
     for m in range(r.choice([1, 1, 2, 3, 4])):
@@ -89,16 +111,24 @@ def workload(seed):
         args += ["--ram-gb", str(r.choice([4, 8, 16, 64])), "--disk-gbps", str(r.choice([0.5, 2, 7]))]
     if r.random() < 0.5:
         args += ["--config", "cfg%d.yaml" % r.randint(0, 2)]
+    if images:
+        if "pipeline:" in out:
+            out = out[:out.index("pipeline:")]
+        out += images_pipeline(seed, [m[0] for m in models])
     return "\n".join(out), " ".join(args)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) not in (2, 4) or (len(sys.argv) == 4 and sys.argv[2] != "--write-configs"):
-        sys.exit("usage: random_workload.py SEED [--write-configs DIR]")
-    if len(sys.argv) == 4:
+    argv = sys.argv[1:]
+    images = "--images" in argv
+    if images:
+        argv.remove("--images")
+    if len(argv) not in (1, 3) or (len(argv) == 3 and argv[1] != "--write-configs"):
+        sys.exit("usage: random_workload.py SEED [--images] [--write-configs DIR]")
+    if len(argv) == 3:
         for name, text in CONFIGS.items():
-            with open(f"{sys.argv[3]}/{name}", "w") as f:
+            with open(f"{argv[2]}/{name}", "w") as f:
                 f.write(text)
-    text, args = workload(int(sys.argv[1]))
+    text, args = workload(int(argv[0]), images)
     print(text)
     print(args, file=sys.stderr)

@@ -153,9 +153,12 @@ layer_t *vc__sched_victim(vc_cache *c, const layer_t *for_layer, size_t max_dist
         }
     }
     if (best || prefetch) return best;
-    /* 3. anything else evictable (e.g. the current model's own layers, held elsewhere) */
-    for (layer_t *x = c->vram_lru.head; x; x = x->vnext)
-        if (vc__evictable(c, x) && (!prefetch || vc__distance_of(x) > max_distance)) return x;
+    /* 3. anything else evictable (e.g. the current model's own layers, held elsewhere); in the
+     *    streaming region only when nothing outside it can go (as in 2) */
+    for (int region = 0; region < 2; region++)
+        for (layer_t *x = c->vram_lru.head; x; x = x->vnext)
+            if (x->in_stream == region && vc__evictable(c, x) && (!prefetch || vc__distance_of(x) > max_distance))
+                return x;
     return NULL;
 }
 
@@ -253,6 +256,22 @@ static void readahead_stop(vc_cache *c, model_t *m, int leave) {
     }
     m->ra_next = m->ra_last;
     m->ra_streak = 0;
+}
+
+/* m's pass ended and another model's begins: what m's prefetch scan uploaded round its order, for
+ * its next pass, no longer counts as in flight. The budget serves the model in use: a text
+ * encoder's first layer read ahead at the end of its pass (for the next image) held prefetch_depth's
+ * count, or in sequential mode the bytes bound, for the whole denoise loop (FLUX.1-schnell on 3.5
+ * GB: T5's 263 MB embedding, more than the transformer's bound, so the transformer's second image
+ * ran with no prefetch at all, 1.57x its time). In sequential mode those layers leave once their
+ * copies land (minimum VRAM); otherwise they stay resident as any unheld layer. */
+static void prefetch_stop(vc_cache *c, model_t *m) {
+    for (size_t i = 0; c->prefetch_inflight && i < m->nlayers; i++) {
+        layer_t *x = m->layers[i];
+        if (!vc__prefetch_settle(c, x)) continue;
+        if (c->mode == VC_OFFLOAD_MODE_SEQUENTIAL && x->vblock && !x->holds && vc__wait_upload(c, x) == VC_OK)
+            vc__evict_vram(c, x, VC_EVICT_SEQUENTIAL, 0);
+    }
 }
 
 static void read_ahead(vc_cache *c, model_t *m, layer_t *l) {
@@ -631,6 +650,9 @@ void vc__sched_on_acquire(vc_cache *c, layer_t *l) {
     if (prev && prev != own && !prev->joined && order_known(prev) && prev->pos != prev->order_n - 1)
         prev->saw_others = 1;
     if (prev && prev != own && prev->ra_next > prev->ra_last) readahead_stop(c, prev, 1);
+    model_t *prev_plan = prev && prev->joined ? prev->joined : prev;
+    if (prev_plan && prev_plan != (own->joined ? own->joined : own) && c->last_ended_pass && order_known(prev_plan))
+        prefetch_stop(c, prev_plan);
     if (c->grec && vc__grec_step(c, l))
         ; /* l began the group formed from the recorded period */
     else if (own->joined)

@@ -243,17 +243,20 @@ static size_t readahead_room(model_t *m) {
     return m->ra_room;
 }
 
+/* x, if uploaded ahead, no longer counts as in flight; with `leave`, in sequential mode (minimum
+ * VRAM) it leaves the device once its copy lands, else it stays resident as any unheld layer. */
+static void let_go(vc_cache *c, layer_t *x, int leave) {
+    if (vc__prefetch_settle(c, x) && leave && c->mode == VC_OFFLOAD_MODE_SEQUENTIAL && x->vblock && !x->holds &&
+        vc__wait_upload(c, x) == VC_OK)
+        vc__evict_vram(c, x, VC_EVICT_SEQUENTIAL, 0);
+}
+
 /* Stops m's readahead: what it uploaded past the latest acquire no longer counts as in flight.
  * `leave` (an acquire stopped it): in sequential mode, which keeps only held and prefetched layers
  * on the device, those layers leave as soon as their copies have landed (copies the acquire that
  * stopped the readahead would queue behind anyway). Not while layers are being unregistered. */
 static void readahead_stop(vc_cache *c, model_t *m, int leave) {
-    for (size_t k = m->ra_last; k < m->ra_next && k < m->nlayers; k++) {
-        layer_t *x = m->layers[k];
-        if (!vc__prefetch_settle(c, x)) continue;
-        if (leave && c->mode == VC_OFFLOAD_MODE_SEQUENTIAL && x->vblock && !x->holds && vc__wait_upload(c, x) == VC_OK)
-            vc__evict_vram(c, x, VC_EVICT_SEQUENTIAL, 0);
-    }
+    for (size_t k = m->ra_last; k < m->ra_next && k < m->nlayers; k++) let_go(c, m->layers[k], leave);
     m->ra_next = m->ra_last;
     m->ra_streak = 0;
 }
@@ -266,12 +269,7 @@ static void readahead_stop(vc_cache *c, model_t *m, int leave) {
  * ran with no prefetch at all, 1.57x its time). In sequential mode those layers leave once their
  * copies land (minimum VRAM); otherwise they stay resident as any unheld layer. */
 static void prefetch_stop(vc_cache *c, model_t *m) {
-    for (size_t i = 0; c->prefetch_inflight && i < m->nlayers; i++) {
-        layer_t *x = m->layers[i];
-        if (!vc__prefetch_settle(c, x)) continue;
-        if (c->mode == VC_OFFLOAD_MODE_SEQUENTIAL && x->vblock && !x->holds && vc__wait_upload(c, x) == VC_OK)
-            vc__evict_vram(c, x, VC_EVICT_SEQUENTIAL, 0);
-    }
+    for (size_t i = 0; c->prefetch_inflight && i < m->nlayers; i++) let_go(c, m->layers[i], 1);
 }
 
 static void read_ahead(vc_cache *c, model_t *m, layer_t *l) {
@@ -651,7 +649,7 @@ void vc__sched_on_acquire(vc_cache *c, layer_t *l) {
         prev->saw_others = 1;
     if (prev && prev != own && prev->ra_next > prev->ra_last) readahead_stop(c, prev, 1);
     model_t *prev_plan = prev && prev->joined ? prev->joined : prev;
-    if (prev_plan && prev_plan != (own->joined ? own->joined : own) && c->last_ended_pass && order_known(prev_plan))
+    if (prev_plan && prev_plan != vc__plan_model(l) && c->last_ended_pass && order_known(prev_plan))
         prefetch_stop(c, prev_plan);
     if (c->grec && vc__grec_step(c, l))
         ; /* l began the group formed from the recorded period */

@@ -63,6 +63,11 @@ const cfg_value *vc__cfg_effective(const vc_config *cfg, vc_config_key key, int 
 
 /** Names InvokeAI (4.x/5.x or 3.x) uses that libvramcache does not: accepted silently. */
 int vc__cfg_is_invokeai_key(const char *name);
+/** SD.Next's offload settings with no key here: 1 with *instead (what does that job here) and
+ *  *list (1: a list of SD.Next's module names, warned about when not empty), else 0. */
+int vc__cfg_sdnext_key(const char *name, int *list, const char **instead);
+/** Keys only SD.Next's config.json holds: the file is SD.Next's settings. */
+int vc__cfg_is_sdnext_marker(const char *name);
 /** ram / vram / lazy_offload (and 3.x spellings): returns the replacement text, else NULL. */
 const char *vc__cfg_deprecated(const char *name);
 /** Canonical key for a name or alias, or -1. */

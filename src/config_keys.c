@@ -98,6 +98,59 @@ int vc__cfg_is_invokeai_key(const char *name) {
     return 0;
 }
 
+/* SD.Next's offload settings (its config.json, "Model Offloading") beyond the mode and the high
+ * watermark, which are read as offload_mode and offload_max_gpu_memory. Each names what does its
+ * job here. Most need nothing: the cache evicts an idle model's layers only when room is needed
+ * and copies on its own stream, so SD.Next's low watermark, pre-forward offload and stream
+ * switches have nothing to act on. The module lists name SD.Next's pipeline components, which
+ * only the engine can map to its models: a non-empty one is warned about (`list` 1). */
+static const struct {
+    const char *name;
+    int list;
+    const char *instead;
+} SDNEXT_OFFLOAD_KEYS[] = {
+    {"diffusers_offload_min_gpu_memory", 0, "the cache evicts an idle model's layers only when room is needed"},
+    {"diffusers_offload_max_cpu_memory", 0, "the RAM cache's budget is max_cache_ram_gb"},
+    {"diffusers_offload_pre", 0, "the cache evicts when room is needed, not as a module starts"},
+    {"diffusers_offload_streams", 0, "copies always run on the cache's own stream"},
+    {"diffusers_offload_nonblocking", 0, "copies are always asynchronous"},
+    {"group_offload_type", 0, "offload_mode 'group' is read as 'sequential', which moves single layers"},
+    {"group_offload_stream", 0, "copies always run on the cache's own stream"},
+    {"group_offload_record", 0, "copies are ordered by events on the engine's stream"},
+    {"group_offload_blocks", 0, "offload_mode 'group' is read as 'sequential', which moves single layers"},
+    {"diffusers_offload_always", 1,
+     "an engine offloads a model whenever it chooses with vc_model_offload; this list names SD.Next's "
+     "pipeline components, which only the engine can map to its models"},
+    {"diffusers_offload_never", 1,
+     "an engine keeps a model resident by holding it (vc_model_acquire); this list names SD.Next's "
+     "pipeline components, which only the engine can map to its models"},
+    {"models_not_to_offload", 1,
+     "an engine keeps a model resident by holding it (vc_model_acquire); this list names SD.Next's "
+     "model types, which only the engine can map to its models"},
+};
+
+/* Keys only SD.Next's config.json holds: a file with one of them is SD.Next's settings, whose
+ * hundreds of other keys are its own (summed up in one warning rather than one each). */
+static const char *const SDNEXT_MARKERS[] = {"sd_model_checkpoint", "sd_backend", "diffusers_pipeline",
+                                             "sd_checkpoint_autoload", "cross_attention_optimization",
+                                             "diffusers_offload_pre", "cuda_dtype", NULL};
+
+int vc__cfg_sdnext_key(const char *name, int *list, const char **instead) {
+    for (size_t i = 0; i < sizeof SDNEXT_OFFLOAD_KEYS / sizeof SDNEXT_OFFLOAD_KEYS[0]; i++)
+        if (!strcmp(SDNEXT_OFFLOAD_KEYS[i].name, name)) {
+            *list = SDNEXT_OFFLOAD_KEYS[i].list;
+            *instead = SDNEXT_OFFLOAD_KEYS[i].instead;
+            return 1;
+        }
+    return 0;
+}
+
+int vc__cfg_is_sdnext_marker(const char *name) {
+    for (size_t i = 0; SDNEXT_MARKERS[i]; i++)
+        if (!strcmp(SDNEXT_MARKERS[i], name)) return 1;
+    return 0;
+}
+
 const char *vc__cfg_deprecated(const char *name) {
     if (!strcmp(name, "ram") || !strcmp(name, "max_cache_size")) return "max_cache_ram_gb";
     if (!strcmp(name, "vram") || !strcmp(name, "max_vram_cache_size")) return "max_cache_vram_gb";
@@ -147,6 +200,10 @@ const char *vc__cfg_suggest(const char *name) {
     for (int k = 0; k < VC_CFG_KEY_COUNT; k++) {
         size_t d = vc__edit_distance(name, vc__cfg_keys[k].name);
         if (d < best_d) best_d = d, best = vc__cfg_keys[k].name;
+    }
+    for (size_t i = 0; i < sizeof ALIASES / sizeof ALIASES[0]; i++) { /* SD.Next's spellings, as written */
+        size_t d = vc__edit_distance(name, ALIASES[i].alias);
+        if (d < best_d) best_d = d, best = ALIASES[i].alias;
     }
     for (size_t i = 0; INVOKEAI_KEYS[i]; i++) {
         size_t d = vc__edit_distance(name, INVOKEAI_KEYS[i]);
@@ -353,7 +410,26 @@ int vc__cfg_parse(const cfg_key_def *def, const char *text, cfg_text_kind kind, 
             }
         if (def == &vc__cfg_keys[VC_CFG_PRECISION] && !strcasecmp(text, "autocast")) {
             snprintf(out->text, sizeof out->text, "auto"); /* as InvokeAI 4.0.1 migrates it */
-            snprintf(warn, warn_size, "precision 'autocast' was removed in InvokeAI 4.0.1; read as 'auto'");
+            snprintf(warn, warn_size, "precision 'autocast' (InvokeAI 3.x; SD.Next's default) is read as 'auto'");
+            return 0;
+        }
+        if (def == &vc__cfg_keys[VC_CFG_PRECISION] && !strcasecmp(text, "full")) {
+            /* SD.Next's other choice beside Autocast: no autocast; its dtype is its cuda_dtype */
+            snprintf(out->text, sizeof out->text, "auto");
+            snprintf(warn, warn_size, "precision 'Full' (SD.Next: no autocast; its dtype is cuda_dtype) read as 'auto'");
+            return 0;
+        }
+        if (def == &vc__cfg_keys[VC_CFG_OFFLOAD_MODE] && !strcasecmp(text, "group")) {
+            /* SD.Next's diffusers group offloading: each group of layers comes to the GPU as it runs,
+             * the next one on a stream, and leaves after: only what is in use and what is arriving
+             * stays, which is sequential mode (with prefetch) here. */
+            snprintf(out->text, sizeof out->text, "sequential");
+            for (int i = 0; def->enum_values[i]; i++)
+                if (!strcmp(def->enum_values[i], "sequential")) out->dev_kind = i;
+            snprintf(warn, warn_size,
+                     "offload_mode 'group' (SD.Next's group offloading) is read as 'sequential': only the "
+                     "layers in use and those arriving stay on the device; 'balanced' keeps what fits and is "
+                     "faster");
             return 0;
         }
         {

@@ -25,6 +25,12 @@ typedef struct loader {
     vc_diagnostics *d;
     seen_key seen[256];
     size_t nseen;
+    /* SD.Next's config.json (it holds one of SD.Next's own keys): its other keys are its settings,
+     * hundreds of them, summed up in one warning after the walk instead of one each. */
+    int sdnext;
+    size_t sdnext_other;            /* such keys seen */
+    const char *sdnext_example[3];  /* the first few, named in that warning */
+    unsigned sdnext_line, sdnext_col; /* where the first is */
 } loader;
 
 static unsigned line_of(const yaml_node_t *n) { return (unsigned)n->start_mark.line + 1; }
@@ -98,7 +104,25 @@ static void handle_pair(loader *L, const yaml_node_t *k, const yaml_node_t *v, i
         return;
     }
     if (vc__cfg_is_invokeai_key(name)) return; /* InvokeAI's own setting: the file is shared */
+    int list;
+    const char *instead;
+    if (vc__cfg_sdnext_key(name, &list, &instead)) {
+        /* SD.Next's own offload setting: its job is done another way here (see the key table); a
+         * list of its module names is the one the user must act on, when it names any */
+        if (list && !(v->type == YAML_SCALAR_NODE && v->data.scalar.length == 0) &&
+            !(v->type == YAML_SEQUENCE_NODE && v->data.sequence.items.start == v->data.sequence.items.top))
+            vc__diag_add(L->d, VC_DIAG_WARNING, L->file, line_of(k), col_of(k), name,
+                         "'%s' (SD.Next's) is ignored: %s", name, instead);
+        return;
+    }
     const char *hint = vc__cfg_suggest(name);
+    if (!hint && L->sdnext) {
+        if (L->sdnext_other < sizeof L->sdnext_example / sizeof L->sdnext_example[0])
+            L->sdnext_example[L->sdnext_other] = name;
+        if (!L->sdnext_other) L->sdnext_line = line_of(k), L->sdnext_col = col_of(k);
+        L->sdnext_other++;
+        return;
+    }
     if (hint)
         vc__diag_add(L->d, VC_DIAG_WARNING, L->file, line_of(k), col_of(k), name,
                      "unknown key '%s' is ignored (did you mean '%s'?)", name, hint);
@@ -184,7 +208,22 @@ void vc__cfg_parse_yaml(const char *text, size_t len, const char *name, cfg_valu
                      "the top level must be a mapping of 'key: value' lines, got %s", node_kind(root));
     } else {
         loader L = {.doc = &doc, .file = name, .out = out, .d = d};
+        for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top && !L.sdnext; p++) {
+            yaml_node_t *k = yaml_document_get_node(&doc, p->key);
+            L.sdnext = k && k->type == YAML_SCALAR_NODE && vc__cfg_is_sdnext_marker((const char *)k->data.scalar.value);
+        }
         walk_mapping(&L, root, 0);
+        if (L.sdnext_other) {
+            char names[256];
+            size_t n = 0, shown = L.sdnext_other < 3 ? L.sdnext_other : 3;
+            names[0] = '\0';
+            for (size_t i = 0; i < shown && n < sizeof names; i++)
+                n += (size_t)snprintf(names + n, sizeof names - n, "%s'%s'", i ? ", " : "", L.sdnext_example[i]);
+            vc__diag_add(d, VC_DIAG_WARNING, name, L.sdnext_line, L.sdnext_col, L.sdnext_example[0],
+                         "this is SD.Next's config.json: %zu of its own settings that libvramcache does not use "
+                         "%s ignored (%s%s)", L.sdnext_other, L.sdnext_other == 1 ? "is" : "are", names,
+                         L.sdnext_other > shown ? ", ..." : "");
+        }
         /* A second document would be ignored by InvokeAI too; say so. */
         yaml_document_t extra;
         if (yaml_parser_load(&parser, &extra)) {

@@ -854,6 +854,90 @@ static void test_show_round_trips_free_text(void **state) {
     vc_config_destroy(cfg);
 }
 
+/* SD.Next's config.json (its offload keys, beside hundreds of its own): read without an error and
+ * without a warning per key; the offload keys that act elsewhere here are silent unless they name
+ * modules, and SD.Next's 'group' mode and 'Full' precision are read with a warning. */
+static void test_sdnext_config_json(void **state) {
+    (void)state;
+    vc_config *cfg;
+    vc_diagnostics *d;
+    assert_int_equal(load("sdnext_config.json", &cfg, &d), VC_OK);
+    assert_int_equal(vc_diagnostics_errors(d), 0);
+    assert_int_equal(vc_config_get_offload_mode(cfg), VC_OFFLOAD_MODE_BALANCED);
+    assert_true(num(cfg, VC_CFG_OFFLOAD_MAX_GPU_MEMORY) == 0.7);
+    assert_string_equal(vc_config_get_text(cfg, VC_CFG_PRECISION), "auto");
+    /* two warnings: Autocast, and one for all of SD.Next's own keys (20 of them, the first named
+     * where it stands) */
+    assert_int_equal(vc_diagnostics_count(d), 2);
+    assert_non_null(find_diag(d, "autocast"));
+    const vc_diagnostic *g = find_diag(d, "SD.Next's config.json");
+    assert_non_null(g);
+    assert_int_equal(g->severity, VC_DIAG_WARNING);
+    assert_int_equal(g->line, 2);
+    assert_non_null(strstr(g->message, "20 of its own settings"));
+    assert_non_null(strstr(g->message, "('sd_backend', 'diffusers_pipeline', 'sd_model_checkpoint', ...)"));
+    assert_null(find_diag(d, "unknown key"));
+    vc_diagnostics_destroy(d);
+    vc_config_destroy(cfg);
+
+    /* the same keys in a file with other values */
+    const char *path = "test_sdnext_config.json";
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("{\"sd_backend\": \"diffusers\", \"diffusers_offload_mode\": \"group\", \"precision\": \"Full\",\n"
+          " \"diffusers_offload_never\": \"vae, text_encoder\", \"diffusers_offload_always\": [],\n"
+          " \"models_not_to_offload\": [\"FLUX\"], \"diffusers_offload_max_gpu_memroy\": 0.5,\n"
+          " \"group_offload_blocks\": 2}\n", f);
+    fclose(f);
+    assert_int_equal(vc_config_create(&cfg), VC_OK);
+    assert_int_equal(vc_config_load_file(cfg, path, VC_CONFIG_NO_ENV, &d), VC_OK);
+    remove(path);
+    assert_int_equal(vc_diagnostics_errors(d), 0);
+    /* group offloading keeps only what is in use and arriving: sequential here */
+    assert_int_equal(vc_config_get_offload_mode(cfg), VC_OFFLOAD_MODE_SEQUENTIAL);
+    assert_string_equal(vc_config_get_text(cfg, VC_CFG_OFFLOAD_MODE), "sequential");
+    g = find_diag(d, "'group'");
+    assert_non_null(g);
+    assert_int_equal(g->line, 1);
+    assert_non_null(find_diag(d, "precision 'Full'"));
+    assert_string_equal(vc_config_get_text(cfg, VC_CFG_PRECISION), "auto");
+    /* a list that names modules is the user's to act on; an empty one is not */
+    g = find_diag(d, "'diffusers_offload_never'");
+    assert_non_null(g);
+    assert_int_equal(g->line, 2);
+    assert_non_null(strstr(g->message, "vc_model_acquire"));
+    assert_null(find_diag(d, "'diffusers_offload_always'"));
+    assert_non_null(find_diag(d, "'models_not_to_offload'"));
+    /* a misspelt key of ours is still named, with its spelling, in a file of SD.Next's */
+    g = find_diag(d, "did you mean 'diffusers_offload_max_gpu_memory'");
+    assert_non_null(g);
+    assert_int_equal(g->line, 3);
+    assert_true(num(cfg, VC_CFG_OFFLOAD_MAX_GPU_MEMORY) == 0.75);
+    g = find_diag(d, "SD.Next's config.json"); /* the one other key of SD.Next's own */
+    assert_non_null(g);
+    assert_non_null(strstr(g->message, "1 of its own settings that libvramcache does not use is ignored ('sd_backend')"));
+    assert_int_equal(vc_diagnostics_count(d), 6);
+    vc_diagnostics_destroy(d);
+
+    /* without one of SD.Next's own keys it is not SD.Next's file: each unknown key is warned about */
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("diffusers_offload_mode: group\nui_request_timeout: 30000\nsamples_save: true\n", f);
+    fclose(f);
+    assert_int_equal(vc_config_load_file(cfg, path, VC_CONFIG_NO_ENV, &d), VC_OK);
+    remove(path);
+    assert_int_equal(vc_diagnostics_count(d), 3);
+    assert_non_null(find_diag(d, "unknown key 'ui_request_timeout'"));
+    assert_non_null(find_diag(d, "unknown key 'samples_save'"));
+    vc_diagnostics_destroy(d);
+
+    /* the API and the environment read 'group' as a file does */
+    assert_int_equal(vc_config_set(cfg, VC_CFG_OFFLOAD_MODE, "group"), VC_OK);
+    assert_int_equal(vc_config_get_offload_mode(cfg), VC_OFFLOAD_MODE_SEQUENTIAL);
+    assert_int_equal(vc_config_set(cfg, VC_CFG_OFFLOAD_MODE, "groups"), VC_ERR_CONFIG);
+    vc_config_destroy(cfg);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_defaults, setup),
@@ -874,6 +958,7 @@ int main(void) {
         cmocka_unit_test_setup(test_schema_versions, setup),
         cmocka_unit_test_setup(test_deprecated_keys, setup),
         cmocka_unit_test_setup(test_sdnext_aliases_and_alloc_conf, setup),
+        cmocka_unit_test_setup(test_sdnext_config_json, setup),
         cmocka_unit_test_setup(test_nested_value_typo_nulls_mps, setup),
         cmocka_unit_test_setup(test_failed_load_leaves_settings_untouched, setup),
         cmocka_unit_test_setup(test_environment_and_precedence, setup),

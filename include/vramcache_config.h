@@ -15,7 +15,11 @@
  *   precision (auto | float16 | bfloat16 | float32), offload_mode (none | model | sequential |
  *   balanced; default balanced with partial loading, model without), offload_max_gpu_memory
  *   (<= 1: fraction of device memory, > 1: GB; 0.75), schema_version (4.0.x).
- * SD.Next's diffusers_offload_mode / diffusers_offload_max_gpu_memory are accepted as aliases.
+ * SD.Next's diffusers_offload_mode / diffusers_offload_max_gpu_memory (and its older
+ * diffusers_seq_cpu_offload / diffusers_model_cpu_offload for lowvram / medvram) are accepted as
+ * aliases; its 'group' mode is read as sequential. SD.Next's config.json is read as it stands: its
+ * other offload keys silently (a module list that names any with a warning), its own keys with
+ * one warning that counts them.
  * Other InvokeAI keys are accepted silently; unknown keys get a warning with a suggestion;
  * ram, vram and lazy_offload are accepted and ignored with a warning naming their replacement;
  * InvokeAI 3.x files (top-level "InvokeAI:" with categories) are migrated as InvokeAI does.

@@ -67,6 +67,9 @@ static const struct {
 } ALIASES[] = {
     {"diffusers_offload_mode", VC_CFG_OFFLOAD_MODE},
     {"diffusers_offload_max_gpu_memory", VC_CFG_OFFLOAD_MAX_GPU_MEMORY},
+    /* before offload modes (2023-24), SD.Next's settings for its --lowvram and --medvram */
+    {"diffusers_seq_cpu_offload", VC_CFG_LOWVRAM},
+    {"diffusers_model_cpu_offload", VC_CFG_MEDVRAM},
 };
 
 /* InvokeAI settings (4.x, 5.x and 3.x) that belong to InvokeAI, not to us. */

@@ -931,6 +931,24 @@ static void test_sdnext_config_json(void **state) {
     assert_non_null(find_diag(d, "unknown key 'samples_save'"));
     vc_diagnostics_destroy(d);
 
+    /* SD.Next's settings before its offload modes: the switches for --lowvram and --medvram */
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("{\"sd_backend\": \"diffusers\", \"diffusers_model_cpu_offload\": true}\n", f);
+    fclose(f);
+    assert_int_equal(vc_config_load_file(cfg, path, VC_CONFIG_NO_ENV, &d), VC_OK);
+    assert_int_equal(vc_config_get_offload_mode(cfg), VC_OFFLOAD_MODE_MODEL);
+    vc_diagnostics_destroy(d);
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("{\"sd_backend\": \"diffusers\", \"diffusers_model_cpu_offload\": true, \"diffusers_seq_cpu_offload\": true}\n", f);
+    fclose(f);
+    assert_int_equal(vc_config_load_file(cfg, path, VC_CONFIG_NO_ENV, &d), VC_OK);
+    remove(path);
+    assert_int_equal(vc_config_get_offload_mode(cfg), VC_OFFLOAD_MODE_SEQUENTIAL); /* as SD.Next: sequential wins */
+    assert_int_equal(vc_diagnostics_count(d), 1); /* sd_backend, SD.Next's own */
+    vc_diagnostics_destroy(d);
+
     /* the API and the environment read 'group' as a file does */
     assert_int_equal(vc_config_set(cfg, VC_CFG_OFFLOAD_MODE, "group"), VC_OK);
     assert_int_equal(vc_config_get_offload_mode(cfg), VC_OFFLOAD_MODE_SEQUENTIAL);

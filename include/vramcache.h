@@ -253,12 +253,15 @@ typedef struct vc_cache_options {
     double offload_max_gpu_memory;
     /** Eviction/prefetch policy (default VC_POLICY_PLANNED). */
     vc_policy policy;
-    /** Most layers uploaded ahead of use at once (default 8; 0 disables prefetch, the readahead
-     *  of a model whose order is not known yet included: vc_layer_register). Within that
-     *  bound the depth adapts: a layer is prefetched only when room can be made without evicting
-     *  anything needed sooner. In offload mode sequential, what is ahead is also bounded in bytes:
-     *  at most the bytes of the order's two largest layers, so the peak stays held layers plus two
-     *  of the largest, however small the layers in between are. */
+    /** Most prefetch copies queued or running at once (default 8, at most 256; 0 disables
+     *  prefetch, the readahead of a model whose order is not known yet included:
+     *  vc_layer_register). A layer whose copy has landed no longer counts, so the depth adapts to
+     *  the link: how far ahead uploaded layers wait is bounded by room, since a layer is prefetched
+     *  only when room can be made without evicting anything needed sooner. (Until the order is
+     *  known, readahead counts the layers it uploaded and the pass has not acquired yet.) In offload
+     *  mode sequential, what is ahead is also bounded in bytes: at most the bytes of the order's two
+     *  largest layers, so the peak stays held layers plus two of the largest, however small the
+     *  layers in between are. */
     unsigned prefetch_depth;
 
     /** Serve VC_RESERVE_BUFFER reservations from the backend's stream-ordered pool

@@ -247,6 +247,7 @@ typedef struct device_quarantine {
 } device_quarantine;
 
 #define VC__MAX_STREAM_SLOTS 8 /* vc_cache_options.stream_slots */
+#define VC__PF_QUEUE 256       /* prefetch copies in flight at most, whatever prefetch_depth says */
 
 /* The stream-slots tuner's state (src/slot_tuner.c). */
 typedef struct slot_tuner {
@@ -363,6 +364,11 @@ struct vc_cache {
                                stream may wait for it (the tuner's sign that copies can hold a pass up) */
     size_t prefetch_inflight; /* layers prefetched and not acquired yet */
     size_t prefetch_inflight_bytes; /* ... and their bytes */
+    /* The prefetch scan's copies in the order they were queued (one upload stream: they land in that
+     * order), as ids so that a layer unregistered meanwhile is simply not found: prefetch_depth
+     * bounds those still copying (schedule.c, copies_in_flight). */
+    vc_layer_id pf_queue[VC__PF_QUEUE];
+    size_t pf_head, pf_len;
     void *trace;              /* struct trace_writer, when tracing */
 
     char alloc_detail[200]; /* why the device last refused an arena segment */

@@ -196,12 +196,32 @@ int vc__sched_streamable(vc_cache *c, const layer_t *asking, size_t max_distance
  * 0 when room could not be made without evicting anything needed sooner: the scan stops there. */
 static int prefetch_layer(vc_cache *c, layer_t *x, size_t distance) {
     if (vc__prefetch_upload(c, x, distance) != VC_OK) return 0;
+    if (c->pf_len < VC__PF_QUEUE) c->pf_queue[(c->pf_head + c->pf_len++) % VC__PF_QUEUE] = x->id;
     x->prefetched = 1;
     vc__ram_ix_touch(c, x, 0);
     c->prefetch_inflight++;
     c->prefetch_inflight_bytes += x->bytes;
     c->stats.prefetches++;
     return 1;
+}
+
+/* Prefetch copies still running: prefetch_depth bounds these, not the layers uploaded ahead and
+ * not yet acquired. The depth keeps the copy engine's queue short (a copy queued is a placement
+ * committed to); how far ahead layers wait, landed, is the room's business: the plan's region and
+ * homes, and a prefetch never evicting anything needed sooner. Counting landed layers too stopped
+ * the scan at prefetch_depth layers ahead wherever they were small: a VAE's and a text encoder's
+ * few-MB layers ahead of T5's blocks left the copy engine idle through the VAE decode while T5's
+ * pass then waited for its copies (FLUX.1-schnell images; docs/performance.md). Copies land in the
+ * order they were queued, so the queue's head is the oldest: it goes once landed, acquired or
+ * evicted; one settled behind a running one still counts until then (a bound, slightly early). */
+static size_t copies_in_flight(vc_cache *c) {
+    while (c->pf_len) {
+        layer_t *x = slot_table_get(&c->layers, c->pf_queue[c->pf_head]);
+        if (x && x->prefetched && x->vblock && !vc__upload_done(c, x)) break;
+        c->pf_head = (c->pf_head + 1) % VC__PF_QUEUE;
+        c->pf_len--;
+    }
+    return c->pf_len;
 }
 
 /* ---- readahead while the order is learned -------------------------------------------------------
@@ -686,7 +706,9 @@ void vc__sched_on_acquire(vc_cache *c, layer_t *l) {
     size_t window = m->order_n - 1 < PREFETCH_WINDOW ? m->order_n - 1 : PREFETCH_WINDOW;
     size_t k = (m->pf_next + m->order_n - m->pos) % m->order_n;
     if (k == 0 || k > window) k = 1;
-    for (; k <= window && c->prefetch_inflight < c->prefetch_depth; k++) {
+    size_t depth = c->prefetch_depth < VC__PF_QUEUE ? c->prefetch_depth : VC__PF_QUEUE;
+    (void)copies_in_flight(c); /* (the landed ones leave the queue: pf_len is then what still copies) */
+    for (; k <= window && c->pf_len < depth; k++) {
         layer_t *x = m->order[(m->pos + k) % m->order_n];
         if (x->vblock || x->loading) continue;
         /* (another model's prefetches may already hold more than this model's room) */

@@ -496,6 +496,54 @@ static void test_readahead_guess_that_fails_is_let_go(void **state) {
     vc_backend_destroy(sim);
 }
 
+/* prefetch_depth bounds the prefetch copies still running, not the layers uploaded ahead and not
+ * acquired yet: once copies have landed, the scan goes on ahead as far as room allows. Counting
+ * the landed ones too kept the scan at prefetch_depth layers ahead however idle the copy engine
+ * was (a VAE's and a text encoder's small layers ahead of T5's large ones: the copy engine idled
+ * through the VAE decode, then T5's pass waited for its copies). 16 layers of 64 KB that fit,
+ * depth 2, each kernel 2 ms, the host waiting for each kernel (the copies land meanwhile). */
+static void test_prefetch_depth_bounds_copies_in_flight(void **state) {
+    (void)state;
+    vc_sim_params p;
+    vc_sim_params_init(&p);
+    p.device_bytes = 64 * MB;
+    vc_backend *sim;
+    assert_int_equal(vc_backend_sim_create(&p, &sim), VC_OK);
+    vc_cache_options o = sched_options(sim, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
+    o.prefetch_depth = 2;
+    vc_cache *c;
+    assert_int_equal(vc_cache_create(&o, &c), VC_OK);
+    vc_stream stream;
+    assert_int_equal(vc_sim_stream_create(sim, &stream), VC_OK);
+    enum { N = 16 };
+    static char wt[N][64 * KB];
+    vc_model_id m = add_model(c, "m");
+    vc_layer_id l[N];
+    for (int i = 0; i < N; i++) l[i] = add_host_layer(c, m, "l", wt[i], sizeof wt[i]);
+    assert_int_equal(vc_model_set_order(c, m, l, N), VC_OK);
+    for (int i = 0; i < N; i++) {
+        void *ptr;
+        assert_int_equal(vc_layer_acquire(c, l[i], stream, &ptr), VC_OK);
+        assert_true(c->pf_len <= 2); /* never more than prefetch_depth copies queued */
+        size_t ahead = 0;
+        for (int k = i + 1; k < N; k++)
+            ahead += residency(c, l[k]) == VC_RES_VRAM || residency(c, l[k]) == VC_RES_VRAM_RAM;
+        /* two more ahead at every acquire: the copies queued at the last one have landed */
+        size_t want = (size_t)(i + 2) < (size_t)(N - 1 - i) ? (size_t)(i + 2) : (size_t)(N - 1 - i);
+        assert_int_equal(ahead, want);
+        double s, e;
+        kernel(sim, stream, 2 * MS, ptr, sizeof wt[i], &s, &e);
+        assert_int_equal(vc_layer_release(c, l[i], stream), VC_OK);
+        vc_sim_wait_until(sim, e);
+    }
+    vc_stats st = get_stats(c);
+    assert_int_equal(st.misses, 1);
+    assert_int_equal(st.prefetch_hits, N - 1);
+    assert_int_equal(vc_cache_destroy(c), VC_OK);
+    assert_no_hazard(sim);
+    vc_backend_destroy(sim);
+}
+
 static void test_changed_order_is_detected(void **state) {
     (void)state;
     sim_world w = make_world(6, 16 * KB, 1 * MB, 1e9, 0, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
@@ -1269,6 +1317,7 @@ int main(void) {
         cmocka_unit_test(test_readahead_keeps_layers_ahead),
         cmocka_unit_test(test_readahead_guess_that_fails_is_let_go),
         cmocka_unit_test(test_readahead_in_vain_leaves_in_sequential_mode),
+        cmocka_unit_test(test_prefetch_depth_bounds_copies_in_flight),
         cmocka_unit_test(test_changed_order_is_detected),
         cmocka_unit_test(test_layers_used_twice_in_a_pass),
         cmocka_unit_test(test_declared_order),

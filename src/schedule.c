@@ -209,11 +209,11 @@ static int prefetch_layer(vc_cache *c, layer_t *x, size_t distance) {
  * not yet acquired. The depth keeps the copy engine's queue short (a copy queued is a placement
  * committed to); how far ahead layers wait, landed, is the room's business: the plan's region and
  * homes, and a prefetch never evicting anything needed sooner. Counting landed layers too stopped
- * the scan at prefetch_depth layers ahead wherever they were small: a VAE's and a text encoder's
- * few-MB layers ahead of T5's blocks left the copy engine idle through the VAE decode while T5's
- * pass then waited for its copies (FLUX.1-schnell images; docs/performance.md). Copies land in the
- * order they were queued, so the queue's head is the oldest: it goes once landed, acquired or
- * evicted; one settled behind a running one still counts until then (a bound, slightly early). */
+ * the scan at prefetch_depth layers ahead wherever they were small: a VAE's few-MB layers, landed
+ * long before, held every place through the VAE decode with the copy engine idle, and the text
+ * encoders after it waited for their copies (FLUX.1-schnell images; docs/performance.md). Copies
+ * land in the order they were queued, so the queue's head is the oldest: it goes once landed,
+ * acquired or evicted; one settled behind a running one still counts until then (slightly early). */
 static size_t copies_in_flight(vc_cache *c) {
     while (c->pf_len) {
         layer_t *x = slot_table_get(&c->layers, c->pf_queue[c->pf_head]);

@@ -499,8 +499,8 @@ static void test_readahead_guess_that_fails_is_let_go(void **state) {
 /* prefetch_depth bounds the prefetch copies still running, not the layers uploaded ahead and not
  * acquired yet: once copies have landed, the scan goes on ahead as far as room allows. Counting
  * the landed ones too kept the scan at prefetch_depth layers ahead however idle the copy engine
- * was (a VAE's and a text encoder's small layers ahead of T5's large ones: the copy engine idled
- * through the VAE decode, then T5's pass waited for its copies). 16 layers of 64 KB that fit,
+ * was (a VAE's small layers held every place through its decode, and the text encoders after it
+ * waited for their copies). 16 layers of 64 KB that fit,
  * depth 2, each kernel 2 ms, the host waiting for each kernel (the copies land meanwhile). */
 static void test_prefetch_depth_bounds_copies_in_flight(void **state) {
     (void)state;

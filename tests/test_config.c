@@ -854,6 +854,11 @@ static void test_show_round_trips_free_text(void **state) {
     vc_config_destroy(cfg);
 }
 
+/* Loads `text` as a file named config.json into cfg. */
+static int load_text(vc_config *cfg, const char *text, unsigned flags, vc_diagnostics **d) {
+    return vc_config_load_string(cfg, text, strlen(text), "config.json", flags, d);
+}
+
 /* SD.Next's config.json (its offload keys, beside hundreds of its own): read without an error and
  * without a warning per key; the offload keys that act elsewhere here are silent unless they name
  * modules, and SD.Next's 'group' mode and 'Full' precision are read with a warning. */
@@ -880,18 +885,15 @@ static void test_sdnext_config_json(void **state) {
     vc_diagnostics_destroy(d);
     vc_config_destroy(cfg);
 
-    /* the same keys in a file with other values */
-    const char *path = "test_sdnext_config.json";
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fputs("{\"sd_backend\": \"diffusers\", \"diffusers_offload_mode\": \"group\", \"precision\": \"Full\",\n"
-          " \"diffusers_offload_never\": \"vae, text_encoder\", \"diffusers_offload_always\": [],\n"
-          " \"models_not_to_offload\": [\"FLUX\"], \"diffusers_offload_max_gpu_memroy\": 0.5,\n"
-          " \"group_offload_blocks\": 2}\n", f);
-    fclose(f);
+    /* the same keys with other values */
     assert_int_equal(vc_config_create(&cfg), VC_OK);
-    assert_int_equal(vc_config_load_file(cfg, path, VC_CONFIG_NO_ENV, &d), VC_OK);
-    remove(path);
+    assert_int_equal(load_text(cfg, "{\"sd_backend\": \"diffusers\", \"diffusers_offload_mode\": \"group\", "
+                                    "\"precision\": \"Full\",\n"
+                                    " \"diffusers_offload_never\": \"vae, text_encoder\", \"diffusers_offload_always\": [],\n"
+                                    " \"models_not_to_offload\": [\"FLUX\"], \"diffusers_offload_max_gpu_memroy\": 0.5,\n"
+                                    " \"group_offload_blocks\": 2}\n",
+                               VC_CONFIG_NO_ENV, &d),
+                     VC_OK);
     assert_int_equal(vc_diagnostics_errors(d), 0);
     /* group offloading keeps only what is in use and arriving: sequential here */
     assert_int_equal(vc_config_get_offload_mode(cfg), VC_OFFLOAD_MODE_SEQUENTIAL);
@@ -920,36 +922,38 @@ static void test_sdnext_config_json(void **state) {
     vc_diagnostics_destroy(d);
 
     /* without one of SD.Next's own keys it is not SD.Next's file: each unknown key is warned about */
-    f = fopen(path, "w");
-    assert_non_null(f);
-    fputs("diffusers_offload_mode: group\nui_request_timeout: 30000\nsamples_save: true\n", f);
-    fclose(f);
-    assert_int_equal(vc_config_load_file(cfg, path, VC_CONFIG_NO_ENV, &d), VC_OK);
-    remove(path);
+    assert_int_equal(load_text(cfg, "diffusers_offload_mode: group\nui_request_timeout: 30000\nsamples_save: true\n",
+                               VC_CONFIG_NO_ENV, &d),
+                     VC_OK);
     assert_int_equal(vc_diagnostics_count(d), 3);
     assert_non_null(find_diag(d, "unknown key 'ui_request_timeout'"));
     assert_non_null(find_diag(d, "unknown key 'samples_save'"));
     vc_diagnostics_destroy(d);
 
     /* SD.Next's settings before its offload modes: the switches for --lowvram and --medvram */
-    f = fopen(path, "w");
-    assert_non_null(f);
-    fputs("{\"sd_backend\": \"diffusers\", \"diffusers_model_cpu_offload\": true}\n", f);
-    fclose(f);
-    assert_int_equal(vc_config_load_file(cfg, path, VC_CONFIG_NO_ENV, &d), VC_OK);
+    assert_int_equal(load_text(cfg, "{\"sd_backend\": \"diffusers\", \"diffusers_model_cpu_offload\": true}\n",
+                               VC_CONFIG_NO_ENV, &d),
+                     VC_OK);
     assert_int_equal(vc_config_get_offload_mode(cfg), VC_OFFLOAD_MODE_MODEL);
     vc_diagnostics_destroy(d);
-    f = fopen(path, "w");
-    assert_non_null(f);
-    fputs("{\"sd_backend\": \"diffusers\", \"diffusers_model_cpu_offload\": true, \"diffusers_seq_cpu_offload\": true}\n", f);
-    fclose(f);
-    assert_int_equal(vc_config_load_file(cfg, path, VC_CONFIG_NO_ENV, &d), VC_OK);
-    remove(path);
+    assert_int_equal(load_text(cfg, "{\"sd_backend\": \"diffusers\", \"diffusers_model_cpu_offload\": true, "
+                                    "\"diffusers_seq_cpu_offload\": true}\n",
+                               VC_CONFIG_NO_ENV, &d),
+                     VC_OK);
     assert_int_equal(vc_config_get_offload_mode(cfg), VC_OFFLOAD_MODE_SEQUENTIAL); /* as SD.Next: sequential wins */
     assert_int_equal(vc_diagnostics_count(d), 1); /* sd_backend, SD.Next's own */
     vc_diagnostics_destroy(d);
 
-    /* the API and the environment read 'group' as a file does */
+    /* the environment and the API read 'group' as a file does */
+    setenv("INVOKEAI_OFFLOAD_MODE", "group", 1);
+    assert_int_equal(load_text(cfg, "device_working_mem_gb: 2\n", 0, &d), VC_OK);
+    unsetenv("INVOKEAI_OFFLOAD_MODE");
+    assert_int_equal(vc_config_get_offload_mode(cfg), VC_OFFLOAD_MODE_SEQUENTIAL);
+    g = find_diag(d, "'group'");
+    assert_non_null(g);
+    assert_string_equal(g->file, "environment");
+    vc_diagnostics_destroy(d);
+    assert_int_equal(vc_config_unset(cfg, VC_CFG_OFFLOAD_MODE), VC_OK);
     assert_int_equal(vc_config_set(cfg, VC_CFG_OFFLOAD_MODE, "group"), VC_OK);
     assert_int_equal(vc_config_get_offload_mode(cfg), VC_OFFLOAD_MODE_SEQUENTIAL);
     assert_int_equal(vc_config_set(cfg, VC_CFG_OFFLOAD_MODE, "groups"), VC_ERR_CONFIG);

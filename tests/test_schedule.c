@@ -446,23 +446,29 @@ static void test_readahead_in_vain_leaves_in_sequential_mode(void **state) {
     free_world(&w);
 }
 
+/* A balanced cache with prefetch_depth 2 on a simulated device of 64 MB, and a stream for it. */
+static vc_cache *depth2_cache(vc_backend **sim, vc_stream *stream) {
+    vc_sim_params p;
+    vc_sim_params_init(&p);
+    p.device_bytes = 64 * MB;
+    assert_int_equal(vc_backend_sim_create(&p, sim), VC_OK);
+    vc_cache_options o = sched_options(*sim, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
+    o.prefetch_depth = 2;
+    vc_cache *c;
+    assert_int_equal(vc_cache_create(&o, &c), VC_OK);
+    assert_int_equal(vc_sim_stream_create(*sim, stream), VC_OK);
+    return c;
+}
+
 /* A readahead that guessed wrong (registered layers the pass never uses) must not keep counting as
  * in flight: prefetch_depth bounds every model's prefetches together, and two such layers would
  * have stopped all prefetching for good. A pass of model A uses its layers 0-3 of 6 (so 4 and 5 are
  * read ahead and never acquired); then model B, with a declared order, must still prefetch. */
 static void test_readahead_guess_that_fails_is_let_go(void **state) {
     (void)state;
-    vc_sim_params p;
-    vc_sim_params_init(&p);
-    p.device_bytes = 64 * MB;
     vc_backend *sim;
-    assert_int_equal(vc_backend_sim_create(&p, &sim), VC_OK);
-    vc_cache_options o = sched_options(sim, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
-    o.prefetch_depth = 2;
-    vc_cache *c;
-    assert_int_equal(vc_cache_create(&o, &c), VC_OK);
     vc_stream stream;
-    assert_int_equal(vc_sim_stream_create(sim, &stream), VC_OK);
+    vc_cache *c = depth2_cache(&sim, &stream);
     static char wa[6][16 * KB], wb[6][16 * KB];
     vc_model_id a = add_model(c, "a"), b = add_model(c, "b");
     vc_layer_id la[6], lb[6];
@@ -500,21 +506,13 @@ static void test_readahead_guess_that_fails_is_let_go(void **state) {
  * acquired yet: once copies have landed, the scan goes on ahead as far as room allows. Counting
  * the landed ones too kept the scan at prefetch_depth layers ahead however idle the copy engine
  * was (a VAE's small layers held every place through its decode, and the text encoders after it
- * waited for their copies). 16 layers of 64 KB that fit,
- * depth 2, each kernel 2 ms, the host waiting for each kernel (the copies land meanwhile). */
+ * waited for their copies). 16 layers of 64 KB that fit, depth 2, each kernel 2 ms, the host
+ * waiting for each kernel (the copies land meanwhile). */
 static void test_prefetch_depth_bounds_copies_in_flight(void **state) {
     (void)state;
-    vc_sim_params p;
-    vc_sim_params_init(&p);
-    p.device_bytes = 64 * MB;
     vc_backend *sim;
-    assert_int_equal(vc_backend_sim_create(&p, &sim), VC_OK);
-    vc_cache_options o = sched_options(sim, VC_OFFLOAD_MODE_BALANCED, VC_POLICY_PLANNED);
-    o.prefetch_depth = 2;
-    vc_cache *c;
-    assert_int_equal(vc_cache_create(&o, &c), VC_OK);
     vc_stream stream;
-    assert_int_equal(vc_sim_stream_create(sim, &stream), VC_OK);
+    vc_cache *c = depth2_cache(&sim, &stream);
     enum { N = 16 };
     static char wt[N][64 * KB];
     vc_model_id m = add_model(c, "m");

@@ -89,7 +89,11 @@ static void handle_pair(loader *L, const yaml_node_t *k, const yaml_node_t *v, i
                      v->data.scalar.style == YAML_DOUBLE_QUOTED_SCALAR_STYLE;
         if (vc__cfg_parse(def, (const char *)v->data.scalar.value, quoted ? CFG_TEXT_YAML_QUOTED : CFG_TEXT_YAML_PLAIN,
                           &val, err, sizeof err, warn, sizeof warn) != 0) {
-            vc__diag_add(L->d, VC_DIAG_ERROR, L->file, line_of(v), col_of(v), name, "%s", err);
+            if (strcmp(name, def->name)) /* an alias (SD.Next's spelling): say which key it is read as */
+                vc__diag_add(L->d, VC_DIAG_ERROR, L->file, line_of(v), col_of(v), name, "'%s' is read as %s: %s", name,
+                             def->name, err);
+            else
+                vc__diag_add(L->d, VC_DIAG_ERROR, L->file, line_of(v), col_of(v), name, "%s", err);
             return;
         }
         if (warn[0]) vc__diag_add(L->d, VC_DIAG_WARNING, L->file, line_of(v), col_of(v), name, "%s", warn);

@@ -944,6 +944,15 @@ static void test_sdnext_config_json(void **state) {
     assert_int_equal(vc_diagnostics_count(d), 1); /* sd_backend, SD.Next's own */
     vc_diagnostics_destroy(d);
 
+    /* a bad value under SD.Next's spelling names that spelling and the key it is read as */
+    assert_int_equal(load_text(cfg, "{\"sd_backend\": \"diffusers\", \"diffusers_offload_max_gpu_memory\": 0}\n",
+                               VC_CONFIG_NO_ENV, &d),
+                     VC_ERR_CONFIG);
+    g = find_diag(d, "'diffusers_offload_max_gpu_memory' is read as offload_max_gpu_memory: offload_max_gpu_memory must be");
+    assert_non_null(g);
+    assert_int_equal(g->severity, VC_DIAG_ERROR);
+    vc_diagnostics_destroy(d);
+
     /* the environment and the API read 'group' as a file does */
     setenv("INVOKEAI_OFFLOAD_MODE", "group", 1);
     assert_int_equal(load_text(cfg, "device_working_mem_gb: 2\n", 0, &d), VC_OK);

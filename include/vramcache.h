@@ -257,9 +257,8 @@ typedef struct vc_cache_options {
      *  prefetch, the readahead of a model whose order is not known yet included:
      *  vc_layer_register). A layer whose copy has landed no longer counts, so the depth adapts to
      *  the link: how far ahead uploaded layers wait is bounded by room, since a layer is prefetched
-     *  only when room can be made without evicting anything needed sooner. (Until the order is
-     *  known, readahead counts the layers it uploaded and the pass has not acquired yet.) In offload
-     *  mode sequential, what is ahead is also bounded in bytes: at most the bytes of the order's two
+     *  only when room can be made without evicting anything needed sooner. In offload mode
+     *  sequential, what is ahead is also bounded in bytes: at most the bytes of the order's two
      *  largest layers, so the peak stays held layers plus two of the largest, however small the
      *  layers in between are. */
     unsigned prefetch_depth;

@@ -224,6 +224,13 @@ static size_t copies_in_flight(vc_cache *c) {
     return c->pf_len;
 }
 
+/* The most prefetch copies a scan may leave running (prefetch_depth, at most the queue's size);
+ * the landed ones leave the queue first, so c->pf_len is then what still copies. */
+static size_t scan_depth(vc_cache *c) {
+    (void)copies_in_flight(c);
+    return c->prefetch_depth < VC__PF_QUEUE ? c->prefetch_depth : VC__PF_QUEUE;
+}
+
 /* ---- readahead while the order is learned -------------------------------------------------------
  *
  * Until a model's order is known (its first pass, or a pass after its order was dropped) nothing
@@ -304,7 +311,8 @@ static void read_ahead(vc_cache *c, model_t *m, layer_t *l) {
     if (m->ra_streak < RA_STREAK) return;
     size_t room = c->mode == VC_OFFLOAD_MODE_SEQUENTIAL ? readahead_room(m) : SIZE_MAX;
     size_t k = m->ra_next > p ? m->ra_next : p + 1;
-    for (; k < m->nlayers && k - p <= PREFETCH_WINDOW && c->prefetch_inflight < c->prefetch_depth; k++) {
+    size_t depth = scan_depth(c);
+    for (; k < m->nlayers && k - p <= PREFETCH_WINDOW && c->pf_len < depth; k++) {
         layer_t *x = m->layers[k];
         if (x->vblock || x->loading) continue;
         if (x->bytes > room || c->prefetch_inflight_bytes > room - x->bytes) break;
@@ -706,8 +714,7 @@ void vc__sched_on_acquire(vc_cache *c, layer_t *l) {
     size_t window = m->order_n - 1 < PREFETCH_WINDOW ? m->order_n - 1 : PREFETCH_WINDOW;
     size_t k = (m->pf_next + m->order_n - m->pos) % m->order_n;
     if (k == 0 || k > window) k = 1;
-    size_t depth = c->prefetch_depth < VC__PF_QUEUE ? c->prefetch_depth : VC__PF_QUEUE;
-    (void)copies_in_flight(c); /* (the landed ones leave the queue: pf_len is then what still copies) */
+    size_t depth = scan_depth(c);
     for (; k <= window && c->pf_len < depth; k++) {
         layer_t *x = m->order[(m->pos + k) % m->order_n];
         if (x->vblock || x->loading) continue;

@@ -507,7 +507,8 @@ static void test_readahead_guess_that_fails_is_let_go(void **state) {
  * the landed ones too kept the scan at prefetch_depth layers ahead however idle the copy engine
  * was (a VAE's small layers held every place through its decode, and the text encoders after it
  * waited for their copies). 16 layers of 64 KB that fit, depth 2, each kernel 2 ms, the host
- * waiting for each kernel (the copies land meanwhile). */
+ * waiting for each kernel (the copies land meanwhile); a declared order's scan, then a first
+ * pass's readahead. */
 static void test_prefetch_depth_bounds_copies_in_flight(void **state) {
     (void)state;
     vc_backend *sim;
@@ -537,6 +538,28 @@ static void test_prefetch_depth_bounds_copies_in_flight(void **state) {
     vc_stats st = get_stats(c);
     assert_int_equal(st.misses, 1);
     assert_int_equal(st.prefetch_hits, N - 1);
+    /* The same for a readahead (a model learning its order, registered in the order it runs): it
+     * begins at the third acquire, then goes two further at each. */
+    static char wr[N][64 * KB];
+    vc_model_id r = add_model(c, "r");
+    for (int i = 0; i < N; i++) l[i] = add_host_layer(c, r, "r", wr[i], sizeof wr[i]);
+    for (int i = 0; i < N; i++) {
+        void *ptr;
+        assert_int_equal(vc_layer_acquire(c, l[i], stream, &ptr), VC_OK);
+        assert_true(c->pf_len <= 2);
+        size_t ahead = 0;
+        for (int k = i + 1; k < N; k++)
+            ahead += residency(c, l[k]) == VC_RES_VRAM || residency(c, l[k]) == VC_RES_VRAM_RAM;
+        size_t want = i < 2 ? 0 : (size_t)i < (size_t)(N - 1 - i) ? (size_t)i : (size_t)(N - 1 - i);
+        assert_int_equal(ahead, want);
+        double s, e;
+        kernel(sim, stream, 2 * MS, ptr, sizeof wr[i], &s, &e);
+        assert_int_equal(vc_layer_release(c, l[i], stream), VC_OK);
+        vc_sim_wait_until(sim, e);
+    }
+    vc_stats st2 = get_stats(c);
+    assert_int_equal(st2.misses - st.misses, 3);
+    assert_int_equal(st2.prefetch_hits - st.prefetch_hits, N - 3);
     assert_int_equal(vc_cache_destroy(c), VC_OK);
     assert_no_hazard(sim);
     vc_backend_destroy(sim);

@@ -247,8 +247,9 @@ static size_t scan_depth(vc_cache *c) {
  * of another model, or the order becoming known) stops the readahead until the order is followed
  * again, and what it read ahead past the latest acquire no longer counts as in flight (it stays
  * resident as any unheld layer, except in sequential mode: readahead_stop). Else layers read ahead and
- * never acquired (a registered module the pass does not use) would hold prefetch_depth's count, and no
- * model could prefetch. */
+ * never acquired (a registered module the pass does not use) would hold sequential mode's bound in
+ * bytes, and no model could prefetch there (before session 25 they held prefetch_depth's count in
+ * every mode; the depth now counts copies still running, as for the scan: copies_in_flight). */
 #define RA_STREAK 2
 
 /* The bytes of the two largest of n layers (at least 1): sequential mode's bound on what is ahead. */

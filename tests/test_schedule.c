@@ -509,54 +509,49 @@ static void test_readahead_guess_that_fails_is_let_go(void **state) {
  * waited for their copies). 16 layers of 64 KB that fit, depth 2, each kernel 2 ms, the host
  * waiting for each kernel (the copies land meanwhile); a declared order's scan, then a first
  * pass's readahead. */
+/* One pass over layers l[0..n) of 64 KB each (weights w), each kernel 2 ms, the host waiting for it;
+ * asserts that at most two prefetch copies are ever queued and that, once the scan begins (at the
+ * acquire `start`), two more layers are ahead at every acquire than at the one before. */
+static void pass_ahead_grows(vc_cache *c, vc_backend *sim, vc_stream stream, const vc_layer_id *l,
+                             char (*w)[64 * KB], int n, int start) {
+    for (int i = 0; i < n; i++) {
+        void *ptr;
+        assert_int_equal(vc_layer_acquire(c, l[i], stream, &ptr), VC_OK);
+        assert_true(c->pf_len <= 2); /* never more than prefetch_depth copies queued */
+        size_t ahead = 0;
+        for (int k = i + 1; k < n; k++)
+            ahead += residency(c, l[k]) == VC_RES_VRAM || residency(c, l[k]) == VC_RES_VRAM_RAM;
+        /* the copies queued at the last acquire have landed: two more go out at this one */
+        size_t want = i < start ? 0 : (size_t)(i + 2 - start) < (size_t)(n - 1 - i) ? (size_t)(i + 2 - start)
+                                                                                   : (size_t)(n - 1 - i);
+        assert_int_equal(ahead, want);
+        double s, e;
+        kernel(sim, stream, 2 * MS, ptr, sizeof w[i], &s, &e);
+        assert_int_equal(vc_layer_release(c, l[i], stream), VC_OK);
+        vc_sim_wait_until(sim, e);
+    }
+}
+
 static void test_prefetch_depth_bounds_copies_in_flight(void **state) {
     (void)state;
     vc_backend *sim;
     vc_stream stream;
     vc_cache *c = depth2_cache(&sim, &stream);
     enum { N = 16 };
-    static char wt[N][64 * KB];
+    static char wt[N][64 * KB], wr[N][64 * KB];
     vc_model_id m = add_model(c, "m");
     vc_layer_id l[N];
     for (int i = 0; i < N; i++) l[i] = add_host_layer(c, m, "l", wt[i], sizeof wt[i]);
     assert_int_equal(vc_model_set_order(c, m, l, N), VC_OK);
-    for (int i = 0; i < N; i++) {
-        void *ptr;
-        assert_int_equal(vc_layer_acquire(c, l[i], stream, &ptr), VC_OK);
-        assert_true(c->pf_len <= 2); /* never more than prefetch_depth copies queued */
-        size_t ahead = 0;
-        for (int k = i + 1; k < N; k++)
-            ahead += residency(c, l[k]) == VC_RES_VRAM || residency(c, l[k]) == VC_RES_VRAM_RAM;
-        /* two more ahead at every acquire: the copies queued at the last one have landed */
-        size_t want = (size_t)(i + 2) < (size_t)(N - 1 - i) ? (size_t)(i + 2) : (size_t)(N - 1 - i);
-        assert_int_equal(ahead, want);
-        double s, e;
-        kernel(sim, stream, 2 * MS, ptr, sizeof wt[i], &s, &e);
-        assert_int_equal(vc_layer_release(c, l[i], stream), VC_OK);
-        vc_sim_wait_until(sim, e);
-    }
+    pass_ahead_grows(c, sim, stream, l, wt, N, 0);
     vc_stats st = get_stats(c);
     assert_int_equal(st.misses, 1);
     assert_int_equal(st.prefetch_hits, N - 1);
     /* The same for a readahead (a model learning its order, registered in the order it runs): it
-     * begins at the third acquire, then goes two further at each. */
-    static char wr[N][64 * KB];
+     * begins at the third acquire. */
     vc_model_id r = add_model(c, "r");
     for (int i = 0; i < N; i++) l[i] = add_host_layer(c, r, "r", wr[i], sizeof wr[i]);
-    for (int i = 0; i < N; i++) {
-        void *ptr;
-        assert_int_equal(vc_layer_acquire(c, l[i], stream, &ptr), VC_OK);
-        assert_true(c->pf_len <= 2);
-        size_t ahead = 0;
-        for (int k = i + 1; k < N; k++)
-            ahead += residency(c, l[k]) == VC_RES_VRAM || residency(c, l[k]) == VC_RES_VRAM_RAM;
-        size_t want = i < 2 ? 0 : (size_t)i < (size_t)(N - 1 - i) ? (size_t)i : (size_t)(N - 1 - i);
-        assert_int_equal(ahead, want);
-        double s, e;
-        kernel(sim, stream, 2 * MS, ptr, sizeof wr[i], &s, &e);
-        assert_int_equal(vc_layer_release(c, l[i], stream), VC_OK);
-        vc_sim_wait_until(sim, e);
-    }
+    pass_ahead_grows(c, sim, stream, l, wr, N, 2);
     vc_stats st2 = get_stats(c);
     assert_int_equal(st2.misses - st.misses, 3);
     assert_int_equal(st2.prefetch_hits - st.prefetch_hits, N - 3);

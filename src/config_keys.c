@@ -72,6 +72,23 @@ static const struct {
     {"diffusers_model_cpu_offload", VC_CFG_MEDVRAM},
 };
 
+/* Values other programs write for our enum keys, read as one of ours with a warning. */
+static const struct {
+    vc_config_key key;
+    const char *spelled, *read_as, *warning;
+} ENUM_ALIASES[] = {
+    /* as InvokeAI 4.0.1 migrates it; also SD.Next's default */
+    {VC_CFG_PRECISION, "autocast", "auto", "precision 'autocast' (InvokeAI 3.x; SD.Next's default) is read as 'auto'"},
+    /* SD.Next's other choice beside Autocast: no autocast; its dtype is its cuda_dtype */
+    {VC_CFG_PRECISION, "full", "auto", "precision 'Full' (SD.Next: no autocast; its dtype is cuda_dtype) read as 'auto'"},
+    /* SD.Next's diffusers group offloading: each group of layers comes to the GPU as it runs, the
+     * next one on a stream, and leaves after: only what is in use and what is arriving stays, which
+     * is sequential mode (with prefetch) here */
+    {VC_CFG_OFFLOAD_MODE, "group", "sequential",
+     "offload_mode 'group' (SD.Next's group offloading) is read as 'sequential': only the layers in use and "
+     "those arriving stay on the device; 'balanced' keeps what fits and is faster"},
+};
+
 /* InvokeAI settings (4.x, 5.x and 3.x) that belong to InvokeAI, not to us. */
 static const char *const INVOKEAI_KEYS[] = {
     "host", "port", "allow_origins", "allow_credentials", "allow_methods", "allow_headers",
@@ -411,28 +428,12 @@ int vc__cfg_parse(const cfg_key_def *def, const char *text, cfg_text_kind kind, 
                 out->dev_kind = i; /* index of the value */
                 return 0;
             }
-        if (def == &vc__cfg_keys[VC_CFG_PRECISION] && !strcasecmp(text, "autocast")) {
-            snprintf(out->text, sizeof out->text, "auto"); /* as InvokeAI 4.0.1 migrates it */
-            snprintf(warn, warn_size, "precision 'autocast' (InvokeAI 3.x; SD.Next's default) is read as 'auto'");
-            return 0;
-        }
-        if (def == &vc__cfg_keys[VC_CFG_PRECISION] && !strcasecmp(text, "full")) {
-            /* SD.Next's other choice beside Autocast: no autocast; its dtype is its cuda_dtype */
-            snprintf(out->text, sizeof out->text, "auto");
-            snprintf(warn, warn_size, "precision 'Full' (SD.Next: no autocast; its dtype is cuda_dtype) read as 'auto'");
-            return 0;
-        }
-        if (def == &vc__cfg_keys[VC_CFG_OFFLOAD_MODE] && !strcasecmp(text, "group")) {
-            /* SD.Next's diffusers group offloading: each group of layers comes to the GPU as it runs,
-             * the next one on a stream, and leaves after: only what is in use and what is arriving
-             * stays, which is sequential mode (with prefetch) here. */
-            snprintf(out->text, sizeof out->text, "sequential");
+        for (size_t a = 0; a < sizeof ENUM_ALIASES / sizeof ENUM_ALIASES[0]; a++) {
+            if (def != &vc__cfg_keys[ENUM_ALIASES[a].key] || strcasecmp(text, ENUM_ALIASES[a].spelled)) continue;
             for (int i = 0; def->enum_values[i]; i++)
-                if (!strcmp(def->enum_values[i], "sequential")) out->dev_kind = i;
-            snprintf(warn, warn_size,
-                     "offload_mode 'group' (SD.Next's group offloading) is read as 'sequential': only the "
-                     "layers in use and those arriving stay on the device; 'balanced' keeps what fits and is "
-                     "faster");
+                if (!strcmp(def->enum_values[i], ENUM_ALIASES[a].read_as)) out->dev_kind = i;
+            snprintf(out->text, sizeof out->text, "%s", ENUM_ALIASES[a].read_as);
+            snprintf(warn, warn_size, "%s", ENUM_ALIASES[a].warning);
             return 0;
         }
         {

@@ -332,6 +332,11 @@ struct vc_cache {
                               * gen, not pointer: a new segment can reuse a freed one's memory */
     layer_list vram_lru;
     layer_t *placing; /* the layer vc__vram_place is finding room for (NULL outside it) */
+    /* Model mode: a whole-model load places its model's layers one after another, in load order,
+     * in a segment taken for them (vc__reserve_whole_model): by gen, at whole_off; 0: none. */
+    const model_t *whole_model;
+    uint64_t whole_gen;
+    size_t whole_off;
     layer_list ram_lru;
     uint64_t ram_ix_epoch; /* bumped when orders or kept sets change: RAM indexes are rebuilt */
     deferred_free *deferred;
@@ -572,7 +577,8 @@ int vc__tuner_state(const vc_cache *c, unsigned *in_use); /* 1 while measuring *
 /** Uploads a layer whose host copy is available, without making any engine stream wait, evicting
  *  only layers needed later than `distance`. Quiet on failure. */
 int vc__prefetch_upload(vc_cache *c, layer_t *l, size_t distance);
-/** Loads the rest of l's model (model mode). May release the lock for loaders. */
+/** Loads the rest of l's model (model mode), in the order its pass wants them, without making the
+ *  engine's stream wait (each acquire waits for its own layer). May release the lock for loaders. */
 int vc__load_whole_model(vc_cache *c, layer_t *l, vc_stream stream, const char *fn);
 void vc__note_vram_layer(vc_cache *c, layer_t *l, int delta);
 /** Whether only l's loader can produce its weights now (not borrowed, shared, in RAM or on device). */

@@ -255,6 +255,19 @@ int vc__prefetch_upload(vc_cache *c, layer_t *l, size_t distance) {
     return upload(c, l, NULL, 0, "prefetch", &rq);
 }
 
+/* What a whole-model load of l's model will place (l and the model's other layers not resident,
+ * as vc__load_whole_model picks them), each with room to align it. */
+static size_t whole_load_bytes(const layer_t *l) {
+    const model_t *m = l->model;
+    size_t need = 0;
+    for (size_t i = 0; i < m->nlayers; i++) {
+        const layer_t *x = m->layers[i];
+        if (x != l && (x->vblock || x->loading || (x->owner && vc__shared_source_gone(x)))) continue;
+        need = sat_add(need, sat_add(arena_round(x->bytes), x->align > ARENA_GRAIN ? x->align - ARENA_GRAIN : 0));
+    }
+    return need;
+}
+
 int vc__load_whole_model(vc_cache *c, layer_t *l, vc_stream stream, const char *fn) {
     model_t *m = l->model;
     size_t need = 0, limit = vc__weight_limit(c);
@@ -269,20 +282,33 @@ int vc__load_whole_model(vc_cache *c, layer_t *l, vc_stream stream, const char *
                         "offload_mode balanced or sequential, to stream layers)", fn, m->name,
                         vc__fmt_bytes(need, a, sizeof a), vc__fmt_bytes(limit, b, sizeof b));
     }
-    /* Snapshot the ids: a loader may release the lock. */
-    size_t n = m->nlayers;
-    vc_layer_id *ids = malloc((n ? n : 1) * sizeof(*ids));
+    /* Snapshot the ids (a loader may release the lock) in the order the pass will want them: from
+     * the acquired layer on, along the model's order when it is known (a layer it uses twice comes
+     * once: the second time it is resident), else in registration order; layers outside the order
+     * last. The copies queue on the one upload stream in that order. */
+    size_t n = m->nlayers, k = 0;
+    int ordered = m->order_valid && m->order_n && l->in_order;
+    vc_layer_id *ids = malloc((n + (ordered ? m->order_n : 0) + 1) * sizeof(*ids));
     if (!ids) return vc__fail(c, VC_ERR_NO_MEMORY, "%s: out of host memory", fn);
-    for (size_t i = 0; i < n; i++) ids[i] = m->layers[i]->id;
+    if (ordered) {
+        for (size_t j = 1; j < m->order_n; j++) ids[k++] = m->order[(l->order_pos + j) % m->order_n]->id;
+        for (size_t i = 0; i < n; i++)
+            if (!m->layers[i]->in_order) ids[k++] = m->layers[i]->id;
+    } else {
+        for (size_t j = 1; j <= n; j++) ids[k++] = m->layers[(l->model_pos + j) % n]->id;
+    }
     int st = VC_OK;
     hold(c, l); /* keep the acquired layer in place while the rest arrive (loaders drop the lock) */
-    for (size_t i = 0; i < n && st == VC_OK; i++) {
+    for (size_t i = 0; i < k && st == VC_OK; i++) {
         layer_t *x = slot_table_get(&c->layers, ids[i]);
         if (!x || x == l || x->vblock || x->loading) continue;
         /* A shared layer whose source has gone is no longer part of what the model can load: it
          * must not fail every acquire of the model's other layers (its own acquire says why). */
         if (x->owner && vc__shared_source_gone(x)) continue;
-        st = upload(c, x, stream, 1, fn, &ACQUIRE_REQ);
+        /* The whole model moves now, but the engine's stream waits only for the acquired layer:
+         * each later acquire waits for its own copy (the hit path), so the pass computes while
+         * the rest of the model arrives instead of after all of it. */
+        st = upload(c, x, stream, 0, fn, &ACQUIRE_REQ);
         if (st == VC_OK) c->stats.misses++;
     }
     unhold(c, l);
@@ -323,12 +349,17 @@ int vc_layer_acquire(vc_cache *c, vc_layer_id id, vc_stream stream, void **devic
                               fn, l->name, vc__take_backend_error());
         }
     } else {
+        /* A whole model coming in gets room of its own; the few layers of a model still resident
+         * (one offloaded, or evicted for working memory) go back into the holes they left. */
+        if (c->mode == VC_OFFLOAD_MODE_MODEL && !l->model->vram_layers)
+            vc__reserve_whole_model(c, l, whole_load_bytes(l));
         st = upload(c, l, stream, 1, fn, &ACQUIRE_REQ);
         if (st == VC_OK) {
             c->stats.misses++;
             c->late_acquires++; /* uploaded on demand: the engine's stream waits for it */
         }
         if (st == VC_OK && c->mode == VC_OFFLOAD_MODE_MODEL) st = vc__load_whole_model(c, l, stream, fn);
+        vc__end_whole_model(c);
     }
     if (st == VC_OK) {
         hold(c, l);

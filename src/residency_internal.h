@@ -67,6 +67,14 @@ typedef struct place_req {
  *  growing the arena within the weight limit). VC_OK with *out set, or VC_ERR_OUT_OF_VRAM (with a
  *  message naming `fn` unless rq->quiet) or a backend error. */
 int vc__vram_place(vc_cache *c, layer_t *l, const char *fn, const place_req *rq, arena_block **out);
+/** Model mode, before a whole-model load of l's model: `need` bytes (the arena-rounded sizes of the
+ *  layers it will upload, padding for their alignment included) in one segment of their own, made
+ *  room for by evicting other models whole (vc__sched_victim's choice) and giving back the segments
+ *  they emptied; vc__vram_place then lays the model's layers out in it one after another.
+ *  Without that room (held layers, the device refusing) nothing is reserved and the layers are
+ *  placed as any other. vc__end_whole_model ends it. */
+void vc__reserve_whole_model(vc_cache *c, layer_t *l, size_t need);
+void vc__end_whole_model(vc_cache *c);
 /** Queues l's copy from src into blk on the upload stream part by part, each part after the
  *  release of the layer that occupied it (the fences vc__vram_place left for a ring placement). */
 int vc__copy_fenced(vc_cache *c, const layer_t *l, const arena_block *blk, const void *src);

@@ -394,6 +394,58 @@ static void make_region_room(vc_cache *c, size_t limit, size_t want) {
     }
 }
 
+/* ---- model mode: a whole model in a segment of its own -------------------------------------------
+ *
+ * Model mode loads and evicts whole models. Placed layer by layer into the holes the models before
+ * it left, a model of other layer sizes found no hole for some layers, and the load evicted its
+ * own earlier layers to make them: each missed again at its acquire and loaded the whole model
+ * again (SDXL's refiner after its base on a 12 GB card: 70 GB moved per pass). Packed into one
+ * segment of its own, a model fits exactly, leaves whole, and its segment goes back. */
+
+void vc__reserve_whole_model(vc_cache *c, layer_t *l, size_t need) {
+    vc__end_whole_model(c);
+    size_t limit = vc__weight_limit(c);
+    if (!need || need > limit) return;
+    for (;;) {
+        release_empty_segments(c, &c->arena);
+        if (sat_sub(limit, vc__vram_total(c)) >= need) break;
+        vc_evict_reason reason;
+        layer_t *victim = vc__sched_victim(c, l, VC_ANY_DISTANCE, &reason);
+        if (!victim) return; /* held layers in the way: place as any other */
+        model_t *vm = victim->model;
+        for (size_t i = 0; i < vm->nlayers; i++)
+            if (vm->layers[i]->vblock && vc__evictable(c, vm->layers[i])) vc__evict_vram(c, vm->layers[i], reason, 0);
+    }
+    if (grow_arena(c, &c->arena, need, ARENA_GRAIN, limit, need) != VC_OK) return;
+    c->whole_model = l->model;
+    c->whole_gen = c->arena.next_gen; /* the gen arena_add_segment just gave */
+    c->whole_off = 0;
+}
+
+void vc__end_whole_model(vc_cache *c) {
+    c->whole_model = NULL;
+    c->whole_gen = 0;
+    c->whole_off = 0;
+}
+
+/* Places l at the next offset of its model's whole-load segment. VC_ERR_NOT_FOUND when it cannot
+ * (the segment went, or another thread's layer took the room meanwhile): placed as any other. */
+static int place_whole(vc_cache *c, layer_t *l, arena_block **out) {
+    arena_segment *seg = arena_segment_by_gen(&c->arena, c->whole_gen);
+    if (!seg) {
+        vc__end_whole_model(c);
+        return VC_ERR_NOT_FOUND;
+    }
+    size_t need = arena_round(l->bytes);
+    size_t align = l->align > ARENA_GRAIN ? l->align : ARENA_GRAIN;
+    uintptr_t base = (uintptr_t)seg->base;
+    size_t at = c->whole_off + (size_t)((align - ((base + c->whole_off) & (align - 1))) & (align - 1));
+    if (at > seg->size || seg->size - at < need) return VC_ERR_NOT_FOUND;
+    int st = arena_alloc_at(&c->arena, seg, at, need, l, out);
+    if (st == VC_OK) c->whole_off = at + need;
+    return st == VC_ERR_NO_MEMORY ? st : st == VC_OK ? VC_OK : VC_ERR_NOT_FOUND;
+}
+
 /* ---- homes: planned places for kept layers ------------------------------------------------------
  *
  * A plan gives each kept layer a home, an offset in the kept arena (packed, largest first). A kept
@@ -675,6 +727,10 @@ static int vram_place(vc_cache *c, layer_t *l, const char *fn, const place_req *
     size_t limit = vc__weight_limit(c);
     if (!c->stream_budget && c->sarena.total) release_empty_segments(c, &c->sarena); /* a dropped region */
     if (vc__vram_total(c) > limit) vc__shrink_arena(c, limit, VC_EVICT_BUDGET_SHRANK, 0); /* best effort */
+    if (c->whole_gen && l->model == c->whole_model) {
+        int ws = place_whole(c, l, out);
+        if (ws != VC_ERR_NOT_FOUND) return ws;
+    }
     int st = l->keep && l->home_gen ? place_home(c, l, rq, out) : VC_ERR_NOT_FOUND;
     if (st == VC_OK || st == VC_ERR_NO_MEMORY || (st == VC_ERR_OUT_OF_VRAM && rq->quiet)) return st;
     st = place_streamed(c, l, rq, limit, out);

@@ -761,6 +761,133 @@ static void test_model_mode_moves_whole_models(void **state) {
     free_world(&w);
 }
 
+/* Model mode moves a whole model at its first miss, but the engine's stream waits only for the
+ * layer it acquired: the pass computes while the rest of the model arrives. */
+static void test_model_mode_load_overlaps_compute(void **state) {
+    (void)state;
+    /* 8 layers of 64 KB, 1.024 ms each on the link; 1 ms of compute each */
+    sim_world w = make_world(8, 64 * KB, 1 * MB, 64e6, 0, VC_OFFLOAD_MODE_MODEL, VC_POLICY_PLANNED);
+    double t0 = vc_sim_now(w.sim), first_start = -1, end = 0;
+    for (int i = 0; i < w.n; i++) {
+        void *p;
+        assert_int_equal(vc_layer_acquire(w.cache, w.layer[i], w.stream, &p), VC_OK);
+        if (i == 0) assert_int_equal(get_stats(w.cache).layers_in_vram, 8); /* the whole model moved */
+        double s;
+        kernel(w.sim, w.stream, 1 * MS, p, w.bytes[i], &s, &end);
+        if (i == 0) first_start = s;
+        assert_int_equal(vc_layer_release(w.cache, w.layer[i], w.stream), VC_OK);
+    }
+    vc_sim_stream_synchronize(w.sim, w.stream);
+    assert_true(first_start - t0 < 1.5 * MS); /* after its own copy, not the model's 8.2 ms */
+    assert_true(end - t0 < 10 * MS);          /* copies and compute overlap: not 8.2 + 8 ms */
+    assert_int_equal(get_stats(w.cache).vram_evictions[VC_EVICT_FOR_LOAD], 0);
+    free_world(&w);
+}
+
+/* Three models of different layer sizes, run in turn, two of them fitting at a time: each run loads
+ * its model whole, once, evicting other models whole, never its own layers for a hole (they would
+ * miss again at their acquire, and each miss load the model again). With `refuse`, the device
+ * refuses the first allocation of each model's load (the segment the model would be packed in, as
+ * a GPU whose free memory is fragmented may): its layers then go where they can, still once. */
+static void model_mode_cycle(int refuse) {
+    vc_sim_params sp;
+    vc_sim_params_init(&sp);
+    sp.device_bytes = 720 * KB;
+    sp.h2d_bytes_per_s = sp.d2h_bytes_per_s = 1e9;
+    vc_backend *sim, *fault;
+    assert_int_equal(vc_backend_sim_create(&sp, &sim), VC_OK);
+    assert_int_equal(vc_backend_fault_create(sim, &fault), VC_OK);
+    vc_cache_options o = sched_options(fault, VC_OFFLOAD_MODE_MODEL, VC_POLICY_PLANNED);
+    vc_cache *cache;
+    assert_int_equal(vc_cache_create(&o, &cache), VC_OK);
+    vc_stream stream;
+    assert_int_equal(vc_sim_stream_create(sim, &stream), VC_OK);
+    static const size_t a_sizes[] = {8 * KB, 40 * KB, 16 * KB, 72 * KB}, b_sizes[] = {100 * KB, 30 * KB, 90 * KB,
+                                                                                     20 * KB, 60 * KB};
+    enum { NA = 12, NB = 5, NC = 20 };
+    static char wa[NA][72 * KB], wb[NB][100 * KB], wc[NC][12 * KB];
+    vc_layer_id la[NA], lb[NB], lc[NC];
+    vc_model_id a = add_model(cache, "a"), b = add_model(cache, "b"), c = add_model(cache, "c");
+    size_t bytes[3] = {0, 0, 0};
+    for (int i = 0; i < NA; i++) {
+        size_t n = a_sizes[i % 4];
+        fill_pattern(wa[i], n, 200 + (uint64_t)i);
+        la[i] = add_host_layer(cache, a, "a", wa[i], n);
+        bytes[0] += n;
+    }
+    for (int i = 0; i < NB; i++) {
+        fill_pattern(wb[i], b_sizes[i], 300 + (uint64_t)i);
+        lb[i] = add_host_layer(cache, b, "b", wb[i], b_sizes[i]);
+        bytes[1] += b_sizes[i];
+    }
+    for (int i = 0; i < NC; i++) {
+        fill_pattern(wc[i], sizeof wc[i], 400 + (uint64_t)i);
+        lc[i] = add_host_layer(cache, c, "c", wc[i], sizeof wc[i]);
+        bytes[2] += sizeof wc[i];
+    }
+    const vc_layer_id *ids[3] = {la, lb, lc};
+    const int counts[3] = {NA, NB, NC};
+    for (int round = 0; round < 6; round++)
+        for (int m = 0; m < 3; m++)
+            for (int pass_no = 0; pass_no < 3; pass_no++) {
+                uint64_t before = get_stats(cache).bytes_h2d;
+                if (refuse && pass_no == 0) assert_int_equal(vc_fault_fail_nth(fault, VC_FAULT_DEVICE_ALLOC, 1), VC_OK);
+                for (int i = 0; i < counts[m]; i++) {
+                    void *p;
+                    assert_int_equal(vc_layer_acquire(cache, ids[m][i], stream, &p), VC_OK);
+                    size_t n = m == 0 ? a_sizes[i % 4] : m == 1 ? b_sizes[i] : sizeof wc[i];
+                    assert_true(check_pattern(p, n, (uint64_t)(200 + 100 * m + i)));
+                    kernel(sim, stream, 1e-5, p, n, NULL, NULL);
+                    assert_int_equal(vc_layer_release(cache, ids[m][i], stream), VC_OK);
+                }
+                uint64_t moved = get_stats(cache).bytes_h2d - before;
+                /* at most the model once; nothing on its run's later passes */
+                assert_true(moved <= (pass_no == 0 ? bytes[m] : 0));
+            }
+    vc_stats s = get_stats(cache);
+    if (!refuse) assert_int_equal(s.vram_evictions[VC_EVICT_FRAGMENTATION], 0);
+    assert_true(s.vram_evictions[VC_EVICT_MODEL_SWAP] > 0);
+    assert_true(s.vram_peak_bytes <= 720 * KB);
+    assert_int_equal(vc_cache_destroy(cache), VC_OK);
+    assert_no_hazard(sim);
+    vc_backend_destroy(fault);
+    vc_backend_destroy(sim);
+}
+
+static void test_model_mode_swaps_without_own_evictions(void **state) {
+    (void)state;
+    model_mode_cycle(0);
+    model_mode_cycle(1);
+}
+
+/* Model mode: a layer offloaded from a resident model comes back into the room it left, evicting
+ * nothing (a whole model's room is taken only when none of it is resident). */
+static void test_model_mode_layer_back_into_its_room(void **state) {
+    (void)state;
+    sim_world w = make_world(4, 50 * KB, 400 * KB, 1e9, 0, VC_OFFLOAD_MODE_MODEL, VC_POLICY_PLANNED);
+    vc_model_id other = add_model(w.cache, "other");
+    static char ow[4][50 * KB];
+    vc_layer_id o[4];
+    for (int i = 0; i < 4; i++) {
+        fill_pattern(ow[i], sizeof ow[i], 700 + (uint64_t)i);
+        o[i] = add_host_layer(w.cache, other, "o", ow[i], sizeof ow[i]);
+    }
+    void *p;
+    assert_int_equal(vc_layer_acquire(w.cache, w.layer[0], w.stream, &p), VC_OK);
+    assert_int_equal(vc_layer_release(w.cache, w.layer[0], w.stream), VC_OK);
+    assert_int_equal(vc_layer_acquire(w.cache, o[0], w.stream, &p), VC_OK);
+    assert_int_equal(vc_layer_release(w.cache, o[0], w.stream), VC_OK);
+    assert_int_equal(get_stats(w.cache).layers_in_vram, 8); /* both models, 400 KB of 400 */
+    assert_int_equal(vc_layer_offload(w.cache, w.layer[2], VC_OFFLOAD_VRAM), VC_OK);
+    assert_int_equal(vc_layer_acquire(w.cache, w.layer[2], w.stream, &p), VC_OK);
+    assert_true(check_pattern(p, w.bytes[2], 3));
+    assert_int_equal(vc_layer_release(w.cache, w.layer[2], w.stream), VC_OK);
+    vc_stats s = get_stats(w.cache);
+    assert_int_equal(s.layers_in_vram, 8);
+    assert_int_equal(s.vram_evictions[VC_EVICT_MODEL_SWAP], 0);
+    free_world(&w);
+}
+
 static void test_balanced_threshold(void **state) {
     (void)state;
     vc_sim_params sp;
@@ -1342,6 +1469,9 @@ int main(void) {
         cmocka_unit_test(test_sequential_lookahead_is_in_bytes),
         cmocka_unit_test(test_none_mode_never_evicts),
         cmocka_unit_test(test_model_mode_moves_whole_models),
+        cmocka_unit_test(test_model_mode_load_overlaps_compute),
+        cmocka_unit_test(test_model_mode_swaps_without_own_evictions),
+        cmocka_unit_test(test_model_mode_layer_back_into_its_room),
         cmocka_unit_test(test_balanced_threshold),
         cmocka_unit_test(test_unregister_drops_order),
         cmocka_unit_test(test_reservation_during_streaming),

@@ -179,7 +179,8 @@ struct vc_model_rec {
     unsigned step_prev_seen; /* passes in a row that began right after step_prev's */
     unsigned run_len;      /* its whole passes in a row, the one under way included (a run) ... */
     unsigned prev_run_len; /* ... and in its run before this one */
-    uint64_t run_start;    /* c->use_clock as its run began */
+    uint64_t run_start;    /* c->use_clock as its run began ... */
+    uint64_t prev_run_start; /* ... and as its run before began (0: none): model mode's next use */
     uint64_t pass_tick;    /* a step group's: c->use_clock as its latest pass began (schedule.c) */
     int saw_others;       /* another model's layer ran in the midst of its pass under way */
     size_t grec_seen;     /* its layers found so far in a recorded period (grec_finish) */

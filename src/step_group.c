@@ -73,6 +73,7 @@ void vc__note_step_prev(vc_cache *c, model_t *m) {
     } else {
         m->prev_run_len = m->run_len;
         m->run_len = 1;
+        m->prev_run_start = m->run_start;
         m->run_start = c->use_clock;
     }
     model_t *p = c->last_ended_pass && c->last_model != m ? c->last_model : NULL;

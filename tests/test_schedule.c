@@ -888,6 +888,61 @@ static void test_model_mode_layer_back_into_its_room(void **state) {
     free_world(&w);
 }
 
+/* Model mode, three models run in a cycle (an image's encoder, denoiser and VAE) on a device that
+ * holds two: the model evicted is the one needed furthest ahead, which in a cycle is the one that ran
+ * last, so every other model run finds its model resident (1.5 loads a cycle). Least recently used
+ * first would evict the very model needed next, and load all three every cycle, as the LRU policy
+ * does. */
+static double model_mode_cycle_loads(vc_policy policy) {
+    sim_world w = make_world(1, 4 * KB, 450 * KB, 1e9, 0, VC_OFFLOAD_MODE_MODEL, policy);
+    enum { NL = 4, SZ = 50 * KB };
+    static char wts[3][NL][SZ];
+    vc_layer_id ids[3][NL];
+    for (int m = 0; m < 3; m++) {
+        char name[2] = {(char)('a' + m), 0};
+        vc_model_id id = add_model(w.cache, name);
+        for (int i = 0; i < NL; i++) {
+            fill_pattern(wts[m][i], SZ, 500 + 10 * (uint64_t)m + (uint64_t)i);
+            ids[m][i] = add_host_layer(w.cache, id, name, wts[m][i], SZ);
+        }
+    }
+    uint64_t before = 0;
+    for (int cycle = 0; cycle < 10; cycle++) {
+        if (cycle == 4) before = get_stats(w.cache).bytes_h2d; /* the runs' starts are known from here */
+        for (int m = 0; m < 3; m++)
+            for (int i = 0; i < NL; i++) {
+                void *p;
+                assert_int_equal(vc_layer_acquire(w.cache, ids[m][i], w.stream, &p), VC_OK);
+                assert_true(check_pattern(p, SZ, 500 + 10 * (uint64_t)m + (uint64_t)i));
+                kernel(w.sim, w.stream, 1e-5, p, SZ, NULL, NULL);
+                assert_int_equal(vc_layer_release(w.cache, ids[m][i], w.stream), VC_OK);
+            }
+    }
+    double loads = (double)(get_stats(w.cache).bytes_h2d - before) / (NL * SZ) / 6;
+    /* The pipeline changes: the first model alternates with the third; the second, whose next run
+     * is then overdue, goes first, and the two that alternate stay resident. */
+    for (int cycle = 0; cycle < 6; cycle++) {
+        if (cycle == 3) before = get_stats(w.cache).bytes_h2d;
+        for (int m = 0; m < 3; m += 2)
+            for (int i = 0; i < NL; i++) {
+                void *p;
+                assert_int_equal(vc_layer_acquire(w.cache, ids[m][i], w.stream, &p), VC_OK);
+                kernel(w.sim, w.stream, 1e-5, p, SZ, NULL, NULL);
+                assert_int_equal(vc_layer_release(w.cache, ids[m][i], w.stream), VC_OK);
+            }
+    }
+    assert_int_equal(get_stats(w.cache).bytes_h2d - before, 0);
+    assert_true(get_stats(w.cache).vram_peak_bytes <= 450 * KB);
+    free_world(&w);
+    return loads;
+}
+
+static void test_model_mode_evicts_the_model_needed_last(void **state) {
+    (void)state;
+    assert_true(model_mode_cycle_loads(VC_POLICY_PLANNED) <= 1.5);
+    assert_true(model_mode_cycle_loads(VC_POLICY_LRU) == 3.0);
+}
+
 static void test_balanced_threshold(void **state) {
     (void)state;
     vc_sim_params sp;
@@ -1471,6 +1526,7 @@ int main(void) {
         cmocka_unit_test(test_model_mode_moves_whole_models),
         cmocka_unit_test(test_model_mode_load_overlaps_compute),
         cmocka_unit_test(test_model_mode_swaps_without_own_evictions),
+        cmocka_unit_test(test_model_mode_evicts_the_model_needed_last),
         cmocka_unit_test(test_model_mode_layer_back_into_its_room),
         cmocka_unit_test(test_balanced_threshold),
         cmocka_unit_test(test_unregister_drops_order),

@@ -195,8 +195,10 @@ VC_API void vc_backend_destroy(vc_backend *backend);
 typedef enum vc_offload_mode {
     VC_OFFLOAD_MODE_NONE = 0,       /**< everything resident; nothing is evicted; a model that does
                                          not fit fails with VC_ERR_OUT_OF_VRAM */
-    VC_OFFLOAD_MODE_MODEL = 1,      /**< whole models move: a miss loads its whole model, evicting
-                                         whole other models (partial loading off) */
+    VC_OFFLOAD_MODE_MODEL = 1,      /**< whole models move: a miss loads its whole model (packed in
+                                         device memory of its own; the engine's stream waits only
+                                         for each layer it acquires), evicting whole other models,
+                                         the one needed furthest ahead first (partial loading off) */
     VC_OFFLOAD_MODE_SEQUENTIAL = 2, /**< minimum VRAM: a layer leaves VRAM at its last release;
                                          only held and prefetched layers are resident (prefetched:
                                          at most the bytes of the model's two largest layers) */

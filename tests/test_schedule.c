@@ -727,16 +727,24 @@ static void test_none_mode_never_evicts(void **state) {
     free_world(&w);
 }
 
+/* Registers model `name` with n host layers of `bytes` each, in buf (n * bytes), filled with the
+ * patterns seed, seed + 1, ...; their ids in ids. */
+static vc_model_id add_pattern_model(vc_cache *c, const char *name, int n, size_t bytes, char *buf, uint64_t seed,
+                                     vc_layer_id *ids) {
+    vc_model_id m = add_model(c, name);
+    for (int i = 0; i < n; i++) {
+        fill_pattern(buf + (size_t)i * bytes, bytes, seed + (uint64_t)i);
+        ids[i] = add_host_layer(c, m, name, buf + (size_t)i * bytes, bytes);
+    }
+    return m;
+}
+
 static void test_model_mode_moves_whole_models(void **state) {
     (void)state;
     sim_world w = make_world(3, 64 * KB, 4 * 64 * KB, 1e9, 0, VC_OFFLOAD_MODE_MODEL, VC_POLICY_PLANNED);
-    vc_model_id vae = add_model(w.cache, "vae");
     static char vw[3][64 * KB];
     vc_layer_id v[3];
-    for (int i = 0; i < 3; i++) {
-        fill_pattern(vw[i], sizeof vw[i], 100 + (uint64_t)i);
-        v[i] = add_host_layer(w.cache, vae, "v", vw[i], sizeof vw[i]);
-    }
+    add_pattern_model(w.cache, "vae", 3, 64 * KB, vw[0], 100, v);
     void *p;
     assert_int_equal(vc_layer_acquire(w.cache, w.layer[0], w.stream, &p), VC_OK);
     vc_layer_release(w.cache, w.layer[0], w.stream);
@@ -865,13 +873,9 @@ static void test_model_mode_swaps_without_own_evictions(void **state) {
 static void test_model_mode_layer_back_into_its_room(void **state) {
     (void)state;
     sim_world w = make_world(4, 50 * KB, 400 * KB, 1e9, 0, VC_OFFLOAD_MODE_MODEL, VC_POLICY_PLANNED);
-    vc_model_id other = add_model(w.cache, "other");
     static char ow[4][50 * KB];
     vc_layer_id o[4];
-    for (int i = 0; i < 4; i++) {
-        fill_pattern(ow[i], sizeof ow[i], 700 + (uint64_t)i);
-        o[i] = add_host_layer(w.cache, other, "o", ow[i], sizeof ow[i]);
-    }
+    add_pattern_model(w.cache, "other", 4, 50 * KB, ow[0], 700, o);
     void *p;
     assert_int_equal(vc_layer_acquire(w.cache, w.layer[0], w.stream, &p), VC_OK);
     assert_int_equal(vc_layer_release(w.cache, w.layer[0], w.stream), VC_OK);
@@ -900,11 +904,7 @@ static double model_mode_cycle_loads(vc_policy policy) {
     vc_layer_id ids[3][NL];
     for (int m = 0; m < 3; m++) {
         char name[2] = {(char)('a' + m), 0};
-        vc_model_id id = add_model(w.cache, name);
-        for (int i = 0; i < NL; i++) {
-            fill_pattern(wts[m][i], SZ, 500 + 10 * (uint64_t)m + (uint64_t)i);
-            ids[m][i] = add_host_layer(w.cache, id, name, wts[m][i], SZ);
-        }
+        add_pattern_model(w.cache, name, NL, SZ, wts[m][0], 500 + 10 * (uint64_t)m, ids[m]);
     }
     uint64_t before = 0;
     for (int cycle = 0; cycle < 10; cycle++) {

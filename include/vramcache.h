@@ -526,7 +526,9 @@ VC_API int vc_layer_unregister(vc_cache *cache, vc_layer_id layer);
  *  of the cache's device, whichever device the calling thread has current. *device_ptr receives
  *  the address, valid until the last release. A miss may call the layer's loader (without the
  *  lock), evict unheld layers (with the planned policy and a known order, the one needed furthest
- *  in the future; otherwise the least recently used) and copy host→device. While another thread
+ *  in the future; otherwise the least recently used) and copy host→device; in offload mode model
+ *  it loads the layer's whole model, whose other copies `stream` does not wait for (each later
+ *  acquire waits for its own layer's), and its loaders run within this call. While another thread
  *  loads the same layer (the stage-ahead worker included), it waits for that load and uses it.
  *  Errors: VC_ERR_INVALID_ARG, VC_ERR_NOT_FOUND, VC_ERR_OUT_OF_VRAM (held layers and working memory
  *  leave no room: message gives the numbers), VC_ERR_OUT_OF_RAM (a loaded layer needs more RAM than

@@ -255,14 +255,22 @@ int vc__prefetch_upload(vc_cache *c, layer_t *l, size_t distance) {
     return upload(c, l, NULL, 0, "prefetch", &rq);
 }
 
-/* What a whole-model load of l's model will place (l and the model's other layers not resident,
- * as vc__load_whole_model picks them), each with room to align it. */
+/* Whether a whole-model load uploads x, another layer of the acquired one's model: not resident,
+ * not being loaded by another thread, and not a shared layer whose source has gone (no longer part
+ * of what the model can load: it must not fail every acquire of the model's other layers; its own
+ * acquire says why). The reservation is sized by the same rule as the load. */
+static int whole_load_uploads(const layer_t *x) {
+    return !x->vblock && !x->loading && !(x->owner && vc__shared_source_gone(x));
+}
+
+/* What a whole-model load of l's model will place (l and the layers whole_load_uploads picks), each
+ * with room to align it. */
 static size_t whole_load_bytes(const layer_t *l) {
     const model_t *m = l->model;
     size_t need = 0;
     for (size_t i = 0; i < m->nlayers; i++) {
         const layer_t *x = m->layers[i];
-        if (x != l && (x->vblock || x->loading || (x->owner && vc__shared_source_gone(x)))) continue;
+        if (x != l && !whole_load_uploads(x)) continue;
         need = sat_add(need, sat_add(arena_round(x->bytes), x->align > ARENA_GRAIN ? x->align - ARENA_GRAIN : 0));
     }
     return need;
@@ -301,10 +309,7 @@ int vc__load_whole_model(vc_cache *c, layer_t *l, vc_stream stream, const char *
     hold(c, l); /* keep the acquired layer in place while the rest arrive (loaders drop the lock) */
     for (size_t i = 0; i < k && st == VC_OK; i++) {
         layer_t *x = slot_table_get(&c->layers, ids[i]);
-        if (!x || x == l || x->vblock || x->loading) continue;
-        /* A shared layer whose source has gone is no longer part of what the model can load: it
-         * must not fail every acquire of the model's other layers (its own acquire says why). */
-        if (x->owner && vc__shared_source_gone(x)) continue;
+        if (!x || x == l || !whole_load_uploads(x)) continue;
         /* The whole model moves now, but the engine's stream waits only for the acquired layer:
          * each later acquire waits for its own copy (the hit path), so the pass computes while
          * the rest of the model arrives instead of after all of it. */
